@@ -1,0 +1,207 @@
+//! `fieldsync admin …`: administration directly on the main database.
+
+use std::io::BufRead;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use fieldsync_server::admin;
+use serde::Serialize;
+
+use crate::output::print_json;
+use crate::server_cmd::open_db;
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// Main database: sqlite:PATH
+    #[arg(long, env = "FIELDSYNC_DB", global = true)]
+    db: Option<String>,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Users who log in on devices
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Devices and their enrollment
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Change tracking of the organisation's tables
+    #[command(subcommand)]
+    Table(TableCommand),
+    /// Mobile tasks: slices of the main database
+    #[command(subcommand)]
+    Task(TaskCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is read from the first line of stdin
+    Add {
+        name: String,
+        #[arg(long)]
+        admin: bool,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Register a device; prints its single-use enrollment code alone on stdout
+    Add {
+        id: String,
+        #[arg(long)]
+        label: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TableCommand {
+    /// Start change tracking on an existing table (needs a single-column primary key)
+    Track { table: String },
+}
+
+#[derive(Subcommand)]
+enum TaskCommand {
+    /// Create or replace a task from a TOML file
+    Apply { file: std::path::PathBuf },
+    /// List tasks
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one task
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Assign a task to users and devices
+    Assign {
+        name: String,
+        #[arg(long = "user")]
+        users: Vec<String>,
+        #[arg(long = "device")]
+        devices: Vec<String>,
+    },
+}
+
+/// The first line of stdin, without its line ending.
+pub fn read_password_stdin() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_string();
+    anyhow::ensure!(!pw.is_empty(), "no password on stdin");
+    Ok(pw)
+}
+
+#[derive(Serialize)]
+struct TaskView<'a> {
+    name: &'a str,
+    description: Option<&'a str>,
+    hash: &'a str,
+    updated_at: &'a str,
+    users: &'a [String],
+    devices: &'a [String],
+    definition: &'a fieldsync_proto::task::TaskDef,
+}
+
+fn task_view(t: &fieldsync_store::TaskRecord) -> TaskView<'_> {
+    TaskView {
+        name: &t.def.name,
+        description: t.def.description.as_deref(),
+        hash: &t.hash,
+        updated_at: &t.updated_at,
+        users: &t.users,
+        devices: &t.devices,
+        definition: &t.def,
+    }
+}
+
+pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let store = open_db(args.db.as_deref())?;
+    let store = &*store;
+    match args.command {
+        AdminCommand::User(UserCommand::Add {
+            name,
+            admin: is_admin,
+            password_stdin: _,
+        }) => {
+            let pw = read_password_stdin()?;
+            admin::user_add(store, &name, is_admin, &pw)?;
+            eprintln!("user {name} added");
+        }
+        AdminCommand::Device(DeviceCommand::Add { id, label }) => {
+            let code = admin::device_add(store, &id, label.as_deref())?;
+            println!("{code}");
+        }
+        AdminCommand::Table(TableCommand::Track { table }) => {
+            let info = admin::table_track(store, &table)?;
+            println!("tracking {} (primary key {})", info.name, info.primary_key);
+        }
+        AdminCommand::Task(TaskCommand::Apply { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading task file {}", file.display()))?;
+            let def =
+                admin::task_apply(store, &text).with_context(|| format!("{}", file.display()))?;
+            println!("task {} applied ({} tables)", def.name, def.tables.len());
+        }
+        AdminCommand::Task(TaskCommand::List { json }) => {
+            let tasks = store.task_list()?;
+            if json {
+                print_json(&tasks.iter().map(task_view).collect::<Vec<_>>());
+            } else {
+                for t in &tasks {
+                    println!(
+                        "{}\t{}\tusers: {}\tdevices: {}",
+                        t.def.name,
+                        t.def.description.as_deref().unwrap_or(""),
+                        t.users.join(","),
+                        t.devices.join(",")
+                    );
+                }
+            }
+        }
+        AdminCommand::Task(TaskCommand::Show { name, json }) => {
+            let t = store
+                .task_get(&name)?
+                .with_context(|| format!("no task `{name}`"))?;
+            if json {
+                print_json(&task_view(&t));
+            } else {
+                println!("task {} ({})", t.def.name, t.hash);
+                if let Some(d) = &t.def.description {
+                    println!("  {d}");
+                }
+                for table in &t.def.tables {
+                    println!(
+                        "  table {}: filter {}, write {:?}",
+                        table.name,
+                        table.filter.as_deref().unwrap_or("(all rows)"),
+                        table.write
+                    );
+                }
+                println!("  users: {}", t.users.join(", "));
+                println!("  devices: {}", t.devices.join(", "));
+            }
+        }
+        AdminCommand::Task(TaskCommand::Assign {
+            name,
+            users,
+            devices,
+        }) => {
+            anyhow::ensure!(
+                !users.is_empty() || !devices.is_empty(),
+                "name at least one --user or --device"
+            );
+            admin::task_assign(store, &name, &users, &devices)?;
+            println!("task {name} assigned");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! Printing: errors as one line with their exit code, JSON documents, progress bars.
+
+use std::io::{IsTerminal, Write};
+
+use fieldsync_client::{ClientError, Phase, Progress};
+
+/// The exit code of DESIGN.md for an error (1 when nothing more specific applies).
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<ClientError>())
+        .map_or(1, |c| c.exit_code() as u8)
+}
+
+/// The error and its causes on one line.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    text.replace('\n', " ")
+}
+
+pub fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializes")
+    );
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressFormat {
+    /// A bar on a terminal, nothing otherwise
+    Auto,
+    /// JSON lines on stderr: phase, done, total, unit
+    Json,
+}
+
+/// Renders progress reports as the user asked.
+pub struct ProgressView {
+    format: ProgressFormat,
+    terminal: bool,
+    drawn: bool,
+}
+
+impl ProgressView {
+    pub fn new(format: ProgressFormat) -> Self {
+        ProgressView {
+            format,
+            terminal: std::io::stderr().is_terminal(),
+            drawn: false,
+        }
+    }
+
+    pub fn report(&mut self, p: &Progress) {
+        let mut err = std::io::stderr().lock();
+        match self.format {
+            ProgressFormat::Json => {
+                let _ = writeln!(err, "{}", serde_json::to_string(p).expect("serializes"));
+            }
+            ProgressFormat::Auto if self.terminal => {
+                let width = 30;
+                let filled = if p.total == 0 {
+                    0
+                } else {
+                    (p.done.min(p.total) * width / p.total) as usize
+                };
+                let phase = match p.phase {
+                    Phase::Prepare => "prepare ",
+                    Phase::Transfer => "transfer",
+                    Phase::Store => "store   ",
+                };
+                let _ = write!(
+                    err,
+                    "\r{phase} [{}{}] {}/{} {}   ",
+                    "#".repeat(filled),
+                    "-".repeat(width as usize - filled),
+                    p.done,
+                    p.total,
+                    p.unit
+                );
+                let _ = err.flush();
+                self.drawn = true;
+            }
+            ProgressFormat::Auto => {}
+        }
+    }
+
+    /// Ends the bar's line, if one was drawn.
+    pub fn finish(&mut self) {
+        if self.drawn {
+            eprintln!();
+            self.drawn = false;
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! What a device operation can fail with, and the exit code each case maps to
+//! (DESIGN.md's command-line contract).
+
+use fieldsync_proto::wire::ErrorCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the device is in offline mode; switch with `fieldsync device mode online`")]
+    Offline,
+    /// Authentication or permission refused, by the server or locally.
+    #[error("{0}")]
+    Refused(String),
+    #[error("cancelled; previous local database restored")]
+    Cancelled,
+    #[error("{0}")]
+    LocalChanges(String),
+    #[error("another fieldsync operation holds this device folder ({0})")]
+    Busy(String),
+    /// The server answered with an error that is not a refusal.
+    #[error("server: {message}")]
+    Server { code: ErrorCode, message: String },
+    #[error("cannot reach the server at {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    /// The download stream was damaged or cut; the old replica is kept.
+    #[error("download failed: {0}; the previous local database is kept")]
+    Stream(String),
+    /// Bad input from the user (arguments, files).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("device folder: {0}")]
+    Io(String),
+    #[error("replica: {0}")]
+    Replica(String),
+}
+
+impl ClientError {
+    /// The process exit code of DESIGN.md for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ClientError::Offline => 3,
+            ClientError::Refused(_) => 4,
+            ClientError::Cancelled => 5,
+            ClientError::LocalChanges(_) => 6,
+            ClientError::Busy(_) => 7,
+            ClientError::Server { code, .. } if code.is_refusal() => 4,
+            _ => 1,
+        }
+    }
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e.to_string())
+    }
+}
+
+impl From<rusqlite::Error> for ClientError {
+    fn from(e: rusqlite::Error) -> Self {
+        ClientError::Replica(e.to_string())
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;

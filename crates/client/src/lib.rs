@@ -1,0 +1,413 @@
+//! fieldsync's device side, as a library a mobile app embeds: pairing, login, the
+//! replica and the operations on it. The `fieldsync device` commands are a thin layer
+//! over [`Device`].
+
+pub mod error;
+mod http;
+pub mod replica;
+pub mod state;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use fieldsync_proto::task::check_name;
+use fieldsync_proto::time;
+use fieldsync_proto::wire::{LoginRequest, PairRequest, TaskSummary};
+use serde::Serialize;
+
+pub use error::{ClientError, Result};
+use http::{Api, Credentials};
+pub use state::{DeviceDir, DeviceState, LastSync, Mode, Options};
+
+/// The phases of an operation, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// The server prepares the slice.
+    Prepare,
+    /// Rows arrive and are written to the new replica.
+    Transfer,
+    /// The new replica is indexed, made durable and installed.
+    Store,
+}
+
+/// One progress report: `done` of `total` `unit`s in `phase`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub phase: Phase,
+    pub done: u64,
+    pub total: u64,
+    pub unit: &'static str,
+}
+
+/// Cancels a running operation from another thread (a signal handler, a UI button).
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+pub(crate) fn random_hex(n_bytes: usize) -> String {
+    let mut buf = vec![0u8; n_bytes];
+    getrandom::fill(&mut buf).expect("the OS random source works");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DownloadOptions {
+    pub discard_local_changes: bool,
+    pub full: bool,
+    pub files: bool,
+}
+
+/// What a finished download did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DownloadReport {
+    pub task: String,
+    pub rows: u64,
+    pub tables: Vec<(String, u64)>,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    pub full: bool,
+    pub full_reason: Option<String>,
+}
+
+/// `device status --json`, key for key as DESIGN.md names them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub device_id: Option<String>,
+    pub server: Option<String>,
+    pub mode: Mode,
+    pub user: Option<String>,
+    pub task: Option<String>,
+    pub replica: Option<String>,
+    pub pending: u64,
+    pub pending_by_user: std::collections::BTreeMap<String, u64>,
+    pub last_sync: Option<LastSync>,
+    pub options: Options,
+    pub ticket_armed: bool,
+}
+
+/// A device: its folder and the operations on it.
+pub struct Device {
+    dir: DeviceDir,
+}
+
+fn hash_verifier(password: &str) -> String {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).expect("the OS random source works");
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes make a valid salt");
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 with default parameters")
+        .to_string()
+}
+
+fn check_verifier(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|p| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &p)
+            .is_ok()
+    })
+}
+
+impl Device {
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> Device {
+        Device {
+            dir: DeviceDir::new(dir),
+        }
+    }
+
+    pub fn dir(&self) -> &DeviceDir {
+        &self.dir
+    }
+
+    /// Takes the folder lock and finishes any operation a crash interrupted.
+    fn begin(&self) -> Result<(state::FolderLock, DeviceState)> {
+        let lock = self.dir.lock()?;
+        replica::recover(&self.dir)?;
+        let st = self.dir.load()?;
+        Ok((lock, st))
+    }
+
+    fn paired(st: &DeviceState) -> Result<(Api, String, String)> {
+        match (&st.server, &st.device_id, &st.device_secret) {
+            (Some(server), Some(id), Some(secret)) => {
+                Ok((Api::new(server)?, id.clone(), secret.clone()))
+            }
+            _ => Err(ClientError::Refused(
+                "this device is not paired; run `fieldsync device pair` first".into(),
+            )),
+        }
+    }
+
+    fn online(st: &DeviceState) -> Result<()> {
+        match st.mode {
+            Mode::Online => Ok(()),
+            Mode::Offline => Err(ClientError::Offline),
+        }
+    }
+
+    /// Pairs the device with the server using the administrator's enrollment code.
+    pub fn pair(&self, server: &str, device_id: &str, code: &str) -> Result<()> {
+        check_name("device", device_id).map_err(ClientError::Invalid)?;
+        let (_lock, mut st) = self.begin()?;
+        Self::online(&st)?;
+        if st.device_id.is_some() {
+            return Err(ClientError::Invalid(format!(
+                "this folder is already paired as device `{}`; use a new folder",
+                st.device_id.as_deref().unwrap_or_default()
+            )));
+        }
+        let api = Api::new(server)?;
+        let resp = api.pair(&PairRequest {
+            device_id: device_id.to_string(),
+            code: code.to_string(),
+        })?;
+        st.server = Some(server.trim_end_matches('/').to_string());
+        st.device_id = Some(device_id.to_string());
+        st.device_secret = Some(resp.device_secret);
+        self.dir.save(&st)
+    }
+
+    /// Logs a user in: online against the server, offline against the verifier kept
+    /// at that user's last online login on this device.
+    pub fn login(&self, user: &str, password: &str) -> Result<()> {
+        let (_lock, mut st) = self.begin()?;
+        let (api, id, secret) = Self::paired(&st)?;
+        match st.mode {
+            Mode::Online => {
+                let creds = Credentials {
+                    device_id: &id,
+                    device_secret: &secret,
+                    token: None,
+                };
+                let resp = api.login(
+                    &creds,
+                    &LoginRequest {
+                        user: user.to_string(),
+                        password: password.to_string(),
+                    },
+                )?;
+                st.verifiers
+                    .insert(resp.user.clone(), hash_verifier(password));
+                st.session = Some(state::Session {
+                    user: resp.user,
+                    token: resp.token,
+                    expires_at: resp.expires_at,
+                });
+            }
+            Mode::Offline => {
+                let ok = st
+                    .verifiers
+                    .get(user)
+                    .is_some_and(|h| check_verifier(password, h));
+                if !ok {
+                    return Err(ClientError::Refused(format!(
+                        "offline login refused for `{user}`: wrong password, or no online login of this user on this device yet"
+                    )));
+                }
+                st.session = Some(state::Session {
+                    user: user.to_string(),
+                    token: String::new(),
+                    expires_at: String::new(),
+                });
+            }
+        }
+        self.dir.save(&st)
+    }
+
+    /// Logs out: the local session goes at once; online, the server revokes it too.
+    /// Returns a warning when the server could not be told.
+    pub fn logout(&self) -> Result<Option<String>> {
+        let (_lock, mut st) = self.begin()?;
+        let Some(session) = st.session.take() else {
+            return Ok(None);
+        };
+        self.dir.save(&st)?;
+        if st.mode == Mode::Online && !session.token.is_empty() {
+            let (api, id, secret) = Self::paired(&st)?;
+            let creds = Credentials {
+                device_id: &id,
+                device_secret: &secret,
+                token: Some(&session.token),
+            };
+            match api.logout(&creds) {
+                Ok(()) | Err(ClientError::Refused(_)) => {}
+                Err(e) => {
+                    return Ok(Some(format!(
+                        "the server was not told ({e}); the session expires by itself"
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn set_mode(&self, mode: Mode) -> Result<()> {
+        let (_lock, mut st) = self.begin()?;
+        st.mode = mode;
+        self.dir.save(&st)
+    }
+
+    /// The session's credentials, or the refusal a logged-out device gets.
+    fn logged_in(st: &DeviceState) -> Result<(Api, String, String, state::Session)> {
+        let (api, id, secret) = Self::paired(st)?;
+        match &st.session {
+            Some(s) if !s.token.is_empty() => Ok((api, id, secret, s.clone())),
+            Some(_) => Err(ClientError::Refused(
+                "logged in offline only; log in again while online to reach the server".into(),
+            )),
+            None => Err(ClientError::Refused(
+                "nobody is logged in on this device; run `fieldsync device login`".into(),
+            )),
+        }
+    }
+
+    /// Tasks the server offers to this user on this device.
+    pub fn tasks(&self) -> Result<Vec<TaskSummary>> {
+        let st = self.dir.load()?;
+        Self::online(&st)?;
+        let (api, id, secret, session) = Self::logged_in(&st)?;
+        api.tasks(&Credentials {
+            device_id: &id,
+            device_secret: &secret,
+            token: Some(&session.token),
+        })
+    }
+
+    /// Downloads a task's slice into a new replica and installs it. Until the install,
+    /// the previous replica is untouched; any failure or cancel keeps it.
+    pub fn download(
+        &self,
+        task: &str,
+        opts: &DownloadOptions,
+        progress: &mut dyn FnMut(&Progress),
+        cancel: &Cancel,
+    ) -> Result<DownloadReport> {
+        let (_lock, st) = self.begin()?;
+        let started = Instant::now();
+        let result = self.download_locked(&st, task, opts, progress, cancel, started);
+        let mut st = self.dir.load()?;
+        let (result_word, message) = match &result {
+            Ok(r) => (
+                "ok",
+                format!("downloaded {} rows of task {}", r.rows, r.task),
+            ),
+            Err(ClientError::Cancelled) => ("cancelled", ClientError::Cancelled.to_string()),
+            Err(e) => ("error", e.to_string()),
+        };
+        let report = result.as_ref().ok();
+        if let Some(r) = report {
+            st.task = Some(r.task.clone());
+        }
+        st.last_sync = Some(LastSync {
+            op: "download".into(),
+            kind: "manual".into(),
+            result: result_word.into(),
+            message,
+            at: time::now_rfc3339(),
+            full: report.is_some_and(|r| r.full),
+            full_reason: report.and_then(|r| r.full_reason.clone()),
+            rows_down: report.map_or(0, |r| r.rows),
+            rows_up: 0,
+            bytes_down: report.map_or(0, |r| r.bytes_down),
+            bytes_up: 0,
+            duration_ms: started.elapsed().as_millis() as u64,
+            conflicts: 0,
+        });
+        self.dir.save(&st)?;
+        result
+    }
+
+    fn download_locked(
+        &self,
+        st: &DeviceState,
+        task: &str,
+        opts: &DownloadOptions,
+        progress: &mut dyn FnMut(&Progress),
+        cancel: &Cancel,
+        started: Instant,
+    ) -> Result<DownloadReport> {
+        check_name("task", task).map_err(ClientError::Invalid)?;
+        Self::online(st)?;
+        let (api, id, secret, session) = Self::logged_in(st)?;
+        let _ = opts.discard_local_changes; // the journal arrives with send/sync
+        progress(&Progress {
+            phase: Phase::Prepare,
+            done: 0,
+            total: 1,
+            unit: "steps",
+        });
+        let creds = Credentials {
+            device_id: &id,
+            device_secret: &secret,
+            token: Some(&session.token),
+        };
+        let body = api.download(&creds, task)?;
+        let mut counting = replica::CountingReader {
+            inner: body,
+            n_bytes: 0,
+        };
+        let built = replica::build(&self.dir, &mut counting, progress, cancel)?;
+        if cancel.is_cancelled() {
+            replica::recover(&self.dir)?;
+            return Err(ClientError::Cancelled);
+        }
+        replica::install(&self.dir, &built)?;
+        progress(&Progress {
+            phase: Phase::Store,
+            done: 3,
+            total: 3,
+            unit: "steps",
+        });
+        let reason = if opts.full { "requested" } else { "no-cursor" };
+        Ok(DownloadReport {
+            task: built.header.task.clone(),
+            rows: built.rows_per_table.iter().sum(),
+            tables: built
+                .header
+                .tables
+                .iter()
+                .map(|t| t.name.clone())
+                .zip(built.rows_per_table.iter().copied())
+                .collect(),
+            bytes_down: counting.n_bytes,
+            duration_ms: started.elapsed().as_millis() as u64,
+            full: true,
+            full_reason: Some(reason.to_string()),
+        })
+    }
+
+    /// The device's state; never waits for the folder lock.
+    pub fn status(&self) -> Result<Status> {
+        let st = self.dir.load()?;
+        let replica = replica::current_file(&self.dir).map(|_| {
+            let p = self.dir.replica_path();
+            std::path::absolute(&p).unwrap_or(p).display().to_string()
+        });
+        Ok(Status {
+            device_id: st.device_id.clone(),
+            server: st.server.clone(),
+            mode: st.mode,
+            user: st.session.as_ref().map(|s| s.user.clone()),
+            task: st.task.clone(),
+            replica,
+            pending: 0,
+            pending_by_user: Default::default(),
+            last_sync: st.last_sync.clone(),
+            options: st.options.clone(),
+            ticket_armed: false,
+        })
+    }
+}

@@ -1,0 +1,518 @@
+//! The replica: a plain SQLite file per generation (`replica-<gen>.sqlite`) behind a
+//! stable symbolic link (`replica.sqlite`). A download builds a new generation beside
+//! the old one and installs it only when complete; crash recovery finishes or undoes an
+//! install. An app that keeps an old generation open cannot write into it once it is
+//! retired: guard triggers refuse, loudly.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fieldsync_proto::frame::{Frame, FrameReader, RowBatch, ValueRef};
+use fieldsync_proto::wire::{SliceHeader, TableSchema};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::error::{ClientError, Result};
+use crate::state::{DeviceDir, sync_dir};
+use crate::{Cancel, Phase, Progress};
+
+const LINK_TMP: &str = "replica.sqlite.tmp";
+/// How long an install waits for an app's write transaction on the old replica.
+const RETIRE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// What a replica records about itself (table `fieldsync_replica`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaInfo {
+    pub task: String,
+    pub task_hash: String,
+    pub epoch: String,
+    pub cursor: i64,
+    pub user: String,
+    pub device: String,
+    pub retired: bool,
+    pub complete: bool,
+}
+
+/// Reads a replica's own record; `None` if the file is not a complete fieldsync replica.
+pub fn read_info(path: &Path) -> Result<Option<ReplicaInfo>> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let get = |key: &str| -> Result<Option<String>> {
+        Ok(conn
+            .query_row(
+                "SELECT CAST(value AS TEXT) FROM fieldsync_replica WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    };
+    let Ok(Some(task)) = get("task") else {
+        return Ok(None);
+    };
+    let flag = |key: &str| -> Result<bool> { Ok(get(key)?.as_deref() == Some("1")) };
+    Ok(Some(ReplicaInfo {
+        task,
+        task_hash: get("task_hash")?.unwrap_or_default(),
+        epoch: get("epoch")?.unwrap_or_default(),
+        cursor: get("cursor")?.and_then(|c| c.parse().ok()).unwrap_or(0),
+        user: get("user")?.unwrap_or_default(),
+        device: get("device")?.unwrap_or_default(),
+        retired: flag("retired")?,
+        complete: flag("complete")?,
+    }))
+}
+
+/// The generation file the link points to, if any.
+pub fn current_file(dir: &DeviceDir) -> Option<PathBuf> {
+    let target = fs::read_link(dir.replica_path()).ok()?;
+    let path = dir.root.join(target);
+    path.exists().then_some(path)
+}
+
+fn generation_files(dir: &DeviceDir) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&dir.root)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("replica-") && name.ends_with(".sqlite") {
+            out.push(dir.root.join(name.as_ref()));
+        }
+    }
+    Ok(out)
+}
+
+fn remove_generation(path: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = fs::remove_file(PathBuf::from(p));
+    }
+}
+
+/// Points the link at `file` atomically (new link, rename over the old, fsync folder).
+fn swap_link(dir: &DeviceDir, file: &Path) -> Result<()> {
+    let tmp = dir.root.join(LINK_TMP);
+    let _ = fs::remove_file(&tmp);
+    let name = file.file_name().expect("generation files have names");
+    std::os::unix::fs::symlink(name, &tmp)?;
+    fs::rename(&tmp, dir.replica_path())?;
+    sync_dir(&dir.root)
+}
+
+fn set_retired(path: &Path, retired: bool) -> Result<()> {
+    let mut conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.busy_timeout(RETIRE_BUSY_TIMEOUT)?;
+    // IMMEDIATE waits for an app's open write transaction: its commit lands before
+    // the retirement, and every write after it fails.
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| {
+            ClientError::Replica(format!(
+                "the replica is busy (an app holds a write transaction): {e}"
+            ))
+        })?;
+    tx.execute(
+        "INSERT INTO fieldsync_replica (key, value) VALUES ('retired', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [if retired { "1" } else { "0" }],
+    )?;
+    tx.commit()?;
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    Ok(())
+}
+
+/// Finishes or undoes an install that a crash interrupted, and removes leftovers.
+/// The install's commit point is the retirement of the old generation: before it, the
+/// old replica stays; after it, the new one (complete by then) takes its place.
+pub fn recover(dir: &DeviceDir) -> Result<()> {
+    if !dir.root.exists() {
+        return Ok(());
+    }
+    let _ = fs::remove_file(dir.root.join(LINK_TMP));
+    let current = current_file(dir);
+    let current_retired = match &current {
+        Some(c) => read_info(c).ok().flatten().is_some_and(|i| i.retired),
+        None => false,
+    };
+    let mut roll_forward = None;
+    for file in generation_files(dir)? {
+        if Some(&file) == current.as_ref() {
+            continue;
+        }
+        let complete = read_info(&file)
+            .ok()
+            .flatten()
+            .is_some_and(|i| i.complete && !i.retired);
+        if current_retired && complete && roll_forward.is_none() {
+            roll_forward = Some(file);
+        } else {
+            remove_generation(&file);
+        }
+    }
+    match (roll_forward, current) {
+        (Some(next), Some(old)) => {
+            swap_link(dir, &next)?;
+            remove_generation(&old);
+        }
+        (None, Some(old)) if current_retired => set_retired(&old, false)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A new generation, complete and durable, not yet installed.
+pub struct Built {
+    pub path: PathBuf,
+    pub header: SliceHeader,
+    pub rows_per_table: Vec<u64>,
+    pub cursor: i64,
+}
+
+fn check_header(h: &SliceHeader) -> Result<()> {
+    let bad = |m: String| Err(ClientError::Stream(format!("bad slice header: {m}")));
+    if h.tables.is_empty() {
+        return bad("no tables".into());
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for t in &h.tables {
+        let lower = t.name.to_ascii_lowercase();
+        if t.name.is_empty()
+            || lower.starts_with("fieldsync_")
+            || lower.starts_with("sqlite_")
+            || !names.insert(lower)
+        {
+            return bad(format!("table name `{}`", t.name.escape_debug()));
+        }
+        let mut cols = std::collections::BTreeSet::new();
+        if t.columns.is_empty() || t.columns[0].name != t.primary_key {
+            return bad(format!(
+                "table `{}`: the primary key must come first",
+                t.name
+            ));
+        }
+        for c in &t.columns {
+            if c.name.is_empty() || !cols.insert(c.name.to_ascii_lowercase()) {
+                return bad(format!(
+                    "table `{}`: column `{}`",
+                    t.name,
+                    c.name.escape_debug()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn create_table_sql(t: &TableSchema) -> String {
+    let cols: Vec<String> = t
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut def = format!("{} {}", quote(&c.name), c.column_type.sql_name());
+            if i == 0 {
+                def.push_str(" PRIMARY KEY NOT NULL");
+            }
+            def
+        })
+        .collect();
+    format!("CREATE TABLE {} ({})", quote(&t.name), cols.join(", "))
+}
+
+/// Guard triggers: once the generation is retired, every write fails with a message
+/// that tells the app to reopen the replica.
+fn guard_triggers_sql(t: &TableSchema, link: &Path) -> String {
+    let msg = format!(
+        "fieldsync: this replica was replaced by a newer download; reopen {}",
+        link.display()
+    )
+    .replace('\'', "''");
+    ["INSERT", "UPDATE", "DELETE"]
+        .iter()
+        .map(|op| {
+            format!(
+                "CREATE TRIGGER {} BEFORE {op} ON {} WHEN (SELECT value FROM fieldsync_replica WHERE key = 'retired') = '1'
+                 BEGIN SELECT RAISE(ABORT, '{msg}'); END;",
+                quote(&format!("fieldsync_guard_{}_{}", t.name, op.to_ascii_lowercase())),
+                quote(&t.name)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Counts the compressed bytes as they arrive.
+pub struct CountingReader<R> {
+    pub inner: R,
+    pub n_bytes: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n_bytes += n as u64;
+        Ok(n)
+    }
+}
+
+fn to_sql(v: ValueRef<'_>) -> rusqlite::types::ValueRef<'_> {
+    use rusqlite::types::ValueRef as R;
+    match v {
+        ValueRef::Null => R::Null,
+        ValueRef::Integer(i) => R::Integer(i),
+        ValueRef::Real(r) => R::Real(r),
+        ValueRef::Text(t) => R::Text(t.as_bytes()),
+        ValueRef::Blob(b) => R::Blob(b),
+    }
+}
+
+/// Streams a slice into a new generation file. On any error the file is removed and
+/// the installed replica is untouched.
+pub fn build<R: Read>(
+    dir: &DeviceDir,
+    stream: &mut CountingReader<R>,
+    progress: &mut dyn FnMut(&Progress),
+    cancel: &Cancel,
+) -> Result<Built> {
+    let path = dir
+        .root
+        .join(format!("replica-{}.sqlite", crate::random_hex(8)));
+    let result = build_into(&path, dir, stream, progress, cancel);
+    if result.is_err() {
+        remove_generation(&path);
+    }
+    result
+}
+
+fn build_into<R: Read>(
+    path: &Path,
+    dir: &DeviceDir,
+    stream: &mut CountingReader<R>,
+    progress: &mut dyn FnMut(&Progress),
+    cancel: &Cancel,
+) -> Result<Built> {
+    let decoder =
+        zstd::stream::read::Decoder::new(stream).map_err(|e| ClientError::Stream(e.to_string()))?;
+    let mut frames = FrameReader::new(decoder);
+    let stream_err = |e: fieldsync_proto::frame::FrameError| ClientError::Stream(e.to_string());
+    let header = match frames.next_frame().map_err(stream_err)? {
+        Some(Frame::Header(h)) => h,
+        Some(Frame::Error(e)) => {
+            return Err(ClientError::Server {
+                code: e.code,
+                message: e.message,
+            });
+        }
+        _ => {
+            return Err(ClientError::Stream(
+                "the stream does not start with a header".into(),
+            ));
+        }
+    };
+    check_header(&header)?;
+    progress(&Progress {
+        phase: Phase::Prepare,
+        done: 1,
+        total: 1,
+        unit: "steps",
+    });
+    let total_rows: u64 = header.tables.iter().map(|t| t.rows_estimate).sum();
+
+    let mut conn = Connection::open(path)?;
+    // A generation is invisible until installed and removed if incomplete, so the bulk
+    // load needs no journal; durability comes from the fsync before install.
+    conn.execute_batch(
+        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536;",
+    )?;
+    let mut rows_per_table = vec![0u64; header.tables.len()];
+    let tx = conn.transaction()?;
+    tx.execute_batch("CREATE TABLE fieldsync_replica (key TEXT PRIMARY KEY, value)")?;
+    for t in &header.tables {
+        tx.execute_batch(&create_table_sql(t))?;
+    }
+    let trailer = {
+        let mut stmts = Vec::with_capacity(header.tables.len());
+        for t in &header.tables {
+            let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
+            let marks = vec!["?"; cols.len()].join(", ");
+            stmts.push(tx.prepare(&format!(
+                "INSERT INTO {} ({}) VALUES ({marks})",
+                quote(&t.name),
+                cols.join(", ")
+            ))?);
+        }
+        let mut done = 0u64;
+        let mut last_report = Instant::now();
+        loop {
+            if cancel.is_cancelled() {
+                return Err(ClientError::Cancelled);
+            }
+            match frames.next_frame().map_err(stream_err)? {
+                Some(Frame::Rows(payload)) => {
+                    let mut batch = RowBatch::parse(&payload).map_err(stream_err)?;
+                    let idx = batch.table_idx;
+                    let Some(stmt) = stmts.get_mut(idx) else {
+                        return Err(ClientError::Stream(format!(
+                            "row batch for unknown table {idx}"
+                        )));
+                    };
+                    let width = header.tables[idx].columns.len();
+                    for _ in 0..batch.n_rows {
+                        for col in 0..width {
+                            let v = batch.value().map_err(stream_err)?;
+                            stmt.raw_bind_parameter(
+                                col + 1,
+                                rusqlite::types::ToSqlOutput::Borrowed(to_sql(v)),
+                            )?;
+                        }
+                        stmt.raw_execute().map_err(|e| {
+                            ClientError::Stream(format!(
+                                "row of table `{}` cannot be stored: {e}",
+                                header.tables[idx].name
+                            ))
+                        })?;
+                    }
+                    if !batch.is_exhausted() {
+                        return Err(ClientError::Stream("row batch has trailing bytes".into()));
+                    }
+                    rows_per_table[idx] += batch.n_rows;
+                    done += batch.n_rows;
+                    if last_report.elapsed() >= Duration::from_millis(100) {
+                        last_report = Instant::now();
+                        progress(&Progress {
+                            phase: Phase::Transfer,
+                            done,
+                            total: total_rows.max(done),
+                            unit: "rows",
+                        });
+                    }
+                }
+                Some(Frame::Trailer(t)) => {
+                    progress(&Progress {
+                        phase: Phase::Transfer,
+                        done,
+                        total: total_rows.max(done),
+                        unit: "rows",
+                    });
+                    break t;
+                }
+                Some(Frame::Error(e)) => {
+                    return Err(ClientError::Server {
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+                Some(Frame::Header(_)) => {
+                    return Err(ClientError::Stream("a second header in the stream".into()));
+                }
+                None => {
+                    return Err(ClientError::Stream(
+                        "the stream ended before its trailer".into(),
+                    ));
+                }
+            }
+        }
+    };
+    if trailer.rows != rows_per_table {
+        return Err(ClientError::Stream(format!(
+            "row counts differ from the trailer (got {rows_per_table:?}, trailer {:?})",
+            trailer.rows
+        )));
+    }
+    const STORE_STEPS: u64 = 3;
+    progress(&Progress {
+        phase: Phase::Store,
+        done: 0,
+        total: STORE_STEPS,
+        unit: "steps",
+    });
+    // Indexes after the bulk load: the parent keys apps join on.
+    for t in &header.tables {
+        for c in t.columns.iter().skip(1).filter(|c| c.name.ends_with("_id")) {
+            tx.execute_batch(&format!(
+                "CREATE INDEX {} ON {} ({})",
+                quote(&format!("fieldsync_idx_{}_{}", t.name, c.name)),
+                quote(&t.name),
+                quote(&c.name)
+            ))?;
+        }
+        tx.execute_batch(&guard_triggers_sql(t, &dir.replica_path()))?;
+    }
+    {
+        let mut put = tx.prepare("INSERT INTO fieldsync_replica (key, value) VALUES (?1, ?2)")?;
+        let cursor = trailer.cursor.to_string();
+        for (k, v) in [
+            ("task", header.task.as_str()),
+            ("task_hash", &header.task_hash),
+            ("epoch", &header.epoch),
+            ("cursor", &cursor),
+            ("user", &header.user),
+            ("device", &header.device),
+            ("retired", "0"),
+            ("complete", "1"),
+        ] {
+            put.execute([k, v])?;
+        }
+    }
+    tx.commit()?;
+    progress(&Progress {
+        phase: Phase::Store,
+        done: 1,
+        total: STORE_STEPS,
+        unit: "steps",
+    });
+    if cancel.is_cancelled() {
+        return Err(ClientError::Cancelled);
+    }
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if mode != "wal" {
+        return Err(ClientError::Replica(format!(
+            "cannot switch the replica to WAL (got {mode})"
+        )));
+    }
+    conn.close().map_err(|(_, e)| ClientError::from(e))?;
+    fs::File::open(path)?.sync_all()?;
+    sync_dir(&dir.root)?;
+    progress(&Progress {
+        phase: Phase::Store,
+        done: 2,
+        total: STORE_STEPS,
+        unit: "steps",
+    });
+    Ok(Built {
+        path: path.to_path_buf(),
+        header,
+        rows_per_table,
+        cursor: trailer.cursor,
+    })
+}
+
+/// Installs a built generation: retires the current one (the commit point), swaps the
+/// link, removes the old files.
+pub fn install(dir: &DeviceDir, built: &Built) -> Result<()> {
+    let old = current_file(dir);
+    if let Some(old) = &old {
+        set_retired(old, true)?;
+    }
+    swap_link(dir, &built.path)?;
+    if let Some(old) = &old {
+        remove_generation(old);
+    }
+    Ok(())
+}
+
+/// Opens the installed replica for the device's own reads and writes.
+pub fn open_current(dir: &DeviceDir) -> Result<Option<Connection>> {
+    match current_file(dir) {
+        Some(_) => {
+            let conn = Connection::open(dir.replica_path())?;
+            conn.busy_timeout(Duration::from_secs(10))?;
+            Ok(Some(conn))
+        }
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,2787 @@
+//! The task filter language: parser, type checker, SQL compiler and in-Rust evaluator.
+//!
+//! A task's `filter` picks the rows of a table that belong to its slice. The same filter
+//! runs in three places: as SQL on the main database (SQLite or PostgreSQL), inside the
+//! replica's SQLite triggers (inlined, since triggers cannot take bound parameters), and
+//! in Rust ([`Expr::eval`]). All three give it one meaning:
+//!
+//! - Text compares as binary bytes (UTF-8 memcmp), whatever collation the column
+//!   declares: SQLite gets `COLLATE BINARY`, PostgreSQL `COLLATE "C"`.
+//! - `LIKE` is case-sensitive and knows only `%` (any run of characters) and `_` (one
+//!   character). There is no `ESCAPE` clause, and `\` is an ordinary character. SQLite's
+//!   own `LIKE` ignores ASCII case, so for SQLite it compiles to `GLOB` with the pattern
+//!   translated (`%` → `*`, `_` → `?`, and GLOB's `*`, `?`, `[` written as `[*]`, `[?]`,
+//!   `[[]`).
+//! - SQL's three-valued logic: a comparison with NULL is unknown (`None` in Rust), and
+//!   `AND`, `OR`, `NOT`, `IN` and `BETWEEN` follow the SQL truth tables. A row belongs to
+//!   the slice only when the filter is true.
+//! - Integers and reals compare numerically and exactly ([`Value::sql_cmp`]). Text never
+//!   silently turns into a number or back: the type checker refuses mixed comparisons,
+//!   and the SQLite SQL compares `+column` (an expression without type affinity).
+//!
+//! Grammar (keywords are case-insensitive):
+//!
+//! ```text
+//! filter    = or
+//! or        = and { OR and }
+//! and       = not { AND not }
+//! not       = NOT not | predicate
+//! predicate = "(" or ")"
+//!           | operand ( "=" | "<>" | "!=" | "<" | "<=" | ">" | ">=" ) operand
+//!           | operand IS [NOT] NULL
+//!           | operand [NOT] IN "(" value { "," value } ")"
+//!           | operand [NOT] LIKE ( string | param )
+//!           | operand [NOT] BETWEEN operand AND operand
+//! operand   = column | value
+//! value     = string | integer | decimal | TRUE | FALSE | NULL | param
+//! column    = [A-Za-z_][A-Za-z0-9_]*  |  '"' name with "" for a quote '"'
+//! param     = $user | $device
+//! ```
+//!
+//! Strings are single-quoted with `''` for a quote; `TRUE` and `FALSE` are the integers
+//! 1 and 0; numbers may carry a leading `-` and decimals an exponent (`1.5e-3`). Nothing
+//! else is accepted: no `;`, comments, functions, subqueries or other parameters. A
+//! filter has at most [`MAX_FILTER_BYTES`] bytes and [`MAX_DEPTH`] levels of
+//! parentheses and `NOT`, so hostile input cannot exhaust the stack. Positions in errors
+//! are 1-based character columns.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::value::{ColumnType, Value};
+
+/// Longest filter [`parse`] accepts, in bytes.
+pub const MAX_FILTER_BYTES: usize = 4096;
+
+/// Deepest nesting of parentheses and `NOT` that [`parse`] accepts.
+pub const MAX_DEPTH: usize = 64;
+
+/// Words that are keywords of the language; as column names they must be double-quoted.
+const RESERVED: [&str; 10] = [
+    "AND", "OR", "NOT", "IN", "IS", "NULL", "LIKE", "BETWEEN", "TRUE", "FALSE",
+];
+
+/// The values of the parameters `$user` and `$device` (both text).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Params {
+    /// The value of `$user`: the user logged in on the device.
+    pub user: String,
+    /// The value of `$device`: the device's id.
+    pub device: String,
+}
+
+/// A parameter of the language.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Param {
+    /// `$user`
+    User,
+    /// `$device`
+    Device,
+}
+
+impl Param {
+    /// The parameter's value in `params`.
+    pub fn value(self, params: &Params) -> &str {
+        match self {
+            Param::User => &params.user,
+            Param::Device => &params.device,
+        }
+    }
+}
+
+impl fmt::Display for Param {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Param::User => "$user",
+            Param::Device => "$device",
+        })
+    }
+}
+
+/// Where something starts in the filter's source: a 1-based character column, or 0 for
+/// expressions built in code. A position is not part of an expression's meaning, so all
+/// positions compare equal (like spans in `syn`): `parse(a) == parse(b)` when `a` and
+/// `b` differ only in spacing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pos(pub usize);
+
+impl PartialEq for Pos {
+    fn eq(&self, _other: &Pos) -> bool {
+        true
+    }
+}
+
+/// One side of a predicate: a column, a literal or a parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Operand {
+    /// A column of the filtered table, by name as written (unquoted).
+    Column {
+        /// The column's name.
+        name: String,
+        /// Where the column is named in the source.
+        at: Pos,
+    },
+    /// `$user` or `$device` (text).
+    Param(Param),
+    /// `NULL`.
+    Null,
+    /// An integer literal (also `TRUE` = 1 and `FALSE` = 0).
+    Integer(i64),
+    /// A decimal literal.
+    Real(f64),
+    /// A string literal.
+    Text(String),
+}
+
+impl Operand {
+    /// A column reference without a source position.
+    pub fn column(name: &str) -> Operand {
+        Operand::Column {
+            name: name.to_string(),
+            at: Pos(0),
+        }
+    }
+
+    /// The operand's value on one row.
+    fn value(&self, row: &dyn Fn(&str) -> Value, params: &Params) -> Value {
+        match self {
+            Operand::Column { name, .. } => row(name),
+            Operand::Param(param) => Value::Text(param.value(params).to_string()),
+            Operand::Null => Value::Null,
+            Operand::Integer(i) => Value::Integer(*i),
+            // SQL has no NaN; the compiled SQL says NULL for it, so does the evaluator.
+            Operand::Real(r) if r.is_nan() => Value::Null,
+            Operand::Real(r) => Value::Real(*r),
+            Operand::Text(s) => Value::Text(s.clone()),
+        }
+    }
+
+    /// Whether the operand is text whatever the row (a string literal or a parameter).
+    fn is_text_value(&self) -> bool {
+        matches!(self, Operand::Text(_) | Operand::Param(_))
+    }
+}
+
+/// A comparison operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmpOp {
+    /// `=`
+    Eq,
+    /// `<>` (also written `!=`)
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+}
+
+impl CmpOp {
+    /// Whether two values in the order `ordering` satisfy the operator.
+    fn holds(self, ordering: Ordering) -> bool {
+        match self {
+            CmpOp::Eq => ordering == Ordering::Equal,
+            CmpOp::Ne => ordering != Ordering::Equal,
+            CmpOp::Lt => ordering == Ordering::Less,
+            CmpOp::Le => ordering != Ordering::Greater,
+            CmpOp::Gt => ordering == Ordering::Greater,
+            CmpOp::Ge => ordering != Ordering::Less,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "=",
+            CmpOp::Ne => "<>",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
+}
+
+impl fmt::Display for CmpOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The pattern of a `LIKE`: known when the SQL is compiled, so it can be translated.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pattern {
+    /// A string literal.
+    Text(String),
+    /// `$user` or `$device`, whose value is the pattern (`%` and `_` in it are wildcards).
+    Param(Param),
+}
+
+impl Pattern {
+    fn text<'a>(&'a self, params: &'a Params) -> &'a str {
+        match self {
+            Pattern::Text(s) => s,
+            Pattern::Param(param) => param.value(params),
+        }
+    }
+}
+
+/// A parsed filter: the syntax tree of the language.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// `left op right`
+    Compare {
+        /// Left operand.
+        left: Operand,
+        /// The operator.
+        op: CmpOp,
+        /// Right operand.
+        right: Operand,
+    },
+    /// `operand [NOT] IN (list)`; the list is never empty.
+    In {
+        /// The value looked up.
+        operand: Operand,
+        /// The values (literals and parameters) it is compared with.
+        list: Vec<Operand>,
+        /// `NOT IN`.
+        negated: bool,
+    },
+    /// `operand [NOT] BETWEEN low AND high`, that is `operand >= low AND operand <= high`.
+    Between {
+        /// The value tested.
+        operand: Operand,
+        /// Lower bound, inclusive.
+        low: Operand,
+        /// Upper bound, inclusive.
+        high: Operand,
+        /// `NOT BETWEEN`.
+        negated: bool,
+    },
+    /// `operand [NOT] LIKE pattern`: case-sensitive, `%` and `_` only, no escape.
+    Like {
+        /// The text matched.
+        operand: Operand,
+        /// The pattern.
+        pattern: Pattern,
+        /// `NOT LIKE`.
+        negated: bool,
+    },
+    /// `operand IS [NOT] NULL`.
+    IsNull {
+        /// The value tested.
+        operand: Operand,
+        /// `IS NOT NULL`.
+        negated: bool,
+    },
+    /// `NOT expr`.
+    Not(Box<Expr>),
+    /// `left AND right`.
+    And(Box<Expr>, Box<Expr>),
+    /// `left OR right`.
+    Or(Box<Expr>, Box<Expr>),
+}
+
+/// Why a filter was refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum FilterError {
+    /// The filter is longer than [`MAX_FILTER_BYTES`].
+    #[error("filter too long: {len} bytes, at most {max}")]
+    TooLong {
+        /// The filter's length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Parentheses and `NOT` nest deeper than [`MAX_DEPTH`].
+    #[error("filter nested too deeply at {at}: at most {max} levels of parentheses and NOT")]
+    TooDeep {
+        /// Where the limit was passed.
+        at: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A token that does not fit the grammar where it stands.
+    #[error("unexpected {found} at {at}, expected {expected}")]
+    Unexpected {
+        /// The token found, quoted, or "end of filter".
+        found: String,
+        /// Its position.
+        at: usize,
+        /// What the grammar allows there.
+        expected: &'static str,
+    },
+    /// `--`: the language has no comments.
+    #[error("comments are not allowed (`--` at {at})")]
+    Comment {
+        /// Where the `--` is.
+        at: usize,
+    },
+    /// A string or quoted column name without its closing quote.
+    #[error("unterminated {what} starting at {at}")]
+    Unterminated {
+        /// "string" or "quoted column name".
+        what: &'static str,
+        /// Where it starts.
+        at: usize,
+    },
+    /// A NUL character inside a string or quoted column name.
+    #[error("NUL character at {at}")]
+    NulCharacter {
+        /// Where it is.
+        at: usize,
+    },
+    /// A `$name` other than `$user` and `$device`.
+    #[error("unknown parameter `${name}` at {at} (the parameters are $user and $device)")]
+    UnknownParameter {
+        /// The name after `$`.
+        name: String,
+        /// Where it is.
+        at: usize,
+    },
+    /// `name(`: the language has no functions.
+    #[error("function calls are not allowed (`{name}(` at {at})")]
+    FunctionCall {
+        /// The would-be function.
+        name: String,
+        /// Where it is.
+        at: usize,
+    },
+    /// A malformed number such as `12abc` or `1e`.
+    #[error("invalid number `{text}` at {at}")]
+    InvalidNumber {
+        /// The number as written.
+        text: String,
+        /// Where it is.
+        at: usize,
+    },
+    /// An integer beyond 64 bits or a decimal beyond the range of `f64`.
+    #[error("number `{text}` at {at} is out of range")]
+    NumberOutOfRange {
+        /// The number as written.
+        text: String,
+        /// Where it is.
+        at: usize,
+    },
+    /// [`Expr::check`]: the table has no such column.
+    #[error("unknown column `{name}`{}", at_suffix(*.at))]
+    UnknownColumn {
+        /// The column's name.
+        name: String,
+        /// Where it is named (0: unknown).
+        at: usize,
+    },
+    /// [`Expr::check`]: operands whose types do not line up.
+    #[error("type error: {0}")]
+    Type(String),
+}
+
+fn at_suffix(at: usize) -> String {
+    if at == 0 {
+        String::new()
+    } else {
+        format!(" (at {at})")
+    }
+}
+
+/// The SQL dialect [`Expr::to_sql`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite: `?` placeholders, `COLLATE BINARY`, `+column`, `GLOB` for `LIKE`.
+    Sqlite,
+    /// PostgreSQL: `$N` placeholders with casts, `COLLATE "C"`, `LIKE … ESCAPE ''`.
+    Postgres,
+}
+
+/// Parses a filter.
+pub fn parse(src: &str) -> Result<Expr, FilterError> {
+    if src.len() > MAX_FILTER_BYTES {
+        return Err(FilterError::TooLong {
+            len: src.len(),
+            max: MAX_FILTER_BYTES,
+        });
+    }
+    let mut parser = Parser::new(src)?;
+    let expr = parser.parse_or()?;
+    if parser.token.tok != Tok::End {
+        return Err(parser.unexpected("AND, OR or end of filter"));
+    }
+    Ok(expr)
+}
+
+impl FromStr for Expr {
+    type Err = FilterError;
+
+    fn from_str(src: &str) -> Result<Expr, FilterError> {
+        parse(src)
+    }
+}
+
+/// Quotes an identifier for SQL (SQLite and PostgreSQL): `"name"` with `"` doubled.
+/// A convenience for writing the `column_sql` argument of [`Expr::to_sql`].
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl Expr {
+    /// Names of the columns the expression reads, in order of first appearance.
+    pub fn columns(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        self.visit_operands(&mut |operand| {
+            if let Operand::Column { name, .. } = operand
+                && !names.contains(name)
+            {
+                names.push(name.clone());
+            }
+        });
+        names
+    }
+
+    /// Whether the expression uses the parameter (a filter with `$user` changes meaning
+    /// when another user logs in).
+    pub fn uses_param(&self, param: Param) -> bool {
+        match self {
+            Expr::Like {
+                operand, pattern, ..
+            } => *operand == Operand::Param(param) || *pattern == Pattern::Param(param),
+            Expr::Not(inner) => inner.uses_param(param),
+            Expr::And(left, right) | Expr::Or(left, right) => {
+                left.uses_param(param) || right.uses_param(param)
+            }
+            _ => {
+                let mut used = false;
+                self.visit_operands(&mut |operand| used |= *operand == Operand::Param(param));
+                used
+            }
+        }
+    }
+
+    /// Checks every column exists (`lookup` returns its type) and types line up: text
+    /// compares only with text, numbers (integer, real, numeric columns and literals)
+    /// only with numbers, blob columns only with blob columns; `LIKE` needs text.
+    /// Parameters are text; `NULL` goes with anything.
+    pub fn check(&self, lookup: &dyn Fn(&str) -> Option<ColumnType>) -> Result<(), FilterError> {
+        match self {
+            Expr::Compare { left, right, .. } => {
+                comparable(&typed(left, lookup)?, &typed(right, lookup)?)
+            }
+            Expr::In { operand, list, .. } => {
+                let operand = typed(operand, lookup)?;
+                for item in list {
+                    comparable(&operand, &typed(item, lookup)?)?;
+                }
+                Ok(())
+            }
+            Expr::Between {
+                operand, low, high, ..
+            } => {
+                let operand = typed(operand, lookup)?;
+                comparable(&operand, &typed(low, lookup)?)?;
+                comparable(&operand, &typed(high, lookup)?)
+            }
+            Expr::Like { operand, .. } => {
+                let operand = typed(operand, lookup)?;
+                match operand.class {
+                    Class::Text | Class::Null => Ok(()),
+                    Class::Number | Class::Blob => Err(FilterError::Type(format!(
+                        "LIKE needs text, but {} is not text",
+                        operand.describe
+                    ))),
+                }
+            }
+            Expr::IsNull { operand, .. } => typed(operand, lookup).map(|_| ()),
+            Expr::Not(inner) => inner.check(lookup),
+            Expr::And(left, right) | Expr::Or(left, right) => {
+                left.check(lookup)?;
+                right.check(lookup)
+            }
+        }
+    }
+
+    /// Parameterised SQL for a WHERE clause; binds are pushed to `binds` in order.
+    ///
+    /// Placeholders are `?` for SQLite and `$N::type` for PostgreSQL, where N is
+    /// `binds.len()` after the push, so numbering continues after binds already present.
+    /// `NULL` is written inline. `column_sql` renders a column reference; the caller
+    /// qualifies and quotes it (e.g. `"t"."region"`, see [`quote_ident`]).
+    ///
+    /// For PostgreSQL a comparison gets `COLLATE "C"` when one side is a string or a
+    /// parameter; a comparison of two text columns uses their own collation unless
+    /// `column_sql` adds `COLLATE "C"` to text columns (it knows their types; this does
+    /// not).
+    pub fn to_sql(
+        &self,
+        dialect: Dialect,
+        column_sql: &dyn Fn(&str) -> String,
+        params: &Params,
+        binds: &mut Vec<Value>,
+    ) -> String {
+        let mut writer = SqlWriter {
+            dialect,
+            column_sql,
+            params,
+            binds: Some(binds),
+            out: String::new(),
+        };
+        writer.expr(self);
+        writer.out
+    }
+
+    /// The same SQL as [`Expr::to_sql`] with literals and parameters written inline as
+    /// quoted SQL literals, for SQLite triggers (which cannot take bound parameters).
+    /// Strings are quoted with `''` doubling (NUL characters as `char(0)`), reals in
+    /// Rust's shortest round-trip form, blobs as `X'..'`.
+    pub fn to_sql_inline(
+        &self,
+        dialect: Dialect,
+        column_sql: &dyn Fn(&str) -> String,
+        params: &Params,
+    ) -> String {
+        let mut writer = SqlWriter {
+            dialect,
+            column_sql,
+            params,
+            binds: None,
+            out: String::new(),
+        };
+        writer.expr(self);
+        writer.out
+    }
+
+    /// Evaluates the expression on one row; `None` is SQL's NULL (unknown). `row`
+    /// returns a column's value.
+    ///
+    /// Values compare as [`Value::sql_cmp`] does (SQLite's order, no conversions); the
+    /// caller passes numeric values as numbers. `LIKE` on a non-text value matches its
+    /// text form, and stops at a NUL character, as SQLite does.
+    pub fn eval(&self, row: &dyn Fn(&str) -> Value, params: &Params) -> Option<bool> {
+        match self {
+            Expr::Compare { left, op, right } => {
+                compare(&left.value(row, params), *op, &right.value(row, params))
+            }
+            Expr::In {
+                operand,
+                list,
+                negated,
+            } => {
+                let value = operand.value(row, params);
+                let mut unknown = false;
+                for item in list {
+                    match value.sql_cmp(&item.value(row, params)) {
+                        Some(Ordering::Equal) => return Some(!negated),
+                        Some(_) => {}
+                        None => unknown = true,
+                    }
+                }
+                if unknown { None } else { Some(*negated) }
+            }
+            Expr::Between {
+                operand,
+                low,
+                high,
+                negated,
+            } => {
+                let value = operand.value(row, params);
+                let inside = and3(
+                    compare(&value, CmpOp::Ge, &low.value(row, params)),
+                    compare(&value, CmpOp::Le, &high.value(row, params)),
+                );
+                inside.map(|inside| inside != *negated)
+            }
+            Expr::Like {
+                operand,
+                pattern,
+                negated,
+            } => {
+                let value = operand.value(row, params);
+                let text = like_text(&value)?;
+                Some(like_match(pattern.text(params), &text) != *negated)
+            }
+            Expr::IsNull { operand, negated } => {
+                Some(operand.value(row, params).is_null() != *negated)
+            }
+            Expr::Not(inner) => inner.eval(row, params).map(|b| !b),
+            Expr::And(left, right) => and3(left.eval(row, params), right.eval(row, params)),
+            Expr::Or(left, right) => {
+                let negate = |b: Option<bool>| b.map(|b| !b);
+                negate(and3(
+                    negate(left.eval(row, params)),
+                    negate(right.eval(row, params)),
+                ))
+            }
+        }
+    }
+
+    /// True only when [`Expr::eval`] is `Some(true)`: the rows a WHERE clause keeps.
+    pub fn matches(&self, row: &dyn Fn(&str) -> Value, params: &Params) -> bool {
+        self.eval(row, params) == Some(true)
+    }
+
+    /// Calls `f` on the operands of this node (not of its children).
+    fn visit_operands(&self, f: &mut dyn FnMut(&Operand)) {
+        match self {
+            Expr::Compare { left, right, .. } => {
+                f(left);
+                f(right);
+            }
+            Expr::In { operand, list, .. } => {
+                f(operand);
+                list.iter().for_each(&mut *f);
+            }
+            Expr::Between {
+                operand, low, high, ..
+            } => {
+                f(operand);
+                f(low);
+                f(high);
+            }
+            Expr::Like { operand, .. } | Expr::IsNull { operand, .. } => f(operand),
+            Expr::Not(inner) => inner.visit_operands(f),
+            Expr::And(left, right) | Expr::Or(left, right) => {
+                left.visit_operands(f);
+                right.visit_operands(f);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Evaluation
+
+fn compare(left: &Value, op: CmpOp, right: &Value) -> Option<bool> {
+    left.sql_cmp(right).map(|ordering| op.holds(ordering))
+}
+
+/// SQL's AND: false wins over unknown, unknown over true.
+fn and3(left: Option<bool>, right: Option<bool>) -> Option<bool> {
+    match (left, right) {
+        (Some(false), _) | (_, Some(false)) => Some(false),
+        (Some(true), Some(true)) => Some(true),
+        _ => None,
+    }
+}
+
+/// The text `LIKE` sees for a value; `None` for NULL. Only text is expected here (the
+/// checker insists on text); other classes are converted roughly as SQLite does.
+fn like_text(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::Null => None,
+        Value::Text(s) => Some(Cow::Borrowed(s)),
+        Value::Integer(i) => Some(Cow::Owned(i.to_string())),
+        Value::Real(r) => Some(Cow::Owned(format!("{r:?}"))),
+        Value::Blob(b) => Some(String::from_utf8_lossy(b)),
+    }
+}
+
+/// Case-sensitive LIKE: `%` matches any run of characters, `_` one character. Both
+/// strings end at a NUL character, because SQLite's pattern matcher reads C strings.
+fn like_match(pattern: &str, text: &str) -> bool {
+    let until_nul = |s: &str| -> Vec<char> { s.chars().take_while(|&c| c != '\0').collect() };
+    let (pattern, text) = (until_nul(pattern), until_nul(text));
+    // Greedy matching that backtracks only to the last `%`: linear in practice,
+    // O(pattern × text) at worst, never exponential.
+    let (mut p, mut t) = (0, 0);
+    let mut last_percent: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == '%' {
+            last_percent = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && (pattern[p] == '_' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if let Some((percent_p, percent_t)) = last_percent {
+            p = percent_p + 1;
+            t = percent_t + 1;
+            last_percent = Some((percent_p, percent_t + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '%')
+}
+
+/// The GLOB pattern that matches exactly what the LIKE pattern matches (case-sensitive).
+fn like_to_glob(pattern: &str) -> String {
+    let mut glob = String::with_capacity(pattern.len());
+    for c in pattern.chars() {
+        match c {
+            '%' => glob.push('*'),
+            '_' => glob.push('?'),
+            '*' => glob.push_str("[*]"),
+            '?' => glob.push_str("[?]"),
+            '[' => glob.push_str("[[]"),
+            c => glob.push(c),
+        }
+    }
+    glob
+}
+
+// ---------------------------------------------------------------------------------------
+// Type checking
+
+/// What a value can be compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Number,
+    Text,
+    Blob,
+    Null,
+}
+
+struct Typed {
+    class: Class,
+    /// The operand in words, for messages: "text column `region` (at 1)", "a number".
+    describe: String,
+}
+
+fn typed(
+    operand: &Operand,
+    lookup: &dyn Fn(&str) -> Option<ColumnType>,
+) -> Result<Typed, FilterError> {
+    let (class, describe) = match operand {
+        Operand::Column { name, at } => {
+            let Some(column_type) = lookup(name) else {
+                return Err(FilterError::UnknownColumn {
+                    name: name.clone(),
+                    at: at.0,
+                });
+            };
+            let class = match column_type {
+                ColumnType::Integer | ColumnType::Real | ColumnType::Numeric => Class::Number,
+                ColumnType::Text => Class::Text,
+                ColumnType::Blob => Class::Blob,
+            };
+            let type_name = column_type.sql_name().to_ascii_lowercase();
+            let describe = format!("{type_name} column `{name}`{}", at_suffix(at.0));
+            (class, describe)
+        }
+        Operand::Param(param) => (Class::Text, format!("parameter `{param}`")),
+        Operand::Null => (Class::Null, "NULL".to_string()),
+        Operand::Integer(_) | Operand::Real(_) => (Class::Number, "a number".to_string()),
+        Operand::Text(_) => (Class::Text, "a string".to_string()),
+    };
+    Ok(Typed { class, describe })
+}
+
+fn comparable(left: &Typed, right: &Typed) -> Result<(), FilterError> {
+    if left.class == right.class || left.class == Class::Null || right.class == Class::Null {
+        Ok(())
+    } else {
+        Err(FilterError::Type(format!(
+            "cannot compare {} with {}",
+            left.describe, right.describe
+        )))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SQL
+
+struct SqlWriter<'a> {
+    dialect: Dialect,
+    column_sql: &'a dyn Fn(&str) -> String,
+    params: &'a Params,
+    /// `None`: write values inline as literals.
+    binds: Option<&'a mut Vec<Value>>,
+    out: String,
+}
+
+impl SqlWriter<'_> {
+    fn expr(&mut self, expr: &Expr) {
+        match expr {
+            Expr::Compare { left, op, right } => {
+                let textual = left.is_text_value() || right.is_text_value();
+                self.compared(left);
+                self.collate_c(textual);
+                self.out.push_str(&format!(" {op} "));
+                self.compared(right);
+            }
+            Expr::In {
+                operand,
+                list,
+                negated,
+            } => {
+                let textual = operand.is_text_value() || list.iter().any(Operand::is_text_value);
+                self.compared(operand);
+                self.collate_c(textual);
+                self.out
+                    .push_str(if *negated { " NOT IN (" } else { " IN (" });
+                for (idx, item) in list.iter().enumerate() {
+                    if idx > 0 {
+                        self.out.push_str(", ");
+                    }
+                    self.compared(item);
+                }
+                self.out.push(')');
+            }
+            Expr::Between {
+                operand,
+                low,
+                high,
+                negated,
+            } => {
+                let textual = [operand, low, high].iter().any(|o| o.is_text_value());
+                self.compared(operand);
+                self.collate_c(textual);
+                self.out.push_str(if *negated {
+                    " NOT BETWEEN "
+                } else {
+                    " BETWEEN "
+                });
+                self.compared(low);
+                self.out.push_str(" AND ");
+                self.compared(high);
+            }
+            Expr::Like {
+                operand,
+                pattern,
+                negated,
+            } => {
+                let pattern = pattern.text(self.params);
+                self.plain(operand);
+                let not = if *negated { " NOT" } else { "" };
+                match self.dialect {
+                    // SQLite's LIKE ignores ASCII case unless a pragma says otherwise;
+                    // GLOB is always case-sensitive.
+                    Dialect::Sqlite => {
+                        self.out.push_str(&format!("{not} GLOB "));
+                        self.value(Value::Text(like_to_glob(pattern)));
+                    }
+                    // PostgreSQL's LIKE is case-sensitive; `\` is its default escape.
+                    Dialect::Postgres => {
+                        self.collate_c(true);
+                        self.out.push_str(&format!("{not} LIKE "));
+                        self.value(Value::Text(pattern.to_string()));
+                        self.out.push_str(" ESCAPE ''");
+                    }
+                }
+            }
+            Expr::IsNull { operand, negated } => {
+                self.plain(operand);
+                self.out
+                    .push_str(if *negated { " IS NOT NULL" } else { " IS NULL" });
+            }
+            Expr::Not(inner) => {
+                self.out.push_str("NOT (");
+                self.expr(inner);
+                self.out.push(')');
+            }
+            Expr::And(left, right) => self.binary(expr, left, "AND", right),
+            Expr::Or(left, right) => self.binary(expr, left, "OR", right),
+        }
+    }
+
+    fn binary(&mut self, parent: &Expr, left: &Expr, keyword: &str, right: &Expr) {
+        self.child(parent, left, false);
+        self.out.push_str(&format!(" {keyword} "));
+        self.child(parent, right, true);
+    }
+
+    fn child(&mut self, parent: &Expr, child: &Expr, is_right: bool) {
+        if needs_parens(parent, child, is_right) {
+            self.out.push('(');
+            self.expr(child);
+            self.out.push(')');
+        } else {
+            self.expr(child);
+        }
+    }
+
+    /// An operand of a comparison, `IN` or `BETWEEN`. In SQLite a column is written
+    /// `+col COLLATE BINARY`: the unary `+` makes an expression without type affinity
+    /// (so no operand is converted before comparing) and the explicit collation
+    /// overrides one the column declares (`COLLATE NOCASE`).
+    fn compared(&mut self, operand: &Operand) {
+        match (operand, self.dialect) {
+            (Operand::Column { name, .. }, Dialect::Sqlite) => {
+                let column = (self.column_sql)(name);
+                self.out.push_str(&format!("+{column} COLLATE BINARY"));
+            }
+            _ => self.plain(operand),
+        }
+    }
+
+    /// `COLLATE "C"` after the left operand of a PostgreSQL text comparison.
+    fn collate_c(&mut self, textual: bool) {
+        if textual && self.dialect == Dialect::Postgres {
+            self.out.push_str(" COLLATE \"C\"");
+        }
+    }
+
+    fn plain(&mut self, operand: &Operand) {
+        match operand {
+            Operand::Column { name, .. } => {
+                let column = (self.column_sql)(name);
+                self.out.push_str(&column);
+            }
+            Operand::Param(param) => {
+                self.value(Value::Text(param.value(self.params).to_string()));
+            }
+            Operand::Null => self.out.push_str("NULL"),
+            Operand::Integer(i) => self.value(Value::Integer(*i)),
+            Operand::Real(r) => self.value(Value::Real(*r)),
+            Operand::Text(s) => self.value(Value::Text(s.clone())),
+        }
+    }
+
+    /// A bind placeholder, or the literal when inlining.
+    fn value(&mut self, value: Value) {
+        if value.is_null() || matches!(value, Value::Real(r) if r.is_nan()) {
+            self.out.push_str("NULL");
+            return;
+        }
+        let Some(binds) = self.binds.as_deref_mut() else {
+            self.out.push_str(&sql_literal(self.dialect, &value));
+            return;
+        };
+        let pg_type = match &value {
+            Value::Integer(_) => "int8",
+            Value::Real(_) => "float8",
+            Value::Text(_) => "text",
+            Value::Blob(_) | Value::Null => "bytea",
+        };
+        binds.push(value);
+        match self.dialect {
+            Dialect::Sqlite => self.out.push('?'),
+            Dialect::Postgres => self.out.push_str(&format!("${}::{pg_type}", binds.len())),
+        }
+    }
+}
+
+/// Whether a child of AND/OR/NOT needs parentheses. AND and OR associate to the left,
+/// so `a AND b AND c` is `(a AND b) AND c`; mixed AND/OR are always parenthesised for
+/// the reader, though AND binds tighter.
+fn needs_parens(parent: &Expr, child: &Expr, is_right: bool) -> bool {
+    match (parent, child) {
+        (Expr::Not(_), Expr::And(..) | Expr::Or(..)) => true,
+        (Expr::And(..), Expr::Or(..)) | (Expr::Or(..), Expr::And(..)) => true,
+        (Expr::And(..), Expr::And(..)) | (Expr::Or(..), Expr::Or(..)) => is_right,
+        _ => false,
+    }
+}
+
+/// A value as an SQL literal that reads back as exactly that value and cannot escape
+/// its quotes.
+fn sql_literal(dialect: Dialect, value: &Value) -> String {
+    match value {
+        Value::Null => "NULL".to_string(),
+        // `-9223372036854775808` would be the negation of an out-of-range integer.
+        Value::Integer(i64::MIN) => "(-9223372036854775807 - 1)".to_string(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(r) if r.is_nan() => "NULL".to_string(),
+        Value::Real(r) => match dialect {
+            // SQLite reads a decimal too large for f64 as infinity.
+            Dialect::Sqlite if r.is_infinite() => {
+                if *r > 0.0 { "9e999" } else { "-9e999" }.to_string()
+            }
+            Dialect::Sqlite => format!("{r:?}"),
+            Dialect::Postgres if r.is_infinite() => if *r > 0.0 {
+                "'Infinity'::float8"
+            } else {
+                "'-Infinity'::float8"
+            }
+            .to_string(),
+            Dialect::Postgres => format!("'{r:?}'::float8"),
+        },
+        Value::Text(s) => sql_text(dialect, s),
+        Value::Blob(bytes) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            match dialect {
+                Dialect::Sqlite => format!("X'{hex}'"),
+                Dialect::Postgres => format!("decode('{hex}', 'hex')"),
+            }
+        }
+    }
+}
+
+/// A string literal. NUL characters cannot appear inside SQL text, so they are spliced
+/// in with `char(0)` (SQLite) or `chr(0)` (PostgreSQL, which refuses them anyway).
+/// PostgreSQL gets an `E'…'` literal when the text has a backslash, so the literal
+/// means the same whatever `standard_conforming_strings` says.
+fn sql_text(dialect: Dialect, text: &str) -> String {
+    let quote = |piece: &str| -> String {
+        let quoted = piece.replace('\'', "''");
+        if dialect == Dialect::Postgres && quoted.contains('\\') {
+            format!("E'{}'", quoted.replace('\\', "\\\\"))
+        } else {
+            format!("'{quoted}'")
+        }
+    };
+    if !text.contains('\0') {
+        return quote(text);
+    }
+    let nul = match dialect {
+        Dialect::Sqlite => " || char(0) || ",
+        Dialect::Postgres => " || chr(0) || ",
+    };
+    let pieces: Vec<String> = text.split('\0').map(quote).collect();
+    format!("({})", pieces.join(nul))
+}
+
+// ---------------------------------------------------------------------------------------
+// Canonical source
+
+impl fmt::Display for Operand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Operand::Column { name, .. } => {
+                if is_bare_identifier(name) {
+                    f.write_str(name)
+                } else {
+                    f.write_str(&quote_ident(name))
+                }
+            }
+            Operand::Param(param) => write!(f, "{param}"),
+            Operand::Null => f.write_str("NULL"),
+            Operand::Integer(i) => write!(f, "{i}"),
+            // `{:?}` is the shortest text that reads back as the same f64, and always
+            // has a `.` or an exponent, so it reads back as a decimal.
+            Operand::Real(r) => write!(f, "{r:?}"),
+            Operand::Text(s) => write!(f, "'{}'", s.replace('\'', "''")),
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Text(s) => write!(f, "'{}'", s.replace('\'', "''")),
+            Pattern::Param(param) => write!(f, "{param}"),
+        }
+    }
+}
+
+/// Prints the canonical source of the filter, which [`parse`] reads back to an equal
+/// expression.
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let not = |negated: bool| if negated { " NOT" } else { "" };
+        match self {
+            Expr::Compare { left, op, right } => write!(f, "{left} {op} {right}"),
+            Expr::In {
+                operand,
+                list,
+                negated,
+            } => {
+                let items: Vec<String> = list.iter().map(Operand::to_string).collect();
+                write!(f, "{operand}{} IN ({})", not(*negated), items.join(", "))
+            }
+            Expr::Between {
+                operand,
+                low,
+                high,
+                negated,
+            } => write!(f, "{operand}{} BETWEEN {low} AND {high}", not(*negated)),
+            Expr::Like {
+                operand,
+                pattern,
+                negated,
+            } => write!(f, "{operand}{} LIKE {pattern}", not(*negated)),
+            Expr::IsNull { operand, negated } => write!(f, "{operand} IS{} NULL", not(*negated)),
+            Expr::Not(inner) => {
+                f.write_str("NOT ")?;
+                write_child(f, self, inner, false)
+            }
+            Expr::And(left, right) | Expr::Or(left, right) => {
+                let keyword = if matches!(self, Expr::And(..)) {
+                    "AND"
+                } else {
+                    "OR"
+                };
+                write_child(f, self, left, false)?;
+                write!(f, " {keyword} ")?;
+                write_child(f, self, right, true)
+            }
+        }
+    }
+}
+
+fn write_child(
+    f: &mut fmt::Formatter<'_>,
+    parent: &Expr,
+    child: &Expr,
+    is_right: bool,
+) -> fmt::Result {
+    if needs_parens(parent, child, is_right) {
+        write!(f, "({child})")
+    } else {
+        write!(f, "{child}")
+    }
+}
+
+fn is_bare_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    let starts_well = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    starts_well
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !RESERVED.iter().any(|kw| kw.eq_ignore_ascii_case(name))
+}
+
+// ---------------------------------------------------------------------------------------
+// Tokens
+
+#[derive(Clone, Debug, PartialEq)]
+enum Tok {
+    /// A bare identifier or keyword.
+    Word(String),
+    /// A double-quoted column name, unquoted.
+    Quoted(String),
+    /// A string literal, unquoted.
+    Str(String),
+    Int(i64),
+    Real(f64),
+    Param(Param),
+    Op(CmpOp),
+    LParen,
+    RParen,
+    Comma,
+    /// A character the language has no use for (`;`, `+`, `*`, …).
+    Other(char),
+    End,
+}
+
+#[derive(Clone, Debug)]
+struct Token {
+    tok: Tok,
+    /// 1-based character column.
+    at: usize,
+    /// The source text, for messages.
+    text: String,
+}
+
+/// Reads tokens one at a time, so the first error in the source is the one reported.
+struct Lexer {
+    chars: Vec<char>,
+    pos: usize,
+}
+
+impl Lexer {
+    fn next_token(&mut self) -> Result<Token, FilterError> {
+        while self.chars.get(self.pos).is_some_and(|c| c.is_whitespace()) {
+            self.pos += 1;
+        }
+        let start = self.pos;
+        let at = start + 1;
+        let Some(&c) = self.chars.get(start) else {
+            return Ok(Token {
+                tok: Tok::End,
+                at,
+                text: String::new(),
+            });
+        };
+        let next = self.chars.get(start + 1).copied();
+        let is_digit = |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit());
+        self.pos += 1;
+        let tok = match c {
+            '(' => Tok::LParen,
+            ')' => Tok::RParen,
+            ',' => Tok::Comma,
+            '=' => Tok::Op(CmpOp::Eq),
+            '<' if next == Some('=') => self.two(Tok::Op(CmpOp::Le)),
+            '<' if next == Some('>') => self.two(Tok::Op(CmpOp::Ne)),
+            '<' => Tok::Op(CmpOp::Lt),
+            '>' if next == Some('=') => self.two(Tok::Op(CmpOp::Ge)),
+            '>' => Tok::Op(CmpOp::Gt),
+            '!' if next == Some('=') => self.two(Tok::Op(CmpOp::Ne)),
+            '\'' => Tok::Str(self.quoted('\'', "string", at)?),
+            '"' => Tok::Quoted(self.quoted('"', "quoted column name", at)?),
+            '$' => {
+                let name = self.take_while(|c| c.is_ascii_alphanumeric() || c == '_');
+                if name.eq_ignore_ascii_case("user") {
+                    Tok::Param(Param::User)
+                } else if name.eq_ignore_ascii_case("device") {
+                    Tok::Param(Param::Device)
+                } else {
+                    return Err(FilterError::UnknownParameter { name, at });
+                }
+            }
+            '-' if next == Some('-') => return Err(FilterError::Comment { at }),
+            '-' if is_digit(next)
+                || (next == Some('.') && is_digit(self.chars.get(start + 2).copied())) =>
+            {
+                self.number(start)?
+            }
+            '.' if is_digit(next) => self.number(start)?,
+            c if c.is_ascii_digit() => self.number(start)?,
+            c if c.is_ascii_alphabetic() || c == '_' => {
+                self.pos = start;
+                Tok::Word(self.take_while(|c| c.is_ascii_alphanumeric() || c == '_'))
+            }
+            c => Tok::Other(c),
+        };
+        Ok(Token {
+            tok,
+            at,
+            text: self.chars[start..self.pos].iter().collect(),
+        })
+    }
+
+    fn two(&mut self, tok: Tok) -> Tok {
+        self.pos += 1;
+        tok
+    }
+
+    fn take_while(&mut self, keep: impl Fn(char) -> bool) -> String {
+        let start = self.pos;
+        while self.chars.get(self.pos).is_some_and(|&c| keep(c)) {
+            self.pos += 1;
+        }
+        self.chars[start..self.pos].iter().collect()
+    }
+
+    /// The rest of a quoted string or name whose opening quote is consumed; a doubled
+    /// quote stands for one.
+    fn quoted(
+        &mut self,
+        quote: char,
+        what: &'static str,
+        at: usize,
+    ) -> Result<String, FilterError> {
+        let mut text = String::new();
+        loop {
+            match self.chars.get(self.pos).copied() {
+                None => return Err(FilterError::Unterminated { what, at }),
+                Some('\0') => return Err(FilterError::NulCharacter { at: self.pos + 1 }),
+                Some(c) if c == quote => {
+                    self.pos += 1;
+                    if self.chars.get(self.pos) == Some(&quote) {
+                        text.push(quote);
+                        self.pos += 1;
+                    } else {
+                        break;
+                    }
+                }
+                Some(c) => {
+                    text.push(c);
+                    self.pos += 1;
+                }
+            }
+        }
+        if quote == '"' && text.is_empty() {
+            return Err(FilterError::Unexpected {
+                found: "`\"\"`".to_string(),
+                at,
+                expected: "a column name",
+            });
+        }
+        Ok(text)
+    }
+
+    /// `-? digits [. digits] [e [+-] digits]`, or starting with `.`.
+    fn number(&mut self, start: usize) -> Result<Tok, FilterError> {
+        let digit_at =
+            |lexer: &Lexer, idx: usize| lexer.chars.get(idx).is_some_and(|c| c.is_ascii_digit());
+        let mut end = start;
+        if self.chars[end] == '-' {
+            end += 1;
+        }
+        while digit_at(self, end) {
+            end += 1;
+        }
+        let mut is_real = false;
+        if self.chars.get(end) == Some(&'.') {
+            is_real = true;
+            end += 1;
+            while digit_at(self, end) {
+                end += 1;
+            }
+        }
+        if matches!(self.chars.get(end), Some('e' | 'E')) {
+            let mut exp = end + 1;
+            if matches!(self.chars.get(exp), Some('+' | '-')) {
+                exp += 1;
+            }
+            if digit_at(self, exp) {
+                is_real = true;
+                end = exp;
+                while digit_at(self, end) {
+                    end += 1;
+                }
+            }
+        }
+        let at = start + 1;
+        self.pos = end;
+        if self
+            .chars
+            .get(end)
+            .is_some_and(|&c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            let rest = self.take_while(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            let text: String = self.chars[start..end].iter().collect::<String>() + &rest;
+            return Err(FilterError::InvalidNumber { text, at });
+        }
+        let text: String = self.chars[start..end].iter().collect();
+        let out_of_range = || FilterError::NumberOutOfRange {
+            text: text.clone(),
+            at,
+        };
+        if is_real {
+            match text.parse::<f64>() {
+                Ok(r) if r.is_finite() => Ok(Tok::Real(r)),
+                _ => Err(out_of_range()),
+            }
+        } else {
+            text.parse::<i64>()
+                .map(Tok::Int)
+                .map_err(|_| out_of_range())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Parser: recursive descent, precedence OR < AND < NOT < predicate.
+
+struct Parser {
+    lexer: Lexer,
+    /// The current (not yet consumed) token.
+    token: Token,
+    /// Open parentheses and `NOT`s around the current token.
+    depth: usize,
+}
+
+impl Parser {
+    fn new(src: &str) -> Result<Parser, FilterError> {
+        let mut lexer = Lexer {
+            chars: src.chars().collect(),
+            pos: 0,
+        };
+        let token = lexer.next_token()?;
+        Ok(Parser {
+            lexer,
+            token,
+            depth: 0,
+        })
+    }
+
+    /// Consumes the current token and returns it.
+    fn bump(&mut self) -> Result<Token, FilterError> {
+        let next = self.lexer.next_token()?;
+        Ok(std::mem::replace(&mut self.token, next))
+    }
+
+    fn at_keyword(&self, keyword: &str) -> bool {
+        matches!(&self.token.tok, Tok::Word(w) if w.eq_ignore_ascii_case(keyword))
+    }
+
+    fn eat_keyword(&mut self, keyword: &str) -> Result<bool, FilterError> {
+        if self.at_keyword(keyword) {
+            self.bump()?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn expect(&mut self, tok: Tok, expected: &'static str) -> Result<(), FilterError> {
+        if self.token.tok == tok {
+            self.bump()?;
+            Ok(())
+        } else {
+            Err(self.unexpected(expected))
+        }
+    }
+
+    fn unexpected(&self, expected: &'static str) -> FilterError {
+        let found = if self.token.tok == Tok::End {
+            "end of filter".to_string()
+        } else {
+            let mut text: String = self.token.text.chars().take(24).collect();
+            if text.len() < self.token.text.len() {
+                text.push('…');
+            }
+            format!("`{text}`")
+        };
+        FilterError::Unexpected {
+            found,
+            at: self.token.at,
+            expected,
+        }
+    }
+
+    fn enter(&mut self) -> Result<(), FilterError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(FilterError::TooDeep {
+                at: self.token.at,
+                max: MAX_DEPTH,
+            });
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        self.depth -= 1;
+    }
+
+    fn parse_or(&mut self) -> Result<Expr, FilterError> {
+        let mut left = self.parse_and()?;
+        while self.eat_keyword("OR")? {
+            let right = self.parse_and()?;
+            left = Expr::Or(Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
+    fn parse_and(&mut self) -> Result<Expr, FilterError> {
+        let mut left = self.parse_not()?;
+        while self.eat_keyword("AND")? {
+            let right = self.parse_not()?;
+            left = Expr::And(Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
+    fn parse_not(&mut self) -> Result<Expr, FilterError> {
+        if !self.at_keyword("NOT") {
+            return self.parse_predicate();
+        }
+        self.enter()?;
+        self.bump()?;
+        let inner = self.parse_not()?;
+        self.leave();
+        Ok(Expr::Not(Box::new(inner)))
+    }
+
+    fn parse_predicate(&mut self) -> Result<Expr, FilterError> {
+        if self.token.tok == Tok::LParen {
+            self.enter()?;
+            self.bump()?;
+            let inner = self.parse_or()?;
+            self.expect(Tok::RParen, "AND, OR or `)`")?;
+            self.leave();
+            return Ok(inner);
+        }
+        let operand = self.parse_operand("a condition")?;
+        if let Tok::Op(op) = self.token.tok {
+            self.bump()?;
+            let right = self.parse_operand("a column, a value or a parameter")?;
+            return Ok(Expr::Compare {
+                left: operand,
+                op,
+                right,
+            });
+        }
+        if self.eat_keyword("IS")? {
+            let negated = self.eat_keyword("NOT")?;
+            if !self.eat_keyword("NULL")? {
+                return Err(self.unexpected("NULL"));
+            }
+            return Ok(Expr::IsNull { operand, negated });
+        }
+        let negated = self.eat_keyword("NOT")?;
+        if self.eat_keyword("IN")? {
+            self.expect(Tok::LParen, "`(`")?;
+            let mut list = vec![self.parse_value("a value or a parameter")?];
+            while self.token.tok == Tok::Comma {
+                self.bump()?;
+                list.push(self.parse_value("a value or a parameter")?);
+            }
+            self.expect(Tok::RParen, "`,` or `)`")?;
+            return Ok(Expr::In {
+                operand,
+                list,
+                negated,
+            });
+        }
+        if self.eat_keyword("LIKE")? {
+            let pattern = match &self.token.tok {
+                Tok::Str(s) => Pattern::Text(s.clone()),
+                Tok::Param(param) => Pattern::Param(*param),
+                _ => return Err(self.unexpected("a string or a parameter")),
+            };
+            self.bump()?;
+            return Ok(Expr::Like {
+                operand,
+                pattern,
+                negated,
+            });
+        }
+        if self.eat_keyword("BETWEEN")? {
+            let low = self.parse_operand("a column, a value or a parameter")?;
+            if !self.eat_keyword("AND")? {
+                return Err(self.unexpected("AND"));
+            }
+            let high = self.parse_operand("a column, a value or a parameter")?;
+            return Ok(Expr::Between {
+                operand,
+                low,
+                high,
+                negated,
+            });
+        }
+        Err(self.unexpected(if negated {
+            "IN, LIKE or BETWEEN"
+        } else {
+            "a comparison operator, IS, IN, LIKE or BETWEEN"
+        }))
+    }
+
+    /// A column, a literal or a parameter.
+    fn parse_operand(&mut self, expected: &'static str) -> Result<Operand, FilterError> {
+        let name = match &self.token.tok {
+            Tok::Word(word) if !RESERVED.iter().any(|kw| kw.eq_ignore_ascii_case(word)) => {
+                word.clone()
+            }
+            Tok::Quoted(name) => name.clone(),
+            _ => return self.parse_value(expected),
+        };
+        let token = self.bump()?;
+        if self.token.tok == Tok::LParen {
+            return Err(FilterError::FunctionCall {
+                name: token.text,
+                at: token.at,
+            });
+        }
+        Ok(Operand::Column {
+            name,
+            at: Pos(token.at),
+        })
+    }
+
+    /// A literal or a parameter.
+    fn parse_value(&mut self, expected: &'static str) -> Result<Operand, FilterError> {
+        let value = match &self.token.tok {
+            Tok::Word(w) if w.eq_ignore_ascii_case("NULL") => Operand::Null,
+            Tok::Word(w) if w.eq_ignore_ascii_case("TRUE") => Operand::Integer(1),
+            Tok::Word(w) if w.eq_ignore_ascii_case("FALSE") => Operand::Integer(0),
+            Tok::Str(s) => Operand::Text(s.clone()),
+            Tok::Int(i) => Operand::Integer(*i),
+            Tok::Real(r) => Operand::Real(*r),
+            Tok::Param(param) => Operand::Param(*param),
+            _ => return Err(self.unexpected(expected)),
+        };
+        self.bump()?;
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+    use rusqlite::Connection;
+    use rusqlite::types::Value as SqlValue;
+
+    use super::*;
+
+    fn params() -> Params {
+        Params {
+            user: "ana".to_string(),
+            device: "tab-7".to_string(),
+        }
+    }
+
+    fn col(name: &str) -> Operand {
+        Operand::column(name)
+    }
+
+    fn text(s: &str) -> Operand {
+        Operand::Text(s.to_string())
+    }
+
+    fn cmp(left: Operand, op: CmpOp, right: Operand) -> Expr {
+        Expr::Compare { left, op, right }
+    }
+
+    fn and(left: Expr, right: Expr) -> Expr {
+        Expr::And(Box::new(left), Box::new(right))
+    }
+
+    fn or(left: Expr, right: Expr) -> Expr {
+        Expr::Or(Box::new(left), Box::new(right))
+    }
+
+    fn not(inner: Expr) -> Expr {
+        Expr::Not(Box::new(inner))
+    }
+
+    fn err(src: &str) -> String {
+        parse(src).unwrap_err().to_string()
+    }
+
+    /// The columns of the test table `t`, as a task's table would have them.
+    fn table_lookup(name: &str) -> Option<ColumnType> {
+        match name {
+            "id" | "score" => Some(ColumnType::Integer),
+            "weight" => Some(ColumnType::Real),
+            "amount" => Some(ColumnType::Numeric),
+            "name" | "region" | "note" | "status" | "inspector" => Some(ColumnType::Text),
+            "photo" => Some(ColumnType::Blob),
+            _ => None,
+        }
+    }
+
+    fn t_column(name: &str) -> String {
+        format!("\"t\".{}", quote_ident(name))
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Parsing
+
+    #[test]
+    fn parses_the_design_examples() {
+        assert_eq!(
+            parse("region = 'north' AND status <> 'retired'").unwrap(),
+            and(
+                cmp(col("region"), CmpOp::Eq, text("north")),
+                cmp(col("status"), CmpOp::Ne, text("retired")),
+            )
+        );
+        assert_eq!(
+            parse("inspector = $user").unwrap(),
+            cmp(col("inspector"), CmpOp::Eq, Operand::Param(Param::User))
+        );
+    }
+
+    #[test]
+    fn precedence_is_or_and_not_predicate() {
+        let a = || cmp(col("a"), CmpOp::Eq, Operand::Integer(1));
+        let b = || cmp(col("b"), CmpOp::Eq, Operand::Integer(2));
+        let c = || cmp(col("c"), CmpOp::Eq, Operand::Integer(3));
+        assert_eq!(
+            parse("a = 1 OR b = 2 AND NOT c = 3").unwrap(),
+            or(a(), and(b(), not(c())))
+        );
+        assert_eq!(
+            parse("a = 1 AND b = 2 AND c = 3").unwrap(),
+            and(and(a(), b()), c())
+        );
+        assert_eq!(
+            parse("(a = 1 OR b = 2) AND c = 3").unwrap(),
+            and(or(a(), b()), c())
+        );
+        assert_eq!(parse("NOT NOT (a = 1)").unwrap(), not(not(a())));
+    }
+
+    #[test]
+    fn keywords_are_case_insensitive() {
+        assert_eq!(
+            parse("x not in (1, 2) and y is not null or z Like 'a%' AND w between true and False")
+                .unwrap(),
+            parse("x NOT IN (1, 2) AND y IS NOT NULL OR z LIKE 'a%' AND w BETWEEN 1 AND 0")
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn literals() {
+        let right = |src: &str| match parse(&format!("x = {src}")).unwrap() {
+            Expr::Compare { right, .. } => right,
+            other => panic!("not a comparison: {other:?}"),
+        };
+        assert_eq!(right("'it''s'"), text("it's"));
+        assert_eq!(right("''"), text(""));
+        assert_eq!(right("'été \"x\"'"), text("été \"x\""));
+        assert_eq!(right("TRUE"), Operand::Integer(1));
+        assert_eq!(right("false"), Operand::Integer(0));
+        assert_eq!(right("NULL"), Operand::Null);
+        assert_eq!(right("-42"), Operand::Integer(-42));
+        assert_eq!(right("-9223372036854775808"), Operand::Integer(i64::MIN));
+        assert_eq!(right("1.5"), Operand::Real(1.5));
+        assert_eq!(right("-.25"), Operand::Real(-0.25));
+        assert_eq!(right("2."), Operand::Real(2.0));
+        assert_eq!(right("1e3"), Operand::Real(1000.0));
+        assert_eq!(right("2.5E-3"), Operand::Real(0.0025));
+        assert_eq!(right("$USER"), Operand::Param(Param::User));
+        assert_eq!(right("$device"), Operand::Param(Param::Device));
+    }
+
+    #[test]
+    fn column_names() {
+        let expr =
+            parse(r#""order date" = 'x' AND "a""b" IS NULL AND "and" = 1 AND _x1 = 2"#).unwrap();
+        assert_eq!(expr.columns(), ["order date", "a\"b", "and", "_x1"]);
+        assert_eq!(
+            expr.to_string(),
+            r#""order date" = 'x' AND "a""b" IS NULL AND "and" = 1 AND _x1 = 2"#
+        );
+        assert_eq!(
+            parse("region = 'n' AND (score > 1 OR region LIKE $user)")
+                .unwrap()
+                .columns(),
+            ["region", "score"]
+        );
+    }
+
+    #[test]
+    fn uses_param() {
+        let expr = parse("region = 'n' AND (score > 1 OR name LIKE $user)").unwrap();
+        assert!(expr.uses_param(Param::User));
+        assert!(!expr.uses_param(Param::Device));
+        assert!(
+            parse("x IN (1, $device)")
+                .unwrap()
+                .uses_param(Param::Device)
+        );
+    }
+
+    #[test]
+    fn display_is_canonical_source() {
+        for (src, canonical) in [
+            ("a=1 and b!=2", "a = 1 AND b <> 2"),
+            ("a = 1 OR b = 2 AND c = 3", "a = 1 OR (b = 2 AND c = 3)"),
+            ("a = 1 AND (b = 2 AND c = 3)", "a = 1 AND (b = 2 AND c = 3)"),
+            ("(a = 1 AND b = 2) AND c = 3", "a = 1 AND b = 2 AND c = 3"),
+            ("not (a = 1 or b = 2)", "NOT (a = 1 OR b = 2)"),
+            ("not not a = 1", "NOT NOT a = 1"),
+            ("x not between -1 and 2.50", "x NOT BETWEEN -1 AND 2.5"),
+            (
+                "\"my col\" in ('a', $user, null)",
+                "\"my col\" IN ('a', $user, NULL)",
+            ),
+            ("name not like 'it''s%'", "name NOT LIKE 'it''s%'"),
+            ("flag = true", "flag = 1"),
+            ("w >= 1e16 AND w < 0.0000001", "w >= 1e16 AND w < 1e-7"),
+            ("'north' = region", "'north' = region"),
+        ] {
+            let expr = parse(src).unwrap();
+            assert_eq!(expr.to_string(), canonical);
+            assert_eq!(parse(canonical).unwrap(), expr);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Errors
+
+    #[test]
+    fn refuses_sql_and_names_the_position() {
+        for (src, message) in [
+            (
+                "region = 'north'; DROP TABLE assets",
+                "unexpected `;` at 17, expected AND, OR or end of filter",
+            ),
+            (
+                "region = 'north' -- AND status = 'x'",
+                "comments are not allowed (`--` at 18)",
+            ),
+            (
+                "region = 'north' /* x */",
+                "unexpected `/` at 18, expected AND, OR or end of filter",
+            ),
+            (
+                "inspector = $usr",
+                "unknown parameter `$usr` at 13 (the parameters are $user and $device)",
+            ),
+            (
+                "lower(region) = 'north'",
+                "function calls are not allowed (`lower(` at 1)",
+            ),
+            (
+                "id IN (SELECT id FROM t)",
+                "unexpected `SELECT` at 8, expected a value or a parameter",
+            ),
+            (
+                "x = 'a' || 'b'",
+                "unexpected `|` at 9, expected AND, OR or end of filter",
+            ),
+            ("region = 'north", "unterminated string starting at 10"),
+            (
+                "\"region = 1",
+                "unterminated quoted column name starting at 1",
+            ),
+            ("", "unexpected end of filter at 1, expected a condition"),
+            (
+                "region =",
+                "unexpected end of filter at 9, expected a column, a value or a parameter",
+            ),
+            (
+                "region",
+                "unexpected end of filter at 7, expected a comparison operator, IS, IN, LIKE or BETWEEN",
+            ),
+            (
+                "région = 1",
+                "unexpected `é` at 2, expected a comparison operator, IS, IN, LIKE or BETWEEN",
+            ),
+            (
+                "x == 1",
+                "unexpected `=` at 4, expected a column, a value or a parameter",
+            ),
+            ("x = 12abc", "invalid number `12abc` at 5"),
+            ("x = 1.2.3", "invalid number `1.2.3` at 5"),
+            ("x = 1e", "invalid number `1e` at 5"),
+            (
+                "x = 99999999999999999999",
+                "number `99999999999999999999` at 5 is out of range",
+            ),
+            ("x = 1e999", "number `1e999` at 5 is out of range"),
+            (
+                "x IN ()",
+                "unexpected `)` at 7, expected a value or a parameter",
+            ),
+            (
+                "x IN (y)",
+                "unexpected `y` at 7, expected a value or a parameter",
+            ),
+            ("x IN (1 2)", "unexpected `2` at 9, expected `,` or `)`"),
+            (
+                "x LIKE y",
+                "unexpected `y` at 8, expected a string or a parameter",
+            ),
+            (
+                "x LIKE 'a!%' ESCAPE '!'",
+                "unexpected `ESCAPE` at 14, expected AND, OR or end of filter",
+            ),
+            ("x IS 1", "unexpected `1` at 6, expected NULL"),
+            (
+                "x NOT = 1",
+                "unexpected `=` at 7, expected IN, LIKE or BETWEEN",
+            ),
+            ("x BETWEEN 1 OR 2", "unexpected `OR` at 13, expected AND"),
+            ("and = 1", "unexpected `and` at 1, expected a condition"),
+            (
+                "(x = 1",
+                "unexpected end of filter at 7, expected AND, OR or `)`",
+            ),
+            (
+                "x = 1)",
+                "unexpected `)` at 6, expected AND, OR or end of filter",
+            ),
+            ("x = 'a\0'", "NUL character at 7"),
+            ("\"\" = 1", "unexpected `\"\"` at 1, expected a column name"),
+            (
+                "x = 'a very long string that goes on' y",
+                "unexpected `y` at 39, expected AND, OR or end of filter",
+            ),
+            (
+                "x = 1 'a very long string that goes on'",
+                "unexpected `'a very long string that…` at 7, expected AND, OR or end of filter",
+            ),
+        ] {
+            assert_eq!(err(src), message, "{src}");
+        }
+    }
+
+    #[test]
+    fn limits_nesting_and_length() {
+        let nested = |n: usize| format!("{}x = 1{}", "(".repeat(n), ")".repeat(n));
+        assert!(parse(&nested(MAX_DEPTH)).is_ok());
+        assert_eq!(
+            err(&nested(MAX_DEPTH + 1)),
+            "filter nested too deeply at 65: at most 64 levels of parentheses and NOT"
+        );
+        let nots = |n: usize| format!("{}x = 1", "NOT ".repeat(n));
+        assert!(parse(&nots(MAX_DEPTH)).is_ok());
+        assert_eq!(
+            err(&nots(MAX_DEPTH + 1)),
+            "filter nested too deeply at 257: at most 64 levels of parentheses and NOT"
+        );
+        // Hostile input fails fast instead of exhausting the stack.
+        assert!(matches!(
+            parse(&"(".repeat(MAX_FILTER_BYTES)),
+            Err(FilterError::TooDeep { .. })
+        ));
+        assert!(matches!(
+            parse(&"NOT (".repeat(MAX_FILTER_BYTES / 5)),
+            Err(FilterError::TooDeep { .. })
+        ));
+        let long = format!("x = '{}'", "a".repeat(MAX_FILTER_BYTES));
+        assert_eq!(err(&long), "filter too long: 4102 bytes, at most 4096");
+    }
+
+    #[test]
+    fn longest_chain_runs_in_sqlite() {
+        // AND/OR chains are not nesting; only the length limit bounds them. The compiled
+        // SQL of the longest must stay within SQLite's expression depth limit (1000).
+        let mut src = "a=1".to_string();
+        while src.len() + " OR a=1".len() <= MAX_FILTER_BYTES {
+            src.push_str(" OR a=1");
+        }
+        let expr = parse(&src).unwrap();
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, a INTEGER); INSERT INTO t VALUES (1, 1), (2, 2);")
+            .unwrap();
+        let mut binds = Vec::new();
+        let sql = expr.to_sql(Dialect::Sqlite, &t_column, &Params::default(), &mut binds);
+        assert_eq!(select_ids(&conn, &sql, &binds), BTreeSet::from([1]));
+        let sql = expr.to_sql_inline(Dialect::Sqlite, &t_column, &Params::default());
+        assert_eq!(select_ids(&conn, &sql, &[]), BTreeSet::from([1]));
+        assert_eq!(
+            select_ids(&conn, &format!("NOT ({sql})"), &[]),
+            BTreeSet::from([2])
+        );
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Type checking
+
+    #[test]
+    fn check_reports_unknown_columns_and_type_errors() {
+        let check = |src: &str| {
+            parse(src)
+                .unwrap()
+                .check(&table_lookup)
+                .map_err(|e| e.to_string())
+        };
+        for (src, message) in [
+            ("regoin = 'north'", "unknown column `regoin` (at 1)"),
+            ("score > 1 AND NOT x IS NULL", "unknown column `x` (at 19)"),
+            (
+                "region = 5",
+                "type error: cannot compare text column `region` (at 1) with a number",
+            ),
+            (
+                "score = 'high'",
+                "type error: cannot compare integer column `score` (at 1) with a string",
+            ),
+            (
+                "amount > $user",
+                "type error: cannot compare numeric column `amount` (at 1) with parameter `$user`",
+            ),
+            (
+                "weight IN (1, 'a')",
+                "type error: cannot compare real column `weight` (at 1) with a string",
+            ),
+            (
+                "region = score",
+                "type error: cannot compare text column `region` (at 1) with integer column `score` (at 10)",
+            ),
+            (
+                "note BETWEEN 'a' AND 9",
+                "type error: cannot compare text column `note` (at 1) with a number",
+            ),
+            (
+                "score LIKE '1%'",
+                "type error: LIKE needs text, but integer column `score` (at 1) is not text",
+            ),
+            (
+                "photo = name",
+                "type error: cannot compare blob column `photo` (at 1) with text column `name` (at 9)",
+            ),
+            (
+                "$device = 1",
+                "type error: cannot compare parameter `$device` with a number",
+            ),
+        ] {
+            assert_eq!(check(src), Err(message.to_string()), "{src}");
+        }
+        for src in [
+            "region = name",
+            "score < weight AND amount >= 1.5",
+            "score = TRUE",
+            "region = NULL AND NULL = score",
+            "region IN ('a', NULL, $device)",
+            "photo IS NULL",
+            "name LIKE $user AND 'x' LIKE 'y'",
+            "NOT (region = 'a' OR score NOT BETWEEN 1 AND weight)",
+        ] {
+            assert_eq!(check(src), Ok(()), "{src}");
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // SQL
+
+    #[test]
+    fn sqlite_sql_shape() {
+        let sql = |src: &str| {
+            let mut binds = Vec::new();
+            let sql = parse(src)
+                .unwrap()
+                .to_sql(Dialect::Sqlite, &t_column, &params(), &mut binds);
+            (sql, binds)
+        };
+        let inline = |src: &str| {
+            parse(src)
+                .unwrap()
+                .to_sql_inline(Dialect::Sqlite, &t_column, &params())
+        };
+        let src = "region = 'north' AND status <> 'retired'";
+        assert_eq!(
+            sql(src),
+            (
+                r#"+"t"."region" COLLATE BINARY = ? AND +"t"."status" COLLATE BINARY <> ?"#
+                    .to_string(),
+                vec![Value::Text("north".into()), Value::Text("retired".into())]
+            )
+        );
+        assert_eq!(
+            inline(src),
+            r#"+"t"."region" COLLATE BINARY = 'north' AND +"t"."status" COLLATE BINARY <> 'retired'"#
+        );
+        let src = "name LIKE 'a_%*?[]' AND inspector = $user";
+        assert_eq!(
+            sql(src),
+            (
+                r#""t"."name" GLOB ? AND +"t"."inspector" COLLATE BINARY = ?"#.to_string(),
+                vec![
+                    Value::Text("a?*[*][?][[]]".into()),
+                    Value::Text("ana".into())
+                ]
+            )
+        );
+        assert_eq!(
+            inline(src),
+            r#""t"."name" GLOB 'a?*[*][?][[]]' AND +"t"."inspector" COLLATE BINARY = 'ana'"#
+        );
+        assert_eq!(
+            inline(
+                "x NOT IN (1, NULL, 2.5) OR NOT (y IS NOT NULL AND z NOT BETWEEN -1 AND $device)"
+            ),
+            r#"+"t"."x" COLLATE BINARY NOT IN (1, NULL, 2.5) OR NOT ("t"."y" IS NOT NULL AND +"t"."z" COLLATE BINARY NOT BETWEEN -1 AND 'tab-7')"#
+        );
+        assert_eq!(
+            inline("name NOT LIKE $device OR (a = 1 OR b = 2) AND c = 3"),
+            r#""t"."name" NOT GLOB 'tab-7' OR ((+"t"."a" COLLATE BINARY = 1 OR +"t"."b" COLLATE BINARY = 2) AND +"t"."c" COLLATE BINARY = 3)"#
+        );
+    }
+
+    #[test]
+    fn postgres_sql_shape() {
+        let expr = parse(
+            "region = 'north' AND (score BETWEEN 1 AND 2.5 OR name NOT LIKE $user) AND id IN (1, NULL)",
+        )
+        .unwrap();
+        // Numbering continues after binds already present.
+        let mut binds = vec![Value::Integer(7)];
+        assert_eq!(
+            expr.to_sql(Dialect::Postgres, &t_column, &params(), &mut binds),
+            r#""t"."region" COLLATE "C" = $2::text AND ("t"."score" BETWEEN $3::int8 AND $4::float8 OR "t"."name" COLLATE "C" NOT LIKE $5::text ESCAPE '') AND "t"."id" IN ($6::int8, NULL)"#
+        );
+        assert_eq!(
+            binds,
+            [
+                Value::Integer(7),
+                Value::Text("north".into()),
+                Value::Integer(1),
+                Value::Real(2.5),
+                Value::Text("ana".into()),
+                Value::Integer(1),
+            ]
+        );
+        assert_eq!(
+            expr.to_sql_inline(Dialect::Postgres, &t_column, &params()),
+            r#""t"."region" COLLATE "C" = 'north' AND ("t"."score" BETWEEN 1 AND '2.5'::float8 OR "t"."name" COLLATE "C" NOT LIKE 'ana' ESCAPE '') AND "t"."id" IN (1, NULL)"#
+        );
+        let expr = parse(r"note LIKE 'a\%' AND name <> 'it''s'").unwrap();
+        assert_eq!(
+            expr.to_sql_inline(Dialect::Postgres, &t_column, &params()),
+            r#""t"."note" COLLATE "C" LIKE E'a\\%' ESCAPE '' AND "t"."name" COLLATE "C" <> 'it''s'"#
+        );
+    }
+
+    #[test]
+    fn inline_literals_read_back_exactly_in_sqlite() {
+        assert_eq!(
+            sql_literal(Dialect::Sqlite, &Value::Text("it's".into())),
+            "'it''s'"
+        );
+        assert_eq!(
+            sql_literal(Dialect::Sqlite, &Value::Text("a\0b".into())),
+            "('a' || char(0) || 'b')"
+        );
+        assert_eq!(
+            sql_literal(Dialect::Postgres, &Value::Text("a\\'b".into())),
+            r"E'a\\''b'"
+        );
+        assert_eq!(sql_literal(Dialect::Sqlite, &Value::Real(1e-7)), "1e-7");
+        assert_eq!(sql_literal(Dialect::Sqlite, &Value::Real(f64::NAN)), "NULL");
+        assert_eq!(
+            sql_literal(Dialect::Sqlite, &Value::Real(f64::INFINITY)),
+            "9e999"
+        );
+        assert_eq!(
+            sql_literal(Dialect::Sqlite, &Value::Blob(vec![0, 255])),
+            "X'00ff'"
+        );
+        let conn = Connection::open_in_memory().unwrap();
+        for value in [
+            Value::Integer(i64::MIN),
+            Value::Integer(i64::MAX),
+            Value::Integer(-1),
+            Value::Real(0.1),
+            Value::Real(-2.5),
+            Value::Real(1e-7),
+            Value::Real(1e16),
+            Value::Real(f64::MAX),
+            Value::Real(f64::MIN_POSITIVE),
+            Value::Real(5e-324),
+            Value::Real(f64::INFINITY),
+            Value::Real(f64::NEG_INFINITY),
+            Value::Text("it's \"quoted\" \\ é 😀".into()),
+            Value::Text("\0a\0\0b\0".into()),
+            Value::Blob(vec![0, 1, 255]),
+        ] {
+            let literal = sql_literal(Dialect::Sqlite, &value);
+            let back: SqlValue = conn
+                .query_row(&format!("SELECT {literal}"), [], |row| row.get(0))
+                .unwrap();
+            assert_eq!(from_sqlite(back), value, "{literal}");
+        }
+    }
+
+    #[test]
+    fn injection_attempts_stay_literals() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        for (id, name) in [(1, "x'); DROP TABLE t; --"), (2, "north"), (3, "a\"b")] {
+            conn.execute("INSERT INTO t (id, name) VALUES (?, ?)", (id, name))
+                .unwrap();
+        }
+        let hostile = Params {
+            user: "x'); DROP TABLE t; --".to_string(),
+            device: "'; DELETE FROM t; --".to_string(),
+        };
+        for (src, want) in [
+            ("name = 'x''); DROP TABLE t; --'", vec![1]),
+            ("name LIKE 'x''); DROP%'", vec![1]),
+            ("name = $user", vec![1]),
+            ("name IN ($device, 'north')", vec![2]),
+            ("name LIKE $device OR name = 'a\"b'", vec![3]),
+            ("name NOT LIKE '%''%'", vec![2, 3]),
+        ] {
+            let expr = parse(src).unwrap();
+            let inline = expr.to_sql_inline(Dialect::Sqlite, &t_column, &hostile);
+            let want: BTreeSet<i64> = want.into_iter().collect();
+            assert_eq!(select_ids(&conn, &inline, &[]), want, "{inline}");
+            let mut binds = Vec::new();
+            let sql = expr.to_sql(Dialect::Sqlite, &t_column, &hostile, &mut binds);
+            assert_eq!(select_ids(&conn, &sql, &binds), want, "{sql}");
+            // The table is still there, with all its rows.
+            let n_rows: i64 = conn
+                .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+                .unwrap();
+            assert_eq!(n_rows, 3);
+        }
+        // A trigger is where inline SQL really goes: the filter is part of its body.
+        let expr = parse("name = 'x''); DROP TABLE t; --' OR name = $device").unwrap();
+        let when = expr.to_sql_inline(
+            Dialect::Sqlite,
+            &|c| format!("NEW.{}", quote_ident(c)),
+            &hostile,
+        );
+        conn.execute_batch(&format!(
+            "CREATE TABLE log (id INTEGER);
+             CREATE TRIGGER t_ins AFTER INSERT ON t WHEN {when}
+             BEGIN INSERT INTO log VALUES (NEW.id); END;
+             INSERT INTO t (id, name) VALUES (4, 'x''); DROP TABLE t; --'), (5, 'north'),
+                 (6, '''; DELETE FROM t; --');"
+        ))
+        .unwrap();
+        let logged: Vec<i64> = conn
+            .prepare("SELECT id FROM log ORDER BY id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(logged, [4, 6]);
+        let n_rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(n_rows, 6);
+    }
+
+    #[test]
+    fn sqlite_surprises_are_neutralised() {
+        let table = load(&[
+            // name, region (COLLATE NOCASE), score, weight, note
+            vec![
+                Value::Text("abc".into()),
+                Value::Text("NORTH".into()),
+                Value::Integer(2),
+                Value::Real(2.0),
+                Value::Null,
+            ],
+            vec![
+                Value::Text("ABC".into()),
+                Value::Text("north".into()),
+                Value::Text("7".into()), // INTEGER affinity stores the number 7
+                Value::Integer(9_007_199_254_740_993),
+                Value::Text("a*".into()),
+            ],
+            vec![
+                Value::Text("a%c".into()),
+                Value::Null,
+                Value::Text("high".into()), // stays text in an INTEGER column
+                Value::Real(0.5),
+                Value::Text("y".into()),
+            ],
+        ]);
+        for (src, want_true) in [
+            // NOCASE column: binary comparison anyway.
+            ("region = 'north'", vec![2]),
+            ("region < 'a'", vec![1]),
+            // LIKE is case-sensitive (SQLite's is not).
+            ("name LIKE 'a%'", vec![1, 3]),
+            ("name LIKE 'A__'", vec![2]),
+            // GLOB specials in a LIKE pattern are plain characters.
+            ("note LIKE 'a*'", vec![2]),
+            ("note LIKE '_*'", vec![2]),
+            // Integers and reals compare exactly (2^53 + 1 is no f64).
+            ("score = 2.0 AND weight = 2", vec![1]),
+            ("weight = 9007199254740993", vec![]),
+            ("score = 7", vec![2]),
+            // Text in a numeric column sorts after every number, as in SQLite.
+            ("score > 1000000", vec![3]),
+            // Unknown is neither true nor false.
+            ("note IN ('x', NULL)", vec![]),
+            ("note NOT IN ('x', NULL)", vec![]),
+            ("region BETWEEN 'a' AND 'z'", vec![2]),
+        ] {
+            let expr = parse(src).unwrap();
+            expr.check(&table_lookup).unwrap();
+            let want: BTreeSet<i64> = want_true.into_iter().collect();
+            assert_eq!(
+                eval_ids(&table, &expr, &params(), Some(true)),
+                want,
+                "{src}"
+            );
+            assert_agrees(&table, &expr, &params());
+        }
+    }
+
+    #[test]
+    fn sqlite_sql_converts_nothing_even_unchecked() {
+        // Without `+column`, SQLite would apply the column's affinity to the other
+        // operand: `name = 5` would compare '5' = '5', `score = '5'` 5 = 5. The checker
+        // refuses these filters; the SQL still means what `eval` means.
+        let table = load(&[
+            vec![
+                Value::Text("5".into()),
+                Value::Null,
+                Value::Integer(5),
+                Value::Real(5.0),
+                Value::Null,
+            ],
+            vec![
+                Value::Text("6".into()),
+                Value::Null,
+                Value::Text("high".into()),
+                Value::Null,
+                Value::Null,
+            ],
+        ]);
+        for (src, want_true) in [
+            ("name = 5", vec![]),
+            ("name > 5", vec![1, 2]),
+            ("score = '5'", vec![]),
+            ("score IN ('5', 'high')", vec![2]),
+            ("weight BETWEEN '0' AND '9'", vec![]),
+            ("name = score", vec![]),
+        ] {
+            let expr = parse(src).unwrap();
+            assert!(expr.check(&table_lookup).is_err(), "{src}");
+            let want: BTreeSet<i64> = want_true.into_iter().collect();
+            assert_eq!(
+                eval_ids(&table, &expr, &params(), Some(true)),
+                want,
+                "{src}"
+            );
+            assert_agrees(&table, &expr, &params());
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Evaluation
+
+    #[test]
+    fn three_valued_logic() {
+        // region is NULL, score is 3.
+        let row = |name: &str| match name {
+            "score" => Value::Integer(3),
+            _ => Value::Null,
+        };
+        for (src, want) in [
+            ("region = 'a'", None),
+            ("NOT region = 'a'", None),
+            ("region = 'a' AND score = 4", Some(false)),
+            ("region = 'a' AND score = 3", None),
+            ("region = 'a' OR score = 3", Some(true)),
+            ("region = 'a' OR score = 4", None),
+            ("score IN (1, NULL)", None),
+            ("score IN (3, NULL)", Some(true)),
+            ("score NOT IN (1, NULL)", None),
+            ("score NOT IN (1, 2)", Some(true)),
+            ("region IN ('a')", None),
+            ("region IS NULL", Some(true)),
+            ("score IS NOT NULL", Some(true)),
+            ("score BETWEEN NULL AND 2", Some(false)),
+            ("score BETWEEN 1 AND NULL", None),
+            ("score NOT BETWEEN 4 AND NULL", Some(true)),
+            ("region LIKE '%'", None),
+            ("region NOT LIKE '%'", None),
+            ("score = NULL", None),
+            ("score >= 2.5", Some(true)),
+        ] {
+            let expr = parse(src).unwrap();
+            assert_eq!(expr.eval(&row, &params()), want, "{src}");
+            assert_eq!(expr.matches(&row, &params()), want == Some(true), "{src}");
+        }
+    }
+
+    #[test]
+    fn like_matching() {
+        for (text, pattern, want) in [
+            ("abc", "a%", true),
+            ("abc", "A%", false),
+            ("abc", "_b_", true),
+            ("abc", "%c", true),
+            ("abc", "%b", false),
+            ("", "%", true),
+            ("", "_", false),
+            ("", "", true),
+            ("a", "", false),
+            ("aXbXc", "a%b%c", true),
+            ("mississippi", "%iss%ppi", true),
+            ("mississippi", "%iss%ppx", false),
+            ("ab", "a%%b", true),
+            ("é", "_", true),
+            ("😀x", "_x", true),
+            (r"a\b", r"a\b", true),
+            ("a*b", "a*b", true),
+            ("aXb", "a*b", false),
+            ("[x]", "[x]", true),
+            ("x", "[x]", false),
+            // SQLite's matcher reads C strings: both end at NUL.
+            ("abc\0def", "abc", true),
+            ("abc", "abc\0zzz", true),
+        ] {
+            assert_eq!(like_match(pattern, text), want, "{text:?} LIKE {pattern:?}");
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // SQLite harness for the property
+
+    const SCHEMA: &str = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, \
+        region TEXT COLLATE NOCASE, score INTEGER, weight REAL, note TEXT)";
+    const DATA_COLUMNS: [&str; 5] = ["name", "region", "score", "weight", "note"];
+
+    /// The test table in SQLite, and its rows as SQLite stored them.
+    struct Table {
+        conn: Connection,
+        rows: Vec<(i64, Vec<Value>)>,
+    }
+
+    fn to_sqlite(value: &Value) -> SqlValue {
+        match value {
+            Value::Null => SqlValue::Null,
+            Value::Integer(i) => SqlValue::Integer(*i),
+            Value::Real(r) => SqlValue::Real(*r),
+            Value::Text(s) => SqlValue::Text(s.clone()),
+            Value::Blob(b) => SqlValue::Blob(b.clone()),
+        }
+    }
+
+    fn from_sqlite(value: SqlValue) -> Value {
+        match value {
+            SqlValue::Null => Value::Null,
+            SqlValue::Integer(i) => Value::Integer(i),
+            SqlValue::Real(r) => Value::Real(r),
+            SqlValue::Text(s) => Value::Text(s),
+            SqlValue::Blob(b) => Value::Blob(b),
+        }
+    }
+
+    fn load(rows: &[Vec<Value>]) -> Table {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        for (idx, row) in rows.iter().enumerate() {
+            let id = Value::Integer(idx as i64 + 1);
+            let cells = std::iter::once(&id).chain(row).map(to_sqlite);
+            conn.execute(
+                "INSERT INTO t VALUES (?, ?, ?, ?, ?, ?)",
+                rusqlite::params_from_iter(cells),
+            )
+            .unwrap();
+        }
+        // Read back: column affinity may have converted what was inserted.
+        let rows = conn
+            .prepare("SELECT id, name, region, score, weight, note FROM t ORDER BY id")
+            .unwrap()
+            .query_map([], |row| {
+                let cells = (1..=DATA_COLUMNS.len())
+                    .map(|idx| row.get::<_, SqlValue>(idx).map(from_sqlite))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((row.get(0)?, cells))
+            })
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        Table { conn, rows }
+    }
+
+    fn select_ids(conn: &Connection, where_sql: &str, binds: &[Value]) -> BTreeSet<i64> {
+        let sql = format!("SELECT id FROM t WHERE {where_sql}");
+        let mut stmt = conn.prepare(&sql).unwrap_or_else(|e| panic!("{e}: {sql}"));
+        stmt.query_map(
+            rusqlite::params_from_iter(binds.iter().map(to_sqlite)),
+            |row| row.get(0),
+        )
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    fn eval_ids(table: &Table, expr: &Expr, params: &Params, want: Option<bool>) -> BTreeSet<i64> {
+        let mut ids = BTreeSet::new();
+        for (id, cells) in &table.rows {
+            let row = |name: &str| {
+                if name == "id" {
+                    return Value::Integer(*id);
+                }
+                let idx = DATA_COLUMNS
+                    .iter()
+                    .position(|c| *c == name)
+                    .expect("a column of t");
+                cells[idx].clone()
+            };
+            if expr.eval(&row, params) == want {
+                ids.insert(*id);
+            }
+        }
+        ids
+    }
+
+    /// SQLite, with bound and with inlined values, selects exactly the rows `eval` calls
+    /// true, and `NOT (…)` selects exactly those it calls false.
+    fn assert_agrees(table: &Table, expr: &Expr, params: &Params) {
+        let want_true = eval_ids(table, expr, params, Some(true));
+        let want_false = eval_ids(table, expr, params, Some(false));
+        let mut binds = Vec::new();
+        let sql = expr.to_sql(Dialect::Sqlite, &t_column, params, &mut binds);
+        let inline = expr.to_sql_inline(Dialect::Sqlite, &t_column, params);
+        let context = format!(
+            "filter: {expr}\nsql: {sql}\nbinds: {binds:?}\ninline: {inline}\nrows: {:?}",
+            table.rows
+        );
+        assert_eq!(
+            select_ids(&table.conn, &sql, &binds),
+            want_true,
+            "{context}"
+        );
+        assert_eq!(
+            select_ids(&table.conn, &format!("NOT ({sql})"), &binds),
+            want_false,
+            "NOT\n{context}"
+        );
+        assert_eq!(
+            select_ids(&table.conn, &inline, &[]),
+            want_true,
+            "inline\n{context}"
+        );
+        assert_eq!(
+            select_ids(&table.conn, &format!("NOT ({inline})"), &[]),
+            want_false,
+            "NOT inline\n{context}"
+        );
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Strategies
+
+    /// Characters that trip case folding, UTF-8 and the LIKE and GLOB metacharacters.
+    const CHARS: &[char] = &[
+        'a', 'A', 'b', 'B', 'é', 'É', 'ß', '😀', '%', '_', '*', '?', '[', ']', '^', '-', '\'', '"',
+        '\\', ' ',
+    ];
+    /// Texts that rows, literals and parameters share, so equalities happen.
+    const TEXTS: &[&str] = &[
+        "",
+        "a",
+        "A",
+        "ab",
+        "aB",
+        "Ab",
+        "b",
+        "é",
+        "É",
+        "%",
+        "_",
+        "a%",
+        "a_b",
+        "*",
+        "?",
+        "[",
+        "[a]",
+        "a*b",
+        "north",
+        "North",
+        "x'); DROP TABLE t; --",
+    ];
+    const LIKE_CHARS: &[char] = &['a', 'A', 'b', 'é', '%', '_', '*', '?', '[', ']', '\''];
+    const TEXT_COLUMNS: &[&str] = &["name", "region", "note"];
+    const NUMBER_COLUMNS: &[&str] = &["id", "score", "weight"];
+
+    fn text_value() -> impl Strategy<Value = String> + Clone {
+        prop_oneof![
+            select(TEXTS).prop_map(String::from),
+            vec(select(CHARS), 0..5).prop_map(String::from_iter),
+        ]
+    }
+
+    /// Text as rows and parameters may hold it: sometimes with a NUL inside.
+    fn text_with_nul() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => text_value(),
+            1 => (text_value(), text_value()).prop_map(|(a, b)| format!("{a}\0{b}")),
+        ]
+    }
+
+    fn integer() -> impl Strategy<Value = i64> + Clone {
+        prop_oneof![
+            6 => -3i64..=3,
+            1 => select(&[i64::MIN, i64::MAX, 1 << 53, (1 << 53) + 1][..]),
+            1 => any::<i64>(),
+        ]
+    }
+
+    fn real() -> impl Strategy<Value = f64> + Clone {
+        prop_oneof![
+            // 2^53 is where f64 stops holding every integer; ±2^63 are i64's bounds.
+            4 => select(vec![
+                -1.5, -0.0, 0.0, 0.5, 1.0, 2.0, 2.5, 2f64.powi(53), 2f64.powi(63),
+                -(2f64.powi(63)), 1e300,
+            ]),
+            2 => (-30i32..30).prop_map(|n| f64::from(n) / 4.0),
+            1 => any::<f64>().prop_filter("finite", |r| r.is_finite()),
+        ]
+    }
+
+    fn text_cell() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            2 => Just(Value::Null),
+            8 => text_with_nul().prop_map(Value::Text),
+            1 => integer().prop_map(Value::Integer),
+        ]
+    }
+
+    fn number_cell() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            2 => Just(Value::Null),
+            4 => integer().prop_map(Value::Integer),
+            3 => real().prop_map(Value::Real),
+            1 => text_value().prop_map(Value::Text),
+        ]
+    }
+
+    fn row() -> impl Strategy<Value = Vec<Value>> {
+        (
+            text_cell(),
+            text_cell(),
+            number_cell(),
+            number_cell(),
+            text_cell(),
+        )
+            .prop_map(|(name, region, score, weight, note)| vec![name, region, score, weight, note])
+    }
+
+    fn param() -> impl Strategy<Value = Param> + Clone {
+        select(&[Param::User, Param::Device][..])
+    }
+
+    fn text_literal() -> impl Strategy<Value = Operand> + Clone {
+        prop_oneof![
+            3 => text_value().prop_map(Operand::Text),
+            2 => param().prop_map(Operand::Param),
+            1 => Just(Operand::Null),
+        ]
+    }
+
+    fn number_literal() -> impl Strategy<Value = Operand> + Clone {
+        prop_oneof![
+            3 => integer().prop_map(Operand::Integer),
+            2 => real().prop_map(Operand::Real),
+            1 => Just(Operand::Null),
+        ]
+    }
+
+    fn text_operand() -> impl Strategy<Value = Operand> + Clone {
+        prop_oneof![
+            3 => select(TEXT_COLUMNS).prop_map(Operand::column),
+            2 => text_literal(),
+        ]
+    }
+
+    fn number_operand() -> impl Strategy<Value = Operand> + Clone {
+        prop_oneof![
+            3 => select(NUMBER_COLUMNS).prop_map(Operand::column),
+            2 => number_literal(),
+        ]
+    }
+
+    fn cmp_op() -> impl Strategy<Value = CmpOp> {
+        select(
+            &[
+                CmpOp::Eq,
+                CmpOp::Ne,
+                CmpOp::Lt,
+                CmpOp::Le,
+                CmpOp::Gt,
+                CmpOp::Ge,
+            ][..],
+        )
+    }
+
+    fn like_pattern() -> impl Strategy<Value = Pattern> {
+        prop_oneof![
+            3 => vec(select(LIKE_CHARS), 0..5).prop_map(|chars| Pattern::Text(String::from_iter(chars))),
+            1 => param().prop_map(Pattern::Param),
+        ]
+    }
+
+    /// Well-typed predicates over `t`, every form of the language.
+    fn predicate() -> impl Strategy<Value = Expr> {
+        let compare = |operand: BoxedStrategy<Operand>| {
+            (operand.clone(), cmp_op(), operand).prop_map(|(left, op, right)| Expr::Compare {
+                left,
+                op,
+                right,
+            })
+        };
+        let is_in = |operand: BoxedStrategy<Operand>, literal: BoxedStrategy<Operand>| {
+            (operand, vec(literal, 1..4), any::<bool>()).prop_map(|(operand, list, negated)| {
+                Expr::In {
+                    operand,
+                    list,
+                    negated,
+                }
+            })
+        };
+        let between = |operand: BoxedStrategy<Operand>| {
+            (operand.clone(), operand.clone(), operand, any::<bool>()).prop_map(
+                |(operand, low, high, negated)| Expr::Between {
+                    operand,
+                    low,
+                    high,
+                    negated,
+                },
+            )
+        };
+        let text = text_operand().boxed();
+        let number = number_operand().boxed();
+        prop_oneof![
+            compare(text.clone()),
+            compare(number.clone()),
+            is_in(text.clone(), text_literal().boxed()),
+            is_in(number.clone(), number_literal().boxed()),
+            between(text.clone()),
+            between(number),
+            (text, like_pattern(), any::<bool>()).prop_map(|(operand, pattern, negated)| {
+                Expr::Like {
+                    operand,
+                    pattern,
+                    negated,
+                }
+            }),
+            (
+                select([TEXT_COLUMNS, NUMBER_COLUMNS].concat()).prop_map(Operand::column),
+                any::<bool>()
+            )
+                .prop_map(|(operand, negated)| Expr::IsNull { operand, negated }),
+        ]
+    }
+
+    /// Predicates the checker may refuse (text against numbers), except LIKE on numbers,
+    /// whose text form SQLite and `eval` spell differently for reals.
+    fn unchecked_predicate() -> impl Strategy<Value = Expr> {
+        let any_operand = prop_oneof![text_operand(), number_operand()].boxed();
+        let any_literal = prop_oneof![text_literal(), number_literal()].boxed();
+        prop_oneof![
+            (any_operand.clone(), cmp_op(), any_operand.clone())
+                .prop_map(|(left, op, right)| Expr::Compare { left, op, right }),
+            (any_operand.clone(), vec(any_literal, 1..4), any::<bool>()).prop_map(
+                |(operand, list, negated)| Expr::In {
+                    operand,
+                    list,
+                    negated,
+                }
+            ),
+            (
+                any_operand.clone(),
+                any_operand.clone(),
+                any_operand,
+                any::<bool>()
+            )
+                .prop_map(|(operand, low, high, negated)| Expr::Between {
+                    operand,
+                    low,
+                    high,
+                    negated,
+                }),
+            predicate(),
+        ]
+    }
+
+    fn expr() -> impl Strategy<Value = Expr> {
+        predicate().prop_recursive(4, 24, 2, |inner| {
+            prop_oneof![
+                inner.clone().prop_map(|e| Expr::Not(Box::new(e))),
+                (inner.clone(), inner.clone())
+                    .prop_map(|(l, r)| Expr::And(Box::new(l), Box::new(r))),
+                (inner.clone(), inner).prop_map(|(l, r)| Expr::Or(Box::new(l), Box::new(r))),
+            ]
+        })
+    }
+
+    fn params_strategy() -> impl Strategy<Value = Params> {
+        (text_with_nul(), text_with_nul()).prop_map(|(user, device)| Params { user, device })
+    }
+
+    /// Source-ish soup for the parser: tokens of the language and of SQL, badly mixed.
+    fn token_soup() -> impl Strategy<Value = String> {
+        const TOKENS: &[&str] = &[
+            "(", ")", "NOT", "AND", "OR", "IN", "IS", "NULL", "LIKE", "BETWEEN", "x", "\"y\"", "=",
+            "<>", "<=", "'a'", "'", "1", "-2.5e3", "$user", "$x", ",", ";", "--", "f(", "SELECT",
+            "1e999",
+        ];
+        vec(select(TOKENS), 0..24).prop_map(|tokens| tokens.join(" "))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The heart of the module: SQLite (bound and inlined) and `eval` agree on
+        /// every row, for the filter and for its negation.
+        #[test]
+        fn sqlite_and_eval_agree(
+            rows in vec(row(), 0..12),
+            expr in expr(),
+            params in params_strategy(),
+        ) {
+            prop_assert_eq!(expr.check(&table_lookup), Ok(()));
+            let table = load(&rows);
+            assert_agrees(&table, &expr, &params);
+        }
+
+        /// The same without the type checker: the SQL converts nothing either.
+        #[test]
+        fn sqlite_and_eval_agree_unchecked(
+            rows in vec(row(), 0..12),
+            expr in unchecked_predicate().prop_recursive(3, 12, 2, |inner| {
+                prop_oneof![
+                    inner.clone().prop_map(|e| Expr::Not(Box::new(e))),
+                    (inner.clone(), inner).prop_map(|(l, r)| Expr::And(Box::new(l), Box::new(r))),
+                ]
+            }),
+            params in params_strategy(),
+        ) {
+            let table = load(&rows);
+            assert_agrees(&table, &expr, &params);
+        }
+
+        #[test]
+        fn display_parses_back(expr in expr()) {
+            let src = expr.to_string();
+            prop_assert_eq!(parse(&src), Ok(expr), "{}", src);
+        }
+
+        #[test]
+        fn parse_never_panics(
+            soup in token_soup(),
+            chars in vec(any::<char>(), 0..48),
+        ) {
+            let _ = parse(&soup);
+            let _ = parse(&String::from_iter(chars));
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! The download stream: length-prefixed frames (header, row batches, trailer, error),
+//! zstd-compressed on the wire by the caller. Encoding and decoding only; no IO here
+//! beyond `std::io::Read` on the decoded stream.
+//!
+//! Frame: `kind: u8`, `len: u32 LE`, `payload: [u8; len]`.
+//! Row batch payload: `table_idx: varint`, `n_rows: varint`, then per row and column one
+//! value: tag `0` NULL, `1` integer (zigzag varint), `2` real (f64 LE), `3` text
+//! (varint length, UTF-8), `4` blob (varint length, bytes).
+
+use std::io::{self, Read};
+
+use crate::value::Value;
+use crate::wire::{ErrorBody, SliceHeader, SliceTrailer};
+
+pub const KIND_HEADER: u8 = 1;
+pub const KIND_ROWS: u8 = 2;
+pub const KIND_TRAILER: u8 = 3;
+pub const KIND_ERROR: u8 = 4;
+
+/// A frame larger than this is refused as corrupt.
+pub const FRAME_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// Encoders flush a row batch once it reaches this size.
+pub const BATCH_TARGET_BYTES: usize = 128 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("stream read failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("corrupt stream: {0}")]
+    Corrupt(String),
+}
+
+fn corrupt(what: impl Into<String>) -> FrameError {
+    FrameError::Corrupt(what.into())
+}
+
+/// A borrowed cell, decoded in place from a row batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+impl ValueRef<'_> {
+    pub fn to_owned(self) -> Value {
+        match self {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(i) => Value::Integer(i),
+            ValueRef::Real(r) => Value::Real(r),
+            ValueRef::Text(t) => Value::Text(t.to_owned()),
+            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        }
+    }
+}
+
+impl<'a> From<&'a Value> for ValueRef<'a> {
+    fn from(v: &'a Value) -> Self {
+        match v {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(r) => ValueRef::Real(*r),
+            Value::Text(t) => ValueRef::Text(t),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    out.push(kind);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Builds the frames of one stream and keeps the running checksum the trailer needs.
+#[derive(Default)]
+pub struct FrameEncoder {
+    crc: crc32fast::Hasher,
+    batch: Vec<u8>,
+    batch_table: Option<usize>,
+    batch_rows: u64,
+    rows: Vec<u64>,
+}
+
+impl FrameEncoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn emit(&mut self, out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+        let start = out.len();
+        put_frame(out, kind, payload);
+        self.crc.update(&out[start..]);
+    }
+
+    pub fn header(&mut self, out: &mut Vec<u8>, header: &SliceHeader) {
+        self.rows = vec![0; header.tables.len()];
+        let json = serde_json::to_vec(header).expect("header serializes");
+        self.emit(out, KIND_HEADER, &json);
+    }
+
+    /// Adds one row of table `table_idx`; a batch is written to `out` when full.
+    pub fn row<'v>(
+        &mut self,
+        out: &mut Vec<u8>,
+        table_idx: usize,
+        values: impl IntoIterator<Item = ValueRef<'v>>,
+    ) {
+        if self.batch_table != Some(table_idx) {
+            self.flush(out);
+            self.batch_table = Some(table_idx);
+        }
+        for v in values {
+            let b = &mut self.batch;
+            match v {
+                ValueRef::Null => b.push(0),
+                ValueRef::Integer(i) => {
+                    b.push(1);
+                    put_varint(b, ((i << 1) ^ (i >> 63)) as u64);
+                }
+                ValueRef::Real(r) => {
+                    b.push(2);
+                    b.extend_from_slice(&r.to_le_bytes());
+                }
+                ValueRef::Text(t) => {
+                    b.push(3);
+                    put_varint(b, t.len() as u64);
+                    b.extend_from_slice(t.as_bytes());
+                }
+                ValueRef::Blob(x) => {
+                    b.push(4);
+                    put_varint(b, x.len() as u64);
+                    b.extend_from_slice(x);
+                }
+            }
+        }
+        self.batch_rows += 1;
+        self.rows[table_idx] += 1;
+        if self.batch.len() >= BATCH_TARGET_BYTES {
+            self.flush(out);
+        }
+    }
+
+    /// Writes the pending row batch, if any.
+    pub fn flush(&mut self, out: &mut Vec<u8>) {
+        let Some(table_idx) = self.batch_table else {
+            return;
+        };
+        if self.batch_rows == 0 {
+            return;
+        }
+        let mut payload = Vec::with_capacity(self.batch.len() + 10);
+        put_varint(&mut payload, table_idx as u64);
+        put_varint(&mut payload, self.batch_rows);
+        payload.extend_from_slice(&self.batch);
+        self.emit(out, KIND_ROWS, &payload);
+        self.batch.clear();
+        self.batch_rows = 0;
+    }
+
+    /// Rows encoded so far, per table.
+    pub fn rows(&self) -> &[u64] {
+        &self.rows
+    }
+
+    pub fn trailer(&mut self, out: &mut Vec<u8>, cursor: i64) {
+        self.flush(out);
+        let checksum = trailer_checksum(self.crc.clone(), &self.rows, cursor);
+        let trailer = SliceTrailer {
+            rows: self.rows.clone(),
+            checksum,
+            cursor,
+        };
+        let json = serde_json::to_vec(&trailer).expect("trailer serializes");
+        put_frame(out, KIND_TRAILER, &json);
+    }
+}
+
+/// The trailer's checksum covers every frame before it and the trailer's own counts
+/// and cursor, so no bit of the stream can change unnoticed.
+fn trailer_checksum(mut crc: crc32fast::Hasher, rows: &[u64], cursor: i64) -> u32 {
+    for n in rows {
+        crc.update(&n.to_le_bytes());
+    }
+    crc.update(&cursor.to_le_bytes());
+    crc.finalize()
+}
+
+/// Encodes an error frame (the server failed after the stream had started).
+pub fn error_frame(out: &mut Vec<u8>, error: &ErrorBody) {
+    let json = serde_json::to_vec(error).expect("error serializes");
+    put_frame(out, KIND_ERROR, &json);
+}
+
+/// One decoded frame. Row batches are handed out raw; decode them with [`RowBatch`].
+#[derive(Debug)]
+pub enum Frame {
+    Header(SliceHeader),
+    Rows(Vec<u8>),
+    Trailer(SliceTrailer),
+    Error(ErrorBody),
+}
+
+/// Reads frames from a decompressed stream, verifying the checksum at the trailer.
+pub struct FrameReader<R> {
+    inner: R,
+    crc: crc32fast::Hasher,
+    done: bool,
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            crc: crc32fast::Hasher::new(),
+            done: false,
+        }
+    }
+
+    /// The next frame; `Ok(None)` only after a trailer whose checksum matched. A stream
+    /// that ends without a trailer is an error (truncated).
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut head = [0u8; 5];
+        if let Err(e) = self.inner.read_exact(&mut head) {
+            return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
+                corrupt("stream ended before its trailer (truncated)")
+            } else {
+                FrameError::Io(e)
+            });
+        }
+        let kind = head[0];
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len > FRAME_MAX_BYTES {
+            return Err(corrupt(format!("frame of {len} bytes exceeds the limit")));
+        }
+        let mut payload = vec![0u8; len];
+        self.inner.read_exact(&mut payload).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                corrupt("stream ended inside a frame (truncated)")
+            } else {
+                FrameError::Io(e)
+            }
+        })?;
+        let json_err = |e: serde_json::Error| corrupt(format!("bad frame {kind}: {e}"));
+        if kind != KIND_TRAILER {
+            self.crc.update(&head);
+            self.crc.update(&payload);
+        }
+        let frame = match kind {
+            KIND_HEADER => Frame::Header(serde_json::from_slice(&payload).map_err(json_err)?),
+            KIND_ROWS => Frame::Rows(payload),
+            KIND_TRAILER => {
+                let trailer: SliceTrailer = serde_json::from_slice(&payload).map_err(json_err)?;
+                let actual = trailer_checksum(self.crc.clone(), &trailer.rows, trailer.cursor);
+                if trailer.checksum != actual {
+                    return Err(corrupt(format!(
+                        "checksum mismatch (trailer {:08x}, data {actual:08x})",
+                        trailer.checksum
+                    )));
+                }
+                self.done = true;
+                return Ok(Some(Frame::Trailer(trailer)));
+            }
+            KIND_ERROR => Frame::Error(serde_json::from_slice(&payload).map_err(json_err)?),
+            other => return Err(corrupt(format!("unknown frame kind {other}"))),
+        };
+        Ok(Some(frame))
+    }
+}
+
+/// Decodes a row batch payload in place.
+pub struct RowBatch<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    pub table_idx: usize,
+    pub n_rows: u64,
+}
+
+impl<'a> RowBatch<'a> {
+    pub fn parse(buf: &'a [u8]) -> Result<Self, FrameError> {
+        let mut batch = RowBatch {
+            buf,
+            pos: 0,
+            table_idx: 0,
+            n_rows: 0,
+        };
+        batch.table_idx = usize::try_from(batch.varint()?).map_err(|_| corrupt("table index"))?;
+        batch.n_rows = batch.varint()?;
+        Ok(batch)
+    }
+
+    fn varint(&mut self) -> Result<u64, FrameError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self
+                .buf
+                .get(self.pos)
+                .ok_or_else(|| corrupt("row batch ends inside a number"))?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(corrupt("varint too long"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| corrupt("row batch ends inside a value"))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    /// The next value of the batch.
+    pub fn value(&mut self) -> Result<ValueRef<'a>, FrameError> {
+        let tag = self.take(1)?[0];
+        Ok(match tag {
+            0 => ValueRef::Null,
+            1 => {
+                let z = self.varint()?;
+                ValueRef::Integer(((z >> 1) as i64) ^ -((z & 1) as i64))
+            }
+            2 => ValueRef::Real(f64::from_le_bytes(
+                self.take(8)?.try_into().expect("8 bytes"),
+            )),
+            3 => {
+                let n = usize::try_from(self.varint()?).map_err(|_| corrupt("length"))?;
+                ValueRef::Text(
+                    std::str::from_utf8(self.take(n)?).map_err(|_| corrupt("text is not UTF-8"))?,
+                )
+            }
+            4 => {
+                let n = usize::try_from(self.varint()?).map_err(|_| corrupt("length"))?;
+                ValueRef::Blob(self.take(n)?)
+            }
+            t => return Err(corrupt(format!("unknown value tag {t}"))),
+        })
+    }
+
+    /// True once every byte was consumed (a well-formed batch ends exactly after its rows).
+    pub fn is_exhausted(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::ColumnType;
+    use crate::wire::{ColumnDef, TableSchema};
+    use proptest::prelude::*;
+
+    fn header(n_tables: usize) -> SliceHeader {
+        SliceHeader {
+            protocol: 1,
+            epoch: "e".into(),
+            task: "t".into(),
+            task_hash: "h".into(),
+            user: "u".into(),
+            device: "d".into(),
+            tables: (0..n_tables)
+                .map(|i| TableSchema {
+                    name: format!("t{i}"),
+                    primary_key: "id".into(),
+                    columns: vec![ColumnDef {
+                        name: "id".into(),
+                        column_type: ColumnType::Integer,
+                    }],
+                    rows_estimate: 0,
+                })
+                .collect(),
+        }
+    }
+
+    fn value_strategy() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::Integer),
+            any::<f64>()
+                .prop_filter("nan compares unequal", |f| !f.is_nan())
+                .prop_map(Value::Real),
+            ".{0,40}".prop_map(Value::Text),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Blob),
+        ]
+    }
+
+    fn encode(rows: &[Vec<Value>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = FrameEncoder::new();
+        enc.header(&mut out, &header(1));
+        for row in rows {
+            enc.row(&mut out, 0, row.iter().map(ValueRef::from));
+        }
+        enc.trailer(&mut out, 42);
+        out
+    }
+
+    fn decode(bytes: &[u8], width: usize) -> Result<Vec<Vec<Value>>, FrameError> {
+        let mut reader = FrameReader::new(bytes);
+        let mut rows = Vec::new();
+        while let Some(frame) = reader.next_frame()? {
+            if let Frame::Rows(p) = frame {
+                let mut batch = RowBatch::parse(&p)?;
+                for _ in 0..batch.n_rows {
+                    rows.push(
+                        (0..width)
+                            .map(|_| batch.value().map(ValueRef::to_owned))
+                            .collect::<Result<_, _>>()?,
+                    );
+                }
+                assert!(batch.is_exhausted());
+            }
+        }
+        Ok(rows)
+    }
+
+    proptest! {
+        #[test]
+        fn rows_round_trip(rows in proptest::collection::vec(proptest::collection::vec(value_strategy(), 3), 0..300)) {
+            let bytes = encode(&rows);
+            prop_assert_eq!(decode(&bytes, 3).unwrap(), rows);
+        }
+
+        #[test]
+        fn damage_is_detected(rows in proptest::collection::vec(proptest::collection::vec(value_strategy(), 2), 1..50), cut in any::<prop::sample::Index>(), flip in any::<prop::sample::Index>()) {
+            let bytes = encode(&rows);
+            let truncated = &bytes[..cut.index(bytes.len())];
+            prop_assert!(decode(truncated, 2).is_err());
+            let mut flipped = bytes.clone();
+            let i = flip.index(flipped.len());
+            flipped[i] ^= 0x20;
+            prop_assert!(decode(&flipped, 2).is_err(), "flip at {} undetected", i);
+        }
+    }
+}

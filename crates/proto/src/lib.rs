@@ -1,0 +1,11 @@
+//! fieldsync's protocol: wire types, stream frames, error codes, task files and the
+//! filter language. Pure data and logic; this crate does no IO.
+
+pub mod filter;
+pub mod frame;
+pub mod task;
+pub mod time;
+pub mod value;
+pub mod wire;
+
+pub use value::{ColumnType, Value};

@@ -1,0 +1,131 @@
+//! HTTP request and response bodies, header names and the stable error codes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::ColumnType;
+
+/// The protocol version this build speaks. Requests carry it in [`HEADER_PROTOCOL`];
+/// the major version is the only part so far.
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const HEADER_PROTOCOL: &str = "x-fieldsync-protocol";
+/// The paired device's id and secret, sent with every request after pairing.
+pub const HEADER_DEVICE_ID: &str = "x-fieldsync-device";
+pub const HEADER_DEVICE_SECRET: &str = "x-fieldsync-device-secret";
+/// Largest JSON request body the server reads.
+pub const JSON_BODY_MAX_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairRequest {
+    pub device_id: String,
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairResponse {
+    pub device_secret: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub user: String,
+    /// Bearer token of the session, bound to this device.
+    pub token: String,
+    pub expires_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskSummary {
+    pub name: String,
+    pub description: Option<String>,
+    pub tables: Vec<String>,
+}
+
+/// A column of a slice table, as the stream header describes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ColumnDef {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub column_type: ColumnType,
+}
+
+/// A table of the slice: its columns (task order, primary key included) and key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TableSchema {
+    pub name: String,
+    pub primary_key: String,
+    pub columns: Vec<ColumnDef>,
+    /// Rows the server expects to send (an estimate for progress only).
+    pub rows_estimate: u64,
+}
+
+/// First frame of a download stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SliceHeader {
+    pub protocol: u32,
+    pub epoch: String,
+    pub task: String,
+    /// Identifies the task definition the slice was cut from.
+    pub task_hash: String,
+    pub user: String,
+    pub device: String,
+    pub tables: Vec<TableSchema>,
+}
+
+/// Last frame of a download stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SliceTrailer {
+    /// Rows sent, per table of the header, in header order.
+    pub rows: Vec<u64>,
+    /// CRC-32 of every frame (kind, length and payload) before the trailer, then of
+    /// `rows` and `cursor` (little-endian), so the trailer's own numbers are covered.
+    pub checksum: u32,
+    /// The main database's change position the slice reflects.
+    pub cursor: i64,
+}
+
+/// Stable, machine-readable error codes. The client maps them to exit codes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed request, bad identifier, bad body.
+    BadRequest,
+    /// Wrong password, unknown or expired session, bad device credentials, bad code.
+    Unauthorized,
+    /// Authenticated, but the task is not assigned to this user and device.
+    Forbidden,
+    /// The device was revoked by the administrator.
+    Revoked,
+    /// Too many failed attempts; try again later.
+    Throttled,
+    NotFound,
+    PayloadTooLarge,
+    /// The device speaks a protocol this server cannot serve.
+    UpdateRequired,
+    Internal,
+}
+
+impl ErrorCode {
+    /// Authentication or permission refusals (exit code 4 on the device).
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Unauthorized
+                | ErrorCode::Forbidden
+                | ErrorCode::Revoked
+                | ErrorCode::Throttled
+        )
+    }
+}
+
+/// The body of every error response, and of an error frame inside a stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}

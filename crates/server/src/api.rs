@@ -1,0 +1,214 @@
+//! The HTTP API: routes and handlers. Handlers check, then call the store from a
+//! blocking thread; the store does the work.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use fieldsync_proto::filter::Params;
+use fieldsync_proto::task::check_name;
+use fieldsync_proto::time;
+use fieldsync_proto::wire::{
+    JSON_BODY_MAX_BYTES, LoginRequest, LoginResponse, PROTOCOL_VERSION, PairRequest, PairResponse,
+    SliceHeader, TaskSummary,
+};
+use fieldsync_store::{SessionRecord, Store, TaskRecord, random_hex, sha256_hex};
+use serde::de::DeserializeOwned;
+
+use crate::auth;
+use crate::download;
+use crate::error::ApiError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+}
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// All routes; tests call it without a socket.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/api/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .route("/api/v1/pair", post(pair))
+        .route("/api/v1/login", post(login))
+        .route("/api/v1/logout", post(logout))
+        .route("/api/v1/tasks", get(tasks))
+        .route("/api/v1/tasks/{name}/download", get(download))
+        .layer(DefaultBodyLimit::max(JSON_BODY_MAX_BYTES))
+        .with_state(state)
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))
+}
+
+async fn pair(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<PairResponse>, ApiError> {
+    auth::check_protocol(&headers)?;
+    let req: PairRequest = json_body(&body)?;
+    check_name("device", &req.device_id).map_err(ApiError::bad_request)?;
+    blocking(move || {
+        let secret = random_hex(32);
+        let paired = st.store.device_pair(
+            &req.device_id,
+            &sha256_hex(req.code.trim()),
+            &sha256_hex(&secret),
+            &time::now_rfc3339(),
+        )?;
+        if !paired {
+            return Err(ApiError::unauthorized(format!(
+                "device `{}`: the enrollment code is wrong or was already used",
+                req.device_id
+            )));
+        }
+        Ok(Json(PairResponse {
+            device_secret: secret,
+        }))
+    })
+    .await
+}
+
+async fn login(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<LoginResponse>, ApiError> {
+    auth::check_protocol(&headers)?;
+    let req: LoginRequest = json_body(&body)?;
+    blocking(move || {
+        let device = auth::device(&*st.store, &headers)?;
+        let wrong = || ApiError::unauthorized("wrong user name or password");
+        let user = st.store.user_get(&req.user)?.ok_or_else(wrong)?;
+        if !auth::verify_password(&req.password, &user.password_hash) {
+            return Err(wrong());
+        }
+        if user.disabled {
+            return Err(ApiError::unauthorized(format!(
+                "user `{}` is disabled",
+                user.name
+            )));
+        }
+        let token = random_hex(32);
+        let now_ms = time::now_unix_ms();
+        let session = SessionRecord {
+            token_hash: sha256_hex(&token),
+            device: device.id,
+            user: user.name.clone(),
+            created_at: time::format_unix_ms(now_ms),
+            expires_at: time::format_unix_ms(now_ms + auth::SESSION_TTL_MS),
+        };
+        st.store.session_put(&session)?;
+        Ok(Json(LoginResponse {
+            user: user.name,
+            token,
+            expires_at: session.expires_at,
+        }))
+    })
+    .await
+}
+
+async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+    auth::check_protocol(&headers)?;
+    blocking(move || {
+        let (_, session, _) = auth::session(&*st.store, &headers)?;
+        st.store.session_delete(&session.token_hash)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+/// Tasks assigned to both the user and the device.
+fn assigned(store: &dyn Store, user: &str, device: &str) -> Result<Vec<TaskRecord>, ApiError> {
+    Ok(store
+        .task_list()?
+        .into_iter()
+        .filter(|t| t.users.iter().any(|u| u == user) && t.devices.iter().any(|d| d == device))
+        .collect())
+}
+
+async fn tasks(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<TaskSummary>>, ApiError> {
+    auth::check_protocol(&headers)?;
+    blocking(move || {
+        let (device, _, user) = auth::session(&*st.store, &headers)?;
+        Ok(Json(
+            assigned(&*st.store, &user.name, &device.id)?
+                .into_iter()
+                .map(|t| TaskSummary {
+                    name: t.def.name.clone(),
+                    description: t.def.description.clone(),
+                    tables: t.def.tables.iter().map(|x| x.name.clone()).collect(),
+                })
+                .collect(),
+        ))
+    })
+    .await
+}
+
+async fn download(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    auth::check_protocol(&headers)?;
+    let store = st.store.clone();
+    let (plan, header) = blocking(move || {
+        let (device, _, user) = auth::session(&*store, &headers)?;
+        let task = assigned(&*store, &user.name, &device.id)?
+            .into_iter()
+            .find(|t| t.def.name == name)
+            .ok_or_else(|| {
+                ApiError::forbidden(format!(
+                    "task `{name}` is not assigned to both user `{}` and device `{}`",
+                    user.name, device.id
+                ))
+            })?;
+        let params = Params {
+            user: user.name.clone(),
+            device: device.id.clone(),
+        };
+        let plan = fieldsync_store::plan_slice(&*store, &task.def, &params)?;
+        let header = SliceHeader {
+            protocol: PROTOCOL_VERSION,
+            epoch: store.epoch()?,
+            task: task.def.name.clone(),
+            task_hash: task.hash.clone(),
+            user: user.name,
+            device: device.id,
+            tables: plan.tables.iter().map(|t| t.schema.clone()).collect(),
+        };
+        Ok((plan, header))
+    })
+    .await?;
+    let body = download::start(st.store.clone(), plan, header)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-fieldsync-slice+zstd")],
+        Body::new(body),
+    )
+        .into_response())
+}

@@ -1,0 +1,124 @@
+//! Credentials: argon2id password hashes, random device secrets and session tokens
+//! (stored only as SHA-256 hashes), and the checks every request goes through.
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::http::HeaderMap;
+use fieldsync_proto::time;
+use fieldsync_proto::wire::{
+    ErrorCode, HEADER_DEVICE_ID, HEADER_DEVICE_SECRET, HEADER_PROTOCOL, PROTOCOL_VERSION,
+};
+use fieldsync_store::{DeviceRecord, SessionRecord, Store, UserRecord, sha256_hex};
+
+use crate::error::ApiError;
+
+/// How long a login session lasts without a new login.
+pub const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
+
+/// An argon2id hash in PHC string form.
+pub fn hash_password(password: &str) -> String {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).expect("the OS random source works");
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes make a valid salt");
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 with default parameters")
+        .to_string()
+}
+
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
+/// Constant-time equality of two hex hashes.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Refuses requests of another protocol major version.
+pub fn check_protocol(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(v) = header(headers, HEADER_PROTOCOL) else {
+        return Err(ApiError::bad_request(format!(
+            "missing header {HEADER_PROTOCOL}"
+        )));
+    };
+    match v.parse::<u32>() {
+        Ok(PROTOCOL_VERSION) => Ok(()),
+        Ok(other) => Err(ApiError::new(
+            ErrorCode::UpdateRequired,
+            format!(
+                "protocol {other} is not served here (server speaks {PROTOCOL_VERSION}); update fieldsync on this device"
+            ),
+        )),
+        Err(_) => Err(ApiError::bad_request(format!(
+            "bad header {HEADER_PROTOCOL}"
+        ))),
+    }
+}
+
+/// The paired device making the request.
+pub fn device(store: &dyn Store, headers: &HeaderMap) -> Result<DeviceRecord, ApiError> {
+    let (Some(id), Some(secret)) = (
+        header(headers, HEADER_DEVICE_ID),
+        header(headers, HEADER_DEVICE_SECRET),
+    ) else {
+        return Err(ApiError::unauthorized(
+            "this device is not paired (missing device credentials)",
+        ));
+    };
+    let device = store
+        .device_get(id)?
+        .ok_or_else(|| ApiError::unauthorized("unknown device or bad device secret"))?;
+    if device.revoked {
+        return Err(ApiError::new(
+            ErrorCode::Revoked,
+            format!("device `{id}` was revoked"),
+        ));
+    }
+    match &device.secret_hash {
+        Some(h) if same(h, &sha256_hex(secret)) => Ok(device),
+        _ => Err(ApiError::unauthorized(
+            "unknown device or bad device secret",
+        )),
+    }
+}
+
+/// The logged-in session of the request, checked against its device and user.
+pub fn session(
+    store: &dyn Store,
+    headers: &HeaderMap,
+) -> Result<(DeviceRecord, SessionRecord, UserRecord), ApiError> {
+    let device = device(store, headers)?;
+    let token = header(headers, "authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthorized("not logged in on this device"))?;
+    let expired = || {
+        ApiError::unauthorized(
+            "not logged in (the session expired or was logged out); log in again",
+        )
+    };
+    let session = store.session_get(&sha256_hex(token))?.ok_or_else(expired)?;
+    if session.device != device.id || session.expires_at <= time::now_rfc3339() {
+        return Err(expired());
+    }
+    let user = store.user_get(&session.user)?.ok_or_else(expired)?;
+    if user.disabled {
+        return Err(ApiError::unauthorized(format!(
+            "user `{}` is disabled",
+            user.name
+        )));
+    }
+    Ok((device, session, user))
+}

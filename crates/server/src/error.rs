@@ -1,0 +1,80 @@
+//! The one HTTP error type: each case maps to a status and a stable code; internal
+//! details are logged on the server, never sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fieldsync_proto::wire::{ErrorBody, ErrorCode};
+use fieldsync_store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthorized, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+
+    /// Logs the detail and answers with a generic message.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        eprintln!("fieldsync server: internal error: {detail}");
+        Self::new(
+            ErrorCode::Internal,
+            "internal server error (see the server log)",
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.code {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden | ErrorCode::Revoked => StatusCode::FORBIDDEN,
+            ErrorCode::Throttled => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UpdateRequired => StatusCode::UPGRADE_REQUIRED,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            code: self.code,
+            message: self.message.clone(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(m) => ApiError::bad_request(m),
+            StoreError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m),
+            StoreError::AlreadyExists(m) => ApiError::bad_request(m),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), axum::Json(self.body())).into_response()
+    }
+}

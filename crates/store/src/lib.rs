@@ -1,0 +1,202 @@
+//! The main-database interface: fieldsync's own objects (users, devices, tasks,
+//! sessions, change tracking) and the slice stream, behind one [`Store`] trait with a
+//! backend per engine. Nothing here knows about HTTP.
+
+mod plan;
+pub mod sample;
+mod sqlite;
+
+use fieldsync_proto::ColumnType;
+use fieldsync_proto::filter::{Dialect, Params};
+use fieldsync_proto::frame::ValueRef;
+use fieldsync_proto::task::TaskDef;
+
+pub use plan::{SlicePlan, TablePlan, check_task, quote_ident};
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Input the administrator or a device got wrong; the message says what.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// fieldsync's objects are missing: `server init` was not run.
+    #[error("the main database has no fieldsync objects; run `fieldsync server init` first")]
+    NotInitialized,
+    #[error("main database: {0}")]
+    Db(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A column of a main-database table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnInfo {
+    pub name: String,
+    pub declared_type: String,
+    pub column_type: ColumnType,
+    pub not_null: bool,
+    pub has_default: bool,
+}
+
+/// A main-database table as fieldsync sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableInfo {
+    pub name: String,
+    pub primary_key: String,
+    pub columns: Vec<ColumnInfo>,
+    pub tracked: bool,
+}
+
+impl TableInfo {
+    pub fn column(&self, name: &str) -> Option<&ColumnInfo> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRecord {
+    pub name: String,
+    pub password_hash: String,
+    pub admin: bool,
+    pub disabled: bool,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub label: Option<String>,
+    /// SHA-256 (hex) of the unused enrollment code; `None` once paired.
+    pub code_hash: Option<String>,
+    /// SHA-256 (hex) of the device secret; `None` until paired.
+    pub secret_hash: Option<String>,
+    pub revoked: bool,
+    pub created_at: String,
+    pub paired_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    /// SHA-256 (hex) of the bearer token; the token itself is never stored.
+    pub token_hash: String,
+    pub device: String,
+    pub user: String,
+    pub created_at: String,
+    pub expires_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    pub def: TaskDef,
+    /// Identifies this definition (changes when the task file does).
+    pub hash: String,
+    pub users: Vec<String>,
+    pub devices: Vec<String>,
+    pub updated_at: String,
+}
+
+/// Receives a slice as the store reads it, inside one consistent snapshot.
+pub trait SliceSink {
+    /// Called once before any row: the snapshot's cursor and the row count per table.
+    fn begin(&mut self, cursor: i64, rows_per_table: &[u64]) -> Result<()>;
+    fn row(&mut self, table_idx: usize, values: &[ValueRef<'_>]) -> Result<()>;
+}
+
+/// The main database, whatever its engine. Every method is blocking; servers call it
+/// from a blocking thread.
+pub trait Store: Send + Sync {
+    /// The SQL dialect the filter language compiles to for this engine.
+    fn dialect(&self) -> Dialect;
+    /// Creates or upgrades fieldsync's own objects; idempotent.
+    fn init(&self) -> Result<()>;
+    /// Random id of this main database's history; changes on `epoch reset` (restores).
+    fn epoch(&self) -> Result<String>;
+
+    /// A table of the main database (`None`: no such table).
+    fn table_info(&self, table: &str) -> Result<Option<TableInfo>>;
+    /// Starts change tracking on an existing table; idempotent.
+    fn track_table(&self, table: &str) -> Result<TableInfo>;
+    /// The row version of a row, `None` when never seen; `(version, deleted)`.
+    fn row_version(&self, table: &str, key: &fieldsync_proto::Value)
+    -> Result<Option<(i64, bool)>>;
+
+    fn user_add(&self, user: &UserRecord) -> Result<()>;
+    fn user_get(&self, name: &str) -> Result<Option<UserRecord>>;
+
+    fn device_add(&self, device: &DeviceRecord) -> Result<()>;
+    fn device_get(&self, id: &str) -> Result<Option<DeviceRecord>>;
+    /// Consumes the enrollment code (if `code_hash` still matches) and stores the
+    /// secret's hash. `false` when the code was wrong or already used.
+    fn device_pair(&self, id: &str, code_hash: &str, secret_hash: &str, at: &str) -> Result<bool>;
+
+    /// Stores a task definition checked against the schema; replaces one of that name.
+    fn task_put(&self, def: &TaskDef, hash: &str, at: &str) -> Result<()>;
+    fn task_get(&self, name: &str) -> Result<Option<TaskRecord>>;
+    fn task_list(&self) -> Result<Vec<TaskRecord>>;
+    fn task_assign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()>;
+
+    fn session_put(&self, session: &SessionRecord) -> Result<()>;
+    fn session_get(&self, token_hash: &str) -> Result<Option<SessionRecord>>;
+    fn session_delete(&self, token_hash: &str) -> Result<()>;
+
+    /// Streams the rows of a planned slice in one snapshot; returns the row counts.
+    fn stream_slice(&self, plan: &SlicePlan, sink: &mut dyn SliceSink) -> Result<Vec<u64>>;
+}
+
+/// Plans a task's slice for one user and device against the store's schema.
+pub fn plan_slice(store: &dyn Store, def: &TaskDef, params: &Params) -> Result<SlicePlan> {
+    plan::plan_slice(def, params, store.dialect(), &|t| store.table_info(t))
+}
+
+/// Opens the main database named by a URL: `sqlite:PATH`.
+pub fn open(url: &str) -> Result<Box<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        if path.is_empty() {
+            return Err(StoreError::Invalid(
+                "database URL `sqlite:` needs a path".into(),
+            ));
+        }
+        return Ok(Box::new(SqliteStore::new(path)));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(StoreError::Invalid(
+            "PostgreSQL main databases are not supported by this build yet".into(),
+        ));
+    }
+    Err(StoreError::Invalid(format!(
+        "unsupported database URL `{url}`: use sqlite:PATH"
+    )))
+}
+
+/// Random bytes as lowercase hex (ids, secrets, codes).
+pub fn random_hex(n_bytes: usize) -> String {
+    let mut buf = vec![0u8; n_bytes];
+    getrandom::fill(&mut buf).expect("the OS random source works");
+    hex(&buf)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// SHA-256 of a text, as lowercase hex.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(text.as_bytes()))
+}

@@ -1,0 +1,212 @@
+//! From a task definition and the schema to a slice plan: the columns each table sends
+//! and the query that selects its rows. Engine-neutral; the filter language renders
+//! the dialect's SQL.
+
+use fieldsync_proto::filter::{self, Dialect, Params};
+use fieldsync_proto::task::{TaskDef, TaskTable, WriteOp};
+use fieldsync_proto::wire::{ColumnDef, TableSchema};
+use fieldsync_proto::{ColumnType, Value};
+
+use crate::{Result, StoreError, TableInfo};
+
+/// One table of a slice: what the header describes and the queries that read it.
+#[derive(Debug, Clone)]
+pub struct TablePlan {
+    pub schema: TableSchema,
+    /// `SELECT <columns> FROM <table> WHERE …`, with `binds` for its placeholders.
+    pub select_sql: String,
+    pub count_sql: String,
+    pub binds: Vec<Value>,
+}
+
+/// The whole slice of a task for one user and device, in the task's table order.
+#[derive(Debug, Clone)]
+pub struct SlicePlan {
+    pub tables: Vec<TablePlan>,
+}
+
+/// Double-quotes an identifier (SQLite and PostgreSQL alike).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn invalid(msg: String) -> StoreError {
+    StoreError::Invalid(msg)
+}
+
+/// The columns a table of the task sends: the listed ones (or all), with the primary
+/// key and the parent key always included, primary key first.
+pub(crate) fn slice_columns(t: &TaskTable, info: &TableInfo) -> Vec<String> {
+    let mut cols: Vec<String> = match &t.columns {
+        Some(list) => list.clone(),
+        None => info.columns.iter().map(|c| c.name.clone()).collect(),
+    };
+    if let Some(p) = &t.parent
+        && !cols.contains(&p.key)
+    {
+        cols.push(p.key.clone());
+    }
+    cols.retain(|c| *c != info.primary_key);
+    cols.insert(0, info.primary_key.clone());
+    cols
+}
+
+/// Checks a task against the schema; `lookup` returns a table of the main database.
+/// Every error names the table and the field at fault.
+pub fn check_task(def: &TaskDef, lookup: &dyn Fn(&str) -> Result<Option<TableInfo>>) -> Result<()> {
+    def.check().map_err(|e| invalid(e.to_string()))?;
+    for t in &def.tables {
+        let at = format!("task file: table `{}`", t.name);
+        let info = lookup(&t.name)?
+            .ok_or_else(|| invalid(format!("{at}: no such table in the main database")))?;
+        if !info.tracked {
+            return Err(invalid(format!(
+                "{at}: not tracked; run `fieldsync admin table track {}` first",
+                t.name
+            )));
+        }
+        if let Some(cols) = &t.columns {
+            for c in cols {
+                if info.column(c).is_none() {
+                    return Err(invalid(format!("{at}: columns: no column `{c}`")));
+                }
+            }
+        }
+        if let Some(f) = &t.filter {
+            let expr = filter::parse(f).map_err(|e| invalid(format!("{at}: filter: {e}")))?;
+            expr.check(&|c| info.column(c).map(|c| c.column_type))
+                .map_err(|e| invalid(format!("{at}: filter: {e}")))?;
+        }
+        if let Some(p) = &t.parent {
+            let parent = lookup(&p.table)?
+                .ok_or_else(|| invalid(format!("{at}: parent table `{}` not found", p.table)))?;
+            let key = info
+                .column(&p.key)
+                .ok_or_else(|| invalid(format!("{at}: parent key: no column `{}`", p.key)))?;
+            let parent_pk = parent
+                .column(&parent.primary_key)
+                .expect("primary key is a column");
+            let numeric = |t: ColumnType| {
+                matches!(
+                    t,
+                    ColumnType::Integer | ColumnType::Real | ColumnType::Numeric
+                )
+            };
+            if numeric(key.column_type) != numeric(parent_pk.column_type) {
+                return Err(invalid(format!(
+                    "{at}: parent key `{}` ({}) cannot hold `{}`.`{}` ({})",
+                    p.key, key.declared_type, p.table, parent.primary_key, parent_pk.declared_type
+                )));
+            }
+        }
+        if t.write.contains(&WriteOp::Insert) {
+            let pk = info
+                .column(&info.primary_key)
+                .expect("primary key is a column");
+            if pk.column_type != ColumnType::Text {
+                return Err(invalid(format!(
+                    "{at}: write = insert needs a text primary key (devices make keys offline); `{}` is {}",
+                    info.primary_key, pk.declared_type
+                )));
+            }
+            let cols = slice_columns(t, &info);
+            for c in &info.columns {
+                if c.not_null && !c.has_default && !cols.contains(&c.name) {
+                    return Err(invalid(format!(
+                        "{at}: write = insert is impossible: NOT NULL column `{}` has no default and is not in the task's columns",
+                        c.name
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Plans the slice of a checked task for one user and device.
+pub fn plan_slice(
+    def: &TaskDef,
+    params: &Params,
+    dialect: Dialect,
+    lookup: &dyn Fn(&str) -> Result<Option<TableInfo>>,
+) -> Result<SlicePlan> {
+    let mut tables = Vec::with_capacity(def.tables.len());
+    for t in &def.tables {
+        let info = lookup(&t.name)?
+            .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", t.name)))?;
+        let cols = slice_columns(t, &info);
+        let mut columns = Vec::with_capacity(cols.len());
+        for c in &cols {
+            let ci = info.column(c).ok_or_else(|| {
+                invalid(format!("table `{}` has no column `{c}` any more", t.name))
+            })?;
+            columns.push(ColumnDef {
+                name: c.clone(),
+                column_type: ci.column_type,
+            });
+        }
+        let mut binds = Vec::new();
+        let condition = slice_condition(def, t, params, dialect, &mut binds, lookup)?;
+        let table = quote_ident(&t.name);
+        let select_list: Vec<String> = cols
+            .iter()
+            .map(|c| format!("{table}.{}", quote_ident(c)))
+            .collect();
+        let select_sql = format!(
+            "SELECT {} FROM {table} WHERE {condition}",
+            select_list.join(", ")
+        );
+        let count_sql = format!("SELECT count(*) FROM {table} WHERE {condition}");
+        tables.push(TablePlan {
+            schema: TableSchema {
+                name: t.name.clone(),
+                primary_key: info.primary_key.clone(),
+                columns,
+                rows_estimate: 0,
+            },
+            select_sql,
+            count_sql,
+            binds,
+        });
+    }
+    Ok(SlicePlan { tables })
+}
+
+/// The WHERE condition of a table: its filter, and membership of its parent's slice.
+fn slice_condition(
+    def: &TaskDef,
+    t: &TaskTable,
+    params: &Params,
+    dialect: Dialect,
+    binds: &mut Vec<Value>,
+    lookup: &dyn Fn(&str) -> Result<Option<TableInfo>>,
+) -> Result<String> {
+    let table = quote_ident(&t.name);
+    let mut parts = Vec::new();
+    if let Some(f) = &t.filter {
+        let expr =
+            filter::parse(f).map_err(|e| invalid(format!("table `{}`: filter: {e}", t.name)))?;
+        let column_sql = |c: &str| format!("{table}.{}", quote_ident(c));
+        parts.push(format!(
+            "({})",
+            expr.to_sql(dialect, &column_sql, params, binds)
+        ));
+    }
+    if let Some(p) = &t.parent {
+        let parent = def.table(&p.table).expect("checked: parent is in the task");
+        let parent_info = lookup(&p.table)?
+            .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", p.table)))?;
+        let inner = slice_condition(def, parent, params, dialect, binds, lookup)?;
+        let pt = quote_ident(&p.table);
+        parts.push(format!(
+            "{table}.{} IN (SELECT {pt}.{} FROM {pt} WHERE {inner})",
+            quote_ident(&p.key),
+            quote_ident(&parent_info.primary_key)
+        ));
+    }
+    Ok(if parts.is_empty() {
+        "1 = 1".to_string()
+    } else {
+        parts.join(" AND ")
+    })
+}

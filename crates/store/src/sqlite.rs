@@ -1,0 +1,604 @@
+//! The SQLite backend of the main database (the embedded default).
+//!
+//! Change tracking: a global counter (`fieldsync_clock`) that triggers on each tracked
+//! table advance for every row written, stamping the row's version in `fieldsync_rows`
+//! (deletes leave a tombstone). SQLite has one writer at a time, so versions are
+//! assigned in commit order and a snapshot's counter is a correct cursor.
+
+use std::time::Duration;
+
+use fieldsync_proto::filter::Dialect;
+use fieldsync_proto::frame::ValueRef;
+use fieldsync_proto::task::TaskDef;
+use fieldsync_proto::{ColumnType, Value};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::plan::{self, SlicePlan, quote_ident};
+use crate::{
+    DeviceRecord, Result, SessionRecord, SliceSink, Store, StoreError, TableInfo, TaskRecord,
+    UserRecord,
+};
+
+/// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS fieldsync_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fieldsync_clock (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+INSERT OR IGNORE INTO fieldsync_clock (id, version) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS fieldsync_tracked (name TEXT PRIMARY KEY, primary_key TEXT NOT NULL, tracked_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fieldsync_rows (
+    tbl TEXT NOT NULL,
+    pk NOT NULL,
+    version INTEGER NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tbl, pk)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fieldsync_rows_by_version ON fieldsync_rows (tbl, version);
+CREATE TABLE IF NOT EXISTS fieldsync_users (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    admin INTEGER NOT NULL DEFAULT 0,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fieldsync_devices (
+    id TEXT PRIMARY KEY,
+    label TEXT,
+    code_hash TEXT,
+    secret_hash TEXT,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    paired_at TEXT
+);
+CREATE TABLE IF NOT EXISTS fieldsync_tasks (
+    name TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fieldsync_task_users (
+    task TEXT NOT NULL REFERENCES fieldsync_tasks (name) ON DELETE CASCADE,
+    user TEXT NOT NULL REFERENCES fieldsync_users (name) ON DELETE CASCADE,
+    PRIMARY KEY (task, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fieldsync_task_devices (
+    task TEXT NOT NULL REFERENCES fieldsync_tasks (name) ON DELETE CASCADE,
+    device TEXT NOT NULL REFERENCES fieldsync_devices (id) ON DELETE CASCADE,
+    PRIMARY KEY (task, device)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fieldsync_sessions (
+    token_hash TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    user TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+"#;
+
+/// A SQLite main database. Holds only its path: each call opens a connection (cheap
+/// for SQLite), so the store is `Send + Sync` and calls never share a transaction.
+pub struct SqliteStore {
+    path: String,
+}
+
+impl SqliteStore {
+    pub fn new(path: impl Into<String>) -> Self {
+        SqliteStore { path: path.into() }
+    }
+
+    /// Opens a connection; `create` allows creating the file (only `init` does).
+    fn connect(&self, create: bool) -> Result<Connection> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(&self.path, flags)
+            .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", self.path)))?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(conn)
+    }
+
+    /// A connection to an initialised database.
+    fn conn(&self) -> Result<Connection> {
+        let conn = self.connect(false)?;
+        let ok: bool = conn.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'fieldsync_meta'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !ok {
+            return Err(StoreError::NotInitialized);
+        }
+        Ok(conn)
+    }
+}
+
+fn table_info(conn: &Connection, table: &str) -> Result<Option<TableInfo>> {
+    // The name is only ever a bound value here; quoted identifiers are built from the
+    // schema's own spelling.
+    let name: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(name) = name else { return Ok(None) };
+    let mut stmt = conn.prepare("SELECT name, type, \"notnull\", dflt_value IS NOT NULL, pk FROM pragma_table_info(?1) ORDER BY cid")?;
+    let mut columns = Vec::new();
+    let mut pks = Vec::new();
+    let rows = stmt.query_map([&name], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, bool>(2)?,
+            r.get::<_, bool>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (col, declared, not_null, has_default, pk) = row?;
+        if pk > 0 {
+            pks.push(col.clone());
+        }
+        let column_type = ColumnType::from_declared(&declared);
+        // An INTEGER PRIMARY KEY is the rowid: SQLite assigns it when omitted.
+        let rowid_alias = pk > 0 && declared.eq_ignore_ascii_case("INTEGER");
+        columns.push(crate::ColumnInfo {
+            name: col,
+            declared_type: declared,
+            column_type,
+            not_null: not_null || (pk > 0 && !rowid_alias),
+            has_default: has_default || rowid_alias,
+        });
+    }
+    let tracked: bool = conn
+        .query_row(
+            "SELECT count(*) FROM fieldsync_tracked WHERE name = ?1",
+            [&name],
+            |r| r.get(0),
+        )
+        .unwrap_or(false);
+    let primary_key = if pks.len() == 1 {
+        pks.remove(0)
+    } else {
+        String::new()
+    };
+    Ok(Some(TableInfo {
+        name,
+        primary_key,
+        columns,
+        tracked,
+    }))
+}
+
+fn to_sql_value(v: &Value) -> rusqlite::types::Value {
+    match v {
+        Value::Null => rusqlite::types::Value::Null,
+        Value::Integer(i) => rusqlite::types::Value::Integer(*i),
+        Value::Real(r) => rusqlite::types::Value::Real(*r),
+        Value::Text(t) => rusqlite::types::Value::Text(t.clone()),
+        Value::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
+    }
+}
+
+fn value_ref(v: rusqlite::types::ValueRef<'_>) -> ValueRef<'_> {
+    use rusqlite::types::ValueRef as R;
+    match v {
+        R::Null => ValueRef::Null,
+        R::Integer(i) => ValueRef::Integer(i),
+        R::Real(r) => ValueRef::Real(r),
+        // SQLite does not enforce UTF-8; text that is not travels as a blob.
+        R::Text(t) => std::str::from_utf8(t)
+            .map(ValueRef::Text)
+            .unwrap_or(ValueRef::Blob(t)),
+        R::Blob(b) => ValueRef::Blob(b),
+    }
+}
+
+fn now() -> String {
+    fieldsync_proto::time::now_rfc3339()
+}
+
+fn task_record(
+    conn: &Connection,
+    name: &str,
+    definition: &str,
+    hash: String,
+    updated_at: String,
+) -> Result<TaskRecord> {
+    let def: TaskDef = serde_json::from_str(definition)
+        .map_err(|e| StoreError::Db(format!("stored task `{name}` is unreadable: {e}")))?;
+    let list = |sql: &str| -> Result<Vec<String>> {
+        let mut stmt = conn.prepare(sql)?;
+        let v = stmt
+            .query_map([name], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(v)
+    };
+    Ok(TaskRecord {
+        users: list("SELECT user FROM fieldsync_task_users WHERE task = ?1 ORDER BY user")?,
+        devices: list("SELECT device FROM fieldsync_task_devices WHERE task = ?1 ORDER BY device")?,
+        def,
+        hash,
+        updated_at,
+    })
+}
+
+impl Store for SqliteStore {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    fn init(&self) -> Result<()> {
+        let mut conn = self.connect(true)?;
+        // WAL lets the slice stream read a snapshot while the office keeps writing.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Db(format!(
+                "cannot switch the main database to WAL (got {mode})"
+            )));
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA)?;
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT CAST(value AS INTEGER) FROM fieldsync_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(v) = existing
+            && v > SCHEMA_VERSION
+        {
+            return Err(StoreError::Invalid(format!(
+                "the main database was set up by a newer fieldsync (schema {v}, this build knows {SCHEMA_VERSION})"
+            )));
+        }
+        tx.execute(
+            "INSERT INTO fieldsync_meta (key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [SCHEMA_VERSION.to_string()],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO fieldsync_meta (key, value) VALUES ('epoch', ?1)",
+            [crate::random_hex(16)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn epoch(&self) -> Result<String> {
+        let conn = self.conn()?;
+        Ok(conn.query_row(
+            "SELECT value FROM fieldsync_meta WHERE key = 'epoch'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn table_info(&self, table: &str) -> Result<Option<TableInfo>> {
+        table_info(&self.conn()?, table)
+    }
+
+    fn track_table(&self, table: &str) -> Result<TableInfo> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let info = table_info(&tx, table)?.ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "no table `{}` in the main database",
+                table.escape_debug()
+            ))
+        })?;
+        let lower = info.name.to_ascii_lowercase();
+        if lower.starts_with("fieldsync_") || lower.starts_with("sqlite_") {
+            return Err(StoreError::Invalid(format!(
+                "`{}` is an internal table and cannot be tracked",
+                info.name
+            )));
+        }
+        if info.primary_key.is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "table `{}` cannot be tracked: it needs a single-column primary key",
+                info.name
+            )));
+        }
+        if info.tracked {
+            return Ok(info);
+        }
+        let t = quote_ident(&info.name);
+        let pk = quote_ident(&info.primary_key);
+        let name_lit = format!("'{}'", info.name.replace('\'', "''"));
+        let trig = |suffix: &str| quote_ident(&format!("fieldsync_{}_{suffix}", info.name));
+        let stamp = |key: &str, deleted: u8| {
+            format!(
+                "UPDATE fieldsync_clock SET version = version + 1 WHERE id = 1;
+                 INSERT OR REPLACE INTO fieldsync_rows (tbl, pk, version, deleted)
+                 VALUES ({name_lit}, {key}, (SELECT version FROM fieldsync_clock WHERE id = 1), {deleted});"
+            )
+        };
+        let sql = format!(
+            "CREATE TRIGGER {ins} AFTER INSERT ON {t} BEGIN {s_new} END;
+             CREATE TRIGGER {upd} AFTER UPDATE ON {t} BEGIN
+               {s_old_gone}
+               {s_new}
+             END;
+             CREATE TRIGGER {del} AFTER DELETE ON {t} BEGIN {s_old} END;
+             UPDATE fieldsync_clock SET version = version + 1 WHERE id = 1;
+             INSERT OR REPLACE INTO fieldsync_rows (tbl, pk, version, deleted)
+               SELECT {name_lit}, {pk}, (SELECT version FROM fieldsync_clock WHERE id = 1), 0 FROM {t};",
+            ins = trig("ins"),
+            upd = trig("upd"),
+            del = trig("del"),
+            s_new = stamp(&format!("NEW.{pk}"), 0),
+            s_old = stamp(&format!("OLD.{pk}"), 1),
+            // A key change retires the old key (a tombstone) before stamping the new one.
+            s_old_gone = format!(
+                "UPDATE fieldsync_clock SET version = version + 1 WHERE id = 1 AND OLD.{pk} IS NOT NEW.{pk};
+                 INSERT OR REPLACE INTO fieldsync_rows (tbl, pk, version, deleted)
+                 SELECT {name_lit}, OLD.{pk}, (SELECT version FROM fieldsync_clock WHERE id = 1), 1
+                 WHERE OLD.{pk} IS NOT NEW.{pk};"
+            ),
+        );
+        tx.execute_batch(&sql)?;
+        tx.execute(
+            "INSERT INTO fieldsync_tracked (name, primary_key, tracked_at) VALUES (?1, ?2, ?3)",
+            params![info.name, info.primary_key, now()],
+        )?;
+        tx.commit()?;
+        Ok(TableInfo {
+            tracked: true,
+            ..info
+        })
+    }
+
+    fn row_version(&self, table: &str, key: &Value) -> Result<Option<(i64, bool)>> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                "SELECT version, deleted FROM fieldsync_rows WHERE tbl = ?1 AND pk = ?2",
+                params![table, to_sql_value(key)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    fn user_add(&self, user: &UserRecord) -> Result<()> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO fieldsync_users (name, password_hash, admin, disabled, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![user.name, user.password_hash, user.admin, user.disabled, user.created_at],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!(
+                "user `{}` exists",
+                user.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn user_get(&self, name: &str) -> Result<Option<UserRecord>> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                "SELECT name, password_hash, admin, disabled, created_at FROM fieldsync_users WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok(UserRecord {
+                        name: r.get(0)?,
+                        password_hash: r.get(1)?,
+                        admin: r.get(2)?,
+                        disabled: r.get(3)?,
+                        created_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn device_add(&self, d: &DeviceRecord) -> Result<()> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO fieldsync_devices (id, label, code_hash, secret_hash, revoked, created_at, paired_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![d.id, d.label, d.code_hash, d.secret_hash, d.revoked, d.created_at, d.paired_at],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!(
+                "device `{}` exists",
+                d.id
+            )));
+        }
+        Ok(())
+    }
+
+    fn device_get(&self, id: &str) -> Result<Option<DeviceRecord>> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                "SELECT id, label, code_hash, secret_hash, revoked, created_at, paired_at FROM fieldsync_devices WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(DeviceRecord {
+                        id: r.get(0)?,
+                        label: r.get(1)?,
+                        code_hash: r.get(2)?,
+                        secret_hash: r.get(3)?,
+                        revoked: r.get(4)?,
+                        created_at: r.get(5)?,
+                        paired_at: r.get(6)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn device_pair(&self, id: &str, code_hash: &str, secret_hash: &str, at: &str) -> Result<bool> {
+        let conn = self.conn()?;
+        // One statement: the code is consumed exactly once even if two devices race.
+        let n = conn.execute(
+            "UPDATE fieldsync_devices SET code_hash = NULL, secret_hash = ?3, paired_at = ?4
+             WHERE id = ?1 AND code_hash = ?2 AND revoked = 0",
+            params![id, code_hash, secret_hash, at],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn task_put(&self, def: &TaskDef, hash: &str, at: &str) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        plan::check_task(def, &|t| table_info(&tx, t))?;
+        let json = serde_json::to_string(def).expect("task serializes");
+        tx.execute(
+            "INSERT INTO fieldsync_tasks (name, definition, hash, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, hash = excluded.hash, updated_at = excluded.updated_at",
+            params![def.name, json, hash, at],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn task_get(&self, name: &str) -> Result<Option<TaskRecord>> {
+        let conn = self.conn()?;
+        let row: Option<(String, String, String)> = conn
+            .query_row(
+                "SELECT definition, hash, updated_at FROM fieldsync_tasks WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        row.map(|(d, h, u)| task_record(&conn, name, &d, h, u))
+            .transpose()
+    }
+
+    fn task_list(&self) -> Result<Vec<TaskRecord>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT name, definition, hash, updated_at FROM fieldsync_tasks ORDER BY name",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<rusqlite::Result<Vec<(String, String, String, String)>>>()?;
+        rows.into_iter()
+            .map(|(n, d, h, u)| task_record(&conn, &n, &d, h, u))
+            .collect()
+    }
+
+    fn task_assign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let exists =
+            |sql: &str, v: &str| -> Result<bool> { Ok(tx.query_row(sql, [v], |r| r.get(0))?) };
+        if !exists("SELECT count(*) FROM fieldsync_tasks WHERE name = ?1", name)? {
+            return Err(StoreError::NotFound(format!("no task `{name}`")));
+        }
+        for u in users {
+            if !exists("SELECT count(*) FROM fieldsync_users WHERE name = ?1", u)? {
+                return Err(StoreError::NotFound(format!("no user `{u}`")));
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO fieldsync_task_users (task, user) VALUES (?1, ?2)",
+                [name, u],
+            )?;
+        }
+        for d in devices {
+            if !exists("SELECT count(*) FROM fieldsync_devices WHERE id = ?1", d)? {
+                return Err(StoreError::NotFound(format!("no device `{d}`")));
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO fieldsync_task_devices (task, device) VALUES (?1, ?2)",
+                [name, d],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn session_put(&self, s: &SessionRecord) -> Result<()> {
+        let conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO fieldsync_sessions (token_hash, device, user, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![s.token_hash, s.device, s.user, s.created_at, s.expires_at],
+        )?;
+        // Expired sessions are of no use to anyone; drop them while we are here.
+        conn.execute(
+            "DELETE FROM fieldsync_sessions WHERE expires_at < ?1",
+            [&s.created_at],
+        )?;
+        Ok(())
+    }
+
+    fn session_get(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                "SELECT token_hash, device, user, created_at, expires_at FROM fieldsync_sessions WHERE token_hash = ?1",
+                [token_hash],
+                |r| {
+                    Ok(SessionRecord {
+                        token_hash: r.get(0)?,
+                        device: r.get(1)?,
+                        user: r.get(2)?,
+                        created_at: r.get(3)?,
+                        expires_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn session_delete(&self, token_hash: &str) -> Result<()> {
+        self.conn()?.execute(
+            "DELETE FROM fieldsync_sessions WHERE token_hash = ?1",
+            [token_hash],
+        )?;
+        Ok(())
+    }
+
+    fn stream_slice(&self, plan: &SlicePlan, sink: &mut dyn SliceSink) -> Result<Vec<u64>> {
+        let mut conn = self.conn()?;
+        // One read transaction: counts, rows and cursor all come from one snapshot.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
+        let cursor: i64 = tx.query_row(
+            "SELECT version FROM fieldsync_clock WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut counts = Vec::with_capacity(plan.tables.len());
+        for t in &plan.tables {
+            let binds: Vec<_> = t.binds.iter().map(to_sql_value).collect();
+            let n: i64 = tx.query_row(
+                &t.count_sql,
+                rusqlite::params_from_iter(binds.iter()),
+                |r| r.get(0),
+            )?;
+            counts.push(n as u64);
+        }
+        sink.begin(cursor, &counts)?;
+        let mut sent = Vec::with_capacity(plan.tables.len());
+        for (idx, t) in plan.tables.iter().enumerate() {
+            let binds: Vec<_> = t.binds.iter().map(to_sql_value).collect();
+            let mut stmt = tx.prepare(&t.select_sql)?;
+            let width = t.schema.columns.len();
+            let mut rows = stmt.query(rusqlite::params_from_iter(binds.iter()))?;
+            let mut n = 0u64;
+            while let Some(row) = rows.next()? {
+                let values = (0..width)
+                    .map(|i| row.get_ref(i).map(value_ref))
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                sink.row(idx, &values)?;
+                n += 1;
+            }
+            sent.push(n);
+        }
+        tx.commit()?;
+        Ok(sent)
+    }
+}

@@ -56,11 +56,9 @@ impl ProgressView {
             }
             ProgressFormat::Auto if self.terminal => {
                 let width = 30;
-                let filled = if p.total == 0 {
-                    0
-                } else {
-                    (p.done.min(p.total) * width / p.total) as usize
-                };
+                let filled = (p.done.min(p.total) * width)
+                    .checked_div(p.total)
+                    .unwrap_or(0) as usize;
                 let phase = match p.phase {
                     Phase::Prepare => "prepare ",
                     Phase::Transfer => "transfer",

@@ -489,7 +489,7 @@ impl Expr {
                     Class::Text | Class::Null => Ok(()),
                     Class::Number | Class::Blob => Err(FilterError::Type(format!(
                         "LIKE needs text, but {} is not text",
-                        operand.describe
+                        operand.description
                     ))),
                 }
             }
@@ -606,13 +606,7 @@ impl Expr {
             }
             Expr::Not(inner) => inner.eval(row, params).map(|b| !b),
             Expr::And(left, right) => and3(left.eval(row, params), right.eval(row, params)),
-            Expr::Or(left, right) => {
-                let negate = |b: Option<bool>| b.map(|b| !b);
-                negate(and3(
-                    negate(left.eval(row, params)),
-                    negate(right.eval(row, params)),
-                ))
-            }
+            Expr::Or(left, right) => or3(left.eval(row, params), right.eval(row, params)),
         }
     }
 
@@ -654,6 +648,15 @@ impl Expr {
 
 fn compare(left: &Value, op: CmpOp, right: &Value) -> Option<bool> {
     left.sql_cmp(right).map(|ordering| op.holds(ordering))
+}
+
+/// SQL's OR: true wins over unknown, unknown over false.
+fn or3(left: Option<bool>, right: Option<bool>) -> Option<bool> {
+    match (left, right) {
+        (Some(true), _) | (_, Some(true)) => Some(true),
+        (Some(false), Some(false)) => Some(false),
+        _ => None,
+    }
 }
 
 /// SQL's AND: false wins over unknown, unknown over true.
@@ -735,14 +738,14 @@ enum Class {
 struct Typed {
     class: Class,
     /// The operand in words, for messages: "text column `region` (at 1)", "a number".
-    describe: String,
+    description: String,
 }
 
 fn typed(
     operand: &Operand,
     lookup: &dyn Fn(&str) -> Option<ColumnType>,
 ) -> Result<Typed, FilterError> {
-    let (class, describe) = match operand {
+    let (class, description) = match operand {
         Operand::Column { name, at } => {
             let Some(column_type) = lookup(name) else {
                 return Err(FilterError::UnknownColumn {
@@ -756,15 +759,15 @@ fn typed(
                 ColumnType::Blob => Class::Blob,
             };
             let type_name = column_type.sql_name().to_ascii_lowercase();
-            let describe = format!("{type_name} column `{name}`{}", at_suffix(at.0));
-            (class, describe)
+            let description = format!("{type_name} column `{name}`{}", at_suffix(at.0));
+            (class, description)
         }
         Operand::Param(param) => (Class::Text, format!("parameter `{param}`")),
         Operand::Null => (Class::Null, "NULL".to_string()),
         Operand::Integer(_) | Operand::Real(_) => (Class::Number, "a number".to_string()),
         Operand::Text(_) => (Class::Text, "a string".to_string()),
     };
-    Ok(Typed { class, describe })
+    Ok(Typed { class, description })
 }
 
 fn comparable(left: &Typed, right: &Typed) -> Result<(), FilterError> {
@@ -773,7 +776,7 @@ fn comparable(left: &Typed, right: &Typed) -> Result<(), FilterError> {
     } else {
         Err(FilterError::Type(format!(
             "cannot compare {} with {}",
-            left.describe, right.describe
+            left.description, right.description
         )))
     }
 }

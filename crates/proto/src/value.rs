@@ -52,10 +52,10 @@ fn cmp_int_real(i: i64, r: f64) -> Ordering {
     if r.is_nan() {
         return Ordering::Greater;
     }
-    if r >= 9.223_372_036_854_775_808e18 {
+    if r >= 9.223_372_036_854_776e18 {
         return Ordering::Less;
     }
-    if r < -9.223_372_036_854_775_808e18 {
+    if r < -9.223_372_036_854_776e18 {
         return Ordering::Greater;
     }
     let t = r.trunc() as i64;
@@ -150,7 +150,7 @@ mod tests {
         assert_eq!(one.sql_cmp(&Value::Null), None);
         assert_eq!(i64::MAX.cmp(&i64::MAX), Ordering::Equal);
         assert_eq!(
-            cmp_int_real(i64::MAX, 9.223_372_036_854_775_808e18),
+            cmp_int_real(i64::MAX, 9.223_372_036_854_776e18),
             Ordering::Less
         );
     }

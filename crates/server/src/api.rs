@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,8 +14,8 @@ use fieldsync_proto::filter::Params;
 use fieldsync_proto::task::check_name;
 use fieldsync_proto::time;
 use fieldsync_proto::wire::{
-    JSON_BODY_MAX_BYTES, LoginRequest, LoginResponse, PROTOCOL_VERSION, PairRequest, PairResponse,
-    SliceHeader, TaskSummary,
+    ErrorCode, JSON_BODY_MAX_BYTES, LoginRequest, LoginResponse, PROTOCOL_VERSION, PairRequest,
+    PairResponse, SliceHeader, TaskSummary,
 };
 use fieldsync_store::{SessionRecord, Store, TaskRecord, random_hex, sha256_hex};
 use serde::de::DeserializeOwned;
@@ -57,18 +58,32 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)?
 }
 
-fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
+/// A request body as the handlers take it, so that its rejection is ours to word.
+type RequestBody = Result<Bytes, BytesRejection>;
+
+/// Too large is refused as such; malformed JSON names the problem.
+fn json_body<T: DeserializeOwned>(body: RequestBody) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("request body over {JSON_BODY_MAX_BYTES} bytes"),
+            )
+        } else {
+            ApiError::bad_request(format!("unreadable request body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))
 }
 
 async fn pair(
     State(st): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Result<Json<PairResponse>, ApiError> {
     auth::check_protocol(&headers)?;
-    let req: PairRequest = json_body(&body)?;
+    let req: PairRequest = json_body(body)?;
     check_name("device", &req.device_id).map_err(ApiError::bad_request)?;
     blocking(move || {
         let secret = random_hex(32);
@@ -94,10 +109,10 @@ async fn pair(
 async fn login(
     State(st): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Result<Json<LoginResponse>, ApiError> {
     auth::check_protocol(&headers)?;
-    let req: LoginRequest = json_body(&body)?;
+    let req: LoginRequest = json_body(body)?;
     blocking(move || {
         let device = auth::device(&*st.store, &headers)?;
         let wrong = || ApiError::unauthorized("wrong user name or password");
@@ -176,6 +191,7 @@ async fn download(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     auth::check_protocol(&headers)?;
+    check_name("task", &name).map_err(ApiError::bad_request)?;
     let store = st.store.clone();
     let (plan, header) = blocking(move || {
         let (device, _, user) = auth::session(&*store, &headers)?;

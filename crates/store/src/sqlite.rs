@@ -321,6 +321,17 @@ impl Store for SqliteStore {
                  VALUES ({name_lit}, {key}, (SELECT version FROM fieldsync_clock WHERE id = 1), {deleted});"
             )
         };
+        // A key change retires the old key (a tombstone) before stamping the new one.
+        let s_old_gone = format!(
+            "UPDATE fieldsync_clock SET version = version + 1 WHERE id = 1 AND OLD.{pk} IS NOT NEW.{pk};
+             INSERT OR REPLACE INTO fieldsync_rows (tbl, pk, version, deleted)
+             SELECT {name_lit}, OLD.{pk}, (SELECT version FROM fieldsync_clock WHERE id = 1), 1
+             WHERE OLD.{pk} IS NOT NEW.{pk};"
+        );
+        let (s_new, s_old) = (
+            stamp(&format!("NEW.{pk}"), 0),
+            stamp(&format!("OLD.{pk}"), 1),
+        );
         let sql = format!(
             "CREATE TRIGGER {ins} AFTER INSERT ON {t} BEGIN {s_new} END;
              CREATE TRIGGER {upd} AFTER UPDATE ON {t} BEGIN
@@ -334,15 +345,6 @@ impl Store for SqliteStore {
             ins = trig("ins"),
             upd = trig("upd"),
             del = trig("del"),
-            s_new = stamp(&format!("NEW.{pk}"), 0),
-            s_old = stamp(&format!("OLD.{pk}"), 1),
-            // A key change retires the old key (a tombstone) before stamping the new one.
-            s_old_gone = format!(
-                "UPDATE fieldsync_clock SET version = version + 1 WHERE id = 1 AND OLD.{pk} IS NOT NEW.{pk};
-                 INSERT OR REPLACE INTO fieldsync_rows (tbl, pk, version, deleted)
-                 SELECT {name_lit}, OLD.{pk}, (SELECT version FROM fieldsync_clock WHERE id = 1), 1
-                 WHERE OLD.{pk} IS NOT NEW.{pk};"
-            ),
         );
         tx.execute_batch(&sql)?;
         tx.execute(

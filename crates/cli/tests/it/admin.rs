@@ -1,0 +1,167 @@
+//! Administration: tracking tables, task files; bad input changes nothing.
+
+use crate::harness::*;
+
+fn task_list(office: &Office) -> String {
+    office.admin(&["task", "list", "--json"], "").ok().stdout
+}
+
+#[test]
+fn malformed_task_files_are_refused_naming_the_problem() {
+    let office = Office::new(20);
+    let before = task_list(&office);
+    let cases: &[(&str, &str)] = &[
+        (
+            "name = \"t1\"\n[[tables]]\nname = \"assets\"\ncolumns = [\"id\", \"colour\"]\n",
+            "no column `colour`",
+        ),
+        (
+            "name = \"t1\"\n[[tables]]\nname = \"assets\"\nfilter = \"regoin = 'north'\"\n",
+            "regoin",
+        ),
+        (
+            "name = \"t1\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 5\"\n",
+            "type",
+        ),
+        (
+            "name = \"t1\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 'north'; DROP TABLE assets\"\n",
+            "filter",
+        ),
+        (
+            "name = \"t1\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 'x' -- comment\"\n",
+            "filter",
+        ),
+        (
+            "name = \"t1\"\n[[tables]]\nname = \"assets\"\nfilter = \"lower(region) = 'x'\"\n",
+            "filter",
+        ),
+        (
+            "name = \"t1\"\n[[tables]]\nname = \"assets\"\nwrite = [\"upsert\"]\n",
+            "line 4",
+        ),
+        (
+            "name = \"t1\"\n[[tables]]\nname = \"assets\"\nfliter = \"region = 'north'\"\n",
+            "fliter",
+        ),
+        ("name = \"t1\"\n[[tables]\nname = \"assets\"\n", "line 2"),
+        (
+            "name = \"t1\"\n[[tables]]\nname = \"assets; DROP TABLE inspections\"\n",
+            "no such table",
+        ),
+        (
+            "name = \"t1\"\n[[tables]]\nname = \"assets\"\nwrite = [\"insert\"]\n",
+            "text primary key",
+        ),
+        (
+            "name = \"t1\"\n[[tables]]\nname = \"inspections\"\ncolumns = [\"id\", \"asset_id\"]\nwrite = [\"insert\"]\n",
+            "NOT NULL column `inspector`",
+        ),
+        (
+            "name = \"t1\"\n[[tables]]\nname = \"inspections\"\nparent = { table = \"assets\", key = \"asset_id\" }\n",
+            "parent table `assets` is not in the task",
+        ),
+        (
+            "name = \"bad name\"\n[[tables]]\nname = \"assets\"\n",
+            "bad task name",
+        ),
+        (
+            "name = \"t1\"\n[[tables]]\nname = \"fieldsync_users\"\n",
+            "not tracked",
+        ),
+    ];
+    for (i, (text, fragment)) in cases.iter().enumerate() {
+        let path = office.dir.0.join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let run = office.admin(&["task", "apply", path.to_str().unwrap()], "");
+        assert_eq!(run.code, 1, "case {i}: {run:?}");
+        assert!(run.stderr.starts_with("error: "), "case {i}: {run:?}");
+        assert!(
+            run.stderr.contains(fragment),
+            "case {i}: expected {fragment:?} in {}",
+            run.stderr
+        );
+    }
+    assert_eq!(task_list(&office), before, "nothing changed");
+    let n: i64 = office
+        .sql()
+        .query_row("SELECT count(*) FROM assets", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 20);
+}
+
+#[test]
+fn table_track_checks_the_name_and_the_key() {
+    let office = Office::new(5);
+    office.sql().execute_batch("CREATE TABLE notes (a TEXT, b TEXT); CREATE TABLE pairs (a INTEGER, b INTEGER, PRIMARY KEY (a, b));").unwrap();
+    let run = office.admin(&["table", "track", "notes"], "");
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("single-column primary key"), "{run:?}");
+    let run = office.admin(&["table", "track", "pairs"], "");
+    assert!(run.stderr.contains("single-column primary key"), "{run:?}");
+    let run = office.admin(&["table", "track", "assets; DROP TABLE inspections"], "");
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("no table"), "{run:?}");
+    let run = office.admin(&["table", "track", "fieldsync_users"], "");
+    assert!(run.stderr.contains("internal table"), "{run:?}");
+    let n: i64 = office
+        .sql()
+        .query_row("SELECT count(*) FROM inspections", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 10);
+    // Idempotent.
+    office.admin(&["table", "track", "assets"], "").ok();
+    office.admin(&["table", "track", "assets"], "").ok();
+    fieldsync(&["server", "init", "--db", &office.db_url], "").ok();
+}
+
+#[test]
+fn every_write_by_any_program_gets_a_new_row_version() {
+    let office = Office::new(5);
+    let main = office.sql();
+    let version = |id: i64| -> (i64, i64) {
+        main.query_row(
+            "SELECT version, deleted FROM fieldsync_rows WHERE tbl = 'assets' AND pk = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    let (v1, d1) = version(1);
+    assert_eq!(d1, 0);
+    main.execute("UPDATE assets SET name = 'x' WHERE id = 1", [])
+        .unwrap();
+    let (v2, _) = version(1);
+    assert!(v2 > v1);
+    main.execute("INSERT INTO assets (id, name, category, status, region) VALUES (77, 'n', 'pump', 'active', 'north')", []).unwrap();
+    let (v3, _) = version(77);
+    assert!(v3 > v2);
+    main.execute("DELETE FROM assets WHERE id = 77", [])
+        .unwrap();
+    let (v4, d4) = version(77);
+    assert!(v4 > v3);
+    assert_eq!(d4, 1, "a delete leaves a tombstone");
+    main.execute("INSERT INTO assets (id, name, category, status, region) VALUES (80, 'n', 'pump', 'active', 'north')", []).unwrap();
+    main.execute("UPDATE assets SET id = 81 WHERE id = 80", [])
+        .unwrap();
+    assert_eq!(version(80).1, 1, "a key change retires the old key");
+    assert_eq!(version(81).1, 0);
+}
+
+#[test]
+fn admin_commands_without_a_database_or_init_fail_clearly() {
+    let dir = TempDir::new("noinit");
+    let path = dir.0.join("empty.sqlite");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        .unwrap();
+    let url = format!("sqlite:{}", path.display());
+    let run = fieldsync(&["admin", "table", "track", "t", "--db", &url], "");
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("server init"), "{run:?}");
+    let run = fieldsync(&["admin", "task", "list"], "");
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("--db"), "{run:?}");
+    let run = fieldsync(&["admin", "task", "list", "--db", "mysql://x"], "");
+    assert!(run.stderr.contains("unsupported database URL"), "{run:?}");
+}

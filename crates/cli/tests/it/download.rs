@@ -1,0 +1,305 @@
+//! Downloads: exactly the slice, office writes arriving, progress, the replica swap.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+const NORTH_ASSETS: &str = "SELECT id, name, category, status, region, x, y FROM assets WHERE region = 'north' AND status <> 'retired' ORDER BY id";
+const ANA_INSPECTIONS: &str = "SELECT * FROM inspections WHERE inspector = 'ana' AND asset_id IN
+     (SELECT id FROM assets WHERE region = 'north' AND status <> 'retired') ORDER BY id";
+
+/// The replica holds exactly the north slice for ana: rows, columns, nothing else.
+#[track_caller]
+fn assert_north_slice(office: &Office, dev: &DeviceDir) {
+    let main = office.sql();
+    let replica = dev.replica();
+    let expected_assets = rows(&main, NORTH_ASSETS);
+    assert!(!expected_assets.is_empty());
+    assert_eq!(
+        rows(&replica, "SELECT * FROM assets ORDER BY id"),
+        expected_assets
+    );
+    let expected_insp = rows(&main, ANA_INSPECTIONS);
+    assert!(!expected_insp.is_empty());
+    assert_eq!(
+        rows(&replica, "SELECT * FROM inspections ORDER BY id"),
+        expected_insp
+    );
+    let cols: Vec<String> = replica
+        .prepare("SELECT name FROM pragma_table_info('assets')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(
+        cols,
+        ["id", "name", "category", "status", "region", "x", "y"]
+    );
+    let tables: Vec<String> = replica
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'fieldsync%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(tables, ["assets", "inspections"]);
+    assert_eq!(integrity(&replica), "ok");
+}
+
+#[test]
+fn a_paired_logged_in_assigned_device_downloads_exactly_the_slice() {
+    let office = Office::new(300);
+    let dev = office.device("tab1", &["north-inspections"]);
+    dev.login("ana").ok();
+    let tasks: serde_json::Value =
+        serde_json::from_str(&dev.run(&["tasks", "--json"], "").ok().stdout).unwrap();
+    assert_eq!(
+        tasks.as_array().unwrap().len(),
+        1,
+        "only the task assigned to both ana and tab1: {tasks}"
+    );
+    assert_eq!(tasks[0]["name"], "north-inspections");
+
+    let out = dev.run(&["download", "north-inspections"], "").ok();
+    assert!(
+        out.stdout.contains("downloaded task north-inspections"),
+        "{out:?}"
+    );
+    assert_north_slice(&office, &dev);
+
+    let st = dev.status();
+    assert_eq!(st["task"], "north-inspections");
+    assert_eq!(st["user"], "ana");
+    assert_eq!(st["mode"], "online");
+    assert_eq!(st["pending"], 0);
+    assert_eq!(st["last_sync"]["op"], "download");
+    assert_eq!(st["last_sync"]["result"], "ok");
+    assert!(st["last_sync"]["bytes_down"].as_u64().unwrap() > 0);
+    assert!(st["replica"].as_str().unwrap().ends_with("replica.sqlite"));
+}
+
+#[test]
+fn writes_by_another_program_are_in_the_next_download() {
+    let office = Office::new(200);
+    let dev = office.device("tab1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+
+    // The office, with plain SQL: an update, an insert, a delete, a row moving into the
+    // slice and one moving out, a child row changing hands.
+    let main = office.sql();
+    main.execute_batch(
+        "UPDATE assets SET name = 'renamed' WHERE id = (SELECT min(id) FROM assets WHERE region = 'north' AND status <> 'retired');
+         DELETE FROM inspections WHERE asset_id = (SELECT max(id) FROM assets WHERE region = 'north' AND status <> 'retired');
+         DELETE FROM assets WHERE id = (SELECT max(id) FROM assets WHERE region = 'north' AND status <> 'retired');
+         INSERT INTO assets (id, name, category, status, region) VALUES (100001, 'new pump', 'pump', 'active', 'north');
+         INSERT INTO inspections (id, asset_id, inspector, inspected_at) VALUES ('insp-new', 100001, 'ana', '2026-11-26T10:00:00.000Z');
+         UPDATE assets SET region = 'north', status = 'active' WHERE id = 2;
+         UPDATE assets SET status = 'retired' WHERE id = (SELECT min(id) FROM assets WHERE region = 'north' AND status = 'active' AND id > 10);
+         UPDATE inspections SET inspector = 'ana' WHERE id = (SELECT min(id) FROM inspections WHERE inspector = 'ben'
+             AND asset_id IN (SELECT id FROM assets WHERE region = 'north' AND status <> 'retired'));",
+    )
+    .unwrap();
+
+    dev.run(&["download", "north-inspections"], "").ok();
+    assert_north_slice(&office, &dev);
+    let replica = dev.replica();
+    let name: String = replica
+        .query_row("SELECT name FROM assets WHERE id = 100001", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(name, "new pump");
+    let moved_in: i64 = replica
+        .query_row("SELECT count(*) FROM assets WHERE id = 2", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(moved_in, 1);
+}
+
+#[test]
+fn progress_json_reports_prepare_transfer_and_store() {
+    let office = Office::new(3000);
+    let dev = office.device("tab1", &["north-inspections"]);
+    dev.login("ana").ok();
+    let out = dev
+        .run(&["download", "north-inspections", "--progress", "json"], "")
+        .ok();
+    let reports: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let phases: Vec<&str> = reports
+        .iter()
+        .map(|r| r["phase"].as_str().unwrap())
+        .collect();
+    for (i, phase) in ["prepare", "transfer", "store"].iter().enumerate() {
+        let first = phases
+            .iter()
+            .position(|p| p == phase)
+            .unwrap_or_else(|| panic!("no {phase} in {phases:?}"));
+        let last = phases.iter().rposition(|p| p == phase).unwrap();
+        if i > 0 {
+            let previous = ["prepare", "transfer", "store"][i - 1];
+            assert!(
+                phases.iter().rposition(|p| *p == previous).unwrap() < first,
+                "phases out of order: {phases:?}"
+            );
+        }
+        let end = &reports[last];
+        assert_eq!(end["done"], end["total"], "{phase} ends complete: {end}");
+        assert!(end["unit"].is_string());
+        for r in reports.iter().filter(|r| r["phase"] == *phase) {
+            assert!(
+                r["done"].as_u64().unwrap() <= r["total"].as_u64().unwrap(),
+                "{r}"
+            );
+        }
+    }
+    let transfer_total = reports.iter().rfind(|r| r["phase"] == "transfer").unwrap()["total"]
+        .as_u64()
+        .unwrap();
+    let replica = dev.replica();
+    let n: u64 = replica
+        .query_row(
+            "SELECT (SELECT count(*) FROM assets) + (SELECT count(*) FROM inspections)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(transfer_total, n, "transfer counts the slice's rows");
+}
+
+#[test]
+fn an_app_holding_the_old_replica_cannot_write_into_it_after_a_download() {
+    let office = Office::new(100);
+    let dev = office.device("tab1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+
+    // The crew's app keeps its connection open across the next download.
+    let app = dev.replica();
+    let id: i64 = app
+        .query_row("SELECT min(id) FROM assets", [], |r| r.get(0))
+        .unwrap();
+
+    dev.run(&["download", "north-inspections"], "").ok();
+    let err = app
+        .execute(
+            "UPDATE assets SET name = 'after the sync' WHERE id = ?1",
+            [id],
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("replaced by a newer download"),
+        "loud failure: {err}"
+    );
+    let err = app.execute("DELETE FROM assets", []).unwrap_err();
+    assert!(err.to_string().contains("replaced"), "{err}");
+
+    // A new connection sees the new replica, without the refused write.
+    let fresh = dev.replica();
+    let name: String = fresh
+        .query_row("SELECT name FROM assets WHERE id = ?1", [id], |r| r.get(0))
+        .unwrap();
+    assert_ne!(name, "after the sync");
+    assert_eq!(integrity(&fresh), "ok");
+    // No stray generation files: one replica file, its link.
+    let mut files: Vec<String> = std::fs::read_dir(dev.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("replica"))
+        .filter(|n| !n.ends_with("-wal") && !n.ends_with("-shm"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+}
+
+#[test]
+fn a_held_device_folder_gives_exit_7_and_changes_nothing() {
+    let office = Office::new(50);
+    let dev = office.device("tab1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    let before = replica_content(&dev);
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev.path().join("lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    let out = dev.run(&["download", "north-inspections"], "");
+    assert_eq!(out.code, 7, "{out:?}");
+    assert!(
+        out.stderr.starts_with("error: another fieldsync operation"),
+        "{out:?}"
+    );
+    // Read-only commands do not wait for the lock.
+    assert_eq!(dev.status()["task"], "north-inspections");
+    drop(lock);
+    assert_eq!(replica_content(&dev), before);
+}
+
+/// The size comes from FIELDSYNC_TEST_ROWS (assets; the slice is about half of them
+/// plus their inspections). Small in CI; 1,000,000 when measuring.
+#[test]
+fn memory_stays_bounded_while_a_large_slice_downloads() {
+    let n: i64 = std::env::var("FIELDSYNC_TEST_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let office = Office::new(n);
+    let dev = office.device("tab1", &["north-inspections"]);
+    dev.login("ana").ok();
+    let started = Instant::now();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "device",
+            "download",
+            "north-inspections",
+            "--dir",
+            dev.path().to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut device_peak_kb = 0;
+    loop {
+        if let Some(kb) = peak_rss_kb(child.id()) {
+            device_peak_kb = device_peak_kb.max(kb);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let elapsed = started.elapsed();
+    let server_peak_kb = office.server.peak_rss_kb();
+    eprintln!(
+        "{n} assets: download {elapsed:?}, server peak RSS {} MB, device peak RSS {} MB",
+        server_peak_kb / 1024,
+        device_peak_kb / 1024
+    );
+    assert!(
+        server_peak_kb < 150 * 1024,
+        "server peak RSS {server_peak_kb} kB"
+    );
+    assert!(
+        device_peak_kb < 150 * 1024,
+        "device peak RSS {device_peak_kb} kB"
+    );
+    let replica = dev.replica();
+    let got: i64 = replica
+        .query_row("SELECT count(*) FROM assets", [], |r| r.get(0))
+        .unwrap();
+    let want: i64 = office
+        .sql()
+        .query_row(
+            "SELECT count(*) FROM assets WHERE region = 'north' AND status <> 'retired'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(got, want);
+}

@@ -1,0 +1,312 @@
+//! The test harness: a main database in a temporary folder, the real `fieldsync`
+//! binary, a real server on a loopback port, device folders.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rusqlite::Connection;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fieldsync");
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh folder under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path =
+            std::env::temp_dir().join(format!("fieldsync-it-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a finished command printed, and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "command failed: {self:?}");
+        self
+    }
+}
+
+/// Runs `fieldsync ARGS` with `stdin` fed in.
+pub fn fieldsync(args: &[&str], stdin: &str) -> Run {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the fieldsync binary runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap().into()
+}
+
+/// A running `fieldsync server run`, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(db_url: &str) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["server", "run", "--listen", "127.0.0.1:0", "--db", db_url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("server said {line:?}"))
+            .to_string();
+        Server { child, url }
+    }
+
+    /// Peak resident memory of the server so far, in kB (from /proc).
+    pub fn peak_rss_kb(&self) -> u64 {
+        peak_rss_kb(self.child.id()).expect("server is running")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A main database with the sample tables, tracked, two users and tasks; a server.
+pub struct Office {
+    pub dir: TempDir,
+    pub db_path: PathBuf,
+    pub db_url: String,
+    pub server: Server,
+}
+
+pub const NORTH: &str = fieldsync_store::sample::TASK_NORTH;
+pub const SOUTH: &str = fieldsync_store::sample::TASK_SOUTH;
+
+impl Office {
+    /// Sample data with `n_assets` assets; users ana, ben; tasks north-inspections
+    /// (ana) and south-work-orders (ben), assigned to devices as the test says.
+    pub fn new(n_assets: i64) -> Office {
+        let dir = TempDir::new("office");
+        let db_path = dir.0.join("main.sqlite");
+        let mut conn = Connection::open(&db_path).unwrap();
+        fieldsync_store::sample::create(&mut conn, n_assets).unwrap();
+        drop(conn);
+        let db_url = format!("sqlite:{}", db_path.display());
+        let office_dir = dir.0.clone();
+        let admin = |args: &[&str], stdin: &str| {
+            let mut full = vec!["admin"];
+            full.extend_from_slice(args);
+            full.extend_from_slice(&["--db", &db_url]);
+            fieldsync(&full, stdin).ok()
+        };
+        fieldsync(&["server", "init", "--db", &db_url], "").ok();
+        for t in ["assets", "inspections", "work_orders"] {
+            admin(&["table", "track", t], "");
+        }
+        admin(&["user", "add", "ana", "--password-stdin"], "ana-pw\n");
+        admin(&["user", "add", "ben", "--password-stdin"], "ben-pw\n");
+        for (name, text) in [("north.toml", NORTH), ("south.toml", SOUTH)] {
+            let path = office_dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            admin(&["task", "apply", path.to_str().unwrap()], "");
+        }
+        admin(
+            &["task", "assign", "north-inspections", "--user", "ana"],
+            "",
+        );
+        admin(
+            &["task", "assign", "south-work-orders", "--user", "ben"],
+            "",
+        );
+        let server = Server::start(&db_url);
+        Office {
+            dir,
+            db_path,
+            db_url,
+            server,
+        }
+    }
+
+    pub fn admin(&self, args: &[&str], stdin: &str) -> Run {
+        let mut full = vec!["admin"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--db", &self.db_url]);
+        fieldsync(&full, stdin)
+    }
+
+    /// A plain SQL connection, as another program of the office would have.
+    pub fn sql(&self) -> Connection {
+        let c = Connection::open(&self.db_path).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        c
+    }
+
+    /// Registers a device, assigns it to `tasks` and pairs a new device folder.
+    pub fn device(&self, id: &str, tasks: &[&str]) -> DeviceDir {
+        let code = self
+            .admin(&["device", "add", id], "")
+            .ok()
+            .stdout
+            .trim()
+            .to_string();
+        for t in tasks {
+            self.admin(&["task", "assign", t, "--device", id], "").ok();
+        }
+        let dir = TempDir::new(id);
+        let dev = DeviceDir { dir };
+        dev.run(
+            &[
+                "pair",
+                "--server",
+                &self.server.url,
+                "--device-id",
+                id,
+                "--code",
+                &code,
+            ],
+            "",
+        )
+        .ok();
+        dev
+    }
+}
+
+pub struct DeviceDir {
+    pub dir: TempDir,
+}
+
+impl DeviceDir {
+    pub fn path(&self) -> &Path {
+        &self.dir.0
+    }
+
+    pub fn run(&self, args: &[&str], stdin: &str) -> Run {
+        let mut full = vec!["device"];
+        full.extend_from_slice(args);
+        let dir = self.dir.0.to_str().unwrap().to_string();
+        full.extend_from_slice(&["--dir", &dir]);
+        fieldsync(&full, stdin)
+    }
+
+    pub fn login(&self, user: &str) -> Run {
+        self.run(
+            &["login", user, "--password-stdin"],
+            &format!("{user}-pw\n"),
+        )
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.run(&["status", "--json"], "").ok().stdout).unwrap()
+    }
+
+    pub fn replica_path(&self) -> PathBuf {
+        self.dir.0.join("replica.sqlite")
+    }
+
+    pub fn replica(&self) -> Connection {
+        Connection::open(self.replica_path()).unwrap()
+    }
+}
+
+/// Every row of `table` (all columns, ordered by the first), as text, for comparisons.
+pub fn rows(conn: &Connection, sql: &str) -> Vec<Vec<String>> {
+    let mut stmt = conn.prepare(sql).unwrap();
+    let width = stmt.column_count();
+    stmt.query_map([], |r| {
+        (0..width)
+            .map(|i| {
+                Ok(match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Null => "NULL".to_string(),
+                    rusqlite::types::ValueRef::Integer(v) => format!("i{v}"),
+                    rusqlite::types::ValueRef::Real(v) => format!("r{v:?}"),
+                    rusqlite::types::ValueRef::Text(t) => {
+                        format!("t{}", String::from_utf8_lossy(t))
+                    }
+                    rusqlite::types::ValueRef::Blob(b) => format!("b{b:?}"),
+                })
+            })
+            .collect()
+    })
+    .unwrap()
+    .collect::<rusqlite::Result<_>>()
+    .unwrap()
+}
+
+/// The whole content of a replica's data tables (fingerprint for "unchanged").
+pub fn replica_content(dev: &DeviceDir) -> Vec<Vec<String>> {
+    if !dev.replica_path().exists() {
+        return vec![];
+    }
+    let c = dev.replica();
+    let mut all = rows(&c, "SELECT * FROM assets ORDER BY id");
+    for t in ["inspections", "work_orders"] {
+        let exists: bool = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = ?1",
+                [t],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if exists {
+            all.extend(rows(&c, &format!("SELECT * FROM {t} ORDER BY id")));
+        }
+    }
+    all
+}
+
+pub fn integrity(conn: &Connection) -> String {
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `fieldsync` binary, real SQLite files, a real server on
+//! loopback. One test binary for the crate (modules below).
+
+mod admin;
+mod download;
+mod harness;
+mod refusals;

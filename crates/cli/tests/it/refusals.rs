@@ -1,0 +1,203 @@
+//! Refusals with DESIGN.md's exit codes; each leaves the replica as it was.
+
+use crate::harness::*;
+
+/// A device of ana's with a downloaded north replica.
+fn downloaded(office: &Office, id: &str) -> DeviceDir {
+    let dev = office.device(id, &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    dev
+}
+
+#[track_caller]
+fn assert_refused(run: &Run, code: i32, fragment: &str) {
+    assert_eq!(run.code, code, "{run:?}");
+    assert!(run.stderr.starts_with("error: "), "{run:?}");
+    assert!(
+        run.stderr.contains(fragment),
+        "expected {fragment:?} in {run:?}"
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "one line: {run:?}");
+}
+
+#[test]
+fn offline_mode_exits_3_and_keeps_the_replica() {
+    let office = Office::new(100);
+    let dev = downloaded(&office, "tab1");
+    let before = replica_content(&dev);
+    dev.run(&["mode", "offline"], "").ok();
+    assert_eq!(dev.run(&["mode"], "").ok().stdout.trim(), "offline");
+    // The office changes a row; an offline device must not fetch it.
+    office
+        .sql()
+        .execute(
+            "UPDATE assets SET name = 'changed' WHERE region = 'north'",
+            [],
+        )
+        .unwrap();
+    assert_refused(
+        &dev.run(&["download", "north-inspections"], ""),
+        3,
+        "offline mode",
+    );
+    assert_refused(&dev.run(&["tasks"], ""), 3, "offline mode");
+    assert_eq!(replica_content(&dev), before);
+    assert_eq!(dev.status()["mode"], "offline");
+    dev.run(&["mode", "online"], "").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    assert_ne!(replica_content(&dev), before);
+}
+
+#[test]
+fn wrong_password_exits_4() {
+    let office = Office::new(50);
+    let dev = downloaded(&office, "tab1");
+    let before = replica_content(&dev);
+    dev.run(&["logout"], "").ok();
+    let run = dev.run(&["login", "ana", "--password-stdin"], "not-her-password\n");
+    assert_refused(&run, 4, "wrong user name or password");
+    let run = dev.run(&["login", "nobody", "--password-stdin"], "x\n");
+    assert_refused(&run, 4, "wrong user name or password");
+    assert!(dev.status()["user"].is_null());
+    assert_eq!(replica_content(&dev), before);
+}
+
+#[test]
+fn an_unassigned_user_exits_4() {
+    let office = Office::new(50);
+    let dev = downloaded(&office, "tab1");
+    let before = replica_content(&dev);
+    dev.run(&["logout"], "").ok();
+    dev.login("ben").ok();
+    let run = dev.run(&["download", "north-inspections"], "");
+    assert_refused(&run, 4, "not assigned");
+    assert_eq!(replica_content(&dev), before);
+    let tasks: serde_json::Value =
+        serde_json::from_str(&dev.run(&["tasks", "--json"], "").ok().stdout).unwrap();
+    assert_eq!(
+        tasks,
+        serde_json::json!([]),
+        "ben is assigned south, tab1 is not"
+    );
+}
+
+#[test]
+fn an_unassigned_device_exits_4() {
+    let office = Office::new(50);
+    let assigned = downloaded(&office, "tab1");
+    let dev = office.device("tab2", &[]);
+    dev.login("ana").ok();
+    let run = dev.run(&["download", "north-inspections"], "");
+    assert_refused(&run, 4, "not assigned");
+    assert!(!dev.replica_path().exists());
+    // Assigning the device makes the same download work.
+    office
+        .admin(
+            &["task", "assign", "north-inspections", "--device", "tab2"],
+            "",
+        )
+        .ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    assert_eq!(replica_content(&dev), replica_content(&assigned));
+}
+
+#[test]
+fn a_logged_out_device_exits_4_and_its_old_token_is_dead() {
+    let office = Office::new(50);
+    let dev = downloaded(&office, "tab1");
+    let before = replica_content(&dev);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dev.path().join("state.json")).unwrap()).unwrap();
+    let old_state = state.clone();
+    dev.run(&["logout"], "").ok();
+    assert_refused(
+        &dev.run(&["download", "north-inspections"], ""),
+        4,
+        "nobody is logged in",
+    );
+    assert_eq!(replica_content(&dev), before);
+    // Restore the old session locally: the server revoked it at logout.
+    std::fs::write(
+        dev.path().join("state.json"),
+        serde_json::to_vec(&old_state).unwrap(),
+    )
+    .unwrap();
+    assert_refused(
+        &dev.run(&["download", "north-inspections"], ""),
+        4,
+        "log in again",
+    );
+    assert_eq!(replica_content(&dev), before);
+}
+
+#[test]
+fn a_bad_or_used_enrollment_code_exits_4() {
+    let office = Office::new(10);
+    let code = office
+        .admin(&["device", "add", "tab9"], "")
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let dev = DeviceDir {
+        dir: TempDir::new("tab9"),
+    };
+    let url = office.server.url.clone();
+    let run = dev.run(
+        &[
+            "pair",
+            "--server",
+            &url,
+            "--device-id",
+            "tab9",
+            "--code",
+            "0000000000",
+        ],
+        "",
+    );
+    assert_refused(&run, 4, "enrollment code is wrong");
+    assert!(dev.status()["device_id"].is_null());
+    dev.run(
+        &[
+            "pair",
+            "--server",
+            &url,
+            "--device-id",
+            "tab9",
+            "--code",
+            &code,
+        ],
+        "",
+    )
+    .ok();
+    let other = DeviceDir {
+        dir: TempDir::new("tab9b"),
+    };
+    let run = other.run(
+        &[
+            "pair",
+            "--server",
+            &url,
+            "--device-id",
+            "tab9",
+            "--code",
+            &code,
+        ],
+        "",
+    );
+    assert_refused(&run, 4, "already used");
+}
+
+#[test]
+fn an_unreachable_server_exits_1_and_keeps_the_replica() {
+    let mut office = Office::new(30);
+    let dev = downloaded(&office, "tab1");
+    let before = replica_content(&dev);
+    office.server.child.kill().unwrap();
+    office.server.child.wait().unwrap();
+    let run = dev.run(&["download", "north-inspections"], "");
+    assert_refused(&run, 1, "cannot reach the server");
+    assert_eq!(replica_content(&dev), before);
+    assert_eq!(dev.status()["last_sync"]["result"], "error");
+}

@@ -33,6 +33,35 @@ enum AdminCommand {
     /// Mobile tasks: slices of the main database
     #[command(subcommand)]
     Task(TaskCommand),
+    /// The conflict log
+    #[command(subcommand)]
+    Conflicts(ConflictsCommand),
+    /// Sync history: every download, send and sync the server served
+    Sessions {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConflictsCommand {
+    /// List logged conflicts
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the logged device or server values of a conflict
+    Resolve {
+        id: i64,
+        #[arg(long, value_enum)]
+        take: Take,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Take {
+    Device,
+    Server,
 }
 
 #[derive(Subcommand)]
@@ -45,6 +74,23 @@ enum UserCommand {
         #[arg(long, required = true)]
         password_stdin: bool,
     },
+    /// Set a user's password, read from the first line of stdin
+    Passwd {
+        name: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Refuse the user from now on (their sessions end at once)
+    Disable {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -54,6 +100,10 @@ enum DeviceCommand {
         id: String,
         #[arg(long)]
         label: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -86,6 +136,34 @@ enum TaskCommand {
         #[arg(long = "device")]
         devices: Vec<String>,
     },
+    /// Withdraw a task from users and devices (refused at once)
+    Unassign {
+        name: String,
+        #[arg(long = "user")]
+        users: Vec<String>,
+        #[arg(long = "device")]
+        devices: Vec<String>,
+    },
+    /// Delete a task
+    Delete { name: String },
+}
+
+#[derive(Serialize)]
+struct UserView<'a> {
+    name: &'a str,
+    admin: bool,
+    disabled: bool,
+    created_at: &'a str,
+}
+
+#[derive(Serialize)]
+struct DeviceView<'a> {
+    id: &'a str,
+    label: Option<&'a str>,
+    paired: bool,
+    paired_at: Option<&'a str>,
+    revoked: bool,
+    created_at: &'a str,
 }
 
 /// The first line of stdin, without its line ending.
@@ -135,6 +213,145 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             let pw = read_password_stdin()?;
             admin::user_add(store, &name, is_admin, &pw)?;
             eprintln!("user {name} added");
+        }
+        AdminCommand::User(UserCommand::Passwd {
+            name,
+            password_stdin: _,
+        }) => {
+            let pw = read_password_stdin()?;
+            admin::user_passwd(store, &name, &pw)?;
+            println!("password of {name} changed");
+        }
+        AdminCommand::User(UserCommand::Disable { name }) => {
+            store.user_set_disabled(&name, true)?;
+            println!("user {name} disabled");
+        }
+        AdminCommand::User(UserCommand::Enable { name }) => {
+            store.user_set_disabled(&name, false)?;
+            println!("user {name} enabled");
+        }
+        AdminCommand::User(UserCommand::List { json }) => {
+            let users = store.user_list()?;
+            let views: Vec<UserView<'_>> = users
+                .iter()
+                .map(|u| UserView {
+                    name: &u.name,
+                    admin: u.admin,
+                    disabled: u.disabled,
+                    created_at: &u.created_at,
+                })
+                .collect();
+            if json {
+                print_json(&views);
+            } else {
+                for u in &views {
+                    println!(
+                        "{}	{}{}",
+                        u.name,
+                        if u.admin { "admin" } else { "user" },
+                        if u.disabled { "\tdisabled" } else { "" }
+                    );
+                }
+            }
+        }
+        AdminCommand::Device(DeviceCommand::List { json }) => {
+            let devices = store.device_list()?;
+            let views: Vec<DeviceView<'_>> = devices
+                .iter()
+                .map(|d| DeviceView {
+                    id: &d.id,
+                    label: d.label.as_deref(),
+                    paired: d.secret_hash.is_some(),
+                    paired_at: d.paired_at.as_deref(),
+                    revoked: d.revoked,
+                    created_at: &d.created_at,
+                })
+                .collect();
+            if json {
+                print_json(&views);
+            } else {
+                for d in &views {
+                    println!(
+                        "{}	{}	{}{}",
+                        d.id,
+                        d.label.unwrap_or(""),
+                        if d.paired { "paired" } else { "not paired" },
+                        if d.revoked { "\trevoked" } else { "" }
+                    );
+                }
+            }
+        }
+        AdminCommand::Task(TaskCommand::Unassign {
+            name,
+            users,
+            devices,
+        }) => {
+            anyhow::ensure!(
+                !users.is_empty() || !devices.is_empty(),
+                "name at least one --user or --device"
+            );
+            store.task_unassign(&name, &users, &devices)?;
+            println!("task {name} unassigned");
+        }
+        AdminCommand::Task(TaskCommand::Delete { name }) => {
+            store.task_delete(&name)?;
+            println!("task {name} deleted");
+        }
+        AdminCommand::Conflicts(ConflictsCommand::List { json }) => {
+            let conflicts = store.conflicts_list()?;
+            if json {
+                print_json(&conflicts);
+            } else {
+                for c in &conflicts {
+                    println!(
+                        "{}	{}	{}	{} {}	{}	{} ({})	{}",
+                        c.id,
+                        c.at,
+                        c.task,
+                        c.table,
+                        serde_json::to_string(&c.key).unwrap_or_default(),
+                        c.user,
+                        c.kind,
+                        c.resolution,
+                        c.resolved_take
+                            .as_deref()
+                            .map_or("open".to_string(), |t| format!("resolved: {t}"))
+                    );
+                }
+            }
+        }
+        AdminCommand::Conflicts(ConflictsCommand::Resolve { id, take }) => {
+            let c = admin::conflict_resolve(store, id, matches!(take, Take::Device))?;
+            println!(
+                "conflict {} resolved: took the {} values",
+                c.id,
+                c.resolved_take.unwrap_or_default()
+            );
+        }
+        AdminCommand::Sessions { json } => {
+            let sessions = store.sync_sessions()?;
+            if json {
+                print_json(&sessions);
+            } else {
+                for s in &sessions {
+                    println!(
+                        "{}	{}	{}	{}	{}	{}	{}	rows {}/{}	bytes {}/{}	conflicts {}	{} ms",
+                        s.started_at,
+                        s.device,
+                        s.user,
+                        s.task.as_deref().unwrap_or("-"),
+                        s.op,
+                        s.kind,
+                        s.result,
+                        s.rows_down,
+                        s.rows_up,
+                        s.bytes_down,
+                        s.bytes_up,
+                        s.conflicts,
+                        s.duration_ms
+                    );
+                }
+            }
         }
         AdminCommand::Device(DeviceCommand::Add { id, label }) => {
             let code = admin::device_add(store, &id, label.as_deref())?;

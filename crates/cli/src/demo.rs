@@ -100,7 +100,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         |sql: &str| -> anyhow::Result<i64> { Ok(replica.query_row(sql, [], |r| r.get(0))?) };
     println!(
         "5. downloaded north-inspections: {} rows ({}), {} bytes, {} ms",
-        report.rows,
+        report.rows_down,
         report
             .tables
             .iter()

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use fieldsync_client::{Cancel, Device, DownloadOptions, Mode};
+use fieldsync_client::{Cancel, Device, DownloadOptions, Mode, Progress, Report};
 
 use crate::admin_cmd::read_password_stdin;
 use crate::output::{ProgressFormat, ProgressView, print_json};
@@ -20,6 +20,13 @@ pub struct DeviceArgs {
 enum ModeArg {
     Online,
     Offline,
+}
+
+#[derive(Args)]
+struct ProgressArg {
+    /// Progress output: a bar on a terminal, or JSON lines on stderr
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressFormat,
 }
 
 #[derive(Subcommand)]
@@ -60,14 +67,45 @@ enum DeviceCommand {
         /// Also download the task's files
         #[arg(long)]
         files: bool,
-        /// Progress output: a bar on a terminal, or JSON lines on stderr
-        #[arg(long, value_enum, default_value = "auto")]
-        progress: ProgressFormat,
+        #[command(flatten)]
+        progress: ProgressArg,
+    },
+    /// Send local changes to the server
+    Send {
+        #[command(flatten)]
+        progress: ProgressArg,
+    },
+    /// Send local changes, then download the new version of the last task
+    Sync {
+        #[arg(long)]
+        full: bool,
+        #[arg(long)]
+        files: bool,
+        #[command(flatten)]
+        progress: ProgressArg,
+    },
+    /// List local changes not yet sent, or discard some to the backup file
+    Journal {
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<JournalCommand>,
     },
     /// The device's state
     Status {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Move entries (by number) or all of them to a new backup file
+    Discard {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        entries: Vec<i64>,
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -84,6 +122,45 @@ fn cancel_on_signals(cancel: &Cancel) {
         rt.block_on(crate::server_cmd::shutdown_signal());
         cancel.cancel();
     });
+}
+
+/// Runs a long operation with progress output and signal-driven cancel.
+fn run_long(
+    progress: ProgressFormat,
+    op: impl FnOnce(&mut dyn FnMut(&Progress), &Cancel) -> fieldsync_client::Result<Report>,
+) -> anyhow::Result<Report> {
+    let cancel = Cancel::default();
+    cancel_on_signals(&cancel);
+    let mut view = ProgressView::new(progress);
+    let result = op(&mut |p| view.report(p), &cancel);
+    view.finish();
+    Ok(result?)
+}
+
+fn print_report(r: &Report) {
+    if let Some(b) = &r.backup {
+        println!("local changes backed up to {}", b.display());
+    }
+    if r.op != "download" {
+        println!(
+            "sent {} change(s), {} byte(s); {} conflict(s) logged by the server",
+            r.rows_up, r.bytes_up, r.conflicts
+        );
+    }
+    if r.op != "send" {
+        println!(
+            "downloaded task {}: {} rows ({}), {} bytes in {} ms",
+            r.task.as_deref().unwrap_or("-"),
+            r.rows_down,
+            r.tables
+                .iter()
+                .map(|(t, n)| format!("{t} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.bytes_down,
+            r.duration_ms
+        );
+    }
 }
 
 pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
@@ -140,29 +217,67 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             files,
             progress,
         } => {
-            let cancel = Cancel::default();
-            cancel_on_signals(&cancel);
-            let mut view = ProgressView::new(progress);
             let opts = DownloadOptions {
                 discard_local_changes,
                 full,
                 files,
             };
-            let result = device.download(&task, &opts, &mut |p| view.report(p), &cancel);
-            view.finish();
-            let report = result?;
+            let report = run_long(progress.progress, |p, c| {
+                device.download(&task, &opts, p, c)
+            })?;
+            print_report(&report);
+        }
+        DeviceCommand::Send { progress } => {
+            let report = run_long(progress.progress, |p, c| device.send(p, c))?;
+            print_report(&report);
+        }
+        DeviceCommand::Sync {
+            full,
+            files,
+            progress,
+        } => {
+            let opts = DownloadOptions {
+                discard_local_changes: false,
+                full,
+                files,
+            };
+            let report = run_long(progress.progress, |p, c| device.sync(&opts, p, c))?;
+            print_report(&report);
+        }
+        DeviceCommand::Journal {
+            json,
+            command: None,
+        } => {
+            let entries = device.journal()?;
+            if json {
+                print_json(&entries);
+            } else {
+                for e in &entries {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        e.seq,
+                        e.at,
+                        serde_json::to_value(e.op)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        e.table,
+                        serde_json::to_string(&e.key).unwrap_or_default(),
+                        e.user
+                    );
+                }
+            }
+        }
+        DeviceCommand::Journal {
+            command: Some(JournalCommand::Discard { entries, all }),
+            ..
+        } => {
+            let chosen = if all { None } else { Some(entries.as_slice()) };
+            let (path, n) = device.journal_discard(chosen)?;
             println!(
-                "downloaded task {}: {} rows ({}), {} bytes in {} ms",
-                report.task,
-                report.rows,
-                report
-                    .tables
-                    .iter()
-                    .map(|(t, n)| format!("{t} {n}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                report.bytes_down,
-                report.duration_ms
+                "{n} journal entr{} moved to {}",
+                if n == 1 { "y" } else { "ies" },
+                path.display()
             );
         }
         DeviceCommand::Status { json } => {
@@ -183,6 +298,9 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 println!("task     {}", st.task.as_deref().unwrap_or("-"));
                 println!("replica  {}", st.replica.as_deref().unwrap_or("-"));
                 println!("pending  {}", st.pending);
+                for (user, n) in &st.pending_by_user {
+                    println!("         {n} by {user}");
+                }
                 if let Some(l) = &st.last_sync {
                     println!("last     {} {} at {}: {}", l.op, l.result, l.at, l.message);
                 }

@@ -63,6 +63,7 @@ impl ProgressView {
                     Phase::Prepare => "prepare ",
                     Phase::Transfer => "transfer",
                     Phase::Store => "store   ",
+                    Phase::Send => "send    ",
                 };
                 let _ = write!(
                     err,

@@ -5,8 +5,9 @@ use std::io::Read;
 use std::time::Duration;
 
 use fieldsync_proto::wire::{
-    ErrorBody, ErrorCode, HEADER_DEVICE_ID, HEADER_DEVICE_SECRET, HEADER_PROTOCOL, LoginRequest,
-    LoginResponse, PROTOCOL_VERSION, PairRequest, PairResponse, TaskSummary,
+    ErrorBody, ErrorCode, HEADER_DEVICE_ID, HEADER_DEVICE_SECRET, HEADER_KIND, HEADER_OP,
+    HEADER_PROTOCOL, LoginRequest, LoginResponse, PROTOCOL_VERSION, PairRequest, PairResponse,
+    TaskSummary, UploadOutcome,
 };
 use serde::de::DeserializeOwned;
 
@@ -130,13 +131,37 @@ impl Api {
         &self,
         creds: &Credentials<'_>,
         task: &str,
+        op: &str,
+        kind: &str,
     ) -> Result<Box<dyn Read + Send + Sync + 'static>> {
         let path = format!("/api/v1/tasks/{}/download", encode_path_segment(task));
         let resp = self
             .request("GET", &path, Some(creds))
+            .set(HEADER_OP, op)
+            .set(HEADER_KIND, kind)
             .call()
             .map_err(|e| self.map_err(e))?;
         Ok(resp.into_reader())
+    }
+}
+
+impl Api {
+    /// Sends an upload (zstd-compressed JSON); the answer is the server's outcome.
+    pub fn upload(
+        &self,
+        creds: &Credentials<'_>,
+        body: &[u8],
+        op: &str,
+        kind: &str,
+    ) -> Result<UploadOutcome> {
+        let resp = self
+            .request("POST", "/api/v1/uploads", Some(creds))
+            .set(HEADER_OP, op)
+            .set(HEADER_KIND, kind)
+            .set("content-type", "application/x-fieldsync-upload+zstd")
+            .send_bytes(body)
+            .map_err(|e| self.map_err(e))?;
+        self.json(resp)
     }
 }
 

@@ -4,17 +4,20 @@
 
 pub mod error;
 mod http;
+pub mod journal;
 pub mod replica;
 pub mod state;
+mod sync;
+mod triggers;
+
+pub use sync::Report;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use fieldsync_proto::task::check_name;
-use fieldsync_proto::time;
 use fieldsync_proto::wire::{LoginRequest, PairRequest, TaskSummary};
 use serde::Serialize;
 
@@ -32,6 +35,8 @@ pub enum Phase {
     Transfer,
     /// The new replica is indexed, made durable and installed.
     Store,
+    /// The journal goes to the server (done/total: entries).
+    Send,
 }
 
 /// One progress report: `done` of `total` `unit`s in `phase`.
@@ -68,18 +73,6 @@ pub struct DownloadOptions {
     pub discard_local_changes: bool,
     pub full: bool,
     pub files: bool,
-}
-
-/// What a finished download did.
-#[derive(Debug, Clone, Serialize)]
-pub struct DownloadReport {
-    pub task: String,
-    pub rows: u64,
-    pub tables: Vec<(String, u64)>,
-    pub bytes_down: u64,
-    pub duration_ms: u64,
-    pub full: bool,
-    pub full_reason: Option<String>,
 }
 
 /// `device status --json`, key for key as DESIGN.md names them.
@@ -133,7 +126,7 @@ impl Device {
     }
 
     /// Takes the folder lock and finishes any operation a crash interrupted.
-    fn begin(&self) -> Result<(state::FolderLock, DeviceState)> {
+    pub(crate) fn begin(&self) -> Result<(state::FolderLock, DeviceState)> {
         let lock = self.dir.lock()?;
         replica::recover(&self.dir)?;
         let st = self.dir.load()?;
@@ -151,7 +144,7 @@ impl Device {
         }
     }
 
-    fn online(st: &DeviceState) -> Result<()> {
+    pub(crate) fn online(st: &DeviceState) -> Result<()> {
         match st.mode {
             Mode::Online => Ok(()),
             Mode::Offline => Err(ClientError::Offline),
@@ -224,7 +217,8 @@ impl Device {
                 });
             }
         }
-        self.dir.save(&st)
+        self.dir.save(&st)?;
+        replica::set_login(&self.dir, st.session.as_ref().map(|s| s.user.as_str()))
     }
 
     /// Logs out: the local session goes at once; online, the server revokes it too.
@@ -234,6 +228,8 @@ impl Device {
         let Some(session) = st.session.take() else {
             return Ok(None);
         };
+        // Writes on the replica are refused from here on, until the next login.
+        replica::set_login(&self.dir, None)?;
         self.dir.save(&st)?;
         if st.mode == Mode::Online && !session.token.is_empty() {
             let (api, id, secret) = Self::paired(&st)?;
@@ -261,7 +257,7 @@ impl Device {
     }
 
     /// The session's credentials, or the refusal a logged-out device gets.
-    fn logged_in(st: &DeviceState) -> Result<(Api, String, String, state::Session)> {
+    pub(crate) fn logged_in(st: &DeviceState) -> Result<(Api, String, String, state::Session)> {
         let (api, id, secret) = Self::paired(st)?;
         match &st.session {
             Some(s) if !s.token.is_empty() => Ok((api, id, secret, s.clone())),
@@ -286,112 +282,10 @@ impl Device {
         })
     }
 
-    /// Downloads a task's slice into a new replica and installs it. Until the install,
-    /// the previous replica is untouched; any failure or cancel keeps it.
-    pub fn download(
-        &self,
-        task: &str,
-        opts: &DownloadOptions,
-        progress: &mut dyn FnMut(&Progress),
-        cancel: &Cancel,
-    ) -> Result<DownloadReport> {
-        let (_lock, st) = self.begin()?;
-        let started = Instant::now();
-        let result = self.download_locked(&st, task, opts, progress, cancel, started);
-        let mut st = self.dir.load()?;
-        let (result_word, message) = match &result {
-            Ok(r) => (
-                "ok",
-                format!("downloaded {} rows of task {}", r.rows, r.task),
-            ),
-            Err(ClientError::Cancelled) => ("cancelled", ClientError::Cancelled.to_string()),
-            Err(e) => ("error", e.to_string()),
-        };
-        let report = result.as_ref().ok();
-        if let Some(r) = report {
-            st.task = Some(r.task.clone());
-        }
-        st.last_sync = Some(LastSync {
-            op: "download".into(),
-            kind: "manual".into(),
-            result: result_word.into(),
-            message,
-            at: time::now_rfc3339(),
-            full: report.is_some_and(|r| r.full),
-            full_reason: report.and_then(|r| r.full_reason.clone()),
-            rows_down: report.map_or(0, |r| r.rows),
-            rows_up: 0,
-            bytes_down: report.map_or(0, |r| r.bytes_down),
-            bytes_up: 0,
-            duration_ms: started.elapsed().as_millis() as u64,
-            conflicts: 0,
-        });
-        self.dir.save(&st)?;
-        result
-    }
-
-    fn download_locked(
-        &self,
-        st: &DeviceState,
-        task: &str,
-        opts: &DownloadOptions,
-        progress: &mut dyn FnMut(&Progress),
-        cancel: &Cancel,
-        started: Instant,
-    ) -> Result<DownloadReport> {
-        check_name("task", task).map_err(ClientError::Invalid)?;
-        Self::online(st)?;
-        let (api, id, secret, session) = Self::logged_in(st)?;
-        let _ = opts.discard_local_changes; // the journal arrives with send/sync
-        progress(&Progress {
-            phase: Phase::Prepare,
-            done: 0,
-            total: 1,
-            unit: "steps",
-        });
-        let creds = Credentials {
-            device_id: &id,
-            device_secret: &secret,
-            token: Some(&session.token),
-        };
-        let body = api.download(&creds, task)?;
-        let mut counting = replica::CountingReader {
-            inner: body,
-            n_bytes: 0,
-        };
-        let built = replica::build(&self.dir, &mut counting, progress, cancel)?;
-        if cancel.is_cancelled() {
-            replica::recover(&self.dir)?;
-            return Err(ClientError::Cancelled);
-        }
-        replica::install(&self.dir, &built)?;
-        progress(&Progress {
-            phase: Phase::Store,
-            done: 3,
-            total: 3,
-            unit: "steps",
-        });
-        let reason = if opts.full { "requested" } else { "no-cursor" };
-        Ok(DownloadReport {
-            task: built.header.task.clone(),
-            rows: built.rows_per_table.iter().sum(),
-            tables: built
-                .header
-                .tables
-                .iter()
-                .map(|t| t.name.clone())
-                .zip(built.rows_per_table.iter().copied())
-                .collect(),
-            bytes_down: counting.n_bytes,
-            duration_ms: started.elapsed().as_millis() as u64,
-            full: true,
-            full_reason: Some(reason.to_string()),
-        })
-    }
-
     /// The device's state; never waits for the folder lock.
     pub fn status(&self) -> Result<Status> {
         let st = self.dir.load()?;
+        let pending_by_user = replica::pending_by_user(&self.dir)?;
         let replica = replica::current_file(&self.dir).map(|_| {
             let p = self.dir.replica_path();
             std::path::absolute(&p).unwrap_or(p).display().to_string()
@@ -403,8 +297,8 @@ impl Device {
             user: st.session.as_ref().map(|s| s.user.clone()),
             task: st.task.clone(),
             replica,
-            pending: 0,
-            pending_by_user: Default::default(),
+            pending: pending_by_user.values().sum(),
+            pending_by_user,
             last_sync: st.last_sync.clone(),
             options: st.options.clone(),
             ticket_armed: false,

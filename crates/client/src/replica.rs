@@ -21,9 +21,9 @@ const LINK_TMP: &str = "replica.sqlite.tmp";
 /// How long an install waits for an app's write transaction on the old replica.
 const RETIRE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+use crate::triggers::{self, quote};
+use fieldsync_proto::ColumnType;
+use fieldsync_proto::task::WriteOp;
 
 /// What a replica records about itself (table `fieldsync_replica`).
 #[derive(Debug, Clone, PartialEq)]
@@ -103,7 +103,10 @@ fn swap_link(dir: &DeviceDir, file: &Path) -> Result<()> {
     sync_dir(&dir.root)
 }
 
-fn set_retired(path: &Path, retired: bool) -> Result<()> {
+/// Sets or clears the retired flag. Retiring refuses (`LocalChanges`) when the
+/// journal holds entries past `journal_max_seq`: checked in the same transaction, so
+/// no edit can slip in between the check and the retirement.
+fn set_retired(path: &Path, retired: bool, journal_max_seq: i64) -> Result<()> {
     let mut conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     conn.busy_timeout(RETIRE_BUSY_TIMEOUT)?;
     // IMMEDIATE waits for an app's open write transaction: its commit lands before
@@ -115,6 +118,19 @@ fn set_retired(path: &Path, retired: bool) -> Result<()> {
                 "the replica is busy (an app holds a write transaction): {e}"
             ))
         })?;
+    if retired {
+        let newer: i64 = tx.query_row(
+            "SELECT count(*) FROM fieldsync_journal WHERE seq > ?1",
+            [journal_max_seq],
+            |r| r.get(0),
+        )?;
+        if newer > 0 {
+            return Err(ClientError::LocalChanges(format!(
+                "the replica has {newer} local change(s) not sent; send them first (`fieldsync device send`), \
+                 or download with --discard-local-changes to back them up and forget them"
+            )));
+        }
+    }
     tx.execute(
         "INSERT INTO fieldsync_replica (key, value) VALUES ('retired', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -158,7 +174,7 @@ pub fn recover(dir: &DeviceDir) -> Result<()> {
             swap_link(dir, &next)?;
             remove_generation(&old);
         }
-        (None, Some(old)) if current_retired => set_retired(&old, false)?,
+        (None, Some(old)) if current_retired => set_retired(&old, false, 0)?,
         _ => {}
     }
     Ok(())
@@ -216,33 +232,15 @@ fn create_table_sql(t: &TableSchema) -> String {
             let mut def = format!("{} {}", quote(&c.name), c.column_type.sql_name());
             if i == 0 {
                 def.push_str(" PRIMARY KEY NOT NULL");
+                // A plain INSERT without a key works on tables that accept inserts.
+                if t.write.contains(&WriteOp::Insert) && c.column_type == ColumnType::Text {
+                    def.push_str(&format!(" DEFAULT {}", triggers::UUID_SQL));
+                }
             }
             def
         })
         .collect();
     format!("CREATE TABLE {} ({})", quote(&t.name), cols.join(", "))
-}
-
-/// Guard triggers: once the generation is retired, every write fails with a message
-/// that tells the app to reopen the replica.
-fn guard_triggers_sql(t: &TableSchema, link: &Path) -> String {
-    let msg = format!(
-        "fieldsync: this replica was replaced by a newer download; reopen {}",
-        link.display()
-    )
-    .replace('\'', "''");
-    ["INSERT", "UPDATE", "DELETE"]
-        .iter()
-        .map(|op| {
-            format!(
-                "CREATE TRIGGER {} BEFORE {op} ON {} WHEN (SELECT value FROM fieldsync_replica WHERE key = 'retired') = '1'
-                 BEGIN SELECT RAISE(ABORT, '{msg}'); END;",
-                quote(&format!("fieldsync_guard_{}_{}", t.name, op.to_ascii_lowercase())),
-                quote(&t.name)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Counts the compressed bytes as they arrive.
@@ -331,6 +329,7 @@ fn build_into<R: Read>(
     let mut rows_per_table = vec![0u64; header.tables.len()];
     let tx = conn.transaction()?;
     tx.execute_batch("CREATE TABLE fieldsync_replica (key TEXT PRIMARY KEY, value)")?;
+    tx.execute_batch(triggers::REPLICA_TABLES)?;
     for t in &header.tables {
         tx.execute_batch(&create_table_sql(t))?;
     }
@@ -440,7 +439,7 @@ fn build_into<R: Read>(
                 quote(&c.name)
             ))?;
         }
-        tx.execute_batch(&guard_triggers_sql(t, &dir.replica_path()))?;
+        tx.execute_batch(&triggers::table_triggers(&header, t, &dir.replica_path()))?;
     }
     {
         let mut put = tx.prepare("INSERT INTO fieldsync_replica (key, value) VALUES (?1, ?2)")?;
@@ -452,6 +451,7 @@ fn build_into<R: Read>(
             ("cursor", &cursor),
             ("user", &header.user),
             ("device", &header.device),
+            ("login", &header.user),
             ("retired", "0"),
             ("complete", "1"),
         ] {
@@ -493,10 +493,12 @@ fn build_into<R: Read>(
 
 /// Installs a built generation: retires the current one (the commit point), swaps the
 /// link, removes the old files.
-pub fn install(dir: &DeviceDir, built: &Built) -> Result<()> {
+/// `journal_max_seq`: journal entries up to it were backed up and may be forgotten;
+/// any later entry makes the install refuse with `LocalChanges` (exit 6).
+pub fn install(dir: &DeviceDir, built: &Built, journal_max_seq: i64) -> Result<()> {
     let old = current_file(dir);
     if let Some(old) = &old {
-        set_retired(old, true)?;
+        set_retired(old, true, journal_max_seq)?;
     }
     swap_link(dir, &built.path)?;
     if let Some(old) = &old {
@@ -515,4 +517,37 @@ pub fn open_current(dir: &DeviceDir) -> Result<Option<Connection>> {
         }
         None => Ok(None),
     }
+}
+
+/// Records who is logged in, for the journal triggers (`None`: writes are refused).
+pub fn set_login(dir: &DeviceDir, user: Option<&str>) -> Result<()> {
+    let Some(conn) = open_current(dir)? else {
+        return Ok(());
+    };
+    conn.execute(
+        "INSERT INTO fieldsync_replica (key, value) VALUES ('login', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [user],
+    )?;
+    Ok(())
+}
+
+/// Pending journal entries per user, without taking any lock (read-only).
+pub fn pending_by_user(dir: &DeviceDir) -> Result<std::collections::BTreeMap<String, u64>> {
+    let mut out = std::collections::BTreeMap::new();
+    if current_file(dir).is_none() {
+        return Ok(out);
+    }
+    let conn = Connection::open_with_flags(dir.replica_path(), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mut stmt =
+        conn.prepare("SELECT user, count(*) FROM fieldsync_journal GROUP BY user ORDER BY user")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    for row in rows {
+        let (user, n) = row?;
+        out.insert(user, n);
+    }
+    Ok(out)
 }

@@ -385,6 +385,9 @@ mod tests {
                         column_type: ColumnType::Integer,
                     }],
                     rows_estimate: 0,
+                    write: vec![],
+                    filter: None,
+                    parent: None,
                 })
                 .collect(),
         }

@@ -1,6 +1,7 @@
 //! fieldsync's protocol: wire types, stream frames, error codes, task files and the
 //! filter language. Pure data and logic; this crate does no IO.
 
+pub mod conflict;
 pub mod filter;
 pub mod frame;
 pub mod task;

@@ -155,3 +155,142 @@ mod tests {
         );
     }
 }
+
+/// JSON form of a value (journal entries, uploads, the conflict log): `null`, a number
+/// (integers without, reals with a fraction or exponent), a string, `{"blob": "HEX"}`,
+/// or `{"real": "inf" | "-inf"}` for infinities, which JSON numbers cannot hold.
+impl Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Value::Null => s.serialize_none(),
+            Value::Integer(i) => s.serialize_i64(*i),
+            Value::Real(r) if r.is_finite() => s.serialize_f64(*r),
+            Value::Real(r) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("real", if *r > 0.0 { "inf" } else { "-inf" })?;
+                m.end()
+            }
+            Value::Text(t) => s.serialize_str(t),
+            Value::Blob(b) => {
+                let mut m = s.serialize_map(Some(1))?;
+                let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                m.serialize_entry("blob", &hex)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let json = serde_json::Value::deserialize(d)?;
+        Value::from_json(&json).map_err(D::Error::custom)
+    }
+}
+
+impl Value {
+    /// Reads the JSON form (see the `Serialize` impl).
+    pub fn from_json(json: &serde_json::Value) -> Result<Value, String> {
+        Ok(match json {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(b) => Value::Integer(i64::from(*b)),
+            serde_json::Value::Number(n) => {
+                if let Some(i) = n.as_i64().filter(|_| !n.is_f64()) {
+                    Value::Integer(i)
+                } else {
+                    Value::Real(
+                        n.as_f64()
+                            .ok_or_else(|| format!("number {n} out of range"))?,
+                    )
+                }
+            }
+            serde_json::Value::String(s) => Value::Text(s.clone()),
+            serde_json::Value::Object(m) if m.len() == 1 => match m.iter().next() {
+                Some((k, serde_json::Value::String(h))) if k == "blob" => {
+                    if h.len() % 2 != 0 || !h.is_ascii() {
+                        return Err("bad blob hex".into());
+                    }
+                    Value::Blob(
+                        (0..h.len())
+                            .step_by(2)
+                            .map(|i| u8::from_str_radix(&h[i..i + 2], 16))
+                            .collect::<Result<_, _>>()
+                            .map_err(|_| "bad blob hex".to_string())?,
+                    )
+                }
+                Some((k, serde_json::Value::String(r))) if k == "real" && r == "inf" => {
+                    Value::Real(f64::INFINITY)
+                }
+                Some((k, serde_json::Value::String(r))) if k == "real" && r == "-inf" => {
+                    Value::Real(f64::NEG_INFINITY)
+                }
+                _ => return Err(format!("unknown value {json}")),
+            },
+            other => return Err(format!("unknown value {other}")),
+        })
+    }
+
+    /// Equality as values travel (conflict detection): same storage class and same
+    /// value; an integer and a real are equal when numerically equal, as in SQLite.
+    pub fn same(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Null, _) | (_, Value::Null) => false,
+            _ => self.sql_cmp(other) == Some(Ordering::Equal),
+        }
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::Integer),
+            any::<f64>()
+                .prop_filter("NaN is NULL in SQLite", |f| !f.is_nan())
+                .prop_map(Value::Real),
+            ".{0,20}".prop_map(Value::Text),
+            proptest::collection::vec(any::<u8>(), 0..20).prop_map(Value::Blob),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn json_round_trip(v in value()) {
+            let text = serde_json::to_string(&v).unwrap();
+            let back: Value = serde_json::from_str(&text).unwrap();
+            match (&v, &back) {
+                (Value::Real(a), Value::Real(b)) => prop_assert_eq!(a.to_bits(), b.to_bits()),
+                _ => prop_assert_eq!(&v, &back),
+            }
+        }
+    }
+
+    #[test]
+    fn sqlite_json_quote_forms_read_back() {
+        assert_eq!(
+            Value::from_json(&serde_json::json!(5)).unwrap(),
+            Value::Integer(5)
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>("5.0").unwrap(),
+            Value::Real(5.0)
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>("1e300").unwrap(),
+            Value::Real(1e300)
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(r#"{"blob":"00ff"}"#).unwrap(),
+            Value::Blob(vec![0, 255])
+        );
+        assert!(Value::Integer(2).same(&Value::Real(2.0)));
+        assert!(!Value::Text("2".into()).same(&Value::Integer(2)));
+    }
+}

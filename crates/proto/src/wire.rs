@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::value::ColumnType;
+use std::collections::BTreeMap;
+
+use crate::task::{ParentRef, WriteOp};
+use crate::value::{ColumnType, Value};
 
 /// The protocol version this build speaks. Requests carry it in [`HEADER_PROTOCOL`];
 /// the major version is the only part so far.
@@ -62,6 +65,14 @@ pub struct TableSchema {
     pub columns: Vec<ColumnDef>,
     /// Rows the server expects to send (an estimate for progress only).
     pub rows_estimate: u64,
+    /// What the device may write (checked again by the server).
+    #[serde(default)]
+    pub write: Vec<WriteOp>,
+    /// The task's filter, for the device's write-time courtesy check of inserts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
 }
 
 /// First frame of a download stream.
@@ -128,4 +139,64 @@ impl ErrorCode {
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+}
+
+/// Largest upload body (zstd-compressed JSON) the server reads, and its decompressed size.
+pub const UPLOAD_BODY_MAX_BYTES: usize = 64 * 1024 * 1024;
+pub const UPLOAD_JSON_MAX_BYTES: usize = 512 * 1024 * 1024;
+/// Requests say which operation they belong to (the server's sync history).
+pub const HEADER_OP: &str = "x-fieldsync-op";
+pub const HEADER_KIND: &str = "x-fieldsync-kind";
+
+/// One net change of one row by one user (the journal compacted per upload).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UploadEntry {
+    /// Journal sequence numbers this entry stands for (first and last).
+    pub seq_first: i64,
+    pub seq_last: i64,
+    pub table: String,
+    pub key: Value,
+    pub op: WriteOp,
+    /// The row version the device based the change on (`None` for inserts).
+    pub base_version: Option<i64>,
+    pub user: String,
+    /// Values the device saw before its change: the changed columns for an update,
+    /// the whole row for a delete, nothing for an insert.
+    #[serde(default)]
+    pub old: BTreeMap<String, Value>,
+    /// New values: the changed columns for an update, the whole row for an insert.
+    #[serde(default)]
+    pub new: BTreeMap<String, Value>,
+}
+
+/// A device's journal, compacted, sent as one unit. `upload_id` is the idempotency key:
+/// the device stores it before sending; the server records it in the transaction that
+/// applies the upload and answers a repeat with the recorded outcome.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Upload {
+    pub upload_id: String,
+    pub task: String,
+    pub entries: Vec<UploadEntry>,
+}
+
+/// The row version a row has after an entry was integrated (`None`: the row is gone).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NewVersion {
+    pub table: String,
+    pub key: Value,
+    pub version: Option<i64>,
+}
+
+/// The server's answer to an upload (also what it recorded for repeats).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UploadOutcome {
+    pub upload_id: String,
+    /// Entries applied (fully or merged).
+    pub applied: u64,
+    /// Entries that produced a conflict-log record.
+    pub conflicts: u64,
+    pub versions: Vec<NewVersion>,
+    /// True when this answer is the recorded outcome of an earlier, identical upload.
+    #[serde(default)]
+    pub repeated: bool,
 }

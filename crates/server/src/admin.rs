@@ -60,3 +60,19 @@ pub fn task_assign(
 ) -> Result<()> {
     store.task_assign(task, users, devices)
 }
+
+pub fn user_passwd(store: &dyn Store, name: &str, password: &str) -> Result<()> {
+    if password.is_empty() {
+        return Err(StoreError::Invalid("the password is empty".into()));
+    }
+    store.user_set_password(name, &auth::hash_password(password))
+}
+
+/// Resolves a logged conflict by applying the device's or the server's logged values.
+pub fn conflict_resolve(
+    store: &dyn Store,
+    id: i64,
+    take_device: bool,
+) -> Result<fieldsync_store::ConflictRecord> {
+    store.conflict_resolve(id, take_device, &time::now_rfc3339())
+}

@@ -14,10 +14,14 @@ use fieldsync_proto::filter::Params;
 use fieldsync_proto::task::check_name;
 use fieldsync_proto::time;
 use fieldsync_proto::wire::{
-    ErrorCode, JSON_BODY_MAX_BYTES, LoginRequest, LoginResponse, PROTOCOL_VERSION, PairRequest,
-    PairResponse, SliceHeader, TaskSummary,
+    ErrorCode, HEADER_KIND, HEADER_OP, JSON_BODY_MAX_BYTES, LoginRequest, LoginResponse,
+    PROTOCOL_VERSION, PairRequest, PairResponse, SliceHeader, TaskSummary, UPLOAD_BODY_MAX_BYTES,
+    UPLOAD_JSON_MAX_BYTES, Upload, UploadOutcome,
 };
-use fieldsync_store::{SessionRecord, Store, TaskRecord, random_hex, sha256_hex};
+use fieldsync_store::{
+    IntegrateContext, IntegrateError, SessionRecord, Store, SyncSessionRecord, TaskRecord,
+    random_hex, sha256_hex,
+};
 use serde::de::DeserializeOwned;
 
 use crate::auth;
@@ -46,6 +50,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tasks", get(tasks))
         .route("/api/v1/tasks/{name}/download", get(download))
         .layer(DefaultBodyLimit::max(JSON_BODY_MAX_BYTES))
+        .route(
+            "/api/v1/uploads",
+            post(upload).layer(DefaultBodyLimit::max(UPLOAD_BODY_MAX_BYTES)),
+        )
         .with_state(state)
 }
 
@@ -192,6 +200,8 @@ async fn download(
 ) -> Result<Response, ApiError> {
     auth::check_protocol(&headers)?;
     check_name("task", &name).map_err(ApiError::bad_request)?;
+    let (op, kind) = op_and_kind(&headers, "download")?;
+    let started = (std::time::Instant::now(), time::now_rfc3339());
     let store = st.store.clone();
     let (plan, header) = blocking(move || {
         let (device, _, user) = auth::session(&*store, &headers)?;
@@ -221,10 +231,134 @@ async fn download(
         Ok((plan, header))
     })
     .await?;
-    let body = download::start(st.store.clone(), plan, header)?;
+    let session = download::SessionInfo {
+        device: header.device.clone(),
+        user: header.user.clone(),
+        op,
+        kind,
+        started: started.0,
+        started_at: started.1,
+    };
+    let body = download::start(st.store.clone(), plan, header, session)?;
     Ok((
         [(header::CONTENT_TYPE, "application/x-fieldsync-slice+zstd")],
         Body::new(body),
     )
         .into_response())
+}
+
+/// The operation and kind a request belongs to, for the sync history.
+fn op_and_kind(headers: &HeaderMap, default_op: &str) -> Result<(String, String), ApiError> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let op = get(HEADER_OP).unwrap_or(default_op);
+    let kind = get(HEADER_KIND).unwrap_or("manual");
+    if !matches!(op, "download" | "send" | "sync" | "files") || !matches!(kind, "manual" | "auto") {
+        return Err(ApiError::bad_request(format!(
+            "bad {HEADER_OP} or {HEADER_KIND} header"
+        )));
+    }
+    Ok((op.to_string(), kind.to_string()))
+}
+
+/// Reads a zstd-compressed JSON upload with a cap on its decompressed size.
+fn read_upload(body: RequestBody) -> Result<Upload, ApiError> {
+    use std::io::Read;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("upload over {UPLOAD_BODY_MAX_BYTES} bytes"),
+            )
+        } else {
+            ApiError::bad_request(format!("unreadable request body: {e}"))
+        }
+    })?;
+    let decoder = zstd::stream::read::Decoder::new(&body[..])
+        .map_err(|e| ApiError::bad_request(format!("upload is not zstd: {e}")))?;
+    let mut json = Vec::new();
+    decoder
+        .take(UPLOAD_JSON_MAX_BYTES as u64 + 1)
+        .read_to_end(&mut json)
+        .map_err(|e| ApiError::bad_request(format!("corrupt upload stream: {e}")))?;
+    if json.len() > UPLOAD_JSON_MAX_BYTES {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "upload too large once decompressed",
+        ));
+    }
+    let upload: Upload = serde_json::from_slice(&json)
+        .map_err(|e| ApiError::bad_request(format!("malformed upload: {e}")))?;
+    let id_ok =
+        upload.upload_id.len() == 32 && upload.upload_id.bytes().all(|b| b.is_ascii_hexdigit());
+    if !id_ok {
+        return Err(ApiError::bad_request("bad upload id (32 hex digits)"));
+    }
+    check_name("task", &upload.task).map_err(ApiError::bad_request)?;
+    Ok(upload)
+}
+
+async fn upload(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: RequestBody,
+) -> Result<Json<UploadOutcome>, ApiError> {
+    auth::check_protocol(&headers)?;
+    let (op, kind) = op_and_kind(&headers, "send")?;
+    let bytes_up = body.as_ref().map_or(0, |b| b.len() as u64);
+    blocking(move || {
+        let started = std::time::Instant::now();
+        let started_at = time::now_rfc3339();
+        let (device, _, user) = auth::session(&*st.store, &headers)?;
+        let upload = read_upload(body)?;
+        let task = assigned(&*st.store, &user.name, &device.id)?
+            .into_iter()
+            .find(|t| t.def.name == upload.task)
+            .ok_or_else(|| {
+                ApiError::forbidden(format!(
+                    "task `{}` is not assigned to both user `{}` and device `{}`",
+                    upload.task, user.name, device.id
+                ))
+            })?;
+        let ctx = IntegrateContext {
+            device: &device.id,
+            sender: &user.name,
+            task: &task,
+            at: &started_at,
+        };
+        let result = st.store.integrate(&ctx, &upload);
+        let (word, message, conflicts) = match &result {
+            Ok(o) if o.repeated => (
+                "ok",
+                format!("repeated upload {}: recorded outcome returned", o.upload_id),
+                o.conflicts,
+            ),
+            Ok(o) => ("ok", format!("{} entries applied", o.applied), o.conflicts),
+            Err(e) => ("error", e.to_string(), 0),
+        };
+        let record = SyncSessionRecord {
+            device: device.id.clone(),
+            user: user.name.clone(),
+            task: Some(upload.task.clone()),
+            op,
+            kind,
+            result: word.to_string(),
+            message,
+            rows_down: 0,
+            rows_up: upload.entries.len() as u64,
+            bytes_down: 0,
+            bytes_up,
+            conflicts,
+            started_at,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        if let Err(e) = st.store.sync_session_record(&record) {
+            eprintln!("fieldsync server: recording a sync session: {e}");
+        }
+        match result {
+            Ok(o) => Ok(Json(o)),
+            Err(IntegrateError::Forbidden(m)) => Err(ApiError::forbidden(m)),
+            Err(IntegrateError::Store(e)) => Err(e.into()),
+        }
+    })
+    .await
 }

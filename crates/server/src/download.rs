@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use fieldsync_proto::frame::{self, FrameEncoder, ValueRef};
 use fieldsync_proto::wire::SliceHeader;
-use fieldsync_store::{SlicePlan, SliceSink, Store, StoreError};
+use fieldsync_store::{SlicePlan, SliceSink, Store, StoreError, SyncSessionRecord};
 use http_body::Frame;
 use tokio::sync::mpsc;
 
@@ -42,6 +42,8 @@ impl http_body::Body for ChannelBody {
 struct ChunkWriter {
     tx: mpsc::Sender<Result<Bytes, io::Error>>,
     buf: Vec<u8>,
+    /// Compressed bytes handed to the body so far.
+    n_bytes: u64,
 }
 
 impl ChunkWriter {
@@ -49,6 +51,7 @@ impl ChunkWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
+        self.n_bytes += self.buf.len() as u64;
         let chunk = Bytes::from(std::mem::replace(
             &mut self.buf,
             Vec::with_capacity(CHUNK_BYTES),
@@ -110,16 +113,29 @@ impl SliceSink for StreamSink {
     }
 }
 
-/// Starts streaming `plan`; the returned body yields the compressed frames.
+/// Who asked for the stream, for the sync history.
+pub struct SessionInfo {
+    pub device: String,
+    pub user: String,
+    pub op: String,
+    pub kind: String,
+    pub started_at: String,
+    pub started: std::time::Instant,
+}
+
+/// Starts streaming `plan`; the returned body yields the compressed frames. The
+/// session is recorded in the sync history when the stream ends.
 pub fn start(
     store: Arc<dyn Store>,
     plan: SlicePlan,
     header: SliceHeader,
+    session: SessionInfo,
 ) -> Result<ChannelBody, ApiError> {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let writer = ChunkWriter {
         tx: tx.clone(),
         buf: Vec::with_capacity(CHUNK_BYTES),
+        n_bytes: 0,
     };
     let mut zstd =
         zstd::stream::write::Encoder::new(writer, ZSTD_LEVEL).map_err(ApiError::internal)?;
@@ -132,24 +148,59 @@ pub fn start(
         cursor: 0,
     };
     tokio::task::spawn_blocking(move || {
-        let result = store.stream_slice(&plan, &mut sink);
-        match result {
-            Ok(_) => sink.frames.trailer(&mut sink.out, sink.cursor),
+        let streamed = store.stream_slice(&plan, &mut sink);
+        let (mut result, mut message) = match &streamed {
+            Ok(rows) => {
+                sink.frames.trailer(&mut sink.out, sink.cursor);
+                ("ok", format!("{} rows", rows.iter().sum::<u64>()))
+            }
             Err(e) => {
                 let err = ApiError::internal(format!("streaming task `{}`: {e}", sink.header.task));
                 sink.frames.flush(&mut sink.out);
                 frame::error_frame(&mut sink.out, &err.body());
+                ("error", e.to_string())
             }
-        }
-        let finished = sink.drain(true).and_then(|_| {
-            sink.zstd
-                .finish()
-                .and_then(|mut w| w.flush())
-                .map_err(|e| StoreError::Db(e.to_string()))
-        });
-        if let Err(e) = finished {
-            // The device went away; nothing more to tell it.
-            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+        };
+        let rows_down = sink.frames.rows().iter().sum();
+        let finished = sink
+            .drain(true)
+            .and_then(|_| {
+                sink.zstd
+                    .finish()
+                    .map_err(|e| StoreError::Db(e.to_string()))
+            })
+            .and_then(|mut w| {
+                w.flush()
+                    .map(|_| w.n_bytes)
+                    .map_err(|e| StoreError::Db(e.to_string()))
+            });
+        let bytes_down = match finished {
+            Ok(n) => n,
+            Err(e) => {
+                // The device went away; nothing more to tell it.
+                let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+                (result, message) = ("cancelled", "the device closed the download".to_string());
+                0
+            }
+        };
+        let record = SyncSessionRecord {
+            device: session.device,
+            user: session.user,
+            task: Some(sink.header.task.clone()),
+            op: session.op,
+            kind: session.kind,
+            result: result.to_string(),
+            message,
+            rows_down,
+            rows_up: 0,
+            bytes_down,
+            bytes_up: 0,
+            conflicts: 0,
+            started_at: session.started_at,
+            duration_ms: session.started.elapsed().as_millis() as u64,
+        };
+        if let Err(e) = store.sync_session_record(&record) {
+            eprintln!("fieldsync server: recording a sync session: {e}");
         }
     });
     Ok(ChannelBody(rx))

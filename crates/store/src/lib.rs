@@ -10,6 +10,7 @@ use fieldsync_proto::ColumnType;
 use fieldsync_proto::filter::{Dialect, Params};
 use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::task::TaskDef;
+use fieldsync_proto::wire::{Upload, UploadOutcome};
 
 pub use plan::{SlicePlan, TablePlan, check_task, quote_ident};
 pub use sqlite::SqliteStore;
@@ -105,6 +106,75 @@ pub struct TaskRecord {
     pub updated_at: String,
 }
 
+/// Who sends an upload, for which task.
+pub struct IntegrateContext<'a> {
+    pub device: &'a str,
+    /// The logged-in user who sends (entries may be other users' of this device).
+    pub sender: &'a str,
+    pub task: &'a TaskRecord,
+    pub at: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntegrateError {
+    /// The whole upload is refused; the message names the entry.
+    #[error("upload refused: {0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for IntegrateError {
+    fn from(e: rusqlite::Error) -> Self {
+        IntegrateError::Store(e.into())
+    }
+}
+
+/// A conflict-log record (`admin conflicts list`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ConflictRecord {
+    pub id: i64,
+    pub at: String,
+    pub device: String,
+    pub user: String,
+    pub task: String,
+    pub table: String,
+    pub key: fieldsync_proto::Value,
+    /// The device's operation: insert, update or delete.
+    pub op: String,
+    pub kind: String,
+    pub policy: String,
+    pub resolution: String,
+    pub device_values: std::collections::BTreeMap<String, fieldsync_proto::Value>,
+    pub server_values: std::collections::BTreeMap<String, fieldsync_proto::Value>,
+    pub base_version: Option<i64>,
+    pub server_version: Option<i64>,
+    pub resolved_at: Option<String>,
+    pub resolved_take: Option<String>,
+}
+
+/// One sync session as the server saw it (`admin sessions`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SyncSessionRecord {
+    pub device: String,
+    pub user: String,
+    pub task: Option<String>,
+    /// download, send, sync or files.
+    pub op: String,
+    /// manual or auto.
+    pub kind: String,
+    /// ok, error or cancelled.
+    pub result: String,
+    pub message: String,
+    pub rows_down: u64,
+    pub rows_up: u64,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    pub conflicts: u64,
+    pub started_at: String,
+    pub duration_ms: u64,
+}
+
 /// Receives a slice as the store reads it, inside one consistent snapshot.
 pub trait SliceSink {
     /// Called once before any row: the snapshot's cursor and the row count per table.
@@ -151,6 +221,29 @@ pub trait Store: Send + Sync {
 
     /// Streams the rows of a planned slice in one snapshot; returns the row counts.
     fn stream_slice(&self, plan: &SlicePlan, sink: &mut dyn SliceSink) -> Result<Vec<u64>>;
+
+    /// Checks and integrates an upload in one transaction that also records its id;
+    /// an upload id seen before returns the recorded outcome and applies nothing.
+    fn integrate(
+        &self,
+        ctx: &IntegrateContext<'_>,
+        upload: &Upload,
+    ) -> Result<UploadOutcome, IntegrateError>;
+
+    fn conflicts_list(&self) -> Result<Vec<ConflictRecord>>;
+    /// Applies the logged device or server values of a conflict and marks it resolved.
+    fn conflict_resolve(&self, id: i64, take_device: bool, at: &str) -> Result<ConflictRecord>;
+
+    fn sync_session_record(&self, s: &SyncSessionRecord) -> Result<()>;
+    fn sync_sessions(&self) -> Result<Vec<SyncSessionRecord>>;
+
+    fn user_list(&self) -> Result<Vec<UserRecord>>;
+    fn user_set_password(&self, name: &str, password_hash: &str) -> Result<()>;
+    /// Disabling also ends the user's sessions.
+    fn user_set_disabled(&self, name: &str, disabled: bool) -> Result<()>;
+    fn device_list(&self) -> Result<Vec<DeviceRecord>>;
+    fn task_delete(&self, name: &str) -> Result<()>;
+    fn task_unassign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()>;
 }
 
 /// Plans a task's slice for one user and device against the store's schema.

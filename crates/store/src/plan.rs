@@ -36,7 +36,7 @@ fn invalid(msg: String) -> StoreError {
 
 /// The columns a table of the task sends: the listed ones (or all), with the primary
 /// key and the parent key always included, primary key first.
-pub(crate) fn slice_columns(t: &TaskTable, info: &TableInfo) -> Vec<String> {
+pub fn slice_columns(t: &TaskTable, info: &TableInfo) -> Vec<String> {
     let mut cols: Vec<String> = match &t.columns {
         Some(list) => list.clone(),
         None => info.columns.iter().map(|c| c.name.clone()).collect(),
@@ -146,7 +146,7 @@ pub fn plan_slice(
             });
         }
         let mut binds = Vec::new();
-        let condition = slice_condition(def, t, params, dialect, &mut binds, lookup)?;
+        let condition = slice_condition(def, t, params, dialect, &mut binds, lookup, false)?;
         let table = quote_ident(&t.name);
         let select_list: Vec<String> = cols
             .iter()
@@ -163,6 +163,9 @@ pub fn plan_slice(
                 primary_key: info.primary_key.clone(),
                 columns,
                 rows_estimate: 0,
+                write: t.write.clone(),
+                filter: t.filter.clone(),
+                parent: t.parent.clone(),
             },
             select_sql,
             count_sql,
@@ -173,13 +176,17 @@ pub fn plan_slice(
 }
 
 /// The WHERE condition of a table: its filter, and membership of its parent's slice.
-fn slice_condition(
+///
+/// `one_row`: the condition tests one row (upload checks), so parent membership is an
+/// `EXISTS` probe by key; for a whole slice, `IN (SELECT …)` is evaluated once.
+pub(crate) fn slice_condition(
     def: &TaskDef,
     t: &TaskTable,
     params: &Params,
     dialect: Dialect,
     binds: &mut Vec<Value>,
     lookup: &dyn Fn(&str) -> Result<Option<TableInfo>>,
+    one_row: bool,
 ) -> Result<String> {
     let table = quote_ident(&t.name);
     let mut parts = Vec::new();
@@ -196,13 +203,16 @@ fn slice_condition(
         let parent = def.table(&p.table).expect("checked: parent is in the task");
         let parent_info = lookup(&p.table)?
             .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", p.table)))?;
-        let inner = slice_condition(def, parent, params, dialect, binds, lookup)?;
+        let inner = slice_condition(def, parent, params, dialect, binds, lookup, one_row)?;
         let pt = quote_ident(&p.table);
-        parts.push(format!(
-            "{table}.{} IN (SELECT {pt}.{} FROM {pt} WHERE {inner})",
-            quote_ident(&p.key),
-            quote_ident(&parent_info.primary_key)
-        ));
+        let (key, parent_pk) = (quote_ident(&p.key), quote_ident(&parent_info.primary_key));
+        parts.push(if one_row {
+            format!(
+                "EXISTS (SELECT 1 FROM {pt} WHERE {pt}.{parent_pk} = {table}.{key} AND {inner})"
+            )
+        } else {
+            format!("{table}.{key} IN (SELECT {pt}.{parent_pk} FROM {pt} WHERE {inner})")
+        });
     }
     Ok(if parts.is_empty() {
         "1 = 1".to_string()

@@ -37,7 +37,7 @@ fn assert_north_slice(office: &Office, dev: &DeviceDir) {
         ["id", "name", "category", "status", "region", "x", "y"]
     );
     let tables: Vec<String> = replica
-        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'fieldsync%' ORDER BY name")
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'fieldsync%' AND name NOT LIKE 'sqlite%' ORDER BY name")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()

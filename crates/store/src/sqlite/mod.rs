@@ -1,4 +1,5 @@
 //! The SQLite backend of the main database (the embedded default).
+//! Upload integration lives in `integrate.rs`.
 //!
 //! Change tracking: a global counter (`fieldsync_clock`) that triggers on each tracked
 //! table advance for every row written, stamping the row's version in `fieldsync_rows`
@@ -13,10 +14,14 @@ use fieldsync_proto::task::TaskDef;
 use fieldsync_proto::{ColumnType, Value};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+mod integrate;
+
 use crate::plan::{self, SlicePlan, quote_ident};
+use fieldsync_proto::wire::{Upload, UploadOutcome};
+
 use crate::{
-    DeviceRecord, Result, SessionRecord, SliceSink, Store, StoreError, TableInfo, TaskRecord,
-    UserRecord,
+    ConflictRecord, DeviceRecord, IntegrateContext, IntegrateError, Result, SessionRecord,
+    SliceSink, Store, StoreError, SyncSessionRecord, TableInfo, TaskRecord, UserRecord,
 };
 
 /// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
@@ -67,6 +72,50 @@ CREATE TABLE IF NOT EXISTS fieldsync_task_devices (
     device TEXT NOT NULL REFERENCES fieldsync_devices (id) ON DELETE CASCADE,
     PRIMARY KEY (task, device)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fieldsync_uploads (
+    upload_id TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    user TEXT NOT NULL,
+    task TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fieldsync_conflicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    device TEXT NOT NULL,
+    user TEXT NOT NULL,
+    task TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    key TEXT NOT NULL,
+    op TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    resolution TEXT NOT NULL,
+    device_values TEXT NOT NULL,
+    server_values TEXT NOT NULL,
+    base_version INTEGER,
+    server_version INTEGER,
+    resolved_at TEXT,
+    resolved_take TEXT
+);
+CREATE TABLE IF NOT EXISTS fieldsync_sync_sessions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,
+    user TEXT NOT NULL,
+    task TEXT,
+    op TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    result TEXT NOT NULL,
+    message TEXT NOT NULL,
+    rows_down INTEGER NOT NULL,
+    rows_up INTEGER NOT NULL,
+    bytes_down INTEGER NOT NULL,
+    bytes_up INTEGER NOT NULL,
+    conflicts INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS fieldsync_sessions (
     token_hash TEXT PRIMARY KEY,
     device TEXT NOT NULL,
@@ -103,7 +152,7 @@ impl SqliteStore {
     }
 
     /// A connection to an initialised database.
-    fn conn(&self) -> Result<Connection> {
+    pub(crate) fn conn(&self) -> Result<Connection> {
         let conn = self.connect(false)?;
         let ok: bool = conn.query_row(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'fieldsync_meta'",
@@ -117,7 +166,7 @@ impl SqliteStore {
     }
 }
 
-fn table_info(conn: &Connection, table: &str) -> Result<Option<TableInfo>> {
+pub(crate) fn table_info(conn: &Connection, table: &str) -> Result<Option<TableInfo>> {
     // The name is only ever a bound value here; quoted identifiers are built from the
     // schema's own spelling.
     let name: Option<String> = conn
@@ -176,7 +225,7 @@ fn table_info(conn: &Connection, table: &str) -> Result<Option<TableInfo>> {
     }))
 }
 
-fn to_sql_value(v: &Value) -> rusqlite::types::Value {
+pub(crate) fn to_sql_value(v: &Value) -> rusqlite::types::Value {
     match v {
         Value::Null => rusqlite::types::Value::Null,
         Value::Integer(i) => rusqlite::types::Value::Integer(*i),
@@ -603,4 +652,298 @@ impl Store for SqliteStore {
         tx.commit()?;
         Ok(sent)
     }
+
+    fn integrate(
+        &self,
+        ctx: &IntegrateContext<'_>,
+        upload: &Upload,
+    ) -> Result<UploadOutcome, IntegrateError> {
+        integrate::integrate(self, ctx, upload)
+    }
+
+    fn conflicts_list(&self) -> Result<Vec<ConflictRecord>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&format!("{CONFLICT_SELECT} ORDER BY id"))?;
+        let rows = stmt
+            .query_map([], conflict_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn conflict_resolve(&self, id: i64, take_device: bool, at: &str) -> Result<ConflictRecord> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let c = tx
+            .query_row(
+                &format!("{CONFLICT_SELECT} WHERE id = ?1"),
+                [id],
+                conflict_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("no conflict {id}")))?;
+        if let Some(when) = &c.resolved_at {
+            return Err(StoreError::Invalid(format!(
+                "conflict {id} was resolved at {when}"
+            )));
+        }
+        let info = table_info(&tx, &c.table)?
+            .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", c.table)))?;
+        let table = quote_ident(&info.name);
+        let pk = quote_ident(&info.primary_key);
+        let exists: bool = tx.query_row(
+            &format!("SELECT count(*) FROM {table} WHERE {pk} = ?1"),
+            [to_sql_value(&c.key)],
+            |r| r.get(0),
+        )?;
+        let (values, delete) = if take_device {
+            (&c.device_values, c.op == "delete")
+        } else {
+            (&c.server_values, false)
+        };
+        let refuse = |e: rusqlite::Error| {
+            StoreError::Invalid(format!(
+                "conflict {id}: the main database refused the values: {e}"
+            ))
+        };
+        if delete {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE {pk} = ?1"),
+                [to_sql_value(&c.key)],
+            )
+            .map_err(refuse)?;
+        } else if !values.is_empty() {
+            let cols: Vec<&String> = values.keys().filter(|k| **k != info.primary_key).collect();
+            if exists {
+                if !cols.is_empty() {
+                    let sets: Vec<String> = cols
+                        .iter()
+                        .map(|k| format!("{} = ?", quote_ident(k)))
+                        .collect();
+                    let binds: Vec<_> = cols
+                        .iter()
+                        .map(|k| to_sql_value(&values[*k]))
+                        .chain([to_sql_value(&c.key)])
+                        .collect();
+                    tx.execute(
+                        &format!("UPDATE {table} SET {} WHERE {pk} = ?", sets.join(", ")),
+                        rusqlite::params_from_iter(binds),
+                    )
+                    .map_err(refuse)?;
+                }
+            } else {
+                let names: Vec<String> = std::iter::once(pk.clone())
+                    .chain(cols.iter().map(|k| quote_ident(k)))
+                    .collect();
+                let binds: Vec<_> = std::iter::once(to_sql_value(&c.key))
+                    .chain(cols.iter().map(|k| to_sql_value(&values[*k])))
+                    .collect();
+                let marks = vec!["?"; names.len()].join(", ");
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {table} ({}) VALUES ({marks})",
+                        names.join(", ")
+                    ),
+                    rusqlite::params_from_iter(binds),
+                )
+                .map_err(refuse)?;
+            }
+        }
+        let take = if take_device { "device" } else { "server" };
+        tx.execute(
+            "UPDATE fieldsync_conflicts SET resolved_at = ?1, resolved_take = ?2 WHERE id = ?3",
+            params![at, take, id],
+        )?;
+        tx.commit()?;
+        Ok(ConflictRecord {
+            resolved_at: Some(at.to_string()),
+            resolved_take: Some(take.to_string()),
+            ..c
+        })
+    }
+
+    fn sync_session_record(&self, s: &SyncSessionRecord) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO fieldsync_sync_sessions (device, user, task, op, kind, result, message, rows_down, rows_up,
+                 bytes_down, bytes_up, conflicts, started_at, duration_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![
+                s.device, s.user, s.task, s.op, s.kind, s.result, s.message, s.rows_down as i64, s.rows_up as i64,
+                s.bytes_down as i64, s.bytes_up as i64, s.conflicts as i64, s.started_at, s.duration_ms as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn sync_sessions(&self) -> Result<Vec<SyncSessionRecord>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT device, user, task, op, kind, result, message, rows_down, rows_up, bytes_down, bytes_up, conflicts,
+                    started_at, duration_ms FROM fieldsync_sync_sessions ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(SyncSessionRecord {
+                    device: r.get(0)?,
+                    user: r.get(1)?,
+                    task: r.get(2)?,
+                    op: r.get(3)?,
+                    kind: r.get(4)?,
+                    result: r.get(5)?,
+                    message: r.get(6)?,
+                    rows_down: r.get::<_, i64>(7)? as u64,
+                    rows_up: r.get::<_, i64>(8)? as u64,
+                    bytes_down: r.get::<_, i64>(9)? as u64,
+                    bytes_up: r.get::<_, i64>(10)? as u64,
+                    conflicts: r.get::<_, i64>(11)? as u64,
+                    started_at: r.get(12)?,
+                    duration_ms: r.get::<_, i64>(13)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn user_list(&self) -> Result<Vec<UserRecord>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT name, password_hash, admin, disabled, created_at FROM fieldsync_users ORDER BY name")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(UserRecord {
+                    name: r.get(0)?,
+                    password_hash: r.get(1)?,
+                    admin: r.get(2)?,
+                    disabled: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn user_set_password(&self, name: &str, password_hash: &str) -> Result<()> {
+        let n = self.conn()?.execute(
+            "UPDATE fieldsync_users SET password_hash = ?2 WHERE name = ?1",
+            [name, password_hash],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no user `{name}`")));
+        }
+        Ok(())
+    }
+
+    fn user_set_disabled(&self, name: &str, disabled: bool) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE fieldsync_users SET disabled = ?2 WHERE name = ?1",
+            params![name, disabled],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no user `{name}`")));
+        }
+        if disabled {
+            tx.execute("DELETE FROM fieldsync_sessions WHERE user = ?1", [name])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn device_list(&self) -> Result<Vec<DeviceRecord>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT id, label, code_hash, secret_hash, revoked, created_at, paired_at FROM fieldsync_devices ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(DeviceRecord {
+                    id: r.get(0)?,
+                    label: r.get(1)?,
+                    code_hash: r.get(2)?,
+                    secret_hash: r.get(3)?,
+                    revoked: r.get(4)?,
+                    created_at: r.get(5)?,
+                    paired_at: r.get(6)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn task_delete(&self, name: &str) -> Result<()> {
+        let n = self
+            .conn()?
+            .execute("DELETE FROM fieldsync_tasks WHERE name = ?1", [name])?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no task `{name}`")));
+        }
+        Ok(())
+    }
+
+    fn task_unassign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let exists: bool = tx.query_row(
+            "SELECT count(*) FROM fieldsync_tasks WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Err(StoreError::NotFound(format!("no task `{name}`")));
+        }
+        for u in users {
+            tx.execute(
+                "DELETE FROM fieldsync_task_users WHERE task = ?1 AND user = ?2",
+                [name, u],
+            )?;
+        }
+        for d in devices {
+            tx.execute(
+                "DELETE FROM fieldsync_task_devices WHERE task = ?1 AND device = ?2",
+                [name, d],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+const CONFLICT_SELECT: &str = "SELECT id, at, device, user, task, tbl, key, op, kind, policy, resolution,
+    device_values, server_values, base_version, server_version, resolved_at, resolved_take FROM fieldsync_conflicts";
+
+fn conflict_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConflictRecord> {
+    let json = |i: usize| -> rusqlite::Result<String> { r.get(i) };
+    let bad = |i: usize, e: serde_json::Error| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    };
+    Ok(ConflictRecord {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        device: r.get(2)?,
+        user: r.get(3)?,
+        task: r.get(4)?,
+        table: r.get(5)?,
+        key: serde_json::from_str(&json(6)?).map_err(|e| bad(6, e))?,
+        op: r.get(7)?,
+        kind: r.get(8)?,
+        policy: r.get(9)?,
+        resolution: r.get(10)?,
+        device_values: serde_json::from_str(&json(11)?).map_err(|e| bad(11, e))?,
+        server_values: serde_json::from_str(&json(12)?).map_err(|e| bad(12, e))?,
+        base_version: r.get(13)?,
+        server_version: r.get(14)?,
+        resolved_at: r.get(15)?,
+        resolved_take: r.get(16)?,
+    })
+}
+
+/// Whether a user exists and is not disabled.
+pub(crate) fn user_enabled(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT disabled FROM fieldsync_users WHERE name = ?1",
+            [name],
+            |r| r.get::<_, bool>(0),
+        )
+        .optional()?
+        .is_some_and(|disabled| !disabled))
 }

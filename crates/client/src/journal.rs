@@ -1,0 +1,334 @@
+//! The journal: every insert, update and delete made on the replica by any SQLite
+//! client, recorded by triggers (`replica.rs` creates them). Here: reading it,
+//! compacting it into an upload, the backup file for discarded entries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use fieldsync_proto::Value;
+use fieldsync_proto::task::WriteOp;
+use fieldsync_proto::wire::UploadEntry;
+use rusqlite::Connection;
+use serde::Serialize;
+
+use crate::error::{ClientError, Result};
+
+type Row = BTreeMap<String, Value>;
+
+/// One journal entry, as `device journal --json` and the backup file show it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JournalEntry {
+    pub seq: i64,
+    pub table: String,
+    pub key: Value,
+    pub op: WriteOp,
+    pub old: Row,
+    pub new: Row,
+    pub base_version: Option<i64>,
+    pub user: String,
+    pub at: String,
+}
+
+fn parse_row(json: Option<String>) -> Result<Row> {
+    match json {
+        None => Ok(Row::new()),
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| ClientError::Replica(format!("journal entry unreadable: {e}"))),
+    }
+}
+
+/// The journal's entries with `seq` in `range` (inclusive), in order.
+pub fn read(conn: &Connection, min_seq: i64, max_seq: i64) -> Result<Vec<JournalEntry>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, tbl, pk, op, old, new, base_version, user, at FROM fieldsync_journal
+         WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([min_seq, max_seq])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let key = match r.get_ref(2)? {
+            rusqlite::types::ValueRef::Integer(i) => Value::Integer(i),
+            rusqlite::types::ValueRef::Real(f) => Value::Real(f),
+            rusqlite::types::ValueRef::Text(t) => {
+                Value::Text(String::from_utf8_lossy(t).into_owned())
+            }
+            rusqlite::types::ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+            rusqlite::types::ValueRef::Null => Value::Null,
+        };
+        let op = match r.get::<_, String>(3)?.as_str() {
+            "insert" => WriteOp::Insert,
+            "update" => WriteOp::Update,
+            "delete" => WriteOp::Delete,
+            other => {
+                return Err(ClientError::Replica(format!(
+                    "journal entry with unknown op `{other}`"
+                )));
+            }
+        };
+        out.push(JournalEntry {
+            seq: r.get(0)?,
+            table: r.get(1)?,
+            key,
+            op,
+            old: parse_row(r.get(4)?)?,
+            new: parse_row(r.get(5)?)?,
+            base_version: r.get(6)?,
+            user: r.get(7)?,
+            at: r.get(8)?,
+        });
+    }
+    Ok(out)
+}
+
+pub fn read_all(conn: &Connection) -> Result<Vec<JournalEntry>> {
+    read(conn, i64::MIN, i64::MAX)
+}
+
+/// Net change of one row by one user so far.
+enum Net {
+    Gone,
+    Insert(Row),
+    Update {
+        old: Row,
+        new: Row,
+        base: Option<i64>,
+    },
+    Delete {
+        old: Row,
+        base: Option<i64>,
+    },
+}
+
+/// A row of one user: (table, key as JSON, user).
+type RowId = (String, String, String);
+
+/// The net change of a row so far, and the journal entries it stands for.
+struct Slot {
+    net: Net,
+    seq_first: i64,
+    seq_last: i64,
+    key: Value,
+}
+
+/// Compacts entries per row and user into one net change each (DESIGN.md: insert+update
+/// = insert, insert+delete = nothing, update+delete = delete, delete+insert = update),
+/// in the order each row was first changed.
+pub fn compact(entries: &[JournalEntry]) -> Vec<UploadEntry> {
+    let mut order: Vec<RowId> = Vec::new();
+    let mut nets: HashMap<RowId, Slot> = HashMap::new();
+    for e in entries {
+        let id = (
+            e.table.clone(),
+            serde_json::to_string(&e.key).expect("serializes"),
+            e.user.clone(),
+        );
+        let slot = nets.entry(id.clone()).or_insert_with(|| {
+            order.push(id.clone());
+            Slot {
+                net: Net::Gone,
+                seq_first: e.seq,
+                seq_last: e.seq,
+                key: e.key.clone(),
+            }
+        });
+        slot.seq_last = e.seq;
+        let previous = std::mem::replace(&mut slot.net, Net::Gone);
+        slot.net = match (previous, e.op) {
+            (Net::Gone, WriteOp::Insert) => Net::Insert(e.new.clone()),
+            (Net::Gone, WriteOp::Update) => Net::Update {
+                old: e.old.clone(),
+                new: e.new.clone(),
+                base: e.base_version,
+            },
+            (Net::Gone, WriteOp::Delete) => Net::Delete {
+                old: e.old.clone(),
+                base: e.base_version,
+            },
+            (Net::Insert(mut row), WriteOp::Update) => {
+                row.extend(e.new.clone());
+                Net::Insert(row)
+            }
+            (Net::Insert(_), WriteOp::Delete) => Net::Gone,
+            (
+                Net::Update {
+                    mut old,
+                    mut new,
+                    base,
+                },
+                WriteOp::Update,
+            ) => {
+                for (k, v) in &e.old {
+                    old.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                new.extend(e.new.clone());
+                Net::Update { old, new, base }
+            }
+            (Net::Update { old, base, .. }, WriteOp::Delete) => {
+                let mut full = e.old.clone();
+                full.extend(old);
+                Net::Delete { old: full, base }
+            }
+            (Net::Delete { old, base }, WriteOp::Insert) => {
+                let changed: Vec<String> = e
+                    .new
+                    .keys()
+                    .filter(|k| !old.get(*k).is_some_and(|v| v.same(&e.new[*k])))
+                    .cloned()
+                    .collect();
+                Net::Update {
+                    old: changed
+                        .iter()
+                        .filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone())))
+                        .collect(),
+                    new: changed
+                        .iter()
+                        .map(|k| (k.clone(), e.new[k].clone()))
+                        .collect(),
+                    base,
+                }
+            }
+            // Sequences the triggers cannot produce (insert after insert, anything
+            // after a delete but an insert): the later entry stands.
+            (_, WriteOp::Insert) => Net::Insert(e.new.clone()),
+            (_, WriteOp::Update) => Net::Update {
+                old: e.old.clone(),
+                new: e.new.clone(),
+                base: e.base_version,
+            },
+            (_, WriteOp::Delete) => Net::Delete {
+                old: e.old.clone(),
+                base: e.base_version,
+            },
+        };
+    }
+    let mut out = Vec::new();
+    for id in order {
+        let Slot {
+            net,
+            seq_first,
+            seq_last,
+            key,
+        } = nets.remove(&id).expect("every id has a net change");
+        let (op, old, new, base_version) = match net {
+            Net::Gone => continue,
+            Net::Insert(row) => (WriteOp::Insert, Row::new(), row, None),
+            Net::Update { old, new, base } => {
+                // Columns changed and changed back are no change.
+                let new: Row = new
+                    .into_iter()
+                    .filter(|(k, v)| !old.get(k).is_some_and(|o| o.same(v) && variant_eq(o, v)))
+                    .collect();
+                if new.is_empty() {
+                    continue;
+                }
+                let old = old
+                    .into_iter()
+                    .filter(|(k, _)| new.contains_key(k))
+                    .collect();
+                (WriteOp::Update, old, new, base)
+            }
+            Net::Delete { old, base } => (WriteOp::Delete, old, Row::new(), base),
+        };
+        out.push(UploadEntry {
+            seq_first,
+            seq_last,
+            table: id.0,
+            key,
+            op,
+            base_version,
+            user: id.2,
+            old,
+            new,
+        });
+    }
+    out
+}
+
+/// Same storage class as well as same value (an integer changed to an equal real is a change).
+fn variant_eq(a: &Value, b: &Value) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+/// Appends entries to a new timestamped backup file (JSON lines) and makes it durable.
+pub fn write_backup(dir: &Path, entries: &[JournalEntry]) -> Result<PathBuf> {
+    let stamp = fieldsync_proto::time::now_rfc3339().replace([':', '.'], "-");
+    let path = dir.join(format!("backup-{stamp}-{}.jsonl", crate::random_hex(3)));
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&path)?;
+    for e in entries {
+        serde_json::to_writer(&mut f, e).map_err(|e| ClientError::Io(e.to_string()))?;
+        f.write_all(b"\n")?;
+    }
+    f.sync_all()?;
+    crate::state::sync_dir(dir)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(seq: i64, op: WriteOp, old: &[(&str, i64)], new: &[(&str, i64)]) -> JournalEntry {
+        let row = |p: &[(&str, i64)]| {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), Value::Integer(*v)))
+                .collect()
+        };
+        JournalEntry {
+            seq,
+            table: "t".into(),
+            key: Value::Text("k".into()),
+            op,
+            old: row(old),
+            new: row(new),
+            base_version: if op == WriteOp::Insert { None } else { Some(7) },
+            user: "u".into(),
+            at: String::new(),
+        }
+    }
+
+    #[test]
+    fn compaction_rules_of_design() {
+        use WriteOp::*;
+        let c = compact(&[
+            e(1, Insert, &[], &[("a", 1), ("b", 1)]),
+            e(2, Update, &[("a", 1)], &[("a", 2)]),
+        ]);
+        assert_eq!(
+            (c.len(), c[0].op, c[0].new["a"].clone(), c[0].seq_last),
+            (1, Insert, Value::Integer(2), 2)
+        );
+        assert!(
+            compact(&[
+                e(1, Insert, &[], &[("a", 1)]),
+                e(2, Delete, &[("a", 1)], &[])
+            ])
+            .is_empty()
+        );
+        let c = compact(&[
+            e(1, Update, &[("a", 1)], &[("a", 2)]),
+            e(2, Delete, &[("a", 2), ("b", 5)], &[]),
+        ]);
+        assert_eq!(
+            (c[0].op, c[0].old["a"].clone(), c[0].base_version),
+            (Delete, Value::Integer(1), Some(7))
+        );
+        let c = compact(&[
+            e(1, Delete, &[("a", 1), ("b", 1)], &[]),
+            e(2, Insert, &[], &[("a", 1), ("b", 2)]),
+        ]);
+        assert_eq!(c[0].op, Update);
+        assert_eq!(
+            c[0].new,
+            [("b".to_string(), Value::Integer(2))].into_iter().collect()
+        );
+        let c = compact(&[
+            e(1, Update, &[("a", 1)], &[("a", 2)]),
+            e(2, Update, &[("a", 2)], &[("a", 1)]),
+        ]);
+        assert!(c.is_empty(), "changed and changed back: nothing to send");
+    }
+}

@@ -1,0 +1,460 @@
+//! The operations that move data: download, send, synchronize; the journal's listing
+//! and discard. Each takes the folder lock and records its outcome as `last_sync`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use fieldsync_proto::task::check_name;
+use fieldsync_proto::time;
+use fieldsync_proto::wire::{ErrorCode, Upload, UploadOutcome};
+use rusqlite::{Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::error::{ClientError, Result};
+use crate::http::Credentials;
+use crate::journal::{self, JournalEntry};
+use crate::state::{DeviceState, LastSync};
+use crate::{Cancel, Device, DownloadOptions, Phase, Progress, replica};
+
+/// What an operation did (also what `last_sync` records).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    pub op: &'static str,
+    pub task: Option<String>,
+    pub rows_down: u64,
+    /// Journal entries sent, after compaction.
+    pub rows_up: u64,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    pub conflicts: u64,
+    /// Rows per table of the downloaded slice.
+    pub tables: Vec<(String, u64)>,
+    pub full: bool,
+    pub full_reason: Option<String>,
+    /// Where discarded local changes were backed up.
+    pub backup: Option<PathBuf>,
+    pub duration_ms: u64,
+}
+
+/// How often a sync retries when edits arrive while it downloads.
+const SYNC_ROUNDS_MAX: usize = 3;
+
+fn to_sql(v: &fieldsync_proto::Value) -> rusqlite::types::Value {
+    use fieldsync_proto::Value as V;
+    match v {
+        V::Null => rusqlite::types::Value::Null,
+        V::Integer(i) => rusqlite::types::Value::Integer(*i),
+        V::Real(r) => rusqlite::types::Value::Real(*r),
+        V::Text(t) => rusqlite::types::Value::Text(t.clone()),
+        V::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
+    }
+}
+
+impl Device {
+    /// Downloads a task's slice into a new replica and installs it. Until the install,
+    /// the previous replica is untouched; any failure or cancel keeps it. Pending local
+    /// changes refuse the download (exit 6) unless `discard_local_changes`, which
+    /// backs them up first.
+    pub fn download(
+        &self,
+        task: &str,
+        opts: &DownloadOptions,
+        progress: &mut dyn FnMut(&Progress),
+        cancel: &Cancel,
+    ) -> Result<Report> {
+        let (_lock, st) = self.begin()?;
+        self.recorded("download", |r| {
+            self.download_locked(&st, task, opts, "download", progress, cancel, r)
+        })
+    }
+
+    /// Sends the journal: compacted into one upload stored before sending, applied by
+    /// the server at most once; acknowledged entries leave the journal.
+    pub fn send(&self, progress: &mut dyn FnMut(&Progress), cancel: &Cancel) -> Result<Report> {
+        let (_lock, st) = self.begin()?;
+        self.recorded("send", |r| {
+            self.send_locked(&st, "send", progress, cancel, r)
+        })
+    }
+
+    /// Send, then download the new version of the last task. A failed send downloads
+    /// nothing and keeps the journal.
+    pub fn sync(
+        &self,
+        opts: &DownloadOptions,
+        progress: &mut dyn FnMut(&Progress),
+        cancel: &Cancel,
+    ) -> Result<Report> {
+        let (_lock, st) = self.begin()?;
+        self.recorded("sync", |r| {
+            let task = st.task.clone().ok_or_else(|| {
+                ClientError::Invalid(
+                    "no task downloaded on this device yet; run `fieldsync device download TASK`"
+                        .into(),
+                )
+            })?;
+            let mut round = 0;
+            loop {
+                round += 1;
+                self.send_locked(&st, "sync", progress, cancel, r)?;
+                let opts = DownloadOptions {
+                    discard_local_changes: false,
+                    ..opts.clone()
+                };
+                match self.download_locked(&st, &task, &opts, "sync", progress, cancel, r) {
+                    // Edits arrived while downloading: send them too, then download again.
+                    Err(ClientError::LocalChanges(_)) if round < SYNC_ROUNDS_MAX => continue,
+                    other => return other,
+                }
+            }
+        })
+    }
+
+    /// Runs an operation and records its outcome in the state file.
+    fn recorded(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut Report) -> Result<()>,
+    ) -> Result<Report> {
+        let started = Instant::now();
+        let mut report = Report {
+            op,
+            ..Report::default()
+        };
+        let result = f(&mut report);
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        let mut st = self.dir.load()?;
+        let (word, message) = match &result {
+            Ok(()) => ("ok", summary(&report)),
+            Err(ClientError::Cancelled) => ("cancelled", ClientError::Cancelled.to_string()),
+            Err(e) => ("error", e.to_string()),
+        };
+        if result.is_ok()
+            && let Some(task) = &report.task
+            && op != "send"
+        {
+            st.task = Some(task.clone());
+        }
+        st.last_sync = Some(LastSync {
+            op: op.into(),
+            kind: "manual".into(),
+            result: word.into(),
+            message,
+            at: time::now_rfc3339(),
+            full: report.full,
+            full_reason: report.full_reason.clone(),
+            rows_down: report.rows_down,
+            rows_up: report.rows_up,
+            bytes_down: report.bytes_down,
+            bytes_up: report.bytes_up,
+            duration_ms: report.duration_ms,
+            conflicts: report.conflicts,
+        });
+        self.dir.save(&st)?;
+        result.map(|()| report)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn download_locked(
+        &self,
+        st: &DeviceState,
+        task: &str,
+        opts: &DownloadOptions,
+        op: &str,
+        progress: &mut dyn FnMut(&Progress),
+        cancel: &Cancel,
+        report: &mut Report,
+    ) -> Result<()> {
+        check_name("task", task).map_err(ClientError::Invalid)?;
+        Self::online(st)?;
+        let (api, id, secret, session) = Self::logged_in(st)?;
+        let mut journal_max_seq = 0;
+        if let Some(conn) = replica::open_current(&self.dir)? {
+            let entries = journal::read_all(&conn)?;
+            if let Some(last) = entries.last() {
+                if !opts.discard_local_changes {
+                    return Err(ClientError::LocalChanges(format!(
+                        "the replica has {} local change(s) not sent; send them first (`fieldsync device send`), \
+                         or download with --discard-local-changes to back them up and forget them",
+                        entries.len()
+                    )));
+                }
+                report.backup = Some(journal::write_backup(&self.dir.root, &entries)?);
+                journal_max_seq = last.seq;
+            }
+        }
+        progress(&Progress {
+            phase: Phase::Prepare,
+            done: 0,
+            total: 1,
+            unit: "steps",
+        });
+        let creds = Credentials {
+            device_id: &id,
+            device_secret: &secret,
+            token: Some(&session.token),
+        };
+        let body = api.download(&creds, task, op, "manual")?;
+        let mut counting = replica::CountingReader {
+            inner: body,
+            n_bytes: 0,
+        };
+        let built = replica::build(&self.dir, &mut counting, progress, cancel)?;
+        if cancel.is_cancelled() {
+            replica::recover(&self.dir)?;
+            return Err(ClientError::Cancelled);
+        }
+        if let Err(e) = replica::install(&self.dir, &built, journal_max_seq) {
+            replica::recover(&self.dir)?;
+            return Err(e);
+        }
+        progress(&Progress {
+            phase: Phase::Store,
+            done: 3,
+            total: 3,
+            unit: "steps",
+        });
+        report.task = Some(built.header.task.clone());
+        report.rows_down = built.rows_per_table.iter().sum();
+        report.tables = built
+            .header
+            .tables
+            .iter()
+            .map(|t| t.name.clone())
+            .zip(built.rows_per_table.iter().copied())
+            .collect();
+        report.bytes_down += counting.n_bytes;
+        report.full = true;
+        report.full_reason = Some(if opts.full { "requested" } else { "no-cursor" }.to_string());
+        Ok(())
+    }
+
+    fn send_locked(
+        &self,
+        st: &DeviceState,
+        op: &str,
+        progress: &mut dyn FnMut(&Progress),
+        cancel: &Cancel,
+        report: &mut Report,
+    ) -> Result<()> {
+        Self::online(st)?;
+        let (api, id, secret, session) = Self::logged_in(st)?;
+        let Some(conn) = replica::open_current(&self.dir)? else {
+            return Ok(());
+        };
+        let info = replica::read_info(&self.dir.replica_path())?
+            .ok_or_else(|| ClientError::Replica("the replica has no fieldsync record".into()))?;
+        report.task = Some(info.task.clone());
+        let creds = Credentials {
+            device_id: &id,
+            device_secret: &secret,
+            token: Some(&session.token),
+        };
+        loop {
+            if cancel.is_cancelled() {
+                return Err(ClientError::Cancelled);
+            }
+            let Some(pending) = prepare_upload(&conn, &info.task)? else {
+                break;
+            };
+            progress(&Progress {
+                phase: Phase::Send,
+                done: 0,
+                total: pending.n_entries,
+                unit: "entries",
+            });
+            let outcome = match api.upload(&creds, &pending.body, op, "manual") {
+                Ok(o) => o,
+                Err(e) => {
+                    let definite = matches!(&e, ClientError::Refused(_))
+                        || matches!(
+                            &e,
+                            ClientError::Server {
+                                code: ErrorCode::BadRequest | ErrorCode::PayloadTooLarge,
+                                ..
+                            }
+                        );
+                    if definite {
+                        // Refused as a whole, nothing applied: the journal stays, and
+                        // the next send rebuilds the upload (after a discard, say).
+                        conn.execute(
+                            "DELETE FROM fieldsync_upload WHERE upload_id = ?1",
+                            [&pending.upload_id],
+                        )?;
+                    }
+                    return Err(e);
+                }
+            };
+            acknowledge(&conn, &pending, &outcome)?;
+            progress(&Progress {
+                phase: Phase::Send,
+                done: pending.n_entries,
+                total: pending.n_entries,
+                unit: "entries",
+            });
+            report.rows_up += pending.n_entries;
+            report.bytes_up += pending.body.len() as u64;
+            report.conflicts += outcome.conflicts;
+        }
+        Ok(())
+    }
+
+    /// The journal's pending entries; never waits for the folder lock.
+    pub fn journal(&self) -> Result<Vec<JournalEntry>> {
+        if replica::current_file(&self.dir).is_none() {
+            return Ok(vec![]);
+        }
+        let conn = Connection::open_with_flags(
+            self.dir.replica_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        journal::read_all(&conn)
+    }
+
+    /// Moves journal entries (`None`: all) to a new backup file; returns its path and
+    /// how many entries moved.
+    pub fn journal_discard(&self, seqs: Option<&[i64]>) -> Result<(PathBuf, usize)> {
+        let (_lock, _st) = self.begin()?;
+        let mut conn = replica::open_current(&self.dir)?
+            .ok_or_else(|| ClientError::Invalid("no replica on this device".into()))?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let all = journal::read_all(&tx)?;
+        let chosen: Vec<JournalEntry> = match seqs {
+            None => all,
+            Some(wanted) => {
+                for s in wanted {
+                    if !all.iter().any(|e| e.seq == *s) {
+                        return Err(ClientError::Invalid(format!("no journal entry {s}")));
+                    }
+                }
+                all.into_iter()
+                    .filter(|e| wanted.contains(&e.seq))
+                    .collect()
+            }
+        };
+        if chosen.is_empty() {
+            return Err(ClientError::Invalid(
+                "the journal is empty; nothing to discard".into(),
+            ));
+        }
+        let path = journal::write_backup(&self.dir.root, &chosen)?;
+        for e in &chosen {
+            tx.execute("DELETE FROM fieldsync_journal WHERE seq = ?1", [e.seq])?;
+        }
+        // A prepared upload no longer matches the journal.
+        tx.execute("DELETE FROM fieldsync_upload", [])?;
+        tx.commit()?;
+        Ok((path, chosen.len()))
+    }
+}
+
+/// An upload stored in the replica before it is sent.
+struct PendingUpload {
+    upload_id: String,
+    max_seq: i64,
+    n_entries: u64,
+    body: Vec<u8>,
+}
+
+/// The stored upload not yet acknowledged, or a new one made from the journal and
+/// stored (with its idempotency key) before anything is sent. `None`: nothing to send.
+fn prepare_upload(conn: &Connection, task: &str) -> Result<Option<PendingUpload>> {
+    let stored = conn
+        .query_row(
+            "SELECT upload_id, max_seq, n_entries, body FROM fieldsync_upload LIMIT 1",
+            [],
+            |r| {
+                Ok(PendingUpload {
+                    upload_id: r.get(0)?,
+                    max_seq: r.get(1)?,
+                    n_entries: r.get::<_, i64>(2)? as u64,
+                    body: r.get(3)?,
+                })
+            },
+        )
+        .optional()?;
+    if stored.is_some() {
+        return Ok(stored);
+    }
+    loop {
+        let entries = journal::read_all(conn)?;
+        let Some(last) = entries.last() else {
+            return Ok(None);
+        };
+        let upload = Upload {
+            upload_id: crate::random_hex(16),
+            task: task.to_string(),
+            entries: journal::compact(&entries),
+        };
+        if upload.entries.is_empty() {
+            // Everything cancelled out (an insert then a delete, say): nothing to send.
+            conn.execute("DELETE FROM fieldsync_journal WHERE seq <= ?1", [last.seq])?;
+            continue;
+        }
+        let json = serde_json::to_vec(&upload).expect("uploads serialize");
+        let body = zstd::encode_all(&json[..], 3).map_err(|e| ClientError::Io(e.to_string()))?;
+        let pending = PendingUpload {
+            upload_id: upload.upload_id,
+            max_seq: last.seq,
+            n_entries: upload.entries.len() as u64,
+            body,
+        };
+        conn.execute(
+            "INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![pending.upload_id, pending.max_seq, pending.n_entries as i64, pending.body],
+        )?;
+        return Ok(Some(pending));
+    }
+}
+
+/// Clears exactly the acknowledged entries and records the new row versions as the
+/// device's base, in one transaction.
+fn acknowledge(conn: &Connection, pending: &PendingUpload, outcome: &UploadOutcome) -> Result<()> {
+    if outcome.upload_id != pending.upload_id {
+        return Err(ClientError::Server {
+            code: ErrorCode::Internal,
+            message: "the acknowledgement names another upload".into(),
+        });
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
+        "DELETE FROM fieldsync_journal WHERE seq <= ?1",
+        [pending.max_seq],
+    )?;
+    for v in &outcome.versions {
+        let Some(version) = v.version else { continue };
+        let key = to_sql(&v.key);
+        tx.execute(
+            "INSERT INTO fieldsync_base (tbl, pk, version) VALUES (?1, ?2, ?3)
+             ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version",
+            rusqlite::params![v.table, key, version],
+        )?;
+        // Later edits of the row were made on top of this one: same base.
+        tx.execute(
+            "UPDATE fieldsync_journal SET base_version = ?3 WHERE tbl = ?1 AND pk = ?2 AND op <> 'insert'",
+            rusqlite::params![v.table, key, version],
+        )?;
+    }
+    tx.execute(
+        "DELETE FROM fieldsync_upload WHERE upload_id = ?1",
+        [&pending.upload_id],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn summary(r: &Report) -> String {
+    match r.op {
+        "send" => format!("sent {} change(s), {} conflict(s)", r.rows_up, r.conflicts),
+        "sync" => format!(
+            "sent {} change(s), {} conflict(s); downloaded {} rows",
+            r.rows_up, r.conflicts, r.rows_down
+        ),
+        _ => format!(
+            "downloaded {} rows of task {}",
+            r.rows_down,
+            r.task.as_deref().unwrap_or("?")
+        ),
+    }
+}

@@ -1,0 +1,401 @@
+//! What the server does with one upload entry, given the row as it is now: apply it,
+//! skip it, or refuse the whole upload; and what goes to the conflict log. A pure
+//! function of its inputs (DESIGN.md "What a device may write" and "Conflicts").
+
+use std::collections::BTreeMap;
+
+use crate::task::{ConflictPolicy, WriteOp};
+use crate::value::Value;
+use crate::wire::UploadEntry;
+
+pub type Row = BTreeMap<String, Value>;
+
+/// The entry's row in the main database now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Current {
+    pub version: i64,
+    /// A tombstone: the row was deleted at `version`.
+    pub deleted: bool,
+    /// The live row is in the slice of the entry's user (meaningless for tombstones).
+    pub in_slice: bool,
+    /// The live row's values in the task's columns.
+    pub values: Row,
+}
+
+/// A write to make in the main database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    Insert(Row),
+    /// The columns to set (never the key).
+    Update(Row),
+    Delete,
+}
+
+/// A conflict-log record: both sides, how it was settled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConflictNote {
+    /// `update-update`, `update-delete` (device update, office delete), `delete-update`
+    /// (device delete, office update), `insert-exists`, `left-slice`.
+    pub kind: &'static str,
+    /// `server-kept`, `device-applied`, `merged`, `stays-deleted`, `row-kept`,
+    /// `row-deleted`, `not-applied`.
+    pub resolution: &'static str,
+    /// The device's values in question (empty for a delete).
+    pub device: Row,
+    /// The server's values in question (empty when the row is gone).
+    pub server: Row,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// The whole upload is refused; the text says why.
+    Forbidden(String),
+    Apply(Write, Option<ConflictNote>),
+    Skip(Option<ConflictNote>),
+}
+
+fn note(
+    kind: &'static str,
+    resolution: &'static str,
+    device: Row,
+    server: Row,
+) -> Option<ConflictNote> {
+    Some(ConflictNote {
+        kind,
+        resolution,
+        device,
+        server,
+    })
+}
+
+fn pick(row: &Row, cols: &[&String]) -> Row {
+    cols.iter()
+        .filter_map(|c| row.get(*c).map(|v| ((*c).clone(), v.clone())))
+        .collect()
+}
+
+/// Decides one entry. `insert_in_slice`: for inserts, whether the new row would be in
+/// the slice. `key_column` is the table's primary key.
+pub fn decide(
+    entry: &UploadEntry,
+    current: Option<&Current>,
+    insert_in_slice: bool,
+    policy: ConflictPolicy,
+    key_column: &str,
+) -> Decision {
+    let base = entry.base_version.unwrap_or(i64::MIN);
+    let changed_since = |c: &Current| c.version > base;
+    match entry.op {
+        WriteOp::Insert => {
+            if !insert_in_slice {
+                return Decision::Forbidden("the inserted row is outside the task's slice".into());
+            }
+            match current {
+                None => Decision::Apply(Write::Insert(entry.new.clone()), None),
+                Some(c) if c.deleted => Decision::Forbidden(
+                    "the key exists in the main database as a deleted row".into(),
+                ),
+                Some(c) if !c.in_slice => Decision::Forbidden(
+                    "the key exists in the main database outside the slice".into(),
+                ),
+                Some(c) => insert_exists(entry, c, policy, key_column),
+            }
+        }
+        WriteOp::Update | WriteOp::Delete if entry.base_version.is_none() => {
+            Decision::Forbidden("an update or delete needs the row version it was based on".into())
+        }
+        WriteOp::Update => match current {
+            None => Decision::Forbidden("the row was never in the slice (unknown key)".into()),
+            Some(c) if c.deleted && changed_since(c) => Decision::Skip(note(
+                "update-delete",
+                "stays-deleted",
+                entry.new.clone(),
+                Row::new(),
+            )),
+            Some(c) if c.deleted => {
+                Decision::Forbidden("the row was deleted before the device had it".into())
+            }
+            Some(c) if !c.in_slice && changed_since(c) => {
+                let cols: Vec<&String> = entry.new.keys().collect();
+                Decision::Skip(note(
+                    "left-slice",
+                    "not-applied",
+                    entry.new.clone(),
+                    pick(&c.values, &cols),
+                ))
+            }
+            Some(c) if !c.in_slice => {
+                Decision::Forbidden("the row is outside the task's slice".into())
+            }
+            Some(c) if !changed_since(c) => Decision::Apply(Write::Update(entry.new.clone()), None),
+            Some(c) => update_update(entry, c, policy),
+        },
+        WriteOp::Delete => {
+            match current {
+                None => Decision::Forbidden("the row was never in the slice (unknown key)".into()),
+                Some(c) if c.deleted && changed_since(c) => Decision::Skip(None),
+                Some(c) if c.deleted => {
+                    Decision::Forbidden("the row was deleted before the device had it".into())
+                }
+                Some(c) if !c.in_slice && changed_since(c) => Decision::Skip(note(
+                    "left-slice",
+                    "not-applied",
+                    Row::new(),
+                    c.values.clone(),
+                )),
+                Some(c) if !c.in_slice => {
+                    Decision::Forbidden("the row is outside the task's slice".into())
+                }
+                Some(c) if !changed_since(c) => Decision::Apply(Write::Delete, None),
+                Some(c) => match policy {
+                    ConflictPolicy::DeviceWins => Decision::Apply(
+                        Write::Delete,
+                        note("delete-update", "row-deleted", Row::new(), c.values.clone()),
+                    ),
+                    ConflictPolicy::ServerWins | ConflictPolicy::FieldMerge => Decision::Skip(
+                        note("delete-update", "row-kept", Row::new(), c.values.clone()),
+                    ),
+                },
+            }
+        }
+    }
+}
+
+/// Both sides changed the row: which device columns collide with office changes.
+fn update_update(entry: &UploadEntry, c: &Current, policy: ConflictPolicy) -> Decision {
+    // The office changed a column when its value now differs from what the device saw;
+    // a collision needs the office's value to differ from the device's new one too.
+    let colliding: Vec<&String> = entry
+        .new
+        .iter()
+        .filter(|(col, new)| {
+            let now = c.values.get(*col).unwrap_or(&Value::Null);
+            let seen = entry.old.get(*col).unwrap_or(&Value::Null);
+            !now.same(seen) && !now.same(new)
+        })
+        .map(|(col, _)| col)
+        .collect();
+    let all: Vec<&String> = entry.new.keys().collect();
+    match policy {
+        ConflictPolicy::ServerWins => Decision::Skip(note(
+            "update-update",
+            "server-kept",
+            entry.new.clone(),
+            pick(&c.values, &all),
+        )),
+        ConflictPolicy::DeviceWins => {
+            let n = if colliding.is_empty() {
+                None
+            } else {
+                note(
+                    "update-update",
+                    "device-applied",
+                    pick(&entry.new, &colliding),
+                    pick(&c.values, &colliding),
+                )
+            };
+            Decision::Apply(Write::Update(entry.new.clone()), n)
+        }
+        ConflictPolicy::FieldMerge => {
+            let apply: Row = entry
+                .new
+                .iter()
+                .filter(|(k, _)| !colliding.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let n = if colliding.is_empty() {
+                None
+            } else {
+                note(
+                    "update-update",
+                    "merged",
+                    pick(&entry.new, &colliding),
+                    pick(&c.values, &colliding),
+                )
+            };
+            if apply.is_empty() {
+                Decision::Skip(n)
+            } else {
+                Decision::Apply(Write::Update(apply), n)
+            }
+        }
+    }
+}
+
+/// The device inserted a key that exists in the slice.
+fn insert_exists(
+    entry: &UploadEntry,
+    c: &Current,
+    policy: ConflictPolicy,
+    key_column: &str,
+) -> Decision {
+    let without_key: Row = entry
+        .new
+        .iter()
+        .filter(|(k, _)| *k != key_column)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let differing: Vec<&String> = without_key
+        .iter()
+        .filter(|(k, v)| !c.values.get(*k).unwrap_or(&Value::Null).same(v))
+        .map(|(k, _)| k)
+        .collect();
+    match policy {
+        ConflictPolicy::ServerWins => Decision::Skip(note(
+            "insert-exists",
+            "server-kept",
+            entry.new.clone(),
+            c.values.clone(),
+        )),
+        ConflictPolicy::DeviceWins => Decision::Apply(
+            Write::Update(without_key),
+            note(
+                "insert-exists",
+                "device-applied",
+                entry.new.clone(),
+                c.values.clone(),
+            ),
+        ),
+        // As update/update with the server row as base: the device's values are its
+        // changes to that row, and the office changed nothing since; every server
+        // value the merge replaces is logged, so nothing is lost silently.
+        ConflictPolicy::FieldMerge => {
+            let apply = pick(&without_key, &differing);
+            let n = note(
+                "insert-exists",
+                "merged",
+                apply.clone(),
+                pick(&c.values, &differing),
+            );
+            if apply.is_empty() {
+                Decision::Skip(None)
+            } else {
+                Decision::Apply(Write::Update(apply), n)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pairs: &[(&str, Value)]) -> Row {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    fn t(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    fn entry(op: WriteOp, base: Option<i64>, old: Row, new: Row) -> UploadEntry {
+        UploadEntry {
+            seq_first: 1,
+            seq_last: 1,
+            table: "a".into(),
+            key: t("k"),
+            op,
+            base_version: base,
+            user: "u".into(),
+            old,
+            new,
+        }
+    }
+
+    fn live(version: i64, values: Row) -> Current {
+        Current {
+            version,
+            deleted: false,
+            in_slice: true,
+            values,
+        }
+    }
+
+    #[test]
+    fn unchanged_rows_take_the_write() {
+        let e = entry(
+            WriteOp::Update,
+            Some(5),
+            row(&[("name", t("a"))]),
+            row(&[("name", t("b"))]),
+        );
+        let c = live(5, row(&[("name", t("a"))]));
+        assert_eq!(
+            decide(&e, Some(&c), false, ConflictPolicy::ServerWins, "id"),
+            Decision::Apply(Write::Update(row(&[("name", t("b"))])), None)
+        );
+    }
+
+    #[test]
+    fn field_merge_keeps_the_server_value_of_a_colliding_column() {
+        let e = entry(
+            WriteOp::Update,
+            Some(5),
+            row(&[("name", t("a")), ("status", t("ok"))]),
+            row(&[("name", t("device")), ("status", t("worn"))]),
+        );
+        let c = live(7, row(&[("name", t("office")), ("status", t("ok"))]));
+        let Decision::Apply(Write::Update(cols), Some(n)) =
+            decide(&e, Some(&c), false, ConflictPolicy::FieldMerge, "id")
+        else {
+            panic!()
+        };
+        assert_eq!(cols, row(&[("status", t("worn"))]));
+        assert_eq!((n.kind, n.resolution), ("update-update", "merged"));
+        assert_eq!(n.device, row(&[("name", t("device"))]));
+        assert_eq!(n.server, row(&[("name", t("office"))]));
+    }
+
+    #[test]
+    fn a_row_never_in_the_slice_is_forbidden_and_one_moved_out_is_a_conflict() {
+        let e = entry(WriteOp::Update, Some(5), row(&[]), row(&[("name", t("b"))]));
+        let mut c = live(5, row(&[("name", t("a"))]));
+        c.in_slice = false;
+        assert!(matches!(
+            decide(&e, Some(&c), false, ConflictPolicy::DeviceWins, "id"),
+            Decision::Forbidden(_)
+        ));
+        c.version = 6;
+        let d = decide(&e, Some(&c), false, ConflictPolicy::DeviceWins, "id");
+        assert!(
+            matches!(
+                d,
+                Decision::Skip(Some(ConflictNote {
+                    kind: "left-slice",
+                    ..
+                }))
+            ),
+            "{d:?}"
+        );
+        assert!(matches!(
+            decide(&e, None, false, ConflictPolicy::DeviceWins, "id"),
+            Decision::Forbidden(_)
+        ));
+    }
+
+    #[test]
+    fn inserts_outside_the_slice_or_onto_tombstones_are_forbidden() {
+        let e = entry(WriteOp::Insert, None, row(&[]), row(&[("id", t("k"))]));
+        assert!(matches!(
+            decide(&e, None, false, ConflictPolicy::FieldMerge, "id"),
+            Decision::Forbidden(_)
+        ));
+        let tomb = Current {
+            version: 3,
+            deleted: true,
+            in_slice: false,
+            values: Row::new(),
+        };
+        assert!(matches!(
+            decide(&e, Some(&tomb), true, ConflictPolicy::FieldMerge, "id"),
+            Decision::Forbidden(_)
+        ));
+        assert!(matches!(
+            decide(&e, None, true, ConflictPolicy::FieldMerge, "id"),
+            Decision::Apply(Write::Insert(_), None)
+        ));
+    }
+}

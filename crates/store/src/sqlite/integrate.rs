@@ -1,0 +1,393 @@
+//! Integrating an upload into a SQLite main database: one IMMEDIATE transaction checks
+//! every entry, applies what `conflict::decide` says, logs conflicts and records the
+//! upload id, or rolls everything back when any entry is forbidden.
+
+use std::collections::{BTreeMap, HashMap};
+
+use fieldsync_proto::Value;
+use fieldsync_proto::conflict::{self, ConflictNote, Current, Decision, Write};
+use fieldsync_proto::filter::{self, Dialect, Expr, Params};
+use fieldsync_proto::task::{TaskTable, WriteOp};
+use fieldsync_proto::wire::{NewVersion, Upload, UploadEntry, UploadOutcome};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{SqliteStore, table_info, to_sql_value};
+use crate::plan::{self, quote_ident};
+use crate::{IntegrateContext, IntegrateError, StoreError, TableInfo};
+
+/// What integration needs to know about one table of the task.
+struct TableCtx<'t> {
+    task_table: &'t TaskTable,
+    info: TableInfo,
+    columns: Vec<String>,
+    filter: Option<Expr>,
+}
+
+fn value_of(v: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef as R;
+    match v {
+        R::Null => Value::Null,
+        R::Integer(i) => Value::Integer(i),
+        R::Real(r) => Value::Real(r),
+        R::Text(t) => match std::str::from_utf8(t) {
+            Ok(s) => Value::Text(s.to_string()),
+            Err(_) => Value::Blob(t.to_vec()),
+        },
+        R::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+fn op_name(op: WriteOp) -> &'static str {
+    match op {
+        WriteOp::Insert => "insert",
+        WriteOp::Update => "update",
+        WriteOp::Delete => "delete",
+    }
+}
+
+/// Names an entry in refusals: its position, operation, table and key.
+fn entry_label(i: usize, e: &UploadEntry) -> String {
+    format!(
+        "entry {} ({} of `{}` key {}, journal #{})",
+        i + 1,
+        op_name(e.op),
+        e.table,
+        serde_json::to_string(&e.key).unwrap_or_default(),
+        e.seq_first
+    )
+}
+
+fn forbidden(label: &str, why: impl std::fmt::Display) -> IntegrateError {
+    IntegrateError::Forbidden(format!("{label}: {why}"))
+}
+
+pub(super) fn integrate(
+    store: &SqliteStore,
+    ctx: &IntegrateContext<'_>,
+    upload: &Upload,
+) -> Result<UploadOutcome, IntegrateError> {
+    let mut conn = store.conn()?;
+    conn.set_prepared_statement_cache_capacity(256);
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let recorded: Option<(String, String)> = tx
+        .query_row(
+            "SELECT device, outcome FROM fieldsync_uploads WHERE upload_id = ?1",
+            [&upload.upload_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((device, outcome)) = recorded {
+        if device != ctx.device {
+            return Err(IntegrateError::Forbidden(
+                "the upload id belongs to another device".into(),
+            ));
+        }
+        let mut outcome: UploadOutcome = serde_json::from_str(&outcome)
+            .map_err(|e| StoreError::Db(format!("recorded outcome unreadable: {e}")))?;
+        outcome.repeated = true;
+        return Ok(outcome);
+    }
+
+    let def = &ctx.task.def;
+    let mut tables: HashMap<&str, TableCtx<'_>> = HashMap::new();
+    for t in &def.tables {
+        let info = table_info(&tx, &t.name)?
+            .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", t.name)))?;
+        let columns = plan::slice_columns(t, &info);
+        let filter = t
+            .filter
+            .as_deref()
+            .map(filter::parse)
+            .transpose()
+            .map_err(|e| StoreError::Db(e.to_string()))?;
+        tables.insert(
+            t.name.as_str(),
+            TableCtx {
+                task_table: t,
+                info,
+                columns,
+                filter,
+            },
+        );
+    }
+    let mut user_ok: HashMap<&str, bool> = HashMap::new();
+    let mut queries: HashMap<(&str, &str), CurrentQuery> = HashMap::new();
+    let mut outcome = UploadOutcome {
+        upload_id: upload.upload_id.clone(),
+        applied: 0,
+        conflicts: 0,
+        versions: Vec::with_capacity(upload.entries.len()),
+        repeated: false,
+    };
+    for (i, e) in upload.entries.iter().enumerate() {
+        let label = entry_label(i, e);
+        let t = tables.get(e.table.as_str()).ok_or_else(|| {
+            forbidden(
+                &label,
+                format!("table `{}` is not in task `{}`", e.table, def.name),
+            )
+        })?;
+        if !t.task_table.write.contains(&e.op) {
+            return Err(forbidden(
+                &label,
+                format!(
+                    "task `{}` does not allow {} on table `{}`",
+                    def.name,
+                    op_name(e.op),
+                    e.table
+                ),
+            ));
+        }
+        for col in e.new.keys().chain(e.old.keys()) {
+            if !t.columns.contains(col) {
+                return Err(forbidden(
+                    &label,
+                    format!("column `{col}` is not in the task"),
+                ));
+            }
+        }
+        let pk = &t.info.primary_key;
+        if e.op == WriteOp::Update && e.new.contains_key(pk) {
+            return Err(forbidden(&label, "primary-key values cannot be updated"));
+        }
+        if e.op == WriteOp::Insert && !e.new.get(pk).is_some_and(|k| k.same(&e.key)) {
+            return Err(forbidden(&label, "an insert must carry its key"));
+        }
+        let assigned = *user_ok.entry(e.user.as_str()).or_insert_with(|| {
+            ctx.task.users.contains(&e.user) && super::user_enabled(&tx, &e.user).unwrap_or(false)
+        });
+        if !assigned {
+            return Err(forbidden(
+                &label,
+                format!(
+                    "user `{}` is not assigned to task `{}` (or is disabled)",
+                    e.user, def.name
+                ),
+            ));
+        }
+        let params = Params {
+            user: e.user.clone(),
+            device: ctx.device.to_string(),
+        };
+        let query = match queries.get(&(e.table.as_str(), e.user.as_str())) {
+            Some(q) => q.clone(),
+            None => {
+                let q = current_query(&tx, def, t, &params)?;
+                queries.insert((e.table.as_str(), e.user.as_str()), q.clone());
+                q
+            }
+        };
+        let current = read_current(&tx, t, &query, &e.key)?;
+        let insert_in_slice = e.op == WriteOp::Insert
+            && t.filter.as_ref().is_none_or(|f| {
+                f.matches(&|c| e.new.get(c).cloned().unwrap_or(Value::Null), &params)
+            });
+        let decision = conflict::decide(
+            e,
+            current.as_ref(),
+            insert_in_slice,
+            t.task_table.conflict,
+            pk,
+        );
+        let (write, note) = match decision {
+            Decision::Forbidden(why) => return Err(forbidden(&label, why)),
+            Decision::Apply(w, n) => (Some(w), n),
+            Decision::Skip(n) => (None, n),
+        };
+        let clean = note
+            .as_ref()
+            .is_none_or(|n| n.resolution == "device-applied");
+        if let Some(w) = &write {
+            apply(&tx, &t.info, &e.key, w)
+                .map_err(|err| forbidden(&label, format!("the main database refused it: {err}")))?;
+            outcome.applied += 1;
+            if matches!(w, Write::Insert(_)) {
+                // One meaning of the slice: the database's own evaluation, parents included.
+                let now = read_current(&tx, t, &query, &e.key)?;
+                if !now.is_some_and(|c| c.in_slice) {
+                    return Err(forbidden(
+                        &label,
+                        "the inserted row is outside the task's slice",
+                    ));
+                }
+            }
+        }
+        if let Some(n) = &note {
+            log_conflict(&tx, ctx, e, t, n, current.as_ref().map(|c| c.version))?;
+            outcome.conflicts += 1;
+        }
+        let version = match (&write, clean) {
+            (Some(Write::Delete), _) | (None, _) | (_, false) => None,
+            (Some(_), true) => row_version(&tx, &e.table, &e.key)?,
+        };
+        outcome.versions.push(NewVersion {
+            table: e.table.clone(),
+            key: e.key.clone(),
+            version,
+        });
+    }
+    tx.execute(
+        "INSERT INTO fieldsync_uploads (upload_id, device, user, task, outcome, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![upload.upload_id, ctx.device, ctx.sender, def.name, serde_json::to_string(&outcome).expect("serializes"), ctx.at],
+    )?;
+    tx.commit()?;
+    Ok(outcome)
+}
+
+/// The query that reads an entry's row for one table and user, and its binds.
+#[derive(Clone)]
+struct CurrentQuery {
+    sql: String,
+    binds: Vec<Value>,
+}
+
+fn current_query(
+    tx: &Transaction<'_>,
+    def: &fieldsync_proto::task::TaskDef,
+    t: &TableCtx<'_>,
+    params: &Params,
+) -> Result<CurrentQuery, IntegrateError> {
+    let mut binds = Vec::new();
+    let cond = plan::slice_condition(
+        def,
+        t.task_table,
+        params,
+        Dialect::Sqlite,
+        &mut binds,
+        &|name| table_info(tx, name),
+        true,
+    )?;
+    let table = quote_ident(&t.info.name);
+    let cols: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| format!("{table}.{}", quote_ident(c)))
+        .collect();
+    let sql = format!(
+        "SELECT r.version, r.deleted, CASE WHEN {table}.{pk} IS NULL THEN 0 ELSE ({cond}) END, {cols}
+         FROM fieldsync_rows r LEFT JOIN {table} ON {table}.{pk} = r.pk
+         WHERE r.tbl = ? AND r.pk = ?",
+        pk = quote_ident(&t.info.primary_key),
+        cols = cols.join(", ")
+    );
+    binds.push(Value::Text(t.info.name.clone()));
+    Ok(CurrentQuery { sql, binds })
+}
+
+/// The entry's row now: version, tombstone, slice membership for this user, values.
+fn read_current(
+    tx: &Transaction<'_>,
+    t: &TableCtx<'_>,
+    q: &CurrentQuery,
+    key: &Value,
+) -> Result<Option<Current>, IntegrateError> {
+    let mut stmt = tx.prepare_cached(&q.sql)?;
+    let binds: Vec<_> = q
+        .binds
+        .iter()
+        .chain(std::iter::once(key))
+        .map(to_sql_value)
+        .collect();
+    Ok(stmt
+        .query_row(rusqlite::params_from_iter(binds.iter()), |r| {
+            let deleted: bool = r.get(1)?;
+            let mut values = BTreeMap::new();
+            if !deleted {
+                for (i, c) in t.columns.iter().enumerate() {
+                    values.insert(c.clone(), value_of(r.get_ref(3 + i)?));
+                }
+            }
+            Ok(Current {
+                version: r.get(0)?,
+                deleted,
+                in_slice: r.get::<_, Option<bool>>(2)?.unwrap_or(false),
+                values,
+            })
+        })
+        .optional()?)
+}
+
+fn apply(
+    tx: &Transaction<'_>,
+    info: &TableInfo,
+    key: &Value,
+    write: &Write,
+) -> rusqlite::Result<()> {
+    let table = quote_ident(&info.name);
+    let pk = quote_ident(&info.primary_key);
+    match write {
+        Write::Insert(row) => {
+            let cols: Vec<String> = row.keys().map(|c| quote_ident(c)).collect();
+            let marks = vec!["?"; cols.len()].join(", ");
+            let mut stmt = tx.prepare_cached(&format!(
+                "INSERT INTO {table} ({}) VALUES ({marks})",
+                cols.join(", ")
+            ))?;
+            stmt.execute(rusqlite::params_from_iter(row.values().map(to_sql_value)))?;
+        }
+        Write::Update(row) => {
+            let sets: Vec<String> = row
+                .keys()
+                .map(|c| format!("{} = ?", quote_ident(c)))
+                .collect();
+            let mut stmt = tx.prepare_cached(&format!(
+                "UPDATE {table} SET {} WHERE {pk} = ?",
+                sets.join(", ")
+            ))?;
+            stmt.execute(rusqlite::params_from_iter(
+                row.values().chain(std::iter::once(key)).map(to_sql_value),
+            ))?;
+        }
+        Write::Delete => {
+            tx.prepare_cached(&format!("DELETE FROM {table} WHERE {pk} = ?"))?
+                .execute([to_sql_value(key)])?;
+        }
+    }
+    Ok(())
+}
+
+fn row_version(
+    tx: &Transaction<'_>,
+    table: &str,
+    key: &Value,
+) -> Result<Option<i64>, IntegrateError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT version FROM fieldsync_rows WHERE tbl = ?1 AND pk = ?2 AND deleted = 0",
+        )?
+        .query_row(params![table, to_sql_value(key)], |r| r.get(0))
+        .optional()?)
+}
+
+fn log_conflict(
+    tx: &Transaction<'_>,
+    ctx: &IntegrateContext<'_>,
+    e: &UploadEntry,
+    t: &TableCtx<'_>,
+    n: &ConflictNote,
+    server_version: Option<i64>,
+) -> Result<(), IntegrateError> {
+    let policy = serde_json::to_value(t.task_table.conflict).expect("serializes");
+    tx.prepare_cached(
+        "INSERT INTO fieldsync_conflicts (at, device, user, task, tbl, key, op, kind, policy, resolution,
+             device_values, server_values, base_version, server_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        ctx.at,
+        ctx.device,
+        e.user,
+        ctx.task.def.name,
+        e.table,
+        serde_json::to_string(&e.key).expect("serializes"),
+        op_name(e.op),
+        n.kind,
+        policy.as_str().unwrap_or_default(),
+        n.resolution,
+        serde_json::to_string(&n.device).expect("serializes"),
+        serde_json::to_string(&n.server).expect("serializes"),
+        e.base_version,
+        server_version,
+    ])?;
+    Ok(())
+}

@@ -2,6 +2,9 @@
 //! loopback. One test binary for the crate (modules below).
 
 mod admin;
+mod conflicts;
+mod convergence;
 mod download;
 mod harness;
 mod refusals;
+mod send;

@@ -150,8 +150,90 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "the office edit did not arrive"
     );
 
+    drop(replica);
+
+    // The crew works offline-style on the replica with plain SQL; triggers journal it.
+    let no_progress = &mut |_: &fieldsync_client::Progress| {};
+    let app = rusqlite::Connection::open(&replica_path)?;
+    app.execute(
+        "UPDATE assets SET status = CASE status WHEN 'maintenance' THEN 'active' ELSE 'maintenance' END WHERE id = ?1",
+        [asset_id],
+    )?;
+    let new_status: String =
+        app.query_row("SELECT status FROM assets WHERE id = ?1", [asset_id], |r| {
+            r.get(0)
+        })?;
+    app.execute(
+        "INSERT INTO inspections (asset_id, inspector, inspected_at, result, notes)
+         VALUES (?1, 'ana', '2026-11-26T08:30:00.000Z', 'worn', 'seal leaking')",
+        [asset_id],
+    )?;
+    let pending = device.status()?.pending;
+    println!(
+        "8. on the tablet: asset {asset_id} set to {new_status}, one new inspection; {pending} changes in the journal"
+    );
+    let sent = device.send(no_progress, &Cancel::default())?;
+    let status: String =
+        conn.query_row("SELECT status FROM assets WHERE id = ?1", [asset_id], |r| {
+            r.get(0)
+        })?;
+    println!(
+        "9. sent {} changes; the main database now says asset {asset_id} is {status:?}",
+        sent.rows_up
+    );
+
+    // Both sides edit the same inspection: the office its result, the tablet its result
+    // and notes. field-merge keeps the office's result (logging the tablet's) and
+    // takes the tablet's notes.
+    let insp: String = app.query_row(
+        "SELECT id FROM inspections WHERE asset_id = ?1 ORDER BY inspected_at DESC LIMIT 1",
+        [asset_id],
+        |r| r.get(0),
+    )?;
+    conn.execute(
+        "UPDATE inspections SET result = 'failed' WHERE id = ?1",
+        [&insp],
+    )?;
+    app.execute(
+        "UPDATE inspections SET result = 'ok', notes = 'seal replaced' WHERE id = ?1",
+        [&insp],
+    )?;
+    drop(app);
+    println!("10. the office set inspection {insp} to failed; the tablet set it to ok with a note");
+    let synced = device.sync(&DownloadOptions::default(), no_progress, &Cancel::default())?;
+    let replica = rusqlite::Connection::open(&replica_path)?;
+    let (result, notes): (String, String) = replica.query_row(
+        "SELECT result, notes FROM inspections WHERE id = ?1",
+        [&insp],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    println!(
+        "11. synchronized: sent {}, {} conflict; the tablet now shows result {result:?} (the office's) and notes {notes:?} (its own)",
+        synced.rows_up, synced.conflicts
+    );
+    for c in store.conflicts_list()? {
+        println!(
+            "    conflict log #{}: {} {} on {} key {}: kept server {}, logged device {} (user {}, device {})",
+            c.id,
+            c.kind,
+            c.resolution,
+            c.table,
+            serde_json::to_string(&c.key)?,
+            serde_json::to_string(&c.server_values)?,
+            serde_json::to_string(&c.device_values)?,
+            c.user,
+            c.device
+        );
+    }
+    anyhow::ensure!(
+        result == "failed" && notes == "seal replaced",
+        "the field-merge did not come out as expected"
+    );
+
     let _ = stop_tx.send(());
     runtime.block_on(server)??;
-    println!("demo finished: the tablet holds exactly its slice, and the office's edit reached it");
+    println!(
+        "demo finished: the tablet holds exactly its slice; office and tablet edits met, and the conflict is logged"
+    );
     Ok(())
 }

@@ -114,7 +114,7 @@ struct Slot {
 /// Compacts entries per row and user into one net change each (DESIGN.md: insert+update
 /// = insert, insert+delete = nothing, update+delete = delete, delete+insert = update),
 /// in the order each row was first changed.
-pub fn compact(entries: &[JournalEntry]) -> Vec<UploadEntry> {
+pub fn compact(entries: Vec<JournalEntry>) -> Vec<UploadEntry> {
     let mut order: Vec<RowId> = Vec::new();
     let mut nets: HashMap<RowId, Slot> = HashMap::new();
     for e in entries {
@@ -135,18 +135,18 @@ pub fn compact(entries: &[JournalEntry]) -> Vec<UploadEntry> {
         slot.seq_last = e.seq;
         let previous = std::mem::replace(&mut slot.net, Net::Gone);
         slot.net = match (previous, e.op) {
-            (Net::Gone, WriteOp::Insert) => Net::Insert(e.new.clone()),
+            (Net::Gone, WriteOp::Insert) => Net::Insert(e.new),
             (Net::Gone, WriteOp::Update) => Net::Update {
-                old: e.old.clone(),
-                new: e.new.clone(),
+                old: e.old,
+                new: e.new,
                 base: e.base_version,
             },
             (Net::Gone, WriteOp::Delete) => Net::Delete {
-                old: e.old.clone(),
+                old: e.old,
                 base: e.base_version,
             },
             (Net::Insert(mut row), WriteOp::Update) => {
-                row.extend(e.new.clone());
+                row.extend(e.new);
                 Net::Insert(row)
             }
             (Net::Insert(_), WriteOp::Delete) => Net::Gone,
@@ -161,11 +161,11 @@ pub fn compact(entries: &[JournalEntry]) -> Vec<UploadEntry> {
                 for (k, v) in &e.old {
                     old.entry(k.clone()).or_insert_with(|| v.clone());
                 }
-                new.extend(e.new.clone());
+                new.extend(e.new);
                 Net::Update { old, new, base }
             }
             (Net::Update { old, base, .. }, WriteOp::Delete) => {
-                let mut full = e.old.clone();
+                let mut full = e.old;
                 full.extend(old);
                 Net::Delete { old: full, base }
             }
@@ -190,14 +190,14 @@ pub fn compact(entries: &[JournalEntry]) -> Vec<UploadEntry> {
             }
             // Sequences the triggers cannot produce (insert after insert, anything
             // after a delete but an insert): the later entry stands.
-            (_, WriteOp::Insert) => Net::Insert(e.new.clone()),
+            (_, WriteOp::Insert) => Net::Insert(e.new),
             (_, WriteOp::Update) => Net::Update {
-                old: e.old.clone(),
-                new: e.new.clone(),
+                old: e.old,
+                new: e.new,
                 base: e.base_version,
             },
             (_, WriteOp::Delete) => Net::Delete {
-                old: e.old.clone(),
+                old: e.old,
                 base: e.base_version,
             },
         };
@@ -293,7 +293,7 @@ mod tests {
     #[test]
     fn compaction_rules_of_design() {
         use WriteOp::*;
-        let c = compact(&[
+        let c = compact(vec![
             e(1, Insert, &[], &[("a", 1), ("b", 1)]),
             e(2, Update, &[("a", 1)], &[("a", 2)]),
         ]);
@@ -302,13 +302,13 @@ mod tests {
             (1, Insert, Value::Integer(2), 2)
         );
         assert!(
-            compact(&[
+            compact(vec![
                 e(1, Insert, &[], &[("a", 1)]),
                 e(2, Delete, &[("a", 1)], &[])
             ])
             .is_empty()
         );
-        let c = compact(&[
+        let c = compact(vec![
             e(1, Update, &[("a", 1)], &[("a", 2)]),
             e(2, Delete, &[("a", 2), ("b", 5)], &[]),
         ]);
@@ -316,7 +316,7 @@ mod tests {
             (c[0].op, c[0].old["a"].clone(), c[0].base_version),
             (Delete, Value::Integer(1), Some(7))
         );
-        let c = compact(&[
+        let c = compact(vec![
             e(1, Delete, &[("a", 1), ("b", 1)], &[]),
             e(2, Insert, &[], &[("a", 1), ("b", 2)]),
         ]);
@@ -325,7 +325,7 @@ mod tests {
             c[0].new,
             [("b".to_string(), Value::Integer(2))].into_iter().collect()
         );
-        let c = compact(&[
+        let c = compact(vec![
             e(1, Update, &[("a", 1)], &[("a", 2)]),
             e(2, Update, &[("a", 2)], &[("a", 1)]),
         ]);

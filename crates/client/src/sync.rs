@@ -379,24 +379,24 @@ fn prepare_upload(conn: &Connection, task: &str) -> Result<Option<PendingUpload>
     }
     loop {
         let entries = journal::read_all(conn)?;
-        let Some(last) = entries.last() else {
+        let Some(max_seq) = entries.last().map(|e| e.seq) else {
             return Ok(None);
         };
         let upload = Upload {
             upload_id: crate::random_hex(16),
             task: task.to_string(),
-            entries: journal::compact(&entries),
+            entries: journal::compact(entries),
         };
         if upload.entries.is_empty() {
             // Everything cancelled out (an insert then a delete, say): nothing to send.
-            conn.execute("DELETE FROM fieldsync_journal WHERE seq <= ?1", [last.seq])?;
+            conn.execute("DELETE FROM fieldsync_journal WHERE seq <= ?1", [max_seq])?;
             continue;
         }
         let json = serde_json::to_vec(&upload).expect("uploads serialize");
         let body = zstd::encode_all(&json[..], 3).map_err(|e| ClientError::Io(e.to_string()))?;
         let pending = PendingUpload {
             upload_id: upload.upload_id,
-            max_seq: last.seq,
+            max_seq,
             n_entries: upload.entries.len() as u64,
             body,
         };
@@ -422,19 +422,27 @@ fn acknowledge(conn: &Connection, pending: &PendingUpload, outcome: &UploadOutco
         "DELETE FROM fieldsync_journal WHERE seq <= ?1",
         [pending.max_seq],
     )?;
-    for v in &outcome.versions {
-        let Some(version) = v.version else { continue };
-        let key = to_sql(&v.key);
-        tx.execute(
+    {
+        let mut base = tx.prepare(
             "INSERT INTO fieldsync_base (tbl, pk, version) VALUES (?1, ?2, ?3)
              ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version",
-            rusqlite::params![v.table, key, version],
         )?;
         // Later edits of the row were made on top of this one: same base.
-        tx.execute(
+        let mut rebase = tx.prepare(
             "UPDATE fieldsync_journal SET base_version = ?3 WHERE tbl = ?1 AND pk = ?2 AND op <> 'insert'",
-            rusqlite::params![v.table, key, version],
         )?;
+        let pending_after: bool =
+            tx.query_row("SELECT EXISTS (SELECT 1 FROM fieldsync_journal)", [], |r| {
+                r.get(0)
+            })?;
+        for v in &outcome.versions {
+            let Some(version) = v.version else { continue };
+            let key = to_sql(&v.key);
+            base.execute(rusqlite::params![v.table, key, version])?;
+            if pending_after {
+                rebase.execute(rusqlite::params![v.table, key, version])?;
+            }
+        }
     }
     tx.execute(
         "DELETE FROM fieldsync_upload WHERE upload_id = ?1",

@@ -18,6 +18,10 @@ pub struct Current {
     pub deleted: bool,
     /// The live row is in the slice of the entry's user (meaningless for tombstones).
     pub in_slice: bool,
+    /// The highest version among the row and the rows its slice membership depends on
+    /// (its parent chain): a row whose parent the office moved out of the slice left
+    /// the slice at that version, though the row itself did not change.
+    pub slice_version: i64,
     /// The live row's values in the task's columns.
     pub values: Row,
 }
@@ -85,6 +89,7 @@ pub fn decide(
 ) -> Decision {
     let base = entry.base_version.unwrap_or(i64::MIN);
     let changed_since = |c: &Current| c.version > base;
+    let left_since = |c: &Current| c.version.max(c.slice_version) > base;
     match entry.op {
         WriteOp::Insert => {
             if !insert_in_slice {
@@ -115,7 +120,7 @@ pub fn decide(
             Some(c) if c.deleted => {
                 Decision::Forbidden("the row was deleted before the device had it".into())
             }
-            Some(c) if !c.in_slice && changed_since(c) => {
+            Some(c) if !c.in_slice && left_since(c) => {
                 let cols: Vec<&String> = entry.new.keys().collect();
                 Decision::Skip(note(
                     "left-slice",
@@ -137,7 +142,7 @@ pub fn decide(
                 Some(c) if c.deleted => {
                     Decision::Forbidden("the row was deleted before the device had it".into())
                 }
-                Some(c) if !c.in_slice && changed_since(c) => Decision::Skip(note(
+                Some(c) if !c.in_slice && left_since(c) => Decision::Skip(note(
                     "left-slice",
                     "not-applied",
                     Row::new(),
@@ -177,12 +182,24 @@ fn update_update(entry: &UploadEntry, c: &Current, policy: ConflictPolicy) -> De
         .collect();
     let all: Vec<&String> = entry.new.keys().collect();
     match policy {
-        ConflictPolicy::ServerWins => Decision::Skip(note(
-            "update-update",
-            "server-kept",
-            entry.new.clone(),
-            pick(&c.values, &all),
-        )),
+        ConflictPolicy::ServerWins => {
+            let lost = entry
+                .new
+                .iter()
+                .any(|(col, new)| !c.values.get(col).unwrap_or(&Value::Null).same(new));
+            // Nothing is lost when the office already holds every value the device set.
+            let n = if lost {
+                note(
+                    "update-update",
+                    "server-kept",
+                    entry.new.clone(),
+                    pick(&c.values, &all),
+                )
+            } else {
+                None
+            };
+            Decision::Skip(n)
+        }
         ConflictPolicy::DeviceWins => {
             let n = if colliding.is_empty() {
                 None
@@ -310,6 +327,7 @@ mod tests {
             version,
             deleted: false,
             in_slice: true,
+            slice_version: 0,
             values,
         }
     }
@@ -387,6 +405,7 @@ mod tests {
             version: 3,
             deleted: true,
             in_slice: false,
+            slice_version: 0,
             values: Row::new(),
         };
         assert!(matches!(

@@ -22,26 +22,37 @@ fn journal(dev: &DeviceDir) -> Vec<serde_json::Value> {
 }
 
 fn conflicts(office: &Office) -> Vec<serde_json::Value> {
-    serde_json::from_str::<serde_json::Value>(&office.admin(&["conflicts", "list", "--json"], "").ok().stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    serde_json::from_str::<serde_json::Value>(
+        &office
+            .admin(&["conflicts", "list", "--json"], "")
+            .ok()
+            .stdout,
+    )
+    .unwrap()
+    .as_array()
+    .unwrap()
+    .clone()
 }
 
 /// A north asset in ana's slice.
 fn some_asset(dev: &DeviceDir) -> i64 {
-    dev.replica().query_row("SELECT min(id) FROM assets", [], |r| r.get(0)).unwrap()
+    dev.replica()
+        .query_row("SELECT min(id) FROM assets", [], |r| r.get(0))
+        .unwrap()
 }
 
 fn asset_name(conn: &Connection, id: i64) -> String {
-    conn.query_row("SELECT name FROM assets WHERE id = ?1", [id], |r| r.get(0)).unwrap()
+    conn.query_row("SELECT name FROM assets WHERE id = ?1", [id], |r| r.get(0))
+        .unwrap()
 }
 
 #[track_caller]
 fn assert_refused(run: &Run, code: i32, fragment: &str) {
     assert_eq!(run.code, code, "{run:?}");
-    assert!(run.stderr.starts_with("error: ") && run.stderr.contains(fragment), "expected {fragment:?}: {run:?}");
+    assert!(
+        run.stderr.starts_with("error: ") && run.stderr.contains(fragment),
+        "expected {fragment:?}: {run:?}"
+    );
 }
 
 #[test]
@@ -50,23 +61,45 @@ fn edits_by_a_plain_sqlite_client_reach_the_main_database_with_send() {
     let dev = north_device(&office, "tab1");
     let id = some_asset(&dev);
     let app = dev.replica();
-    app.execute("UPDATE assets SET name = 'edited on the tablet', category = 'tested' WHERE id = ?1", [id]).unwrap();
+    app.execute(
+        "UPDATE assets SET name = 'edited on the tablet', category = 'tested' WHERE id = ?1",
+        [id],
+    )
+    .unwrap();
     // A plain INSERT without a key: the replica makes a UUID.
     app.execute(
         "INSERT INTO inspections (asset_id, inspector, inspected_at, result) VALUES (?1, 'ana', '2026-11-26T09:00:00.000Z', 'ok')",
         [id],
     )
     .unwrap();
-    let new_id: String = app.query_row("SELECT id FROM inspections WHERE inspected_at = '2026-11-26T09:00:00.000Z'", [], |r| r.get(0)).unwrap();
+    let new_id: String = app
+        .query_row(
+            "SELECT id FROM inspections WHERE inspected_at = '2026-11-26T09:00:00.000Z'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(new_id.len(), 36, "a UUID: {new_id}");
     let entries = journal(&dev);
     assert_eq!(entries.len(), 2, "{entries:?}");
     assert_eq!(entries[0]["op"], "update");
     assert_eq!(entries[0]["user"], "ana");
     assert_eq!(entries[0]["new"]["name"], "edited on the tablet");
-    let category_before: String = office.sql().query_row("SELECT category FROM assets WHERE id = ?1", [id], |r| r.get(0)).unwrap();
-    assert_eq!(entries[0]["old"]["category"], category_before.as_str(), "old values as the device saw them");
-    assert!(entries[0]["old"].get("status").is_none(), "only the changed columns");
+    let category_before: String = office
+        .sql()
+        .query_row("SELECT category FROM assets WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        entries[0]["old"]["category"],
+        category_before.as_str(),
+        "old values as the device saw them"
+    );
+    assert!(
+        entries[0]["old"].get("status").is_none(),
+        "only the changed columns"
+    );
     assert_eq!(entries[1]["op"], "insert");
     let st = dev.status();
     assert_eq!(st["pending"], 2);
@@ -78,7 +111,13 @@ fn edits_by_a_plain_sqlite_client_reach_the_main_database_with_send() {
     assert!(out.stdout.contains("sent 2 change(s)"), "{out:?}");
     let main = office.sql();
     assert_eq!(asset_name(&main, id), "edited on the tablet");
-    let inspector: String = main.query_row("SELECT inspector FROM inspections WHERE id = ?1", [&new_id], |r| r.get(0)).unwrap();
+    let inspector: String = main
+        .query_row(
+            "SELECT inspector FROM inspections WHERE id = ?1",
+            [&new_id],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(inspector, "ana");
     assert!(journal(&dev).is_empty());
     let st = dev.status();
@@ -88,18 +127,35 @@ fn edits_by_a_plain_sqlite_client_reach_the_main_database_with_send() {
     assert_eq!(st["last_sync"]["rows_up"], 2);
 
     // A second edit of the same row and a second send: not a conflict with itself.
-    app.execute("UPDATE assets SET name = 'edited twice' WHERE id = ?1", [id]).unwrap();
-    app.execute("UPDATE inspections SET result = 'worn' WHERE id = ?1", [&new_id]).unwrap();
+    app.execute(
+        "UPDATE assets SET name = 'edited twice' WHERE id = ?1",
+        [id],
+    )
+    .unwrap();
+    app.execute(
+        "UPDATE inspections SET result = 'worn' WHERE id = ?1",
+        [&new_id],
+    )
+    .unwrap();
     dev.run(&["send"], "").ok();
     assert_eq!(asset_name(&main, id), "edited twice");
     assert!(conflicts(&office).is_empty(), "{:?}", conflicts(&office));
 
     // The sync history has the download and both sends.
-    let sessions: serde_json::Value = serde_json::from_str(&office.admin(&["sessions", "--json"], "").ok().stdout).unwrap();
-    let ops: Vec<&str> = sessions.as_array().unwrap().iter().map(|s| s["op"].as_str().unwrap()).collect();
+    let sessions: serde_json::Value =
+        serde_json::from_str(&office.admin(&["sessions", "--json"], "").ok().stdout).unwrap();
+    let ops: Vec<&str> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["op"].as_str().unwrap())
+        .collect();
     assert_eq!(ops, ["download", "send", "send"]);
     let first_send = &sessions[1];
-    assert_eq!((first_send["device"].as_str(), first_send["user"].as_str()), (Some("tab1"), Some("ana")));
+    assert_eq!(
+        (first_send["device"].as_str(), first_send["user"].as_str()),
+        (Some("tab1"), Some("ana"))
+    );
     assert_eq!(first_send["rows_up"], 2);
     assert!(first_send["bytes_up"].as_u64().unwrap() > 0);
     assert_eq!(first_send["result"], "ok");
@@ -116,22 +172,46 @@ fn forbidden_writes_are_refused_at_write_time() {
         let err = app.execute(sql, []).unwrap_err().to_string();
         assert!(err.contains(fragment), "{sql}: {err}");
     };
-    refused(&format!("DELETE FROM assets WHERE id = {id}"), "does not allow delete on table assets");
-    refused("INSERT INTO assets (id, name, category, status, region) VALUES (999999, 'x', 'pump', 'active', 'north')", "does not allow insert");
-    refused(&format!("UPDATE assets SET id = 999999 WHERE id = {id}"), "primary-key values cannot be updated");
     refused(
-        &format!("INSERT INTO inspections (asset_id, inspector, inspected_at) VALUES ({id}, 'ben', '2026-11-26T09:00:00.000Z')"),
+        &format!("DELETE FROM assets WHERE id = {id}"),
+        "does not allow delete on table assets",
+    );
+    refused(
+        "INSERT INTO assets (id, name, category, status, region) VALUES (999999, 'x', 'pump', 'active', 'north')",
+        "does not allow insert",
+    );
+    refused(
+        &format!("UPDATE assets SET id = 999999 WHERE id = {id}"),
+        "primary-key values cannot be updated",
+    );
+    refused(
+        &format!(
+            "INSERT INTO inspections (asset_id, inspector, inspected_at) VALUES ({id}, 'ben', '2026-11-26T09:00:00.000Z')"
+        ),
         "outside the slice",
     );
-    refused("INSERT INTO inspections (asset_id, inspector, inspected_at) VALUES (2, 'ana', '2026-11-26T09:00:00.000Z')", "parent assets row is not in the slice");
-    refused("DELETE FROM inspections", "does not allow delete on table inspections");
-    assert!(journal(&dev).is_empty(), "refused writes leave no journal entry");
+    refused(
+        "INSERT INTO inspections (asset_id, inspector, inspected_at) VALUES (2, 'ana', '2026-11-26T09:00:00.000Z')",
+        "parent assets row is not in the slice",
+    );
+    refused(
+        "DELETE FROM inspections",
+        "does not allow delete on table inspections",
+    );
+    assert!(
+        journal(&dev).is_empty(),
+        "refused writes leave no journal entry"
+    );
 
     // Nobody logged in: every write is refused.
     dev.run(&["logout"], "").ok();
-    refused(&format!("UPDATE assets SET name = 'x' WHERE id = {id}"), "log in on this device to edit");
+    refused(
+        &format!("UPDATE assets SET name = 'x' WHERE id = {id}"),
+        "log in on this device to edit",
+    );
     dev.login("ana").ok();
-    app.execute(&format!("UPDATE assets SET name = 'x' WHERE id = {id}"), []).unwrap();
+    app.execute(&format!("UPDATE assets SET name = 'x' WHERE id = {id}"), [])
+        .unwrap();
     assert_eq!(journal(&dev).len(), 1);
 }
 
@@ -158,7 +238,12 @@ fn a_tampered_replica_gets_the_whole_upload_refused_and_discard_unblocks_it() {
     let id = some_asset(&dev);
     // A legitimate edit first, then forged entries: one for a south asset (never in the
     // slice), one deleting from a table the task makes read-only.
-    dev.replica().execute(&format!("UPDATE assets SET name = 'legit' WHERE id = {id}"), []).unwrap();
+    dev.replica()
+        .execute(
+            &format!("UPDATE assets SET name = 'legit' WHERE id = {id}"),
+            [],
+        )
+        .unwrap();
     tamper(
         &dev,
         "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at)
@@ -167,18 +252,34 @@ fn a_tampered_replica_gets_the_whole_upload_refused_and_discard_unblocks_it() {
     let before = rows(&office.sql(), "SELECT * FROM assets ORDER BY id");
     let run = dev.run(&["send"], "");
     assert_refused(&run, 4, "entry 2 (update of `assets` key 2");
-    assert!(run.stderr.contains("never in the slice") || run.stderr.contains("outside"), "{run:?}");
-    assert_eq!(rows(&office.sql(), "SELECT * FROM assets ORDER BY id"), before, "nothing of the upload applied");
+    assert!(
+        run.stderr.contains("never in the slice") || run.stderr.contains("outside"),
+        "{run:?}"
+    );
+    assert_eq!(
+        rows(&office.sql(), "SELECT * FROM assets ORDER BY id"),
+        before,
+        "nothing of the upload applied"
+    );
     assert_eq!(journal(&dev).len(), 2, "the journal stays");
     assert_eq!(dev.status()["last_sync"]["result"], "error");
 
     let forged_seq = journal(&dev)[1]["seq"].as_i64().unwrap();
-    let out = dev.run(&["journal", "discard", &forged_seq.to_string()], "").ok();
+    let out = dev
+        .run(&["journal", "discard", &forged_seq.to_string()], "")
+        .ok();
     let backup = out.stdout.trim().rsplit(' ').next().unwrap().to_string();
     let backed_up = std::fs::read_to_string(&backup).unwrap();
     assert_eq!(backed_up.lines().count(), 1);
     let entry: serde_json::Value = serde_json::from_str(backed_up.lines().next().unwrap()).unwrap();
-    assert_eq!((entry["table"].as_str(), entry["key"].as_i64(), entry["new"]["name"].as_str()), (Some("assets"), Some(2), Some("stolen")));
+    assert_eq!(
+        (
+            entry["table"].as_str(),
+            entry["key"].as_i64(),
+            entry["new"]["name"].as_str()
+        ),
+        (Some("assets"), Some(2), Some("stolen"))
+    );
     dev.run(&["send"], "").ok();
     assert_eq!(asset_name(&office.sql(), id), "legit");
     assert_ne!(asset_name(&office.sql(), 2), "stolen");
@@ -198,7 +299,12 @@ fn a_forged_write_to_a_read_only_table_is_refused_naming_the_entry() {
     );
     let run = dev.run(&["send"], "");
     assert_refused(&run, 4, "does not allow delete on table `assets`");
-    let n: i64 = office.sql().query_row("SELECT count(*) FROM assets WHERE id = ?1", [id], |r| r.get(0)).unwrap();
+    let n: i64 = office
+        .sql()
+        .query_row("SELECT count(*) FROM assets WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap();
     assert_eq!(n, 1);
     dev.run(&["journal", "discard", "--all"], "").ok();
     assert!(journal(&dev).is_empty());
@@ -215,13 +321,21 @@ fn the_same_upload_sent_ten_times_at_once_is_applied_once() {
             [id],
         )
         .unwrap();
-    dev.replica().execute("UPDATE assets SET name = 'once' WHERE id = ?1", [id]).unwrap();
+    dev.replica()
+        .execute("UPDATE assets SET name = 'once' WHERE id = ?1", [id])
+        .unwrap();
     // The first send fails (the server is down) after the upload was stored.
     office.server.child.kill().unwrap();
     office.server.child.wait().unwrap();
     assert_eq!(dev.run(&["send"], "").code, 1);
-    let stored: i64 = dev.replica().query_row("SELECT count(*) FROM fieldsync_upload", [], |r| r.get(0)).unwrap();
-    assert_eq!(stored, 1, "the upload and its key were stored before sending");
+    let stored: i64 = dev
+        .replica()
+        .query_row("SELECT count(*) FROM fieldsync_upload", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        stored, 1,
+        "the upload and its key were stored before sending"
+    );
     office.server = Server::start(&office.db_url);
 
     // Ten copies of the device folder send the same stored upload at once.
@@ -233,13 +347,15 @@ fn the_same_upload_sent_ten_times_at_once_is_applied_once() {
                 let name = entry.file_name();
                 let target = copy.0.join(&name);
                 if entry.file_type().unwrap().is_symlink() {
-                    std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target).unwrap();
+                    std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target)
+                        .unwrap();
                 } else {
                     std::fs::copy(entry.path(), &target).unwrap();
                 }
             }
             let state_path = copy.0.join("state.json");
-            let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+            let mut state: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
             state["server"] = serde_json::Value::String(office.server.url.clone());
             std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
             copy
@@ -258,14 +374,29 @@ fn the_same_upload_sent_ten_times_at_once_is_applied_once() {
         .collect();
     for child in children {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let main = office.sql();
-    let uploads: i64 = main.query_row("SELECT count(*) FROM fieldsync_uploads", [], |r| r.get(0)).unwrap();
+    let uploads: i64 = main
+        .query_row("SELECT count(*) FROM fieldsync_uploads", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(uploads, 1);
-    assert!(conflicts(&office).is_empty(), "a second application would have logged insert-exists");
-    let sessions: serde_json::Value = serde_json::from_str(&office.admin(&["sessions", "--json"], "").ok().stdout).unwrap();
-    let repeated = sessions.as_array().unwrap().iter().filter(|s| s["message"].as_str().unwrap().contains("repeated")).count();
+    assert!(
+        conflicts(&office).is_empty(),
+        "a second application would have logged insert-exists"
+    );
+    let sessions: serde_json::Value =
+        serde_json::from_str(&office.admin(&["sessions", "--json"], "").ok().stdout).unwrap();
+    let repeated = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["message"].as_str().unwrap().contains("repeated"))
+        .count();
     assert_eq!(repeated, 9);
     assert_eq!(asset_name(&main, id), "once");
 }
@@ -275,13 +406,22 @@ fn offline_send_and_sync_exit_3_and_change_nothing() {
     let office = Office::new(30);
     let dev = north_device(&office, "tab1");
     let id = some_asset(&dev);
-    dev.replica().execute("UPDATE assets SET name = 'offline edit' WHERE id = ?1", [id]).unwrap();
+    dev.replica()
+        .execute(
+            "UPDATE assets SET name = 'offline edit' WHERE id = ?1",
+            [id],
+        )
+        .unwrap();
     dev.run(&["mode", "offline"], "").ok();
     let before = replica_content(&dev);
     assert_refused(&dev.run(&["send"], ""), 3, "offline mode");
     assert_refused(&dev.run(&["sync"], ""), 3, "offline mode");
     // Offline before local changes: exit 3, not 6.
-    assert_refused(&dev.run(&["download", "north-inspections"], ""), 3, "offline mode");
+    assert_refused(
+        &dev.run(&["download", "north-inspections"], ""),
+        3,
+        "offline mode",
+    );
     assert_eq!(replica_content(&dev), before);
     assert_eq!(journal(&dev).len(), 1);
     assert_ne!(asset_name(&office.sql(), id), "offline edit");
@@ -292,20 +432,42 @@ fn download_with_pending_changes_exits_6_unless_discarding_to_a_backup() {
     let office = Office::new(30);
     let dev = north_device(&office, "tab1");
     let id = some_asset(&dev);
-    dev.replica().execute("UPDATE assets SET name = 'pending' WHERE id = ?1", [id]).unwrap();
+    dev.replica()
+        .execute("UPDATE assets SET name = 'pending' WHERE id = ?1", [id])
+        .unwrap();
     let before = replica_content(&dev);
     let run = dev.run(&["download", "north-inspections"], "");
     assert_refused(&run, 6, "local change");
     assert_eq!(replica_content(&dev), before);
     assert_eq!(journal(&dev).len(), 1);
 
-    let out = dev.run(&["download", "north-inspections", "--discard-local-changes"], "").ok();
-    let line = out.stdout.lines().find(|l| l.starts_with("local changes backed up to ")).unwrap();
+    let out = dev
+        .run(
+            &["download", "north-inspections", "--discard-local-changes"],
+            "",
+        )
+        .ok();
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("local changes backed up to "))
+        .unwrap();
     let backup = line.trim_start_matches("local changes backed up to ");
-    let entry: serde_json::Value = serde_json::from_str(std::fs::read_to_string(backup).unwrap().lines().next().unwrap()).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(backup)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(entry["new"]["name"], "pending");
     assert!(journal(&dev).is_empty());
-    assert_ne!(asset_name(&dev.replica(), id), "pending", "the replica is the server's again");
+    assert_ne!(
+        asset_name(&dev.replica(), id),
+        "pending",
+        "the replica is the server's again"
+    );
     assert_ne!(asset_name(&office.sql(), id), "pending");
 }
 
@@ -313,9 +475,27 @@ fn download_with_pending_changes_exits_6_unless_discarding_to_a_backup() {
 fn sync_sends_then_downloads_and_a_failed_send_downloads_nothing() {
     let office = Office::new(30);
     let dev = north_device(&office, "tab1");
-    let ids: Vec<i64> = dev.replica().prepare("SELECT id FROM assets ORDER BY id LIMIT 2").unwrap().query_map([], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap();
-    dev.replica().execute("UPDATE assets SET name = 'from the tablet' WHERE id = ?1", [ids[0]]).unwrap();
-    office.sql().execute("UPDATE assets SET name = 'from the office' WHERE id = ?1", [ids[1]]).unwrap();
+    let ids: Vec<i64> = dev
+        .replica()
+        .prepare("SELECT id FROM assets ORDER BY id LIMIT 2")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    dev.replica()
+        .execute(
+            "UPDATE assets SET name = 'from the tablet' WHERE id = ?1",
+            [ids[0]],
+        )
+        .unwrap();
+    office
+        .sql()
+        .execute(
+            "UPDATE assets SET name = 'from the office' WHERE id = ?1",
+            [ids[1]],
+        )
+        .unwrap();
     let out = dev.run(&["sync", "--progress", "json"], "").ok();
     assert!(out.stderr.contains("\"phase\":\"send\""), "{out:?}");
     let replica = dev.replica();
@@ -325,14 +505,24 @@ fn sync_sends_then_downloads_and_a_failed_send_downloads_nothing() {
     assert_eq!(dev.status()["last_sync"]["op"], "sync");
 
     // A refused send: nothing downloaded, the journal stays.
-    office.sql().execute("UPDATE assets SET name = 'office again' WHERE id = ?1", [ids[1]]).unwrap();
+    office
+        .sql()
+        .execute(
+            "UPDATE assets SET name = 'office again' WHERE id = ?1",
+            [ids[1]],
+        )
+        .unwrap();
     tamper(
         &dev,
         "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at)
          VALUES ('assets', 2, 'update', '{}', '{\"name\":\"x\"}', 1, 'ana', '2026-11-26T00:00:00.000Z')",
     );
     assert_refused(&dev.run(&["sync"], ""), 4, "entry 1");
-    assert_eq!(asset_name(&dev.replica(), ids[1]), "from the office", "nothing downloaded");
+    assert_eq!(
+        asset_name(&dev.replica(), ids[1]),
+        "from the office",
+        "nothing downloaded"
+    );
     assert_eq!(journal(&dev).len(), 1);
 }
 
@@ -341,33 +531,67 @@ fn a_disabled_user_or_an_unassigned_device_is_refused_at_once() {
     let office = Office::new(30);
     let dev = north_device(&office, "tab1");
     let id = some_asset(&dev);
-    dev.replica().execute("UPDATE assets SET name = 'x' WHERE id = ?1", [id]).unwrap();
+    dev.replica()
+        .execute("UPDATE assets SET name = 'x' WHERE id = ?1", [id])
+        .unwrap();
     office.admin(&["user", "disable", "ana"], "").ok();
     assert_refused(&dev.run(&["send"], ""), 4, "");
-    let users: serde_json::Value = serde_json::from_str(&office.admin(&["user", "list", "--json"], "").ok().stdout).unwrap();
+    let users: serde_json::Value =
+        serde_json::from_str(&office.admin(&["user", "list", "--json"], "").ok().stdout).unwrap();
     assert_eq!(users[0]["name"], "ana");
     assert_eq!(users[0]["disabled"], true);
     office.admin(&["user", "enable", "ana"], "").ok();
     dev.login("ana").ok();
-    office.admin(&["task", "unassign", "north-inspections", "--device", "tab1"], "").ok();
+    office
+        .admin(
+            &["task", "unassign", "north-inspections", "--device", "tab1"],
+            "",
+        )
+        .ok();
     assert_refused(&dev.run(&["send"], ""), 4, "not assigned");
-    assert_refused(&dev.run(&["download", "north-inspections", "--discard-local-changes"], ""), 4, "not assigned");
+    assert_refused(
+        &dev.run(
+            &["download", "north-inspections", "--discard-local-changes"],
+            "",
+        ),
+        4,
+        "not assigned",
+    );
     assert_eq!(journal(&dev).len(), 1, "the journal stays");
-    let devices: serde_json::Value = serde_json::from_str(&office.admin(&["device", "list", "--json"], "").ok().stdout).unwrap();
+    let devices: serde_json::Value =
+        serde_json::from_str(&office.admin(&["device", "list", "--json"], "").ok().stdout).unwrap();
     assert_eq!(devices[0]["id"], "tab1");
     assert_eq!(devices[0]["paired"], true);
     // A new password works at the next login; the old one does not.
-    office.admin(&["user", "passwd", "ana", "--password-stdin"], "new-pw\n").ok();
-    assert_refused(&dev.run(&["login", "ana", "--password-stdin"], "ana-pw\n"), 4, "wrong user name or password");
-    dev.run(&["login", "ana", "--password-stdin"], "new-pw\n").ok();
-    office.admin(&["task", "delete", "south-work-orders"], "").ok();
-    assert!(!office.admin(&["task", "list"], "").ok().stdout.contains("south-work-orders"));
+    office
+        .admin(&["user", "passwd", "ana", "--password-stdin"], "new-pw\n")
+        .ok();
+    assert_refused(
+        &dev.run(&["login", "ana", "--password-stdin"], "ana-pw\n"),
+        4,
+        "wrong user name or password",
+    );
+    dev.run(&["login", "ana", "--password-stdin"], "new-pw\n")
+        .ok();
+    office
+        .admin(&["task", "delete", "south-work-orders"], "")
+        .ok();
+    assert!(
+        !office
+            .admin(&["task", "list"], "")
+            .ok()
+            .stdout
+            .contains("south-work-orders")
+    );
 }
 
 /// The size comes from FIELDSYNC_TEST_SEND_ENTRIES (small in CI; 100000 to measure).
 #[test]
 fn a_large_journal_is_sent_in_one_upload_and_integrated_once() {
-    let n: i64 = std::env::var("FIELDSYNC_TEST_SEND_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
+    let n: i64 = std::env::var("FIELDSYNC_TEST_SEND_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
     let office = Office::new(20);
     let dev = north_device(&office, "tab1");
     let id = some_asset(&dev);
@@ -383,14 +607,25 @@ fn a_large_journal_is_sent_in_one_upload_and_integrated_once() {
     let started = std::time::Instant::now();
     dev.run(&["send"], "").ok();
     let elapsed = started.elapsed();
-    let sessions: serde_json::Value = serde_json::from_str(&office.admin(&["sessions", "--json"], "").ok().stdout).unwrap();
-    let server_ms = sessions.as_array().unwrap().last().unwrap()["duration_ms"].as_u64().unwrap().max(1);
+    let sessions: serde_json::Value =
+        serde_json::from_str(&office.admin(&["sessions", "--json"], "").ok().stdout).unwrap();
+    let server_ms = sessions.as_array().unwrap().last().unwrap()["duration_ms"]
+        .as_u64()
+        .unwrap()
+        .max(1);
     eprintln!(
         "sent {n} entries: {elapsed:?} on the device ({:.0} entries/s), integrated in {server_ms} ms on the server ({:.0} entries/s)",
         n as f64 / elapsed.as_secs_f64(),
         n as f64 * 1000.0 / server_ms as f64
     );
-    let got: i64 = office.sql().query_row("SELECT count(*) FROM inspections WHERE id LIKE 'bulk-%'", [], |r| r.get(0)).unwrap();
+    let got: i64 = office
+        .sql()
+        .query_row(
+            "SELECT count(*) FROM inspections WHERE id LIKE 'bulk-%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(got, n);
     assert_eq!(dev.status()["pending"], 0);
 }

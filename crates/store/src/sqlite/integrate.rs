@@ -57,8 +57,11 @@ fn entry_label(i: usize, e: &UploadEntry) -> String {
     )
 }
 
-fn forbidden(label: &str, why: impl std::fmt::Display) -> IntegrateError {
-    IntegrateError::Forbidden(format!("{label}: {why}"))
+/// The entry a refusal names; built only when refusing (the hot path never formats).
+struct Label<'a>(usize, &'a UploadEntry);
+
+fn forbidden(label: &Label<'_>, why: impl std::fmt::Display) -> IntegrateError {
+    IntegrateError::Forbidden(format!("{}: {why}", entry_label(label.0, label.1)))
 }
 
 pub(super) fn integrate(
@@ -68,6 +71,9 @@ pub(super) fn integrate(
 ) -> Result<UploadOutcome, IntegrateError> {
     let mut conn = store.conn()?;
     conn.set_prepared_statement_cache_capacity(256);
+    // Statement journals (each write with triggers may need a partial rollback) and a
+    // large transaction's pages stay in memory instead of temp-file writes.
+    conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;")?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let recorded: Option<(String, String)> = tx
         .query_row(
@@ -120,7 +126,7 @@ pub(super) fn integrate(
         repeated: false,
     };
     for (i, e) in upload.entries.iter().enumerate() {
-        let label = entry_label(i, e);
+        let label = Label(i, e);
         let t = tables.get(e.table.as_str()).ok_or_else(|| {
             forbidden(
                 &label,
@@ -194,32 +200,38 @@ pub(super) fn integrate(
             Decision::Apply(w, n) => (Some(w), n),
             Decision::Skip(n) => (None, n),
         };
-        let clean = note
-            .as_ref()
-            .is_none_or(|n| n.resolution == "device-applied");
+        // The device's row equals the main database's row after the write only when
+        // nobody changed the row since the device's base: only then is the new
+        // version the device's base. Otherwise it keeps its base, and its next edit is
+        // judged against the office's change again.
+        let base = e.base_version.unwrap_or(i64::MIN);
+        let clean = note.is_none() && current.as_ref().is_none_or(|c| c.version <= base);
+        let mut version = None;
         if let Some(w) = &write {
             apply(&tx, &t.info, &e.key, w)
                 .map_err(|err| forbidden(&label, format!("the main database refused it: {err}")))?;
             outcome.applied += 1;
-            if matches!(w, Write::Insert(_)) {
+            match w {
                 // One meaning of the slice: the database's own evaluation, parents included.
-                let now = read_current(&tx, t, &query, &e.key)?;
-                if !now.is_some_and(|c| c.in_slice) {
-                    return Err(forbidden(
-                        &label,
-                        "the inserted row is outside the task's slice",
-                    ));
+                Write::Insert(_) => {
+                    let (now_version, in_slice) = probe(&tx, &query, &e.key)?;
+                    if !in_slice {
+                        return Err(forbidden(
+                            &label,
+                            "the inserted row is outside the task's slice",
+                        ));
+                    }
+                    version = clean.then_some(now_version);
                 }
+                // The write just stamped the highest version there is.
+                Write::Update(_) if clean => version = Some(highest_version(&tx)?),
+                Write::Update(_) | Write::Delete => {}
             }
         }
         if let Some(n) = &note {
             log_conflict(&tx, ctx, e, t, n, current.as_ref().map(|c| c.version))?;
             outcome.conflicts += 1;
         }
-        let version = match (&write, clean) {
-            (Some(Write::Delete), _) | (None, _) | (_, false) => None,
-            (Some(_), true) => row_version(&tx, &e.table, &e.key)?,
-        };
         outcome.versions.push(NewVersion {
             table: e.table.clone(),
             key: e.key.clone(),
@@ -238,6 +250,8 @@ pub(super) fn integrate(
 #[derive(Clone)]
 struct CurrentQuery {
     sql: String,
+    /// Only the version and slice membership of a live row (after a write).
+    probe_sql: String,
     binds: Vec<Value>,
 }
 
@@ -263,15 +277,65 @@ fn current_query(
         .iter()
         .map(|c| format!("{table}.{}", quote_ident(c)))
         .collect();
+    let slice_version = ancestor_versions(tx, def, t.task_table)?
+        .into_iter()
+        .fold("r.version".to_string(), |acc, v| {
+            format!("max({acc}, coalesce({v}, 0))")
+        });
     let sql = format!(
-        "SELECT r.version, r.deleted, CASE WHEN {table}.{pk} IS NULL THEN 0 ELSE ({cond}) END, {cols}
+        "SELECT r.version, r.deleted, CASE WHEN {table}.{pk} IS NULL THEN 0 ELSE ({cond}) END, {slice_version}, {cols}
          FROM fieldsync_rows r LEFT JOIN {table} ON {table}.{pk} = r.pk
          WHERE r.tbl = ? AND r.pk = ?",
         pk = quote_ident(&t.info.primary_key),
         cols = cols.join(", ")
     );
+    let probe_sql = format!(
+        "SELECT r.version, ({cond}) FROM fieldsync_rows r JOIN {table} ON {table}.{pk} = r.pk
+         WHERE r.tbl = ? AND r.pk = ? AND r.deleted = 0",
+        pk = quote_ident(&t.info.primary_key),
+    );
     binds.push(Value::Text(t.info.name.clone()));
-    Ok(CurrentQuery { sql, binds })
+    Ok(CurrentQuery {
+        sql,
+        probe_sql,
+        binds,
+    })
+}
+
+/// SQL expressions for the row versions of a table's parent chain, for the row joined
+/// as the table itself: its parent's version, the grandparent's, and so on.
+fn ancestor_versions(
+    tx: &Transaction<'_>,
+    def: &fieldsync_proto::task::TaskDef,
+    t: &TaskTable,
+) -> Result<Vec<String>, IntegrateError> {
+    let mut out = Vec::new();
+    let mut child = t;
+    // The SQL that yields the current ancestor's key.
+    let mut key_sql = String::new();
+    while let Some(p) = &child.parent {
+        let parent = def.table(&p.table).expect("checked: parent is in the task");
+        let parent_info = table_info(tx, &p.table)?
+            .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", p.table)))?;
+        let ct = quote_ident(&child.name);
+        key_sql = if key_sql.is_empty() {
+            format!("{ct}.{}", quote_ident(&p.key))
+        } else {
+            let child_info = table_info(tx, &child.name)?
+                .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", child.name)))?;
+            format!(
+                "(SELECT {ct}.{} FROM {ct} WHERE {ct}.{} = {key_sql})",
+                quote_ident(&p.key),
+                quote_ident(&child_info.primary_key)
+            )
+        };
+        out.push(format!(
+            "(SELECT v.version FROM fieldsync_rows v WHERE v.tbl = '{}' AND v.pk = {key_sql})",
+            parent_info.name.replace('\'', "''")
+        ));
+        child = parent;
+    }
+    Ok(out)
 }
 
 /// The entry's row now: version, tombstone, slice membership for this user, values.
@@ -294,13 +358,14 @@ fn read_current(
             let mut values = BTreeMap::new();
             if !deleted {
                 for (i, c) in t.columns.iter().enumerate() {
-                    values.insert(c.clone(), value_of(r.get_ref(3 + i)?));
+                    values.insert(c.clone(), value_of(r.get_ref(4 + i)?));
                 }
             }
             Ok(Current {
                 version: r.get(0)?,
                 deleted,
                 in_slice: r.get::<_, Option<bool>>(2)?.unwrap_or(false),
+                slice_version: r.get(3)?,
                 values,
             })
         })
@@ -346,17 +411,30 @@ fn apply(
     Ok(())
 }
 
-fn row_version(
-    tx: &Transaction<'_>,
-    table: &str,
-    key: &Value,
-) -> Result<Option<i64>, IntegrateError> {
+fn highest_version(tx: &Transaction<'_>) -> Result<i64, IntegrateError> {
     Ok(tx
-        .prepare_cached(
-            "SELECT version FROM fieldsync_rows WHERE tbl = ?1 AND pk = ?2 AND deleted = 0",
-        )?
-        .query_row(params![table, to_sql_value(key)], |r| r.get(0))
-        .optional()?)
+        .prepare_cached("SELECT max(version) FROM fieldsync_rows")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// The version of a live row and whether it is in the slice, after a write.
+fn probe(
+    tx: &Transaction<'_>,
+    q: &CurrentQuery,
+    key: &Value,
+) -> Result<(i64, bool), IntegrateError> {
+    let mut stmt = tx.prepare_cached(&q.probe_sql)?;
+    let binds: Vec<_> = q
+        .binds
+        .iter()
+        .chain(std::iter::once(key))
+        .map(to_sql_value)
+        .collect();
+    Ok(
+        stmt.query_row(rusqlite::params_from_iter(binds.iter()), |r| {
+            Ok((r.get(0)?, r.get::<_, Option<bool>>(1)?.unwrap_or(false)))
+        })?,
+    )
 }
 
 fn log_conflict(

@@ -1,10 +1,10 @@
 //! The SQLite backend of the main database (the embedded default).
 //! Upload integration lives in `integrate.rs`.
 //!
-//! Change tracking: a global counter (`fieldsync_clock`) that triggers on each tracked
-//! table advance for every row written, stamping the row's version in `fieldsync_rows`
-//! (deletes leave a tombstone). SQLite has one writer at a time, so versions are
-//! assigned in commit order and a snapshot's counter is a correct cursor.
+//! Change tracking: triggers on each tracked table stamp every row written with the
+//! next row version (one past the highest in `fieldsync_rows`; deletes leave a
+//! tombstone). SQLite has one writer at a time, so versions are assigned in commit
+//! order and a snapshot's highest version is a correct cursor.
 
 use std::time::Duration;
 
@@ -29,8 +29,6 @@ const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS fieldsync_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS fieldsync_clock (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
-INSERT OR IGNORE INTO fieldsync_clock (id, version) VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS fieldsync_tracked (name TEXT PRIMARY KEY, primary_key TEXT NOT NULL, tracked_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fieldsync_rows (
     tbl TEXT NOT NULL,
@@ -39,7 +37,7 @@ CREATE TABLE IF NOT EXISTS fieldsync_rows (
     deleted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tbl, pk)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS fieldsync_rows_by_version ON fieldsync_rows (tbl, version);
+CREATE INDEX IF NOT EXISTS fieldsync_rows_by_version ON fieldsync_rows (version);
 CREATE TABLE IF NOT EXISTS fieldsync_users (
     name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -225,14 +223,16 @@ pub(crate) fn table_info(conn: &Connection, table: &str) -> Result<Option<TableI
     }))
 }
 
-pub(crate) fn to_sql_value(v: &Value) -> rusqlite::types::Value {
-    match v {
-        Value::Null => rusqlite::types::Value::Null,
-        Value::Integer(i) => rusqlite::types::Value::Integer(*i),
-        Value::Real(r) => rusqlite::types::Value::Real(*r),
-        Value::Text(t) => rusqlite::types::Value::Text(t.clone()),
-        Value::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
-    }
+/// Binds a value without copying it.
+pub(crate) fn to_sql_value(v: &Value) -> rusqlite::types::ToSqlOutput<'_> {
+    use rusqlite::types::{ToSqlOutput, ValueRef as R};
+    ToSqlOutput::Borrowed(match v {
+        Value::Null => R::Null,
+        Value::Integer(i) => R::Integer(*i),
+        Value::Real(r) => R::Real(*r),
+        Value::Text(t) => R::Text(t.as_bytes()),
+        Value::Blob(b) => R::Blob(b),
+    })
 }
 
 fn value_ref(v: rusqlite::types::ValueRef<'_>) -> ValueRef<'_> {
@@ -363,18 +363,19 @@ impl Store for SqliteStore {
         let pk = quote_ident(&info.primary_key);
         let name_lit = format!("'{}'", info.name.replace('\'', "''"));
         let trig = |suffix: &str| quote_ident(&format!("fieldsync_{}_{suffix}", info.name));
+        // The next version is one past the highest ever given (an index seek on
+        // `fieldsync_rows_by_version`); rows are only ever restamped upwards.
+        let next = "(SELECT coalesce(max(version), 0) + 1 FROM fieldsync_rows)";
         let stamp = |key: &str, deleted: u8| {
             format!(
-                "UPDATE fieldsync_clock SET version = version + 1 WHERE id = 1;
-                 INSERT OR REPLACE INTO fieldsync_rows (tbl, pk, version, deleted)
-                 VALUES ({name_lit}, {key}, (SELECT version FROM fieldsync_clock WHERE id = 1), {deleted});"
+                "INSERT OR REPLACE INTO fieldsync_rows (tbl, pk, version, deleted)
+                 VALUES ({name_lit}, {key}, {next}, {deleted});"
             )
         };
         // A key change retires the old key (a tombstone) before stamping the new one.
         let s_old_gone = format!(
-            "UPDATE fieldsync_clock SET version = version + 1 WHERE id = 1 AND OLD.{pk} IS NOT NEW.{pk};
-             INSERT OR REPLACE INTO fieldsync_rows (tbl, pk, version, deleted)
-             SELECT {name_lit}, OLD.{pk}, (SELECT version FROM fieldsync_clock WHERE id = 1), 1
+            "INSERT OR REPLACE INTO fieldsync_rows (tbl, pk, version, deleted)
+             SELECT {name_lit}, OLD.{pk}, {next}, 1
              WHERE OLD.{pk} IS NOT NEW.{pk};"
         );
         let (s_new, s_old) = (
@@ -388,9 +389,8 @@ impl Store for SqliteStore {
                {s_new}
              END;
              CREATE TRIGGER {del} AFTER DELETE ON {t} BEGIN {s_old} END;
-             UPDATE fieldsync_clock SET version = version + 1 WHERE id = 1;
              INSERT OR REPLACE INTO fieldsync_rows (tbl, pk, version, deleted)
-               SELECT {name_lit}, {pk}, (SELECT version FROM fieldsync_clock WHERE id = 1), 0 FROM {t};",
+               SELECT {name_lit}, {pk}, (SELECT coalesce(max(version), 0) + 1 FROM fieldsync_rows), 0 FROM {t};",
             ins = trig("ins"),
             upd = trig("upd"),
             del = trig("del"),
@@ -618,7 +618,7 @@ impl Store for SqliteStore {
         // One read transaction: counts, rows and cursor all come from one snapshot.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
         let cursor: i64 = tx.query_row(
-            "SELECT version FROM fieldsync_clock WHERE id = 1",
+            "SELECT coalesce(max(version), 0) FROM fieldsync_rows",
             [],
             |r| r.get(0),
         )?;
@@ -695,6 +695,12 @@ impl Store for SqliteStore {
             [to_sql_value(&c.key)],
             |r| r.get(0),
         )?;
+        if !exists && take_device && c.op != "insert" && c.op != "delete" {
+            return Err(StoreError::Invalid(format!(
+                "conflict {id}: the row was deleted in the main database; the device's logged values are an \
+                 update of some columns and cannot re-create it (re-enter the row if it is still needed)"
+            )));
+        }
         let (values, delete) = if take_device {
             (&c.device_values, c.op == "delete")
         } else {

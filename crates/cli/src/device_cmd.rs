@@ -109,9 +109,15 @@ enum JournalCommand {
     },
 }
 
-/// Cancels `cancel` on Ctrl-C or SIGTERM, from a small background runtime.
-fn cancel_on_signals(cancel: &Cancel) {
+/// How long a cancelled operation may take to reach a safe point by itself.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Cancels `cancel` on Ctrl-C or SIGTERM. The operation stops at its next safe point;
+/// one blocked on the network may not get there soon, and since every step is
+/// crash-safe, the process then stops itself, unless the operation had committed.
+fn cancel_on_signals(cancel: &Cancel, device: &Device, op: &'static str) {
     let cancel = cancel.clone();
+    let dir = device.dir().root.clone();
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -121,18 +127,27 @@ fn cancel_on_signals(cancel: &Cancel) {
         };
         rt.block_on(crate::server_cmd::shutdown_signal());
         cancel.cancel();
+        std::thread::sleep(CANCEL_GRACE);
+        if cancel.wait_commit() {
+            return;
+        }
+        let _ = Device::new(dir).note_cancelled(op);
+        eprintln!("error: {}", fieldsync_client::ClientError::Cancelled);
+        std::process::exit(5);
     });
 }
 
 /// Runs a long operation with progress output and signal-driven cancel.
 fn run_long(
+    device: &Device,
+    op: &'static str,
     progress: ProgressFormat,
-    op: impl FnOnce(&mut dyn FnMut(&Progress), &Cancel) -> fieldsync_client::Result<Report>,
+    run: impl FnOnce(&mut dyn FnMut(&Progress), &Cancel) -> fieldsync_client::Result<Report>,
 ) -> anyhow::Result<Report> {
     let cancel = Cancel::default();
-    cancel_on_signals(&cancel);
+    cancel_on_signals(&cancel, device, op);
     let mut view = ProgressView::new(progress);
-    let result = op(&mut |p| view.report(p), &cancel);
+    let result = run(&mut |p| view.report(p), &cancel);
     view.finish();
     Ok(result?)
 }
@@ -222,13 +237,13 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 full,
                 files,
             };
-            let report = run_long(progress.progress, |p, c| {
+            let report = run_long(&device, "download", progress.progress, |p, c| {
                 device.download(&task, &opts, p, c)
             })?;
             print_report(&report);
         }
         DeviceCommand::Send { progress } => {
-            let report = run_long(progress.progress, |p, c| device.send(p, c))?;
+            let report = run_long(&device, "send", progress.progress, |p, c| device.send(p, c))?;
             print_report(&report);
         }
         DeviceCommand::Sync {
@@ -241,7 +256,9 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 full,
                 files,
             };
-            let report = run_long(progress.progress, |p, c| device.sync(&opts, p, c))?;
+            let report = run_long(&device, "sync", progress.progress, |p, c| {
+                device.sync(&opts, p, c)
+            })?;
             print_report(&report);
         }
         DeviceCommand::Journal {

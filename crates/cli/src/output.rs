@@ -64,6 +64,7 @@ impl ProgressView {
                     Phase::Transfer => "transfer",
                     Phase::Store => "store   ",
                     Phase::Send => "send    ",
+                    Phase::Retry => "retry   ",
                 };
                 let _ = write!(
                     err,

@@ -13,10 +13,40 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{ClientError, Result};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest silence while reading a response (the server prepares a slice before the
-/// first byte).
-const READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Network limits; each can be set from the environment (tests, slow links).
+pub struct NetConfig {
+    /// `FIELDSYNC_CONNECT_TIMEOUT_MS`, default 10 s.
+    pub connect_timeout: Duration,
+    /// `FIELDSYNC_READ_TIMEOUT_MS`, default 60 s: the longest silence while reading.
+    pub read_timeout: Duration,
+    /// `FIELDSYNC_RETRIES`, default 3: attempts in all for a transient failure.
+    pub attempts: u32,
+    /// `FIELDSYNC_RETRY_BACKOFF_MS`, default 500 ms, doubling after each attempt.
+    pub backoff: Duration,
+}
+
+impl NetConfig {
+    pub fn from_env() -> NetConfig {
+        let ms = |name: &str, default: u64| {
+            Duration::from_millis(
+                std::env::var(name)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(default),
+            )
+        };
+        NetConfig {
+            connect_timeout: ms("FIELDSYNC_CONNECT_TIMEOUT_MS", 10_000),
+            read_timeout: ms("FIELDSYNC_READ_TIMEOUT_MS", 60_000),
+            attempts: std::env::var("FIELDSYNC_RETRIES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3)
+                .max(1),
+            backoff: ms("FIELDSYNC_RETRY_BACKOFF_MS", 500),
+        }
+    }
+}
 
 /// Credentials a request carries.
 pub struct Credentials<'a> {
@@ -38,9 +68,11 @@ impl Api {
                 "server URL `{server}` must start with http:// (this build has no TLS client yet)"
             )));
         }
+        let net = NetConfig::from_env();
         let agent = ureq::AgentBuilder::new()
-            .timeout_connect(CONNECT_TIMEOUT)
-            .timeout_read(READ_TIMEOUT)
+            .timeout_connect(net.connect_timeout)
+            .timeout_read(net.read_timeout)
+            .timeout_write(net.read_timeout)
             .build();
         Ok(Api { base, agent })
     }

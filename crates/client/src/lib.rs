@@ -37,6 +37,8 @@ pub enum Phase {
     Store,
     /// The journal goes to the server (done/total: entries).
     Send,
+    /// A transient failure; attempt `done` of `total` follows after a backoff.
+    Retry,
 }
 
 /// One progress report: `done` of `total` `unit`s in `phase`.
@@ -49,16 +51,54 @@ pub struct Progress {
 }
 
 /// Cancels a running operation from another thread (a signal handler, a UI button).
+/// Operations check it at safe points; the commit of an operation (installing a new
+/// replica, acknowledging an upload) runs in a commit zone that a cancel waits for.
 #[derive(Debug, Clone, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+pub struct Cancel {
+    flag: Arc<AtomicBool>,
+    /// Held while committing; `true` once the operation committed.
+    commit: Arc<std::sync::Mutex<bool>>,
+}
 
 impl Cancel {
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.flag.store(true, Ordering::SeqCst);
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Runs the commit of an operation: refused (`Cancelled`) if cancelled before,
+    /// never interrupted once begun.
+    pub fn commit<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let mut committed = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_cancelled() {
+            return Err(ClientError::Cancelled);
+        }
+        let out = f()?;
+        *committed = true;
+        Ok(out)
+    }
+
+    /// For a process that must stop now (a signal): waits for a running commit, then
+    /// tells whether the operation had committed (then its result stands).
+    pub fn wait_commit(&self) -> bool {
+        *self.commit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sleeps up to `d`, waking early (with `Cancelled`) if cancelled.
+    pub fn sleep(&self, d: std::time::Duration) -> Result<()> {
+        let until = std::time::Instant::now() + d;
+        while std::time::Instant::now() < until {
+            if self.is_cancelled() {
+                return Err(ClientError::Cancelled);
+            }
+            std::thread::sleep(
+                std::time::Duration::from_millis(20).min(until - std::time::Instant::now()),
+            );
+        }
+        Ok(())
     }
 }
 

@@ -493,12 +493,82 @@ fn build_into<R: Read>(
 
 /// Installs a built generation: retires the current one (the commit point), swaps the
 /// link, removes the old files.
-/// `journal_max_seq`: journal entries up to it were backed up and may be forgotten;
-/// any later entry makes the install refuse with `LocalChanges` (exit 6).
-pub fn install(dir: &DeviceDir, built: &Built, journal_max_seq: i64) -> Result<()> {
+/// The installed replica's write lock, held while an operation prepares to replace
+/// the replica: an app's writes wait (SQLite's busy handler), then fail with
+/// "database is busy"; none lands in a replica about to be replaced. Released
+/// (rolled back) when dropped, or turned into the retirement by [`install`].
+pub struct WriterHold {
+    conn: Connection,
+    open: bool,
+}
+
+impl WriterHold {
+    /// The held connection (its transaction sees the journal as it is now).
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Drop for WriterHold {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// Takes the installed replica's write lock (waiting for an app's write transaction
+/// to end); `None` when there is no replica yet.
+pub fn hold_writers(dir: &DeviceDir) -> Result<Option<WriterHold>> {
+    let Some(path) = current_file(dir) else {
+        return Ok(None);
+    };
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.busy_timeout(RETIRE_BUSY_TIMEOUT)?;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
+        ClientError::Replica(format!(
+            "the replica is busy (an app holds a write transaction): {e}"
+        ))
+    })?;
+    Ok(Some(WriterHold { conn, open: true }))
+}
+
+/// Installs a built generation: retires the current one (the commit point) in the
+/// held transaction, swaps the link, removes the old files. `journal_max_seq`:
+/// journal entries up to it were backed up and may be forgotten; any later entry
+/// refuses the install with `LocalChanges` (exit 6).
+pub fn install(
+    dir: &DeviceDir,
+    built: &Built,
+    hold: Option<WriterHold>,
+    journal_max_seq: i64,
+) -> Result<()> {
     let old = current_file(dir);
-    if let Some(old) = &old {
-        set_retired(old, true, journal_max_seq)?;
+    match (hold, &old) {
+        (Some(mut hold), Some(_)) => {
+            let newer: i64 = hold.conn.query_row(
+                "SELECT count(*) FROM fieldsync_journal WHERE seq > ?1",
+                [journal_max_seq],
+                |r| r.get(0),
+            )?;
+            if newer > 0 {
+                return Err(ClientError::LocalChanges(format!(
+                    "the replica has {newer} local change(s) not sent"
+                )));
+            }
+            hold.conn.execute(
+                "INSERT INTO fieldsync_replica (key, value) VALUES ('retired', '1')
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [],
+            )?;
+            hold.conn.execute_batch("COMMIT")?;
+            hold.open = false;
+            let _ = hold
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
+        (None, Some(old)) => set_retired(old, true, journal_max_seq)?,
+        (_, None) => {}
     }
     swap_link(dir, &built.path)?;
     if let Some(old) = &old {

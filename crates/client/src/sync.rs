@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::error::{ClientError, Result};
-use crate::http::Credentials;
+use crate::http::{Credentials, NetConfig};
 use crate::journal::{self, JournalEntry};
 use crate::state::{DeviceState, LastSync};
 use crate::{Cancel, Device, DownloadOptions, Phase, Progress, replica};
@@ -110,6 +110,21 @@ impl Device {
         })
     }
 
+    /// Records that an operation was cancelled from outside (a signal that had to stop
+    /// the process before the operation reached a safe point).
+    pub fn note_cancelled(&self, op: &str) -> Result<()> {
+        let mut st = self.dir.load()?;
+        st.last_sync = Some(LastSync {
+            op: op.into(),
+            kind: "manual".into(),
+            result: "cancelled".into(),
+            message: ClientError::Cancelled.to_string(),
+            at: time::now_rfc3339(),
+            ..LastSync::default()
+        });
+        self.dir.save(&st)
+    }
+
     /// Runs an operation and records its outcome in the state file.
     fn recorded(
         &self,
@@ -168,9 +183,12 @@ impl Device {
         check_name("task", task).map_err(ClientError::Invalid)?;
         Self::online(st)?;
         let (api, id, secret, session) = Self::logged_in(st)?;
+        // Hold app writers off from here to the install: a write now would land in
+        // a replica about to be replaced. The journal is checked under the lock.
+        let hold = replica::hold_writers(&self.dir)?;
         let mut journal_max_seq = 0;
-        if let Some(conn) = replica::open_current(&self.dir)? {
-            let entries = journal::read_all(&conn)?;
+        if let Some(hold) = &hold {
+            let entries = journal::read_all(hold.conn())?;
             if let Some(last) = entries.last() {
                 if !opts.discard_local_changes {
                     return Err(ClientError::LocalChanges(format!(
@@ -183,28 +201,31 @@ impl Device {
                 journal_max_seq = last.seq;
             }
         }
-        progress(&Progress {
-            phase: Phase::Prepare,
-            done: 0,
-            total: 1,
-            unit: "steps",
-        });
         let creds = Credentials {
             device_id: &id,
             device_secret: &secret,
             token: Some(&session.token),
         };
-        let body = api.download(&creds, task, op, "manual")?;
-        let mut counting = replica::CountingReader {
-            inner: body,
-            n_bytes: 0,
-        };
-        let built = replica::build(&self.dir, &mut counting, progress, cancel)?;
-        if cancel.is_cancelled() {
-            replica::recover(&self.dir)?;
-            return Err(ClientError::Cancelled);
-        }
-        if let Err(e) = replica::install(&self.dir, &built, journal_max_seq) {
+        let mut bytes_down = 0;
+        let built = with_retries(progress, cancel, |progress| {
+            progress(&Progress {
+                phase: Phase::Prepare,
+                done: 0,
+                total: 1,
+                unit: "steps",
+            });
+            let body = api.download(&creds, task, op, "manual")?;
+            let mut counting = replica::CountingReader {
+                inner: body,
+                n_bytes: 0,
+            };
+            let built = replica::build(&self.dir, &mut counting, progress, cancel);
+            bytes_down += counting.n_bytes;
+            built
+        })?;
+        let installed =
+            cancel.commit(|| replica::install(&self.dir, &built, hold, journal_max_seq));
+        if let Err(e) = installed {
             replica::recover(&self.dir)?;
             return Err(e);
         }
@@ -223,7 +244,7 @@ impl Device {
             .map(|t| t.name.clone())
             .zip(built.rows_per_table.iter().copied())
             .collect();
-        report.bytes_down += counting.n_bytes;
+        report.bytes_down += bytes_down;
         report.full = true;
         report.full_reason = Some(if opts.full { "requested" } else { "no-cursor" }.to_string());
         Ok(())
@@ -263,7 +284,11 @@ impl Device {
                 total: pending.n_entries,
                 unit: "entries",
             });
-            let outcome = match api.upload(&creds, &pending.body, op, "manual") {
+            // Resending is safe: the upload id makes the server apply it at most once.
+            let sent = with_retries(progress, cancel, |_| {
+                api.upload(&creds, &pending.body, op, "manual")
+            });
+            let outcome = match sent {
                 Ok(o) => o,
                 Err(e) => {
                     let definite = matches!(&e, ClientError::Refused(_))
@@ -285,7 +310,7 @@ impl Device {
                     return Err(e);
                 }
             };
-            acknowledge(&conn, &pending, &outcome)?;
+            cancel.commit(|| acknowledge(&conn, &pending, &outcome))?;
             progress(&Progress {
                 phase: Phase::Send,
                 done: pending.n_entries,
@@ -450,6 +475,49 @@ fn acknowledge(conn: &Connection, pending: &PendingUpload, outcome: &UploadOutco
     )?;
     tx.commit()?;
     Ok(())
+}
+
+/// Whether a failure may pass if tried again (the network, a damaged stream, a server
+/// error); refusals and bad input never do.
+fn is_transient(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Unreachable { .. }
+            | ClientError::Stream(_)
+            | ClientError::Server {
+                code: ErrorCode::Internal,
+                ..
+            }
+    )
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or the attempts run out
+/// (`FIELDSYNC_RETRIES`); transient failures wait a doubling backoff, which a cancel
+/// cuts short, and show in the progress as phase `retry`.
+fn with_retries<T>(
+    progress: &mut dyn FnMut(&Progress),
+    cancel: &Cancel,
+    mut attempt: impl FnMut(&mut dyn FnMut(&Progress)) -> Result<T>,
+) -> Result<T> {
+    let net = NetConfig::from_env();
+    let mut backoff = net.backoff;
+    let mut n = 1;
+    loop {
+        match attempt(progress) {
+            Err(e) if n < net.attempts && is_transient(&e) && !cancel.is_cancelled() => {
+                n += 1;
+                progress(&Progress {
+                    phase: Phase::Retry,
+                    done: u64::from(n),
+                    total: u64::from(net.attempts),
+                    unit: "attempts",
+                });
+                cancel.sleep(backoff)?;
+                backoff *= 2;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn summary(r: &Report) -> String {

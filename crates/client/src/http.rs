@@ -48,6 +48,9 @@ impl NetConfig {
     }
 }
 
+/// Largest JSON answer the device reads (an acknowledgement of a large upload).
+const RESPONSE_JSON_MAX_BYTES: u64 = 512 * 1024 * 1024;
+
 /// Credentials a request carries.
 pub struct Credentials<'a> {
     pub device_id: &'a str,
@@ -120,11 +123,16 @@ impl Api {
         }
     }
 
+    /// Reads a whole JSON response, then parses it (parsing from the socket byte by
+    /// byte is slow for a large acknowledgement).
     fn json<T: DeserializeOwned>(&self, resp: ureq::Response) -> Result<T> {
-        resp.into_json().map_err(|e| ClientError::Server {
-            code: ErrorCode::Internal,
-            message: format!("bad response: {e}"),
-        })
+        let mut body = Vec::new();
+        resp.into_reader()
+            .take(RESPONSE_JSON_MAX_BYTES)
+            .read_to_end(&mut body)
+            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), detail: e.to_string() })?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Server { code: ErrorCode::Internal, message: format!("bad response: {e}") })
     }
 
     pub fn pair(&self, req: &PairRequest) -> Result<PairResponse> {

@@ -583,6 +583,8 @@ pub fn open_current(dir: &DeviceDir) -> Result<Option<Connection>> {
         Some(_) => {
             let conn = Connection::open(dir.replica_path())?;
             conn.busy_timeout(Duration::from_secs(10))?;
+            // Sends read and rewrite the whole journal: keep its pages in memory.
+            conn.execute_batch("PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;")?;
             Ok(Some(conn))
         }
         None => Ok(None),

@@ -418,7 +418,7 @@ fn prepare_upload(conn: &Connection, task: &str) -> Result<Option<PendingUpload>
             continue;
         }
         let json = serde_json::to_vec(&upload).expect("uploads serialize");
-        let body = zstd::encode_all(&json[..], 3).map_err(|e| ClientError::Io(e.to_string()))?;
+        let body = zstd::encode_all(&json[..], 1).map_err(|e| ClientError::Io(e.to_string()))?;
         let pending = PendingUpload {
             upload_id: upload.upload_id,
             max_seq,

@@ -117,7 +117,14 @@ pub(super) fn integrate(
         );
     }
     let mut user_ok: HashMap<&str, bool> = HashMap::new();
-    let mut queries: HashMap<(&str, &str), CurrentQuery> = HashMap::new();
+    let mut queries: HashMap<(&str, &str), (CurrentQuery, Params)> = HashMap::new();
+    let mut write_sql = WriteSql::default();
+    let mut parents = ParentSlices::default();
+    let parent_tables: std::collections::HashSet<&str> = def
+        .tables
+        .iter()
+        .filter_map(|t| t.parent.as_ref().map(|p| p.table.as_str()))
+        .collect();
     let mut outcome = UploadOutcome {
         upload_id: upload.upload_id.clone(),
         applied: 0,
@@ -171,22 +178,20 @@ pub(super) fn integrate(
                 ),
             ));
         }
-        let params = Params {
-            user: e.user.clone(),
-            device: ctx.device.to_string(),
-        };
-        let query = match queries.get(&(e.table.as_str(), e.user.as_str())) {
-            Some(q) => q.clone(),
-            None => {
-                let q = current_query(&tx, def, t, &params)?;
-                queries.insert((e.table.as_str(), e.user.as_str()), q.clone());
-                q
-            }
-        };
-        let current = read_current(&tx, t, &query, &e.key)?;
+        let key = (e.table.as_str(), e.user.as_str());
+        if let std::collections::hash_map::Entry::Vacant(slot) = queries.entry(key) {
+            let params = Params {
+                user: e.user.clone(),
+                device: ctx.device.to_string(),
+            };
+            let q = current_query(&tx, def, t, &params)?;
+            slot.insert((q, params));
+        }
+        let (query, params) = &queries[&key];
+        let current = read_current(&tx, t, query, &e.key)?;
         let insert_in_slice = e.op == WriteOp::Insert
             && t.filter.as_ref().is_none_or(|f| {
-                f.matches(&|c| e.new.get(c).cloned().unwrap_or(Value::Null), &params)
+                f.matches(&|c| e.new.get(c).cloned().unwrap_or(Value::Null), params)
             });
         let decision = conflict::decide(
             e,
@@ -208,20 +213,29 @@ pub(super) fn integrate(
         let clean = note.is_none() && current.as_ref().is_none_or(|c| c.version <= base);
         let mut version = None;
         if let Some(w) = &write {
-            apply(&tx, &t.info, &e.key, w)
+            apply(&tx, &mut write_sql, &t.info, &e.key, w)
                 .map_err(|err| forbidden(&label, format!("the main database refused it: {err}")))?;
             outcome.applied += 1;
+            if parent_tables.contains(e.table.as_str()) {
+                parents.forget();
+            }
             match w {
                 // One meaning of the slice: the database's own evaluation, parents included.
-                Write::Insert(_) => {
-                    let (now_version, in_slice) = probe(&tx, &query, &e.key)?;
-                    if !in_slice {
-                        return Err(forbidden(
-                            &label,
-                            "the inserted row is outside the task's slice",
-                        ));
+                // The row's own filter was checked in `decide`; its parent chain is
+                // the database's to judge.
+                Write::Insert(row) => {
+                    if let Some(p) = &t.task_table.parent {
+                        let parent_key = row.get(&p.key).unwrap_or(&Value::Null);
+                        if !parents.contains(&tx, def, &p.table, params, parent_key)? {
+                            return Err(forbidden(
+                                &label,
+                                format!("the parent `{}` row is not in the task's slice", p.table),
+                            ));
+                        }
                     }
-                    version = clean.then_some(now_version);
+                    if clean {
+                        version = Some(highest_version(&tx)?);
+                    }
                 }
                 // The write just stamped the highest version there is.
                 Write::Update(_) if clean => version = Some(highest_version(&tx)?),
@@ -247,11 +261,8 @@ pub(super) fn integrate(
 }
 
 /// The query that reads an entry's row for one table and user, and its binds.
-#[derive(Clone)]
 struct CurrentQuery {
     sql: String,
-    /// Only the version and slice membership of a live row (after a write).
-    probe_sql: String,
     binds: Vec<Value>,
 }
 
@@ -289,17 +300,8 @@ fn current_query(
         pk = quote_ident(&t.info.primary_key),
         cols = cols.join(", ")
     );
-    let probe_sql = format!(
-        "SELECT r.version, ({cond}) FROM fieldsync_rows r JOIN {table} ON {table}.{pk} = r.pk
-         WHERE r.tbl = ? AND r.pk = ? AND r.deleted = 0",
-        pk = quote_ident(&t.info.primary_key),
-    );
     binds.push(Value::Text(t.info.name.clone()));
-    Ok(CurrentQuery {
-        sql,
-        probe_sql,
-        binds,
-    })
+    Ok(CurrentQuery { sql, binds })
 }
 
 /// SQL expressions for the row versions of a table's parent chain, for the row joined
@@ -372,39 +374,64 @@ fn read_current(
         .optional()?)
 }
 
-fn apply(
+/// The SQL of the last write per table and kind, reused while the columns repeat
+/// (a bulk upload writes the same columns over and over).
+#[derive(Default)]
+struct WriteSql<'t>(HashMap<(&'t str, &'static str), (Vec<String>, String)>);
+
+impl<'t> WriteSql<'t> {
+    fn get(
+        &mut self,
+        info: &'t TableInfo,
+        kind: &'static str,
+        row: &fieldsync_proto::conflict::Row,
+    ) -> &str {
+        let slot = self.0.entry((info.name.as_str(), kind)).or_default();
+        if !slot.0.iter().eq(row.keys()) || slot.1.is_empty() {
+            let table = quote_ident(&info.name);
+            let pk = quote_ident(&info.primary_key);
+            let sql = match kind {
+                "insert" => {
+                    let cols: Vec<String> = row.keys().map(|c| quote_ident(c)).collect();
+                    let marks = vec!["?"; cols.len()].join(", ");
+                    format!("INSERT INTO {table} ({}) VALUES ({marks})", cols.join(", "))
+                }
+                "update" => {
+                    let sets: Vec<String> = row
+                        .keys()
+                        .map(|c| format!("{} = ?", quote_ident(c)))
+                        .collect();
+                    format!("UPDATE {table} SET {} WHERE {pk} = ?", sets.join(", "))
+                }
+                _ => format!("DELETE FROM {table} WHERE {pk} = ?"),
+            };
+            *slot = (row.keys().cloned().collect(), sql);
+        }
+        &slot.1
+    }
+}
+
+fn apply<'t>(
     tx: &Transaction<'_>,
-    info: &TableInfo,
+    sql: &mut WriteSql<'t>,
+    info: &'t TableInfo,
     key: &Value,
     write: &Write,
 ) -> rusqlite::Result<()> {
-    let table = quote_ident(&info.name);
-    let pk = quote_ident(&info.primary_key);
+    let none = fieldsync_proto::conflict::Row::new();
     match write {
         Write::Insert(row) => {
-            let cols: Vec<String> = row.keys().map(|c| quote_ident(c)).collect();
-            let marks = vec!["?"; cols.len()].join(", ");
-            let mut stmt = tx.prepare_cached(&format!(
-                "INSERT INTO {table} ({}) VALUES ({marks})",
-                cols.join(", ")
-            ))?;
+            let mut stmt = tx.prepare_cached(sql.get(info, "insert", row))?;
             stmt.execute(rusqlite::params_from_iter(row.values().map(to_sql_value)))?;
         }
         Write::Update(row) => {
-            let sets: Vec<String> = row
-                .keys()
-                .map(|c| format!("{} = ?", quote_ident(c)))
-                .collect();
-            let mut stmt = tx.prepare_cached(&format!(
-                "UPDATE {table} SET {} WHERE {pk} = ?",
-                sets.join(", ")
-            ))?;
+            let mut stmt = tx.prepare_cached(sql.get(info, "update", row))?;
             stmt.execute(rusqlite::params_from_iter(
                 row.values().chain(std::iter::once(key)).map(to_sql_value),
             ))?;
         }
         Write::Delete => {
-            tx.prepare_cached(&format!("DELETE FROM {table} WHERE {pk} = ?"))?
+            tx.prepare_cached(sql.get(info, "delete", &none))?
                 .execute([to_sql_value(key)])?;
         }
     }
@@ -417,24 +444,69 @@ fn highest_version(tx: &Transaction<'_>) -> Result<i64, IntegrateError> {
         .query_row([], |r| r.get(0))?)
 }
 
-/// The version of a live row and whether it is in the slice, after a write.
-fn probe(
-    tx: &Transaction<'_>,
-    q: &CurrentQuery,
-    key: &Value,
-) -> Result<(i64, bool), IntegrateError> {
-    let mut stmt = tx.prepare_cached(&q.probe_sql)?;
-    let binds: Vec<_> = q
-        .binds
-        .iter()
-        .chain(std::iter::once(key))
-        .map(to_sql_value)
-        .collect();
-    Ok(
-        stmt.query_row(rusqlite::params_from_iter(binds.iter()), |r| {
-            Ok((r.get(0)?, r.get::<_, Option<bool>>(1)?.unwrap_or(false)))
-        })?,
-    )
+/// Whether parent rows are in a user's slice, remembered for the upload: a bulk of
+/// children of a few parents asks the database once per parent. Any write to a parent
+/// table forgets what was learnt.
+#[derive(Default)]
+struct ParentSlices {
+    queries: HashMap<(String, String), (String, Vec<Value>)>,
+    known: HashMap<(String, String, String), bool>,
+}
+
+impl ParentSlices {
+    fn forget(&mut self) {
+        self.known.clear();
+    }
+
+    fn contains(
+        &mut self,
+        tx: &Transaction<'_>,
+        def: &fieldsync_proto::task::TaskDef,
+        table: &str,
+        params: &Params,
+        key: &Value,
+    ) -> Result<bool, IntegrateError> {
+        let id = (
+            table.to_string(),
+            params.user.clone(),
+            serde_json::to_string(key).expect("serializes"),
+        );
+        if let Some(known) = self.known.get(&id) {
+            return Ok(*known);
+        }
+        let qkey = (table.to_string(), params.user.clone());
+        if !self.queries.contains_key(&qkey) {
+            let parent = def.table(table).expect("checked: parent is in the task");
+            let info = table_info(tx, table)?
+                .ok_or_else(|| StoreError::NotFound(format!("table `{table}` is gone")))?;
+            let mut binds = Vec::new();
+            let cond = plan::slice_condition(
+                def,
+                parent,
+                params,
+                Dialect::Sqlite,
+                &mut binds,
+                &|n| table_info(tx, n),
+                true,
+            )?;
+            let pt = quote_ident(table);
+            let sql = format!(
+                "SELECT EXISTS (SELECT 1 FROM {pt} WHERE {pt}.{} = ? AND {cond})",
+                quote_ident(&info.primary_key)
+            );
+            self.queries.insert(qkey.clone(), (sql, binds));
+        }
+        let (sql, binds) = &self.queries[&qkey];
+        let all: Vec<_> = std::iter::once(key)
+            .chain(binds.iter())
+            .map(to_sql_value)
+            .collect();
+        let inside: bool = tx
+            .prepare_cached(sql)?
+            .query_row(rusqlite::params_from_iter(all.iter()), |r| r.get(0))?;
+        self.known.insert(id, inside);
+        Ok(inside)
+    }
 }
 
 fn log_conflict(

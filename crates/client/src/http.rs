@@ -130,9 +130,14 @@ impl Api {
         resp.into_reader()
             .take(RESPONSE_JSON_MAX_BYTES)
             .read_to_end(&mut body)
-            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), detail: e.to_string() })?;
-        serde_json::from_slice(&body)
-            .map_err(|e| ClientError::Server { code: ErrorCode::Internal, message: format!("bad response: {e}") })
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                detail: e.to_string(),
+            })?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Server {
+            code: ErrorCode::Internal,
+            message: format!("bad response: {e}"),
+        })
     }
 
     pub fn pair(&self, req: &PairRequest) -> Result<PairResponse> {

@@ -9,7 +9,17 @@
 //! replays seed N (and the next CASES - 1 seeds when CASES is also set). A failing case
 //! prints its seed and the steps it took.
 //!
-//! # What is checked, and why it is sound
+//! Each case applies the north task with a conflict policy per table drawn from the
+//! seed, pairs devices A and B (ana) and C (ana and ben taking turns), and runs random
+//! steps: office writes, device writes, `device send`, `device sync`, `device download`
+//! (exit 6 while the journal is not empty, the replica unchanged) and, on C, a logout
+//! (an edit while nobody is logged in is refused) and a login of the other user. After
+//! every sync and download the replica must equal its slice. Quiescence: every device
+//! syncs, C's next user may log in (its journal is empty then), every device syncs
+//! again; then every journal is empty, every replica passes `integrity_check` and
+//! equals its slice as plain SQL on the main database selects it.
+//!
+//! # Where device writes must be, and why the rule is sound
 //!
 //! Every value a device or the office writes is unique (a counter in it), so a value
 //! names the write that made it. Per send, the device's journal since its last send is
@@ -19,9 +29,11 @@
 //! writes to it meanwhile), and
 //!
 //! * a cell the send changed must be one the upload wrote, its new value one of the
-//!   upload's values for it, and its old value one an entry of the upload saw: field
-//!   merge applies a device value only over the value the device saw, so any other
-//!   change is a lost update (nothing else may overwrite an office or device value);
+//!   upload's values for it, and its old value one an entry of the upload saw:
+//!   field-merge and server-wins apply a device value only over the value the device
+//!   saw, so any other change is a lost update. Only device-wins may overwrite a value
+//!   the device did not see, and then that value must be in the conflict log's server
+//!   values of the cell;
 //! * a device value `v` of the upload must be in the main database right after the send,
 //!   or in the conflict log (device values of that table, key and column), or excused by
 //!   a value the same device wrote later to the same cell (another user's entry of the
@@ -66,6 +78,7 @@ const TASK: &str = "north-inspections";
 /// The device two users take turns on (index into `World::devs`).
 const SHARED: usize = 2;
 const N_ASSETS: i64 = 40;
+const POLICIES: [&str; 3] = ["field-merge", "server-wins", "device-wins"];
 /// How many rows of a table are "hot" (see `World::pick`).
 const HOT_ROWS: usize = 4;
 
@@ -98,7 +111,8 @@ fn random_edits_and_syncs_converge_and_lose_no_device_write() {
         let case_started = Instant::now();
         let stats = run_case(seed, steps);
         eprintln!(
-            "convergence seed {seed}: {steps} steps, {} device values sent, {} applied, {} in the conflict log, {} conflicts logged, {:?}",
+            "convergence seed {seed}: {steps} steps, conflict policies {}, {} device values sent, {} applied, {} in the conflict log, {} conflicts logged, {:?}",
+            stats.policies,
             stats.values_sent,
             stats.values_applied,
             stats.values_logged,
@@ -119,6 +133,8 @@ fn random_edits_and_syncs_converge_and_lose_no_device_write() {
 
 #[derive(Default)]
 struct Stats {
+    /// The case's conflict policies (assets, inspections).
+    policies: String,
     values_sent: usize,
     values_applied: usize,
     values_logged: usize,
@@ -247,6 +263,11 @@ struct World {
     trace: Vec<String>,
     sent: Vec<Sent>,
     last: HashMap<Cell, Last>,
+    /// The conflict policy of each table in this case.
+    policies: HashMap<&'static str, &'static str>,
+    /// Cells a device-wins send overwrote with a value the device had not seen: the
+    /// value overwritten must be in the conflict log's server values.
+    overwritten: Vec<(Cell, String, &'static str, usize)>,
 }
 
 impl Drop for World {
@@ -264,7 +285,39 @@ impl Drop for World {
 }
 
 fn run_case(seed: u64, steps: usize) -> Stats {
+    let mut g = Gen::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let policies: HashMap<&'static str, &'static str> = [
+        ("assets", g.pick(&POLICIES)),
+        ("inspections", g.pick(&POLICIES)),
+    ]
+    .into_iter()
+    .collect();
     let office = Office::new(N_ASSETS);
+    // The sample task sets field-merge on inspections and leaves assets at the default.
+    let task = fieldsync_store::sample::TASK_NORTH
+        .replace(
+            "conflict = \"field-merge\"",
+            &format!("conflict = \"{}\"", policies["inspections"]),
+        )
+        .replacen(
+            "write = [\"update\"]\n",
+            &format!(
+                "write = [\"update\"]\nconflict = \"{}\"\n",
+                policies["assets"]
+            ),
+            1,
+        );
+    let assets_part = &task[..task.find("name = \"inspections\"").unwrap()];
+    assert!(
+        assets_part.contains(&format!("conflict = \"{}\"", policies["assets"]))
+            && task.matches("conflict = ").count() == 2,
+        "{task}"
+    );
+    let path = office.dir.0.join("north-policies.toml");
+    std::fs::write(&path, &task).unwrap();
+    office
+        .admin(&["task", "apply", path.to_str().unwrap()], "")
+        .ok();
     office
         .admin(&["task", "assign", TASK, "--user", "ben"], "")
         .ok();
@@ -290,13 +343,16 @@ fn run_case(seed: u64, steps: usize) -> Stats {
         seed,
         office,
         devs,
-        g: Gen::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        g,
         counter: 0,
         step: 0,
         trace: Vec::new(),
         sent: Vec::new(),
         last: HashMap::new(),
+        policies,
+        overwritten: Vec::new(),
     };
+    w.log(format!("conflict policies: {:?}", w.policies));
     for d in 0..w.devs.len() {
         w.check_replica(d);
     }
@@ -733,10 +789,19 @@ impl World {
                 q.is_some_and(|q| entries.iter().any(|n| &n.new == q)),
                 "dev {name}: {how} set {cell:?} to {q:?}, not a value of the upload: {entries:?}"
             );
-            assert!(
-                entries.iter().any(|n| n.old.as_ref() == p),
-                "dev {name}: {how} overwrote {cell:?} = {p:?} (now {q:?}), a value none of the upload's entries saw: {entries:?}"
-            );
+            if entries.iter().any(|n| n.old.as_ref() == p) {
+                continue;
+            }
+            // Only device-wins overwrites a value the device did not see, and logs it.
+            match p {
+                Some(p) if self.policies[cell.table] == "device-wins" => {
+                    self.overwritten
+                        .push((cell.clone(), p.clone(), name, self.step));
+                }
+                _ => panic!(
+                    "dev {name}: {how} overwrote {cell:?} = {p:?} (now {q:?}), a value none of the upload's entries saw: {entries:?}"
+                ),
+            }
         }
 
         for (cell, entries) in nets {
@@ -899,15 +964,36 @@ impl World {
         .unwrap();
         let conflicts = conflicts.as_array().unwrap();
         let mut logged: HashMap<(String, String, String), HashSet<String>> = HashMap::new();
+        let mut logged_server: HashMap<(String, String, String), HashSet<String>> = HashMap::new();
         for c in conflicts {
             let table = c["table"].as_str().unwrap().to_string();
             let key = json_text(&c["key"]);
-            for (col, v) in c["device_values"].as_object().unwrap() {
-                logged
-                    .entry((table.clone(), key.clone(), col.clone()))
-                    .or_default()
-                    .insert(json_text(v));
+            assert_eq!(
+                c["policy"].as_str(),
+                Some(self.policies[table.as_str()]),
+                "the table's policy decided: {c}"
+            );
+            for (side, map) in [
+                ("device_values", &mut logged),
+                ("server_values", &mut logged_server),
+            ] {
+                for (col, v) in c[side].as_object().unwrap() {
+                    map.entry((table.clone(), key.clone(), col.clone()))
+                        .or_default()
+                        .insert(json_text(v));
+                }
             }
+        }
+        for (cell, p, dev, step) in &self.overwritten {
+            let id = (
+                cell.table.to_string(),
+                cell.key.clone(),
+                cell.col.to_string(),
+            );
+            assert!(
+                logged_server.get(&id).is_some_and(|s| s.contains(p)),
+                "dev {dev} overwrote {cell:?} = {p} at step {step} (device-wins) without logging it as a server value"
+            );
         }
         let is_logged = |cell: &Cell, v: &str| {
             logged
@@ -922,6 +1008,10 @@ impl World {
         // Every device value: in the main database right after its send, in the conflict
         // log, or overwritten by a later value of the same device in the same upload.
         let mut stats = Stats {
+            policies: format!(
+                "{}/{}",
+                self.policies["assets"], self.policies["inspections"]
+            ),
             conflicts: conflicts.len(),
             ..Stats::default()
         };
@@ -999,9 +1089,10 @@ fn conflict_log(office: &Office) -> Vec<serde_json::Value> {
         .clone()
 }
 
-/// Found by the random test (seed 19, 60 steps): after a send whose entry was merged
-/// with an office change of another column, the device's next edit of that column
-/// silently overwrote the office's value.
+/// Found by the random test (a lost update): a send whose entry was merged with an
+/// office change of another column acknowledged the merged row's version as the
+/// device's base, although the replica did not have the office's change; the device's
+/// next edit of that column then overwrote the office's value without a conflict.
 #[test]
 fn an_office_change_merged_into_a_send_is_not_overwritten_by_the_next_send() {
     let office = Office::new(20);
@@ -1045,9 +1136,10 @@ fn an_office_change_merged_into_a_send_is_not_overwritten_by_the_next_send() {
     );
 }
 
-/// Found by the random test (seed 9 with 20 cases): the office moves a parent out of
-/// the slice; the device's update of a child row it downloaded gets the whole upload
-/// refused as "outside the task's slice" instead of a `left-slice` conflict.
+/// Found by the random test: the office moves a parent out of the slice; the device's
+/// update of a child row it downloaded got the whole upload refused as "outside the
+/// task's slice" (the child row itself was unchanged since the device's base) instead
+/// of a `left-slice` conflict.
 #[test]
 fn an_update_of_a_child_whose_parent_the_office_moved_out_is_a_conflict() {
     let office = Office::new(20);

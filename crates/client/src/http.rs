@@ -5,9 +5,9 @@ use std::io::Read;
 use std::time::Duration;
 
 use fieldsync_proto::wire::{
-    ErrorBody, ErrorCode, HEADER_DEVICE_ID, HEADER_DEVICE_SECRET, HEADER_KIND, HEADER_OP,
-    HEADER_PROTOCOL, LoginRequest, LoginResponse, PROTOCOL_VERSION, PairRequest, PairResponse,
-    TaskSummary, UploadOutcome,
+    ErrorBody, ErrorCode, HEADER_BODY_CRC32, HEADER_DEVICE_ID, HEADER_DEVICE_SECRET, HEADER_KIND,
+    HEADER_OP, HEADER_PROTOCOL, LoginRequest, LoginResponse, PROTOCOL_VERSION, PairRequest,
+    PairResponse, TaskSummary, UploadOutcome,
 };
 use serde::de::DeserializeOwned;
 
@@ -204,6 +204,10 @@ impl Api {
             .set(HEADER_OP, op)
             .set(HEADER_KIND, kind)
             .set("content-type", "application/x-fieldsync-upload+zstd")
+            .set(
+                HEADER_BODY_CRC32,
+                &format!("{:08x}", fieldsync_proto::frame::crc32(body)),
+            )
             .send_bytes(body)
             .map_err(|e| self.map_err(e))?;
         self.json(resp)

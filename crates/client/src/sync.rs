@@ -183,12 +183,11 @@ impl Device {
         check_name("task", task).map_err(ClientError::Invalid)?;
         Self::online(st)?;
         let (api, id, secret, session) = Self::logged_in(st)?;
-        // Hold app writers off from here to the install: a write now would land in
-        // a replica about to be replaced. The journal is checked under the lock.
-        let hold = replica::hold_writers(&self.dir)?;
+        // Local changes refuse the download before anything is fetched; they are
+        // checked again under the replica's write lock at the install.
         let mut journal_max_seq = 0;
-        if let Some(hold) = &hold {
-            let entries = journal::read_all(hold.conn())?;
+        if let Some(conn) = replica::open_current(&self.dir)? {
+            let entries = journal::read_all(&conn)?;
             if let Some(last) = entries.last() {
                 if !opts.discard_local_changes {
                     return Err(ClientError::LocalChanges(format!(
@@ -223,8 +222,12 @@ impl Device {
             bytes_down += counting.n_bytes;
             built
         })?;
-        let installed =
-            cancel.commit(|| replica::install(&self.dir, &built, hold, journal_max_seq));
+        // Hold app writers off for the install: a write from here on would land in a
+        // replica about to be replaced; it waits, then fails busy, and is never lost.
+        let installed = cancel.commit(|| {
+            let hold = replica::hold_writers(&self.dir)?;
+            replica::install(&self.dir, &built, hold, journal_max_seq)
+        });
         if let Err(e) = installed {
             replica::recover(&self.dir)?;
             return Err(e);
@@ -485,7 +488,7 @@ fn is_transient(e: &ClientError) -> bool {
         ClientError::Unreachable { .. }
             | ClientError::Stream(_)
             | ClientError::Server {
-                code: ErrorCode::Internal,
+                code: ErrorCode::Internal | ErrorCode::Damaged,
                 ..
             }
     )

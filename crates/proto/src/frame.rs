@@ -34,6 +34,11 @@ fn corrupt(what: impl Into<String>) -> FrameError {
     FrameError::Corrupt(what.into())
 }
 
+/// CRC-32 of a byte string (upload bodies).
+pub fn crc32(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+
 /// A borrowed cell, decoded in place from a row batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ValueRef<'a> {

@@ -118,6 +118,9 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The device speaks a protocol this server cannot serve.
     UpdateRequired,
+    /// The request body was damaged in transit (its checksum does not match); the
+    /// same request may be sent again.
+    Damaged,
     Internal,
 }
 
@@ -146,6 +149,8 @@ pub const UPLOAD_BODY_MAX_BYTES: usize = 64 * 1024 * 1024;
 pub const UPLOAD_JSON_MAX_BYTES: usize = 512 * 1024 * 1024;
 /// Requests say which operation they belong to (the server's sync history).
 pub const HEADER_OP: &str = "x-fieldsync-op";
+/// CRC-32 (hex) of an upload's body as sent, so the server refuses a damaged one.
+pub const HEADER_BODY_CRC32: &str = "x-fieldsync-body-crc32";
 pub const HEADER_KIND: &str = "x-fieldsync-kind";
 
 /// One net change of one row by one user (the journal compacted per upload).

@@ -14,9 +14,9 @@ use fieldsync_proto::filter::Params;
 use fieldsync_proto::task::check_name;
 use fieldsync_proto::time;
 use fieldsync_proto::wire::{
-    ErrorCode, HEADER_KIND, HEADER_OP, JSON_BODY_MAX_BYTES, LoginRequest, LoginResponse,
-    PROTOCOL_VERSION, PairRequest, PairResponse, SliceHeader, TaskSummary, UPLOAD_BODY_MAX_BYTES,
-    UPLOAD_JSON_MAX_BYTES, Upload, UploadOutcome,
+    ErrorCode, HEADER_BODY_CRC32, HEADER_KIND, HEADER_OP, JSON_BODY_MAX_BYTES, LoginRequest,
+    LoginResponse, PROTOCOL_VERSION, PairRequest, PairResponse, SliceHeader, TaskSummary,
+    UPLOAD_BODY_MAX_BYTES, UPLOAD_JSON_MAX_BYTES, Upload, UploadOutcome,
 };
 use fieldsync_store::{
     IntegrateContext, IntegrateError, SessionRecord, Store, SyncSessionRecord, TaskRecord,
@@ -260,8 +260,9 @@ fn op_and_kind(headers: &HeaderMap, default_op: &str) -> Result<(String, String)
     Ok((op.to_string(), kind.to_string()))
 }
 
-/// Reads a zstd-compressed JSON upload with a cap on its decompressed size.
-fn read_upload(body: RequestBody) -> Result<Upload, ApiError> {
+/// Reads a zstd-compressed JSON upload with a cap on its decompressed size; a body
+/// whose checksum does not match is refused as damaged (the device sends it again).
+fn read_upload(headers: &HeaderMap, body: RequestBody) -> Result<Upload, ApiError> {
     use std::io::Read;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -273,6 +274,19 @@ fn read_upload(body: RequestBody) -> Result<Upload, ApiError> {
             ApiError::bad_request(format!("unreadable request body: {e}"))
         }
     })?;
+    let claimed = headers
+        .get(HEADER_BODY_CRC32)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| u32::from_str_radix(v, 16).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("missing or bad header {HEADER_BODY_CRC32}"))
+        })?;
+    if fieldsync_proto::frame::crc32(&body) != claimed {
+        return Err(ApiError::new(
+            ErrorCode::Damaged,
+            "the upload was damaged in transit (checksum mismatch)",
+        ));
+    }
     let decoder = zstd::stream::read::Decoder::new(&body[..])
         .map_err(|e| ApiError::bad_request(format!("upload is not zstd: {e}")))?;
     let mut json = Vec::new();
@@ -309,7 +323,7 @@ async fn upload(
         let started = std::time::Instant::now();
         let started_at = time::now_rfc3339();
         let (device, _, user) = auth::session(&*st.store, &headers)?;
-        let upload = read_upload(body)?;
+        let upload = read_upload(&headers, body)?;
         let task = assigned(&*st.store, &user.name, &device.id)?
             .into_iter()
             .find(|t| t.def.name == upload.task)

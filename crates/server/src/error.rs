@@ -43,7 +43,7 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self.code {
-            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest | ErrorCode::Damaged => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden | ErrorCode::Revoked => StatusCode::FORBIDDEN,
             ErrorCode::Throttled => StatusCode::TOO_MANY_REQUESTS,

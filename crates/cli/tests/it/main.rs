@@ -5,6 +5,8 @@ mod admin;
 mod conflicts;
 mod convergence;
 mod download;
+mod faults;
 mod harness;
+mod proxy;
 mod refusals;
 mod send;

@@ -119,17 +119,7 @@ fn set_retired(path: &Path, retired: bool, journal_max_seq: i64) -> Result<()> {
             ))
         })?;
     if retired {
-        let newer: i64 = tx.query_row(
-            "SELECT count(*) FROM fieldsync_journal WHERE seq > ?1",
-            [journal_max_seq],
-            |r| r.get(0),
-        )?;
-        if newer > 0 {
-            return Err(ClientError::LocalChanges(format!(
-                "the replica has {newer} local change(s) not sent; send them first (`fieldsync device send`), \
-                 or download with --discard-local-changes to back them up and forget them"
-            )));
-        }
+        refuse_unsent(&tx, journal_max_seq)?;
     }
     tx.execute(
         "INSERT INTO fieldsync_replica (key, value) VALUES ('retired', ?1)
@@ -138,6 +128,23 @@ fn set_retired(path: &Path, retired: bool, journal_max_seq: i64) -> Result<()> {
     )?;
     tx.commit()?;
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    Ok(())
+}
+
+/// Refuses (`LocalChanges`, exit 6) when the journal holds entries past
+/// `journal_max_seq` (those up to it were backed up and may be forgotten).
+fn refuse_unsent(conn: &Connection, journal_max_seq: i64) -> Result<()> {
+    let newer: i64 = conn.query_row(
+        "SELECT count(*) FROM fieldsync_journal WHERE seq > ?1",
+        [journal_max_seq],
+        |r| r.get(0),
+    )?;
+    if newer > 0 {
+        return Err(ClientError::LocalChanges(format!(
+            "the replica has {newer} local change(s) not sent; send them first (`fieldsync device send`), \
+             or download with --discard-local-changes to back them up and forget them"
+        )));
+    }
     Ok(())
 }
 
@@ -546,16 +553,7 @@ pub fn install(
     let old = current_file(dir);
     match (hold, &old) {
         (Some(mut hold), Some(_)) => {
-            let newer: i64 = hold.conn.query_row(
-                "SELECT count(*) FROM fieldsync_journal WHERE seq > ?1",
-                [journal_max_seq],
-                |r| r.get(0),
-            )?;
-            if newer > 0 {
-                return Err(ClientError::LocalChanges(format!(
-                    "the replica has {newer} local change(s) not sent"
-                )));
-            }
+            refuse_unsent(&hold.conn, journal_max_seq)?;
             hold.conn.execute(
                 "INSERT INTO fieldsync_replica (key, value) VALUES ('retired', '1')
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -69,18 +69,23 @@ async fn blocking<T: Send + 'static>(
 /// A request body as the handlers take it, so that its rejection is ours to word.
 type RequestBody = Result<Bytes, BytesRejection>;
 
-/// Too large is refused as such; malformed JSON names the problem.
-fn json_body<T: DeserializeOwned>(body: RequestBody) -> Result<T, ApiError> {
-    let body = body.map_err(|e| {
+/// The body's bytes; one over `limit` is refused as too large.
+fn body_bytes(body: RequestBody, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 ErrorCode::PayloadTooLarge,
-                format!("request body over {JSON_BODY_MAX_BYTES} bytes"),
+                format!("request body over {limit} bytes"),
             )
         } else {
             ApiError::bad_request(format!("unreadable request body: {e}"))
         }
-    })?;
+    })
+}
+
+/// A JSON body; malformed JSON names the problem.
+fn json_body<T: DeserializeOwned>(body: RequestBody) -> Result<T, ApiError> {
+    let body = body_bytes(body, JSON_BODY_MAX_BYTES)?;
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))
 }
@@ -264,16 +269,8 @@ fn op_and_kind(headers: &HeaderMap, default_op: &str) -> Result<(String, String)
 /// whose checksum does not match is refused as damaged (the device sends it again).
 fn read_upload(headers: &HeaderMap, body: RequestBody) -> Result<Upload, ApiError> {
     use std::io::Read;
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("upload over {UPLOAD_BODY_MAX_BYTES} bytes"),
-            )
-        } else {
-            ApiError::bad_request(format!("unreadable request body: {e}"))
-        }
-    })?;
+    let body = body_bytes(body, UPLOAD_BODY_MAX_BYTES)?;
+
     let claimed = headers
         .get(HEADER_BODY_CRC32)
         .and_then(|v| v.to_str().ok())

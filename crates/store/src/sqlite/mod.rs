@@ -437,17 +437,9 @@ impl Store for SqliteStore {
         let conn = self.conn()?;
         Ok(conn
             .query_row(
-                "SELECT name, password_hash, admin, disabled, created_at FROM fieldsync_users WHERE name = ?1",
+                &format!("SELECT {USER_COLUMNS} FROM fieldsync_users WHERE name = ?1"),
                 [name],
-                |r| {
-                    Ok(UserRecord {
-                        name: r.get(0)?,
-                        password_hash: r.get(1)?,
-                        admin: r.get(2)?,
-                        disabled: r.get(3)?,
-                        created_at: r.get(4)?,
-                    })
-                },
+                user_row,
             )
             .optional()?)
     }
@@ -472,19 +464,9 @@ impl Store for SqliteStore {
         let conn = self.conn()?;
         Ok(conn
             .query_row(
-                "SELECT id, label, code_hash, secret_hash, revoked, created_at, paired_at FROM fieldsync_devices WHERE id = ?1",
+                &format!("SELECT {DEVICE_COLUMNS} FROM fieldsync_devices WHERE id = ?1"),
                 [id],
-                |r| {
-                    Ok(DeviceRecord {
-                        id: r.get(0)?,
-                        label: r.get(1)?,
-                        code_hash: r.get(2)?,
-                        secret_hash: r.get(3)?,
-                        revoked: r.get(4)?,
-                        created_at: r.get(5)?,
-                        paired_at: r.get(6)?,
-                    })
-                },
+                device_row,
             )
             .optional()?)
     }
@@ -811,17 +793,11 @@ impl Store for SqliteStore {
 
     fn user_list(&self) -> Result<Vec<UserRecord>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT name, password_hash, admin, disabled, created_at FROM fieldsync_users ORDER BY name")?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {USER_COLUMNS} FROM fieldsync_users ORDER BY name"
+        ))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(UserRecord {
-                    name: r.get(0)?,
-                    password_hash: r.get(1)?,
-                    admin: r.get(2)?,
-                    disabled: r.get(3)?,
-                    created_at: r.get(4)?,
-                })
-            })?
+            .query_map([], user_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
@@ -856,21 +832,11 @@ impl Store for SqliteStore {
 
     fn device_list(&self) -> Result<Vec<DeviceRecord>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare(
-            "SELECT id, label, code_hash, secret_hash, revoked, created_at, paired_at FROM fieldsync_devices ORDER BY id",
-        )?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM fieldsync_devices ORDER BY id"
+        ))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(DeviceRecord {
-                    id: r.get(0)?,
-                    label: r.get(1)?,
-                    code_hash: r.get(2)?,
-                    secret_hash: r.get(3)?,
-                    revoked: r.get(4)?,
-                    created_at: r.get(5)?,
-                    paired_at: r.get(6)?,
-                })
-            })?
+            .query_map([], device_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
@@ -939,6 +905,33 @@ fn conflict_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConflictRecord> {
         server_version: r.get(14)?,
         resolved_at: r.get(15)?,
         resolved_take: r.get(16)?,
+    })
+}
+
+const USER_COLUMNS: &str = "name, password_hash, admin, disabled, created_at";
+const DEVICE_COLUMNS: &str = "id, label, code_hash, secret_hash, revoked, created_at, paired_at";
+
+/// A `fieldsync_users` row selected as [`USER_COLUMNS`].
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        name: r.get(0)?,
+        password_hash: r.get(1)?,
+        admin: r.get(2)?,
+        disabled: r.get(3)?,
+        created_at: r.get(4)?,
+    })
+}
+
+/// A `fieldsync_devices` row selected as [`DEVICE_COLUMNS`].
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    Ok(DeviceRecord {
+        id: r.get(0)?,
+        label: r.get(1)?,
+        code_hash: r.get(2)?,
+        secret_hash: r.get(3)?,
+        revoked: r.get(4)?,
+        created_at: r.get(5)?,
+        paired_at: r.get(6)?,
     })
 }
 

@@ -88,7 +88,8 @@ pub fn read_all(conn: &Connection) -> Result<Vec<JournalEntry>> {
 /// Net change of one row by one user so far.
 enum Net {
     Gone,
-    Insert(Row),
+    /// The row, and the version of its parent the device knew (see the triggers).
+    Insert(Row, Option<i64>),
     Update {
         old: Row,
         new: Row,
@@ -135,7 +136,7 @@ pub fn compact(entries: Vec<JournalEntry>) -> Vec<UploadEntry> {
         slot.seq_last = e.seq;
         let previous = std::mem::replace(&mut slot.net, Net::Gone);
         slot.net = match (previous, e.op) {
-            (Net::Gone, WriteOp::Insert) => Net::Insert(e.new),
+            (Net::Gone, WriteOp::Insert) => Net::Insert(e.new, e.base_version),
             (Net::Gone, WriteOp::Update) => Net::Update {
                 old: e.old,
                 new: e.new,
@@ -145,11 +146,11 @@ pub fn compact(entries: Vec<JournalEntry>) -> Vec<UploadEntry> {
                 old: e.old,
                 base: e.base_version,
             },
-            (Net::Insert(mut row), WriteOp::Update) => {
+            (Net::Insert(mut row, base), WriteOp::Update) => {
                 row.extend(e.new);
-                Net::Insert(row)
+                Net::Insert(row, base)
             }
-            (Net::Insert(_), WriteOp::Delete) => Net::Gone,
+            (Net::Insert(..), WriteOp::Delete) => Net::Gone,
             (
                 Net::Update {
                     mut old,
@@ -190,7 +191,7 @@ pub fn compact(entries: Vec<JournalEntry>) -> Vec<UploadEntry> {
             }
             // Sequences the triggers cannot produce (insert after insert, anything
             // after a delete but an insert): the later entry stands.
-            (_, WriteOp::Insert) => Net::Insert(e.new),
+            (_, WriteOp::Insert) => Net::Insert(e.new, e.base_version),
             (_, WriteOp::Update) => Net::Update {
                 old: e.old,
                 new: e.new,
@@ -212,7 +213,7 @@ pub fn compact(entries: Vec<JournalEntry>) -> Vec<UploadEntry> {
         } = nets.remove(&id).expect("every id has a net change");
         let (op, old, new, base_version) = match net {
             Net::Gone => continue,
-            Net::Insert(row) => (WriteOp::Insert, Row::new(), row, None),
+            Net::Insert(row, base) => (WriteOp::Insert, Row::new(), row, base),
             Net::Update { old, new, base } => {
                 // Columns changed and changed back are no change.
                 let new: Row = new

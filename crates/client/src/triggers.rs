@@ -159,6 +159,22 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
                   (SELECT CAST(value AS INTEGER) FROM fieldsync_replica WHERE key = 'cursor'))",
         tl = literal(&t.name)
     );
+    // An insert is based on what the device knew of its parent row: the server tells a
+    // parent the office moved out of the slice since (a conflict) from one that never
+    // was the device's (forbidden).
+    let insert_base = match t
+        .parent
+        .as_ref()
+        .and_then(|p| h.tables.iter().find(|x| x.name == p.table).map(|x| (p, x)))
+    {
+        Some((p, parent)) => format!(
+            "coalesce((SELECT version FROM fieldsync_base WHERE tbl = {} AND pk = NEW.{}),
+                      (SELECT CAST(value AS INTEGER) FROM fieldsync_replica WHERE key = 'cursor'))",
+            literal(&parent.name),
+            quote(&p.key)
+        ),
+        None => "NULL".to_string(),
+    };
     let any_change: Vec<String> = t
         .columns
         .iter()
@@ -189,7 +205,7 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
         delete_checks = not_allowed(WriteOp::Delete, "delete"),
         pk_change = raise(&format!("fieldsync: primary-key values cannot be updated (table {})", t.name)),
         changed = any_change.join(" OR "),
-        j_insert = journal("insert", &format!("NEW.{pk}"), "NULL", &json_row(t, "NEW"), "NULL"),
+        j_insert = journal("insert", &format!("NEW.{pk}"), "NULL", &json_row(t, "NEW"), &insert_base),
         j_update = journal("update", &format!("NEW.{pk}"), &json_changed(t, "OLD"), &json_changed(t, "NEW"), &base),
         j_delete = journal("delete", &format!("OLD.{pk}"), &json_row(t, "OLD"), "NULL", &base),
     )

@@ -629,3 +629,72 @@ fn a_large_journal_is_sent_in_one_upload_and_integrated_once() {
     assert_eq!(got, n);
     assert_eq!(dev.status()["pending"], 0);
 }
+
+#[test]
+fn an_insert_under_a_parent_the_office_moved_out_is_a_conflict_not_a_refusal() {
+    let office = Office::new(40);
+    let dev = north_device(&office, "tab1");
+    let ids: Vec<i64> = dev
+        .replica()
+        .prepare("SELECT id FROM assets ORDER BY id LIMIT 2")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    let app = dev.replica();
+    app.execute(
+        "INSERT INTO inspections (id, asset_id, inspector, inspected_at, result) VALUES ('under-retired', ?1, 'ana', '2026-11-26T09:00:00.000Z', 'ok')",
+        [ids[0]],
+    )
+    .unwrap();
+    app.execute(
+        "UPDATE assets SET name = 'unrelated edit' WHERE id = ?1",
+        [ids[1]],
+    )
+    .unwrap();
+    office
+        .sql()
+        .execute(
+            "UPDATE assets SET status = 'retired' WHERE id = ?1",
+            [ids[0]],
+        )
+        .unwrap();
+    dev.run(&["send"], "").ok();
+    let main = office.sql();
+    let n: i64 = main
+        .query_row(
+            "SELECT count(*) FROM inspections WHERE id = 'under-retired'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0, "not applied: its parent left the slice");
+    assert_eq!(
+        asset_name(&main, ids[1]),
+        "unrelated edit",
+        "the rest of the upload applied"
+    );
+    let log = conflicts(&office);
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(
+        (log[0]["kind"].as_str(), log[0]["resolution"].as_str()),
+        (Some("left-slice"), Some("not-applied"))
+    );
+    assert_eq!(log[0]["device_values"]["id"], "under-retired");
+    assert!(journal(&dev).is_empty());
+
+    // An insert under a parent that never was in the slice is still refused whole.
+    tamper(
+        &dev,
+        "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at)
+         VALUES ('inspections', 'forged', 'insert', NULL,
+                 '{\"id\":\"forged\",\"asset_id\":2,\"inspector\":\"ana\",\"inspected_at\":\"2026-11-26T09:00:00.000Z\",\"result\":null,\"notes\":null}',
+                 999999999, 'ana', '2026-11-26T00:00:00.000Z')",
+    );
+    assert_refused(
+        &dev.run(&["send"], ""),
+        4,
+        "parent `assets` row is not in the task's slice",
+    );
+}

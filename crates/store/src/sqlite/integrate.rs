@@ -211,6 +211,35 @@ pub(super) fn integrate(
         // judged against the office's change again.
         let base = e.base_version.unwrap_or(i64::MIN);
         let clean = note.is_none() && current.as_ref().is_none_or(|c| c.version <= base);
+        // The row's own filter was checked in `decide`; its parent chain is the
+        // database's to judge, before the row is written.
+        let (write, note) = match (&write, &t.task_table.parent) {
+            (Some(Write::Insert(row)), Some(p)) => {
+                let parent_key = row.get(&p.key).unwrap_or(&Value::Null);
+                let (inside, parent_version) =
+                    parents.check(&tx, def, &p.table, params, parent_key)?;
+                if inside {
+                    (write, note)
+                } else if e.base_version.is_some_and(|base| parent_version > base) {
+                    // The office moved the parent out of the slice after the device
+                    // saw it: the new row is logged, not applied.
+                    let lost = ConflictNote {
+                        kind: "left-slice",
+                        resolution: "not-applied",
+                        device: e.new.clone(),
+                        server: Default::default(),
+                    };
+                    (None, Some(lost))
+                } else {
+                    return Err(forbidden(
+                        &label,
+                        format!("the parent `{}` row is not in the task's slice", p.table),
+                    ));
+                }
+            }
+            _ => (write, note),
+        };
+        let clean = clean && write.is_some();
         let mut version = None;
         if let Some(w) = &write {
             apply(&tx, &mut write_sql, &t.info, &e.key, w)
@@ -223,16 +252,7 @@ pub(super) fn integrate(
                 // One meaning of the slice: the database's own evaluation, parents included.
                 // The row's own filter was checked in `decide`; its parent chain is
                 // the database's to judge.
-                Write::Insert(row) => {
-                    if let Some(p) = &t.task_table.parent {
-                        let parent_key = row.get(&p.key).unwrap_or(&Value::Null);
-                        if !parents.contains(&tx, def, &p.table, params, parent_key)? {
-                            return Err(forbidden(
-                                &label,
-                                format!("the parent `{}` row is not in the task's slice", p.table),
-                            ));
-                        }
-                    }
+                Write::Insert(_) => {
                     if clean {
                         version = Some(highest_version(&tx)?);
                     }
@@ -450,7 +470,7 @@ fn highest_version(tx: &Transaction<'_>) -> Result<i64, IntegrateError> {
 #[derive(Default)]
 struct ParentSlices {
     queries: HashMap<(String, String), (String, Vec<Value>)>,
-    known: HashMap<(String, String, String), bool>,
+    known: HashMap<(String, String, String), (bool, i64)>,
 }
 
 impl ParentSlices {
@@ -458,14 +478,16 @@ impl ParentSlices {
         self.known.clear();
     }
 
-    fn contains(
+    /// Whether the parent row is in the slice, and the highest version among it and
+    /// its own parent chain (when it left the slice, at the latest).
+    fn check(
         &mut self,
         tx: &Transaction<'_>,
         def: &fieldsync_proto::task::TaskDef,
         table: &str,
         params: &Params,
         key: &Value,
-    ) -> Result<bool, IntegrateError> {
+    ) -> Result<(bool, i64), IntegrateError> {
         let id = (
             table.to_string(),
             params.user.clone(),
@@ -490,20 +512,32 @@ impl ParentSlices {
                 true,
             )?;
             let pt = quote_ident(table);
+            let pk = quote_ident(&info.primary_key);
+            let version = ancestor_versions(tx, def, parent)?
+                .into_iter()
+                .fold("r.version".to_string(), |acc, v| {
+                    format!("max({acc}, coalesce({v}, 0))")
+                });
             let sql = format!(
-                "SELECT EXISTS (SELECT 1 FROM {pt} WHERE {pt}.{} = ? AND {cond})",
-                quote_ident(&info.primary_key)
+                "SELECT EXISTS (SELECT 1 FROM {pt} WHERE {pt}.{pk} = ? AND {cond}),
+                        coalesce((SELECT {version} FROM fieldsync_rows r LEFT JOIN {pt} ON {pt}.{pk} = r.pk
+                                  WHERE r.tbl = ? AND r.pk = ?), 0)"
             );
+            binds.push(Value::Text(info.name.clone()));
             self.queries.insert(qkey.clone(), (sql, binds));
         }
         let (sql, binds) = &self.queries[&qkey];
+        // Placeholders in text order: the key, the condition's binds, the table, the key.
         let all: Vec<_> = std::iter::once(key)
             .chain(binds.iter())
+            .chain(std::iter::once(key))
             .map(to_sql_value)
             .collect();
-        let inside: bool = tx
+        let inside = tx
             .prepare_cached(sql)?
-            .query_row(rusqlite::params_from_iter(all.iter()), |r| r.get(0))?;
+            .query_row(rusqlite::params_from_iter(all.iter()), |r| {
+                Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?))
+            })?;
         self.known.insert(id, inside);
         Ok(inside)
     }

@@ -2,7 +2,7 @@
 //! client, recorded by triggers (`replica.rs` creates them). Here: reading it,
 //! compacting it into an upload, the backup file for discarded entries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -101,149 +101,173 @@ enum Net {
     },
 }
 
-/// A row of one user: (table, key as JSON, user).
-type RowId = (String, String, String);
-
-/// The net change of a row so far, and the journal entries it stands for.
-struct Slot {
-    net: Net,
-    seq_first: i64,
-    seq_last: i64,
-    key: Value,
-}
-
 /// Compacts entries per row and user into one net change each (DESIGN.md: insert+update
 /// = insert, insert+delete = nothing, update+delete = delete, delete+insert = update),
 /// in the order each row was first changed.
-pub fn compact(entries: Vec<JournalEntry>) -> Vec<UploadEntry> {
-    let mut order: Vec<RowId> = Vec::new();
-    let mut nets: HashMap<RowId, Slot> = HashMap::new();
-    for e in entries {
-        let id = (
-            e.table.clone(),
-            serde_json::to_string(&e.key).expect("serializes"),
-            e.user.clone(),
-        );
-        let slot = nets.entry(id.clone()).or_insert_with(|| {
-            order.push(id.clone());
-            Slot {
-                net: Net::Gone,
-                seq_first: e.seq,
-                seq_last: e.seq,
-                key: e.key.clone(),
-            }
-        });
-        slot.seq_last = e.seq;
-        let previous = std::mem::replace(&mut slot.net, Net::Gone);
-        slot.net = match (previous, e.op) {
-            (Net::Gone, WriteOp::Insert) => Net::Insert(e.new, e.base_version),
-            (Net::Gone, WriteOp::Update) => Net::Update {
-                old: e.old,
-                new: e.new,
-                base: e.base_version,
-            },
-            (Net::Gone, WriteOp::Delete) => Net::Delete {
-                old: e.old,
-                base: e.base_version,
-            },
-            (Net::Insert(mut row, base), WriteOp::Update) => {
-                row.extend(e.new);
-                Net::Insert(row, base)
-            }
-            (Net::Insert(..), WriteOp::Delete) => Net::Gone,
-            (
-                Net::Update {
-                    mut old,
-                    mut new,
-                    base,
-                },
-                WriteOp::Update,
-            ) => {
-                for (k, v) in &e.old {
-                    old.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-                new.extend(e.new);
-                Net::Update { old, new, base }
-            }
-            (Net::Update { old, base, .. }, WriteOp::Delete) => {
-                let mut full = e.old;
-                full.extend(old);
-                Net::Delete { old: full, base }
-            }
-            (Net::Delete { old, base }, WriteOp::Insert) => {
-                let changed: Vec<String> = e
-                    .new
-                    .keys()
-                    .filter(|k| !old.get(*k).is_some_and(|v| v.same(&e.new[*k])))
-                    .cloned()
-                    .collect();
-                Net::Update {
-                    old: changed
-                        .iter()
-                        .filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone())))
-                        .collect(),
-                    new: changed
-                        .iter()
-                        .map(|k| (k.clone(), e.new[k].clone()))
-                        .collect(),
-                    base,
-                }
-            }
-            // Sequences the triggers cannot produce (insert after insert, anything
-            // after a delete but an insert): the later entry stands.
-            (_, WriteOp::Insert) => Net::Insert(e.new, e.base_version),
-            (_, WriteOp::Update) => Net::Update {
-                old: e.old,
-                new: e.new,
-                base: e.base_version,
-            },
-            (_, WriteOp::Delete) => Net::Delete {
-                old: e.old,
-                base: e.base_version,
-            },
-        };
-    }
+pub fn compact(mut entries: Vec<JournalEntry>) -> Vec<UploadEntry> {
+    // A stable grouping without hashing: sort by row and user (seq order within),
+    // fold each group, then put the rows back in the order they were first changed.
+    entries.sort_by(|a, b| {
+        a.table
+            .cmp(&b.table)
+            .then_with(|| a.user.cmp(&b.user))
+            .then_with(|| key_order(&a.key, &b.key))
+            .then(a.seq.cmp(&b.seq))
+    });
     let mut out = Vec::new();
-    for id in order {
-        let Slot {
-            net,
-            seq_first,
-            seq_last,
-            key,
-        } = nets.remove(&id).expect("every id has a net change");
-        let (op, old, new, base_version) = match net {
-            Net::Gone => continue,
-            Net::Insert(row, base) => (WriteOp::Insert, Row::new(), row, base),
-            Net::Update { old, new, base } => {
-                // Columns changed and changed back are no change.
-                let new: Row = new
-                    .into_iter()
-                    .filter(|(k, v)| !old.get(k).is_some_and(|o| o.same(v) && variant_eq(o, v)))
-                    .collect();
-                if new.is_empty() {
-                    continue;
-                }
-                let old = old
-                    .into_iter()
-                    .filter(|(k, _)| new.contains_key(k))
-                    .collect();
-                (WriteOp::Update, old, new, base)
-            }
-            Net::Delete { old, base } => (WriteOp::Delete, old, Row::new(), base),
-        };
-        out.push(UploadEntry {
-            seq_first,
-            seq_last,
-            table: id.0,
-            key,
-            op,
-            base_version,
-            user: id.2,
-            old,
-            new,
-        });
+    let mut rest = entries.into_iter().peekable();
+    while let Some(first) = rest.next() {
+        let (table, user, key, seq_first) = (
+            first.table.clone(),
+            first.user.clone(),
+            first.key.clone(),
+            first.seq,
+        );
+        let mut seq_last = first.seq;
+        let mut net = fold(Net::Gone, first);
+        while let Some(e) =
+            rest.next_if(|n| n.table == table && n.user == user && key_order(&n.key, &key).is_eq())
+        {
+            seq_last = e.seq;
+            net = fold(net, e);
+        }
+        if let Some(entry) = finish(net, seq_first, seq_last, table, key, user) {
+            out.push(entry);
+        }
     }
+    out.sort_by_key(|e| e.seq_first);
     out
+}
+
+/// A total order of keys (a row's key keeps its storage class).
+fn key_order(a: &Value, b: &Value) -> std::cmp::Ordering {
+    let rank = |v: &Value| match v {
+        Value::Null => 0,
+        Value::Integer(_) => 1,
+        Value::Real(_) => 2,
+        Value::Text(_) => 3,
+        Value::Blob(_) => 4,
+    };
+    match (a, b) {
+        (Value::Integer(x), Value::Integer(y)) => x.cmp(y),
+        (Value::Real(x), Value::Real(y)) => x.total_cmp(y),
+        (Value::Text(x), Value::Text(y)) => x.cmp(y),
+        (Value::Blob(x), Value::Blob(y)) => x.cmp(y),
+        _ => rank(a).cmp(&rank(b)),
+    }
+}
+
+/// The net change after one more entry of the same row and user.
+fn fold(previous: Net, e: JournalEntry) -> Net {
+    match (previous, e.op) {
+        (Net::Gone, WriteOp::Insert) => Net::Insert(e.new, e.base_version),
+        (Net::Gone, WriteOp::Update) => Net::Update {
+            old: e.old,
+            new: e.new,
+            base: e.base_version,
+        },
+        (Net::Gone, WriteOp::Delete) => Net::Delete {
+            old: e.old,
+            base: e.base_version,
+        },
+        (Net::Insert(mut row, base), WriteOp::Update) => {
+            row.extend(e.new);
+            Net::Insert(row, base)
+        }
+        (Net::Insert(..), WriteOp::Delete) => Net::Gone,
+        (
+            Net::Update {
+                mut old,
+                mut new,
+                base,
+            },
+            WriteOp::Update,
+        ) => {
+            for (k, v) in &e.old {
+                old.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            new.extend(e.new);
+            Net::Update { old, new, base }
+        }
+        (Net::Update { old, base, .. }, WriteOp::Delete) => {
+            let mut full = e.old;
+            full.extend(old);
+            Net::Delete { old: full, base }
+        }
+        (Net::Delete { old, base }, WriteOp::Insert) => {
+            let changed: Vec<String> = e
+                .new
+                .keys()
+                .filter(|k| !old.get(*k).is_some_and(|v| v.same(&e.new[*k])))
+                .cloned()
+                .collect();
+            Net::Update {
+                old: changed
+                    .iter()
+                    .filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone())))
+                    .collect(),
+                new: changed
+                    .iter()
+                    .map(|k| (k.clone(), e.new[k].clone()))
+                    .collect(),
+                base,
+            }
+        }
+        // Sequences the triggers cannot produce (insert after insert, anything
+        // after a delete but an insert): the later entry stands.
+        (_, WriteOp::Insert) => Net::Insert(e.new, e.base_version),
+        (_, WriteOp::Update) => Net::Update {
+            old: e.old,
+            new: e.new,
+            base: e.base_version,
+        },
+        (_, WriteOp::Delete) => Net::Delete {
+            old: e.old,
+            base: e.base_version,
+        },
+    }
+}
+
+/// The upload entry of a row's net change; `None` when nothing is left to send.
+fn finish(
+    net: Net,
+    seq_first: i64,
+    seq_last: i64,
+    table: String,
+    key: Value,
+    user: String,
+) -> Option<UploadEntry> {
+    let (op, old, new, base_version) = match net {
+        Net::Gone => return None,
+        Net::Insert(row, base) => (WriteOp::Insert, Row::new(), row, base),
+        Net::Update { old, new, base } => {
+            // Columns changed and changed back are no change.
+            let new: Row = new
+                .into_iter()
+                .filter(|(k, v)| !old.get(k).is_some_and(|o| o.same(v) && variant_eq(o, v)))
+                .collect();
+            if new.is_empty() {
+                return None;
+            }
+            let old = old
+                .into_iter()
+                .filter(|(k, _)| new.contains_key(k))
+                .collect();
+            (WriteOp::Update, old, new, base)
+        }
+        Net::Delete { old, base } => (WriteOp::Delete, old, Row::new(), base),
+    };
+    Some(UploadEntry {
+        seq_first,
+        seq_last,
+        table,
+        key,
+        op,
+        base_version,
+        user,
+        old,
+        new,
+    })
 }
 
 /// Same storage class as well as same value (an integer changed to an equal real is a change).
@@ -331,5 +355,41 @@ mod tests {
             e(2, Update, &[("a", 2)], &[("a", 1)]),
         ]);
         assert!(c.is_empty(), "changed and changed back: nothing to send");
+    }
+
+    #[test]
+    fn rows_stay_apart_and_in_the_order_first_changed() {
+        use WriteOp::*;
+        let mut b = e(2, Update, &[("a", 1)], &[("a", 2)]);
+        b.key = Value::Text("b".into());
+        let mut b2 = e(4, Update, &[("a", 2)], &[("a", 3)]);
+        b2.key = Value::Text("b".into());
+        let mut other_user = e(5, Update, &[("a", 1)], &[("a", 9)]);
+        other_user.user = "v".into();
+        let c = compact(vec![
+            e(3, Update, &[("a", 1)], &[("a", 5)]),
+            b,
+            e(6, Update, &[("a", 5)], &[("a", 6)]),
+            b2,
+            other_user,
+        ]);
+        let summary: Vec<(String, String, i64, i64, Value)> = c
+            .iter()
+            .map(|x| {
+                let key = match &x.key {
+                    Value::Text(t) => t.clone(),
+                    other => format!("{other:?}"),
+                };
+                (key, x.user.clone(), x.seq_first, x.seq_last, x.new["a"].clone())
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("b".into(), "u".into(), 2, 4, Value::Integer(3)),
+                ("k".into(), "u".into(), 3, 6, Value::Integer(6)),
+                ("k".into(), "v".into(), 5, 5, Value::Integer(9)),
+            ]
+        );
     }
 }

@@ -420,8 +420,16 @@ fn prepare_upload(conn: &Connection, task: &str) -> Result<Option<PendingUpload>
             conn.execute("DELETE FROM fieldsync_journal WHERE seq <= ?1", [max_seq])?;
             continue;
         }
-        let json = serde_json::to_vec(&upload).expect("uploads serialize");
-        let body = zstd::encode_all(&json[..], 1).map_err(|e| ClientError::Io(e.to_string()))?;
+        // Serialized straight into the compressor: no copy of the whole JSON in memory.
+        let io = |e: std::io::Error| ClientError::Io(format!("compressing the upload: {e}"));
+        let encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).map_err(io)?;
+        let mut writer = std::io::BufWriter::with_capacity(256 * 1024, encoder);
+        serde_json::to_writer(&mut writer, &upload).map_err(|e| ClientError::Io(e.to_string()))?;
+        let body = writer
+            .into_inner()
+            .map_err(|e| io(e.into_error()))?
+            .finish()
+            .map_err(io)?;
         let pending = PendingUpload {
             upload_id: upload.upload_id,
             max_seq,
@@ -455,23 +463,20 @@ fn acknowledge(conn: &Connection, pending: &PendingUpload, outcome: &UploadOutco
             "INSERT INTO fieldsync_base (tbl, pk, version) VALUES (?1, ?2, ?3)
              ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version",
         )?;
-        // Later edits of the row were made on top of this one: same base.
-        let mut rebase = tx.prepare(
-            "UPDATE fieldsync_journal SET base_version = ?3 WHERE tbl = ?1 AND pk = ?2 AND op <> 'insert'",
-        )?;
-        let pending_after: bool =
-            tx.query_row("SELECT EXISTS (SELECT 1 FROM fieldsync_journal)", [], |r| {
-                r.get(0)
-            })?;
         for v in &outcome.versions {
             let Some(version) = v.version else { continue };
-            let key = to_sql(&v.key);
-            base.execute(rusqlite::params![v.table, key, version])?;
-            if pending_after {
-                rebase.execute(rusqlite::params![v.table, key, version])?;
-            }
+            base.execute(rusqlite::params![v.table, to_sql(&v.key), version])?;
         }
     }
+    // Edits made while the upload was away were made on top of the acknowledged ones:
+    // they take the same base.
+    tx.execute(
+        "UPDATE fieldsync_journal SET base_version = b.version
+         FROM fieldsync_base b
+         WHERE b.tbl = fieldsync_journal.tbl AND b.pk = fieldsync_journal.pk
+           AND fieldsync_journal.op <> 'insert' AND b.version > coalesce(fieldsync_journal.base_version, 0)",
+        [],
+    )?;
     tx.execute(
         "DELETE FROM fieldsync_upload WHERE upload_id = ?1",
         [&pending.upload_id],

@@ -21,7 +21,6 @@ CREATE TABLE fieldsync_journal (
     user TEXT NOT NULL,
     at TEXT NOT NULL
 );
-CREATE INDEX fieldsync_journal_row ON fieldsync_journal (tbl, pk);
 CREATE TABLE fieldsync_base (tbl TEXT NOT NULL, pk NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
 CREATE TABLE fieldsync_upload (upload_id TEXT PRIMARY KEY, max_seq INTEGER NOT NULL, n_entries INTEGER NOT NULL, body BLOB NOT NULL);
 ";

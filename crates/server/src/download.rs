@@ -21,7 +21,7 @@ use crate::error::ApiError;
 const CHUNK_BYTES: usize = 64 * 1024;
 const CHANNEL_CHUNKS: usize = 8;
 /// zstd level: fast enough to keep ahead of the device's inserts on one core.
-const ZSTD_LEVEL: i32 = 3;
+const ZSTD_LEVEL: i32 = 1;
 
 /// The receiving end of the channel as an HTTP body.
 pub struct ChannelBody(mpsc::Receiver<Result<Bytes, io::Error>>);
@@ -106,9 +106,12 @@ impl SliceSink for StreamSink {
         self.drain(true)
     }
 
-    fn row(&mut self, table_idx: usize, values: &[ValueRef<'_>]) -> Result<(), StoreError> {
-        self.frames
-            .row(&mut self.out, table_idx, values.iter().copied());
+    fn row(
+        &mut self,
+        table_idx: usize,
+        values: &mut dyn Iterator<Item = ValueRef<'_>>,
+    ) -> Result<(), StoreError> {
+        self.frames.row(&mut self.out, table_idx, values);
         self.drain(false)
     }
 }

@@ -179,7 +179,12 @@ pub struct SyncSessionRecord {
 pub trait SliceSink {
     /// Called once before any row: the snapshot's cursor and the row count per table.
     fn begin(&mut self, cursor: i64, rows_per_table: &[u64]) -> Result<()>;
-    fn row(&mut self, table_idx: usize, values: &[ValueRef<'_>]) -> Result<()>;
+    /// One row: its values in the plan's column order.
+    fn row(
+        &mut self,
+        table_idx: usize,
+        values: &mut dyn Iterator<Item = ValueRef<'_>>,
+    ) -> Result<()>;
 }
 
 /// The main database, whatever its engine. Every method is blocking; servers call it

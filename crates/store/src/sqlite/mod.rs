@@ -623,10 +623,11 @@ impl Store for SqliteStore {
             let mut rows = stmt.query(rusqlite::params_from_iter(binds.iter()))?;
             let mut n = 0u64;
             while let Some(row) = rows.next()? {
-                let values = (0..width)
-                    .map(|i| row.get_ref(i).map(value_ref))
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                sink.row(idx, &values)?;
+                // Columns 0..width exist: the statement selects exactly them.
+                sink.row(
+                    idx,
+                    &mut (0..width).map(|i| value_ref(row.get_ref_unwrap(i))),
+                )?;
                 n += 1;
             }
             sent.push(n);

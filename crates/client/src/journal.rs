@@ -380,7 +380,13 @@ mod tests {
                     Value::Text(t) => t.clone(),
                     other => format!("{other:?}"),
                 };
-                (key, x.user.clone(), x.seq_first, x.seq_last, x.new["a"].clone())
+                (
+                    key,
+                    x.user.clone(),
+                    x.seq_first,
+                    x.seq_last,
+                    x.new["a"].clone(),
+                )
             })
             .collect();
         assert_eq!(

@@ -498,8 +498,6 @@ fn build_into<R: Read>(
     })
 }
 
-/// Installs a built generation: retires the current one (the commit point), swaps the
-/// link, removes the old files.
 /// The installed replica's write lock, held while an operation prepares to replace
 /// the replica: an app's writes wait (SQLite's busy handler), then fail with
 /// "database is busy"; none lands in a replica about to be replaced. Released
@@ -531,13 +529,37 @@ pub fn hold_writers(dir: &DeviceDir) -> Result<Option<WriterHold>> {
         return Ok(None);
     };
     let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-    conn.busy_timeout(RETIRE_BUSY_TIMEOUT)?;
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
-        ClientError::Replica(format!(
-            "the replica is busy (an app holds a write transaction): {e}"
-        ))
-    })?;
+    begin_immediate(&conn)?;
     Ok(Some(WriterHold { conn, open: true }))
+}
+
+/// `BEGIN IMMEDIATE`, retried every millisecond: SQLite's own busy handler backs off
+/// ever longer and can lose every time to an app that writes in a tight loop.
+fn begin_immediate(conn: &Connection) -> Result<()> {
+    let deadline = Instant::now() + RETIRE_BUSY_TIMEOUT;
+    loop {
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => {
+                return Err(ClientError::Replica(format!(
+                    "the replica is busy (an app holds a write transaction): {e}"
+                )));
+            }
+        }
+    }
+}
+
+impl WriterHold {
+    /// Makes what was written under the hold durable, and holds on.
+    pub fn commit_and_hold(&self) -> Result<()> {
+        self.conn.execute_batch("COMMIT")?;
+        begin_immediate(&self.conn)
+    }
 }
 
 /// Installs a built generation: retires the current one (the commit point) in the

@@ -36,9 +36,6 @@ pub struct Report {
     pub duration_ms: u64,
 }
 
-/// How often a sync retries when edits arrive while it downloads.
-const SYNC_ROUNDS_MAX: usize = 3;
-
 fn to_sql(v: &fieldsync_proto::Value) -> rusqlite::types::Value {
     use fieldsync_proto::Value as V;
     match v {
@@ -64,7 +61,7 @@ impl Device {
     ) -> Result<Report> {
         let (_lock, st) = self.begin()?;
         self.recorded("download", |r| {
-            self.download_locked(&st, task, opts, "download", progress, cancel, r)
+            self.download_locked(&st, task, opts, "download", progress, cancel, r, None)
         })
     }
 
@@ -73,7 +70,7 @@ impl Device {
     pub fn send(&self, progress: &mut dyn FnMut(&Progress), cancel: &Cancel) -> Result<Report> {
         let (_lock, st) = self.begin()?;
         self.recorded("send", |r| {
-            self.send_locked(&st, "send", progress, cancel, r)
+            self.send_locked(&st, "send", progress, cancel, r, None)
         })
     }
 
@@ -93,20 +90,16 @@ impl Device {
                         .into(),
                 )
             })?;
-            let mut round = 0;
-            loop {
-                round += 1;
-                self.send_locked(&st, "sync", progress, cancel, r)?;
-                let opts = DownloadOptions {
-                    discard_local_changes: false,
-                    ..opts.clone()
-                };
-                match self.download_locked(&st, &task, &opts, "sync", progress, cancel, r) {
-                    // Edits arrived while downloading: send them too, then download again.
-                    Err(ClientError::LocalChanges(_)) if round < SYNC_ROUNDS_MAX => continue,
-                    other => return other,
-                }
-            }
+            // App writers are held off for the whole sync: the journal sent is the
+            // journal there is, and the download can replace the replica without an
+            // edit slipping in between (an app's write waits, then fails busy).
+            let hold = replica::hold_writers(&self.dir)?;
+            self.send_locked(&st, "sync", progress, cancel, r, hold.as_ref())?;
+            let opts = DownloadOptions {
+                discard_local_changes: false,
+                ..opts.clone()
+            };
+            self.download_locked(&st, &task, &opts, "sync", progress, cancel, r, hold)
         })
     }
 
@@ -179,15 +172,23 @@ impl Device {
         progress: &mut dyn FnMut(&Progress),
         cancel: &Cancel,
         report: &mut Report,
+        hold: Option<replica::WriterHold>,
     ) -> Result<()> {
         check_name("task", task).map_err(ClientError::Invalid)?;
         Self::online(st)?;
         let (api, id, secret, session) = Self::logged_in(st)?;
         // Local changes refuse the download before anything is fetched; they are
-        // checked again under the replica's write lock at the install.
+        // checked again under the replica's write lock at the install. A sync brings
+        // that lock held from its start; a plain download takes it only for the
+        // install, so a slow server never blocks an app's writes.
+        let mut early_hold = hold;
         let mut journal_max_seq = 0;
-        if let Some(conn) = replica::open_current(&self.dir)? {
-            let entries = journal::read_all(&conn)?;
+        let plain = match &early_hold {
+            Some(_) => None,
+            None => replica::open_current(&self.dir)?,
+        };
+        if let Some(conn) = early_hold.as_ref().map(|h| h.conn()).or(plain.as_ref()) {
+            let entries = journal::read_all(conn)?;
             if let Some(last) = entries.last() {
                 if !opts.discard_local_changes {
                     return Err(ClientError::LocalChanges(format!(
@@ -225,7 +226,10 @@ impl Device {
         // Hold app writers off for the install: a write from here on would land in a
         // replica about to be replaced; it waits, then fails busy, and is never lost.
         let installed = cancel.commit(|| {
-            let hold = replica::hold_writers(&self.dir)?;
+            let hold = match early_hold.take() {
+                Some(hold) => Some(hold),
+                None => replica::hold_writers(&self.dir)?,
+            };
             replica::install(&self.dir, &built, hold, journal_max_seq)
         });
         if let Err(e) = installed {
@@ -253,6 +257,9 @@ impl Device {
         Ok(())
     }
 
+    /// Sends the journal; under `held` (a sync's last round) the journal cannot grow
+    /// meanwhile, and each step is committed while the lock stays held.
+    #[allow(clippy::too_many_arguments)]
     fn send_locked(
         &self,
         st: &DeviceState,
@@ -260,12 +267,19 @@ impl Device {
         progress: &mut dyn FnMut(&Progress),
         cancel: &Cancel,
         report: &mut Report,
+        held: Option<&replica::WriterHold>,
     ) -> Result<()> {
         Self::online(st)?;
         let (api, id, secret, session) = Self::logged_in(st)?;
-        let Some(conn) = replica::open_current(&self.dir)? else {
+        let own = match held {
+            Some(_) => None,
+            None => replica::open_current(&self.dir)?,
+        };
+        let Some(conn) = held.map(|h| h.conn()).or(own.as_ref()) else {
             return Ok(());
         };
+        // Under a hold, a stored upload must be committed before it leaves.
+        let durable = || held.map_or(Ok(()), |h| h.commit_and_hold());
         let info = replica::read_info(&self.dir.replica_path())?
             .ok_or_else(|| ClientError::Replica("the replica has no fieldsync record".into()))?;
         report.task = Some(info.task.clone());
@@ -278,9 +292,10 @@ impl Device {
             if cancel.is_cancelled() {
                 return Err(ClientError::Cancelled);
             }
-            let Some(pending) = prepare_upload(&conn, &info.task)? else {
+            let Some(pending) = prepare_upload(conn, &info.task)? else {
                 break;
             };
+            durable()?;
             progress(&Progress {
                 phase: Phase::Send,
                 done: 0,
@@ -309,11 +324,15 @@ impl Device {
                             "DELETE FROM fieldsync_upload WHERE upload_id = ?1",
                             [&pending.upload_id],
                         )?;
+                        durable()?;
                     }
                     return Err(e);
                 }
             };
-            cancel.commit(|| acknowledge(&conn, &pending, &outcome))?;
+            cancel.commit(|| {
+                acknowledge(conn, &pending, &outcome, held.is_none())?;
+                durable()
+            })?;
             progress(&Progress {
                 phase: Phase::Send,
                 done: pending.n_entries,
@@ -446,14 +465,25 @@ fn prepare_upload(conn: &Connection, task: &str) -> Result<Option<PendingUpload>
 
 /// Clears exactly the acknowledged entries and records the new row versions as the
 /// device's base, in one transaction.
-fn acknowledge(conn: &Connection, pending: &PendingUpload, outcome: &UploadOutcome) -> Result<()> {
+fn acknowledge(
+    conn: &Connection,
+    pending: &PendingUpload,
+    outcome: &UploadOutcome,
+    own_transaction: bool,
+) -> Result<()> {
     if outcome.upload_id != pending.upload_id {
         return Err(ClientError::Server {
             code: ErrorCode::Internal,
             message: "the acknowledgement names another upload".into(),
         });
     }
-    let tx = conn.unchecked_transaction()?;
+    // One transaction: its own, or the one a hold keeps open (committed by the caller).
+    let own = if own_transaction {
+        Some(conn.unchecked_transaction()?)
+    } else {
+        None
+    };
+    let tx = conn;
     tx.execute(
         "DELETE FROM fieldsync_journal WHERE seq <= ?1",
         [pending.max_seq],
@@ -481,7 +511,9 @@ fn acknowledge(conn: &Connection, pending: &PendingUpload, outcome: &UploadOutco
         "DELETE FROM fieldsync_upload WHERE upload_id = ?1",
         [&pending.upload_id],
     )?;
-    tx.commit()?;
+    if let Some(own) = own {
+        own.commit()?;
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 mod admin;
 mod conflicts;
 mod convergence;
+mod crash;
 mod download;
 mod faults;
 mod harness;

@@ -82,14 +82,17 @@ struct StreamSink {
     out: Vec<u8>,
     zstd: zstd::stream::write::Encoder<'static, ChunkWriter>,
     cursor: i64,
+    /// The device closed the download: not a server error, nothing more to send.
+    device_gone: bool,
 }
 
 impl StreamSink {
     fn drain(&mut self, force: bool) -> Result<(), StoreError> {
         if force || self.out.len() >= CHUNK_BYTES {
-            self.zstd
-                .write_all(&self.out)
-                .map_err(|e| StoreError::Db(format!("stream aborted: {e}")))?;
+            if let Err(e) = self.zstd.write_all(&self.out) {
+                self.device_gone = true;
+                return Err(StoreError::Db(format!("stream aborted: {e}")));
+            }
             self.out.clear();
         }
         Ok(())
@@ -149,6 +152,7 @@ pub fn start(
         out: Vec::with_capacity(2 * CHUNK_BYTES),
         zstd,
         cursor: 0,
+        device_gone: false,
     };
     tokio::task::spawn_blocking(move || {
         let streamed = store.stream_slice(&plan, &mut sink);
@@ -156,6 +160,9 @@ pub fn start(
             Ok(rows) => {
                 sink.frames.trailer(&mut sink.out, sink.cursor);
                 ("ok", format!("{} rows", rows.iter().sum::<u64>()))
+            }
+            Err(_) if sink.device_gone => {
+                ("cancelled", "the device closed the download".to_string())
             }
             Err(e) => {
                 let err = ApiError::internal(format!("streaming task `{}`: {e}", sink.header.task));

@@ -116,16 +116,33 @@ const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_millis(1500)
 /// one blocked on the network may not get there soon, and since every step is
 /// crash-safe, the process then stops itself, unless the operation had committed.
 fn cancel_on_signals(cancel: &Cancel, device: &Device, op: &'static str) {
+    use tokio::signal::unix::{SignalKind, signal};
     let cancel = cancel.clone();
     let dir = device.dir().root.clone();
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    // Registered here, before the operation starts, so that an early Ctrl-C cancels
+    // too instead of killing the process with the default action.
+    let signals = rt.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    });
+    let Ok((mut int, mut term)) = signals else {
+        return;
+    };
     std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(crate::server_cmd::shutdown_signal());
+        rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        });
         cancel.cancel();
         std::thread::sleep(CANCEL_GRACE);
         if cancel.wait_commit() {

@@ -103,6 +103,7 @@ async fn health_and_openapi() {
         "/api/v1/logout",
         "/api/v1/tasks",
         "/api/v1/tasks/{name}/download",
+        "/api/v1/uploads",
     ] {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }

@@ -246,7 +246,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             } else {
                 for u in &views {
                     println!(
-                        "{}	{}{}",
+                        "{}\t{}{}",
                         u.name,
                         if u.admin { "admin" } else { "user" },
                         if u.disabled { "\tdisabled" } else { "" }
@@ -272,7 +272,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             } else {
                 for d in &views {
                     println!(
-                        "{}	{}	{}{}",
+                        "{}\t{}\t{}{}",
                         d.id,
                         d.label.unwrap_or(""),
                         if d.paired { "paired" } else { "not paired" },
@@ -304,7 +304,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             } else {
                 for c in &conflicts {
                     println!(
-                        "{}	{}	{}	{} {}	{}	{} ({})	{}",
+                        "{}\t{}\t{}\t{} {}\t{}\t{} ({})\t{}",
                         c.id,
                         c.at,
                         c.task,
@@ -335,7 +335,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             } else {
                 for s in &sessions {
                     println!(
-                        "{}	{}	{}	{}	{}	{}	{}	rows {}/{}	bytes {}/{}	conflicts {}	{} ms",
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\trows {}/{}\tbytes {}/{}\tconflicts {}\t{} ms",
                         s.started_at,
                         s.device,
                         s.user,

@@ -278,6 +278,13 @@ impl Device {
         let Some(conn) = held.map(|h| h.conn()).or(own.as_ref()) else {
             return Ok(());
         };
+        // The journal as it is now is what this send sends; entries an app adds while
+        // it runs wait for the next send.
+        let seq_max: i64 = conn.query_row(
+            "SELECT coalesce(max(seq), 0) FROM fieldsync_journal",
+            [],
+            |r| r.get(0),
+        )?;
         // Under a hold, a stored upload must be committed before it leaves.
         let durable = || held.map_or(Ok(()), |h| h.commit_and_hold());
         let info = replica::read_info(&self.dir.replica_path())?
@@ -292,7 +299,7 @@ impl Device {
             if cancel.is_cancelled() {
                 return Err(ClientError::Cancelled);
             }
-            let Some(pending) = prepare_upload(conn, &info.task)? else {
+            let Some(pending) = prepare_upload(conn, &info.task, seq_max)? else {
                 break;
             };
             durable()?;
@@ -406,7 +413,8 @@ struct PendingUpload {
 
 /// The stored upload not yet acknowledged, or a new one made from the journal and
 /// stored (with its idempotency key) before anything is sent. `None`: nothing to send.
-fn prepare_upload(conn: &Connection, task: &str) -> Result<Option<PendingUpload>> {
+/// Only journal entries up to `seq_max` go: a send ends even while an app keeps writing.
+fn prepare_upload(conn: &Connection, task: &str, seq_max: i64) -> Result<Option<PendingUpload>> {
     let stored = conn
         .query_row(
             "SELECT upload_id, max_seq, n_entries, body FROM fieldsync_upload LIMIT 1",
@@ -425,7 +433,7 @@ fn prepare_upload(conn: &Connection, task: &str) -> Result<Option<PendingUpload>
         return Ok(stored);
     }
     loop {
-        let entries = journal::read_all(conn)?;
+        let entries = journal::read(conn, i64::MIN, seq_max)?;
         let Some(max_seq) = entries.last().map(|e| e.seq) else {
             return Ok(None);
         };

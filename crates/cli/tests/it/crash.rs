@@ -1,13 +1,15 @@
 //! Crash safety in the manner of SQLite's crash tests (DESIGN.md promises 1, 2, 3 and
 //! 10; issue 4): SIGINT, SIGTERM and kill -9 of the device at many points of download,
 //! send and sync; kill -9 of the server during a large upload; an app holding the
-//! replica open across a sync. After each interruption the replica passes
-//! `integrity_check`, its rows are the "before" or the "after" state, never a mix,
-//! no journal entry is lost, and every entry reaches the main database exactly once.
+//! replica open and writing across a sync or a send. After each interruption the
+//! replica passes `integrity_check`, its rows are the "before" or the "after" state,
+//! never a mix, no journal entry is lost, and every entry reaches the main database
+//! exactly once.
 //!
 //! Sizes and counts come from the environment, small by default (CI):
 //! `FIELDSYNC_SIGINT_POINTS` (10 per operation), `FIELDSYNC_KILL_POINTS` (30 in all),
-//! `FIELDSYNC_SERVER_KILL_POINTS` (3, plus one kill right after the server's commit),
+//! `FIELDSYNC_SERVER_KILL_POINTS` (3, plus one kill right after the server's commit)
+//! and `FIELDSYNC_SERVER_KILL_ENTRIES` (the upload's entries, 20,000),
 //! `FIELDSYNC_CRASH_ENTRIES` (journal entries per send point, 3,000),
 //! `FIELDSYNC_CRASH_ASSETS` (assets of the office, 50,000: a slice of ~31,000 rows),
 //! `FIELDSYNC_CRASH_SEED` (the seed of the random delays; printed).
@@ -954,14 +956,18 @@ fn kill_9_of_the_server_during_a_large_upload_then_a_resend_applies_it_once() {
     );
 }
 
-/// How long a sync may take while an app writes (uninterrupted: well under a second).
-const SYNC_BOUND: Duration = Duration::from_secs(20);
+/// How long a sync or a send may take while an app writes (uninterrupted: well under a
+/// second).
+const WRITER_BOUND: Duration = Duration::from_secs(10);
 
-/// An app keeps its connection to the replica open and writes while a sync runs:
-/// every write it was told succeeded is afterwards in the replica the device uses or in
-/// the main database; every other write got an error; none vanish.
-#[test]
-fn an_app_writing_across_a_sync_loses_no_write() {
+/// An app's writes in order: the key it inserted, and what SQLite answered.
+type AppLog = Vec<(String, Result<(), String>)>;
+
+/// An app keeps its connection to the replica open and writes while `op` runs: every
+/// write it was told succeeded is afterwards in the replica the device uses or in the
+/// main database; every other write got an error; none vanish. Then a final sync brings
+/// every successful write to the main database, once. Returns the app's writes.
+fn app_writing_across(op: &[&str]) -> AppLog {
     let office = Office::new(20_000);
     let dev = office.device("tab1", &[TASK]);
     dev.login("ana").ok();
@@ -979,7 +985,7 @@ fn an_app_writing_across_a_sync_loses_no_write() {
         std::thread::spawn(move || {
             let conn = Connection::open(path).unwrap();
             conn.busy_timeout(Duration::from_secs(2)).unwrap();
-            let mut log: Vec<(String, Result<(), String>)> = vec![];
+            let mut log: AppLog = vec![];
             while !stop.load(Ordering::SeqCst) {
                 let id = format!("app-{:06}", log.len());
                 let r = conn.execute(
@@ -998,16 +1004,16 @@ fn an_app_writing_across_a_sync_loses_no_write() {
     poll_until(Duration::from_secs(30), "the app's first writes", || {
         attempts.load(Ordering::SeqCst) >= 20
     });
-    // The sync must end while the app writes (an uninterrupted one takes well under a
+    // The operation must end while the app writes (uninterrupted it takes well under a
     // second here); if it does not, it is cancelled so that the rest can be checked.
     let scratch = TempDir::new("crash-out");
-    let running = spawn(&dev, &["sync"], &scratch.0);
-    let sync = interrupt(running, Some(Stop::Int), SYNC_BOUND);
-    let at_sync_end = attempts.load(Ordering::SeqCst);
+    let running = spawn(&dev, op, &scratch.0);
+    let ended = interrupt(running, Some(Stop::Int), WRITER_BOUND);
+    let at_end = attempts.load(Ordering::SeqCst);
     poll_until(
         Duration::from_secs(30),
-        "the app's writes after the sync",
-        || attempts.load(Ordering::SeqCst) >= at_sync_end + 20,
+        "the app's writes after the operation",
+        || attempts.load(Ordering::SeqCst) >= at_end + 20,
     );
     stop.store(true, Ordering::SeqCst);
     let log = app.join().unwrap();
@@ -1036,7 +1042,7 @@ fn an_app_writing_across_a_sync_loses_no_write() {
         }
     }
     eprintln!(
-        "app across a sync: {} writes, {} succeeded, errors {errors:?}; sync {sync:?}",
+        "app across {op:?}: {} writes, {} succeeded, errors {errors:?}; the operation {ended:?}",
         log.len(),
         ok.len()
     );
@@ -1060,8 +1066,7 @@ fn an_app_writing_across_a_sync_loses_no_write() {
         "writes that failed yet landed: {phantom:?}"
     );
 
-    // Nothing is lost on the way to the office either: a final sync brings every
-    // successful write there, once.
+    // Nothing is lost on the way to the office either.
     dev.run(&["sync"], "").ok();
     let in_main = ids(&office.sql());
     assert_eq!(
@@ -1073,15 +1078,31 @@ fn an_app_writing_across_a_sync_loses_no_write() {
     assert!(conflicts(&office).is_empty());
     assert_eq!(dev.status()["pending"], 0);
 
-    // The contract: writers are held off while the sync changes the replica (they get
-    // "database is busy"), and the sync ends, successfully, in a bounded time: it
-    // sends the journal as it was when it started, not every edit made meanwhile.
+    // The operation ends, successfully, in a bounded time: it sends the journal as it
+    // was, not every edit made meanwhile.
     assert!(
-        sync.elapsed < SYNC_BOUND,
-        "the sync did not end within {SYNC_BOUND:?} while an app wrote (then SIGINT: {sync:?})"
+        ended.elapsed < WRITER_BOUND,
+        "{op:?} did not end within {WRITER_BOUND:?} while an app wrote (then SIGINT: {ended:?})"
     );
-    assert_eq!(sync.code, Some(0), "the sync with an app writing: {sync:?}");
-    // The held connection points at a retired generation: its writes fail loudly.
+    assert_eq!(ended.code, Some(0), "{op:?} with an app writing: {ended:?}");
+    log
+}
+
+/// Across a sync the app's writes are held off ("database is busy") while the sync
+/// changes the replica; after it, the held connection points at a retired generation
+/// and its writes fail loudly.
+#[test]
+fn an_app_writing_across_a_sync_loses_no_write() {
+    let log = app_writing_across(&["sync"]);
     let (_, last) = log.last().unwrap();
     assert!(last.is_err(), "a write into the retired replica succeeded");
+}
+
+/// Across a send the replica stays: the app's writes made meanwhile stay in the journal
+/// for the next send.
+#[test]
+fn an_app_writing_across_a_send_loses_no_write() {
+    let log = app_writing_across(&["send"]);
+    let (_, last) = log.last().unwrap();
+    assert!(last.is_ok(), "the replica stays the replica: {last:?}");
 }

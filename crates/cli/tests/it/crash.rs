@@ -194,19 +194,6 @@ fn leftovers(dev: &DeviceDir) -> Vec<String> {
     out
 }
 
-fn conflicts(office: &Office) -> Vec<serde_json::Value> {
-    serde_json::from_str::<serde_json::Value>(
-        &office
-            .admin(&["conflicts", "list", "--json"], "")
-            .ok()
-            .stdout,
-    )
-    .unwrap()
-    .as_array()
-    .unwrap()
-    .clone()
-}
-
 /// A `fieldsync device …` process with its output going to files.
 struct Running {
     child: Child,

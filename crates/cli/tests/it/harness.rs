@@ -310,3 +310,17 @@ pub fn integrity(conn: &Connection) -> String {
     conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap()
 }
+
+/// The main database's conflict log (`admin conflicts list --json`).
+pub fn conflicts(office: &Office) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(
+        &office
+            .admin(&["conflicts", "list", "--json"], "")
+            .ok()
+            .stdout,
+    )
+    .unwrap()
+    .as_array()
+    .unwrap()
+    .clone()
+}

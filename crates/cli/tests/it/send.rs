@@ -21,19 +21,6 @@ fn journal(dev: &DeviceDir) -> Vec<serde_json::Value> {
         .clone()
 }
 
-fn conflicts(office: &Office) -> Vec<serde_json::Value> {
-    serde_json::from_str::<serde_json::Value>(
-        &office
-            .admin(&["conflicts", "list", "--json"], "")
-            .ok()
-            .stdout,
-    )
-    .unwrap()
-    .as_array()
-    .unwrap()
-    .clone()
-}
-
 /// A north asset in ana's slice.
 fn some_asset(dev: &DeviceDir) -> i64 {
     dev.replica()

@@ -28,6 +28,17 @@ fn some_asset(dev: &DeviceDir) -> i64 {
         .unwrap()
 }
 
+/// The first `n` asset ids of the replica.
+fn first_assets(dev: &DeviceDir, n: i64) -> Vec<i64> {
+    dev.replica()
+        .prepare("SELECT id FROM assets ORDER BY id LIMIT ?1")
+        .unwrap()
+        .query_map([n], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
 fn asset_name(conn: &Connection, id: i64) -> String {
     conn.query_row("SELECT name FROM assets WHERE id = ?1", [id], |r| r.get(0))
         .unwrap()
@@ -462,14 +473,7 @@ fn download_with_pending_changes_exits_6_unless_discarding_to_a_backup() {
 fn sync_sends_then_downloads_and_a_failed_send_downloads_nothing() {
     let office = Office::new(30);
     let dev = north_device(&office, "tab1");
-    let ids: Vec<i64> = dev
-        .replica()
-        .prepare("SELECT id FROM assets ORDER BY id LIMIT 2")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
+    let ids = first_assets(&dev, 2);
     dev.replica()
         .execute(
             "UPDATE assets SET name = 'from the tablet' WHERE id = ?1",
@@ -621,14 +625,7 @@ fn a_large_journal_is_sent_in_one_upload_and_integrated_once() {
 fn an_insert_under_a_parent_the_office_moved_out_is_a_conflict_not_a_refusal() {
     let office = Office::new(40);
     let dev = north_device(&office, "tab1");
-    let ids: Vec<i64> = dev
-        .replica()
-        .prepare("SELECT id FROM assets ORDER BY id LIMIT 2")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
+    let ids = first_assets(&dev, 2);
     let app = dev.replica();
     app.execute(
         "INSERT INTO inspections (id, asset_id, inspector, inspected_at, result) VALUES ('under-retired', ?1, 'ana', '2026-11-26T09:00:00.000Z', 'ok')",

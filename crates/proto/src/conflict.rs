@@ -13,15 +13,19 @@ pub type Row = BTreeMap<String, Value>;
 /// The entry's row in the main database now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Current {
+    /// The row's version in the main database (for the conflict log).
     pub version: i64,
     /// A tombstone: the row was deleted at `version`.
     pub deleted: bool,
     /// The live row is in the slice of the entry's user (meaningless for tombstones).
     pub in_slice: bool,
-    /// The highest version among the row and the rows its slice membership depends on
-    /// (its parent chain): a row whose parent the office moved out of the slice left
-    /// the slice at that version, though the row itself did not change.
-    pub slice_version: i64,
+    /// Somebody changed or deleted the row since the version the entry is based on.
+    /// The store judges it: how versions compare is the engine's business.
+    pub changed: bool,
+    /// The row or a row its slice membership depends on (its parent chain) changed
+    /// since the entry's base: a row whose parent the office moved out of the slice
+    /// left the slice then, though the row itself did not change.
+    pub left: bool,
     /// The live row's values in the task's columns.
     pub values: Row,
 }
@@ -87,9 +91,8 @@ pub fn decide(
     policy: ConflictPolicy,
     key_column: &str,
 ) -> Decision {
-    let base = entry.base_version.unwrap_or(i64::MIN);
-    let changed_since = |c: &Current| c.version > base;
-    let left_since = |c: &Current| c.version.max(c.slice_version) > base;
+    let changed_since = |c: &Current| c.changed;
+    let left_since = |c: &Current| c.changed || c.left;
     match entry.op {
         WriteOp::Insert => {
             if !insert_in_slice {
@@ -322,12 +325,14 @@ mod tests {
         }
     }
 
-    fn live(version: i64, values: Row) -> Current {
+    /// A live row in the slice; `changed`: the office changed it since the base.
+    fn live(changed: bool, values: Row) -> Current {
         Current {
-            version,
+            version: 7,
             deleted: false,
             in_slice: true,
-            slice_version: 0,
+            changed,
+            left: false,
             values,
         }
     }
@@ -340,7 +345,7 @@ mod tests {
             row(&[("name", t("a"))]),
             row(&[("name", t("b"))]),
         );
-        let c = live(5, row(&[("name", t("a"))]));
+        let c = live(false, row(&[("name", t("a"))]));
         assert_eq!(
             decide(&e, Some(&c), false, ConflictPolicy::ServerWins, "id"),
             Decision::Apply(Write::Update(row(&[("name", t("b"))])), None)
@@ -355,7 +360,7 @@ mod tests {
             row(&[("name", t("a")), ("status", t("ok"))]),
             row(&[("name", t("device")), ("status", t("worn"))]),
         );
-        let c = live(7, row(&[("name", t("office")), ("status", t("ok"))]));
+        let c = live(true, row(&[("name", t("office")), ("status", t("ok"))]));
         let Decision::Apply(Write::Update(cols), Some(n)) =
             decide(&e, Some(&c), false, ConflictPolicy::FieldMerge, "id")
         else {
@@ -370,13 +375,13 @@ mod tests {
     #[test]
     fn a_row_never_in_the_slice_is_forbidden_and_one_moved_out_is_a_conflict() {
         let e = entry(WriteOp::Update, Some(5), row(&[]), row(&[("name", t("b"))]));
-        let mut c = live(5, row(&[("name", t("a"))]));
+        let mut c = live(false, row(&[("name", t("a"))]));
         c.in_slice = false;
         assert!(matches!(
             decide(&e, Some(&c), false, ConflictPolicy::DeviceWins, "id"),
             Decision::Forbidden(_)
         ));
-        c.version = 6;
+        c.left = true;
         let d = decide(&e, Some(&c), false, ConflictPolicy::DeviceWins, "id");
         assert!(
             matches!(
@@ -405,7 +410,8 @@ mod tests {
             version: 3,
             deleted: true,
             in_slice: false,
-            slice_version: 0,
+            changed: false,
+            left: false,
             values: Row::new(),
         };
         assert!(matches!(

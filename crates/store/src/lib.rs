@@ -4,6 +4,7 @@
 
 mod integrate;
 mod plan;
+mod postgres;
 pub mod sample;
 mod sqlite;
 
@@ -14,6 +15,7 @@ use fieldsync_proto::task::TaskDef;
 use fieldsync_proto::wire::{Upload, UploadOutcome};
 
 pub use plan::{SlicePlan, TablePlan, check_task, quote_ident};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -257,7 +259,7 @@ pub fn plan_slice(store: &dyn Store, def: &TaskDef, params: &Params) -> Result<S
     plan::plan_slice(def, params, store.dialect(), &|t| store.table_info(t))
 }
 
-/// Opens the main database named by a URL: `sqlite:PATH`.
+/// Opens the main database named by a URL: `sqlite:PATH` or `postgres://…`.
 pub fn open(url: &str) -> Result<Box<dyn Store>> {
     if let Some(path) = url.strip_prefix("sqlite:") {
         if path.is_empty() {
@@ -268,12 +270,10 @@ pub fn open(url: &str) -> Result<Box<dyn Store>> {
         return Ok(Box::new(SqliteStore::new(path)));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(StoreError::Invalid(
-            "PostgreSQL main databases are not supported by this build yet".into(),
-        ));
+        return Ok(Box::new(PgStore::new(url)?));
     }
     Err(StoreError::Invalid(format!(
-        "unsupported database URL `{url}`: use sqlite:PATH"
+        "unsupported database URL `{url}`: use sqlite:PATH or postgres://USER@HOST:PORT/DB"
     )))
 }
 

@@ -17,6 +17,8 @@ pub struct TablePlan {
     pub select_sql: String,
     pub count_sql: String,
     pub binds: Vec<Value>,
+    /// The main database's declared type of each column (how the engine reads it).
+    pub declared: Vec<String>,
 }
 
 /// The whole slice of a task for one user and device, in the task's table order.
@@ -136,6 +138,7 @@ pub fn plan_slice(
             .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", t.name)))?;
         let cols = slice_columns(t, &info);
         let mut columns = Vec::with_capacity(cols.len());
+        let mut declared = Vec::with_capacity(cols.len());
         for c in &cols {
             let ci = info.column(c).ok_or_else(|| {
                 invalid(format!("table `{}` has no column `{c}` any more", t.name))
@@ -144,13 +147,15 @@ pub fn plan_slice(
                 name: c.clone(),
                 column_type: ci.column_type,
             });
+            declared.push(ci.declared_type.clone());
         }
         let mut binds = Vec::new();
         let condition = slice_condition(def, t, params, dialect, &mut binds, lookup, false)?;
         let table = quote_ident(&t.name);
         let select_list: Vec<String> = cols
             .iter()
-            .map(|c| format!("{table}.{}", quote_ident(c)))
+            .zip(&declared)
+            .map(|(c, d)| read_sql(dialect, &format!("{table}.{}", quote_ident(c)), d))
             .collect();
         let select_sql = format!(
             "SELECT {} FROM {table} WHERE {condition}",
@@ -170,6 +175,7 @@ pub fn plan_slice(
             select_sql,
             count_sql,
             binds,
+            declared,
         });
     }
     Ok(SlicePlan { tables })
@@ -193,7 +199,17 @@ pub(crate) fn slice_condition(
     if let Some(f) = &t.filter {
         let expr =
             filter::parse(f).map_err(|e| invalid(format!("table `{}`: filter: {e}", t.name)))?;
-        let column_sql = |c: &str| format!("{table}.{}", quote_ident(c));
+        let info = match dialect {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => lookup(&t.name)?,
+        };
+        let column_sql = |c: &str| {
+            let column = format!("{table}.{}", quote_ident(c));
+            match info.as_ref().and_then(|i| i.column(c)) {
+                Some(ci) => filter_sql(dialect, &column, &ci.declared_type),
+                None => column,
+            }
+        };
         parts.push(format!(
             "({})",
             expr.to_sql(dialect, &column_sql, params, binds)
@@ -219,4 +235,22 @@ pub(crate) fn slice_condition(
     } else {
         parts.join(" AND ")
     })
+}
+
+/// How a column is read for the slice: as stored (SQLite), or through its canonical
+/// expression (PostgreSQL, see `postgres::types`).
+pub(crate) fn read_sql(dialect: Dialect, column: &str, declared: &str) -> String {
+    match dialect {
+        Dialect::Sqlite => column.to_string(),
+        Dialect::Postgres => crate::postgres::types::read_expr(column, declared),
+    }
+}
+
+/// How the filter language sees a column: numbers as numbers, the rest as the text
+/// the device gets.
+pub(crate) fn filter_sql(dialect: Dialect, column: &str, declared: &str) -> String {
+    match dialect {
+        Dialect::Sqlite => column.to_string(),
+        Dialect::Postgres => crate::postgres::types::filter_expr(column, declared),
+    }
 }

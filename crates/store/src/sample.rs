@@ -136,9 +136,103 @@ pub fn asset_row(g: &mut Gen, id: i64, region: &'static str) -> AssetRow {
     }
 }
 
-/// Creates the sample tables in `conn` and fills them: `n_assets` assets alternating
-/// between regions `north` and `south`, two inspections and one work order per
-/// three assets. One transaction.
+/// The PostgreSQL spelling of [`SCHEMA`]: the same tables with PostgreSQL's types.
+pub const PG_SCHEMA: &str = r#"
+CREATE TABLE assets (
+    id bigint PRIMARY KEY,
+    name text NOT NULL,
+    category text NOT NULL,
+    status text NOT NULL,
+    region text NOT NULL,
+    x double precision,
+    y double precision,
+    installed text,
+    notes text
+);
+CREATE TABLE inspections (
+    id text PRIMARY KEY,
+    asset_id bigint NOT NULL REFERENCES assets (id),
+    inspector text NOT NULL,
+    inspected_at text NOT NULL,
+    result text,
+    notes text
+);
+CREATE TABLE work_orders (
+    id text PRIMARY KEY,
+    asset_id bigint NOT NULL REFERENCES assets (id),
+    title text NOT NULL,
+    priority integer NOT NULL DEFAULT 3,
+    status text NOT NULL DEFAULT 'open',
+    due text
+);
+"#;
+
+/// One generated row of the sample database.
+pub enum SampleRow {
+    Asset(AssetRow),
+    /// `(id, asset_id, inspector, inspected_at, result, notes)`
+    Inspection(
+        String,
+        i64,
+        &'static str,
+        String,
+        &'static str,
+        Option<&'static str>,
+    ),
+    /// `(id, asset_id, title, priority, status, due)`
+    WorkOrder(String, i64, String, i64, &'static str, String),
+}
+
+/// Generates the sample rows: `n_assets` assets alternating between regions `north`
+/// and `south`, two inspections per asset and one work order per three assets.
+pub fn generate(n_assets: i64, mut f: impl FnMut(SampleRow) -> Result<()>) -> Result<()> {
+    let mut g = Gen::new(42);
+    for id in 1..=n_assets {
+        let region = if id % 2 == 1 { "north" } else { "south" };
+        let a = asset_row(&mut g, id, region);
+        let order = (id % 3 == 0).then(|| format!("service {}", a.name));
+        f(SampleRow::Asset(a))?;
+        for k in 0..2 {
+            let inspector = g.pick(&INSPECTORS);
+            let at = format!(
+                "2026-{:02}-{:02}T{:02}:00:00.000Z",
+                1 + g.below(10),
+                1 + g.below(28),
+                7 + g.below(10)
+            );
+            let result = g.pick(&RESULTS);
+            let notes = if g.below(3) == 0 {
+                None
+            } else {
+                Some("routine")
+            };
+            f(SampleRow::Inspection(
+                format!("insp-{id:07}-{k}"),
+                id,
+                inspector,
+                at,
+                result,
+                notes,
+            ))?;
+        }
+        if let Some(title) = order {
+            let priority = 1 + g.below(5) as i64;
+            let status = ["open", "in-progress", "done"][g.below(3) as usize];
+            let due = format!("2026-12-{:02}T00:00:00.000Z", 1 + g.below(28));
+            f(SampleRow::WorkOrder(
+                format!("wo-{id:07}"),
+                id,
+                title,
+                priority,
+                status,
+                due,
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates the sample tables in `conn` and fills them ([`generate`]). One transaction.
 pub fn create(conn: &mut Connection, n_assets: i64) -> Result<()> {
     let tx = conn
         .transaction()
@@ -146,7 +240,6 @@ pub fn create(conn: &mut Connection, n_assets: i64) -> Result<()> {
     tx.execute_batch(SCHEMA)
         .map_err(|e| StoreError::Db(format!("creating sample tables: {e}")))?;
     {
-        let mut g = Gen::new(42);
         let mut assets = tx.prepare(
             "INSERT INTO assets (id, name, category, status, region, x, y, installed, notes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
@@ -154,51 +247,91 @@ pub fn create(conn: &mut Connection, n_assets: i64) -> Result<()> {
             "INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         let mut orders = tx.prepare("INSERT INTO work_orders (id, asset_id, title, priority, status, due) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
-        for id in 1..=n_assets {
-            let region = if id % 2 == 1 { "north" } else { "south" };
-            let a = asset_row(&mut g, id, region);
-            assets.execute(params![
-                a.id,
-                a.name,
-                a.category,
-                a.status,
-                a.region,
-                a.x,
-                a.y,
-                a.installed,
-                a.notes
-            ])?;
-            for k in 0..2 {
-                insp.execute(params![
-                    format!("insp-{id:07}-{k}"),
-                    id,
-                    g.pick(&INSPECTORS),
-                    format!(
-                        "2026-{:02}-{:02}T{:02}:00:00.000Z",
-                        1 + g.below(10),
-                        1 + g.below(28),
-                        7 + g.below(10)
-                    ),
-                    g.pick(&RESULTS),
-                    if g.below(3) == 0 {
-                        None
-                    } else {
-                        Some("routine")
-                    },
-                ])?;
-            }
-            if id % 3 == 0 {
-                orders.execute(params![
-                    format!("wo-{id:07}"),
-                    id,
-                    format!("service {}", a.name),
-                    1 + g.below(5) as i64,
-                    ["open", "in-progress", "done"][g.below(3) as usize],
-                    format!("2026-12-{:02}T00:00:00.000Z", 1 + g.below(28)),
-                ])?;
-            }
-        }
+        generate(n_assets, |row| {
+            match row {
+                SampleRow::Asset(a) => assets.execute(params![
+                    a.id,
+                    a.name,
+                    a.category,
+                    a.status,
+                    a.region,
+                    a.x,
+                    a.y,
+                    a.installed,
+                    a.notes
+                ])?,
+                SampleRow::Inspection(id, asset, who, at, result, notes) => {
+                    insp.execute(params![id, asset, who, at, result, notes])?
+                }
+                SampleRow::WorkOrder(id, asset, title, priority, status, due) => {
+                    orders.execute(params![id, asset, title, priority, status, due])?
+                }
+            };
+            Ok(())
+        })?;
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Creates the sample tables in a PostgreSQL database ([`PG_SCHEMA`]) and fills them
+/// with the same rows as [`create`], by COPY. One transaction.
+pub fn create_pg(client: &mut postgres::Client, n_assets: i64) -> Result<()> {
+    use std::io::Write;
+    let db = |e: postgres::Error| StoreError::Db(crate::postgres::pg_message(&e));
+    let mut tx = client.transaction().map_err(db)?;
+    tx.batch_execute(PG_SCHEMA).map_err(db)?;
+    let mut text = [String::new(), String::new(), String::new()];
+    // COPY's text format: tab-separated, `\N` for NULL; the generator makes no tabs,
+    // newlines or backslashes.
+    generate(n_assets, |row| {
+        let (i, line) = match row {
+            SampleRow::Asset(a) => (
+                0,
+                format!(
+                    "{}\t{}\t{}\t{}\t{}\t{:?}\t{:?}\t{}\t{}\n",
+                    a.id, a.name, a.category, a.status, a.region, a.x, a.y, a.installed, a.notes
+                ),
+            ),
+            SampleRow::Inspection(id, asset, who, at, result, notes) => (
+                1,
+                format!(
+                    "{id}\t{asset}\t{who}\t{at}\t{result}\t{}\n",
+                    notes.unwrap_or("\\N")
+                ),
+            ),
+            SampleRow::WorkOrder(id, asset, title, priority, status, due) => (
+                2,
+                format!("{id}\t{asset}\t{title}\t{priority}\t{status}\t{due}\n"),
+            ),
+        };
+        text[i].push_str(&line);
+        if text[i].len() > 1 << 20 {
+            flush(&mut tx, i, &mut text[i])?;
+        }
+        Ok(())
+    })?;
+    for (i, t) in text.iter_mut().enumerate() {
+        flush(&mut tx, i, t)?;
+    }
+    tx.commit().map_err(db)?;
+    return Ok(());
+
+    fn flush(tx: &mut postgres::Transaction<'_>, table: usize, text: &mut String) -> Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let sql = [
+            "COPY assets FROM STDIN",
+            "COPY inspections FROM STDIN",
+            "COPY work_orders FROM STDIN",
+        ][table];
+        let db = |e: postgres::Error| StoreError::Db(crate::postgres::pg_message(&e));
+        let mut w = tx.copy_in(sql).map_err(db)?;
+        w.write_all(text.as_bytes())
+            .map_err(|e| StoreError::Db(format!("COPY: {e}")))?;
+        w.finish().map_err(db)?;
+        text.clear();
+        Ok(())
+    }
 }

@@ -1,0 +1,543 @@
+//! The PostgreSQL side of integrating an upload (`crate::integrate` has the rules):
+//! one READ COMMITTED transaction per upload. Before an entry's row is judged, its
+//! row in the table and its tracking row are locked (`FOR UPDATE`), so a concurrent
+//! office writer or another upload either committed before the check (and is seen)
+//! or waits until this upload commits: nothing comes between the check and the write.
+//! A transaction that deadlocks with an office writer is retried.
+
+use std::collections::{BTreeMap, HashMap};
+
+use fieldsync_proto::Value;
+use fieldsync_proto::conflict::{Current, Write};
+use fieldsync_proto::filter::{Dialect, Params};
+use fieldsync_proto::task::{TaskDef, TaskTable};
+use fieldsync_proto::wire::{Upload, UploadOutcome};
+use postgres::error::SqlState;
+use postgres::types::ToSql;
+use postgres::{Client, Statement, Transaction};
+
+use super::types::{self, Bind, Param};
+use super::{key_text, pg_message, table_info};
+use crate::integrate::{self, ApplyError, ConflictLog, TableCtx, UploadTx, op_name};
+use crate::plan::{self, quote_ident};
+use crate::{IntegrateContext, IntegrateError, StoreError, TableInfo};
+
+/// Attempts of an upload that deadlocked or failed to serialize.
+const ATTEMPTS: usize = 4;
+
+pub(super) fn integrate(
+    client: &mut Client,
+    ctx: &IntegrateContext<'_>,
+    upload: &Upload,
+) -> Result<UploadOutcome, IntegrateError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let tx = client.transaction().map_err(StoreError::from)?;
+        let mut up = PgUpload {
+            tx,
+            statements: HashMap::new(),
+            queries: HashMap::new(),
+            parents: HashMap::new(),
+            parent_queries: HashMap::new(),
+            new_base: None,
+            retryable: false,
+        };
+        let result = integrate::integrate(&mut up, ctx, upload);
+        let retryable = up.retryable;
+        match result {
+            Ok(outcome) => match up.tx.commit() {
+                Ok(()) => return Ok(outcome),
+                Err(e) if is_retryable(&e) && attempt < ATTEMPTS => continue,
+                Err(e) => return Err(StoreError::from(e).into()),
+            },
+            Err(_) if retryable && attempt < ATTEMPTS => {
+                drop(up);
+                std::thread::sleep(std::time::Duration::from_millis(20 * attempt as u64));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_retryable(e: &postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    )
+}
+
+type Params_<'a> = Vec<&'a (dyn ToSql + Sync)>;
+
+/// A parent row asked about: table, user, key (JSON) and the entry's base.
+type ParentId = (String, String, String, Option<i64>);
+
+/// The current-row query of one table for one user.
+struct CurrentQuery {
+    lock_sql: String,
+    sql: String,
+    binds: Vec<Value>,
+}
+
+struct PgUpload<'c> {
+    tx: Transaction<'c>,
+    statements: HashMap<String, Statement>,
+    queries: HashMap<(String, String), CurrentQuery>,
+    /// Parent membership learnt in this upload: (table, user, key, base) → (inside, left).
+    parents: HashMap<ParentId, (bool, bool)>,
+    parent_queries: HashMap<(String, String), (String, Vec<Value>)>,
+    new_base: Option<i64>,
+    /// A statement failed by deadlock or serialization: the whole upload may be retried.
+    retryable: bool,
+}
+
+impl PgUpload<'_> {
+    fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.prepare(sql)?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+
+    fn note(&mut self, e: postgres::Error) -> StoreError {
+        if is_retryable(&e) {
+            self.retryable = true;
+        }
+        StoreError::from(e)
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, StoreError> {
+        let r = match self.statement(sql) {
+            Ok(s) => self.tx.query(&s, params),
+            Err(e) => Err(e),
+        };
+        r.map_err(|e| self.note(e))
+    }
+
+    fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.tx.execute(&s, params)
+    }
+}
+
+/// "Changed since the base" for a transaction id expression `x`, with the base joined
+/// as `b` (snapshot `b.snap`, own transaction `b.xid`): written by a transaction the
+/// base's snapshot does not see, other than the base's own. An unknown base (no row
+/// `b`) counts every row as changed, so values are compared and nothing is lost.
+fn changed_sql(x: &str) -> String {
+    format!(
+        "({x} IS NOT NULL AND (b.snap IS NULL OR NOT (coalesce({x} = b.xid, false) OR pg_visible_in_snapshot({x}, b.snap))))"
+    )
+}
+
+fn declared_of(info: &TableInfo, column: &str) -> String {
+    info.column(column)
+        .map(|c| c.declared_type.clone())
+        .unwrap_or_else(|| "text".into())
+}
+
+/// SQL expressions for the transaction ids of a table's parent chain, for the row
+/// joined as the table itself: its parent's, the grandparent's, and so on.
+fn ancestor_xids(
+    tx: &mut Transaction<'_>,
+    def: &TaskDef,
+    t: &TaskTable,
+) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    let mut child = t;
+    let mut key_sql = String::new();
+    while let Some(p) = &child.parent {
+        let parent = def.table(&p.table).expect("checked: parent is in the task");
+        let parent_info = table_info(tx, &p.table)?
+            .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", p.table)))?;
+        let ct = quote_ident(&child.name);
+        key_sql = if key_sql.is_empty() {
+            format!("{ct}.{}", quote_ident(&p.key))
+        } else {
+            let child_info = table_info(tx, &child.name)?
+                .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", child.name)))?;
+            format!(
+                "(SELECT {ct}.{} FROM {ct} WHERE {ct}.{} = {key_sql})",
+                quote_ident(&p.key),
+                quote_ident(&child_info.primary_key)
+            )
+        };
+        out.push(format!(
+            "(SELECT v.xid FROM fieldsync.rows v WHERE v.tbl = '{}' AND v.pk = ({key_sql})::text)",
+            parent_info.name.replace('\'', "''")
+        ));
+        child = parent;
+    }
+    Ok(out)
+}
+
+fn current_query(
+    tx: &mut Transaction<'_>,
+    def: &TaskDef,
+    t: &TableCtx<'_>,
+    params: &Params,
+) -> Result<CurrentQuery, StoreError> {
+    let mut binds = Vec::new();
+    let mut infos = HashMap::new();
+    for name in def.tables.iter().map(|t| t.name.as_str()) {
+        infos.insert(name.to_string(), table_info(tx, name)?);
+    }
+    let cond = plan::slice_condition(
+        def,
+        t.task_table,
+        params,
+        Dialect::Postgres,
+        &mut binds,
+        &|name| Ok(infos.get(name).cloned().flatten()),
+        true,
+    )?;
+    let table = quote_ident(&t.info.name);
+    let pk = quote_ident(&t.info.primary_key);
+    let cols: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| {
+            types::read_expr(
+                &format!("{table}.{}", quote_ident(c)),
+                &declared_of(&t.info, c),
+            )
+        })
+        .collect();
+    let left = ancestor_xids(tx, def, t.task_table)?
+        .iter()
+        .fold(changed_sql("r.xid"), |acc, x| {
+            format!("{acc} OR {}", changed_sql(x))
+        });
+    let n = binds.len();
+    let key_param = types::write_param(n + 3, &declared_of(&t.info, &t.info.primary_key));
+    let sql = format!(
+        "SELECT r.xid::text::int8, r.deleted, {changed}, {left},
+                CASE WHEN {table}.{pk} IS NULL THEN false ELSE ({cond}) END, {cols}
+         FROM fieldsync.rows r
+         LEFT JOIN (SELECT snap, xid FROM fieldsync.bases WHERE id = ${base}) b ON true
+         LEFT JOIN {table} ON {table}.{pk} = {key_param}
+         WHERE r.tbl = ${tbl} AND r.pk = ${key_text}
+         FOR UPDATE OF r",
+        changed = changed_sql("r.xid"),
+        cols = cols.join(", "),
+        tbl = n + 1,
+        key_text = n + 2,
+        base = n + 4,
+    );
+    let lock_sql = format!(
+        "SELECT 1 FROM {table} WHERE {pk} = {} FOR UPDATE",
+        types::write_param(1, &declared_of(&t.info, &t.info.primary_key))
+    );
+    Ok(CurrentQuery {
+        lock_sql,
+        sql,
+        binds,
+    })
+}
+
+impl UploadTx for PgUpload<'_> {
+    fn recorded(&mut self, upload_id: &str) -> Result<Option<(String, String)>, StoreError> {
+        // The same upload sent to two servers at once: the second waits for the
+        // first's commit, then finds its record.
+        self.query(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 7366836482673))",
+            &[&upload_id],
+        )?;
+        let rows = self.query(
+            "SELECT device, outcome FROM fieldsync.uploads WHERE upload_id = $1",
+            &[&upload_id],
+        )?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+    }
+
+    fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>, StoreError> {
+        table_info(&mut self.tx, table)
+    }
+
+    fn user_enabled(&mut self, user: &str) -> Result<bool, StoreError> {
+        let rows = self.query(
+            "SELECT disabled FROM fieldsync.users WHERE name = $1",
+            &[&user],
+        )?;
+        Ok(rows.first().is_some_and(|r| !r.get::<_, bool>(0)))
+    }
+
+    fn current(
+        &mut self,
+        def: &TaskDef,
+        t: &TableCtx<'_>,
+        params: &Params,
+        key: &Value,
+        base: Option<i64>,
+    ) -> Result<Option<Current>, StoreError> {
+        let id = (t.info.name.clone(), params.user.clone());
+        if !self.queries.contains_key(&id) {
+            let q = current_query(&mut self.tx, def, t, params)?;
+            self.queries.insert(id.clone(), q);
+        }
+        let declared = declared_of(&t.info, &t.info.primary_key);
+        let typed_key = types::write_value(key, &declared);
+        if matches!(typed_key, Param::Invalid) {
+            return Ok(None);
+        }
+        let text_key = key_text(key);
+        let (lock_sql, sql, binds) = {
+            let q = &self.queries[&id];
+            (q.lock_sql.clone(), q.sql.clone(), q.binds.clone())
+        };
+        // The table's row first, as every writer locks it (then its tracking row):
+        // one order, no deadlock with a single-row office transaction.
+        self.query(&lock_sql, &[&typed_key])?;
+        let bound: Vec<Bind<'_>> = binds.iter().map(Bind).collect();
+        let mut all: Params_<'_> = bound.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+        all.push(&t.info.name);
+        all.push(&text_key);
+        all.push(&typed_key);
+        all.push(&base);
+        let rows = self.query(&sql, &all)?;
+        let Some(r) = rows.first() else {
+            return Ok(None);
+        };
+        let deleted: bool = r.get(1);
+        let mut values = BTreeMap::new();
+        if !deleted {
+            for (i, c) in t.columns.iter().enumerate() {
+                let kind = types::kind(&declared_of(&t.info, c));
+                values.insert(c.clone(), types::read_value(r, 5 + i, kind));
+            }
+        }
+        Ok(Some(Current {
+            version: r.get(0),
+            deleted,
+            changed: r.get(2),
+            left: r.get(3),
+            in_slice: r.get::<_, Option<bool>>(4).unwrap_or(false),
+            values,
+        }))
+    }
+
+    fn parent(
+        &mut self,
+        def: &TaskDef,
+        table: &str,
+        params: &Params,
+        key: &Value,
+        base: Option<i64>,
+    ) -> Result<(bool, bool), StoreError> {
+        let id = (
+            table.to_string(),
+            params.user.clone(),
+            serde_json::to_string(key).expect("serializes"),
+            base,
+        );
+        if let Some(known) = self.parents.get(&id) {
+            return Ok(*known);
+        }
+        let info = table_info(&mut self.tx, table)?
+            .ok_or_else(|| StoreError::NotFound(format!("table `{table}` is gone")))?;
+        let declared = declared_of(&info, &info.primary_key);
+        let qkey = (table.to_string(), params.user.clone());
+        if !self.parent_queries.contains_key(&qkey) {
+            let parent = def.table(table).expect("checked: parent is in the task");
+            let mut infos = HashMap::new();
+            for name in def.tables.iter().map(|t| t.name.as_str()) {
+                infos.insert(name.to_string(), table_info(&mut self.tx, name)?);
+            }
+            let mut binds = Vec::new();
+            let cond = plan::slice_condition(
+                def,
+                parent,
+                params,
+                Dialect::Postgres,
+                &mut binds,
+                &|n| Ok(infos.get(n).cloned().flatten()),
+                true,
+            )?;
+            let pt = quote_ident(table);
+            let pk = quote_ident(&info.primary_key);
+            let n = binds.len();
+            let key_param = types::write_param(n + 3, &declared);
+            let left = ancestor_xids(&mut self.tx, def, parent)?
+                .iter()
+                .fold(changed_sql("r.xid"), |acc, x| {
+                    format!("{acc} OR {}", changed_sql(x))
+                });
+            let sql = format!(
+                "SELECT {pt}.{pk} IS NOT NULL AND coalesce(({cond}), false), coalesce({left}, false)
+                 FROM (SELECT 1) one
+                 LEFT JOIN fieldsync.rows r ON r.tbl = ${tbl} AND r.pk = ${key_text}
+                 LEFT JOIN {pt} ON {pt}.{pk} = {key_param}
+                 LEFT JOIN (SELECT snap, xid FROM fieldsync.bases WHERE id = ${base}) b ON true",
+                tbl = n + 1,
+                key_text = n + 2,
+                base = n + 4,
+            );
+            self.parent_queries.insert(qkey.clone(), (sql, binds));
+        }
+        let (sql, binds) = self.parent_queries[&qkey].clone();
+        let typed_key = types::write_value(key, &declared);
+        if matches!(typed_key, Param::Invalid) {
+            return Ok((false, false));
+        }
+        let text_key = key_text(key);
+        let bound: Vec<Bind<'_>> = binds.iter().map(Bind).collect();
+        let mut all: Params_<'_> = bound.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+        all.push(&info.name);
+        all.push(&text_key);
+        all.push(&typed_key);
+        all.push(&base);
+        let rows = self.query(&sql, &all)?;
+        let r = rows.first().expect("one row from (SELECT 1)");
+        let known = (r.get(0), r.get(1));
+        self.parents.insert(id, known);
+        Ok(known)
+    }
+
+    fn forget_parents(&mut self) {
+        self.parents.clear();
+    }
+
+    fn apply(&mut self, info: &TableInfo, key: &Value, write: &Write) -> Result<(), ApplyError> {
+        let table = quote_ident(&info.name);
+        let pk = quote_ident(&info.primary_key);
+        let pk_declared = declared_of(info, &info.primary_key);
+        let mut values: Vec<Param> = Vec::new();
+        let sql = match write {
+            Write::Insert(row) => {
+                let mut names = Vec::new();
+                let mut marks = Vec::new();
+                for (c, v) in row {
+                    let d = declared_of(info, c);
+                    values.push(types::write_value(v, &d));
+                    names.push(quote_ident(c));
+                    marks.push(types::write_param(values.len(), &d));
+                }
+                format!(
+                    "INSERT INTO {table} ({}) VALUES ({})",
+                    names.join(", "),
+                    marks.join(", ")
+                )
+            }
+            Write::Update(row) => {
+                let mut sets = Vec::new();
+                for (c, v) in row {
+                    let d = declared_of(info, c);
+                    values.push(types::write_value(v, &d));
+                    sets.push(format!(
+                        "{} = {}",
+                        quote_ident(c),
+                        types::write_param(values.len(), &d)
+                    ));
+                }
+                values.push(types::write_value(key, &pk_declared));
+                format!(
+                    "UPDATE {table} SET {} WHERE {pk} = {}",
+                    sets.join(", "),
+                    types::write_param(values.len(), &pk_declared)
+                )
+            }
+            Write::Delete => {
+                values.push(types::write_value(key, &pk_declared));
+                format!(
+                    "DELETE FROM {table} WHERE {pk} = {}",
+                    types::write_param(1, &pk_declared)
+                )
+            }
+        };
+        if values.iter().any(|v| matches!(v, Param::Invalid)) {
+            return Err(ApplyError::Refused(
+                "bytes that are not UTF-8 cannot be stored in a text column".into(),
+            ));
+        }
+        let refs: Params_<'_> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        match self.execute(&sql, &refs) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let refused = e.code().is_some_and(|c| {
+                    let class = &c.code()[..2];
+                    class == "22" || class == "23"
+                });
+                if refused {
+                    Err(ApplyError::Refused(pg_message(&e)))
+                } else {
+                    Err(ApplyError::Store(self.note(e)))
+                }
+            }
+        }
+    }
+
+    /// One base per upload: its snapshot plus its own transaction, so the rows it
+    /// wrote count as seen and later writers' do not.
+    fn new_version(&mut self) -> Result<i64, StoreError> {
+        if let Some(id) = self.new_base {
+            return Ok(id);
+        }
+        let rows = self.query(
+            "INSERT INTO fieldsync.bases (snap, xid) VALUES (pg_current_snapshot(), pg_current_xact_id()) RETURNING id",
+            &[],
+        )?;
+        let id: i64 = rows[0].get(0);
+        self.new_base = Some(id);
+        Ok(id)
+    }
+
+    fn log_conflict(&mut self, c: &ConflictLog<'_>) -> Result<(), StoreError> {
+        let (e, n) = (c.entry, c.note);
+        let key = serde_json::to_string(&e.key).expect("serializes");
+        let device = serde_json::to_string(&n.device).expect("serializes");
+        let server = serde_json::to_string(&n.server).expect("serializes");
+        let r = self.execute(
+            "INSERT INTO fieldsync.conflicts (at, device, user_name, task, tbl, key, op, kind, policy, resolution,
+                 device_values, server_values, base_version, server_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            &[
+                &c.ctx.at,
+                &c.ctx.device,
+                &e.user,
+                &c.ctx.task.def.name,
+                &e.table,
+                &key,
+                &op_name(e.op),
+                &n.kind,
+                &c.policy,
+                &n.resolution,
+                &device,
+                &server,
+                &e.base_version,
+                &c.server_version,
+            ],
+        );
+        r.map(|_| ()).map_err(|e| self.note(e))
+    }
+
+    fn record(
+        &mut self,
+        ctx: &IntegrateContext<'_>,
+        upload_id: &str,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
+        let r = self.execute(
+            "INSERT INTO fieldsync.uploads (upload_id, device, user_name, task, outcome, at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &upload_id,
+                &ctx.device,
+                &ctx.sender,
+                &ctx.task.def.name,
+                &outcome,
+                &ctx.at,
+            ],
+        );
+        r.map(|_| ()).map_err(|e| self.note(e))
+    }
+}

@@ -1,0 +1,1149 @@
+//! The PostgreSQL backend of the main database. fieldsync's objects live in the schema
+//! `fieldsync`; upload integration is in `integrate.rs`, the type mapping in `types.rs`.
+//!
+//! Change tracking (docs/protocol.md, "Commit-order-correct versions"): statement
+//! triggers on each tracked table record, per row, the id of the transaction that last
+//! wrote it (`pg_current_xact_id()`) in `fieldsync.rows`. Transaction ids are assigned
+//! when a transaction first writes, not when it commits, so they are not a cursor.
+//! A download instead records its snapshot (`pg_current_snapshot()`) in
+//! `fieldsync.bases` and hands the device that base's id; "changed since the base"
+//! is "written by a transaction the base's snapshot does not see". An upload's own
+//! writes get a base too: its snapshot plus its own transaction id.
+//!
+//! No state lives in server memory: several servers share one database.
+
+mod integrate;
+pub(crate) mod types;
+
+use std::sync::Mutex;
+
+use fieldsync_proto::Value;
+use fieldsync_proto::filter::Dialect;
+use fieldsync_proto::frame::ValueRef;
+use fieldsync_proto::task::TaskDef;
+use fieldsync_proto::wire::{Upload, UploadOutcome};
+use postgres::{Client, IsolationLevel, NoTls, Transaction};
+
+use self::types::{Bind, Kind};
+use crate::plan::{self, SlicePlan, quote_ident};
+use crate::{
+    ColumnInfo, ConflictRecord, DeviceRecord, IntegrateContext, IntegrateError, Result,
+    SessionRecord, SliceSink, Store, StoreError, SyncSessionRecord, TableInfo, TaskRecord,
+    UserRecord,
+};
+
+/// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE SCHEMA IF NOT EXISTS fieldsync;
+CREATE TABLE IF NOT EXISTS fieldsync.meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS fieldsync.tracked (
+    name text PRIMARY KEY,
+    primary_key text NOT NULL,
+    tracked_at text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fieldsync.rows (
+    tbl text NOT NULL,
+    pk text NOT NULL,
+    xid xid8 NOT NULL,
+    deleted boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (tbl, pk)
+);
+CREATE TABLE IF NOT EXISTS fieldsync.bases (
+    id bigserial PRIMARY KEY,
+    snap pg_snapshot NOT NULL,
+    xid xid8,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS fieldsync.users (
+    name text PRIMARY KEY,
+    password_hash text NOT NULL,
+    admin boolean NOT NULL DEFAULT false,
+    disabled boolean NOT NULL DEFAULT false,
+    created_at text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fieldsync.devices (
+    id text PRIMARY KEY,
+    label text,
+    code_hash text,
+    secret_hash text,
+    revoked boolean NOT NULL DEFAULT false,
+    created_at text NOT NULL,
+    paired_at text
+);
+CREATE TABLE IF NOT EXISTS fieldsync.tasks (
+    name text PRIMARY KEY,
+    definition text NOT NULL,
+    hash text NOT NULL,
+    updated_at text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fieldsync.task_users (
+    task text NOT NULL REFERENCES fieldsync.tasks (name) ON DELETE CASCADE,
+    user_name text NOT NULL REFERENCES fieldsync.users (name) ON DELETE CASCADE,
+    PRIMARY KEY (task, user_name)
+);
+CREATE TABLE IF NOT EXISTS fieldsync.task_devices (
+    task text NOT NULL REFERENCES fieldsync.tasks (name) ON DELETE CASCADE,
+    device text NOT NULL REFERENCES fieldsync.devices (id) ON DELETE CASCADE,
+    PRIMARY KEY (task, device)
+);
+CREATE TABLE IF NOT EXISTS fieldsync.uploads (
+    upload_id text PRIMARY KEY,
+    device text NOT NULL,
+    user_name text NOT NULL,
+    task text NOT NULL,
+    outcome text NOT NULL,
+    at text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fieldsync.conflicts (
+    id bigserial PRIMARY KEY,
+    at text NOT NULL,
+    device text NOT NULL,
+    user_name text NOT NULL,
+    task text NOT NULL,
+    tbl text NOT NULL,
+    key text NOT NULL,
+    op text NOT NULL,
+    kind text NOT NULL,
+    policy text NOT NULL,
+    resolution text NOT NULL,
+    device_values text NOT NULL,
+    server_values text NOT NULL,
+    base_version bigint,
+    server_version bigint,
+    resolved_at text,
+    resolved_take text
+);
+CREATE TABLE IF NOT EXISTS fieldsync.sync_sessions (
+    id bigserial PRIMARY KEY,
+    device text NOT NULL,
+    user_name text NOT NULL,
+    task text,
+    op text NOT NULL,
+    kind text NOT NULL,
+    result text NOT NULL,
+    message text NOT NULL,
+    rows_down bigint NOT NULL,
+    rows_up bigint NOT NULL,
+    bytes_down bigint NOT NULL,
+    bytes_up bigint NOT NULL,
+    conflicts bigint NOT NULL,
+    started_at text NOT NULL,
+    duration_ms bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fieldsync.sessions (
+    token_hash text PRIMARY KEY,
+    device text NOT NULL,
+    user_name text NOT NULL,
+    created_at text NOT NULL,
+    expires_at text NOT NULL
+);
+-- One trigger function for every tracked table: TG_ARGV[0] is the primary key.
+-- Statement triggers with transition tables: one upsert per statement, not per row.
+CREATE OR REPLACE FUNCTION fieldsync.track() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        EXECUTE format(
+            'INSERT INTO fieldsync.rows (tbl, pk, xid, deleted)
+             SELECT %L, n.%I::text, pg_current_xact_id(), false FROM new_rows n
+             ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = false',
+            TG_TABLE_NAME, TG_ARGV[0]);
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- A key change retires the old key (a tombstone).
+        EXECUTE format(
+            'INSERT INTO fieldsync.rows (tbl, pk, xid, deleted)
+             SELECT %L, o.%I::text, pg_current_xact_id(), true FROM old_rows o
+             WHERE NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.%I = o.%I)
+             ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = true',
+            TG_TABLE_NAME, TG_ARGV[0], TG_ARGV[0], TG_ARGV[0]);
+        EXECUTE format(
+            'INSERT INTO fieldsync.rows (tbl, pk, xid, deleted)
+             SELECT %L, n.%I::text, pg_current_xact_id(), false FROM new_rows n
+             ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = false',
+            TG_TABLE_NAME, TG_ARGV[0]);
+    ELSIF TG_OP = 'DELETE' THEN
+        EXECUTE format(
+            'INSERT INTO fieldsync.rows (tbl, pk, xid, deleted)
+             SELECT %L, o.%I::text, pg_current_xact_id(), true FROM old_rows o
+             ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = true',
+            TG_TABLE_NAME, TG_ARGV[0]);
+    ELSIF TG_OP = 'TRUNCATE' THEN
+        UPDATE fieldsync.rows SET xid = pg_current_xact_id(), deleted = true
+        WHERE tbl = TG_TABLE_NAME AND NOT deleted;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+"#;
+
+/// Connections kept for reuse; a broken one is dropped, not returned.
+struct Pool {
+    config: postgres::Config,
+    idle: Mutex<Vec<Client>>,
+}
+
+/// A pooled connection, back in the pool when dropped.
+struct Conn<'p> {
+    pool: &'p Pool,
+    client: Option<Client>,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take()
+            && !c.is_closed()
+            && let Ok(mut idle) = self.pool.idle.lock()
+            && idle.len() < 16
+        {
+            idle.push(c);
+        }
+    }
+}
+
+/// A PostgreSQL main database, by URL (`postgres://user@host:port/db`).
+pub struct PgStore {
+    pool: Pool,
+    url: String,
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::Db(pg_message(&e))
+    }
+}
+
+/// The server's own message (with its detail) when there is one.
+pub(crate) fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{} ({d})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
+    }
+}
+
+impl PgStore {
+    pub fn new(url: &str) -> Result<Self> {
+        let config: postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("database URL `{url}`: {e}")))?;
+        Ok(PgStore {
+            pool: Pool {
+                config,
+                idle: Mutex::new(Vec::new()),
+            },
+            url: url.to_string(),
+        })
+    }
+
+    fn connect(&self) -> Result<Conn<'_>> {
+        let idle = self.pool.idle.lock().ok().and_then(|mut v| v.pop());
+        let client = match idle {
+            Some(c) => c,
+            None => {
+                let mut config = self.pool.config.clone();
+                config.connect_timeout(std::time::Duration::from_secs(10));
+                config.connect(NoTls).map_err(|e| {
+                    StoreError::Db(format!(
+                        "cannot connect to {}: {}",
+                        redact(&self.url),
+                        pg_message(&e)
+                    ))
+                })?
+            }
+        };
+        Ok(Conn {
+            pool: &self.pool,
+            client: Some(client),
+        })
+    }
+
+    /// A connection to an initialised database.
+    fn conn(&self) -> Result<Conn<'_>> {
+        let mut c = self.connect()?;
+        let ok: bool = c
+            .query_one("SELECT to_regclass('fieldsync.meta') IS NOT NULL", &[])?
+            .get(0);
+        if !ok {
+            return Err(StoreError::NotInitialized);
+        }
+        Ok(c)
+    }
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub(crate) fn table_info(
+    c: &mut impl postgres::GenericClient,
+    table: &str,
+) -> Result<Option<TableInfo>> {
+    // Tables of the search path only (the organisation's schema), never fieldsync's.
+    let Some(row) = c.query_opt(
+        "SELECT c.oid, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relname = $1 AND c.relkind IN ('r', 'p') AND n.nspname = ANY (current_schemas(false))
+           AND n.nspname <> 'fieldsync'
+         ORDER BY array_position(current_schemas(false), n.nspname::name) LIMIT 1",
+        &[&table],
+    )?
+    else {
+        return Ok(None);
+    };
+    let oid: u32 = row.get(0);
+    let name: String = row.get(1);
+    let rows = c.query(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+                coalesce(a.attnum = ANY (i.indkey::int2[]), false) AND i.indnatts = 1
+         FROM pg_attribute a
+         LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+         WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY a.attnum",
+        &[&oid],
+    )?;
+    let mut columns = Vec::with_capacity(rows.len());
+    let mut primary_key = String::new();
+    for r in rows {
+        let col: String = r.get(0);
+        let declared: String = r.get(1);
+        if r.get::<_, bool>(4) {
+            primary_key = col.clone();
+        }
+        columns.push(ColumnInfo {
+            column_type: types::kind(&declared)
+                .map_or(fieldsync_proto::ColumnType::Text, Kind::column_type),
+            name: col,
+            declared_type: declared,
+            not_null: r.get(2),
+            has_default: r.get(3),
+        });
+    }
+    let tracked = c
+        .query_opt("SELECT 1 FROM fieldsync.tracked WHERE name = $1", &[&name])
+        .map(|r| r.is_some())
+        .unwrap_or(false);
+    Ok(Some(TableInfo {
+        name,
+        primary_key,
+        columns,
+        tracked,
+    }))
+}
+
+/// A key as `fieldsync.rows` holds it: the key column's text form.
+pub(crate) fn key_text(v: &Value) -> String {
+    match v {
+        Value::Integer(i) => i.to_string(),
+        Value::Text(t) => t.clone(),
+        Value::Real(r) => format!("{r:?}"),
+        Value::Null => String::new(),
+        Value::Blob(b) => String::from_utf8_lossy(b).into_owned(),
+    }
+}
+
+fn now() -> String {
+    fieldsync_proto::time::now_rfc3339()
+}
+
+/// Runs `f` in a transaction and commits.
+fn in_tx<T>(c: &mut Client, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+    let mut tx = c.transaction()?;
+    let out = f(&mut tx)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+fn task_record(
+    c: &mut impl postgres::GenericClient,
+    name: &str,
+    definition: &str,
+    hash: String,
+    updated_at: String,
+) -> Result<TaskRecord> {
+    let def: TaskDef = serde_json::from_str(definition)
+        .map_err(|e| StoreError::Db(format!("stored task `{name}` is unreadable: {e}")))?;
+    let mut list = |sql: &str| -> Result<Vec<String>> {
+        Ok(c.query(sql, &[&name])?.iter().map(|r| r.get(0)).collect())
+    };
+    Ok(TaskRecord {
+        users: list(
+            "SELECT user_name FROM fieldsync.task_users WHERE task = $1 ORDER BY user_name COLLATE \"C\"",
+        )?,
+        devices: list(
+            "SELECT device FROM fieldsync.task_devices WHERE task = $1 ORDER BY device COLLATE \"C\"",
+        )?,
+        def,
+        hash,
+        updated_at,
+    })
+}
+
+impl Store for PgStore {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn init(&self) -> Result<()> {
+        let mut c = self.connect()?;
+        in_tx(&mut c, |tx| {
+            // Two servers starting at once must not race on CREATE … IF NOT EXISTS.
+            tx.execute("SELECT pg_advisory_xact_lock(7366836482671)", &[])?;
+            tx.batch_execute(SCHEMA)?;
+            let existing: Option<String> = tx
+                .query_opt(
+                    "SELECT value FROM fieldsync.meta WHERE key = 'schema_version'",
+                    &[],
+                )?
+                .map(|r| r.get(0));
+            if let Some(v) = existing.and_then(|v| v.parse::<i64>().ok())
+                && v > SCHEMA_VERSION
+            {
+                return Err(StoreError::Invalid(format!(
+                    "the main database was set up by a newer fieldsync (schema {v}, this build knows {SCHEMA_VERSION})"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO fieldsync.meta (key, value) VALUES ('schema_version', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&SCHEMA_VERSION.to_string()],
+            )?;
+            tx.execute(
+                "INSERT INTO fieldsync.meta (key, value) VALUES ('epoch', $1) ON CONFLICT (key) DO NOTHING",
+                &[&crate::random_hex(16)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The stored random id plus the cluster's system identifier, timeline and the
+    /// database's OID: a restore into another cluster or database changes it.
+    fn epoch(&self) -> Result<String> {
+        let mut c = self.conn()?;
+        let stored: String = c
+            .query_one("SELECT value FROM fieldsync.meta WHERE key = 'epoch'", &[])?
+            .get(0);
+        let db: u32 = c
+            .query_one(
+                "SELECT oid FROM pg_database WHERE datname = current_database()",
+                &[],
+            )?
+            .get(0);
+        // pg_control_* need the privileges of a monitoring role; without them the
+        // stored id and the database OID still tell restores into a new database.
+        let cluster = c
+            .query_one(
+                "SELECT (SELECT system_identifier FROM pg_control_system())::text || '.' ||
+                        (SELECT timeline_id FROM pg_control_checkpoint())::text",
+                &[],
+            )
+            .map(|r| r.get::<_, String>(0))
+            .unwrap_or_else(|_| "unknown".into());
+        Ok(format!("{stored}-{cluster}-{db}"))
+    }
+
+    fn table_info(&self, table: &str) -> Result<Option<TableInfo>> {
+        table_info(&mut *self.conn()?, table)
+    }
+
+    fn track_table(&self, table: &str) -> Result<TableInfo> {
+        let mut c = self.conn()?;
+        in_tx(&mut c, |tx| {
+            tx.execute("SELECT pg_advisory_xact_lock(7366836482672)", &[])?;
+            let info = table_info(tx, table)?.ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "no table `{}` in the main database",
+                    table.escape_debug()
+                ))
+            })?;
+            if info.primary_key.is_empty() {
+                return Err(StoreError::Invalid(format!(
+                    "table `{}` cannot be tracked: it needs a single-column primary key",
+                    info.name
+                )));
+            }
+            let unsupported: Vec<String> = info
+                .columns
+                .iter()
+                .filter(|c| types::kind(&c.declared_type).is_none())
+                .map(|c| format!("`{}` ({})", c.name, c.declared_type))
+                .collect();
+            if !unsupported.is_empty() {
+                return Err(StoreError::Invalid(format!(
+                    "table `{}` cannot be tracked: column {} of a type fieldsync does not carry \
+                     (supported: integer types, numeric, real/double precision, text/varchar/char, \
+                     boolean, date/time/timestamp, uuid, bytea, json/jsonb)",
+                    info.name,
+                    unsupported.join(", ")
+                )));
+            }
+            if info.tracked {
+                return Ok(info);
+            }
+            let t = quote_ident(&info.name);
+            let pk_lit = format!("'{}'", info.primary_key.replace('\'', "''"));
+            let trig = |suffix: &str| quote_ident(&format!("fieldsync_{suffix}"));
+            let sql = format!(
+                "CREATE TRIGGER {ins} AFTER INSERT ON {t} REFERENCING NEW TABLE AS new_rows
+                     FOR EACH STATEMENT EXECUTE FUNCTION fieldsync.track({pk_lit});
+                 CREATE TRIGGER {upd} AFTER UPDATE ON {t} REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+                     FOR EACH STATEMENT EXECUTE FUNCTION fieldsync.track({pk_lit});
+                 CREATE TRIGGER {del} AFTER DELETE ON {t} REFERENCING OLD TABLE AS old_rows
+                     FOR EACH STATEMENT EXECUTE FUNCTION fieldsync.track({pk_lit});
+                 CREATE TRIGGER {tru} AFTER TRUNCATE ON {t}
+                     FOR EACH STATEMENT EXECUTE FUNCTION fieldsync.track({pk_lit});",
+                ins = trig("ins"),
+                upd = trig("upd"),
+                del = trig("del"),
+                tru = trig("truncate"),
+            );
+            tx.batch_execute(&sql)?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO fieldsync.rows (tbl, pk, xid, deleted)
+                     SELECT $1, {pk}::text, pg_current_xact_id(), false FROM {t}
+                     ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = false",
+                    pk = quote_ident(&info.primary_key)
+                ),
+                &[&info.name],
+            )?;
+            tx.execute(
+                "INSERT INTO fieldsync.tracked (name, primary_key, tracked_at) VALUES ($1, $2, $3)",
+                &[&info.name, &info.primary_key, &now()],
+            )?;
+            Ok(TableInfo {
+                tracked: true,
+                ..info
+            })
+        })
+    }
+
+    /// The id of the last transaction that wrote the row (a version only equality
+    /// can compare; see the module comment).
+    fn row_version(&self, table: &str, key: &Value) -> Result<Option<(i64, bool)>> {
+        let mut c = self.conn()?;
+        Ok(c.query_opt(
+            "SELECT xid::text::int8, deleted FROM fieldsync.rows WHERE tbl = $1 AND pk = $2",
+            &[&table, &key_text(key)],
+        )?
+        .map(|r| (r.get(0), r.get(1))))
+    }
+
+    fn user_add(&self, u: &UserRecord) -> Result<()> {
+        let n = self.conn()?.execute(
+            "INSERT INTO fieldsync.users (name, password_hash, admin, disabled, created_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+            &[
+                &u.name,
+                &u.password_hash,
+                &u.admin,
+                &u.disabled,
+                &u.created_at,
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!(
+                "user `{}` exists",
+                u.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn user_get(&self, name: &str) -> Result<Option<UserRecord>> {
+        Ok(self
+            .conn()?
+            .query_opt(
+                &format!("SELECT {USER_COLUMNS} FROM fieldsync.users WHERE name = $1"),
+                &[&name],
+            )?
+            .map(|r| user_row(&r)))
+    }
+
+    fn device_add(&self, d: &DeviceRecord) -> Result<()> {
+        let n = self.conn()?.execute(
+            "INSERT INTO fieldsync.devices (id, label, code_hash, secret_hash, revoked, created_at, paired_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+            &[&d.id, &d.label, &d.code_hash, &d.secret_hash, &d.revoked, &d.created_at, &d.paired_at],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!(
+                "device `{}` exists",
+                d.id
+            )));
+        }
+        Ok(())
+    }
+
+    fn device_get(&self, id: &str) -> Result<Option<DeviceRecord>> {
+        Ok(self
+            .conn()?
+            .query_opt(
+                &format!("SELECT {DEVICE_COLUMNS} FROM fieldsync.devices WHERE id = $1"),
+                &[&id],
+            )?
+            .map(|r| device_row(&r)))
+    }
+
+    fn device_pair(&self, id: &str, code_hash: &str, secret_hash: &str, at: &str) -> Result<bool> {
+        // One statement: the code is consumed exactly once even if two devices race.
+        let n = self.conn()?.execute(
+            "UPDATE fieldsync.devices SET code_hash = NULL, secret_hash = $3, paired_at = $4
+             WHERE id = $1 AND code_hash = $2 AND NOT revoked",
+            &[&id, &code_hash, &secret_hash, &at],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn task_put(&self, def: &TaskDef, hash: &str, at: &str) -> Result<()> {
+        let mut c = self.conn()?;
+        in_tx(&mut c, |tx| {
+            let mut infos = std::collections::HashMap::new();
+            for t in &def.tables {
+                infos.insert(t.name.clone(), table_info(tx, &t.name)?);
+                if let Some(p) = &t.parent {
+                    infos.insert(p.table.clone(), table_info(tx, &p.table)?);
+                }
+            }
+            plan::check_task(def, &|t| Ok(infos.get(t).cloned().flatten()))?;
+            let json = serde_json::to_string(def).expect("task serializes");
+            tx.execute(
+                "INSERT INTO fieldsync.tasks (name, definition, hash, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, hash = excluded.hash,
+                     updated_at = excluded.updated_at",
+                &[&def.name, &json, &hash, &at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn task_get(&self, name: &str) -> Result<Option<TaskRecord>> {
+        let mut c = self.conn()?;
+        let row = c.query_opt(
+            "SELECT definition, hash, updated_at FROM fieldsync.tasks WHERE name = $1",
+            &[&name],
+        )?;
+        row.map(|r| task_record(&mut *c, name, r.get(0), r.get(1), r.get(2)))
+            .transpose()
+    }
+
+    fn task_list(&self) -> Result<Vec<TaskRecord>> {
+        let mut c = self.conn()?;
+        let rows = c.query(
+            "SELECT name, definition, hash, updated_at FROM fieldsync.tasks ORDER BY name COLLATE \"C\"",
+            &[],
+        )?;
+        rows.iter()
+            .map(|r| task_record(&mut *c, r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    }
+
+    fn task_assign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()> {
+        let mut c = self.conn()?;
+        in_tx(&mut c, |tx| {
+            let mut exists =
+                |sql: &str, v: &str| -> Result<bool> { Ok(tx.query_opt(sql, &[&v])?.is_some()) };
+            if !exists("SELECT 1 FROM fieldsync.tasks WHERE name = $1", name)? {
+                return Err(StoreError::NotFound(format!("no task `{name}`")));
+            }
+            for u in users {
+                if !exists("SELECT 1 FROM fieldsync.users WHERE name = $1", u)? {
+                    return Err(StoreError::NotFound(format!("no user `{u}`")));
+                }
+            }
+            for d in devices {
+                if !exists("SELECT 1 FROM fieldsync.devices WHERE id = $1", d)? {
+                    return Err(StoreError::NotFound(format!("no device `{d}`")));
+                }
+            }
+            for u in users {
+                tx.execute(
+                    "INSERT INTO fieldsync.task_users (task, user_name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&name, u],
+                )?;
+            }
+            for d in devices {
+                tx.execute(
+                    "INSERT INTO fieldsync.task_devices (task, device) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&name, d],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn session_put(&self, s: &SessionRecord) -> Result<()> {
+        let mut c = self.conn()?;
+        c.execute(
+            "INSERT INTO fieldsync.sessions (token_hash, device, user_name, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &s.token_hash,
+                &s.device,
+                &s.user,
+                &s.created_at,
+                &s.expires_at,
+            ],
+        )?;
+        // Expired sessions are of no use to anyone; drop them while we are here.
+        c.execute(
+            "DELETE FROM fieldsync.sessions WHERE expires_at < $1",
+            &[&s.created_at],
+        )?;
+        Ok(())
+    }
+
+    fn session_get(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+        Ok(self
+            .conn()?
+            .query_opt(
+                "SELECT token_hash, device, user_name, created_at, expires_at FROM fieldsync.sessions
+                 WHERE token_hash = $1",
+                &[&token_hash],
+            )?
+            .map(|r| SessionRecord {
+                token_hash: r.get(0),
+                device: r.get(1),
+                user: r.get(2),
+                created_at: r.get(3),
+                expires_at: r.get(4),
+            }))
+    }
+
+    fn session_delete(&self, token_hash: &str) -> Result<()> {
+        self.conn()?.execute(
+            "DELETE FROM fieldsync.sessions WHERE token_hash = $1",
+            &[&token_hash],
+        )?;
+        Ok(())
+    }
+
+    fn stream_slice(&self, plan: &SlicePlan, sink: &mut dyn SliceSink) -> Result<Vec<u64>> {
+        let mut c = self.conn()?;
+        // One REPEATABLE READ transaction: counts, rows and the base all come from one
+        // snapshot; its first statement records that snapshot as the device's base.
+        let mut tx = c
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .start()?;
+        let cursor: i64 = tx
+            .query_one(
+                "INSERT INTO fieldsync.bases (snap) VALUES (pg_current_snapshot()) RETURNING id",
+                &[],
+            )?
+            .get(0);
+        let mut counts = Vec::with_capacity(plan.tables.len());
+        for t in &plan.tables {
+            let binds: Vec<Bind<'_>> = t.binds.iter().map(Bind).collect();
+            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                binds.iter().map(|b| b as _).collect();
+            let n: i64 = tx.query_one(&t.count_sql, &refs)?.get(0);
+            counts.push(n as u64);
+        }
+        sink.begin(cursor, &counts)?;
+        let mut sent = Vec::with_capacity(plan.tables.len());
+        for (idx, t) in plan.tables.iter().enumerate() {
+            let kinds: Vec<Option<Kind>> = t
+                .schema
+                .columns
+                .iter()
+                .zip(&t.declared)
+                .map(|(_, d)| types::kind(d))
+                .collect();
+            let binds: Vec<Bind<'_>> = t.binds.iter().map(Bind).collect();
+            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                binds.iter().map(|b| b as _).collect();
+            // A portal read in batches: memory stays flat whatever the slice's size.
+            let portal = tx.bind(&t.select_sql, &refs)?;
+            let mut n = 0u64;
+            loop {
+                let batch = tx.query_portal(&portal, 2000)?;
+                if batch.is_empty() {
+                    break;
+                }
+                for row in &batch {
+                    let mut values = (0..kinds.len()).map(|i| value_ref(row, i, kinds[i]));
+                    sink.row(idx, &mut values)?;
+                    n += 1;
+                }
+            }
+            sent.push(n);
+        }
+        tx.commit()?;
+        Ok(sent)
+    }
+
+    fn integrate(
+        &self,
+        ctx: &IntegrateContext<'_>,
+        upload: &Upload,
+    ) -> Result<UploadOutcome, IntegrateError> {
+        let mut c = self.conn()?;
+        integrate::integrate(&mut c, ctx, upload)
+    }
+
+    fn conflicts_list(&self) -> Result<Vec<ConflictRecord>> {
+        let rows = self
+            .conn()?
+            .query(&format!("{CONFLICT_SELECT} ORDER BY id"), &[])?;
+        rows.iter().map(conflict_row).collect()
+    }
+
+    fn conflict_resolve(&self, id: i64, take_device: bool, at: &str) -> Result<ConflictRecord> {
+        let mut c = self.conn()?;
+        in_tx(&mut c, |tx| {
+            let row = tx
+                .query_opt(
+                    &format!("{CONFLICT_SELECT} WHERE id = $1 FOR UPDATE"),
+                    &[&id],
+                )?
+                .ok_or_else(|| StoreError::NotFound(format!("no conflict {id}")))?;
+            let c = conflict_row(&row)?;
+            if let Some(when) = &c.resolved_at {
+                return Err(StoreError::Invalid(format!(
+                    "conflict {id} was resolved at {when}"
+                )));
+            }
+            let info = table_info(tx, &c.table)?
+                .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", c.table)))?;
+            let table = quote_ident(&info.name);
+            let pk_col = info
+                .column(&info.primary_key)
+                .expect("primary key is a column");
+            let pk = quote_ident(&info.primary_key);
+            let key_param = types::write_param(1, &pk_col.declared_type);
+            let key = types::write_value(&c.key, &pk_col.declared_type);
+            let exists = tx
+                .query_opt(
+                    &format!("SELECT 1 FROM {table} WHERE {pk} = {key_param} FOR UPDATE"),
+                    &[&key],
+                )?
+                .is_some();
+            if !exists && take_device && c.op != "insert" && c.op != "delete" {
+                return Err(StoreError::Invalid(format!(
+                    "conflict {id}: the row was deleted in the main database; the device's logged values are an \
+                     update of some columns and cannot re-create it (re-enter the row if it is still needed)"
+                )));
+            }
+            let (values, delete) = if take_device {
+                (&c.device_values, c.op == "delete")
+            } else {
+                (&c.server_values, false)
+            };
+            let refuse = |e: postgres::Error| {
+                StoreError::Invalid(format!(
+                    "conflict {id}: the main database refused the values: {}",
+                    pg_message(&e)
+                ))
+            };
+            if delete {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE {pk} = {key_param}"),
+                    &[&key],
+                )
+                .map_err(refuse)?;
+            } else if !values.is_empty() {
+                let cols: Vec<&String> =
+                    values.keys().filter(|k| **k != info.primary_key).collect();
+                let declared = |k: &str| {
+                    info.column(k)
+                        .map(|c| c.declared_type.clone())
+                        .ok_or_else(|| {
+                            StoreError::Invalid(format!("conflict {id}: no column `{k}` any more"))
+                        })
+                };
+                let mut params = vec![key];
+                let mut exprs = Vec::new();
+                for k in &cols {
+                    let d = declared(k)?;
+                    params.push(types::write_value(&values[*k], &d));
+                    exprs.push((quote_ident(k), types::write_param(params.len(), &d)));
+                }
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    params.iter().map(|p| p as _).collect();
+                if exists {
+                    if !cols.is_empty() {
+                        let sets: Vec<String> =
+                            exprs.iter().map(|(c, p)| format!("{c} = {p}")).collect();
+                        tx.execute(
+                            &format!(
+                                "UPDATE {table} SET {} WHERE {pk} = {key_param}",
+                                sets.join(", ")
+                            ),
+                            &refs,
+                        )
+                        .map_err(refuse)?;
+                    }
+                } else {
+                    let names: Vec<String> = std::iter::once(pk.clone())
+                        .chain(exprs.iter().map(|(c, _)| c.clone()))
+                        .collect();
+                    let marks: Vec<String> = std::iter::once(key_param.clone())
+                        .chain(exprs.iter().map(|(_, p)| p.clone()))
+                        .collect();
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO {table} ({}) VALUES ({})",
+                            names.join(", "),
+                            marks.join(", ")
+                        ),
+                        &refs,
+                    )
+                    .map_err(refuse)?;
+                }
+            }
+            let take = if take_device { "device" } else { "server" };
+            tx.execute(
+                "UPDATE fieldsync.conflicts SET resolved_at = $1, resolved_take = $2 WHERE id = $3",
+                &[&at, &take, &id],
+            )?;
+            Ok(ConflictRecord {
+                resolved_at: Some(at.to_string()),
+                resolved_take: Some(take.to_string()),
+                ..c
+            })
+        })
+    }
+
+    fn sync_session_record(&self, s: &SyncSessionRecord) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO fieldsync.sync_sessions (device, user_name, task, op, kind, result, message, rows_down,
+                 rows_up, bytes_down, bytes_up, conflicts, started_at, duration_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            &[
+                &s.device,
+                &s.user,
+                &s.task,
+                &s.op,
+                &s.kind,
+                &s.result,
+                &s.message,
+                &(s.rows_down as i64),
+                &(s.rows_up as i64),
+                &(s.bytes_down as i64),
+                &(s.bytes_up as i64),
+                &(s.conflicts as i64),
+                &s.started_at,
+                &(s.duration_ms as i64),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn sync_sessions(&self) -> Result<Vec<SyncSessionRecord>> {
+        let rows = self.conn()?.query(
+            "SELECT device, user_name, task, op, kind, result, message, rows_down, rows_up, bytes_down,
+                    bytes_up, conflicts, started_at, duration_ms FROM fieldsync.sync_sessions ORDER BY id",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| SyncSessionRecord {
+                device: r.get(0),
+                user: r.get(1),
+                task: r.get(2),
+                op: r.get(3),
+                kind: r.get(4),
+                result: r.get(5),
+                message: r.get(6),
+                rows_down: r.get::<_, i64>(7) as u64,
+                rows_up: r.get::<_, i64>(8) as u64,
+                bytes_down: r.get::<_, i64>(9) as u64,
+                bytes_up: r.get::<_, i64>(10) as u64,
+                conflicts: r.get::<_, i64>(11) as u64,
+                started_at: r.get(12),
+                duration_ms: r.get::<_, i64>(13) as u64,
+            })
+            .collect())
+    }
+
+    fn user_list(&self) -> Result<Vec<UserRecord>> {
+        Ok(self
+            .conn()?
+            .query(
+                &format!("SELECT {USER_COLUMNS} FROM fieldsync.users ORDER BY name COLLATE \"C\""),
+                &[],
+            )?
+            .iter()
+            .map(user_row)
+            .collect())
+    }
+
+    fn user_set_password(&self, name: &str, password_hash: &str) -> Result<()> {
+        let n = self.conn()?.execute(
+            "UPDATE fieldsync.users SET password_hash = $2 WHERE name = $1",
+            &[&name, &password_hash],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no user `{name}`")));
+        }
+        Ok(())
+    }
+
+    fn user_set_disabled(&self, name: &str, disabled: bool) -> Result<()> {
+        let mut c = self.conn()?;
+        in_tx(&mut c, |tx| {
+            let n = tx.execute(
+                "UPDATE fieldsync.users SET disabled = $2 WHERE name = $1",
+                &[&name, &disabled],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no user `{name}`")));
+            }
+            if disabled {
+                tx.execute(
+                    "DELETE FROM fieldsync.sessions WHERE user_name = $1",
+                    &[&name],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn device_list(&self) -> Result<Vec<DeviceRecord>> {
+        Ok(self
+            .conn()?
+            .query(
+                &format!(
+                    "SELECT {DEVICE_COLUMNS} FROM fieldsync.devices ORDER BY id COLLATE \"C\""
+                ),
+                &[],
+            )?
+            .iter()
+            .map(device_row)
+            .collect())
+    }
+
+    fn task_delete(&self, name: &str) -> Result<()> {
+        let n = self
+            .conn()?
+            .execute("DELETE FROM fieldsync.tasks WHERE name = $1", &[&name])?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no task `{name}`")));
+        }
+        Ok(())
+    }
+
+    fn task_unassign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()> {
+        let mut c = self.conn()?;
+        in_tx(&mut c, |tx| {
+            if tx
+                .query_opt("SELECT 1 FROM fieldsync.tasks WHERE name = $1", &[&name])?
+                .is_none()
+            {
+                return Err(StoreError::NotFound(format!("no task `{name}`")));
+            }
+            for u in users {
+                tx.execute(
+                    "DELETE FROM fieldsync.task_users WHERE task = $1 AND user_name = $2",
+                    &[&name, u],
+                )?;
+            }
+            for d in devices {
+                tx.execute(
+                    "DELETE FROM fieldsync.task_devices WHERE task = $1 AND device = $2",
+                    &[&name, d],
+                )?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A column of a streamed row, borrowed from the row.
+fn value_ref<'r>(row: &'r postgres::Row, i: usize, kind: Option<Kind>) -> ValueRef<'r> {
+    let v = match kind {
+        Some(Kind::Int | Kind::Bool) => row.get::<_, Option<i64>>(i).map(ValueRef::Integer),
+        Some(Kind::Float) => row.get::<_, Option<f64>>(i).map(ValueRef::Real),
+        Some(Kind::Numeric) => {
+            row.get::<_, Option<&str>>(i)
+                .map(|t| match types::numeric_value(t) {
+                    Value::Integer(n) => ValueRef::Integer(n),
+                    Value::Real(r) => ValueRef::Real(r),
+                    _ => ValueRef::Text(t),
+                })
+        }
+        Some(Kind::Bytes) => row.get::<_, Option<&[u8]>>(i).map(ValueRef::Blob),
+        _ => row.get::<_, Option<&str>>(i).map(ValueRef::Text),
+    };
+    v.unwrap_or(ValueRef::Null)
+}
+
+const CONFLICT_SELECT: &str = "SELECT id, at, device, user_name, task, tbl, key, op, kind, policy, resolution,
+    device_values, server_values, base_version, server_version, resolved_at, resolved_take FROM fieldsync.conflicts";
+
+fn conflict_row(r: &postgres::Row) -> Result<ConflictRecord> {
+    fn json<T: serde::de::DeserializeOwned>(r: &postgres::Row, i: usize) -> Result<T> {
+        serde_json::from_str(r.get(i))
+            .map_err(|e| StoreError::Db(format!("conflict log: unreadable column {i}: {e}")))
+    }
+    Ok(ConflictRecord {
+        id: r.get(0),
+        at: r.get(1),
+        device: r.get(2),
+        user: r.get(3),
+        task: r.get(4),
+        table: r.get(5),
+        key: json(r, 6)?,
+        op: r.get(7),
+        kind: r.get(8),
+        policy: r.get(9),
+        resolution: r.get(10),
+        device_values: json(r, 11)?,
+        server_values: json(r, 12)?,
+        base_version: r.get(13),
+        server_version: r.get(14),
+        resolved_at: r.get(15),
+        resolved_take: r.get(16),
+    })
+}
+
+const USER_COLUMNS: &str = "name, password_hash, admin, disabled, created_at";
+const DEVICE_COLUMNS: &str = "id, label, code_hash, secret_hash, revoked, created_at, paired_at";
+
+fn user_row(r: &postgres::Row) -> UserRecord {
+    UserRecord {
+        name: r.get(0),
+        password_hash: r.get(1),
+        admin: r.get(2),
+        disabled: r.get(3),
+        created_at: r.get(4),
+    }
+}
+
+fn device_row(r: &postgres::Row) -> DeviceRecord {
+    DeviceRecord {
+        id: r.get(0),
+        label: r.get(1),
+        code_hash: r.get(2),
+        secret_hash: r.get(3),
+        revoked: r.get(4),
+        created_at: r.get(5),
+        paired_at: r.get(6),
+    }
+}

@@ -1,0 +1,264 @@
+//! How PostgreSQL columns travel (docs/protocol.md, "PostgreSQL types"): every
+//! supported type is read through one canonical SQL expression of four physical
+//! kinds (int8, float8, text, bytea) and written back from a text (or bytea)
+//! parameter cast to the column's own type.
+
+use fieldsync_proto::{ColumnType, Value};
+use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+/// What a column's values are on the wire, and how they are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// smallint, integer, bigint: integers.
+    Int,
+    /// boolean: 0 or 1.
+    Bool,
+    /// real, double precision.
+    Float,
+    /// numeric: an integer when whole and in range, else a double.
+    Numeric,
+    /// text, varchar, char, name.
+    Text,
+    /// date, time, timetz, timestamp, timestamptz: ISO 8601 text.
+    Temporal,
+    /// uuid, json, jsonb: their text form.
+    TextForm,
+    /// bytea.
+    Bytes,
+}
+
+/// The kind of a type as `format_type` spells it; `None`: not supported.
+pub(crate) fn kind(declared: &str) -> Option<Kind> {
+    let base = declared.split('(').next().unwrap_or("").trim();
+    Some(match base {
+        "smallint" | "integer" | "bigint" => Kind::Int,
+        "boolean" => Kind::Bool,
+        "real" | "double precision" => Kind::Float,
+        "numeric" => Kind::Numeric,
+        "text" | "character varying" | "character" | "name" | "\"char\"" => Kind::Text,
+        "date"
+        | "time without time zone"
+        | "time with time zone"
+        | "timestamp without time zone"
+        | "timestamp with time zone" => Kind::Temporal,
+        "uuid" | "json" | "jsonb" => Kind::TextForm,
+        "bytea" => Kind::Bytes,
+        _ => {
+            // `time(3) without time zone` spells its precision in the middle.
+            let squeezed: String = declared
+                .split(['(', ')'])
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 0)
+                .map(|(_, s)| s)
+                .collect::<Vec<_>>()
+                .join("");
+            let squeezed = squeezed.split_whitespace().collect::<Vec<_>>().join(" ");
+            if squeezed != declared {
+                return kind(&squeezed);
+            }
+            return None;
+        }
+    })
+}
+
+impl Kind {
+    pub(crate) fn column_type(self) -> ColumnType {
+        match self {
+            Kind::Int | Kind::Bool => ColumnType::Integer,
+            Kind::Float => ColumnType::Real,
+            Kind::Numeric => ColumnType::Numeric,
+            Kind::Text | Kind::Temporal | Kind::TextForm => ColumnType::Text,
+            Kind::Bytes => ColumnType::Blob,
+        }
+    }
+}
+
+/// The canonical expression a column is read (and filtered) through.
+pub(crate) fn read_expr(column: &str, declared: &str) -> String {
+    match kind(declared) {
+        Some(Kind::Int) => format!("{column}::int8"),
+        Some(Kind::Bool) => format!("{column}::int4::int8"),
+        Some(Kind::Float) => format!("{column}::float8"),
+        Some(Kind::Numeric) => format!("{column}::text"),
+        Some(Kind::Text) => format!("{column}::text"),
+        Some(Kind::Temporal) => format!("(to_json({column}) #>> '{{}}')"),
+        Some(Kind::TextForm) | None => format!("{column}::text"),
+        Some(Kind::Bytes) => column.to_string(),
+    }
+}
+
+/// The expression the filter language compares: numbers stay numbers (so indexes
+/// and numeric comparisons work), everything else is its canonical text.
+pub(crate) fn filter_expr(column: &str, declared: &str) -> String {
+    match kind(declared) {
+        Some(Kind::Int | Kind::Float | Kind::Numeric | Kind::Text | Kind::Bytes) => {
+            column.to_string()
+        }
+        _ => read_expr(column, declared),
+    }
+}
+
+/// A placeholder for a value written to a column of this type.
+pub(crate) fn write_param(n: usize, declared: &str) -> String {
+    match kind(declared) {
+        Some(Kind::Bytes) => format!("${n}::bytea"),
+        _ => format!("CAST(${n}::text AS {declared})"),
+    }
+}
+
+/// A value as the parameter [`write_param`] declares.
+pub(crate) fn write_value(v: &Value, declared: &str) -> Param {
+    if kind(declared) == Some(Kind::Bytes) {
+        return match v {
+            Value::Blob(b) => Param::Bytes(b.clone()),
+            Value::Text(t) => Param::Bytes(t.as_bytes().to_vec()),
+            Value::Null => Param::Null,
+            other => Param::Bytes(text_of(other).into_bytes()),
+        };
+    }
+    match v {
+        Value::Null => Param::Null,
+        // Bytes for a text column: only valid UTF-8 can be stored.
+        Value::Blob(b) => match String::from_utf8(b.clone()) {
+            Ok(s) => Param::Text(s),
+            Err(_) => Param::Invalid,
+        },
+        other => Param::Text(text_of(other)),
+    }
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(r) if r.is_nan() => "NaN".into(),
+        Value::Real(r) if r.is_infinite() => if *r > 0.0 { "Infinity" } else { "-Infinity" }.into(),
+        Value::Real(r) => format!("{r:?}"),
+        Value::Text(t) => t.clone(),
+        Value::Blob(b) => String::from_utf8_lossy(b).into_owned(),
+    }
+}
+
+/// A bound parameter: text, bytes or NULL (or a value no column can take).
+#[derive(Debug, Clone)]
+pub(crate) enum Param {
+    Null,
+    Text(String),
+    Bytes(Vec<u8>),
+    /// Bytes that are not UTF-8, for a text column: refused before it is sent.
+    Invalid,
+}
+
+impl ToSql for Param {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Param::Null => Ok(IsNull::Yes),
+            Param::Text(s) => s.to_sql(ty, out),
+            Param::Bytes(b) => b.to_sql(ty, out),
+            Param::Invalid => Err("bytes that are not UTF-8 cannot be stored as text".into()),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::TEXT | Type::BYTEA)
+    }
+
+    to_sql_checked!();
+}
+
+/// A filter bind (`$N::int8`, `::float8`, `::text`, `::bytea`) as the writer typed it.
+#[derive(Debug)]
+pub(crate) struct Bind<'a>(pub &'a Value);
+
+impl ToSql for Bind<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.0 {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Integer(i) => i.to_sql(ty, out),
+            Value::Real(r) => r.to_sql(ty, out),
+            Value::Text(t) => t.as_str().to_sql(ty, out),
+            Value::Blob(b) => b.as_slice().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(
+            *ty,
+            Type::INT8 | Type::FLOAT8 | Type::TEXT | Type::BYTEA | Type::VARCHAR
+        )
+    }
+
+    to_sql_checked!();
+}
+
+/// A value read through [`read_expr`], column `i` of a row.
+pub(crate) fn read_value(row: &postgres::Row, i: usize, kind: Option<Kind>) -> Value {
+    match kind {
+        Some(Kind::Int | Kind::Bool) => row
+            .get::<_, Option<i64>>(i)
+            .map_or(Value::Null, Value::Integer),
+        Some(Kind::Float) => row
+            .get::<_, Option<f64>>(i)
+            .map_or(Value::Null, Value::Real),
+        Some(Kind::Numeric) => row
+            .get::<_, Option<&str>>(i)
+            .map_or(Value::Null, numeric_value),
+        Some(Kind::Bytes) => row
+            .get::<_, Option<Vec<u8>>>(i)
+            .map_or(Value::Null, Value::Blob),
+        _ => row
+            .get::<_, Option<String>>(i)
+            .map_or(Value::Null, Value::Text),
+    }
+}
+
+/// A numeric's text as a number: an integer when whole and in range, else a double.
+pub(crate) fn numeric_value(text: &str) -> Value {
+    if let Ok(i) = text.parse::<i64>() {
+        return Value::Integer(i);
+    }
+    if let Some((whole, frac)) = text.split_once('.')
+        && frac.bytes().all(|b| b == b'0')
+        && let Ok(i) = whole.parse::<i64>()
+    {
+        return Value::Integer(i);
+    }
+    match text.parse::<f64>() {
+        Ok(r) => Value::Real(r),
+        Err(_) => Value::Text(text.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_types_map_to_kinds() {
+        assert_eq!(kind("integer"), Some(Kind::Int));
+        assert_eq!(kind("character varying(20)"), Some(Kind::Text));
+        assert_eq!(kind("numeric(10,2)"), Some(Kind::Numeric));
+        assert_eq!(kind("timestamp(3) with time zone"), Some(Kind::Temporal));
+        assert_eq!(kind("time(0) without time zone"), Some(Kind::Temporal));
+        assert_eq!(kind("jsonb"), Some(Kind::TextForm));
+        assert_eq!(kind("interval"), None);
+        assert_eq!(kind("integer[]"), None);
+        assert_eq!(kind("point"), None);
+    }
+
+    #[test]
+    fn numerics_are_integers_when_whole() {
+        assert_eq!(numeric_value("12"), Value::Integer(12));
+        assert_eq!(numeric_value("12.000"), Value::Integer(12));
+        assert_eq!(numeric_value("12.5"), Value::Real(12.5));
+        assert_eq!(numeric_value("99999999999999999999"), Value::Real(1e20));
+    }
+}

@@ -1,0 +1,1714 @@
+//! Store conformance: every check is written once against the `Store` trait and runs
+//! on each engine (SQLite on a temp file, PostgreSQL in a fresh database per test).
+//!
+//! PostgreSQL comes from `FIELDSYNC_TEST_PG` (default
+//! `postgres://postgres@127.0.0.1:5432/test`); the tests fail, never skip, when it
+//! cannot be reached. Office writes (the "desktop" side) go through rusqlite and the
+//! postgres crate directly, as other programs would.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use fieldsync_proto::Value;
+use fieldsync_proto::filter::Params;
+use fieldsync_proto::frame::ValueRef;
+use fieldsync_proto::task::{TaskDef, WriteOp};
+use fieldsync_proto::wire::{Upload, UploadEntry, UploadOutcome};
+use fieldsync_store::{
+    DeviceRecord, IntegrateContext, IntegrateError, SessionRecord, SlicePlan, SliceSink, Store,
+    StoreError, UserRecord, sample, sha256_hex,
+};
+
+const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// Assets of the sample database: small, so the suite stays fast.
+const N_ASSETS: i64 = 40;
+
+// ---------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// One main database of one engine, with its store; removed when dropped.
+struct Fixture {
+    engine: Engine,
+    store: Option<Box<dyn Store>>,
+    /// SQLite: the temp folder and the database file.
+    dir: Option<PathBuf>,
+    path: Option<PathBuf>,
+    /// PostgreSQL: the base URL (to drop the database) and this test's database.
+    base_url: String,
+    db_name: String,
+    url: String,
+}
+
+fn pg_base_url() -> String {
+    std::env::var("FIELDSYNC_TEST_PG").unwrap_or_else(|_| PG_DEFAULT.to_string())
+}
+
+fn pg_connect(url: &str) -> ::postgres::Client {
+    let mut config: ::postgres::Config = url
+        .parse()
+        .unwrap_or_else(|e| panic!("FIELDSYNC_TEST_PG: `{url}` is not a PostgreSQL URL: {e}"));
+    config.connect_timeout(std::time::Duration::from_secs(5));
+    config.connect(::postgres::NoTls).unwrap_or_else(|e| {
+        let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(" ({c})"));
+        panic!(
+            "cannot reach PostgreSQL at `{url}`: {e}{cause}; set FIELDSYNC_TEST_PG to a reachable \
+             server (postgres://USER@HOST:PORT/DB, a role that may CREATE DATABASE)"
+        )
+    })
+}
+
+/// The base URL with another database name (the path after the authority).
+fn with_db(url: &str, db: &str) -> String {
+    let (without_query, query) = match url.split_once('?') {
+        Some((u, q)) => (u, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = without_query.find("://").map_or(0, |i| i + 3);
+    let base = match without_query[scheme_end..].find('/') {
+        Some(i) => &without_query[..scheme_end + i],
+        None => without_query,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+impl Fixture {
+    fn sqlite() -> Fixture {
+        let dir = std::env::temp_dir().join(format!("fs_conf_{}", fieldsync_store::random_hex(8)));
+        std::fs::create_dir_all(&dir).expect("creating the temp folder");
+        let path = dir.join("main.sqlite");
+        let url = format!("sqlite:{}", path.display());
+        let store = fieldsync_store::open(&url).expect("opening the SQLite store");
+        Fixture {
+            engine: Engine::Sqlite,
+            store: Some(store),
+            dir: Some(dir),
+            path: Some(path),
+            base_url: String::new(),
+            db_name: String::new(),
+            url,
+        }
+    }
+
+    fn postgres() -> Fixture {
+        let base_url = pg_base_url();
+        let db_name = format!("fs_conf_{}", fieldsync_store::random_hex(8));
+        let mut admin = pg_connect(&base_url);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .unwrap_or_else(|e| {
+                panic!("FIELDSYNC_TEST_PG `{base_url}`: CREATE DATABASE {db_name} failed: {e}")
+            });
+        let url = with_db(&base_url, &db_name);
+        let store = fieldsync_store::open(&url).expect("opening the PostgreSQL store");
+        Fixture {
+            engine: Engine::Postgres,
+            store: Some(store),
+            dir: None,
+            path: None,
+            base_url,
+            db_name,
+            url,
+        }
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.store.as_deref().expect("present until dropped")
+    }
+
+    /// A new connection of the office (another program on the main database).
+    fn office(&self) -> Office {
+        match self.engine {
+            Engine::Sqlite => {
+                let c = rusqlite::Connection::open(self.path.as_ref().expect("sqlite path"))
+                    .expect("office opens the SQLite file");
+                c.busy_timeout(std::time::Duration::from_secs(10))
+                    .expect("busy timeout");
+                Office::Sqlite(c)
+            }
+            Engine::Postgres => Office::Pg(pg_connect(&self.url)),
+        }
+    }
+
+    /// The organisation's sample tables, as the desktop application made them.
+    fn sample(&self, n_assets: i64) {
+        match self.office() {
+            Office::Sqlite(mut c) => sample::create(&mut c, n_assets).expect("sample data"),
+            Office::Pg(mut c) => sample::create_pg(&mut c, n_assets).expect("sample data"),
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // The store's pooled connections go first.
+        drop(self.store.take());
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if self.engine == Engine::Postgres {
+            let mut admin = pg_connect(&self.base_url);
+            if let Err(e) = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            )) {
+                eprintln!("dropping test database {}: {e}", self.db_name);
+            }
+        }
+    }
+}
+
+/// A connection of the office: plain SQL, values read as they travel.
+enum Office {
+    Sqlite(rusqlite::Connection),
+    Pg(::postgres::Client),
+}
+
+impl Office {
+    fn exec(&mut self, sql: &str) {
+        match self {
+            Office::Sqlite(c) => c
+                .execute_batch(sql)
+                .unwrap_or_else(|e| panic!("office SQL `{sql}`: {e}")),
+            Office::Pg(c) => c
+                .batch_execute(sql)
+                .unwrap_or_else(|e| panic!("office SQL `{sql}`: {e}")),
+        }
+    }
+
+    fn rows(&mut self, sql: &str) -> Vec<Vec<Value>> {
+        match self {
+            Office::Sqlite(c) => {
+                let mut stmt = c
+                    .prepare(sql)
+                    .unwrap_or_else(|e| panic!("office SQL `{sql}`: {e}"));
+                let width = stmt.column_count();
+                stmt.query_map([], |r| {
+                    (0..width)
+                        .map(|i| {
+                            use rusqlite::types::ValueRef as R;
+                            Ok(match r.get_ref(i)? {
+                                R::Null => Value::Null,
+                                R::Integer(v) => Value::Integer(v),
+                                R::Real(v) => Value::Real(v),
+                                R::Text(t) => Value::Text(String::from_utf8_lossy(t).into()),
+                                R::Blob(b) => Value::Blob(b.to_vec()),
+                            })
+                        })
+                        .collect()
+                })
+                .and_then(|rows| rows.collect())
+                .unwrap_or_else(|e| panic!("office SQL `{sql}`: {e}"))
+            }
+            Office::Pg(c) => {
+                use ::postgres::types::Type;
+                let rows = c
+                    .query(sql, &[])
+                    .unwrap_or_else(|e| panic!("office SQL `{sql}`: {e}"));
+                rows.iter()
+                    .map(|r| {
+                        r.columns()
+                            .iter()
+                            .enumerate()
+                            .map(|(i, col)| {
+                                let t = col.type_();
+                                let v = if *t == Type::INT8 {
+                                    r.get::<_, Option<i64>>(i).map(Value::Integer)
+                                } else if *t == Type::INT4 {
+                                    r.get::<_, Option<i32>>(i).map(|v| Value::Integer(v.into()))
+                                } else if *t == Type::INT2 {
+                                    r.get::<_, Option<i16>>(i).map(|v| Value::Integer(v.into()))
+                                } else if *t == Type::BOOL {
+                                    r.get::<_, Option<bool>>(i)
+                                        .map(|v| Value::Integer(v.into()))
+                                } else if *t == Type::FLOAT8 {
+                                    r.get::<_, Option<f64>>(i).map(Value::Real)
+                                } else if *t == Type::FLOAT4 {
+                                    r.get::<_, Option<f32>>(i).map(|v| Value::Real(v.into()))
+                                } else if *t == Type::BYTEA {
+                                    r.get::<_, Option<Vec<u8>>>(i).map(Value::Blob)
+                                } else if [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME]
+                                    .contains(t)
+                                {
+                                    r.get::<_, Option<String>>(i).map(Value::Text)
+                                } else {
+                                    panic!("office SQL `{sql}`: column {i} of type {t}: cast it")
+                                };
+                                v.unwrap_or(Value::Null)
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn value(&mut self, sql: &str) -> Value {
+        let rows = self.rows(sql);
+        assert_eq!(rows.len(), 1, "office SQL `{sql}`: one row expected");
+        rows[0][0].clone()
+    }
+
+    fn text(&mut self, sql: &str) -> String {
+        match self.value(sql) {
+            Value::Text(t) => t,
+            other => panic!("office SQL `{sql}`: text expected, got {other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Helpers: the trait called the way the product calls it
+// ---------------------------------------------------------------------------------
+
+fn now() -> String {
+    fieldsync_proto::time::now_rfc3339()
+}
+
+/// As `fieldsync admin task apply` does it (server/src/admin.rs `task_apply`).
+fn task_apply(store: &dyn Store, toml_text: &str) -> Result<TaskDef, StoreError> {
+    let def = TaskDef::from_toml(toml_text).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let canonical = serde_json::to_string(&def).expect("task serializes");
+    store.task_put(&def, &sha256_hex(&canonical)[..16], &now())?;
+    Ok(def)
+}
+
+fn user(name: &str) -> UserRecord {
+    UserRecord {
+        name: name.to_string(),
+        password_hash: format!("hash-of-{name}"),
+        admin: false,
+        disabled: false,
+        created_at: now(),
+    }
+}
+
+fn device(id: &str, code: &str) -> DeviceRecord {
+    DeviceRecord {
+        id: id.to_string(),
+        label: Some(format!("{id} label")),
+        code_hash: Some(sha256_hex(code)),
+        secret_hash: None,
+        revoked: false,
+        created_at: now(),
+        paired_at: None,
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Sample data, fieldsync's objects, the three tables tracked, users ana and ben,
+/// device dev1, the demo's two tasks; north assigned to ana, ben and dev1.
+fn setup(fx: &Fixture) {
+    fx.sample(N_ASSETS);
+    let s = fx.store();
+    s.init().expect("init");
+    for t in ["assets", "inspections", "work_orders"] {
+        s.track_table(t).expect("track");
+    }
+    s.user_add(&user("ana")).expect("user ana");
+    s.user_add(&user("ben")).expect("user ben");
+    s.device_add(&device("dev1", "code-1"))
+        .expect("device dev1");
+    task_apply(s, sample::TASK_NORTH).expect("north task");
+    task_apply(s, sample::TASK_SOUTH).expect("south task");
+    s.task_assign(
+        "north-inspections",
+        &strings(&["ana", "ben"]),
+        &strings(&["dev1"]),
+    )
+    .expect("assign north");
+}
+
+/// A sink that keeps everything the store streams.
+#[derive(Default)]
+struct Collect {
+    cursor: Option<i64>,
+    counts: Vec<u64>,
+    rows: Vec<Vec<Vec<Value>>>,
+}
+
+impl SliceSink for Collect {
+    fn begin(&mut self, cursor: i64, rows_per_table: &[u64]) -> fieldsync_store::Result<()> {
+        assert!(self.cursor.is_none(), "begin() called twice");
+        self.cursor = Some(cursor);
+        self.counts = rows_per_table.to_vec();
+        self.rows = vec![Vec::new(); rows_per_table.len()];
+        Ok(())
+    }
+
+    fn row(
+        &mut self,
+        table_idx: usize,
+        values: &mut dyn Iterator<Item = ValueRef<'_>>,
+    ) -> fieldsync_store::Result<()> {
+        assert!(self.cursor.is_some(), "row() before begin()");
+        self.rows[table_idx].push(values.map(ValueRef::to_owned).collect());
+        Ok(())
+    }
+}
+
+struct Download {
+    plan: SlicePlan,
+    cursor: i64,
+    /// Per table of the plan: rows sorted by primary key.
+    rows: Vec<Vec<Vec<Value>>>,
+}
+
+impl Download {
+    fn table(&self, name: &str) -> usize {
+        self.plan
+            .tables
+            .iter()
+            .position(|t| t.schema.name == name)
+            .unwrap_or_else(|| panic!("table {name} not in the plan"))
+    }
+
+    fn columns(&self, table: &str) -> Vec<String> {
+        self.plan.tables[self.table(table)]
+            .schema
+            .columns
+            .iter()
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// The value of `column` of the row keyed `key` (`None`: no such row).
+    fn cell(&self, table: &str, key: &Value, column: &str) -> Option<Value> {
+        let t = self.table(table);
+        let col = self
+            .columns(table)
+            .iter()
+            .position(|c| c == column)
+            .unwrap_or_else(|| panic!("column {column} not in the slice of {table}"));
+        self.rows[t]
+            .iter()
+            .find(|r| r[0].same(key))
+            .map(|r| r[col].clone())
+    }
+}
+
+fn sort_by_key(rows: &mut [Vec<Value>]) {
+    rows.sort_by(|a, b| a[0].sql_cmp(&b[0]).expect("keys are not NULL"));
+}
+
+/// Plans and streams a task's slice for a user on a device, as `server/src/api.rs`
+/// and `download.rs` do, and checks the counts the sink was told.
+fn download(fx: &Fixture, task: &str, user: &str, device: &str) -> Download {
+    let s = fx.store();
+    let record = s.task_get(task).expect("task_get").expect("task exists");
+    let params = Params {
+        user: user.to_string(),
+        device: device.to_string(),
+    };
+    let plan = fieldsync_store::plan_slice(s, &record.def, &params).expect("plan_slice");
+    let mut sink = Collect::default();
+    let sent = s.stream_slice(&plan, &mut sink).expect("stream_slice");
+    let cursor = sink.cursor.expect("begin() was called");
+    let streamed: Vec<u64> = sink.rows.iter().map(|r| r.len() as u64).collect();
+    assert_eq!(
+        sink.counts, streamed,
+        "begin()'s counts equal the rows streamed"
+    );
+    assert_eq!(
+        sent, streamed,
+        "stream_slice's result equals the rows streamed"
+    );
+    assert_eq!(sink.rows.len(), plan.tables.len());
+    for (t, rows) in plan.tables.iter().zip(&sink.rows) {
+        for r in rows {
+            assert_eq!(
+                r.len(),
+                t.schema.columns.len(),
+                "row width of {}",
+                t.schema.name
+            );
+        }
+    }
+    let mut rows = sink.rows;
+    for r in &mut rows {
+        sort_by_key(r);
+    }
+    Download { plan, cursor, rows }
+}
+
+/// Ana's update of one column of one row, based on `base` (`upload` numbers it).
+fn update_entry(
+    table: &str,
+    key: Value,
+    base: i64,
+    column: &str,
+    old: Value,
+    new: Value,
+) -> UploadEntry {
+    UploadEntry {
+        seq_first: 0,
+        seq_last: 0,
+        table: table.to_string(),
+        key,
+        op: WriteOp::Update,
+        base_version: Some(base),
+        user: "ana".to_string(),
+        old: BTreeMap::from([(column.to_string(), old)]),
+        new: BTreeMap::from([(column.to_string(), new)]),
+    }
+}
+
+/// Sends an upload as `server/src/api.rs` does.
+fn send(
+    fx: &Fixture,
+    task: &str,
+    device: &str,
+    sender: &str,
+    upload: &Upload,
+) -> Result<UploadOutcome, IntegrateError> {
+    let record = fx
+        .store()
+        .task_get(task)
+        .expect("task_get")
+        .expect("task exists");
+    let at = now();
+    let ctx = IntegrateContext {
+        device,
+        sender,
+        task: &record,
+        at: &at,
+    };
+    fx.store().integrate(&ctx, upload)
+}
+
+/// An upload of `entries`, numbered as journal entries 1, 2, …
+fn upload(id: &str, task: &str, mut entries: Vec<UploadEntry>) -> Upload {
+    for (i, e) in entries.iter_mut().enumerate() {
+        e.seq_first = i as i64 + 1;
+        e.seq_last = i as i64 + 1;
+    }
+    Upload {
+        upload_id: id.to_string(),
+        task: task.to_string(),
+        entries,
+    }
+}
+
+fn asset_name(fx: &Fixture, id: i64) -> String {
+    fx.office()
+        .text(&format!("SELECT name FROM assets WHERE id = {id}"))
+}
+
+/// The north assets of the slice (not retired), by id.
+fn north_ids(fx: &Fixture) -> Vec<i64> {
+    fx.office()
+        .rows("SELECT id FROM assets WHERE region = 'north' AND status <> 'retired' ORDER BY id")
+        .into_iter()
+        .map(|r| match r[0] {
+            Value::Integer(i) => i,
+            ref v => panic!("asset id {v:?}"),
+        })
+        .collect()
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_string())
+}
+
+/// A task on assets only, with one conflict policy (check 6 and 7).
+fn assets_task(name: &str, policy: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+[[tables]]
+name = "assets"
+filter = "region = 'north'"
+columns = ["id", "name", "status", "region"]
+write = ["update"]
+conflict = "{policy}"
+"#
+    )
+}
+
+fn put_assets_task(fx: &Fixture, name: &str, policy: &str) {
+    task_apply(fx.store(), &assets_task(name, policy)).expect("task apply");
+    fx.store()
+        .task_assign(name, &strings(&["ana"]), &strings(&["dev1"]))
+        .expect("task assign");
+}
+
+// ---------------------------------------------------------------------------------
+// The checks
+// ---------------------------------------------------------------------------------
+
+/// Check 1: `init` is idempotent; before it, calls say NotInitialized; the epoch is stable.
+fn init_idempotent_and_required(fx: &Fixture) {
+    // The organisation's database exists (its tables), fieldsync's objects do not.
+    fx.sample(4);
+    let s = fx.store();
+    let not_init = |what: &str, r: Result<(), StoreError>| match r {
+        Err(StoreError::NotInitialized) => {}
+        other => panic!("{what} before init: NotInitialized expected, got {other:?}"),
+    };
+    not_init("epoch", s.epoch().map(drop));
+    not_init("table_info", s.table_info("assets").map(drop));
+    not_init("track_table", s.track_table("assets").map(drop));
+    not_init("user_add", s.user_add(&user("ana")));
+    not_init("user_get", s.user_get("ana").map(drop));
+    not_init("user_list", s.user_list().map(drop));
+    not_init("device_list", s.device_list().map(drop));
+    not_init("task_list", s.task_list().map(drop));
+    not_init("session_get", s.session_get("x").map(drop));
+    not_init("conflicts_list", s.conflicts_list().map(drop));
+    not_init("sync_sessions", s.sync_sessions().map(drop));
+
+    s.init().expect("first init");
+    let epoch = s.epoch().expect("epoch");
+    assert!(!epoch.is_empty(), "epoch is not empty");
+    assert_eq!(
+        s.epoch().expect("epoch"),
+        epoch,
+        "epoch stable across calls"
+    );
+    s.user_add(&user("ana")).expect("user_add after init");
+    s.track_table("assets").expect("track");
+
+    s.init().expect("second init is fine");
+    assert_eq!(
+        s.epoch().expect("epoch"),
+        epoch,
+        "a second init keeps the epoch"
+    );
+    assert!(
+        s.user_get("ana").expect("user_get").is_some(),
+        "a second init keeps users"
+    );
+    assert!(
+        s.table_info("assets")
+            .expect("table_info")
+            .expect("assets")
+            .tracked,
+        "a second init keeps tracking"
+    );
+    // A fresh store on the same database agrees.
+    let again = fieldsync_store::open(&fx.url).expect("reopen");
+    assert_eq!(again.epoch().expect("epoch"), epoch, "epoch of a new store");
+}
+
+/// Check 2: table_info, track_table, refusals of tables fieldsync cannot track.
+fn table_info_and_tracking(fx: &Fixture) {
+    fx.sample(6);
+    let s = fx.store();
+    s.init().expect("init");
+    let mut office = fx.office();
+    office.exec(
+        "CREATE TABLE pairs (a INTEGER NOT NULL, b INTEGER NOT NULL, note TEXT, PRIMARY KEY (a, b));
+         CREATE TABLE nopk (a INTEGER, b TEXT);",
+    );
+
+    assert!(s.table_info("no_such_table").expect("table_info").is_none());
+    match s.track_table("no_such_table") {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("tracking a missing table: NotFound expected, got {other:?}"),
+    }
+
+    let info = s.table_info("assets").expect("table_info").expect("assets");
+    assert_eq!(info.name, "assets");
+    assert_eq!(info.primary_key, "id");
+    assert!(!info.tracked, "not tracked before track_table");
+    let names: Vec<&str> = info.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "id",
+            "name",
+            "category",
+            "status",
+            "region",
+            "x",
+            "y",
+            "installed",
+            "notes"
+        ]
+    );
+    use fieldsync_proto::ColumnType as T;
+    let types: Vec<T> = info.columns.iter().map(|c| c.column_type).collect();
+    assert_eq!(
+        types,
+        [
+            T::Integer,
+            T::Text,
+            T::Text,
+            T::Text,
+            T::Text,
+            T::Real,
+            T::Real,
+            T::Text,
+            T::Text
+        ]
+    );
+    let col = |n: &str| info.column(n).expect("column").clone();
+    assert!(col("name").not_null && !col("name").has_default);
+    assert!(!col("notes").not_null);
+    let wo = s
+        .table_info("work_orders")
+        .expect("table_info")
+        .expect("wo");
+    assert_eq!(wo.primary_key, "id");
+    let prio = wo.column("priority").expect("priority");
+    assert!(
+        prio.not_null && prio.has_default,
+        "priority NOT NULL DEFAULT 3"
+    );
+    assert_eq!(prio.column_type, T::Integer);
+
+    let tracked = s.track_table("assets").expect("track");
+    assert!(tracked.tracked);
+    assert_eq!(tracked.columns, info.columns);
+    assert_eq!(tracked.primary_key, "id");
+    let again = s.track_table("assets").expect("tracking twice is fine");
+    assert_eq!(again, tracked, "track_table is idempotent");
+    assert!(s.table_info("assets").expect("ti").expect("assets").tracked);
+    assert!(
+        !s.table_info("inspections")
+            .expect("ti")
+            .expect("insp")
+            .tracked,
+        "tracking one table tracks only it"
+    );
+
+    // Existing rows are versioned by tracking; writes after it restamp them.
+    let v1 = s
+        .row_version("assets", &Value::Integer(1))
+        .expect("row_version")
+        .expect("existing row has a version after tracking");
+    assert!(!v1.1, "not deleted");
+    office.exec("UPDATE assets SET name = 'renamed' WHERE id = 1");
+    let v2 = s
+        .row_version("assets", &Value::Integer(1))
+        .expect("row_version")
+        .expect("version");
+    assert_ne!(v2.0, v1.0, "an office update changes the row version");
+    office.exec(
+        "INSERT INTO assets (id, name, category, status, region) VALUES (1000, 'n', 'pump', 'active', 'north')",
+    );
+    assert!(
+        matches!(
+            s.row_version("assets", &Value::Integer(1000)),
+            Ok(Some((_, false)))
+        ),
+        "an office insert is versioned (once, although tracked twice)"
+    );
+    office.exec("DELETE FROM assets WHERE id = 1000");
+    assert!(
+        matches!(
+            s.row_version("assets", &Value::Integer(1000)),
+            Ok(Some((_, true)))
+        ),
+        "an office delete leaves a tombstone"
+    );
+    assert!(
+        s.row_version("assets", &Value::Integer(999_999))
+            .expect("row_version")
+            .is_none()
+    );
+
+    for table in ["pairs", "nopk"] {
+        let ti = s.table_info(table).expect("ti").expect("table");
+        assert_eq!(ti.primary_key, "", "{table}: no single-column primary key");
+        match s.track_table(table) {
+            Err(StoreError::Invalid(m)) => assert!(
+                m.contains("single-column primary key"),
+                "{table}: message says why: {m}"
+            ),
+            other => panic!("tracking {table}: Invalid expected, got {other:?}"),
+        }
+        assert!(
+            !s.table_info(table).expect("ti").expect("t").tracked,
+            "{table} stays untracked"
+        );
+    }
+    // The refused table still takes office writes (no triggers were left behind).
+    office.exec("INSERT INTO pairs (a, b) VALUES (1, 2); INSERT INTO nopk (a) VALUES (1)");
+}
+
+/// Check 2 (PostgreSQL only). Columns of a type fieldsync does not carry are refused at
+/// track, naming the column; the table stays untracked and writable.
+fn unsupported_types_refused(fx: &Fixture) {
+    let s = fx.store();
+    s.init().expect("init");
+    let mut office = fx.office();
+    office.exec(
+        "CREATE TABLE t_interval (id bigint PRIMARY KEY, label text, span interval);
+         CREATE TABLE t_point (id bigint PRIMARY KEY, spot point);
+         CREATE TABLE t_array (id text PRIMARY KEY, tags int[]);
+         CREATE TABLE t_fine (id uuid PRIMARY KEY, amount numeric(10,2), at timestamptz,
+                              flag boolean, doc jsonb, raw bytea, code varchar(8), d date);",
+    );
+    for (table, column) in [
+        ("t_interval", "span"),
+        ("t_point", "spot"),
+        ("t_array", "tags"),
+    ] {
+        match s.track_table(table) {
+            Err(StoreError::Invalid(m)) => assert!(
+                m.contains(&format!("`{column}`")),
+                "{table}: the message names column `{column}`: {m}"
+            ),
+            other => panic!("tracking {table}: Invalid expected, got {other:?}"),
+        }
+        assert!(
+            !s.table_info(table).expect("ti").expect("t").tracked,
+            "{table} stays untracked"
+        );
+        office.exec(&format!("DELETE FROM {table}"));
+    }
+    let fine = s
+        .track_table("t_fine")
+        .expect("supported types are tracked");
+    assert!(fine.tracked);
+    assert_eq!(fine.primary_key, "id");
+    office.exec(
+        "INSERT INTO t_fine (id, amount, flag) VALUES ('6f1c2a9e-4a55-4f0e-9a0b-0c8e5b0f6a11', 12.50, true)",
+    );
+    assert!(
+        s.row_version("t_fine", &text("6f1c2a9e-4a55-4f0e-9a0b-0c8e5b0f6a11"))
+            .expect("row_version")
+            .is_some(),
+        "a uuid-keyed row is versioned under its text form"
+    );
+}
+
+/// Check 3: Users, devices, tasks, sessions.
+fn users_devices_tasks_sessions(fx: &Fixture) {
+    fx.sample(6);
+    let s = fx.store();
+    s.init().expect("init");
+
+    // Users.
+    let ana = user("ana");
+    s.user_add(&ana).expect("user_add");
+    s.user_add(&UserRecord {
+        admin: true,
+        ..user("Zed")
+    })
+    .expect("user_add");
+    s.user_add(&user("ben")).expect("user_add");
+    assert_eq!(s.user_get("ana").expect("user_get"), Some(ana.clone()));
+    assert_eq!(s.user_get("nobody").expect("user_get"), None);
+    assert!(
+        matches!(s.user_add(&user("ana")), Err(StoreError::AlreadyExists(_))),
+        "duplicate user"
+    );
+    assert_eq!(
+        s.user_get("ana")
+            .expect("user_get")
+            .expect("ana")
+            .password_hash,
+        ana.password_hash,
+        "a duplicate add changes nothing"
+    );
+    let names: Vec<String> = s
+        .user_list()
+        .expect("user_list")
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["Zed", "ana", "ben"], "users by name, byte order");
+    assert!(s.user_get("Zed").expect("get").expect("Zed").admin);
+    s.user_set_password("ana", "new-hash").expect("passwd");
+    assert_eq!(
+        s.user_get("ana").expect("get").expect("ana").password_hash,
+        "new-hash"
+    );
+    assert!(matches!(
+        s.user_set_password("nobody", "h"),
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Devices and pairing.
+    let d1 = device("dev1", "code-1");
+    s.device_add(&d1).expect("device_add");
+    s.device_add(&device("dev0", "code-0")).expect("device_add");
+    assert_eq!(s.device_get("dev1").expect("device_get"), Some(d1.clone()));
+    assert_eq!(s.device_get("nope").expect("device_get"), None);
+    assert!(
+        matches!(
+            s.device_add(&device("dev1", "other")),
+            Err(StoreError::AlreadyExists(_))
+        ),
+        "duplicate device"
+    );
+    let ids: Vec<String> = s
+        .device_list()
+        .expect("device_list")
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["dev0", "dev1"]);
+    let at = now();
+    assert!(
+        !s.device_pair("dev1", &sha256_hex("wrong"), &sha256_hex("secret"), &at)
+            .expect("pair"),
+        "a wrong code does not pair"
+    );
+    assert!(
+        s.device_get("dev1")
+            .expect("get")
+            .expect("d")
+            .secret_hash
+            .is_none(),
+        "nothing stored on a wrong code"
+    );
+    assert!(
+        s.device_pair("dev1", &sha256_hex("code-1"), &sha256_hex("secret"), &at)
+            .expect("pair"),
+        "the right code pairs"
+    );
+    let paired = s.device_get("dev1").expect("get").expect("dev1");
+    assert_eq!(paired.code_hash, None, "the code is consumed");
+    assert_eq!(paired.secret_hash, Some(sha256_hex("secret")));
+    assert_eq!(paired.paired_at.as_deref(), Some(at.as_str()));
+    assert!(
+        !s.device_pair("dev1", &sha256_hex("code-1"), &sha256_hex("secret2"), &at)
+            .expect("pair"),
+        "the code pairs only once"
+    );
+    assert_eq!(
+        s.device_get("dev1").expect("get").expect("d").secret_hash,
+        Some(sha256_hex("secret")),
+        "a second pairing does not replace the secret"
+    );
+    s.device_add(&DeviceRecord {
+        revoked: true,
+        ..device("dev-revoked", "code-r")
+    })
+    .expect("device_add");
+    assert!(
+        !s.device_pair("dev-revoked", &sha256_hex("code-r"), &sha256_hex("s"), &at)
+            .expect("pair"),
+        "a revoked device does not pair"
+    );
+
+    // Tasks: refused while a table is untracked; nothing stored then.
+    s.track_table("assets").expect("track");
+    match task_apply(s, sample::TASK_NORTH) {
+        Err(StoreError::Invalid(m)) => {
+            assert!(
+                m.contains("inspections"),
+                "the message names the table: {m}"
+            )
+        }
+        other => panic!("task naming an untracked table: Invalid expected, got {other:?}"),
+    }
+    assert!(s.task_get("north-inspections").expect("task_get").is_none());
+    assert!(s.task_list().expect("task_list").is_empty());
+    s.track_table("inspections").expect("track");
+    s.track_table("work_orders").expect("track");
+    let north = task_apply(s, sample::TASK_NORTH).expect("north");
+    task_apply(s, sample::TASK_SOUTH).expect("south");
+    let rec = s
+        .task_get("north-inspections")
+        .expect("get")
+        .expect("north");
+    assert_eq!(rec.def, north, "the stored definition is the applied one");
+    assert_eq!(rec.hash.len(), 16);
+    assert!(rec.users.is_empty() && rec.devices.is_empty());
+    let names: Vec<String> = s
+        .task_list()
+        .expect("list")
+        .into_iter()
+        .map(|t| t.def.name)
+        .collect();
+    assert_eq!(names, ["north-inspections", "south-work-orders"]);
+    // A task on a missing column is refused and leaves the stored one alone.
+    let bad = sample::TASK_NORTH.replace("\"x\", \"y\"", "\"x\", \"nope\"");
+    assert!(matches!(task_apply(s, &bad), Err(StoreError::Invalid(_))));
+    assert_eq!(
+        s.task_get("north-inspections")
+            .expect("get")
+            .expect("t")
+            .def,
+        north
+    );
+
+    // Assignment: all or nothing.
+    match s.task_assign(
+        "north-inspections",
+        &strings(&["ana", "ghost"]),
+        &strings(&["dev1"]),
+    ) {
+        Err(StoreError::NotFound(m)) => assert!(m.contains("ghost"), "names the user: {m}"),
+        other => panic!("assigning an unknown user: NotFound expected, got {other:?}"),
+    }
+    let rec = s.task_get("north-inspections").expect("get").expect("t");
+    assert!(
+        rec.users.is_empty() && rec.devices.is_empty(),
+        "a refused assignment assigns nothing: {rec:?}"
+    );
+    assert!(matches!(
+        s.task_assign("north-inspections", &[], &strings(&["ghost-device"])),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.task_assign("no-task", &strings(&["ana"]), &[]),
+        Err(StoreError::NotFound(_))
+    ));
+    s.task_assign(
+        "north-inspections",
+        &strings(&["ben", "ana"]),
+        &strings(&["dev1", "dev0"]),
+    )
+    .expect("assign");
+    s.task_assign("north-inspections", &strings(&["ana"]), &[])
+        .expect("assigning twice is fine");
+    let rec = s.task_get("north-inspections").expect("get").expect("t");
+    assert_eq!(rec.users, ["ana", "ben"]);
+    assert_eq!(rec.devices, ["dev0", "dev1"]);
+    s.task_unassign("north-inspections", &strings(&["ben"]), &strings(&["dev0"]))
+        .expect("unassign");
+    let rec = s.task_get("north-inspections").expect("get").expect("t");
+    assert_eq!(rec.users, ["ana"]);
+    assert_eq!(rec.devices, ["dev1"]);
+    assert!(matches!(
+        s.task_unassign("no-task", &strings(&["ana"]), &[]),
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Sessions; disabling a user ends them.
+    let session = |token: &str, user: &str, expires: &str| SessionRecord {
+        token_hash: sha256_hex(token),
+        device: "dev1".into(),
+        user: user.into(),
+        created_at: now(),
+        expires_at: expires.into(),
+    };
+    let far = "2999-01-01T00:00:00.000Z";
+    let s1 = session("t1", "ana", far);
+    s.session_put(&s1).expect("session_put");
+    s.session_put(&session("t2", "ana", far)).expect("put");
+    s.session_put(&session("t3", "ben", far)).expect("put");
+    assert_eq!(
+        s.session_get(&sha256_hex("t1")).expect("get"),
+        Some(s1.clone())
+    );
+    s.session_delete(&sha256_hex("t2")).expect("delete");
+    assert_eq!(s.session_get(&sha256_hex("t2")).expect("get"), None);
+    s.user_set_disabled("ana", true).expect("disable");
+    assert!(s.user_get("ana").expect("get").expect("ana").disabled);
+    assert_eq!(
+        s.session_get(&sha256_hex("t1")).expect("get"),
+        None,
+        "disabling ends the user's sessions"
+    );
+    assert!(
+        s.session_get(&sha256_hex("t3")).expect("get").is_some(),
+        "other users' sessions stay"
+    );
+    s.user_set_disabled("ana", false).expect("enable");
+    assert!(!s.user_get("ana").expect("get").expect("ana").disabled);
+    assert!(matches!(
+        s.user_set_disabled("nobody", true),
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Deleting a task deletes its assignments: a new task of that name starts empty.
+    s.task_delete("north-inspections").expect("task_delete");
+    assert!(s.task_get("north-inspections").expect("get").is_none());
+    assert!(matches!(
+        s.task_delete("north-inspections"),
+        Err(StoreError::NotFound(_))
+    ));
+    task_apply(s, sample::TASK_NORTH).expect("re-apply");
+    let rec = s.task_get("north-inspections").expect("get").expect("t");
+    assert!(
+        rec.users.is_empty() && rec.devices.is_empty(),
+        "a deleted task's assignments do not come back: {rec:?}"
+    );
+}
+
+/// Check 4: The streamed slice is exactly what plain SQL selects, value for value.
+fn stream_slice_matches_sql(fx: &Fixture) {
+    setup(fx);
+    let mut office = fx.office();
+    let d = download(fx, "north-inspections", "ana", "dev1");
+    assert_eq!(d.plan.tables.len(), 2);
+    assert_eq!(
+        d.columns("assets"),
+        ["id", "name", "category", "status", "region", "x", "y"]
+    );
+    assert_eq!(
+        d.columns("inspections"),
+        [
+            "id",
+            "asset_id",
+            "inspector",
+            "inspected_at",
+            "result",
+            "notes"
+        ]
+    );
+    let slice = "region = 'north' AND status <> 'retired'";
+    let mut assets = office.rows(&format!(
+        "SELECT id, name, category, status, region, x, y FROM assets WHERE {slice}"
+    ));
+    let mut inspections = office.rows(&format!(
+        "SELECT id, asset_id, inspector, inspected_at, result, notes FROM inspections
+         WHERE inspector = 'ana' AND asset_id IN (SELECT id FROM assets WHERE {slice})"
+    ));
+    sort_by_key(&mut assets);
+    sort_by_key(&mut inspections);
+    // The slice is a real selection: rows are in it, rows are left out.
+    let all_north = office.value("SELECT count(*) FROM assets WHERE region = 'north'");
+    assert!(
+        !assets.is_empty() && Value::Integer(assets.len() as i64) != all_north,
+        "the sample has north assets in and out of the slice"
+    );
+    let all_insp = office.value(&format!(
+        "SELECT count(*) FROM inspections WHERE asset_id IN (SELECT id FROM assets WHERE {slice})"
+    ));
+    assert!(
+        !inspections.is_empty() && Value::Integer(inspections.len() as i64) != all_insp,
+        "the sample has inspections of ana and of others"
+    );
+    assert_eq!(
+        d.rows[d.table("assets")],
+        assets,
+        "assets of the slice, values as they travel"
+    );
+    assert_eq!(
+        d.rows[d.table("inspections")],
+        inspections,
+        "inspections of the slice, values as they travel"
+    );
+    assert!(
+        inspections.iter().any(|r| r[5].is_null()),
+        "NULLs travel as NULL"
+    );
+
+    // $user is bound per download: ben gets his own inspections, never ana's.
+    let b = download(fx, "north-inspections", "ben", "dev1");
+    assert_eq!(b.rows[b.table("assets")], assets, "same assets for ben");
+    let mut ben = office.rows(&format!(
+        "SELECT id, asset_id, inspector, inspected_at, result, notes FROM inspections
+         WHERE inspector = 'ben' AND asset_id IN (SELECT id FROM assets WHERE {slice})"
+    ));
+    sort_by_key(&mut ben);
+    assert_eq!(b.rows[b.table("inspections")], ben);
+
+    // The south task's work orders: the IN filter and the parent chain.
+    let sd = download(fx, "south-work-orders", "ana", "dev1");
+    let mut wo = office.rows(
+        "SELECT id, asset_id, title, priority, status, due FROM work_orders
+         WHERE status IN ('open', 'in-progress') AND asset_id IN (SELECT id FROM assets WHERE region = 'south')",
+    );
+    sort_by_key(&mut wo);
+    assert!(!wo.is_empty());
+    assert_eq!(sd.rows[sd.table("work_orders")], wo);
+
+    // An office change shows in the next download, and the cursor moves on.
+    let id = north_ids(fx)[0];
+    office.exec(&format!(
+        "UPDATE assets SET name = 'changed by office' WHERE id = {id}"
+    ));
+    let d2 = download(fx, "north-inspections", "ana", "dev1");
+    assert_eq!(
+        d2.cell("assets", &Value::Integer(id), "name"),
+        Some(text("changed by office"))
+    );
+    assert_ne!(
+        d2.cursor, d.cursor,
+        "a write since the last download moves the cursor"
+    );
+}
+
+/// Check 5: integrate: applied once, repeats apply nothing, a forbidden entry refuses all.
+fn integrate_applies_once_and_refuses_whole(fx: &Fixture) {
+    setup(fx);
+    let ids = north_ids(fx);
+    let (a, b) = (ids[0], ids[1]);
+    let d = download(fx, "north-inspections", "ana", "dev1");
+    let old_a = asset_name(fx, a);
+    let old_b = asset_name(fx, b);
+    assert_eq!(
+        d.cell("assets", &Value::Integer(a), "name"),
+        Some(text(&old_a))
+    );
+
+    let up = upload(
+        "up-1",
+        "north-inspections",
+        vec![update_entry(
+            "assets",
+            Value::Integer(a),
+            d.cursor,
+            "name",
+            text(&old_a),
+            text("renamed on device"),
+        )],
+    );
+    let out = send(fx, "north-inspections", "dev1", "ana", &up).expect("integrate");
+    assert!(!out.repeated);
+    assert_eq!((out.applied, out.conflicts), (1, 0));
+    assert_eq!(out.versions.len(), 1);
+    assert!(
+        out.versions[0].version.is_some(),
+        "a clean write gets a new base"
+    );
+    assert_eq!(asset_name(fx, a), "renamed on device");
+    assert!(fx.store().conflicts_list().expect("conflicts").is_empty());
+
+    // The same upload again: the recorded outcome, nothing applied.
+    fx.office().exec(&format!(
+        "UPDATE assets SET name = 'office after' WHERE id = {a}"
+    ));
+    let again = send(fx, "north-inspections", "dev1", "ana", &up).expect("repeat");
+    assert!(again.repeated, "a repeat says so");
+    assert_eq!(
+        (again.applied, again.conflicts, &again.versions),
+        (out.applied, out.conflicts, &out.versions),
+        "a repeat returns the recorded outcome"
+    );
+    assert_eq!(
+        asset_name(fx, a),
+        "office after",
+        "a repeated upload applies nothing"
+    );
+    assert!(fx.store().conflicts_list().expect("conflicts").is_empty());
+    // The same id from another device is not its outcome to learn.
+    assert!(
+        matches!(
+            send(fx, "north-inspections", "dev2", "ana", &up),
+            Err(IntegrateError::Forbidden(_))
+        ),
+        "an upload id of another device"
+    );
+
+    // The new version is the device's base: its next edit is no conflict with itself.
+    let d_b = download(fx, "north-inspections", "ana", "dev1");
+    let first = upload(
+        "up-2",
+        "north-inspections",
+        vec![update_entry(
+            "assets",
+            Value::Integer(b),
+            d_b.cursor,
+            "name",
+            text(&old_b),
+            text("b1"),
+        )],
+    );
+    let o = send(fx, "north-inspections", "dev1", "ana", &first).expect("integrate");
+    let base = o.versions[0].version.expect("clean");
+    let second = upload(
+        "up-3",
+        "north-inspections",
+        vec![update_entry(
+            "assets",
+            Value::Integer(b),
+            base,
+            "name",
+            text("b1"),
+            text("b2"),
+        )],
+    );
+    let o = send(fx, "north-inspections", "dev1", "ana", &second).expect("integrate");
+    assert_eq!(
+        (o.applied, o.conflicts),
+        (1, 0),
+        "an edit based on the acknowledged version is not a conflict"
+    );
+    assert_eq!(asset_name(fx, b), "b2");
+
+    // An entry on a table outside the task refuses the whole upload.
+    let before_b = asset_name(fx, b);
+    let wo_key = fx
+        .office()
+        .text("SELECT min(id) FROM work_orders WHERE asset_id IN (SELECT id FROM assets WHERE region = 'north')");
+    let wo_title = fx.office().text(&format!(
+        "SELECT title FROM work_orders WHERE id = '{wo_key}'"
+    ));
+    let d3 = download(fx, "north-inspections", "ana", "dev1");
+    let bad = upload(
+        "up-bad",
+        "north-inspections",
+        vec![
+            update_entry(
+                "assets",
+                Value::Integer(b),
+                d3.cursor,
+                "name",
+                text(&before_b),
+                text("must not be applied"),
+            ),
+            update_entry(
+                "work_orders",
+                text(&wo_key),
+                d3.cursor,
+                "title",
+                text(&wo_title),
+                text("sneaked"),
+            ),
+        ],
+    );
+    match send(fx, "north-inspections", "dev1", "ana", &bad) {
+        Err(IntegrateError::Forbidden(m)) => assert!(
+            m.contains("entry 2") && m.contains("work_orders"),
+            "the refusal names the entry: {m}"
+        ),
+        other => panic!("entry outside the task: Forbidden expected, got {other:?}"),
+    }
+    assert_eq!(asset_name(fx, b), before_b, "nothing of a refused upload");
+    assert_eq!(
+        fx.office().text(&format!(
+            "SELECT title FROM work_orders WHERE id = '{wo_key}'"
+        )),
+        wo_title
+    );
+    assert!(fx.store().conflicts_list().expect("conflicts").is_empty());
+    // The refused id was not recorded: sent again without the bad entry, it applies.
+    let fixed = upload("up-bad", "north-inspections", vec![bad.entries[0].clone()]);
+    let o = send(fx, "north-inspections", "dev1", "ana", &fixed).expect("integrate");
+    assert!(!o.repeated, "a refused upload's id is not recorded");
+    assert_eq!(o.applied, 1);
+    assert_eq!(asset_name(fx, b), "must not be applied");
+
+    // A write the task does not allow, and a user not assigned, refuse too.
+    let d4 = download(fx, "north-inspections", "ana", "dev1");
+    let mut delete = update_entry(
+        "assets",
+        Value::Integer(a),
+        d4.cursor,
+        "name",
+        text("x"),
+        text("y"),
+    );
+    delete.op = WriteOp::Delete;
+    delete.new.clear();
+    assert!(matches!(
+        send(
+            fx,
+            "north-inspections",
+            "dev1",
+            "ana",
+            &upload("up-del", "north-inspections", vec![delete])
+        ),
+        Err(IntegrateError::Forbidden(_))
+    ));
+    let mut stranger = update_entry(
+        "assets",
+        Value::Integer(a),
+        d4.cursor,
+        "name",
+        text("office after"),
+        text("chloe's"),
+    );
+    stranger.user = "chloe".into();
+    assert!(matches!(
+        send(
+            fx,
+            "north-inspections",
+            "dev1",
+            "ana",
+            &upload("up-chloe", "north-inspections", vec![stranger])
+        ),
+        Err(IntegrateError::Forbidden(_))
+    ));
+    assert_eq!(asset_name(fx, a), "office after");
+}
+
+/// Check 6a: An office change committed after the download is a conflict for the device's
+/// change based on that download (sequential: runs on every engine).
+fn office_change_after_download_conflicts(fx: &Fixture) {
+    setup(fx);
+    put_assets_task(fx, "order-check", "server-wins");
+    let ids = north_ids(fx);
+    let (a, b) = (ids[0], ids[1]);
+    let (old_a, old_b) = (asset_name(fx, a), asset_name(fx, b));
+    let d = download(fx, "order-check", "ana", "dev1");
+    fx.office()
+        .exec(&format!("UPDATE assets SET name = 'office' WHERE id = {a}"));
+    let up = upload(
+        "up-seq",
+        "order-check",
+        vec![
+            update_entry(
+                "assets",
+                Value::Integer(a),
+                d.cursor,
+                "name",
+                text(&old_a),
+                text("device"),
+            ),
+            update_entry(
+                "assets",
+                Value::Integer(b),
+                d.cursor,
+                "name",
+                text(&old_b),
+                text("device b"),
+            ),
+        ],
+    );
+    let out = send(fx, "order-check", "dev1", "ana", &up).expect("integrate");
+    assert_eq!(
+        (out.applied, out.conflicts),
+        (1, 1),
+        "row a conflicts (office changed it), row b applies"
+    );
+    assert_eq!(
+        out.versions[0].version, None,
+        "a conflicting row keeps its base"
+    );
+    assert!(out.versions[1].version.is_some());
+    assert_eq!(
+        asset_name(fx, a),
+        "office",
+        "server-wins keeps the office value"
+    );
+    assert_eq!(asset_name(fx, b), "device b");
+    let conflicts = fx.store().conflicts_list().expect("conflicts");
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    let c = &conflicts[0];
+    assert_eq!(c.table, "assets");
+    assert!(c.key.same(&Value::Integer(a)));
+    assert_eq!(
+        (c.op.as_str(), c.kind.as_str(), c.policy.as_str()),
+        ("update", "update-update", "server-wins")
+    );
+    assert_eq!(
+        (c.device.as_str(), c.user.as_str(), c.task.as_str()),
+        ("dev1", "ana", "order-check")
+    );
+    assert_eq!(c.device_values.get("name"), Some(&text("device")));
+    assert_eq!(c.server_values.get("name"), Some(&text("office")));
+    assert_eq!(c.base_version, Some(d.cursor));
+    assert_eq!(c.resolved_at, None);
+}
+
+/// Check 6: Commit order (DESIGN.md invariant 5): an office transaction that wrote a row
+/// before the download's snapshot and committed after it is "after" the cursor.
+fn commit_order_open_transaction(fx: &Fixture) {
+    setup(fx);
+    put_assets_task(fx, "order-check", "server-wins");
+    let a = north_ids(fx)[0];
+    let old_a = asset_name(fx, a);
+
+    let mut t = fx.office();
+    t.exec(&format!(
+        "BEGIN; UPDATE assets SET name = 'office in T' WHERE id = {a}"
+    ));
+    // The download runs while T is open (SQLite: WAL readers do not wait for writers).
+    let d = download(fx, "order-check", "ana", "dev1");
+    assert_eq!(
+        d.cell("assets", &Value::Integer(a), "name"),
+        Some(text(&old_a)),
+        "an uncommitted change is not in the slice"
+    );
+    t.exec("COMMIT");
+    drop(t);
+
+    let up = upload(
+        "up-order",
+        "order-check",
+        vec![update_entry(
+            "assets",
+            Value::Integer(a),
+            d.cursor,
+            "name",
+            text(&old_a),
+            text("device"),
+        )],
+    );
+    let out = send(fx, "order-check", "dev1", "ana", &up).expect("integrate");
+    assert_eq!(
+        (out.applied, out.conflicts),
+        (0, 1),
+        "T committed after the device's snapshot: a conflict, not an overwrite"
+    );
+    assert_eq!(asset_name(fx, a), "office in T", "the office value stays");
+    let conflicts = fx.store().conflicts_list().expect("conflicts");
+    assert_eq!(conflicts.len(), 1, "the conflict is logged: {conflicts:?}");
+    assert_eq!(
+        conflicts[0].device_values.get("name"),
+        Some(&text("device"))
+    );
+    assert_eq!(
+        conflicts[0].server_values.get("name"),
+        Some(&text("office in T"))
+    );
+
+    let next = download(fx, "order-check", "ana", "dev1");
+    assert_eq!(
+        next.cell("assets", &Value::Integer(a), "name"),
+        Some(text("office in T")),
+        "the next download has T's change"
+    );
+}
+
+/// Check 6 (PostgreSQL only: SQLite cannot have two writers at once). Transaction ids are
+/// not commit-ordered: T1 writes row A first, T2 writes row B later and commits, the
+/// download runs, then T1 commits. The cursor must not claim T1's change.
+fn commit_order_interleaved_writers(fx: &Fixture) {
+    setup(fx);
+    put_assets_task(fx, "order-check", "server-wins");
+    let ids = north_ids(fx);
+    let (a, b) = (ids[0], ids[1]);
+    let old_a = asset_name(fx, a);
+
+    let mut t1 = fx.office();
+    let mut t2 = fx.office();
+    t1.exec(&format!(
+        "BEGIN; UPDATE assets SET name = 'T1' WHERE id = {a}"
+    ));
+    t2.exec(&format!(
+        "BEGIN; UPDATE assets SET name = 'T2' WHERE id = {b}; COMMIT"
+    ));
+    let d = download(fx, "order-check", "ana", "dev1");
+    assert_eq!(
+        d.cell("assets", &Value::Integer(b), "name"),
+        Some(text("T2"))
+    );
+    assert_eq!(
+        d.cell("assets", &Value::Integer(a), "name"),
+        Some(text(&old_a))
+    );
+    t1.exec("COMMIT");
+
+    let up = upload(
+        "up-interleaved",
+        "order-check",
+        vec![
+            update_entry(
+                "assets",
+                Value::Integer(a),
+                d.cursor,
+                "name",
+                text(&old_a),
+                text("device a"),
+            ),
+            update_entry(
+                "assets",
+                Value::Integer(b),
+                d.cursor,
+                "name",
+                text("T2"),
+                text("device b"),
+            ),
+        ],
+    );
+    let out = send(fx, "order-check", "dev1", "ana", &up).expect("integrate");
+    assert_eq!(
+        (out.applied, out.conflicts),
+        (1, 1),
+        "row a (T1, committed after the snapshot) conflicts; row b (T2, seen) applies"
+    );
+    assert_eq!(asset_name(fx, a), "T1");
+    assert_eq!(asset_name(fx, b), "device b");
+    let next = download(fx, "order-check", "ana", "dev1");
+    assert_eq!(
+        next.cell("assets", &Value::Integer(a), "name"),
+        Some(text("T1"))
+    );
+}
+
+/// Check 7: conflict_resolve applies the logged device or server values.
+fn conflict_resolve_takes_logged_values(fx: &Fixture) {
+    setup(fx);
+    put_assets_task(fx, "sw", "server-wins");
+    put_assets_task(fx, "dw", "device-wins");
+    let ids = north_ids(fx);
+    let (a, b) = (ids[0], ids[1]);
+    let (old_a, old_b) = (asset_name(fx, a), asset_name(fx, b));
+
+    // Server wins: the office value stays; take device applies the device's.
+    let d = download(fx, "sw", "ana", "dev1");
+    fx.office().exec(&format!(
+        "UPDATE assets SET name = 'office a' WHERE id = {a}"
+    ));
+    let out = send(
+        fx,
+        "sw",
+        "dev1",
+        "ana",
+        &upload(
+            "up-sw",
+            "sw",
+            vec![update_entry(
+                "assets",
+                Value::Integer(a),
+                d.cursor,
+                "name",
+                text(&old_a),
+                text("device a"),
+            )],
+        ),
+    )
+    .expect("integrate");
+    assert_eq!(out.conflicts, 1);
+    assert_eq!(asset_name(fx, a), "office a");
+
+    // Device wins: the device value is applied; take server restores the office's.
+    let d = download(fx, "dw", "ana", "dev1");
+    fx.office().exec(&format!(
+        "UPDATE assets SET name = 'office b' WHERE id = {b}"
+    ));
+    let out = send(
+        fx,
+        "dw",
+        "dev1",
+        "ana",
+        &upload(
+            "up-dw",
+            "dw",
+            vec![update_entry(
+                "assets",
+                Value::Integer(b),
+                d.cursor,
+                "name",
+                text(&old_b),
+                text("device b"),
+            )],
+        ),
+    )
+    .expect("integrate");
+    assert_eq!((out.applied, out.conflicts), (1, 1));
+    assert_eq!(asset_name(fx, b), "device b");
+
+    let conflicts = fx.store().conflicts_list().expect("conflicts");
+    assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+    let (ca, cb) = (&conflicts[0], &conflicts[1]);
+    assert!(ca.key.same(&Value::Integer(a)) && cb.key.same(&Value::Integer(b)));
+    assert_eq!(
+        (cb.policy.as_str(), cb.resolution.as_str()),
+        ("device-wins", "device-applied")
+    );
+    assert_eq!(cb.server_values.get("name"), Some(&text("office b")));
+
+    let version_a = fx
+        .store()
+        .row_version("assets", &Value::Integer(a))
+        .expect("row_version");
+    let at = now();
+    let r = fx
+        .store()
+        .conflict_resolve(ca.id, true, &at)
+        .expect("take device");
+    assert_eq!(r.resolved_take.as_deref(), Some("device"));
+    assert_eq!(r.resolved_at.as_deref(), Some(at.as_str()));
+    assert_eq!(
+        asset_name(fx, a),
+        "device a",
+        "take device applies its values"
+    );
+    assert_ne!(
+        fx.store()
+            .row_version("assets", &Value::Integer(a))
+            .expect("row_version"),
+        version_a,
+        "a resolution is a tracked write (devices get it)"
+    );
+    let next = download(fx, "sw", "ana", "dev1");
+    assert_eq!(
+        next.cell("assets", &Value::Integer(a), "name"),
+        Some(text("device a"))
+    );
+
+    fx.store()
+        .conflict_resolve(cb.id, false, &now())
+        .expect("take server");
+    assert_eq!(
+        asset_name(fx, b),
+        "office b",
+        "take server applies its values"
+    );
+
+    let listed = fx.store().conflicts_list().expect("conflicts");
+    assert_eq!(listed[0].resolved_take.as_deref(), Some("device"));
+    assert_eq!(listed[1].resolved_take.as_deref(), Some("server"));
+    assert!(listed.iter().all(|c| c.resolved_at.is_some()));
+    assert!(
+        matches!(
+            fx.store().conflict_resolve(ca.id, false, &now()),
+            Err(StoreError::Invalid(_))
+        ),
+        "a conflict is resolved once"
+    );
+    assert_eq!(
+        asset_name(fx, a),
+        "device a",
+        "a refused resolution changes nothing"
+    );
+    assert!(matches!(
+        fx.store().conflict_resolve(9_999, true, &now()),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+// ---------------------------------------------------------------------------------
+// One #[test] per check and engine
+// ---------------------------------------------------------------------------------
+
+macro_rules! conformance {
+    (both: [$($check:ident),* $(,)?], postgres_only: [$($pg:ident),* $(,)?] $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $check() {
+                    super::$check(&super::Fixture::sqlite());
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $check() {
+                    super::$check(&super::Fixture::postgres());
+                }
+            )*
+            $(
+                #[test]
+                fn $pg() {
+                    super::$pg(&super::Fixture::postgres());
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    both: [
+        init_idempotent_and_required,
+        table_info_and_tracking,
+        users_devices_tasks_sessions,
+        stream_slice_matches_sql,
+        integrate_applies_once_and_refuses_whole,
+        office_change_after_download_conflicts,
+        commit_order_open_transaction,
+        conflict_resolve_takes_logged_values,
+    ],
+    postgres_only: [
+        unsupported_types_refused,
+        commit_order_interleaved_writers,
+    ],
+}
+
+#[test]
+fn test_database_url_keeps_the_rest_of_the_base() {
+    assert_eq!(
+        with_db("postgres://postgres@127.0.0.1:5432/test", "x"),
+        "postgres://postgres@127.0.0.1:5432/x"
+    );
+    assert_eq!(
+        with_db("postgres://u:p@h:1/test?sslmode=disable", "x"),
+        "postgres://u:p@h:1/x?sslmode=disable"
+    );
+    assert_eq!(with_db("postgresql://h", "x"), "postgresql://h/x");
+}

@@ -123,12 +123,76 @@ pub fn peak_rss_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// The PostgreSQL server the tests use: `FIELDSYNC_TEST_PG`, or the local one.
+pub fn pg_base_url() -> String {
+    std::env::var("FIELDSYNC_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// A fresh PostgreSQL database for one test, dropped at the end.
+pub struct PgDb {
+    pub url: String,
+    name: String,
+}
+
+impl PgDb {
+    pub fn new() -> PgDb {
+        let base = pg_base_url();
+        let mut admin = postgres::Client::connect(&base, postgres::NoTls).unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at {base} ({e}); start it, or point FIELDSYNC_TEST_PG \
+                 at another server (postgres://USER@HOST:PORT/DB, a user that may create databases)"
+            )
+        });
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!(
+            "fs_it_{}_{n}_{}",
+            std::process::id(),
+            fieldsync_store::random_hex(3)
+        );
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let (prefix, _) = base.rsplit_once('/').expect("URL names a database");
+        PgDb {
+            url: format!("{prefix}/{name}"),
+            name,
+        }
+    }
+
+    /// A plain connection, as another program of the office would have.
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = postgres::Client::connect(&pg_base_url(), postgres::NoTls) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// The main database's engine in a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
 /// A main database with the sample tables, tracked, two users and tasks; a server.
 pub struct Office {
     pub dir: TempDir,
     pub db_path: PathBuf,
     pub db_url: String,
     pub server: Server,
+    /// The PostgreSQL database, when the engine is PostgreSQL (declared after the
+    /// server so the server stops first).
+    pub pg: Option<PgDb>,
 }
 
 pub const NORTH: &str = fieldsync_store::sample::TASK_NORTH;
@@ -138,12 +202,29 @@ impl Office {
     /// Sample data with `n_assets` assets; users ana, ben; tasks north-inspections
     /// (ana) and south-work-orders (ben), assigned to devices as the test says.
     pub fn new(n_assets: i64) -> Office {
+        Office::on(Engine::Sqlite, n_assets)
+    }
+
+    /// The same office on a fresh PostgreSQL database.
+    pub fn new_pg(n_assets: i64) -> Office {
+        Office::on(Engine::Postgres, n_assets)
+    }
+
+    pub fn on(engine: Engine, n_assets: i64) -> Office {
         let dir = TempDir::new("office");
         let db_path = dir.0.join("main.sqlite");
-        let mut conn = Connection::open(&db_path).unwrap();
-        fieldsync_store::sample::create(&mut conn, n_assets).unwrap();
-        drop(conn);
-        let db_url = format!("sqlite:{}", db_path.display());
+        let (db_url, pg) = match engine {
+            Engine::Sqlite => {
+                let mut conn = Connection::open(&db_path).unwrap();
+                fieldsync_store::sample::create(&mut conn, n_assets).unwrap();
+                (format!("sqlite:{}", db_path.display()), None)
+            }
+            Engine::Postgres => {
+                let db = PgDb::new();
+                fieldsync_store::sample::create_pg(&mut db.client(), n_assets).unwrap();
+                (db.url.clone(), Some(db))
+            }
+        };
         let office_dir = dir.0.clone();
         let admin = |args: &[&str], stdin: &str| {
             let mut full = vec!["admin"];
@@ -176,7 +257,13 @@ impl Office {
             db_path,
             db_url,
             server,
+            pg,
         }
+    }
+
+    /// A plain PostgreSQL connection to the main database (PostgreSQL offices only).
+    pub fn pg(&self) -> postgres::Client {
+        self.pg.as_ref().expect("a PostgreSQL office").client()
     }
 
     pub fn admin(&self, args: &[&str], stdin: &str) -> Run {

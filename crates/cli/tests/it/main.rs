@@ -8,6 +8,7 @@ mod crash;
 mod download;
 mod faults;
 mod harness;
+mod postgres;
 mod proxy;
 mod refusals;
 mod send;

@@ -1,0 +1,485 @@
+//! The end-to-end flows on a PostgreSQL main database: a real server process on
+//! loopback, the real binary, one fresh database per test. Also what PostgreSQL
+//! brings: types, transactions that commit late, several servers on one database.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// The north task's name (the sample task ana is assigned to).
+const TASK: &str = "north-inspections";
+const NORTH_ASSETS: &str = "SELECT id, name, category, status, region, x, y FROM assets
+     WHERE region = 'north' AND status <> 'retired' ORDER BY id";
+const ANA_INSPECTIONS: &str = "SELECT * FROM inspections WHERE inspector = 'ana' AND asset_id IN
+     (SELECT id FROM assets WHERE region = 'north' AND status <> 'retired') ORDER BY id COLLATE \"C\"";
+
+/// Rows of a PostgreSQL query in the form `harness::rows` gives SQLite's.
+fn pg_rows(c: &mut postgres::Client, sql: &str) -> Vec<Vec<String>> {
+    use postgres::types::Type;
+    c.query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| {
+                    let ty = r.columns()[i].type_().clone();
+                    let cell = match ty {
+                        Type::INT8 => r.get::<_, Option<i64>>(i).map(|v| format!("i{v}")),
+                        Type::INT4 => r.get::<_, Option<i32>>(i).map(|v| format!("i{v}")),
+                        Type::INT2 => r.get::<_, Option<i16>>(i).map(|v| format!("i{v}")),
+                        Type::FLOAT8 => r.get::<_, Option<f64>>(i).map(|v| format!("r{v:?}")),
+                        Type::BYTEA => r.get::<_, Option<Vec<u8>>>(i).map(|v| format!("b{v:?}")),
+                        _ => r.get::<_, Option<String>>(i).map(|v| format!("t{v}")),
+                    };
+                    cell.unwrap_or_else(|| "NULL".to_string())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn north_device(office: &Office, id: &str) -> DeviceDir {
+    let dev = office.device(id, &[TASK]);
+    dev.login("ana").ok();
+    dev
+}
+
+#[track_caller]
+fn assert_north_slice(office: &Office, dev: &DeviceDir) {
+    let mut main = office.pg();
+    let replica = dev.replica();
+    let assets = pg_rows(&mut main, NORTH_ASSETS);
+    assert!(!assets.is_empty());
+    assert_eq!(rows(&replica, "SELECT * FROM assets ORDER BY id"), assets);
+    let insp = pg_rows(&mut main, ANA_INSPECTIONS);
+    assert!(!insp.is_empty());
+    assert_eq!(
+        rows(&replica, "SELECT * FROM inspections ORDER BY id"),
+        insp
+    );
+}
+
+#[test]
+fn a_download_from_postgres_is_exactly_the_slice() {
+    let office = Office::new_pg(60);
+    let dev = north_device(&office, "tab-pg-1");
+    dev.run(&["download", TASK], "").ok();
+    assert_north_slice(&office, &dev);
+    // Office writes arrive at the next download.
+    office
+        .pg()
+        .batch_execute(
+            "UPDATE assets SET name = 'renamed' WHERE id = 1;
+             UPDATE assets SET status = 'retired' WHERE id = 3;
+             INSERT INTO inspections VALUES ('office-new', 5, 'ana', '2026-06-01', 'ok', NULL);",
+        )
+        .unwrap();
+    dev.run(&["download", TASK], "").ok();
+    assert_north_slice(&office, &dev);
+    let replica = dev.replica();
+    assert_eq!(
+        rows(&replica, "SELECT count(*) FROM assets WHERE id = 3"),
+        vec![vec!["i0".to_string()]]
+    );
+}
+
+/// The first value of the first row of a replica query, as text.
+fn first(conn: &rusqlite::Connection, sql: &str) -> String {
+    conn.query_row(sql, [], |r| {
+        Ok(match r.get_ref(0)? {
+            rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+            rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+            other => panic!("{other:?}"),
+        })
+    })
+    .unwrap()
+}
+
+#[test]
+fn edits_reach_postgres_and_conflicts_are_logged_not_lost() {
+    let office = Office::new_pg(60);
+    let dev = north_device(&office, "tab-pg-2");
+    dev.run(&["download", TASK], "").ok();
+    let replica = dev.replica();
+    let a1: i64 = first(&replica, "SELECT min(id) FROM assets")
+        .parse()
+        .unwrap();
+    let a2: i64 = first(&replica, "SELECT max(id) FROM assets")
+        .parse()
+        .unwrap();
+    let i1 = first(&replica, "SELECT min(id) FROM inspections");
+    replica
+        .execute_batch(&format!(
+            "UPDATE assets SET name = 'device name' WHERE id = {a1};
+             UPDATE assets SET name = 'device name 2' WHERE id = {a2};
+             UPDATE inspections SET result = 'worn', notes = 'device note' WHERE id = '{i1}';
+             INSERT INTO inspections (asset_id, inspector, inspected_at, result)
+                 VALUES ({a1}, 'ana', '2026-07-01', 'failed');"
+        ))
+        .unwrap();
+    // The office changes the same rows meanwhile: another column of a1 (no
+    // collision), the same column of a2 (field-merge keeps the office's), and it
+    // deletes the inspection the device edited.
+    let mut main = office.pg();
+    main.batch_execute(&format!(
+        "UPDATE assets SET x = 99.5 WHERE id = {a1};
+         UPDATE assets SET name = 'office name 2' WHERE id = {a2};
+         DELETE FROM inspections WHERE id = '{i1}';"
+    ))
+    .unwrap();
+    dev.run(&["sync"], "").ok();
+
+    assert_eq!(
+        pg_rows(
+            &mut main,
+            &format!("SELECT name, x FROM assets WHERE id IN ({a1}, {a2}) ORDER BY id")
+        )
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect::<Vec<_>>(),
+        vec!["tdevice name", "toffice name 2"]
+    );
+    assert_eq!(
+        pg_rows(&mut main, &format!("SELECT x FROM assets WHERE id = {a1}")),
+        vec![vec!["r99.5"]]
+    );
+    assert_eq!(
+        pg_rows(
+            &mut main,
+            "SELECT asset_id, inspector, result FROM inspections WHERE inspected_at = '2026-07-01'"
+        ),
+        vec![vec![format!("i{a1}"), "tana".into(), "tfailed".into()]]
+    );
+    let conflicts = conflicts(&office);
+    let kinds: Vec<(String, String)> = conflicts
+        .iter()
+        .map(|c| {
+            (
+                c["kind"].as_str().unwrap().to_string(),
+                c["resolution"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&("update-update".into(), "merged".into())),
+        "{conflicts:?}"
+    );
+    assert!(
+        kinds.contains(&("update-delete".into(), "stays-deleted".into())),
+        "{conflicts:?}"
+    );
+    assert_eq!(kinds.len(), 2, "{conflicts:?}");
+    // After the sync the device holds the office's state.
+    assert_north_slice(&office, &dev);
+}
+
+#[test]
+fn a_refused_upload_changes_nothing_in_postgres() {
+    let office = Office::new_pg(30);
+    let dev = north_device(&office, "tab-pg-3");
+    dev.run(&["download", TASK], "").ok();
+    dev.replica()
+        .execute_batch("UPDATE assets SET name = 'never applied' WHERE id = 1;")
+        .unwrap();
+    let before = pg_rows(&mut office.pg(), NORTH_ASSETS);
+    let uploads_before = pg_rows(&mut office.pg(), "SELECT count(*) FROM fieldsync.uploads");
+    office
+        .admin(&["task", "unassign", TASK, "--user", "ana"], "")
+        .ok();
+    let run = dev.run(&["send"], "");
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("ana"), "{run:?}");
+    assert_eq!(pg_rows(&mut office.pg(), NORTH_ASSETS), before);
+    assert_eq!(
+        pg_rows(&mut office.pg(), "SELECT count(*) FROM fieldsync.uploads"),
+        uploads_before
+    );
+}
+
+/// Every supported type travels down and back; an unsupported one is refused at
+/// `table track` naming the column.
+#[test]
+fn postgres_types_travel_as_documented() {
+    let office = Office::new_pg(2);
+    let mut main = office.pg();
+    main.batch_execute(
+        r#"CREATE TABLE kinds (
+               id text PRIMARY KEY,
+               small smallint, whole integer, big bigint, exact numeric(12,3), single real,
+               double double precision, flag boolean, label varchar(20), code char(3),
+               day date, at_time time, stamp timestamp, stamptz timestamptz,
+               ident uuid, doc json, docb jsonb, raw bytea);
+           SET TIME ZONE 'UTC';
+           INSERT INTO kinds VALUES ('k1', -3, 42, 9007199254740993, 1234.5, 0.5, 2.25, true,
+               'label', 'abc', '2026-11-26', '08:30:00', '2026-11-26 08:30:00', '2026-11-26 08:30:00+00',
+               'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"a": 1}', '{"b": [1, 2]}', '\x00ff10');
+           INSERT INTO kinds (id) VALUES ('k2');
+           CREATE TABLE odd (id integer PRIMARY KEY, span interval);"#,
+    )
+    .unwrap();
+    let refused = office.admin(&["table", "track", "odd"], "");
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("`span` (interval)"), "{refused:?}");
+    office.admin(&["table", "track", "kinds"], "").ok();
+    let task = office.dir.0.join("kinds.toml");
+    std::fs::write(
+        &task,
+        "name = \"kinds\"\n[[tables]]\nname = \"kinds\"\nwrite = [\"update\"]\nconflict = \"device-wins\"\n",
+    )
+    .unwrap();
+    office
+        .admin(&["task", "apply", task.to_str().unwrap()], "")
+        .ok();
+    office
+        .admin(&["task", "assign", "kinds", "--user", "ana"], "")
+        .ok();
+    let dev = office.device("tab-kinds", &["kinds"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "kinds"], "").ok();
+    let replica = dev.replica();
+    assert_eq!(
+        rows(&replica, "SELECT * FROM kinds WHERE id = 'k1'"),
+        vec![vec![
+            "tk1",
+            "i-3",
+            "i42",
+            "i9007199254740993",
+            "r1234.5",
+            "r0.5",
+            "r2.25",
+            "i1",
+            "tlabel",
+            "tabc",
+            "t2026-11-26",
+            "t08:30:00",
+            "t2026-11-26T08:30:00",
+            "t2026-11-26T08:30:00+00:00",
+            "ta0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "t{\"a\": 1}",
+            "t{\"b\": [1, 2]}",
+            "b[0, 255, 16]",
+        ]]
+    );
+    assert_eq!(
+        rows(&replica, "SELECT * FROM kinds WHERE id = 'k2'")[0][1..],
+        vec!["NULL"; 17]
+    );
+    // Back up: every column written from the device, read again in PostgreSQL.
+    replica
+        .execute_batch(
+            "UPDATE kinds SET small = 7, whole = -1, big = 5, exact = 2.125, single = 1.5, double = -0.25,
+                 flag = 0, label = 'changed', code = 'xyz', day = '2027-01-02', at_time = '23:59:58',
+                 stamp = '2027-01-02T03:04:05', stamptz = '2027-01-02T03:04:05+02:00',
+                 ident = '00000000-0000-0000-0000-000000000001', doc = '[true]', docb = '{\"c\": null}',
+                 raw = X'0102' WHERE id = 'k1';
+             UPDATE kinds SET whole = 1 WHERE id = 'k2';",
+        )
+        .unwrap();
+    dev.run(&["sync"], "").ok();
+    main.batch_execute("SET TIME ZONE 'UTC'").unwrap();
+    assert_eq!(
+        pg_rows(
+            &mut main,
+            "SELECT small::int8, whole::int8, big, exact::text, single::float8, double, flag::text, label, code,
+                    day::text, at_time::text, stamp::text, stamptz::text, ident::text, doc::text, docb::text, raw
+             FROM kinds ORDER BY id"
+        ),
+        vec![
+            vec![
+                "i7",
+                "i-1",
+                "i5",
+                "t2.125",
+                "r1.5",
+                "r-0.25",
+                "tfalse",
+                "tchanged",
+                "txyz",
+                "t2027-01-02",
+                "t23:59:58",
+                "t2027-01-02 03:04:05",
+                "t2027-01-02 01:04:05+00",
+                "t00000000-0000-0000-0000-000000000001",
+                "t[true]",
+                "t{\"c\": null}",
+                "b[1, 2]",
+            ],
+            vec![
+                "NULL", "i1", "NULL", "NULL", "NULL", "NULL", "NULL", "NULL", "NULL", "NULL", "NULL",
+                "NULL", "NULL", "NULL", "NULL", "NULL", "NULL"
+            ],
+        ]
+    );
+    // A value the column cannot take refuses the upload, naming the entry.
+    replica
+        .execute_batch("UPDATE kinds SET whole = 'not a number' WHERE id = 'k2';")
+        .ok();
+    let journal_has_it = dev.status()["pending_changes"].as_u64().unwrap_or(0) > 0;
+    if journal_has_it {
+        let run = dev.run(&["send"], "");
+        assert_eq!(run.code, 4, "{run:?}");
+        assert!(run.stderr.contains("entry 1"), "{run:?}");
+        assert_eq!(
+            pg_rows(&mut main, "SELECT whole FROM kinds WHERE id = 'k2'"),
+            vec![vec!["i1"]]
+        );
+    }
+}
+
+/// How many rounds of the concurrent-writers test run (`FIELDSYNC_PG_ROUNDS`).
+fn rounds() -> usize {
+    std::env::var("FIELDSYNC_PG_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+/// Four office writers (two with short transactions, two that keep theirs open for
+/// hundreds of milliseconds, so they commit after downloads that began later) while
+/// two devices sync in a loop. After the writers stop and a last sync, every row a
+/// writer committed is on both devices with its last value. Repeated.
+#[test]
+fn every_committed_row_reaches_the_devices_with_concurrent_writers() {
+    let office = Office::new_pg(40);
+    let devs = [
+        north_device(&office, "tab-cw-1"),
+        north_device(&office, "tab-cw-2"),
+    ];
+    for d in &devs {
+        d.run(&["download", TASK], "").ok();
+    }
+    for round in 0..rounds() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(Mutex::new(0u64));
+        let mut writers = Vec::new();
+        for w in 0..4u64 {
+            let (stop, committed) = (stop.clone(), committed.clone());
+            let mut c = office.pg();
+            writers.push(std::thread::spawn(move || {
+                let long = w >= 2;
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let id = 100_000 + (round as i64) * 10_000 + (w as i64) * 1_000 + n as i64;
+                    let mut tx = c.transaction().unwrap();
+                    tx.execute(
+                        "INSERT INTO assets (id, name, category, status, region) VALUES ($1, $2, 'pump', 'active', 'north')",
+                        &[&id, &format!("w{w}-{n}")],
+                    )
+                    .unwrap();
+                    // An existing row too: the last committed name must arrive.
+                    tx.execute(
+                        "UPDATE assets SET name = $1 WHERE id = $2",
+                        &[&format!("r{round}-w{w}-{n}"), &(1 + 2 * (w as i64 + 4 * (n as i64 % 3)))],
+                    )
+                    .unwrap();
+                    if long {
+                        std::thread::sleep(Duration::from_millis(150 + 100 * (n % 3)));
+                    }
+                    tx.commit().unwrap();
+                    *committed.lock().unwrap() += 1;
+                    if !long {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }));
+        }
+        let until = Instant::now() + Duration::from_millis(1500);
+        let mut syncs = 0;
+        while Instant::now() < until {
+            for d in &devs {
+                d.run(&["sync"], "").ok();
+                syncs += 1;
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(
+            *committed.lock().unwrap() >= 4,
+            "round {round}: writers ran"
+        );
+        assert!(syncs >= 2, "round {round}: devices synced");
+        let expected = pg_rows(&mut office.pg(), NORTH_ASSETS);
+        for d in &devs {
+            d.run(&["sync"], "").ok();
+            assert_eq!(
+                rows(&d.replica(), "SELECT * FROM assets ORDER BY id"),
+                expected,
+                "round {round}: device {} after the last sync",
+                d.path().display()
+            );
+        }
+    }
+}
+
+/// Points a device at another server, as a load balancer would send it.
+fn use_server(dev: &DeviceDir, url: &str) {
+    let path = dev.path().join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    state["server"] = serde_json::Value::String(url.to_string());
+    std::fs::write(&path, serde_json::to_string_pretty(&state).unwrap()).unwrap();
+}
+
+#[test]
+fn two_servers_on_one_database_behave_as_one() {
+    let office = Office::new_pg(60);
+    let second = Server::start(&office.db_url);
+    let servers = [office.server.url.clone(), second.url.clone()];
+    let dev = north_device(&office, "tab-two");
+    // Logged in through the first server; every later request alternates.
+    let mut turn = 0;
+    let mut next = |dev: &DeviceDir| {
+        turn += 1;
+        use_server(dev, &servers[turn % 2]);
+    };
+    next(&dev);
+    dev.run(&["download", TASK], "").ok();
+    assert_north_slice(&office, &dev);
+    for i in 0..6 {
+        dev.replica()
+            .execute(
+                "UPDATE assets SET name = ?1 WHERE id = (SELECT min(id) FROM assets)",
+                [format!("edit {i}")],
+            )
+            .unwrap();
+        dev.replica()
+            .execute(
+                "INSERT INTO inspections (asset_id, inspector, inspected_at, result) VALUES (1, 'ana', ?1, 'ok')",
+                [format!("2031-08-{:02}", i + 1)],
+            )
+            .unwrap();
+        next(&dev);
+        dev.run(&["sync"], "").ok();
+    }
+    let mut main = office.pg();
+    assert_eq!(
+        pg_rows(&mut main, "SELECT name FROM assets WHERE id = 1"),
+        vec![vec!["tedit 5"]]
+    );
+    assert_eq!(
+        pg_rows(
+            &mut main,
+            "SELECT count(*)::int8 FROM inspections WHERE inspected_at LIKE '2031-08-%'"
+        ),
+        vec![vec!["i6"]]
+    );
+    assert!(conflicts(&office).is_empty());
+    // Both servers recorded their sessions in the one database: the download, then
+    // each sync's send and download, all ok.
+    let sessions: serde_json::Value =
+        serde_json::from_str(&office.admin(&["sessions", "--json"], "").ok().stdout).unwrap();
+    let ops: Vec<(&str, &str)> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["op"].as_str().unwrap(), s["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ops.len(), 13, "{ops:?}");
+    assert!(ops.iter().all(|(_, result)| *result == "ok"), "{ops:?}");
+    assert_north_slice(&office, &dev);
+}

@@ -33,6 +33,8 @@ and device and bytes on the wire against CSV, as a markdown table on stdout.
 
 environment:
   FIELDSYNC_BENCH_ROWS  rows of the slice (default 1000000)
+  FIELDSYNC_BENCH_PG    a PostgreSQL URL (a user that may create databases): each size
+                        is then also downloaded from a fresh PostgreSQL main database
   FIELDSYNC_BIN         the fieldsync binary (default: `fieldsync` beside this program)";
 
 const ROWS_DEFAULT: u64 = 1_000_000;
@@ -67,6 +69,8 @@ struct Config {
     dir: Option<PathBuf>,
     sizes: Vec<u64>,
     keep: bool,
+    /// Also measure downloads from PostgreSQL (`FIELDSYNC_BENCH_PG`).
+    pg: Option<String>,
 }
 
 /// What one download cost, seen from outside the device process.
@@ -91,6 +95,8 @@ struct FloorFigures {
 
 /// Everything measured for one slice size.
 struct Figures {
+    /// The main database's engine: SQLite or PostgreSQL.
+    engine: &'static str,
     n_rows: u64,
     generate_s: f64,
     main_insert_s: f64,
@@ -174,6 +180,7 @@ fn parse_args() -> anyhow::Result<Option<Config>> {
         dir,
         sizes,
         keep,
+        pg: std::env::var("FIELDSYNC_BENCH_PG").ok(),
     }))
 }
 
@@ -208,9 +215,35 @@ fn run(config: &Config) -> anyhow::Result<()> {
             dir.display()
         );
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let figures = measure(&config.bin, &dir, n_rows)?;
+        let figures = measure(&config.bin, &dir, n_rows, None)?;
         print_figures(&figures);
         println!("\nLoad average after this size: {}.", load_average());
+        if let Some(pg) = &config.pg {
+            let pg_dir = dir.join("postgres");
+            std::fs::create_dir_all(&pg_dir)?;
+            let db = PgBenchDb::create(pg)?;
+            let on_pg = measure(&config.bin, &pg_dir, n_rows, Some(&db.url))?;
+            print_figures(&on_pg);
+            println!(
+                "\n| PostgreSQL vs SQLite main database | download 1 | download 2 | server peak RSS |"
+            );
+            println!("|---|---|---|---|");
+            let ratio =
+                |i: usize| on_pg.downloads[i].watched.wall_s / figures.downloads[i].watched.wall_s;
+            println!(
+                "| {} rows | {:.3} s vs {:.3} s = {:.2}× | {:.3} s vs {:.3} s = {:.2}× | {:.1} MB vs {:.1} MB |",
+                thousands(n_rows),
+                on_pg.downloads[0].watched.wall_s,
+                figures.downloads[0].watched.wall_s,
+                ratio(0),
+                on_pg.downloads[1].watched.wall_s,
+                figures.downloads[1].watched.wall_s,
+                ratio(1),
+                mb(on_pg.server_rss_kb),
+                mb(figures.server_rss_kb),
+            );
+            println!("\nLoad average after PostgreSQL: {}.", load_average());
+        }
         if !config.keep && config.dir.is_none() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
@@ -228,7 +261,11 @@ fn run(config: &Config) -> anyhow::Result<()> {
 /// This invocation as a shell line, with the environment that changes what it does.
 fn command_line() -> String {
     let mut parts = Vec::new();
-    for var in ["FIELDSYNC_BENCH_ROWS", "FIELDSYNC_BIN"] {
+    for var in [
+        "FIELDSYNC_BENCH_ROWS",
+        "FIELDSYNC_BENCH_PG",
+        "FIELDSYNC_BIN",
+    ] {
         if let Ok(v) = std::env::var(var) {
             parts.push(format!("{var}={v}"));
         }
@@ -634,8 +671,72 @@ fn check_replica(path: &str, rows: &[AssetRow]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn measure(bin: &Path, dir: &Path, n_rows: u64) -> anyhow::Result<Figures> {
-    eprintln!("== {n_rows} rows in {}", dir.display());
+/// A fresh PostgreSQL database for one measurement, dropped at the end.
+struct PgBenchDb {
+    base: String,
+    name: String,
+    url: String,
+}
+
+impl PgBenchDb {
+    fn create(base: &str) -> anyhow::Result<PgBenchDb> {
+        let mut admin = postgres::Client::connect(base, postgres::NoTls)
+            .with_context(|| format!("connecting to FIELDSYNC_BENCH_PG {base}"))?;
+        let name = format!("fs_bench_{}", fieldsync_store::random_hex(4));
+        admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
+        let (prefix, _) = base
+            .rsplit_once('/')
+            .context("FIELDSYNC_BENCH_PG names no database")?;
+        Ok(PgBenchDb {
+            base: base.to_string(),
+            url: format!("{prefix}/{name}"),
+            name,
+        })
+    }
+}
+
+impl Drop for PgBenchDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = postgres::Client::connect(&self.base, postgres::NoTls) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// Fills a PostgreSQL main database's `assets` by COPY, in one transaction.
+fn insert_rows_pg(url: &str, rows: &[AssetRow]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut c = postgres::Client::connect(url, postgres::NoTls)?;
+    let mut tx = c.transaction()?;
+    tx.batch_execute(sample::PG_SCHEMA)?;
+    {
+        let mut w = tx.copy_in("COPY assets FROM STDIN")?;
+        let mut buf = String::with_capacity(1 << 20);
+        for r in rows {
+            // The generator makes no tabs, newlines or backslashes.
+            buf.push_str(&format!(
+                "{}\t{}\t{}\t{}\t{}\t{:?}\t{:?}\t{}\t{}\n",
+                r.id, r.name, r.category, r.status, r.region, r.x, r.y, r.installed, r.notes
+            ));
+            if buf.len() > 1 << 20 {
+                w.write_all(buf.as_bytes())?;
+                buf.clear();
+            }
+        }
+        w.write_all(buf.as_bytes())?;
+        w.finish()?;
+    }
+    tx.commit()?;
+    c.batch_execute("ANALYZE assets")?;
+    Ok(())
+}
+
+fn measure(bin: &Path, dir: &Path, n_rows: u64, pg: Option<&str>) -> anyhow::Result<Figures> {
+    let engine = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
+    eprintln!("== {n_rows} rows in {} ({engine})", dir.display());
     let ticks_per_s = ticks_per_s();
 
     eprintln!("generating rows");
@@ -646,10 +747,13 @@ fn measure(bin: &Path, dir: &Path, n_rows: u64) -> anyhow::Result<Figures> {
     eprintln!("writing the main database");
     let main_db = dir.join("main.sqlite");
     let started = Instant::now();
-    {
-        let mut conn = Connection::open(&main_db)?;
-        conn.execute_batch(sample::SCHEMA)?;
-        insert_rows(&mut conn, &rows).context("filling the main database")?;
+    match pg {
+        None => {
+            let mut conn = Connection::open(&main_db)?;
+            conn.execute_batch(sample::SCHEMA)?;
+            insert_rows(&mut conn, &rows).context("filling the main database")?;
+        }
+        Some(url) => insert_rows_pg(url, &rows).context("filling the PostgreSQL database")?,
     }
     let main_insert_s = started.elapsed().as_secs_f64();
 
@@ -658,7 +762,10 @@ fn measure(bin: &Path, dir: &Path, n_rows: u64) -> anyhow::Result<Figures> {
     let csv_bytes = csv_bytes(&rows);
 
     eprintln!("setting up the server");
-    let db = format!("sqlite:{}", main_db.display());
+    let db = match pg {
+        None => format!("sqlite:{}", main_db.display()),
+        Some(url) => url.to_string(),
+    };
     let db = db.as_str();
     fieldsync(bin, &["server", "init", "--db", db], None)?;
     let started = Instant::now();
@@ -790,6 +897,7 @@ fn measure(bin: &Path, dir: &Path, n_rows: u64) -> anyhow::Result<Figures> {
     drop(server);
 
     Ok(Figures {
+        engine,
         n_rows,
         generate_s,
         main_insert_s,
@@ -826,7 +934,11 @@ fn thousands(n: u64) -> String {
 fn print_figures(f: &Figures) {
     let floor_max_s = f.floor.total_s * DOWNLOAD_FLOOR_RATIO_MAX;
     let csv_max = f.csv_bytes as f64 * WIRE_CSV_RATIO_MAX;
-    println!("\n## {} rows\n", thousands(f.n_rows));
+    println!(
+        "\n## {} rows, {} main database\n",
+        thousands(f.n_rows),
+        f.engine
+    );
     println!("| measure | value | target | ratio/verdict |");
     println!("|---|---|---|---|");
     println!(

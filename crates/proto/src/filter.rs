@@ -18,6 +18,9 @@
 //! - Integers and reals compare numerically and exactly ([`Value::sql_cmp`]). Text never
 //!   silently turns into a number or back: the type checker refuses mixed comparisons,
 //!   and the SQLite SQL compares `+column` (an expression without type affinity).
+//!   PostgreSQL compares an int8 with a float8 by rounding the int8 to a double, so its
+//!   SQL writes literals beyond ±2^53 so that they compare exactly with either, and the
+//!   checker refuses to compare an integer column with a real column.
 //!
 //! Grammar (keywords are case-insensitive):
 //!
@@ -191,6 +194,17 @@ impl CmpOp {
             CmpOp::Le => ordering != Ordering::Greater,
             CmpOp::Gt => ordering == Ordering::Greater,
             CmpOp::Ge => ordering != Ordering::Less,
+        }
+    }
+
+    /// The operator with its operands swapped: `a < b` is `b > a`.
+    fn flipped(self) -> CmpOp {
+        match self {
+            CmpOp::Lt => CmpOp::Gt,
+            CmpOp::Le => CmpOp::Ge,
+            CmpOp::Gt => CmpOp::Lt,
+            CmpOp::Ge => CmpOp::Le,
+            CmpOp::Eq | CmpOp::Ne => self,
         }
     }
 
@@ -393,7 +407,8 @@ fn at_suffix(at: usize) -> String {
 pub enum Dialect {
     /// SQLite: `?` placeholders, `COLLATE BINARY`, `+column`, `GLOB` for `LIKE`.
     Sqlite,
-    /// PostgreSQL: `$N` placeholders with casts, `COLLATE "C"`, `LIKE … ESCAPE ''`.
+    /// PostgreSQL: `$N` placeholders with casts, `COLLATE "C"`, `LIKE … ESCAPE ''`, and
+    /// numeric literals beyond ±2^53 written to compare exactly with int8 and float8.
     Postgres,
 }
 
@@ -464,6 +479,12 @@ impl Expr {
     /// compares only with text, numbers (integer, real, numeric columns and literals)
     /// only with numbers, blob columns only with blob columns; `LIKE` needs text.
     /// Parameters are text; `NULL` goes with anything.
+    ///
+    /// An integer column does not compare with a real column: PostgreSQL compares
+    /// int8 with float8 by rounding the integer to a double, so beyond ±2^53 it would
+    /// disagree with SQLite and [`Expr::eval`], which compare exactly, and the SQL
+    /// cannot make up for it without knowing which column is which. (Literals are
+    /// known, so the PostgreSQL SQL keeps them exact.)
     pub fn check(&self, lookup: &dyn Fn(&str) -> Option<ColumnType>) -> Result<(), FilterError> {
         match self {
             Expr::Compare { left, right, .. } => {
@@ -512,7 +533,9 @@ impl Expr {
     /// For PostgreSQL a comparison gets `COLLATE "C"` when one side is a string or a
     /// parameter; a comparison of two text columns uses their own collation unless
     /// `column_sql` adds `COLLATE "C"` to text columns (it knows their types; this does
-    /// not).
+    /// not). A real literal beyond ±2^53 (a whole number) is bound as the integer it is,
+    /// and a comparison with an integer literal no double holds becomes a few exact
+    /// comparisons, so that int8 and float8 columns alike compare exactly.
     pub fn to_sql(
         &self,
         dialect: Dialect,
@@ -737,6 +760,8 @@ enum Class {
 
 struct Typed {
     class: Class,
+    /// The type of the column the operand is, if it is one.
+    column: Option<ColumnType>,
     /// The operand in words, for messages: "text column `region` (at 1)", "a number".
     description: String,
 }
@@ -745,6 +770,7 @@ fn typed(
     operand: &Operand,
     lookup: &dyn Fn(&str) -> Option<ColumnType>,
 ) -> Result<Typed, FilterError> {
+    let mut column = None;
     let (class, description) = match operand {
         Operand::Column { name, at } => {
             let Some(column_type) = lookup(name) else {
@@ -758,6 +784,7 @@ fn typed(
                 ColumnType::Text => Class::Text,
                 ColumnType::Blob => Class::Blob,
             };
+            column = Some(column_type);
             let type_name = column_type.sql_name().to_ascii_lowercase();
             let description = format!("{type_name} column `{name}`{}", at_suffix(at.0));
             (class, description)
@@ -767,10 +794,21 @@ fn typed(
         Operand::Integer(_) | Operand::Real(_) => (Class::Number, "a number".to_string()),
         Operand::Text(_) => (Class::Text, "a string".to_string()),
     };
-    Ok(Typed { class, description })
+    Ok(Typed {
+        class,
+        column,
+        description,
+    })
 }
 
 fn comparable(left: &Typed, right: &Typed) -> Result<(), FilterError> {
+    use ColumnType::{Integer, Real};
+    if let (Some(Integer), Some(Real)) | (Some(Real), Some(Integer)) = (left.column, right.column) {
+        return Err(FilterError::Type(format!(
+            "cannot compare {} with {}: PostgreSQL would round the integers to reals",
+            left.description, right.description
+        )));
+    }
     if left.class == right.class || left.class == Class::Null || right.class == Class::Null {
         Ok(())
     } else {
@@ -796,18 +834,30 @@ struct SqlWriter<'a> {
 impl SqlWriter<'_> {
     fn expr(&mut self, expr: &Expr) {
         match expr {
-            Expr::Compare { left, op, right } => {
-                let textual = left.is_text_value() || right.is_text_value();
-                self.compared(left);
-                self.collate_c(textual);
-                self.out.push_str(&format!(" {op} "));
-                self.compared(right);
-            }
+            Expr::Compare { left, op, right } => self.compare(left, *op, right),
             Expr::In {
                 operand,
                 list,
                 negated,
             } => {
+                if self.dialect == Dialect::Postgres && pg_in_as_comparisons(operand, list) {
+                    // What SQL defines IN as: `x IN (a, b)` is `x = a OR x = b`, and
+                    // `x NOT IN (a, b)` is `x <> a AND x <> b`, NULLs included.
+                    let (op, joiner) = if *negated {
+                        (CmpOp::Ne, " AND ")
+                    } else {
+                        (CmpOp::Eq, " OR ")
+                    };
+                    self.out.push('(');
+                    for (idx, item) in list.iter().enumerate() {
+                        if idx > 0 {
+                            self.out.push_str(joiner);
+                        }
+                        self.compare(operand, op, item);
+                    }
+                    self.out.push(')');
+                    return;
+                }
                 let textual = operand.is_text_value() || list.iter().any(Operand::is_text_value);
                 self.compared(operand);
                 self.collate_c(textual);
@@ -827,6 +877,22 @@ impl SqlWriter<'_> {
                 high,
                 negated,
             } => {
+                if self.dialect == Dialect::Postgres
+                    && [operand, low, high]
+                        .iter()
+                        .any(|o| inexact_integer(o).is_some())
+                {
+                    // `x BETWEEN a AND b` is `x >= a AND x <= b`, each kept exact.
+                    if *negated {
+                        self.out.push_str("NOT ");
+                    }
+                    self.out.push('(');
+                    self.compare(operand, CmpOp::Ge, low);
+                    self.out.push_str(" AND ");
+                    self.compare(operand, CmpOp::Le, high);
+                    self.out.push(')');
+                    return;
+                }
                 let textual = [operand, low, high].iter().any(|o| o.is_text_value());
                 self.compared(operand);
                 self.collate_c(textual);
@@ -835,7 +901,17 @@ impl SqlWriter<'_> {
                 } else {
                     " BETWEEN "
                 });
+                // PostgreSQL's grammar takes no COLLATE in the lower bound, which a
+                // caller's column (`"t"."name" COLLATE "C"`) may carry.
+                let paren =
+                    self.dialect == Dialect::Postgres && matches!(low, Operand::Column { .. });
+                if paren {
+                    self.out.push('(');
+                }
                 self.compared(low);
+                if paren {
+                    self.out.push(')');
+                }
                 self.out.push_str(" AND ");
                 self.compared(high);
             }
@@ -875,6 +951,98 @@ impl SqlWriter<'_> {
             }
             Expr::And(left, right) => self.binary(expr, left, "AND", right),
             Expr::Or(left, right) => self.binary(expr, left, "OR", right),
+        }
+    }
+
+    /// `left op right`. On PostgreSQL a comparison with an integer literal that a
+    /// double cannot hold goes through [`SqlWriter::pg_inexact`].
+    fn compare(&mut self, left: &Operand, op: CmpOp, right: &Operand) {
+        if self.dialect == Dialect::Postgres {
+            if let Some(i) = inexact_integer(right) {
+                return self.pg_inexact(left, op, i);
+            }
+            if let Some(i) = inexact_integer(left) {
+                return self.pg_inexact(right, op.flipped(), i);
+            }
+        }
+        let textual = left.is_text_value() || right.is_text_value();
+        self.compared(left);
+        self.collate_c(textual);
+        self.out.push_str(&format!(" {op} "));
+        self.compared(right);
+    }
+
+    /// `x op i` on PostgreSQL, for an integer `i` that no double holds (beyond ±2^53),
+    /// exact whether `x` is an integer or a double; the writer does not know which.
+    ///
+    /// PostgreSQL compares int8 with float8 by rounding the int8 to float8, so a
+    /// double column compared with `$1::int8` would meet `i` rounded to a neighbour.
+    /// With `below < i < above` the doubles next to `i` (whole numbers, written as
+    /// exact integers), each form below means `x op i` for an integer `x` (the terms
+    /// with `below` and `above` follow from it) and for a double `x`, which is never
+    /// strictly between them (the term with `i` then only restates them):
+    ///
+    /// - `x < i`, `x <= i`: `x <= below OR (x op i AND x < above)`
+    /// - `x > i`, `x >= i`: `x >= above OR (x op i AND x > below)`
+    /// - `x = i`: `x = i AND x > below AND x < above`
+    /// - `x <> i`: `x <> i OR x <= below OR x >= above`
+    ///
+    /// A NULL `x` makes every term and so the whole NULL.
+    fn pg_inexact(&mut self, x: &Operand, op: CmpOp, i: i64) {
+        let rounded = i as f64;
+        let (below, above) = if (rounded as i128) < i128::from(i) {
+            (rounded, rounded.next_up())
+        } else {
+            (rounded.next_down(), rounded)
+        };
+        // Whole numbers within [-2^63, 2^63]: exact as i128.
+        let (below, above) = (below as i128, above as i128);
+        let i = i128::from(i);
+        // Three terms and the two words between them; `OR (` opens a group that the
+        // end closes.
+        let (terms, joiners) = match op {
+            CmpOp::Lt | CmpOp::Le => (
+                [(CmpOp::Le, below), (op, i), (CmpOp::Lt, above)],
+                [" OR (", " AND "],
+            ),
+            CmpOp::Gt | CmpOp::Ge => (
+                [(CmpOp::Ge, above), (op, i), (CmpOp::Gt, below)],
+                [" OR (", " AND "],
+            ),
+            CmpOp::Eq => (
+                [(CmpOp::Eq, i), (CmpOp::Gt, below), (CmpOp::Lt, above)],
+                [" AND ", " AND "],
+            ),
+            CmpOp::Ne => (
+                [(CmpOp::Ne, i), (CmpOp::Le, below), (CmpOp::Ge, above)],
+                [" OR ", " OR "],
+            ),
+        };
+        self.out.push('(');
+        for (idx, (term_op, n)) in terms.into_iter().enumerate() {
+            if idx > 0 {
+                self.out.push_str(joiners[idx - 1]);
+            }
+            self.whole_term(x, term_op, n);
+        }
+        if joiners[0].ends_with('(') {
+            self.out.push(')');
+        }
+        self.out.push(')');
+    }
+
+    /// `x op n` for a whole number `n` in [-2^63, 2^63]: an int8 value, or for 2^63
+    /// (beyond int8) the numeric constant, which PostgreSQL compares exactly with an
+    /// int8 and turns into the double 2^63 for a float8.
+    fn whole_term(&mut self, x: &Operand, op: CmpOp, n: i128) {
+        self.compared(x);
+        self.out.push_str(&format!(" {op} "));
+        match i64::try_from(n) {
+            Ok(n) => self.value(Value::Integer(n)),
+            Err(_) => {
+                assert_eq!(n, 1 << 63, "a neighbour of an i64 beyond int8");
+                self.out.push_str(TWO_POW_63);
+            }
         }
     }
 
@@ -926,7 +1094,16 @@ impl SqlWriter<'_> {
             }
             Operand::Null => self.out.push_str("NULL"),
             Operand::Integer(i) => self.value(Value::Integer(*i)),
-            Operand::Real(r) => self.value(Value::Real(*r)),
+            Operand::Real(r) => match (self.dialect, pg_whole_real(*r)) {
+                // PostgreSQL would compare an int8 column with `$1::float8` by rounding
+                // the column's values to float8; the integer the real is compares
+                // exactly with int8 and float8 alike.
+                (Dialect::Postgres, Some(n)) => match i64::try_from(n) {
+                    Ok(n) => self.value(Value::Integer(n)),
+                    Err(_) => self.out.push_str(TWO_POW_63),
+                },
+                _ => self.value(Value::Real(*r)),
+            },
             Operand::Text(s) => self.value(Value::Text(s.clone())),
         }
     }
@@ -965,6 +1142,49 @@ fn needs_parens(parent: &Expr, child: &Expr, is_right: bool) -> bool {
         (Expr::And(..), Expr::And(..)) | (Expr::Or(..), Expr::Or(..)) => is_right,
         _ => false,
     }
+}
+
+/// 2^63, one past `i64::MAX`, as a PostgreSQL numeric constant.
+const TWO_POW_63: &str = "9223372036854775808";
+
+/// 2^53: beyond it a double holds only some integers, and PostgreSQL's int8 → float8
+/// conversion (how it compares int8 with float8) rounds.
+const F64_EXACT_INTEGERS: f64 = (1u64 << 53) as f64;
+
+/// 2^63 as a double.
+const F64_TWO_POW_63: f64 = (1u64 << 63) as f64;
+
+/// An integer literal no double holds exactly (so beyond ±2^53).
+fn inexact_integer(operand: &Operand) -> Option<i64> {
+    match operand {
+        Operand::Integer(i) if (*i as f64) as i128 != i128::from(*i) => Some(*i),
+        _ => None,
+    }
+}
+
+/// A real literal in [-2^63, 2^63] beyond ±2^53 (so whole), as the integer it is:
+/// PostgreSQL compares that integer exactly with both int8 and float8 values, and
+/// the real itself only with float8 ones.
+fn pg_whole_real(r: f64) -> Option<i128> {
+    (r.abs() >= F64_EXACT_INTEGERS && r.abs() <= F64_TWO_POW_63).then_some(r as i128)
+}
+
+/// Whether PostgreSQL needs `IN` written as single comparisons: when an integer no
+/// double holds is involved, or the list mixes integers and reals, since PostgreSQL
+/// converts the operand and the whole list to one type (float8), rounding integers.
+fn pg_in_as_comparisons(operand: &Operand, list: &[Operand]) -> bool {
+    let integers = list.iter().any(|item| match item {
+        Operand::Integer(_) => true,
+        Operand::Real(r) => pg_whole_real(*r).is_some(),
+        _ => false,
+    });
+    let reals = list
+        .iter()
+        .any(|item| matches!(item, Operand::Real(r) if !r.is_nan() && pg_whole_real(*r).is_none()));
+    (integers && reals)
+        || std::iter::once(operand)
+            .chain(list)
+            .any(|o| inexact_integer(o).is_some())
 }
 
 /// A value as an SQL literal that reads back as exactly that value and cannot escape
@@ -1566,11 +1786,13 @@ impl Parser {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
     use std::collections::BTreeSet;
 
     use proptest::collection::vec;
     use proptest::prelude::*;
     use proptest::sample::select;
+    use proptest::test_runner::TestRunner;
     use rusqlite::Connection;
     use rusqlite::types::Value as SqlValue;
 
@@ -1963,18 +2185,27 @@ mod tests {
                 "$device = 1",
                 "type error: cannot compare parameter `$device` with a number",
             ),
+            (
+                "score < weight",
+                "type error: cannot compare integer column `score` (at 1) with real column `weight` (at 9): PostgreSQL would round the integers to reals",
+            ),
+            (
+                "weight NOT BETWEEN 0 AND id",
+                "type error: cannot compare real column `weight` (at 1) with integer column `id` (at 26): PostgreSQL would round the integers to reals",
+            ),
         ] {
             assert_eq!(check(src), Err(message.to_string()), "{src}");
         }
         for src in [
             "region = name",
-            "score < weight AND amount >= 1.5",
+            "score < id AND amount >= 1.5 AND weight > amount AND amount < score",
+            "score < 2.5 AND weight >= 9007199254740993",
             "score = TRUE",
             "region = NULL AND NULL = score",
             "region IN ('a', NULL, $device)",
             "photo IS NULL",
             "name LIKE $user AND 'x' LIKE 'y'",
-            "NOT (region = 'a' OR score NOT BETWEEN 1 AND weight)",
+            "NOT (region = 'a' OR score NOT BETWEEN 1.5 AND id)",
         ] {
             assert_eq!(check(src), Ok(()), "{src}");
         }
@@ -2068,6 +2299,71 @@ mod tests {
         assert_eq!(
             expr.to_sql_inline(Dialect::Postgres, &t_column, &params()),
             r#""t"."note" COLLATE "C" LIKE E'a\\%' ESCAPE '' AND "t"."name" COLLATE "C" <> 'it''s'"#
+        );
+    }
+
+    #[test]
+    fn postgres_sql_keeps_integers_and_reals_exact() {
+        let inline = |src: &str| {
+            parse(src)
+                .unwrap()
+                .to_sql_inline(Dialect::Postgres, &t_column, &params())
+        };
+        // A whole real beyond 2^53 is the integer it is (2^63 as a numeric constant).
+        assert_eq!(
+            inline("score < 9007199254740992.0 OR score >= 9223372036854775808.0"),
+            r#""t"."score" < 9007199254740992 OR "t"."score" >= 9223372036854775808"#
+        );
+        // An integer no double holds is bracketed by the doubles next to it.
+        assert_eq!(
+            inline("weight = 9007199254740993"),
+            r#"("t"."weight" = 9007199254740993 AND "t"."weight" > 9007199254740992 AND "t"."weight" < 9007199254740994)"#
+        );
+        assert_eq!(
+            inline("9223372036854775807 > weight"),
+            r#"("t"."weight" <= 9223372036854774784 OR ("t"."weight" < 9223372036854775807 AND "t"."weight" < 9223372036854775808))"#
+        );
+        assert_eq!(
+            inline("weight NOT BETWEEN 0 AND 9007199254740993"),
+            r#"NOT ("t"."weight" >= 0 AND ("t"."weight" <= 9007199254740992 OR ("t"."weight" <= 9007199254740993 AND "t"."weight" < 9007199254740994)))"#
+        );
+        // IN mixing integers and reals is single comparisons, not one float8 list.
+        assert_eq!(
+            inline("score IN (1, 2.5) AND id NOT IN (3, NULL, 0.5)"),
+            r#"("t"."score" = 1 OR "t"."score" = '2.5'::float8) AND ("t"."id" <> 3 AND "t"."id" <> NULL AND "t"."id" <> '0.5'::float8)"#
+        );
+        assert_eq!(
+            inline("score IN (1, 2) AND weight IN (0.5, 2.5)"),
+            r#""t"."score" IN (1, 2) AND "t"."weight" IN ('0.5'::float8, '2.5'::float8)"#
+        );
+        let mut binds = Vec::new();
+        let sql = parse("weight <> 9007199254740993 OR score = 1e17")
+            .unwrap()
+            .to_sql(Dialect::Postgres, &t_column, &params(), &mut binds);
+        assert_eq!(
+            sql,
+            r#"("t"."weight" <> $1::int8 OR "t"."weight" <= $2::int8 OR "t"."weight" >= $3::int8) OR "t"."score" = $4::int8"#
+        );
+        assert_eq!(
+            binds,
+            [
+                Value::Integer(9_007_199_254_740_993),
+                Value::Integer(9_007_199_254_740_992),
+                Value::Integer(9_007_199_254_740_994),
+                Value::Integer(100_000_000_000_000_000),
+            ]
+        );
+        // A column as lower bound of BETWEEN is parenthesised: PostgreSQL's grammar
+        // takes no COLLATE there, which a caller's text column carries.
+        assert_eq!(
+            parse("name BETWEEN region AND note")
+                .unwrap()
+                .to_sql_inline(
+                    Dialect::Postgres,
+                    &|c| format!("{} COLLATE \"C\"", t_column(c)),
+                    &params()
+                ),
+            r#""t"."name" COLLATE "C" BETWEEN ("t"."region" COLLATE "C") AND "t"."note" COLLATE "C""#
         );
     }
 
@@ -2283,6 +2579,115 @@ mod tests {
         }
     }
 
+    /// Loads `rows` (name, region, score, weight, note; ids from 1) into SQLite and
+    /// PostgreSQL; for each filter checks the rows `eval` calls true, and that both
+    /// engines agree with `eval` on every row.
+    fn assert_engines_agree(pg: &mut PgTable, rows: &[Vec<Value>], cases: &[(&str, Vec<i64>)]) {
+        let table = load(rows);
+        pg.load(&table.rows);
+        assert_eq!(pg.rows, table.rows, "cells PostgreSQL cannot hold");
+        for (src, want_true) in cases {
+            let expr = parse(src).unwrap();
+            expr.check(&table_lookup)
+                .unwrap_or_else(|e| panic!("{src}: {e}"));
+            let want: BTreeSet<i64> = want_true.iter().copied().collect();
+            assert_eq!(
+                eval_ids(&table, &expr, &params(), Some(true)),
+                want,
+                "{src}"
+            );
+            assert_agrees(&table, &expr, &params());
+            pg.assert_agrees(&expr, &params());
+        }
+    }
+
+    #[test]
+    fn postgres_compares_integers_and_reals_exactly() {
+        // PostgreSQL compares int8 with float8 by rounding the int8 to a double:
+        // 2^53 + 1 would equal 2^53, and i64::MAX would equal 2^63.
+        let row = |score: i64, weight: f64| {
+            vec![
+                Value::Null,
+                Value::Null,
+                Value::Integer(score),
+                Value::Real(weight),
+                Value::Null,
+            ]
+        };
+        let two_53 = 2f64.powi(53);
+        let two_63 = 2f64.powi(63);
+        let rows = [
+            row((1 << 53) + 1, two_53),
+            row(i64::MAX, two_63),
+            row(1 << 53, two_53 + 2.0),
+            row(i64::MIN, -two_63),
+        ];
+        let mut pg = PgTable::connect(PG_SCHEMA);
+        assert_engines_agree(
+            &mut pg,
+            &rows,
+            &[
+                // A real column against an integer no double holds.
+                ("weight = 9007199254740993", vec![]),
+                ("weight <> 9007199254740993", vec![1, 2, 3, 4]),
+                ("weight < 9007199254740993", vec![1, 4]),
+                ("weight >= 9007199254740993", vec![2, 3]),
+                ("weight <= 9223372036854775807", vec![1, 3, 4]),
+                ("-9223372036854775807 > weight", vec![4]),
+                (
+                    "weight BETWEEN 9007199254740993 AND 9223372036854775807",
+                    vec![3],
+                ),
+                // An integer column against a whole real beyond 2^53.
+                ("score = 9007199254740992.0", vec![3]),
+                ("score < 9223372036854775808.0", vec![1, 2, 3, 4]),
+                ("score >= -9223372036854775808.0", vec![1, 2, 3, 4]),
+                // IN lists mixing integers and reals.
+                ("score IN (9007199254740993, 0.5)", vec![1]),
+                ("score NOT IN (9007199254740992, 0.5)", vec![1, 2, 4]),
+                ("weight IN (9007199254740993, 0.5)", vec![]),
+                // Literals against literals.
+                ("9007199254740993 > 9007199254740992.0 AND id = 1", vec![1]),
+                (
+                    "9223372036854775807 < 9223372036854775808.0 AND id = 2",
+                    vec![2],
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn postgres_compares_text_binary_whatever_the_collation() {
+        // Columns whose own collation orders a < A < b < B, where binary has
+        // A < B < a < b < z < é: only `COLLATE "C"` (from the writer, and from the
+        // caller's `column_sql` for columns) gives the binary order.
+        let schema = PG_SCHEMA.replace(" text", " text COLLATE \"und-x-icu\"");
+        let mut pg = PgTable::connect(&schema);
+        let row = |name: &str, region: &str| {
+            vec![
+                Value::Text(name.into()),
+                Value::Text(region.into()),
+                Value::Null,
+                Value::Null,
+                Value::Null,
+            ]
+        };
+        let rows = [row("a", "B"), row("B", "a"), row("b", "A"), row("é", "z")];
+        assert_engines_agree(
+            &mut pg,
+            &rows,
+            &[
+                ("name < 'b'", vec![1, 2]),
+                ("name > 'Z'", vec![1, 3, 4]),
+                ("name < region", vec![2]),
+                ("name BETWEEN region AND 'z'", vec![1, 3]),
+                ("region NOT BETWEEN 'B' AND name", vec![2, 3]),
+                ("name IN ('A', 'b', $user)", vec![3]),
+                ("name LIKE '_' AND name NOT LIKE 'b%'", vec![1, 2, 4]),
+            ],
+        );
+    }
+
     // -----------------------------------------------------------------------------------
     // Evaluation
 
@@ -2480,6 +2885,219 @@ mod tests {
     }
 
     // -----------------------------------------------------------------------------------
+    // PostgreSQL harness for the property
+
+    /// The environment variable naming the PostgreSQL server of the tests.
+    const PG_URL_VAR: &str = "FIELDSYNC_TEST_PG";
+    const PG_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+    /// `t` as the main database on PostgreSQL would type it: SQLite's INTEGER, REAL and
+    /// TEXT become bigint, double precision and text; `region`'s `COLLATE NOCASE`
+    /// becomes plain text, since the filter compares binary anyway. Temporary, so
+    /// parallel runs each have their own.
+    const PG_SCHEMA: &str = "CREATE TEMPORARY TABLE t (id bigint PRIMARY KEY, name text, \
+        region text, score bigint, weight double precision, note text)";
+
+    /// Connects to the test server, or fails saying how to point the tests elsewhere.
+    fn pg_connect() -> postgres::Client {
+        let url = std::env::var(PG_URL_VAR).unwrap_or_else(|_| PG_URL_DEFAULT.to_string());
+        let mut config: postgres::Config = url
+            .parse()
+            .unwrap_or_else(|e| panic!("{PG_URL_VAR} is not a PostgreSQL URL: {e}"));
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        config.connect(postgres::NoTls).unwrap_or_else(|e| {
+            // The URL may hold a password: name the server without it.
+            let hosts: Vec<String> = config
+                .get_hosts()
+                .iter()
+                .map(|host| match host {
+                    postgres::config::Host::Tcp(name) => name.clone(),
+                    #[cfg(unix)]
+                    postgres::config::Host::Unix(path) => path.display().to_string(),
+                })
+                .collect();
+            let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+            panic!(
+                "cannot connect to PostgreSQL (host {}, port {}, database {}, user {}): {}\n\
+                 These tests need a PostgreSQL server (15 or later) in which they may create \
+                 temporary tables. Set {PG_URL_VAR} to its URL (default {PG_URL_DEFAULT}).",
+                hosts.join(","),
+                ports.join(","),
+                config.get_dbname().unwrap_or("(the user's)"),
+                config.get_user().unwrap_or("(the OS user)"),
+                pg_error(&e),
+            )
+        })
+    }
+
+    /// An error with its causes (`Display` says only "db error" or "error connecting
+    /// to server").
+    fn pg_error(e: &postgres::Error) -> String {
+        if let Some(db) = e.as_db_error() {
+            return format!("PostgreSQL error {}: {}", db.code().code(), db.message());
+        }
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            message.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        message
+    }
+
+    /// A column reference as a caller of `to_sql` on PostgreSQL writes it: text columns
+    /// get `COLLATE "C"`, so two text columns compare binary too.
+    fn pg_column(name: &str) -> String {
+        if TEXT_COLUMNS.contains(&name) {
+            format!("{} COLLATE \"C\"", t_column(name))
+        } else {
+            t_column(name)
+        }
+    }
+
+    /// A value as a PostgreSQL parameter; `column` types a NULL.
+    fn pg_param<'a>(value: &'a Value, column: &str) -> &'a (dyn postgres::types::ToSql + Sync) {
+        const NULL_INTEGER: Option<i64> = None;
+        const NULL_REAL: Option<f64> = None;
+        const NULL_TEXT: Option<&str> = None;
+        match value {
+            Value::Integer(i) => i,
+            Value::Real(r) => r,
+            Value::Text(s) => s,
+            Value::Blob(b) => b,
+            Value::Null => match column {
+                "id" | "score" => &NULL_INTEGER,
+                "weight" => &NULL_REAL,
+                _ => &NULL_TEXT,
+            },
+        }
+    }
+
+    /// PostgreSQL's text cannot hold NUL: text is cut at the first one. (User and device
+    /// names never hold one, and no row on PostgreSQL can.)
+    fn pg_text(s: &str) -> String {
+        s.split('\0').next().unwrap_or_default().to_string()
+    }
+
+    /// A cell as the PostgreSQL column can hold it: SQLite lets any column hold any
+    /// storage class, a typed column does not, so what does not fit becomes NULL.
+    fn pg_cell(column: &str, value: &Value) -> Value {
+        match (column, value) {
+            ("score", Value::Integer(_)) | ("weight", Value::Real(_)) => value.clone(),
+            ("name" | "region" | "note", Value::Text(s)) => Value::Text(pg_text(s)),
+            _ => Value::Null,
+        }
+    }
+
+    fn pg_params(params: &Params) -> Params {
+        Params {
+            user: pg_text(&params.user),
+            device: pg_text(&params.device),
+        }
+    }
+
+    /// The test table in PostgreSQL, and the rows it holds now.
+    struct PgTable {
+        client: postgres::Client,
+        rows: Vec<(i64, Vec<Value>)>,
+    }
+
+    impl PgTable {
+        /// Connects and creates `t` with `schema` (see [`PG_SCHEMA`]).
+        fn connect(schema: &str) -> PgTable {
+            let mut client = pg_connect();
+            client.batch_execute(schema).unwrap();
+            PgTable {
+                client,
+                rows: Vec::new(),
+            }
+        }
+
+        /// Replaces the table's rows with `rows` (as SQLite stored them), each cell as
+        /// its PostgreSQL column can hold it.
+        fn load(&mut self, rows: &[(i64, Vec<Value>)]) {
+            self.rows = rows
+                .iter()
+                .map(|(id, cells)| {
+                    let cells = DATA_COLUMNS
+                        .iter()
+                        .zip(cells)
+                        .map(|(column, value)| pg_cell(column, value))
+                        .collect();
+                    (*id, cells)
+                })
+                .collect();
+            self.client.batch_execute("DELETE FROM t").unwrap();
+            if self.rows.is_empty() {
+                return;
+            }
+            let ids: Vec<Value> = self
+                .rows
+                .iter()
+                .map(|(id, _)| Value::Integer(*id))
+                .collect();
+            let mut tuples = Vec::new();
+            let mut binds: Vec<&(dyn postgres::types::ToSql + Sync)> = Vec::new();
+            for ((_, cells), id) in self.rows.iter().zip(&ids) {
+                let first = binds.len() + 1;
+                binds.push(pg_param(id, "id"));
+                for (column, value) in DATA_COLUMNS.iter().zip(cells) {
+                    binds.push(pg_param(value, column));
+                }
+                let placeholders: Vec<String> =
+                    (first..=binds.len()).map(|n| format!("${n}")).collect();
+                tuples.push(format!("({})", placeholders.join(", ")));
+            }
+            let sql = format!("INSERT INTO t VALUES {}", tuples.join(", "));
+            self.client.execute(&sql, &binds).unwrap();
+        }
+
+        /// PostgreSQL, with bound and with inlined values, gives every row the value
+        /// `eval` gives it: true, false or NULL.
+        fn assert_agrees(&mut self, expr: &Expr, params: &Params) {
+            let params = pg_params(params);
+            let mut binds = Vec::new();
+            let sql = expr.to_sql(Dialect::Postgres, &pg_column, &params, &mut binds);
+            let inline = expr.to_sql_inline(Dialect::Postgres, &pg_column, &params);
+            let context = format!(
+                "filter: {expr}\nparams: {params:?}\npostgres sql: {sql}\nbinds: {binds:?}\n\
+                 inline: {inline}\nrows: {:?}",
+                self.rows
+            );
+            let query = format!("SELECT id, ({sql}), ({inline}) FROM t ORDER BY id");
+            let bind_refs: Vec<_> = binds.iter().map(|value| pg_param(value, "")).collect();
+            let got: Vec<(i64, Option<bool>, Option<bool>)> = self
+                .client
+                .query(&query, &bind_refs)
+                .unwrap_or_else(|e| panic!("{}\n{context}", pg_error(&e)))
+                .iter()
+                .map(|row| (row.get(0), row.get(1), row.get(2)))
+                .collect();
+            let want: Vec<(i64, Option<bool>, Option<bool>)> = self
+                .rows
+                .iter()
+                .map(|(id, cells)| {
+                    let row = |name: &str| {
+                        if name == "id" {
+                            return Value::Integer(*id);
+                        }
+                        let idx = DATA_COLUMNS
+                            .iter()
+                            .position(|c| *c == name)
+                            .expect("a column of t");
+                        cells[idx].clone()
+                    };
+                    let value = expr.eval(&row, &params);
+                    (*id, value, value)
+                })
+                .collect();
+            assert_eq!(got, want, "(id, bound, inline)\n{context}");
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
     // Strategies
 
     /// Characters that trip case folding, UTF-8 and the LIKE and GLOB metacharacters.
@@ -2514,6 +3132,8 @@ mod tests {
     const LIKE_CHARS: &[char] = &['a', 'A', 'b', 'é', '%', '_', '*', '?', '[', ']', '\''];
     const TEXT_COLUMNS: &[&str] = &["name", "region", "note"];
     const NUMBER_COLUMNS: &[&str] = &["id", "score", "weight"];
+    const INTEGER_COLUMNS: &[&str] = &["id", "score"];
+    const REAL_COLUMNS: &[&str] = &["weight"];
 
     fn text_value() -> impl Strategy<Value = String> + Clone {
         prop_oneof![
@@ -2533,7 +3153,11 @@ mod tests {
     fn integer() -> impl Strategy<Value = i64> + Clone {
         prop_oneof![
             6 => -3i64..=3,
-            1 => select(&[i64::MIN, i64::MAX, 1 << 53, (1 << 53) + 1][..]),
+            // 2^53 + 1 is the first integer no f64 holds; i64::MAX rounds to 2^63.
+            1 => select(&[
+                i64::MIN, i64::MIN + 1, i64::MAX, 1 << 53, (1 << 53) + 1, (1 << 53) + 2,
+                -(1 << 53) - 1,
+            ][..]),
             1 => any::<i64>(),
         ]
     }
@@ -2542,8 +3166,8 @@ mod tests {
         prop_oneof![
             // 2^53 is where f64 stops holding every integer; ±2^63 are i64's bounds.
             4 => select(vec![
-                -1.5, -0.0, 0.0, 0.5, 1.0, 2.0, 2.5, 2f64.powi(53), 2f64.powi(63),
-                -(2f64.powi(63)), 1e300,
+                -1.5, -0.0, 0.0, 0.5, 1.0, 2.0, 2.5, 2f64.powi(53), 2f64.powi(53) + 2.0,
+                -(2f64.powi(53)), 2f64.powi(63), -(2f64.powi(63)), 1e300,
             ]),
             2 => (-30i32..30).prop_map(|n| f64::from(n) / 4.0),
             1 => any::<f64>().prop_filter("finite", |r| r.is_finite()),
@@ -2605,9 +3229,9 @@ mod tests {
         ]
     }
 
-    fn number_operand() -> impl Strategy<Value = Operand> + Clone {
+    fn number_operand(columns: &'static [&'static str]) -> impl Strategy<Value = Operand> + Clone {
         prop_oneof![
-            3 => select(NUMBER_COLUMNS).prop_map(Operand::column),
+            3 => select(columns).prop_map(Operand::column),
             2 => number_literal(),
         ]
     }
@@ -2661,22 +3285,26 @@ mod tests {
             )
         };
         let text = text_operand().boxed();
-        let number = number_operand().boxed();
+        // An integer column never meets a real column (the checker refuses that).
+        let integer = number_operand(INTEGER_COLUMNS).boxed();
+        let real = number_operand(REAL_COLUMNS).boxed();
         prop_oneof![
-            compare(text.clone()),
-            compare(number.clone()),
-            is_in(text.clone(), text_literal().boxed()),
-            is_in(number.clone(), number_literal().boxed()),
-            between(text.clone()),
-            between(number),
-            (text, like_pattern(), any::<bool>()).prop_map(|(operand, pattern, negated)| {
+            2 => compare(text.clone()),
+            1 => compare(integer.clone()),
+            1 => compare(real.clone()),
+            2 => is_in(text.clone(), text_literal().boxed()),
+            2 => is_in(number_operand(NUMBER_COLUMNS).boxed(), number_literal().boxed()),
+            2 => between(text.clone()),
+            1 => between(integer),
+            1 => between(real),
+            2 => (text, like_pattern(), any::<bool>()).prop_map(|(operand, pattern, negated)| {
                 Expr::Like {
                     operand,
                     pattern,
                     negated,
                 }
             }),
-            (
+            2 => (
                 select([TEXT_COLUMNS, NUMBER_COLUMNS].concat()).prop_map(Operand::column),
                 any::<bool>()
             )
@@ -2687,7 +3315,7 @@ mod tests {
     /// Predicates the checker may refuse (text against numbers), except LIKE on numbers,
     /// whose text form SQLite and `eval` spell differently for reals.
     fn unchecked_predicate() -> impl Strategy<Value = Expr> {
-        let any_operand = prop_oneof![text_operand(), number_operand()].boxed();
+        let any_operand = prop_oneof![text_operand(), number_operand(NUMBER_COLUMNS)].boxed();
         let any_literal = prop_oneof![text_literal(), number_literal()].boxed();
         prop_oneof![
             (any_operand.clone(), cmp_op(), any_operand.clone())
@@ -2740,21 +3368,42 @@ mod tests {
         vec(select(TOKENS), 0..24).prop_map(|tokens| tokens.join(" "))
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+    /// Cases per property: `PROPTEST_CASES` when set (thousands to measure), else 512.
+    fn n_cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(512)
+    }
 
-        /// The heart of the module: SQLite (bound and inlined) and `eval` agree on
-        /// every row, for the filter and for its negation.
-        #[test]
-        fn sqlite_and_eval_agree(
-            rows in vec(row(), 0..12),
-            expr in expr(),
-            params in params_strategy(),
-        ) {
+    /// The heart of the module: SQLite (bound and inlined) and `eval` agree on every
+    /// row, for the filter and for its negation; so does PostgreSQL (bound and inlined)
+    /// on the same rows as its typed columns hold them, true, false and NULL alike.
+    /// Fails when PostgreSQL cannot be reached (see [`pg_connect`]).
+    #[test]
+    fn sqlite_postgres_and_eval_agree() {
+        let pg = RefCell::new(PgTable::connect(PG_SCHEMA));
+        let mut config = ProptestConfig::with_cases(n_cases());
+        config.source_file = Some(file!());
+        config.test_name = Some(concat!(module_path!(), "::sqlite_postgres_and_eval_agree"));
+        let mut runner = TestRunner::new(config);
+        let strategy = (vec(row(), 0..12), expr(), params_strategy());
+        let result = runner.run(&strategy, |(rows, expr, params)| {
             prop_assert_eq!(expr.check(&table_lookup), Ok(()));
             let table = load(&rows);
             assert_agrees(&table, &expr, &params);
+            let mut pg = pg.borrow_mut();
+            pg.load(&table.rows);
+            pg.assert_agrees(&expr, &params);
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}\n{runner}");
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(n_cases()))]
 
         /// The same without the type checker: the SQL converts nothing either.
         #[test]

@@ -46,14 +46,10 @@ struct Cell {
 impl Cell {
     fn new(policy: &'static str) -> Cell {
         let office = Office::new(20);
-        office
-            .sql()
-            .execute(
-                "INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes)
-                 VALUES (?1, 1, 'ana', '2026-05-01T08:00:00.000Z', 'ok', 'routine')",
-                [ROW],
-            )
-            .unwrap();
+        office.execute_batch(&format!(
+            "INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes)
+             VALUES ('{ROW}', 1, 'ana', '2026-05-01T08:00:00.000Z', 'ok', 'routine')"
+        ));
         let task = format!("cells-{policy}");
         let path = office.dir.0.join(format!("{task}.toml"));
         std::fs::write(
@@ -99,7 +95,7 @@ conflict = "{policy}"
 
     /// A program of the office writes the main database.
     fn office_sql(&self, sql: &str) {
-        self.office.sql().execute_batch(sql).unwrap();
+        self.office.execute_batch(sql);
     }
 
     /// Any SQLite client on the device writes the replica; the triggers journal it.
@@ -148,7 +144,10 @@ conflict = "{policy}"
     }
 
     fn main_row(&self, id: &str) -> Option<Json> {
-        row_json(&self.office.sql(), id)
+        match self.office.engine() {
+            Engine::Sqlite => row_json(&self.office.sql(), id),
+            Engine::Postgres => pg_row_json(&mut self.office.pg(), id),
+        }
     }
 
     fn replica_row(&self, id: &str) -> Option<Json> {
@@ -257,6 +256,24 @@ struct Logged {
 }
 
 /// An inspection row as JSON (the JSON forms of the values), or `None`.
+/// `row_json` of a PostgreSQL main database (`asset_id` is a bigint there).
+fn pg_row_json(c: &mut ::postgres::Client, id: &str) -> Option<Json> {
+    let r = c
+        .query_opt(
+            "SELECT id, asset_id, inspector, inspected_at, result, notes FROM inspections WHERE id = $1",
+            &[&id],
+        )
+        .unwrap()?;
+    Some(json!({
+        "id": r.get::<_, String>(0),
+        "asset_id": r.get::<_, i64>(1),
+        "inspector": r.get::<_, String>(2),
+        "inspected_at": r.get::<_, String>(3),
+        "result": r.get::<_, Option<String>>(4),
+        "notes": r.get::<_, Option<String>>(5),
+    }))
+}
+
 fn row_json(conn: &rusqlite::Connection, id: &str) -> Option<Json> {
     use rusqlite::OptionalExtension;
     use rusqlite::types::ValueRef;
@@ -844,3 +861,37 @@ fn resolve_take_device_of_an_update_to_a_deleted_row_is_refused_clearly() {
         "the conflict stays open"
     );
 }
+
+crate::also_on_postgres!(
+    update_update_different_columns_server_wins_keeps_the_server_row_and_logs_the_device_values,
+    update_update_different_columns_device_wins_applies_the_device_columns,
+    update_update_different_columns_field_merge_applies_both,
+    update_update_same_column_server_wins_keeps_the_server_value_and_logs_the_device_value,
+    update_update_same_column_device_wins_applies_the_device_value_and_logs_the_server_value,
+    update_update_same_column_field_merge_keeps_the_server_value_and_merges_the_rest,
+    device_update_office_delete_server_wins_stays_deleted_and_logs_the_update,
+    device_update_office_delete_device_wins_stays_deleted_and_logs_the_update,
+    device_update_office_delete_field_merge_stays_deleted_and_logs_the_update,
+    device_delete_office_update_server_wins_keeps_the_row_and_logs_the_delete,
+    device_delete_office_update_device_wins_deletes_the_row_and_logs_the_server_row,
+    device_delete_office_update_field_merge_keeps_the_row_and_logs_the_delete,
+    insert_exists_server_wins_keeps_the_server_row_and_logs_the_device_row,
+    insert_exists_device_wins_applies_the_device_row_and_logs_the_server_row,
+    insert_exists_field_merge_applies_the_differing_device_values_and_logs_the_replaced_ones,
+    insert_exists_field_merge_with_equal_rows_logs_nothing,
+    delete_delete_server_wins_logs_nothing,
+    delete_delete_device_wins_logs_nothing,
+    delete_delete_field_merge_logs_nothing,
+    left_slice_update_server_wins_is_logged_not_applied,
+    left_slice_update_device_wins_is_logged_not_applied,
+    left_slice_update_field_merge_is_logged_not_applied,
+    left_slice_delete_server_wins_is_logged_not_applied,
+    left_slice_delete_device_wins_is_logged_not_applied,
+    left_slice_delete_field_merge_is_logged_not_applied,
+    resolve_take_device_applies_the_logged_device_values,
+    resolve_take_server_applies_the_logged_server_values,
+    resolve_take_server_restores_a_row_device_wins_deleted,
+    resolve_take_device_carries_out_a_delete_that_server_wins_refused,
+    resolving_an_unknown_conflict_is_refused,
+    resolve_take_device_of_an_update_to_a_deleted_row_is_refused_clearly,
+);

@@ -184,6 +184,33 @@ pub enum Engine {
     Postgres,
 }
 
+thread_local! {
+    /// The engine `Office::new` uses on this test's thread.
+    static ENGINE: std::cell::Cell<Engine> = const { std::cell::Cell::new(Engine::Sqlite) };
+}
+
+/// Runs a test with `Office::new` on `engine`: one test body, both engines.
+pub fn on_engine(engine: Engine, test: fn()) {
+    ENGINE.with(|e| e.set(engine));
+    test();
+}
+
+/// Generates a `postgres` module re-running the named tests of the enclosing module
+/// with a PostgreSQL main database.
+#[macro_export]
+macro_rules! also_on_postgres {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[test]
+                fn $test() {
+                    $crate::harness::on_engine($crate::harness::Engine::Postgres, super::$test);
+                }
+            )*
+        }
+    };
+}
+
 /// A main database with the sample tables, tracked, two users and tasks; a server.
 pub struct Office {
     pub dir: TempDir,
@@ -201,8 +228,9 @@ pub const SOUTH: &str = fieldsync_store::sample::TASK_SOUTH;
 impl Office {
     /// Sample data with `n_assets` assets; users ana, ben; tasks north-inspections
     /// (ana) and south-work-orders (ben), assigned to devices as the test says.
+    /// On the test's engine (SQLite unless run through [`on_engine`]).
     pub fn new(n_assets: i64) -> Office {
-        Office::on(Engine::Sqlite, n_assets)
+        Office::on(ENGINE.with(|e| e.get()), n_assets)
     }
 
     /// The same office on a fresh PostgreSQL database.
@@ -258,6 +286,49 @@ impl Office {
             db_url,
             server,
             pg,
+        }
+    }
+
+    pub fn engine(&self) -> Engine {
+        if self.pg.is_some() {
+            Engine::Postgres
+        } else {
+            Engine::Sqlite
+        }
+    }
+
+    /// Runs SQL statements on the main database, as another program of the office.
+    pub fn execute_batch(&self, sql: &str) {
+        match &self.pg {
+            Some(db) => db.client().batch_execute(sql).unwrap(),
+            None => self.sql().execute_batch(sql).unwrap(),
+        }
+    }
+
+    /// Rows of a query on the main database in [`rows`]'s form, whatever the engine.
+    pub fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        match &self.pg {
+            Some(db) => pg_rows(&mut db.client(), sql),
+            None => rows(&self.sql(), sql),
+        }
+    }
+
+    /// The first column of the first row of a query on the main database, as text.
+    pub fn value(&self, sql: &str) -> String {
+        let rows = self.rows(sql);
+        let cell = rows
+            .first()
+            .and_then(|r| r.first())
+            .unwrap_or_else(|| panic!("no row from {sql}"));
+        cell.get(1..).unwrap_or_default().to_string()
+    }
+
+    /// fieldsync's own table `name` (`fieldsync_NAME` on SQLite, `fieldsync.NAME` on
+    /// PostgreSQL).
+    pub fn own_table(&self, name: &str) -> String {
+        match self.engine() {
+            Engine::Sqlite => format!("fieldsync_{name}"),
+            Engine::Postgres => format!("fieldsync.{name}"),
         }
     }
 
@@ -348,6 +419,31 @@ impl DeviceDir {
 }
 
 /// Every row of `table` (all columns, ordered by the first), as text, for comparisons.
+/// Rows of a PostgreSQL query in the form [`rows`] gives SQLite's.
+pub fn pg_rows(c: &mut postgres::Client, sql: &str) -> Vec<Vec<String>> {
+    use postgres::types::Type;
+    c.query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| {
+                    let ty = r.columns()[i].type_().clone();
+                    let cell = match ty {
+                        Type::INT8 => r.get::<_, Option<i64>>(i).map(|v| format!("i{v}")),
+                        Type::INT4 => r.get::<_, Option<i32>>(i).map(|v| format!("i{v}")),
+                        Type::INT2 => r.get::<_, Option<i16>>(i).map(|v| format!("i{v}")),
+                        Type::FLOAT8 => r.get::<_, Option<f64>>(i).map(|v| format!("r{v:?}")),
+                        Type::BYTEA => r.get::<_, Option<Vec<u8>>>(i).map(|v| format!("b{v:?}")),
+                        _ => r.get::<_, Option<String>>(i).map(|v| format!("t{v}")),
+                    };
+                    cell.unwrap_or_else(|| "NULL".to_string())
+                })
+                .collect()
+        })
+        .collect()
+}
+
 pub fn rows(conn: &Connection, sql: &str) -> Vec<Vec<String>> {
     let mut stmt = conn.prepare(sql).unwrap();
     let width = stmt.column_count();

@@ -15,31 +15,6 @@ const NORTH_ASSETS: &str = "SELECT id, name, category, status, region, x, y FROM
 const ANA_INSPECTIONS: &str = "SELECT * FROM inspections WHERE inspector = 'ana' AND asset_id IN
      (SELECT id FROM assets WHERE region = 'north' AND status <> 'retired') ORDER BY id COLLATE \"C\"";
 
-/// Rows of a PostgreSQL query in the form `harness::rows` gives SQLite's.
-fn pg_rows(c: &mut postgres::Client, sql: &str) -> Vec<Vec<String>> {
-    use postgres::types::Type;
-    c.query(sql, &[])
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (0..r.len())
-                .map(|i| {
-                    let ty = r.columns()[i].type_().clone();
-                    let cell = match ty {
-                        Type::INT8 => r.get::<_, Option<i64>>(i).map(|v| format!("i{v}")),
-                        Type::INT4 => r.get::<_, Option<i32>>(i).map(|v| format!("i{v}")),
-                        Type::INT2 => r.get::<_, Option<i16>>(i).map(|v| format!("i{v}")),
-                        Type::FLOAT8 => r.get::<_, Option<f64>>(i).map(|v| format!("r{v:?}")),
-                        Type::BYTEA => r.get::<_, Option<Vec<u8>>>(i).map(|v| format!("b{v:?}")),
-                        _ => r.get::<_, Option<String>>(i).map(|v| format!("t{v}")),
-                    };
-                    cell.unwrap_or_else(|| "NULL".to_string())
-                })
-                .collect()
-        })
-        .collect()
-}
-
 fn north_device(office: &Office, id: &str) -> DeviceDir {
     let dev = office.device(id, &[TASK]);
     dev.login("ana").ok();

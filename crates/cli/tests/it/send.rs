@@ -39,6 +39,11 @@ fn first_assets(dev: &DeviceDir, n: i64) -> Vec<i64> {
         .unwrap()
 }
 
+/// An asset's name in the main database.
+fn main_name(office: &Office, id: i64) -> String {
+    office.value(&format!("SELECT name FROM assets WHERE id = {id}"))
+}
+
 fn asset_name(conn: &Connection, id: i64) -> String {
     conn.query_row("SELECT name FROM assets WHERE id = ?1", [id], |r| r.get(0))
         .unwrap()
@@ -83,12 +88,7 @@ fn edits_by_a_plain_sqlite_client_reach_the_main_database_with_send() {
     assert_eq!(entries[0]["op"], "update");
     assert_eq!(entries[0]["user"], "ana");
     assert_eq!(entries[0]["new"]["name"], "edited on the tablet");
-    let category_before: String = office
-        .sql()
-        .query_row("SELECT category FROM assets WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let category_before = office.value(&format!("SELECT category FROM assets WHERE id = {id}"));
     assert_eq!(
         entries[0]["old"]["category"],
         category_before.as_str(),
@@ -104,18 +104,13 @@ fn edits_by_a_plain_sqlite_client_reach_the_main_database_with_send() {
     assert_eq!(st["pending_by_user"]["ana"], 2);
 
     // Not sent until a send: the main database still has the old values.
-    assert_ne!(asset_name(&office.sql(), id), "edited on the tablet");
+    assert_ne!(main_name(&office, id), "edited on the tablet");
     let out = dev.run(&["send"], "").ok();
     assert!(out.stdout.contains("sent 2 change(s)"), "{out:?}");
-    let main = office.sql();
-    assert_eq!(asset_name(&main, id), "edited on the tablet");
-    let inspector: String = main
-        .query_row(
-            "SELECT inspector FROM inspections WHERE id = ?1",
-            [&new_id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    assert_eq!(main_name(&office, id), "edited on the tablet");
+    let inspector = office.value(&format!(
+        "SELECT inspector FROM inspections WHERE id = '{new_id}'"
+    ));
     assert_eq!(inspector, "ana");
     assert!(journal(&dev).is_empty());
     let st = dev.status();
@@ -136,7 +131,7 @@ fn edits_by_a_plain_sqlite_client_reach_the_main_database_with_send() {
     )
     .unwrap();
     dev.run(&["send"], "").ok();
-    assert_eq!(asset_name(&main, id), "edited twice");
+    assert_eq!(main_name(&office, id), "edited twice");
     assert!(conflicts(&office).is_empty(), "{:?}", conflicts(&office));
 
     // The sync history has the download and both sends.
@@ -247,7 +242,7 @@ fn a_tampered_replica_gets_the_whole_upload_refused_and_discard_unblocks_it() {
         "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at)
          VALUES ('assets', 2, 'update', '{\"name\":\"x\"}', '{\"name\":\"stolen\"}', 1, 'ana', '2026-11-26T00:00:00.000Z')",
     );
-    let before = rows(&office.sql(), "SELECT * FROM assets ORDER BY id");
+    let before = office.rows("SELECT * FROM assets ORDER BY id");
     let run = dev.run(&["send"], "");
     assert_refused(&run, 4, "entry 2 (update of `assets` key 2");
     assert!(
@@ -255,7 +250,7 @@ fn a_tampered_replica_gets_the_whole_upload_refused_and_discard_unblocks_it() {
         "{run:?}"
     );
     assert_eq!(
-        rows(&office.sql(), "SELECT * FROM assets ORDER BY id"),
+        office.rows("SELECT * FROM assets ORDER BY id"),
         before,
         "nothing of the upload applied"
     );
@@ -279,8 +274,8 @@ fn a_tampered_replica_gets_the_whole_upload_refused_and_discard_unblocks_it() {
         (Some("assets"), Some(2), Some("stolen"))
     );
     dev.run(&["send"], "").ok();
-    assert_eq!(asset_name(&office.sql(), id), "legit");
-    assert_ne!(asset_name(&office.sql(), 2), "stolen");
+    assert_eq!(main_name(&office, id), "legit");
+    assert_ne!(main_name(&office, 2), "stolen");
 }
 
 #[test]
@@ -297,13 +292,10 @@ fn a_forged_write_to_a_read_only_table_is_refused_naming_the_entry() {
     );
     let run = dev.run(&["send"], "");
     assert_refused(&run, 4, "does not allow delete on table `assets`");
-    let n: i64 = office
-        .sql()
-        .query_row("SELECT count(*) FROM assets WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(
+        office.value(&format!("SELECT count(*) FROM assets WHERE id = {id}")),
+        "1"
+    );
     dev.run(&["journal", "discard", "--all"], "").ok();
     assert!(journal(&dev).is_empty());
 }
@@ -378,11 +370,11 @@ fn the_same_upload_sent_ten_times_at_once_is_applied_once() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let main = office.sql();
-    let uploads: i64 = main
-        .query_row("SELECT count(*) FROM fieldsync_uploads", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(uploads, 1);
+    let uploads = office.value(&format!(
+        "SELECT count(*) FROM {}",
+        office.own_table("uploads")
+    ));
+    assert_eq!(uploads, "1");
     assert!(
         conflicts(&office).is_empty(),
         "a second application would have logged insert-exists"
@@ -396,7 +388,7 @@ fn the_same_upload_sent_ten_times_at_once_is_applied_once() {
         .filter(|s| s["message"].as_str().unwrap().contains("repeated"))
         .count();
     assert_eq!(repeated, 9);
-    assert_eq!(asset_name(&main, id), "once");
+    assert_eq!(main_name(&office, id), "once");
 }
 
 #[test]
@@ -422,7 +414,7 @@ fn offline_send_and_sync_exit_3_and_change_nothing() {
     );
     assert_eq!(replica_content(&dev), before);
     assert_eq!(journal(&dev).len(), 1);
-    assert_ne!(asset_name(&office.sql(), id), "offline edit");
+    assert_ne!(main_name(&office, id), "offline edit");
 }
 
 #[test]
@@ -466,7 +458,7 @@ fn download_with_pending_changes_exits_6_unless_discarding_to_a_backup() {
         "pending",
         "the replica is the server's again"
     );
-    assert_ne!(asset_name(&office.sql(), id), "pending");
+    assert_ne!(main_name(&office, id), "pending");
 }
 
 #[test]
@@ -480,29 +472,23 @@ fn sync_sends_then_downloads_and_a_failed_send_downloads_nothing() {
             [ids[0]],
         )
         .unwrap();
-    office
-        .sql()
-        .execute(
-            "UPDATE assets SET name = 'from the office' WHERE id = ?1",
-            [ids[1]],
-        )
-        .unwrap();
+    office.execute_batch(&format!(
+        "UPDATE assets SET name = 'from the office' WHERE id = {}",
+        ids[1]
+    ));
     let out = dev.run(&["sync", "--progress", "json"], "").ok();
     assert!(out.stderr.contains("\"phase\":\"send\""), "{out:?}");
     let replica = dev.replica();
     assert_eq!(asset_name(&replica, ids[0]), "from the tablet");
     assert_eq!(asset_name(&replica, ids[1]), "from the office");
-    assert_eq!(asset_name(&office.sql(), ids[0]), "from the tablet");
+    assert_eq!(main_name(&office, ids[0]), "from the tablet");
     assert_eq!(dev.status()["last_sync"]["op"], "sync");
 
     // A refused send: nothing downloaded, the journal stays.
-    office
-        .sql()
-        .execute(
-            "UPDATE assets SET name = 'office again' WHERE id = ?1",
-            [ids[1]],
-        )
-        .unwrap();
+    office.execute_batch(&format!(
+        "UPDATE assets SET name = 'office again' WHERE id = {}",
+        ids[1]
+    ));
     tamper(
         &dev,
         "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at)
@@ -609,15 +595,8 @@ fn a_large_journal_is_sent_in_one_upload_and_integrated_once() {
         n as f64 / elapsed.as_secs_f64(),
         n as f64 * 1000.0 / server_ms as f64
     );
-    let got: i64 = office
-        .sql()
-        .query_row(
-            "SELECT count(*) FROM inspections WHERE id LIKE 'bulk-%'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(got, n);
+    let got = office.value("SELECT count(*) FROM inspections WHERE id LIKE 'bulk-%'");
+    assert_eq!(got, n.to_string());
     assert_eq!(dev.status()["pending"], 0);
 }
 
@@ -637,25 +616,15 @@ fn an_insert_under_a_parent_the_office_moved_out_is_a_conflict_not_a_refusal() {
         [ids[1]],
     )
     .unwrap();
-    office
-        .sql()
-        .execute(
-            "UPDATE assets SET status = 'retired' WHERE id = ?1",
-            [ids[0]],
-        )
-        .unwrap();
+    office.execute_batch(&format!(
+        "UPDATE assets SET status = 'retired' WHERE id = {}",
+        ids[0]
+    ));
     dev.run(&["send"], "").ok();
-    let main = office.sql();
-    let n: i64 = main
-        .query_row(
-            "SELECT count(*) FROM inspections WHERE id = 'under-retired'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(n, 0, "not applied: its parent left the slice");
+    let n = office.value("SELECT count(*) FROM inspections WHERE id = 'under-retired'");
+    assert_eq!(n, "0", "not applied: its parent left the slice");
     assert_eq!(
-        asset_name(&main, ids[1]),
+        main_name(&office, ids[1]),
         "unrelated edit",
         "the rest of the upload applied"
     );
@@ -682,3 +651,17 @@ fn an_insert_under_a_parent_the_office_moved_out_is_a_conflict_not_a_refusal() {
         "parent `assets` row is not in the task's slice",
     );
 }
+
+crate::also_on_postgres!(
+    edits_by_a_plain_sqlite_client_reach_the_main_database_with_send,
+    forbidden_writes_are_refused_at_write_time,
+    a_tampered_replica_gets_the_whole_upload_refused_and_discard_unblocks_it,
+    a_forged_write_to_a_read_only_table_is_refused_naming_the_entry,
+    the_same_upload_sent_ten_times_at_once_is_applied_once,
+    offline_send_and_sync_exit_3_and_change_nothing,
+    download_with_pending_changes_exits_6_unless_discarding_to_a_backup,
+    sync_sends_then_downloads_and_a_failed_send_downloads_nothing,
+    a_disabled_user_or_an_unassigned_device_is_refused_at_once,
+    a_large_journal_is_sent_in_one_upload_and_integrated_once,
+    an_insert_under_a_parent_the_office_moved_out_is_a_conflict_not_a_refusal,
+);

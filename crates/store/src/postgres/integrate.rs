@@ -372,8 +372,10 @@ impl UploadTx for PgUpload<'_> {
                 .fold(changed_sql("r.xid"), |acc, x| {
                     format!("{acc} OR {}", changed_sql(x))
                 });
+            // An unknown base (never handed out: forged) cannot show that the parent
+            // left the slice after the device saw it: the insert is then refused.
             let sql = format!(
-                "SELECT {pt}.{pk} IS NOT NULL AND coalesce(({cond}), false), coalesce({left}, false)
+                "SELECT {pt}.{pk} IS NOT NULL AND coalesce(({cond}), false), b.snap IS NOT NULL AND coalesce({left}, false)
                  FROM (SELECT 1) one
                  LEFT JOIN fieldsync.rows r ON r.tbl = ${tbl} AND r.pk = ${key_text}
                  LEFT JOIN {pt} ON {pt}.{pk} = {key_param}

@@ -89,12 +89,13 @@ pub(crate) fn read_expr(column: &str, declared: &str) -> String {
 
 /// The expression the filter language compares: numbers stay numbers (so indexes
 /// and numeric comparisons work), everything else is its canonical text.
+/// Text compares binary (`COLLATE "C"`) also when two columns are compared.
 pub(crate) fn filter_expr(column: &str, declared: &str) -> String {
     match kind(declared) {
-        Some(Kind::Int | Kind::Float | Kind::Numeric | Kind::Text | Kind::Bytes) => {
-            column.to_string()
-        }
-        _ => read_expr(column, declared),
+        Some(Kind::Int | Kind::Float | Kind::Numeric | Kind::Bytes) => column.to_string(),
+        Some(Kind::Bool) => read_expr(column, declared),
+        Some(Kind::Text) => format!("({column} COLLATE \"C\")"),
+        _ => format!("({} COLLATE \"C\")", read_expr(column, declared)),
     }
 }
 

@@ -307,7 +307,10 @@ pub fn create_pg(client: &mut postgres::Client, n_assets: i64) -> Result<()> {
         };
         text[i].push_str(&line);
         if text[i].len() > 1 << 20 {
-            flush(&mut tx, i, &mut text[i])?;
+            // Parents first: an inspection's asset must be there before it.
+            for (i, t) in text.iter_mut().enumerate() {
+                flush(&mut tx, i, t)?;
+            }
         }
         Ok(())
     })?;

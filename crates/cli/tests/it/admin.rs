@@ -66,7 +66,12 @@ fn malformed_task_files_are_refused_naming_the_problem() {
         ),
         (
             "name = \"t1\"\n[[tables]]\nname = \"fieldsync_users\"\n",
-            "not tracked",
+            // fieldsync's own table on SQLite; on PostgreSQL they are in their own
+            // schema, out of the organisation's sight.
+            match office.engine() {
+                Engine::Sqlite => "not tracked",
+                Engine::Postgres => "no such table",
+            },
         ),
     ];
     for (i, (text, fragment)) in cases.iter().enumerate() {
@@ -82,17 +87,13 @@ fn malformed_task_files_are_refused_naming_the_problem() {
         );
     }
     assert_eq!(task_list(&office), before, "nothing changed");
-    let n: i64 = office
-        .sql()
-        .query_row("SELECT count(*) FROM assets", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 20);
+    assert_eq!(office.value("SELECT count(*) FROM assets"), "20");
 }
 
 #[test]
 fn table_track_checks_the_name_and_the_key() {
     let office = Office::new(5);
-    office.sql().execute_batch("CREATE TABLE notes (a TEXT, b TEXT); CREATE TABLE pairs (a INTEGER, b INTEGER, PRIMARY KEY (a, b));").unwrap();
+    office.execute_batch("CREATE TABLE notes (a TEXT, b TEXT); CREATE TABLE pairs (a INTEGER, b INTEGER, PRIMARY KEY (a, b));");
     let run = office.admin(&["table", "track", "notes"], "");
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("single-column primary key"), "{run:?}");
@@ -101,13 +102,17 @@ fn table_track_checks_the_name_and_the_key() {
     let run = office.admin(&["table", "track", "assets; DROP TABLE inspections"], "");
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("no table"), "{run:?}");
-    let run = office.admin(&["table", "track", "fieldsync_users"], "");
-    assert!(run.stderr.contains("internal table"), "{run:?}");
-    let n: i64 = office
-        .sql()
-        .query_row("SELECT count(*) FROM inspections", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 10);
+    // fieldsync's own tables are not the organisation's: internal on SQLite, in
+    // another schema (not found) on PostgreSQL.
+    for own in ["fieldsync_users", "fieldsync.users"] {
+        let run = office.admin(&["table", "track", own], "");
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(
+            run.stderr.contains("internal table") || run.stderr.contains("no table"),
+            "{run:?}"
+        );
+    }
+    assert_eq!(office.value("SELECT count(*) FROM inspections"), "10");
     // Idempotent.
     office.admin(&["table", "track", "assets"], "").ok();
     office.admin(&["table", "track", "assets"], "").ok();
@@ -117,32 +122,39 @@ fn table_track_checks_the_name_and_the_key() {
 #[test]
 fn every_write_by_any_program_gets_a_new_row_version() {
     let office = Office::new(5);
-    let main = office.sql();
+    // On PostgreSQL the version is the writing transaction's id: one statement after
+    // another, each in its own transaction, gets a higher one.
+    let sql = match office.engine() {
+        Engine::Sqlite => {
+            "SELECT version, deleted FROM fieldsync_rows WHERE tbl = 'assets' AND pk = "
+        }
+        Engine::Postgres => {
+            "SELECT xid::text::int8, deleted::int::int8 FROM fieldsync.rows WHERE tbl = 'assets' AND pk = "
+        }
+    };
     let version = |id: i64| -> (i64, i64) {
-        main.query_row(
-            "SELECT version, deleted FROM fieldsync_rows WHERE tbl = 'assets' AND pk = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap()
+        let quoted = match office.engine() {
+            Engine::Sqlite => id.to_string(),
+            Engine::Postgres => format!("'{id}'"),
+        };
+        let row = &office.rows(&format!("{sql}{quoted}"))[0];
+        let int = |c: &String| c[1..].parse::<i64>().unwrap();
+        (int(&row[0]), int(&row[1]))
     };
     let (v1, d1) = version(1);
     assert_eq!(d1, 0);
-    main.execute("UPDATE assets SET name = 'x' WHERE id = 1", [])
-        .unwrap();
+    office.execute_batch("UPDATE assets SET name = 'x' WHERE id = 1");
     let (v2, _) = version(1);
     assert!(v2 > v1);
-    main.execute("INSERT INTO assets (id, name, category, status, region) VALUES (77, 'n', 'pump', 'active', 'north')", []).unwrap();
+    office.execute_batch("INSERT INTO assets (id, name, category, status, region) VALUES (77, 'n', 'pump', 'active', 'north')");
     let (v3, _) = version(77);
     assert!(v3 > v2);
-    main.execute("DELETE FROM assets WHERE id = 77", [])
-        .unwrap();
+    office.execute_batch("DELETE FROM assets WHERE id = 77");
     let (v4, d4) = version(77);
     assert!(v4 > v3);
     assert_eq!(d4, 1, "a delete leaves a tombstone");
-    main.execute("INSERT INTO assets (id, name, category, status, region) VALUES (80, 'n', 'pump', 'active', 'north')", []).unwrap();
-    main.execute("UPDATE assets SET id = 81 WHERE id = 80", [])
-        .unwrap();
+    office.execute_batch("INSERT INTO assets (id, name, category, status, region) VALUES (80, 'n', 'pump', 'active', 'north')");
+    office.execute_batch("UPDATE assets SET id = 81 WHERE id = 80");
     assert_eq!(version(80).1, 1, "a key change retires the old key");
     assert_eq!(version(81).1, 0);
 }
@@ -165,3 +177,9 @@ fn admin_commands_without_a_database_or_init_fail_clearly() {
     let run = fieldsync(&["admin", "task", "list", "--db", "mysql://x"], "");
     assert!(run.stderr.contains("unsupported database URL"), "{run:?}");
 }
+
+crate::also_on_postgres!(
+    malformed_task_files_are_refused_naming_the_problem,
+    table_track_checks_the_name_and_the_key,
+    every_write_by_any_program_gets_a_new_row_version,
+);

@@ -159,14 +159,19 @@ struct Cell {
     col: &'static str,
 }
 
+/// A text as an SQL string literal (both engines).
+fn lit(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// A cell's value in the main database; `None`: the row is absent.
 type Val = Option<String>;
 
 /// The main database's north assets and their inspections, cell by cell.
-fn snapshot(main: &Connection) -> HashMap<Cell, String> {
+fn snapshot(office: &Office) -> HashMap<Cell, String> {
     let mut out = HashMap::new();
     let mut put = |table: &'static str, cols: &[&'static str], sql: &str| {
-        for r in rows(main, sql) {
+        for r in office.rows(sql) {
             for (i, col) in cols.iter().enumerate() {
                 let cell = Cell {
                     table,
@@ -430,17 +435,19 @@ impl World {
 
     /// One write of the office, with plain SQL on the main database.
     fn office_edit(&mut self) {
-        let main = self.office.sql();
         let ids = |sql: &str| -> Vec<String> {
-            rows(&main, sql).into_iter().map(|r| r[0].clone()).collect()
+            self.office
+                .rows(sql)
+                .into_iter()
+                .map(|r| r[0].clone())
+                .collect()
         };
-        let north: Vec<i64> = rows(
-            &main,
-            "SELECT id FROM assets WHERE region = 'north' ORDER BY id",
-        )
-        .into_iter()
-        .map(|r| r[0][1..].parse().unwrap())
-        .collect();
+        let north: Vec<i64> = self
+            .office
+            .rows("SELECT id FROM assets WHERE region = 'north' ORDER BY id")
+            .into_iter()
+            .map(|r| r[0][1..].parse().unwrap())
+            .collect();
         let inspections = ids(&format!(
             "SELECT id FROM inspections WHERE asset_id IN (SELECT id FROM assets WHERE region = 'north') ORDER BY {INSPECTION_ORDER}"
         ));
@@ -449,21 +456,18 @@ impl World {
                 let id = self.pick(&north).unwrap();
                 let col = self.g.pick(&["name", "name", "category"]);
                 let v = self.fresh("O");
-                main.execute(
-                    &format!("UPDATE assets SET {col} = ?1 WHERE id = ?2"),
-                    rusqlite::params![v, id],
-                )
-                .unwrap();
+                self.office.execute_batch(&format!(
+                    "UPDATE assets SET {col} = {} WHERE id = {id}",
+                    lit(&v)
+                ));
                 self.log(format!("office: asset {id} {col} = {v}"));
                 self.office_wrote([Self::asset_cell(&format!("i{id}"), col)]);
             }
             3..=4 => {
                 let id = self.pick(&north).unwrap();
-                let status: String = main
-                    .query_row("SELECT status FROM assets WHERE id = ?1", [id], |r| {
-                        r.get(0)
-                    })
-                    .unwrap();
+                let status = self
+                    .office
+                    .value(&format!("SELECT status FROM assets WHERE id = {id}"));
                 let v = if status != "retired"
                     && self.g.below(2) == 0
                     && !self.pending_insert_under(id)
@@ -472,22 +476,19 @@ impl World {
                 } else {
                     self.fresh("st-O")
                 };
-                main.execute(
-                    "UPDATE assets SET status = ?1 WHERE id = ?2",
-                    rusqlite::params![v, id],
-                )
-                .unwrap();
+                self.office.execute_batch(&format!(
+                    "UPDATE assets SET status = {} WHERE id = {id}",
+                    lit(&v)
+                ));
                 self.log(format!("office: asset {id} status {status} -> {v}"));
                 self.office_wrote([Self::asset_cell(&format!("i{id}"), "status")]);
             }
             5 => {
                 self.counter += 1;
                 let id = 100_000 + self.counter as i64;
-                main.execute(
-                    "INSERT INTO assets (id, name, category, status, region, x, y) VALUES (?1, ?2, 'pump', 'active', 'north', 14.5, 50.5)",
-                    rusqlite::params![id, format!("new-{id}")],
-                )
-                .unwrap();
+                self.office.execute_batch(&format!(
+                    "INSERT INTO assets (id, name, category, status, region, x, y) VALUES ({id}, 'new-{id}', 'pump', 'active', 'north', 14.5, 50.5)"
+                ));
                 self.log(format!("office: insert asset {id}"));
                 let key = format!("i{id}");
                 self.office_wrote(ASSET_COLS.map(|c| Self::asset_cell(&key, c)));
@@ -502,11 +503,11 @@ impl World {
                     "notes"
                 };
                 let v = self.fresh("O");
-                main.execute(
-                    &format!("UPDATE inspections SET {col} = ?1 WHERE id = ?2"),
-                    rusqlite::params![v, &id[1..]],
-                )
-                .unwrap();
+                self.office.execute_batch(&format!(
+                    "UPDATE inspections SET {col} = {} WHERE id = {}",
+                    lit(&v),
+                    lit(&id[1..])
+                ));
                 self.log(format!("office: inspection {id} {col} = {v}"));
                 self.office_wrote([Self::inspection_cell(&id, col)]);
             }
@@ -514,11 +515,12 @@ impl World {
                 let asset = self.pick(&north).unwrap();
                 let inspector = self.g.pick(&["ana", "ben", "chloe"]);
                 let id = self.fresh("o-insp-");
-                main.execute(
-                    "INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes) VALUES (?1, ?2, ?3, '2026-11-30T08:00:00.000Z', 'ok', ?4)",
-                    rusqlite::params![id, asset, inspector, self.fresh("O")],
-                )
-                .unwrap();
+                let notes = self.fresh("O");
+                self.office.execute_batch(&format!(
+                    "INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes) VALUES ({}, {asset}, '{inspector}', '2026-11-30T08:00:00.000Z', 'ok', {})",
+                    lit(&id),
+                    lit(&notes)
+                ));
                 self.log(format!(
                     "office: insert inspection {id} of {inspector} on asset {asset}"
                 ));
@@ -529,8 +531,10 @@ impl World {
                 let Some(id) = self.pick(&inspections) else {
                     return;
                 };
-                main.execute("DELETE FROM inspections WHERE id = ?1", [&id[1..]])
-                    .unwrap();
+                self.office.execute_batch(&format!(
+                    "DELETE FROM inspections WHERE id = {}",
+                    lit(&id[1..])
+                ));
                 self.log(format!("office: delete inspection {id}"));
                 self.office_wrote(INSPECTION_COLS.map(|c| Self::inspection_cell(&id, c)));
             }
@@ -539,11 +543,10 @@ impl World {
                     return;
                 };
                 let to = self.g.pick(&["ana", "ben", "chloe"]);
-                main.execute(
-                    "UPDATE inspections SET inspector = ?1 WHERE id = ?2",
-                    rusqlite::params![to, &id[1..]],
-                )
-                .unwrap();
+                self.office.execute_batch(&format!(
+                    "UPDATE inspections SET inspector = '{to}' WHERE id = {}",
+                    lit(&id[1..])
+                ));
                 self.log(format!("office: inspection {id} handed to {to}"));
                 self.office_wrote([Self::inspection_cell(&id, "inspector")]);
             }
@@ -683,13 +686,12 @@ impl World {
     fn device_insert(&mut self, d: usize, conn: &Connection) {
         let user = self.devs[d].user;
         let name = self.devs[d].name;
-        let in_main: HashSet<String> = rows(
-            &self.office.sql(),
-            "SELECT id FROM assets WHERE region = 'north' AND status <> 'retired'",
-        )
-        .into_iter()
-        .map(|r| r[0].clone())
-        .collect();
+        let in_main: HashSet<String> = self
+            .office
+            .rows("SELECT id FROM assets WHERE region = 'north' AND status <> 'retired'")
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect();
         let candidates: Vec<String> = rows(conn, "SELECT id FROM assets ORDER BY id")
             .into_iter()
             .map(|r| r[0].clone())
@@ -739,8 +741,7 @@ impl World {
     fn send(&mut self, d: usize, how: &str) {
         let name = self.devs[d].name;
         let user = self.devs[d].user;
-        let main = self.office.sql();
-        let before = snapshot(&main);
+        let before = snapshot(&self.office);
         let out = self.devs[d].dir.run(&[how], "");
         self.log(format!(
             "dev {name} ({user}): {how} of {} write(s): {}",
@@ -748,7 +749,7 @@ impl World {
             out.stdout.trim().replace('\n', " / ")
         ));
         assert_eq!(out.code, 0, "dev {name}: {how} failed: {out:?}");
-        let after = snapshot(&main);
+        let after = snapshot(&self.office);
 
         // The upload, as the journal's compaction makes it: per cell and user.
         let mut nets: BTreeMap<Cell, Vec<Net>> = BTreeMap::new();
@@ -885,30 +886,23 @@ impl World {
     #[track_caller]
     fn check_replica(&self, d: usize) {
         let dev = &self.devs[d];
-        let main = self.office.sql();
         let replica = dev.dir.replica();
         let slice = "SELECT id FROM assets WHERE region = 'north' AND status <> 'retired'";
         assert_eq!(
             rows(&replica, "SELECT * FROM assets ORDER BY id"),
-            rows(
-                &main,
-                &format!(
-                    "SELECT id, name, category, status, region, x, y FROM assets WHERE id IN ({slice}) ORDER BY id"
-                )
-            ),
+            self.office.rows(&format!(
+                "SELECT id, name, category, status, region, x, y FROM assets WHERE id IN ({slice}) ORDER BY id"
+            )),
             "dev {}: replica assets equal the slice (seed {})",
             dev.name,
             self.seed
         );
         assert_eq!(
             rows(&replica, "SELECT * FROM inspections ORDER BY id"),
-            rows(
-                &main,
-                &format!(
-                    "SELECT * FROM inspections WHERE inspector = '{}' AND asset_id IN ({slice}) ORDER BY id",
-                    dev.cut_for
-                )
-            ),
+            self.office.rows(&format!(
+                "SELECT * FROM inspections WHERE inspector = '{}' AND asset_id IN ({slice}) ORDER BY id",
+                dev.cut_for
+            )),
             "dev {}: replica inspections equal {}'s slice (seed {})",
             dev.name,
             dev.cut_for,
@@ -937,7 +931,6 @@ impl World {
     }
 
     fn check_final(&mut self) -> Stats {
-        let main = self.office.sql();
         for d in 0..self.devs.len() {
             let dev = &self.devs[d];
             let journal: serde_json::Value =
@@ -1037,7 +1030,7 @@ impl World {
         }
 
         // Cells whose last event is an upload: the same rule against the final database.
-        let now = snapshot(&main);
+        let now = snapshot(&self.office);
         for (cell, last) in &self.last {
             let Last::Upload(i) = last else { continue };
             let s = &self.sent[*i];
@@ -1104,13 +1097,9 @@ fn an_office_change_merged_into_a_send_is_not_overwritten_by_the_next_send() {
     let app = dev.replica();
     app.execute("UPDATE assets SET name = 'device name' WHERE id = ?1", [id])
         .unwrap();
-    office
-        .sql()
-        .execute(
-            "UPDATE assets SET status = 'office status' WHERE id = ?1",
-            [id],
-        )
-        .unwrap();
+    office.execute_batch(&format!(
+        "UPDATE assets SET status = 'office status' WHERE id = {id}"
+    ));
     // Different columns: both applied, nothing to log.
     dev.run(&["send"], "").ok();
     // The replica still shows the status the device downloaded; the crew changes it.
@@ -1120,12 +1109,7 @@ fn an_office_change_merged_into_a_send_is_not_overwritten_by_the_next_send() {
     )
     .unwrap();
     dev.run(&["send"], "").ok();
-    let status: String = office
-        .sql()
-        .query_row("SELECT status FROM assets WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let status = office.value(&format!("SELECT status FROM assets WHERE id = {id}"));
     let log = conflict_log(&office);
     assert!(
         status == "office status"
@@ -1163,13 +1147,9 @@ fn an_update_of_a_child_whose_parent_the_office_moved_out_is_a_conflict() {
         [asset],
     )
     .unwrap();
-    office
-        .sql()
-        .execute(
-            "UPDATE assets SET status = 'retired' WHERE id = ?1",
-            [asset],
-        )
-        .unwrap();
+    office.execute_batch(&format!(
+        "UPDATE assets SET status = 'retired' WHERE id = {asset}"
+    ));
     let out = dev.run(&["send"], "");
     assert_eq!(
         out.code, 0,
@@ -1184,3 +1164,9 @@ fn an_update_of_a_child_whose_parent_the_office_moved_out_is_a_conflict() {
     assert!(kinds.contains(&("assets", "left-slice")), "{log:?}");
     assert_eq!(dev.status()["pending"], 0);
 }
+
+crate::also_on_postgres!(
+    random_edits_and_syncs_converge_and_lose_no_device_write,
+    an_office_change_merged_into_a_send_is_not_overwritten_by_the_next_send,
+    an_update_of_a_child_whose_parent_the_office_moved_out_is_a_conflict,
+);

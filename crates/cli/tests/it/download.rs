@@ -11,15 +11,14 @@ const ANA_INSPECTIONS: &str = "SELECT * FROM inspections WHERE inspector = 'ana'
 /// The replica holds exactly the north slice for ana: rows, columns, nothing else.
 #[track_caller]
 fn assert_north_slice(office: &Office, dev: &DeviceDir) {
-    let main = office.sql();
     let replica = dev.replica();
-    let expected_assets = rows(&main, NORTH_ASSETS);
+    let expected_assets = office.rows(NORTH_ASSETS);
     assert!(!expected_assets.is_empty());
     assert_eq!(
         rows(&replica, "SELECT * FROM assets ORDER BY id"),
         expected_assets
     );
-    let expected_insp = rows(&main, ANA_INSPECTIONS);
+    let expected_insp = office.rows(ANA_INSPECTIONS);
     assert!(!expected_insp.is_empty());
     assert_eq!(
         rows(&replica, "SELECT * FROM inspections ORDER BY id"),
@@ -88,8 +87,7 @@ fn writes_by_another_program_are_in_the_next_download() {
 
     // The office, with plain SQL: an update, an insert, a delete, a row moving into the
     // slice and one moving out, a child row changing hands.
-    let main = office.sql();
-    main.execute_batch(
+    office.execute_batch(
         "UPDATE assets SET name = 'renamed' WHERE id = (SELECT min(id) FROM assets WHERE region = 'north' AND status <> 'retired');
          DELETE FROM inspections WHERE asset_id = (SELECT max(id) FROM assets WHERE region = 'north' AND status <> 'retired');
          DELETE FROM assets WHERE id = (SELECT max(id) FROM assets WHERE region = 'north' AND status <> 'retired');
@@ -99,8 +97,7 @@ fn writes_by_another_program_are_in_the_next_download() {
          UPDATE assets SET status = 'retired' WHERE id = (SELECT min(id) FROM assets WHERE region = 'north' AND status = 'active' AND id > 10);
          UPDATE inspections SET inspector = 'ana' WHERE id = (SELECT min(id) FROM inspections WHERE inspector = 'ben'
              AND asset_id IN (SELECT id FROM assets WHERE region = 'north' AND status <> 'retired'));",
-    )
-    .unwrap();
+    );
 
     dev.run(&["download", "north-inspections"], "").ok();
     assert_north_slice(&office, &dev);
@@ -293,13 +290,16 @@ fn memory_stays_bounded_while_a_large_slice_downloads() {
     let got: i64 = replica
         .query_row("SELECT count(*) FROM assets", [], |r| r.get(0))
         .unwrap();
-    let want: i64 = office
-        .sql()
-        .query_row(
-            "SELECT count(*) FROM assets WHERE region = 'north' AND status <> 'retired'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(got, want);
+    let want =
+        office.value("SELECT count(*) FROM assets WHERE region = 'north' AND status <> 'retired'");
+    assert_eq!(got.to_string(), want);
 }
+
+crate::also_on_postgres!(
+    a_paired_logged_in_assigned_device_downloads_exactly_the_slice,
+    writes_by_another_program_are_in_the_next_download,
+    progress_json_reports_prepare_transfer_and_store,
+    an_app_holding_the_old_replica_cannot_write_into_it_after_a_download,
+    a_held_device_folder_gives_exit_7_and_changes_nothing,
+    memory_stays_bounded_while_a_large_slice_downloads,
+);

@@ -458,3 +458,37 @@ fn two_servers_on_one_database_behave_as_one() {
     assert!(ops.iter().all(|(_, result)| *result == "ok"), "{ops:?}");
     assert_north_slice(&office, &dev);
 }
+
+#[test]
+fn admin_on_an_uninitialised_or_unreachable_postgres_fails_clearly() {
+    let db = PgDb::new();
+    db.client()
+        .batch_execute("CREATE TABLE t (id integer PRIMARY KEY)")
+        .unwrap();
+    let run = fieldsync(&["admin", "table", "track", "t", "--db", &db.url], "");
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("server init"), "{run:?}");
+    let no_triggers = pg_rows(
+        &mut db.client(),
+        "SELECT count(*)::int8 FROM pg_trigger WHERE tgrelid = 't'::regclass",
+    );
+    assert_eq!(no_triggers, vec![vec!["i0"]], "nothing installed");
+    // A server that is not there: the URL (without its password) and the cause.
+    let run = fieldsync(
+        &[
+            "admin",
+            "task",
+            "list",
+            "--db",
+            "postgres://someone:secret@127.0.0.1:1/x",
+        ],
+        "",
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("cannot connect to postgres://someone:***@127.0.0.1:1/x"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("secret"), "{run:?}");
+}

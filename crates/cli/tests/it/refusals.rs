@@ -29,13 +29,7 @@ fn offline_mode_exits_3_and_keeps_the_replica() {
     dev.run(&["mode", "offline"], "").ok();
     assert_eq!(dev.run(&["mode"], "").ok().stdout.trim(), "offline");
     // The office changes a row; an offline device must not fetch it.
-    office
-        .sql()
-        .execute(
-            "UPDATE assets SET name = 'changed' WHERE region = 'north'",
-            [],
-        )
-        .unwrap();
+    office.execute_batch("UPDATE assets SET name = 'changed' WHERE region = 'north'");
     assert_refused(
         &dev.run(&["download", "north-inspections"], ""),
         3,
@@ -201,3 +195,13 @@ fn an_unreachable_server_exits_1_and_keeps_the_replica() {
     assert_eq!(replica_content(&dev), before);
     assert_eq!(dev.status()["last_sync"]["result"], "error");
 }
+
+crate::also_on_postgres!(
+    offline_mode_exits_3_and_keeps_the_replica,
+    wrong_password_exits_4,
+    an_unassigned_user_exits_4,
+    an_unassigned_device_exits_4,
+    a_logged_out_device_exits_4_and_its_old_token_is_dead,
+    a_bad_or_used_enrollment_code_exits_4,
+    an_unreachable_server_exits_1_and_keeps_the_replica,
+);

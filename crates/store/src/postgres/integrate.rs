@@ -41,6 +41,7 @@ pub(super) fn integrate(
             parents: HashMap::new(),
             parent_queries: HashMap::new(),
             new_base: None,
+            infos: HashMap::new(),
             retryable: false,
         };
         let result = integrate::integrate(&mut up, ctx, upload);
@@ -87,11 +88,23 @@ struct PgUpload<'c> {
     parents: HashMap<ParentId, (bool, bool)>,
     parent_queries: HashMap<(String, String), (String, Vec<Value>)>,
     new_base: Option<i64>,
+    /// Tables asked about in this upload.
+    infos: HashMap<String, Option<TableInfo>>,
     /// A statement failed by deadlock or serialization: the whole upload may be retried.
     retryable: bool,
 }
 
 impl PgUpload<'_> {
+    /// A table of the main database, read once per upload.
+    fn info(&mut self, table: &str) -> Result<Option<TableInfo>, StoreError> {
+        if let Some(known) = self.infos.get(table) {
+            return Ok(known.clone());
+        }
+        let info = table_info(&mut self.tx, table)?;
+        self.infos.insert(table.to_string(), info.clone());
+        Ok(info)
+    }
+
     fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
@@ -261,7 +274,7 @@ impl UploadTx for PgUpload<'_> {
     }
 
     fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>, StoreError> {
-        table_info(&mut self.tx, table)
+        self.info(table)
     }
 
     fn user_enabled(&mut self, user: &str) -> Result<bool, StoreError> {
@@ -343,7 +356,8 @@ impl UploadTx for PgUpload<'_> {
         if let Some(known) = self.parents.get(&id) {
             return Ok(*known);
         }
-        let info = table_info(&mut self.tx, table)?
+        let info = self
+            .info(table)?
             .ok_or_else(|| StoreError::NotFound(format!("table `{table}` is gone")))?;
         let declared = declared_of(&info, &info.primary_key);
         let qkey = (table.to_string(), params.user.clone());

@@ -48,6 +48,10 @@ pub(crate) trait UploadTx {
         key: &Value,
         base: Option<i64>,
     ) -> Result<Option<Current>, StoreError>;
+    /// The upload's entries before any is judged, in order: an engine may read and
+    /// lock their rows ahead in a few statements instead of one per entry. `current`
+    /// is then called once per entry, in this order.
+    fn read_ahead(&mut self, _entries: &[UploadEntry]) {}
     /// Whether a parent row is in the slice; when not, whether it (or its own parent
     /// chain) changed since `base`, i.e. left the slice after the device saw it.
     fn parent(
@@ -149,6 +153,7 @@ pub(crate) fn integrate(
             },
         );
     }
+    tx.read_ahead(&upload.entries);
     let mut user_ok: HashMap<&str, bool> = HashMap::new();
     let mut params_of: HashMap<&str, Params> = HashMap::new();
     let parent_tables: std::collections::HashSet<&str> = def

@@ -301,6 +301,23 @@ fn a_forged_write_to_a_read_only_table_is_refused_naming_the_entry() {
 }
 
 #[test]
+fn a_forged_key_of_the_wrong_type_is_refused_naming_the_entry() {
+    let office = Office::new(40);
+    let dev = north_device(&office, "tab1");
+    let before = office.rows("SELECT * FROM assets ORDER BY id");
+    tamper(
+        &dev,
+        "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at)
+         VALUES ('assets', 'not-a-number', 'update', '{\"name\":\"a\"}', '{\"name\":\"b\"}', 1, 'ana',
+                 '2026-11-26T00:00:00.000Z')",
+    );
+    let run = dev.run(&["send"], "");
+    assert_refused(&run, 4, "entry 1 (update of `assets` key \"not-a-number\"");
+    assert!(run.stderr.contains("unknown key"), "{run:?}");
+    assert_eq!(office.rows("SELECT * FROM assets ORDER BY id"), before);
+}
+
+#[test]
 fn the_same_upload_sent_ten_times_at_once_is_applied_once() {
     let mut office = Office::new(40);
     let dev = north_device(&office, "tab1");
@@ -657,6 +674,7 @@ crate::also_on_postgres!(
     forbidden_writes_are_refused_at_write_time,
     a_tampered_replica_gets_the_whole_upload_refused_and_discard_unblocks_it,
     a_forged_write_to_a_read_only_table_is_refused_naming_the_entry,
+    a_forged_key_of_the_wrong_type_is_refused_naming_the_entry,
     the_same_upload_sent_ten_times_at_once_is_applied_once,
     offline_send_and_sync_exit_3_and_change_nothing,
     download_with_pending_changes_exits_6_unless_discarding_to_a_backup,

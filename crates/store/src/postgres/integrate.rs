@@ -11,7 +11,7 @@ use fieldsync_proto::Value;
 use fieldsync_proto::conflict::{Current, Write};
 use fieldsync_proto::filter::{Dialect, Params};
 use fieldsync_proto::task::{TaskDef, TaskTable};
-use fieldsync_proto::wire::{Upload, UploadOutcome};
+use fieldsync_proto::wire::{Upload, UploadEntry, UploadOutcome};
 use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, Statement, Transaction};
@@ -42,6 +42,11 @@ pub(super) fn integrate(
             parent_queries: HashMap::new(),
             new_base: None,
             infos: HashMap::new(),
+            planned: Vec::new(),
+            asked: 0,
+            next: 0,
+            ahead: HashMap::new(),
+            locked: Default::default(),
             retryable: false,
         };
         let result = integrate::integrate(&mut up, ctx, upload);
@@ -70,6 +75,15 @@ fn is_retryable(e: &postgres::Error) -> bool {
 
 type Params_<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
+/// An entry as reading ahead needs it: table, user, key as text, base.
+type Planned = (String, String, String, Option<i64>);
+
+/// A row read ahead for one entry: its user, its base, the row as it was then.
+type ReadAhead = (String, Option<i64>, Option<Current>);
+
+/// An entry's key (as text) and base.
+type KeyAndBase<'a> = (&'a str, Option<i64>);
+
 /// A parent row asked about: table, user, key (JSON) and the entry's base.
 type ParentId = (String, String, String, Option<i64>);
 
@@ -77,8 +91,14 @@ type ParentId = (String, String, String, Option<i64>);
 struct CurrentQuery {
     lock_sql: String,
     sql: String,
+    /// The same for many entries: `(key, base)` pairs from two arrays, no locks (the
+    /// rows are locked ahead), each row led by its key and base.
+    batch_sql: String,
     binds: Vec<Value>,
 }
+
+/// Entries read ahead per round.
+const WINDOW: usize = 1000;
 
 struct PgUpload<'c> {
     tx: Transaction<'c>,
@@ -90,6 +110,17 @@ struct PgUpload<'c> {
     new_base: Option<i64>,
     /// Tables asked about in this upload.
     infos: HashMap<String, Option<TableInfo>>,
+    /// The upload's entries (table, user, key as text, base), for reading ahead;
+    /// `None` for an entry whose key cannot be a key of its table (read one by one).
+    planned: Vec<Option<Planned>>,
+    /// Entries `current` was asked about so far; the first not read ahead yet.
+    asked: usize,
+    next: usize,
+    /// Rows read ahead, by (table, key as text): (user, base, the row then). A write
+    /// to the row, or to a parent table, drops what was read.
+    ahead: HashMap<(String, String), Vec<ReadAhead>>,
+    /// Rows locked ahead (table, key as text): their lock statement is not needed.
+    locked: std::collections::HashSet<(String, String)>,
     /// A statement failed by deadlock or serialization: the whole upload may be retried.
     retryable: bool,
 }
@@ -247,15 +278,173 @@ fn current_query(
         key_text = n + 2,
         base = n + 4,
     );
+    let pk_declared = declared_of(&t.info, &t.info.primary_key);
+    let batch_sql = format!(
+        "SELECT e.pk, e.base, r.xid::text::int8, r.deleted, {changed}, {left},
+                CASE WHEN {table}.{pk} IS NULL THEN false ELSE ({cond}) END, {cols}
+         FROM unnest(${keys}::text[], ${bases}::int8[]) AS e (pk, base)
+         JOIN fieldsync.rows r ON r.tbl = ${tbl} AND r.pk = e.pk
+         LEFT JOIN fieldsync.bases b ON b.id = e.base
+         LEFT JOIN {table} ON {table}.{pk} = CAST(e.pk AS {pk_declared})",
+        changed = changed_sql("r.xid"),
+        cols = cols.join(", "),
+        tbl = n + 1,
+        keys = n + 2,
+        bases = n + 3,
+    );
     let lock_sql = format!(
         "SELECT 1 FROM {table} WHERE {pk} = {} FOR UPDATE",
-        types::write_param(1, &declared_of(&t.info, &t.info.primary_key))
+        types::write_param(1, &pk_declared)
     );
     Ok(CurrentQuery {
         lock_sql,
         sql,
+        batch_sql,
         binds,
     })
+}
+
+/// A row of a current-row query as [`Current`]; `at`: where its version column is.
+fn current_of(t: &TableCtx<'_>, r: &postgres::Row, at: usize) -> Current {
+    let deleted: bool = r.get(at + 1);
+    let mut values = BTreeMap::new();
+    if !deleted {
+        for (i, c) in t.columns.iter().enumerate() {
+            let kind = types::kind(&declared_of(&t.info, c));
+            values.insert(c.clone(), types::read_value(r, at + 5 + i, kind));
+        }
+    }
+    Current {
+        version: r.get(at),
+        deleted,
+        changed: r.get(at + 2),
+        left: r.get(at + 3),
+        in_slice: r.get::<_, Option<bool>>(at + 4).unwrap_or(false),
+        values,
+    }
+}
+
+impl PgUpload<'_> {
+    /// Locks and reads the rows of the next [`WINDOW`] entries from `from` in a few
+    /// statements: per table, its rows then their tracking rows in key order (the
+    /// order writers lock them in), then per table and user the rows judged against
+    /// each entry's base. A window that fails (a key its column cannot take) is rolled
+    /// back; its entries are then read one by one, as without reading ahead.
+    fn read_window(&mut self, def: &TaskDef, device: &str, from: usize) -> Result<(), StoreError> {
+        let to = (from + WINDOW).min(self.planned.len());
+        self.next = to;
+        let window: Vec<Planned> = self.planned[from..to].iter().flatten().cloned().collect();
+        self.tx
+            .batch_execute("SAVEPOINT fieldsync_read_ahead")
+            .map_err(|e| self.note(e))?;
+        match self.try_read_window(def, device, &window) {
+            Ok(()) => self
+                .tx
+                .batch_execute("RELEASE SAVEPOINT fieldsync_read_ahead")
+                .map_err(|e| self.note(e)),
+            Err(e) if self.retryable => Err(e),
+            Err(_) => {
+                self.tx
+                    .batch_execute("ROLLBACK TO SAVEPOINT fieldsync_read_ahead")
+                    .map_err(|e| self.note(e))?;
+                for (table, _, key, _) in &window {
+                    self.locked.remove(&(table.clone(), key.clone()));
+                    self.ahead.remove(&(table.clone(), key.clone()));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn try_read_window(
+        &mut self,
+        def: &TaskDef,
+        device: &str,
+        window: &[Planned],
+    ) -> Result<(), StoreError> {
+        let mut by_table: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+        let mut by_user: BTreeMap<(&str, &str), Vec<KeyAndBase<'_>>> = BTreeMap::new();
+        for (table, user, key, base) in window {
+            if def.table(table).is_none() {
+                continue;
+            }
+            by_table.entry(table).or_default().insert(key);
+            by_user.entry((table, user)).or_default().push((key, *base));
+        }
+        for (table, keys) in &by_table {
+            let Some(info) = self.info(table)? else {
+                continue;
+            };
+            let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            let t = quote_ident(&info.name);
+            let pk = quote_ident(&info.primary_key);
+            let declared = declared_of(&info, &info.primary_key);
+            self.query(
+                &format!(
+                    "SELECT 1 FROM {t} WHERE {pk} = ANY (CAST($1::text[] AS {declared}[])) ORDER BY {pk} FOR UPDATE"
+                ),
+                &[&keys],
+            )?;
+            self.query(
+                "SELECT 1 FROM fieldsync.rows WHERE tbl = $1 AND pk = ANY ($2::text[]) ORDER BY pk FOR UPDATE",
+                &[&info.name, &keys],
+            )?;
+            for k in keys {
+                self.locked.insert((info.name.clone(), k));
+            }
+        }
+        for ((table, user), entries) in &by_user {
+            let Some(info) = self.info(table)? else {
+                continue;
+            };
+            let task_table = def.table(table).expect("checked above");
+            let filter = task_table
+                .filter
+                .as_deref()
+                .map(fieldsync_proto::filter::parse)
+                .transpose()
+                .map_err(|e| StoreError::Db(e.to_string()))?;
+            let t = TableCtx {
+                task_table,
+                columns: plan::slice_columns(task_table, &info),
+                info,
+                filter,
+            };
+            let params = Params {
+                user: user.to_string(),
+                device: device.to_string(),
+            };
+            let id = (t.info.name.clone(), params.user.clone());
+            if !self.queries.contains_key(&id) {
+                let q = current_query(&mut self.tx, def, &t, &params)?;
+                self.queries.insert(id.clone(), q);
+            }
+            let (sql, binds) = {
+                let q = &self.queries[&id];
+                (q.batch_sql.clone(), q.binds.clone())
+            };
+            let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
+            let bases: Vec<Option<i64>> = entries.iter().map(|(_, b)| *b).collect();
+            let bound: Vec<Bind<'_>> = binds.iter().map(Bind).collect();
+            let mut all: Params_<'_> = bound.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+            all.push(&t.info.name);
+            all.push(&keys);
+            all.push(&bases);
+            let rows = self.query(&sql, &all)?;
+            let mut found: HashMap<(String, Option<i64>), Current> = HashMap::new();
+            for r in &rows {
+                found.insert((r.get(0), r.get(1)), current_of(&t, r, 2));
+            }
+            for (key, base) in entries {
+                let current = found.get(&(key.to_string(), *base)).cloned();
+                self.ahead
+                    .entry((t.info.name.clone(), key.to_string()))
+                    .or_default()
+                    .push((user.to_string(), *base, current));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl UploadTx for PgUpload<'_> {
@@ -285,6 +474,25 @@ impl UploadTx for PgUpload<'_> {
         Ok(rows.first().is_some_and(|r| !r.get::<_, bool>(0)))
     }
 
+    fn read_ahead(&mut self, entries: &[UploadEntry]) {
+        let mut planned = Vec::with_capacity(entries.len());
+        for e in entries {
+            let fits = match self.info(&e.table) {
+                Ok(Some(info)) => types::key_fits(&e.key, &declared_of(&info, &info.primary_key)),
+                _ => false,
+            };
+            planned.push(fits.then(|| {
+                (
+                    e.table.clone(),
+                    e.user.clone(),
+                    key_text(&e.key),
+                    e.base_version,
+                )
+            }));
+        }
+        self.planned = planned;
+    }
+
     fn current(
         &mut self,
         def: &TaskDef,
@@ -293,24 +501,39 @@ impl UploadTx for PgUpload<'_> {
         key: &Value,
         base: Option<i64>,
     ) -> Result<Option<Current>, StoreError> {
+        let index = self.asked;
+        self.asked += 1;
         let id = (t.info.name.clone(), params.user.clone());
         if !self.queries.contains_key(&id) {
             let q = current_query(&mut self.tx, def, t, params)?;
             self.queries.insert(id.clone(), q);
         }
+        let text_key = key_text(key);
+        if index >= self.next && index < self.planned.len() {
+            self.read_window(def, &params.device, index)?;
+        }
+        let row_id = (t.info.name.clone(), text_key.clone());
+        if let Some(read) = self.ahead.get_mut(&row_id)
+            && let Some(at) = read
+                .iter()
+                .position(|(user, b, _)| *user == params.user && *b == base)
+        {
+            return Ok(read.swap_remove(at).2);
+        }
         let declared = declared_of(&t.info, &t.info.primary_key);
         let typed_key = types::write_value(key, &declared);
-        if matches!(typed_key, Param::Invalid) {
+        if !types::key_fits(key, &declared) || matches!(typed_key, Param::Invalid) {
             return Ok(None);
         }
-        let text_key = key_text(key);
         let (lock_sql, sql, binds) = {
             let q = &self.queries[&id];
             (q.lock_sql.clone(), q.sql.clone(), q.binds.clone())
         };
         // The table's row first, as every writer locks it (then its tracking row):
         // one order, no deadlock with a single-row office transaction.
-        self.query(&lock_sql, &[&typed_key])?;
+        if !self.locked.contains(&row_id) {
+            self.query(&lock_sql, &[&typed_key])?;
+        }
         let bound: Vec<Bind<'_>> = binds.iter().map(Bind).collect();
         let mut all: Params_<'_> = bound.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
         all.push(&t.info.name);
@@ -318,25 +541,7 @@ impl UploadTx for PgUpload<'_> {
         all.push(&typed_key);
         all.push(&base);
         let rows = self.query(&sql, &all)?;
-        let Some(r) = rows.first() else {
-            return Ok(None);
-        };
-        let deleted: bool = r.get(1);
-        let mut values = BTreeMap::new();
-        if !deleted {
-            for (i, c) in t.columns.iter().enumerate() {
-                let kind = types::kind(&declared_of(&t.info, c));
-                values.insert(c.clone(), types::read_value(r, 5 + i, kind));
-            }
-        }
-        Ok(Some(Current {
-            version: r.get(0),
-            deleted,
-            changed: r.get(2),
-            left: r.get(3),
-            in_slice: r.get::<_, Option<bool>>(4).unwrap_or(false),
-            values,
-        }))
+        Ok(rows.first().map(|r| current_of(t, r, 0)))
     }
 
     fn parent(
@@ -402,7 +607,7 @@ impl UploadTx for PgUpload<'_> {
         }
         let (sql, binds) = self.parent_queries[&qkey].clone();
         let typed_key = types::write_value(key, &declared);
-        if matches!(typed_key, Param::Invalid) {
+        if !types::key_fits(key, &declared) || matches!(typed_key, Param::Invalid) {
             return Ok((false, false));
         }
         let text_key = key_text(key);
@@ -421,9 +626,13 @@ impl UploadTx for PgUpload<'_> {
 
     fn forget_parents(&mut self) {
         self.parents.clear();
+        // Slice membership and parent versions of rows read ahead may have changed.
+        self.ahead.clear();
     }
 
     fn apply(&mut self, info: &TableInfo, key: &Value, write: &Write) -> Result<(), ApplyError> {
+        // What was read ahead of this row is no longer what it is.
+        self.ahead.remove(&(info.name.clone(), key_text(key)));
         let table = quote_ident(&info.name);
         let pk = quote_ident(&info.primary_key);
         let pk_declared = declared_of(info, &info.primary_key);

@@ -107,6 +107,41 @@ pub(crate) fn write_param(n: usize, declared: &str) -> String {
     }
 }
 
+/// Whether a key value can be a key of a column of this type at all: a key that
+/// cannot names no row (an unknown key), and must not reach the database as a cast
+/// that fails.
+pub(crate) fn key_fits(key: &Value, declared: &str) -> bool {
+    match (kind(declared), key) {
+        (Some(Kind::Int | Kind::Bool), Value::Integer(_)) => true,
+        (Some(Kind::Int | Kind::Bool), _) => false,
+        (Some(Kind::Float | Kind::Numeric), v) => {
+            matches!(v, Value::Integer(_)) || matches!(v, Value::Real(r) if r.is_finite())
+        }
+        (Some(Kind::Text), v) => matches!(v, Value::Text(_) | Value::Integer(_)),
+        (Some(Kind::TextForm), Value::Text(t)) if declared == "uuid" => is_uuid(t),
+        (Some(Kind::Bytes), v) => matches!(v, Value::Blob(_) | Value::Text(_)),
+        (_, Value::Null | Value::Blob(_)) => false,
+        // date/time and json keys: the database judges them.
+        _ => true,
+    }
+}
+
+/// The text forms PostgreSQL's uuid input takes that fieldsync makes or passes on:
+/// 32 hex digits, with or without the four hyphens of 8-4-4-4-12, optional braces.
+fn is_uuid(text: &str) -> bool {
+    let inner = text
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .unwrap_or(text);
+    let hex: String = inner.chars().filter(|c| *c != '-').collect();
+    let hyphens_ok = inner.len() == 32
+        || (inner.len() == 36
+            && inner
+                .char_indices()
+                .all(|(i, c)| (c == '-') == matches!(i, 8 | 13 | 18 | 23)));
+    hyphens_ok && hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit())
+}
+
 /// A value as the parameter [`write_param`] declares.
 pub(crate) fn write_value(v: &Value, declared: &str) -> Param {
     if kind(declared) == Some(Kind::Bytes) {
@@ -253,6 +288,24 @@ mod tests {
         assert_eq!(kind("interval"), None);
         assert_eq!(kind("integer[]"), None);
         assert_eq!(kind("point"), None);
+    }
+
+    #[test]
+    fn keys_that_cannot_be_keys_of_the_column_are_told_apart() {
+        assert!(key_fits(&Value::Integer(5), "bigint"));
+        assert!(!key_fits(&Value::Text("not-a-number".into()), "bigint"));
+        assert!(!key_fits(&Value::Real(1.5), "integer"));
+        assert!(key_fits(&Value::Text("a".into()), "text"));
+        assert!(key_fits(
+            &Value::Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+            "uuid"
+        ));
+        assert!(!key_fits(&Value::Text("a0eebc99-9c0b".into()), "uuid"));
+        assert!(!key_fits(
+            &Value::Text("a0eebc99x9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+            "uuid"
+        ));
+        assert!(!key_fits(&Value::Null, "text"));
     }
 
     #[test]

@@ -95,7 +95,7 @@ pub(crate) fn op_name(op: WriteOp) -> &'static str {
 }
 
 /// Names an entry in refusals: its position, operation, table and key.
-fn entry_label(i: usize, e: &UploadEntry) -> String {
+pub(crate) fn entry_label(i: usize, e: &UploadEntry) -> String {
     format!(
         "entry {} ({} of `{}` key {}, journal #{})",
         i + 1,

@@ -492,3 +492,37 @@ fn admin_on_an_uninitialised_or_unreachable_postgres_fails_clearly() {
     );
     assert!(!run.stderr.contains("secret"), "{run:?}");
 }
+
+/// Inserts travel in multi-row statements; one the database refuses (a constraint of
+/// the office's) refuses the whole upload, naming that entry, and nothing is applied.
+#[test]
+fn a_refused_insert_among_many_names_its_entry_and_applies_nothing() {
+    let office = Office::new_pg(30);
+    office.execute_batch(
+        "ALTER TABLE inspections ADD CONSTRAINT result_known
+             CHECK (result IN ('ok', 'worn', 'failed'))",
+    );
+    let dev = north_device(&office, "tab-batch");
+    dev.run(&["download", TASK], "").ok();
+    let asset = first(&dev.replica(), "SELECT min(id) FROM assets");
+    let app = dev.replica();
+    for i in 0..40 {
+        let result = if i == 25 { "bogus" } else { "ok" };
+        app.execute(
+            &format!(
+                "INSERT INTO inspections (id, asset_id, inspector, inspected_at, result)
+                 VALUES ('batch-{i:02}', {asset}, 'ana', '2026-09-01', '{result}')"
+            ),
+            [],
+        )
+        .unwrap();
+    }
+    let run = dev.run(&["send"], "");
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("key \"batch-25\""), "{run:?}");
+    assert!(run.stderr.contains("result_known"), "{run:?}");
+    assert_eq!(
+        office.value("SELECT count(*) FROM inspections WHERE id LIKE 'batch-%'"),
+        "0"
+    );
+}

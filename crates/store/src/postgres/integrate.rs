@@ -47,10 +47,19 @@ pub(super) fn integrate(
             next: 0,
             ahead: HashMap::new(),
             locked: Default::default(),
+            pending: None,
+            entries: &upload.entries,
+            refused: None,
             retryable: false,
         };
         let result = integrate::integrate(&mut up, ctx, upload);
         let retryable = up.retryable;
+        // A batched insert refused while the loop was already further on: the
+        // refusal names its own entry.
+        let result = match (result, up.refused.take()) {
+            (Err(_), Some(why)) => Err(IntegrateError::Forbidden(why)),
+            (result, _) => result,
+        };
         match result {
             Ok(outcome) => match up.tx.commit() {
                 Ok(()) => return Ok(outcome),
@@ -100,7 +109,7 @@ struct CurrentQuery {
 /// Entries read ahead per round.
 const WINDOW: usize = 1000;
 
-struct PgUpload<'c> {
+struct PgUpload<'c, 'u> {
     tx: Transaction<'c>,
     statements: HashMap<String, Statement>,
     queries: HashMap<(String, String), CurrentQuery>,
@@ -121,11 +130,91 @@ struct PgUpload<'c> {
     ahead: HashMap<(String, String), Vec<ReadAhead>>,
     /// Rows locked ahead (table, key as text): their lock statement is not needed.
     locked: std::collections::HashSet<(String, String)>,
+    /// Inserts not sent yet: consecutive inserts into one table with the same columns
+    /// go as one multi-row INSERT (one statement, one run of the tracking trigger).
+    pending: Option<PendingInserts>,
+    /// The upload's entries, to name one in a refusal found late.
+    entries: &'u [UploadEntry],
+    /// A batched insert the database refused: the refusal, naming its entry.
+    refused: Option<String>,
     /// A statement failed by deadlock or serialization: the whole upload may be retried.
     retryable: bool,
 }
 
-impl PgUpload<'_> {
+impl PgUpload<'_, '_> {
+    /// Sends the pending inserts, as one statement. When the database refuses it, the
+    /// rows go again one by one to find the entry it refuses, which is recorded in
+    /// `refused` (the upload is refused, so nothing after it matters).
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let table = quote_ident(&p.info.name);
+        let names: Vec<String> = p.columns.iter().map(|c| quote_ident(c)).collect();
+        let declared: Vec<String> = p.columns.iter().map(|c| declared_of(&p.info, c)).collect();
+        let row_sql = |first: usize| -> String {
+            let marks: Vec<String> = declared
+                .iter()
+                .enumerate()
+                .map(|(i, d)| types::write_param(first + i, d))
+                .collect();
+            format!("({})", marks.join(", "))
+        };
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES {}",
+            names.join(", "),
+            (0..p.rows.len())
+                .map(|r| row_sql(1 + r * declared.len()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let refs: Params_<'_> = p
+            .rows
+            .iter()
+            .flat_map(|(_, values)| values.iter())
+            .map(|v| v as &(dyn ToSql + Sync))
+            .collect();
+        let savepoint = p.rows.len() > 1;
+        if savepoint {
+            self.tx
+                .batch_execute("SAVEPOINT fieldsync_inserts")
+                .map_err(|e| self.note(e))?;
+        }
+        match self.execute(&sql, &refs) {
+            Ok(_) if savepoint => self
+                .tx
+                .batch_execute("RELEASE SAVEPOINT fieldsync_inserts")
+                .map_err(|e| self.note(e)),
+            Ok(_) => Ok(()),
+            Err(e) if !refused(&e) => Err(self.note(e)),
+            Err(e) => {
+                if savepoint {
+                    self.tx
+                        .batch_execute("ROLLBACK TO SAVEPOINT fieldsync_inserts")
+                        .map_err(|e| self.note(e))?;
+                }
+                let single = format!(
+                    "INSERT INTO {table} ({}) VALUES {}",
+                    names.join(", "),
+                    row_sql(1)
+                );
+                let mut why = (p.rows[0].0, pg_message(&e));
+                for (index, values) in &p.rows {
+                    let refs: Params_<'_> =
+                        values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                    if let Err(e) = self.execute(&single, &refs) {
+                        why = (*index, pg_message(&e));
+                        break;
+                    }
+                }
+                let (index, message) = why;
+                let label = integrate::entry_label(index, &self.entries[index]);
+                self.refused = Some(format!("{label}: the main database refused it: {message}"));
+                Err(StoreError::Invalid("upload refused".into()))
+            }
+        }
+    }
+
     /// A table of the main database, read once per upload.
     fn info(&mut self, table: &str) -> Result<Option<TableInfo>, StoreError> {
         if let Some(known) = self.infos.get(table) {
@@ -304,6 +393,26 @@ fn current_query(
     })
 }
 
+/// Inserts waiting to go as one statement: the table, the columns, each row with the
+/// index of its entry.
+struct PendingInserts {
+    info: TableInfo,
+    columns: Vec<String>,
+    rows: Vec<(usize, Vec<Param>)>,
+}
+
+/// Rows per multi-row INSERT (fewer when the columns are many: at most 65,535 binds).
+const INSERT_BATCH: usize = 500;
+
+/// Whether the database refused a value or a constraint (the upload is refused),
+/// rather than failing itself.
+fn refused(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        let class = &c.code()[..2];
+        class == "22" || class == "23"
+    })
+}
+
 /// A row of a current-row query as [`Current`]; `at`: where its version column is.
 fn current_of(t: &TableCtx<'_>, r: &postgres::Row, at: usize) -> Current {
     let deleted: bool = r.get(at + 1);
@@ -324,13 +433,14 @@ fn current_of(t: &TableCtx<'_>, r: &postgres::Row, at: usize) -> Current {
     }
 }
 
-impl PgUpload<'_> {
+impl PgUpload<'_, '_> {
     /// Locks and reads the rows of the next [`WINDOW`] entries from `from` in a few
     /// statements: per table, its rows then their tracking rows in key order (the
     /// order writers lock them in), then per table and user the rows judged against
     /// each entry's base. A window that fails (a key its column cannot take) is rolled
     /// back; its entries are then read one by one, as without reading ahead.
     fn read_window(&mut self, def: &TaskDef, device: &str, from: usize) -> Result<(), StoreError> {
+        self.flush()?;
         let to = (from + WINDOW).min(self.planned.len());
         self.next = to;
         let window: Vec<Planned> = self.planned[from..to].iter().flatten().cloned().collect();
@@ -447,7 +557,7 @@ impl PgUpload<'_> {
     }
 }
 
-impl UploadTx for PgUpload<'_> {
+impl UploadTx for PgUpload<'_, '_> {
     fn recorded(&mut self, upload_id: &str) -> Result<Option<(String, String)>, StoreError> {
         // The same upload sent to two servers at once: the second waits for the
         // first's commit, then finds its record.
@@ -529,6 +639,7 @@ impl UploadTx for PgUpload<'_> {
             let q = &self.queries[&id];
             (q.lock_sql.clone(), q.sql.clone(), q.binds.clone())
         };
+        self.flush()?;
         // The table's row first, as every writer locks it (then its tracking row):
         // one order, no deadlock with a single-row office transaction.
         if !self.locked.contains(&row_id) {
@@ -605,6 +716,7 @@ impl UploadTx for PgUpload<'_> {
             );
             self.parent_queries.insert(qkey.clone(), (sql, binds));
         }
+        self.flush()?;
         let (sql, binds) = self.parent_queries[&qkey].clone();
         let typed_key = types::write_value(key, &declared);
         if !types::key_fits(key, &declared) || matches!(typed_key, Param::Invalid) {
@@ -636,6 +748,38 @@ impl UploadTx for PgUpload<'_> {
         let table = quote_ident(&info.name);
         let pk = quote_ident(&info.primary_key);
         let pk_declared = declared_of(info, &info.primary_key);
+        if let Write::Insert(row) = write {
+            let values: Vec<Param> = row
+                .iter()
+                .map(|(c, v)| types::write_value(v, &declared_of(info, c)))
+                .collect();
+            if values.iter().any(|v| matches!(v, Param::Invalid)) {
+                return Err(ApplyError::Refused(
+                    "bytes that are not UTF-8 cannot be stored in a text column".into(),
+                ));
+            }
+            let same_shape = self
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.info.name == info.name && p.columns.iter().eq(row.keys()));
+            if !same_shape {
+                self.flush().map_err(ApplyError::Store)?;
+                self.pending = Some(PendingInserts {
+                    info: info.clone(),
+                    columns: row.keys().cloned().collect(),
+                    rows: Vec::new(),
+                });
+            }
+            let index = self.asked.saturating_sub(1);
+            let p = self.pending.as_mut().expect("set above");
+            p.rows.push((index, values));
+            let limit = INSERT_BATCH.min(60_000 / p.columns.len().max(1));
+            if p.rows.len() >= limit {
+                self.flush().map_err(ApplyError::Store)?;
+            }
+            return Ok(());
+        }
+        self.flush().map_err(ApplyError::Store)?;
         let mut values: Vec<Param> = Vec::new();
         let sql = match write {
             Write::Insert(row) => {
@@ -751,6 +895,7 @@ impl UploadTx for PgUpload<'_> {
         upload_id: &str,
         outcome: &str,
     ) -> Result<(), StoreError> {
+        self.flush()?;
         let r = self.execute(
             "INSERT INTO fieldsync.uploads (upload_id, device, user_name, task, outcome, at)
              VALUES ($1, $2, $3, $4, $5, $6)",

@@ -254,3 +254,37 @@ pub(crate) fn filter_sql(dialect: Dialect, column: &str, declared: &str) -> Stri
         Dialect::Postgres => crate::postgres::types::filter_expr(column, declared),
     }
 }
+
+/// The parent chain of a task table, for a row joined as the table itself: per
+/// ancestor (parent, grandparent, …) its table and the SQL that yields its key.
+/// Engines wrap the key SQL in a lookup of their tracking rows.
+pub(crate) fn ancestor_keys(
+    def: &TaskDef,
+    t: &TaskTable,
+    lookup: &mut dyn FnMut(&str) -> Result<Option<TableInfo>>,
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut child = t;
+    // The SQL that yields the current ancestor's key.
+    let mut key_sql = String::new();
+    while let Some(p) = &child.parent {
+        let parent = def.table(&p.table).expect("checked: parent is in the task");
+        let parent_info = lookup(&p.table)?
+            .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", p.table)))?;
+        let ct = quote_ident(&child.name);
+        key_sql = if key_sql.is_empty() {
+            format!("{ct}.{}", quote_ident(&p.key))
+        } else {
+            let child_info = lookup(&child.name)?
+                .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", child.name)))?;
+            format!(
+                "(SELECT {ct}.{} FROM {ct} WHERE {ct}.{} = {key_sql})",
+                quote_ident(&p.key),
+                quote_ident(&child_info.primary_key)
+            )
+        };
+        out.push((parent_info.name, key_sql.clone()));
+        child = parent;
+    }
+    Ok(out)
+}

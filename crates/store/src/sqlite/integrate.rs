@@ -224,33 +224,15 @@ fn ancestor_versions(
     def: &TaskDef,
     t: &TaskTable,
 ) -> Result<Vec<String>, StoreError> {
-    let mut out = Vec::new();
-    let mut child = t;
-    // The SQL that yields the current ancestor's key.
-    let mut key_sql = String::new();
-    while let Some(p) = &child.parent {
-        let parent = def.table(&p.table).expect("checked: parent is in the task");
-        let parent_info = table_info(tx, &p.table)?
-            .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", p.table)))?;
-        let ct = quote_ident(&child.name);
-        key_sql = if key_sql.is_empty() {
-            format!("{ct}.{}", quote_ident(&p.key))
-        } else {
-            let child_info = table_info(tx, &child.name)?
-                .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", child.name)))?;
+    Ok(plan::ancestor_keys(def, t, &mut |name| table_info(tx, name))?
+        .into_iter()
+        .map(|(table, key_sql)| {
             format!(
-                "(SELECT {ct}.{} FROM {ct} WHERE {ct}.{} = {key_sql})",
-                quote_ident(&p.key),
-                quote_ident(&child_info.primary_key)
+                "(SELECT v.version FROM fieldsync_rows v WHERE v.tbl = '{}' AND v.pk = {key_sql})",
+                table.replace('\'', "''")
             )
-        };
-        out.push(format!(
-            "(SELECT v.version FROM fieldsync_rows v WHERE v.tbl = '{}' AND v.pk = {key_sql})",
-            parent_info.name.replace('\'', "''")
-        ));
-        child = parent;
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 /// The entry's row now: version, tombstone, slice membership for this user, values.

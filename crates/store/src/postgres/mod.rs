@@ -15,7 +15,8 @@
 mod integrate;
 pub(crate) mod types;
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use fieldsync_proto::Value;
 use fieldsync_proto::filter::Dialect;
@@ -144,8 +145,22 @@ CREATE TABLE IF NOT EXISTS fieldsync.sessions (
 /// Connections kept for reuse; a broken one is dropped, not returned.
 struct Pool {
     config: postgres::Config,
-    idle: Mutex<Vec<Client>>,
+    /// Idle connections, and how many are out.
+    state: Mutex<PoolState>,
+    returned: Condvar,
 }
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<Client>,
+    out: usize,
+}
+
+/// Connections one store holds at most (each request holds one; PostgreSQL's own
+/// limit is 100 by default, shared by every server and the office).
+const POOL_MAX: usize = 32;
+/// How long a request waits for a connection before it fails as busy.
+const POOL_WAIT: Duration = Duration::from_secs(30);
 
 /// A pooled connection, back in the pool when dropped.
 struct Conn<'p> {
@@ -168,13 +183,16 @@ impl std::ops::DerefMut for Conn<'_> {
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.client.take()
-            && !c.is_closed()
-            && let Ok(mut idle) = self.pool.idle.lock()
-            && idle.len() < 16
-        {
-            idle.push(c);
+        let client = self.client.take();
+        if let Ok(mut state) = self.pool.state.lock() {
+            state.out -= 1;
+            if let Some(c) = client
+                && !c.is_closed()
+            {
+                state.idle.push(c);
+            }
         }
+        self.pool.returned.notify_one();
     }
 }
 
@@ -209,19 +227,47 @@ impl PgStore {
         Ok(PgStore {
             pool: Pool {
                 config,
-                idle: Mutex::new(Vec::new()),
+                state: Mutex::new(PoolState::default()),
+                returned: Condvar::new(),
             },
             url: url.to_string(),
         })
     }
 
     fn connect(&self) -> Result<Conn<'_>> {
-        let idle = self.pool.idle.lock().ok().and_then(|mut v| v.pop());
+        fn poisoned<T>(_: T) -> StoreError {
+            StoreError::Db("connection pool poisoned".into())
+        }
+        let deadline = std::time::Instant::now() + POOL_WAIT;
+        let mut state = self.pool.state.lock().map_err(poisoned)?;
+        while state.idle.is_empty() && state.out >= POOL_MAX {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Db(format!(
+                    "main database busy: all {POOL_MAX} connections in use for {} s",
+                    POOL_WAIT.as_secs()
+                )));
+            }
+            state = self
+                .pool
+                .returned
+                .wait_timeout(state, left)
+                .map_err(poisoned)?
+                .0;
+        }
+        let idle = state.idle.pop();
+        state.out += 1;
+        drop(state);
+        // From here the slot is ours: a failed connect gives it back.
+        let mut conn = Conn {
+            pool: &self.pool,
+            client: None,
+        };
         let client = match idle {
             Some(c) => c,
             None => {
                 let mut config = self.pool.config.clone();
-                config.connect_timeout(std::time::Duration::from_secs(10));
+                config.connect_timeout(Duration::from_secs(10));
                 config.connect(NoTls).map_err(|e| {
                     StoreError::Db(format!(
                         "cannot connect to {}: {}",
@@ -231,10 +277,8 @@ impl PgStore {
                 })?
             }
         };
-        Ok(Conn {
-            pool: &self.pool,
-            client: Some(client),
-        })
+        conn.client = Some(client);
+        Ok(conn)
     }
 
     /// A connection to an initialised database.

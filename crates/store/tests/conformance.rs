@@ -1652,6 +1652,84 @@ fn conflict_resolve_takes_logged_values(fx: &Fixture) {
     ));
 }
 
+/// A sink that holds its stream's transaction (and connection) open a while.
+struct Slow(Collect);
+
+impl SliceSink for Slow {
+    fn begin(&mut self, cursor: i64, rows_per_table: &[u64]) -> fieldsync_store::Result<()> {
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        self.0.begin(cursor, rows_per_table)
+    }
+
+    fn row(
+        &mut self,
+        table_idx: usize,
+        values: &mut dyn Iterator<Item = ValueRef<'_>>,
+    ) -> fieldsync_store::Result<()> {
+        self.0.row(table_idx, values)
+    }
+}
+
+/// PostgreSQL: one store opens at most 32 connections; requests beyond wait for one
+/// and then succeed (40 slow downloads at once: two waves).
+fn connections_are_bounded(fx: &Fixture) {
+    setup(fx);
+    let s = fx.store();
+    let record = s.task_get("north-inspections").unwrap().unwrap();
+    let params = Params {
+        user: "ana".into(),
+        device: "dev1".into(),
+    };
+    let plan = fieldsync_store::plan_slice(s, &record.def, &params).unwrap();
+    let Office::Pg(mut monitor) = fx.office() else {
+        panic!("a PostgreSQL fixture")
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let started = std::time::Instant::now();
+    let mut most = 0i64;
+    std::thread::scope(|scope| {
+        let streams: Vec<_> = (0..40)
+            .map(|_| {
+                let plan = &plan;
+                scope.spawn(move || s.stream_slice(plan, &mut Slow(Collect::default())))
+            })
+            .collect();
+        let watcher = scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let n: i64 = monitor
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                           AND pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0);
+                most = most.max(n);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        for st in streams {
+            let counts = st
+                .join()
+                .unwrap()
+                .expect("every download gets a connection in time");
+            assert!(counts.iter().sum::<u64>() > 0);
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        watcher.join().unwrap();
+    });
+    assert!(most <= 32, "the store held {most} connections at once");
+    assert!(
+        most >= 16,
+        "the downloads ran side by side ({most} connections)"
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1200),
+        "40 downloads of 600 ms on 32 connections take two waves: {:?}",
+        started.elapsed()
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // One #[test] per check and engine
 // ---------------------------------------------------------------------------------
@@ -1697,6 +1775,7 @@ conformance! {
     postgres_only: [
         unsupported_types_refused,
         commit_order_interleaved_writers,
+        connections_are_bounded,
     ],
 }
 

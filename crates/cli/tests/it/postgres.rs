@@ -526,3 +526,42 @@ fn a_refused_insert_among_many_names_its_entry_and_applies_nothing() {
         "0"
     );
 }
+
+/// docs/operations-postgres.md: after a restore the operator empties the bases; the
+/// changes devices send against them are then compared by value: applied where the
+/// office still holds what the device saw, logged where it does not.
+#[test]
+fn with_the_bases_emptied_pending_changes_are_compared_by_value() {
+    let office = Office::new_pg(40);
+    let dev = north_device(&office, "tab-restore");
+    dev.run(&["download", TASK], "").ok();
+    let replica = dev.replica();
+    let a1: i64 = first(&replica, "SELECT min(id) FROM assets")
+        .parse()
+        .unwrap();
+    let a2: i64 = first(&replica, "SELECT max(id) FROM assets")
+        .parse()
+        .unwrap();
+    replica
+        .execute_batch(&format!(
+            "UPDATE assets SET name = 'device 1' WHERE id = {a1};
+             UPDATE assets SET name = 'device 2' WHERE id = {a2};"
+        ))
+        .unwrap();
+    office.execute_batch(&format!(
+        "UPDATE assets SET name = 'office 2' WHERE id = {a2}; TRUNCATE fieldsync.bases;"
+    ));
+    dev.run(&["send"], "").ok();
+    assert_eq!(
+        office.value(&format!("SELECT name FROM assets WHERE id = {a1}")),
+        "device 1"
+    );
+    assert_eq!(
+        office.value(&format!("SELECT name FROM assets WHERE id = {a2}")),
+        "office 2"
+    );
+    let log = conflicts(&office);
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["device_values"]["name"], "device 2");
+    assert_eq!(log[0]["server_values"]["name"], "office 2");
+}

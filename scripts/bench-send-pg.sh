@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The send benchmark of scripts/bench-send.sh on a PostgreSQL main database: N journal
-# entries (inserted inspections) sent by `fieldsync device send`, the device's wall time
+# entries (inserted inspections, then the same rows updated) sent by `fieldsync device send`, the device's wall time
 # and the server's integration time from its sync history. Creates and drops a fresh
 # database on the server of FIELDSYNC_BENCH_PG (default: the local one).
 # Usage: scripts/bench-send-pg.sh [N]   (default 100000; needs psql, sqlite3, python3)
@@ -60,4 +60,15 @@ GOT=$(psql -Atq "$DB" -c "SELECT count(*) FROM inspections WHERE id LIKE 'bulk-%
 [ "$GOT" = "$N" ] || { echo "expected $N inserted inspections, found $GOT"; exit 1; }
 python3 -c "
 t = $E - $S
-print(f'PostgreSQL: $N entries: device send {t:.2f} s ({$N / t:.0f} entries/s end to end); server integration {$MS} ms ({$N * 1000 / $MS:.0f} entries/s)')"
+print(f'PostgreSQL: $N inserts: device send {t:.2f} s ({$N / t:.0f} entries/s end to end); server integration {$MS} ms ({$N * 1000 / $MS:.0f} entries/s)')"
+# The same rows updated: N update entries.
+sqlite3 "$D/replica.sqlite" "UPDATE inspections SET result = 'worn', notes = 'updated ' || id WHERE id LIKE 'bulk-%';"
+S=$(date +%s.%N)
+"$B" device send --dir "$D" >/dev/null
+E=$(date +%s.%N)
+MS=$("$B" admin sessions --db "$DB" --json | python3 -c "import json,sys; print(json.load(sys.stdin)[-1]['duration_ms'])")
+GOT=$(psql -Atq "$DB" -c "SELECT count(*) FROM inspections WHERE id LIKE 'bulk-%' AND result = 'worn'")
+[ "$GOT" = "$N" ] || { echo "expected $N updated inspections, found $GOT"; exit 1; }
+python3 -c "
+t = $E - $S
+print(f'PostgreSQL: $N updates: device send {t:.2f} s ({$N / t:.0f} entries/s end to end); server integration {$MS} ms ({$N * 1000 / $MS:.0f} entries/s)')"

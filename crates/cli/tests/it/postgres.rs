@@ -565,3 +565,37 @@ fn with_the_bases_emptied_pending_changes_are_compared_by_value() {
     assert_eq!(log[0]["device_values"]["name"], "device 2");
     assert_eq!(log[0]["server_values"]["name"], "office 2");
 }
+
+/// Updates too travel in batches; one the database refuses refuses the whole upload,
+/// naming that entry, and no update of the batch is applied.
+#[test]
+fn a_refused_update_among_many_names_its_entry_and_applies_nothing() {
+    let office = Office::new_pg(80);
+    office.execute_batch(
+        "ALTER TABLE inspections ADD CONSTRAINT result_known
+             CHECK (result IN ('ok', 'worn', 'failed'))",
+    );
+    let dev = north_device(&office, "tab-batch-upd");
+    dev.run(&["download", TASK], "").ok();
+    let replica = dev.replica();
+    let ids: Vec<String> = rows(&replica, "SELECT id FROM inspections ORDER BY id")
+        .into_iter()
+        .map(|r| r[0][1..].to_string())
+        .collect();
+    assert!(ids.len() >= 10, "{ids:?}");
+    let bad = &ids[ids.len() / 2];
+    replica
+        .execute_batch(&format!(
+            "UPDATE inspections SET result = CASE WHEN id = '{bad}' THEN 'bogus' ELSE 'worn' END"
+        ))
+        .unwrap();
+    let before = office.rows("SELECT id, result FROM inspections ORDER BY id");
+    let run = dev.run(&["send"], "");
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains(&format!("key \"{bad}\"")), "{run:?}");
+    assert!(run.stderr.contains("result_known"), "{run:?}");
+    assert_eq!(
+        office.rows("SELECT id, result FROM inspections ORDER BY id"),
+        before
+    );
+}

@@ -130,9 +130,9 @@ struct PgUpload<'c, 'u> {
     ahead: HashMap<(String, String), Vec<ReadAhead>>,
     /// Rows locked ahead (table, key as text): their lock statement is not needed.
     locked: std::collections::HashSet<(String, String)>,
-    /// Inserts not sent yet: consecutive inserts into one table with the same columns
-    /// go as one multi-row INSERT (one statement, one run of the tracking trigger).
-    pending: Option<PendingInserts>,
+    /// Writes not sent yet: consecutive inserts (or updates) of one table with the
+    /// same columns go as one statement (one run of the tracking trigger).
+    pending: Option<PendingWrites>,
     /// The upload's entries, to name one in a refusal found late.
     entries: &'u [UploadEntry],
     /// A batched insert the database refused: the refusal, naming its entry.
@@ -142,32 +142,14 @@ struct PgUpload<'c, 'u> {
 }
 
 impl PgUpload<'_, '_> {
-    /// Sends the pending inserts, as one statement. When the database refuses it, the
+    /// Sends the pending writes, as one statement. When the database refuses it, the
     /// rows go again one by one to find the entry it refuses, which is recorded in
     /// `refused` (the upload is refused, so nothing after it matters).
     fn flush(&mut self) -> Result<(), StoreError> {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
-        let table = quote_ident(&p.info.name);
-        let names: Vec<String> = p.columns.iter().map(|c| quote_ident(c)).collect();
-        let declared: Vec<String> = p.columns.iter().map(|c| declared_of(&p.info, c)).collect();
-        let row_sql = |first: usize| -> String {
-            let marks: Vec<String> = declared
-                .iter()
-                .enumerate()
-                .map(|(i, d)| types::write_param(first + i, d))
-                .collect();
-            format!("({})", marks.join(", "))
-        };
-        let sql = format!(
-            "INSERT INTO {table} ({}) VALUES {}",
-            names.join(", "),
-            (0..p.rows.len())
-                .map(|r| row_sql(1 + r * declared.len()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let sql = p.sql(p.rows.len());
         let refs: Params_<'_> = p
             .rows
             .iter()
@@ -177,27 +159,23 @@ impl PgUpload<'_, '_> {
         let savepoint = p.rows.len() > 1;
         if savepoint {
             self.tx
-                .batch_execute("SAVEPOINT fieldsync_inserts")
+                .batch_execute("SAVEPOINT fieldsync_writes")
                 .map_err(|e| self.note(e))?;
         }
         match self.execute(&sql, &refs) {
             Ok(_) if savepoint => self
                 .tx
-                .batch_execute("RELEASE SAVEPOINT fieldsync_inserts")
+                .batch_execute("RELEASE SAVEPOINT fieldsync_writes")
                 .map_err(|e| self.note(e)),
             Ok(_) => Ok(()),
             Err(e) if !refused(&e) => Err(self.note(e)),
             Err(e) => {
                 if savepoint {
                     self.tx
-                        .batch_execute("ROLLBACK TO SAVEPOINT fieldsync_inserts")
+                        .batch_execute("ROLLBACK TO SAVEPOINT fieldsync_writes")
                         .map_err(|e| self.note(e))?;
                 }
-                let single = format!(
-                    "INSERT INTO {table} ({}) VALUES {}",
-                    names.join(", "),
-                    row_sql(1)
-                );
+                let single = p.sql(1);
                 let mut why = (p.rows[0].0, pg_message(&e));
                 for (index, values) in &p.rows {
                     let refs: Params_<'_> =
@@ -376,16 +354,81 @@ fn current_query(
     })
 }
 
-/// Inserts waiting to go as one statement: the table, the columns, each row with the
-/// index of its entry.
-struct PendingInserts {
+/// Inserts or updates waiting to go as one statement: the table, the columns (for
+/// updates the key first), each row's values with the index of its entry.
+struct PendingWrites {
+    update: bool,
     info: TableInfo,
     columns: Vec<String>,
     rows: Vec<(usize, Vec<Param>)>,
 }
 
-/// Rows per multi-row INSERT (fewer when the columns are many: at most 65,535 binds).
-const INSERT_BATCH: usize = 500;
+impl PendingWrites {
+    /// The statement for `n` rows: a multi-row INSERT, or an UPDATE from a VALUES list
+    /// joined on the key.
+    fn sql(&self, n: usize) -> String {
+        let table = quote_ident(&self.info.name);
+        let declared: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| declared_of(&self.info, c))
+            .collect();
+        let width = declared.len();
+        let values = |cast: bool| -> String {
+            (0..n)
+                .map(|r| {
+                    let marks: Vec<String> = declared
+                        .iter()
+                        .enumerate()
+                        .map(|(i, d)| {
+                            let n = 1 + r * width + i;
+                            if cast {
+                                types::write_param(n, d)
+                            } else {
+                                types::raw_param(n, d)
+                            }
+                        })
+                        .collect();
+                    format!("({})", marks.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !self.update {
+            let names: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+            return format!(
+                "INSERT INTO {table} ({}) VALUES {}",
+                names.join(", "),
+                values(true)
+            );
+        }
+        // v (c0, c1, …): c0 is the key.
+        let aliases: Vec<String> = (0..width).map(|i| format!("c{i}")).collect();
+        let sets: Vec<String> = self.columns[1..]
+            .iter()
+            .zip(&declared[1..])
+            .enumerate()
+            .map(|(i, (c, d))| {
+                format!(
+                    "{} = {}",
+                    quote_ident(c),
+                    types::cast_to(&format!("v.c{}", i + 1), d)
+                )
+            })
+            .collect();
+        format!(
+            "UPDATE {table} SET {} FROM (VALUES {}) AS v ({}) WHERE {table}.{} = {}",
+            sets.join(", "),
+            values(false),
+            aliases.join(", "),
+            quote_ident(&self.columns[0]),
+            types::cast_to("v.c0", &declared[0])
+        )
+    }
+}
+
+/// Rows per batched statement (fewer when the columns are many: at most 65,535 binds).
+const WRITE_BATCH: usize = 500;
 
 /// Whether the database refused a value or a constraint (the upload is refused),
 /// rather than failing itself.
@@ -731,8 +774,21 @@ impl UploadTx for PgUpload<'_, '_> {
         let table = quote_ident(&info.name);
         let pk = quote_ident(&info.primary_key);
         let pk_declared = declared_of(info, &info.primary_key);
-        if let Write::Insert(row) = write {
-            let values: Vec<Param> = row
+        let cells = |row: &fieldsync_proto::conflict::Row| -> Vec<(String, Value)> {
+            row.iter().map(|(c, v)| (c.clone(), v.clone())).collect()
+        };
+        let batched = match write {
+            Write::Insert(row) => Some((false, cells(row))),
+            // The key first, then the columns set.
+            Write::Update(row) if !row.is_empty() => {
+                let mut keyed = vec![(info.primary_key.clone(), key.clone())];
+                keyed.extend(cells(row));
+                Some((true, keyed))
+            }
+            _ => None,
+        };
+        if let Some((update, cells)) = batched {
+            let values: Vec<Param> = cells
                 .iter()
                 .map(|(c, v)| types::write_value(v, &declared_of(info, c)))
                 .collect();
@@ -741,22 +797,24 @@ impl UploadTx for PgUpload<'_, '_> {
                     "bytes that are not UTF-8 cannot be stored in a text column".into(),
                 ));
             }
-            let same_shape = self
-                .pending
-                .as_ref()
-                .is_some_and(|p| p.info.name == info.name && p.columns.iter().eq(row.keys()));
+            let same_shape = self.pending.as_ref().is_some_and(|p| {
+                p.update == update
+                    && p.info.name == info.name
+                    && p.columns.iter().eq(cells.iter().map(|(c, _)| c))
+            });
             if !same_shape {
                 self.flush().map_err(ApplyError::Store)?;
-                self.pending = Some(PendingInserts {
+                self.pending = Some(PendingWrites {
+                    update,
                     info: info.clone(),
-                    columns: row.keys().cloned().collect(),
+                    columns: cells.iter().map(|(c, _)| c.clone()).collect(),
                     rows: Vec::new(),
                 });
             }
             let index = self.asked.saturating_sub(1);
             let p = self.pending.as_mut().expect("set above");
             p.rows.push((index, values));
-            let limit = INSERT_BATCH.min(60_000 / p.columns.len().max(1));
+            let limit = WRITE_BATCH.min(60_000 / p.columns.len().max(1));
             if p.rows.len() >= limit {
                 self.flush().map_err(ApplyError::Store)?;
             }

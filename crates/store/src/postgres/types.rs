@@ -101,9 +101,22 @@ pub(crate) fn filter_expr(column: &str, declared: &str) -> String {
 
 /// A placeholder for a value written to a column of this type.
 pub(crate) fn write_param(n: usize, declared: &str) -> String {
+    cast_to(&raw_param(n, declared), declared)
+}
+
+/// The parameter itself, as sent: bytea for a bytea column, text for every other.
+pub(crate) fn raw_param(n: usize, declared: &str) -> String {
     match kind(declared) {
         Some(Kind::Bytes) => format!("${n}::bytea"),
-        _ => format!("CAST(${n}::text AS {declared})"),
+        _ => format!("${n}::text"),
+    }
+}
+
+/// An expression of [`raw_param`]'s type as the column's own type.
+pub(crate) fn cast_to(expr: &str, declared: &str) -> String {
+    match kind(declared) {
+        Some(Kind::Bytes) => expr.to_string(),
+        _ => format!("CAST({expr} AS {declared})"),
     }
 }
 

@@ -599,3 +599,74 @@ fn a_refused_update_among_many_names_its_entry_and_applies_nothing() {
         before
     );
 }
+
+/// docs/operations-postgres.md: a `pg_dump` of the whole database restored with
+/// `pg_restore` into a new database serves the devices: tracking triggers, bases,
+/// users and sessions came along; an office write after the restore is tracked and
+/// a pending device change goes in.
+#[test]
+fn a_dump_restored_into_a_new_database_serves_the_devices() {
+    let office = Office::new_pg(40);
+    let dev = north_device(&office, "tab-dump");
+    dev.run(&["download", TASK], "").ok();
+    let asset: i64 = first(&dev.replica(), "SELECT min(id) FROM assets")
+        .parse()
+        .unwrap();
+    dev.replica()
+        .execute(
+            &format!("UPDATE assets SET name = 'after the restore' WHERE id = {asset}"),
+            [],
+        )
+        .unwrap();
+    let dump = office.dir.0.join("main.dump");
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let source = &office.db_url;
+    run(
+        "pg_dump",
+        &["--format=custom", "--file", dump.to_str().unwrap(), source],
+    );
+    let restored = PgDb::new();
+    run(
+        "pg_restore",
+        &["--dbname", &restored.url, dump.to_str().unwrap()],
+    );
+    let server = Server::start(&restored.url);
+    use_server(&dev, &server.url);
+    // The office writes the restored database; the device's pending edit goes in.
+    restored
+        .client()
+        .batch_execute("UPDATE assets SET category = 'restored office' WHERE region = 'north'")
+        .unwrap();
+    dev.run(&["sync"], "").ok();
+    let mut main = restored.client();
+    assert_eq!(
+        pg_rows(
+            &mut main,
+            &format!("SELECT name, category FROM assets WHERE id = {asset}")
+        ),
+        vec![vec!["tafter the restore", "trestored office"]]
+    );
+    let replica = dev.replica();
+    assert_eq!(
+        rows(
+            &replica,
+            &format!("SELECT category FROM assets WHERE id = {asset}")
+        ),
+        vec![vec!["trestored office"]]
+    );
+    // The original database did not get the edit.
+    assert_ne!(
+        office.value(&format!("SELECT name FROM assets WHERE id = {asset}")),
+        "after the restore"
+    );
+}

@@ -27,7 +27,6 @@ pub(crate) struct TableCtx<'t> {
 pub(crate) enum ApplyError {
     /// A constraint or a value the database would not take: the upload is refused.
     Refused(String),
-    #[allow(dead_code)] // the PostgreSQL backend tells refusals from failures
     Store(StoreError),
 }
 

@@ -787,15 +787,6 @@ fn kill_9_of_the_device_leaves_the_before_or_the_after_state() {
     lab.finish("kill -9", started);
 }
 
-/// Points the device at a restarted server (its port changed).
-fn repoint(dev: &DeviceDir, url: &str) {
-    let path = dev.path().join("state.json");
-    let mut state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    state["server"] = serde_json::Value::String(url.to_string());
-    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
-}
-
 /// kill -9 of the server at a few points of a 20,000-entry upload (and once right after
 /// its commit), restart, send again: every entry applied exactly once.
 #[test]
@@ -915,7 +906,7 @@ fn kill_9_of_the_server_during_a_large_upload_then_a_resend_applies_it_once() {
         ));
 
         office.server = Server::start(&office.db_url);
-        repoint(&dev, &office.server.url);
+        dev.use_server(&office.server.url);
         dev.run(&["send"], "").ok();
         assert_eq!(
             count(&office, BY_PREFIX, &prefix),

@@ -75,7 +75,7 @@ impl Net {
             .parse()
             .unwrap();
         let proxy = FaultProxy::start(upstream, Fault::PASS);
-        point_at(&dev, &proxy.url());
+        dev.use_server(&proxy.url());
         Net { office, dev, proxy }
     }
 
@@ -121,16 +121,6 @@ impl Net {
             .unwrap()
             .len()
     }
-}
-
-/// Points a paired device at another server address (the proxy's), as if it had been
-/// paired there: `server` in its state file.
-fn point_at(dev: &DeviceDir, url: &str) {
-    let path = dev.path().join("state.json");
-    let mut state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    state["server"] = url.into();
-    std::fs::write(&path, serde_json::to_string_pretty(&state).unwrap()).unwrap();
 }
 
 /// What a bounded run printed and how long it took.
@@ -840,7 +830,7 @@ fn a_server_that_never_accepts_ends_in_a_connect_timeout() {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
         })
         .collect();
-    point_at(&net.dev, &format!("http://{addr}"));
+    net.dev.use_server(&format!("http://{addr}"));
     let t = net.download(&[
         ("FIELDSYNC_CONNECT_TIMEOUT_MS", "500"),
         ("FIELDSYNC_READ_TIMEOUT_MS", "5000"),

@@ -409,6 +409,16 @@ impl DeviceDir {
         serde_json::from_str(&self.run(&["status", "--json"], "").ok().stdout).unwrap()
     }
 
+    /// Points the paired device at another server address (a restarted server, a
+    /// proxy, a second server behind a load balancer): `server` in its state file.
+    pub fn use_server(&self, url: &str) {
+        let path = self.dir.0.join("state.json");
+        let mut state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        state["server"] = url.into();
+        std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    }
+
     pub fn replica_path(&self) -> PathBuf {
         self.dir.0.join("replica.sqlite")
     }

@@ -72,18 +72,22 @@ fn first(conn: &rusqlite::Connection, sql: &str) -> String {
     .unwrap()
 }
 
+/// The lowest and highest asset ids of a replica.
+fn first_and_last_asset(replica: &rusqlite::Connection) -> (i64, i64) {
+    let id = |sql: &str| first(replica, sql).parse().unwrap();
+    (
+        id("SELECT min(id) FROM assets"),
+        id("SELECT max(id) FROM assets"),
+    )
+}
+
 #[test]
 fn edits_reach_postgres_and_conflicts_are_logged_not_lost() {
     let office = Office::new_pg(60);
     let dev = north_device(&office, "tab-pg-2");
     dev.run(&["download", TASK], "").ok();
     let replica = dev.replica();
-    let a1: i64 = first(&replica, "SELECT min(id) FROM assets")
-        .parse()
-        .unwrap();
-    let a2: i64 = first(&replica, "SELECT max(id) FROM assets")
-        .parse()
-        .unwrap();
+    let (a1, a2) = first_and_last_asset(&replica);
     let i1 = first(&replica, "SELECT min(id) FROM inspections");
     replica
         .execute_batch(&format!(
@@ -391,15 +395,6 @@ fn every_committed_row_reaches_the_devices_with_concurrent_writers() {
     }
 }
 
-/// Points a device at another server, as a load balancer would send it.
-fn use_server(dev: &DeviceDir, url: &str) {
-    let path = dev.path().join("state.json");
-    let mut state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    state["server"] = serde_json::Value::String(url.to_string());
-    std::fs::write(&path, serde_json::to_string_pretty(&state).unwrap()).unwrap();
-}
-
 #[test]
 fn two_servers_on_one_database_behave_as_one() {
     let office = Office::new_pg(60);
@@ -410,7 +405,7 @@ fn two_servers_on_one_database_behave_as_one() {
     let mut turn = 0;
     let mut next = |dev: &DeviceDir| {
         turn += 1;
-        use_server(dev, &servers[turn % 2]);
+        dev.use_server(&servers[turn % 2]);
     };
     next(&dev);
     dev.run(&["download", TASK], "").ok();
@@ -536,12 +531,7 @@ fn with_the_bases_emptied_pending_changes_are_compared_by_value() {
     let dev = north_device(&office, "tab-restore");
     dev.run(&["download", TASK], "").ok();
     let replica = dev.replica();
-    let a1: i64 = first(&replica, "SELECT min(id) FROM assets")
-        .parse()
-        .unwrap();
-    let a2: i64 = first(&replica, "SELECT max(id) FROM assets")
-        .parse()
-        .unwrap();
+    let (a1, a2) = first_and_last_asset(&replica);
     replica
         .execute_batch(&format!(
             "UPDATE assets SET name = 'device 1' WHERE id = {a1};
@@ -609,9 +599,7 @@ fn a_dump_restored_into_a_new_database_serves_the_devices() {
     let office = Office::new_pg(40);
     let dev = north_device(&office, "tab-dump");
     dev.run(&["download", TASK], "").ok();
-    let asset: i64 = first(&dev.replica(), "SELECT min(id) FROM assets")
-        .parse()
-        .unwrap();
+    let (asset, _) = first_and_last_asset(&dev.replica());
     dev.replica()
         .execute(
             &format!("UPDATE assets SET name = 'after the restore' WHERE id = {asset}"),
@@ -641,7 +629,7 @@ fn a_dump_restored_into_a_new_database_serves_the_devices() {
         &["--dbname", &restored.url, dump.to_str().unwrap()],
     );
     let server = Server::start(&restored.url);
-    use_server(&dev, &server.url);
+    dev.use_server(&server.url);
     // The office writes the restored database; the device's pending edit goes in.
     restored
         .client()

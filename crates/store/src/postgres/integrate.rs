@@ -17,7 +17,7 @@ use postgres::types::ToSql;
 use postgres::{Client, Statement, Transaction};
 
 use super::types::{self, Bind, Param};
-use super::{key_text, pg_message, table_info};
+use super::{pg_message, table_info};
 use crate::integrate::{self, ApplyError, ConflictLog, TableCtx, UploadTx, op_name};
 use crate::plan::{self, quote_ident};
 use crate::{IntegrateContext, IntegrateError, StoreError, TableInfo};
@@ -83,6 +83,9 @@ fn is_retryable(e: &postgres::Error) -> bool {
 }
 
 type Params_<'a> = Vec<&'a (dyn ToSql + Sync)>;
+
+/// Tables of the main database by name (`None`: no such table).
+type Infos = HashMap<String, Option<TableInfo>>;
 
 /// An entry as reading ahead needs it: table, user, key as text, base.
 type Planned = (String, String, String, Option<i64>);
@@ -193,6 +196,32 @@ impl PgUpload<'_, '_> {
         }
     }
 
+    /// The task's tables (by name), read once per upload.
+    fn task_infos(&mut self, def: &TaskDef) -> Result<Infos, StoreError> {
+        let mut infos = HashMap::new();
+        for t in &def.tables {
+            let info = self.info(&t.name)?;
+            infos.insert(t.name.clone(), info);
+        }
+        Ok(infos)
+    }
+
+    /// The current-row queries of a table for a user, built once per upload.
+    fn query_for(
+        &mut self,
+        def: &TaskDef,
+        t: &TableCtx<'_>,
+        params: &Params,
+    ) -> Result<&CurrentQuery, StoreError> {
+        let id = (t.info.name.clone(), params.user.clone());
+        if !self.queries.contains_key(&id) {
+            let infos = self.task_infos(def)?;
+            let q = current_query(&infos, def, t, params)?;
+            self.queries.insert(id.clone(), q);
+        }
+        Ok(&self.queries[&id])
+    }
+
     /// A table of the main database, read once per upload.
     fn info(&mut self, table: &str) -> Result<Option<TableInfo>, StoreError> {
         if let Some(known) = self.infos.get(table) {
@@ -259,12 +288,8 @@ fn declared_of(info: &TableInfo, column: &str) -> String {
 
 /// SQL expressions for the transaction ids of a table's parent chain, for the row
 /// joined as the table itself: its parent's, the grandparent's, and so on.
-fn ancestor_xids(
-    tx: &mut Transaction<'_>,
-    def: &TaskDef,
-    t: &TaskTable,
-) -> Result<Vec<String>, StoreError> {
-    Ok(plan::ancestor_keys(def, t, &mut |name| table_info(tx, name))?
+fn ancestor_xids(infos: &Infos, def: &TaskDef, t: &TaskTable) -> Result<Vec<String>, StoreError> {
+    Ok(plan::ancestor_keys(def, t, &mut |name| Ok(infos.get(name).cloned().flatten()))?
         .into_iter()
         .map(|(table, key_sql)| {
             format!(
@@ -276,16 +301,12 @@ fn ancestor_xids(
 }
 
 fn current_query(
-    tx: &mut Transaction<'_>,
+    infos: &Infos,
     def: &TaskDef,
     t: &TableCtx<'_>,
     params: &Params,
 ) -> Result<CurrentQuery, StoreError> {
     let mut binds = Vec::new();
-    let mut infos = HashMap::new();
-    for name in def.tables.iter().map(|t| t.name.as_str()) {
-        infos.insert(name.to_string(), table_info(tx, name)?);
-    }
     let cond = plan::slice_condition(
         def,
         t.task_table,
@@ -307,7 +328,7 @@ fn current_query(
             )
         })
         .collect();
-    let left = ancestor_xids(tx, def, t.task_table)?
+    let left = ancestor_xids(infos, def, t.task_table)?
         .iter()
         .fold(changed_sql("r.xid"), |acc, x| {
             format!("{acc} OR {}", changed_sql(x))
@@ -446,7 +467,7 @@ fn current_of(t: &TableCtx<'_>, r: &postgres::Row, at: usize) -> Current {
     if !deleted {
         for (i, c) in t.columns.iter().enumerate() {
             let kind = types::kind(&declared_of(&t.info, c));
-            values.insert(c.clone(), types::read_value(r, at + 5 + i, kind));
+            values.insert(c.clone(), types::value_ref(r, at + 5 + i, kind).to_owned());
         }
     }
     Current {
@@ -550,13 +571,8 @@ impl PgUpload<'_, '_> {
                 user: user.to_string(),
                 device: device.to_string(),
             };
-            let id = (t.info.name.clone(), params.user.clone());
-            if !self.queries.contains_key(&id) {
-                let q = current_query(&mut self.tx, def, &t, &params)?;
-                self.queries.insert(id.clone(), q);
-            }
             let (sql, binds) = {
-                let q = &self.queries[&id];
+                let q = self.query_for(def, &t, &params)?;
                 (q.batch_sql.clone(), q.binds.clone())
             };
             let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
@@ -621,7 +637,7 @@ impl UploadTx for PgUpload<'_, '_> {
                 (
                     e.table.clone(),
                     e.user.clone(),
-                    key_text(&e.key),
+                    types::text_of(&e.key),
                     e.base_version,
                 )
             }));
@@ -639,12 +655,7 @@ impl UploadTx for PgUpload<'_, '_> {
     ) -> Result<Option<Current>, StoreError> {
         let index = self.asked;
         self.asked += 1;
-        let id = (t.info.name.clone(), params.user.clone());
-        if !self.queries.contains_key(&id) {
-            let q = current_query(&mut self.tx, def, t, params)?;
-            self.queries.insert(id.clone(), q);
-        }
-        let text_key = key_text(key);
+        let text_key = types::text_of(key);
         if index >= self.next && index < self.planned.len() {
             self.read_window(def, &params.device, index)?;
         }
@@ -662,7 +673,7 @@ impl UploadTx for PgUpload<'_, '_> {
             return Ok(None);
         }
         let (lock_sql, sql, binds) = {
-            let q = &self.queries[&id];
+            let q = self.query_for(def, t, params)?;
             (q.lock_sql.clone(), q.sql.clone(), q.binds.clone())
         };
         self.flush()?;
@@ -705,10 +716,7 @@ impl UploadTx for PgUpload<'_, '_> {
         let qkey = (table.to_string(), params.user.clone());
         if !self.parent_queries.contains_key(&qkey) {
             let parent = def.table(table).expect("checked: parent is in the task");
-            let mut infos = HashMap::new();
-            for name in def.tables.iter().map(|t| t.name.as_str()) {
-                infos.insert(name.to_string(), table_info(&mut self.tx, name)?);
-            }
+            let infos = self.task_infos(def)?;
             let mut binds = Vec::new();
             let cond = plan::slice_condition(
                 def,
@@ -723,7 +731,7 @@ impl UploadTx for PgUpload<'_, '_> {
             let pk = quote_ident(&info.primary_key);
             let n = binds.len();
             let key_param = types::write_param(n + 3, &declared);
-            let left = ancestor_xids(&mut self.tx, def, parent)?
+            let left = ancestor_xids(&infos, def, parent)?
                 .iter()
                 .fold(changed_sql("r.xid"), |acc, x| {
                     format!("{acc} OR {}", changed_sql(x))
@@ -748,7 +756,7 @@ impl UploadTx for PgUpload<'_, '_> {
         if !types::key_fits(key, &declared) || matches!(typed_key, Param::Invalid) {
             return Ok((false, false));
         }
-        let text_key = key_text(key);
+        let text_key = types::text_of(key);
         let bound: Vec<Bind<'_>> = binds.iter().map(Bind).collect();
         let mut all: Params_<'_> = bound.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
         all.push(&info.name);
@@ -770,7 +778,7 @@ impl UploadTx for PgUpload<'_, '_> {
 
     fn apply(&mut self, info: &TableInfo, key: &Value, write: &Write) -> Result<(), ApplyError> {
         // What was read ahead of this row is no longer what it is.
-        self.ahead.remove(&(info.name.clone(), key_text(key)));
+        self.ahead.remove(&(info.name.clone(), types::text_of(key)));
         let table = quote_ident(&info.name);
         let pk = quote_ident(&info.primary_key);
         let pk_declared = declared_of(info, &info.primary_key);

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use fieldsync_proto::Value;
 use fieldsync_proto::filter::Dialect;
-use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::task::TaskDef;
 use fieldsync_proto::wire::{Upload, UploadOutcome};
 use postgres::{Client, IsolationLevel, NoTls, Transaction};
@@ -200,6 +199,9 @@ impl Drop for Conn<'_> {
 pub struct PgStore {
     pool: Pool,
     url: String,
+    /// fieldsync's objects were seen: later calls need not look again (one round
+    /// trip less per call on the server's hot path).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl From<postgres::Error> for StoreError {
@@ -231,6 +233,7 @@ impl PgStore {
                 returned: Condvar::new(),
             },
             url: url.to_string(),
+            ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -283,13 +286,18 @@ impl PgStore {
 
     /// A connection to an initialised database.
     fn conn(&self) -> Result<Conn<'_>> {
+        use std::sync::atomic::Ordering;
         let mut c = self.connect()?;
+        if self.ready.load(Ordering::Relaxed) {
+            return Ok(c);
+        }
         let ok: bool = c
             .query_one("SELECT to_regclass('fieldsync.meta') IS NOT NULL", &[])?
             .get(0);
         if !ok {
             return Err(StoreError::NotInitialized);
         }
+        self.ready.store(true, Ordering::Relaxed);
         Ok(c)
     }
 }
@@ -362,17 +370,6 @@ pub(crate) fn table_info(
         columns,
         tracked,
     }))
-}
-
-/// A key as `fieldsync.rows` holds it: the key column's text form.
-pub(crate) fn key_text(v: &Value) -> String {
-    match v {
-        Value::Integer(i) => i.to_string(),
-        Value::Text(t) => t.clone(),
-        Value::Real(r) => format!("{r:?}"),
-        Value::Null => String::new(),
-        Value::Blob(b) => String::from_utf8_lossy(b).into_owned(),
-    }
 }
 
 /// The trigger function and triggers that track a table: a function of its own with
@@ -606,7 +603,7 @@ impl Store for PgStore {
         let mut c = self.conn()?;
         Ok(c.query_opt(
             "SELECT xid::text::int8, deleted FROM fieldsync.rows WHERE tbl = $1 AND pk = $2",
-            &[&table, &key_text(key)],
+            &[&table, &types::text_of(key)],
         )?
         .map(|r| (r.get(0), r.get(1))))
     }
@@ -844,7 +841,7 @@ impl Store for PgStore {
                     break;
                 }
                 for row in &batch {
-                    let mut values = (0..kinds.len()).map(|i| value_ref(row, i, kinds[i]));
+                    let mut values = (0..kinds.len()).map(|i| types::value_ref(row, i, kinds[i]));
                     sink.row(idx, &mut values)?;
                     n += 1;
                 }
@@ -1130,25 +1127,6 @@ impl Store for PgStore {
             Ok(())
         })
     }
-}
-
-/// A column of a streamed row, borrowed from the row.
-fn value_ref<'r>(row: &'r postgres::Row, i: usize, kind: Option<Kind>) -> ValueRef<'r> {
-    let v = match kind {
-        Some(Kind::Int | Kind::Bool) => row.get::<_, Option<i64>>(i).map(ValueRef::Integer),
-        Some(Kind::Float) => row.get::<_, Option<f64>>(i).map(ValueRef::Real),
-        Some(Kind::Numeric) => {
-            row.get::<_, Option<&str>>(i)
-                .map(|t| match types::numeric_value(t) {
-                    Value::Integer(n) => ValueRef::Integer(n),
-                    Value::Real(r) => ValueRef::Real(r),
-                    _ => ValueRef::Text(t),
-                })
-        }
-        Some(Kind::Bytes) => row.get::<_, Option<&[u8]>>(i).map(ValueRef::Blob),
-        _ => row.get::<_, Option<&str>>(i).map(ValueRef::Text),
-    };
-    v.unwrap_or(ValueRef::Null)
 }
 
 const CONFLICT_SELECT: &str = "SELECT id, at, device, user_name, task, tbl, key, op, kind, policy, resolution,

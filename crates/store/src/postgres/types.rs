@@ -3,6 +3,7 @@
 //! kinds (int8, float8, text, bytea) and written back from a text (or bytea)
 //! parameter cast to the column's own type.
 
+use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::{ColumnType, Value};
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
@@ -176,7 +177,9 @@ pub(crate) fn write_value(v: &Value, declared: &str) -> Param {
     }
 }
 
-fn text_of(v: &Value) -> String {
+/// A value's text form: what a text parameter carries, and a key as
+/// `fieldsync.rows` holds it (the key column cast to text).
+pub(crate) fn text_of(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::Integer(i) => i.to_string(),
@@ -248,25 +251,22 @@ impl ToSql for Bind<'_> {
     to_sql_checked!();
 }
 
-/// A value read through [`read_expr`], column `i` of a row.
-pub(crate) fn read_value(row: &postgres::Row, i: usize, kind: Option<Kind>) -> Value {
-    match kind {
-        Some(Kind::Int | Kind::Bool) => row
-            .get::<_, Option<i64>>(i)
-            .map_or(Value::Null, Value::Integer),
-        Some(Kind::Float) => row
-            .get::<_, Option<f64>>(i)
-            .map_or(Value::Null, Value::Real),
+/// Column `i` of a row read through [`read_expr`], borrowed from the row.
+pub(crate) fn value_ref<'r>(row: &'r postgres::Row, i: usize, kind: Option<Kind>) -> ValueRef<'r> {
+    let v = match kind {
+        Some(Kind::Int | Kind::Bool) => row.get::<_, Option<i64>>(i).map(ValueRef::Integer),
+        Some(Kind::Float) => row.get::<_, Option<f64>>(i).map(ValueRef::Real),
         Some(Kind::Numeric) => row
             .get::<_, Option<&str>>(i)
-            .map_or(Value::Null, numeric_value),
-        Some(Kind::Bytes) => row
-            .get::<_, Option<Vec<u8>>>(i)
-            .map_or(Value::Null, Value::Blob),
-        _ => row
-            .get::<_, Option<String>>(i)
-            .map_or(Value::Null, Value::Text),
-    }
+            .map(|t| match numeric_value(t) {
+                Value::Integer(n) => ValueRef::Integer(n),
+                Value::Real(r) => ValueRef::Real(r),
+                _ => ValueRef::Text(t),
+            }),
+        Some(Kind::Bytes) => row.get::<_, Option<&[u8]>>(i).map(ValueRef::Blob),
+        _ => row.get::<_, Option<&str>>(i).map(ValueRef::Text),
+    };
+    v.unwrap_or(ValueRef::Null)
 }
 
 /// A numeric's text as a number: an integer when whole and in range, else a double.

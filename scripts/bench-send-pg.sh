@@ -52,23 +52,21 @@ D=$R/tab1
 sqlite3 "$D/replica.sqlite" "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < $N)
   INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes)
   SELECT printf('bulk-%08d', i), 1 + i % 1000, 'ana', '2026-11-26T09:00:00.000Z', 'ok', 'bulk inspection ' || i FROM k;"
-S=$(date +%s.%N)
-"$B" device send --dir "$D" >/dev/null
-E=$(date +%s.%N)
-MS=$("$B" admin sessions --db "$DB" --json | python3 -c "import json,sys; print(json.load(sys.stdin)[-1]['duration_ms'])")
-GOT=$(psql -Atq "$DB" -c "SELECT count(*) FROM inspections WHERE id LIKE 'bulk-%'")
-[ "$GOT" = "$N" ] || { echo "expected $N inserted inspections, found $GOT"; exit 1; }
-python3 -c "
+# Sends the journal, checks that CHECK_SQL counts N rows, prints the rates.
+timed_send() {
+    local what=$1 check_sql=$2
+    local S E MS GOT
+    S=$(date +%s.%N)
+    "$B" device send --dir "$D" >/dev/null
+    E=$(date +%s.%N)
+    MS=$("$B" admin sessions --db "$DB" --json | python3 -c "import json,sys; print(json.load(sys.stdin)[-1]['duration_ms'])")
+    GOT=$(psql -Atq "$DB" -c "$check_sql")
+    [ "$GOT" = "$N" ] || { echo "expected $N $what, found $GOT"; exit 1; }
+    python3 -c "
 t = $E - $S
-print(f'PostgreSQL: $N inserts: device send {t:.2f} s ({$N / t:.0f} entries/s end to end); server integration {$MS} ms ({$N * 1000 / $MS:.0f} entries/s)')"
+print(f'PostgreSQL: $N $what: device send {t:.2f} s ({$N / t:.0f} entries/s end to end); server integration {$MS} ms ({$N * 1000 / $MS:.0f} entries/s)')"
+}
+timed_send inserts "SELECT count(*) FROM inspections WHERE id LIKE 'bulk-%'"
 # The same rows updated: N update entries.
 sqlite3 "$D/replica.sqlite" "UPDATE inspections SET result = 'worn', notes = 'updated ' || id WHERE id LIKE 'bulk-%';"
-S=$(date +%s.%N)
-"$B" device send --dir "$D" >/dev/null
-E=$(date +%s.%N)
-MS=$("$B" admin sessions --db "$DB" --json | python3 -c "import json,sys; print(json.load(sys.stdin)[-1]['duration_ms'])")
-GOT=$(psql -Atq "$DB" -c "SELECT count(*) FROM inspections WHERE id LIKE 'bulk-%' AND result = 'worn'")
-[ "$GOT" = "$N" ] || { echo "expected $N updated inspections, found $GOT"; exit 1; }
-python3 -c "
-t = $E - $S
-print(f'PostgreSQL: $N updates: device send {t:.2f} s ({$N / t:.0f} entries/s end to end); server integration {$MS} ms ({$N * 1000 / $MS:.0f} entries/s)')"
+timed_send updates "SELECT count(*) FROM inspections WHERE id LIKE 'bulk-%' AND result = 'worn'"

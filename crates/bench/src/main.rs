@@ -716,11 +716,7 @@ fn insert_rows_pg(url: &str, rows: &[AssetRow]) -> anyhow::Result<()> {
         let mut w = tx.copy_in("COPY assets FROM STDIN")?;
         let mut buf = String::with_capacity(1 << 20);
         for r in rows {
-            // The generator makes no tabs, newlines or backslashes.
-            buf.push_str(&format!(
-                "{}\t{}\t{}\t{}\t{}\t{:?}\t{:?}\t{}\t{}\n",
-                r.id, r.name, r.category, r.status, r.region, r.x, r.y, r.installed, r.notes
-            ));
+            buf.push_str(&r.copy_line());
             if buf.len() > 1 << 20 {
                 w.write_all(buf.as_bytes())?;
                 buf.clear();

@@ -110,6 +110,25 @@ pub struct AssetRow {
     pub notes: String,
 }
 
+impl AssetRow {
+    /// The row as a line of COPY's text format (tab-separated, newline-ended); the
+    /// generator makes no tabs, newlines or backslashes.
+    pub fn copy_line(&self) -> String {
+        format!(
+            "{}\t{}\t{}\t{}\t{}\t{:?}\t{:?}\t{}\t{}\n",
+            self.id,
+            self.name,
+            self.category,
+            self.status,
+            self.region,
+            self.x,
+            self.y,
+            self.installed,
+            self.notes
+        )
+    }
+}
+
 pub fn asset_row(g: &mut Gen, id: i64, region: &'static str) -> AssetRow {
     let category = g.pick(&CATEGORIES);
     AssetRow {
@@ -286,13 +305,7 @@ pub fn create_pg(client: &mut postgres::Client, n_assets: i64) -> Result<()> {
     // newlines or backslashes.
     generate(n_assets, |row| {
         let (i, line) = match row {
-            SampleRow::Asset(a) => (
-                0,
-                format!(
-                    "{}\t{}\t{}\t{}\t{}\t{:?}\t{:?}\t{}\t{}\n",
-                    a.id, a.name, a.category, a.status, a.region, a.x, a.y, a.installed, a.notes
-                ),
-            ),
+            SampleRow::Asset(a) => (0, a.copy_line()),
             SampleRow::Inspection(id, asset, who, at, result, notes) => (
                 1,
                 format!(

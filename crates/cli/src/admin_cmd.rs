@@ -74,7 +74,7 @@ enum UserCommand {
         #[arg(long, required = true)]
         password_stdin: bool,
     },
-    /// Set a user's password, read from the first line of stdin
+    /// Set a user's password, read from the first line of stdin (their sessions end)
     Passwd {
         name: String,
         #[arg(long, required = true)]

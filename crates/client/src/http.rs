@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use fieldsync_proto::wire::{
     ErrorBody, ErrorCode, HEADER_BODY_CRC32, HEADER_DEVICE_ID, HEADER_DEVICE_SECRET, HEADER_KIND,
-    HEADER_OP, HEADER_PROTOCOL, LoginRequest, LoginResponse, PROTOCOL_VERSION, PairRequest,
-    PairResponse, TaskSummary, UploadOutcome,
+    HEADER_OP, HEADER_PROTOCOL, HEADER_UPLOAD_ID, LoginRequest, LoginResponse, PROTOCOL_VERSION,
+    PairRequest, PairResponse, TaskSummary, UploadOutcome,
 };
 use serde::de::DeserializeOwned;
 
@@ -195,12 +195,14 @@ impl Api {
     pub fn upload(
         &self,
         creds: &Credentials<'_>,
+        upload_id: &str,
         body: &[u8],
         op: &str,
         kind: &str,
     ) -> Result<UploadOutcome> {
         let resp = self
             .request("POST", "/api/v1/uploads", Some(creds))
+            .set(HEADER_UPLOAD_ID, upload_id)
             .set(HEADER_OP, op)
             .set(HEADER_KIND, kind)
             .set("content-type", "application/x-fieldsync-upload+zstd")

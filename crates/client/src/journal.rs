@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use fieldsync_proto::Value;
 use fieldsync_proto::task::WriteOp;
-use fieldsync_proto::wire::UploadEntry;
+use fieldsync_proto::wire::{SliceHeader, UploadEntry};
+use fieldsync_proto::{Value, filter};
 use rusqlite::Connection;
 use serde::Serialize;
 
@@ -85,9 +85,88 @@ pub fn read_all(conn: &Connection) -> Result<Vec<JournalEntry>> {
     read(conn, i64::MIN, i64::MAX)
 }
 
-/// Net change of one row by one user so far.
+/// What compaction needs to know of the task: which tables allow update, and each
+/// table's filter and parent key, so that it never folds a row's edits into an
+/// operation the device's edits did not allow. A table it knows nothing of (a replica
+/// made before the header was kept) is never folded into another operation.
+#[derive(Default)]
+pub struct CompactRules {
+    tables: BTreeMap<String, TableRule>,
+    device: String,
+}
+
+struct TableRule {
+    update: bool,
+    /// `None` with `known_filter`: every row is in the slice by the filter.
+    filter: Option<filter::Expr>,
+    known_filter: bool,
+    parent_key: Option<String>,
+}
+
+impl CompactRules {
+    pub fn from_header(h: &SliceHeader) -> CompactRules {
+        let tables = h
+            .tables
+            .iter()
+            .map(|t| {
+                let filter = t.filter.as_deref().map(filter::parse);
+                let known_filter = !matches!(filter, Some(Err(_)));
+                let rule = TableRule {
+                    update: t.write.contains(&WriteOp::Update),
+                    filter: filter.and_then(|f| f.ok()),
+                    known_filter,
+                    parent_key: t.parent.as_ref().map(|p| p.key.clone()),
+                };
+                (t.name.clone(), rule)
+            })
+            .collect();
+        CompactRules {
+            tables,
+            device: h.device.clone(),
+        }
+    }
+
+    /// Delete then insert of a key may become one update.
+    fn may_update(&self, table: &str) -> bool {
+        self.tables.get(table).is_some_and(|t| t.update)
+    }
+
+    /// An insert and a later update may become one insert: the row as updated is
+    /// still in the slice by the filter and keeps its parent.
+    fn stays_in_slice(&self, table: &str, user: &str, row: &Row, update: &Row) -> bool {
+        let Some(t) = self.tables.get(table) else {
+            return false;
+        };
+        if !t.known_filter {
+            return false;
+        }
+        if let Some(k) = &t.parent_key
+            && update.contains_key(k)
+        {
+            return false;
+        }
+        let Some(f) = &t.filter else {
+            return true;
+        };
+        let params = filter::Params {
+            user: user.to_string(),
+            device: self.device.clone(),
+        };
+        f.matches(
+            &|c| {
+                update
+                    .get(c)
+                    .or_else(|| row.get(c))
+                    .cloned()
+                    .unwrap_or(Value::Null)
+            },
+            &params,
+        )
+    }
+}
+
+/// One net change of a row by one user, and the journal entries it stands for.
 enum Net {
-    Gone,
     /// The row, and the version of its parent the device knew (see the triggers).
     Insert(Row, Option<i64>),
     Update {
@@ -101,10 +180,18 @@ enum Net {
     },
 }
 
-/// Compacts entries per row and user into one net change each (DESIGN.md: insert+update
-/// = insert, insert+delete = nothing, update+delete = delete, delete+insert = update),
-/// in the order each row was first changed.
-pub fn compact(mut entries: Vec<JournalEntry>) -> Vec<UploadEntry> {
+struct Step {
+    net: Net,
+    seq_first: i64,
+    seq_last: i64,
+}
+
+/// Compacts entries per row and user into as few net changes as the task allows
+/// (DESIGN.md: insert+update = insert, insert+delete = nothing, update+delete = delete,
+/// delete+insert = update), in the order each row was first changed. A delete and an
+/// insert stay two entries where the task allows no update; an insert and the update
+/// that moved its row out of the slice stay two entries.
+pub fn compact(mut entries: Vec<JournalEntry>, rules: &CompactRules) -> Vec<UploadEntry> {
     // A stable grouping without hashing: sort by row and user (seq order within),
     // fold each group, then put the rows back in the order they were first changed.
     entries.sort_by(|a, b| {
@@ -117,22 +204,18 @@ pub fn compact(mut entries: Vec<JournalEntry>) -> Vec<UploadEntry> {
     let mut out = Vec::new();
     let mut rest = entries.into_iter().peekable();
     while let Some(first) = rest.next() {
-        let (table, user, key, seq_first) = (
-            first.table.clone(),
-            first.user.clone(),
-            first.key.clone(),
-            first.seq,
-        );
-        let mut seq_last = first.seq;
-        let mut net = fold(Net::Gone, first);
+        let (table, user, key) = (first.table.clone(), first.user.clone(), first.key.clone());
+        let mut steps = Vec::new();
+        fold(&mut steps, first, rules);
         while let Some(e) =
             rest.next_if(|n| n.table == table && n.user == user && key_order(&n.key, &key).is_eq())
         {
-            seq_last = e.seq;
-            net = fold(net, e);
+            fold(&mut steps, e, rules);
         }
-        if let Some(entry) = finish(net, seq_first, seq_last, table, key, user) {
-            out.push(entry);
+        for step in steps {
+            if let Some(entry) = finish(step, table.clone(), key.clone(), user.clone()) {
+                out.push(entry);
+            }
         }
     }
     out.sort_by_key(|e| e.seq_first);
@@ -157,88 +240,121 @@ fn key_order(a: &Value, b: &Value) -> std::cmp::Ordering {
     }
 }
 
-/// The net change after one more entry of the same row and user.
-fn fold(previous: Net, e: JournalEntry) -> Net {
-    match (previous, e.op) {
-        (Net::Gone, WriteOp::Insert) => Net::Insert(e.new, e.base_version),
-        (Net::Gone, WriteOp::Update) => Net::Update {
-            old: e.old,
-            new: e.new,
-            base: e.base_version,
-        },
-        (Net::Gone, WriteOp::Delete) => Net::Delete {
-            old: e.old,
-            base: e.base_version,
-        },
-        (Net::Insert(mut row, base), WriteOp::Update) => {
-            row.extend(e.new);
-            Net::Insert(row, base)
-        }
-        (Net::Insert(..), WriteOp::Delete) => Net::Gone,
-        (
-            Net::Update {
-                mut old,
-                mut new,
-                base,
-            },
-            WriteOp::Update,
-        ) => {
-            for (k, v) in &e.old {
-                old.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-            new.extend(e.new);
-            Net::Update { old, new, base }
-        }
-        (Net::Update { old, base, .. }, WriteOp::Delete) => {
-            let mut full = e.old;
-            full.extend(old);
-            Net::Delete { old: full, base }
-        }
-        (Net::Delete { old, base }, WriteOp::Insert) => {
-            let changed: Vec<String> = e
-                .new
-                .keys()
-                .filter(|k| !old.get(*k).is_some_and(|v| v.same(&e.new[*k])))
-                .cloned()
-                .collect();
-            Net::Update {
-                old: changed
-                    .iter()
-                    .filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone())))
-                    .collect(),
-                new: changed
-                    .iter()
-                    .map(|k| (k.clone(), e.new[k].clone()))
-                    .collect(),
-                base,
+/// Adds one more entry of the same row and user to its net changes so far.
+fn fold(steps: &mut Vec<Step>, e: JournalEntry, rules: &CompactRules) {
+    let seq = e.seq;
+    let fresh = |net| Step {
+        net,
+        seq_first: seq,
+        seq_last: seq,
+    };
+    match e.op {
+        WriteOp::Insert => {
+            let deleted = match steps.last() {
+                Some(Step {
+                    net: Net::Delete { .. },
+                    ..
+                }) => rules.may_update(&e.table),
+                _ => false,
+            };
+            if deleted {
+                let Some(Step {
+                    net: Net::Delete { old, base },
+                    seq_first,
+                    ..
+                }) = steps.pop()
+                else {
+                    unreachable!("checked above")
+                };
+                let changed: Vec<String> = e
+                    .new
+                    .keys()
+                    .filter(|k| !old.get(*k).is_some_and(|v| v.same(&e.new[*k])))
+                    .cloned()
+                    .collect();
+                steps.push(Step {
+                    net: Net::Update {
+                        old: changed
+                            .iter()
+                            .filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone())))
+                            .collect(),
+                        new: changed
+                            .iter()
+                            .map(|k| (k.clone(), e.new[k].clone()))
+                            .collect(),
+                        base,
+                    },
+                    seq_first,
+                    seq_last: seq,
+                });
+            } else {
+                steps.push(fresh(Net::Insert(e.new, e.base_version)));
             }
         }
-        // Sequences the triggers cannot produce (insert after insert, anything
-        // after a delete but an insert): the later entry stands.
-        (_, WriteOp::Insert) => Net::Insert(e.new, e.base_version),
-        (_, WriteOp::Update) => Net::Update {
-            old: e.old,
-            new: e.new,
-            base: e.base_version,
+        WriteOp::Update => match steps.last_mut() {
+            Some(Step {
+                net: Net::Insert(row, _),
+                seq_last,
+                ..
+            }) if rules.stays_in_slice(&e.table, &e.user, row, &e.new) => {
+                row.extend(e.new);
+                *seq_last = seq;
+            }
+            Some(Step {
+                net: Net::Update { old, new, .. },
+                seq_last,
+                ..
+            }) => {
+                for (k, v) in e.old {
+                    old.entry(k).or_insert(v);
+                }
+                new.extend(e.new);
+                *seq_last = seq;
+            }
+            _ => steps.push(fresh(Net::Update {
+                old: e.old,
+                new: e.new,
+                base: e.base_version,
+            })),
         },
-        (_, WriteOp::Delete) => Net::Delete {
-            old: e.old,
-            base: e.base_version,
-        },
+        WriteOp::Delete => {
+            // The row's current life began with an insert of this journal: it never
+            // reached the server, and neither does anything of that life.
+            if let Some(i) = steps.iter().rposition(|s| matches!(s.net, Net::Insert(..))) {
+                steps.truncate(i);
+                return;
+            }
+            match steps.pop() {
+                Some(Step {
+                    net: Net::Update { old, base, .. },
+                    seq_first,
+                    ..
+                }) => {
+                    let mut full = e.old;
+                    full.extend(old);
+                    steps.push(Step {
+                        net: Net::Delete { old: full, base },
+                        seq_first,
+                        seq_last: seq,
+                    });
+                }
+                other => {
+                    // Sequences the triggers cannot produce (a delete after a delete):
+                    // the later entry stands.
+                    steps.extend(other);
+                    steps.push(fresh(Net::Delete {
+                        old: e.old,
+                        base: e.base_version,
+                    }));
+                }
+            }
+        }
     }
 }
 
-/// The upload entry of a row's net change; `None` when nothing is left to send.
-fn finish(
-    net: Net,
-    seq_first: i64,
-    seq_last: i64,
-    table: String,
-    key: Value,
-    user: String,
-) -> Option<UploadEntry> {
-    let (op, old, new, base_version) = match net {
-        Net::Gone => return None,
+/// The upload entry of a net change; `None` when nothing is left to send.
+fn finish(step: Step, table: String, key: Value, user: String) -> Option<UploadEntry> {
+    let (op, old, new, base_version) = match step.net {
         Net::Insert(row, base) => (WriteOp::Insert, Row::new(), row, base),
         Net::Update { old, new, base } => {
             // Columns changed and changed back are no change.
@@ -258,8 +374,8 @@ fn finish(
         Net::Delete { old, base } => (WriteOp::Delete, old, Row::new(), base),
     };
     Some(UploadEntry {
-        seq_first,
-        seq_last,
+        seq_first: step.seq_first,
+        seq_last: step.seq_last,
         table,
         key,
         op,
@@ -315,45 +431,142 @@ mod tests {
         }
     }
 
+    /// Rules for table `t`: update allowed or not, and a filter.
+    fn rules(update: bool, filter: Option<&str>) -> CompactRules {
+        let mut r = CompactRules::default();
+        r.tables.insert(
+            "t".into(),
+            TableRule {
+                update,
+                filter: filter.map(|f| filter::parse(f).unwrap()),
+                known_filter: true,
+                parent_key: Some("parent".into()),
+            },
+        );
+        r
+    }
+
+    #[test]
+    fn never_folds_into_an_operation_the_edits_did_not_allow() {
+        use WriteOp::*;
+        // Delete then re-insert where the task allows no update: two entries.
+        let c = compact(
+            vec![
+                e(1, Delete, &[("a", 1), ("b", 1)], &[]),
+                e(2, Insert, &[], &[("a", 1), ("b", 2)]),
+            ],
+            &rules(false, None),
+        );
+        let ops: Vec<WriteOp> = c.iter().map(|x| x.op).collect();
+        assert_eq!(ops, vec![Delete, Insert]);
+        // Insert, then an update that moves the row out of the slice: two entries.
+        let c = compact(
+            vec![
+                e(1, Insert, &[], &[("a", 1), ("b", 1)]),
+                e(2, Update, &[("a", 1)], &[("a", 2)]),
+                e(3, Update, &[("b", 1)], &[("b", 3)]),
+            ],
+            &rules(true, Some("a = 1")),
+        );
+        let summary: Vec<(WriteOp, i64, i64)> =
+            c.iter().map(|x| (x.op, x.seq_first, x.seq_last)).collect();
+        assert_eq!(summary, vec![(Insert, 1, 1), (Update, 2, 3)]);
+        assert_eq!(c[0].new["a"], Value::Integer(1));
+        // Still in the slice: one insert. A changed parent key: two entries.
+        let c = compact(
+            vec![
+                e(1, Insert, &[], &[("a", 1)]),
+                e(2, Update, &[("b", 1)], &[("b", 2)]),
+            ],
+            &rules(true, Some("a = 1")),
+        );
+        assert_eq!(c.len(), 1);
+        let c = compact(
+            vec![
+                e(1, Insert, &[], &[("a", 1), ("parent", 1)]),
+                e(2, Update, &[("parent", 1)], &[("parent", 2)]),
+            ],
+            &rules(true, None),
+        );
+        assert_eq!(c.len(), 2);
+        // Delete, insert, then delete again: only the first delete is left.
+        let c = compact(
+            vec![
+                e(1, Delete, &[("a", 1)], &[]),
+                e(2, Insert, &[], &[("a", 2)]),
+                e(3, Delete, &[("a", 2)], &[]),
+            ],
+            &rules(false, None),
+        );
+        assert_eq!(
+            c.iter().map(|x| (x.op, x.seq_first)).collect::<Vec<_>>(),
+            vec![(Delete, 1)]
+        );
+        // A table compaction knows nothing of is never folded into another operation.
+        let c = compact(
+            vec![
+                e(1, Delete, &[("a", 1)], &[]),
+                e(2, Insert, &[], &[("a", 1)]),
+            ],
+            &CompactRules::default(),
+        );
+        assert_eq!(c.len(), 2);
+    }
+
     #[test]
     fn compaction_rules_of_design() {
         use WriteOp::*;
-        let c = compact(vec![
-            e(1, Insert, &[], &[("a", 1), ("b", 1)]),
-            e(2, Update, &[("a", 1)], &[("a", 2)]),
-        ]);
+        let c = compact(
+            vec![
+                e(1, Insert, &[], &[("a", 1), ("b", 1)]),
+                e(2, Update, &[("a", 1)], &[("a", 2)]),
+            ],
+            &rules(true, None),
+        );
         assert_eq!(
             (c.len(), c[0].op, c[0].new["a"].clone(), c[0].seq_last),
             (1, Insert, Value::Integer(2), 2)
         );
         assert!(
-            compact(vec![
-                e(1, Insert, &[], &[("a", 1)]),
-                e(2, Delete, &[("a", 1)], &[])
-            ])
+            compact(
+                vec![
+                    e(1, Insert, &[], &[("a", 1)]),
+                    e(2, Delete, &[("a", 1)], &[])
+                ],
+                &rules(true, None)
+            )
             .is_empty()
         );
-        let c = compact(vec![
-            e(1, Update, &[("a", 1)], &[("a", 2)]),
-            e(2, Delete, &[("a", 2), ("b", 5)], &[]),
-        ]);
+        let c = compact(
+            vec![
+                e(1, Update, &[("a", 1)], &[("a", 2)]),
+                e(2, Delete, &[("a", 2), ("b", 5)], &[]),
+            ],
+            &rules(true, None),
+        );
         assert_eq!(
             (c[0].op, c[0].old["a"].clone(), c[0].base_version),
             (Delete, Value::Integer(1), Some(7))
         );
-        let c = compact(vec![
-            e(1, Delete, &[("a", 1), ("b", 1)], &[]),
-            e(2, Insert, &[], &[("a", 1), ("b", 2)]),
-        ]);
+        let c = compact(
+            vec![
+                e(1, Delete, &[("a", 1), ("b", 1)], &[]),
+                e(2, Insert, &[], &[("a", 1), ("b", 2)]),
+            ],
+            &rules(true, None),
+        );
         assert_eq!(c[0].op, Update);
         assert_eq!(
             c[0].new,
             [("b".to_string(), Value::Integer(2))].into_iter().collect()
         );
-        let c = compact(vec![
-            e(1, Update, &[("a", 1)], &[("a", 2)]),
-            e(2, Update, &[("a", 2)], &[("a", 1)]),
-        ]);
+        let c = compact(
+            vec![
+                e(1, Update, &[("a", 1)], &[("a", 2)]),
+                e(2, Update, &[("a", 2)], &[("a", 1)]),
+            ],
+            &rules(true, None),
+        );
         assert!(c.is_empty(), "changed and changed back: nothing to send");
     }
 
@@ -366,13 +579,16 @@ mod tests {
         b2.key = Value::Text("b".into());
         let mut other_user = e(5, Update, &[("a", 1)], &[("a", 9)]);
         other_user.user = "v".into();
-        let c = compact(vec![
-            e(3, Update, &[("a", 1)], &[("a", 5)]),
-            b,
-            e(6, Update, &[("a", 5)], &[("a", 6)]),
-            b2,
-            other_user,
-        ]);
+        let c = compact(
+            vec![
+                e(3, Update, &[("a", 1)], &[("a", 5)]),
+                b,
+                e(6, Update, &[("a", 5)], &[("a", 6)]),
+                b2,
+                other_user,
+            ],
+            &rules(true, None),
+        );
         let summary: Vec<(String, String, i64, i64, Value)> = c
             .iter()
             .map(|x| {

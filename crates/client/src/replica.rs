@@ -66,6 +66,23 @@ pub fn read_info(path: &Path) -> Result<Option<ReplicaInfo>> {
     }))
 }
 
+/// The slice header the replica was built from (`None` for replicas made before it
+/// was kept).
+pub fn read_header(conn: &Connection) -> Result<Option<SliceHeader>> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT value FROM fieldsync_replica WHERE key = 'header'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    text.map(|t| {
+        serde_json::from_str(&t)
+            .map_err(|e| ClientError::Replica(format!("the replica's header is unreadable: {e}")))
+    })
+    .transpose()
+}
+
 /// The generation file the link points to, if any.
 pub fn current_file(dir: &DeviceDir) -> Option<PathBuf> {
     let target = fs::read_link(dir.replica_path()).ok()?;
@@ -451,7 +468,10 @@ fn build_into<R: Read>(
     {
         let mut put = tx.prepare("INSERT INTO fieldsync_replica (key, value) VALUES (?1, ?2)")?;
         let cursor = trailer.cursor.to_string();
+        // The header, for what the device judges later (compaction, rows that left).
+        let header_json = serde_json::to_string(&header).expect("a header serializes");
         for (k, v) in [
+            ("header", header_json.as_str()),
             ("task", header.task.as_str()),
             ("task_hash", &header.task_hash),
             ("epoch", &header.epoch),

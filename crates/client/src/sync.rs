@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use fieldsync_proto::task::check_name;
 use fieldsync_proto::time;
-use fieldsync_proto::wire::{ErrorCode, Upload, UploadOutcome};
+use fieldsync_proto::wire::{ErrorCode, SliceHeader, Upload, UploadOutcome};
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
@@ -14,7 +14,7 @@ use crate::error::{ClientError, Result};
 use crate::http::{Credentials, NetConfig};
 use crate::journal::{self, JournalEntry};
 use crate::state::{DeviceState, LastSync};
-use crate::{Cancel, Device, DownloadOptions, Phase, Progress, replica};
+use crate::{Cancel, Device, DownloadOptions, Phase, Progress, replica, triggers};
 
 /// What an operation did (also what `last_sync` records).
 #[derive(Debug, Clone, Serialize, Default)]
@@ -290,6 +290,11 @@ impl Device {
         let info = replica::read_info(&self.dir.replica_path())?
             .ok_or_else(|| ClientError::Replica("the replica has no fieldsync record".into()))?;
         report.task = Some(info.task.clone());
+        let header = replica::read_header(conn)?;
+        let rules = header
+            .as_ref()
+            .map(journal::CompactRules::from_header)
+            .unwrap_or_default();
         let creds = Credentials {
             device_id: &id,
             device_secret: &secret,
@@ -299,7 +304,8 @@ impl Device {
             if cancel.is_cancelled() {
                 return Err(ClientError::Cancelled);
             }
-            let Some(pending) = prepare_upload(conn, &info.task, seq_max)? else {
+            let Some(pending) = prepare_upload(conn, &info.task, &info.epoch, &rules, seq_max)?
+            else {
                 break;
             };
             durable()?;
@@ -310,34 +316,15 @@ impl Device {
                 unit: "entries",
             });
             // Resending is safe: the upload id makes the server apply it at most once.
-            let sent = with_retries(progress, cancel, |_| {
-                api.upload(&creds, &pending.body, op, "manual")
-            });
-            let outcome = match sent {
-                Ok(o) => o,
-                Err(e) => {
-                    let definite = matches!(&e, ClientError::Refused(_))
-                        || matches!(
-                            &e,
-                            ClientError::Server {
-                                code: ErrorCode::BadRequest | ErrorCode::PayloadTooLarge,
-                                ..
-                            }
-                        );
-                    if definite {
-                        // Refused as a whole, nothing applied: the journal stays, and
-                        // the next send rebuilds the upload (after a discard, say).
-                        conn.execute(
-                            "DELETE FROM fieldsync_upload WHERE upload_id = ?1",
-                            [&pending.upload_id],
-                        )?;
-                        durable()?;
-                    }
-                    return Err(e);
-                }
-            };
+            // A failure leaves the stored upload as it is, whatever the server said:
+            // an earlier attempt may have been applied with its acknowledgement lost,
+            // and only the server's answer to this upload id settles that. The next
+            // send sends the same upload again (`device journal discard` drops it).
+            let outcome = with_retries(progress, cancel, |_| {
+                api.upload(&creds, &pending.upload_id, &pending.body, op, "manual")
+            })?;
             cancel.commit(|| {
-                acknowledge(conn, &pending, &outcome, held.is_none())?;
+                acknowledge(conn, header.as_ref(), &pending, &outcome, held.is_none())?;
                 durable()
             })?;
             progress(&Progress {
@@ -414,7 +401,13 @@ struct PendingUpload {
 /// The stored upload not yet acknowledged, or a new one made from the journal and
 /// stored (with its idempotency key) before anything is sent. `None`: nothing to send.
 /// Only journal entries up to `seq_max` go: a send ends even while an app keeps writing.
-fn prepare_upload(conn: &Connection, task: &str, seq_max: i64) -> Result<Option<PendingUpload>> {
+fn prepare_upload(
+    conn: &Connection,
+    task: &str,
+    epoch: &str,
+    rules: &journal::CompactRules,
+    seq_max: i64,
+) -> Result<Option<PendingUpload>> {
     let stored = conn
         .query_row(
             "SELECT upload_id, max_seq, n_entries, body FROM fieldsync_upload LIMIT 1",
@@ -440,7 +433,8 @@ fn prepare_upload(conn: &Connection, task: &str, seq_max: i64) -> Result<Option<
         let upload = Upload {
             upload_id: crate::random_hex(16),
             task: task.to_string(),
-            entries: journal::compact(entries),
+            epoch: Some(epoch.to_string()),
+            entries: journal::compact(entries, rules),
         };
         if upload.entries.is_empty() {
             // Everything cancelled out (an insert then a delete, say): nothing to send.
@@ -475,6 +469,7 @@ fn prepare_upload(conn: &Connection, task: &str, seq_max: i64) -> Result<Option<
 /// device's base, in one transaction.
 fn acknowledge(
     conn: &Connection,
+    header: Option<&SliceHeader>,
     pending: &PendingUpload,
     outcome: &UploadOutcome,
     own_transaction: bool,
@@ -501,10 +496,36 @@ fn acknowledge(
             "INSERT INTO fieldsync_base (tbl, pk, version) VALUES (?1, ?2, ?3)
              ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version",
         )?;
+        let mut edited_since = tx.prepare(
+            "SELECT EXISTS (SELECT 1 FROM fieldsync_journal WHERE tbl = ?1 AND pk = ?2 AND seq > ?3)",
+        )?;
+        tx.execute(
+            "INSERT INTO fieldsync_replica (key, value) VALUES ('applying', '1')
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [],
+        )?;
         for v in &outcome.versions {
             let Some(version) = v.version else { continue };
+            if let Some(row) = &v.row {
+                // The main database's row is not exactly the device's (a conflict, or
+                // office changes merged): take it, so that `version` is a true base.
+                // An edit made on top meanwhile keeps the old base instead, and is
+                // judged against the office's change again.
+                let edited: bool = edited_since.query_row(
+                    rusqlite::params![v.table, to_sql(&v.key), pending.max_seq],
+                    |r| r.get(0),
+                )?;
+                if edited {
+                    continue;
+                }
+                take_row(tx, header, &v.table, &v.key, row)?;
+            }
             base.execute(rusqlite::params![v.table, to_sql(&v.key), version])?;
         }
+        tx.execute("DELETE FROM fieldsync_replica WHERE key = 'applying'", [])?;
+    }
+    if let Some(h) = header {
+        mark_left(tx, h, outcome)?;
     }
     // Edits made while the upload was away were made on top of the acknowledged ones:
     // they take the same base.
@@ -521,6 +542,113 @@ fn acknowledge(
     )?;
     if let Some(own) = own {
         own.commit()?;
+    }
+    Ok(())
+}
+
+/// Writes the main database's row into the replica (the journal triggers stand aside:
+/// see `triggers::NOT_APPLYING`).
+fn take_row(
+    conn: &Connection,
+    header: Option<&SliceHeader>,
+    table: &str,
+    key: &fieldsync_proto::Value,
+    row: &std::collections::BTreeMap<String, fieldsync_proto::Value>,
+) -> Result<()> {
+    let Some(t) = header.and_then(|h| h.tables.iter().find(|t| t.name == table)) else {
+        return Ok(());
+    };
+    let cols: Vec<(&String, &fieldsync_proto::Value)> = row
+        .iter()
+        .filter(|(c, _)| **c != t.primary_key && t.columns.iter().any(|x| x.name == **c))
+        .collect();
+    if cols.is_empty() {
+        return Ok(());
+    }
+    let sets: Vec<String> = cols
+        .iter()
+        .map(|(c, _)| format!("{} = ?", triggers::quote(c)))
+        .collect();
+    let sql = format!(
+        "UPDATE {} SET {} WHERE {} = ?",
+        triggers::quote(table),
+        sets.join(", "),
+        triggers::quote(&t.primary_key)
+    );
+    let values: Vec<rusqlite::types::Value> = cols
+        .iter()
+        .map(|(_, v)| to_sql(v))
+        .chain(std::iter::once(to_sql(key)))
+        .collect();
+    conn.execute(&sql, rusqlite::params_from_iter(values))?;
+    Ok(())
+}
+
+/// Records the rows this acknowledged send moved out of the slice (by the task's
+/// filter, or with a parent that left), so the triggers refuse further edits of them
+/// until the next download removes them.
+fn mark_left(conn: &Connection, h: &SliceHeader, outcome: &UploadOutcome) -> Result<()> {
+    let params = fieldsync_proto::filter::Params {
+        user: h.user.clone(),
+        device: h.device.clone(),
+    };
+    for t in &h.tables {
+        let Some(expr) = t
+            .filter
+            .as_deref()
+            .and_then(|f| fieldsync_proto::filter::parse(f).ok())
+        else {
+            continue;
+        };
+        // Only rows the send wrote: a row the office kept is as the office has it.
+        let keys: Vec<&fieldsync_proto::Value> = outcome
+            .versions
+            .iter()
+            .filter(|v| v.version.is_some() && v.table == t.name)
+            .map(|v| &v.key)
+            .collect();
+        if keys.is_empty() {
+            continue;
+        }
+        let cond = expr.to_sql_inline(
+            fieldsync_proto::filter::Dialect::Sqlite,
+            &|c| format!("r.{}", triggers::quote(c)),
+            &params,
+        );
+        conn.execute(
+            &format!(
+                "INSERT OR IGNORE INTO fieldsync_left (tbl, pk)
+                 SELECT ?1, r.{pk} FROM {table} AS r
+                 WHERE r.{pk} IN (SELECT value FROM json_each(?2)) AND NOT coalesce(({cond}), 0)",
+                pk = triggers::quote(&t.primary_key),
+                table = triggers::quote(&t.name),
+            ),
+            rusqlite::params![
+                t.name,
+                serde_json::to_string(&keys).expect("keys serialize")
+            ],
+        )?;
+    }
+    // Children of rows that left, down the parent chains.
+    for _ in 0..h.tables.len() {
+        let mut added = 0;
+        for t in &h.tables {
+            let Some(p) = &t.parent else { continue };
+            added += conn.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO fieldsync_left (tbl, pk)
+                     SELECT ?1, c.{pk} FROM {table} AS c
+                     WHERE c.{key} IN (SELECT pk FROM fieldsync_left WHERE tbl = ?2)",
+                    pk = triggers::quote(&t.primary_key),
+                    table = triggers::quote(&t.name),
+                    key = triggers::quote(&p.key),
+                ),
+                [&t.name, &p.table],
+            )?;
+        }
+        if added == 0 {
+            break;
+        }
     }
     Ok(())
 }

@@ -23,6 +23,12 @@ CREATE TABLE fieldsync_journal (
 );
 CREATE TABLE fieldsync_base (tbl TEXT NOT NULL, pk NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
 CREATE TABLE fieldsync_upload (upload_id TEXT PRIMARY KEY, max_seq INTEGER NOT NULL, n_entries INTEGER NOT NULL, body BLOB NOT NULL);
+-- The row an INSERT is about to replace (REPLACE deletes without delete triggers),
+-- from the BEFORE INSERT trigger to the AFTER INSERT trigger of the same row.
+CREATE TABLE fieldsync_replaced (tbl TEXT NOT NULL, pk NOT NULL, old TEXT NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+-- Rows the device's own acknowledged send moved out of the slice: they stay until
+-- the next download, and refuse further edits meanwhile.
+CREATE TABLE fieldsync_left (tbl TEXT NOT NULL, pk NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
 ";
 
 pub fn quote(name: &str) -> String {
@@ -92,10 +98,23 @@ pub const UUID_SQL: &str = "(lower(hex(randomblob(4))) || '-' || lower(hex(rando
     substr(lower(hex(randomblob(2))), 2) || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || \
     substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6))))";
 
+/// The device's own writes (taking the server's row after a send) pass untouched:
+/// the flag is set and cleared inside the device's transaction, so no app sees it.
+const NOT_APPLYING: &str =
+    "(SELECT value FROM fieldsync_replica WHERE key = 'applying') IS NOT '1'";
+
 /// The triggers of one replica table.
+///
+/// Every way SQLite can change a row goes through them: plain statements, `REPLACE`
+/// and `INSERT OR REPLACE` (whose implicit delete fires no delete trigger: the BEFORE
+/// INSERT trigger keeps the row about to be replaced, and the AFTER INSERT trigger
+/// journals the replacement as the update, or the delete and insert, the task
+/// allows, or refuses it), upserts (`ON CONFLICT DO UPDATE` runs the update
+/// triggers), and delete then re-insert.
 pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
     let table = quote(&t.name);
     let pk = quote(&t.primary_key);
+    let tl = literal(&t.name);
     let name = |what: &str| quote(&format!("fieldsync_{}_{what}", t.name));
     let retired = format!(
         "{} WHERE (SELECT value FROM fieldsync_replica WHERE key = 'retired') = '1';",
@@ -108,21 +127,43 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
         "{} WHERE {LOGIN} IS NULL;",
         raise("fieldsync: log in on this device to edit")
     );
+    let may = |op: WriteOp| t.write.contains(&op);
+    let refuse = |word: &str| {
+        raise(&format!(
+            "fieldsync: task {} does not allow {word} on table {}",
+            h.task, t.name
+        ))
+    };
     let not_allowed = |op: WriteOp, word: &str| {
-        if t.write.contains(&op) {
+        if may(op) {
             String::new()
         } else {
-            format!(
-                "{};",
-                raise(&format!(
-                    "fieldsync: task {} does not allow {word} on table {}",
-                    h.task, t.name
-                ))
-            )
+            format!("{};", refuse(word))
         }
     };
-    let mut insert_checks = not_allowed(WriteOp::Insert, "insert");
-    if t.write.contains(&WriteOp::Insert) {
+    let left = |key: &str| {
+        format!(
+            "{} WHERE EXISTS (SELECT 1 FROM fieldsync_left WHERE tbl = {tl} AND pk = {key});",
+            raise(&format!(
+                "fieldsync: this {} row left the task's slice with your last send; it goes at the next download",
+                t.name
+            ))
+        )
+    };
+    let replacing = format!("EXISTS (SELECT 1 FROM fieldsync_replaced WHERE tbl = {tl})");
+    // The new row's checks hold for a plain insert; an insert replacing a row is the
+    // update the task allows, or else a delete and an insert (checked as one).
+    let when_new = if may(WriteOp::Update) {
+        format!("NOT {replacing} AND ")
+    } else {
+        String::new()
+    };
+    let mut insert_checks = if may(WriteOp::Insert) {
+        String::new()
+    } else {
+        format!("{} WHERE {when_new}1;", refuse("insert"))
+    };
+    if may(WriteOp::Insert) {
         if let Some(expr) = t.filter.as_deref().and_then(|f| filter::parse(f).ok()) {
             let params = Params {
                 user: h.user.clone(),
@@ -131,7 +172,7 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
             let cond =
                 expr.to_sql_inline(Dialect::Sqlite, &|c| format!("NEW.{}", quote(c)), &params);
             insert_checks.push_str(&format!(
-                "{} WHERE NOT coalesce(({cond}), 0);",
+                "{} WHERE {when_new}NOT coalesce(({cond}), 0);",
                 raise(&format!(
                     "fieldsync: task {}: the new row is outside the slice of table {}",
                     h.task, t.name
@@ -141,23 +182,28 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
         if let Some(p) = &t.parent
             && let Some(parent) = h.tables.iter().find(|x| x.name == p.table)
         {
+            let (pt, ppk, key) = (
+                quote(&parent.name),
+                quote(&parent.primary_key),
+                quote(&p.key),
+            );
             insert_checks.push_str(&format!(
-                "{} WHERE NOT EXISTS (SELECT 1 FROM {pt} WHERE {pt}.{ppk} = NEW.{key});",
+                "{} WHERE {when_new}(NOT EXISTS (SELECT 1 FROM {pt} WHERE {pt}.{ppk} = NEW.{key})
+                   OR EXISTS (SELECT 1 FROM fieldsync_left WHERE tbl = {ptl} AND pk = NEW.{key}));",
                 raise(&format!(
                     "fieldsync: task {}: the parent {} row is not in the slice",
                     h.task, p.table
                 )),
-                pt = quote(&parent.name),
-                ppk = quote(&parent.primary_key),
-                key = quote(&p.key)
+                ptl = literal(&parent.name),
             ));
         }
     }
-    let base = format!(
-        "coalesce((SELECT version FROM fieldsync_base WHERE tbl = {tl} AND pk = OLD.{pk}),
-                  (SELECT CAST(value AS INTEGER) FROM fieldsync_replica WHERE key = 'cursor'))",
-        tl = literal(&t.name)
-    );
+    let base_of = |key: &str| {
+        format!(
+            "coalesce((SELECT version FROM fieldsync_base WHERE tbl = {tl} AND pk = {key}),
+                      (SELECT CAST(value AS INTEGER) FROM fieldsync_replica WHERE key = 'cursor'))"
+        )
+    };
     // An insert is based on what the device knew of its parent row: the server tells a
     // parent the office moved out of the slice since (a conflict) from one that never
     // was the device's (forbidden).
@@ -179,33 +225,99 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
         .iter()
         .map(|c| format!("OLD.{0} IS NOT NEW.{0}", quote(&c.name)))
         .collect();
-    let journal = |op: &str, key: &str, old: &str, new: &str, base: &str| {
+    let journal = |op: &str, key: &str, old: &str, new: &str, base: &str, when: &str| {
         format!(
             "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at)
-             VALUES ({}, {key}, '{op}', {old}, {new}, {base}, {LOGIN}, {NOW});",
-            literal(&t.name)
+             SELECT {tl}, {key}, '{op}', {old}, {new}, {base}, {LOGIN}, {NOW} WHERE {when};"
+        )
+    };
+    let replaced_row =
+        format!("(SELECT old FROM fieldsync_replaced WHERE tbl = {tl} AND pk = NEW.{pk})");
+    // What an INSERT that replaced a row journals.
+    let replacement = if may(WriteOp::Update) {
+        format!(
+            "{left}{j}",
+            left =
+                left(&format!("NEW.{pk}")).replace(" WHERE ", &format!(" WHERE {replacing} AND ")),
+            j = journal(
+                "update",
+                &format!("NEW.{pk}"),
+                &replaced_row,
+                &json_row(t, "NEW"),
+                &base_of(&format!("NEW.{pk}")),
+                &replacing
+            ),
+        )
+    } else if may(WriteOp::Delete) {
+        format!(
+            "{left}{j}",
+            left =
+                left(&format!("NEW.{pk}")).replace(" WHERE ", &format!(" WHERE {replacing} AND ")),
+            j = journal(
+                "delete",
+                &format!("NEW.{pk}"),
+                &replaced_row,
+                "NULL",
+                &base_of(&format!("NEW.{pk}")),
+                &replacing
+            ),
+        )
+    } else {
+        format!(
+            "{} WHERE {replacing};",
+            raise(&format!(
+                "fieldsync: task {} allows neither update nor delete on table {}: an existing row cannot be replaced",
+                h.task, t.name
+            ))
+        )
+    };
+    let insert_journal = if may(WriteOp::Update) {
+        journal(
+            "insert",
+            &format!("NEW.{pk}"),
+            "NULL",
+            &json_row(t, "NEW"),
+            &insert_base,
+            &format!("NOT {replacing}"),
+        )
+    } else {
+        journal(
+            "insert",
+            &format!("NEW.{pk}"),
+            "NULL",
+            &json_row(t, "NEW"),
+            &insert_base,
+            "1",
         )
     };
     format!(
-        "CREATE TRIGGER {bi} BEFORE INSERT ON {table} BEGIN {retired} {logged_out} {insert_checks} END;
-         CREATE TRIGGER {bu} BEFORE UPDATE ON {table} BEGIN {retired} {logged_out} {update_checks}
+        "CREATE TRIGGER {bi} BEFORE INSERT ON {table} WHEN {NOT_APPLYING} BEGIN {retired} {logged_out}
+           DELETE FROM fieldsync_replaced;
+           INSERT INTO fieldsync_replaced (tbl, pk, old) SELECT {tl}, o.{pk}, {old_row} FROM {table} AS o WHERE o.{pk} = NEW.{pk};
+           {insert_checks} END;
+         CREATE TRIGGER {bu} BEFORE UPDATE ON {table} WHEN {NOT_APPLYING} BEGIN {retired} {logged_out} {update_checks}
+           {left_old}
            {pk_change} WHERE OLD.{pk} IS NOT NEW.{pk}; END;
-         CREATE TRIGGER {bd} BEFORE DELETE ON {table} BEGIN {retired} {logged_out} {delete_checks} END;
-         CREATE TRIGGER {ai} AFTER INSERT ON {table} BEGIN {j_insert} END;
-         CREATE TRIGGER {au} AFTER UPDATE ON {table} WHEN {changed} BEGIN {j_update} END;
-         CREATE TRIGGER {ad} AFTER DELETE ON {table} BEGIN {j_delete} END;",
+         CREATE TRIGGER {bd} BEFORE DELETE ON {table} WHEN {NOT_APPLYING} BEGIN {retired} {logged_out} {delete_checks} {left_old} END;
+         CREATE TRIGGER {ai} AFTER INSERT ON {table} WHEN {NOT_APPLYING} BEGIN {replacement} {insert_journal}
+           DELETE FROM fieldsync_replaced; END;
+         CREATE TRIGGER {au} AFTER UPDATE ON {table} WHEN {NOT_APPLYING} AND ({changed}) BEGIN {j_update} END;
+         CREATE TRIGGER {ad} AFTER DELETE ON {table} WHEN {NOT_APPLYING} BEGIN
+           DELETE FROM fieldsync_replaced WHERE tbl = {tl} AND pk = OLD.{pk};
+           {j_delete} END;",
         bi = name("before_insert"),
         bu = name("before_update"),
         bd = name("before_delete"),
         ai = name("journal_insert"),
         au = name("journal_update"),
         ad = name("journal_delete"),
+        old_row = json_row(t, "o"),
         update_checks = not_allowed(WriteOp::Update, "update"),
         delete_checks = not_allowed(WriteOp::Delete, "delete"),
+        left_old = left(&format!("OLD.{pk}")),
         pk_change = raise(&format!("fieldsync: primary-key values cannot be updated (table {})", t.name)),
         changed = any_change.join(" OR "),
-        j_insert = journal("insert", &format!("NEW.{pk}"), "NULL", &json_row(t, "NEW"), &insert_base),
-        j_update = journal("update", &format!("NEW.{pk}"), &json_changed(t, "OLD"), &json_changed(t, "NEW"), &base),
-        j_delete = journal("delete", &format!("OLD.{pk}"), &json_row(t, "OLD"), "NULL", &base),
+        j_update = journal("update", &format!("NEW.{pk}"), &json_changed(t, "OLD"), &json_changed(t, "NEW"), &base_of(&format!("OLD.{pk}")), "1"),
+        j_delete = journal("delete", &format!("OLD.{pk}"), &json_row(t, "OLD"), "NULL", &base_of(&format!("OLD.{pk}")), "1"),
     )
 }

@@ -152,6 +152,9 @@ pub const HEADER_OP: &str = "x-fieldsync-op";
 /// CRC-32 (hex) of an upload's body as sent, so the server refuses a damaged one.
 pub const HEADER_BODY_CRC32: &str = "x-fieldsync-body-crc32";
 pub const HEADER_KIND: &str = "x-fieldsync-kind";
+/// The upload id of an upload body, so the server can answer a known upload with its
+/// recorded outcome before anything else (an expired session, an unassigned task).
+pub const HEADER_UPLOAD_ID: &str = "x-fieldsync-upload-id";
 
 /// One net change of one row by one user (the journal compacted per upload).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -181,15 +184,25 @@ pub struct UploadEntry {
 pub struct Upload {
     pub upload_id: String,
     pub task: String,
+    /// The epoch of the replica the entries were made on (the main database's history
+    /// its bases belong to); absent from older devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
     pub entries: Vec<UploadEntry>,
 }
 
-/// The row version a row has after an entry was integrated (`None`: the row is gone).
+/// The row version a row has after an entry was integrated (`None`: the row is gone,
+/// or the entry was not applied and the device keeps its base).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NewVersion {
     pub table: String,
     pub key: Value,
     pub version: Option<i64>,
+    /// The row's values in the task's columns as written, when they are not exactly
+    /// the device's (a conflict or merged office changes): the device takes them, so
+    /// that `version` is a true base for its next edit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<BTreeMap<String, Value>>,
 }
 
 /// The server's answer to an upload (also what it recorded for repeats).

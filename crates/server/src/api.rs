@@ -14,9 +14,9 @@ use fieldsync_proto::filter::Params;
 use fieldsync_proto::task::check_name;
 use fieldsync_proto::time;
 use fieldsync_proto::wire::{
-    ErrorCode, HEADER_BODY_CRC32, HEADER_KIND, HEADER_OP, JSON_BODY_MAX_BYTES, LoginRequest,
-    LoginResponse, PROTOCOL_VERSION, PairRequest, PairResponse, SliceHeader, TaskSummary,
-    UPLOAD_BODY_MAX_BYTES, UPLOAD_JSON_MAX_BYTES, Upload, UploadOutcome,
+    ErrorCode, HEADER_BODY_CRC32, HEADER_KIND, HEADER_OP, HEADER_UPLOAD_ID, JSON_BODY_MAX_BYTES,
+    LoginRequest, LoginResponse, PROTOCOL_VERSION, PairRequest, PairResponse, SliceHeader,
+    TaskSummary, UPLOAD_BODY_MAX_BYTES, UPLOAD_JSON_MAX_BYTES, Upload, UploadOutcome,
 };
 use fieldsync_store::{
     IntegrateContext, IntegrateError, SessionRecord, Store, SyncSessionRecord, TaskRecord,
@@ -265,6 +265,27 @@ fn op_and_kind(headers: &HeaderMap, default_op: &str) -> Result<(String, String)
     Ok((op.to_string(), kind.to_string()))
 }
 
+/// The recorded outcome (and sending user) of an upload id this device sent before;
+/// an id of another device is refused.
+fn repeated_upload(
+    store: &dyn Store,
+    device: &str,
+    upload_id: &str,
+) -> Result<Option<(UploadOutcome, String)>, ApiError> {
+    let Some((owner, user, outcome)) = store.upload_recorded(upload_id)? else {
+        return Ok(None);
+    };
+    if owner != device {
+        return Err(ApiError::forbidden(
+            "the upload id belongs to another device",
+        ));
+    }
+    let mut outcome: UploadOutcome = serde_json::from_str(&outcome)
+        .map_err(|e| ApiError::internal(format!("recorded outcome unreadable: {e}")))?;
+    outcome.repeated = true;
+    Ok(Some((outcome, user)))
+}
+
 /// Reads a zstd-compressed JSON upload with a cap on its decompressed size; a body
 /// whose checksum does not match is refused as damaged (the device sends it again).
 fn read_upload(headers: &HeaderMap, body: RequestBody) -> Result<Upload, ApiError> {
@@ -319,8 +340,48 @@ async fn upload(
     blocking(move || {
         let started = std::time::Instant::now();
         let started_at = time::now_rfc3339();
+        // A known upload id is answered with its recorded outcome before any other
+        // check: a device whose acknowledgement was lost learns the fate of its
+        // upload even if its session expired or its task was unassigned since.
+        let device = auth::device(&*st.store, &headers)?;
+        let claimed_id = headers
+            .get(HEADER_UPLOAD_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(id) = &claimed_id
+            && let Some(o) = repeated_upload(&*st.store, &device.id, id)?
+        {
+            let record = SyncSessionRecord {
+                device: device.id.clone(),
+                user: o.1,
+                task: None,
+                op,
+                kind,
+                result: "ok".into(),
+                message: format!("repeated upload {id}: recorded outcome returned"),
+                rows_down: 0,
+                rows_up: 0,
+                bytes_down: 0,
+                bytes_up,
+                conflicts: o.0.conflicts,
+                started_at,
+                duration_ms: started.elapsed().as_millis() as u64,
+            };
+            if let Err(e) = st.store.sync_session_record(&record) {
+                eprintln!("fieldsync server: recording a sync session: {e}");
+            }
+            return Ok(Json(o.0));
+        }
         let (device, _, user) = auth::session(&*st.store, &headers)?;
         let upload = read_upload(&headers, body)?;
+        if claimed_id
+            .as_ref()
+            .is_some_and(|id| *id != upload.upload_id)
+        {
+            return Err(ApiError::bad_request(format!(
+                "header {HEADER_UPLOAD_ID} differs from the body's upload id"
+            )));
+        }
         let task = assigned(&*st.store, &user.name, &device.id)?
             .into_iter()
             .find(|t| t.def.name == upload.task)
@@ -330,7 +391,14 @@ async fn upload(
                     upload.task, user.name, device.id
                 ))
             })?;
+        // An upload from a replica of another history (the main database was restored
+        // since its download) is judged by value: its bases are not this database's.
+        let restored = match &upload.epoch {
+            Some(e) => *e != st.store.epoch()?,
+            None => false,
+        };
         let ctx = IntegrateContext {
+            restored,
             device: &device.id,
             sender: &user.name,
             task: &task,

@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 
-use fieldsync_proto::Value;
 use fieldsync_proto::conflict::{self, ConflictNote, Current, Decision, Write};
 use fieldsync_proto::filter::{self, Expr, Params};
 use fieldsync_proto::task::{TaskDef, TaskTable, WriteOp};
 use fieldsync_proto::wire::{NewVersion, Upload, UploadEntry, UploadOutcome};
+use fieldsync_proto::{ColumnType, Value};
 
 use crate::plan;
 use crate::{IntegrateContext, IntegrateError, StoreError, TableInfo};
@@ -37,6 +37,20 @@ pub(crate) trait UploadTx {
     fn recorded(&mut self, upload_id: &str) -> Result<Option<(String, String)>, StoreError>;
     fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>, StoreError>;
     fn user_enabled(&mut self, user: &str) -> Result<bool, StoreError>;
+    /// Whether `user` ever logged in on `device` (a journal entry's user must have).
+    fn user_logged_in(&mut self, device: &str, user: &str) -> Result<bool, StoreError>;
+    /// What kind of base `base` is for `device`; `None`: past every base the server
+    /// ever handed out, so never handed to this device.
+    fn base_kind(&mut self, device: &str, base: i64) -> Result<Option<BaseKind>, StoreError>;
+    /// Whether the row with `key`, as the main database stores it now (after its own
+    /// conversions), is in the slice of `params`' user.
+    fn stored_in_slice(
+        &mut self,
+        def: &TaskDef,
+        t: &TableCtx<'_>,
+        params: &Params,
+        key: &Value,
+    ) -> Result<bool, StoreError>;
     /// The entry's row now, for the slice of `params`' user, locked against concurrent
     /// writers until the transaction ends.
     fn current(
@@ -64,8 +78,9 @@ pub(crate) trait UploadTx {
     /// A parent table was written: what `parent` learnt may be stale.
     fn forget_parents(&mut self);
     fn apply(&mut self, info: &TableInfo, key: &Value, write: &Write) -> Result<(), ApplyError>;
-    /// The version a device may take as its base of a row this upload wrote cleanly.
-    fn new_version(&mut self) -> Result<i64, StoreError>;
+    /// The version a device may take as its base of a row this upload wrote (handed
+    /// to `device`, so recorded as one of its bases).
+    fn new_version(&mut self, device: &str) -> Result<i64, StoreError>;
     fn log_conflict(&mut self, c: &ConflictLog<'_>) -> Result<(), StoreError>;
     /// Records the upload id with its outcome (JSON), in the same transaction.
     fn record(
@@ -74,6 +89,20 @@ pub(crate) trait UploadTx {
         upload_id: &str,
         outcome: &str,
     ) -> Result<(), StoreError>;
+}
+
+/// Where a base a device sends came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BaseKind {
+    /// A download's cursor (or a base handed out before bases were recorded).
+    Download,
+    /// An upload's acknowledgement: the version of rows that upload wrote.
+    Upload,
+    /// Not recorded for this device, but not past anything the server handed out (a
+    /// download's base recorded late, bases emptied, a restored history): the entry's
+    /// row counts as changed, so its values are compared and nothing is overwritten
+    /// silently; a row outside the slice is refused (only a restore excuses it).
+    Unknown,
 }
 
 /// One conflict-log record as the engine stores it.
@@ -153,8 +182,14 @@ pub(crate) fn integrate(
         );
     }
     tx.read_ahead(&upload.entries);
-    let mut user_ok: HashMap<&str, bool> = HashMap::new();
+    let mut user_ok: HashMap<&str, Result<(), String>> = HashMap::new();
     let mut params_of: HashMap<&str, Params> = HashMap::new();
+    let mut base_kinds: HashMap<i64, Option<BaseKind>> = HashMap::new();
+    // Rows an earlier entry of this upload wrote (true) or left alone with a conflict
+    // (false): a later entry of the same row (an insert and the update that moved it
+    // out of the slice, a delete and the insert that re-created its key) is judged
+    // against what that entry did, not as somebody else's change.
+    let mut done: HashMap<(&str, String), Done> = HashMap::new();
     let parent_tables: std::collections::HashSet<&str> = def
         .tables
         .iter()
@@ -201,49 +236,134 @@ pub(crate) fn integrate(
         if e.op == WriteOp::Insert && !e.new.get(pk).is_some_and(|k| k.same(&e.key)) {
             return Err(forbidden(&label, "an insert must carry its key"));
         }
-        let assigned = match user_ok.get(e.user.as_str()) {
-            Some(ok) => *ok,
+        let user_check = match user_ok.get(e.user.as_str()) {
+            Some(ok) => ok.clone(),
             None => {
-                let ok = ctx.task.users.contains(&e.user) && tx.user_enabled(&e.user)?;
-                user_ok.insert(e.user.as_str(), ok);
+                let ok = if !ctx.task.users.contains(&e.user) || !tx.user_enabled(&e.user)? {
+                    Err(format!(
+                        "user `{}` is not assigned to task `{}` (or is disabled)",
+                        e.user, def.name
+                    ))
+                } else if !tx.user_logged_in(ctx.device, &e.user)? {
+                    Err(format!(
+                        "user `{}` never logged in on device `{}`",
+                        e.user, ctx.device
+                    ))
+                } else {
+                    Ok(())
+                };
+                user_ok.insert(e.user.as_str(), ok.clone());
                 ok
             }
         };
-        if !assigned {
-            return Err(forbidden(
-                &label,
-                format!(
-                    "user `{}` is not assigned to task `{}` (or is disabled)",
-                    e.user, def.name
-                ),
-            ));
-        }
+        user_check.map_err(|why| forbidden(&label, why))?;
+        // A base is a version the server handed to this device, never a number the
+        // device made up: a made-up one could make an office change look seen.
+        let base_kind = match e.base_version {
+            None => None,
+            Some(b) => {
+                let kind = match base_kinds.get(&b) {
+                    Some(k) => *k,
+                    None => {
+                        let k = if ctx.restored {
+                            Some(BaseKind::Unknown)
+                        } else {
+                            tx.base_kind(ctx.device, b)?
+                        };
+                        base_kinds.insert(b, k);
+                        k
+                    }
+                };
+                Some(kind.ok_or_else(|| {
+                    forbidden(
+                        &label,
+                        "its base version was never handed to this device by the server",
+                    )
+                })?)
+            }
+        };
         let params = params_of.entry(e.user.as_str()).or_insert_with(|| Params {
             user: e.user.clone(),
             device: ctx.device.to_string(),
         });
-        let current = tx.current(def, t, params, &e.key, e.base_version)?;
+        let row_id = (
+            e.table.as_str(),
+            serde_json::to_string(&e.key).expect("serializes"),
+        );
+        let earlier = done.get(&row_id).copied();
+        let mut current = tx.current(def, t, params, &e.key, e.base_version)?;
+        if let Some(c) = current.as_mut() {
+            if earlier == Some(Done::Written) {
+                // This upload wrote the row itself: not somebody else's change.
+                c.changed = false;
+                c.left = false;
+            } else if base_kind == Some(BaseKind::Unknown) {
+                // Compared by value. Only a restore excuses a row outside the slice:
+                // otherwise nothing shows it ever was the device's.
+                if !ctx.restored && !c.in_slice && !c.deleted {
+                    return Err(forbidden(&label, "the row is outside the task's slice"));
+                }
+                c.changed = true;
+                c.left = ctx.restored;
+            } else if base_kind == Some(BaseKind::Upload) && !c.in_slice && !c.changed {
+                // Unchanged since the device's own send wrote it, and outside the slice
+                // now: that send moved it out (not a row that never was the device's).
+                c.left = true;
+            }
+        }
+        if earlier == Some(Done::Written) && current.as_ref().is_some_and(|c| c.deleted) {
+            // Deleted by this upload a moment ago: the key is free for its insert.
+            current = None;
+        }
         let insert_in_slice = e.op == WriteOp::Insert
             && t.filter.as_ref().is_none_or(|f| {
                 f.matches(&|c| e.new.get(c).cloned().unwrap_or(Value::Null), params)
             });
-        let decision = conflict::decide(
-            e,
-            current.as_ref(),
-            insert_in_slice,
-            t.task_table.conflict,
-            pk,
-        );
+        let decision = if earlier == Some(Done::Skipped) {
+            // The entry this one builds on was not applied: neither is this one.
+            Decision::Skip(Some(ConflictNote {
+                kind: "left-slice",
+                resolution: "not-applied",
+                device: e.new.clone(),
+                server: current
+                    .as_ref()
+                    .map(|c| c.values.clone())
+                    .unwrap_or_default(),
+            }))
+        } else {
+            conflict::decide(
+                e,
+                current.as_ref(),
+                insert_in_slice,
+                t.task_table.conflict,
+                pk,
+            )
+        };
         let (write, note) = match decision {
             Decision::Forbidden(why) => return Err(forbidden(&label, why)),
             Decision::Apply(w, n) => (Some(w), n),
             Decision::Skip(n) => (None, n),
         };
-        // The device's row equals the main database's row after the write only when
-        // nobody changed the row since the device's base: only then is the new
-        // version the device's base. Otherwise it keeps its base, and its next edit is
-        // judged against the office's change again.
-        let clean = note.is_none() && current.as_ref().is_none_or(|c| !c.changed);
+        // The task is judged on what the write really does: an insert onto a key the
+        // slice already holds would be an update. Where the task allows no update,
+        // it is logged, not applied (the device's own edits were allowed).
+        let (write, note) = match (&write, e.op) {
+            (Some(Write::Update(_)), WriteOp::Insert)
+                if !t.task_table.write.contains(&WriteOp::Update) =>
+            {
+                let lost = ConflictNote {
+                    kind: "insert-exists",
+                    resolution: "not-applied",
+                    device: e.new.clone(),
+                    server: current
+                        .as_ref()
+                        .map(|c| c.values.clone())
+                        .unwrap_or_default(),
+                };
+                (None, Some(lost))
+            }
+            _ => (write, note),
+        };
         // The row's own filter was checked in `decide`; its parent chain is the
         // database's to judge, before the row is written.
         let (write, note) = match (&write, &t.task_table.parent) {
@@ -253,7 +373,9 @@ pub(crate) fn integrate(
                     tx.parent(def, &p.table, params, parent_key, e.base_version)?;
                 if inside {
                     (write, note)
-                } else if e.base_version.is_some() && left {
+                } else if e.base_version.is_some()
+                    && (left || (ctx.restored && base_kind == Some(BaseKind::Unknown)))
+                {
                     // The office moved the parent out of the slice after the device
                     // saw it: the new row is logged, not applied.
                     let lost = ConflictNote {
@@ -273,6 +395,7 @@ pub(crate) fn integrate(
             _ => (write, note),
         };
         let mut version = None;
+        let mut row_after = None;
         if let Some(w) = &write {
             tx.apply(&t.info, &e.key, w).map_err(|err| match err {
                 ApplyError::Refused(why) => {
@@ -280,14 +403,50 @@ pub(crate) fn integrate(
                 }
                 ApplyError::Store(s) => IntegrateError::Store(s),
             })?;
+            // Slice membership of a new row is judged on the row as the main database
+            // stores it: a value its column converts (text `"1"` into an integer
+            // column) must not pass the filter as one thing and be stored as another.
+            if let Write::Insert(row) = w
+                && needs_stored_check(t, row)
+                && !tx.stored_in_slice(def, t, params, &e.key)?
+            {
+                return Err(forbidden(
+                    &label,
+                    "the inserted row is outside the task's slice as the main database stores it",
+                ));
+            }
             outcome.applied += 1;
             if parent_tables.contains(e.table.as_str()) {
                 tx.forget_parents();
             }
-            if clean && !matches!(w, Write::Delete) {
-                version = Some(tx.new_version()?);
+            if !matches!(w, Write::Delete) {
+                version = Some(tx.new_version(ctx.device)?);
+                // The device holds its own values; where the main database's row is
+                // not exactly those (a conflict, or office changes merged), it gets
+                // the row as written, so the version is a true base for it.
+                let clean = note.is_none() && current.as_ref().is_none_or(|c| !c.changed);
+                if !clean {
+                    let mut after = current
+                        .as_ref()
+                        .map(|c| c.values.clone())
+                        .unwrap_or_default();
+                    if let Write::Update(cols) | Write::Insert(cols) = w {
+                        after.extend(cols.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    }
+                    row_after = Some(after);
+                }
             }
         }
+        done.insert(
+            row_id,
+            if write.is_some() {
+                Done::Written
+            } else if note.is_some() && current.is_none() {
+                Done::Skipped
+            } else {
+                Done::Judged
+            },
+        );
         if let Some(n) = &note {
             let policy = serde_json::to_value(t.task_table.conflict).expect("serializes");
             tx.log_conflict(&ConflictLog {
@@ -303,9 +462,50 @@ pub(crate) fn integrate(
             table: e.table.clone(),
             key: e.key.clone(),
             version,
+            row: row_after,
         });
     }
     let recorded = serde_json::to_string(&outcome).expect("serializes");
     tx.record(ctx, &upload.upload_id, &recorded)?;
     Ok(outcome)
+}
+
+/// What an earlier entry of the same upload did to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Written,
+    /// Logged, not applied, and the row does not exist: later entries cannot apply.
+    Skipped,
+    /// Judged and left as it was (nothing to build on).
+    Judged,
+}
+
+/// Whether an inserted row's slice membership must be read back from the database:
+/// a filter or parent column whose value is not of the column's own kind may be
+/// converted on the way in (the Rust judgment saw the value before conversion).
+fn needs_stored_check(t: &TableCtx<'_>, row: &fieldsync_proto::conflict::Row) -> bool {
+    let mut cols: Vec<String> = t.filter.as_ref().map(|f| f.columns()).unwrap_or_default();
+    if let Some(p) = &t.task_table.parent {
+        cols.push(p.key.clone());
+    }
+    cols.iter().any(|c| {
+        let v = row.get(c).unwrap_or(&Value::Null);
+        let Some(info) = t.info.column(c) else {
+            return true;
+        };
+        !matches!(
+            (v, info.column_type, plain_text(&info.declared_type)),
+            (Value::Null, ..)
+                | (Value::Integer(_), ColumnType::Integer, _)
+                | (Value::Real(_), ColumnType::Real, _)
+                | (Value::Text(_), ColumnType::Text, true)
+                | (Value::Blob(_), ColumnType::Blob, _)
+        )
+    })
+}
+
+/// A declared type whose values are stored as the text given (no parsing on the way).
+fn plain_text(declared: &str) -> bool {
+    let d = declared.to_ascii_lowercase();
+    d.contains("char") || d.contains("text") || d.contains("clob")
 }

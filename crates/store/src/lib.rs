@@ -116,6 +116,9 @@ pub struct IntegrateContext<'a> {
     pub sender: &'a str,
     pub task: &'a TaskRecord,
     pub at: &'a str,
+    /// The upload's replica was cut from another history of the main database (a
+    /// restore): its bases mean nothing here, every row is compared by value.
+    pub restored: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +240,10 @@ pub trait Store: Send + Sync {
         ctx: &IntegrateContext<'_>,
         upload: &Upload,
     ) -> Result<UploadOutcome, IntegrateError>;
+
+    /// The device, user and outcome (JSON) recorded for an upload id, if any: the
+    /// server answers a known upload with it before any other check.
+    fn upload_recorded(&self, upload_id: &str) -> Result<Option<(String, String, String)>>;
 
     fn conflicts_list(&self) -> Result<Vec<ConflictRecord>>;
     /// Applies the logged device or server values of a conflict and marks it resolved.

@@ -25,6 +25,8 @@ pub struct TablePlan {
 #[derive(Debug, Clone)]
 pub struct SlicePlan {
     pub tables: Vec<TablePlan>,
+    /// The device the slice is for: the download's cursor is recorded as its base.
+    pub device: String,
 }
 
 /// Double-quotes an identifier (SQLite and PostgreSQL alike).
@@ -178,7 +180,10 @@ pub fn plan_slice(
             declared,
         });
     }
-    Ok(SlicePlan { tables })
+    Ok(SlicePlan {
+        tables,
+        device: params.device.clone(),
+    })
 }
 
 /// The WHERE condition of a table: its filter, and membership of its parent's slice.

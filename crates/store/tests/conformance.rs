@@ -16,7 +16,7 @@ use fieldsync_proto::task::{TaskDef, WriteOp};
 use fieldsync_proto::wire::{Upload, UploadEntry, UploadOutcome};
 use fieldsync_store::{
     DeviceRecord, IntegrateContext, IntegrateError, SessionRecord, SlicePlan, SliceSink, Store,
-    StoreError, UserRecord, sample, sha256_hex,
+    StoreError, UserRecord, random_hex, sample, sha256_hex,
 };
 
 const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -479,11 +479,27 @@ fn send(
         .expect("task_get")
         .expect("task exists");
     let at = now();
+    // The entries' users logged in on the device, as they must have.
+    let mut users: Vec<&str> = upload.entries.iter().map(|e| e.user.as_str()).collect();
+    users.push(sender);
+    users.dedup();
+    for user in users {
+        fx.store()
+            .session_put(&SessionRecord {
+                token_hash: sha256_hex(&format!("{device}-{user}-{}", random_hex(8))),
+                device: device.into(),
+                user: user.into(),
+                created_at: at.clone(),
+                expires_at: "2999-01-01T00:00:00.000Z".into(),
+            })
+            .expect("session_put");
+    }
     let ctx = IntegrateContext {
         device,
         sender,
         task: &record,
         at: &at,
+        restored: false,
     };
     fx.store().integrate(&ctx, upload)
 }
@@ -497,6 +513,7 @@ fn upload(id: &str, task: &str, mut entries: Vec<UploadEntry>) -> Upload {
     Upload {
         upload_id: id.to_string(),
         task: task.to_string(),
+        epoch: None,
         entries,
     }
 }

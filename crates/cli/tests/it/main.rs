@@ -9,6 +9,7 @@ mod download;
 mod faults;
 mod harness;
 mod postgres;
+mod promises;
 mod proxy;
 mod refusals;
 mod send;

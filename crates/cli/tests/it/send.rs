@@ -660,7 +660,8 @@ fn an_insert_under_a_parent_the_office_moved_out_is_a_conflict_not_a_refusal() {
         "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at)
          VALUES ('inspections', 'forged', 'insert', NULL,
                  '{\"id\":\"forged\",\"asset_id\":2,\"inspector\":\"ana\",\"inspected_at\":\"2026-11-26T09:00:00.000Z\",\"result\":null,\"notes\":null}',
-                 999999999, 'ana', '2026-11-26T00:00:00.000Z')",
+                 (SELECT CAST(value AS INTEGER) FROM fieldsync_replica WHERE key = 'cursor'),
+                 'ana', '2026-11-26T00:00:00.000Z')",
     );
     assert_refused(
         &dev.run(&["send"], ""),

@@ -18,7 +18,7 @@ use postgres::{Client, Statement, Transaction};
 
 use super::types::{self, Bind, Param};
 use super::{pg_message, table_info};
-use crate::integrate::{self, ApplyError, ConflictLog, TableCtx, UploadTx, op_name};
+use crate::integrate::{self, ApplyError, BaseKind, ConflictLog, TableCtx, UploadTx, op_name};
 use crate::plan::{self, quote_ident};
 use crate::{IntegrateContext, IntegrateError, StoreError, TableInfo};
 
@@ -626,6 +626,74 @@ impl UploadTx for PgUpload<'_, '_> {
         Ok(rows.first().is_some_and(|r| !r.get::<_, bool>(0)))
     }
 
+    fn user_logged_in(&mut self, device: &str, user: &str) -> Result<bool, StoreError> {
+        let rows = self.query(
+            "SELECT 1 FROM fieldsync.device_users WHERE device = $1 AND user_name = $2",
+            &[&device, &user],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
+    fn base_kind(&mut self, device: &str, base: i64) -> Result<Option<BaseKind>, StoreError> {
+        // A base without a device was handed out before bases recorded theirs.
+        let rows = self.query(
+            "SELECT xid IS NOT NULL, device IS NULL OR device = $2 FROM fieldsync.bases WHERE id = $1",
+            &[&base, &device],
+        )?;
+        if let Some(r) = rows.first() {
+            return Ok(Some(match (r.get::<_, bool>(0), r.get::<_, bool>(1)) {
+                (true, true) => BaseKind::Upload,
+                (false, true) => BaseKind::Download,
+                // Another device's: bases are recorded with their download, so this
+                // one was never handed to this device.
+                (_, false) => return Ok(None),
+            }));
+        }
+        // Past every base there is: never handed out. Otherwise (bases emptied after a
+        // restore) compared by value.
+        let past = self.query("SELECT $1 > max(id) FROM fieldsync.bases", &[&base])?;
+        Ok(
+            match past.first().and_then(|r| r.get::<_, Option<bool>>(0)) {
+                Some(true) => None,
+                _ => Some(BaseKind::Unknown),
+            },
+        )
+    }
+
+    fn stored_in_slice(
+        &mut self,
+        def: &TaskDef,
+        t: &TableCtx<'_>,
+        params: &Params,
+        key: &Value,
+    ) -> Result<bool, StoreError> {
+        self.flush()?;
+        let infos = self.task_infos(def)?;
+        let mut binds = Vec::new();
+        let cond = plan::slice_condition(
+            def,
+            t.task_table,
+            params,
+            Dialect::Postgres,
+            &mut binds,
+            &|name| Ok(infos.get(name).cloned().flatten()),
+            true,
+        )?;
+        let table = quote_ident(&t.info.name);
+        let declared = declared_of(&t.info, &t.info.primary_key);
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {table} WHERE {table}.{pk} = {key_param} AND ({cond}))",
+            pk = quote_ident(&t.info.primary_key),
+            key_param = types::write_param(binds.len() + 1, &declared),
+        );
+        let typed_key = types::write_value(key, &declared);
+        let bound: Vec<Bind<'_>> = binds.iter().map(Bind).collect();
+        let mut all: Params_<'_> = bound.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+        all.push(&typed_key);
+        let rows = self.query(&sql, &all)?;
+        Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
+    }
+
     fn read_ahead(&mut self, entries: &[UploadEntry]) {
         let mut planned = Vec::with_capacity(entries.len());
         for e in entries {
@@ -896,13 +964,13 @@ impl UploadTx for PgUpload<'_, '_> {
 
     /// One base per upload: its snapshot plus its own transaction, so the rows it
     /// wrote count as seen and later writers' do not.
-    fn new_version(&mut self) -> Result<i64, StoreError> {
+    fn new_version(&mut self, device: &str) -> Result<i64, StoreError> {
         if let Some(id) = self.new_base {
             return Ok(id);
         }
         let rows = self.query(
-            "INSERT INTO fieldsync.bases (snap, xid) VALUES (pg_current_snapshot(), pg_current_xact_id()) RETURNING id",
-            &[],
+            "INSERT INTO fieldsync.bases (snap, xid, device) VALUES (pg_current_snapshot(), pg_current_xact_id(), $1) RETURNING id",
+            &[&device],
         )?;
         let id: i64 = rows[0].get(0);
         self.new_base = Some(id);

@@ -139,6 +139,15 @@ CREATE TABLE IF NOT EXISTS fieldsync.sessions (
     created_at text NOT NULL,
     expires_at text NOT NULL
 );
+-- Who has logged in on which device: a journal entry's user must be one of them.
+CREATE TABLE IF NOT EXISTS fieldsync.device_users (
+    device text NOT NULL,
+    user_name text NOT NULL,
+    first_at text NOT NULL,
+    PRIMARY KEY (device, user_name)
+);
+-- The device a base was handed to (NULL: before this was recorded).
+ALTER TABLE fieldsync.bases ADD COLUMN IF NOT EXISTS device text;
 "#;
 
 /// Connections kept for reuse; a broken one is dropped, not returned.
@@ -506,6 +515,13 @@ impl Store for PgStore {
                 "INSERT INTO fieldsync.meta (key, value) VALUES ('epoch', $1) ON CONFLICT (key) DO NOTHING",
                 &[&crate::random_hex(16)],
             )?;
+            // Logins before they were recorded: the sessions still known.
+            tx.execute(
+                "INSERT INTO fieldsync.device_users (device, user_name, first_at)
+                 SELECT device, user_name, min(created_at) FROM fieldsync.sessions GROUP BY device, user_name
+                 ON CONFLICT DO NOTHING",
+                &[],
+            )?;
             Ok(())
         })
     }
@@ -764,6 +780,11 @@ impl Store for PgStore {
                 &s.expires_at,
             ],
         )?;
+        c.execute(
+            "INSERT INTO fieldsync.device_users (device, user_name, first_at) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&s.device, &s.user, &s.created_at],
+        )?;
         // Expired sessions are of no use to anyone; drop them while we are here.
         c.execute(
             "DELETE FROM fieldsync.sessions WHERE expires_at < $1",
@@ -807,8 +828,8 @@ impl Store for PgStore {
             .start()?;
         let cursor: i64 = tx
             .query_one(
-                "INSERT INTO fieldsync.bases (snap) VALUES (pg_current_snapshot()) RETURNING id",
-                &[],
+                "INSERT INTO fieldsync.bases (snap, device) VALUES (pg_current_snapshot(), $1) RETURNING id",
+                &[&plan.device],
             )?
             .get(0);
         let mut counts = Vec::with_capacity(plan.tables.len());
@@ -859,6 +880,16 @@ impl Store for PgStore {
     ) -> Result<UploadOutcome, IntegrateError> {
         let mut c = self.conn()?;
         integrate::integrate(&mut c, ctx, upload)
+    }
+
+    fn upload_recorded(&self, upload_id: &str) -> Result<Option<(String, String, String)>> {
+        Ok(self
+            .conn()?
+            .query_opt(
+                "SELECT device, user_name, outcome FROM fieldsync.uploads WHERE upload_id = $1",
+                &[&upload_id],
+            )?
+            .map(|r| (r.get(0), r.get(1), r.get(2))))
     }
 
     fn conflicts_list(&self) -> Result<Vec<ConflictRecord>> {
@@ -1048,15 +1079,23 @@ impl Store for PgStore {
             .collect())
     }
 
+    /// A new password ends the user's sessions, as disabling does.
     fn user_set_password(&self, name: &str, password_hash: &str) -> Result<()> {
-        let n = self.conn()?.execute(
-            "UPDATE fieldsync.users SET password_hash = $2 WHERE name = $1",
-            &[&name, &password_hash],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("no user `{name}`")));
-        }
-        Ok(())
+        let mut c = self.conn()?;
+        in_tx(&mut c, |tx| {
+            let n = tx.execute(
+                "UPDATE fieldsync.users SET password_hash = $2 WHERE name = $1",
+                &[&name, &password_hash],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no user `{name}`")));
+            }
+            tx.execute(
+                "DELETE FROM fieldsync.sessions WHERE user_name = $1",
+                &[&name],
+            )?;
+            Ok(())
+        })
     }
 
     fn user_set_disabled(&self, name: &str, disabled: bool) -> Result<()> {

@@ -13,7 +13,7 @@ use fieldsync_proto::wire::{Upload, UploadOutcome};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{SqliteStore, table_info, to_sql_value};
-use crate::integrate::{self, ApplyError, ConflictLog, TableCtx, UploadTx, op_name};
+use crate::integrate::{self, ApplyError, BaseKind, ConflictLog, TableCtx, UploadTx, op_name};
 use crate::plan::{self, quote_ident};
 use crate::{IntegrateContext, IntegrateError, StoreError, TableInfo};
 
@@ -42,8 +42,14 @@ pub(super) fn integrate(
     // large transaction's pages stay in memory instead of temp-file writes.
     conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;")?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let start_version: i64 = tx.query_row(
+        "SELECT coalesce(max(version), 0) FROM fieldsync_rows",
+        [],
+        |r| r.get(0),
+    )?;
     let mut upload_tx = SqliteUpload {
         tx: &tx,
+        start_version,
         queries: HashMap::new(),
         write_sql: WriteSql::default(),
         parents: ParentSlices::default(),
@@ -56,6 +62,8 @@ pub(super) fn integrate(
 
 struct SqliteUpload<'c> {
     tx: &'c Transaction<'c>,
+    /// The highest version before this upload: its own writes are stamped above.
+    start_version: i64,
     /// The current-row query per table and user.
     queries: HashMap<(String, String), CurrentQuery>,
     write_sql: WriteSql,
@@ -85,6 +93,68 @@ impl UploadTx for SqliteUpload<'_> {
 
     fn user_enabled(&mut self, user: &str) -> Result<bool, StoreError> {
         Ok(super::user_enabled(self.tx, user)?)
+    }
+
+    fn user_logged_in(&mut self, device: &str, user: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM fieldsync_device_users WHERE device = ?1 AND user = ?2)",
+            )?
+            .query_row([device, user], |r| r.get(0))?)
+    }
+
+    fn base_kind(&mut self, device: &str, base: i64) -> Result<Option<BaseKind>, StoreError> {
+        // An upload's range first: its versions are the rows it wrote.
+        let kind: Option<bool> = self
+            .tx
+            .prepare_cached(
+                "SELECT low = high FROM fieldsync_bases WHERE device = ?1 AND high >= ?2 AND low <= ?2
+                 ORDER BY low = high LIMIT 1",
+            )?
+            .query_row(params![device, base], |r| r.get(0))
+            .optional()?;
+        Ok(match kind {
+            Some(true) => Some(BaseKind::Download),
+            Some(false) => Some(BaseKind::Upload),
+            // Past every version there is: never handed out. Otherwise compared by
+            // value (a download's base recorded late, or one handed out before bases
+            // were recorded).
+            None if base > self.start_version => None,
+            None => Some(BaseKind::Unknown),
+        })
+    }
+
+    fn stored_in_slice(
+        &mut self,
+        def: &TaskDef,
+        t: &TableCtx<'_>,
+        params: &Params,
+        key: &Value,
+    ) -> Result<bool, StoreError> {
+        let mut binds = Vec::new();
+        let cond = plan::slice_condition(
+            def,
+            t.task_table,
+            params,
+            Dialect::Sqlite,
+            &mut binds,
+            &|name| table_info(self.tx, name),
+            true,
+        )?;
+        let table = quote_ident(&t.info.name);
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {table} WHERE {table}.{pk} = ? AND ({cond}))",
+            pk = quote_ident(&t.info.primary_key)
+        );
+        let all: Vec<_> = std::iter::once(key)
+            .chain(binds.iter())
+            .map(to_sql_value)
+            .collect();
+        Ok(self
+            .tx
+            .prepare_cached(&sql)?
+            .query_row(rusqlite::params_from_iter(all.iter()), |r| r.get(0))?)
     }
 
     fn current(
@@ -124,8 +194,9 @@ impl UploadTx for SqliteUpload<'_> {
             .map_err(|e| ApplyError::Refused(e.to_string()))
     }
 
-    /// The write just stamped the highest version there is.
-    fn new_version(&mut self) -> Result<i64, StoreError> {
+    /// The write just stamped the highest version there is (the upload's range of
+    /// versions is recorded as the device's bases in `record`).
+    fn new_version(&mut self, _device: &str) -> Result<i64, StoreError> {
         Ok(self
             .tx
             .prepare_cached("SELECT max(version) FROM fieldsync_rows")?
@@ -168,6 +239,12 @@ impl UploadTx for SqliteUpload<'_> {
         self.tx.execute(
             "INSERT INTO fieldsync_uploads (upload_id, device, user, task, outcome, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![upload_id, ctx.device, ctx.sender, ctx.task.def.name, outcome, ctx.at],
+        )?;
+        // The versions this upload's writes were stamped with: bases of this device.
+        self.tx.execute(
+            "INSERT OR IGNORE INTO fieldsync_bases (device, low, high)
+             SELECT ?1, ?2, max(version) FROM fieldsync_rows HAVING max(version) >= ?2",
+            params![ctx.device, self.start_version + 1],
         )?;
         Ok(())
     }

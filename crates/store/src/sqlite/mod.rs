@@ -121,6 +121,22 @@ CREATE TABLE IF NOT EXISTS fieldsync_sessions (
     created_at TEXT NOT NULL,
     expires_at TEXT NOT NULL
 );
+-- Who has logged in on which device: a journal entry's user must be one of them.
+CREATE TABLE IF NOT EXISTS fieldsync_device_users (
+    device TEXT NOT NULL,
+    user TEXT NOT NULL,
+    first_at TEXT NOT NULL,
+    PRIMARY KEY (device, user)
+) WITHOUT ROWID;
+-- The bases handed to each device: a download's cursor (low = high), or the range of
+-- versions an upload's writes were stamped with. A device may base a change only on
+-- one of its own.
+CREATE TABLE IF NOT EXISTS fieldsync_bases (
+    device TEXT NOT NULL,
+    low INTEGER NOT NULL,
+    high INTEGER NOT NULL,
+    PRIMARY KEY (device, high, low)
+) WITHOUT ROWID;
 "#;
 
 /// A SQLite main database. Holds only its path: each call opens a connection (cheap
@@ -147,6 +163,36 @@ impl SqliteStore {
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(conn)
+    }
+
+    /// Records a download's cursor as a base `device` may send changes on, by a second
+    /// connection (the download's read snapshot stays open). An office transaction
+    /// holding the write lock must not stall the download: then a thread records it
+    /// as soon as the lock is free (the device needs the base only at its next send).
+    fn record_base(&self, device: &str, cursor: i64) -> Result<()> {
+        const SQL: &str =
+            "INSERT OR IGNORE INTO fieldsync_bases (device, low, high) VALUES (?1, ?2, ?2)";
+        let conn = self.conn()?;
+        conn.busy_timeout(Duration::from_millis(200))?;
+        match conn.execute(SQL, params![device, cursor]) {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                let (store, device) = (SqliteStore::new(self.path.clone()), device.to_string());
+                std::thread::spawn(move || {
+                    let recorded = store.conn().and_then(|c| {
+                        c.busy_timeout(Duration::from_secs(600))?;
+                        Ok(c.execute(SQL, params![device, cursor])?)
+                    });
+                    if let Err(e) = recorded {
+                        eprintln!("fieldsync server: recording the base of a download: {e}");
+                    }
+                });
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A connection to an initialised database.
@@ -316,6 +362,12 @@ impl Store for SqliteStore {
         tx.execute(
             "INSERT OR IGNORE INTO fieldsync_meta (key, value) VALUES ('epoch', ?1)",
             [crate::random_hex(16)],
+        )?;
+        // Logins before they were recorded: the sessions still known.
+        tx.execute(
+            "INSERT OR IGNORE INTO fieldsync_device_users (device, user, first_at)
+             SELECT device, user, min(created_at) FROM fieldsync_sessions GROUP BY device, user",
+            [],
         )?;
         tx.commit()?;
         Ok(())
@@ -560,6 +612,10 @@ impl Store for SqliteStore {
             "INSERT INTO fieldsync_sessions (token_hash, device, user, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![s.token_hash, s.device, s.user, s.created_at, s.expires_at],
         )?;
+        conn.execute(
+            "INSERT OR IGNORE INTO fieldsync_device_users (device, user, first_at) VALUES (?1, ?2, ?3)",
+            params![s.device, s.user, s.created_at],
+        )?;
         // Expired sessions are of no use to anyone; drop them while we are here.
         conn.execute(
             "DELETE FROM fieldsync_sessions WHERE expires_at < ?1",
@@ -614,6 +670,7 @@ impl Store for SqliteStore {
             )?;
             counts.push(n as u64);
         }
+        self.record_base(&plan.device, cursor)?;
         sink.begin(cursor, &counts)?;
         let mut sent = Vec::with_capacity(plan.tables.len());
         for (idx, t) in plan.tables.iter().enumerate() {
@@ -642,6 +699,17 @@ impl Store for SqliteStore {
         upload: &Upload,
     ) -> Result<UploadOutcome, IntegrateError> {
         integrate::integrate(self, ctx, upload)
+    }
+
+    fn upload_recorded(&self, upload_id: &str) -> Result<Option<(String, String, String)>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT device, user, outcome FROM fieldsync_uploads WHERE upload_id = ?1",
+                [upload_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
     }
 
     fn conflicts_list(&self) -> Result<Vec<ConflictRecord>> {
@@ -803,14 +871,20 @@ impl Store for SqliteStore {
         Ok(rows)
     }
 
+    /// A new password ends the user's sessions, as disabling does: whoever knew the
+    /// old one is logged out everywhere.
     fn user_set_password(&self, name: &str, password_hash: &str) -> Result<()> {
-        let n = self.conn()?.execute(
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let n = tx.execute(
             "UPDATE fieldsync_users SET password_hash = ?2 WHERE name = ?1",
             [name, password_hash],
         )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("no user `{name}`")));
         }
+        tx.execute("DELETE FROM fieldsync_sessions WHERE user = ?1", [name])?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 
-use fieldsync_proto::Value;
 use fieldsync_proto::conflict::{self, ConflictNote, Current, Decision, Write};
 use fieldsync_proto::filter::{self, Expr, Params};
 use fieldsync_proto::task::{TaskDef, TaskTable, WriteOp};
 use fieldsync_proto::wire::{NewVersion, Upload, UploadEntry, UploadOutcome};
+use fieldsync_proto::{ColumnType, Value};
 
 use crate::plan;
 use crate::{IntegrateContext, IntegrateError, StoreError, TableInfo};
@@ -225,7 +225,15 @@ pub(crate) fn integrate(
         let current = tx.current(def, t, params, &e.key, e.base_version)?;
         let insert_in_slice = e.op == WriteOp::Insert
             && t.filter.as_ref().is_none_or(|f| {
-                f.matches(&|c| e.new.get(c).cloned().unwrap_or(Value::Null), params)
+                f.matches_typed(
+                    &|c| e.new.get(c).cloned().unwrap_or(Value::Null),
+                    &|c| {
+                        t.info
+                            .column(c)
+                            .is_some_and(|c| c.column_type == ColumnType::Decimal)
+                    },
+                    params,
+                )
             });
         let decision = conflict::decide(
             e,

@@ -155,6 +155,15 @@ struct PoolState {
     out: usize,
 }
 
+/// The settings every pooled connection starts with, whatever the database's or the
+/// role's defaults (`ALTER DATABASE … SET TimeZone`, initdb's OS zone): text a device
+/// sends without a zone is UTC, dates are read year-month-day, and nothing the server
+/// formats in SQL follows the office's locale. What travels is formatted explicitly
+/// anyway (`types.rs`); these settings steer what PostgreSQL parses. Given last, so
+/// they win over `options` in the URL.
+const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres \
+    -c extra_float_digits=1 -c standard_conforming_strings=on";
+
 /// Connections one store holds at most (each request holds one; PostgreSQL's own
 /// limit is 100 by default, shared by every server and the office).
 const POOL_MAX: usize = 32;
@@ -223,9 +232,14 @@ pub(crate) fn pg_message(e: &postgres::Error) -> String {
 
 impl PgStore {
     pub fn new(url: &str) -> Result<Self> {
-        let config: postgres::Config = url
+        let mut config: postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Invalid(format!("database URL `{url}`: {e}")))?;
+        let options = match config.get_options() {
+            Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {SESSION_OPTIONS}"),
+            _ => SESSION_OPTIONS.to_string(),
+        };
+        config.options(&options);
         Ok(PgStore {
             pool: Pool {
                 config,

@@ -953,3 +953,55 @@ fn unchanged_times_and_numerics_are_no_conflict() {
         vec![vec!["ttrue", "t0.20", "t09:00:00", "toffice changed"]]
     );
 }
+
+/// A device's own values written in another form than the canonical one (a time
+/// without fraction or with an offset, a numeric with fewer decimals) compare equal to
+/// the row as the main database holds them: no conflict when the device edits them
+/// again after the office changed another column.
+#[test]
+fn a_devices_own_values_in_another_form_are_no_conflict() {
+    let office = Office::new_pg(2);
+    let dev = own_task(
+        &office,
+        "CREATE TABLE jobs (id text PRIMARY KEY, due timestamptz, cost numeric(12,2), note text);",
+        "jobs",
+        "filter = \"due >= '2026'\"\nwrite = [\"insert\", \"update\"]\nconflict = \"field-merge\"",
+        "tab-own-forms",
+    );
+    dev.run(&["download", "jobs"], "").ok();
+    dev.replica()
+        .execute_batch(
+            "INSERT INTO jobs (id, due, cost, note) VALUES
+                 ('j1', '2026-11-26T09:30:00+01:00', '0.2', 'device'),
+                 ('j2', '2026-11-26T08:30:00Z', 7, 'device');",
+        )
+        .unwrap();
+    // Sent, not downloaded: the replica keeps the device's forms.
+    dev.run(&["send"], "").ok();
+    office
+        .pg()
+        .batch_execute("UPDATE jobs SET note = 'office changed'")
+        .unwrap();
+    dev.replica()
+        .execute_batch("UPDATE jobs SET due = '2026-11-27T08:30:00Z', cost = '0.30';")
+        .unwrap();
+    dev.run(&["sync"], "").ok();
+    assert_eq!(conflicts(&office), Vec::<serde_json::Value>::new());
+    assert_eq!(
+        pg_rows(
+            &mut office.pg(),
+            "SELECT id, (due = '2026-11-27 08:30:00+00')::text, cost::text, note FROM jobs ORDER BY id"
+        ),
+        vec![
+            vec!["tj1", "ttrue", "t0.30", "toffice changed"],
+            vec!["tj2", "ttrue", "t0.30", "toffice changed"],
+        ]
+    );
+    assert_eq!(
+        rows(&dev.replica(), "SELECT id, due, cost FROM jobs ORDER BY id"),
+        vec![
+            vec!["tj1", "t2026-11-27T08:30:00.000000Z", "t0.30"],
+            vec!["tj2", "t2026-11-27T08:30:00.000000Z", "t0.30"],
+        ]
+    );
+}

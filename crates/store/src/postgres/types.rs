@@ -176,6 +176,18 @@ pub(crate) fn cast_to(expr: &str, declared: &str) -> String {
     }
 }
 
+/// Whether the column's values have a canonical text that a device may write in
+/// another form (times, numerics): [`canonical_expr`] turns such a value into it.
+pub(crate) fn has_canonical_text(declared: &str) -> bool {
+    matches!(kind(declared), Some(Kind::Temporal(_) | Kind::Numeric))
+}
+
+/// The canonical text of parameter `$n` (text) as a value of the column: what the
+/// column would hold, read as it travels.
+pub(crate) fn canonical_expr(n: usize, declared: &str) -> String {
+    read_expr(&format!("({})", write_param(n, declared)), declared)
+}
+
 /// Whether a key value can be a key of a column of this type at all: a key that
 /// cannot names no row (an unknown key), and must not reach the database as a cast
 /// that fails.

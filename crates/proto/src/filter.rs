@@ -3468,6 +3468,94 @@ mod tests {
         }
     }
 
+    /// Decimal columns (PostgreSQL `numeric`, travelling as text): `eval_typed` on the
+    /// text agrees with PostgreSQL comparing the numeric column, exact digits, NaN and
+    /// infinities included.
+    #[test]
+    fn postgres_numeric_and_eval_typed_agree() {
+        let mut client = pg_connect();
+        client
+            .batch_execute(
+                "CREATE TEMPORARY TABLE d (id bigint PRIMARY KEY, amount numeric, other numeric,
+                     n bigint, w double precision)",
+            )
+            .unwrap();
+        let amounts = [
+            Some("0.10"),
+            Some("5"),
+            Some("5.00"),
+            Some("4.9999999999999999999999"),
+            Some("5.0000000000000000001"),
+            Some("123456789012345678901234567890.123"),
+            Some("-0.5"),
+            Some("NaN"),
+            Some("Infinity"),
+            Some("-Infinity"),
+            None,
+            Some("9007199254740993"),
+            Some("9007199254740992.5"),
+        ];
+        for (id, amount) in amounts.iter().enumerate() {
+            client
+                .execute(
+                    "INSERT INTO d VALUES ($1, $2::text::numeric, 5.0, 5, 0.1)",
+                    &[&(id as i64), amount],
+                )
+                .unwrap();
+        }
+        let column = |name: &str| format!("\"d\".{}", quote_ident(name));
+        let lookup = |name: &str| match name {
+            "amount" | "other" => Some(ColumnType::Decimal),
+            "n" => Some(ColumnType::Integer),
+            "w" => Some(ColumnType::Real),
+            _ => None,
+        };
+        for src in [
+            "amount >= 5",
+            "amount = 0.1",
+            "amount < 5.5",
+            "amount IN (5, 0.1)",
+            "amount NOT IN (5, -0.5)",
+            "amount BETWEEN -1 AND 5",
+            "amount > 9007199254740992",
+            "amount = 9007199254740993",
+            "amount <> 5",
+            "amount > other",
+            "amount = n",
+            "amount < w",
+            "amount >= 1e30",
+            "5 <= amount",
+            "amount IS NULL OR amount < -1000",
+        ] {
+            let expr = parse(src).unwrap();
+            expr.check(&lookup).unwrap();
+            let mut binds = Vec::new();
+            let sql = expr.to_sql(Dialect::Postgres, &column, &Params::default(), &mut binds);
+            let refs: Vec<_> = binds.iter().map(|v| pg_param(v, "")).collect();
+            let got: Vec<Option<bool>> = client
+                .query(&format!("SELECT ({sql}) FROM d ORDER BY id"), &refs)
+                .unwrap_or_else(|e| panic!("{src}: {}", pg_error(&e)))
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let want: Vec<Option<bool>> = amounts
+                .iter()
+                .map(|amount| {
+                    let row = |name: &str| match name {
+                        "amount" => amount.map_or(Value::Null, |a| Value::Text(a.into())),
+                        "other" => Value::Text("5.0".into()),
+                        "n" => Value::Integer(5),
+                        "w" => Value::Real(0.1),
+                        _ => Value::Null,
+                    };
+                    let decimal = |name: &str| matches!(name, "amount" | "other");
+                    expr.eval_typed(&row, &decimal, &Params::default())
+                })
+                .collect();
+            assert_eq!(got, want, "{src}\nsql: {sql}\nbinds: {binds:?}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(n_cases()))]
 

@@ -1005,3 +1005,56 @@ fn a_devices_own_values_in_another_form_are_no_conflict() {
         ]
     );
 }
+
+/// A time as the primary key: the key the device gets (the canonical text) names the
+/// row the office's triggers recorded, whatever the office session's `TimeZone` and
+/// `DateStyle`, so the device's updates land.
+#[test]
+fn time_keys_name_their_rows_whatever_the_office_session() {
+    let mut office = Office::new_pg(2);
+    set_database_defaults(
+        &mut office,
+        &[("TimeZone", "America/New_York"), ("DateStyle", "SQL, DMY")],
+    );
+    office
+        .pg()
+        .batch_execute(
+            "CREATE TABLE slots (at timestamptz PRIMARY KEY, note text);
+             CREATE TABLE days (day date PRIMARY KEY, note text);",
+        )
+        .unwrap();
+    office.admin(&["table", "track", "days"], "").ok();
+    let dev = own_task(
+        &office,
+        "SELECT 1",
+        "slots",
+        "write = [\"update\"]\n[[tables]]\nname = \"days\"\nwrite = [\"update\"]",
+        "tab-keys",
+    );
+    // Written by the office after tracking: its triggers record the keys.
+    office
+        .pg()
+        .batch_execute(
+            "INSERT INTO slots VALUES ('2026-11-26 08:30:00+00', 'office');
+             INSERT INTO days VALUES ('2026-11-26', 'office');",
+        )
+        .unwrap();
+    dev.run(&["download", "slots"], "").ok();
+    let replica = dev.replica();
+    assert_eq!(
+        rows(&replica, "SELECT * FROM slots"),
+        vec![vec!["t2026-11-26T08:30:00.000000Z", "toffice"]]
+    );
+    replica
+        .execute_batch("UPDATE slots SET note = 'device'; UPDATE days SET note = 'device';")
+        .unwrap();
+    drop(replica);
+    dev.run(&["sync"], "").ok();
+    assert_eq!(
+        pg_rows(
+            &mut office.pg(),
+            "SELECT note FROM slots UNION ALL SELECT note FROM days"
+        ),
+        vec![vec!["tdevice"], vec!["tdevice"]]
+    );
+}

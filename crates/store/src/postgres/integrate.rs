@@ -289,15 +289,25 @@ fn declared_of(info: &TableInfo, column: &str) -> String {
 /// SQL expressions for the transaction ids of a table's parent chain, for the row
 /// joined as the table itself: its parent's, the grandparent's, and so on.
 fn ancestor_xids(infos: &Infos, def: &TaskDef, t: &TaskTable) -> Result<Vec<String>, StoreError> {
-    Ok(plan::ancestor_keys(def, t, &mut |name| Ok(infos.get(name).cloned().flatten()))?
-        .into_iter()
-        .map(|(table, key_sql)| {
-            format!(
-                "(SELECT v.xid FROM fieldsync.rows v WHERE v.tbl = '{}' AND v.pk = ({key_sql})::text)",
-                table.replace('\'', "''")
-            )
-        })
-        .collect())
+    Ok(
+        plan::ancestor_keys(def, t, &mut |name| Ok(infos.get(name).cloned().flatten()))?
+            .into_iter()
+            .map(|(table, key_sql)| {
+                // The parent's key as its triggers record it.
+                let key_type = infos
+                    .get(&table)
+                    .cloned()
+                    .flatten()
+                    .map(|info| declared_of(&info, &info.primary_key))
+                    .unwrap_or_default();
+                format!(
+                    "(SELECT v.xid FROM fieldsync.rows v WHERE v.tbl = '{}' AND v.pk = {})",
+                    table.replace('\'', "''"),
+                    types::key_text(&format!("({key_sql})"), &key_type)
+                )
+            })
+            .collect(),
+    )
 }
 
 fn current_query(

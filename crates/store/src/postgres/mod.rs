@@ -390,7 +390,7 @@ pub(crate) fn table_info(
 /// static SQL (PL/pgSQL caches its plans; a shared function would have to build the
 /// SQL per statement, three times slower per office statement), and statement
 /// triggers with transition tables: one upsert per office statement, not per row.
-fn tracking_sql(table: &str, primary_key: &str) -> String {
+fn tracking_sql(table: &str, primary_key: &str, key_type: &str) -> String {
     let t = quote_ident(table);
     let pk = quote_ident(primary_key);
     let name_lit = format!("'{}'", table.replace('\'', "''"));
@@ -402,9 +402,10 @@ fn tracking_sql(table: &str, primary_key: &str) -> String {
     // A dollar-quote tag no table name can end the body with.
     let tag = format!("$fs{}$", crate::random_hex(6));
     let upsert = |source: &str, alias: &str, deleted: bool, filter: &str| {
+        let key = types::key_text(&format!("{alias}.{pk}"), key_type);
         format!(
             "INSERT INTO fieldsync.rows (tbl, pk, xid, deleted)
-             SELECT {name_lit}, {alias}.{pk}::text, pg_current_xact_id(), {deleted} FROM {source} {alias} {filter}
+             SELECT {name_lit}, {key}, pg_current_xact_id(), {deleted} FROM {source} {alias} {filter}
              ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = {deleted};"
         )
     };
@@ -589,14 +590,18 @@ impl Store for PgStore {
                 return Ok(info);
             }
             let t = quote_ident(&info.name);
-            let sql = tracking_sql(&info.name, &info.primary_key);
+            let key_type = info
+                .column(&info.primary_key)
+                .map(|c| c.declared_type.clone())
+                .unwrap_or_default();
+            let sql = tracking_sql(&info.name, &info.primary_key, &key_type);
             tx.batch_execute(&sql)?;
             tx.execute(
                 &format!(
                     "INSERT INTO fieldsync.rows (tbl, pk, xid, deleted)
-                     SELECT $1, {pk}::text, pg_current_xact_id(), false FROM {t}
+                     SELECT $1, {key}, pg_current_xact_id(), false FROM {t}
                      ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = false",
-                    pk = quote_ident(&info.primary_key)
+                    key = types::key_text(&quote_ident(&info.primary_key), &key_type)
                 ),
                 &[&info.name],
             )?;

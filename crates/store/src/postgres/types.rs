@@ -250,8 +250,20 @@ pub(crate) fn write_value(v: &Value, declared: &str) -> Param {
     }
 }
 
+/// A key column's text as `fieldsync.rows` holds it: the text the key travels as, so a
+/// device's key names its row. The tracking triggers run in the office's sessions, so
+/// it must not depend on their settings: times in their canonical form (`::text`
+/// follows `TimeZone` and `DateStyle`); integers, text, uuid and numeric are the same
+/// as `::text` in every session.
+pub(crate) fn key_text(column: &str, declared: &str) -> String {
+    match kind(declared) {
+        Some(Kind::Temporal(t)) => t.read_expr(column),
+        _ => format!("{column}::text"),
+    }
+}
+
 /// A value's text form: what a text parameter carries, and a key as
-/// `fieldsync.rows` holds it (the key column cast to text).
+/// `fieldsync.rows` holds it ([`key_text`]).
 pub(crate) fn text_of(v: &Value) -> String {
     match v {
         Value::Null => String::new(),

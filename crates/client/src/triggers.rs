@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use fieldsync_proto::ColumnType;
 use fieldsync_proto::filter::{self, Dialect, Params};
 use fieldsync_proto::task::WriteOp;
 use fieldsync_proto::wire::{SliceHeader, TableSchema};
@@ -169,8 +170,21 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
                 user: h.user.clone(),
                 device: h.device.clone(),
             };
-            let cond =
-                expr.to_sql_inline(Dialect::Sqlite, &|c| format!("NEW.{}", quote(c)), &params);
+            // A decimal column holds its exact text; the filter compares it as a
+            // number, so SQLite reads it as one (exact to 15 significant digits; the
+            // server judges exactly).
+            let column = |c: &str| {
+                let decimal = t
+                    .columns
+                    .iter()
+                    .any(|d| d.name == c && d.column_type == ColumnType::Decimal);
+                if decimal {
+                    format!("CAST(NEW.{} AS NUMERIC)", quote(c))
+                } else {
+                    format!("NEW.{}", quote(c))
+                }
+            };
+            let cond = expr.to_sql_inline(Dialect::Sqlite, &column, &params);
             insert_checks.push_str(&format!(
                 "{} WHERE {when_new}NOT coalesce(({cond}), 0);",
                 raise(&format!(

@@ -21,6 +21,11 @@
 //!   PostgreSQL compares an int8 with a float8 by rounding the int8 to a double, so its
 //!   SQL writes literals beyond ±2^53 so that they compare exactly with either, and the
 //!   checker refuses to compare an integer column with a real column.
+//! - Decimal columns ([`ColumnType::Decimal`], PostgreSQL's `numeric`) hold their exact
+//!   text and compare as numbers: PostgreSQL compares the `numeric` column itself,
+//!   [`Expr::eval_typed`] compares the text exactly (as a double with a real, as
+//!   PostgreSQL does), and the device's SQLite, whose caller writes the column as
+//!   `CAST(col AS NUMERIC)`, compares SQLite's number for it (exact to 15 digits).
 //!
 //! Grammar (keywords are case-insensitive):
 //!
@@ -53,7 +58,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::value::{ColumnType, Value};
+use crate::value::{ColumnType, Value, decimal_cmp};
 
 /// Longest filter [`parse`] accepts, in bytes.
 pub const MAX_FILTER_BYTES: usize = 4096;
@@ -582,55 +587,34 @@ impl Expr {
     /// caller passes numeric values as numbers. `LIKE` on a non-text value matches its
     /// text form, and stops at a NUL character, as SQLite does.
     pub fn eval(&self, row: &dyn Fn(&str) -> Value, params: &Params) -> Option<bool> {
-        match self {
-            Expr::Compare { left, op, right } => {
-                compare(&left.value(row, params), *op, &right.value(row, params))
-            }
-            Expr::In {
-                operand,
-                list,
-                negated,
-            } => {
-                let value = operand.value(row, params);
-                let mut unknown = false;
-                for item in list {
-                    match value.sql_cmp(&item.value(row, params)) {
-                        Some(Ordering::Equal) => return Some(!negated),
-                        Some(_) => {}
-                        None => unknown = true,
-                    }
-                }
-                if unknown { None } else { Some(*negated) }
-            }
-            Expr::Between {
-                operand,
-                low,
-                high,
-                negated,
-            } => {
-                let value = operand.value(row, params);
-                let inside = and3(
-                    compare(&value, CmpOp::Ge, &low.value(row, params)),
-                    compare(&value, CmpOp::Le, &high.value(row, params)),
-                );
-                inside.map(|inside| inside != *negated)
-            }
-            Expr::Like {
-                operand,
-                pattern,
-                negated,
-            } => {
-                let value = operand.value(row, params);
-                let text = like_text(&value)?;
-                Some(like_match(pattern.text(params), &text) != *negated)
-            }
-            Expr::IsNull { operand, negated } => {
-                Some(operand.value(row, params).is_null() != *negated)
-            }
-            Expr::Not(inner) => inner.eval(row, params).map(|b| !b),
-            Expr::And(left, right) => and3(left.eval(row, params), right.eval(row, params)),
-            Expr::Or(left, right) => or3(left.eval(row, params), right.eval(row, params)),
-        }
+        self.eval_typed(row, &|_| false, params)
+    }
+
+    /// [`Expr::eval`] where `decimal` names the [`ColumnType::Decimal`] columns: their
+    /// values are text and compare as numbers ([`decimal_cmp`]: exactly with integers
+    /// and other decimals, as doubles with reals), as PostgreSQL compares `numeric`.
+    pub fn eval_typed(
+        &self,
+        row: &dyn Fn(&str) -> Value,
+        decimal: &dyn Fn(&str) -> bool,
+        params: &Params,
+    ) -> Option<bool> {
+        let ctx = Eval {
+            row,
+            decimal,
+            params,
+        };
+        ctx.expr(self)
+    }
+
+    /// True only when [`Expr::eval_typed`] is `Some(true)`.
+    pub fn matches_typed(
+        &self,
+        row: &dyn Fn(&str) -> Value,
+        decimal: &dyn Fn(&str) -> bool,
+        params: &Params,
+    ) -> bool {
+        self.eval_typed(row, decimal, params) == Some(true)
     }
 
     /// True only when [`Expr::eval`] is `Some(true)`: the rows a WHERE clause keeps.
@@ -669,8 +653,87 @@ impl Expr {
 // ---------------------------------------------------------------------------------------
 // Evaluation
 
-fn compare(left: &Value, op: CmpOp, right: &Value) -> Option<bool> {
-    left.sql_cmp(right).map(|ordering| op.holds(ordering))
+/// One row's evaluation.
+struct Eval<'a> {
+    row: &'a dyn Fn(&str) -> Value,
+    decimal: &'a dyn Fn(&str) -> bool,
+    params: &'a Params,
+}
+
+impl Eval<'_> {
+    /// An operand's value, and whether it is a decimal column's text.
+    fn value(&self, operand: &Operand) -> (Value, bool) {
+        let decimal = matches!(operand, Operand::Column { name, .. } if (self.decimal)(name));
+        (operand.value(self.row, self.params), decimal)
+    }
+
+    fn order(&self, left: &(Value, bool), right: &(Value, bool)) -> Option<Ordering> {
+        match (left, right) {
+            ((Value::Text(t), true), (other, _)) if !other.is_null() => {
+                decimal_cmp(t, other).or_else(|| left.0.sql_cmp(&right.0))
+            }
+            ((other, _), (Value::Text(t), true)) if !other.is_null() => decimal_cmp(t, other)
+                .map(Ordering::reverse)
+                .or_else(|| left.0.sql_cmp(&right.0)),
+            _ => left.0.sql_cmp(&right.0),
+        }
+    }
+
+    fn compare(&self, left: &(Value, bool), op: CmpOp, right: &(Value, bool)) -> Option<bool> {
+        self.order(left, right).map(|ordering| op.holds(ordering))
+    }
+
+    fn expr(&self, expr: &Expr) -> Option<bool> {
+        match expr {
+            Expr::Compare { left, op, right } => {
+                self.compare(&self.value(left), *op, &self.value(right))
+            }
+            Expr::In {
+                operand,
+                list,
+                negated,
+            } => {
+                let value = self.value(operand);
+                let mut unknown = false;
+                for item in list {
+                    match self.order(&value, &self.value(item)) {
+                        Some(Ordering::Equal) => return Some(!negated),
+                        Some(_) => {}
+                        None => unknown = true,
+                    }
+                }
+                if unknown { None } else { Some(*negated) }
+            }
+            Expr::Between {
+                operand,
+                low,
+                high,
+                negated,
+            } => {
+                let value = self.value(operand);
+                let inside = and3(
+                    self.compare(&value, CmpOp::Ge, &self.value(low)),
+                    self.compare(&value, CmpOp::Le, &self.value(high)),
+                );
+                inside.map(|inside| inside != *negated)
+            }
+            Expr::Like {
+                operand,
+                pattern,
+                negated,
+            } => {
+                let value = operand.value(self.row, self.params);
+                let text = like_text(&value)?;
+                Some(like_match(pattern.text(self.params), &text) != *negated)
+            }
+            Expr::IsNull { operand, negated } => {
+                Some(operand.value(self.row, self.params).is_null() != *negated)
+            }
+            Expr::Not(inner) => self.expr(inner).map(|b| !b),
+            Expr::And(left, right) => and3(self.expr(left), self.expr(right)),
+            Expr::Or(left, right) => or3(self.expr(left), self.expr(right)),
+        }
+    }
 }
 
 /// SQL's OR: true wins over unknown, unknown over false.
@@ -780,7 +843,10 @@ fn typed(
                 });
             };
             let class = match column_type {
-                ColumnType::Integer | ColumnType::Real | ColumnType::Numeric => Class::Number,
+                ColumnType::Integer
+                | ColumnType::Real
+                | ColumnType::Numeric
+                | ColumnType::Decimal => Class::Number,
                 ColumnType::Text => Class::Text,
                 ColumnType::Blob => Class::Blob,
             };
@@ -3399,6 +3465,94 @@ mod tests {
         });
         if let Err(e) = result {
             panic!("{e}\n{runner}");
+        }
+    }
+
+    /// Decimal columns (PostgreSQL `numeric`, travelling as text): `eval_typed` on the
+    /// text agrees with PostgreSQL comparing the numeric column, exact digits, NaN and
+    /// infinities included.
+    #[test]
+    fn postgres_numeric_and_eval_typed_agree() {
+        let mut client = pg_connect();
+        client
+            .batch_execute(
+                "CREATE TEMPORARY TABLE d (id bigint PRIMARY KEY, amount numeric, other numeric,
+                     n bigint, w double precision)",
+            )
+            .unwrap();
+        let amounts = [
+            Some("0.10"),
+            Some("5"),
+            Some("5.00"),
+            Some("4.9999999999999999999999"),
+            Some("5.0000000000000000001"),
+            Some("123456789012345678901234567890.123"),
+            Some("-0.5"),
+            Some("NaN"),
+            Some("Infinity"),
+            Some("-Infinity"),
+            None,
+            Some("9007199254740993"),
+            Some("9007199254740992.5"),
+        ];
+        for (id, amount) in amounts.iter().enumerate() {
+            client
+                .execute(
+                    "INSERT INTO d VALUES ($1, $2::text::numeric, 5.0, 5, 0.1)",
+                    &[&(id as i64), amount],
+                )
+                .unwrap();
+        }
+        let column = |name: &str| format!("\"d\".{}", quote_ident(name));
+        let lookup = |name: &str| match name {
+            "amount" | "other" => Some(ColumnType::Decimal),
+            "n" => Some(ColumnType::Integer),
+            "w" => Some(ColumnType::Real),
+            _ => None,
+        };
+        for src in [
+            "amount >= 5",
+            "amount = 0.1",
+            "amount < 5.5",
+            "amount IN (5, 0.1)",
+            "amount NOT IN (5, -0.5)",
+            "amount BETWEEN -1 AND 5",
+            "amount > 9007199254740992",
+            "amount = 9007199254740993",
+            "amount <> 5",
+            "amount > other",
+            "amount = n",
+            "amount < w",
+            "amount >= 1e30",
+            "5 <= amount",
+            "amount IS NULL OR amount < -1000",
+        ] {
+            let expr = parse(src).unwrap();
+            expr.check(&lookup).unwrap();
+            let mut binds = Vec::new();
+            let sql = expr.to_sql(Dialect::Postgres, &column, &Params::default(), &mut binds);
+            let refs: Vec<_> = binds.iter().map(|v| pg_param(v, "")).collect();
+            let got: Vec<Option<bool>> = client
+                .query(&format!("SELECT ({sql}) FROM d ORDER BY id"), &refs)
+                .unwrap_or_else(|e| panic!("{src}: {}", pg_error(&e)))
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let want: Vec<Option<bool>> = amounts
+                .iter()
+                .map(|amount| {
+                    let row = |name: &str| match name {
+                        "amount" => amount.map_or(Value::Null, |a| Value::Text(a.into())),
+                        "other" => Value::Text("5.0".into()),
+                        "n" => Value::Integer(5),
+                        "w" => Value::Real(0.1),
+                        _ => Value::Null,
+                    };
+                    let decimal = |name: &str| matches!(name, "amount" | "other");
+                    expr.eval_typed(&row, &decimal, &Params::default())
+                })
+                .collect();
+            assert_eq!(got, want, "{src}\nsql: {sql}\nbinds: {binds:?}");
         }
     }
 

@@ -74,6 +74,168 @@ fn cmp_int_real(i: i64, r: f64) -> Ordering {
     }
 }
 
+/// A decimal's text as a number, for exact comparison: PostgreSQL's `numeric` input
+/// forms (surrounding spaces, a sign, digits with an optional point, an exponent,
+/// `NaN`, `Infinity`/`inf`, case-insensitive).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Decimal {
+    NegInfinity,
+    /// `negative`, the significant digits without leading or trailing zeros (empty for
+    /// zero), and `exponent`: the value is `0.d1d2… × 10^exponent`.
+    Finite {
+        negative: bool,
+        digits: Vec<u8>,
+        exponent: i64,
+    },
+    Infinity,
+    /// PostgreSQL orders NaN above every other numeric and equal to itself.
+    NaN,
+}
+
+impl Decimal {
+    fn parse(text: &str) -> Option<Decimal> {
+        let t = text.trim_matches(|c: char| c.is_ascii_whitespace());
+        let (negative, body) = match t.as_bytes().first()? {
+            b'-' => (true, &t[1..]),
+            b'+' => (false, &t[1..]),
+            _ => (false, t),
+        };
+        let lower = body.to_ascii_lowercase();
+        if lower == "nan" && body.len() == t.len() {
+            return Some(Decimal::NaN);
+        }
+        if lower == "inf" || lower == "infinity" {
+            return Some(if negative {
+                Decimal::NegInfinity
+            } else {
+                Decimal::Infinity
+            });
+        }
+        let (mantissa, exp) = match body.find(['e', 'E']) {
+            Some(at) => (&body[..at], Some(&body[at + 1..])),
+            None => (body, None),
+        };
+        let exp: i64 = match exp {
+            Some(e) => {
+                let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+                if digits.is_empty()
+                    || digits.len() > 9
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return None;
+                }
+                e.parse().ok()?
+            }
+            None => 0,
+        };
+        let (whole, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if whole.is_empty() && frac.is_empty()
+            || !whole
+                .bytes()
+                .chain(frac.bytes())
+                .all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let all: Vec<u8> = whole.bytes().chain(frac.bytes()).collect();
+        let lead = all.iter().take_while(|b| **b == b'0').count();
+        let digits: Vec<u8> = {
+            let rest = &all[lead..];
+            let end = rest.len() - rest.iter().rev().take_while(|b| **b == b'0').count();
+            rest[..end].to_vec()
+        };
+        let exponent = if digits.is_empty() {
+            0
+        } else {
+            whole.len() as i64 - lead as i64 + exp
+        };
+        Some(Decimal::Finite {
+            negative: negative && !digits.is_empty(),
+            digits,
+            exponent,
+        })
+    }
+
+    fn cmp(&self, other: &Decimal) -> Ordering {
+        use Decimal::*;
+        fn rank(d: &Decimal) -> u8 {
+            match d {
+                NegInfinity => 0,
+                Finite { .. } => 1,
+                Infinity => 2,
+                NaN => 3,
+            }
+        }
+        match (self, other) {
+            (
+                Finite {
+                    negative: an,
+                    digits: ad,
+                    exponent: ae,
+                },
+                Finite {
+                    negative: bn,
+                    digits: bd,
+                    exponent: be,
+                },
+            ) => {
+                let sign = |n: bool, d: &Vec<u8>| {
+                    if d.is_empty() {
+                        0
+                    } else if n {
+                        -1
+                    } else {
+                        1
+                    }
+                };
+                let (sa, sb) = (sign(*an, ad), sign(*bn, bd));
+                if sa != sb || sa == 0 {
+                    return sa.cmp(&sb);
+                }
+                let magnitude = ae.cmp(be).then_with(|| ad.cmp(bd));
+                if sa < 0 {
+                    magnitude.reverse()
+                } else {
+                    magnitude
+                }
+            }
+            (a, b) => rank(a).cmp(&rank(b)),
+        }
+    }
+}
+
+/// Whether `text` is a decimal PostgreSQL's `numeric` takes.
+pub fn is_decimal(text: &str) -> bool {
+    Decimal::parse(text).is_some()
+}
+
+/// Compares a decimal (its text, [`ColumnType::Decimal`]) with a value as PostgreSQL
+/// compares a `numeric` with it: exactly with an integer or another decimal's text,
+/// as a double with a real (PostgreSQL turns the numeric into float8, correctly
+/// rounded; NaN above everything). `None` when either side is NULL or is not a number.
+pub fn decimal_cmp(text: &str, other: &Value) -> Option<Ordering> {
+    let d = Decimal::parse(text)?;
+    match other {
+        Value::Integer(i) => Some(d.cmp(&Decimal::parse(&i.to_string())?)),
+        Value::Text(t) => Some(d.cmp(&Decimal::parse(t)?)),
+        Value::Real(r) => {
+            let a = match d {
+                Decimal::NaN => f64::NAN,
+                Decimal::Infinity => f64::INFINITY,
+                Decimal::NegInfinity => f64::NEG_INFINITY,
+                Decimal::Finite { .. } => text.trim().parse::<f64>().ok()?,
+            };
+            Some(match (a.is_nan(), r.is_nan()) {
+                (true, true) => Ordering::Equal,
+                (true, false) => Ordering::Greater,
+                (false, true) => Ordering::Less,
+                (false, false) => a.partial_cmp(r)?,
+            })
+        }
+        Value::Null | Value::Blob(_) => None,
+    }
+}
+
 /// The type of a column in a slice, as the replica declares it. Derived from the main
 /// database's declared type by SQLite's affinity rules (other engines map onto these).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +246,11 @@ pub enum ColumnType {
     Text,
     Blob,
     Numeric,
+    /// An exact decimal (PostgreSQL `numeric`) travelling as its text (`0.10`, 40
+    /// digits intact). The replica declares it `TEXT` so SQLite keeps the text as is
+    /// (a `NUMERIC` column would turn `0.10` into the real 0.1); the filter language
+    /// compares it as a number ([`decimal_cmp`]).
+    Decimal,
 }
 
 impl ColumnType {
@@ -111,6 +278,7 @@ impl ColumnType {
             ColumnType::Text => "TEXT",
             ColumnType::Blob => "BLOB",
             ColumnType::Numeric => "NUMERIC",
+            ColumnType::Decimal => "TEXT",
         }
     }
 }
@@ -132,6 +300,52 @@ mod tests {
             ColumnType::Numeric
         );
         assert_eq!(ColumnType::from_declared(""), ColumnType::Blob);
+    }
+
+    #[test]
+    fn decimals_compare_exactly() {
+        let int = |i| Value::Integer(i);
+        assert_eq!(
+            decimal_cmp("0.10", &Value::Real(0.1)),
+            Some(Ordering::Equal)
+        );
+        assert_eq!(
+            decimal_cmp("0.10", &Value::Text("0.1".into())),
+            Some(Ordering::Equal)
+        );
+        assert_eq!(decimal_cmp("5.00", &int(5)), Some(Ordering::Equal));
+        assert_eq!(
+            decimal_cmp("4.9999999999999999999999", &int(5)),
+            Some(Ordering::Less)
+        );
+        assert_eq!(
+            decimal_cmp("5.0000000000000000000001", &int(5)),
+            Some(Ordering::Greater)
+        );
+        assert_eq!(
+            decimal_cmp("123456789012345678901234567890.0000000001", &int(i64::MAX)),
+            Some(Ordering::Greater)
+        );
+        assert_eq!(decimal_cmp("-0.5", &int(0)), Some(Ordering::Less));
+        assert_eq!(decimal_cmp("-0.000", &int(0)), Some(Ordering::Equal));
+        assert_eq!(decimal_cmp("-12", &int(-3)), Some(Ordering::Less));
+        assert_eq!(decimal_cmp("1e3", &int(1000)), Some(Ordering::Equal));
+        assert_eq!(
+            decimal_cmp(" .5 ", &Value::Real(0.5)),
+            Some(Ordering::Equal)
+        );
+        assert_eq!(decimal_cmp("NaN", &int(i64::MAX)), Some(Ordering::Greater));
+        assert_eq!(
+            decimal_cmp("-Infinity", &int(i64::MIN)),
+            Some(Ordering::Less)
+        );
+        assert_eq!(
+            decimal_cmp("Infinity", &Value::Text("NaN".into())),
+            Some(Ordering::Less)
+        );
+        assert_eq!(decimal_cmp("abc", &int(1)), None);
+        assert_eq!(decimal_cmp("1", &Value::Null), None);
+        assert!(!is_decimal("1.2.3") && !is_decimal("") && !is_decimal(".") && is_decimal("7."));
     }
 
     #[test]

@@ -75,6 +75,15 @@ pub(crate) trait UploadTx {
         key: &Value,
         base: Option<i64>,
     ) -> Result<(bool, bool), StoreError>;
+    /// Puts a device's values of `row` in the form they travel in: an engine whose
+    /// columns have a canonical text (PostgreSQL's times and numerics) gives the text
+    /// the device would download (`2026-11-26T08:30:00Z` becomes
+    /// `2026-11-26T08:30:00.000000Z`, `0.2` in a `numeric(6,2)` column `0.20`), so a
+    /// device's own value written in another form compares equal to the row as read.
+    /// A value the column cannot take is left as it is (its write is refused later).
+    fn canonical(&mut self, _info: &TableInfo, _row: &mut conflict::Row) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// A parent table was written: what `parent` learnt may be stale.
     fn forget_parents(&mut self);
     fn apply(&mut self, info: &TableInfo, key: &Value, write: &Write) -> Result<(), ApplyError>;
@@ -315,9 +324,43 @@ pub(crate) fn integrate(
             // Deleted by this upload a moment ago: the key is free for its insert.
             current = None;
         }
+        // Values compare as they travel: the device's own, in the canonical form.
+        let canonical_entry;
+        let e = if current
+            .as_ref()
+            .is_some_and(|c| c.changed || e.op == WriteOp::Insert)
+        {
+            let mut c = e.clone();
+            tx.canonical(&t.info, &mut c.old)?;
+            tx.canonical(&t.info, &mut c.new)?;
+            canonical_entry = c;
+            &canonical_entry
+        } else {
+            e
+        };
+        let filtered = match (&t.filter, e.op) {
+            (Some(f), WriteOp::Insert) => {
+                let mut probe: conflict::Row = f
+                    .columns()
+                    .into_iter()
+                    .filter_map(|c| e.new.get(&c).map(|v| (c, v.clone())))
+                    .collect();
+                tx.canonical(&t.info, &mut probe)?;
+                probe
+            }
+            _ => Default::default(),
+        };
         let insert_in_slice = e.op == WriteOp::Insert
             && t.filter.as_ref().is_none_or(|f| {
-                f.matches(&|c| e.new.get(c).cloned().unwrap_or(Value::Null), params)
+                f.matches_typed(
+                    &|c| filtered.get(c).cloned().unwrap_or(Value::Null),
+                    &|c| {
+                        t.info
+                            .column(c)
+                            .is_some_and(|c| c.column_type == ColumnType::Decimal)
+                    },
+                    params,
+                )
             });
         let decision = if earlier == Some(Done::Skipped) {
             // The entry this one builds on was not applied: neither is this one.

@@ -93,7 +93,10 @@ pub fn check_task(def: &TaskDef, lookup: &dyn Fn(&str) -> Result<Option<TableInf
             let numeric = |t: ColumnType| {
                 matches!(
                     t,
-                    ColumnType::Integer | ColumnType::Real | ColumnType::Numeric
+                    ColumnType::Integer
+                        | ColumnType::Real
+                        | ColumnType::Numeric
+                        | ColumnType::Decimal
                 )
             };
             if numeric(key.column_type) != numeric(parent_pk.column_type) {

@@ -9,11 +9,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use fieldsync_proto::Value;
 use fieldsync_proto::filter::Params;
 use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::task::{TaskDef, WriteOp};
 use fieldsync_proto::wire::{Upload, UploadEntry, UploadOutcome};
+use fieldsync_proto::{ColumnType, Value};
 use fieldsync_store::{
     DeviceRecord, IntegrateContext, IntegrateError, SessionRecord, SlicePlan, SliceSink, Store,
     StoreError, UserRecord, random_hex, sample, sha256_hex,
@@ -800,6 +800,57 @@ fn unsupported_types_refused(fx: &Fixture) {
             .expect("row_version")
             .is_some(),
         "a uuid-keyed row is versioned under its text form"
+    );
+}
+
+/// PostgreSQL types travel in one form whatever the database's session defaults: times
+/// as fixed-width UTC text, numerics as their exact text in a decimal column, and a
+/// filter on them selects by instant and by number.
+fn times_and_numerics_travel_canonically(fx: &Fixture) {
+    setup(fx);
+    let mut office = fx.office();
+    office.exec(
+        "DO $$ BEGIN
+             EXECUTE format('ALTER DATABASE %I SET TimeZone = %L', current_database(), 'Asia/Kathmandu');
+             EXECUTE format('ALTER DATABASE %I SET DateStyle = %L', current_database(), 'SQL, DMY');
+         END $$;
+         CREATE TABLE readings (id text PRIMARY KEY, at timestamptz, d date, t time, tz timetz,
+                                amount numeric(40,10));
+         INSERT INTO readings VALUES
+             ('r1', '2026-11-26 00:10:00+00', '2026-11-26', '08:30', '08:30+05:45',
+              123456789012345678901234567890.1234567890),
+             ('r2', '2026-11-25 23:50:00+00', '2026-11-25', '23:59:59.999999', '00:00+00', 7),
+             ('r3', '2026-11-27 12:00:00.123456+00', '2026-11-27', '00:00', NULL, 4.9999999999);",
+    );
+    let s = fx.store();
+    s.track_table("readings").expect("track");
+    task_apply(
+        s,
+        "name = \"readings\"\n[[tables]]\nname = \"readings\"\nfilter = \"at >= '2026-11-26' AND amount >= 5\"\n",
+    )
+    .expect("task");
+    s.task_assign("readings", &strings(&["ana"]), &strings(&["dev1"]))
+        .expect("assign");
+    let d = download(fx, "readings", "ana", "dev1");
+    let types: Vec<ColumnType> = d.plan.tables[0]
+        .schema
+        .columns
+        .iter()
+        .map(|c| c.column_type)
+        .collect();
+    use ColumnType::{Decimal, Text};
+    assert_eq!(types, [Text, Text, Text, Text, Text, Decimal]);
+    assert_eq!(
+        d.rows[0],
+        vec![vec![
+            text("r1"),
+            text("2026-11-26T00:10:00.000000Z"),
+            text("2026-11-26"),
+            text("08:30:00.000000"),
+            text("02:45:00.000000Z"),
+            text("123456789012345678901234567890.1234567890"),
+        ]],
+        "r2 is before the day in UTC, r3's amount is below 5"
     );
 }
 
@@ -1793,6 +1844,7 @@ conformance! {
         unsupported_types_refused,
         commit_order_interleaved_writers,
         connections_are_bounded,
+        times_and_numerics_travel_canonically,
     ],
 }
 

@@ -225,16 +225,16 @@ fn postgres_types_travel_as_documented() {
             "i-3",
             "i42",
             "i9007199254740993",
-            "r1234.5",
+            "t1234.500",
             "r0.5",
             "r2.25",
             "i1",
             "tlabel",
             "tabc",
             "t2026-11-26",
-            "t08:30:00",
-            "t2026-11-26T08:30:00",
-            "t2026-11-26T08:30:00+00:00",
+            "t08:30:00.000000",
+            "t2026-11-26T08:30:00.000000Z",
+            "t2026-11-26T08:30:00.000000Z",
             "ta0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
             "t{\"a\": 1}",
             "t{\"b\": [1, 2]}",
@@ -656,5 +656,405 @@ fn a_dump_restored_into_a_new_database_serves_the_devices() {
     assert_ne!(
         office.value(&format!("SELECT name FROM assets WHERE id = {asset}")),
         "after the restore"
+    );
+}
+
+/// `sql` on the main database, then its table tracked and a task of it (`rest`: the
+/// task table's TOML after its name) applied and assigned to ana and a new device.
+fn own_task(office: &Office, sql: &str, table: &str, rest: &str, device: &str) -> DeviceDir {
+    office.pg().batch_execute(sql).unwrap();
+    office.admin(&["table", "track", table], "").ok();
+    let path = office.dir.0.join(format!("{table}.toml"));
+    std::fs::write(
+        &path,
+        format!("name = \"{table}\"\n[[tables]]\nname = \"{table}\"\n{rest}\n"),
+    )
+    .unwrap();
+    office
+        .admin(&["task", "apply", path.to_str().unwrap()], "")
+        .ok();
+    office
+        .admin(&["task", "assign", table, "--user", "ana"], "")
+        .ok();
+    let dev = office.device(device, &[table]);
+    dev.login("ana").ok();
+    dev
+}
+
+/// The database's default session settings, as `initdb` or an administrator may leave
+/// them; every new session starts with them, and the server is restarted so that all
+/// of its sessions are new.
+fn set_database_defaults(office: &mut Office, settings: &[(&str, &str)]) {
+    let mut main = office.pg();
+    for (name, value) in settings {
+        main.batch_execute(&format!(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET {name} = %L', current_database(), '{value}'); END $$;"
+        ))
+        .unwrap();
+    }
+    office.server = Server::start(&office.db_url);
+}
+
+const VISITS: &str = "CREATE TABLE visits (id text PRIMARY KEY, at timestamptz, day date,
+        local timestamp, note text);
+    INSERT INTO visits VALUES
+        ('v1', '2026-11-26 02:30:00+00', '2026-11-26', '2026-11-26 02:30:00', 'a'),
+        ('v2', '2026-11-26 23:30:00+00', '2026-11-26', '2026-11-26 23:30:00', 'b'),
+        ('v3', '2026-11-25 23:00:00+00', '2026-11-25', '2026-11-25 23:00:00', 'c'),
+        ('v4', '2026-11-26 00:00:00.5+00', '2026-11-26', '2026-11-26 00:00:00.5', 'd'),
+        ('v5', 'infinity', 'infinity', 'infinity', 'e');";
+
+/// Timestamps travel as fixed-width UTC text whatever the database's `TimeZone` and
+/// `DateStyle`: a filter on them selects every row of the slice, and a row the device
+/// inserts lands as the instant it names and stays in the slice.
+fn times_travel_in_utc(settings: &[(&str, &str)]) {
+    let mut office = Office::new_pg(2);
+    set_database_defaults(&mut office, settings);
+    let dev = own_task(
+        &office,
+        VISITS,
+        "visits",
+        "filter = \"at >= '2026-11-26'\"\nwrite = [\"insert\", \"update\"]\nconflict = \"field-merge\"",
+        "tab-times",
+    );
+    dev.run(&["download", "visits"], "").ok();
+    let replica = dev.replica();
+    let text = |v: &str| format!("t{v}");
+    let row = |id: &str, at: &str, day: &str, local: &str, note: &str| {
+        vec![text(id), text(at), text(day), text(local), text(note)]
+    };
+    assert_eq!(
+        rows(&replica, "SELECT * FROM visits ORDER BY id"),
+        vec![
+            row(
+                "v1",
+                "2026-11-26T02:30:00.000000Z",
+                "2026-11-26",
+                "2026-11-26T02:30:00.000000Z",
+                "a"
+            ),
+            row(
+                "v2",
+                "2026-11-26T23:30:00.000000Z",
+                "2026-11-26",
+                "2026-11-26T23:30:00.000000Z",
+                "b"
+            ),
+            row(
+                "v4",
+                "2026-11-26T00:00:00.500000Z",
+                "2026-11-26",
+                "2026-11-26T00:00:00.500000Z",
+                "d"
+            ),
+            row("v5", "infinity", "infinity", "infinity", "e"),
+        ]
+    );
+    // The device's own row, in the fixed-width form and in other RFC 3339 forms.
+    replica
+        .execute_batch(
+            "INSERT INTO visits (id, at, local, note) VALUES
+                 ('d1', '2026-11-26T01:00:00.000000Z', '2026-11-26T01:00:00Z', 'mine'),
+                 ('d2', '2026-11-27T09:00:00+09:00', '2026-11-27T09:00:00+09:00', 'tokyo');
+             UPDATE visits SET at = '2026-11-28T00:00:00.250Z', day = '2026-11-28' WHERE id = 'v2';",
+        )
+        .unwrap();
+    drop(replica);
+    dev.run(&["sync"], "").ok();
+    let replica = dev.replica();
+    assert_eq!(
+        rows(
+            &replica,
+            "SELECT id, at, local FROM visits WHERE id IN ('d1', 'd2', 'v2') ORDER BY id"
+        ),
+        vec![
+            vec![
+                text("d1"),
+                text("2026-11-26T01:00:00.000000Z"),
+                text("2026-11-26T01:00:00.000000Z")
+            ],
+            vec![
+                text("d2"),
+                text("2026-11-27T00:00:00.000000Z"),
+                text("2026-11-27T00:00:00.000000Z")
+            ],
+            vec![
+                text("v2"),
+                text("2026-11-28T00:00:00.250000Z"),
+                text("2026-11-26T23:30:00.000000Z")
+            ],
+        ]
+    );
+    // Read in another session zone: the instants the device named.
+    let mut other = office.pg();
+    other
+        .batch_execute("SET TimeZone = 'Asia/Kolkata'; SET DateStyle = 'German, DMY'")
+        .unwrap();
+    assert_eq!(
+        pg_rows(
+            &mut other,
+            "SELECT id, (at = '2026-11-26 01:00:00+00')::text, (local = '2026-11-26 01:00:00')::text
+             FROM visits WHERE id = 'd1'
+             UNION ALL
+             SELECT id, (at = '2026-11-27 00:00:00+00')::text, (local = '2026-11-27 00:00:00')::text
+             FROM visits WHERE id = 'd2'
+             UNION ALL
+             SELECT id, (at = '2026-11-28 00:00:00.25+00')::text, (day = make_date(2026, 11, 28))::text
+             FROM visits WHERE id = 'v2'
+             ORDER BY 1"
+        ),
+        vec![
+            vec!["td1", "ttrue", "ttrue"],
+            vec!["td2", "ttrue", "ttrue"],
+            vec!["tv2", "ttrue", "ttrue"],
+        ]
+    );
+    assert!(conflicts(&office).is_empty());
+}
+
+#[test]
+fn times_travel_in_utc_whatever_the_database_time_zone() {
+    times_travel_in_utc(&[("TimeZone", "America/New_York")]);
+}
+
+#[test]
+fn times_travel_in_utc_whatever_the_database_date_style() {
+    times_travel_in_utc(&[("TimeZone", "Pacific/Chatham"), ("DateStyle", "SQL, DMY")]);
+}
+
+/// `numeric` travels as its exact text, and back; filters compare it as a number.
+#[test]
+fn numerics_travel_as_exact_text() {
+    let office = Office::new_pg(2);
+    let dev = own_task(
+        &office,
+        "CREATE TABLE prices (id text PRIMARY KEY, price numeric(6,2), big numeric(40,10),
+             plain numeric, note text);
+         INSERT INTO prices VALUES
+             ('p1', 5.10, 123456789012345678901234567890.1234567890, 0.10, 'a'),
+             ('p2', 0.10, -0.0000000001, 1, 'b'),
+             ('p3', 4.99, 1, 2, 'c'),
+             ('p4', 5, 0, 12345678901234567890123456789012345678901234567890, 'd'),
+             ('p5', 9999.99, NULL, 'NaN', 'e'),
+             ('p6', NULL, NULL, NULL, 'f');",
+        "prices",
+        "filter = \"price >= 5\"\nwrite = [\"insert\", \"update\"]\nconflict = \"field-merge\"",
+        "tab-prices",
+    );
+    dev.run(&["download", "prices"], "").ok();
+    let replica = dev.replica();
+    let all = "SELECT id, price, big, plain FROM prices ORDER BY id";
+    let t = |v: &str| format!("t{v}");
+    assert_eq!(
+        rows(&replica, all),
+        vec![
+            vec![
+                t("p1"),
+                t("5.10"),
+                t("123456789012345678901234567890.1234567890"),
+                t("0.10")
+            ],
+            vec![
+                t("p4"),
+                t("5.00"),
+                t("0.0000000000"),
+                t("12345678901234567890123456789012345678901234567890")
+            ],
+            vec![t("p5"), t("9999.99"), "NULL".into(), t("NaN")],
+        ]
+    );
+    // The device writes text, a number and an exponent; the column takes each exactly.
+    replica
+        .execute_batch(
+            "UPDATE prices SET big = '98765432109876543210987654321.0123456789', plain = '1.50',
+                 price = '7.5' WHERE id = 'p4';
+             UPDATE prices SET plain = 0.25, big = '-1e-10' WHERE id = 'p1';
+             INSERT INTO prices (id, price, big, plain) VALUES ('d1', '10', '0.1000000000', '0.10');",
+        )
+        .unwrap();
+    drop(replica);
+    dev.run(&["sync"], "").ok();
+    let mut main = office.pg();
+    main.batch_execute("SET extra_float_digits = -15").unwrap();
+    assert_eq!(
+        pg_rows(
+            &mut main,
+            "SELECT id, price::text, big::text, plain::text FROM prices WHERE id IN ('d1', 'p1', 'p4') ORDER BY id"
+        ),
+        vec![
+            vec![t("d1"), t("10.00"), t("0.1000000000"), t("0.10")],
+            vec![t("p1"), t("5.10"), t("-0.0000000001"), t("0.25")],
+            vec![
+                t("p4"),
+                t("7.50"),
+                t("98765432109876543210987654321.0123456789"),
+                t("1.50")
+            ],
+        ]
+    );
+    let replica = dev.replica();
+    assert_eq!(
+        rows(
+            &replica,
+            "SELECT id, price, big, plain FROM prices WHERE id IN ('d1', 'p4') ORDER BY id"
+        ),
+        vec![
+            vec![t("d1"), t("10.00"), t("0.1000000000"), t("0.10")],
+            vec![
+                t("p4"),
+                t("7.50"),
+                t("98765432109876543210987654321.0123456789"),
+                t("1.50")
+            ],
+        ]
+    );
+    // The device's check compares the number too: 4.99 is outside the slice.
+    let refused = replica.execute_batch("INSERT INTO prices (id, price) VALUES ('d2', '4.99')");
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(conflicts(&office).is_empty());
+}
+
+/// A value nobody changed is no conflict: what the device saw compares equal to the
+/// row as read now, though the server's sessions changed zone in between.
+#[test]
+fn unchanged_times_and_numerics_are_no_conflict() {
+    let mut office = Office::new_pg(2);
+    set_database_defaults(&mut office, &[("TimeZone", "Europe/Berlin")]);
+    let dev = own_task(
+        &office,
+        "CREATE TABLE jobs (id text PRIMARY KEY, due timestamptz, cost numeric(12,2),
+             done time, note text);
+         INSERT INTO jobs VALUES ('j1', '2026-11-26 08:30:00+00', 0.10, '08:30', 'office');",
+        "jobs",
+        "write = [\"update\"]\nconflict = \"field-merge\"",
+        "tab-jobs",
+    );
+    dev.run(&["download", "jobs"], "").ok();
+    // The administrator moves the database to another zone; the server restarts.
+    set_database_defaults(&mut office, &[("TimeZone", "America/Los_Angeles")]);
+    dev.use_server(&office.server.url);
+    office
+        .pg()
+        .batch_execute("UPDATE jobs SET note = 'office changed'")
+        .unwrap();
+    dev.replica()
+        .execute_batch(
+            "UPDATE jobs SET due = '2026-11-27T08:30:00.000000Z', cost = '0.20',
+                 done = '09:00:00.000000' WHERE id = 'j1'",
+        )
+        .unwrap();
+    dev.run(&["sync"], "").ok();
+    assert_eq!(conflicts(&office), Vec::<serde_json::Value>::new());
+    assert_eq!(
+        pg_rows(
+            &mut office.pg(),
+            "SELECT (due = '2026-11-27 08:30:00+00')::text, cost::text, done::text, note FROM jobs"
+        ),
+        vec![vec!["ttrue", "t0.20", "t09:00:00", "toffice changed"]]
+    );
+}
+
+/// A device's own values written in another form than the canonical one (a time
+/// without fraction or with an offset, a numeric with fewer decimals) compare equal to
+/// the row as the main database holds them: no conflict when the device edits them
+/// again after the office changed another column.
+#[test]
+fn a_devices_own_values_in_another_form_are_no_conflict() {
+    let office = Office::new_pg(2);
+    let dev = own_task(
+        &office,
+        "CREATE TABLE jobs (id text PRIMARY KEY, due timestamptz, cost numeric(12,2), note text);",
+        "jobs",
+        "filter = \"due >= '2026'\"\nwrite = [\"insert\", \"update\"]\nconflict = \"field-merge\"",
+        "tab-own-forms",
+    );
+    dev.run(&["download", "jobs"], "").ok();
+    dev.replica()
+        .execute_batch(
+            "INSERT INTO jobs (id, due, cost, note) VALUES
+                 ('j1', '2026-11-26T09:30:00+01:00', '0.2', 'device'),
+                 ('j2', '2026-11-26T08:30:00Z', 7, 'device');",
+        )
+        .unwrap();
+    // Sent, not downloaded: the replica keeps the device's forms.
+    dev.run(&["send"], "").ok();
+    office
+        .pg()
+        .batch_execute("UPDATE jobs SET note = 'office changed'")
+        .unwrap();
+    dev.replica()
+        .execute_batch("UPDATE jobs SET due = '2026-11-27T08:30:00Z', cost = '0.30';")
+        .unwrap();
+    dev.run(&["sync"], "").ok();
+    assert_eq!(conflicts(&office), Vec::<serde_json::Value>::new());
+    assert_eq!(
+        pg_rows(
+            &mut office.pg(),
+            "SELECT id, (due = '2026-11-27 08:30:00+00')::text, cost::text, note FROM jobs ORDER BY id"
+        ),
+        vec![
+            vec!["tj1", "ttrue", "t0.30", "toffice changed"],
+            vec!["tj2", "ttrue", "t0.30", "toffice changed"],
+        ]
+    );
+    assert_eq!(
+        rows(&dev.replica(), "SELECT id, due, cost FROM jobs ORDER BY id"),
+        vec![
+            vec!["tj1", "t2026-11-27T08:30:00.000000Z", "t0.30"],
+            vec!["tj2", "t2026-11-27T08:30:00.000000Z", "t0.30"],
+        ]
+    );
+}
+
+/// A time as the primary key: the key the device gets (the canonical text) names the
+/// row the office's triggers recorded, whatever the office session's `TimeZone` and
+/// `DateStyle`, so the device's updates land.
+#[test]
+fn time_keys_name_their_rows_whatever_the_office_session() {
+    let mut office = Office::new_pg(2);
+    set_database_defaults(
+        &mut office,
+        &[("TimeZone", "America/New_York"), ("DateStyle", "SQL, DMY")],
+    );
+    office
+        .pg()
+        .batch_execute(
+            "CREATE TABLE slots (at timestamptz PRIMARY KEY, note text);
+             CREATE TABLE days (day date PRIMARY KEY, note text);",
+        )
+        .unwrap();
+    office.admin(&["table", "track", "days"], "").ok();
+    let dev = own_task(
+        &office,
+        "SELECT 1",
+        "slots",
+        "write = [\"update\"]\n[[tables]]\nname = \"days\"\nwrite = [\"update\"]",
+        "tab-keys",
+    );
+    // Written by the office after tracking: its triggers record the keys.
+    office
+        .pg()
+        .batch_execute(
+            "INSERT INTO slots VALUES ('2026-11-26 08:30:00+00', 'office');
+             INSERT INTO days VALUES ('2026-11-26', 'office');",
+        )
+        .unwrap();
+    dev.run(&["download", "slots"], "").ok();
+    let replica = dev.replica();
+    assert_eq!(
+        rows(&replica, "SELECT * FROM slots"),
+        vec![vec!["t2026-11-26T08:30:00.000000Z", "toffice"]]
+    );
+    replica
+        .execute_batch("UPDATE slots SET note = 'device'; UPDATE days SET note = 'device';")
+        .unwrap();
+    drop(replica);
+    dev.run(&["sync"], "").ok();
+    assert_eq!(
+        pg_rows(
+            &mut office.pg(),
+            "SELECT note FROM slots UNION ALL SELECT note FROM days"
+        ),
+        vec![vec!["tdevice"], vec!["tdevice"]]
     );
 }

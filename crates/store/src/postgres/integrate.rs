@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use fieldsync_proto::Value;
-use fieldsync_proto::conflict::{Current, Write};
+use fieldsync_proto::conflict::{Current, Row, Write};
 use fieldsync_proto::filter::{Dialect, Params};
 use fieldsync_proto::task::{TaskDef, TaskTable};
 use fieldsync_proto::wire::{Upload, UploadEntry, UploadOutcome};
@@ -289,15 +289,25 @@ fn declared_of(info: &TableInfo, column: &str) -> String {
 /// SQL expressions for the transaction ids of a table's parent chain, for the row
 /// joined as the table itself: its parent's, the grandparent's, and so on.
 fn ancestor_xids(infos: &Infos, def: &TaskDef, t: &TaskTable) -> Result<Vec<String>, StoreError> {
-    Ok(plan::ancestor_keys(def, t, &mut |name| Ok(infos.get(name).cloned().flatten()))?
-        .into_iter()
-        .map(|(table, key_sql)| {
-            format!(
-                "(SELECT v.xid FROM fieldsync.rows v WHERE v.tbl = '{}' AND v.pk = ({key_sql})::text)",
-                table.replace('\'', "''")
-            )
-        })
-        .collect())
+    Ok(
+        plan::ancestor_keys(def, t, &mut |name| Ok(infos.get(name).cloned().flatten()))?
+            .into_iter()
+            .map(|(table, key_sql)| {
+                // The parent's key as its triggers record it.
+                let key_type = infos
+                    .get(&table)
+                    .cloned()
+                    .flatten()
+                    .map(|info| declared_of(&info, &info.primary_key))
+                    .unwrap_or_default();
+                format!(
+                    "(SELECT v.xid FROM fieldsync.rows v WHERE v.tbl = '{}' AND v.pk = {})",
+                    table.replace('\'', "''"),
+                    types::key_text(&format!("({key_sql})"), &key_type)
+                )
+            })
+            .collect(),
+    )
 }
 
 fn current_query(
@@ -692,6 +702,54 @@ impl UploadTx for PgUpload<'_, '_> {
         all.push(&typed_key);
         let rows = self.query(&sql, &all)?;
         Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
+    }
+
+    fn canonical(&mut self, info: &TableInfo, row: &mut Row) -> Result<(), StoreError> {
+        let cols: Vec<(String, String)> = row
+            .iter()
+            .filter(|(_, v)| matches!(v, Value::Text(_) | Value::Integer(_) | Value::Real(_)))
+            .map(|(c, _)| (c.clone(), declared_of(info, c)))
+            .filter(|(_, d)| types::has_canonical_text(d))
+            .collect();
+        if cols.is_empty() {
+            return Ok(());
+        }
+        let exprs: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, (_, d))| types::canonical_expr(i + 1, d))
+            .collect();
+        let sql = format!("SELECT {}", exprs.join(", "));
+        let values: Vec<String> = cols.iter().map(|(c, _)| types::text_of(&row[c])).collect();
+        let refs: Params_<'_> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        // A value the column cannot take fails the cast: it stays as it is, and the
+        // transaction goes on.
+        self.tx
+            .batch_execute("SAVEPOINT fieldsync_canonical")
+            .map_err(|e| self.note(e))?;
+        let read = match self.statement(&sql) {
+            Ok(s) => self.tx.query_one(&s, &refs),
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(r) => {
+                self.tx
+                    .batch_execute("RELEASE SAVEPOINT fieldsync_canonical")
+                    .map_err(|e| self.note(e))?;
+                for (i, (c, _)) in cols.iter().enumerate() {
+                    if let Some(text) = r.get::<_, Option<String>>(i) {
+                        row.insert(c.clone(), Value::Text(text));
+                    }
+                }
+            }
+            Err(e) if refused(&e) => {
+                self.tx
+                    .batch_execute("ROLLBACK TO SAVEPOINT fieldsync_canonical")
+                    .map_err(|e| self.note(e))?;
+            }
+            Err(e) => return Err(self.note(e)),
+        }
+        Ok(())
     }
 
     fn read_ahead(&mut self, entries: &[UploadEntry]) {

@@ -164,6 +164,15 @@ struct PoolState {
     out: usize,
 }
 
+/// The settings every pooled connection starts with, whatever the database's or the
+/// role's defaults (`ALTER DATABASE … SET TimeZone`, initdb's OS zone): text a device
+/// sends without a zone is UTC, dates are read year-month-day, and nothing the server
+/// formats in SQL follows the office's locale. What travels is formatted explicitly
+/// anyway (`types.rs`); these settings steer what PostgreSQL parses. Given last, so
+/// they win over `options` in the URL.
+const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres \
+    -c extra_float_digits=1 -c standard_conforming_strings=on";
+
 /// Connections one store holds at most (each request holds one; PostgreSQL's own
 /// limit is 100 by default, shared by every server and the office).
 const POOL_MAX: usize = 32;
@@ -232,9 +241,14 @@ pub(crate) fn pg_message(e: &postgres::Error) -> String {
 
 impl PgStore {
     pub fn new(url: &str) -> Result<Self> {
-        let config: postgres::Config = url
+        let mut config: postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Invalid(format!("database URL `{url}`: {e}")))?;
+        let options = match config.get_options() {
+            Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {SESSION_OPTIONS}"),
+            _ => SESSION_OPTIONS.to_string(),
+        };
+        config.options(&options);
         Ok(PgStore {
             pool: Pool {
                 config,
@@ -385,7 +399,7 @@ pub(crate) fn table_info(
 /// static SQL (PL/pgSQL caches its plans; a shared function would have to build the
 /// SQL per statement, three times slower per office statement), and statement
 /// triggers with transition tables: one upsert per office statement, not per row.
-fn tracking_sql(table: &str, primary_key: &str) -> String {
+fn tracking_sql(table: &str, primary_key: &str, key_type: &str) -> String {
     let t = quote_ident(table);
     let pk = quote_ident(primary_key);
     let name_lit = format!("'{}'", table.replace('\'', "''"));
@@ -397,9 +411,10 @@ fn tracking_sql(table: &str, primary_key: &str) -> String {
     // A dollar-quote tag no table name can end the body with.
     let tag = format!("$fs{}$", crate::random_hex(6));
     let upsert = |source: &str, alias: &str, deleted: bool, filter: &str| {
+        let key = types::key_text(&format!("{alias}.{pk}"), key_type);
         format!(
             "INSERT INTO fieldsync.rows (tbl, pk, xid, deleted)
-             SELECT {name_lit}, {alias}.{pk}::text, pg_current_xact_id(), {deleted} FROM {source} {alias} {filter}
+             SELECT {name_lit}, {key}, pg_current_xact_id(), {deleted} FROM {source} {alias} {filter}
              ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = {deleted};"
         )
     };
@@ -591,14 +606,18 @@ impl Store for PgStore {
                 return Ok(info);
             }
             let t = quote_ident(&info.name);
-            let sql = tracking_sql(&info.name, &info.primary_key);
+            let key_type = info
+                .column(&info.primary_key)
+                .map(|c| c.declared_type.clone())
+                .unwrap_or_default();
+            let sql = tracking_sql(&info.name, &info.primary_key, &key_type);
             tx.batch_execute(&sql)?;
             tx.execute(
                 &format!(
                     "INSERT INTO fieldsync.rows (tbl, pk, xid, deleted)
-                     SELECT $1, {pk}::text, pg_current_xact_id(), false FROM {t}
+                     SELECT $1, {key}, pg_current_xact_id(), false FROM {t}
                      ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = false",
-                    pk = quote_ident(&info.primary_key)
+                    key = types::key_text(&quote_ident(&info.primary_key), &key_type)
                 ),
                 &[&info.name],
             )?;

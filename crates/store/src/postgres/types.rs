@@ -2,6 +2,11 @@
 //! supported type is read through one canonical SQL expression of four physical
 //! kinds (int8, float8, text, bytea) and written back from a text (or bytea)
 //! parameter cast to the column's own type.
+//!
+//! Nothing that travels depends on the session's settings: times are formatted
+//! explicitly in UTC (`to_char`, never `::text` or `to_json`, which follow `TimeZone`
+//! and `DateStyle`), numerics are their exact text, floats travel binary. The pool's
+//! connections also pin the settings that steer input (`connection_options`).
 
 use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::{ColumnType, Value};
@@ -16,16 +21,58 @@ pub(crate) enum Kind {
     Bool,
     /// real, double precision.
     Float,
-    /// numeric: an integer when whole and in range, else a double.
+    /// numeric: its exact text, as PostgreSQL prints it (`0.10`).
     Numeric,
     /// text, varchar, char, name.
     Text,
-    /// date, time, timetz, timestamp, timestamptz: ISO 8601 text.
-    Temporal,
+    /// date, time, timetz, timestamp, timestamptz: fixed-width UTC text.
+    Temporal(Temporal),
     /// uuid, json, jsonb: their text form.
     TextForm,
     /// bytea.
     Bytes,
+}
+
+/// The date/time types. Each travels as fixed-width text in UTC, so text order is time
+/// order (docs/protocol.md, "PostgreSQL types"), whatever the session's `TimeZone`
+/// and `DateStyle`; microseconds, PostgreSQL's precision. `infinity` and
+/// `-infinity` travel as those words (which sort after and before every digit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Temporal {
+    /// `YYYY-MM-DD`
+    Date,
+    /// `HH:MM:SS.ffffff`
+    Time,
+    /// `HH:MM:SS.ffffffZ` (converted to UTC)
+    TimeTz,
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`: the wall-clock time taken as UTC.
+    Timestamp,
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`: the instant in UTC.
+    TimestampTz,
+}
+
+/// `to_char` pattern of a timestamp in the travelling form.
+const TIMESTAMP_FORM: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
+
+impl Temporal {
+    /// The canonical text of a column of this type. `to_char` with these patterns
+    /// depends on no setting (no `TM` prefix).
+    fn read_expr(self, column: &str) -> String {
+        let finite = |formatted: String| {
+            format!("(CASE WHEN isfinite({column}) THEN {formatted} ELSE {column}::text END)")
+        };
+        match self {
+            Temporal::Date => finite(format!("to_char({column}, 'YYYY-MM-DD')")),
+            Temporal::Time => format!("to_char({column}, 'HH24:MI:SS.US')"),
+            Temporal::TimeTz => {
+                format!("to_char(({column} AT TIME ZONE 'UTC')::time, 'HH24:MI:SS.US\"Z\"')")
+            }
+            Temporal::Timestamp => finite(format!("to_char({column}, {TIMESTAMP_FORM})")),
+            Temporal::TimestampTz => finite(format!(
+                "to_char({column} AT TIME ZONE 'UTC', {TIMESTAMP_FORM})"
+            )),
+        }
+    }
 }
 
 /// The kind of a type as `format_type` spells it; `None`: not supported.
@@ -37,11 +84,11 @@ pub(crate) fn kind(declared: &str) -> Option<Kind> {
         "real" | "double precision" => Kind::Float,
         "numeric" => Kind::Numeric,
         "text" | "character varying" | "character" | "name" | "\"char\"" => Kind::Text,
-        "date"
-        | "time without time zone"
-        | "time with time zone"
-        | "timestamp without time zone"
-        | "timestamp with time zone" => Kind::Temporal,
+        "date" => Kind::Temporal(Temporal::Date),
+        "time without time zone" => Kind::Temporal(Temporal::Time),
+        "time with time zone" => Kind::Temporal(Temporal::TimeTz),
+        "timestamp without time zone" => Kind::Temporal(Temporal::Timestamp),
+        "timestamp with time zone" => Kind::Temporal(Temporal::TimestampTz),
         "uuid" | "json" | "jsonb" => Kind::TextForm,
         "bytea" => Kind::Bytes,
         _ => {
@@ -67,8 +114,8 @@ impl Kind {
         match self {
             Kind::Int | Kind::Bool => ColumnType::Integer,
             Kind::Float => ColumnType::Real,
-            Kind::Numeric => ColumnType::Numeric,
-            Kind::Text | Kind::Temporal | Kind::TextForm => ColumnType::Text,
+            Kind::Numeric => ColumnType::Decimal,
+            Kind::Text | Kind::Temporal(_) | Kind::TextForm => ColumnType::Text,
             Kind::Bytes => ColumnType::Blob,
         }
     }
@@ -82,7 +129,7 @@ pub(crate) fn read_expr(column: &str, declared: &str) -> String {
         Some(Kind::Float) => format!("{column}::float8"),
         Some(Kind::Numeric) => format!("{column}::text"),
         Some(Kind::Text) => format!("{column}::text"),
-        Some(Kind::Temporal) => format!("(to_json({column}) #>> '{{}}')"),
+        Some(Kind::Temporal(t)) => t.read_expr(column),
         Some(Kind::TextForm) | None => format!("{column}::text"),
         Some(Kind::Bytes) => column.to_string(),
     }
@@ -114,11 +161,31 @@ pub(crate) fn raw_param(n: usize, declared: &str) -> String {
 }
 
 /// An expression of [`raw_param`]'s type as the column's own type.
+///
+/// A timestamp without time zone is taken as UTC: the text goes through
+/// `timestamptz` (whose input honours a zone or offset the text carries, and takes
+/// UTC, the pool's session zone, when it carries none) and then to UTC wall-clock
+/// time. `timestamptz` input keeps the instant the text names whatever the session.
 pub(crate) fn cast_to(expr: &str, declared: &str) -> String {
     match kind(declared) {
         Some(Kind::Bytes) => expr.to_string(),
+        Some(Kind::Temporal(Temporal::Timestamp)) => {
+            format!("CAST((CAST({expr} AS timestamptz) AT TIME ZONE 'UTC') AS {declared})")
+        }
         _ => format!("CAST({expr} AS {declared})"),
     }
+}
+
+/// Whether the column's values have a canonical text that a device may write in
+/// another form (times, numerics): [`canonical_expr`] turns such a value into it.
+pub(crate) fn has_canonical_text(declared: &str) -> bool {
+    matches!(kind(declared), Some(Kind::Temporal(_) | Kind::Numeric))
+}
+
+/// The canonical text of parameter `$n` (text) as a value of the column: what the
+/// column would hold, read as it travels.
+pub(crate) fn canonical_expr(n: usize, declared: &str) -> String {
+    read_expr(&format!("({})", write_param(n, declared)), declared)
 }
 
 /// Whether a key value can be a key of a column of this type at all: a key that
@@ -128,9 +195,15 @@ pub(crate) fn key_fits(key: &Value, declared: &str) -> bool {
     match (kind(declared), key) {
         (Some(Kind::Int | Kind::Bool), Value::Integer(_)) => true,
         (Some(Kind::Int | Kind::Bool), _) => false,
-        (Some(Kind::Float | Kind::Numeric), v) => {
+        (Some(Kind::Float), v) => {
             matches!(v, Value::Integer(_)) || matches!(v, Value::Real(r) if r.is_finite())
         }
+        (Some(Kind::Numeric), v) => match v {
+            Value::Integer(_) => true,
+            Value::Real(r) => r.is_finite(),
+            Value::Text(t) => fieldsync_proto::value::is_decimal(t),
+            _ => false,
+        },
         (Some(Kind::Text), v) => matches!(v, Value::Text(_) | Value::Integer(_)),
         (Some(Kind::TextForm), Value::Text(t)) if declared == "uuid" => is_uuid(t),
         (Some(Kind::Bytes), v) => matches!(v, Value::Blob(_) | Value::Text(_)),
@@ -177,8 +250,20 @@ pub(crate) fn write_value(v: &Value, declared: &str) -> Param {
     }
 }
 
+/// A key column's text as `fieldsync.rows` holds it: the text the key travels as, so a
+/// device's key names its row. The tracking triggers run in the office's sessions, so
+/// it must not depend on their settings: times in their canonical form (`::text`
+/// follows `TimeZone` and `DateStyle`); integers, text, uuid and numeric are the same
+/// as `::text` in every session.
+pub(crate) fn key_text(column: &str, declared: &str) -> String {
+    match kind(declared) {
+        Some(Kind::Temporal(t)) => t.read_expr(column),
+        _ => format!("{column}::text"),
+    }
+}
+
 /// A value's text form: what a text parameter carries, and a key as
-/// `fieldsync.rows` holds it (the key column cast to text).
+/// `fieldsync.rows` holds it ([`key_text`]).
 pub(crate) fn text_of(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
@@ -256,34 +341,10 @@ pub(crate) fn value_ref<'r>(row: &'r postgres::Row, i: usize, kind: Option<Kind>
     let v = match kind {
         Some(Kind::Int | Kind::Bool) => row.get::<_, Option<i64>>(i).map(ValueRef::Integer),
         Some(Kind::Float) => row.get::<_, Option<f64>>(i).map(ValueRef::Real),
-        Some(Kind::Numeric) => row
-            .get::<_, Option<&str>>(i)
-            .map(|t| match numeric_value(t) {
-                Value::Integer(n) => ValueRef::Integer(n),
-                Value::Real(r) => ValueRef::Real(r),
-                _ => ValueRef::Text(t),
-            }),
         Some(Kind::Bytes) => row.get::<_, Option<&[u8]>>(i).map(ValueRef::Blob),
         _ => row.get::<_, Option<&str>>(i).map(ValueRef::Text),
     };
     v.unwrap_or(ValueRef::Null)
-}
-
-/// A numeric's text as a number: an integer when whole and in range, else a double.
-pub(crate) fn numeric_value(text: &str) -> Value {
-    if let Ok(i) = text.parse::<i64>() {
-        return Value::Integer(i);
-    }
-    if let Some((whole, frac)) = text.split_once('.')
-        && frac.bytes().all(|b| b == b'0')
-        && let Ok(i) = whole.parse::<i64>()
-    {
-        return Value::Integer(i);
-    }
-    match text.parse::<f64>() {
-        Ok(r) => Value::Real(r),
-        Err(_) => Value::Text(text.to_string()),
-    }
 }
 
 #[cfg(test)]
@@ -295,8 +356,14 @@ mod tests {
         assert_eq!(kind("integer"), Some(Kind::Int));
         assert_eq!(kind("character varying(20)"), Some(Kind::Text));
         assert_eq!(kind("numeric(10,2)"), Some(Kind::Numeric));
-        assert_eq!(kind("timestamp(3) with time zone"), Some(Kind::Temporal));
-        assert_eq!(kind("time(0) without time zone"), Some(Kind::Temporal));
+        assert_eq!(
+            kind("timestamp(3) with time zone"),
+            Some(Kind::Temporal(Temporal::TimestampTz))
+        );
+        assert_eq!(
+            kind("time(0) without time zone"),
+            Some(Kind::Temporal(Temporal::Time))
+        );
         assert_eq!(kind("jsonb"), Some(Kind::TextForm));
         assert_eq!(kind("interval"), None);
         assert_eq!(kind("integer[]"), None);
@@ -319,13 +386,5 @@ mod tests {
             "uuid"
         ));
         assert!(!key_fits(&Value::Null, "text"));
-    }
-
-    #[test]
-    fn numerics_are_integers_when_whole() {
-        assert_eq!(numeric_value("12"), Value::Integer(12));
-        assert_eq!(numeric_value("12.000"), Value::Integer(12));
-        assert_eq!(numeric_value("12.5"), Value::Real(12.5));
-        assert_eq!(numeric_value("99999999999999999999"), Value::Real(1e20));
     }
 }

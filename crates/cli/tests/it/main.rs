@@ -8,6 +8,7 @@ mod crash;
 mod download;
 mod faults;
 mod harness;
+mod office;
 mod postgres;
 mod promises;
 mod proxy;

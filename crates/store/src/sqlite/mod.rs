@@ -418,17 +418,22 @@ impl Store for SqliteStore {
         // The next version is one past the highest ever given (an index seek on
         // `fieldsync_rows_by_version`); rows are only ever restamped upwards.
         let next = "(SELECT coalesce(max(version), 0) + 1 FROM fieldsync_rows)";
+        // An upsert, not `INSERT OR REPLACE`: a statement in a trigger takes the outer
+        // statement's conflict clause instead of its own `OR …` (so `UPDATE OR IGNORE`
+        // skipped the stamp, and an office upsert, `UPDATE OR ABORT` or a foreign-key
+        // action failed on fieldsync's own key); an upsert clause is its own.
+        const UPSERT: &str = "ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version, deleted = excluded.deleted";
         let stamp = |key: &str, deleted: u8| {
             format!(
-                "INSERT OR REPLACE INTO fieldsync_rows (tbl, pk, version, deleted)
-                 VALUES ({name_lit}, {key}, {next}, {deleted});"
+                "INSERT INTO fieldsync_rows (tbl, pk, version, deleted)
+                 VALUES ({name_lit}, {key}, {next}, {deleted}) {UPSERT};"
             )
         };
         // A key change retires the old key (a tombstone) before stamping the new one.
         let s_old_gone = format!(
-            "INSERT OR REPLACE INTO fieldsync_rows (tbl, pk, version, deleted)
+            "INSERT INTO fieldsync_rows (tbl, pk, version, deleted)
              SELECT {name_lit}, OLD.{pk}, {next}, 1
-             WHERE OLD.{pk} IS NOT NEW.{pk};"
+             WHERE OLD.{pk} IS NOT NEW.{pk} {UPSERT};"
         );
         let (s_new, s_old) = (
             stamp(&format!("NEW.{pk}"), 0),

@@ -173,6 +173,9 @@ pub(crate) fn integrate(
         let info = tx
             .table_info(&t.name)?
             .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", t.name)))?;
+        if !info.tracked {
+            return Err(plan::untracked(&t.name).into());
+        }
         let columns = plan::slice_columns(t, &info);
         let filter = t
             .filter

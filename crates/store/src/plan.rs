@@ -55,6 +55,15 @@ pub fn slice_columns(t: &TaskTable, info: &TableInfo) -> Vec<String> {
     cols
 }
 
+/// A table whose change tracking is missing or stale is neither served nor written:
+/// changes to it could go unseen.
+pub fn untracked(table: &str) -> StoreError {
+    invalid(format!(
+        "table `{table}`: its change tracking is missing or stale (the table was rebuilt or renamed since?); \
+         the office runs `fieldsync admin table track {table}`"
+    ))
+}
+
 /// Checks a task against the schema; `lookup` returns a table of the main database.
 /// Every error names the table and the field at fault.
 pub fn check_task(def: &TaskDef, lookup: &dyn Fn(&str) -> Result<Option<TableInfo>>) -> Result<()> {
@@ -141,6 +150,9 @@ pub fn plan_slice(
     for t in &def.tables {
         let info = lookup(&t.name)?
             .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", t.name)))?;
+        if !info.tracked {
+            return Err(untracked(&t.name));
+        }
         let cols = slice_columns(t, &info);
         let mut columns = Vec::with_capacity(cols.len());
         let mut declared = Vec::with_capacity(cols.len());

@@ -86,3 +86,100 @@ fn foreign_key_actions_of_the_office_are_stamped() {
         "the old key is a tombstone"
     );
 }
+
+/// SQLite's usual way to change a column: a new table, a copy, drop, rename. The
+/// triggers go with the old table; fieldsync must see that tracking is gone, refuse to
+/// serve or integrate the table until `table track` repairs it, and the repair must
+/// make every change of the meantime count (a device edit of a row the office changed
+/// meanwhile is a conflict, not an overwrite).
+#[test]
+fn a_rebuilt_table_is_refused_until_tracked_again_and_no_change_is_lost() {
+    let office = Office::new(10);
+    let dev = office.device("tab1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    let id: i64 = dev
+        .replica()
+        .query_row("SELECT min(id) FROM assets", [], |r| r.get(0))
+        .unwrap();
+    let run = office_sqlite3(
+        &office,
+        "PRAGMA foreign_keys = OFF;
+         BEGIN;
+         CREATE TABLE assets_new (id INTEGER PRIMARY KEY, name TEXT NOT NULL, category TEXT NOT NULL,
+             status TEXT NOT NULL, region TEXT NOT NULL, x REAL, y REAL, installed TEXT, notes TEXT, owner TEXT);
+         INSERT INTO assets_new (id, name, category, status, region, x, y, installed, notes)
+             SELECT id, name, category, status, region, x, y, installed, notes FROM assets;
+         DROP TABLE assets;
+         ALTER TABLE assets_new RENAME TO assets;
+         COMMIT;",
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    // The office edits a row while nothing tracks the table.
+    office.execute_batch(&format!(
+        "UPDATE assets SET name = 'office after rebuild' WHERE id = {id}"
+    ));
+    dev.replica()
+        .execute("UPDATE assets SET name = 'device' WHERE id = ?1", [id])
+        .unwrap();
+    let run = dev.run(&["send"], "");
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("change tracking is missing or stale")
+            && run.stderr.contains("fieldsync admin table track assets"),
+        "{run:?}"
+    );
+    let run = dev.run(
+        &["download", "north-inspections", "--discard-local-changes"],
+        "",
+    );
+    assert!(run.stderr.contains("table track assets"), "{run:?}");
+    assert_eq!(
+        office.value(&format!("SELECT name FROM assets WHERE id = {id}")),
+        "office after rebuild"
+    );
+    office.admin(&["table", "track", "assets"], "").ok();
+    dev.run(&["send"], "").ok();
+    assert_eq!(
+        office.value(&format!("SELECT name FROM assets WHERE id = {id}")),
+        "office after rebuild",
+        "the office's change is not overwritten"
+    );
+    let logged = conflicts(&office);
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["device_values"]["name"], "device");
+    // Tracked again: office writes are stamped, devices download.
+    dev.run(&["download", "north-inspections"], "").ok();
+}
+
+/// A renamed table keeps its triggers, which record under the old name: it is not
+/// tracked under the new name until `table track NEW`, which replaces them.
+#[test]
+fn a_renamed_table_is_tracked_under_its_new_name_only() {
+    let office = Office::new(10);
+    office.execute_batch("ALTER TABLE work_orders RENAME TO jobs");
+    let run = office.admin(&["table", "track", "jobs"], "");
+    assert_eq!(run.code, 0, "{run:?}");
+    let triggers = office.rows(
+        "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'jobs' ORDER BY name",
+    );
+    assert_eq!(
+        triggers,
+        vec![
+            vec!["tfieldsync_jobs_del".to_string()],
+            vec!["tfieldsync_jobs_ins".to_string()],
+            vec!["tfieldsync_jobs_upd".to_string()],
+        ]
+    );
+    let key = office.value("SELECT id FROM jobs LIMIT 1");
+    office.execute_batch(&format!(
+        "UPDATE jobs SET title = 'renamed' WHERE id = '{key}'"
+    ));
+    assert_eq!(
+        office.value(&format!(
+            "SELECT count(*) FROM fieldsync_rows WHERE tbl = 'work_orders' AND pk = '{key}' AND version > (SELECT min(version) FROM fieldsync_rows WHERE tbl = 'jobs')"
+        )),
+        "0",
+        "nothing recorded under the old name"
+    );
+}

@@ -7,6 +7,7 @@ mod convergence;
 mod crash;
 mod download;
 mod faults;
+mod folder;
 mod harness;
 mod postgres;
 mod proxy;

@@ -13,3 +13,4 @@ mod postgres;
 mod proxy;
 mod refusals;
 mod send;
+mod users;

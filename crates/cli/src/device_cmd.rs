@@ -223,7 +223,7 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             }
             println!("logged out");
         }
-        DeviceCommand::Mode { mode: None } => println!("{}", device.status()?.mode.as_str()),
+        DeviceCommand::Mode { mode: None } => println!("{}", device.mode()?.as_str()),
         DeviceCommand::Mode { mode: Some(m) } => {
             let mode = match m {
                 ModeArg::Online => Mode::Online,

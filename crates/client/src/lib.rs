@@ -257,6 +257,11 @@ impl Device {
                 });
             }
         }
+        // Before the session is saved: a crash never leaves the new user looking at
+        // another user's slice (recovery settles it again for the saved user).
+        if let Some(session) = &st.session {
+            replica::settle_user(&self.dir, &session.user)?;
+        }
         self.dir.save(&st)?;
         replica::set_login(&self.dir, st.session.as_ref().map(|s| s.user.as_str()))
     }
@@ -322,12 +327,22 @@ impl Device {
         })
     }
 
+    /// The mode; reads the state file only (never waits, never writes).
+    pub fn mode(&self) -> Result<Mode> {
+        Ok(self.dir.load()?.mode)
+    }
+
     /// The device's state; never waits for the folder lock.
     pub fn status(&self) -> Result<Status> {
         let st = self.dir.load()?;
         let pending_by_user = replica::pending_by_user(&self.dir)?;
-        let replica = replica::current_file(&self.dir).map(|_| {
-            let p = self.dir.replica_path();
+        // The stable path, or, while the link is gone (a copied folder, until the next
+        // locked command links it again), the file that holds the replica.
+        let replica = replica::current_file(&self.dir).map(|file| {
+            let p = match replica::shape(&self.dir) {
+                replica::Shape::Link(_) | replica::Shape::Plain => self.dir.replica_path(),
+                _ => file,
+            };
             std::path::absolute(&p).unwrap_or(p).display().to_string()
         });
         Ok(Status {

@@ -257,8 +257,10 @@ impl Device {
         Ok(())
     }
 
-    /// Sends the journal; under `held` (a sync's last round) the journal cannot grow
-    /// meanwhile, and each step is committed while the lock stays held.
+    /// Sends the journal of every replica in the folder, each with its own task: those
+    /// set aside for other users (and copies' unsent remainders), then the current one
+    /// (under `held`, a sync's last round, its journal cannot grow meanwhile, and each
+    /// step is committed while the lock stays held).
     #[allow(clippy::too_many_arguments)]
     fn send_locked(
         &self,
@@ -270,14 +272,41 @@ impl Device {
         held: Option<&replica::WriterHold>,
     ) -> Result<()> {
         Self::online(st)?;
+        Self::logged_in(st)?;
+        // Set-aside replicas first: their entries were mostly made before the current
+        // user's, and the main database sees the users' edits in that order.
+        for path in replica::set_aside_files(&self.dir)? {
+            let conn = Connection::open(&path)?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            self.send_journal(st, op, progress, cancel, report, None, &conn, &path)?;
+        }
+        // Then the current replica (the report names its task).
+        if let Some(path) = replica::installed_file(&self.dir) {
+            let own = match held {
+                Some(_) => None,
+                None => replica::open_current(&self.dir)?,
+            };
+            if let Some(conn) = held.map(|h| h.conn()).or(own.as_ref()) {
+                self.send_journal(st, op, progress, cancel, report, held, conn, &path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one replica's journal, as it is now.
+    #[allow(clippy::too_many_arguments)]
+    fn send_journal(
+        &self,
+        st: &DeviceState,
+        op: &str,
+        progress: &mut dyn FnMut(&Progress),
+        cancel: &Cancel,
+        report: &mut Report,
+        held: Option<&replica::WriterHold>,
+        conn: &Connection,
+        path: &std::path::Path,
+    ) -> Result<()> {
         let (api, id, secret, session) = Self::logged_in(st)?;
-        let own = match held {
-            Some(_) => None,
-            None => replica::open_current(&self.dir)?,
-        };
-        let Some(conn) = held.map(|h| h.conn()).or(own.as_ref()) else {
-            return Ok(());
-        };
         // The journal as it is now is what this send sends; entries an app adds while
         // it runs wait for the next send.
         let seq_max: i64 = conn.query_row(
@@ -287,7 +316,7 @@ impl Device {
         )?;
         // Under a hold, a stored upload must be committed before it leaves.
         let durable = || held.map_or(Ok(()), |h| h.commit_and_hold());
-        let info = replica::read_info(&self.dir.replica_path())?
+        let info = replica::read_info(path)?
             .ok_or_else(|| ClientError::Replica("the replica has no fieldsync record".into()))?;
         report.task = Some(info.task.clone());
         let header = replica::read_header(conn)?;
@@ -340,53 +369,87 @@ impl Device {
         Ok(())
     }
 
-    /// The journal's pending entries; never waits for the folder lock.
+    /// The pending entries of every replica in the folder (the current one's first,
+    /// then those set aside for other users); never waits for the folder lock and
+    /// writes nothing.
     pub fn journal(&self) -> Result<Vec<JournalEntry>> {
-        if replica::current_file(&self.dir).is_none() {
-            return Ok(vec![]);
+        let mut out = Vec::new();
+        for path in replica::all_replicas(&self.dir)? {
+            out.extend(journal::read_all(&replica::open_read_only(&path)?)?);
         }
-        let conn = Connection::open_with_flags(
-            self.dir.replica_path(),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        journal::read_all(&conn)
+        out.extend(replica::stray_entries(&self.dir)?);
+        Ok(out)
     }
 
-    /// Moves journal entries (`None`: all) to a new backup file; returns its path and
-    /// how many entries moved.
+    /// Moves journal entries (`None`: all, of every replica in the folder) to a new
+    /// backup file; returns its path and how many entries moved. An entry number names
+    /// an entry of the current replica, or of a set-aside one when only one has it.
     pub fn journal_discard(&self, seqs: Option<&[i64]>) -> Result<(PathBuf, usize)> {
         let (_lock, _st) = self.begin()?;
-        let mut conn = replica::open_current(&self.dir)?
-            .ok_or_else(|| ClientError::Invalid("no replica on this device".into()))?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let all = journal::read_all(&tx)?;
-        let chosen: Vec<JournalEntry> = match seqs {
-            None => all,
+        let files = replica::all_replicas(&self.dir)?;
+        if files.is_empty() {
+            return Err(ClientError::Invalid("no replica on this device".into()));
+        }
+        let mut conns = Vec::new();
+        for path in &files {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let all = journal::read_all(&conn)?;
+            conns.push((conn, all));
+        }
+        let current_first = replica::current_file(&self.dir).is_some();
+        let mut chosen: Vec<Vec<JournalEntry>> = vec![Vec::new(); conns.len()];
+        match seqs {
+            None => {
+                for (i, (_, all)) in conns.iter().enumerate() {
+                    chosen[i] = all.clone();
+                }
+            }
             Some(wanted) => {
                 for s in wanted {
-                    if !all.iter().any(|e| e.seq == *s) {
-                        return Err(ClientError::Invalid(format!("no journal entry {s}")));
+                    let holders: Vec<usize> = (0..conns.len())
+                        .filter(|&i| conns[i].1.iter().any(|e| e.seq == *s))
+                        .collect();
+                    let i = match holders.as_slice() {
+                        [] => return Err(ClientError::Invalid(format!("no journal entry {s}"))),
+                        [0, ..] if current_first => 0,
+                        [i] => *i,
+                        _ => {
+                            return Err(ClientError::Invalid(format!(
+                                "journal entry {s} exists in several replicas set aside on this device; \
+                                 discard them with --all"
+                            )));
+                        }
+                    };
+                    if let Some(e) = conns[i].1.iter().find(|e| e.seq == *s)
+                        && !chosen[i].iter().any(|c| c.seq == *s)
+                    {
+                        chosen[i].push(e.clone());
                     }
                 }
-                all.into_iter()
-                    .filter(|e| wanted.contains(&e.seq))
-                    .collect()
             }
-        };
-        if chosen.is_empty() {
+        }
+        let all_chosen: Vec<JournalEntry> = chosen.iter().flatten().cloned().collect();
+        if all_chosen.is_empty() {
             return Err(ClientError::Invalid(
                 "the journal is empty; nothing to discard".into(),
             ));
         }
-        let path = journal::write_backup(&self.dir.root, &chosen)?;
-        for e in &chosen {
-            tx.execute("DELETE FROM fieldsync_journal WHERE seq = ?1", [e.seq])?;
+        let path = journal::write_backup(&self.dir.root, &all_chosen)?;
+        for ((conn, _), entries) in conns.iter().zip(&chosen) {
+            if entries.is_empty() {
+                conn.execute_batch("ROLLBACK")?;
+                continue;
+            }
+            for e in entries {
+                conn.execute("DELETE FROM fieldsync_journal WHERE seq = ?1", [e.seq])?;
+            }
+            // A prepared upload no longer matches the journal.
+            conn.execute("DELETE FROM fieldsync_upload", [])?;
+            conn.execute_batch("COMMIT")?;
         }
-        // A prepared upload no longer matches the journal.
-        tx.execute("DELETE FROM fieldsync_upload", [])?;
-        tx.commit()?;
-        Ok((path, chosen.len()))
+        Ok((path, all_chosen.len()))
     }
 }
 

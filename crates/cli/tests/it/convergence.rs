@@ -834,7 +834,13 @@ impl World {
         let user = self.devs[d].user;
         let before = replica_content(&self.devs[d].dir);
         let out = self.devs[d].dir.run(&["download", TASK], "");
-        let n_pending = self.devs[d].pending.len();
+        // Only the shown replica's entries refuse a download: the other user's
+        // entries wait in their own replica, set aside (the north slice has `$user`).
+        let n_pending = self.devs[d]
+            .pending
+            .iter()
+            .filter(|w| w.user == user)
+            .count();
         self.log(format!(
             "dev {name} ({user}): download with {n_pending} pending: exit {}",
             out.code
@@ -855,7 +861,8 @@ impl World {
     }
 
     /// On a device shared by several users: logout, a refused edit while nobody is
-    /// logged in, login of the next user. Pending entries stay the old user's.
+    /// logged in, login of the next user. Pending entries stay the old user's, in the
+    /// old user's replica, set aside.
     fn switch_user(&mut self, d: usize) {
         let dev = &self.devs[d];
         if dev.users.len() < 2 {
@@ -880,6 +887,27 @@ impl World {
         let line = format!("dev {} : {} logs out, {next} logs in", dev.name, dev.user);
         self.devs[d].user = next;
         self.log(line);
+        // The north slice depends on the user: `replica.sqlite` shows the next user's
+        // own replica, or none until they download.
+        let shown = std::fs::metadata(self.devs[d].dir.replica_path()).is_ok();
+        if shown {
+            let conn = self.devs[d].dir.replica();
+            let cut_for: String = conn
+                .query_row(
+                    "SELECT value FROM fieldsync_replica WHERE key = 'user'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(
+                cut_for, next,
+                "dev {}: another user's replica shown",
+                self.devs[d].name
+            );
+            self.devs[d].cut_for = next;
+        } else {
+            self.download(d);
+        }
     }
 
     /// The replica holds exactly the slice of its user in the main database now.

@@ -66,7 +66,8 @@ fn an_unassigned_user_exits_4() {
     dev.login("ben").ok();
     let run = dev.run(&["download", "north-inspections"], "");
     assert_refused(&run, 4, "not assigned");
-    assert_eq!(replica_content(&dev), before);
+    // ana's `$user` slice is set aside while ben is logged in, untouched.
+    assert_eq!(replica_content(&dev), vec![] as Vec<Vec<String>>);
     let tasks: serde_json::Value =
         serde_json::from_str(&dev.run(&["tasks", "--json"], "").ok().stdout).unwrap();
     assert_eq!(
@@ -74,6 +75,9 @@ fn an_unassigned_user_exits_4() {
         serde_json::json!([]),
         "ben is assigned south, tab1 is not"
     );
+    dev.run(&["logout"], "").ok();
+    dev.login("ana").ok();
+    assert_eq!(replica_content(&dev), before);
 }
 
 #[test]

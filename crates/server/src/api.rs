@@ -140,7 +140,8 @@ async fn login(
             )));
         }
         let token = random_hex(32);
-        let now_ms = time::now_unix_ms();
+        // The database's clock, as every server judges expiry by it.
+        let now_ms = st.store.clock_ms()?;
         let session = SessionRecord {
             token_hash: sha256_hex(&token),
             device: device.id,

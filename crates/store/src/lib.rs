@@ -227,7 +227,12 @@ pub trait Store: Send + Sync {
     fn task_assign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()>;
 
     fn session_put(&self, session: &SessionRecord) -> Result<()>;
+    /// The session, unless it expired by the database's clock (one clock for every
+    /// server: a server whose own clock runs fast or slow expires nobody early).
     fn session_get(&self, token_hash: &str) -> Result<Option<SessionRecord>>;
+    /// The database's clock, in milliseconds since the Unix epoch: what session
+    /// expiry is judged by.
+    fn clock_ms(&self) -> Result<i64>;
     fn session_delete(&self, token_hash: &str) -> Result<()>;
 
     /// Streams the rows of a planned slice in one snapshot; returns the row counts.

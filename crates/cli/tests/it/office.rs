@@ -183,3 +183,58 @@ fn a_renamed_table_is_tracked_under_its_new_name_only() {
         "nothing recorded under the old name"
     );
 }
+
+/// `fieldsync server run` on `db_url` under `faketime` with the clock `offset` away
+/// (e.g. `+13h`), killed on drop.
+fn server_with_clock(db_url: &str, offset: &str) -> Server {
+    use std::io::BufRead;
+    let mut child = Command::new("faketime")
+        .args([
+            "-f",
+            offset,
+            BIN,
+            "server",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            db_url,
+        ])
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("faketime runs (Debian's faketime package)");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("server said {line:?}"))
+        .to_string();
+    Server { child, url }
+}
+
+/// Sessions expire by one clock, the database's: a server whose clock runs 13 hours
+/// fast logged every device out, on every server, when it judged by its own.
+#[test]
+fn a_server_with_a_wrong_clock_logs_nobody_out() {
+    let office = Office::new_pg(10);
+    let fast = server_with_clock(&office.db_url, "+13h");
+    let slow = server_with_clock(&office.db_url, "-13h");
+    let dev = office.device("tab1", &["north-inspections"]);
+    dev.login("ana").ok();
+    for server in [&fast, &slow] {
+        dev.use_server(&server.url);
+        let run = dev.run(&["tasks"], "");
+        assert_eq!(run.code, 0, "through {}: {run:?}", server.url);
+    }
+    // Logged in through the slow server: the session still lasts from the
+    // database's now, not 13 hours less.
+    dev.login("ana").ok();
+    dev.use_server(&office.server.url);
+    let run = dev.run(&["tasks"], "");
+    assert_eq!(run.code, 0, "{run:?}");
+}

@@ -812,12 +812,23 @@ impl Store for PgStore {
         Ok(())
     }
 
+    fn clock_ms(&self) -> Result<i64> {
+        Ok(self
+            .conn()?
+            .query_one(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8",
+                &[],
+            )?
+            .get(0))
+    }
+
     fn session_get(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
         Ok(self
             .conn()?
             .query_opt(
                 "SELECT token_hash, device, user_name, created_at, expires_at FROM fieldsync.sessions
-                 WHERE token_hash = $1",
+                 WHERE token_hash = $1
+                   AND expires_at > to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
                 &[&token_hash],
             )?
             .map(|r| SessionRecord {

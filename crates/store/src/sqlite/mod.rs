@@ -703,11 +703,22 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    /// SQLite's clock is the clock of the process running the query: with a SQLite
+    /// main database, every server runs on the one machine that holds the file.
+    fn clock_ms(&self) -> Result<i64> {
+        Ok(self.conn()?.query_row(
+            "SELECT CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     fn session_get(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
         let conn = self.conn()?;
         Ok(conn
             .query_row(
-                "SELECT token_hash, device, user, created_at, expires_at FROM fieldsync_sessions WHERE token_hash = ?1",
+                "SELECT token_hash, device, user, created_at, expires_at FROM fieldsync_sessions
+                 WHERE token_hash = ?1 AND expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
                 [token_hash],
                 |r| {
                     Ok(SessionRecord {

@@ -724,7 +724,7 @@ fn is_transient(e: &ClientError) -> bool {
         ClientError::Unreachable { .. }
             | ClientError::Stream(_)
             | ClientError::Server {
-                code: ErrorCode::Internal | ErrorCode::Damaged,
+                code: ErrorCode::Internal | ErrorCode::Damaged | ErrorCode::Busy,
                 ..
             }
     )

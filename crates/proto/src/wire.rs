@@ -121,6 +121,9 @@ pub enum ErrorCode {
     /// The request body was damaged in transit (its checksum does not match); the
     /// same request may be sent again.
     Damaged,
+    /// The main database is busy (another program holds it); the same request may
+    /// pass a moment later.
+    Busy,
     Internal,
 }
 

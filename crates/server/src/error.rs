@@ -50,6 +50,7 @@ impl ApiError {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UpdateRequired => StatusCode::UPGRADE_REQUIRED,
+            ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -68,6 +69,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(m) => ApiError::bad_request(m),
             StoreError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m),
             StoreError::AlreadyExists(m) => ApiError::bad_request(m),
+            StoreError::Busy => ApiError::new(ErrorCode::Busy, StoreError::Busy.to_string()),
             other => ApiError::internal(other),
         }
     }

@@ -177,6 +177,14 @@ pub(crate) fn integrate(
             return Err(plan::untracked(&t.name).into());
         }
         let columns = plan::slice_columns(t, &info);
+        if let Some(gone) = columns.iter().find(|c| info.column(c).is_none()) {
+            return Err(StoreError::Invalid(format!(
+                "column `{gone}` no longer exists in table `{}` of the main database (the office \
+                 changed its schema); ask the office to update task `{}`",
+                t.name, def.name
+            ))
+            .into());
+        }
         let filter = t
             .filter
             .as_deref()
@@ -235,6 +243,22 @@ pub(crate) fn integrate(
         }
         for col in e.new.keys().chain(e.old.keys()) {
             if !t.columns.contains(col) {
+                // A column the task names that the table lost is the office's schema
+                // change, not the device's fault: say so.
+                let listed = t
+                    .task_table
+                    .columns
+                    .as_ref()
+                    .is_none_or(|c| c.contains(col));
+                if listed && t.info.column(col).is_none() {
+                    return Err(IntegrateError::Store(StoreError::Invalid(format!(
+                        "{}: column `{col}` no longer exists in table `{}` of the main database \
+                         (the office changed its schema); ask the office to update task `{}`",
+                        entry_label(i, e),
+                        e.table,
+                        def.name
+                    ))));
+                }
                 return Err(forbidden(
                     &label,
                     format!("column `{col}` is not in the task"),

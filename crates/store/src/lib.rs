@@ -32,11 +32,25 @@ pub enum StoreError {
     NotInitialized,
     #[error("main database: {0}")]
     Db(String),
+    /// Another program holds the main database (an office transaction): the same
+    /// request may pass a moment later.
+    #[error("the main database is busy (another program holds it); try again in a moment")]
+    Busy,
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Db(e.to_string())
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                StoreError::Busy
+            }
+            _ => StoreError::Db(e.to_string()),
+        }
     }
 }
 

@@ -158,7 +158,11 @@ pub fn plan_slice(
         let mut declared = Vec::with_capacity(cols.len());
         for c in &cols {
             let ci = info.column(c).ok_or_else(|| {
-                invalid(format!("table `{}` has no column `{c}` any more", t.name))
+                invalid(format!(
+                    "column `{c}` no longer exists in table `{}` of the main database (the office \
+                     changed its schema); ask the office to update task `{}`",
+                    t.name, def.name
+                ))
             })?;
             columns.push(ColumnDef {
                 name: c.clone(),

@@ -238,3 +238,68 @@ fn a_server_with_a_wrong_clock_logs_nobody_out() {
     let run = dev.run(&["tasks"], "");
     assert_eq!(run.code, 0, "{run:?}");
 }
+
+/// `device send` with the network settings given.
+fn send_with(dev: &DeviceDir, env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["device", "send", "--dir"])
+        .arg(dev.path())
+        .stdin(Stdio::null());
+    cmd.envs(env.iter().copied());
+    cmd.output().unwrap().into()
+}
+
+/// An office transaction holding a SQLite main database is a retryable "busy", not
+/// an internal server error; the send passes once the office is done.
+#[test]
+fn a_busy_main_database_is_said_so_and_retried() {
+    let office = Office::new(10);
+    let dev = office.device("tab1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    dev.replica()
+        .execute(
+            "UPDATE assets SET name = 'device' WHERE id = (SELECT min(id) FROM assets)",
+            [],
+        )
+        .unwrap();
+    let holder = office.sql();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let run = send_with(&dev, &[("FIELDSYNC_RETRIES", "1")]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("the main database is busy"), "{run:?}");
+    holder.execute_batch("COMMIT").unwrap();
+    dev.run(&["send"], "").ok();
+    assert_eq!(
+        office.value("SELECT count(*) FROM assets WHERE name = 'device'"),
+        "1"
+    );
+}
+
+/// A column the office dropped is named as the office's schema change, not as a
+/// column "not in the task".
+#[test]
+fn a_column_the_office_dropped_is_named_as_such() {
+    let office = Office::new(10);
+    let dev = office.device("tab1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    dev.replica()
+        .execute(
+            "UPDATE assets SET y = 1.5 WHERE id = (SELECT min(id) FROM assets)",
+            [],
+        )
+        .unwrap();
+    let run = office_sqlite3(&office, "ALTER TABLE assets DROP COLUMN y");
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = dev.run(&["send"], "");
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("column `y` no longer exists in table `assets`")
+            && run
+                .stderr
+                .contains("ask the office to update task `north-inspections`"),
+        "{run:?}"
+    );
+}

@@ -333,8 +333,7 @@ impl Device {
             if cancel.is_cancelled() {
                 return Err(ClientError::Cancelled);
             }
-            let Some(pending) = prepare_upload(conn, &info.task, &info.epoch, &rules, seq_max)?
-            else {
+            let Some(pending) = prepare_upload(conn, &info, &rules, seq_max)? else {
                 break;
             };
             durable()?;
@@ -466,8 +465,7 @@ struct PendingUpload {
 /// Only journal entries up to `seq_max` go: a send ends even while an app keeps writing.
 fn prepare_upload(
     conn: &Connection,
-    task: &str,
-    epoch: &str,
+    info: &replica::ReplicaInfo,
     rules: &journal::CompactRules,
     seq_max: i64,
 ) -> Result<Option<PendingUpload>> {
@@ -495,8 +493,9 @@ fn prepare_upload(
         };
         let upload = Upload {
             upload_id: crate::random_hex(16),
-            task: task.to_string(),
-            epoch: Some(epoch.to_string()),
+            task: info.task.clone(),
+            epoch: Some(info.epoch.clone()),
+            task_hash: Some(info.task_hash.clone()),
             entries: journal::compact(entries, rules),
         };
         if upload.entries.is_empty() {

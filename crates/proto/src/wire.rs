@@ -191,6 +191,10 @@ pub struct Upload {
     /// its bases belong to); absent from older devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
+    /// The hash of the task definition the entries were made under (the replica's);
+    /// absent from older devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_hash: Option<String>,
     pub entries: Vec<UploadEntry>,
 }
 

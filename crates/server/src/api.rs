@@ -383,15 +383,26 @@ async fn upload(
                 "header {HEADER_UPLOAD_ID} differs from the body's upload id"
             )));
         }
-        let task = assigned(&*st.store, &user.name, &device.id)?
+        let today = assigned(&*st.store, &user.name, &device.id)?
             .into_iter()
-            .find(|t| t.def.name == upload.task)
-            .ok_or_else(|| {
-                ApiError::forbidden(format!(
+            .find(|t| t.def.name == upload.task);
+        // The version of the task the device worked under: today's, or an earlier one
+        // the server handed out (its edits are then judged against both).
+        let version = match (&upload.task_hash, &today) {
+            (Some(h), Some(t)) if *h == t.hash => None,
+            (Some(h), _) => st.store.task_version(h)?.filter(|d| d.name == upload.task),
+            (None, _) => None,
+        };
+        let worked_under = match (&version, &today) {
+            (Some(d), _) => d,
+            (None, Some(t)) => &t.def,
+            (None, None) => {
+                return Err(ApiError::forbidden(format!(
                     "task `{}` is not assigned to both user `{}` and device `{}`",
                     upload.task, user.name, device.id
-                ))
-            })?;
+                )));
+            }
+        };
         // An upload from a replica of another history (the main database was restored
         // since its download) is judged by value: its bases are not this database's.
         let restored = match &upload.epoch {
@@ -402,7 +413,8 @@ async fn upload(
             restored,
             device: &device.id,
             sender: &user.name,
-            task: &task,
+            task: worked_under,
+            today: today.as_ref(),
             at: &started_at,
         };
         let result = st.store.integrate(&ctx, &upload);

@@ -167,9 +167,17 @@ pub(crate) fn integrate(
         return Ok(outcome);
     }
 
-    let def = &ctx.task.def;
+    // Slices are judged by the task as it is today; what the device could write, by
+    // the version it worked under.
+    let device_def = ctx.task;
+    let def = ctx.today.map_or(device_def, |t| &t.def);
+    let task_changed = ctx.today.is_none_or(|t| t.def != *device_def);
     let mut tables: HashMap<&str, TableCtx<'_>> = HashMap::new();
-    for t in &def.tables {
+    for t in ctx
+        .today
+        .map(|t| t.def.tables.as_slice())
+        .unwrap_or_default()
+    {
         let info = tx
             .table_info(&t.name)?
             .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", t.name)))?;
@@ -224,62 +232,29 @@ pub(crate) fn integrate(
     };
     for (i, e) in upload.entries.iter().enumerate() {
         let label = Label(i, e);
-        let t = tables.get(e.table.as_str()).ok_or_else(|| {
+        // What the device's own task version never allowed refuses the upload.
+        let device_table = device_def.table(&e.table).ok_or_else(|| {
             forbidden(
                 &label,
-                format!("table `{}` is not in task `{}`", e.table, def.name),
+                format!("table `{}` is not in task `{}`", e.table, device_def.name),
             )
         })?;
-        if !t.task_table.write.contains(&e.op) {
+        if !device_table.write.contains(&e.op) {
             return Err(forbidden(
                 &label,
                 format!(
                     "task `{}` does not allow {} on table `{}`",
-                    def.name,
+                    device_def.name,
                     op_name(e.op),
                     e.table
                 ),
             ));
         }
-        for col in e.new.keys().chain(e.old.keys()) {
-            if !t.columns.contains(col) {
-                // A column the task names that the table lost is the office's schema
-                // change, not the device's fault: say so.
-                let listed = t
-                    .task_table
-                    .columns
-                    .as_ref()
-                    .is_none_or(|c| c.contains(col));
-                if listed && t.info.column(col).is_none() {
-                    return Err(IntegrateError::Store(StoreError::Invalid(format!(
-                        "{}: column `{col}` no longer exists in table `{}` of the main database \
-                         (the office changed its schema); ask the office to update task `{}`",
-                        entry_label(i, e),
-                        e.table,
-                        def.name
-                    ))));
-                }
-                return Err(forbidden(
-                    &label,
-                    format!("column `{col}` is not in the task"),
-                ));
-            }
-        }
-        let pk = &t.info.primary_key;
-        if e.op == WriteOp::Update && e.new.contains_key(pk) {
-            return Err(forbidden(&label, "primary-key values cannot be updated"));
-        }
-        if e.op == WriteOp::Insert && !e.new.get(pk).is_some_and(|k| k.same(&e.key)) {
-            return Err(forbidden(&label, "an insert must carry its key"));
-        }
         let user_check = match user_ok.get(e.user.as_str()) {
             Some(ok) => ok.clone(),
             None => {
-                let ok = if !ctx.task.users.contains(&e.user) || !tx.user_enabled(&e.user)? {
-                    Err(format!(
-                        "user `{}` is not assigned to task `{}` (or is disabled)",
-                        e.user, def.name
-                    ))
+                let ok = if !tx.user_enabled(&e.user)? {
+                    Err(format!("user `{}` is disabled", e.user))
                 } else if !tx.user_logged_in(ctx.device, &e.user)? {
                     Err(format!(
                         "user `{}` never logged in on device `{}`",
@@ -293,6 +268,51 @@ pub(crate) fn integrate(
             }
         };
         user_check.map_err(|why| forbidden(&label, why))?;
+        let today = tables.get(e.table.as_str());
+        let written = || e.new.keys().chain(e.old.keys());
+        if let Some(cols) = &device_table.columns {
+            let key = today.map(|t| &t.info.primary_key);
+            let parent_key = device_table.parent.as_ref().map(|p| &p.key);
+            if let Some(col) =
+                written().find(|c| !cols.contains(c) && Some(*c) != key && Some(*c) != parent_key)
+            {
+                return Err(forbidden(
+                    &label,
+                    format!("column `{col}` is not in the task"),
+                ));
+            }
+        }
+        // A column the office dropped is its schema change, not the device's fault.
+        if let Some(t) = today
+            && let Some(col) = written().find(|c| t.info.column(c).is_none())
+        {
+            return Err(IntegrateError::Store(StoreError::Invalid(format!(
+                "{}: column `{col}` no longer exists in table `{}` of the main database \
+                 (the office changed its schema); ask the office to update task `{}`",
+                entry_label(i, e),
+                e.table,
+                def.name
+            ))));
+        }
+        // What that version allowed and today's task does not (a table, column or
+        // permission removed, the user unassigned, the task unassigned, deleted or
+        // renamed) is a conflict: logged, not applied; the rest of the upload goes on.
+        let allowed_today = |t: &&TableCtx<'_>| {
+            ctx.today.is_some_and(|x| x.users.contains(&e.user))
+                && t.task_table.write.contains(&e.op)
+                && written().all(|c| t.columns.contains(c))
+        };
+        let Some(t) = today.filter(allowed_today) else {
+            not_applied(tx, ctx, e, &mut outcome)?;
+            continue;
+        };
+        let pk = &t.info.primary_key;
+        if e.op == WriteOp::Update && e.new.contains_key(pk) {
+            return Err(forbidden(&label, "primary-key values cannot be updated"));
+        }
+        if e.op == WriteOp::Insert && !e.new.get(pk).is_some_and(|k| k.same(&e.key)) {
+            return Err(forbidden(&label, "an insert must carry its key"));
+        }
         // A base is a version the server handed to this device, never a number the
         // device made up: a made-up one could make an office change look seen.
         let base_kind = match e.base_version {
@@ -410,6 +430,12 @@ pub(crate) fn integrate(
             )
         };
         let (write, note) = match decision {
+            // Outside today's slice, under a task changed since the device's version
+            // (a narrowed filter): the version allowed it, so a conflict.
+            Decision::Forbidden(_) if task_changed => {
+                not_applied(tx, ctx, e, &mut outcome)?;
+                continue;
+            }
             Decision::Forbidden(why) => return Err(forbidden(&label, why)),
             Decision::Apply(w, n) => (Some(w), n),
             Decision::Skip(n) => (None, n),
@@ -455,6 +481,9 @@ pub(crate) fn integrate(
                         server: Default::default(),
                     };
                     (None, Some(lost))
+                } else if task_changed {
+                    not_applied(tx, ctx, e, &mut outcome)?;
+                    continue;
                 } else {
                     return Err(forbidden(
                         &label,
@@ -538,6 +567,42 @@ pub(crate) fn integrate(
     let recorded = serde_json::to_string(&outcome).expect("serializes");
     tx.record(ctx, &upload.upload_id, &recorded)?;
     Ok(outcome)
+}
+
+/// Logs an entry the device's task version allowed and today's task does not, and
+/// applies nothing of it.
+fn not_applied(
+    tx: &mut dyn UploadTx,
+    ctx: &IntegrateContext<'_>,
+    e: &UploadEntry,
+    outcome: &mut UploadOutcome,
+) -> Result<(), IntegrateError> {
+    let device = if e.op == WriteOp::Delete {
+        e.old.clone()
+    } else {
+        e.new.clone()
+    };
+    let note = ConflictNote {
+        kind: "task-changed",
+        resolution: "not-applied",
+        device,
+        server: Default::default(),
+    };
+    tx.log_conflict(&ConflictLog {
+        ctx,
+        entry: e,
+        policy: "",
+        note: &note,
+        server_version: None,
+    })?;
+    outcome.conflicts += 1;
+    outcome.versions.push(NewVersion {
+        table: e.table.clone(),
+        key: e.key.clone(),
+        version: None,
+        row: None,
+    });
+    Ok(())
 }
 
 /// What an earlier entry of the same upload did to a row.

@@ -128,7 +128,13 @@ pub struct IntegrateContext<'a> {
     pub device: &'a str,
     /// The logged-in user who sends (entries may be other users' of this device).
     pub sender: &'a str,
-    pub task: &'a TaskRecord,
+    /// The task definition the device worked under (the upload's task version): a
+    /// write it never allowed refuses the whole upload.
+    pub task: &'a TaskDef,
+    /// The task as it is today, when still assigned to the sender and the device
+    /// (`None`: deleted, renamed or unassigned since). A write the device's version
+    /// allowed and today's does not is a conflict, logged and not applied.
+    pub today: Option<&'a TaskRecord>,
     pub at: &'a str,
     /// The upload's replica was cut from another history of the main database (a
     /// restore): its bases mean nothing here, every row is compared by value.
@@ -237,6 +243,8 @@ pub trait Store: Send + Sync {
     /// Stores a task definition checked against the schema; replaces one of that name.
     fn task_put(&self, def: &TaskDef, hash: &str, at: &str) -> Result<()>;
     fn task_get(&self, name: &str) -> Result<Option<TaskRecord>>;
+    /// A definition the task had, by its hash (every applied version is kept).
+    fn task_version(&self, hash: &str) -> Result<Option<TaskDef>>;
     fn task_list(&self) -> Result<Vec<TaskRecord>>;
     fn task_assign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()>;
 

@@ -497,7 +497,8 @@ fn send(
     let ctx = IntegrateContext {
         device,
         sender,
-        task: &record,
+        task: &record.def,
+        today: Some(&record),
         at: &at,
         restored: false,
     };
@@ -514,6 +515,7 @@ fn upload(id: &str, task: &str, mut entries: Vec<UploadEntry>) -> Upload {
         upload_id: id.to_string(),
         task: task.to_string(),
         epoch: None,
+        task_hash: None,
         entries,
     }
 }

@@ -303,3 +303,146 @@ fn a_column_the_office_dropped_is_named_as_such() {
         "{run:?}"
     );
 }
+
+const CREW: &str = r#"name = "crew"
+[[tables]]
+name = "assets"
+write = ["update"]
+[[tables]]
+name = "work_orders"
+filter = "status IN ('open', 'in-progress')"
+write = ["update"]
+"#;
+
+/// Applies a task file as the administrator does.
+fn apply(office: &Office, toml: &str) {
+    let path = office.dir.0.join(format!("task-{}.toml", toml.len()));
+    std::fs::write(&path, toml).unwrap();
+    office
+        .admin(&["task", "apply", path.to_str().unwrap()], "")
+        .ok();
+}
+
+/// A change the administrator makes, and whether the unrelated asset edit still lands.
+type Variant<'a> = (&'a str, &'a dyn Fn(&Office), bool);
+
+/// The administrator changes a task while a device holds edits made under it: an
+/// edit the device's version allowed and today's does not is a conflict (logged,
+/// not applied, visible to the office), never a refusal of the whole upload; the
+/// device's other edits go through.
+fn task_changes_while_edits_are_pending_are_conflicts_not_refusals() {
+    let variants: [Variant<'_>; 6] = [
+        (
+            "filter narrowed",
+            &|o| {
+                apply(
+                    o,
+                    &CREW.replace("IN ('open', 'in-progress')", "= 'in-progress'"),
+                )
+            },
+            true,
+        ),
+        (
+            "table removed",
+            &|o| {
+                apply(
+                    o,
+                    &CREW[..CREW.find("[[tables]]\nname = \"work_orders\"").unwrap()],
+                )
+            },
+            true,
+        ),
+        (
+            "column removed",
+            &|o| {
+                apply(o, &CREW.replace("filter = \"status IN ('open', 'in-progress')\"", "filter = \"status IN ('open', 'in-progress')\"\ncolumns = [\"id\", \"asset_id\", \"status\"]"))
+            },
+            true,
+        ),
+        (
+            "write removed",
+            &|o| {
+                apply(
+                    o,
+                    &format!(
+                        "{}\n",
+                        CREW.trim_end().trim_end_matches("write = [\"update\"]")
+                    ),
+                )
+            },
+            true,
+        ),
+        (
+            "task deleted",
+            &|o| {
+                o.admin(&["task", "delete", "crew"], "").ok();
+            },
+            false,
+        ),
+        (
+            "task renamed",
+            &|o| {
+                apply(o, &CREW.replace("name = \"crew\"", "name = \"crew-2\""));
+                o.admin(
+                    &[
+                        "task", "assign", "crew-2", "--user", "ana", "--device", "tab1",
+                    ],
+                    "",
+                )
+                .ok();
+                o.admin(&["task", "delete", "crew"], "").ok();
+            },
+            false,
+        ),
+    ];
+    for (what, change, assets_still_allowed) in variants {
+        let office = Office::new(10);
+        office.execute_batch(
+            "INSERT INTO work_orders (id, asset_id, title, priority, status) VALUES ('wo-a', 1, 'office title', 3, 'open')",
+        );
+        apply(&office, CREW);
+        office
+            .admin(&["task", "assign", "crew", "--user", "ana"], "")
+            .ok();
+        let dev = office.device("tab1", &["crew"]);
+        dev.login("ana").ok();
+        dev.run(&["download", "crew"], "").ok();
+        let app = dev.replica();
+        app.execute(
+            "UPDATE work_orders SET title = 'device' WHERE id = 'wo-a'",
+            [],
+        )
+        .unwrap();
+        app.execute("UPDATE assets SET name = 'device asset' WHERE id = 1", [])
+            .unwrap();
+        change(&office);
+        let run = dev.run(&["send"], "");
+        assert_eq!(run.code, 0, "{what}: {run:?}");
+        assert_eq!(
+            office.value("SELECT title FROM work_orders WHERE id = 'wo-a'"),
+            "office title",
+            "{what}: not applied"
+        );
+        let logged = conflicts(&office);
+        assert!(
+            logged.iter().any(|c| c["kind"] == "task-changed"
+                && c["resolution"] == "not-applied"
+                && c["device_values"]["title"] == "device"),
+            "{what}: {logged:?}"
+        );
+        let asset = office.value("SELECT name FROM assets WHERE id = 1");
+        assert_eq!(
+            asset == "device asset",
+            assets_still_allowed,
+            "{what}: {asset}"
+        );
+        assert_eq!(dev.status()["pending"], 0, "{what}: the journal is settled");
+    }
+}
+
+#[test]
+fn task_changes_while_edits_are_pending_are_conflicts_not_refusals_sqlite() {
+    task_changes_while_edits_are_pending_are_conflicts_not_refusals();
+}
+
+crate::also_on_postgres!(task_changes_while_edits_are_pending_are_conflicts_not_refusals);

@@ -521,7 +521,7 @@ fn sync_sends_then_downloads_and_a_failed_send_downloads_nothing() {
 }
 
 #[test]
-fn a_disabled_user_or_an_unassigned_device_is_refused_at_once() {
+fn a_disabled_user_is_refused_and_an_unassigned_devices_edits_are_logged_not_applied() {
     let office = Office::new(30);
     let dev = north_device(&office, "tab1");
     let id = some_asset(&dev);
@@ -542,7 +542,19 @@ fn a_disabled_user_or_an_unassigned_device_is_refused_at_once() {
             "",
         )
         .ok();
-    assert_refused(&dev.run(&["send"], ""), 4, "not assigned");
+    // The edit was allowed under the task the device worked with: unassigned since, it
+    // is a conflict (logged, not applied, visible to the office), not a refusal.
+    let before = main_name(&office, id);
+    dev.run(&["send"], "").ok();
+    assert_eq!(main_name(&office, id), before, "not applied");
+    let logged = conflicts(&office);
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(
+        (logged[0]["kind"].as_str(), logged[0]["resolution"].as_str()),
+        (Some("task-changed"), Some("not-applied"))
+    );
+    assert_eq!(logged[0]["device_values"]["name"], "x");
+    assert!(journal(&dev).is_empty(), "settled by the server");
     assert_refused(
         &dev.run(
             &["download", "north-inspections", "--discard-local-changes"],
@@ -551,7 +563,6 @@ fn a_disabled_user_or_an_unassigned_device_is_refused_at_once() {
         4,
         "not assigned",
     );
-    assert_eq!(journal(&dev).len(), 1, "the journal stays");
     let devices: serde_json::Value =
         serde_json::from_str(&office.admin(&["device", "list", "--json"], "").ok().stdout).unwrap();
     assert_eq!(devices[0]["id"], "tab1");
@@ -680,7 +691,7 @@ crate::also_on_postgres!(
     offline_send_and_sync_exit_3_and_change_nothing,
     download_with_pending_changes_exits_6_unless_discarding_to_a_backup,
     sync_sends_then_downloads_and_a_failed_send_downloads_nothing,
-    a_disabled_user_or_an_unassigned_device_is_refused_at_once,
+    a_disabled_user_is_refused_and_an_unassigned_devices_edits_are_logged_not_applied,
     a_large_journal_is_sent_in_one_upload_and_integrated_once,
     an_insert_under_a_parent_the_office_moved_out_is_a_conflict_not_a_refusal,
 );

@@ -78,6 +78,14 @@ CREATE TABLE IF NOT EXISTS fieldsync.tasks (
     hash text NOT NULL,
     updated_at text NOT NULL
 );
+-- Every definition a task ever had, by hash: an upload is judged against the one the
+-- device worked under.
+CREATE TABLE IF NOT EXISTS fieldsync.task_versions (
+    hash text PRIMARY KEY,
+    name text NOT NULL,
+    definition text NOT NULL,
+    at text NOT NULL
+);
 CREATE TABLE IF NOT EXISTS fieldsync.task_users (
     task text NOT NULL REFERENCES fieldsync.tasks (name) ON DELETE CASCADE,
     user_name text NOT NULL REFERENCES fieldsync.users (name) ON DELETE CASCADE,
@@ -530,6 +538,12 @@ impl Store for PgStore {
                 "INSERT INTO fieldsync.meta (key, value) VALUES ('epoch', $1) ON CONFLICT (key) DO NOTHING",
                 &[&crate::random_hex(16)],
             )?;
+            // Task definitions before versions were kept: the current ones.
+            tx.execute(
+                "INSERT INTO fieldsync.task_versions (hash, name, definition, at)
+                 SELECT hash, name, definition, updated_at FROM fieldsync.tasks ON CONFLICT DO NOTHING",
+                &[],
+            )?;
             // Logins before they were recorded: the sessions still known.
             tx.execute(
                 "INSERT INTO fieldsync.device_users (device, user_name, first_at)
@@ -727,8 +741,26 @@ impl Store for PgStore {
                      updated_at = excluded.updated_at",
                 &[&def.name, &json, &hash, &at],
             )?;
+            tx.execute(
+                "INSERT INTO fieldsync.task_versions (hash, name, definition, at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+                &[&hash, &def.name, &json, &at],
+            )?;
             Ok(())
         })
+    }
+
+    fn task_version(&self, hash: &str) -> Result<Option<TaskDef>> {
+        self.conn()?
+            .query_opt(
+                "SELECT definition FROM fieldsync.task_versions WHERE hash = $1",
+                &[&hash],
+            )?
+            .map(|r| {
+                serde_json::from_str(&r.get::<_, String>(0))
+                    .map_err(|e| StoreError::Db(format!("stored task version unreadable: {e}")))
+            })
+            .transpose()
     }
 
     fn task_get(&self, name: &str) -> Result<Option<TaskRecord>> {

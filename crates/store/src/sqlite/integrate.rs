@@ -215,7 +215,7 @@ impl UploadTx for SqliteUpload<'_> {
                 c.ctx.at,
                 c.ctx.device,
                 e.user,
-                c.ctx.task.def.name,
+                c.ctx.task.name,
                 e.table,
                 serde_json::to_string(&e.key).expect("serializes"),
                 op_name(e.op),
@@ -238,7 +238,7 @@ impl UploadTx for SqliteUpload<'_> {
     ) -> Result<(), StoreError> {
         self.tx.execute(
             "INSERT INTO fieldsync_uploads (upload_id, device, user, task, outcome, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![upload_id, ctx.device, ctx.sender, ctx.task.def.name, outcome, ctx.at],
+            params![upload_id, ctx.device, ctx.sender, ctx.task.name, outcome, ctx.at],
         )?;
         // The versions this upload's writes were stamped with: bases of this device.
         self.tx.execute(

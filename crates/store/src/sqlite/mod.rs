@@ -60,6 +60,14 @@ CREATE TABLE IF NOT EXISTS fieldsync_tasks (
     hash TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
+-- Every definition a task ever had, by hash: an upload is judged against the one the
+-- device worked under.
+CREATE TABLE IF NOT EXISTS fieldsync_task_versions (
+    hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS fieldsync_task_users (
     task TEXT NOT NULL REFERENCES fieldsync_tasks (name) ON DELETE CASCADE,
     user TEXT NOT NULL REFERENCES fieldsync_users (name) ON DELETE CASCADE,
@@ -439,6 +447,12 @@ impl Store for SqliteStore {
             "INSERT OR IGNORE INTO fieldsync_meta (key, value) VALUES ('epoch', ?1)",
             [crate::random_hex(16)],
         )?;
+        // Task definitions before versions were kept: the current ones.
+        tx.execute(
+            "INSERT OR IGNORE INTO fieldsync_task_versions (hash, name, definition, at)
+             SELECT hash, name, definition, updated_at FROM fieldsync_tasks",
+            [],
+        )?;
         // Logins before they were recorded: the sessions still known.
         tx.execute(
             "INSERT OR IGNORE INTO fieldsync_device_users (device, user, first_at)
@@ -623,8 +637,28 @@ impl Store for SqliteStore {
              ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, hash = excluded.hash, updated_at = excluded.updated_at",
             params![def.name, json, hash, at],
         )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO fieldsync_task_versions (hash, name, definition, at) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, def.name, json, at],
+        )?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn task_version(&self, hash: &str) -> Result<Option<TaskDef>> {
+        let def: Option<String> = self
+            .conn()?
+            .query_row(
+                "SELECT definition FROM fieldsync_task_versions WHERE hash = ?1",
+                [hash],
+                |r| r.get(0),
+            )
+            .optional()?;
+        def.map(|d| {
+            serde_json::from_str(&d)
+                .map_err(|e| StoreError::Db(format!("stored task version unreadable: {e}")))
+        })
+        .transpose()
     }
 
     fn task_get(&self, name: &str) -> Result<Option<TaskRecord>> {

@@ -1058,3 +1058,117 @@ fn time_keys_name_their_rows_whatever_the_office_session() {
         vec![vec!["tdevice"], vec!["tdevice"]]
     );
 }
+
+/// Bases are never confused across databases: base ids come back with a `pg_dump`
+/// restore, and the restored database hands the same ids out again, for newer
+/// snapshots. A device's base from before the restore must not be matched to such a
+/// snapshot (an office change would look seen and be overwritten silently): its upload
+/// carries the epoch of its replica, and another epoch is judged by value.
+#[test]
+fn a_base_from_before_a_restore_is_never_matched_to_a_newer_snapshot() {
+    let office = Office::new_pg(40);
+    // Paired and logged in before the backup (the restore knows the device).
+    let dev = north_device(&office, "tab-a");
+    let dump = office.dir.0.join("before.dump");
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        "pg_dump",
+        &[
+            "--format=custom",
+            "--file",
+            dump.to_str().unwrap(),
+            &office.db_url,
+        ],
+    );
+    // After the dump: the device downloads (a base the restore will not have).
+    dev.run(&["download", TASK], "").ok();
+    let (asset, _) = first_and_last_asset(&dev.replica());
+    let restored = PgDb::new();
+    run(
+        "pg_restore",
+        &["--dbname", &restored.url, dump.to_str().unwrap()],
+    );
+    let server = Server::start(&restored.url);
+    // In the restored database the office changes the row, then another download
+    // takes the next base id: the same id the device holds, for a newer snapshot.
+    restored
+        .client()
+        .batch_execute(&format!(
+            "UPDATE assets SET name = 'office after the restore' WHERE id = {asset}"
+        ))
+        .unwrap();
+    let other = DeviceDir {
+        dir: TempDir::new("tab-b"),
+    };
+    let code = fieldsync(
+        &["admin", "device", "add", "tab-b", "--db", &restored.url],
+        "",
+    )
+    .ok()
+    .stdout
+    .trim()
+    .to_string();
+    fieldsync(
+        &[
+            "admin",
+            "task",
+            "assign",
+            TASK,
+            "--device",
+            "tab-b",
+            "--db",
+            &restored.url,
+        ],
+        "",
+    )
+    .ok();
+    other
+        .run(
+            &[
+                "pair",
+                "--server",
+                &server.url,
+                "--device-id",
+                "tab-b",
+                "--code",
+                &code,
+            ],
+            "",
+        )
+        .ok();
+    other.login("ana").ok();
+    other.run(&["download", TASK], "").ok();
+    dev.use_server(&server.url);
+    dev.replica()
+        .execute(
+            &format!("UPDATE assets SET name = 'device' WHERE id = {asset}"),
+            [],
+        )
+        .unwrap();
+    dev.run(&["send"], "").ok();
+    let mut main = restored.client();
+    assert_eq!(
+        pg_rows(
+            &mut main,
+            &format!("SELECT name FROM assets WHERE id = {asset}")
+        ),
+        vec![vec!["toffice after the restore"]],
+        "the office's change is kept (field-merge: the colliding value)"
+    );
+    let logged = pg_rows(
+        &mut main,
+        "SELECT device_values, server_values FROM fieldsync.conflicts",
+    );
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(logged[0][0].contains("device"), "{logged:?}");
+}

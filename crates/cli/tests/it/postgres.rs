@@ -1172,3 +1172,60 @@ fn a_base_from_before_a_restore_is_never_matched_to_a_newer_snapshot() {
     assert_eq!(logged.len(), 1, "{logged:?}");
     assert!(logged[0][0].contains("device"), "{logged:?}");
 }
+
+/// Refusals of the main database say why: a key out of its column's range is a
+/// refusal naming the entry (it was a server error), and a constraint the office
+/// set names the constraint (not "current transaction is aborted").
+#[test]
+fn refused_writes_on_postgres_name_their_cause() {
+    let office = Office::new_pg(5);
+    let dev = own_task(
+        &office,
+        "CREATE TABLE gauges (id integer PRIMARY KEY, reading integer NOT NULL CONSTRAINT reading_positive CHECK (reading > 0));
+         INSERT INTO gauges VALUES (1, 10), (2, 20);",
+        "gauges",
+        "write = [\"update\"]",
+        "tab1",
+    );
+    dev.run(&["download", "gauges"], "").ok();
+    // A key beyond `integer`'s range, in a hand-edited journal.
+    let base: i64 = dev
+        .replica()
+        .query_row(
+            "SELECT CAST(value AS INTEGER) FROM fieldsync_replica WHERE key = 'cursor'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    dev.replica()
+        .execute(
+            &format!(
+                "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at)
+                 VALUES ('gauges', 3000000000, 'update', '{{\"reading\":1}}', '{{\"reading\":2}}', {base}, 'ana', '2026-12-02T10:00:00.000Z')"
+            ),
+            [],
+        )
+        .unwrap();
+    let run = dev.run(&["send"], "");
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("key 3000000000"), "{run:?}");
+    dev.run(&["journal", "discard", "--all"], "").ok();
+    // A value the office's CHECK constraint refuses, with other entries around it.
+    let app = dev.replica();
+    app.execute("UPDATE gauges SET reading = 11 WHERE id = 1", [])
+        .unwrap();
+    app.execute("UPDATE gauges SET reading = -5 WHERE id = 2", [])
+        .unwrap();
+    let run = dev.run(&["send"], "");
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(
+        run.stderr.contains("reading_positive")
+            && !run.stderr.contains("current transaction is aborted"),
+        "{run:?}"
+    );
+    assert_eq!(
+        pg_rows(&mut office.pg(), "SELECT reading FROM gauges ORDER BY id"),
+        vec![vec!["i10"], vec!["i20"]],
+        "nothing of the upload applied"
+    );
+}

@@ -193,7 +193,19 @@ pub(crate) fn canonical_expr(n: usize, declared: &str) -> String {
 /// that fails.
 pub(crate) fn key_fits(key: &Value, declared: &str) -> bool {
     match (kind(declared), key) {
-        (Some(Kind::Int | Kind::Bool), Value::Integer(_)) => true,
+        // Within the column's own range: a key beyond it names no row (and a cast of
+        // it would fail the statement).
+        (Some(Kind::Int), Value::Integer(i)) => {
+            let d = declared.to_ascii_lowercase();
+            if d == "smallint" || d == "int2" || d == "smallserial" {
+                i16::try_from(*i).is_ok()
+            } else if d == "integer" || d == "int" || d == "int4" || d == "serial" {
+                i32::try_from(*i).is_ok()
+            } else {
+                true
+            }
+        }
+        (Some(Kind::Bool), Value::Integer(_)) => true,
         (Some(Kind::Int | Kind::Bool), _) => false,
         (Some(Kind::Float), v) => {
             matches!(v, Value::Integer(_)) || matches!(v, Value::Real(r) if r.is_finite())

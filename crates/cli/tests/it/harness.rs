@@ -84,7 +84,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(db_url: &str) -> Server {
-        let mut child = Command::new(BIN)
+        Server::start_by(Command::new(BIN), db_url)
+    }
+
+    /// `fieldsync server run` started by `program` (the binary itself, or a wrapper
+    /// such as `faketime` whose arguments it already has).
+    pub fn start_by(mut program: Command, db_url: &str) -> Server {
+        if program.get_program() != BIN {
+            program.arg(BIN);
+        }
+        let mut child = program
             .args(["server", "run", "--listen", "127.0.0.1:0", "--db", db_url])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -396,6 +405,20 @@ impl DeviceDir {
         let dir = self.dir.0.to_str().unwrap().to_string();
         full.extend_from_slice(&["--dir", &dir]);
         fieldsync(&full, stdin)
+    }
+
+    /// Runs `fieldsync device ARGS` with extra environment variables.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        Command::new(BIN)
+            .arg("device")
+            .args(args)
+            .arg("--dir")
+            .arg(self.path())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
     }
 
     pub fn login(&self, user: &str) -> Run {

@@ -187,34 +187,11 @@ fn a_renamed_table_is_tracked_under_its_new_name_only() {
 /// `fieldsync server run` on `db_url` under `faketime` with the clock `offset` away
 /// (e.g. `+13h`), killed on drop.
 fn server_with_clock(db_url: &str, offset: &str) -> Server {
-    use std::io::BufRead;
-    let mut child = Command::new("faketime")
-        .args([
-            "-f",
-            offset,
-            BIN,
-            "server",
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            db_url,
-        ])
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("faketime runs (Debian's faketime package)");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("server said {line:?}"))
-        .to_string();
-    Server { child, url }
+    let mut faketime = Command::new("faketime");
+    faketime
+        .args(["-f", offset])
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    Server::start_by(faketime, db_url)
 }
 
 /// Sessions expire by one clock, the database's: a server whose clock runs 13 hours
@@ -239,16 +216,6 @@ fn a_server_with_a_wrong_clock_logs_nobody_out() {
     assert_eq!(run.code, 0, "{run:?}");
 }
 
-/// `device send` with the network settings given.
-fn send_with(dev: &DeviceDir, env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["device", "send", "--dir"])
-        .arg(dev.path())
-        .stdin(Stdio::null());
-    cmd.envs(env.iter().copied());
-    cmd.output().unwrap().into()
-}
-
 /// An office transaction holding a SQLite main database is a retryable "busy", not
 /// an internal server error; the send passes once the office is done.
 #[test]
@@ -265,7 +232,7 @@ fn a_busy_main_database_is_said_so_and_retried() {
         .unwrap();
     let holder = office.sql();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let run = send_with(&dev, &[("FIELDSYNC_RETRIES", "1")]);
+    let run = dev.run_env(&["send"], &[("FIELDSYNC_RETRIES", "1")]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("the main database is busy"), "{run:?}");
     holder.execute_batch("COMMIT").unwrap();

@@ -607,24 +607,13 @@ fn a_dump_restored_into_a_new_database_serves_the_devices() {
         )
         .unwrap();
     let dump = office.dir.0.join("main.dump");
-    let run = |program: &str, args: &[&str]| {
-        let out = std::process::Command::new(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
-        assert!(
-            out.status.success(),
-            "{program} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let source = &office.db_url;
-    run(
+    tool(
         "pg_dump",
         &["--format=custom", "--file", dump.to_str().unwrap(), source],
     );
     let restored = PgDb::new();
-    run(
+    tool(
         "pg_restore",
         &["--dbname", &restored.url, dump.to_str().unwrap()],
     );
@@ -656,6 +645,19 @@ fn a_dump_restored_into_a_new_database_serves_the_devices() {
     assert_ne!(
         office.value(&format!("SELECT name FROM assets WHERE id = {asset}")),
         "after the restore"
+    );
+}
+
+/// Runs a PostgreSQL client tool (`pg_dump`, `pg_restore`); it must succeed.
+fn tool(program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -1070,18 +1072,7 @@ fn a_base_from_before_a_restore_is_never_matched_to_a_newer_snapshot() {
     // Paired and logged in before the backup (the restore knows the device).
     let dev = north_device(&office, "tab-a");
     let dump = office.dir.0.join("before.dump");
-    let run = |program: &str, args: &[&str]| {
-        let out = std::process::Command::new(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
-        assert!(
-            out.status.success(),
-            "{program} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(
+    tool(
         "pg_dump",
         &[
             "--format=custom",
@@ -1094,7 +1085,7 @@ fn a_base_from_before_a_restore_is_never_matched_to_a_newer_snapshot() {
     dev.run(&["download", TASK], "").ok();
     let (asset, _) = first_and_last_asset(&dev.replica());
     let restored = PgDb::new();
-    run(
+    tool(
         "pg_restore",
         &["--dbname", &restored.url, dump.to_str().unwrap()],
     );

@@ -378,16 +378,6 @@ fn an_entry_of_a_user_who_never_logged_in_here_is_refused() {
     assert_eq!(order(&office, "wo-a", "title"), "device");
 }
 
-/// `device send` with the network settings given.
-fn send_with(dev: &DeviceDir, env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["device", "send", "--dir"])
-        .arg(dev.path())
-        .stdin(Stdio::null());
-    cmd.envs(env.iter().copied());
-    cmd.output().unwrap().into()
-}
-
 fn stored_upload(dev: &DeviceDir) -> Vec<Vec<String>> {
     rows(&dev.replica(), "SELECT upload_id FROM fieldsync_upload")
 }
@@ -420,7 +410,7 @@ fn a_lost_acknowledgement_then_a_refusal_never_applies_the_upload_twice() {
     )
     .ok();
     proxy.set_fault(Fault::down(Action::Cut(0)));
-    let run = send_with(&dev, &one_try);
+    let run = dev.run_env(&["send"], &one_try);
     assert_ne!(run.code, 0, "{run:?}");
     assert_eq!(order(&office, "wo-a", "title"), "device");
     let stored = stored_upload(&dev);
@@ -431,7 +421,7 @@ fn a_lost_acknowledgement_then_a_refusal_never_applies_the_upload_twice() {
     office
         .admin(&["task", "unassign", &task, "--user", "ana"], "")
         .ok();
-    let run = send_with(&dev, &one_try);
+    let run = dev.run_env(&["send"], &one_try);
     assert_eq!(run.code, 0, "{run:?}");
     office
         .admin(&["task", "assign", &task, "--user", "ana"], "")
@@ -448,13 +438,13 @@ fn a_lost_acknowledgement_then_a_refusal_never_applies_the_upload_twice() {
     )
     .ok();
     proxy.set_fault(Fault::up(Action::Cut(0)));
-    assert_ne!(send_with(&dev, &one_try).code, 0);
+    assert_ne!(dev.run_env(&["send"], &one_try).code, 0);
     let stored = stored_upload(&dev);
     proxy.set_fault(Fault::PASS);
     office
         .admin(&["user", "passwd", "ana", "--password-stdin"], "ana-pw\n")
         .ok();
-    let run = send_with(&dev, &one_try);
+    let run = dev.run_env(&["send"], &one_try);
     assert_eq!(run.code, 4, "{run:?}");
     assert_eq!(stored_upload(&dev), stored, "the same upload, kept");
     dev.login("ana").ok();

@@ -14,8 +14,58 @@ use crate::error::ApiError;
 /// How long a login session lasts without a new login.
 pub const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
 
+/// Argon2 runs on a few threads of its own, one per core: each computation takes
+/// about 19 MiB, so logins beyond the cores wait their turn instead of growing the
+/// server's memory with the crowd (a semaphore alone is not enough: every blocking
+/// thread's allocator arena would keep its own 19 MiB).
+type Job = Box<dyn FnOnce() + Send>;
+
+static HASHERS: std::sync::LazyLock<std::sync::Mutex<std::sync::mpsc::Sender<Job>>> =
+    std::sync::LazyLock::new(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..std::thread::available_parallelism().map_or(2, |n| n.get()) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("fieldsync-argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .expect("a hashing thread starts");
+        }
+        std::sync::Mutex::new(tx)
+    });
+
+/// Runs `f` on one of the [`HASHERS`] and waits for its result.
+fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    HASHERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(job)
+        .expect("the hashing threads run");
+    rx.recv().expect("a hashing thread answers")
+}
+
 /// An argon2id hash in PHC string form.
 pub fn hash_password(password: &str) -> String {
+    let password = password.to_string();
+    bounded(move || hash_password_now(&password))
+}
+
+fn hash_password_now(password: &str) -> String {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).expect("the OS random source works");
     let salt = SaltString::encode_b64(&salt).expect("16 bytes make a valid salt");
@@ -26,10 +76,13 @@ pub fn hash_password(password: &str) -> String {
 }
 
 pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|parsed| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
+    let (password, hash) = (password.to_string(), hash.to_string());
+    bounded(move || {
+        PasswordHash::new(&hash).is_ok_and(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
     })
 }
 

@@ -9,6 +9,7 @@ mod download;
 mod faults;
 mod folder;
 mod harness;
+mod limits;
 mod office;
 mod postgres;
 mod promises;

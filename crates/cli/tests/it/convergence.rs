@@ -67,12 +67,14 @@
 //! The deterministic tests at the end reproduce what the random test found.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use fieldsync_store::sample::Gen;
 use rusqlite::Connection;
 
 use crate::harness::*;
+use crate::proxy::{Action, Fault, FaultProxy};
 
 const TASK: &str = "north-inspections";
 /// The device two users take turns on (index into `World::devs`).
@@ -119,6 +121,7 @@ fn random_edits_and_syncs_converge_and_lose_no_device_write() {
             stats.conflicts,
             case_started.elapsed()
         );
+        eprintln!("convergence seed {seed}: {}", stats.coverage());
         total.add(&stats);
     }
     eprintln!(
@@ -129,6 +132,7 @@ fn random_edits_and_syncs_converge_and_lose_no_device_write() {
         total.values_logged,
         total.conflicts
     );
+    eprintln!("convergence: {}", total.coverage());
 }
 
 #[derive(Default)]
@@ -139,6 +143,15 @@ struct Stats {
     values_applied: usize,
     values_logged: usize,
     conflicts: usize,
+    /// Device writes per SQLite form and client (`REPLACE/shell`, ...).
+    forms: BTreeMap<String, usize>,
+    /// Inspections a device inserted or held, then moved out of its slice, unsent.
+    moved_out: usize,
+    /// Conflicts a device won (`device-applied`), and its later edits of those rows.
+    device_won: usize,
+    followups: usize,
+    /// Sends whose acknowledgement was cut, answered after a refusal.
+    lost_acks: usize,
 }
 
 impl Stats {
@@ -147,6 +160,25 @@ impl Stats {
         self.values_applied += o.values_applied;
         self.values_logged += o.values_logged;
         self.conflicts += o.conflicts;
+        for (k, n) in &o.forms {
+            *self.forms.entry(k.clone()).or_default() += n;
+        }
+        self.moved_out += o.moved_out;
+        self.device_won += o.device_won;
+        self.followups += o.followups;
+        self.lost_acks += o.lost_acks;
+    }
+
+    fn coverage(&self) -> String {
+        let forms: Vec<String> = self.forms.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        format!(
+            "writes by form: {}; {} moved out before a send; {} conflicts won by the device, {} edits of such rows after; {} lost acknowledgements",
+            forms.join(", "),
+            self.moved_out,
+            self.device_won,
+            self.followups,
+            self.lost_acks
+        )
     }
 }
 
@@ -240,6 +272,64 @@ struct Sent {
     after: Val,
 }
 
+/// A row of a slice table: table and key in `rows`'s text form.
+type Row = (&'static str, String);
+
+/// Who wrote a row of the main database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Writer {
+    Office,
+    /// Index into `World::devs`.
+    Dev(usize),
+}
+
+/// The SQLite statement form of a device write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    Update,
+    InsertOrReplace,
+    Replace,
+    /// `INSERT … ON CONFLICT (id) DO UPDATE SET …`.
+    Upsert,
+    /// `DELETE`, then `INSERT` of the same key (two statements).
+    DeleteInsert,
+}
+
+/// Forms of a write that keeps the row in the slice (assets cannot be deleted).
+const ASSET_FORMS: [Form; 5] = [
+    Form::Update,
+    Form::Update,
+    Form::InsertOrReplace,
+    Form::Replace,
+    Form::Upsert,
+];
+const INSPECTION_FORMS: [Form; 6] = [
+    Form::Update,
+    Form::Update,
+    Form::InsertOrReplace,
+    Form::Replace,
+    Form::Upsert,
+    Form::DeleteInsert,
+];
+/// A write that moves a row out of the slice cannot re-insert it: the insert would be
+/// outside the slice.
+const MOVE_OUT_FORMS: [Form; 4] = [
+    Form::Update,
+    Form::InsertOrReplace,
+    Form::Replace,
+    Form::Upsert,
+];
+
+/// The program that runs a device write on the replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Client {
+    Rusqlite,
+    /// The `sqlite3` shell.
+    Shell,
+    /// `python3` with its `sqlite3` module.
+    Python,
+}
+
 /// The last event the main database saw for a cell.
 enum Last {
     Office,
@@ -256,6 +346,14 @@ struct Dev {
     /// The user whose slice the replica holds (the user of its last download).
     cut_for: &'static str,
     pending: Vec<LocalWrite>,
+    /// The device id the server knows (`tab-a`).
+    id: String,
+    /// `World::clock` at the device's last download.
+    downloaded: u64,
+    /// `World::clock` at the acknowledged send that last wrote a row.
+    acked: HashMap<Row, u64>,
+    /// A row whose conflict the device won in its last send: its next edit goes there.
+    followup: Option<Row>,
 }
 
 struct World {
@@ -273,6 +371,17 @@ struct World {
     /// Cells a device-wins send overwrote with a value the device had not seen: the
     /// value overwritten must be in the conflict log's server values.
     overwritten: Vec<(Cell, String, &'static str, usize)>,
+    /// Counts events (office writes, sends, downloads) in the order they happened.
+    clock: u64,
+    /// Every write of each row in the main database, with its `clock`.
+    writes: HashMap<Row, Vec<(u64, Writer)>>,
+    /// The asset of each inspection seen so far (key -> asset key).
+    parents: HashMap<String, String>,
+    /// How many conflicts the log held after the last send.
+    n_conflicts: usize,
+    /// Device A (index 0) talks to the server through this proxy.
+    proxy: FaultProxy,
+    stats: Stats,
 }
 
 impl Drop for World {
@@ -298,8 +407,13 @@ fn run_case(seed: u64, steps: usize) -> Stats {
     .into_iter()
     .collect();
     let office = Office::new(N_ASSETS);
-    // The sample task sets field-merge on inspections and leaves assets at the default.
+    // The sample task sets field-merge on inspections and leaves assets at the default;
+    // here devices may also delete inspections (a delete and a re-insert of a key).
     let task = fieldsync_store::sample::TASK_NORTH
+        .replace(
+            "write = [\"insert\", \"update\"]",
+            "write = [\"insert\", \"update\", \"delete\"]",
+        )
         .replace(
             "conflict = \"field-merge\"",
             &format!("conflict = \"{}\"", policies["inspections"]),
@@ -315,7 +429,8 @@ fn run_case(seed: u64, steps: usize) -> Stats {
     let assets_part = &task[..task.find("name = \"inspections\"").unwrap()];
     assert!(
         assets_part.contains(&format!("conflict = \"{}\"", policies["assets"]))
-            && task.matches("conflict = ").count() == 2,
+            && task.matches("conflict = ").count() == 2
+            && task.contains("\"delete\"]"),
         "{task}"
     );
     let path = office.dir.0.join("north-policies.toml");
@@ -332,7 +447,8 @@ fn run_case(seed: u64, steps: usize) -> Stats {
         ("B", &["ana"][..]),
         ("C", &["ana", "ben"][..]),
     ] {
-        let dir = office.device(&format!("tab-{}", name.to_lowercase()), &[TASK]);
+        let id = format!("tab-{}", name.to_lowercase());
+        let dir = office.device(&id, &[TASK]);
         dir.login(users[0]).ok();
         dir.run(&["download", TASK], "").ok();
         devs.push(Dev {
@@ -342,8 +458,25 @@ fn run_case(seed: u64, steps: usize) -> Stats {
             user: users[0],
             cut_for: users[0],
             pending: Vec::new(),
+            id,
+            downloaded: 0,
+            acked: HashMap::new(),
+            followup: None,
         });
     }
+    let upstream = office
+        .server
+        .url
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream, Fault::PASS);
+    devs[0].dir.use_server(&proxy.url());
+    let stats = Stats {
+        policies: format!("{}/{}", policies["assets"], policies["inspections"]),
+        ..Stats::default()
+    };
     let mut w = World {
         seed,
         office,
@@ -356,6 +489,12 @@ fn run_case(seed: u64, steps: usize) -> Stats {
         last: HashMap::new(),
         policies,
         overwritten: Vec::new(),
+        clock: 0,
+        writes: HashMap::new(),
+        parents: HashMap::new(),
+        n_conflicts: 0,
+        proxy,
+        stats,
     };
     w.log(format!("conflict policies: {:?}", w.policies));
     for d in 0..w.devs.len() {
@@ -363,6 +502,13 @@ fn run_case(seed: u64, steps: usize) -> Stats {
     }
     for step in 1..=steps {
         w.step = step;
+        // A device that won a conflict often edits the same row again next.
+        if let Some(d) = (0..w.devs.len()).find(|&d| w.devs[d].followup.is_some()) {
+            if w.g.below(2) == 0 {
+                w.device_edit(d);
+                continue;
+            }
+        }
         let d = w.g.below(w.devs.len() as u64) as usize;
         match w.g.below(100) {
             0..=29 => w.office_edit(),
@@ -370,7 +516,8 @@ fn run_case(seed: u64, steps: usize) -> Stats {
             65..=74 => w.send(d, "send"),
             75..=86 => w.send(d, "sync"),
             87..=92 => w.download(d),
-            _ => w.switch_user(SHARED),
+            93..=96 => w.switch_user(SHARED),
+            _ => w.lost_ack(),
         }
     }
     w.quiesce();
@@ -381,6 +528,11 @@ impl World {
     fn fresh(&mut self, tag: &str) -> String {
         self.counter += 1;
         format!("{tag}{}", self.counter)
+    }
+
+    /// A random item of a non-empty list.
+    fn draw<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.g.below(items.len() as u64) as usize].clone()
     }
 
     /// A random item; half of the time one of the first few, so that the office and
@@ -402,9 +554,40 @@ impl World {
     }
 
     fn office_wrote(&mut self, cells: impl IntoIterator<Item = Cell>) {
+        let mut rows = HashSet::new();
         for c in cells {
+            rows.insert((c.table, c.key.clone()));
             self.last.insert(c, Last::Office);
         }
+        self.row_writes(rows, Writer::Office);
+    }
+
+    /// Records that `who` wrote `rows` of the main database, now.
+    fn row_writes(&mut self, rows: impl IntoIterator<Item = Row>, who: Writer) {
+        self.clock += 1;
+        for row in rows {
+            self.writes.entry(row).or_default().push((self.clock, who));
+        }
+    }
+
+    /// Whether anybody but device `d` wrote `row` (or, for an inspection, its asset)
+    /// since the device's base of it: its last download or its last acknowledged send
+    /// of the row.
+    fn written_by_others_since_base(&self, d: usize, row: &Row) -> bool {
+        let dev = &self.devs[d];
+        let base = dev.downloaded.max(dev.acked.get(row).copied().unwrap_or(0));
+        let since = |row: &Row| {
+            self.writes.get(row).is_some_and(|ws| {
+                ws.iter()
+                    .any(|(t, who)| *t > base && *who != Writer::Dev(d))
+            })
+        };
+        since(row)
+            || (row.0 == "inspections"
+                && self
+                    .parents
+                    .get(&row.1)
+                    .is_some_and(|a| since(&("assets", a.clone()))))
     }
 
     fn asset_cell(id: &str, col: &'static str) -> Cell {
@@ -558,10 +741,8 @@ impl World {
     fn device_edit(&mut self, d: usize) {
         let conn = self.devs[d].dir.replica();
         let user = self.devs[d].user;
-        let name = self.devs[d].name;
         let n_writes = 1 + self.g.below(3);
-        for _ in 0..n_writes {
-            let kind = self.g.below(6);
+        for i in 0..n_writes {
             let mine: Vec<String> = rows(
                 &conn,
                 &format!("SELECT id FROM inspections WHERE inspector = '{user}' ORDER BY {INSPECTION_ORDER}"),
@@ -569,17 +750,37 @@ impl World {
             .into_iter()
             .map(|r| r[0].clone())
             .collect();
+            // The row of a conflict the device won in its last send, when it can.
+            if i == 0 {
+                if let Some((table, key)) = self.devs[d].followup.take() {
+                    let present = match table {
+                        "assets" => !rows(
+                            &conn,
+                            &format!("SELECT id FROM assets WHERE id = {}", sql_literal(&key)),
+                        )
+                        .is_empty(),
+                        _ => mine.contains(&key),
+                    };
+                    if present {
+                        self.stats.followups += 1;
+                        let name = self.devs[d].name;
+                        self.log(format!("dev {name}: edits {table} {key} again after winning its conflict"));
+                        match table {
+                            "assets" => self.asset_write(d, &conn, &key),
+                            _ => self.inspection_write(d, &conn, &key),
+                        }
+                        continue;
+                    }
+                }
+            }
+            let kind = self.g.below(8);
             if kind == 5 && self.devs[d].cut_for == user {
                 self.device_insert(d, &conn);
-            } else if (3..=4).contains(&kind) && !mine.is_empty() {
+            } else if kind == 6 && !mine.is_empty() {
+                self.move_out(d, &conn, &mine);
+            } else if matches!(kind, 3 | 4 | 7) && !mine.is_empty() {
                 let id = self.pick(&mine).unwrap();
-                let cols: Vec<&'static str> = match self.g.below(3) {
-                    0 => vec!["result"],
-                    1 => vec!["notes"],
-                    _ => vec!["result", "notes"],
-                };
-                let values: Vec<String> = cols.iter().map(|_| self.fresh(name)).collect();
-                self.device_update(d, &conn, "inspections", &id, &cols, &values);
+                self.inspection_write(d, &conn, &id);
             } else {
                 let assets: Vec<String> = rows(&conn, "SELECT id FROM assets ORDER BY id")
                     .into_iter()
@@ -588,31 +789,76 @@ impl World {
                 let Some(id) = self.pick(&assets) else {
                     continue;
                 };
-                let first = self.g.pick(&["name", "name", "category", "status", "x"]);
-                let mut cols = vec![first];
-                if self.g.below(3) == 0 {
-                    let second = self.g.pick(&["name", "category", "status", "x"]);
-                    if second != first {
-                        cols.push(second);
-                    }
-                }
-                let mut values = Vec::new();
-                for c in &cols {
-                    let tag = if *c == "status" {
-                        format!("st-{name}")
-                    } else {
-                        name.to_string()
-                    };
-                    values.push(self.fresh(&tag));
-                }
-                self.device_update(d, &conn, "assets", &id, &cols, &values);
+                self.asset_write(d, &conn, &id);
             }
         }
     }
 
-    /// Updates `cols` of row `key` (text form) to `values` (x as a real) and records the
-    /// writes with the values the replica held before.
-    fn device_update(
+    /// New values for one or two columns of asset `id`, in any form but a delete.
+    fn asset_write(&mut self, d: usize, conn: &Connection, id: &str) {
+        let name = self.devs[d].name;
+        let first = self.g.pick(&["name", "name", "category", "status", "x"]);
+        let mut cols = vec![first];
+        if self.g.below(3) == 0 {
+            let second = self.g.pick(&["name", "category", "status", "x"]);
+            if second != first {
+                cols.push(second);
+            }
+        }
+        let mut values = Vec::new();
+        for c in &cols {
+            values.push(match *c {
+                "status" => format!("t{}", self.fresh(&format!("st-{name}"))),
+                "x" => format!("r{:?}", real_of(&self.fresh(name))),
+                _ => format!("t{}", self.fresh(name)),
+            });
+        }
+        let form = self.draw(&ASSET_FORMS);
+        self.device_write(d, conn, "assets", id, &cols, &values, form);
+    }
+
+    /// New values for the result and/or notes of inspection `id`, in any form.
+    fn inspection_write(&mut self, d: usize, conn: &Connection, id: &str) {
+        let name = self.devs[d].name;
+        let cols: Vec<&'static str> = match self.g.below(3) {
+            0 => vec!["result"],
+            1 => vec!["notes"],
+            _ => vec!["result", "notes"],
+        };
+        let values: Vec<String> = cols
+            .iter()
+            .map(|_| format!("t{}", self.fresh(name)))
+            .collect();
+        let form = self.draw(&INSPECTION_FORMS);
+        self.device_write(d, conn, "inspections", id, &cols, &values, form);
+    }
+
+    /// Hands one of the user's inspections, most often one the device inserted and has
+    /// not sent yet, to an inspector nobody logs in as: the row leaves the slice. The
+    /// send must be accepted and the row land with its final values.
+    fn move_out(&mut self, d: usize, conn: &Connection, mine: &[String]) {
+        let unsent: Vec<String> = self.devs[d]
+            .pending
+            .iter()
+            .filter(|w| w.old.is_none() && w.cell.col == "inspector")
+            .map(|w| w.cell.key.clone())
+            .filter(|k| mine.contains(k))
+            .collect();
+        let id = if !unsent.is_empty() && self.g.below(4) != 0 {
+            self.draw(&unsent)
+        } else {
+            self.pick(mine).unwrap()
+        };
+        let to = format!("t{}", self.fresh("gone-"));
+        let form = self.draw(&MOVE_OUT_FORMS);
+        self.stats.moved_out += 1;
+        self.device_write(d, conn, "inspections", &id, &["inspector"], &[to], form);
+    }
+
+    /// Writes `values` (text forms) into `cols` of row `key` in `form`, by a client
+    /// drawn at random, and records the writes with the values the replica held before.
+    #[allow(clippy::too_many_arguments)]
+    fn device_write(
         &mut self,
         d: usize,
         conn: &Connection,
@@ -620,49 +866,74 @@ impl World {
         key: &str,
         cols: &[&'static str],
         values: &[String],
+        form: Form,
     ) {
         let user = self.devs[d].user;
-        let olds = &rows(
+        let name = self.devs[d].name;
+        let all: Vec<&'static str> = match table {
+            "assets" => std::iter::once("id").chain(ASSET_COLS).collect(),
+            _ => std::iter::once("id").chain(INSPECTION_COLS).collect(),
+        };
+        let current = rows(
             conn,
             &format!(
                 "SELECT {} FROM {table} WHERE id = {}",
-                cols.join(", "),
+                all.join(", "),
                 sql_literal(key)
             ),
-        )[0];
-        let sets: Vec<String> = cols
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c} = ?{}", i + 1))
-            .collect();
-        let sql = format!(
-            "UPDATE {table} SET {} WHERE id = {}",
-            sets.join(", "),
-            sql_literal(key)
+        )
+        .remove(0);
+        let mut row = current.clone();
+        let mut olds = Vec::new();
+        for (c, v) in cols.iter().zip(values) {
+            let i = all.iter().position(|a| a == c).unwrap();
+            olds.push(current[i].clone());
+            row[i] = v.clone();
+        }
+        let id = sql_value(key);
+        let sets = |f: &dyn Fn(&str, &str) -> String| -> String {
+            cols.iter()
+                .zip(values)
+                .map(|(c, v)| f(c, v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let insert = format!(
+            "INTO {table} ({}) VALUES ({})",
+            all.join(", "),
+            row.iter().map(|v| sql_value(v)).collect::<Vec<_>>().join(", ")
         );
-        let binds: Vec<rusqlite::types::Value> = cols
-            .iter()
-            .zip(values)
-            .map(|(c, v)| {
-                if *c == "x" {
-                    rusqlite::types::Value::Real(real_of(v))
-                } else {
-                    rusqlite::types::Value::Text(v.clone())
-                }
-            })
-            .collect();
-        conn.execute(&sql, rusqlite::params_from_iter(binds.iter()))
-            .unwrap_or_else(|e| {
-                panic!("device {} refused {sql} {binds:?}: {e}", self.devs[d].name)
-            });
+        let sql = match form {
+            Form::Update => format!(
+                "UPDATE {table} SET {} WHERE id = {id}",
+                sets(&|c, v| format!("{c} = {}", sql_value(v)))
+            ),
+            Form::InsertOrReplace => format!("INSERT OR REPLACE {insert}"),
+            Form::Replace => format!("REPLACE {insert}"),
+            Form::Upsert => format!(
+                "INSERT {insert} ON CONFLICT (id) DO UPDATE SET {}",
+                sets(&|c, _| format!("{c} = excluded.{c}"))
+            ),
+            Form::DeleteInsert => {
+                format!("DELETE FROM {table} WHERE id = {id}; INSERT {insert}")
+            }
+        };
+        let client = match self.g.below(10) {
+            0 => Client::Shell,
+            1 => Client::Python,
+            _ => Client::Rusqlite,
+        };
+        run_sql(conn, &self.devs[d].dir, client, &sql).unwrap_or_else(|e| {
+            panic!("device {name} ({user}) refused {sql} ({client:?}): {e}")
+        });
+        *self
+            .stats
+            .forms
+            .entry(format!("{form:?}/{client:?}"))
+            .or_default() += 1;
         let mut logged = Vec::new();
         for (i, c) in cols.iter().enumerate() {
-            let new = if *c == "x" {
-                format!("r{:?}", real_of(&values[i]))
-            } else {
-                format!("t{}", values[i])
-            };
-            logged.push(format!("{c} {} -> {new}", olds[i]));
+            logged.push(format!("{c} {} -> {}", olds[i], values[i]));
             self.devs[d].pending.push(LocalWrite {
                 user,
                 cell: Cell {
@@ -671,12 +942,11 @@ impl World {
                     col: c,
                 },
                 old: Some(olds[i].clone()),
-                new,
+                new: values[i].clone(),
             });
         }
-        let name = self.devs[d].name;
         self.log(format!(
-            "dev {name} ({user}): {table} {key} {}",
+            "dev {name} ({user}): {table} {key} {} ({form:?}, {client:?})",
             logged.join(", ")
         ));
     }
@@ -716,6 +986,7 @@ impl World {
             )
             .unwrap_or_else(|e| panic!("device {name} refused an insert under {asset}: {e}"));
         let key = format!("t{id}");
+        self.parents.insert(key.clone(), asset.clone());
         let values = [
             asset.clone(),
             format!("t{user}"),
@@ -750,6 +1021,39 @@ impl World {
         ));
         assert_eq!(out.code, 0, "dev {name}: {how} failed: {out:?}");
         let after = snapshot(&self.office);
+        self.account(d, how, &before, &after);
+        self.devs[d].pending.clear();
+        let st = self.devs[d].dir.status();
+        assert_eq!(
+            st["pending"], 0,
+            "dev {name}: acknowledged entries leave the journal: {st}"
+        );
+        if how == "sync" {
+            self.devs[d].cut_for = user;
+            self.clock += 1;
+            self.devs[d].downloaded = self.clock;
+            self.check_replica(d);
+        }
+    }
+
+    /// Checks an upload the main database integrated, from the main database before
+    /// and after (see the module doc), and the conflicts it logged; records its values
+    /// and the rows it wrote. Returns the upload's cells.
+    fn account(
+        &mut self,
+        d: usize,
+        how: &str,
+        before: &HashMap<Cell, String>,
+        after: &HashMap<Cell, String>,
+    ) -> Vec<Cell> {
+        let name = self.devs[d].name;
+        for snap in [before, after] {
+            for (cell, v) in snap {
+                if cell.col == "asset_id" {
+                    self.parents.insert(cell.key.clone(), v.clone());
+                }
+            }
+        }
 
         // The upload, as the journal's compaction makes it: per cell and user.
         let mut nets: BTreeMap<Cell, Vec<Net>> = BTreeMap::new();
@@ -815,16 +1119,169 @@ impl World {
             });
             self.last.insert(cell, Last::Upload(self.sent.len() - 1));
         }
+
+        // The conflicts this send logged: each on a row somebody else wrote since the
+        // device's base of it.
+        let log = conflict_log(&self.office);
+        let new = log[self.n_conflicts.min(log.len())..].to_vec();
+        self.n_conflicts = log.len();
+        for c in &new {
+            assert_eq!(
+                c["device"].as_str(),
+                Some(self.devs[d].id.as_str()),
+                "dev {name}: {how} logged a conflict of another device: {c}"
+            );
+            let table = if c["table"] == "assets" {
+                "assets"
+            } else {
+                "inspections"
+            };
+            let row: Row = (table, json_text(&c["key"]));
+            assert!(
+                self.written_by_others_since_base(d, &row),
+                "dev {name}: {how} logged a conflict on {row:?} though nobody else wrote it (or its asset) since the device's base of it: {c}"
+            );
+            if c["resolution"] == "device-applied" {
+                self.stats.device_won += 1;
+                self.devs[d].followup = Some(row);
+            }
+        }
+
+        // The rows this send wrote, and the device's base of the rows it sent.
+        let changed: HashSet<Row> = before
+            .keys()
+            .chain(after.keys())
+            .filter(|c| before.get(*c) != after.get(*c))
+            .map(|c| (c.table, c.key.clone()))
+            .collect();
+        self.row_writes(changed, Writer::Dev(d));
+        let sent_cells: Vec<Cell> = self.devs[d]
+            .pending
+            .iter()
+            .map(|w| w.cell.clone())
+            .collect();
+        for c in &sent_cells {
+            self.devs[d]
+                .acked
+                .insert((c.table, c.key.clone()), self.clock);
+        }
+        sent_cells
+    }
+
+    /// A send whose acknowledgement the network loses (device A, through the proxy),
+    /// an office write of a cell it wrote, a refusal (the task unassigned from the user,
+    /// or a new password ending the user's sessions), the send again: the server
+    /// answers the known upload with its recorded outcome, applies nothing twice, and
+    /// leaves the office's later write alone. Then the refusal is undone.
+    fn lost_ack(&mut self) {
+        let d = 0;
+        if self.devs[d].pending.is_empty() {
+            self.device_edit(d);
+            if self.devs[d].pending.is_empty() {
+                return;
+            }
+        }
+        let name = self.devs[d].name;
+        let user = self.devs[d].user;
+        let one_try = [("FIELDSYNC_RETRIES", "1")];
+        let before = snapshot(&self.office);
+        self.proxy.set_fault(Fault::down(Action::Cut(0)).first(1));
+        let out = device_with(&self.devs[d].dir, &["send"], &one_try);
+        self.proxy.set_fault(Fault::PASS);
+        self.log(format!(
+            "dev {name} ({user}): send of {} write(s), acknowledgement cut: exit {}",
+            self.devs[d].pending.len(),
+            out.code
+        ));
+        assert_ne!(out.code, 0, "dev {name}: the acknowledgement was cut: {out:?}");
+        let stored = rows(
+            &self.devs[d].dir.replica(),
+            "SELECT upload_id FROM fieldsync_upload",
+        );
+        assert_eq!(stored.len(), 1, "dev {name}: the upload is kept");
+        let after = snapshot(&self.office);
+        let cells = self.account(d, "send (acknowledgement cut)", &before, &after);
+        self.stats.lost_acks += 1;
+
+        // The office corrects a cell the upload wrote.
+        let writable: Vec<Cell> = cells
+            .into_iter()
+            .filter(|c| {
+                after.contains_key(c)
+                    && matches!(c.col, "name" | "category" | "result" | "notes")
+            })
+            .collect();
+        if let Some(cell) = self.pick(&writable) {
+            let v = self.fresh("O");
+            self.office.execute_batch(&format!(
+                "UPDATE {} SET {} = {} WHERE id = {}",
+                cell.table,
+                cell.col,
+                lit(&v),
+                sql_literal(&cell.key)
+            ));
+            self.log(format!("office: {} {} {} = {v}", cell.table, cell.key, cell.col));
+            self.office_wrote([cell]);
+        }
+
+        let unassign = self.g.below(2) == 0;
+        if unassign {
+            self.office
+                .admin(&["task", "unassign", TASK, "--user", user], "")
+                .ok();
+        } else {
+            self.office
+                .admin(
+                    &["user", "passwd", user, "--password-stdin"],
+                    &format!("{user}-pw\n"),
+                )
+                .ok();
+        }
+        let before = snapshot(&self.office);
+        let out = device_with(&self.devs[d].dir, &["send"], &one_try);
+        self.log(format!(
+            "dev {name} ({user}): {} then send again: exit {}: {}",
+            if unassign {
+                "task unassigned"
+            } else {
+                "new password"
+            },
+            out.code,
+            out.stdout.trim().replace('\n', " / ")
+        ));
+        assert_eq!(
+            out.code, 0,
+            "dev {name}: the server answers a known upload first: {out:?}"
+        );
+        assert_eq!(
+            snapshot(&self.office),
+            before,
+            "dev {name}: the upload again changed the main database"
+        );
+        assert_eq!(
+            conflict_log(&self.office).len(),
+            self.n_conflicts,
+            "dev {name}: the upload again logged conflicts"
+        );
+        assert!(rows(
+            &self.devs[d].dir.replica(),
+            "SELECT upload_id FROM fieldsync_upload"
+        )
+        .is_empty());
+        if unassign {
+            self.office
+                .admin(&["task", "assign", TASK, "--user", user], "")
+                .ok();
+        } else {
+            for dev in &self.devs {
+                if dev.user == user {
+                    dev.dir.login(user).ok();
+                }
+            }
+        }
         self.devs[d].pending.clear();
         let st = self.devs[d].dir.status();
-        assert_eq!(
-            st["pending"], 0,
-            "dev {name}: acknowledged entries leave the journal: {st}"
-        );
-        if how == "sync" {
-            self.devs[d].cut_for = user;
-            self.check_replica(d);
-        }
+        assert_eq!(st["pending"], 0, "dev {name}: {st}");
     }
 
     /// `device download`: refused with exit 6 while local changes are pending (the
@@ -850,6 +1307,8 @@ impl World {
         } else {
             assert_eq!(out.code, 0, "dev {name}: download failed: {out:?}");
             self.devs[d].cut_for = user;
+            self.clock += 1;
+            self.devs[d].downloaded = self.clock;
             self.check_replica(d);
         }
     }
@@ -1000,14 +1459,8 @@ impl World {
 
         // Every device value: in the main database right after its send, in the conflict
         // log, or overwritten by a later value of the same device in the same upload.
-        let mut stats = Stats {
-            policies: format!(
-                "{}/{}",
-                self.policies["assets"], self.policies["inspections"]
-            ),
-            conflicts: conflicts.len(),
-            ..Stats::default()
-        };
+        let mut stats = std::mem::take(&mut self.stats);
+        stats.conflicts = conflicts.len();
         for s in &self.sent {
             for (i, v) in s.values.iter().enumerate() {
                 stats.values_sent += 1;
@@ -1057,6 +1510,60 @@ fn sql_literal(key: &str) -> String {
         ("t", s) => format!("'{}'", s.replace('\'', "''")),
         _ => panic!("unexpected key {key}"),
     }
+}
+
+/// A value in `rows`'s text form as an SQL literal (SQLite).
+fn sql_value(v: &str) -> String {
+    if v == "NULL" {
+        return v.to_string();
+    }
+    match v.split_at(1) {
+        ("i", n) | ("r", n) => n.to_string(),
+        ("t", s) => format!("'{}'", s.replace('\'', "''")),
+        _ => panic!("unexpected value {v}"),
+    }
+}
+
+/// Runs SQL statements on a replica with `client`; the error text if it failed.
+fn run_sql(conn: &Connection, dev: &DeviceDir, client: Client, sql: &str) -> Result<(), String> {
+    let out = match client {
+        Client::Rusqlite => return conn.execute_batch(sql).map_err(|e| e.to_string()),
+        Client::Shell => Command::new("sqlite3")
+            .arg("-bail")
+            .arg(dev.replica_path())
+            .arg(sql)
+            .stdin(Stdio::null())
+            .output()
+            .expect("the sqlite3 shell runs"),
+        Client::Python => Command::new("python3")
+            .arg("-c")
+            .arg("import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.executescript(sys.argv[2])\nc.close()\n")
+            .arg(dev.replica_path())
+            .arg(sql)
+            .stdin(Stdio::null())
+            .output()
+            .expect("python3 runs"),
+    };
+    let run: Run = out.into();
+    if run.code == 0 && run.stderr.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{run:?}"))
+    }
+}
+
+/// `device ARGS` with extra environment variables.
+fn device_with(dev: &DeviceDir, args: &[&str], env: &[(&str, &str)]) -> Run {
+    Command::new(BIN)
+        .arg("device")
+        .args(args)
+        .arg("--dir")
+        .arg(dev.path())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into()
 }
 
 /// The real a device writes into `x`, made from a unique value (`A17` -> 1017.25).

@@ -502,12 +502,19 @@ fn run_case(seed: u64, steps: usize) -> Stats {
     }
     for step in 1..=steps {
         w.step = step;
-        // A device that won a conflict often edits the same row again next.
+        // Every case loses one acknowledgement halfway, and more at random.
+        if step == steps / 2 {
+            w.lost_ack();
+            continue;
+        }
+        // A device that won a conflict edits the same row again next, and often sends
+        // it right away: nobody else wrote the row since, so no conflict may be logged.
         if let Some(d) = (0..w.devs.len()).find(|&d| w.devs[d].followup.is_some()) {
+            w.device_edit(d);
             if w.g.below(2) == 0 {
-                w.device_edit(d);
-                continue;
+                w.send(d, "send");
             }
+            continue;
         }
         let d = w.g.below(w.devs.len() as u64) as usize;
         match w.g.below(100) {
@@ -634,6 +641,30 @@ impl World {
         let inspections = ids(&format!(
             "SELECT id FROM inspections WHERE asset_id IN (SELECT id FROM assets WHERE region = 'north') ORDER BY {INSPECTION_ORDER}"
         ));
+        // A quarter of the time, a cell a device holds an unsent write of (a conflict).
+        let contested: Vec<Cell> = self
+            .devs
+            .iter()
+            .flat_map(|d| &d.pending)
+            .filter(|w| {
+                w.old.is_some() && matches!(w.cell.col, "name" | "category" | "result" | "notes")
+            })
+            .map(|w| w.cell.clone())
+            .collect();
+        if !contested.is_empty() && self.g.below(4) == 0 {
+            let cell = self.draw(&contested);
+            let v = self.fresh("O");
+            self.office.execute_batch(&format!(
+                "UPDATE {} SET {} = {} WHERE id = {}",
+                cell.table,
+                cell.col,
+                lit(&v),
+                sql_literal(&cell.key)
+            ));
+            self.log(format!("office: {} {} {} = {v} (a device's too)", cell.table, cell.key, cell.col));
+            self.office_wrote([cell]);
+            return;
+        }
         match self.g.below(10) {
             0..=2 => {
                 let id = self.pick(&north).unwrap();

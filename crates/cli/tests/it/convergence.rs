@@ -9,15 +9,44 @@
 //! replays seed N (and the next CASES - 1 seeds when CASES is also set). A failing case
 //! prints its seed and the steps it took.
 //!
-//! Each case applies the north task with a conflict policy per table drawn from the
-//! seed, pairs devices A and B (ana) and C (ana and ben taking turns), and runs random
-//! steps: office writes, device writes, `device send`, `device sync`, `device download`
-//! (exit 6 while the journal is not empty, the replica unchanged) and, on C, a logout
-//! (an edit while nobody is logged in is refused) and a login of the other user. After
-//! every sync and download the replica must equal its slice. Quiescence: every device
-//! syncs, C's next user may log in (its journal is empty then), every device syncs
-//! again; then every journal is empty, every replica passes `integrity_check` and
-//! equals its slice as plain SQL on the main database selects it.
+//! Each case applies the north task, with a conflict policy per table drawn from the
+//! seed and `delete` added to the inspections' writes, pairs devices A (through a
+//! [`FaultProxy`]) and B (ana) and C (ana and ben taking turns), and runs random
+//! steps: office writes (a quarter of them on a cell a device holds an unsent write
+//! of), device writes, `device send`, `device sync`, `device download` (exit 6 while
+//! the journal is not empty, the replica unchanged), on C a logout (an edit while
+//! nobody is logged in is refused) and a login of the other user, and on A a lost
+//! acknowledgement (below; one halfway through every case, more at random). After
+//! every sync and download the replica must equal its slice.
+//!
+//! Device writes go through every SQLite write form: `UPDATE`, `INSERT OR REPLACE`,
+//! `REPLACE INTO`, `INSERT … ON CONFLICT (id) DO UPDATE` of an existing row (all
+//! journaled as the update the task allows, their values checked like any update), and
+//! on inspections a `DELETE` then a re-`INSERT` of the same key (compacted into an
+//! update). One write in ten runs in the `sqlite3` shell, one in ten in `python3`'s
+//! `sqlite3` module, the rest through rusqlite. Inserts of new inspections are plain
+//! `INSERT`s. A device also hands one of its user's inspections, most often one it
+//! inserted and has not sent yet, to an inspector nobody logs in as: the row leaves
+//! the slice before the send, which must be accepted with the row landing with its
+//! final values. When a send logs a conflict the device won (`device-applied`), the
+//! next step edits that row again on that device and often sends it at once.
+//!
+//! A lost acknowledgement: A sends with `FIELDSYNC_RETRIES=1` while the proxy cuts the
+//! first response (the upload is applied and checked like any send, the device keeps
+//! it), the office writes a cell the upload wrote, then either unassigns the task from
+//! the user or sets the user's password (ending their sessions on every device), and
+//! A sends again: the server must answer the known upload with its recorded outcome
+//! (exit 0), with the main database and the conflict log unchanged (the upload counted
+//! once, the office's later write not reverted). Then the task is assigned again, or
+//! the user's devices log in again. A writes nothing between the two sends: the
+//! stored upload is sent again byte for byte, and entries made meanwhile would wait
+//! for a later upload, which the per-send model does not describe.
+//!
+//! Quiescence: every device syncs, C's next user may log in (its journal is empty
+//! then), a device that won a conflict in that round edits the row again, every device
+//! syncs again (and once more after such edits); then every journal is empty, every
+//! replica passes `integrity_check` and equals its slice as plain SQL on the main
+//! database selects it.
 //!
 //! # Where device writes must be, and why the rule is sound
 //!
@@ -37,7 +66,14 @@
 //! * a device value `v` of the upload must be in the main database right after the send,
 //!   or in the conflict log (device values of that table, key and column), or excused by
 //!   a value the same device wrote later to the same cell (another user's entry of the
-//!   same upload may overwrite it in the same transaction).
+//!   same upload may overwrite it in the same transaction);
+//! * every conflict the send logged is on a row somebody else wrote since the device's
+//!   base of it: an office write of the row, or another device's send that changed it
+//!   (for an inspection, also of its asset: a parent moved out takes the child out),
+//!   after the device's last download or its last acknowledged send that wrote the row
+//!   (an entry not applied leaves the device's base where it was). A
+//!   logical clock orders office writes, sends (a send whose acknowledgement was lost
+//!   is dated when the server applied it) and downloads.
 //!
 //! And after quiescence, for every cell whose last event (in the order the main
 //! database saw them: office writes when made, device values when their send
@@ -50,10 +86,14 @@
 //! # What the generator avoids, and why
 //!
 //! Every generated device write is one the task allows its user, so every upload must
-//! be accepted: devices never delete (the task forbids it), never set status `retired`
-//! or change region or keys, edit only inspections of the logged-in user, and insert
-//! only when the replica was cut for the logged-in user (the insert triggers judge the
-//! slice with the user of the download). A device inserts an inspection only under an
+//! be accepted: devices never leave a row deleted (a delete is always followed by the
+//! re-insert of the key, so every cell keeps a value the checks can name; assets allow
+//! no delete at all), never set status `retired` or change region or keys, edit only
+//! inspections of the logged-in user, and insert (or re-insert) only when the replica
+//! was cut for the logged-in user (the insert triggers judge the slice with the user of
+//! the download). A row handed out of the slice is never re-inserted (the insert would
+//! be outside the slice) and never edited again (it is no longer the user's). Values
+//! stay unique there too: the new inspector is a fresh name (`gone-N`), not a user. A device inserts an inspection only under an
 //! asset in the slice in the main database, and the office retires an asset only while
 //! no device holds an unsent insert under it: an insert carries no base version, so
 //! the server cannot tell an insert under a parent the office moved out meanwhile from
@@ -1178,25 +1218,24 @@ impl World {
             }
         }
 
-        // The rows this send wrote, and the device's base of the rows it sent.
+        // The rows this send wrote; they are the device's new bases of them. A row whose
+        // entries were not applied keeps its old base (protocol.md: `version` null), so
+        // its next edit is judged against the same change again.
         let changed: HashSet<Row> = before
             .keys()
             .chain(after.keys())
             .filter(|c| before.get(*c) != after.get(*c))
             .map(|c| (c.table, c.key.clone()))
             .collect();
-        self.row_writes(changed, Writer::Dev(d));
-        let sent_cells: Vec<Cell> = self.devs[d]
+        self.row_writes(changed.clone(), Writer::Dev(d));
+        for row in changed {
+            self.devs[d].acked.insert(row, self.clock);
+        }
+        self.devs[d]
             .pending
             .iter()
             .map(|w| w.cell.clone())
-            .collect();
-        for c in &sent_cells {
-            self.devs[d]
-                .acked
-                .insert((c.table, c.key.clone()), self.clock);
-        }
-        sent_cells
+            .collect()
     }
 
     /// A send whose acknowledgement the network loses (device A, through the proxy),
@@ -1401,7 +1440,8 @@ impl World {
     }
 
     /// Quiescence: every device syncs; the shared device's next user logs in (its
-    /// journal is empty then); every device syncs again. The second round sends
+    /// journal is empty then); devices that won a conflict edit the row again; every
+    /// device syncs again, and once more after such edits. The last round sends
     /// nothing, so the main database stands still while the replicas catch up.
     fn quiesce(&mut self) {
         self.step += 1;

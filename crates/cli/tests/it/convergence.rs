@@ -72,9 +72,10 @@
 //!   base of it: an office write of the row, or another device's send that changed it
 //!   (for an inspection, also of its asset: a parent moved out takes the child out),
 //!   after the device's last download or its last acknowledged send that wrote the row
-//!   (an entry not applied leaves the device's base where it was). A
-//!   logical clock orders office writes, sends (a send whose acknowledgement was lost
-//!   is dated when the server applied it) and downloads.
+//!   (an entry not applied leaves the device's base where it was). A logical clock
+//!   orders office writes, sends (a send whose acknowledgement was lost is dated when
+//!   the server applied it) and downloads. C's two users are one device here: entries
+//!   of both in one upload are judged against each other, not as somebody else's.
 //!
 //! And after quiescence, for every cell whose last event (in the order the main
 //! database saw them: office writes when made, device values when their send
@@ -94,8 +95,11 @@
 //! was cut for the logged-in user (the insert triggers judge the slice with the user of
 //! the download). A row handed out of the slice is never re-inserted (the insert would
 //! be outside the slice) and never edited again (it is no longer the user's). Values
-//! stay unique there too: the new inspector is a fresh name (`gone-N`), not a user. A device inserts an inspection only under an
-//! asset in the slice in the main database, and the office retires an asset only while
+//! stay unique there too: the new inspector is a fresh name (`gone-N`), not a user.
+//! The task allows update wherever it allows delete, so a delete and a re-insert
+//! always compact into one update; the "two entries" path of a table without update
+//! is left to `promises.rs`. A device inserts an inspection only under an asset in the
+//! slice in the main database, and the office retires an asset only while
 //! no device holds an unsent insert under it: an insert carries no base version, so
 //! the server cannot tell an insert under a parent the office moved out meanwhile from
 //! one under a parent the device never had, and DESIGN.md refuses both. Updates have

@@ -1800,6 +1800,29 @@ fn connections_are_bounded(fx: &Fixture) {
     );
 }
 
+/// PostgreSQL tracking is judged by the triggers on the table itself: disabled,
+/// replaced or renamed away, the table is untracked until `track_table` repairs it.
+fn tracking_judged_by_the_table_triggers(fx: &Fixture) {
+    setup(fx);
+    let s = fx.store();
+    let tracked = |t: &str| s.table_info(t).unwrap().expect("table").tracked;
+    assert!(tracked("assets"));
+    let mut office = fx.office();
+    office.exec("ALTER TABLE assets DISABLE TRIGGER fieldsync_upd");
+    assert!(!tracked("assets"), "a disabled trigger");
+    assert!(s.track_table("assets").unwrap().tracked);
+    assert!(tracked("assets"));
+    office.exec("DROP TRIGGER fieldsync_truncate ON assets");
+    assert!(!tracked("assets"), "a missing trigger");
+    s.track_table("assets").unwrap();
+    assert!(tracked("assets"));
+    office.exec("ALTER TABLE work_orders RENAME TO jobs");
+    assert!(!tracked("jobs"), "triggers recording under the old name");
+    assert!(s.track_table("jobs").unwrap().tracked);
+    assert!(tracked("jobs"));
+    assert!(tracked("assets") && tracked("inspections"));
+}
+
 // ---------------------------------------------------------------------------------
 // One #[test] per check and engine
 // ---------------------------------------------------------------------------------
@@ -1847,6 +1870,7 @@ conformance! {
         commit_order_interleaved_writers,
         connections_are_bounded,
         times_and_numerics_travel_canonically,
+        tracking_judged_by_the_table_triggers,
     ],
 }
 

@@ -11,6 +11,7 @@ mod folder;
 mod harness;
 mod limits;
 mod office;
+mod office_pg;
 mod postgres;
 mod promises;
 mod proxy;

@@ -10,6 +10,7 @@ mod faults;
 mod folder;
 mod harness;
 mod office;
+mod pg_values;
 mod postgres;
 mod promises;
 mod proxy;

@@ -30,6 +30,12 @@
 //!   values of that cell;
 //! * no conflict is logged for a row that nobody else (the office, the other device)
 //!   wrote since the device's base (its last sync).
+//!
+//! Left out: a device insert whose time, in an offset form, is on the other side of the
+//! filter's bound by its text than by its instant (`'2026-01-01T04:00:00+05:30'` against
+//! `due >= '2026-01-01T00:00:00.000000Z'`): the replica's check compares the text and
+//! accepts it, the server compares the instant's canonical text and refuses the whole
+//! upload as outside the slice. Device times are therefore drawn from January 2nd on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;

@@ -12,6 +12,7 @@ mod harness;
 mod limits;
 mod office;
 mod office_pg;
+mod pg_values;
 mod postgres;
 mod promises;
 mod proxy;

@@ -142,14 +142,14 @@ fn a_table_of_500_columns_downloads_and_a_shell_edit_on_it_lands_in_the_main_dat
     let office = Office::new(5);
     let cols: Vec<String> = (1..WIDTH).map(|i| format!("c{i} TEXT")).collect();
     office.execute_batch(&format!(
-        "CREATE TABLE wide (id INTEGER PRIMARY KEY, {});",
+        "CREATE TABLE wide (id TEXT PRIMARY KEY, {});",
         cols.join(", ")
     ));
     let names: Vec<String> = (1..WIDTH).map(|i| format!("c{i}")).collect();
     for row in 1..=3 {
         let values: Vec<String> = (1..WIDTH).map(|i| format!("'r{row}c{i}'")).collect();
         office.execute_batch(&format!(
-            "INSERT INTO wide (id, {}) VALUES ({row}, {});",
+            "INSERT INTO wide (id, {}) VALUES ('k{row}', {});",
             names.join(", "),
             values.join(", ")
         ));
@@ -179,7 +179,7 @@ fn a_table_of_500_columns_downloads_and_a_shell_edit_on_it_lands_in_the_main_dat
         .unwrap();
     assert_eq!(width, WIDTH as i64);
     let cell: String = conn
-        .query_row("SELECT c499 FROM wide WHERE id = 3", [], |r| r.get(0))
+        .query_row("SELECT c499 FROM wide WHERE id = 'k3'", [], |r| r.get(0))
         .unwrap();
     assert_eq!(cell, "r3c499");
     drop(conn);
@@ -187,9 +187,9 @@ fn a_table_of_500_columns_downloads_and_a_shell_edit_on_it_lands_in_the_main_dat
     // Edits by the sqlite3 shell: an update of a wide row, an insert, a delete.
     sqlite3(
         &dev.replica_path(),
-        "UPDATE wide SET c250 = 'edited', c499 = NULL WHERE id = 2;
-         INSERT INTO wide (id, c1, c498) VALUES (10, 'new', 'last');
-         DELETE FROM wide WHERE id = 1;",
+        "UPDATE wide SET c250 = 'edited', c499 = NULL WHERE id = 'k2';
+         INSERT INTO wide (id, c1, c498) VALUES ('new', 'new', 'last');
+         DELETE FROM wide WHERE id = 'k1';",
     );
     let journaled: Vec<(String, String)> = dev
         .replica()
@@ -216,7 +216,7 @@ fn a_table_of_500_columns_downloads_and_a_shell_edit_on_it_lands_in_the_main_dat
     assert_eq!(
         office.rows("SELECT id, c1, c250, c498, c499 FROM wide ORDER BY id"),
         office.rows(
-            "SELECT 2, 'r2c1', 'edited', 'r2c498', NULL UNION ALL SELECT 3, 'r3c1', 'r3c250', 'r3c498', 'r3c499' UNION ALL SELECT 10, 'new', NULL, 'last', NULL"
+            "SELECT 'k2', 'r2c1', 'edited', 'r2c498', NULL UNION ALL SELECT 'k3', 'r3c1', 'r3c250', 'r3c498', 'r3c499' UNION ALL SELECT 'new', 'new', NULL, 'last', NULL"
         )
     );
 }

@@ -52,6 +52,23 @@ fn json_key(col: &str) -> String {
     serde_json::to_string(col).expect("a string serializes")
 }
 
+/// `parts` joined by the binary operator `op` as a balanced tree of parenthesized
+/// pairs: the expression's depth grows with the logarithm of the number of columns,
+/// not with it, so tables of any width SQLite allows (2000 columns) stay far below
+/// SQLite's expression depth limit (SQLITE_MAX_EXPR_DEPTH, 1000 by default) in every
+/// SQLite client; no function takes more than two arguments (SQLITE_MAX_FUNCTION_ARG
+/// is 127 in older builds).
+fn balanced(parts: &[String], op: &str) -> String {
+    match parts {
+        [] => String::new(),
+        [one] => one.clone(),
+        _ => {
+            let (l, r) = parts.split_at(parts.len() / 2);
+            format!("({} {op} {})", balanced(l, op), balanced(r, op))
+        }
+    }
+}
+
 /// The whole row as a JSON object.
 fn json_row(t: &TableSchema, row: &str) -> String {
     let parts: Vec<String> = t
@@ -67,7 +84,7 @@ fn json_row(t: &TableSchema, row: &str) -> String {
             )
         })
         .collect();
-    format!("'{{' || {} || '}}'", parts.join(" || "))
+    format!("'{{' || {} || '}}'", balanced(&parts, "||"))
 }
 
 /// The changed columns of an update as a JSON object, from `row` (OLD or NEW).
@@ -84,7 +101,7 @@ fn json_changed(t: &TableSchema, row: &str) -> String {
             )
         })
         .collect();
-    format!("'{{' || ltrim({}, ',') || '}}'", parts.join(" || "))
+    format!("'{{' || ltrim({}, ',') || '}}'", balanced(&parts, "||"))
 }
 
 const LOGIN: &str = "(SELECT value FROM fieldsync_replica WHERE key = 'login')";
@@ -330,7 +347,7 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
         delete_checks = not_allowed(WriteOp::Delete, "delete"),
         left_old = left(&format!("OLD.{pk}")),
         pk_change = raise(&format!("fieldsync: primary-key values cannot be updated (table {})", t.name)),
-        changed = any_change.join(" OR "),
+        changed = balanced(&any_change, "OR"),
         j_update = journal("update", &format!("NEW.{pk}"), &json_changed(t, "OLD"), &json_changed(t, "NEW"), &base_of(&format!("OLD.{pk}")), "1"),
         j_delete = journal("delete", &format!("OLD.{pk}"), &json_row(t, "OLD"), "NULL", &base_of(&format!("OLD.{pk}")), "1"),
     )

@@ -6,6 +6,12 @@
 //! Row batch payload: `table_idx: varint`, `n_rows: varint`, then per row and column one
 //! value: tag `0` NULL, `1` integer (zigzag varint), `2` real (f64 LE), `3` text
 //! (varint length, UTF-8), `4` blob (varint length, bytes).
+//!
+//! A row batch whose payload exceeds [`FRAME_MAX_BYTES`] (a row with a value of many
+//! megabytes) travels split: its first pieces as `KIND_ROWS_PART` frames of exactly
+//! [`FRAME_MAX_BYTES`], its last piece as the closing `KIND_ROWS` frame. The reader
+//! joins the pieces into the one payload; every piece is covered by the stream
+//! checksum like any frame. Batches of ordinary rows never split.
 
 use std::io::{self, Read};
 
@@ -16,8 +22,11 @@ pub const KIND_HEADER: u8 = 1;
 pub const KIND_ROWS: u8 = 2;
 pub const KIND_TRAILER: u8 = 3;
 pub const KIND_ERROR: u8 = 4;
+/// A leading piece of a row batch too big for one frame; the batch ends with the next
+/// `KIND_ROWS` frame.
+pub const KIND_ROWS_PART: u8 = 5;
 
-/// A frame larger than this is refused as corrupt.
+/// A frame larger than this is refused as corrupt; bigger row batches are split.
 pub const FRAME_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// Encoders flush a row batch once it reaches this size.
 pub const BATCH_TARGET_BYTES: usize = 128 * 1024;
@@ -168,7 +177,13 @@ impl FrameEncoder {
         put_varint(&mut payload, table_idx as u64);
         put_varint(&mut payload, self.batch_rows);
         payload.extend_from_slice(&self.batch);
-        self.emit(out, KIND_ROWS, &payload);
+        let mut rest = &payload[..];
+        while rest.len() > FRAME_MAX_BYTES {
+            let (piece, tail) = rest.split_at(FRAME_MAX_BYTES);
+            self.emit(out, KIND_ROWS_PART, piece);
+            rest = tail;
+        }
+        self.emit(out, KIND_ROWS, rest);
         self.batch.clear();
         self.batch_rows = 0;
     }
@@ -221,6 +236,8 @@ pub struct FrameReader<R> {
     inner: R,
     crc: crc32fast::Hasher,
     done: bool,
+    /// The pieces of a split row batch read so far.
+    partial: Vec<u8>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -229,15 +246,25 @@ impl<R: Read> FrameReader<R> {
             inner,
             crc: crc32fast::Hasher::new(),
             done: false,
+            partial: Vec::new(),
         }
     }
 
     /// The next frame; `Ok(None)` only after a trailer whose checksum matched. A stream
     /// that ends without a trailer is an error (truncated).
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        if self.done {
-            return Ok(None);
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            if let Some(frame) = self.read_frame()? {
+                return Ok(Some(frame));
+            }
         }
+    }
+
+    /// One frame off the stream; `None` for a piece of a split row batch.
+    fn read_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         let mut head = [0u8; 5];
         if let Err(e) = self.inner.read_exact(&mut head) {
             return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -264,7 +291,26 @@ impl<R: Read> FrameReader<R> {
             self.crc.update(&head);
             self.crc.update(&payload);
         }
+        if !self.partial.is_empty() && kind != KIND_ROWS && kind != KIND_ROWS_PART {
+            return Err(corrupt(format!("frame {kind} inside a split row batch")));
+        }
         let frame = match kind {
+            KIND_ROWS_PART => {
+                if payload.len() != FRAME_MAX_BYTES {
+                    return Err(corrupt("short piece of a split row batch"));
+                }
+                if self.partial.is_empty() {
+                    self.partial = payload;
+                } else {
+                    self.partial.extend_from_slice(&payload);
+                }
+                return Ok(None);
+            }
+            KIND_ROWS if !self.partial.is_empty() => {
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(&payload);
+                Frame::Rows(whole)
+            }
             KIND_HEADER => Frame::Header(serde_json::from_slice(&payload).map_err(json_err)?),
             KIND_ROWS => Frame::Rows(payload),
             KIND_TRAILER => {
@@ -440,6 +486,46 @@ mod tests {
             }
         }
         Ok(rows)
+    }
+
+    #[test]
+    fn a_row_bigger_than_a_frame_travels_split_and_intact() {
+        let big = "x".repeat(2 * FRAME_MAX_BYTES + 12_345);
+        let rows = vec![
+            vec![Value::Integer(1), Value::Text("small".into())],
+            vec![Value::Integer(2), Value::Text(big.clone())],
+            vec![Value::Integer(3), Value::Blob(vec![7; FRAME_MAX_BYTES])],
+            vec![Value::Integer(4), Value::Null],
+        ];
+        let bytes = encode(&rows);
+        // Every frame, pieces included, stays within the limit.
+        let mut pos = 0;
+        let mut kinds = Vec::new();
+        while pos < bytes.len() {
+            let len = u32::from_le_bytes(bytes[pos + 1..pos + 5].try_into().unwrap()) as usize;
+            assert!(len <= FRAME_MAX_BYTES);
+            kinds.push(bytes[pos]);
+            pos += 5 + len;
+        }
+        assert!(
+            kinds.iter().filter(|&&k| k == KIND_ROWS_PART).count() >= 3,
+            "{kinds:?}"
+        );
+        assert_eq!(decode(&bytes, 2).unwrap(), rows);
+        // Damage inside a piece, or a missing piece, is detected.
+        let mut flipped = bytes.clone();
+        flipped[FRAME_MAX_BYTES] ^= 0x20;
+        assert!(decode(&flipped, 2).is_err());
+        let second_piece = bytes
+            .windows(5)
+            .position(|w| {
+                w[0] == KIND_ROWS_PART && w[1..] == (FRAME_MAX_BYTES as u32).to_le_bytes()
+            })
+            .unwrap();
+        let mut cut = bytes[..second_piece].to_vec();
+        cut.extend_from_slice(&bytes[second_piece + 5 + FRAME_MAX_BYTES..]);
+        assert!(decode(&cut, 2).is_err());
+        assert!(decode(&bytes[..bytes.len() / 2], 2).is_err());
     }
 
     proptest! {

@@ -18,4 +18,5 @@ mod promises;
 mod proxy;
 mod refusals;
 mod send;
+mod sizes;
 mod users;

@@ -57,6 +57,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Logins handled at once (twice the cores: one checks a password while another
+/// reads the database).
+static LOGINS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
+});
+
 /// Runs blocking store work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -126,6 +132,10 @@ async fn login(
 ) -> Result<Json<LoginResponse>, ApiError> {
     auth::check_protocol(&headers)?;
     let req: LoginRequest = json_body(body)?;
+    // A crowd of logins waits here, holding no thread: each one's database reads
+    // and password check cost memory, and the password checks run one per core
+    // anyway (`auth::verify_password`).
+    let _turn = LOGINS.acquire().await.map_err(ApiError::internal)?;
     blocking(move || {
         let device = auth::device(&*st.store, &headers)?;
         let wrong = || ApiError::unauthorized("wrong user name or password");

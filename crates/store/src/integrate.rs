@@ -303,7 +303,7 @@ pub(crate) fn integrate(
                 && written().all(|c| t.columns.contains(c))
         };
         let Some(t) = today.filter(allowed_today) else {
-            not_applied(tx, ctx, e, &mut outcome)?;
+            not_applied(tx, ctx, e, &mut outcome, "task-changed")?;
             continue;
         };
         let pk = &t.info.primary_key;
@@ -409,6 +409,15 @@ pub(crate) fn integrate(
                     params,
                 )
             });
+        // The device's own check judged the new row by the values it wrote (a time
+        // with an offset, as text); the server by the values as the main database
+        // takes them. Where they disagree, the device's check was a courtesy that
+        // erred: the row is logged, not applied, and the rest of the upload goes on.
+        let device_saw_inside = e.op == WriteOp::Insert
+            && !insert_in_slice
+            && t.filter.as_ref().is_some_and(|f| {
+                f.matches(&|c| e.new.get(c).cloned().unwrap_or(Value::Null), params)
+            });
         let decision = if earlier == Some(Done::Skipped) {
             // The entry this one builds on was not applied: neither is this one.
             Decision::Skip(Some(ConflictNote {
@@ -430,10 +439,14 @@ pub(crate) fn integrate(
             )
         };
         let (write, note) = match decision {
+            Decision::Forbidden(_) if device_saw_inside => {
+                not_applied(tx, ctx, e, &mut outcome, "outside-slice")?;
+                continue;
+            }
             // Outside today's slice, under a task changed since the device's version
             // (a narrowed filter): the version allowed it, so a conflict.
             Decision::Forbidden(_) if task_changed => {
-                not_applied(tx, ctx, e, &mut outcome)?;
+                not_applied(tx, ctx, e, &mut outcome, "task-changed")?;
                 continue;
             }
             Decision::Forbidden(why) => return Err(forbidden(&label, why)),
@@ -482,7 +495,7 @@ pub(crate) fn integrate(
                     };
                     (None, Some(lost))
                 } else if task_changed {
-                    not_applied(tx, ctx, e, &mut outcome)?;
+                    not_applied(tx, ctx, e, &mut outcome, "task-changed")?;
                     continue;
                 } else {
                     return Err(forbidden(
@@ -569,13 +582,16 @@ pub(crate) fn integrate(
     Ok(outcome)
 }
 
-/// Logs an entry the device's task version allowed and today's task does not, and
-/// applies nothing of it.
+/// Logs an entry the device had every reason to make and the server does not apply
+/// (`task-changed`: its task version allowed it, today's does not; `outside-slice`:
+/// the device judged the new row inside the slice by the values it wrote, the server
+/// by the values as the main database takes them), and applies nothing of it.
 fn not_applied(
     tx: &mut dyn UploadTx,
     ctx: &IntegrateContext<'_>,
     e: &UploadEntry,
     outcome: &mut UploadOutcome,
+    kind: &'static str,
 ) -> Result<(), IntegrateError> {
     let device = if e.op == WriteOp::Delete {
         e.old.clone()
@@ -583,7 +599,7 @@ fn not_applied(
         e.new.clone()
     };
     let note = ConflictNote {
-        kind: "task-changed",
+        kind,
         resolution: "not-applied",
         device,
         server: Default::default(),

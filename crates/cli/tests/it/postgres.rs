@@ -1219,3 +1219,49 @@ fn refused_writes_on_postgres_name_their_cause() {
         "nothing of the upload applied"
     );
 }
+
+/// A time written with an offset compares as text in the replica's check and as an
+/// instant on the server: the device accepts an insert the server judges outside
+/// the slice. That row is logged (`outside-slice`), not applied, and the rest of the
+/// upload goes through instead of the whole upload being refused (found by
+/// `pg_values.rs`).
+#[test]
+fn an_insert_the_device_judged_inside_and_the_server_outside_is_logged_not_a_refusal() {
+    let office = Office::new_pg(5);
+    let dev = own_task(
+        &office,
+        "CREATE TABLE visits (id text PRIMARY KEY, due timestamptz NOT NULL);
+         INSERT INTO visits VALUES ('v0', '2026-03-01T00:00:00Z');",
+        "visits",
+        "filter = \"due >= '2026-01-01T00:00:00.000000Z'\"\nwrite = [\"insert\"]",
+        "tab1",
+    );
+    dev.run(&["download", "visits"], "").ok();
+    let app = dev.replica();
+    // 04:00 at +05:30 is 22:30 the day before: outside, though its text sorts after.
+    app.execute(
+        "INSERT INTO visits (id, due) VALUES ('early', '2026-01-01T04:00:00+05:30')",
+        [],
+    )
+    .unwrap();
+    app.execute(
+        "INSERT INTO visits (id, due) VALUES ('inside', '2026-02-01T00:00:00.000000Z')",
+        [],
+    )
+    .unwrap();
+    let run = dev.run(&["send"], "");
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut main = office.pg();
+    assert_eq!(
+        pg_rows(&mut main, "SELECT id FROM visits ORDER BY id"),
+        vec![vec!["tinside"], vec!["tv0"]]
+    );
+    let logged = pg_rows(
+        &mut main,
+        "SELECT kind, resolution, key FROM fieldsync.conflicts",
+    );
+    assert_eq!(
+        logged,
+        vec![vec!["toutside-slice", "tnot-applied", "t\"early\""]]
+    );
+}

@@ -159,9 +159,10 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
             format!("{};", refuse(word))
         }
     };
-    let left = |key: &str| {
+    // `when`: a further condition the refusal needs (`1`: none).
+    let left = |key: &str, when: &str| {
         format!(
-            "{} WHERE EXISTS (SELECT 1 FROM fieldsync_left WHERE tbl = {tl} AND pk = {key});",
+            "{} WHERE {when} AND EXISTS (SELECT 1 FROM fieldsync_left WHERE tbl = {tl} AND pk = {key});",
             raise(&format!(
                 "fieldsync: this {} row left the task's slice with your last send; it goes at the next download",
                 t.name
@@ -265,62 +266,50 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
     let replaced_row =
         format!("(SELECT old FROM fieldsync_replaced WHERE tbl = {tl} AND pk = NEW.{pk})");
     // What an INSERT that replaced a row journals.
-    let replacement = if may(WriteOp::Update) {
-        format!(
-            "{left}{j}",
-            left =
-                left(&format!("NEW.{pk}")).replace(" WHERE ", &format!(" WHERE {replacing} AND ")),
-            j = journal(
-                "update",
-                &format!("NEW.{pk}"),
-                &replaced_row,
-                &json_row(t, "NEW"),
-                &base_of(&format!("NEW.{pk}")),
-                &replacing
-            ),
-        )
+    // An update where the task allows it, else the delete of the replaced row.
+    let replaced_as = if may(WriteOp::Update) {
+        Some(("update", json_row(t, "NEW")))
     } else if may(WriteOp::Delete) {
-        format!(
-            "{left}{j}",
-            left =
-                left(&format!("NEW.{pk}")).replace(" WHERE ", &format!(" WHERE {replacing} AND ")),
-            j = journal(
-                "delete",
+        Some(("delete", "NULL".to_string()))
+    } else {
+        None
+    };
+    let replacement = match replaced_as {
+        Some((op, new)) => format!(
+            "{}{}",
+            left(&format!("NEW.{pk}"), &replacing),
+            journal(
+                op,
                 &format!("NEW.{pk}"),
                 &replaced_row,
-                "NULL",
+                &new,
                 &base_of(&format!("NEW.{pk}")),
                 &replacing
             ),
-        )
-    } else {
-        format!(
+        ),
+        None => format!(
             "{} WHERE {replacing};",
             raise(&format!(
                 "fieldsync: task {} allows neither update nor delete on table {}: an existing row cannot be replaced",
                 h.task, t.name
             ))
-        )
+        ),
     };
-    let insert_journal = if may(WriteOp::Update) {
-        journal(
-            "insert",
-            &format!("NEW.{pk}"),
-            "NULL",
-            &json_row(t, "NEW"),
-            &insert_base,
-            &format!("NOT {replacing}"),
-        )
+    // A replacement journaled as an update stands for the insert too; as a delete,
+    // the insert follows it.
+    let insert_when = if may(WriteOp::Update) {
+        format!("NOT {replacing}")
     } else {
-        journal(
-            "insert",
-            &format!("NEW.{pk}"),
-            "NULL",
-            &json_row(t, "NEW"),
-            &insert_base,
-            "1",
-        )
+        "1".to_string()
     };
+    let insert_journal = journal(
+        "insert",
+        &format!("NEW.{pk}"),
+        "NULL",
+        &json_row(t, "NEW"),
+        &insert_base,
+        &insert_when,
+    );
     format!(
         "CREATE TRIGGER {bi} BEFORE INSERT ON {table} WHEN {NOT_APPLYING} BEGIN {retired} {logged_out}
            DELETE FROM fieldsync_replaced;
@@ -345,7 +334,7 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
         old_row = json_row(t, "o"),
         update_checks = not_allowed(WriteOp::Update, "update"),
         delete_checks = not_allowed(WriteOp::Delete, "delete"),
-        left_old = left(&format!("OLD.{pk}")),
+        left_old = left(&format!("OLD.{pk}"), "1"),
         pk_change = raise(&format!("fieldsync: primary-key values cannot be updated (table {})", t.name)),
         changed = balanced(&any_change, "OR"),
         j_update = journal("update", &format!("NEW.{pk}"), &json_changed(t, "OLD"), &json_changed(t, "NEW"), &base_of(&format!("OLD.{pk}")), "1"),

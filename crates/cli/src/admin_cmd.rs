@@ -30,6 +30,9 @@ enum AdminCommand {
     /// Change tracking of the organisation's tables
     #[command(subcommand)]
     Table(TableCommand),
+    /// The main database's history id
+    #[command(subcommand)]
+    Epoch(EpochCommand),
     /// Mobile tasks: slices of the main database
     #[command(subcommand)]
     Task(TaskCommand),
@@ -111,6 +114,13 @@ enum DeviceCommand {
 enum TableCommand {
     /// Start change tracking on an existing table (needs a single-column primary key)
     Track { table: String },
+}
+
+#[derive(Subcommand)]
+enum EpochCommand {
+    /// After restoring the main database from a backup: devices' pending changes are
+    /// then compared by value, and their next download is full
+    Reset,
 }
 
 #[derive(Subcommand)]
@@ -356,6 +366,10 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Device(DeviceCommand::Add { id, label }) => {
             let code = admin::device_add(store, &id, label.as_deref())?;
             println!("{code}");
+        }
+        AdminCommand::Epoch(EpochCommand::Reset) => {
+            let epoch = store.epoch_reset()?;
+            println!("epoch reset: {epoch}");
         }
         AdminCommand::Table(TableCommand::Track { table }) => {
             let info = admin::table_track(store, &table)?;

@@ -222,6 +222,10 @@ pub trait Store: Send + Sync {
     fn init(&self) -> Result<()>;
     /// Random id of this main database's history; changes on `epoch reset` (restores).
     fn epoch(&self) -> Result<String>;
+    /// Gives the main database a new history id (after restoring it from a backup):
+    /// uploads made on replicas of the old history are then judged by value, never
+    /// by a base the restored database may hand out again. Returns the new epoch.
+    fn epoch_reset(&self) -> Result<String>;
 
     /// A table of the main database (`None`: no such table).
     fn table_info(&self, table: &str) -> Result<Option<TableInfo>>;

@@ -619,6 +619,10 @@ fn init_idempotent_and_required(fx: &Fixture) {
     // A fresh store on the same database agrees.
     let again = fieldsync_store::open(&fx.url).expect("reopen");
     assert_eq!(again.epoch().expect("epoch"), epoch, "epoch of a new store");
+    // A reset (after a restore) gives another, kept from then on.
+    let reset = again.epoch_reset().expect("epoch_reset");
+    assert_ne!(reset, epoch, "a reset gives a new epoch");
+    assert_eq!(s.epoch().expect("epoch"), reset, "the reset epoch is kept");
 }
 
 /// Check 2: table_info, track_table, refusals of tables fieldsync cannot track.

@@ -17,6 +17,18 @@ fn office_sqlite3(office: &Office, sql: &str) -> Run {
         .into()
 }
 
+/// Runs one dot command of the `sqlite3` shell (`.backup`, `.restore`) on the main
+/// database.
+fn sqlite3_dot(office: &Office, command: &str) -> Run {
+    Command::new("sqlite3")
+        .arg(&office.db_path)
+        .arg(command)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the sqlite3 shell runs")
+        .into()
+}
+
 fn version(office: &Office, table: &str, key: &str) -> i64 {
     office
         .value(&format!(
@@ -150,6 +162,62 @@ fn a_rebuilt_table_is_refused_until_tracked_again_and_no_change_is_lost() {
     assert_eq!(logged[0]["device_values"]["name"], "device");
     // Tracked again: office writes are stamped, devices download.
     dev.run(&["download", "north-inspections"], "").ok();
+}
+
+/// A SQLite main database restored from a backup has forgotten the versions it
+/// handed out after the backup: a device that downloaded since holds bases the
+/// restored database never handed out, and its sends were refused. `admin epoch
+/// reset` (docs/operations-sqlite.md) makes its pending changes judged by value: the
+/// send goes through, and where the restore changed what the device saw, the
+/// difference is a logged conflict, never a silent overwrite.
+#[test]
+fn after_a_restore_and_an_epoch_reset_pending_edits_are_judged_by_value() {
+    let office = Office::new(10);
+    let dev = office.device("tab1", &["north-inspections"]);
+    dev.login("ana").ok();
+    let backup = office.dir.0.join("backup.sqlite");
+    let run = sqlite3_dot(&office, &format!(".backup '{}'", backup.display()));
+    assert_eq!(run.code, 0, "{run:?}");
+    // After the backup: an office edit, then the device's download.
+    let id: i64 = office
+        .value("SELECT min(id) FROM assets WHERE region = 'north'")
+        .parse()
+        .unwrap();
+    let original = office.value(&format!("SELECT name FROM assets WHERE id = {id}"));
+    office.execute_batch(&format!(
+        "UPDATE assets SET name = 'office before the restore' WHERE id = {id}"
+    ));
+    dev.run(&["download", "north-inspections"], "").ok();
+    let run = sqlite3_dot(&office, &format!(".restore '{}'", backup.display()));
+    assert_eq!(run.code, 0, "{run:?}");
+    let before = office.value("SELECT value FROM fieldsync_meta WHERE key = 'epoch'");
+    let run = office.admin(&["epoch", "reset"], "").ok();
+    assert!(run.stdout.starts_with("epoch reset: "), "{run:?}");
+    assert_ne!(
+        office.value("SELECT value FROM fieldsync_meta WHERE key = 'epoch'"),
+        before
+    );
+    dev.replica()
+        .execute("UPDATE assets SET name = 'device' WHERE id = ?1", [id])
+        .unwrap();
+    dev.run(&["send"], "").ok();
+    assert_eq!(
+        office.value(&format!("SELECT name FROM assets WHERE id = {id}")),
+        original,
+        "the restored value is kept (field-merge: the colliding value)"
+    );
+    let logged = conflicts(&office);
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["device_values"]["name"], "device");
+    // The device's next download takes the restored history.
+    dev.run(&["download", "north-inspections"], "").ok();
+    assert_eq!(
+        dev.replica()
+            .query_row("SELECT name FROM assets WHERE id = ?1", [id], |r| r
+                .get::<_, String>(0))
+            .unwrap(),
+        original
+    );
 }
 
 /// A renamed table keeps its triggers, which record under the old name: it is not

@@ -521,11 +521,12 @@ fn a_refused_insert_among_many_names_its_entry_and_applies_nothing() {
     );
 }
 
-/// docs/operations-postgres.md: after a restore the operator empties the bases; the
-/// changes devices send against them are then compared by value: applied where the
-/// office still holds what the device saw, logged where it does not.
+/// docs/operations-postgres.md: after a data-only restore the operator runs `admin
+/// epoch reset`; the changes devices send against older bases are then compared by
+/// value: applied where the office still holds what the device saw, logged where it
+/// does not.
 #[test]
-fn with_the_bases_emptied_pending_changes_are_compared_by_value() {
+fn after_an_epoch_reset_pending_changes_are_compared_by_value() {
     let office = Office::new_pg(40);
     let dev = north_device(&office, "tab-restore");
     dev.run(&["download", TASK], "").ok();
@@ -538,8 +539,9 @@ fn with_the_bases_emptied_pending_changes_are_compared_by_value() {
         ))
         .unwrap();
     office.execute_batch(&format!(
-        "UPDATE assets SET name = 'office 2' WHERE id = {a2}; TRUNCATE fieldsync.bases;"
+        "UPDATE assets SET name = 'office 2' WHERE id = {a2}"
     ));
+    office.admin(&["epoch", "reset"], "").ok();
     dev.run(&["send"], "").ok();
     assert_eq!(
         office.value(&format!("SELECT name FROM assets WHERE id = {a1}")),
@@ -1063,10 +1065,20 @@ fn time_keys_name_their_rows_whatever_the_office_session() {
 /// Bases are never confused across databases: base ids come back with a `pg_dump`
 /// restore, and the restored database hands the same ids out again, for newer
 /// snapshots. A device's base from before the restore must not be matched to such a
-/// snapshot (an office change would look seen and be overwritten silently): its upload
-/// carries the epoch of its replica, and another epoch is judged by value.
+/// snapshot, whether the dump went into a new database or back into the same one.
 #[test]
 fn a_base_from_before_a_restore_is_never_matched_to_a_newer_snapshot() {
+    base_from_before_a_restore(false);
+}
+
+/// The same, restored in place (`pg_restore --clean` into the database the dump came
+/// from: same OID, same stored epoch id).
+#[test]
+fn a_base_from_before_a_restore_in_place_is_never_matched_to_a_newer_snapshot() {
+    base_from_before_a_restore(true);
+}
+
+fn base_from_before_a_restore(in_place: bool) {
     let office = Office::new_pg(40);
     // Paired and logged in before the backup (the restore knows the device).
     let dev = north_device(&office, "tab-a");
@@ -1083,41 +1095,46 @@ fn a_base_from_before_a_restore_is_never_matched_to_a_newer_snapshot() {
     // After the dump: the device downloads (a base the restore will not have).
     dev.run(&["download", TASK], "").ok();
     let (asset, _) = first_and_last_asset(&dev.replica());
-    let restored = PgDb::new();
-    tool(
-        "pg_restore",
-        &["--dbname", &restored.url, dump.to_str().unwrap()],
-    );
-    let server = Server::start(&restored.url);
+    let new_db;
+    let (url, mut main) = if in_place {
+        tool(
+            "pg_restore",
+            &[
+                "--clean",
+                "--if-exists",
+                "--dbname",
+                &office.db_url,
+                dump.to_str().unwrap(),
+            ],
+        );
+        let client = office.pg.as_ref().unwrap().client();
+        (office.db_url.clone(), client)
+    } else {
+        new_db = PgDb::new();
+        tool(
+            "pg_restore",
+            &["--dbname", &new_db.url, dump.to_str().unwrap()],
+        );
+        (new_db.url.clone(), new_db.client())
+    };
+    let server = Server::start(&url);
     // In the restored database the office changes the row, then another download
     // takes the next base id: the same id the device holds, for a newer snapshot.
-    restored
-        .client()
-        .batch_execute(&format!(
-            "UPDATE assets SET name = 'office after the restore' WHERE id = {asset}"
-        ))
-        .unwrap();
+    main.batch_execute(&format!(
+        "UPDATE assets SET name = 'office after the restore' WHERE id = {asset}"
+    ))
+    .unwrap();
     let other = DeviceDir {
         dir: TempDir::new("tab-b"),
     };
-    let code = fieldsync(
-        &["admin", "device", "add", "tab-b", "--db", &restored.url],
-        "",
-    )
-    .ok()
-    .stdout
-    .trim()
-    .to_string();
+    let code = fieldsync(&["admin", "device", "add", "tab-b", "--db", &url], "")
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
     fieldsync(
         &[
-            "admin",
-            "task",
-            "assign",
-            TASK,
-            "--device",
-            "tab-b",
-            "--db",
-            &restored.url,
+            "admin", "task", "assign", TASK, "--device", "tab-b", "--db", &url,
         ],
         "",
     )
@@ -1146,7 +1163,6 @@ fn a_base_from_before_a_restore_is_never_matched_to_a_newer_snapshot() {
         )
         .unwrap();
     dev.run(&["send"], "").ok();
-    let mut main = restored.client();
     assert_eq!(
         pg_rows(
             &mut main,

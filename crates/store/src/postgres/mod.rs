@@ -646,19 +646,22 @@ impl Store for PgStore {
         })
     }
 
-    /// The stored random id plus the cluster's system identifier, timeline and the
-    /// database's OID: a restore into another cluster or database changes it.
+    /// The stored random id plus the cluster's system identifier, timeline, the
+    /// database's OID and the OID of `fieldsync.meta`: a restore into another cluster
+    /// or database changes it, and so does one back into the same database (a restore
+    /// creates the table anew; nothing else does).
     fn epoch(&self) -> Result<String> {
         let mut c = self.conn()?;
         let stored: String = c
             .query_one("SELECT value FROM fieldsync.meta WHERE key = 'epoch'", &[])?
             .get(0);
-        let db: u32 = c
+        let (db, meta): (u32, u32) = c
             .query_one(
-                "SELECT oid FROM pg_database WHERE datname = current_database()",
+                "SELECT oid, 'fieldsync.meta'::regclass::oid FROM pg_database
+                 WHERE datname = current_database()",
                 &[],
-            )?
-            .get(0);
+            )
+            .map(|r| (r.get(0), r.get(1)))?;
         // pg_control_* need the privileges of a monitoring role; without them the
         // stored id and the database OID still tell restores into a new database.
         let cluster = c
@@ -669,7 +672,15 @@ impl Store for PgStore {
             )
             .map(|r| r.get::<_, String>(0))
             .unwrap_or_else(|_| "unknown".into());
-        Ok(format!("{stored}-{cluster}-{db}"))
+        Ok(format!("{stored}-{cluster}-{db}.{meta}"))
+    }
+
+    fn epoch_reset(&self) -> Result<String> {
+        self.conn()?.execute(
+            "UPDATE fieldsync.meta SET value = $1 WHERE key = 'epoch'",
+            &[&crate::random_hex(16)],
+        )?;
+        self.epoch()
     }
 
     fn table_info(&self, table: &str) -> Result<Option<TableInfo>> {

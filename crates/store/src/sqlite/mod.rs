@@ -472,6 +472,14 @@ impl Store for SqliteStore {
         )?)
     }
 
+    fn epoch_reset(&self) -> Result<String> {
+        self.conn()?.execute(
+            "UPDATE fieldsync_meta SET value = ?1 WHERE key = 'epoch'",
+            [crate::random_hex(16)],
+        )?;
+        self.epoch()
+    }
+
     fn table_info(&self, table: &str) -> Result<Option<TableInfo>> {
         table_info(&self.conn()?, table)
     }

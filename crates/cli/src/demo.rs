@@ -66,9 +66,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let (listener, addr) = runtime.block_on(fieldsync_server::bind("127.0.0.1:0"))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(fieldsync_server::serve(listener, store.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let server = runtime.spawn(fieldsync_server::serve(
+        listener,
+        store.clone(),
+        fieldsync_server::Limits::default(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     let url = format!("http://{addr}");
     println!("3. server listening on {url}");
 

@@ -24,7 +24,52 @@ enum ServerCommand {
         /// Address to listen on; port 0 picks a free port
         #[arg(long, default_value = "127.0.0.1:8440")]
         listen: String,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
+}
+
+/// What one server lets its clients hold, and for how long.
+#[derive(Args)]
+struct LimitArgs {
+    /// Seconds a client has to send a request's headers
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Seconds without a byte moving either way after which a connection is closed
+    /// (an idle keep-alive, a download nobody reads, a body that stopped coming)
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    idle_timeout: f64,
+    /// Connections open at once; beyond it new ones wait to be accepted
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    max_connections: usize,
+    /// Downloads streaming at once (each holds a database connection); beyond it a
+    /// device is told "busy" and retries
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_downloads: usize,
+    /// On SIGTERM or Ctrl-C, seconds given to requests in flight before exiting
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    shutdown_deadline: f64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> anyhow::Result<fieldsync_server::Limits> {
+        let secs = |name: &str, v: f64| {
+            std::time::Duration::try_from_secs_f64(v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .with_context(|| format!("--{name}: a positive number of seconds, not {v}"))
+        };
+        anyhow::ensure!(self.max_connections > 0, "--max-connections: at least 1");
+        anyhow::ensure!(self.max_downloads > 0, "--max-downloads: at least 1");
+        Ok(fieldsync_server::Limits {
+            header_timeout: secs("header-timeout", self.header_timeout)?,
+            idle_timeout: secs("idle-timeout", self.idle_timeout)?,
+            max_connections: self.max_connections,
+            max_downloads: self.max_downloads,
+            shutdown_deadline: secs("shutdown-deadline", self.shutdown_deadline)?,
+            ..Default::default()
+        })
+    }
 }
 
 /// The main database named by --db or FIELDSYNC_DB.
@@ -41,19 +86,24 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             println!("main database ready");
             Ok(())
         }
-        ServerCommand::Run { listen } => {
+        ServerCommand::Run { listen, limits } => {
+            let limits = limits.limits()?;
             store.epoch().context("checking the main database")?;
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            runtime.block_on(async move {
+            let served = runtime.block_on(async move {
                 let (listener, addr) = fieldsync_server::bind(&listen)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
                 println!("listening on http://{addr}");
                 std::io::stdout().flush().ok();
-                fieldsync_server::serve(listener, Arc::from(store), shutdown_signal())
+                fieldsync_server::serve(listener, Arc::from(store), limits, shutdown_signal())
                     .await
                     .context("serving")
-            })
+            });
+            // Work still running past the deadline (a download's reader, an upload's
+            // transaction) is abandoned: the database rolls it back.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+            served
         }
     }
 }

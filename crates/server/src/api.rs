@@ -32,6 +32,85 @@ use crate::error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    downloads: Arc<Downloads>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, limits: crate::Limits) -> AppState {
+        AppState {
+            store,
+            downloads: Arc::new(Downloads {
+                server: Arc::new(tokio::sync::Semaphore::new(limits.max_downloads)),
+                max: limits.max_downloads,
+                per_device: std::sync::Mutex::new(std::collections::HashMap::new()),
+                per_device_max: limits.max_downloads_per_device,
+            }),
+        }
+    }
+}
+
+/// The downloads streaming now, on this server and per device.
+struct Downloads {
+    server: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    per_device: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    per_device_max: usize,
+}
+
+/// A download's turn to stream; given back when dropped (its stream ended).
+pub(crate) struct DownloadTurn {
+    _server: tokio::sync::OwnedSemaphorePermit,
+    device: String,
+    downloads: Arc<Downloads>,
+}
+
+impl Downloads {
+    /// A turn for `device`, or "busy" (retryable) when the server or the device
+    /// already streams its most.
+    fn turn(self: &Arc<Self>, device: &str) -> Result<DownloadTurn, ApiError> {
+        let busy = |what: String| {
+            ApiError::new(
+                ErrorCode::Busy,
+                format!("busy: {what}; retry in a few seconds"),
+            )
+        };
+        let server = self.server.clone().try_acquire_owned().map_err(|_| {
+            busy(format!(
+                "the server is streaming its most downloads at once ({})",
+                self.max
+            ))
+        })?;
+        let mut per_device = self.per_device.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per_device.entry(device.to_string()).or_insert(0);
+        if *n >= self.per_device_max {
+            return Err(busy(format!(
+                "device `{device}` already has {} downloads streaming",
+                self.per_device_max
+            )));
+        }
+        *n += 1;
+        Ok(DownloadTurn {
+            _server: server,
+            device: device.to_string(),
+            downloads: self.clone(),
+        })
+    }
+}
+
+impl Drop for DownloadTurn {
+    fn drop(&mut self) {
+        let mut per_device = self
+            .downloads
+            .per_device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per_device.get_mut(&self.device) {
+            *n -= 1;
+            if *n == 0 {
+                per_device.remove(&self.device);
+            }
+        }
+    }
 }
 
 const OPENAPI: &str = include_str!("openapi.json");
@@ -219,8 +298,10 @@ async fn download(
     let (op, kind) = op_and_kind(&headers, "download")?;
     let started = (std::time::Instant::now(), time::now_rfc3339());
     let store = st.store.clone();
-    let (plan, header) = blocking(move || {
+    let downloads = st.downloads.clone();
+    let (plan, header, turn) = blocking(move || {
         let (device, _, user) = auth::session(&*store, &headers)?;
+        let turn = downloads.turn(&device.id)?;
         let task = assigned(&*store, &user.name, &device.id)?
             .into_iter()
             .find(|t| t.def.name == name)
@@ -244,7 +325,7 @@ async fn download(
             device: device.id,
             tables: plan.tables.iter().map(|t| t.schema.clone()).collect(),
         };
-        Ok((plan, header))
+        Ok((plan, header, turn))
     })
     .await?;
     let session = download::SessionInfo {
@@ -255,7 +336,7 @@ async fn download(
         started: started.0,
         started_at: started.1,
     };
-    let body = download::start(st.store.clone(), plan, header, session)?;
+    let body = download::start(st.store.clone(), plan, header, session, turn)?;
     Ok((
         [(header::CONTENT_TYPE, "application/x-fieldsync-slice+zstd")],
         Body::new(body),

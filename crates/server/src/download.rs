@@ -15,6 +15,7 @@ use fieldsync_store::{SlicePlan, SliceSink, Store, StoreError, SyncSessionRecord
 use http_body::Frame;
 use tokio::sync::mpsc;
 
+use crate::api::DownloadTurn;
 use crate::error::ApiError;
 
 /// Bytes handed to the HTTP body at a time, and how many may wait in the channel.
@@ -136,6 +137,7 @@ pub fn start(
     plan: SlicePlan,
     header: SliceHeader,
     session: SessionInfo,
+    turn: DownloadTurn,
 ) -> Result<ChannelBody, ApiError> {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let writer = ChunkWriter {
@@ -155,6 +157,8 @@ pub fn start(
         device_gone: false,
     };
     tokio::task::spawn_blocking(move || {
+        // The download's turn ends with this thread.
+        let _turn = turn;
         let streamed = store.stream_slice(&plan, &mut sink);
         let (mut result, mut message) = match &streamed {
             Ok(rows) => {

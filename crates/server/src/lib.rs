@@ -4,16 +4,53 @@
 pub mod admin;
 mod api;
 pub mod auth;
+mod conn;
 mod download;
 pub mod error;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fieldsync_store::Store;
 use tokio::net::TcpListener;
 
 pub use api::{AppState, router};
+
+/// What one server lets its clients hold, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A request's headers must have arrived this long after the connection opened
+    /// (or after the previous response).
+    pub header_timeout: Duration,
+    /// A connection on which nothing moves either way for this long is closed: an
+    /// idle keep-alive, a download the client stopped reading (its database snapshot
+    /// and connection are released), a body that stopped coming.
+    pub idle_timeout: Duration,
+    /// Connections open at once; beyond it the server stops accepting for a while.
+    pub max_connections: usize,
+    /// Downloads streaming at once on this server (each holds a database connection
+    /// and snapshot); beyond it a download is answered "busy, retry".
+    pub max_downloads: usize,
+    /// Downloads streaming at once for one device.
+    pub max_downloads_per_device: usize,
+    /// On shutdown, requests in flight are given this long to finish.
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
+            // Below the PostgreSQL pool's 32 connections: logins and sends keep theirs.
+            max_downloads: 16,
+            max_downloads_per_device: 2,
+            shutdown_deadline: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Binds `listen` and returns the listener and the address it got (port 0 picks one).
 pub async fn bind(listen: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
@@ -22,13 +59,19 @@ pub async fn bind(listen: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
     Ok((listener, addr))
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` within `limits` until `shutdown` resolves; then
+/// waits for requests in flight up to the shutdown deadline.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(AppState { store }))
-        .with_graceful_shutdown(shutdown)
-        .await
+    conn::serve(
+        listener,
+        router(AppState::new(store, limits)),
+        limits,
+        shutdown,
+    )
+    .await
 }

@@ -89,12 +89,22 @@ impl Server {
 
     /// `fieldsync server run` started by `program` (the binary itself, or a wrapper
     /// such as `faketime` whose arguments it already has).
-    pub fn start_by(mut program: Command, db_url: &str) -> Server {
+    pub fn start_by(program: Command, db_url: &str) -> Server {
+        Server::launch(program, db_url, &[])
+    }
+
+    /// `fieldsync server run` with more flags (limits, timeouts).
+    pub fn start_with(db_url: &str, flags: &[&str]) -> Server {
+        Server::launch(Command::new(BIN), db_url, flags)
+    }
+
+    fn launch(mut program: Command, db_url: &str, flags: &[&str]) -> Server {
         if program.get_program() != BIN {
             program.arg(BIN);
         }
         let mut child = program
             .args(["server", "run", "--listen", "127.0.0.1:0", "--db", db_url])
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,8 +1,10 @@
 //! Bounded resources under crowds and hostile clients (the "[limits]" issue): what a
 //! crowd of requests may cost the server.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
@@ -72,4 +74,296 @@ fn sixty_four_concurrent_logins_stay_far_below_one_verification_each() {
         before_kb / 1024
     );
     assert!(peak_mb < 100, "server peak RSS {peak_mb} MB");
+}
+
+/// A task `photos` over a table of `rows` rows of 8,000 random hex characters each
+/// (about 4 KB compressed per row): a slice far larger than the socket buffers, so
+/// that a client that stops reading stalls the server's stream.
+fn photos_task(office: &Office, rows: u32) {
+    let sql = match office.engine() {
+        Engine::Sqlite => format!(
+            "CREATE TABLE photos (id TEXT PRIMARY KEY, data TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+             INSERT INTO photos SELECT 'p' || i, hex(randomblob(4000)) FROM n;"
+        ),
+        Engine::Postgres => format!(
+            "CREATE TABLE photos (id text PRIMARY KEY, data text);
+             INSERT INTO photos SELECT 'p' || i,
+                 (SELECT string_agg(md5(random()::text || i || j), '') FROM generate_series(1, 250) j)
+             FROM generate_series(1, {rows}) i;"
+        ),
+    };
+    office.execute_batch(&sql);
+    office.admin(&["table", "track", "photos"], "").ok();
+    let path = office.dir.0.join("photos.toml");
+    std::fs::write(&path, "name = \"photos\"\n[[tables]]\nname = \"photos\"\n").unwrap();
+    office
+        .admin(&["task", "apply", path.to_str().unwrap()], "")
+        .ok();
+    office
+        .admin(&["task", "assign", "photos", "--user", "ana"], "")
+        .ok();
+}
+
+/// A device of `office` with the photos task, logged in as ana, using `server`.
+fn photos_device(office: &Office, id: &str, server: &Server) -> DeviceDir {
+    let dev = office.device(id, &["photos"]);
+    dev.login("ana").ok();
+    dev.use_server(&server.url);
+    dev
+}
+
+/// The request headers of a device's session (from its state file).
+fn session_headers(dev: &DeviceDir) -> String {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dev.path().join("state.json")).unwrap()).unwrap();
+    format!(
+        "x-fieldsync-protocol: 1\r\nx-fieldsync-device: {}\r\nx-fieldsync-device-secret: {}\r\nauthorization: Bearer {}\r\n",
+        state["device_id"].as_str().unwrap(),
+        state["device_secret"].as_str().unwrap(),
+        state["session"]["token"].as_str().unwrap()
+    )
+}
+
+/// Starts a download of task `photos` on a raw socket and reads only the status
+/// line: the server streams until the socket's buffers are full, then stalls.
+fn stalled_download(url: &str, headers: &str) -> (TcpStream, u16) {
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /api/v1/tasks/photos/download HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut status = [0u8; 12];
+    stream.read_exact(&mut status).unwrap();
+    let code = String::from_utf8_lossy(&status[9..12]).parse().unwrap_or(0);
+    (stream, code)
+}
+
+/// How long after `start` the server closed `stream` (reading and discarding what it
+/// sends); `None` if it is still open `limit` after `start`.
+fn closed_within(mut stream: TcpStream, start: Instant, limit: Duration) -> Option<Duration> {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+/// Slowloris: a socket that sends nothing, one that trickles its headers forever,
+/// one whose body never comes (a lying Content-Length) and an idle keep-alive were
+/// all held open forever. Each is closed within its timeout now, while the server
+/// keeps answering.
+#[test]
+fn slow_and_idle_connections_are_closed_within_their_timeouts() {
+    let office = Office::new(5);
+    let server = Server::start_with(
+        &office.db_url,
+        &["--header-timeout", "1", "--idle-timeout", "2"],
+    );
+    let addr = server.url.strip_prefix("http://").unwrap().to_string();
+    let start = Instant::now();
+    let silent = TcpStream::connect(&addr).unwrap();
+    let trickle = TcpStream::connect(&addr).unwrap();
+    let trickler = trickle.try_clone().unwrap();
+    let trickling = std::thread::spawn(move || {
+        let mut t = trickler;
+        let _ = t.write_all(b"GET /health HTTP/1.1\r\nX-Slow: ");
+        for _ in 0..50 {
+            if t.write_all(b"a").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let mut lying = TcpStream::connect(&addr).unwrap();
+    write!(
+        lying,
+        "POST /api/v1/login HTTP/1.1\r\nHost: {addr}\r\nx-fieldsync-protocol: 1\r\ncontent-type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"user\""
+    )
+    .unwrap();
+    let mut keep_alive = TcpStream::connect(&addr).unwrap();
+    write!(keep_alive, "GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = [0u8; 12];
+    keep_alive.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer[9..12], b"200");
+
+    let limit = Duration::from_secs(15);
+    let waits = [
+        ("silent", closed_within(silent, start, limit), 1.0),
+        (
+            "trickled headers",
+            closed_within(trickle.try_clone().unwrap(), start, limit),
+            1.0,
+        ),
+        ("body never sent", closed_within(lying, start, limit), 2.0),
+        (
+            "idle keep-alive",
+            closed_within(keep_alive, start, limit),
+            2.0,
+        ),
+    ];
+    let _ = trickle.shutdown(std::net::Shutdown::Both);
+    trickling.join().unwrap();
+    for (what, waited, timeout) in waits {
+        let waited = waited.unwrap_or_else(|| panic!("{what}: still open after {limit:?}"));
+        eprintln!("{what}: closed after {waited:?}");
+        assert!(
+            waited.as_secs_f64() < timeout + 1.5,
+            "{what}: closed after {waited:?}, timeout {timeout} s"
+        );
+    }
+    assert_eq!(raw_request(&server.url, "GET", "/health", &[], ""), 200);
+}
+
+/// A crowd of sockets that send nothing, four times the connection limit: the server
+/// keeps at most its limit open, closes each after the header timeout, and a request
+/// that comes meanwhile is answered.
+#[test]
+fn a_crowd_of_idle_sockets_locks_nobody_out() {
+    let office = Office::new(5);
+    let server = Server::start_with(
+        &office.db_url,
+        &["--header-timeout", "1", "--max-connections", "50"],
+    );
+    let addr = server.url.strip_prefix("http://").unwrap().to_string();
+    let start = Instant::now();
+    let crowd: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let started = Instant::now();
+    assert_eq!(raw_request(&server.url, "GET", "/health", &[], ""), 200);
+    let answered = started.elapsed();
+    eprintln!("/health answered after {answered:?} behind 200 idle sockets");
+    assert!(answered < Duration::from_secs(10), "{answered:?}");
+    let closers: Vec<_> = crowd
+        .into_iter()
+        .map(|s| std::thread::spawn(move || closed_within(s, start, Duration::from_secs(20))))
+        .collect();
+    let slowest = closers
+        .into_iter()
+        .map(|t| t.join().unwrap().expect("every idle socket is closed"))
+        .max()
+        .unwrap();
+    // 200 sockets, 50 at a time, one second each: about 4 s.
+    eprintln!("the last of 200 idle sockets closed after {slowest:?}");
+    assert!(slowest < Duration::from_secs(10), "{slowest:?}");
+    let peak_mb = server.peak_rss_kb() / 1024;
+    assert!(peak_mb < 100, "server peak RSS {peak_mb} MB");
+}
+
+/// SIGTERM with a download nobody reads, a half-sent request and an idle keep-alive
+/// open: the server stops accepting, and exits within its shutdown deadline (it
+/// waited for the download forever).
+#[test]
+fn sigterm_exits_within_the_shutdown_deadline() {
+    let office = Office::new(5);
+    photos_task(&office, 6000);
+    let mut server = Server::start_with(&office.db_url, &["--shutdown-deadline", "2"]);
+    let dev = photos_device(&office, "tab1", &server);
+    let (stalled, code) = stalled_download(&server.url, &session_headers(&dev));
+    assert_eq!(code, 200);
+    let addr = server.url.strip_prefix("http://").unwrap().to_string();
+    let mut half = TcpStream::connect(&addr).unwrap();
+    half.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let idle = TcpStream::connect(&addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    let exited = loop {
+        if server.child.try_wait().unwrap().is_some() {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the server still runs 20 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("exited {exited:?} after SIGTERM");
+    assert!(exited < Duration::from_secs(4), "{exited:?}");
+    drop((stalled, half, idle));
+}
+
+/// Dead row versions of table `scratch` that VACUUM may not remove yet (an open
+/// snapshot may still see them), from VACUUM VERBOSE's report.
+fn unremovable_after_vacuum(url: &str) -> u64 {
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut config: postgres::Config = url.parse().unwrap();
+    let sink = notices.clone();
+    config.notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()));
+    let mut client = config.connect(postgres::NoTls).unwrap();
+    client.batch_execute("VACUUM (VERBOSE) scratch").unwrap();
+    let report = notices.lock().unwrap().join("\n");
+    // "tuples: 0 removed, 100 remain, 100 are dead but not yet removable"
+    report
+        .split(" are dead but not yet removable")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no tuple counts in VACUUM's report: {report}"))
+}
+
+/// A hundred downloads whose clients stopped reading, on PostgreSQL: each held its
+/// thread, its snapshot and a pool connection `idle in transaction` forever, and 33 of
+/// them took every connection. Now at most two per device stream (the rest are told
+/// "busy"), other devices log in and download meanwhile, and after the idle timeout
+/// the stalled streams are cut: their snapshots no longer keep VACUUM from cleaning.
+#[test]
+fn a_hundred_stalled_downloads_on_postgres_are_cut_and_block_nobody() {
+    let office = Office::new_pg(5);
+    photos_task(&office, 3000);
+    office.execute_batch(
+        "CREATE TABLE scratch (id integer PRIMARY KEY, v integer);
+         INSERT INTO scratch SELECT g, 0 FROM generate_series(1, 100) g;",
+    );
+    let server = Server::start_with(&office.db_url, &["--idle-timeout", "3"]);
+    let stallers: Vec<String> = (0..5)
+        .map(|i| session_headers(&photos_device(&office, &format!("stall{i}"), &server)))
+        .collect();
+    let other = photos_device(&office, "other", &server);
+    let stalled: Vec<(TcpStream, u16)> = (0..100)
+        .map(|i| stalled_download(&server.url, &stallers[i % 5]))
+        .collect();
+    let streaming = stalled.iter().filter(|(_, c)| *c == 200).count();
+    let busy = stalled.iter().filter(|(_, c)| *c == 503).count();
+    assert_eq!((streaming, busy), (10, 90), "two streams per device");
+    // Rows the office changes now are dead to VACUUM only once every snapshot older
+    // than the change is gone.
+    office.execute_batch("UPDATE scratch SET v = 1");
+    let pinned = unremovable_after_vacuum(&office.db_url);
+    assert_eq!(
+        pinned, 100,
+        "the stalled snapshots pin the old row versions"
+    );
+    // Meanwhile another device logs in and downloads.
+    let started = Instant::now();
+    other.login("ana").ok();
+    other.run(&["download", "photos"], "").ok();
+    eprintln!(
+        "login and download beside 100 stalled downloads: {:?}",
+        started.elapsed()
+    );
+    // After the idle timeout the stalled streams are cut.
+    std::thread::sleep(Duration::from_secs(5));
+    let open = office.value(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL",
+    );
+    assert_eq!(open, "0", "no server session holds a snapshot");
+    assert_eq!(unremovable_after_vacuum(&office.db_url), 0);
+    drop(stalled);
 }

@@ -56,12 +56,10 @@ fn fixture(tag: &str) -> Fixture {
 }
 
 async fn call(f: &Fixture, req: Request<Body>) -> (StatusCode, Vec<u8>) {
-    let resp = router(AppState {
-        store: f.store.clone(),
-    })
-    .oneshot(req)
-    .await
-    .unwrap();
+    let resp = router(AppState::new(f.store.clone(), Default::default()))
+        .oneshot(req)
+        .await
+        .unwrap();
     let status = resp.status();
     let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
         .await

@@ -621,6 +621,117 @@ fn init_idempotent_and_required(fx: &Fixture) {
     assert_eq!(again.epoch().expect("epoch"), epoch, "epoch of a new store");
 }
 
+/// Authorization: the tasks assigned to both a user and a device, each as `task_get`
+/// has it, by name; nothing for a task assigned to only one of them. The indexes
+/// it is answered by are made by `init`, also again on a database set up before them.
+fn tasks_assigned_to_user_and_device(fx: &Fixture) {
+    setup(fx);
+    let s = fx.store();
+    s.device_add(&device("dev2", "code-2"))
+        .expect("device dev2");
+    s.user_add(&user("cleo")).expect("user cleo");
+    // north: ana, ben on dev1 (setup); south: ben on dev2.
+    s.task_assign("south-work-orders", &strings(&["ben"]), &strings(&["dev2"]))
+        .expect("assign south");
+    // Tasks of others: they change nothing of the answers below.
+    for i in 0..200 {
+        let name = format!("other-{i:03}");
+        task_apply(s, &assets_task(&name, "server-wins")).expect("task apply");
+        s.task_assign(&name, &strings(&["cleo", "ben"]), &strings(&["dev2"]))
+            .expect("assign other");
+    }
+    let names = |u: &str, d: &str| -> Vec<String> {
+        s.tasks_assigned(u, d)
+            .expect("tasks_assigned")
+            .into_iter()
+            .map(|t| t.def.name)
+            .collect()
+    };
+    let check = |label: &str| {
+        assert_eq!(names("ana", "dev1"), ["north-inspections"], "{label}");
+        assert_eq!(names("ben", "dev1"), ["north-inspections"], "{label}");
+        assert_eq!(names("ben", "dev2").len(), 201, "{label}");
+        assert_eq!(names("ben", "dev2")[200], "south-work-orders", "{label}");
+        assert!(
+            names("ana", "dev2").is_empty(),
+            "{label}: user not assigned"
+        );
+        assert!(
+            names("cleo", "dev1").is_empty(),
+            "{label}: device not assigned"
+        );
+        assert!(names("nobody", "nodev").is_empty(), "{label}");
+        let north = s.task_get("north-inspections").unwrap().unwrap();
+        assert_eq!(north.users, strings(&["ana", "ben"]));
+        assert_eq!(
+            s.tasks_assigned("ana", "dev1").unwrap(),
+            vec![north.clone()],
+            "{label}: the record as task_get has it"
+        );
+        let one = |t: &str, u: &str, d: &str| s.task_assigned(t, u, d).expect("task_assigned");
+        assert_eq!(
+            one("north-inspections", "ana", "dev1"),
+            Some(north),
+            "{label}"
+        );
+        assert_eq!(
+            one("south-work-orders", "ben", "dev2"),
+            s.task_get("south-work-orders").unwrap(),
+            "{label}"
+        );
+        assert_eq!(one("north-inspections", "ana", "dev2"), None, "{label}");
+        assert_eq!(one("south-work-orders", "ben", "dev1"), None, "{label}");
+        assert_eq!(one("south-work-orders", "ana", "dev2"), None, "{label}");
+        assert_eq!(one("south-work-orders", "ana", "dev1"), None, "{label}");
+        assert_eq!(one("no-such-task", "ana", "dev1"), None, "{label}");
+    };
+    check("indexed");
+
+    // A database set up before the indexes: answers alike, and `init` adds them.
+    let (count_sql, drop_sql) = match fx.engine {
+        Engine::Sqlite => (
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'index'
+               AND name IN ('fieldsync_task_users_by_user', 'fieldsync_task_devices_by_device')",
+            "DROP INDEX fieldsync_task_users_by_user; DROP INDEX fieldsync_task_devices_by_device;",
+        ),
+        Engine::Postgres => (
+            "SELECT count(*)::int8 FROM pg_indexes WHERE schemaname = 'fieldsync'
+               AND indexname IN ('task_users_by_user', 'task_devices_by_device')",
+            "DROP INDEX fieldsync.task_users_by_user; DROP INDEX fieldsync.task_devices_by_device;",
+        ),
+    };
+    let mut office = fx.office();
+    assert_eq!(office.value(count_sql), Value::Integer(2), "init made both");
+    office.exec(drop_sql);
+    assert_eq!(office.value(count_sql), Value::Integer(0));
+    check("without the indexes");
+    s.init().expect("init again");
+    assert_eq!(
+        office.value(count_sql),
+        Value::Integer(2),
+        "init made them again"
+    );
+    check("indexed again");
+
+    // Assigning, unassigning, deleting.
+    s.task_assign("south-work-orders", &[], &strings(&["dev1"]))
+        .expect("assign");
+    assert_eq!(
+        names("ben", "dev1"),
+        ["north-inspections", "south-work-orders"]
+    );
+    s.task_unassign("north-inspections", &strings(&["ben"]), &[])
+        .expect("unassign");
+    assert_eq!(names("ben", "dev1"), ["south-work-orders"]);
+    assert_eq!(
+        s.task_assigned("north-inspections", "ben", "dev1").unwrap(),
+        None
+    );
+    s.task_delete("south-work-orders").expect("delete");
+    assert!(names("ben", "dev1").is_empty());
+    assert_eq!(names("ana", "dev1"), ["north-inspections"]);
+}
+
 /// Check 2: table_info, track_table, refusals of tables fieldsync cannot track.
 fn table_info_and_tracking(fx: &Fixture) {
     fx.sample(6);
@@ -1859,6 +1970,7 @@ conformance! {
         init_idempotent_and_required,
         table_info_and_tracking,
         users_devices_tasks_sessions,
+        tasks_assigned_to_user_and_device,
         stream_slice_matches_sql,
         integrate_applies_once_and_refuses_whole,
         office_change_after_download_conflicts,

@@ -36,6 +36,14 @@ pub enum StoreError {
     /// request may pass a moment later.
     #[error("the main database is busy (another program holds it); try again in a moment")]
     Busy,
+    /// An office transaction held a row an upload writes for longer than uploads wait
+    /// (PostgreSQL `lock_timeout`): nothing was applied, no connection is kept, and the
+    /// same upload may pass once the office commits.
+    #[error(
+        "row locked in the office, retry: another transaction (an office program, another \
+         upload) holds a row this upload writes; nothing was applied"
+    )]
+    Locked,
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -1,6 +1,8 @@
 //! What a request costs the main database (the "[limits]" issue, points 6 and 7):
 //! authorization is one indexed query whatever the number of tasks; a forbidden
-//! upload is refused before the SQLite write lock is taken.
+//! upload is refused before the SQLite write lock is taken; an upload waiting on a
+//! row the office holds (PostgreSQL) gives up, retryably, and gives its connection
+//! back.
 //!
 //! The requests here are plain HTTP/1.1 on loopback made by the test itself, with the
 //! device's own credentials: the time measured is the server's answer, not the start
@@ -14,6 +16,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -473,4 +476,179 @@ fn office_writes(path: &Path, stop: &AtomicBool) -> (Duration, u64, u64) {
         longest = longest.max(since.elapsed());
     }
     (longest, commits, busy)
+}
+
+/// Issue #11, point 6 on PostgreSQL: an upload waiting on a row the office holds
+/// (`SELECT … FOR UPDATE` in an open transaction) gives up after the lock timeout
+/// (`FIELDSYNC_LOCK_TIMEOUT_MS`, 1.5 s here) with the retryable "row locked in the
+/// office, retry" (503, busy) and gives its pooled connection back. It used to wait
+/// as long as the office did, holding a connection; a device's retries each held
+/// another, and 32 of them took every connection of the server's pool, so logins and
+/// every other device's requests waited (and failed after 30 s).
+///
+/// Here 40 uploads of the locked row (a device's sends and retries: more than the 32
+/// pooled connections) wait together while 15 logins of another device and the sends
+/// of two more devices must each be answered within 10 s; the office holds its lock
+/// for 20 s. Then the device's own `send` fails with the message, and passes once the
+/// office commits.
+#[test]
+fn uploads_waiting_on_an_office_row_lock_give_up_and_keep_the_pool() {
+    let office = Office::new_pg(40);
+    let mut command = Command::new(BIN);
+    command.env("FIELDSYNC_LOCK_TIMEOUT_MS", "1500");
+    let server = Server::start_by(command, &office.db_url);
+    let url = server.url.clone();
+    let on_server = |id: &str| {
+        let dev = office.device(id, &[NORTH_TASK]);
+        dev.use_server(&url);
+        dev.login("ana").ok();
+        dev.run(&["download", NORTH_TASK], "").ok();
+        dev
+    };
+    let tab1 = on_server("tab1");
+    let others: Vec<DeviceDir> = ["tab2", "tab3"].iter().map(|id| on_server(id)).collect();
+    let logins = office.device("tab9", &[NORTH_TASK]);
+    logins.use_server(&url);
+
+    let ids = north_ids(&office);
+    let (locked, free) = (ids[0], ids[1]);
+    tab1.replica()
+        .execute_batch(&format!(
+            "UPDATE assets SET name = 'from tab1' WHERE id = {locked}"
+        ))
+        .unwrap();
+    for (i, dev) in others.iter().enumerate() {
+        dev.replica()
+            .execute_batch(&format!(
+                "UPDATE assets SET name = 'from tab{}' WHERE id = {}",
+                i + 2,
+                ids[2 + i]
+            ))
+            .unwrap();
+    }
+    let base: i64 = office
+        .value("SELECT max(id) FROM fieldsync.bases WHERE device = 'tab1'")
+        .parse()
+        .unwrap();
+
+    // The office holds the row for 20 s.
+    let mut holder = office.pg();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT * FROM assets WHERE id = {locked} FOR UPDATE"
+        ))
+        .unwrap();
+    let held_at = Instant::now();
+
+    let headers = device_headers(&tab1);
+    let waiting: Vec<_> = (0..40)
+        .map(|i| {
+            let (url, headers) = (url.clone(), headers.clone());
+            std::thread::spawn(move || {
+                let upload = upload_of(vec![
+                    rename(0, free, base, format!("free {i}")),
+                    rename(1, locked, base, format!("retry {i}")),
+                ]);
+                let started = Instant::now();
+                let answer = post_upload(&url, &headers, &upload);
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Meanwhile, other requests: logins, other devices' sends.
+    let login_headers = device_headers(&logins);
+    let login_threads: Vec<_> = (0..15)
+        .map(|_| {
+            let (url, mut headers) = (url.clone(), login_headers.clone());
+            headers.push(("content-type", "application/json".into()));
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let answer = http(
+                    &url,
+                    "POST",
+                    "/api/v1/login",
+                    &headers,
+                    br#"{"user":"ana","password":"ana-pw"}"#,
+                );
+                (answer.status, answer.text(), started.elapsed())
+            })
+        })
+        .collect();
+    let sends: Vec<_> = others
+        .iter()
+        .map(|dev| {
+            let dir = dev.path().to_path_buf();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let run: Run = Command::new(BIN)
+                    .args(["device", "send", "--dir"])
+                    .arg(&dir)
+                    .env("FIELDSYNC_RETRIES", "1")
+                    .output()
+                    .unwrap()
+                    .into();
+                (run, started.elapsed())
+            })
+        })
+        .collect();
+    for t in login_threads {
+        let (status, text, took) = t.join().unwrap();
+        assert_eq!(status, 200, "a login during the office lock: {text}");
+        assert!(
+            took < Duration::from_secs(10),
+            "a login waited {took:?} while uploads waited on the office"
+        );
+    }
+    for t in sends {
+        let (run, took) = t.join().unwrap();
+        assert_eq!(run.code, 0, "another device's send: {run:?}");
+        assert!(took < Duration::from_secs(10), "a send took {took:?}");
+    }
+    let mut slowest = Duration::ZERO;
+    for t in waiting {
+        let (answer, took) = t.join().unwrap();
+        assert_eq!(answer.status, 503, "{}", answer.text());
+        let body = answer.json();
+        assert_eq!(body["code"], "busy", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("row locked in the office, retry"),
+            "{body}"
+        );
+        slowest = slowest.max(took);
+    }
+    eprintln!(
+        "40 uploads on a row the office held: slowest answer {slowest:?}; 15 logins and 2 \
+         sends answered meanwhile"
+    );
+    assert!(
+        slowest < Duration::from_secs(10),
+        "an upload waited {slowest:?}"
+    );
+    assert!(held_at.elapsed() < Duration::from_secs(20));
+
+    // The device itself: told to retry, nothing applied; then it passes.
+    let failed = tab1.run_env(&["send"], &[("FIELDSYNC_RETRIES", "1")]);
+    assert_ne!(failed.code, 0, "{failed:?}");
+    assert!(
+        failed.stderr.contains("row locked in the office, retry"),
+        "{failed:?}"
+    );
+    assert_ne!(
+        office.value(&format!("SELECT name FROM assets WHERE id = {locked}")),
+        "from tab1"
+    );
+    // The office keeps its lock to the 20 s it promised, then commits.
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(held_at.elapsed()));
+    holder.batch_execute("COMMIT").unwrap();
+    tab1.run(&["send"], "").ok();
+    assert_eq!(
+        office.value(&format!("SELECT name FROM assets WHERE id = {locked}")),
+        "from tab1"
+    );
+    drop(server);
 }

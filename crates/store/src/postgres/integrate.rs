@@ -40,7 +40,12 @@ pub(super) fn integrate(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let tx = client.transaction().map_err(StoreError::from)?;
+        let mut tx = client.transaction().map_err(StoreError::from)?;
+        // An office transaction holding a row this upload writes makes it give up
+        // after a while (`StoreError::Locked`, retried by the device) instead of
+        // holding a pooled connection for as long as the office does.
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = {}", lock_timeout_ms()))
+            .map_err(StoreError::from)?;
         let mut up = PgUpload {
             tx,
             statements: HashMap::new(),
@@ -81,6 +86,21 @@ pub(super) fn integrate(
         }
     }
 }
+
+/// How long an upload waits for a row lock, in milliseconds:
+/// `FIELDSYNC_LOCK_TIMEOUT_MS`, default 5 s (0 would wait for ever, so it is refused).
+pub(crate) fn lock_timeout_ms() -> u64 {
+    static MS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+        std::env::var("FIELDSYNC_LOCK_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .unwrap_or(DEFAULT_LOCK_TIMEOUT_MS)
+    });
+    *MS
+}
+
+const DEFAULT_LOCK_TIMEOUT_MS: u64 = 5_000;
 
 fn is_retryable(e: &postgres::Error) -> bool {
     matches!(
@@ -516,7 +536,8 @@ impl PgUpload<'_, '_> {
                 .tx
                 .batch_execute("RELEASE SAVEPOINT fieldsync_read_ahead")
                 .map_err(|e| self.note(e)),
-            Err(e) if self.retryable => Err(e),
+            // A row locked in the office is locked one by one as well.
+            Err(e) if self.retryable || matches!(e, StoreError::Locked) => Err(e),
             Err(_) => {
                 self.tx
                     .batch_execute("ROLLBACK TO SAVEPOINT fieldsync_read_ahead")

@@ -235,6 +235,10 @@ pub struct PgStore {
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
+        // Only uploads wait with a `lock_timeout` (`integrate.rs`).
+        if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+            return StoreError::Locked;
+        }
         StoreError::Db(pg_message(&e))
     }
 }

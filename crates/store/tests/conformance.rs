@@ -732,6 +732,178 @@ fn tasks_assigned_to_user_and_device(fx: &Fixture) {
     assert_eq!(names("ana", "dev1"), ["north-inspections"]);
 }
 
+/// Integrates an upload as `send` does, without recording logins first (a write): for
+/// uploads sent while the office holds a lock.
+fn integrate_as(fx: &Fixture, task: &str, up: &Upload) -> Result<UploadOutcome, IntegrateError> {
+    let record = fx.store().task_get(task).unwrap().unwrap();
+    let at = now();
+    let ctx = IntegrateContext {
+        device: "dev1",
+        sender: "ana",
+        task: &record.def,
+        today: Some(&record),
+        at: &at,
+        restored: false,
+    };
+    fx.store().integrate(&ctx, up)
+}
+
+/// An office connection holding a lock (`sql`, in a transaction it keeps open) on a
+/// thread of its own until `release` is sent (or 20 s pass), then committing.
+fn office_holding(
+    fx: &Fixture,
+    sql: String,
+) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let mut office = fx.office();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        office.exec(&sql);
+        locked_tx.send(()).unwrap();
+        let _ = release_rx.recv_timeout(std::time::Duration::from_secs(20));
+        office.exec("COMMIT");
+    });
+    locked_rx.recv().expect("the office took its lock");
+    (release_tx, holder)
+}
+
+/// Uploads of updates of every north asset's name, based on `d`'s cursor.
+fn renames(fx: &Fixture, d: &Download, ids: &[i64], to: &str) -> Vec<UploadEntry> {
+    ids.iter()
+        .map(|id| {
+            update_entry(
+                "assets",
+                Value::Integer(*id),
+                d.cursor,
+                "name",
+                text(&asset_name(fx, *id)),
+                text(to),
+            )
+        })
+        .collect()
+}
+
+/// A forbidden upload is refused by the checks that need no lock, before the engine
+/// takes any: while an office transaction holds SQLite's write lock (PostgreSQL: the
+/// rows the upload writes), the refusal comes at once, not after waiting for the lock
+/// (SQLite's busy timeout is 10 s; on PostgreSQL it waited as long as the office).
+fn forbidden_upload_refused_before_any_lock(fx: &Fixture) {
+    setup(fx);
+    put_assets_task(fx, "lock-check", "server-wins");
+    let ids = north_ids(fx);
+    let d = download(fx, "lock-check", "ana", "dev1");
+    // Ana's login on dev1 is recorded (a write) before the office locks.
+    send(
+        fx,
+        "lock-check",
+        "dev1",
+        "ana",
+        &upload("up-warm", "lock-check", vec![]),
+    )
+    .expect("an empty upload");
+    let mut entries = renames(fx, &d, &ids, "device");
+    let mut last = entries[0].clone();
+    last.op = WriteOp::Delete;
+    last.new.clear();
+    entries.push(last);
+    let up = upload("up-forbidden-locked", "lock-check", entries);
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let lock = match fx.engine {
+        Engine::Sqlite => format!(
+            "BEGIN IMMEDIATE; UPDATE assets SET name = 'office' WHERE id = {}",
+            ids[0]
+        ),
+        Engine::Postgres => format!(
+            "BEGIN; SELECT * FROM assets WHERE id IN ({}) FOR UPDATE",
+            list.join(", ")
+        ),
+    };
+    let (release, holder) = office_holding(fx, lock);
+    let started = std::time::Instant::now();
+    let result = integrate_as(fx, "lock-check", &up);
+    let took = started.elapsed();
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    match result {
+        Err(IntegrateError::Forbidden(m)) => assert!(
+            m.contains(&format!("entry {} (delete of `assets`", ids.len() + 1))
+                && m.contains("does not allow delete"),
+            "{m}"
+        ),
+        other => panic!("a refusal expected, got {other:?}"),
+    }
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "the refusal waited {took:?} for the office's lock"
+    );
+    for id in &ids[1..] {
+        assert_ne!(asset_name(fx, *id), "device", "nothing of it applied");
+    }
+}
+
+/// PostgreSQL: an upload waiting on a row an office transaction holds gives up after
+/// the lock timeout (5 s by default) with the retryable `StoreError::Locked`, "row
+/// locked in the office, retry", holding nothing afterwards (no transaction of the
+/// store stays open); once the office commits, the same upload applies.
+fn upload_gives_up_on_a_row_the_office_holds(fx: &Fixture) {
+    setup(fx);
+    put_assets_task(fx, "lock-check", "server-wins");
+    let ids = north_ids(fx);
+    let d = download(fx, "lock-check", "ana", "dev1");
+    send(
+        fx,
+        "lock-check",
+        "dev1",
+        "ana",
+        &upload("up-warm", "lock-check", vec![]),
+    )
+    .expect("an empty upload");
+    let up = upload(
+        "up-waits",
+        "lock-check",
+        renames(fx, &d, &ids[..2], "device"),
+    );
+    let (release, holder) = office_holding(
+        fx,
+        format!(
+            "BEGIN; SELECT * FROM assets WHERE id = {} FOR UPDATE",
+            ids[1]
+        ),
+    );
+    let started = std::time::Instant::now();
+    let result = integrate_as(fx, "lock-check", &up);
+    let took = started.elapsed();
+    let Office::Pg(mut monitor) = fx.office() else {
+        panic!("a PostgreSQL fixture")
+    };
+    let open: i64 = monitor
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+               AND state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    match &result {
+        Err(IntegrateError::Store(e @ StoreError::Locked)) => assert!(
+            e.to_string().contains("row locked in the office, retry"),
+            "{e}"
+        ),
+        other => panic!("StoreError::Locked expected, got {other:?}"),
+    }
+    assert!(
+        took >= std::time::Duration::from_secs(4) && took < std::time::Duration::from_secs(15),
+        "gave up after {took:?}"
+    );
+    assert_eq!(open, 1, "only the office's transaction is open");
+    assert_ne!(asset_name(fx, ids[0]), "device", "nothing applied");
+    let out = integrate_as(fx, "lock-check", &up).expect("applies once the office commits");
+    assert_eq!((out.applied, out.conflicts), (2, 0));
+    assert_eq!(asset_name(fx, ids[1]), "device");
+}
+
 /// Check 2: table_info, track_table, refusals of tables fieldsync cannot track.
 fn table_info_and_tracking(fx: &Fixture) {
     fx.sample(6);
@@ -1971,6 +2143,7 @@ conformance! {
         table_info_and_tracking,
         users_devices_tasks_sessions,
         tasks_assigned_to_user_and_device,
+        forbidden_upload_refused_before_any_lock,
         stream_slice_matches_sql,
         integrate_applies_once_and_refuses_whole,
         office_change_after_download_conflicts,
@@ -1978,6 +2151,7 @@ conformance! {
         conflict_resolve_takes_logged_values,
     ],
     postgres_only: [
+        upload_gives_up_on_a_row_the_office_holds,
         unsupported_types_refused,
         commit_order_interleaved_writers,
         connections_are_bounded,

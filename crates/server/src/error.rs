@@ -70,6 +70,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m),
             StoreError::AlreadyExists(m) => ApiError::bad_request(m),
             StoreError::Busy => ApiError::new(ErrorCode::Busy, StoreError::Busy.to_string()),
+            // Retryable as busy: the device sends again.
+            StoreError::Locked => ApiError::new(ErrorCode::Busy, StoreError::Locked.to_string()),
             other => ApiError::internal(other),
         }
     }

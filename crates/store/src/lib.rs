@@ -36,6 +36,14 @@ pub enum StoreError {
     /// request may pass a moment later.
     #[error("the main database is busy (another program holds it); try again in a moment")]
     Busy,
+    /// An office transaction held a row an upload writes for longer than uploads wait
+    /// (PostgreSQL `lock_timeout`): nothing was applied, no connection is kept, and the
+    /// same upload may pass once the office commits.
+    #[error(
+        "row locked in the office, retry: another transaction (an office program, another \
+         upload) holds a row this upload writes; nothing was applied"
+    )]
+    Locked,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -249,7 +257,15 @@ pub trait Store: Send + Sync {
     fn task_get(&self, name: &str) -> Result<Option<TaskRecord>>;
     /// A definition the task had, by its hash (every applied version is kept).
     fn task_version(&self, hash: &str) -> Result<Option<TaskDef>>;
+    /// Every task, for administrators (each with its users and devices).
     fn task_list(&self) -> Result<Vec<TaskRecord>>;
+    /// The tasks assigned to both `user` and `device`, by name: one indexed query,
+    /// whose cost does not grow with the tasks assigned to others (what a device's
+    /// request is authorized by).
+    fn tasks_assigned(&self, user: &str, device: &str) -> Result<Vec<TaskRecord>>;
+    /// Task `name` when it is assigned to both `user` and `device` (`None`: no such
+    /// task, or not assigned to both): one indexed query.
+    fn task_assigned(&self, name: &str, user: &str, device: &str) -> Result<Option<TaskRecord>>;
     fn task_assign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()>;
 
     fn session_put(&self, session: &SessionRecord) -> Result<()>;

@@ -625,6 +625,289 @@ fn init_idempotent_and_required(fx: &Fixture) {
     assert_eq!(s.epoch().expect("epoch"), reset, "the reset epoch is kept");
 }
 
+/// Authorization: the tasks assigned to both a user and a device, each as `task_get`
+/// has it, by name; nothing for a task assigned to only one of them. The indexes
+/// it is answered by are made by `init`, also again on a database set up before them.
+fn tasks_assigned_to_user_and_device(fx: &Fixture) {
+    setup(fx);
+    let s = fx.store();
+    s.device_add(&device("dev2", "code-2"))
+        .expect("device dev2");
+    s.user_add(&user("cleo")).expect("user cleo");
+    // north: ana, ben on dev1 (setup); south: ben on dev2.
+    s.task_assign("south-work-orders", &strings(&["ben"]), &strings(&["dev2"]))
+        .expect("assign south");
+    // Tasks of others: they change nothing of the answers below.
+    for i in 0..200 {
+        let name = format!("other-{i:03}");
+        task_apply(s, &assets_task(&name, "server-wins")).expect("task apply");
+        s.task_assign(&name, &strings(&["cleo", "ben"]), &strings(&["dev2"]))
+            .expect("assign other");
+    }
+    let names = |u: &str, d: &str| -> Vec<String> {
+        s.tasks_assigned(u, d)
+            .expect("tasks_assigned")
+            .into_iter()
+            .map(|t| t.def.name)
+            .collect()
+    };
+    let check = |label: &str| {
+        assert_eq!(names("ana", "dev1"), ["north-inspections"], "{label}");
+        assert_eq!(names("ben", "dev1"), ["north-inspections"], "{label}");
+        assert_eq!(names("ben", "dev2").len(), 201, "{label}");
+        assert_eq!(names("ben", "dev2")[200], "south-work-orders", "{label}");
+        assert!(
+            names("ana", "dev2").is_empty(),
+            "{label}: user not assigned"
+        );
+        assert!(
+            names("cleo", "dev1").is_empty(),
+            "{label}: device not assigned"
+        );
+        assert!(names("nobody", "nodev").is_empty(), "{label}");
+        let north = s.task_get("north-inspections").unwrap().unwrap();
+        assert_eq!(north.users, strings(&["ana", "ben"]));
+        assert_eq!(
+            s.tasks_assigned("ana", "dev1").unwrap(),
+            vec![north.clone()],
+            "{label}: the record as task_get has it"
+        );
+        let one = |t: &str, u: &str, d: &str| s.task_assigned(t, u, d).expect("task_assigned");
+        assert_eq!(
+            one("north-inspections", "ana", "dev1"),
+            Some(north),
+            "{label}"
+        );
+        assert_eq!(
+            one("south-work-orders", "ben", "dev2"),
+            s.task_get("south-work-orders").unwrap(),
+            "{label}"
+        );
+        assert_eq!(one("north-inspections", "ana", "dev2"), None, "{label}");
+        assert_eq!(one("south-work-orders", "ben", "dev1"), None, "{label}");
+        assert_eq!(one("south-work-orders", "ana", "dev2"), None, "{label}");
+        assert_eq!(one("south-work-orders", "ana", "dev1"), None, "{label}");
+        assert_eq!(one("no-such-task", "ana", "dev1"), None, "{label}");
+    };
+    check("indexed");
+
+    // A database set up before the indexes: answers alike, and `init` adds them.
+    let (count_sql, drop_sql) = match fx.engine {
+        Engine::Sqlite => (
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'index'
+               AND name IN ('fieldsync_task_users_by_user', 'fieldsync_task_devices_by_device')",
+            "DROP INDEX fieldsync_task_users_by_user; DROP INDEX fieldsync_task_devices_by_device;",
+        ),
+        Engine::Postgres => (
+            "SELECT count(*)::int8 FROM pg_indexes WHERE schemaname = 'fieldsync'
+               AND indexname IN ('task_users_by_user', 'task_devices_by_device')",
+            "DROP INDEX fieldsync.task_users_by_user; DROP INDEX fieldsync.task_devices_by_device;",
+        ),
+    };
+    let mut office = fx.office();
+    assert_eq!(office.value(count_sql), Value::Integer(2), "init made both");
+    office.exec(drop_sql);
+    assert_eq!(office.value(count_sql), Value::Integer(0));
+    check("without the indexes");
+    s.init().expect("init again");
+    assert_eq!(
+        office.value(count_sql),
+        Value::Integer(2),
+        "init made them again"
+    );
+    check("indexed again");
+
+    // Assigning, unassigning, deleting.
+    s.task_assign("south-work-orders", &[], &strings(&["dev1"]))
+        .expect("assign");
+    assert_eq!(
+        names("ben", "dev1"),
+        ["north-inspections", "south-work-orders"]
+    );
+    s.task_unassign("north-inspections", &strings(&["ben"]), &[])
+        .expect("unassign");
+    assert_eq!(names("ben", "dev1"), ["south-work-orders"]);
+    assert_eq!(
+        s.task_assigned("north-inspections", "ben", "dev1").unwrap(),
+        None
+    );
+    s.task_delete("south-work-orders").expect("delete");
+    assert!(names("ben", "dev1").is_empty());
+    assert_eq!(names("ana", "dev1"), ["north-inspections"]);
+}
+
+/// Integrates an upload as `send` does, without recording logins first (a write): for
+/// uploads sent while the office holds a lock.
+fn integrate_as(fx: &Fixture, task: &str, up: &Upload) -> Result<UploadOutcome, IntegrateError> {
+    let record = fx.store().task_get(task).unwrap().unwrap();
+    let at = now();
+    let ctx = IntegrateContext {
+        device: "dev1",
+        sender: "ana",
+        task: &record.def,
+        today: Some(&record),
+        at: &at,
+        restored: false,
+    };
+    fx.store().integrate(&ctx, up)
+}
+
+/// An office connection holding a lock (`sql`, in a transaction it keeps open) on a
+/// thread of its own until `release` is sent (or 20 s pass), then committing.
+fn office_holding(
+    fx: &Fixture,
+    sql: String,
+) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let mut office = fx.office();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        office.exec(&sql);
+        locked_tx.send(()).unwrap();
+        let _ = release_rx.recv_timeout(std::time::Duration::from_secs(20));
+        office.exec("COMMIT");
+    });
+    locked_rx.recv().expect("the office took its lock");
+    (release_tx, holder)
+}
+
+/// Uploads of updates of every north asset's name, based on `d`'s cursor.
+fn renames(fx: &Fixture, d: &Download, ids: &[i64], to: &str) -> Vec<UploadEntry> {
+    ids.iter()
+        .map(|id| {
+            update_entry(
+                "assets",
+                Value::Integer(*id),
+                d.cursor,
+                "name",
+                text(&asset_name(fx, *id)),
+                text(to),
+            )
+        })
+        .collect()
+}
+
+/// A forbidden upload is refused by the checks that need no lock, before the engine
+/// takes any: while an office transaction holds SQLite's write lock (PostgreSQL: the
+/// rows the upload writes), the refusal comes at once, not after waiting for the lock
+/// (SQLite's busy timeout is 10 s; on PostgreSQL it waited as long as the office).
+fn forbidden_upload_refused_before_any_lock(fx: &Fixture) {
+    setup(fx);
+    put_assets_task(fx, "lock-check", "server-wins");
+    let ids = north_ids(fx);
+    let d = download(fx, "lock-check", "ana", "dev1");
+    // Ana's login on dev1 is recorded (a write) before the office locks.
+    send(
+        fx,
+        "lock-check",
+        "dev1",
+        "ana",
+        &upload("up-warm", "lock-check", vec![]),
+    )
+    .expect("an empty upload");
+    let mut entries = renames(fx, &d, &ids, "device");
+    let mut last = entries[0].clone();
+    last.op = WriteOp::Delete;
+    last.new.clear();
+    entries.push(last);
+    let up = upload("up-forbidden-locked", "lock-check", entries);
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let lock = match fx.engine {
+        Engine::Sqlite => format!(
+            "BEGIN IMMEDIATE; UPDATE assets SET name = 'office' WHERE id = {}",
+            ids[0]
+        ),
+        Engine::Postgres => format!(
+            "BEGIN; SELECT * FROM assets WHERE id IN ({}) FOR UPDATE",
+            list.join(", ")
+        ),
+    };
+    let (release, holder) = office_holding(fx, lock);
+    let started = std::time::Instant::now();
+    let result = integrate_as(fx, "lock-check", &up);
+    let took = started.elapsed();
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    match result {
+        Err(IntegrateError::Forbidden(m)) => assert!(
+            m.contains(&format!("entry {} (delete of `assets`", ids.len() + 1))
+                && m.contains("does not allow delete"),
+            "{m}"
+        ),
+        other => panic!("a refusal expected, got {other:?}"),
+    }
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "the refusal waited {took:?} for the office's lock"
+    );
+    for id in &ids[1..] {
+        assert_ne!(asset_name(fx, *id), "device", "nothing of it applied");
+    }
+}
+
+/// PostgreSQL: an upload waiting on a row an office transaction holds gives up after
+/// the lock timeout (5 s by default) with the retryable `StoreError::Locked`, "row
+/// locked in the office, retry", holding nothing afterwards (no transaction of the
+/// store stays open); once the office commits, the same upload applies.
+fn upload_gives_up_on_a_row_the_office_holds(fx: &Fixture) {
+    setup(fx);
+    put_assets_task(fx, "lock-check", "server-wins");
+    let ids = north_ids(fx);
+    let d = download(fx, "lock-check", "ana", "dev1");
+    send(
+        fx,
+        "lock-check",
+        "dev1",
+        "ana",
+        &upload("up-warm", "lock-check", vec![]),
+    )
+    .expect("an empty upload");
+    let up = upload(
+        "up-waits",
+        "lock-check",
+        renames(fx, &d, &ids[..2], "device"),
+    );
+    let (release, holder) = office_holding(
+        fx,
+        format!(
+            "BEGIN; SELECT * FROM assets WHERE id = {} FOR UPDATE",
+            ids[1]
+        ),
+    );
+    let started = std::time::Instant::now();
+    let result = integrate_as(fx, "lock-check", &up);
+    let took = started.elapsed();
+    let Office::Pg(mut monitor) = fx.office() else {
+        panic!("a PostgreSQL fixture")
+    };
+    let open: i64 = monitor
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+               AND state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    match &result {
+        Err(IntegrateError::Store(e @ StoreError::Locked)) => assert!(
+            e.to_string().contains("row locked in the office, retry"),
+            "{e}"
+        ),
+        other => panic!("StoreError::Locked expected, got {other:?}"),
+    }
+    assert!(
+        took >= std::time::Duration::from_secs(4) && took < std::time::Duration::from_secs(15),
+        "gave up after {took:?}"
+    );
+    assert_eq!(open, 1, "only the office's transaction is open");
+    assert_ne!(asset_name(fx, ids[0]), "device", "nothing applied");
+    let out = integrate_as(fx, "lock-check", &up).expect("applies once the office commits");
+    assert_eq!((out.applied, out.conflicts), (2, 0));
+    assert_eq!(asset_name(fx, ids[1]), "device");
+}
+
 /// Check 2: table_info, track_table, refusals of tables fieldsync cannot track.
 fn table_info_and_tracking(fx: &Fixture) {
     fx.sample(6);
@@ -1863,6 +2146,8 @@ conformance! {
         init_idempotent_and_required,
         table_info_and_tracking,
         users_devices_tasks_sessions,
+        tasks_assigned_to_user_and_device,
+        forbidden_upload_refused_before_any_lock,
         stream_slice_matches_sql,
         integrate_applies_once_and_refuses_whole,
         office_change_after_download_conflicts,
@@ -1870,6 +2155,7 @@ conformance! {
         conflict_resolve_takes_logged_values,
     ],
     postgres_only: [
+        upload_gives_up_on_a_row_the_office_holds,
         unsupported_types_refused,
         commit_order_interleaved_writers,
         connections_are_bounded,

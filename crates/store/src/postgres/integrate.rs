@@ -18,7 +18,9 @@ use postgres::{Client, Statement, Transaction};
 
 use super::types::{self, Bind, Param};
 use super::{pg_message, table_info};
-use crate::integrate::{self, ApplyError, BaseKind, ConflictLog, TableCtx, UploadTx, op_name};
+use crate::integrate::{
+    self, ApplyError, BaseKind, ConflictLog, Lookups, TableCtx, UploadTx, op_name,
+};
 use crate::plan::{self, quote_ident};
 use crate::{IntegrateContext, IntegrateError, StoreError, TableInfo};
 
@@ -30,10 +32,20 @@ pub(super) fn integrate(
     ctx: &IntegrateContext<'_>,
     upload: &Upload,
 ) -> Result<UploadOutcome, IntegrateError> {
+    // Everything that needs no lock first, by plain reads: a forbidden entry refuses
+    // the upload before any row is locked.
+    if let Some(known) = integrate::precheck(&mut Reads(client), ctx, upload)? {
+        return Ok(known);
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let tx = client.transaction().map_err(StoreError::from)?;
+        let mut tx = client.transaction().map_err(StoreError::from)?;
+        // An office transaction holding a row this upload writes makes it give up
+        // after a while (`StoreError::Locked`, retried by the device) instead of
+        // holding a pooled connection for as long as the office does.
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = {}", lock_timeout_ms()))
+            .map_err(StoreError::from)?;
         let mut up = PgUpload {
             tx,
             statements: HashMap::new(),
@@ -74,6 +86,21 @@ pub(super) fn integrate(
         }
     }
 }
+
+/// How long an upload waits for a row lock, in milliseconds:
+/// `FIELDSYNC_LOCK_TIMEOUT_MS`, default 5 s (0 would wait for ever, so it is refused).
+pub(crate) fn lock_timeout_ms() -> u64 {
+    static MS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+        std::env::var("FIELDSYNC_LOCK_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .unwrap_or(DEFAULT_LOCK_TIMEOUT_MS)
+    });
+    *MS
+}
+
+const DEFAULT_LOCK_TIMEOUT_MS: u64 = 5_000;
 
 fn is_retryable(e: &postgres::Error) -> bool {
     matches!(
@@ -509,7 +536,8 @@ impl PgUpload<'_, '_> {
                 .tx
                 .batch_execute("RELEASE SAVEPOINT fieldsync_read_ahead")
                 .map_err(|e| self.note(e)),
-            Err(e) if self.retryable => Err(e),
+            // A row locked in the office is locked one by one as well.
+            Err(e) if self.retryable || matches!(e, StoreError::Locked) => Err(e),
             Err(_) => {
                 self.tx
                     .batch_execute("ROLLBACK TO SAVEPOINT fieldsync_read_ahead")
@@ -609,6 +637,54 @@ impl PgUpload<'_, '_> {
     }
 }
 
+/// The reads of the checks before any lock, outside a transaction.
+struct Reads<'c>(&'c mut Client);
+
+impl Lookups for Reads<'_> {
+    fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>, StoreError> {
+        table_info(self.0, table)
+    }
+
+    fn user_enabled(&mut self, user: &str) -> Result<bool, StoreError> {
+        let rows = self.0.query(USER_ENABLED, &[&user])?;
+        Ok(rows.first().is_some_and(|r| !r.get::<_, bool>(0)))
+    }
+
+    fn user_logged_in(&mut self, device: &str, user: &str) -> Result<bool, StoreError> {
+        Ok(!self.0.query(USER_LOGGED_IN, &[&device, &user])?.is_empty())
+    }
+
+    fn recorded_now(&mut self, upload_id: &str) -> Result<Option<(String, String)>, StoreError> {
+        let rows = self.0.query(RECORDED, &[&upload_id])?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+    }
+}
+
+const USER_ENABLED: &str = "SELECT disabled FROM fieldsync.users WHERE name = $1";
+const USER_LOGGED_IN: &str =
+    "SELECT 1 FROM fieldsync.device_users WHERE device = $1 AND user_name = $2";
+const RECORDED: &str = "SELECT device, outcome FROM fieldsync.uploads WHERE upload_id = $1";
+
+impl Lookups for PgUpload<'_, '_> {
+    fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>, StoreError> {
+        self.info(table)
+    }
+
+    fn user_enabled(&mut self, user: &str) -> Result<bool, StoreError> {
+        let rows = self.query(USER_ENABLED, &[&user])?;
+        Ok(rows.first().is_some_and(|r| !r.get::<_, bool>(0)))
+    }
+
+    fn user_logged_in(&mut self, device: &str, user: &str) -> Result<bool, StoreError> {
+        Ok(!self.query(USER_LOGGED_IN, &[&device, &user])?.is_empty())
+    }
+
+    fn recorded_now(&mut self, upload_id: &str) -> Result<Option<(String, String)>, StoreError> {
+        let rows = self.query(RECORDED, &[&upload_id])?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+    }
+}
+
 impl UploadTx for PgUpload<'_, '_> {
     fn recorded(&mut self, upload_id: &str) -> Result<Option<(String, String)>, StoreError> {
         // The same upload sent to two servers at once: the second waits for the
@@ -617,31 +693,7 @@ impl UploadTx for PgUpload<'_, '_> {
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 7366836482673))",
             &[&upload_id],
         )?;
-        let rows = self.query(
-            "SELECT device, outcome FROM fieldsync.uploads WHERE upload_id = $1",
-            &[&upload_id],
-        )?;
-        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
-    }
-
-    fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>, StoreError> {
-        self.info(table)
-    }
-
-    fn user_enabled(&mut self, user: &str) -> Result<bool, StoreError> {
-        let rows = self.query(
-            "SELECT disabled FROM fieldsync.users WHERE name = $1",
-            &[&user],
-        )?;
-        Ok(rows.first().is_some_and(|r| !r.get::<_, bool>(0)))
-    }
-
-    fn user_logged_in(&mut self, device: &str, user: &str) -> Result<bool, StoreError> {
-        let rows = self.query(
-            "SELECT 1 FROM fieldsync.device_users WHERE device = $1 AND user_name = $2",
-            &[&device, &user],
-        )?;
-        Ok(!rows.is_empty())
+        self.recorded_now(upload_id)
     }
 
     fn base_kind(&mut self, device: &str, base: i64) -> Result<Option<BaseKind>, StoreError> {

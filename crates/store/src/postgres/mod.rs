@@ -96,6 +96,9 @@ CREATE TABLE IF NOT EXISTS fieldsync.task_devices (
     device text NOT NULL REFERENCES fieldsync.devices (id) ON DELETE CASCADE,
     PRIMARY KEY (task, device)
 );
+-- Authorization asks "the tasks of this user and this device": both ways indexed.
+CREATE INDEX IF NOT EXISTS task_users_by_user ON fieldsync.task_users (user_name, task);
+CREATE INDEX IF NOT EXISTS task_devices_by_device ON fieldsync.task_devices (device, task);
 CREATE TABLE IF NOT EXISTS fieldsync.uploads (
     upload_id text PRIMARY KEY,
     device text NOT NULL,
@@ -232,6 +235,10 @@ pub struct PgStore {
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
+        // Only uploads wait with a `lock_timeout` (`integrate.rs`).
+        if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+            return StoreError::Locked;
+        }
         StoreError::Db(pg_message(&e))
     }
 }
@@ -596,6 +603,53 @@ fn task_record(
     })
 }
 
+/// The tasks assigned to both `user` and `device` (only `name`, when given), with
+/// their users and devices, in one query: the user's assignments by index
+/// (`task_users_by_user`), each checked against the device's by primary key.
+fn assigned_tasks(
+    c: &mut Client,
+    name: Option<&str>,
+    user: &str,
+    device: &str,
+) -> Result<Vec<TaskRecord>> {
+    // One task by its key, or all of the user's: each its own plan.
+    let which = if name.is_some() {
+        "u.task = $3"
+    } else {
+        "$3::text IS NULL"
+    };
+    let rows = c.query(
+        &format!(
+            "SELECT t.name, t.definition, t.hash, t.updated_at,
+                    array(SELECT x.user_name FROM fieldsync.task_users x WHERE x.task = t.name
+                          ORDER BY x.user_name COLLATE \"C\"),
+                    array(SELECT x.device FROM fieldsync.task_devices x WHERE x.task = t.name
+                          ORDER BY x.device COLLATE \"C\")
+             FROM fieldsync.task_users u
+             JOIN fieldsync.task_devices d ON d.task = u.task AND d.device = $2
+             JOIN fieldsync.tasks t ON t.name = u.task
+             WHERE u.user_name = $1 AND {which}
+             ORDER BY t.name COLLATE \"C\""
+        ),
+        &[&user, &device, &name],
+    )?;
+    rows.iter()
+        .map(|r| {
+            let name: String = r.get(0);
+            let definition: String = r.get(1);
+            Ok(TaskRecord {
+                def: serde_json::from_str(&definition).map_err(|e| {
+                    StoreError::Db(format!("stored task `{name}` is unreadable: {e}"))
+                })?,
+                hash: r.get(2),
+                updated_at: r.get(3),
+                users: r.get(4),
+                devices: r.get(5),
+            })
+        })
+        .collect()
+}
+
 impl Store for PgStore {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
@@ -954,6 +1008,18 @@ impl Store for PgStore {
         rows.iter()
             .map(|r| task_record(&mut *c, r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect()
+    }
+
+    fn tasks_assigned(&self, user: &str, device: &str) -> Result<Vec<TaskRecord>> {
+        assigned_tasks(&mut *self.conn()?, None, user, device)
+    }
+
+    fn task_assigned(&self, name: &str, user: &str, device: &str) -> Result<Option<TaskRecord>> {
+        Ok(
+            assigned_tasks(&mut *self.conn()?, Some(name), user, device)?
+                .into_iter()
+                .next(),
+        )
     }
 
     fn task_assign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()> {

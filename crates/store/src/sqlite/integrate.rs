@@ -10,10 +10,12 @@ use fieldsync_proto::conflict::{Current, Write};
 use fieldsync_proto::filter::{Dialect, Params};
 use fieldsync_proto::task::{TaskDef, TaskTable};
 use fieldsync_proto::wire::{Upload, UploadOutcome};
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{SqliteStore, table_info, to_sql_value};
-use crate::integrate::{self, ApplyError, BaseKind, ConflictLog, TableCtx, UploadTx, op_name};
+use crate::integrate::{
+    self, ApplyError, BaseKind, ConflictLog, Lookups, TableCtx, UploadTx, op_name,
+};
 use crate::plan::{self, quote_ident};
 use crate::{IntegrateContext, IntegrateError, StoreError, TableInfo};
 
@@ -41,6 +43,15 @@ pub(super) fn integrate(
     // Statement journals (each write with triggers may need a partial rollback) and a
     // large transaction's pages stay in memory instead of temp-file writes.
     conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;")?;
+    // Everything that needs no write lock first, in a read transaction (WAL: office
+    // writers go on): a forbidden entry refuses the upload before `BEGIN IMMEDIATE`.
+    {
+        let read = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
+        if let Some(known) = integrate::precheck(&mut Reads(&read), ctx, upload)? {
+            return Ok(known);
+        }
+        read.commit()?;
+    }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let start_version: i64 = tx.query_row(
         "SELECT coalesce(max(version), 0) FROM fieldsync_rows",
@@ -75,18 +86,46 @@ fn after(version: i64, base: Option<i64>) -> bool {
     version > base.unwrap_or(i64::MIN)
 }
 
-impl UploadTx for SqliteUpload<'_> {
-    fn recorded(&mut self, upload_id: &str) -> Result<Option<(String, String)>, StoreError> {
-        Ok(self
-            .tx
-            .query_row(
-                "SELECT device, outcome FROM fieldsync_uploads WHERE upload_id = ?1",
-                [upload_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?)
+/// The reads of the checks before the write lock, on a read transaction.
+struct Reads<'c>(&'c Connection);
+
+impl Lookups for Reads<'_> {
+    fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>, StoreError> {
+        table_info(self.0, table)
     }
 
+    fn user_enabled(&mut self, user: &str) -> Result<bool, StoreError> {
+        Ok(super::user_enabled(self.0, user)?)
+    }
+
+    fn user_logged_in(&mut self, device: &str, user: &str) -> Result<bool, StoreError> {
+        user_logged_in(self.0, device, user)
+    }
+
+    fn recorded_now(&mut self, upload_id: &str) -> Result<Option<(String, String)>, StoreError> {
+        recorded(self.0, upload_id)
+    }
+}
+
+fn user_logged_in(conn: &Connection, device: &str, user: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM fieldsync_device_users WHERE device = ?1 AND user = ?2)",
+        )?
+        .query_row([device, user], |r| r.get(0))?)
+}
+
+fn recorded(conn: &Connection, upload_id: &str) -> Result<Option<(String, String)>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT device, outcome FROM fieldsync_uploads WHERE upload_id = ?1",
+            [upload_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
+impl Lookups for SqliteUpload<'_> {
     fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>, StoreError> {
         table_info(self.tx, table)
     }
@@ -96,12 +135,17 @@ impl UploadTx for SqliteUpload<'_> {
     }
 
     fn user_logged_in(&mut self, device: &str, user: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .tx
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM fieldsync_device_users WHERE device = ?1 AND user = ?2)",
-            )?
-            .query_row([device, user], |r| r.get(0))?)
+        user_logged_in(self.tx, device, user)
+    }
+
+    fn recorded_now(&mut self, upload_id: &str) -> Result<Option<(String, String)>, StoreError> {
+        recorded(self.tx, upload_id)
+    }
+}
+
+impl UploadTx for SqliteUpload<'_> {
+    fn recorded(&mut self, upload_id: &str) -> Result<Option<(String, String)>, StoreError> {
+        recorded(self.tx, upload_id)
     }
 
     fn base_kind(&mut self, device: &str, base: i64) -> Result<Option<BaseKind>, StoreError> {

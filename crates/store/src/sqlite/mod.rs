@@ -78,6 +78,9 @@ CREATE TABLE IF NOT EXISTS fieldsync_task_devices (
     device TEXT NOT NULL REFERENCES fieldsync_devices (id) ON DELETE CASCADE,
     PRIMARY KEY (task, device)
 ) WITHOUT ROWID;
+-- Authorization asks "the tasks of this user and this device": both ways indexed.
+CREATE INDEX IF NOT EXISTS fieldsync_task_users_by_user ON fieldsync_task_users (user, task);
+CREATE INDEX IF NOT EXISTS fieldsync_task_devices_by_device ON fieldsync_task_devices (device, task);
 CREATE TABLE IF NOT EXISTS fieldsync_uploads (
     upload_id TEXT PRIMARY KEY,
     device TEXT NOT NULL,
@@ -408,6 +411,63 @@ fn task_record(
     })
 }
 
+/// The tasks assigned to both `user` and `device` (only `name`, when given), with
+/// their users and devices, in one query: the user's assignments by index
+/// (`fieldsync_task_users_by_user`), each checked against the device's by primary key.
+fn assigned_tasks(
+    conn: &Connection,
+    name: Option<&str>,
+    user: &str,
+    device: &str,
+) -> Result<Vec<TaskRecord>> {
+    // One task by its key, or all of the user's: each its own plan.
+    let which = if name.is_some() {
+        "u.task = ?3"
+    } else {
+        "?3 IS NULL"
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT t.name, t.definition, t.hash, t.updated_at,
+                (SELECT json_group_array(x.user ORDER BY x.user) FROM fieldsync_task_users x WHERE x.task = t.name),
+                (SELECT json_group_array(x.device ORDER BY x.device) FROM fieldsync_task_devices x WHERE x.task = t.name)
+         FROM fieldsync_task_users u
+         JOIN fieldsync_task_devices d ON d.task = u.task AND d.device = ?2
+         JOIN fieldsync_tasks t ON t.name = u.task
+         WHERE u.user = ?1 AND {which}
+         ORDER BY t.name"
+    ))?;
+    let rows = stmt
+        .query_map(params![user, device, name], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|(name, definition, hash, updated_at, users, devices)| {
+            let list = |json: &str| -> Result<Vec<String>> {
+                serde_json::from_str(json).map_err(|e| {
+                    StoreError::Db(format!("assignments of task `{name}` unreadable: {e}"))
+                })
+            };
+            Ok(TaskRecord {
+                def: serde_json::from_str(&definition).map_err(|e| {
+                    StoreError::Db(format!("stored task `{name}` is unreadable: {e}"))
+                })?,
+                users: list(&users)?,
+                devices: list(&devices)?,
+                hash,
+                updated_at,
+            })
+        })
+        .collect()
+}
+
 impl Store for SqliteStore {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
@@ -695,6 +755,16 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(n, d, h, u)| task_record(&conn, &n, &d, h, u))
             .collect()
+    }
+
+    fn tasks_assigned(&self, user: &str, device: &str) -> Result<Vec<TaskRecord>> {
+        assigned_tasks(&self.conn()?, None, user, device)
+    }
+
+    fn task_assigned(&self, name: &str, user: &str, device: &str) -> Result<Option<TaskRecord>> {
+        Ok(assigned_tasks(&self.conn()?, Some(name), user, device)?
+            .into_iter()
+            .next())
     }
 
     fn task_assign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()> {

@@ -56,14 +56,16 @@
 //!
 //! Three quarters of the way (and now and then at random) the administrator applies a
 //! changed task: the assets filter narrowed (`id <= 20` or `id > 20`), the update of
-//! assets removed, both, or the task widened back. Each device's replica keeps the
-//! version it was cut under (the model records it per user at every download): a
-//! replica without the update of assets is not written there (its triggers would
-//! refuse), and entries made under an older version that today's task does not allow
-//! must come back as `task-changed` conflicts (no policy, not applied), each on a row
-//! today's task does not allow (its table's write removed, or outside today's slice),
-//! never a refused upload; and a send may change a cell for such an entry only where
-//! today's task allows it.
+//! assets or the insert of inspections removed, any mix of those, or the task widened
+//! back. Each device's replica keeps the version it was cut under (the model records
+//! it per user at every download): a replica is not written where its own version
+//! does not allow (its triggers would refuse), and entries made under an older version
+//! that today's task does not allow must come back as `task-changed` conflicts (no
+//! policy, not applied), each on a row or write today's task does not allow (its
+//! table's write removed, or the row outside today's slice), never a refused upload;
+//! and a send may change a cell for such an entry only where today's task allows it.
+//! (A row that was in the slice and was written by somebody else meanwhile, a
+//! rebuild's repair included, may come back as `left-slice` instead: also logged.)
 //!
 //! A lost acknowledgement: A sends with `FIELDSYNC_RETRIES=1` while the proxy cuts the
 //! first response (the upload is applied and checked like any send, the device keeps
@@ -107,8 +109,9 @@
 //!   after the device's last download or its last acknowledged send that wrote the row
 //!   (an entry not applied leaves the device's base where it was). A logical clock
 //!   orders office writes, sends (a send whose acknowledgement was lost is dated when
-//!   the server applied it) and downloads. C's two users are one device here: entries
-//!   of both in one upload are judged against each other, not as somebody else's.
+//!   the server applied it) and downloads. C's two users have a replica each, sent as
+//!   uploads of their own (the set-aside one first) with bases of their own: one
+//!   user's upload is somebody else's change for the other's entries.
 //!
 //! And after quiescence, for every cell whose last event (in the order the main
 //! database saw them: office writes when made, device values when their send
@@ -145,7 +148,7 @@
 //!
 //! The deterministic tests at the end reproduce what the random test found.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -388,8 +391,10 @@ type Row = (&'static str, String);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Writer {
     Office,
-    /// Index into `World::devs`.
-    Dev(usize),
+    /// Index into `World::devs`, and the user whose replica's upload it was (each of
+    /// the shared device's replicas is sent as an upload of its own, with its own
+    /// bases: one user's upload is somebody else's change for the other).
+    Dev(usize, &'static str),
 }
 
 /// The SQLite statement form of a device write.
@@ -503,11 +508,14 @@ struct Shape {
     narrow: Option<&'static str>,
     /// Whether devices may update assets (the task's only write on assets).
     asset_write: bool,
+    /// Whether devices may insert inspections (they may always update and delete).
+    inspection_insert: bool,
 }
 
 const WIDE: Shape = Shape {
     narrow: None,
     asset_write: true,
+    inspection_insert: true,
 };
 const NARROWS: [&str; 2] = ["id <= 20", "id > 20"];
 
@@ -519,7 +527,11 @@ impl Shape {
         let task = fieldsync_store::sample::TASK_NORTH
             .replace(
                 "write = [\"insert\", \"update\"]",
-                "write = [\"insert\", \"update\", \"delete\"]",
+                if self.inspection_insert {
+                    "write = [\"insert\", \"update\", \"delete\"]"
+                } else {
+                    "write = [\"update\", \"delete\"]"
+                },
             )
             .replace(
                 "conflict = \"field-merge\"",
@@ -664,7 +676,7 @@ struct Dev {
     /// shared device keeps one per user: a set-aside replica keeps its older base).
     downloaded: HashMap<&'static str, u64>,
     /// `World::clock` at the acknowledged send that last wrote a row.
-    acked: HashMap<Row, u64>,
+    acked: HashMap<(&'static str, Row), u64>,
     /// A row whose conflict the device won in its last send: its next edit goes there.
     followup: Option<Row>,
     /// The task each user's replica on this device was cut under (its last download).
@@ -827,7 +839,7 @@ fn run_case(seed: u64, steps: usize) -> Stats {
             continue;
         }
         // A rebuilt table is tracked again sooner or later.
-        if !w.broken.is_empty() && w.g.below(4) == 0 {
+        if !w.broken.is_empty() && w.g.below(5) == 0 {
             w.repair();
             continue;
         }
@@ -913,11 +925,17 @@ impl World {
             .iter()
             .find(|(u, _)| **u == user)
             .map_or(0, |(_, t)| *t);
-        let base = downloaded.max(dev.acked.get(row).copied().unwrap_or(0));
+        let acked = dev
+            .acked
+            .iter()
+            .find(|((u, r), _)| *u == user && r == row)
+            .map_or(0, |(_, t)| *t);
+        let base = downloaded.max(acked);
         let since = |row: &Row| {
             self.writes.get(row).is_some_and(|ws| {
-                ws.iter()
-                    .any(|(t, who)| *t > base && *who != Writer::Dev(d))
+                ws.iter().any(|(t, who)| {
+                    *t > base && !matches!(who, Writer::Dev(wd, wu) if *wd == d && *wu == user)
+                })
             })
         };
         since(row)
@@ -952,6 +970,16 @@ impl World {
                 .iter()
                 .any(|w| w.old.is_none() && w.cell.col == "asset_id" && w.new == parent)
         })
+    }
+
+    /// Today's assets (`today_assets`) when a replica of device `d` was cut under
+    /// another version of the task (only then are they needed), else none.
+    fn today_assets_if_changed(&self, d: usize) -> HashSet<String> {
+        if self.devs[d].cut.values().any(|s| *s != self.task) {
+            self.today_assets()
+        } else {
+            HashSet::new()
+        }
     }
 
     /// The assets of today's slice in the main database now.
@@ -1284,6 +1312,7 @@ impl World {
         // The replica's own task refuses what it does not allow (the task may have
         // been narrowed since its download): the crew writes assets only where allowed.
         let asset_write = self.devs[d].cut[user].asset_write;
+        let insert = self.devs[d].cut[user].inspection_insert;
         let n_writes = 1 + self.g.below(3);
         for i in 0..n_writes {
             let mine: Vec<String> = rows(
@@ -1323,7 +1352,7 @@ impl World {
                 }
             }
             let kind = self.g.below(8);
-            if kind == 5 && self.devs[d].cut_for == user {
+            if kind == 5 && self.devs[d].cut_for == user && insert {
                 self.device_insert(d, &conn);
             } else if kind == 6 && !mine.is_empty() {
                 self.move_out(d, &conn, &mine);
@@ -1378,7 +1407,12 @@ impl World {
             .iter()
             .map(|_| format!("t{}", self.fresh(name)))
             .collect();
-        let form = self.draw(&INSPECTION_FORMS);
+        // A delete and a re-insert needs the insert the replica's task may not allow.
+        let user = self.devs[d].user;
+        let form = match self.draw(&INSPECTION_FORMS) {
+            Form::DeleteInsert if !self.devs[d].cut[user].inspection_insert => Form::Update,
+            form => form,
+        };
         self.device_write(d, conn, "inspections", id, &cols, &values, form);
     }
 
@@ -1631,6 +1665,7 @@ impl World {
                     _ => Some(self.g.pick(&NARROWS)),
                 },
                 asset_write: self.g.below(2) == 0,
+                inspection_insert: self.g.below(3) != 0,
             };
             if s == self.task {
                 s.asset_write = !s.asset_write;
@@ -1701,7 +1736,7 @@ impl World {
             serde_json::Value::Null
         };
         let before = snapshot(&self.office);
-        let today_before = self.today_assets();
+        let today_before = self.today_assets_if_changed(d);
         let out = self.devs[d].dir.run(&[how], "");
         self.log(format!(
             "dev {name} ({user}): {how} of {} write(s): {}",
@@ -1806,9 +1841,12 @@ impl World {
                         .or(after.get(&Self::inspection_cell(&cell.key, "asset_id")))
                         .cloned(),
                 };
+                let write = match cell.table {
+                    "assets" => self.task.asset_write,
+                    _ => p.is_some() || self.task.inspection_insert,
+                };
                 assert!(
-                    (cell.table != "assets" || self.task.asset_write)
-                        && parent.is_some_and(|a| today_before.contains(&a)),
+                    write && parent.is_some_and(|a| today_before.contains(&a)),
                     "dev {name}: {how} changed {cell:?} from {p:?} to {q:?}, which today's task {:?} does not allow",
                     self.task
                 );
@@ -1830,6 +1868,30 @@ impl World {
                     "dev {name}: {how} overwrote {cell:?} = {p:?} (now {q:?}), a value none of the upload's entries saw: {entries:?}"
                 ),
             }
+        }
+
+        // The rows this send wrote, per user (each user's replica went as an upload of
+        // its own, the set-aside ones first): written before the conflicts are judged,
+        // since one user's upload is somebody else's change for the other's.
+        let changed: HashSet<Row> = before
+            .keys()
+            .chain(after.keys())
+            .filter(|c| before.get(*c) != after.get(*c))
+            .map(|c| (c.table, c.key.clone()))
+            .collect();
+        let mut by_user: BTreeMap<&'static str, BTreeSet<Row>> = BTreeMap::new();
+        for (cell, entries) in &nets {
+            let row = (cell.table, cell.key.clone());
+            if changed.contains(&row) {
+                for n in entries {
+                    by_user.entry(n.user).or_default().insert(row.clone());
+                }
+            }
+        }
+        let mut new_bases = Vec::new();
+        for (user, rows) in by_user {
+            self.row_writes(rows.clone(), Writer::Dev(d, user));
+            new_bases.extend(rows.into_iter().map(|r| ((user, r), self.clock)));
         }
 
         for (cell, entries) in nets {
@@ -1887,7 +1949,10 @@ impl World {
                                 == Some(&format!("t{user}"))
                     }
                 };
-                let write_allowed = table != "assets" || self.task.asset_write;
+                let write_allowed = match table {
+                    "assets" => self.task.asset_write,
+                    _ => c["op"] != "insert" || self.task.inspection_insert,
+                };
                 assert!(
                     !(in_slice && write_allowed),
                     "dev {name}: {how} logged task-changed on {row:?}, which today's task {:?} allows: {c}",
@@ -1905,19 +1970,10 @@ impl World {
             }
         }
 
-        // The rows this send wrote; they are the device's new bases of them. A row whose
-        // entries were not applied keeps its old base (protocol.md: `version` null), so
-        // its next edit is judged against the same change again.
-        let changed: HashSet<Row> = before
-            .keys()
-            .chain(after.keys())
-            .filter(|c| before.get(*c) != after.get(*c))
-            .map(|c| (c.table, c.key.clone()))
-            .collect();
-        self.row_writes(changed.clone(), Writer::Dev(d));
-        for row in changed {
-            self.devs[d].acked.insert(row, self.clock);
-        }
+        // The rows this send wrote are the new bases of them in the replica that sent
+        // them. A row whose entries were not applied keeps its old base (protocol.md:
+        // `version` null), so its next edit is judged against the same change again.
+        self.devs[d].acked.extend(new_bases);
         self.devs[d]
             .pending
             .iter()
@@ -1956,7 +2012,7 @@ impl World {
         let user = self.devs[d].user;
         let one_try = [("FIELDSYNC_RETRIES", "1")];
         let before = snapshot(&self.office);
-        let today_before = self.today_assets();
+        let today_before = self.today_assets_if_changed(d);
         self.proxy.set_fault(Fault::down(Action::Cut(0)).first(1));
         let out = device_with(&self.devs[d].dir, &["send"], &one_try);
         self.proxy.set_fault(Fault::PASS);

@@ -44,8 +44,8 @@
 //! does not predict what an office write touched: it reads the main database before
 //! and after, and every cell that changed is the office's write.
 //!
-//! A quarter of the way through every case (and now and then at random) the office
-//! rebuilds assets or inspections (create, copy, drop, rename; on SQLite with foreign
+//! A quarter of the way through every case (then a device edits and sends at once) and
+//! now and then at random the office rebuilds assets or inspections (create, copy, drop, rename; on SQLite with foreign
 //! keys off, half of the time in the `sqlite3` shell; on PostgreSQL the foreign keys the
 //! drop took are added again). Until `admin table track` repairs it (at random later,
 //! or before a step that needs the server to serve the task), every sync, download and
@@ -832,6 +832,11 @@ fn run_case(seed: u64, steps: usize) -> Stats {
         }
         if step == steps / 4 {
             w.rebuild();
+            // A crew works on and sends meanwhile: refused, the upload kept for after
+            // the repair, with the entries made until then going as a second upload.
+            let d = w.g.below(w.devs.len() as u64) as usize;
+            w.device_edit(d);
+            w.send(d, "send");
             continue;
         }
         if step == steps * 3 / 4 {

@@ -442,9 +442,15 @@ pub(crate) fn integrate(
                 }
                 c.changed = true;
                 c.left = ctx.restored;
-            } else if base_kind == Some(BaseKind::Upload) && !c.in_slice && !c.changed {
+            } else if base_kind == Some(BaseKind::Upload)
+                && !c.in_slice
+                && !c.changed
+                && !task_changed
+            {
                 // Unchanged since the device's own send wrote it, and outside the slice
                 // now: that send moved it out (not a row that never was the device's).
+                // Under a task changed since the device's version, the change may have
+                // taken it out instead: judged below as `task-changed`, not applied.
                 c.left = true;
             }
         }

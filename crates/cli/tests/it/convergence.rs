@@ -32,6 +32,41 @@
 //! final values. When a send logs a conflict the device won (`device-applied`), the
 //! next step edits that row again on that device and often sends it at once.
 //!
+//! Office writes go through the write forms office programs use (`OfficeForm`): on
+//! SQLite plain `UPDATE`, `UPDATE OR IGNORE|ABORT|FAIL|ROLLBACK|REPLACE`, upserts
+//! (`INSERT … SELECT … ON CONFLICT (id) DO UPDATE`) and `INSERT OR REPLACE` of the whole
+//! row, with foreign keys on, a quarter of them in the `sqlite3` shell; on PostgreSQL
+//! `UPDATE`, upserts and `MERGE`. Before any device pairs, the office rebuilds
+//! inspections so that their asset is `ON UPDATE CASCADE ON DELETE CASCADE` or
+//! `SET NULL` (drawn per seed), and the office also gives assets new keys and deletes
+//! them: the inspections follow by the foreign key's action (and a REPLACE of an asset
+//! deletes the old row first, so its inspections go by `ON DELETE` too). The model
+//! does not predict what an office write touched: it reads the main database before
+//! and after, and every cell that changed is the office's write.
+//!
+//! A quarter of the way through every case (then a device edits and sends at once) and
+//! now and then at random the office rebuilds assets or inspections (create, copy, drop, rename; on SQLite with foreign
+//! keys off, half of the time in the `sqlite3` shell; on PostgreSQL the foreign keys the
+//! drop took are added again). Until `admin table track` repairs it (at random later,
+//! or before a step that needs the server to serve the task), every sync, download and
+//! send with something to send must be refused naming the fix, with the main database,
+//! the conflict log and the device's journal unchanged; office writes go on meanwhile,
+//! unstamped. The repair stamps every row anew, so for the model every row of the table
+//! is written by the office then (a device edit of any of them may be a conflict).
+//!
+//! Three quarters of the way (and now and then at random) the administrator applies a
+//! changed task: the assets filter narrowed (`id <= 20` or `id > 20`), the update of
+//! assets or the insert of inspections removed, any mix of those, or the task widened
+//! back. Each device's replica keeps the version it was cut under (the model records
+//! it per user at every download): a replica is not written where its own version
+//! does not allow (its triggers would refuse), and entries made under an older version
+//! that today's task does not allow must come back as `task-changed` conflicts (no
+//! policy, not applied), each on a row or write today's task does not allow (its
+//! table's write removed, or the row outside today's slice), never a refused upload;
+//! and a send may change a cell for such an entry only where today's task allows it.
+//! (A row that was in the slice and was written by somebody else meanwhile, a
+//! rebuild's repair included, may come back as `left-slice` instead: also logged.)
+//!
 //! A lost acknowledgement: A sends with `FIELDSYNC_RETRIES=1` while the proxy cuts the
 //! first response (the upload is applied and checked like any send, the device keeps
 //! it), the office writes a cell the upload wrote, then either unassigns the task from
@@ -74,8 +109,9 @@
 //!   after the device's last download or its last acknowledged send that wrote the row
 //!   (an entry not applied leaves the device's base where it was). A logical clock
 //!   orders office writes, sends (a send whose acknowledgement was lost is dated when
-//!   the server applied it) and downloads. C's two users are one device here: entries
-//!   of both in one upload are judged against each other, not as somebody else's.
+//!   the server applied it) and downloads. C's two users have a replica each, sent as
+//!   uploads of their own (the set-aside one first) with bases of their own: one
+//!   user's upload is somebody else's change for the other's entries.
 //!
 //! And after quiescence, for every cell whose last event (in the order the main
 //! database saw them: office writes when made, device values when their send
@@ -98,9 +134,10 @@
 //! stay unique there too: the new inspector is a fresh name (`gone-N`), not a user.
 //! The task allows update wherever it allows delete, so a delete and a re-insert
 //! always compact into one update; the "two entries" path of a table without update
-//! is left to `promises.rs`. A device inserts an inspection only under an asset in the
-//! slice in the main database, and the office retires an asset only while
-//! no device holds an unsent insert under it: an insert carries no base version, so
+//! is left to `promises.rs`. A device inserts an inspection only under an asset in
+//! today's slice in the main database, and the office retires, deletes or re-keys an
+//! asset only while no device holds an unsent insert under it (and deletes or re-keys
+//! none a work order names: that foreign key has no action): an insert carries no base version, so
 //! the server cannot tell an insert under a parent the office moved out meanwhile from
 //! one under a parent the device never had, and DESIGN.md refuses both. Updates have
 //! base versions, and the generator does not avoid them: an update of a row that left
@@ -111,7 +148,7 @@
 //!
 //! The deterministic tests at the end reproduce what the random test found.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -197,6 +234,17 @@ struct Stats {
     followups: usize,
     /// Sends whose acknowledgement was cut, answered after a refusal.
     lost_acks: usize,
+    /// Office writes per statement form (`UpdateOr(IGNORE)`, `Upsert`, `Merge`, ...).
+    office_forms: BTreeMap<String, usize>,
+    /// Office writes that changed rows besides their own (foreign-key actions, a
+    /// REPLACE deleting an asset's inspections).
+    cascades: usize,
+    /// Table rebuilds, and sends, syncs and downloads refused until the repair.
+    rebuilds: usize,
+    refused: usize,
+    /// Task changes (narrowed or widened) and the `task-changed` conflicts logged.
+    task_changes: usize,
+    task_changed: usize,
 }
 
 impl Stats {
@@ -212,17 +260,36 @@ impl Stats {
         self.device_won += o.device_won;
         self.followups += o.followups;
         self.lost_acks += o.lost_acks;
+        for (k, n) in &o.office_forms {
+            *self.office_forms.entry(k.clone()).or_default() += n;
+        }
+        self.cascades += o.cascades;
+        self.rebuilds += o.rebuilds;
+        self.refused += o.refused;
+        self.task_changes += o.task_changes;
+        self.task_changed += o.task_changed;
     }
 
     fn coverage(&self) -> String {
         let forms: Vec<String> = self.forms.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let office: Vec<String> = self
+            .office_forms
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
         format!(
-            "writes by form: {}; {} moved out before a send; {} conflicts won by the device, {} edits of such rows after; {} lost acknowledgements",
+            "writes by form: {}; {} moved out before a send; {} conflicts won by the device, {} edits of such rows after; {} lost acknowledgements; office writes by form: {}; {} with cascades; {} rebuilds, {} sends/syncs/downloads refused until the repair; {} task changes, {} task-changed conflicts",
             forms.join(", "),
             self.moved_out,
             self.device_won,
             self.followups,
-            self.lost_acks
+            self.lost_acks,
+            office.join(", "),
+            self.cascades,
+            self.rebuilds,
+            self.refused,
+            self.task_changes,
+            self.task_changed
         )
     }
 }
@@ -324,8 +391,10 @@ type Row = (&'static str, String);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Writer {
     Office,
-    /// Index into `World::devs`.
-    Dev(usize),
+    /// Index into `World::devs`, and the user whose replica's upload it was (each of
+    /// the shared device's replicas is sent as an upload of its own, with its own
+    /// bases: one user's upload is somebody else's change for the other).
+    Dev(usize, &'static str),
 }
 
 /// The SQLite statement form of a device write.
@@ -375,6 +444,216 @@ enum Client {
     Python,
 }
 
+/// The statement form of an office write of existing cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OfficeForm {
+    Update,
+    /// `UPDATE OR IGNORE|ABORT|FAIL|ROLLBACK|REPLACE` (SQLite).
+    UpdateOr(&'static str),
+    /// `INSERT … SELECT … ON CONFLICT (id) DO UPDATE SET …` of an existing row (both).
+    Upsert,
+    /// `INSERT OR REPLACE` of the whole row (SQLite): the old row is deleted first, so
+    /// an asset's inspections go by the foreign key's `ON DELETE` action.
+    InsertOrReplace,
+    /// `MERGE … WHEN MATCHED THEN UPDATE` (PostgreSQL).
+    Merge,
+}
+
+const SQLITE_OFFICE_FORMS: [OfficeForm; 10] = [
+    OfficeForm::Update,
+    OfficeForm::Update,
+    OfficeForm::UpdateOr("IGNORE"),
+    OfficeForm::UpdateOr("ABORT"),
+    OfficeForm::UpdateOr("FAIL"),
+    OfficeForm::UpdateOr("ROLLBACK"),
+    OfficeForm::UpdateOr("REPLACE"),
+    OfficeForm::Upsert,
+    OfficeForm::Upsert,
+    OfficeForm::InsertOrReplace,
+];
+const PG_OFFICE_FORMS: [OfficeForm; 5] = [
+    OfficeForm::Update,
+    OfficeForm::Update,
+    OfficeForm::Upsert,
+    OfficeForm::Upsert,
+    OfficeForm::Merge,
+];
+
+/// Every column of the main database's tables, in their order (for whole-row forms).
+const ASSET_ALL: [&str; 9] = [
+    "id",
+    "name",
+    "category",
+    "status",
+    "region",
+    "x",
+    "y",
+    "installed",
+    "notes",
+];
+const INSPECTION_ALL: [&str; 6] = [
+    "id",
+    "asset_id",
+    "inspector",
+    "inspected_at",
+    "result",
+    "notes",
+];
+
+/// The north task as the office has it at a moment: the case's policies, and maybe
+/// narrowed (see `World::change_task`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
+    /// An extra clause of the assets filter: fewer rows in the slice.
+    narrow: Option<&'static str>,
+    /// Whether devices may update assets (the task's only write on assets).
+    asset_write: bool,
+    /// Whether devices may insert inspections (they may always update and delete).
+    inspection_insert: bool,
+}
+
+const WIDE: Shape = Shape {
+    narrow: None,
+    asset_write: true,
+    inspection_insert: true,
+};
+const NARROWS: [&str; 2] = ["id <= 20", "id > 20"];
+
+impl Shape {
+    /// The task file: the sample's north task, devices may also delete inspections,
+    /// the case's conflict policies, and this shape's narrowing.
+    fn task(self, policies: &HashMap<&'static str, &'static str>) -> String {
+        let filter = "filter = \"region = 'north' AND status <> 'retired'\"";
+        let task = fieldsync_store::sample::TASK_NORTH
+            .replace(
+                "write = [\"insert\", \"update\"]",
+                if self.inspection_insert {
+                    "write = [\"insert\", \"update\", \"delete\"]"
+                } else {
+                    "write = [\"update\", \"delete\"]"
+                },
+            )
+            .replace(
+                "conflict = \"field-merge\"",
+                &format!("conflict = \"{}\"", policies["inspections"]),
+            )
+            .replacen(
+                "write = [\"update\"]\n",
+                &format!(
+                    "{}conflict = \"{}\"\n",
+                    if self.asset_write {
+                        "write = [\"update\"]\n"
+                    } else {
+                        ""
+                    },
+                    policies["assets"]
+                ),
+                1,
+            )
+            .replacen(
+                filter,
+                &match self.narrow {
+                    Some(n) => {
+                        format!("filter = \"region = 'north' AND status <> 'retired' AND {n}\"")
+                    }
+                    None => filter.to_string(),
+                },
+                1,
+            );
+        let assets_part = &task[..task.find("name = \"inspections\"").unwrap()];
+        assert!(
+            assets_part.contains(&format!("conflict = \"{}\"", policies["assets"]))
+                && assets_part.contains("write = [\"update\"]") == self.asset_write
+                && self.narrow.is_none_or(|n| assets_part.contains(n))
+                && task.matches("conflict = ").count() == 2
+                && task.contains("\"delete\"]"),
+            "{task}"
+        );
+        task
+    }
+
+    /// The assets of this shape's slice in the main database, as SQL.
+    fn asset_slice(self) -> String {
+        let mut sql =
+            "SELECT id FROM assets WHERE region = 'north' AND status <> 'retired'".to_string();
+        if let Some(n) = self.narrow {
+            sql.push_str(" AND ");
+            sql.push_str(n);
+        }
+        sql
+    }
+}
+
+/// The office's rebuild of `table` (create, copy, drop, rename: SQLite's way to change
+/// a column, and what migration tools do on both engines), keeping the columns and the
+/// foreign keys: inspections' asset is `ON UPDATE CASCADE ON DELETE {on_delete}`.
+fn rebuild_sql(engine: Engine, table: &str, on_delete: &str) -> String {
+    let not_null = if on_delete == "CASCADE" {
+        " NOT NULL"
+    } else {
+        ""
+    };
+    match engine {
+        Engine::Sqlite => {
+            let create = match table {
+                "assets" => "CREATE TABLE assets_new (id INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                    category TEXT NOT NULL, status TEXT NOT NULL, region TEXT NOT NULL, x REAL,
+                    y REAL, installed TEXT, notes TEXT)"
+                    .to_string(),
+                _ => format!(
+                    "CREATE TABLE inspections_new (id TEXT PRIMARY KEY,
+                    asset_id INTEGER{not_null} REFERENCES assets (id) ON UPDATE CASCADE ON DELETE {on_delete},
+                    inspector TEXT NOT NULL, inspected_at TEXT NOT NULL, result TEXT, notes TEXT)"
+                ),
+            };
+            format!(
+                "PRAGMA foreign_keys = OFF;
+                 BEGIN;
+                 {create};
+                 INSERT INTO {table}_new SELECT * FROM {table};
+                 DROP TABLE {table};
+                 ALTER TABLE {table}_new RENAME TO {table};
+                 COMMIT;
+                 PRAGMA foreign_keys = ON;"
+            )
+        }
+        Engine::Postgres => {
+            let (create, after) = match table {
+                "assets" => (
+                    "CREATE TABLE assets_new (id bigint PRIMARY KEY, name text NOT NULL,
+                     category text NOT NULL, status text NOT NULL, region text NOT NULL,
+                     x double precision, y double precision, installed text, notes text)"
+                        .to_string(),
+                    // The drop took the foreign keys that pointed at the old table.
+                    format!(
+                        "ALTER TABLE inspections ADD FOREIGN KEY (asset_id) REFERENCES assets (id)
+                         ON UPDATE CASCADE ON DELETE {on_delete};
+                         ALTER TABLE work_orders ADD FOREIGN KEY (asset_id) REFERENCES assets (id);"
+                    ),
+                ),
+                _ => (
+                    format!(
+                        "CREATE TABLE inspections_new (id text PRIMARY KEY,
+                         asset_id bigint{not_null} REFERENCES assets (id) ON UPDATE CASCADE ON DELETE {on_delete},
+                         inspector text NOT NULL, inspected_at text NOT NULL, result text, notes text)"
+                    ),
+                    String::new(),
+                ),
+            };
+            format!(
+                "BEGIN;
+                 {create};
+                 INSERT INTO {table}_new SELECT * FROM {table};
+                 DROP TABLE {table} CASCADE;
+                 ALTER TABLE {table}_new RENAME TO {table};
+                 ALTER INDEX {table}_new_pkey RENAME TO {table}_pkey;
+                 {after}
+                 COMMIT;"
+            )
+        }
+    }
+}
+
 /// The last event the main database saw for a cell.
 enum Last {
     Office,
@@ -393,12 +672,15 @@ struct Dev {
     pending: Vec<LocalWrite>,
     /// The device id the server knows (`tab-a`).
     id: String,
-    /// `World::clock` at the device's last download.
-    downloaded: u64,
+    /// `World::clock` at the last download of each user's replica on this device (the
+    /// shared device keeps one per user: a set-aside replica keeps its older base).
+    downloaded: HashMap<&'static str, u64>,
     /// `World::clock` at the acknowledged send that last wrote a row.
-    acked: HashMap<Row, u64>,
+    acked: HashMap<(&'static str, Row), u64>,
     /// A row whose conflict the device won in its last send: its next edit goes there.
     followup: Option<Row>,
+    /// The task each user's replica on this device was cut under (its last download).
+    cut: HashMap<&'static str, Shape>,
 }
 
 struct World {
@@ -427,6 +709,12 @@ struct World {
     /// Device A (index 0) talks to the server through this proxy.
     proxy: FaultProxy,
     stats: Stats,
+    /// The task as the office has it now.
+    task: Shape,
+    /// Tables the office rebuilt and has not tracked again yet.
+    broken: Vec<&'static str>,
+    /// The `ON DELETE` action of inspections' asset (`CASCADE` or `SET NULL`).
+    on_delete: &'static str,
 }
 
 impl Drop for World {
@@ -453,35 +741,15 @@ fn run_case(seed: u64, steps: usize) -> Stats {
     ]
     .into_iter()
     .collect();
+    let on_delete = g.pick(&["CASCADE", "SET NULL"]);
     let office = Office::new(N_ASSETS);
+    // Inspections' asset cascades: the office's rebuild of the table, before any device.
+    office.execute_batch(&rebuild_sql(office.engine(), "inspections", on_delete));
+    office.admin(&["table", "track", "inspections"], "").ok();
     // The sample task sets field-merge on inspections and leaves assets at the default;
     // here devices may also delete inspections (a delete and a re-insert of a key).
-    let task = fieldsync_store::sample::TASK_NORTH
-        .replace(
-            "write = [\"insert\", \"update\"]",
-            "write = [\"insert\", \"update\", \"delete\"]",
-        )
-        .replace(
-            "conflict = \"field-merge\"",
-            &format!("conflict = \"{}\"", policies["inspections"]),
-        )
-        .replacen(
-            "write = [\"update\"]\n",
-            &format!(
-                "write = [\"update\"]\nconflict = \"{}\"\n",
-                policies["assets"]
-            ),
-            1,
-        );
-    let assets_part = &task[..task.find("name = \"inspections\"").unwrap()];
-    assert!(
-        assets_part.contains(&format!("conflict = \"{}\"", policies["assets"]))
-            && task.matches("conflict = ").count() == 2
-            && task.contains("\"delete\"]"),
-        "{task}"
-    );
     let path = office.dir.0.join("north-policies.toml");
-    std::fs::write(&path, &task).unwrap();
+    std::fs::write(&path, WIDE.task(&policies)).unwrap();
     office
         .admin(&["task", "apply", path.to_str().unwrap()], "")
         .ok();
@@ -506,9 +774,10 @@ fn run_case(seed: u64, steps: usize) -> Stats {
             cut_for: users[0],
             pending: Vec::new(),
             id,
-            downloaded: 0,
+            downloaded: HashMap::new(),
             acked: HashMap::new(),
             followup: None,
+            cut: [(users[0], WIDE)].into_iter().collect(),
         });
     }
     let upstream = office
@@ -542,16 +811,41 @@ fn run_case(seed: u64, steps: usize) -> Stats {
         n_conflicts: 0,
         proxy,
         stats,
+        task: WIDE,
+        broken: Vec::new(),
+        on_delete,
     };
-    w.log(format!("conflict policies: {:?}", w.policies));
+    w.log(format!(
+        "conflict policies: {:?}; inspections' asset ON UPDATE CASCADE ON DELETE {on_delete}",
+        w.policies
+    ));
     for d in 0..w.devs.len() {
         w.check_replica(d);
     }
     for step in 1..=steps {
         w.step = step;
-        // Every case loses one acknowledgement halfway, and more at random.
+        // Every case loses one acknowledgement halfway, and more at random; rebuilds a
+        // table a quarter of the way, and changes the task at three quarters.
         if step == steps / 2 {
             w.lost_ack();
+            continue;
+        }
+        if step == steps / 4 {
+            w.rebuild();
+            // A crew works on and sends meanwhile: refused, the upload kept for after
+            // the repair, with the entries made until then going as a second upload.
+            let d = w.g.below(w.devs.len() as u64) as usize;
+            w.device_edit(d);
+            w.send(d, "send");
+            continue;
+        }
+        if step == steps * 3 / 4 {
+            w.change_task();
+            continue;
+        }
+        // A rebuilt table is tracked again sooner or later.
+        if !w.broken.is_empty() && w.g.below(5) == 0 {
+            w.repair();
             continue;
         }
         // A device that won a conflict edits the same row again next, and often sends
@@ -565,7 +859,9 @@ fn run_case(seed: u64, steps: usize) -> Stats {
         }
         let d = w.g.below(w.devs.len() as u64) as usize;
         match w.g.below(100) {
-            0..=29 => w.office_edit(),
+            0..=26 => w.office_edit(),
+            27 | 28 => w.rebuild(),
+            29 => w.change_task(),
             30..=64 => w.device_edit(d),
             65..=74 => w.send(d, "send"),
             75..=86 => w.send(d, "sync"),
@@ -626,14 +922,25 @@ impl World {
 
     /// Whether anybody but device `d` wrote `row` (or, for an inspection, its asset)
     /// since the device's base of it: its last download or its last acknowledged send
-    /// of the row.
-    fn written_by_others_since_base(&self, d: usize, row: &Row) -> bool {
+    /// of the row, for `user`'s replica on it.
+    fn written_by_others_since_base(&self, d: usize, user: &str, row: &Row) -> bool {
         let dev = &self.devs[d];
-        let base = dev.downloaded.max(dev.acked.get(row).copied().unwrap_or(0));
+        let downloaded = dev
+            .downloaded
+            .iter()
+            .find(|(u, _)| **u == user)
+            .map_or(0, |(_, t)| *t);
+        let acked = dev
+            .acked
+            .iter()
+            .find(|((u, r), _)| *u == user && r == row)
+            .map_or(0, |(_, t)| *t);
+        let base = downloaded.max(acked);
         let since = |row: &Row| {
             self.writes.get(row).is_some_and(|ws| {
-                ws.iter()
-                    .any(|(t, who)| *t > base && *who != Writer::Dev(d))
+                ws.iter().any(|(t, who)| {
+                    *t > base && !matches!(who, Writer::Dev(wd, wu) if *wd == d && *wu == user)
+                })
             })
         };
         since(row)
@@ -670,7 +977,176 @@ impl World {
         })
     }
 
-    /// One write of the office, with plain SQL on the main database.
+    /// Today's assets (`today_assets`) when a replica of device `d` was cut under
+    /// another version of the task (only then are they needed), else none.
+    fn today_assets_if_changed(&self, d: usize) -> HashSet<String> {
+        if self.devs[d].cut.values().any(|s| *s != self.task) {
+            self.today_assets()
+        } else {
+            HashSet::new()
+        }
+    }
+
+    /// The assets of today's slice in the main database now.
+    fn today_assets(&self) -> HashSet<String> {
+        self.office
+            .rows(&self.task.asset_slice())
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect()
+    }
+
+    /// Runs office SQL on the main database as an office program would (SQLite: with
+    /// foreign keys on, a quarter of the time in the `sqlite3` shell) and records every
+    /// cell it changed: its own (`intended`), and what foreign-key actions changed.
+    fn office_run(&mut self, sql: &str, intended: Vec<Cell>) {
+        let before = snapshot(&self.office);
+        match self.office.engine() {
+            Engine::Sqlite => {
+                let sql = format!("PRAGMA foreign_keys = ON; {sql}");
+                if self.g.below(4) == 0 {
+                    let run: Run = Command::new("sqlite3")
+                        .arg("-bail")
+                        .arg(&self.office.db_path)
+                        .arg(&sql)
+                        .stdin(Stdio::null())
+                        .output()
+                        .expect("the sqlite3 shell runs")
+                        .into();
+                    assert!(
+                        run.code == 0 && run.stderr.is_empty(),
+                        "office: {sql}: {run:?}"
+                    );
+                } else {
+                    self.office.execute_batch(&sql);
+                }
+            }
+            Engine::Postgres => self.office.execute_batch(sql),
+        }
+        let after = snapshot(&self.office);
+        let own: HashSet<Row> = intended.iter().map(|c| (c.table, c.key.clone())).collect();
+        let mut cells = intended;
+        for c in before.keys().chain(after.keys()) {
+            if before.get(c) != after.get(c) && !cells.contains(c) {
+                cells.push(c.clone());
+            }
+        }
+        let others: Vec<Row> = cells
+            .iter()
+            .map(|c| (c.table, c.key.clone()))
+            .filter(|r| !own.contains(r))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !others.is_empty() {
+            self.stats.cascades += 1;
+            let mut others: Vec<String> = others.iter().map(|(t, k)| format!("{t} {k}")).collect();
+            others.sort();
+            self.log(format!(
+                "office: the write below also wrote {}",
+                others.join(", ")
+            ));
+        }
+        for (cell, v) in &after {
+            if cell.col == "asset_id" {
+                self.parents.insert(cell.key.clone(), v.clone());
+            }
+        }
+        self.office_wrote(cells);
+    }
+
+    /// Sets columns of an existing row of the main database in an office write form
+    /// drawn for the engine; returns the form.
+    fn office_set(
+        &mut self,
+        table: &'static str,
+        key: &str,
+        sets: &[(&'static str, String)],
+    ) -> OfficeForm {
+        let forms: &[OfficeForm] = match self.office.engine() {
+            Engine::Sqlite => &SQLITE_OFFICE_FORMS,
+            Engine::Postgres => &PG_OFFICE_FORMS,
+        };
+        let mut form = self.draw(forms);
+        // A REPLACE of an asset deletes its inspections (the ON DELETE action, as SQLite
+        // does for REPLACE): now and then only.
+        if form == OfficeForm::InsertOrReplace && table == "assets" && self.g.below(3) != 0 {
+            form = OfficeForm::Update;
+        }
+        let id = sql_literal(key);
+        let set_list = sets
+            .iter()
+            .map(|(c, v)| format!("{c} = {}", lit(v)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let all: &[&str] = match table {
+            "assets" => &ASSET_ALL,
+            _ => &INSPECTION_ALL,
+        };
+        let cols = all.join(", ");
+        let sql = match form {
+            OfficeForm::Update => format!("UPDATE {table} SET {set_list} WHERE id = {id}"),
+            OfficeForm::UpdateOr(how) => {
+                format!("UPDATE OR {how} {table} SET {set_list} WHERE id = {id}")
+            }
+            OfficeForm::Upsert => format!(
+                "INSERT INTO {table} ({cols}) SELECT {cols} FROM {table} WHERE id = {id}
+                 ON CONFLICT (id) DO UPDATE SET {set_list}"
+            ),
+            OfficeForm::InsertOrReplace => {
+                let exprs: Vec<String> = all
+                    .iter()
+                    .map(|c| match sets.iter().find(|(s, _)| s == c) {
+                        Some((_, v)) => lit(v),
+                        None => c.to_string(),
+                    })
+                    .collect();
+                format!(
+                    "INSERT OR REPLACE INTO {table} ({cols}) SELECT {} FROM {table} WHERE id = {id}",
+                    exprs.join(", ")
+                )
+            }
+            OfficeForm::Merge => format!(
+                "MERGE INTO {table} AS t USING (SELECT {id} AS id) AS s ON t.id = s.id
+                 WHEN MATCHED THEN UPDATE SET {set_list}"
+            ),
+        };
+        let cells = sets
+            .iter()
+            .map(|(c, _)| Cell {
+                table,
+                key: key.to_string(),
+                col: c,
+            })
+            .collect();
+        *self
+            .stats
+            .office_forms
+            .entry(format!("{form:?}"))
+            .or_default() += 1;
+        self.office_run(&sql, cells);
+        form
+    }
+
+    /// An asset no device holds an unsent insert under (see the module doc) and no work
+    /// order names (their foreign key has no action: the office could not change it).
+    fn free_asset(&mut self, north: &[i64]) -> Option<i64> {
+        let ordered: HashSet<String> = self
+            .office
+            .rows("SELECT asset_id FROM work_orders")
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect();
+        let free: Vec<i64> = north
+            .iter()
+            .copied()
+            .filter(|id| !self.pending_insert_under(*id) && !ordered.contains(&format!("i{id}")))
+            .collect();
+        self.pick(&free)
+    }
+
+    /// One write of the office, with plain SQL on the main database, in the write
+    /// forms office programs use (`OfficeForm`), foreign-key actions included.
     fn office_edit(&mut self) {
         let ids = |sql: &str| -> Vec<String> {
             self.office
@@ -701,31 +1177,20 @@ impl World {
         if !contested.is_empty() && self.g.below(4) == 0 {
             let cell = self.draw(&contested);
             let v = self.fresh("O");
-            self.office.execute_batch(&format!(
-                "UPDATE {} SET {} = {} WHERE id = {}",
-                cell.table,
-                cell.col,
-                lit(&v),
-                sql_literal(&cell.key)
-            ));
+            let form = self.office_set(cell.table, &cell.key, &[(cell.col, v.clone())]);
             self.log(format!(
-                "office: {} {} {} = {v} (a device's too)",
+                "office: {} {} {} = {v} (a device's too; {form:?})",
                 cell.table, cell.key, cell.col
             ));
-            self.office_wrote([cell]);
             return;
         }
-        match self.g.below(10) {
+        match self.g.below(12) {
             0..=2 => {
                 let id = self.pick(&north).unwrap();
                 let col = self.g.pick(&["name", "name", "category"]);
                 let v = self.fresh("O");
-                self.office.execute_batch(&format!(
-                    "UPDATE assets SET {col} = {} WHERE id = {id}",
-                    lit(&v)
-                ));
-                self.log(format!("office: asset {id} {col} = {v}"));
-                self.office_wrote([Self::asset_cell(&format!("i{id}"), col)]);
+                let form = self.office_set("assets", &format!("i{id}"), &[(col, v.clone())]);
+                self.log(format!("office: asset {id} {col} = {v} ({form:?})"));
             }
             3..=4 => {
                 let id = self.pick(&north).unwrap();
@@ -740,22 +1205,22 @@ impl World {
                 } else {
                     self.fresh("st-O")
                 };
-                self.office.execute_batch(&format!(
-                    "UPDATE assets SET status = {} WHERE id = {id}",
-                    lit(&v)
+                let form = self.office_set("assets", &format!("i{id}"), &[("status", v.clone())]);
+                self.log(format!(
+                    "office: asset {id} status {status} -> {v} ({form:?})"
                 ));
-                self.log(format!("office: asset {id} status {status} -> {v}"));
-                self.office_wrote([Self::asset_cell(&format!("i{id}"), "status")]);
             }
             5 => {
                 self.counter += 1;
                 let id = 100_000 + self.counter as i64;
-                self.office.execute_batch(&format!(
-                    "INSERT INTO assets (id, name, category, status, region, x, y) VALUES ({id}, 'new-{id}', 'pump', 'active', 'north', 14.5, 50.5)"
-                ));
-                self.log(format!("office: insert asset {id}"));
                 let key = format!("i{id}");
-                self.office_wrote(ASSET_COLS.map(|c| Self::asset_cell(&key, c)));
+                self.log(format!("office: insert asset {id}"));
+                self.office_run(
+                    &format!(
+                        "INSERT INTO assets (id, name, category, status, region, x, y) VALUES ({id}, 'new-{id}', 'pump', 'active', 'north', 14.5, 50.5)"
+                    ),
+                    ASSET_COLS.map(|c| Self::asset_cell(&key, c)).to_vec(),
+                );
             }
             6 => {
                 let Some(id) = self.pick(&inspections) else {
@@ -767,52 +1232,79 @@ impl World {
                     "notes"
                 };
                 let v = self.fresh("O");
-                self.office.execute_batch(&format!(
-                    "UPDATE inspections SET {col} = {} WHERE id = {}",
-                    lit(&v),
-                    lit(&id[1..])
-                ));
-                self.log(format!("office: inspection {id} {col} = {v}"));
-                self.office_wrote([Self::inspection_cell(&id, col)]);
+                let form = self.office_set("inspections", &id, &[(col, v.clone())]);
+                self.log(format!("office: inspection {id} {col} = {v} ({form:?})"));
             }
             7 => {
                 let asset = self.pick(&north).unwrap();
                 let inspector = self.g.pick(&["ana", "ben", "chloe"]);
                 let id = self.fresh("o-insp-");
                 let notes = self.fresh("O");
-                self.office.execute_batch(&format!(
-                    "INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes) VALUES ({}, {asset}, '{inspector}', '2026-11-30T08:00:00.000Z', 'ok', {})",
-                    lit(&id),
-                    lit(&notes)
-                ));
                 self.log(format!(
                     "office: insert inspection {id} of {inspector} on asset {asset}"
                 ));
                 let key = format!("t{id}");
-                self.office_wrote(INSPECTION_COLS.map(|c| Self::inspection_cell(&key, c)));
+                self.office_run(
+                    &format!(
+                        "INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes) VALUES ({}, {asset}, '{inspector}', '2026-11-30T08:00:00.000Z', 'ok', {})",
+                        lit(&id),
+                        lit(&notes)
+                    ),
+                    INSPECTION_COLS
+                        .map(|c| Self::inspection_cell(&key, c))
+                        .to_vec(),
+                );
             }
             8 => {
                 let Some(id) = self.pick(&inspections) else {
                     return;
                 };
-                self.office.execute_batch(&format!(
-                    "DELETE FROM inspections WHERE id = {}",
-                    lit(&id[1..])
-                ));
                 self.log(format!("office: delete inspection {id}"));
-                self.office_wrote(INSPECTION_COLS.map(|c| Self::inspection_cell(&id, c)));
+                self.office_run(
+                    &format!("DELETE FROM inspections WHERE id = {}", lit(&id[1..])),
+                    INSPECTION_COLS
+                        .map(|c| Self::inspection_cell(&id, c))
+                        .to_vec(),
+                );
             }
-            _ => {
+            9 => {
                 let Some(id) = self.pick(&inspections) else {
                     return;
                 };
                 let to = self.g.pick(&["ana", "ben", "chloe"]);
-                self.office.execute_batch(&format!(
-                    "UPDATE inspections SET inspector = '{to}' WHERE id = {}",
-                    lit(&id[1..])
+                let form = self.office_set("inspections", &id, &[("inspector", to.to_string())]);
+                self.log(format!("office: inspection {id} handed to {to} ({form:?})"));
+            }
+            10 => {
+                // A new key for an asset: its inspections follow (ON UPDATE CASCADE).
+                let Some(id) = self.free_asset(&north) else {
+                    return;
+                };
+                self.counter += 1;
+                let to = 200_000 + self.counter as i64;
+                self.log(format!("office: asset {id} gets the key {to}"));
+                let (old, new) = (format!("i{id}"), format!("i{to}"));
+                let mut cells: Vec<Cell> = ASSET_COLS.map(|c| Self::asset_cell(&old, c)).to_vec();
+                cells.extend(ASSET_COLS.map(|c| Self::asset_cell(&new, c)));
+                self.office_run(
+                    &format!("UPDATE assets SET id = {to} WHERE id = {id}"),
+                    cells,
+                );
+            }
+            _ => {
+                // An asset deleted: its inspections go by the ON DELETE action.
+                let Some(id) = self.free_asset(&north) else {
+                    return;
+                };
+                let key = format!("i{id}");
+                self.log(format!(
+                    "office: delete asset {id} (inspections ON DELETE {})",
+                    self.on_delete
                 ));
-                self.log(format!("office: inspection {id} handed to {to}"));
-                self.office_wrote([Self::inspection_cell(&id, "inspector")]);
+                self.office_run(
+                    &format!("DELETE FROM assets WHERE id = {id}"),
+                    ASSET_COLS.map(|c| Self::asset_cell(&key, c)).to_vec(),
+                );
             }
         }
     }
@@ -822,6 +1314,10 @@ impl World {
     fn device_edit(&mut self, d: usize) {
         let conn = self.devs[d].dir.replica();
         let user = self.devs[d].user;
+        // The replica's own task refuses what it does not allow (the task may have
+        // been narrowed since its download): the crew writes assets only where allowed.
+        let asset_write = self.devs[d].cut[user].asset_write;
+        let insert = self.devs[d].cut[user].inspection_insert;
         let n_writes = 1 + self.g.below(3);
         for i in 0..n_writes {
             let mine: Vec<String> = rows(
@@ -839,6 +1335,7 @@ impl World {
             };
             if let Some((table, key)) = followup {
                 let present = match table {
+                    "assets" if !asset_write => false,
                     "assets" => !rows(
                         &conn,
                         &format!("SELECT id FROM assets WHERE id = {}", sql_literal(&key)),
@@ -860,14 +1357,14 @@ impl World {
                 }
             }
             let kind = self.g.below(8);
-            if kind == 5 && self.devs[d].cut_for == user {
+            if kind == 5 && self.devs[d].cut_for == user && insert {
                 self.device_insert(d, &conn);
             } else if kind == 6 && !mine.is_empty() {
                 self.move_out(d, &conn, &mine);
-            } else if matches!(kind, 3 | 4 | 7) && !mine.is_empty() {
+            } else if (matches!(kind, 3 | 4 | 7) || !asset_write) && !mine.is_empty() {
                 let id = self.pick(&mine).unwrap();
                 self.inspection_write(d, &conn, &id);
-            } else {
+            } else if asset_write {
                 let assets: Vec<String> = rows(&conn, "SELECT id FROM assets ORDER BY id")
                     .into_iter()
                     .map(|r| r[0].clone())
@@ -915,7 +1412,12 @@ impl World {
             .iter()
             .map(|_| format!("t{}", self.fresh(name)))
             .collect();
-        let form = self.draw(&INSPECTION_FORMS);
+        // A delete and a re-insert needs the insert the replica's task may not allow.
+        let user = self.devs[d].user;
+        let form = match self.draw(&INSPECTION_FORMS) {
+            Form::DeleteInsert if !self.devs[d].cut[user].inspection_insert => Form::Update,
+            form => form,
+        };
         self.device_write(d, conn, "inspections", id, &cols, &values, form);
     }
 
@@ -1046,7 +1548,7 @@ impl World {
         let name = self.devs[d].name;
         let in_main: HashSet<String> = self
             .office
-            .rows("SELECT id FROM assets WHERE region = 'north' AND status <> 'retired'")
+            .rows(&self.task.asset_slice())
             .into_iter()
             .map(|r| r[0].clone())
             .collect();
@@ -1095,21 +1597,172 @@ impl World {
         ));
     }
 
+    /// The office rebuilds a tracked table (create, copy, drop, rename: the triggers go
+    /// with the old table). Until `repair`, the server refuses to serve or integrate
+    /// the task (`send`, `download`); office writes go on meanwhile, unstamped.
+    fn rebuild(&mut self) {
+        if !self.broken.is_empty() {
+            self.repair();
+            return;
+        }
+        let table = self.g.pick(&["assets", "inspections"]);
+        let sql = rebuild_sql(self.office.engine(), table, self.on_delete);
+        let shell = self.office.engine() == Engine::Sqlite && self.g.below(2) == 0;
+        if shell {
+            let run: Run = Command::new("sqlite3")
+                .arg("-bail")
+                .arg(&self.office.db_path)
+                .arg(&sql)
+                .stdin(Stdio::null())
+                .output()
+                .expect("the sqlite3 shell runs")
+                .into();
+            assert!(
+                run.code == 0 && run.stderr.is_empty(),
+                "office: rebuild: {run:?}"
+            );
+        } else {
+            self.office.execute_batch(&sql);
+        }
+        self.log(format!(
+            "office: rebuilds {table}{}: untracked until `admin table track {table}`",
+            if shell { " (sqlite3 shell)" } else { "" }
+        ));
+        self.broken.push(table);
+        self.stats.rebuilds += 1;
+    }
+
+    /// `admin table track` of the rebuilt tables (docs/operations-*.md): every row is
+    /// stamped anew, so every row of the table counts as written by the office now
+    /// (an edit of a row the office changed while nothing tracked it is compared by
+    /// value, never an overwrite).
+    fn repair(&mut self) {
+        let broken = std::mem::take(&mut self.broken);
+        for table in &broken {
+            self.office.admin(&["table", "track", table], "").ok();
+        }
+        let rows: HashSet<Row> = snapshot(&self.office)
+            .into_keys()
+            .filter(|c| broken.contains(&c.table))
+            .map(|c| (c.table, c.key))
+            .collect();
+        self.log(format!(
+            "office: admin table track {} ({} rows stamped anew)",
+            broken.join(", "),
+            rows.len()
+        ));
+        self.row_writes(rows, Writer::Office);
+    }
+
+    /// The administrator applies a changed task: narrowed (fewer assets in the slice, or
+    /// no update of assets any more), or widened back. Pending device edits that the
+    /// device's version allowed and today's does not become `task-changed` conflicts.
+    fn change_task(&mut self) {
+        if !self.broken.is_empty() {
+            self.repair();
+        }
+        let next = if self.task != WIDE && self.g.below(2) == 0 {
+            WIDE
+        } else {
+            let mut s = Shape {
+                narrow: match self.g.below(3) {
+                    0 => None,
+                    _ => Some(self.g.pick(&NARROWS)),
+                },
+                asset_write: self.g.below(2) == 0,
+                inspection_insert: self.g.below(3) != 0,
+            };
+            if s == self.task {
+                s.asset_write = !s.asset_write;
+            }
+            s
+        };
+        self.stats.task_changes += 1;
+        let path = self
+            .office
+            .dir
+            .0
+            .join(format!("north-{}.toml", self.stats.task_changes));
+        std::fs::write(&path, next.task(&self.policies)).unwrap();
+        self.office
+            .admin(&["task", "apply", path.to_str().unwrap()], "")
+            .ok();
+        self.log(format!("office: task {:?} -> {next:?}", self.task));
+        self.task = next;
+        // An event: a device's base after it has the new task.
+        self.clock += 1;
+    }
+
+    /// A `device` command refused while a rebuilt table is untracked: it names the fix,
+    /// and nothing changed: the main database, the conflict log, the device's journal.
+    fn refused(
+        &mut self,
+        d: usize,
+        what: &str,
+        out: &Run,
+        before: &HashMap<Cell, String>,
+        pending: &serde_json::Value,
+    ) {
+        let name = self.devs[d].name;
+        assert!(
+            out.stderr.contains("change tracking is missing or stale")
+                && self.broken.iter().any(|t| out
+                    .stderr
+                    .contains(&format!("fieldsync admin table track {t}"))),
+            "dev {name}: {what} refused, but not for the rebuilt table: {out:?}"
+        );
+        assert_eq!(
+            &snapshot(&self.office),
+            before,
+            "dev {name}: a refused {what} changed the main database"
+        );
+        assert_eq!(
+            conflict_log(&self.office).len(),
+            self.n_conflicts,
+            "dev {name}: a refused {what} logged conflicts"
+        );
+        assert_eq!(
+            &self.devs[d].dir.status()["pending"],
+            pending,
+            "dev {name}: a refused {what} kept the journal"
+        );
+        self.stats.refused += 1;
+    }
+
     /// `device send` or `device sync`; checks the upload against the main database
     /// before and after (see the module doc).
     fn send(&mut self, d: usize, how: &str) {
         let name = self.devs[d].name;
         let user = self.devs[d].user;
+        let broken = !self.broken.is_empty();
+        let journal = if broken {
+            self.devs[d].dir.status()["pending"].clone()
+        } else {
+            serde_json::Value::Null
+        };
         let before = snapshot(&self.office);
+        let today_before = self.today_assets_if_changed(d);
         let out = self.devs[d].dir.run(&[how], "");
         self.log(format!(
             "dev {name} ({user}): {how} of {} write(s): {}",
             self.devs[d].pending.len(),
             out.stdout.trim().replace('\n', " / ")
         ));
+        if broken {
+            // Only a send with nothing to send passes while a table is untracked.
+            if how == "sync" || !self.devs[d].pending.is_empty() {
+                assert_ne!(
+                    out.code, 0,
+                    "dev {name}: {how} passed while {:?} is untracked: {out:?}",
+                    self.broken
+                );
+                self.refused(d, how, &out, &before, &journal);
+                return;
+            }
+        }
         assert_eq!(out.code, 0, "dev {name}: {how} failed: {out:?}");
         let after = snapshot(&self.office);
-        self.account(d, how, &before, &after);
+        self.account(d, how, &before, &after, &today_before);
         self.devs[d].pending.clear();
         let st = self.devs[d].dir.status();
         assert_eq!(
@@ -1118,8 +1771,9 @@ impl World {
         );
         if how == "sync" {
             self.devs[d].cut_for = user;
+            self.devs[d].cut.insert(user, self.task);
             self.clock += 1;
-            self.devs[d].downloaded = self.clock;
+            self.devs[d].downloaded.insert(user, self.clock);
             self.check_replica(d);
         }
     }
@@ -1133,6 +1787,7 @@ impl World {
         how: &str,
         before: &HashMap<Cell, String>,
         after: &HashMap<Cell, String>,
+        today_before: &HashSet<String>,
     ) -> Vec<Cell> {
         let name = self.devs[d].name;
         for snap in [before, after] {
@@ -1178,6 +1833,29 @@ impl World {
                     "dev {name}: {how} changed {cell:?} from {p:?} to {q:?}, which the device did not write"
                 );
             };
+            // An entry made under another version of the task is applied only where
+            // today's task allows it: its table's write, its row in today's slice.
+            if entries
+                .iter()
+                .any(|n| self.devs[d].cut.get(n.user) != Some(&self.task))
+            {
+                let parent = match cell.table {
+                    "assets" => Some(cell.key.clone()),
+                    _ => before
+                        .get(&Self::inspection_cell(&cell.key, "asset_id"))
+                        .or(after.get(&Self::inspection_cell(&cell.key, "asset_id")))
+                        .cloned(),
+                };
+                let write = match cell.table {
+                    "assets" => self.task.asset_write,
+                    _ => p.is_some() || self.task.inspection_insert,
+                };
+                assert!(
+                    write && parent.is_some_and(|a| today_before.contains(&a)),
+                    "dev {name}: {how} changed {cell:?} from {p:?} to {q:?}, which today's task {:?} does not allow",
+                    self.task
+                );
+            }
             assert!(
                 q.is_some_and(|q| entries.iter().any(|n| &n.new == q)),
                 "dev {name}: {how} set {cell:?} to {q:?}, not a value of the upload: {entries:?}"
@@ -1195,6 +1873,30 @@ impl World {
                     "dev {name}: {how} overwrote {cell:?} = {p:?} (now {q:?}), a value none of the upload's entries saw: {entries:?}"
                 ),
             }
+        }
+
+        // The rows this send wrote, per user (each user's replica went as an upload of
+        // its own, the set-aside ones first): written before the conflicts are judged,
+        // since one user's upload is somebody else's change for the other's.
+        let changed: HashSet<Row> = before
+            .keys()
+            .chain(after.keys())
+            .filter(|c| before.get(*c) != after.get(*c))
+            .map(|c| (c.table, c.key.clone()))
+            .collect();
+        let mut by_user: BTreeMap<&'static str, BTreeSet<Row>> = BTreeMap::new();
+        for (cell, entries) in &nets {
+            let row = (cell.table, cell.key.clone());
+            if changed.contains(&row) {
+                for n in entries {
+                    by_user.entry(n.user).or_default().insert(row.clone());
+                }
+            }
+        }
+        let mut new_bases = Vec::new();
+        for (user, rows) in by_user {
+            self.row_writes(rows.clone(), Writer::Dev(d, user));
+            new_bases.extend(rows.into_iter().map(|r| ((user, r), self.clock)));
         }
 
         for (cell, entries) in nets {
@@ -1225,8 +1927,46 @@ impl World {
                 "inspections"
             };
             let row: Row = (table, json_text(&c["key"]));
+            if c["kind"] == "task-changed" {
+                // Allowed by the version of the task the replica was cut under, not by
+                // today's: its table's write was removed, or the row is not in today's
+                // slice of the user.
+                self.stats.task_changed += 1;
+                let user = c["user"].as_str().unwrap_or_default();
+                let cut = self.devs[d]
+                    .cut
+                    .iter()
+                    .find(|(u, _)| **u == user)
+                    .map(|(_, s)| *s);
+                assert!(
+                    cut.is_some_and(|s| s != self.task),
+                    "dev {name}: {how} logged task-changed though {user}'s replica has today's task {:?}: {c}",
+                    self.task
+                );
+                let today = self.today_assets();
+                let in_slice = match table {
+                    "assets" => today.contains(&row.1),
+                    _ => {
+                        after
+                            .get(&Self::inspection_cell(&row.1, "asset_id"))
+                            .is_some_and(|a| today.contains(a))
+                            && after.get(&Self::inspection_cell(&row.1, "inspector"))
+                                == Some(&format!("t{user}"))
+                    }
+                };
+                let write_allowed = match table {
+                    "assets" => self.task.asset_write,
+                    _ => c["op"] != "insert" || self.task.inspection_insert,
+                };
+                assert!(
+                    !(in_slice && write_allowed),
+                    "dev {name}: {how} logged task-changed on {row:?}, which today's task {:?} allows: {c}",
+                    self.task
+                );
+                continue;
+            }
             assert!(
-                self.written_by_others_since_base(d, &row),
+                self.written_by_others_since_base(d, c["user"].as_str().unwrap_or_default(), &row),
                 "dev {name}: {how} logged a conflict on {row:?} though nobody else wrote it (or its asset) since the device's base of it: {c}"
             );
             if c["resolution"] == "device-applied" {
@@ -1235,19 +1975,10 @@ impl World {
             }
         }
 
-        // The rows this send wrote; they are the device's new bases of them. A row whose
-        // entries were not applied keeps its old base (protocol.md: `version` null), so
-        // its next edit is judged against the same change again.
-        let changed: HashSet<Row> = before
-            .keys()
-            .chain(after.keys())
-            .filter(|c| before.get(*c) != after.get(*c))
-            .map(|c| (c.table, c.key.clone()))
-            .collect();
-        self.row_writes(changed.clone(), Writer::Dev(d));
-        for row in changed {
-            self.devs[d].acked.insert(row, self.clock);
-        }
+        // The rows this send wrote are the new bases of them in the replica that sent
+        // them. A row whose entries were not applied keeps its old base (protocol.md:
+        // `version` null), so its next edit is judged against the same change again.
+        self.devs[d].acked.extend(new_bases);
         self.devs[d]
             .pending
             .iter()
@@ -1261,7 +1992,21 @@ impl World {
     /// answers the known upload with its recorded outcome, applies nothing twice, and
     /// leaves the office's later write alone. Then the refusal is undone.
     fn lost_ack(&mut self) {
+        if !self.broken.is_empty() {
+            self.repair();
+        }
         let d = 0;
+        // A send refused while a table was untracked left its upload stored, and
+        // entries made since wait for a second upload: sent first, so that the upload
+        // whose acknowledgement is lost below is the whole journal (the module doc).
+        if !rows(
+            &self.devs[d].dir.replica(),
+            "SELECT upload_id FROM fieldsync_upload",
+        )
+        .is_empty()
+        {
+            self.send(d, "send");
+        }
         if self.devs[d].pending.is_empty() {
             self.device_edit(d);
             if self.devs[d].pending.is_empty() {
@@ -1272,6 +2017,7 @@ impl World {
         let user = self.devs[d].user;
         let one_try = [("FIELDSYNC_RETRIES", "1")];
         let before = snapshot(&self.office);
+        let today_before = self.today_assets_if_changed(d);
         self.proxy.set_fault(Fault::down(Action::Cut(0)).first(1));
         let out = device_with(&self.devs[d].dir, &["send"], &one_try);
         self.proxy.set_fault(Fault::PASS);
@@ -1290,7 +2036,13 @@ impl World {
         );
         assert_eq!(stored.len(), 1, "dev {name}: the upload is kept");
         let after = snapshot(&self.office);
-        let cells = self.account(d, "send (acknowledgement cut)", &before, &after);
+        let cells = self.account(
+            d,
+            "send (acknowledgement cut)",
+            &before,
+            &after,
+            &today_before,
+        );
         self.stats.lost_acks += 1;
 
         // The office corrects a cell the upload wrote.
@@ -1404,11 +2156,22 @@ impl World {
             assert_eq!(replica_content(&self.devs[d].dir), before);
             let st = self.devs[d].dir.status();
             assert!(st["pending"].as_u64().unwrap() > 0, "{st}");
+        } else if !self.broken.is_empty() {
+            let journal = self.devs[d].dir.status()["pending"].clone();
+            assert_ne!(
+                out.code, 0,
+                "dev {name}: a download served {:?} untracked",
+                self.broken
+            );
+            let now = snapshot(&self.office);
+            self.refused(d, "download", &out, &now, &journal);
+            assert_eq!(replica_content(&self.devs[d].dir), before);
         } else {
             assert_eq!(out.code, 0, "dev {name}: download failed: {out:?}");
             self.devs[d].cut_for = user;
+            self.devs[d].cut.insert(user, self.task);
             self.clock += 1;
-            self.devs[d].downloaded = self.clock;
+            self.devs[d].downloaded.insert(user, self.clock);
             self.check_replica(d);
         }
     }
@@ -1417,6 +2180,10 @@ impl World {
     /// logged in, login of the next user. Pending entries stay the old user's, in the
     /// old user's replica, set aside.
     fn switch_user(&mut self, d: usize) {
+        // The next user may have to download.
+        if !self.broken.is_empty() {
+            self.repair();
+        }
         let dev = &self.devs[d];
         if dev.users.len() < 2 {
             return;
@@ -1468,7 +2235,7 @@ impl World {
     fn check_replica(&self, d: usize) {
         let dev = &self.devs[d];
         let replica = dev.dir.replica();
-        let slice = "SELECT id FROM assets WHERE region = 'north' AND status <> 'retired'";
+        let slice = dev.cut[dev.cut_for].asset_slice();
         assert_eq!(
             rows(&replica, "SELECT * FROM assets ORDER BY id"),
             self.office.rows(&format!(
@@ -1498,6 +2265,9 @@ impl World {
     fn quiesce(&mut self) {
         self.step += 1;
         self.log("quiescence".into());
+        if !self.broken.is_empty() {
+            self.repair();
+        }
         let mut edited = false;
         for round in 0..3 {
             if round == 2 && !edited {
@@ -1557,9 +2327,14 @@ impl World {
         for c in conflicts {
             let table = c["table"].as_str().unwrap().to_string();
             let key = json_text(&c["key"]);
+            // A task-changed entry is not applied whatever the policy.
+            let policy = match c["kind"].as_str() {
+                Some("task-changed") => "",
+                _ => self.policies[table.as_str()],
+            };
             assert_eq!(
                 c["policy"].as_str(),
-                Some(self.policies[table.as_str()]),
+                Some(policy),
                 "the table's policy decided: {c}"
             );
             for (side, map) in [

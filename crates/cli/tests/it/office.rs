@@ -480,4 +480,60 @@ fn task_changes_while_edits_are_pending_are_conflicts_not_refusals_sqlite() {
     task_changes_while_edits_are_pending_are_conflicts_not_refusals();
 }
 
-crate::also_on_postgres!(task_changes_while_edits_are_pending_are_conflicts_not_refusals);
+/// Found by the convergence test: a row the device's own send wrote (its base an
+/// upload's), edited again, then the task narrowed so the row is no longer in the
+/// slice: the edit was logged as `left-slice` ("your own send moved it out"), as if
+/// the device had moved it; it is the task that changed, so `task-changed`.
+fn a_row_sent_then_outside_a_narrowed_task_is_task_changed() {
+    let office = Office::new(10);
+    let dev = office.device("tab1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    let app = dev.replica();
+    let id: i64 = app
+        .query_row("SELECT min(id) FROM assets", [], |r| r.get(0))
+        .unwrap();
+    // Two rows, so that the upload's versions are a range (an upload's base).
+    app.execute("UPDATE assets SET name = 'sent' WHERE id = ?1", [id])
+        .unwrap();
+    app.execute(
+        "UPDATE inspections SET result = 'sent' WHERE id = (SELECT min(id) FROM inspections)",
+        [],
+    )
+    .unwrap();
+    dev.run(&["send"], "").ok();
+    app.execute("UPDATE assets SET name = 'pending' WHERE id = ?1", [id])
+        .unwrap();
+    let filter = "filter = \"region = 'north' AND status <> 'retired'\"";
+    assert!(NORTH.contains(filter));
+    apply(
+        &office,
+        &NORTH.replace(
+            filter,
+            &format!("filter = \"region = 'north' AND status <> 'retired' AND id <> {id}\""),
+        ),
+    );
+    let run = dev.run(&["send"], "");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        office.value(&format!("SELECT name FROM assets WHERE id = {id}")),
+        "sent",
+        "not applied"
+    );
+    let logged = conflicts(&office);
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["kind"], "task-changed", "{logged:?}");
+    assert_eq!(logged[0]["resolution"], "not-applied", "{logged:?}");
+    assert_eq!(logged[0]["device_values"]["name"], "pending", "{logged:?}");
+    assert_eq!(dev.status()["pending"], 0);
+}
+
+#[test]
+fn a_row_sent_then_outside_a_narrowed_task_is_task_changed_sqlite() {
+    a_row_sent_then_outside_a_narrowed_task_is_task_changed();
+}
+
+crate::also_on_postgres!(
+    task_changes_while_edits_are_pending_are_conflicts_not_refusals,
+    a_row_sent_then_outside_a_narrowed_task_is_task_changed,
+);

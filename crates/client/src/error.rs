@@ -19,6 +19,12 @@ pub enum ClientError {
     /// The server answered with an error that is not a refusal.
     #[error("server: {message}")]
     Server { code: ErrorCode, message: String },
+    /// The server is busy (HTTP 503) and asks to be asked again after `retry_after`.
+    #[error("server busy: {message}")]
+    ServerBusy {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("cannot reach the server at {url}: {detail}")]
     Unreachable { url: String, detail: String },
     /// The download stream was damaged or cut; the old replica is kept.

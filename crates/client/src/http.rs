@@ -99,10 +99,19 @@ impl Api {
     fn map_err(&self, e: ureq::Error) -> ClientError {
         match e {
             ureq::Error::Status(status, resp) => {
+                // A busy server's wait, bounded: a header cannot stall the device.
+                let retry_after = resp
+                    .header("retry-after")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|s| Duration::from_secs(s.min(60)));
                 let mut body = String::new();
                 let _ = resp.into_reader().take(64 * 1024).read_to_string(&mut body);
                 match serde_json::from_str::<ErrorBody>(&body) {
                     Ok(err) if err.code.is_refusal() => ClientError::Refused(err.message),
+                    Ok(err) if err.code == ErrorCode::Busy => ClientError::ServerBusy {
+                        message: err.message,
+                        retry_after: retry_after.unwrap_or_default(),
+                    },
                     Ok(err) => ClientError::Server {
                         code: err.code,
                         message: err.message,

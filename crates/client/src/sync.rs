@@ -721,6 +721,7 @@ fn is_transient(e: &ClientError) -> bool {
     matches!(
         e,
         ClientError::Unreachable { .. }
+            | ClientError::ServerBusy { .. }
             | ClientError::Stream(_)
             | ClientError::Server {
                 code: ErrorCode::Internal | ErrorCode::Damaged | ErrorCode::Busy,
@@ -750,7 +751,12 @@ fn with_retries<T>(
                     total: u64::from(net.attempts),
                     unit: "attempts",
                 });
-                cancel.sleep(backoff)?;
+                // A busy server says how long to wait; the backoff is the least.
+                let wait = match &e {
+                    ClientError::ServerBusy { retry_after, .. } => backoff.max(*retry_after),
+                    _ => backoff,
+                };
+                cancel.sleep(wait)?;
                 backoff *= 2;
             }
             other => return other,

@@ -15,6 +15,10 @@ pub const HEADER_PROTOCOL: &str = "x-fieldsync-protocol";
 pub const HEADER_DEVICE_ID: &str = "x-fieldsync-device";
 pub const HEADER_DEVICE_SECRET: &str = "x-fieldsync-device-secret";
 /// Largest JSON request body the server reads.
+/// Seconds a `busy` answer (HTTP 503) asks the device to wait, in its `Retry-After`
+/// header.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 5;
+
 pub const JSON_BODY_MAX_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -71,7 +71,10 @@ impl Downloads {
         let busy = |what: String| {
             ApiError::new(
                 ErrorCode::Busy,
-                format!("busy: {what}; retry in a few seconds"),
+                format!(
+                    "busy: {what}; retry in {} s",
+                    fieldsync_proto::wire::BUSY_RETRY_AFTER_SECS
+                ),
             )
         };
         let server = self.server.clone().try_acquire_owned().map_err(|_| {

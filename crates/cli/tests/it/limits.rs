@@ -367,3 +367,33 @@ fn a_hundred_stalled_downloads_on_postgres_are_cut_and_block_nobody() {
     assert_eq!(unremovable_after_vacuum(&office.db_url), 0);
     drop(stalled);
 }
+
+/// A busy server says how long to wait (`Retry-After`), and the device waits that
+/// long before asking again: with the only download turn held by a stalled client,
+/// the device's download is told "busy, retry in 5 s", and succeeds once the stalled
+/// stream is cut (its doubling backoff alone, 0.5 s then 1 s, gave up before that).
+#[test]
+fn a_busy_download_is_retried_after_the_servers_retry_after() {
+    let office = Office::new(5);
+    photos_task(&office, 6000);
+    let server = Server::start_with(
+        &office.db_url,
+        &["--max-downloads", "1", "--idle-timeout", "3"],
+    );
+    let staller = photos_device(&office, "staller", &server);
+    let dev = photos_device(&office, "tab1", &server);
+    let (stalled, code) = stalled_download(&server.url, &session_headers(&staller));
+    assert_eq!(code, 200);
+    let (mut busy, code) = stalled_download(&server.url, &session_headers(&dev));
+    assert_eq!(code, 503);
+    let mut head = [0u8; 512];
+    let n = busy.read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_lowercase();
+    assert!(head.contains("retry-after: 5"), "{head}");
+    let started = Instant::now();
+    dev.run(&["download", "photos"], "").ok();
+    let took = started.elapsed();
+    eprintln!("download after a busy answer: {took:?}");
+    assert!(took >= Duration::from_secs(5), "{took:?}");
+    drop(stalled);
+}

@@ -10,6 +10,7 @@ mod faults;
 mod folder;
 mod harness;
 mod limits;
+mod limits_upload;
 mod office;
 mod office_pg;
 mod pg_values;

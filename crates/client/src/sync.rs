@@ -687,8 +687,30 @@ fn acknowledge(
             "INSERT INTO fieldsync_base (tbl, pk, version) VALUES (?1, ?2, ?3)
              ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version",
         )?;
+        // Rows the server wrote other than the device had them, that the journal
+        // edits again after this upload (the next chunks, edits made meanwhile):
+        // found in one pass over the rest of the journal, not one per row.
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS fieldsync_taken (tbl TEXT NOT NULL, pk NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+             CREATE TEMP TABLE IF NOT EXISTS fieldsync_edited (tbl TEXT NOT NULL, pk NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+             DELETE FROM temp.fieldsync_taken; DELETE FROM temp.fieldsync_edited;",
+        )?;
+        if outcome.versions.iter().any(|v| v.row.is_some()) {
+            let mut taken =
+                tx.prepare("INSERT OR IGNORE INTO temp.fieldsync_taken (tbl, pk) VALUES (?1, ?2)")?;
+            for v in outcome.versions.iter().filter(|v| v.row.is_some()) {
+                taken.execute(rusqlite::params![v.table, to_sql(&v.key)])?;
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO temp.fieldsync_edited (tbl, pk)
+                 SELECT j.tbl, j.pk FROM fieldsync_journal AS j
+                 WHERE j.seq > ?1 AND EXISTS (
+                     SELECT 1 FROM temp.fieldsync_taken AS t WHERE t.tbl = j.tbl AND t.pk = j.pk)",
+                [pending.max_seq],
+            )?;
+        }
         let mut edited_since = tx.prepare(
-            "SELECT EXISTS (SELECT 1 FROM fieldsync_journal WHERE tbl = ?1 AND pk = ?2 AND seq > ?3)",
+            "SELECT EXISTS (SELECT 1 FROM temp.fieldsync_edited WHERE tbl = ?1 AND pk = ?2)",
         )?;
         tx.execute(
             "INSERT INTO fieldsync_replica (key, value) VALUES ('applying', '1')
@@ -702,10 +724,8 @@ fn acknowledge(
                 // office changes merged): take it, so that `version` is a true base.
                 // An edit made on top meanwhile keeps the old base instead, and is
                 // judged against the office's change again.
-                let edited: bool = edited_since.query_row(
-                    rusqlite::params![v.table, to_sql(&v.key), pending.max_seq],
-                    |r| r.get(0),
-                )?;
+                let edited: bool = edited_since
+                    .query_row(rusqlite::params![v.table, to_sql(&v.key)], |r| r.get(0))?;
                 if edited {
                     continue;
                 }

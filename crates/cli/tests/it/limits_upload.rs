@@ -493,3 +493,41 @@ fn an_entry_too_large_for_any_upload_is_named_and_kept() {
         "0"
     );
 }
+
+/// A row edited in an early chunk and again in a later one: the later edit goes with
+/// the base the earlier chunk's acknowledgement gave the row, so the device's own
+/// earlier chunk is no conflict with it, and the row ends as the device left it.
+#[test]
+fn a_row_edited_in_two_chunks_is_no_conflict_with_itself() {
+    let chunk = fieldsync_proto::wire::UPLOAD_CHUNK_ENTRIES as u64;
+    let office = Office::new(20);
+    let dev = north_device(&office, "two-chunks");
+    let conn = dev.replica();
+    let asset: i64 = conn
+        .query_row("SELECT min(id) FROM assets", [], |r| r.get(0))
+        .unwrap();
+    conn.execute(
+        "UPDATE assets SET name = 'first edit' WHERE id = ?1",
+        [asset],
+    )
+    .unwrap();
+    drop(conn);
+    insert_inspections(&dev, "fill-", chunk);
+    let conn = dev.replica();
+    conn.execute(
+        "UPDATE assets SET name = 'second edit', category = 'valve' WHERE id = ?1",
+        [asset],
+    )
+    .unwrap();
+    drop(conn);
+    dev.run(&["send"], "").ok();
+    assert_eq!(journal_len(&dev), 0);
+    assert_eq!(sends(&office).len(), 2, "{:?}", sends(&office));
+    assert!(conflicts(&office).is_empty(), "{:?}", conflicts(&office));
+    assert_eq!(
+        office.value(&format!(
+            "SELECT name || '/' || category FROM assets WHERE id = {asset}"
+        )),
+        "second edit/valve"
+    );
+}

@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use crate::auth;
 use crate::download;
 use crate::error::ApiError;
-use crate::upload_body;
+use crate::{integrators, upload_body};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -380,7 +380,7 @@ async fn upload(
     };
     let body = upload_body::read(&headers, body).await?;
     let bytes_up = body.len() as u64;
-    blocking(move || {
+    integrators::run(move || {
         let upload = upload_body::parse(&headers, &body)?;
         drop(body);
         if claimed_id

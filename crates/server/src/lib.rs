@@ -6,6 +6,7 @@ mod api;
 pub mod auth;
 mod download;
 pub mod error;
+mod integrators;
 mod upload_body;
 
 use std::net::SocketAddr;

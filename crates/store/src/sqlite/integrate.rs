@@ -40,7 +40,7 @@ pub(super) fn integrate(
     conn.set_prepared_statement_cache_capacity(256);
     // Statement journals (each write with triggers may need a partial rollback) and a
     // large transaction's pages stay in memory instead of temp-file writes.
-    conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;")?;
+    conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;")?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let start_version: i64 = tx.query_row(
         "SELECT coalesce(max(version), 0) FROM fieldsync_rows",

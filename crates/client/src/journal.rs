@@ -457,6 +457,49 @@ pub fn write_backup(dir: &Path, entries: &[JournalEntry]) -> Result<PathBuf> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_chunk_is_bounded_in_entries_and_bytes_and_takes_the_rows_base_now() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::triggers::REPLICA_TABLES).unwrap();
+        let add = |op: &str, pk: i64, new: &str, base: Option<i64>| {
+            conn.execute(
+                "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at)
+                 VALUES ('t', ?1, ?2, '{}', ?3, ?4, 'u', '')",
+                rusqlite::params![pk, op, new, base],
+            )
+            .unwrap();
+        };
+        add("update", 1, r#"{"a":1}"#, Some(5));
+        add("insert", 2, r#"{"a":2}"#, None);
+        let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(1000));
+        add("update", 3, &big, Some(5));
+        add("update", 1, r#"{"a":3}"#, Some(5));
+        // An earlier upload's acknowledgement gave row 1 version 9, row 2 version 8.
+        conn.execute_batch(
+            "INSERT INTO fieldsync_base (tbl, pk, version) VALUES ('t', 1, 9), ('t', 2, 8)",
+        )
+        .unwrap();
+        let seqs = |c: &[JournalEntry]| c.iter().map(|e| e.seq).collect::<Vec<_>>();
+        // By entries.
+        let c = read_chunk(&conn, i64::MAX, 2, usize::MAX).unwrap();
+        assert_eq!(seqs(&c), [1, 2]);
+        // The update takes the row's newer base; the insert keeps none.
+        assert_eq!((c[0].base_version, c[1].base_version), (Some(9), None));
+        // By bytes: stops before the entry that would pass them...
+        let c = read_chunk(&conn, i64::MAX, 10, 100).unwrap();
+        assert_eq!(seqs(&c), [1, 2]);
+        // ...but always takes the first, however big.
+        conn.execute("DELETE FROM fieldsync_journal WHERE seq <= 2", [])
+            .unwrap();
+        let c = read_chunk(&conn, i64::MAX, 10, 100).unwrap();
+        assert_eq!(seqs(&c), [3]);
+        assert_eq!(c[0].base_version, Some(5), "no newer base for row 3");
+        // Never past the send's last entry.
+        assert!(read_chunk(&conn, 2, 10, 100).unwrap().is_empty());
+        let c = read_chunk(&conn, i64::MAX, 10, usize::MAX).unwrap();
+        assert_eq!((seqs(&c), c[1].base_version), (vec![3, 4], Some(9)));
+    }
+
     fn e(seq: i64, op: WriteOp, old: &[(&str, i64)], new: &[(&str, i64)]) -> JournalEntry {
         let row = |p: &[(&str, i64)]| {
             p.iter()

@@ -426,6 +426,80 @@ fn a_device_killed_between_chunks_loses_nothing_and_applies_nothing_twice() {
     assert!(conflicts(&office).is_empty());
 }
 
+/// The acknowledgement of a middle chunk lost: the device is killed (-9) as soon as the
+/// server committed the second upload, mostly before the device took its answer. The
+/// next send sends that stored upload again under its id, is answered with the recorded
+/// outcome, and goes on: every entry applied exactly once.
+#[test]
+fn a_middle_chunks_lost_acknowledgement_applies_it_once() {
+    let chunk = fieldsync_proto::wire::UPLOAD_CHUNK_ENTRIES as u64;
+    let n = 3 * chunk - chunk / 2;
+    let office = Office::new(20);
+    let dev = north_device(&office, "lost-ack");
+    insert_inspections(&dev, "ack-", n);
+    let uploads = || -> u64 {
+        office
+            .value(&format!(
+                "SELECT count(*) FROM {}",
+                office.own_table("uploads")
+            ))
+            .parse()
+            .unwrap()
+    };
+    let before = uploads();
+    let mut child = Command::new(BIN)
+        .args(["device", "send", "--dir"])
+        .arg(dev.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline && uploads() < before + 2 {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert!(
+        status.code().is_none(),
+        "killed before the send ended: {status:?}"
+    );
+    assert_eq!(uploads(), before + 2, "the second chunk was committed");
+    let stored: Option<String> = dev
+        .replica()
+        .query_row("SELECT upload_id FROM fieldsync_upload", [], |r| r.get(0))
+        .ok();
+    // The stored upload is the second chunk, committed and not acknowledged (the lost
+    // acknowledgement), or already the third (the device took the answer in time).
+    let committed = stored.as_ref().is_some_and(|id| {
+        office.value(&format!(
+            "SELECT count(*) FROM {} WHERE upload_id = '{id}'",
+            office.own_table("uploads")
+        )) == "1"
+    });
+    dev.run(&["send"], "").ok();
+    assert_eq!(journal_len(&dev), 0);
+    assert_eq!(
+        office.value("SELECT count(*) FROM inspections WHERE id LIKE 'ack-%'"),
+        n.to_string()
+    );
+    assert_eq!(applied_once(&office), n, "{:?}", sends(&office));
+    assert_eq!(uploads(), before + 3, "three chunks, each recorded once");
+    let repeats = sends(&office)
+        .iter()
+        .filter(|(_, m)| m.starts_with("repeated upload"))
+        .count();
+    eprintln!(
+        "lost acknowledgement: stored upload after the kill {stored:?} (committed: {committed}), repeats answered {repeats}"
+    );
+    assert_eq!(repeats, usize::from(committed), "{:?}", sends(&office));
+    assert!(conflicts(&office).is_empty());
+}
+
 /// One row's change over the server's caps cannot go in any upload: the send stops
 /// at it with an error naming it, what came before is sent, nothing is lost, and the
 /// rest goes once it is set aside. It never loops.

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Measures `fieldsync device send` of N journal entries (inserted inspections) against a
 # local server on loopback, with the release build: the device's wall time for the whole
-# send, and the server's integration time from its sync history.
+# send, the server's integration time from its sync history (summed over the uploads a
+# long journal goes in), and the peak resident memory of the device's send (kernel
+# maximum RSS, /usr/bin/time) and of the server (VmHWM).
 # Usage: scripts/bench-send.sh [N]   (default 100000; needs sqlite3 and python3)
 set -euo pipefail
 N=${1:-100000}
@@ -25,9 +27,14 @@ sqlite3 "$D/replica.sqlite" "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i
   INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes)
   SELECT printf('bulk-%08d', i), 1, 'ana', '2026-11-26T09:00:00.000Z', 'ok', 'bulk inspection ' || i FROM k;"
 S=$(date +%s.%N)
-"$B" device send --dir "$D" >/dev/null
+/usr/bin/time -f %M -o "$R/device-rss" "$B" device send --dir "$D" >/dev/null
 E=$(date +%s.%N)
-MS=$("$B" admin sessions --db "$DB" --json | python3 -c "import json,sys; print(json.load(sys.stdin)[-1]['duration_ms'])")
+SRV_KB=$(awk '/VmHWM/ {print $2}' /proc/$SP/status)
+DEV_KB=$(cat "$R/device-rss")
+read -r MS UPLOADS < <("$B" admin sessions --db "$DB" --json | python3 -c "
+import json, sys
+s = [x for x in json.load(sys.stdin) if x['op'] == 'send']
+print(sum(x['duration_ms'] for x in s), len(s))")
 python3 -c "
 t = $E - $S
-print(f'$N entries: device send {t:.2f} s ({$N / t:.0f} entries/s end to end); server integration {$MS} ms ({$N * 1000 / $MS:.0f} entries/s)')"
+print(f'$N entries in $UPLOADS upload(s): device send {t:.2f} s ({$N / t:.0f} entries/s end to end); server integration {$MS} ms ({$N * 1000 / $MS:.0f} entries/s); peak RSS device {$DEV_KB // 1024} MB, server {$SRV_KB // 1024} MB')"

@@ -47,6 +47,52 @@ pub fn read(conn: &Connection, min_seq: i64, max_seq: i64) -> Result<Vec<Journal
     let mut rows = stmt.query([min_seq, max_seq])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
+        out.push(entry(r)?);
+    }
+    Ok(out)
+}
+
+/// The first journal entries up to `max_seq`, in order, as one upload takes them: at
+/// most `max_entries`, and no entry that would take the row values read past
+/// `max_bytes` (but always the first, however big). Only these entries are read.
+///
+/// Each update or delete carries the newer of its own base and the row's base now:
+/// an earlier upload of this device (an earlier chunk of the same send, or a send
+/// that went while the entry was made) acknowledged a newer version of the row, and
+/// the entry was made on top of it (see `sync::acknowledge`, which keeps a row's old
+/// base where the office's row was not the device's and an edit was made on top).
+pub fn read_chunk(
+    conn: &Connection,
+    max_seq: i64,
+    max_entries: usize,
+    max_bytes: usize,
+) -> Result<Vec<JournalEntry>> {
+    let mut stmt = conn.prepare(
+        "SELECT j.seq, j.tbl, j.pk, j.op, j.old, j.new,
+                CASE WHEN j.op <> 'insert' AND b.version > coalesce(j.base_version, 0)
+                     THEN b.version ELSE j.base_version END,
+                j.user, j.at,
+                coalesce(length(CAST(j.old AS BLOB)), 0) + coalesce(length(CAST(j.new AS BLOB)), 0)
+         FROM fieldsync_journal AS j
+         LEFT JOIN fieldsync_base AS b ON b.tbl = j.tbl AND b.pk = j.pk
+         WHERE j.seq <= ?1 ORDER BY j.seq LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(rusqlite::params![max_seq, max_entries as i64])?;
+    let (mut out, mut bytes) = (Vec::new(), 0usize);
+    while let Some(r) = rows.next()? {
+        let size = r.get::<_, i64>(9)?.max(0) as usize;
+        if !out.is_empty() && bytes + size > max_bytes {
+            break;
+        }
+        bytes += size;
+        out.push(entry(r)?);
+    }
+    Ok(out)
+}
+
+/// One journal row (`seq, tbl, pk, op, old, new, base_version, user, at`).
+fn entry(r: &rusqlite::Row<'_>) -> Result<JournalEntry> {
+    {
         let key = match r.get_ref(2)? {
             rusqlite::types::ValueRef::Integer(i) => Value::Integer(i),
             rusqlite::types::ValueRef::Real(f) => Value::Real(f),
@@ -66,7 +112,7 @@ pub fn read(conn: &Connection, min_seq: i64, max_seq: i64) -> Result<Vec<Journal
                 )));
             }
         };
-        out.push(JournalEntry {
+        Ok(JournalEntry {
             seq: r.get(0)?,
             table: r.get(1)?,
             key,
@@ -76,9 +122,8 @@ pub fn read(conn: &Connection, min_seq: i64, max_seq: i64) -> Result<Vec<Journal
             base_version: r.get(6)?,
             user: r.get(7)?,
             at: r.get(8)?,
-        });
+        })
     }
-    Ok(out)
 }
 
 pub fn read_all(conn: &Connection) -> Result<Vec<JournalEntry>> {
@@ -411,6 +456,49 @@ pub fn write_backup(dir: &Path, entries: &[JournalEntry]) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_is_bounded_in_entries_and_bytes_and_takes_the_rows_base_now() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::triggers::REPLICA_TABLES).unwrap();
+        let add = |op: &str, pk: i64, new: &str, base: Option<i64>| {
+            conn.execute(
+                "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at)
+                 VALUES ('t', ?1, ?2, '{}', ?3, ?4, 'u', '')",
+                rusqlite::params![pk, op, new, base],
+            )
+            .unwrap();
+        };
+        add("update", 1, r#"{"a":1}"#, Some(5));
+        add("insert", 2, r#"{"a":2}"#, None);
+        let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(1000));
+        add("update", 3, &big, Some(5));
+        add("update", 1, r#"{"a":3}"#, Some(5));
+        // An earlier upload's acknowledgement gave row 1 version 9, row 2 version 8.
+        conn.execute_batch(
+            "INSERT INTO fieldsync_base (tbl, pk, version) VALUES ('t', 1, 9), ('t', 2, 8)",
+        )
+        .unwrap();
+        let seqs = |c: &[JournalEntry]| c.iter().map(|e| e.seq).collect::<Vec<_>>();
+        // By entries.
+        let c = read_chunk(&conn, i64::MAX, 2, usize::MAX).unwrap();
+        assert_eq!(seqs(&c), [1, 2]);
+        // The update takes the row's newer base; the insert keeps none.
+        assert_eq!((c[0].base_version, c[1].base_version), (Some(9), None));
+        // By bytes: stops before the entry that would pass them...
+        let c = read_chunk(&conn, i64::MAX, 10, 100).unwrap();
+        assert_eq!(seqs(&c), [1, 2]);
+        // ...but always takes the first, however big.
+        conn.execute("DELETE FROM fieldsync_journal WHERE seq <= 2", [])
+            .unwrap();
+        let c = read_chunk(&conn, i64::MAX, 10, 100).unwrap();
+        assert_eq!(seqs(&c), [3]);
+        assert_eq!(c[0].base_version, Some(5), "no newer base for row 3");
+        // Never past the send's last entry.
+        assert!(read_chunk(&conn, 2, 10, 100).unwrap().is_empty());
+        let c = read_chunk(&conn, i64::MAX, 10, usize::MAX).unwrap();
+        assert_eq!((seqs(&c), c[1].base_version), (vec![3, 4], Some(9)));
+    }
 
     fn e(seq: i64, op: WriteOp, old: &[(&str, i64)], new: &[(&str, i64)]) -> JournalEntry {
         let row = |p: &[(&str, i64)]| {

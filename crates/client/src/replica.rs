@@ -1209,8 +1209,10 @@ pub fn open_current(dir: &DeviceDir) -> Result<Option<Connection>> {
         Some(path) => {
             let conn = Connection::open(path)?;
             conn.busy_timeout(Duration::from_secs(10))?;
-            // Sends read and rewrite the whole journal: keep its pages in memory.
-            conn.execute_batch("PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;")?;
+            // A send reads and removes the journal one chunk at a time: a 16 MiB page
+            // cache holds a chunk's pages (64 MiB took the device of a 2,000,000-entry
+            // send to 90 MB, and was no faster).
+            conn.execute_batch("PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;")?;
             Ok(Some(conn))
         }
         None => Ok(None),

@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use fieldsync_proto::task::check_name;
 use fieldsync_proto::time;
-use fieldsync_proto::wire::{ErrorCode, SliceHeader, Upload, UploadOutcome};
+use fieldsync_proto::wire::{
+    ErrorCode, SliceHeader, UPLOAD_BODY_MAX_BYTES, UPLOAD_CHUNK_BYTES, UPLOAD_CHUNK_ENTRIES,
+    UPLOAD_JSON_MAX_BYTES, UPLOAD_MAX_ENTRIES, Upload, UploadOutcome,
+};
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
@@ -65,8 +68,9 @@ impl Device {
         })
     }
 
-    /// Sends the journal: compacted into one upload stored before sending, applied by
-    /// the server at most once; acknowledged entries leave the journal.
+    /// Sends the journal as a sequence of uploads (chunks of it, in order), each
+    /// compacted, stored before sending, applied by the server at most once, and
+    /// acknowledged (its entries leave the journal) before the next is made.
     pub fn send(&self, progress: &mut dyn FnMut(&Progress), cancel: &Cancel) -> Result<Report> {
         let (_lock, st) = self.begin()?;
         self.recorded("send", |r| {
@@ -329,18 +333,36 @@ impl Device {
             device_secret: &secret,
             token: Some(&session.token),
         };
+        // Progress counts journal entries across the chunks of this send.
+        let total: i64 = conn.query_row(
+            "SELECT count(*) FROM fieldsync_journal WHERE seq <= ?1",
+            [seq_max],
+            |r| r.get(0),
+        )?;
+        let (total, mut done) = (total.max(0) as u64, 0u64);
+        // Journal entries per upload: the published chunk size, halved while the
+        // server refuses an upload as too large (a server with smaller caps).
+        let mut limit = UPLOAD_CHUNK_ENTRIES;
         loop {
             if cancel.is_cancelled() {
                 return Err(ClientError::Cancelled);
             }
-            let Some(pending) = prepare_upload(conn, &info, &rules, seq_max)? else {
+            let Some(pending) = prepare_upload(conn, &info, &rules, seq_max, limit)? else {
                 break;
             };
             durable()?;
+            // The journal entries this upload stands for: every entry up to its last
+            // (the earlier ones left with the earlier uploads' acknowledgements).
+            let covers: i64 = conn.query_row(
+                "SELECT count(*) FROM fieldsync_journal WHERE seq <= ?1",
+                [pending.max_seq],
+                |r| r.get(0),
+            )?;
+            let covers = covers.max(0) as u64;
             progress(&Progress {
                 phase: Phase::Send,
-                done: 0,
-                total: pending.n_entries,
+                done,
+                total: total.max(done + covers),
                 unit: "entries",
             });
             // Resending is safe: the upload id makes the server apply it at most once.
@@ -348,17 +370,40 @@ impl Device {
             // an earlier attempt may have been applied with its acknowledgement lost,
             // and only the server's answer to this upload id settles that. The next
             // send sends the same upload again (`device journal discard` drops it).
-            let outcome = with_retries(progress, cancel, |_| {
+            let sent = with_retries(progress, cancel, |_| {
                 api.upload(&creds, &pending.upload_id, &pending.body, op, "manual")
-            })?;
+            });
+            let outcome = match sent {
+                // Too large is the server's answer to this upload id: it answers an id
+                // it applied with the recorded outcome before reading any body, so
+                // this one was never applied, and may be made again in smaller pieces
+                // (an upload stored by an older fieldsync, a server with smaller caps).
+                Err(ClientError::Server {
+                    code: ErrorCode::PayloadTooLarge,
+                    message,
+                }) => {
+                    if covers <= 1 {
+                        return Err(too_large_entry(conn, pending.max_seq, &message));
+                    }
+                    conn.execute(
+                        "DELETE FROM fieldsync_upload WHERE upload_id = ?1",
+                        [&pending.upload_id],
+                    )?;
+                    durable()?;
+                    limit = (covers as usize / 2).max(1);
+                    continue;
+                }
+                other => other?,
+            };
             cancel.commit(|| {
                 acknowledge(conn, header.as_ref(), &pending, &outcome, held.is_none())?;
                 durable()
             })?;
+            done += covers;
             progress(&Progress {
                 phase: Phase::Send,
-                done: pending.n_entries,
-                total: pending.n_entries,
+                done,
+                total: total.max(done),
                 unit: "entries",
             });
             report.rows_up += pending.n_entries;
@@ -452,6 +497,57 @@ impl Device {
     }
 }
 
+/// The error for a journal entry too large to send on its own: it names the entry,
+/// stays in the journal, and nothing else is sent after it (uploads go in order).
+fn too_large_entry(conn: &Connection, seq: i64, why: &str) -> ClientError {
+    let entry = conn
+        .query_row(
+            "SELECT seq, tbl, pk FROM fieldsync_journal WHERE seq <= ?1 ORDER BY seq LIMIT 1",
+            [seq],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, rusqlite::types::Value>(2)?,
+                ))
+            },
+        )
+        .optional();
+    let (seq, what) = match entry {
+        Ok(Some((seq, table, key))) => {
+            let key = match key {
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Text(t) => format!("'{t}'"),
+                other => format!("{other:?}"),
+            };
+            (seq, format!(" (table `{table}`, key {key})"))
+        }
+        _ => (seq, String::new()),
+    };
+    ClientError::Invalid(format!(
+        "journal entry {seq}{what} is too large to send: {why}. Nothing was sent from it on \
+         and it stays in the journal; make the row's change smaller, or set it aside with \
+         `fieldsync device journal discard {seq}` (it is backed up to a file)"
+    ))
+}
+
+/// Counts the bytes written through it.
+struct Counting<W> {
+    inner: W,
+    n: usize,
+}
+
+impl<W: std::io::Write> std::io::Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// An upload stored in the replica before it is sent.
 struct PendingUpload {
     upload_id: String,
@@ -460,14 +556,20 @@ struct PendingUpload {
     body: Vec<u8>,
 }
 
-/// The stored upload not yet acknowledged, or a new one made from the journal and
-/// stored (with its idempotency key) before anything is sent. `None`: nothing to send.
-/// Only journal entries up to `seq_max` go: a send ends even while an app keeps writing.
+/// The stored upload not yet acknowledged, or a new one made from the next chunk of the
+/// journal and stored (with its idempotency key) before anything is sent. `None`:
+/// nothing to send. Only journal entries up to `seq_max` go (a send ends even while an
+/// app keeps writing), at most `limit` of them and about [`UPLOAD_CHUNK_BYTES`] of row
+/// values (`journal::read_chunk`): a journal of any length goes as a sequence of
+/// uploads, each acknowledged before the next is made, so neither side ever holds more
+/// than one chunk. An entry too large for the server's caps on its own is an error
+/// naming it; it stays in the journal.
 fn prepare_upload(
     conn: &Connection,
     info: &replica::ReplicaInfo,
     rules: &journal::CompactRules,
     seq_max: i64,
+    limit: usize,
 ) -> Result<Option<PendingUpload>> {
     let stored = conn
         .query_row(
@@ -486,11 +588,13 @@ fn prepare_upload(
     if stored.is_some() {
         return Ok(stored);
     }
+    let mut limit = limit.max(1);
     loop {
-        let entries = journal::read(conn, i64::MIN, seq_max)?;
+        let entries = journal::read_chunk(conn, seq_max, limit, UPLOAD_CHUNK_BYTES)?;
         let Some(max_seq) = entries.last().map(|e| e.seq) else {
             return Ok(None);
         };
+        let n_read = entries.len();
         let upload = Upload {
             upload_id: crate::random_hex(16),
             task: info.task.clone(),
@@ -506,13 +610,38 @@ fn prepare_upload(
         // Serialized straight into the compressor: no copy of the whole JSON in memory.
         let io = |e: std::io::Error| ClientError::Io(format!("compressing the upload: {e}"));
         let encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).map_err(io)?;
-        let mut writer = std::io::BufWriter::with_capacity(256 * 1024, encoder);
+        let mut writer = std::io::BufWriter::with_capacity(
+            256 * 1024,
+            Counting {
+                inner: encoder,
+                n: 0,
+            },
+        );
         serde_json::to_writer(&mut writer, &upload).map_err(|e| ClientError::Io(e.to_string()))?;
-        let body = writer
-            .into_inner()
-            .map_err(|e| io(e.into_error()))?
-            .finish()
-            .map_err(io)?;
+        let counted = writer.into_inner().map_err(|e| io(e.into_error()))?;
+        let json_len = counted.n;
+        let body = counted.inner.finish().map_err(io)?;
+        // Within the server's caps, or smaller: a chunk the server would refuse is never
+        // stored (nothing was sent of it).
+        if json_len > UPLOAD_JSON_MAX_BYTES
+            || body.len() > UPLOAD_BODY_MAX_BYTES
+            || upload.entries.len() > UPLOAD_MAX_ENTRIES
+        {
+            if n_read > 1 {
+                limit = n_read / 2;
+                continue;
+            }
+            return Err(too_large_entry(
+                conn,
+                max_seq,
+                &format!(
+                    "its change is {json_len} bytes as sent ({} compressed), over the \
+                     server's limit of {UPLOAD_JSON_MAX_BYTES} bytes ({UPLOAD_BODY_MAX_BYTES} \
+                     compressed) per upload",
+                    body.len()
+                ),
+            ));
+        }
         let pending = PendingUpload {
             upload_id: upload.upload_id,
             max_seq,
@@ -558,8 +687,30 @@ fn acknowledge(
             "INSERT INTO fieldsync_base (tbl, pk, version) VALUES (?1, ?2, ?3)
              ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version",
         )?;
+        // Rows the server wrote other than the device had them, that the journal
+        // edits again after this upload (the next chunks, edits made meanwhile):
+        // found in one pass over the rest of the journal, not one per row.
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS fieldsync_taken (tbl TEXT NOT NULL, pk NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+             CREATE TEMP TABLE IF NOT EXISTS fieldsync_edited (tbl TEXT NOT NULL, pk NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+             DELETE FROM temp.fieldsync_taken; DELETE FROM temp.fieldsync_edited;",
+        )?;
+        if outcome.versions.iter().any(|v| v.row.is_some()) {
+            let mut taken =
+                tx.prepare("INSERT OR IGNORE INTO temp.fieldsync_taken (tbl, pk) VALUES (?1, ?2)")?;
+            for v in outcome.versions.iter().filter(|v| v.row.is_some()) {
+                taken.execute(rusqlite::params![v.table, to_sql(&v.key)])?;
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO temp.fieldsync_edited (tbl, pk)
+                 SELECT j.tbl, j.pk FROM fieldsync_journal AS j
+                 WHERE j.seq > ?1 AND EXISTS (
+                     SELECT 1 FROM temp.fieldsync_taken AS t WHERE t.tbl = j.tbl AND t.pk = j.pk)",
+                [pending.max_seq],
+            )?;
+        }
         let mut edited_since = tx.prepare(
-            "SELECT EXISTS (SELECT 1 FROM fieldsync_journal WHERE tbl = ?1 AND pk = ?2 AND seq > ?3)",
+            "SELECT EXISTS (SELECT 1 FROM temp.fieldsync_edited WHERE tbl = ?1 AND pk = ?2)",
         )?;
         tx.execute(
             "INSERT INTO fieldsync_replica (key, value) VALUES ('applying', '1')
@@ -573,10 +724,8 @@ fn acknowledge(
                 // office changes merged): take it, so that `version` is a true base.
                 // An edit made on top meanwhile keeps the old base instead, and is
                 // judged against the office's change again.
-                let edited: bool = edited_since.query_row(
-                    rusqlite::params![v.table, to_sql(&v.key), pending.max_seq],
-                    |r| r.get(0),
-                )?;
+                let edited: bool = edited_since
+                    .query_row(rusqlite::params![v.table, to_sql(&v.key)], |r| r.get(0))?;
                 if edited {
                     continue;
                 }
@@ -589,15 +738,10 @@ fn acknowledge(
     if let Some(h) = header {
         mark_left(tx, h, outcome)?;
     }
-    // Edits made while the upload was away were made on top of the acknowledged ones:
-    // they take the same base.
-    tx.execute(
-        "UPDATE fieldsync_journal SET base_version = b.version
-         FROM fieldsync_base b
-         WHERE b.tbl = fieldsync_journal.tbl AND b.pk = fieldsync_journal.pk
-           AND fieldsync_journal.op <> 'insert' AND b.version > coalesce(fieldsync_journal.base_version, 0)",
-        [],
-    )?;
+    // Entries left in the journal (edits made while the upload was away, the next
+    // chunks of this send) were made on top of the acknowledged ones: they are sent
+    // with the row's new base (`journal::read_chunk` takes it as it reads them, so an
+    // acknowledgement costs what its upload holds, not what the journal holds).
     tx.execute(
         "DELETE FROM fieldsync_upload WHERE upload_id = ?1",
         [&pending.upload_id],

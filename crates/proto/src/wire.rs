@@ -151,9 +151,24 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// Largest upload body (zstd-compressed JSON) the server reads, and its decompressed size.
-pub const UPLOAD_BODY_MAX_BYTES: usize = 64 * 1024 * 1024;
-pub const UPLOAD_JSON_MAX_BYTES: usize = 512 * 1024 * 1024;
+/// Largest upload body (zstd-compressed JSON) the server reads: a body past it is
+/// refused (413 `payload_too_large`) as soon as its bytes pass it, or at once when its
+/// `Content-Length` says so.
+pub const UPLOAD_BODY_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// Largest upload once decompressed (its JSON text): decompression stops there (413).
+pub const UPLOAD_JSON_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// Most entries one upload may carry: parsing stops at the next one (413).
+pub const UPLOAD_MAX_ENTRIES: usize = 50_000;
+/// How long an upload body may take: this grace, plus one second for every
+/// [`UPLOAD_BODY_MIN_RATE`] bytes received; a body trickled slower is cut (400).
+pub const UPLOAD_BODY_GRACE_SECS: u64 = 30;
+pub const UPLOAD_BODY_MIN_RATE: u64 = 32 * 1024;
+/// What a device puts in one upload (a chunk of its journal): at most this many
+/// journal entries, and entries up to about this many bytes of row values (at least
+/// one entry, so a single big row still goes). Far below the server's caps above, so
+/// that a chunk is never refused for its size unless one row's change alone is.
+pub const UPLOAD_CHUNK_ENTRIES: usize = 10_000;
+pub const UPLOAD_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// Requests say which operation they belong to (the server's sync history).
 pub const HEADER_OP: &str = "x-fieldsync-op";
 /// CRC-32 (hex) of an upload's body as sent, so the server refuses a damaged one.

@@ -14,19 +14,20 @@ use fieldsync_proto::filter::Params;
 use fieldsync_proto::task::check_name;
 use fieldsync_proto::time;
 use fieldsync_proto::wire::{
-    ErrorCode, HEADER_BODY_CRC32, HEADER_KIND, HEADER_OP, HEADER_UPLOAD_ID, JSON_BODY_MAX_BYTES,
-    LoginRequest, LoginResponse, PROTOCOL_VERSION, PairRequest, PairResponse, SliceHeader,
-    TaskSummary, UPLOAD_BODY_MAX_BYTES, UPLOAD_JSON_MAX_BYTES, Upload, UploadOutcome,
+    ErrorCode, HEADER_KIND, HEADER_OP, HEADER_UPLOAD_ID, JSON_BODY_MAX_BYTES, LoginRequest,
+    LoginResponse, PROTOCOL_VERSION, PairRequest, PairResponse, SliceHeader, TaskSummary,
+    UPLOAD_BODY_MAX_BYTES, UploadOutcome,
 };
 use fieldsync_store::{
-    IntegrateContext, IntegrateError, SessionRecord, Store, SyncSessionRecord, TaskRecord,
-    random_hex, sha256_hex,
+    DeviceRecord, IntegrateContext, IntegrateError, SessionRecord, Store, SyncSessionRecord,
+    TaskRecord, UserRecord, random_hex, sha256_hex,
 };
 use serde::de::DeserializeOwned;
 
 use crate::auth;
 use crate::download;
 use crate::error::ApiError;
+use crate::{integrators, upload_body};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -385,94 +386,91 @@ fn repeated_upload(
     Ok(Some((outcome, user)))
 }
 
-/// Reads a zstd-compressed JSON upload with a cap on its decompressed size; a body
-/// whose checksum does not match is refused as damaged (the device sends it again).
-fn read_upload(headers: &HeaderMap, body: RequestBody) -> Result<Upload, ApiError> {
-    use std::io::Read;
-    let body = body_bytes(body, UPLOAD_BODY_MAX_BYTES)?;
-
-    let claimed = headers
-        .get(HEADER_BODY_CRC32)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| u32::from_str_radix(v, 16).ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("missing or bad header {HEADER_BODY_CRC32}"))
-        })?;
-    if fieldsync_proto::frame::crc32(&body) != claimed {
-        return Err(ApiError::new(
-            ErrorCode::Damaged,
-            "the upload was damaged in transit (checksum mismatch)",
-        ));
-    }
-    let decoder = zstd::stream::read::Decoder::new(&body[..])
-        .map_err(|e| ApiError::bad_request(format!("upload is not zstd: {e}")))?;
-    let mut json = Vec::new();
-    decoder
-        .take(UPLOAD_JSON_MAX_BYTES as u64 + 1)
-        .read_to_end(&mut json)
-        .map_err(|e| ApiError::bad_request(format!("corrupt upload stream: {e}")))?;
-    if json.len() > UPLOAD_JSON_MAX_BYTES {
-        return Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            "upload too large once decompressed",
-        ));
-    }
-    let upload: Upload = serde_json::from_slice(&json)
-        .map_err(|e| ApiError::bad_request(format!("malformed upload: {e}")))?;
-    let id_ok =
-        upload.upload_id.len() == 32 && upload.upload_id.bytes().all(|b| b.is_ascii_hexdigit());
-    if !id_ok {
-        return Err(ApiError::bad_request("bad upload id (32 hex digits)"));
-    }
-    check_name("task", &upload.task).map_err(ApiError::bad_request)?;
-    Ok(upload)
+/// What an upload's checks before its body decide.
+enum Before {
+    /// The upload id's recorded outcome.
+    Answered(UploadOutcome),
+    /// Device and session are good: read the body.
+    Read(DeviceRecord, UserRecord),
 }
 
+/// Uploads: protocol, device credentials, a known upload id's recorded outcome (before
+/// the session: a device whose acknowledgement was lost learns the fate of its upload
+/// even after its session expired), the session; only then the body, streamed and
+/// bounded (`upload_body`), then the task checks and the integration.
 async fn upload(
     State(st): State<AppState>,
     headers: HeaderMap,
-    body: RequestBody,
+    body: Body,
 ) -> Result<Json<UploadOutcome>, ApiError> {
     auth::check_protocol(&headers)?;
     let (op, kind) = op_and_kind(&headers, "send")?;
-    let bytes_up = body.as_ref().map_or(0, |b| b.len() as u64);
-    blocking(move || {
-        let started = std::time::Instant::now();
-        let started_at = time::now_rfc3339();
-        // A known upload id is answered with its recorded outcome before any other
-        // check: a device whose acknowledgement was lost learns the fate of its
-        // upload even if its session expired or its task was unassigned since.
-        let device = auth::device(&*st.store, &headers)?;
-        let claimed_id = headers
-            .get(HEADER_UPLOAD_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        if let Some(id) = &claimed_id
-            && let Some(o) = repeated_upload(&*st.store, &device.id, id)?
-        {
-            let record = SyncSessionRecord {
-                device: device.id.clone(),
-                user: o.1,
-                task: None,
-                op,
-                kind,
-                result: "ok".into(),
-                message: format!("repeated upload {id}: recorded outcome returned"),
-                rows_down: 0,
-                rows_up: 0,
-                bytes_down: 0,
-                bytes_up,
-                conflicts: o.0.conflicts,
-                started_at,
-                duration_ms: started.elapsed().as_millis() as u64,
-            };
-            if let Err(e) = st.store.sync_session_record(&record) {
-                eprintln!("fieldsync server: recording a sync session: {e}");
+    let started = std::time::Instant::now();
+    let started_at = time::now_rfc3339();
+    let claimed_id = headers
+        .get(HEADER_UPLOAD_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // Nothing of the body is read for a sender without device credentials: its
+    // connection closes with the answer.
+    let device = {
+        let (st, headers) = (st.clone(), headers.clone());
+        blocking(move || auth::device(&*st.store, &headers)).await?
+    };
+    let before = {
+        let (st, headers, claimed_id) = (st.clone(), headers.clone(), claimed_id.clone());
+        let (op, kind, started_at) = (op.clone(), kind.clone(), started_at.clone());
+        blocking(move || {
+            // A known upload id is answered with its recorded outcome before any other
+            // check: a device whose acknowledgement was lost learns the fate of its
+            // upload even if its session expired or its task was unassigned since.
+            if let Some(id) = &claimed_id
+                && let Some(o) = repeated_upload(&*st.store, &device.id, id)?
+            {
+                let record = SyncSessionRecord {
+                    device: device.id.clone(),
+                    user: o.1,
+                    task: None,
+                    op,
+                    kind,
+                    result: "ok".into(),
+                    message: format!("repeated upload {id}: recorded outcome returned"),
+                    rows_down: 0,
+                    rows_up: 0,
+                    bytes_down: 0,
+                    bytes_up: upload_body::declared_length(&headers).unwrap_or(0),
+                    conflicts: o.0.conflicts,
+                    started_at,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                };
+                if let Err(e) = st.store.sync_session_record(&record) {
+                    eprintln!("fieldsync server: recording a sync session: {e}");
+                }
+                return Ok(Before::Answered(o.0));
             }
-            return Ok(Json(o.0));
+            let (device, _, user) = auth::session(&*st.store, &headers)?;
+            Ok(Before::Read(device, user))
+        })
+        .await
+    };
+    let (device, user) = match before {
+        Ok(Before::Read(device, user)) => (device, user),
+        // The device is known: what it still sends is read and dropped, so that it
+        // reads this answer rather than a reset connection.
+        Ok(Before::Answered(outcome)) => {
+            upload_body::drain(body).await;
+            return Ok(Json(outcome));
         }
-        let (device, _, user) = auth::session(&*st.store, &headers)?;
-        let upload = read_upload(&headers, body)?;
+        Err(e) => {
+            upload_body::drain(body).await;
+            return Err(e);
+        }
+    };
+    let body = upload_body::read(&headers, body).await?;
+    let bytes_up = body.len() as u64;
+    integrators::run(move || {
+        let upload = upload_body::parse(&headers, &body)?;
+        drop(body);
         if claimed_id
             .as_ref()
             .is_some_and(|id| *id != upload.upload_id)

@@ -7,6 +7,8 @@ pub mod auth;
 mod conn;
 mod download;
 pub mod error;
+mod integrators;
+mod upload_body;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -9,7 +9,7 @@
 //! Sizes and counts come from the environment, small by default (CI):
 //! `FIELDSYNC_SIGINT_POINTS` (10 per operation), `FIELDSYNC_KILL_POINTS` (30 in all),
 //! `FIELDSYNC_SERVER_KILL_POINTS` (3, plus one kill right after the server's commit)
-//! and `FIELDSYNC_SERVER_KILL_ENTRIES` (the upload's entries, 20,000),
+//! and `FIELDSYNC_SERVER_KILL_ENTRIES` (the upload's entries, at most one chunk: 10,000),
 //! `FIELDSYNC_CRASH_ENTRIES` (journal entries per send point, 3,000),
 //! `FIELDSYNC_CRASH_ASSETS` (assets of the office, 50,000: a slice of ~31,000 rows),
 //! `FIELDSYNC_CRASH_SEED` (the seed of the random delays; printed).
@@ -787,12 +787,15 @@ fn kill_9_of_the_device_leaves_the_before_or_the_after_state() {
     lab.finish("kill -9", started);
 }
 
-/// kill -9 of the server at a few points of a 20,000-entry upload (and once right after
-/// its commit), restart, send again: every entry applied exactly once.
+/// kill -9 of the server at a few points of the largest upload a device makes (a
+/// journal of one chunk, `UPLOAD_CHUNK_ENTRIES` entries; longer journals go as several
+/// uploads, `limits_upload.rs`), and once right after its commit; restart, send again:
+/// every entry applied exactly once.
 #[test]
 fn kill_9_of_the_server_during_a_large_upload_then_a_resend_applies_it_once() {
     let started = Instant::now();
-    let n = env_num("FIELDSYNC_SERVER_KILL_ENTRIES", 20_000);
+    let chunk = fieldsync_proto::wire::UPLOAD_CHUNK_ENTRIES as u64;
+    let n = env_num("FIELDSYNC_SERVER_KILL_ENTRIES", chunk).min(chunk);
     let points = env_num("FIELDSYNC_SERVER_KILL_POINTS", 3);
     let mut rng = seeded("server kill");
     let mut office = Office::new(200);

@@ -589,7 +589,9 @@ fn uploads_waiting_on_an_office_row_lock_give_up_and_keep_the_pool() {
                 let run: Run = Command::new(BIN)
                     .args(["device", "send", "--dir"])
                     .arg(&dir)
-                    .env("FIELDSYNC_RETRIES", "1")
+                    // Told "busy" while the server holds its most uploads, it waits
+                    // the answer's 5 s once and sends.
+                    .env("FIELDSYNC_RETRIES", "3")
                     .output()
                     .unwrap()
                     .into();
@@ -610,27 +612,32 @@ fn uploads_waiting_on_an_office_row_lock_give_up_and_keep_the_pool() {
         assert_eq!(run.code, 0, "another device's send: {run:?}");
         assert!(took < Duration::from_secs(10), "a send took {took:?}");
     }
+    // Each is told to retry: those that waited for the row by "row locked", the rest
+    // at once, as the server admits only so many uploads at a time.
     let mut slowest = Duration::ZERO;
+    let mut told_locked = 0;
     for t in waiting {
         let (answer, took) = t.join().unwrap();
         assert_eq!(answer.status, 503, "{}", answer.text());
         let body = answer.json();
         assert_eq!(body["code"], "busy", "{body}");
-        assert!(
-            body["message"]
-                .as_str()
-                .unwrap()
-                .contains("row locked in the office, retry"),
-            "{body}"
-        );
+        let message = body["message"].as_str().unwrap();
+        if message.contains("row locked in the office, retry") {
+            told_locked += 1;
+        } else {
+            assert!(message.contains("integrating its most uploads"), "{body}");
+        }
         slowest = slowest.max(took);
     }
+    assert!(told_locked >= 2, "{told_locked} uploads waited for the row");
     eprintln!(
         "40 uploads on a row the office held: slowest answer {slowest:?}; 15 logins and 2 \
          sends answered meanwhile"
     );
+    // Far less than the office's 20 s: at most six wait their turn, 1.5 s each, two at
+    // a time.
     assert!(
-        slowest < Duration::from_secs(10),
+        slowest < Duration::from_secs(15),
         "an upload waited {slowest:?}"
     );
     assert!(held_at.elapsed() < Duration::from_secs(20));

@@ -11,6 +11,7 @@ mod folder;
 mod harness;
 mod limits;
 mod limits_store;
+mod limits_upload;
 mod office;
 mod office_pg;
 mod pg_values;

@@ -42,7 +42,7 @@ pub(super) fn integrate(
     conn.set_prepared_statement_cache_capacity(256);
     // Statement journals (each write with triggers may need a partial rollback) and a
     // large transaction's pages stay in memory instead of temp-file writes.
-    conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;")?;
+    conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;")?;
     // Everything that needs no write lock first, in a read transaction (WAL: office
     // writers go on): a forbidden entry refuses the upload before `BEGIN IMMEDIATE`.
     {

@@ -1,0 +1,607 @@
+//! Uploads within bounded memory (issue #11 [limits], points 1 and 2): nothing of a body
+//! is read before its sender is checked; a body is capped compressed, decompressed and
+//! in entries (413); a journal of any length goes as a sequence of bounded uploads,
+//! each applied at most once, in order, a kill between them losing nothing.
+//!
+//! `FIELDSYNC_TEST_JOURNAL_ENTRIES` sets the journal of the chunked-send test (default
+//! 100,000; BENCHMARKS.md measures 2,000,000).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// The memory bound the issue sets for the server and the device, in MB.
+const BOUND_MB: u64 = 100;
+
+/// The device's credentials and session token, from its state file.
+fn credentials(dev: &DeviceDir) -> (String, String, String) {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dev.path().join("state.json")).unwrap()).unwrap();
+    (
+        state["device_id"].as_str().unwrap().to_string(),
+        state["device_secret"].as_str().unwrap().to_string(),
+        state["session"]["token"].as_str().unwrap().to_string(),
+    )
+}
+
+/// POSTs `body` as an upload with the device's credentials; the status and the answer.
+fn post_upload(url: &str, dev: &DeviceDir, body: &[u8]) -> (u16, String) {
+    let (id, secret, token) = credentials(dev);
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let head = format!(
+        "POST /api/v1/uploads HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Length: {}\r\nx-fieldsync-protocol: 1\r\nx-fieldsync-device: {id}\r\n\
+         x-fieldsync-device-secret: {secret}\r\nAuthorization: Bearer {token}\r\n\
+         x-fieldsync-body-crc32: {:08x}\r\ncontent-type: application/x-fieldsync-upload+zstd\r\n\r\n",
+        body.len(),
+        crc32(body)
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    // The server may answer before the whole body is in (a refusal): ignore a reset.
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+/// CRC-32 (IEEE), as the upload header carries it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// zstd-compresses what `write` writes, as it goes (a bomb is never whole in memory).
+fn zstd_of(write: impl FnOnce(&mut dyn Write)) -> Vec<u8> {
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    write(&mut enc);
+    enc.finish().unwrap()
+}
+
+/// A device of ana with the north task downloaded.
+fn north_device(office: &Office, id: &str) -> DeviceDir {
+    let dev = office.device(id, &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    dev
+}
+
+fn health(url: &str) -> bool {
+    let addr = url.strip_prefix("http://").unwrap();
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(
+        format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok")
+}
+
+/// 100 uploads without credentials, each declaring 30 MiB and sending 4 MiB of it,
+/// their sockets held open: the server reads none of those bodies (it refused each
+/// before its body), stays under the bound and answers `/health`. (Before: each body
+/// was read into memory before any check, 400 MB here.)
+#[test]
+fn a_hundred_unauthenticated_half_sent_uploads_hold_no_memory() {
+    let office = Office::new(5);
+    let url = office.server.url.clone();
+    let addr = url.strip_prefix("http://").unwrap().to_string();
+    let declared = 30 * 1024 * 1024;
+    let sent = 4 * 1024 * 1024;
+    let senders: Vec<_> = (0..100)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(&addr).unwrap();
+                s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+                let head = format!(
+                    "POST /api/v1/uploads HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {declared}\r\n\
+                     x-fieldsync-protocol: 1\r\nx-fieldsync-upload-id: {i:032x}\r\n\
+                     x-fieldsync-body-crc32: 00000000\r\n\r\n"
+                );
+                let _ = s.write_all(head.as_bytes());
+                let piece = vec![b'x'; 64 * 1024];
+                for _ in 0..sent / piece.len() {
+                    if s.write_all(&piece).is_err() {
+                        break;
+                    }
+                }
+                s
+            })
+        })
+        .collect();
+    let held: Vec<TcpStream> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(health(&url), "/health answers with the uploads held open");
+    let peak_mb = office.server.peak_rss_kb() / 1024;
+    eprintln!("100 unauthenticated half-sent uploads: server peak RSS {peak_mb} MB");
+    assert!(peak_mb < BOUND_MB, "server peak RSS {peak_mb} MB");
+    drop(held);
+}
+
+/// An upload whose 40 KB-ish body inflates to 600 MB is refused with 413 once the
+/// decompressed cap is passed, and the server's memory stays bounded (before: the
+/// server inflated 512 MiB into memory, then refused).
+#[test]
+fn a_decompression_bomb_is_refused_with_413_in_bounded_memory() {
+    let office = Office::new(20);
+    let dev = north_device(&office, "bomb-1");
+    let body = zstd_of(|w| {
+        write!(
+            w,
+            r#"{{"upload_id":"{}","task":"north-inspections","entries":[{{"seq_first":1,"seq_last":1,"table":"inspections","key":"b","op":"insert","base_version":null,"user":"ana","new":{{"notes":""#,
+            "b".repeat(32)
+        )
+        .unwrap();
+        let piece = vec![b'A'; 1024 * 1024];
+        for _ in 0..600 {
+            w.write_all(&piece).unwrap();
+        }
+        w.write_all(br#""}}]}"#).unwrap();
+    });
+    eprintln!("decompression bomb: {} bytes compressed", body.len());
+    assert!(body.len() < 1024 * 1024);
+    let (status, answer) = post_upload(&office.server.url, &dev, &body);
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer.contains("payload_too_large") && answer.contains("decompressed"),
+        "{answer}"
+    );
+    let peak_mb = office.server.peak_rss_kb() / 1024;
+    eprintln!("decompression bomb: server peak RSS {peak_mb} MB");
+    assert!(peak_mb < BOUND_MB, "server peak RSS {peak_mb} MB");
+    assert!(health(&office.server.url));
+}
+
+/// 2,000,000 tiny entries in a small body are refused with 413 once the entry cap is
+/// passed, within bounded memory (before: all parsed, over a GB, then refused).
+#[test]
+fn an_entry_bomb_is_refused_with_413_in_bounded_memory() {
+    let office = Office::new(20);
+    let dev = north_device(&office, "bomb-2");
+    let body = zstd_of(|w| {
+        write!(
+            w,
+            r#"{{"upload_id":"{}","task":"north-inspections","entries":["#,
+            "c".repeat(32)
+        )
+        .unwrap();
+        let one = br#"{"seq_first":1,"seq_last":1,"table":"t","key":1,"op":"insert","base_version":null,"user":"u"}"#;
+        let mut piece = Vec::new();
+        for _ in 0..1000 {
+            piece.extend_from_slice(one);
+            piece.push(b',');
+        }
+        for _ in 0..2000 {
+            w.write_all(&piece).unwrap();
+        }
+        w.write_all(one).unwrap();
+        w.write_all(b"]}").unwrap();
+    });
+    eprintln!("entry bomb: {} bytes compressed", body.len());
+    assert!(body.len() < 1024 * 1024);
+    let (status, answer) = post_upload(&office.server.url, &dev, &body);
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer.contains("payload_too_large") && answer.contains("entries"),
+        "{answer}"
+    );
+    let peak_mb = office.server.peak_rss_kb() / 1024;
+    eprintln!("entry bomb: server peak RSS {peak_mb} MB");
+    assert!(peak_mb < BOUND_MB, "server peak RSS {peak_mb} MB");
+}
+
+/// Inserts `n` inspections on the replica in one transaction (its triggers journal
+/// them), ids `{prefix}NNNNNNNN`.
+fn insert_inspections(dev: &DeviceDir, prefix: &str, n: u64) {
+    let conn = dev.replica();
+    let asset: i64 = conn
+        .query_row("SELECT min(id) FROM assets", [], |r| r.get(0))
+        .unwrap();
+    conn.execute(
+        "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?1)
+         INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes)
+         SELECT printf('%s%08d', ?2, i), ?3, 'ana', '2026-11-26T09:00:00.000Z', 'ok',
+                'bulk inspection ' || i FROM k",
+        rusqlite::params![n as i64, prefix, asset],
+    )
+    .unwrap();
+}
+
+fn journal_len(dev: &DeviceDir) -> i64 {
+    dev.replica()
+        .query_row("SELECT count(*) FROM fieldsync_journal", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Upload sessions of the sync history: (rows_up, message) of each `send`.
+fn sends(office: &Office) -> Vec<(u64, String)> {
+    let sessions: serde_json::Value =
+        serde_json::from_str(&office.admin(&["sessions", "--json"], "").ok().stdout).unwrap();
+    sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["op"] == "send")
+        .map(|s| {
+            (
+                s["rows_up"].as_u64().unwrap(),
+                s["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Entries applied by first-time uploads (repeats answered with a recorded outcome
+/// apply nothing): every entry exactly once is this sum equal to the journal.
+fn applied_once(office: &Office) -> u64 {
+    sends(office)
+        .iter()
+        .filter(|(_, m)| m.ends_with("entries applied"))
+        .map(|(n, _)| *n)
+        .sum()
+}
+
+/// Runs `fieldsync device ARGS` and measures its peak resident memory (the kernel's
+/// maximum RSS of the waited-for child, through Python's `resource`).
+fn run_measured(dev: &DeviceDir, args: &[&str]) -> (Run, u64) {
+    let rss_file = dev.path().join("maxrss.txt");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import resource, subprocess, sys\n\
+             rc = subprocess.call(sys.argv[2:])\n\
+             open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n\
+             sys.exit(rc)",
+        )
+        .arg(&rss_file)
+        .arg(BIN)
+        .arg("device")
+        .args(args)
+        .arg("--dir")
+        .arg(dev.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let kb: u64 = std::fs::read_to_string(&rss_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (out.into(), kb)
+}
+
+fn journal_entries() -> u64 {
+    std::env::var("FIELDSYNC_TEST_JOURNAL_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// A long journal goes as a sequence of uploads of at most the published chunk size,
+/// every entry applied exactly once, in bounded memory on both sides.
+#[test]
+fn a_long_journal_is_sent_in_chunks_in_bounded_memory() {
+    let n = journal_entries();
+    let office = Office::new(20);
+    let dev = north_device(&office, "long-1");
+    let started = Instant::now();
+    insert_inspections(&dev, "bulk-", n);
+    eprintln!("{n} journal entries made in {:?}", started.elapsed());
+    let started = Instant::now();
+    let (run, device_kb) = run_measured(&dev, &["send", "--progress", "json"]);
+    let took = started.elapsed();
+    assert_eq!(run.code, 0, "{run:?}");
+    let server_kb = office.server.peak_rss_kb();
+    eprintln!(
+        "chunked send of {n} entries: {took:?} ({:.0} entries/s), device peak RSS {} MB, server peak RSS {} MB",
+        n as f64 / took.as_secs_f64(),
+        device_kb / 1024,
+        server_kb / 1024
+    );
+    assert_eq!(
+        office.value("SELECT count(*) FROM inspections WHERE id LIKE 'bulk-%'"),
+        n.to_string()
+    );
+    assert_eq!(journal_len(&dev), 0);
+    assert!(conflicts(&office).is_empty());
+    let sends = sends(&office);
+    let chunk = fieldsync_proto::wire::UPLOAD_CHUNK_ENTRIES as u64;
+    assert_eq!(sends.len() as u64, n.div_ceil(chunk), "{sends:?}");
+    assert!(sends.iter().all(|(rows, _)| *rows <= chunk), "{sends:?}");
+    assert_eq!(applied_once(&office), n);
+    // Progress counts journal entries across the chunks, up to all of them.
+    let last_progress = run
+        .stderr
+        .lines()
+        .rfind(|l| l.contains("\"entries\""))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last_progress.contains(&format!("\"done\":{n}"))
+            && last_progress.contains(&format!("\"total\":{n}")),
+        "{last_progress}"
+    );
+    assert!(
+        device_kb / 1024 < BOUND_MB,
+        "device peak RSS {} MB",
+        device_kb / 1024
+    );
+    assert!(
+        server_kb / 1024 < BOUND_MB,
+        "server peak RSS {} MB",
+        server_kb / 1024
+    );
+}
+
+/// A device killed (-9) after some chunks were acknowledged loses nothing and applies
+/// nothing twice: the next send goes on from the first unacknowledged chunk (the one
+/// stored, if it was stored, is sent again under its id and answered with its outcome).
+#[test]
+fn a_device_killed_between_chunks_loses_nothing_and_applies_nothing_twice() {
+    let chunk = fieldsync_proto::wire::UPLOAD_CHUNK_ENTRIES as u64;
+    let n = 3 * chunk - chunk / 2;
+    let office = Office::new(20);
+    let dev = north_device(&office, "kill-1");
+    insert_inspections(&dev, "kill-", n);
+    let total = journal_len(&dev);
+    assert_eq!(total as u64, n);
+    // Kill the device once the first chunk's acknowledgement took its entries away.
+    let mut child = Command::new(BIN)
+        .args(["device", "send", "--dir"])
+        .arg(dev.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let conn = rusqlite::Connection::open_with_flags(
+        dev.replica_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut left = total;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if let Ok(c) = conn.query_row("SELECT count(*) FROM fieldsync_journal", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            left = c;
+        }
+        if left < total {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    drop(conn);
+    assert!(
+        left < total,
+        "the first chunk was acknowledged before the kill"
+    );
+    assert!(
+        status.code().is_none() || left > 0,
+        "the kill landed before the send ended ({status:?}, {left} left)"
+    );
+    let after_kill = applied_once(&office);
+    eprintln!("killed with {left} of {total} entries left; {after_kill} applied");
+    assert!(after_kill >= chunk && after_kill < n, "{after_kill}");
+    dev.run(&["send"], "").ok();
+    assert_eq!(journal_len(&dev), 0);
+    assert_eq!(
+        office.value("SELECT count(*) FROM inspections WHERE id LIKE 'kill-%'"),
+        n.to_string()
+    );
+    assert_eq!(applied_once(&office), n, "{:?}", sends(&office));
+    assert!(conflicts(&office).is_empty());
+}
+
+/// The acknowledgement of a middle chunk lost: the device is killed (-9) as soon as the
+/// server committed the second upload, mostly before the device took its answer. The
+/// next send sends that stored upload again under its id, is answered with the recorded
+/// outcome, and goes on: every entry applied exactly once.
+#[test]
+fn a_middle_chunks_lost_acknowledgement_applies_it_once() {
+    let chunk = fieldsync_proto::wire::UPLOAD_CHUNK_ENTRIES as u64;
+    let n = 3 * chunk - chunk / 2;
+    let office = Office::new(20);
+    let dev = north_device(&office, "lost-ack");
+    insert_inspections(&dev, "ack-", n);
+    let uploads = || -> u64 {
+        office
+            .value(&format!(
+                "SELECT count(*) FROM {}",
+                office.own_table("uploads")
+            ))
+            .parse()
+            .unwrap()
+    };
+    let before = uploads();
+    let mut child = Command::new(BIN)
+        .args(["device", "send", "--dir"])
+        .arg(dev.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline && uploads() < before + 2 {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert!(
+        status.code().is_none(),
+        "killed before the send ended: {status:?}"
+    );
+    assert_eq!(uploads(), before + 2, "the second chunk was committed");
+    let stored: Option<String> = dev
+        .replica()
+        .query_row("SELECT upload_id FROM fieldsync_upload", [], |r| r.get(0))
+        .ok();
+    // The stored upload is the second chunk, committed and not acknowledged (the lost
+    // acknowledgement), or already the third (the device took the answer in time).
+    let committed = stored.as_ref().is_some_and(|id| {
+        office.value(&format!(
+            "SELECT count(*) FROM {} WHERE upload_id = '{id}'",
+            office.own_table("uploads")
+        )) == "1"
+    });
+    dev.run(&["send"], "").ok();
+    assert_eq!(journal_len(&dev), 0);
+    assert_eq!(
+        office.value("SELECT count(*) FROM inspections WHERE id LIKE 'ack-%'"),
+        n.to_string()
+    );
+    assert_eq!(applied_once(&office), n, "{:?}", sends(&office));
+    assert_eq!(uploads(), before + 3, "three chunks, each recorded once");
+    let repeats = sends(&office)
+        .iter()
+        .filter(|(_, m)| m.starts_with("repeated upload"))
+        .count();
+    eprintln!(
+        "lost acknowledgement: stored upload after the kill {stored:?} (committed: {committed}), repeats answered {repeats}"
+    );
+    assert_eq!(repeats, usize::from(committed), "{:?}", sends(&office));
+    assert!(conflicts(&office).is_empty());
+}
+
+/// One row's change over the server's caps cannot go in any upload: the send stops
+/// at it with an error naming it, what came before is sent, nothing is lost, and the
+/// rest goes once it is set aside. It never loops.
+#[test]
+fn an_entry_too_large_for_any_upload_is_named_and_kept() {
+    let office = Office::new(20);
+    let dev = north_device(&office, "big-entry");
+    insert_inspections(&dev, "before-", 3);
+    let conn = dev.replica();
+    let asset: i64 = conn
+        .query_row("SELECT min(id) FROM assets", [], |r| r.get(0))
+        .unwrap();
+    // Not one repeated byte, so that it does not compress below the cap either.
+    let big: String = (0..40 * 1024 * 1024u64)
+        .map(|i| char::from(b'a' + ((i * 7919 + i / 13) % 26) as u8))
+        .collect();
+    conn.execute(
+        "INSERT INTO inspections (id, asset_id, inspector, inspected_at, notes)
+         VALUES ('too-big', ?1, 'ana', '2026-11-26T09:00:00.000Z', ?2)",
+        rusqlite::params![asset, big],
+    )
+    .unwrap();
+    drop(big);
+    drop(conn);
+    insert_inspections(&dev, "after-", 2);
+    let big_seq: i64 = dev
+        .replica()
+        .query_row(
+            "SELECT seq FROM fieldsync_journal WHERE pk = 'too-big'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let run = dev.run(&["send"], "");
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!("journal entry {big_seq}"))
+            && run.stderr.contains("inspections")
+            && run.stderr.contains("'too-big'")
+            && run.stderr.contains("too large"),
+        "{run:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(120));
+    // What came before went; the big entry and what follows stay.
+    assert_eq!(
+        office.value("SELECT count(*) FROM inspections WHERE id LIKE 'before-%'"),
+        "3"
+    );
+    assert_eq!(journal_len(&dev), 3);
+    // The same again (never a loop, never a loss).
+    let again = dev.run(&["send"], "");
+    assert_eq!(again.code, 1, "{again:?}");
+    assert_eq!(journal_len(&dev), 3);
+    dev.run(&["journal", "discard", &big_seq.to_string()], "")
+        .ok();
+    dev.run(&["send"], "").ok();
+    assert_eq!(journal_len(&dev), 0);
+    assert_eq!(
+        office.value("SELECT count(*) FROM inspections WHERE id LIKE 'after-%'"),
+        "2"
+    );
+    assert_eq!(
+        office.value("SELECT count(*) FROM inspections WHERE id = 'too-big'"),
+        "0"
+    );
+}
+
+/// A row edited in an early chunk and again in a later one: the later edit goes with
+/// the base the earlier chunk's acknowledgement gave the row, so the device's own
+/// earlier chunk is no conflict with it, and the row ends as the device left it.
+#[test]
+fn a_row_edited_in_two_chunks_is_no_conflict_with_itself() {
+    let chunk = fieldsync_proto::wire::UPLOAD_CHUNK_ENTRIES as u64;
+    let office = Office::new(20);
+    let dev = north_device(&office, "two-chunks");
+    let conn = dev.replica();
+    let asset: i64 = conn
+        .query_row("SELECT min(id) FROM assets", [], |r| r.get(0))
+        .unwrap();
+    conn.execute(
+        "UPDATE assets SET name = 'first edit' WHERE id = ?1",
+        [asset],
+    )
+    .unwrap();
+    drop(conn);
+    insert_inspections(&dev, "fill-", chunk);
+    let conn = dev.replica();
+    conn.execute(
+        "UPDATE assets SET name = 'second edit', category = 'valve' WHERE id = ?1",
+        [asset],
+    )
+    .unwrap();
+    drop(conn);
+    dev.run(&["send"], "").ok();
+    assert_eq!(journal_len(&dev), 0);
+    assert_eq!(sends(&office).len(), 2, "{:?}", sends(&office));
+    assert!(conflicts(&office).is_empty(), "{:?}", conflicts(&office));
+    assert_eq!(
+        office.value(&format!(
+            "SELECT name || '/' || category FROM assets WHERE id = {asset}"
+        )),
+        "second edit/valve"
+    );
+}

@@ -10,6 +10,7 @@ use fieldsync_proto::wire::{
 use fieldsync_store::{DeviceRecord, SessionRecord, Store, UserRecord, sha256_hex};
 
 use crate::error::ApiError;
+use crate::workers::{self, Workers};
 
 /// How long a login session lasts without a new login.
 pub const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
@@ -18,43 +19,16 @@ pub const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
 /// about 19 MiB, so logins beyond the cores wait their turn instead of growing the
 /// server's memory with the crowd (a semaphore alone is not enough: every blocking
 /// thread's allocator arena would keep its own 19 MiB).
-type Job = Box<dyn FnOnce() + Send>;
-
-static HASHERS: std::sync::LazyLock<std::sync::Mutex<std::sync::mpsc::Sender<Job>>> =
-    std::sync::LazyLock::new(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-        for i in 0..std::thread::available_parallelism().map_or(2, |n| n.get()) {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("fieldsync-argon2-{i}"))
-                .spawn(move || {
-                    loop {
-                        let job = match rx.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => return,
-                        };
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return,
-                        }
-                    }
-                })
-                .expect("a hashing thread starts");
-        }
-        std::sync::Mutex::new(tx)
-    });
+static HASHERS: std::sync::LazyLock<Workers> =
+    std::sync::LazyLock::new(|| Workers::start("fieldsync-argon2", workers::per_core()));
 
 /// Runs `f` on one of the [`HASHERS`] and waits for its result.
 fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let job: Job = Box::new(move || {
-        let _ = tx.send(f());
-    });
     HASHERS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(job)
+        .submit(Box::new(move || {
+            let _ = tx.send(f());
+        }))
         .expect("the hashing threads run");
     rx.recv().expect("a hashing thread answers")
 }

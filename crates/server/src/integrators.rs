@@ -8,53 +8,26 @@
 //! that uploads waiting on rows the office holds cannot stack up a queue every other
 //! device's send waits behind.
 
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Sender;
-use std::sync::{Arc, LazyLock, Mutex};
 
 use fieldsync_proto::wire::{BUSY_RETRY_AFTER_SECS, ErrorCode};
 
 use crate::error::ApiError;
-
-fn threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
-}
+use crate::workers::{self, Workers};
 
 /// Uploads running or waiting for a thread.
 static ADMITTED: AtomicUsize = AtomicUsize::new(0);
 
-type Job = Box<dyn FnOnce() + Send>;
-
-static INTEGRATORS: LazyLock<Mutex<Sender<Job>>> = LazyLock::new(|| {
-    let (tx, rx) = std::sync::mpsc::channel::<Job>();
-    let rx = Arc::new(Mutex::new(rx));
-    for i in 0..threads() {
-        let rx = rx.clone();
-        std::thread::Builder::new()
-            .name(format!("fieldsync-upload-{i}"))
-            .spawn(move || {
-                loop {
-                    let job = match rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
-                    }
-                }
-            })
-            .expect("an upload thread starts");
-    }
-    Mutex::new(tx)
-});
+static INTEGRATORS: LazyLock<Workers> =
+    LazyLock::new(|| Workers::start("fieldsync-upload", workers::per_core()));
 
 /// Runs `f` on one of the [`INTEGRATORS`] and awaits its result; a panic in `f` is an
 /// internal error (the thread goes on serving).
 pub async fn run<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let most = 3 * threads();
+    let most = 3 * workers::per_core();
     if ADMITTED.fetch_add(1, Ordering::SeqCst) >= most {
         ADMITTED.fetch_sub(1, Ordering::SeqCst);
         return Err(ApiError::new(
@@ -67,17 +40,13 @@ pub async fn run<T: Send + 'static>(
     // Given back when the job ends, or when it is dropped unrun.
     let admitted = Admitted;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
+    let job: workers::Job = Box::new(move || {
         let _admitted = admitted;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
             .unwrap_or_else(|_| Err(ApiError::internal("an upload's integration panicked")));
         let _ = tx.send(result);
     });
-    INTEGRATORS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(job)
-        .map_err(ApiError::internal)?;
+    INTEGRATORS.submit(job).map_err(ApiError::internal)?;
     rx.await.map_err(ApiError::internal)?
 }
 

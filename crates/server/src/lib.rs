@@ -9,6 +9,7 @@ mod download;
 pub mod error;
 mod integrators;
 mod upload_body;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -180,9 +180,13 @@ struct PoolState {
 /// sends without a zone is UTC, dates are read year-month-day, and nothing the server
 /// formats in SQL follows the office's locale. What travels is formatted explicitly
 /// anyway (`types.rs`); these settings steer what PostgreSQL parses. Given last, so
-/// they win over `options` in the URL.
+/// they win over `options` in the URL. A backstop for what the server's idle timeout
+/// already cuts: a session idle inside a transaction for 10 minutes (a download whose
+/// client trickles a byte a minute, a bug) is ended by PostgreSQL, so nothing pins
+/// VACUUM for longer; the pool drops the broken connection.
 const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres \
-    -c extra_float_digits=1 -c standard_conforming_strings=on";
+    -c extra_float_digits=1 -c standard_conforming_strings=on \
+    -c idle_in_transaction_session_timeout=600000";
 
 /// Connections one store holds at most (each request holds one; PostgreSQL's own
 /// limit is 100 by default, shared by every server and the office).

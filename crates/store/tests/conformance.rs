@@ -1,8 +1,8 @@
 //! Store conformance: every check is written once against the `Store` trait and runs
 //! on each engine (SQLite on a temp file, PostgreSQL in a fresh database per test).
 //!
-//! PostgreSQL comes from `FIELDSYNC_TEST_PG` (default
-//! `postgres://postgres@127.0.0.1:5432/test`); the tests fail, never skip, when it
+//! PostgreSQL comes from `fieldsync_testkit::pg` (`FIELDSYNC_TEST_PG`, the local server
+//! or a private cluster); the tests fail, never skip, when it
 //! cannot be reached. Office writes (the "desktop" side) go through rusqlite and the
 //! postgres crate directly, as other programs would.
 
@@ -19,7 +19,6 @@ use fieldsync_store::{
     StoreError, UserRecord, random_hex, sample, sha256_hex,
 };
 
-const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// Assets of the sample database: small, so the suite stays fast.
 const N_ASSETS: i64 = 40;
 
@@ -38,7 +37,7 @@ struct Fixture {
     engine: Engine,
     store: Option<Box<dyn Store>>,
     /// SQLite: the temp folder and the database file.
-    dir: Option<PathBuf>,
+    dir: Option<TempDir>,
     path: Option<PathBuf>,
     /// PostgreSQL: the base URL (to drop the database) and this test's database.
     base_url: String,
@@ -46,46 +45,13 @@ struct Fixture {
     url: String,
 }
 
-fn pg_base_url() -> String {
-    std::env::var("FIELDSYNC_TEST_PG").unwrap_or_else(|_| PG_DEFAULT.to_string())
-}
-
-fn pg_connect(url: &str) -> ::postgres::Client {
-    let mut config: ::postgres::Config = url
-        .parse()
-        .unwrap_or_else(|e| panic!("FIELDSYNC_TEST_PG: `{url}` is not a PostgreSQL URL: {e}"));
-    config.connect_timeout(std::time::Duration::from_secs(5));
-    config.connect(::postgres::NoTls).unwrap_or_else(|e| {
-        let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(" ({c})"));
-        panic!(
-            "cannot reach PostgreSQL at `{url}`: {e}{cause}; set FIELDSYNC_TEST_PG to a reachable \
-             server (postgres://USER@HOST:PORT/DB, a role that may CREATE DATABASE)"
-        )
-    })
-}
-
-/// The base URL with another database name (the path after the authority).
-fn with_db(url: &str, db: &str) -> String {
-    let (without_query, query) = match url.split_once('?') {
-        Some((u, q)) => (u, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = without_query.find("://").map_or(0, |i| i + 3);
-    let base = match without_query[scheme_end..].find('/') {
-        Some(i) => &without_query[..scheme_end + i],
-        None => without_query,
-    };
-    match query {
-        Some(q) => format!("{base}/{db}?{q}"),
-        None => format!("{base}/{db}"),
-    }
-}
+use fieldsync_testkit::TempDir;
+use fieldsync_testkit::pg::{base_url as pg_base_url, connect as pg_connect, with_db};
 
 impl Fixture {
     fn sqlite() -> Fixture {
-        let dir = std::env::temp_dir().join(format!("fs_conf_{}", fieldsync_store::random_hex(8)));
-        std::fs::create_dir_all(&dir).expect("creating the temp folder");
-        let path = dir.join("main.sqlite");
+        let dir = TempDir::new("conf");
+        let path = dir.path().join("main.sqlite");
         let url = format!("sqlite:{}", path.display());
         let store = fieldsync_store::open(&url).expect("opening the SQLite store");
         Fixture {
@@ -152,9 +118,7 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         // The store's pooled connections go first.
         drop(self.store.take());
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        drop(self.dir.take());
         if self.engine == Engine::Postgres {
             let mut admin = pg_connect(&self.base_url);
             if let Err(e) = admin.batch_execute(&format!(

@@ -4,33 +4,12 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::Connection;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_fieldsync");
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A fresh folder under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path =
-            std::env::temp_dir().join(format!("fieldsync-it-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use fieldsync_testkit::TempDir;
 
 /// What a finished command printed, and how it exited.
 #[derive(Debug)]
@@ -142,59 +121,12 @@ pub fn peak_rss_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// The PostgreSQL server the tests use: `FIELDSYNC_TEST_PG`, or the local one.
+/// The PostgreSQL server the tests use (`fieldsync_testkit::pg::base_url`).
 pub fn pg_base_url() -> String {
-    std::env::var("FIELDSYNC_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+    fieldsync_testkit::pg::base_url()
 }
 
-/// A fresh PostgreSQL database for one test, dropped at the end.
-pub struct PgDb {
-    pub url: String,
-    name: String,
-}
-
-impl PgDb {
-    pub fn new() -> PgDb {
-        let base = pg_base_url();
-        let mut admin = postgres::Client::connect(&base, postgres::NoTls).unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {base} ({e}); start it, or point FIELDSYNC_TEST_PG \
-                 at another server (postgres://USER@HOST:PORT/DB, a user that may create databases)"
-            )
-        });
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!(
-            "fs_it_{}_{n}_{}",
-            std::process::id(),
-            fieldsync_store::random_hex(3)
-        );
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        let (prefix, _) = base.rsplit_once('/').expect("URL names a database");
-        PgDb {
-            url: format!("{prefix}/{name}"),
-            name,
-        }
-    }
-
-    /// A plain connection, as another program of the office would have.
-    pub fn client(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = postgres::Client::connect(&pg_base_url(), postgres::NoTls) {
-            let _ = admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
-}
+pub use fieldsync_testkit::PgDb;
 
 /// The main database's engine in a test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

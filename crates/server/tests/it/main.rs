@@ -8,7 +8,8 @@ use axum::http::{Request, StatusCode};
 use fieldsync_proto::frame::{Frame, FrameReader, RowBatch};
 use fieldsync_proto::wire::{ErrorBody, ErrorCode, LoginResponse, PairResponse};
 use fieldsync_server::{AppState, admin, router};
-use fieldsync_store::{Store, sample};
+use fieldsync_store::Store;
+use fieldsync_testkit::{TempDir, sample};
 use tower::ServiceExt;
 
 struct Fixture {
@@ -17,20 +18,9 @@ struct Fixture {
     code: String,
 }
 
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn fixture(tag: &str) -> Fixture {
-    let dir =
-        std::env::temp_dir().join(format!("fieldsync-server-it-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("main.sqlite");
+    let dir = TempDir::new(&format!("server-it-{tag}"));
+    let path = dir.path().join("main.sqlite");
     sample::create(&mut rusqlite::Connection::open(&path).unwrap(), 40).unwrap();
     let store: Arc<dyn Store> =
         Arc::from(fieldsync_store::open(&format!("sqlite:{}", path.display())).unwrap());
@@ -49,7 +39,7 @@ fn fixture(tag: &str) -> Fixture {
     )
     .unwrap();
     Fixture {
-        _dir: TempDir(dir),
+        _dir: dir,
         store,
         code,
     }

@@ -1102,7 +1102,6 @@ fn assert_agrees(table: &Table, expr: &Expr, params: &Params) {
 
 /// The environment variable naming the PostgreSQL server of the tests.
 const PG_URL_VAR: &str = "FIELDSYNC_TEST_PG";
-const PG_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// `t` as the main database on PostgreSQL would type it: SQLite's INTEGER, REAL and
 /// TEXT become bigint, double precision and text; `region`'s `COLLATE NOCASE`
@@ -1113,7 +1112,8 @@ const PG_SCHEMA: &str = "CREATE TEMPORARY TABLE t (id bigint PRIMARY KEY, name t
 
 /// Connects to the test server, or fails saying how to point the tests elsewhere.
 fn pg_connect() -> postgres::Client {
-    let url = std::env::var(PG_URL_VAR).unwrap_or_else(|_| PG_URL_DEFAULT.to_string());
+    // FIELDSYNC_TEST_PG, the local server, or a private cluster started for the run.
+    let url = fieldsync_testkit::pg::base_url();
     let mut config: postgres::Config = url
         .parse()
         .unwrap_or_else(|e| panic!("{PG_URL_VAR} is not a PostgreSQL URL: {e}"));
@@ -1135,7 +1135,7 @@ fn pg_connect() -> postgres::Client {
         panic!(
             "cannot connect to PostgreSQL (host {}, port {}, database {}, user {}): {}\n\
                  These tests need a PostgreSQL server (15 or later) in which they may create \
-                 temporary tables. Set {PG_URL_VAR} to its URL (default {PG_URL_DEFAULT}).",
+                 temporary tables. Set {PG_URL_VAR} to its URL.",
             hosts.join(","),
             ports.join(","),
             config.get_dbname().unwrap_or("(the user's)"),

@@ -13,8 +13,9 @@ use fieldsync_proto::wire::{
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
+use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
-use crate::http::{Credentials, NetConfig};
+use crate::http::Credentials;
 use crate::journal::{self, JournalEntry};
 use crate::state::{DeviceState, LastSync};
 use crate::{Cancel, Device, DownloadOptions, Phase, Progress, replica, triggers};
@@ -180,7 +181,7 @@ impl Device {
     ) -> Result<()> {
         check_name("task", task).map_err(ClientError::Invalid)?;
         Self::online(st)?;
-        let (api, id, secret, session) = Self::logged_in(st)?;
+        let (api, id, secret, session) = self.logged_in(st)?;
         // Local changes refuse the download before anything is fetched; they are
         // checked again under the replica's write lock at the install. A sync brings
         // that lock held from its start; a plain download takes it only for the
@@ -211,7 +212,7 @@ impl Device {
             token: Some(&session.token),
         };
         let mut bytes_down = 0;
-        let built = with_retries(progress, cancel, |progress| {
+        let built = with_retries(&self.config, progress, cancel, |progress| {
             progress(&Progress {
                 phase: Phase::Prepare,
                 done: 0,
@@ -276,7 +277,7 @@ impl Device {
         held: Option<&replica::WriterHold>,
     ) -> Result<()> {
         Self::online(st)?;
-        Self::logged_in(st)?;
+        self.logged_in(st)?;
         // Set-aside replicas first: their entries were mostly made before the current
         // user's, and the main database sees the users' edits in that order.
         for path in replica::set_aside_files(&self.dir)? {
@@ -310,7 +311,7 @@ impl Device {
         conn: &Connection,
         path: &std::path::Path,
     ) -> Result<()> {
-        let (api, id, secret, session) = Self::logged_in(st)?;
+        let (api, id, secret, session) = self.logged_in(st)?;
         // The journal as it is now is what this send sends; entries an app adds while
         // it runs wait for the next send.
         let seq_max: i64 = conn.query_row(
@@ -370,7 +371,7 @@ impl Device {
             // an earlier attempt may have been applied with its acknowledgement lost,
             // and only the server's answer to this upload id settles that. The next
             // send sends the same upload again (`device journal discard` drops it).
-            let sent = with_retries(progress, cancel, |_| {
+            let sent = with_retries(&self.config, progress, cancel, |_| {
                 api.upload(&creds, &pending.upload_id, &pending.body, op, "manual")
             });
             let outcome = match sent {
@@ -875,19 +876,19 @@ fn is_transient(e: &ClientError) -> bool {
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or the attempts run out
-/// (`FIELDSYNC_RETRIES`); transient failures wait a doubling backoff, which a cancel
+/// (`config.attempts`); transient failures wait a doubling backoff, which a cancel
 /// cuts short, and show in the progress as phase `retry`.
 fn with_retries<T>(
+    net: &ClientConfig,
     progress: &mut dyn FnMut(&Progress),
     cancel: &Cancel,
     mut attempt: impl FnMut(&mut dyn FnMut(&Progress)) -> Result<T>,
 ) -> Result<T> {
-    let net = NetConfig::from_env();
     let mut backoff = net.backoff;
     let mut n = 1;
     loop {
         match attempt(progress) {
-            Err(e) if n < net.attempts && is_transient(&e) && !cancel.is_cancelled() => {
+            Err(e) if n < net.attempts.max(1) && is_transient(&e) && !cancel.is_cancelled() => {
                 n += 1;
                 progress(&Progress {
                     phase: Phase::Retry,

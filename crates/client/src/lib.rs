@@ -3,14 +3,15 @@
 //! over [`Device`].
 
 mod config;
-pub mod error;
+mod error;
 mod http;
-pub mod journal;
-pub mod replica;
-pub mod state;
+mod journal;
+mod replica;
+mod state;
 mod sync;
 mod triggers;
 
+pub use journal::JournalEntry;
 pub use sync::Report;
 
 use std::sync::Arc;
@@ -192,9 +193,7 @@ impl Device {
             (Some(server), Some(id), Some(secret)) => {
                 Ok((Api::new(server, &self.config)?, id.clone(), secret.clone()))
             }
-            _ => Err(ClientError::Refused(
-                "this device is not paired; run `fieldsync device pair` first".into(),
-            )),
+            _ => Err(ClientError::NotPaired),
         }
     }
 
@@ -326,9 +325,7 @@ impl Device {
             Some(_) => Err(ClientError::Refused(
                 "logged in offline only; log in again while online to reach the server".into(),
             )),
-            None => Err(ClientError::Refused(
-                "nobody is logged in on this device; run `fieldsync device login`".into(),
-            )),
+            None => Err(ClientError::NotLoggedIn),
         }
     }
 

@@ -89,12 +89,7 @@ impl Device {
     ) -> Result<Report> {
         let (_lock, st) = self.begin()?;
         self.recorded("sync", |r| {
-            let task = st.task.clone().ok_or_else(|| {
-                ClientError::Invalid(
-                    "no task downloaded on this device yet; run `fieldsync device download TASK`"
-                        .into(),
-                )
-            })?;
+            let task = st.task.clone().ok_or(ClientError::NoTask)?;
             // App writers are held off for the whole sync: the journal sent is the
             // journal there is, and the download can replace the replica without an
             // edit slipping in between (an app's write waits, then fails busy).
@@ -196,11 +191,9 @@ impl Device {
             let entries = journal::read_all(conn)?;
             if let Some(last) = entries.last() {
                 if !opts.discard_local_changes {
-                    return Err(ClientError::LocalChanges(format!(
-                        "the replica has {} local change(s) not sent; send them first (`fieldsync device send`), \
-                         or download with --discard-local-changes to back them up and forget them",
-                        entries.len()
-                    )));
+                    return Err(ClientError::LocalChanges {
+                        unsent: entries.len() as u64,
+                    });
                 }
                 report.backup = Some(journal::write_backup(&self.dir.root, &entries)?);
                 journal_max_seq = last.seq;
@@ -461,10 +454,7 @@ impl Device {
                         [0, ..] if current_first => 0,
                         [i] => *i,
                         _ => {
-                            return Err(ClientError::Invalid(format!(
-                                "journal entry {s} exists in several replicas set aside on this device; \
-                                 discard them with --all"
-                            )));
+                            return Err(ClientError::EntryInSeveral { seq: *s });
                         }
                     };
                     if let Some(e) = conns[i].1.iter().find(|e| e.seq == *s)
@@ -525,11 +515,11 @@ fn too_large_entry(conn: &Connection, seq: i64, why: &str) -> ClientError {
         }
         _ => (seq, String::new()),
     };
-    ClientError::Invalid(format!(
-        "journal entry {seq}{what} is too large to send: {why}. Nothing was sent from it on \
-         and it stays in the journal; make the row's change smaller, or set it aside with \
-         `fieldsync device journal discard {seq}` (it is backed up to a file)"
-    ))
+    ClientError::EntryTooLarge {
+        seq,
+        detail: what,
+        why: why.to_string(),
+    }
 }
 
 /// Counts the bytes written through it.

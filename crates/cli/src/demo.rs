@@ -78,7 +78,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("3. server listening on {url}");
 
     // The crew's tablet.
-    let device = Device::new(root.join("tablet-1"));
+    let device = Device::open(root.join("tablet-1"), crate::device_cmd::client_config());
     device.pair(&url, "tablet-1", &code)?;
     device.login("ana", "ana-secret")?;
     let tasks = device.tasks()?;

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use fieldsync_client::{Cancel, Device, DownloadOptions, Mode, Progress, Report};
+use fieldsync_client::{Cancel, ClientConfig, Device, DownloadOptions, Mode, Progress, Report};
 
 use crate::admin_cmd::read_password_stdin;
 use crate::output::{ProgressFormat, ProgressView, print_json};
@@ -148,10 +148,29 @@ fn cancel_on_signals(cancel: &Cancel, device: &Device, op: &'static str) {
         if cancel.wait_commit() {
             return;
         }
-        let _ = Device::new(dir).note_cancelled(op);
+        let _ = Device::open(dir, client_config()).note_cancelled(op);
         eprintln!("error: {}", fieldsync_client::ClientError::Cancelled);
         std::process::exit(5);
     });
+}
+
+/// The client's network limits from the environment (docs/cli.md): tests and slow
+/// links set them; the library itself reads no environment.
+pub fn client_config() -> ClientConfig {
+    let default = ClientConfig::default();
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let ms = |name: &str, default: std::time::Duration| {
+        var(name).map_or(default, std::time::Duration::from_millis)
+    };
+    ClientConfig {
+        connect_timeout: ms("FIELDSYNC_CONNECT_TIMEOUT_MS", default.connect_timeout),
+        read_timeout: ms("FIELDSYNC_READ_TIMEOUT_MS", default.read_timeout),
+        attempts: var("FIELDSYNC_RETRIES")
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(default.attempts)
+            .max(1),
+        backoff: ms("FIELDSYNC_RETRY_BACKOFF_MS", default.backoff),
+    }
 }
 
 /// Runs a long operation with progress output and signal-driven cancel.
@@ -199,7 +218,7 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
     let dir = args
         .dir
         .context("no device folder: pass --dir DIR or set FIELDSYNC_DEVICE_DIR")?;
-    let device = Device::new(dir);
+    let device = Device::open(dir, client_config());
     match args.command {
         DeviceCommand::Pair {
             server,

@@ -11,10 +11,35 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         .map_or(1, |c| c.exit_code() as u8)
 }
 
-/// The error and its causes on one line.
+/// The error and its causes on one line, with the command that helps, if any.
 pub fn one_line(e: &anyhow::Error) -> String {
-    let text = format!("{e:#}");
+    let mut text = format!("{e:#}");
+    if let Some(h) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<ClientError>())
+        .and_then(hint)
+    {
+        text.push_str(&h);
+    }
     text.replace('\n', " ")
+}
+
+/// What the user can run about a device error: the library's errors name no command.
+fn hint(e: &ClientError) -> Option<String> {
+    Some(match e {
+        ClientError::Offline => "; switch with `fieldsync device mode online`".into(),
+        ClientError::NotPaired => "; run `fieldsync device pair` first".into(),
+        ClientError::NotLoggedIn => "; run `fieldsync device login`".into(),
+        ClientError::NoTask => "; run `fieldsync device download TASK`".into(),
+        ClientError::LocalChanges { .. } => "; send them first (`fieldsync device send`), \
+             or download with --discard-local-changes to back them up and forget them"
+            .into(),
+        ClientError::EntryTooLarge { seq, .. } => {
+            format!(" with `fieldsync device journal discard {seq}` (it is backed up to a file)")
+        }
+        ClientError::EntryInSeveral { .. } => "; discard them with --all".into(),
+        _ => return None,
+    })
 }
 
 pub fn print_json(value: &impl serde::Serialize) {

@@ -5,15 +5,38 @@ use fieldsync_proto::wire::ErrorCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("the device is in offline mode; switch with `fieldsync device mode online`")]
+    #[error("the device is in offline mode")]
     Offline,
+    /// The device folder was never paired with a server.
+    #[error("this device is not paired")]
+    NotPaired,
+    /// Nobody is logged in on the device.
+    #[error("nobody is logged in on this device")]
+    NotLoggedIn,
+    /// A sync needs a task downloaded before.
+    #[error("no task downloaded on this device yet")]
+    NoTask,
     /// Authentication or permission refused, by the server or locally.
     #[error("{0}")]
     Refused(String),
     #[error("cancelled; previous local database restored")]
     Cancelled,
-    #[error("{0}")]
-    LocalChanges(String),
+    /// The replica holds `unsent` journal entries that a download would lose.
+    #[error("the replica has {unsent} local change(s) not sent")]
+    LocalChanges { unsent: u64 },
+    /// A journal entry too large to send at all; it stays in the journal.
+    #[error(
+        "journal entry {seq}{detail} is too large to send: {why}. Nothing was sent from it on \
+         and it stays in the journal; make the row's change smaller, or set it aside"
+    )]
+    EntryTooLarge {
+        seq: i64,
+        detail: String,
+        why: String,
+    },
+    /// A journal entry named for discarding is in several replicas set aside.
+    #[error("journal entry {seq} exists in several replicas set aside on this device")]
+    EntryInSeveral { seq: i64 },
     #[error("another fieldsync operation holds this device folder ({0})")]
     Busy(String),
     /// The server answered with an error that is not a refusal.
@@ -44,9 +67,9 @@ impl ClientError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ClientError::Offline => 3,
-            ClientError::Refused(_) => 4,
+            ClientError::Refused(_) | ClientError::NotPaired | ClientError::NotLoggedIn => 4,
             ClientError::Cancelled => 5,
-            ClientError::LocalChanges(_) => 6,
+            ClientError::LocalChanges { .. } => 6,
             ClientError::Busy(_) => 7,
             ClientError::Server { code, .. } if code.is_refusal() => 4,
             _ => 1,

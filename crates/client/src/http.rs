@@ -11,42 +11,8 @@ use fieldsync_proto::wire::{
 };
 use serde::de::DeserializeOwned;
 
+use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
-
-/// Network limits; each can be set from the environment (tests, slow links).
-pub struct NetConfig {
-    /// `FIELDSYNC_CONNECT_TIMEOUT_MS`, default 10 s.
-    pub connect_timeout: Duration,
-    /// `FIELDSYNC_READ_TIMEOUT_MS`, default 60 s: the longest silence while reading.
-    pub read_timeout: Duration,
-    /// `FIELDSYNC_RETRIES`, default 3: attempts in all for a transient failure.
-    pub attempts: u32,
-    /// `FIELDSYNC_RETRY_BACKOFF_MS`, default 500 ms, doubling after each attempt.
-    pub backoff: Duration,
-}
-
-impl NetConfig {
-    pub fn from_env() -> NetConfig {
-        let ms = |name: &str, default: u64| {
-            Duration::from_millis(
-                std::env::var(name)
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(default),
-            )
-        };
-        NetConfig {
-            connect_timeout: ms("FIELDSYNC_CONNECT_TIMEOUT_MS", 10_000),
-            read_timeout: ms("FIELDSYNC_READ_TIMEOUT_MS", 60_000),
-            attempts: std::env::var("FIELDSYNC_RETRIES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(3)
-                .max(1),
-            backoff: ms("FIELDSYNC_RETRY_BACKOFF_MS", 500),
-        }
-    }
-}
 
 /// Largest JSON answer the device reads (an acknowledgement of a large upload).
 const RESPONSE_JSON_MAX_BYTES: u64 = 512 * 1024 * 1024;
@@ -64,18 +30,17 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(server: &str) -> Result<Api> {
+    pub fn new(server: &str, config: &ClientConfig) -> Result<Api> {
         let base = server.trim_end_matches('/').to_string();
         if !base.starts_with("http://") {
             return Err(ClientError::Invalid(format!(
                 "server URL `{server}` must start with http:// (this build has no TLS client yet)"
             )));
         }
-        let net = NetConfig::from_env();
         let agent = ureq::AgentBuilder::new()
-            .timeout_connect(net.connect_timeout)
-            .timeout_read(net.read_timeout)
-            .timeout_write(net.read_timeout)
+            .timeout_connect(config.connect_timeout)
+            .timeout_read(config.read_timeout)
+            .timeout_write(config.read_timeout)
             .build();
         Ok(Api { base, agent })
     }

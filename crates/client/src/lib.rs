@@ -2,14 +2,16 @@
 //! replica and the operations on it. The `fieldsync device` commands are a thin layer
 //! over [`Device`].
 
-pub mod error;
+mod config;
+mod error;
 mod http;
-pub mod journal;
-pub mod replica;
-pub mod state;
+mod journal;
+mod replica;
+mod state;
 mod sync;
 mod triggers;
 
+pub use journal::JournalEntry;
 pub use sync::Report;
 
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use fieldsync_proto::task::check_name;
 use fieldsync_proto::wire::{LoginRequest, PairRequest, TaskSummary};
 use serde::Serialize;
 
+pub use config::ClientConfig;
 pub use error::{ClientError, Result};
 use http::{Api, Credentials};
 pub use state::{DeviceDir, DeviceState, LastSync, Mode, Options};
@@ -134,6 +137,7 @@ pub struct Status {
 /// A device: its folder and the operations on it.
 pub struct Device {
     dir: DeviceDir,
+    config: ClientConfig,
 }
 
 fn hash_verifier(password: &str) -> String {
@@ -155,10 +159,21 @@ fn check_verifier(password: &str, hash: &str) -> bool {
 }
 
 impl Device {
-    pub fn new(dir: impl Into<std::path::PathBuf>) -> Device {
+    /// The device in folder `dir`, calling the server with the limits of `config`.
+    pub fn open(dir: impl Into<std::path::PathBuf>, config: ClientConfig) -> Device {
         Device {
             dir: DeviceDir::new(dir),
+            config,
         }
+    }
+
+    /// The device in folder `dir` with the default [`ClientConfig`].
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> Device {
+        Device::open(dir, ClientConfig::default())
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
     }
 
     pub fn dir(&self) -> &DeviceDir {
@@ -173,14 +188,12 @@ impl Device {
         Ok((lock, st))
     }
 
-    fn paired(st: &DeviceState) -> Result<(Api, String, String)> {
+    fn paired(&self, st: &DeviceState) -> Result<(Api, String, String)> {
         match (&st.server, &st.device_id, &st.device_secret) {
             (Some(server), Some(id), Some(secret)) => {
-                Ok((Api::new(server)?, id.clone(), secret.clone()))
+                Ok((Api::new(server, &self.config)?, id.clone(), secret.clone()))
             }
-            _ => Err(ClientError::Refused(
-                "this device is not paired; run `fieldsync device pair` first".into(),
-            )),
+            _ => Err(ClientError::NotPaired),
         }
     }
 
@@ -202,7 +215,7 @@ impl Device {
                 st.device_id.as_deref().unwrap_or_default()
             )));
         }
-        let api = Api::new(server)?;
+        let api = Api::new(server, &self.config)?;
         let resp = api.pair(&PairRequest {
             device_id: device_id.to_string(),
             code: code.to_string(),
@@ -217,7 +230,7 @@ impl Device {
     /// at that user's last online login on this device.
     pub fn login(&self, user: &str, password: &str) -> Result<()> {
         let (_lock, mut st) = self.begin()?;
-        let (api, id, secret) = Self::paired(&st)?;
+        let (api, id, secret) = self.paired(&st)?;
         match st.mode {
             Mode::Online => {
                 let creds = Credentials {
@@ -277,7 +290,7 @@ impl Device {
         replica::set_login(&self.dir, None)?;
         self.dir.save(&st)?;
         if st.mode == Mode::Online && !session.token.is_empty() {
-            let (api, id, secret) = Self::paired(&st)?;
+            let (api, id, secret) = self.paired(&st)?;
             let creds = Credentials {
                 device_id: &id,
                 device_secret: &secret,
@@ -302,16 +315,17 @@ impl Device {
     }
 
     /// The session's credentials, or the refusal a logged-out device gets.
-    pub(crate) fn logged_in(st: &DeviceState) -> Result<(Api, String, String, state::Session)> {
-        let (api, id, secret) = Self::paired(st)?;
+    pub(crate) fn logged_in(
+        &self,
+        st: &DeviceState,
+    ) -> Result<(Api, String, String, state::Session)> {
+        let (api, id, secret) = self.paired(st)?;
         match &st.session {
             Some(s) if !s.token.is_empty() => Ok((api, id, secret, s.clone())),
             Some(_) => Err(ClientError::Refused(
                 "logged in offline only; log in again while online to reach the server".into(),
             )),
-            None => Err(ClientError::Refused(
-                "nobody is logged in on this device; run `fieldsync device login`".into(),
-            )),
+            None => Err(ClientError::NotLoggedIn),
         }
     }
 
@@ -319,7 +333,7 @@ impl Device {
     pub fn tasks(&self) -> Result<Vec<TaskSummary>> {
         let st = self.dir.load()?;
         Self::online(&st)?;
-        let (api, id, secret, session) = Self::logged_in(&st)?;
+        let (api, id, secret, session) = self.logged_in(&st)?;
         api.tasks(&Credentials {
             device_id: &id,
             device_secret: &secret,

@@ -545,10 +545,9 @@ fn refuse_unsent(conn: &Connection, journal_max_seq: i64) -> Result<()> {
         |r| r.get(0),
     )?;
     if newer > 0 {
-        return Err(ClientError::LocalChanges(format!(
-            "the replica has {newer} local change(s) not sent; send them first (`fieldsync device send`), \
-             or download with --discard-local-changes to back them up and forget them"
-        )));
+        return Err(ClientError::LocalChanges {
+            unsent: newer as u64,
+        });
     }
     Ok(())
 }
@@ -775,7 +774,6 @@ pub struct Built {
     pub path: PathBuf,
     pub header: SliceHeader,
     pub rows_per_table: Vec<u64>,
-    pub cursor: i64,
 }
 
 fn check_header(h: &SliceHeader) -> Result<()> {
@@ -1093,7 +1091,6 @@ fn build_into<R: Read>(
         path: path.to_path_buf(),
         header,
         rows_per_table,
-        cursor: trailer.cursor,
     })
 }
 

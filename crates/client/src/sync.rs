@@ -13,8 +13,9 @@ use fieldsync_proto::wire::{
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
+use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
-use crate::http::{Credentials, NetConfig};
+use crate::http::Credentials;
 use crate::journal::{self, JournalEntry};
 use crate::state::{DeviceState, LastSync};
 use crate::{Cancel, Device, DownloadOptions, Phase, Progress, replica, triggers};
@@ -88,12 +89,7 @@ impl Device {
     ) -> Result<Report> {
         let (_lock, st) = self.begin()?;
         self.recorded("sync", |r| {
-            let task = st.task.clone().ok_or_else(|| {
-                ClientError::Invalid(
-                    "no task downloaded on this device yet; run `fieldsync device download TASK`"
-                        .into(),
-                )
-            })?;
+            let task = st.task.clone().ok_or(ClientError::NoTask)?;
             // App writers are held off for the whole sync: the journal sent is the
             // journal there is, and the download can replace the replica without an
             // edit slipping in between (an app's write waits, then fails busy).
@@ -180,7 +176,7 @@ impl Device {
     ) -> Result<()> {
         check_name("task", task).map_err(ClientError::Invalid)?;
         Self::online(st)?;
-        let (api, id, secret, session) = Self::logged_in(st)?;
+        let (api, id, secret, session) = self.logged_in(st)?;
         // Local changes refuse the download before anything is fetched; they are
         // checked again under the replica's write lock at the install. A sync brings
         // that lock held from its start; a plain download takes it only for the
@@ -195,11 +191,9 @@ impl Device {
             let entries = journal::read_all(conn)?;
             if let Some(last) = entries.last() {
                 if !opts.discard_local_changes {
-                    return Err(ClientError::LocalChanges(format!(
-                        "the replica has {} local change(s) not sent; send them first (`fieldsync device send`), \
-                         or download with --discard-local-changes to back them up and forget them",
-                        entries.len()
-                    )));
+                    return Err(ClientError::LocalChanges {
+                        unsent: entries.len() as u64,
+                    });
                 }
                 report.backup = Some(journal::write_backup(&self.dir.root, &entries)?);
                 journal_max_seq = last.seq;
@@ -211,7 +205,7 @@ impl Device {
             token: Some(&session.token),
         };
         let mut bytes_down = 0;
-        let built = with_retries(progress, cancel, |progress| {
+        let built = with_retries(&self.config, progress, cancel, |progress| {
             progress(&Progress {
                 phase: Phase::Prepare,
                 done: 0,
@@ -276,7 +270,7 @@ impl Device {
         held: Option<&replica::WriterHold>,
     ) -> Result<()> {
         Self::online(st)?;
-        Self::logged_in(st)?;
+        self.logged_in(st)?;
         // Set-aside replicas first: their entries were mostly made before the current
         // user's, and the main database sees the users' edits in that order.
         for path in replica::set_aside_files(&self.dir)? {
@@ -310,7 +304,7 @@ impl Device {
         conn: &Connection,
         path: &std::path::Path,
     ) -> Result<()> {
-        let (api, id, secret, session) = Self::logged_in(st)?;
+        let (api, id, secret, session) = self.logged_in(st)?;
         // The journal as it is now is what this send sends; entries an app adds while
         // it runs wait for the next send.
         let seq_max: i64 = conn.query_row(
@@ -370,7 +364,7 @@ impl Device {
             // an earlier attempt may have been applied with its acknowledgement lost,
             // and only the server's answer to this upload id settles that. The next
             // send sends the same upload again (`device journal discard` drops it).
-            let sent = with_retries(progress, cancel, |_| {
+            let sent = with_retries(&self.config, progress, cancel, |_| {
                 api.upload(&creds, &pending.upload_id, &pending.body, op, "manual")
             });
             let outcome = match sent {
@@ -460,10 +454,7 @@ impl Device {
                         [0, ..] if current_first => 0,
                         [i] => *i,
                         _ => {
-                            return Err(ClientError::Invalid(format!(
-                                "journal entry {s} exists in several replicas set aside on this device; \
-                                 discard them with --all"
-                            )));
+                            return Err(ClientError::EntryInSeveral { seq: *s });
                         }
                     };
                     if let Some(e) = conns[i].1.iter().find(|e| e.seq == *s)
@@ -524,11 +515,11 @@ fn too_large_entry(conn: &Connection, seq: i64, why: &str) -> ClientError {
         }
         _ => (seq, String::new()),
     };
-    ClientError::Invalid(format!(
-        "journal entry {seq}{what} is too large to send: {why}. Nothing was sent from it on \
-         and it stays in the journal; make the row's change smaller, or set it aside with \
-         `fieldsync device journal discard {seq}` (it is backed up to a file)"
-    ))
+    ClientError::EntryTooLarge {
+        seq,
+        detail: what,
+        why: why.to_string(),
+    }
 }
 
 /// Counts the bytes written through it.
@@ -875,19 +866,19 @@ fn is_transient(e: &ClientError) -> bool {
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or the attempts run out
-/// (`FIELDSYNC_RETRIES`); transient failures wait a doubling backoff, which a cancel
+/// (`config.attempts`); transient failures wait a doubling backoff, which a cancel
 /// cuts short, and show in the progress as phase `retry`.
 fn with_retries<T>(
+    net: &ClientConfig,
     progress: &mut dyn FnMut(&Progress),
     cancel: &Cancel,
     mut attempt: impl FnMut(&mut dyn FnMut(&Progress)) -> Result<T>,
 ) -> Result<T> {
-    let net = NetConfig::from_env();
     let mut backoff = net.backoff;
     let mut n = 1;
     loop {
         match attempt(progress) {
-            Err(e) if n < net.attempts && is_transient(&e) && !cancel.is_cancelled() => {
+            Err(e) if n < net.attempts.max(1) && is_transient(&e) && !cancel.is_cancelled() => {
                 n += 1;
                 progress(&Progress {
                     phase: Phase::Retry,

@@ -1,0 +1,28 @@
+//! What an app chooses about the network, passed in as a value: the library reads no
+//! environment (the CLI builds this from its `FIELDSYNC_*` variables).
+
+use std::time::Duration;
+
+/// Network limits of a [`crate::Device`]'s calls to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Longest wait to connect, default 10 s.
+    pub connect_timeout: Duration,
+    /// Longest silence while reading or writing, default 60 s.
+    pub read_timeout: Duration,
+    /// Attempts in all for a transient failure, default 3 (at least 1).
+    pub attempts: u32,
+    /// The wait before the first retry, default 500 ms, doubling after each attempt.
+    pub backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            attempts: 3,
+            backoff: Duration::from_millis(500),
+        }
+    }
+}

@@ -40,7 +40,8 @@ enum AdminCommand {
     #[command(subcommand)]
     Conflicts(ConflictsCommand),
     /// Sync history: every download, send and sync the server served
-    Sessions {
+    #[command(visible_alias = "sessions")]
+    History {
         #[arg(long)]
         json: bool,
     },
@@ -338,12 +339,12 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 c.resolved_take.unwrap_or_default()
             );
         }
-        AdminCommand::Sessions { json } => {
-            let sessions = store.sync_sessions()?;
+        AdminCommand::History { json } => {
+            let history = store.history()?;
             if json {
-                print_json(&sessions);
+                print_json(&history);
             } else {
-                for s in &sessions {
+                for s in &history {
                     println!(
                         "{}\t{}\t{}\t{}\t{}\t{}\t{}\trows {}/{}\tbytes {}/{}\tconflicts {}\t{} ms",
                         s.started_at,

@@ -19,7 +19,7 @@ use fieldsync_proto::wire::{
     UPLOAD_BODY_MAX_BYTES, UploadOutcome,
 };
 use fieldsync_store::{
-    DeviceRecord, IntegrateContext, IntegrateError, SessionRecord, Store, SyncSessionRecord,
+    DeviceRecord, HistoryRecord, IntegrateContext, IntegrateError, SessionRecord, Store,
     TaskRecord, UserRecord, random_hex, sha256_hex,
 };
 use serde::de::DeserializeOwned;
@@ -427,7 +427,7 @@ async fn upload(
             if let Some(id) = &claimed_id
                 && let Some(o) = repeated_upload(&*st.store, &device.id, id)?
             {
-                let record = SyncSessionRecord {
+                let record = HistoryRecord {
                     device: device.id.clone(),
                     user: o.1,
                     task: None,
@@ -443,7 +443,7 @@ async fn upload(
                     started_at,
                     duration_ms: started.elapsed().as_millis() as u64,
                 };
-                if let Err(e) = st.store.sync_session_record(&record) {
+                if let Err(e) = st.store.history_record(&record) {
                     eprintln!("fieldsync server: recording a sync session: {e}");
                 }
                 return Ok(Before::Answered(o.0));
@@ -521,7 +521,7 @@ async fn upload(
             Ok(o) => ("ok", format!("{} entries applied", o.applied), o.conflicts),
             Err(e) => ("error", e.to_string(), 0),
         };
-        let record = SyncSessionRecord {
+        let record = HistoryRecord {
             device: device.id.clone(),
             user: user.name.clone(),
             task: Some(upload.task.clone()),
@@ -537,7 +537,7 @@ async fn upload(
             started_at,
             duration_ms: started.elapsed().as_millis() as u64,
         };
-        if let Err(e) = st.store.sync_session_record(&record) {
+        if let Err(e) = st.store.history_record(&record) {
             eprintln!("fieldsync server: recording a sync session: {e}");
         }
         match result {

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use fieldsync_proto::frame::{self, FrameEncoder, ValueRef};
 use fieldsync_proto::wire::SliceHeader;
-use fieldsync_store::{SlicePlan, SliceSink, Store, StoreError, SyncSessionRecord};
+use fieldsync_store::{HistoryRecord, SlicePlan, SliceSink, Store, StoreError};
 use http_body::Frame;
 use tokio::sync::mpsc;
 
@@ -197,7 +197,7 @@ pub fn start(
                 0
             }
         };
-        let record = SyncSessionRecord {
+        let record = HistoryRecord {
             device: session.device,
             user: session.user,
             task: Some(sink.header.task.clone()),
@@ -213,7 +213,7 @@ pub fn start(
             started_at: session.started_at,
             duration_ms: session.started.elapsed().as_millis() as u64,
         };
-        if let Err(e) = store.sync_session_record(&record) {
+        if let Err(e) = store.history_record(&record) {
             eprintln!("fieldsync server: recording a sync session: {e}");
         }
     });

@@ -187,9 +187,9 @@ pub struct ConflictRecord {
     pub resolved_take: Option<String>,
 }
 
-/// One sync session as the server saw it (`admin sessions`).
+/// One entry of the sync history: a download, send or sync as the server saw it (`admin history`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct SyncSessionRecord {
+pub struct HistoryRecord {
     pub device: String,
     pub user: String,
     pub task: Option<String>,
@@ -296,8 +296,8 @@ pub trait Store: Send + Sync {
     /// Applies the logged device or server values of a conflict and marks it resolved.
     fn conflict_resolve(&self, id: i64, take_device: bool, at: &str) -> Result<ConflictRecord>;
 
-    fn sync_session_record(&self, s: &SyncSessionRecord) -> Result<()>;
-    fn sync_sessions(&self) -> Result<Vec<SyncSessionRecord>>;
+    fn history_record(&self, s: &HistoryRecord) -> Result<()>;
+    fn history(&self) -> Result<Vec<HistoryRecord>>;
 
     fn user_list(&self) -> Result<Vec<UserRecord>>;
     fn user_set_password(&self, name: &str, password_hash: &str) -> Result<()>;

@@ -550,7 +550,7 @@ fn init_idempotent_and_required(fx: &Fixture) {
     not_init("task_list", s.task_list().map(drop));
     not_init("session_get", s.session_get("x").map(drop));
     not_init("conflicts_list", s.conflicts_list().map(drop));
-    not_init("sync_sessions", s.sync_sessions().map(drop));
+    not_init("history", s.history().map(drop));
 
     s.init().expect("first init");
     let epoch = s.epoch().expect("epoch");

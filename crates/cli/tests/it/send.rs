@@ -134,9 +134,14 @@ fn edits_by_a_plain_sqlite_client_reach_the_main_database_with_send() {
     assert_eq!(main_name(&office, id), "edited twice");
     assert!(conflicts(&office).is_empty(), "{:?}", conflicts(&office));
 
-    // The sync history has the download and both sends.
-    let sessions: serde_json::Value =
-        serde_json::from_str(&office.admin(&["sessions", "--json"], "").ok().stdout).unwrap();
+    // The sync history has the download and both sends; `admin history` and its alias
+    // `admin sessions` print the same.
+    let history_out = office.admin(&["history", "--json"], "").ok().stdout;
+    assert_eq!(
+        office.admin(&["sessions", "--json"], "").ok().stdout,
+        history_out
+    );
+    let sessions: serde_json::Value = serde_json::from_str(&history_out).unwrap();
     let ops: Vec<&str> = sessions
         .as_array()
         .unwrap()

@@ -27,9 +27,8 @@ use postgres::{Client, IsolationLevel, NoTls, Transaction};
 use self::types::{Bind, Kind};
 use crate::plan::{self, SlicePlan, quote_ident};
 use crate::{
-    ColumnInfo, ConflictRecord, DeviceRecord, IntegrateContext, IntegrateError, Result,
-    SessionRecord, SliceSink, Store, StoreError, SyncSessionRecord, TableInfo, TaskRecord,
-    UserRecord,
+    ColumnInfo, ConflictRecord, DeviceRecord, HistoryRecord, IntegrateContext, IntegrateError,
+    Result, SessionRecord, SliceSink, Store, StoreError, TableInfo, TaskRecord, UserRecord,
 };
 
 /// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
@@ -1319,7 +1318,7 @@ impl Store for PgStore {
         })
     }
 
-    fn sync_session_record(&self, s: &SyncSessionRecord) -> Result<()> {
+    fn history_record(&self, s: &HistoryRecord) -> Result<()> {
         self.conn()?.execute(
             "INSERT INTO fieldsync.sync_sessions (device, user_name, task, op, kind, result, message, rows_down,
                  rows_up, bytes_down, bytes_up, conflicts, started_at, duration_ms)
@@ -1344,7 +1343,7 @@ impl Store for PgStore {
         Ok(())
     }
 
-    fn sync_sessions(&self) -> Result<Vec<SyncSessionRecord>> {
+    fn history(&self) -> Result<Vec<HistoryRecord>> {
         let rows = self.conn()?.query(
             "SELECT device, user_name, task, op, kind, result, message, rows_down, rows_up, bytes_down,
                     bytes_up, conflicts, started_at, duration_ms FROM fieldsync.sync_sessions ORDER BY id",
@@ -1352,7 +1351,7 @@ impl Store for PgStore {
         )?;
         Ok(rows
             .iter()
-            .map(|r| SyncSessionRecord {
+            .map(|r| HistoryRecord {
                 device: r.get(0),
                 user: r.get(1),
                 task: r.get(2),

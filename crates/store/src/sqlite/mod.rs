@@ -20,8 +20,8 @@ use crate::plan::{self, SlicePlan, quote_ident};
 use fieldsync_proto::wire::{Upload, UploadOutcome};
 
 use crate::{
-    ConflictRecord, DeviceRecord, IntegrateContext, IntegrateError, Result, SessionRecord,
-    SliceSink, Store, StoreError, SyncSessionRecord, TableInfo, TaskRecord, UserRecord,
+    ConflictRecord, DeviceRecord, HistoryRecord, IntegrateContext, IntegrateError, Result,
+    SessionRecord, SliceSink, Store, StoreError, TableInfo, TaskRecord, UserRecord,
 };
 
 /// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
@@ -1020,7 +1020,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn sync_session_record(&self, s: &SyncSessionRecord) -> Result<()> {
+    fn history_record(&self, s: &HistoryRecord) -> Result<()> {
         self.conn()?.execute(
             "INSERT INTO fieldsync_sync_sessions (device, user, task, op, kind, result, message, rows_down, rows_up,
                  bytes_down, bytes_up, conflicts, started_at, duration_ms)
@@ -1033,7 +1033,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn sync_sessions(&self) -> Result<Vec<SyncSessionRecord>> {
+    fn history(&self) -> Result<Vec<HistoryRecord>> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT device, user, task, op, kind, result, message, rows_down, rows_up, bytes_down, bytes_up, conflicts,
@@ -1041,7 +1041,7 @@ impl Store for SqliteStore {
         )?;
         let rows = stmt
             .query_map([], |r| {
-                Ok(SyncSessionRecord {
+                Ok(HistoryRecord {
                     device: r.get(0)?,
                     user: r.get(1)?,
                     task: r.get(2)?,

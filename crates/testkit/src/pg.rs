@@ -252,12 +252,13 @@ fn spawn_reaper(run_as: Option<&str>, bin: &Path, root: &Path, data: &Path) {
          do sleep 10; done; {stop} >/dev/null 2>&1; rm -rf {root}",
         root = path(root),
     );
+    // `setsid -f` forks the shell into a session of its own and returns at once.
     Command::new("setsid")
-        .args(["sh", "-c", &script])
+        .args(["-f", "sh", "-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .status()
         .expect("starting the private cluster's reaper");
 }
 

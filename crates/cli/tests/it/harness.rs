@@ -121,11 +121,6 @@ pub fn peak_rss_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// The PostgreSQL server the tests use (`fieldsync_testkit::pg::base_url`).
-pub fn pg_base_url() -> String {
-    fieldsync_testkit::pg::base_url()
-}
-
 pub use fieldsync_testkit::PgDb;
 
 /// The main database's engine in a test.

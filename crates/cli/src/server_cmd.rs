@@ -26,7 +26,29 @@ enum ServerCommand {
         listen: String,
         #[command(flatten)]
         limits: LimitArgs,
+        /// How the request log on stderr is written: one line per request (route,
+        /// device, user, status, duration), as text or as JSON objects
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The request log (and whatever else the server logs) on stderr, in `format`.
+fn start_log(format: LogFormat) {
+    let log = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO);
+    match format {
+        LogFormat::Text => log.init(),
+        LogFormat::Json => log.json().flatten_event(true).init(),
+    }
 }
 
 /// What one server lets its clients hold, and for how long.
@@ -86,8 +108,13 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             println!("main database ready");
             Ok(())
         }
-        ServerCommand::Run { listen, limits } => {
+        ServerCommand::Run {
+            listen,
+            limits,
+            log_format,
+        } => {
             let limits = limits.limits()?;
+            start_log(log_format);
             store.epoch().context("checking the main database")?;
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             let served = runtime.block_on(async move {

@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use crate::auth;
 use crate::download;
 use crate::error::ApiError;
+use crate::request_log::{self, Who};
 use crate::{integrators, upload_body};
 
 /// What every handler shares.
@@ -137,6 +138,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/uploads",
             post(upload).layer(DefaultBodyLimit::max(UPLOAD_BODY_MAX_BYTES)),
         )
+        .layer(axum::middleware::from_fn(request_log::log_request))
         .with_state(state)
 }
 
@@ -344,12 +346,18 @@ async fn download(
         started: started.0,
         started_at: started.1,
     };
+    let who = Who {
+        device: header.device.clone(),
+        user: header.user.clone(),
+    };
     let body = download::start(st.store.clone(), plan, header, session, turn)?;
-    Ok((
+    let mut response = (
         [(header::CONTENT_TYPE, "application/x-fieldsync-slice+zstd")],
         Body::new(body),
     )
-        .into_response())
+        .into_response();
+    response.extensions_mut().insert(who);
+    Ok(response)
 }
 
 /// The operation and kind a request belongs to, for the sync history.

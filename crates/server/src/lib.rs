@@ -8,6 +8,7 @@ mod conn;
 mod download;
 pub mod error;
 mod integrators;
+mod request_log;
 mod upload_body;
 mod workers;
 

@@ -303,3 +303,45 @@ crate::also_on_postgres!(
     a_held_device_folder_gives_exit_7_and_changes_nothing,
     memory_stays_bounded_while_a_large_slice_downloads,
 );
+
+/// `server run --log-format json` writes one JSON line per request to stderr; a
+/// download's names its route, the device and user it was checked to come from, its
+/// status and duration, and a refused request's names the device it claimed.
+#[test]
+fn the_request_log_has_one_json_line_per_download() {
+    let office = Office::new(40);
+    let dev = office.device("tab1", &["north-inspections"]);
+    dev.login("ana").ok();
+    let scratch = TempDir::new("request-log");
+    let log_path = scratch.path().join("server.log");
+    let server = Server::start_logged(&office.db_url, &["--log-format", "json"], &log_path);
+    dev.use_server(&server.url);
+    dev.run(&["download", "north-inspections"], "").ok();
+    let refused = dev.run(&["download", "south-work-orders"], "");
+    assert_ne!(refused.code, 0, "{refused:?}");
+    drop(server);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let downloads: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["route"] == "/api/v1/tasks/{name}/download")
+        .collect();
+    assert_eq!(downloads.len(), 2, "{text}");
+    let ok = downloads[0];
+    assert_eq!(ok["target"], "fieldsync::request", "{ok}");
+    assert_eq!(ok["method"], "GET", "{ok}");
+    assert_eq!(ok["device"], "tab1", "{ok}");
+    assert_eq!(ok["user"], "ana", "{ok}");
+    assert_eq!(ok["status"], 200, "{ok}");
+    assert!(
+        ok["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+        "{ok}"
+    );
+    let refused = downloads[1];
+    assert_eq!(refused["status"], 403, "{refused}");
+    assert_eq!(refused["device"], "tab1", "{refused}");
+    assert_eq!(refused["user"], "-", "{refused}");
+}

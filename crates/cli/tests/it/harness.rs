@@ -77,6 +77,14 @@ impl Server {
         Server::launch(Command::new(BIN), db_url, flags)
     }
 
+    /// `fieldsync server run` with `flags`, its stderr (the request log) into `log`.
+    pub fn start_logged(db_url: &str, flags: &[&str], log: &Path) -> Server {
+        let file = std::fs::File::create(log).unwrap();
+        let mut program = Command::new(BIN);
+        program.stderr(file);
+        Server::launch(program, db_url, flags)
+    }
+
     fn launch(mut program: Command, db_url: &str, flags: &[&str]) -> Server {
         if program.get_program() != BIN {
             program.arg(BIN);
@@ -85,7 +93,6 @@ impl Server {
             .args(["server", "run", "--listen", "127.0.0.1:0", "--db", db_url])
             .args(flags)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         let mut line = String::new();

@@ -1,0 +1,49 @@
+//! One log line per request: route, device, user, status, duration (`tracing`, target
+//! `fieldsync::request`; `fieldsync server run --log-format json` prints it as JSON).
+//!
+//! The duration runs until the response's headers are ready: a download's stream goes
+//! on after it (the sync history records the whole download).
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use fieldsync_proto::wire::HEADER_DEVICE_ID;
+
+/// Who a handler found the request to come from, put in its response's extensions.
+#[derive(Debug, Clone)]
+pub struct Who {
+    pub device: String,
+    pub user: String,
+}
+
+/// Logs the request once its response is ready.
+pub async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = match request.extensions().get::<MatchedPath>() {
+        Some(path) => path.as_str().to_string(),
+        None => request.uri().path().to_string(),
+    };
+    let method = request.method().clone();
+    // The device the request claims, for requests refused before anyone was checked.
+    let claimed = request
+        .headers()
+        .get(HEADER_DEVICE_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let response = next.run(request).await;
+    let who = response.extensions().get::<Who>();
+    let device = who.map(|w| w.device.as_str()).or(claimed.as_deref());
+    let user = who.map(|w| w.user.as_str());
+    tracing::info!(
+        target: "fieldsync::request",
+        method = %method,
+        route = %route,
+        device = device.unwrap_or("-"),
+        user = user.unwrap_or("-"),
+        status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+    );
+    response
+}

@@ -17,8 +17,6 @@ pub use sync::Report;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use fieldsync_proto::task::check_name;
 use fieldsync_proto::wire::{LoginRequest, PairRequest, TaskSummary};
 use serde::Serialize;
@@ -143,19 +141,11 @@ pub struct Device {
 fn hash_verifier(password: &str) -> String {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).expect("the OS random source works");
-    let salt = SaltString::encode_b64(&salt).expect("16 bytes make a valid salt");
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .expect("argon2 with default parameters")
-        .to_string()
+    fieldsync_proto::password::hash(password, &salt)
 }
 
 fn check_verifier(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|p| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &p)
-            .is_ok()
-    })
+    fieldsync_proto::password::verify(password, hash)
 }
 
 impl Device {

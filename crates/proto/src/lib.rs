@@ -4,6 +4,7 @@
 pub mod conflict;
 pub mod filter;
 pub mod frame;
+pub mod password;
 pub mod task;
 pub mod time;
 pub mod value;

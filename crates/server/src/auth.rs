@@ -1,9 +1,8 @@
 //! Credentials: argon2id password hashes, random device secrets and session tokens
 //! (stored only as SHA-256 hashes), and the checks every request goes through.
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use axum::http::HeaderMap;
+use fieldsync_proto::password;
 use fieldsync_proto::wire::{
     ErrorCode, HEADER_DEVICE_ID, HEADER_DEVICE_SECRET, HEADER_PROTOCOL, PROTOCOL_VERSION,
 };
@@ -42,11 +41,7 @@ pub fn hash_password(password: &str) -> String {
 fn hash_password_now(password: &str) -> String {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).expect("the OS random source works");
-    let salt = SaltString::encode_b64(&salt).expect("16 bytes make a valid salt");
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .expect("argon2 with default parameters")
-        .to_string()
+    password::hash(password, &salt)
 }
 
 pub fn verify_password(password: &str, hash: &str) -> bool {
@@ -57,47 +52,12 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 thread_local! {
     /// Each hashing thread's argon2 memory, allocated once and reused: a fresh 19 MiB
     /// per verification left the allocator holding more than the threads need.
-    static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+    static BLOCKS: std::cell::RefCell<Vec<password::Block>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Checks `password` against a PHC string, computing in the thread's own blocks.
 fn verify_now(password: &str, hash: &str) -> bool {
-    let Ok(parsed) = PasswordHash::new(hash) else {
-        return false;
-    };
-    let (Ok(params), Ok(algorithm), Some(expected), Some(salt)) = (
-        argon2::Params::try_from(&parsed),
-        argon2::Algorithm::try_from(parsed.algorithm),
-        parsed.hash,
-        parsed.salt,
-    ) else {
-        return false;
-    };
-    let version = match parsed.version.map(argon2::Version::try_from) {
-        None => argon2::Version::default(),
-        Some(Ok(v)) => v,
-        Some(Err(_)) => return false,
-    };
-    let mut salt_buf = [0u8; 64];
-    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
-        return false;
-    };
-    let mut out = vec![0u8; expected.len()];
-    let computed = BLOCKS.with_borrow_mut(|blocks| {
-        let n = params.block_count();
-        if blocks.len() < n {
-            blocks.resize(n, argon2::Block::default());
-        }
-        Argon2::new(algorithm, version, params)
-            .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut blocks[..n])
-            .is_ok()
-    });
-    computed
-        && out
-            .iter()
-            .zip(expected.as_bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    BLOCKS.with_borrow_mut(|blocks| password::verify_in(password, hash, blocks))
 }
 
 /// Constant-time equality of two hex hashes.

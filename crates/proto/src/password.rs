@@ -1,0 +1,105 @@
+//! Password hashing, once for the whole system: argon2id with one parameter set
+//! ([`params`]), in PHC string form. The server hashes users' passwords with it; the
+//! device keeps a verifier of the same kind for offline logins. The caller supplies
+//! the salt's random bytes (this crate does no IO).
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+
+/// One unit of argon2 memory (1 KiB): what [`verify_in`] computes in.
+pub use argon2::Block;
+
+/// The one parameter set: argon2id v0x13, 19 MiB, two passes, one lane (the argon2
+/// crate's defaults, which follow OWASP's recommendation), written out so a change of
+/// the crate's defaults cannot change ours silently.
+pub fn params() -> Params {
+    Params::new(19 * 1024, 2, 1, None).expect("valid argon2 parameters")
+}
+
+/// The argon2id PHC string of `password` with `salt` (16 random bytes).
+pub fn hash(password: &str, salt: &[u8; 16]) -> String {
+    let salt = SaltString::encode_b64(salt).expect("16 bytes make a valid salt");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params())
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 with valid parameters")
+        .to_string()
+}
+
+/// Whether `password` matches the PHC string `hash` (with the parameters the string
+/// names), computing in `blocks`: grown once to what the parameters need and reused,
+/// so a thread checking many passwords allocates its memory once.
+pub fn verify_in(password: &str, hash: &str, blocks: &mut Vec<Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Ok(params), Ok(algorithm), Some(expected), Some(salt)) = (
+        Params::try_from(&parsed),
+        Algorithm::try_from(parsed.algorithm),
+        parsed.hash,
+        parsed.salt,
+    ) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let n = params.block_count();
+    if blocks.len() < n {
+        blocks.resize(n, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut blocks[..n])
+        .is_ok()
+        && out
+            .iter()
+            .zip(expected.as_bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// [`verify_in`] with blocks of its own.
+pub fn verify(password: &str, hash: &str) -> bool {
+    verify_in(password, hash, &mut Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hash_verifies_its_password_only() {
+        let h = hash("s3cret", &[7; 16]);
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert!(verify("s3cret", &h));
+        assert!(!verify("s3cret ", &h));
+        assert!(!verify("s3cret", "not a hash"));
+        // Reused blocks give the same answers.
+        let mut blocks = Vec::new();
+        assert!(verify_in("s3cret", &h, &mut blocks));
+        assert!(!verify_in("other", &h, &mut blocks));
+        assert_eq!(blocks.len(), params().block_count());
+    }
+
+    #[test]
+    fn hashes_made_with_other_parameters_still_verify() {
+        // A hash an earlier version (or another tool) made with other costs.
+        let salt = SaltString::encode_b64(&[1; 16]).unwrap();
+        let other = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8 * 1024, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"pw", &salt)
+        .unwrap()
+        .to_string();
+        assert!(verify("pw", &other));
+        assert!(!verify("px", &other));
+    }
+}

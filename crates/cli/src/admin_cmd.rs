@@ -352,7 +352,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                         s.user,
                         s.task.as_deref().unwrap_or("-"),
                         s.op,
-                        s.kind,
+                        s.trigger,
                         s.result,
                         s.rows_down,
                         s.rows_up,

@@ -173,7 +173,72 @@ pub const UPLOAD_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 pub const HEADER_OP: &str = "x-fieldsync-op";
 /// CRC-32 (hex) of an upload's body as sent, so the server refuses a damaged one.
 pub const HEADER_BODY_CRC32: &str = "x-fieldsync-body-crc32";
+/// Requests say what started them ([`Trigger`]).
 pub const HEADER_KIND: &str = "x-fieldsync-kind";
+
+/// The operation a request belongs to, as the sync history records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncOp {
+    Download,
+    Send,
+    Sync,
+    Files,
+}
+
+/// What started an operation: the user (manual) or the device by itself (auto).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Manual,
+    Auto,
+}
+
+impl SyncOp {
+    pub const ALL: [SyncOp; 4] = [SyncOp::Download, SyncOp::Send, SyncOp::Sync, SyncOp::Files];
+
+    /// Its name on the wire and in the sync history.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncOp::Download => "download",
+            SyncOp::Send => "send",
+            SyncOp::Sync => "sync",
+            SyncOp::Files => "files",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<SyncOp> {
+        SyncOp::ALL.into_iter().find(|op| op.as_str() == name)
+    }
+}
+
+impl Trigger {
+    /// Its name on the wire and in the sync history.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Auto => "auto",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Trigger> {
+        [Trigger::Manual, Trigger::Auto]
+            .into_iter()
+            .find(|t| t.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for SyncOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 /// The upload id of an upload body, so the server can answer a known upload with its
 /// recorded outcome before anything else (an expired session, an unassigned task).
 pub const HEADER_UPLOAD_ID: &str = "x-fieldsync-upload-id";
@@ -243,4 +308,24 @@ pub struct UploadOutcome {
     /// True when this answer is the recorded outcome of an earlier, identical upload.
     #[serde(default)]
     pub repeated: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SyncOp, Trigger};
+
+    #[test]
+    fn op_and_trigger_names_round_trip_and_nothing_else_parses() {
+        for op in SyncOp::ALL {
+            assert_eq!(SyncOp::parse(op.as_str()), Some(op));
+            let json = serde_json::to_string(&op).unwrap();
+            assert_eq!(json, format!("\"{op}\""));
+        }
+        for t in [Trigger::Manual, Trigger::Auto] {
+            assert_eq!(Trigger::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(SyncOp::parse("Download"), None);
+        assert_eq!(SyncOp::parse(""), None);
+        assert_eq!(Trigger::parse("cron"), None);
+    }
 }

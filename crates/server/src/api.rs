@@ -15,8 +15,8 @@ use fieldsync_proto::task::check_name;
 use fieldsync_proto::time;
 use fieldsync_proto::wire::{
     ErrorCode, HEADER_KIND, HEADER_OP, HEADER_UPLOAD_ID, JSON_BODY_MAX_BYTES, LoginRequest,
-    LoginResponse, PROTOCOL_VERSION, PairRequest, PairResponse, SliceHeader, TaskSummary,
-    UPLOAD_BODY_MAX_BYTES, UploadOutcome,
+    LoginResponse, PROTOCOL_VERSION, PairRequest, PairResponse, SliceHeader, SyncOp, TaskSummary,
+    Trigger, UPLOAD_BODY_MAX_BYTES, UploadOutcome,
 };
 use fieldsync_store::{
     DeviceRecord, HistoryRecord, IntegrateContext, IntegrateError, SessionRecord, Store,
@@ -308,7 +308,7 @@ async fn download(
 ) -> Result<Response, ApiError> {
     auth::check_protocol(&headers)?;
     check_name("task", &name).map_err(ApiError::bad_request)?;
-    let (op, kind) = op_and_kind(&headers, "download")?;
+    let (op, trigger) = op_and_trigger(&headers, SyncOp::Download)?;
     let started = (std::time::Instant::now(), time::now_rfc3339());
     let store = st.store.clone();
     let downloads = st.downloads.clone();
@@ -342,7 +342,7 @@ async fn download(
         device: header.device.clone(),
         user: header.user.clone(),
         op,
-        kind,
+        trigger,
         started: started.0,
         started_at: started.1,
     };
@@ -360,17 +360,19 @@ async fn download(
     Ok(response)
 }
 
-/// The operation and kind a request belongs to, for the sync history.
-fn op_and_kind(headers: &HeaderMap, default_op: &str) -> Result<(String, String), ApiError> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let op = get(HEADER_OP).unwrap_or(default_op);
-    let kind = get(HEADER_KIND).unwrap_or("manual");
-    if !matches!(op, "download" | "send" | "sync" | "files") || !matches!(kind, "manual" | "auto") {
-        return Err(ApiError::bad_request(format!(
-            "bad {HEADER_OP} or {HEADER_KIND} header"
-        )));
-    }
-    Ok((op.to_string(), kind.to_string()))
+/// The operation a request belongs to and what started it, for the sync history.
+fn op_and_trigger(headers: &HeaderMap, default_op: SyncOp) -> Result<(SyncOp, Trigger), ApiError> {
+    let bad = || ApiError::bad_request(format!("bad {HEADER_OP} or {HEADER_KIND} header"));
+    let get = |name: &str| headers.get(name).map(|v| v.to_str().ok());
+    let op = match get(HEADER_OP) {
+        None => default_op,
+        Some(name) => name.and_then(SyncOp::parse).ok_or_else(bad)?,
+    };
+    let trigger = match get(HEADER_KIND) {
+        None => Trigger::Manual,
+        Some(name) => name.and_then(Trigger::parse).ok_or_else(bad)?,
+    };
+    Ok((op, trigger))
 }
 
 /// The recorded outcome (and sending user) of an upload id this device sent before;
@@ -412,7 +414,7 @@ async fn upload(
     body: Body,
 ) -> Result<Json<UploadOutcome>, ApiError> {
     auth::check_protocol(&headers)?;
-    let (op, kind) = op_and_kind(&headers, "send")?;
+    let (op, trigger) = op_and_trigger(&headers, SyncOp::Send)?;
     let started = std::time::Instant::now();
     let started_at = time::now_rfc3339();
     let claimed_id = headers
@@ -427,7 +429,7 @@ async fn upload(
     };
     let before = {
         let (st, headers, claimed_id) = (st.clone(), headers.clone(), claimed_id.clone());
-        let (op, kind, started_at) = (op.clone(), kind.clone(), started_at.clone());
+        let started_at = started_at.clone();
         blocking(move || {
             // A known upload id is answered with its recorded outcome before any other
             // check: a device whose acknowledgement was lost learns the fate of its
@@ -440,7 +442,7 @@ async fn upload(
                     user: o.1,
                     task: None,
                     op,
-                    kind,
+                    trigger,
                     result: "ok".into(),
                     message: format!("repeated upload {id}: recorded outcome returned"),
                     rows_down: 0,
@@ -534,7 +536,7 @@ async fn upload(
             user: user.name.clone(),
             task: Some(upload.task.clone()),
             op,
-            kind,
+            trigger,
             result: word.to_string(),
             message,
             rows_down: 0,

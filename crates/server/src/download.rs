@@ -124,8 +124,8 @@ impl SliceSink for StreamSink {
 pub struct SessionInfo {
     pub device: String,
     pub user: String,
-    pub op: String,
-    pub kind: String,
+    pub op: fieldsync_proto::wire::SyncOp,
+    pub trigger: fieldsync_proto::wire::Trigger,
     pub started_at: String,
     pub started: std::time::Instant,
 }
@@ -202,7 +202,7 @@ pub fn start(
             user: session.user,
             task: Some(sink.header.task.clone()),
             op: session.op,
-            kind: session.kind,
+            trigger: session.trigger,
             result: result.to_string(),
             message,
             rows_down,

@@ -193,10 +193,10 @@ pub struct HistoryRecord {
     pub device: String,
     pub user: String,
     pub task: Option<String>,
-    /// download, send, sync or files.
-    pub op: String,
-    /// manual or auto.
-    pub kind: String,
+    pub op: fieldsync_proto::wire::SyncOp,
+    /// What started it (`kind` in `admin history --json`).
+    #[serde(rename = "kind")]
+    pub trigger: fieldsync_proto::wire::Trigger,
     /// ok, error or cancelled.
     pub result: String,
     pub message: String,

@@ -15,6 +15,7 @@
 mod integrate;
 pub(crate) mod types;
 
+use fieldsync_proto::wire::{SyncOp, Trigger};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -1327,8 +1328,8 @@ impl Store for PgStore {
                 &s.device,
                 &s.user,
                 &s.task,
-                &s.op,
-                &s.kind,
+                &s.op.as_str(),
+                &s.trigger.as_str(),
                 &s.result,
                 &s.message,
                 &(s.rows_down as i64),
@@ -1349,25 +1350,29 @@ impl Store for PgStore {
                     bytes_up, conflicts, started_at, duration_ms FROM fieldsync.sync_sessions ORDER BY id",
             &[],
         )?;
-        Ok(rows
-            .iter()
-            .map(|r| HistoryRecord {
-                device: r.get(0),
-                user: r.get(1),
-                task: r.get(2),
-                op: r.get(3),
-                kind: r.get(4),
-                result: r.get(5),
-                message: r.get(6),
-                rows_down: r.get::<_, i64>(7) as u64,
-                rows_up: r.get::<_, i64>(8) as u64,
-                bytes_down: r.get::<_, i64>(9) as u64,
-                bytes_up: r.get::<_, i64>(10) as u64,
-                conflicts: r.get::<_, i64>(11) as u64,
-                started_at: r.get(12),
-                duration_ms: r.get::<_, i64>(13) as u64,
+        rows.iter()
+            .map(|r| {
+                let name = |i: usize| r.get::<_, String>(i);
+                let op = name(3);
+                let trigger = name(4);
+                Ok(HistoryRecord {
+                    device: r.get(0),
+                    user: r.get(1),
+                    task: r.get(2),
+                    op: SyncOp::parse(&op).ok_or_else(|| bad_history_name(&op))?,
+                    trigger: Trigger::parse(&trigger).ok_or_else(|| bad_history_name(&trigger))?,
+                    result: r.get(5),
+                    message: r.get(6),
+                    rows_down: r.get::<_, i64>(7) as u64,
+                    rows_up: r.get::<_, i64>(8) as u64,
+                    bytes_down: r.get::<_, i64>(9) as u64,
+                    bytes_up: r.get::<_, i64>(10) as u64,
+                    conflicts: r.get::<_, i64>(11) as u64,
+                    started_at: r.get(12),
+                    duration_ms: r.get::<_, i64>(13) as u64,
+                })
             })
-            .collect())
+            .collect()
     }
 
     fn user_list(&self) -> Result<Vec<UserRecord>> {
@@ -1523,4 +1528,10 @@ fn device_row(r: &postgres::Row) -> DeviceRecord {
         created_at: r.get(5),
         paired_at: r.get(6),
     }
+}
+
+fn bad_history_name(name: &str) -> StoreError {
+    StoreError::Db(format!(
+        "`{name}` in the sync history is not a name fieldsync writes"
+    ))
 }

@@ -6,6 +6,7 @@
 //! tombstone). SQLite has one writer at a time, so versions are assigned in commit
 //! order and a snapshot's highest version is a correct cursor.
 
+use fieldsync_proto::wire::{SyncOp, Trigger};
 use std::time::Duration;
 
 use fieldsync_proto::filter::Dialect;
@@ -1026,7 +1027,7 @@ impl Store for SqliteStore {
                  bytes_down, bytes_up, conflicts, started_at, duration_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
-                s.device, s.user, s.task, s.op, s.kind, s.result, s.message, s.rows_down as i64, s.rows_up as i64,
+                s.device, s.user, s.task, s.op.as_str(), s.trigger.as_str(), s.result, s.message, s.rows_down as i64, s.rows_up as i64,
                 s.bytes_down as i64, s.bytes_up as i64, s.conflicts as i64, s.started_at, s.duration_ms as i64
             ],
         )?;
@@ -1045,8 +1046,8 @@ impl Store for SqliteStore {
                     device: r.get(0)?,
                     user: r.get(1)?,
                     task: r.get(2)?,
-                    op: r.get(3)?,
-                    kind: r.get(4)?,
+                    op: history_name(r, 3, SyncOp::parse)?,
+                    trigger: history_name(r, 4, Trigger::parse)?,
                     result: r.get(5)?,
                     message: r.get(6)?,
                     rows_down: r.get::<_, i64>(7)? as u64,
@@ -1222,4 +1223,21 @@ pub(crate) fn user_enabled(conn: &Connection, name: &str) -> rusqlite::Result<bo
         )
         .optional()?
         .is_some_and(|disabled| !disabled))
+}
+
+/// A sync-history name column read back as its type; a name fieldsync never writes is
+/// a conversion error.
+fn history_name<T>(
+    row: &rusqlite::Row<'_>,
+    i: usize,
+    parse: fn(&str) -> Option<T>,
+) -> rusqlite::Result<T> {
+    let name: String = row.get(i)?;
+    parse(&name).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("`{name}` is not a sync-history name").into(),
+        )
+    })
 }

@@ -1,0 +1,137 @@
+//! The markdown report on stdout: one table per size, and a summary across sizes.
+
+use crate::measure::Figures;
+
+/// The targets of DESIGN.md.
+pub(crate) const DOWNLOAD_FLOOR_RATIO_MAX: f64 = 1.5;
+pub(crate) const RSS_MB_MAX: f64 = 150.0;
+pub(crate) const WIRE_CSV_RATIO_MAX: f64 = 0.5;
+
+/// MB of 1,000,000 bytes, from the kB (KiB) of /proc.
+pub(crate) fn mb(kb: u64) -> f64 {
+    kb as f64 * 1024.0 / 1e6
+}
+
+pub(crate) fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**MISSED**" }
+}
+
+/// 1234567 as `1,234,567`.
+pub(crate) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub(crate) fn print_figures(f: &Figures) {
+    let floor_max_s = f.floor.total_s * DOWNLOAD_FLOOR_RATIO_MAX;
+    let csv_max = f.csv_bytes as f64 * WIRE_CSV_RATIO_MAX;
+    println!(
+        "\n## {} rows, {} main database\n",
+        thousands(f.n_rows),
+        f.engine
+    );
+    println!("| measure | value | target | ratio/verdict |");
+    println!("|---|---|---|---|");
+    println!(
+        "| floor: SQLite bulk insert + checkpoint + fsync (WAL, synchronous=NORMAL) | {:.3} s (final checkpoint, close and fsync {:.3} s) | reference | 1.00× |",
+        f.floor.total_s, f.floor.sync_s
+    );
+    let names = [
+        "download 1 (no replica yet)",
+        "download 2 (`--full`, replaces the replica)",
+    ];
+    for (d, name) in f.downloads.iter().zip(names) {
+        let ratio = d.watched.wall_s / f.floor.total_s;
+        println!(
+            "| {name}, wall clock | {:.3} s (device's own figure {:.3} s) | ≤ {DOWNLOAD_FLOOR_RATIO_MAX}× floor = {floor_max_s:.3} s | {ratio:.2}× floor: {} |",
+            d.watched.wall_s,
+            d.reported_ms as f64 / 1000.0,
+            verdict(ratio <= DOWNLOAD_FLOOR_RATIO_MAX)
+        );
+    }
+    let server_mb = mb(f.server_rss_kb);
+    println!(
+        "| server peak RSS (VmHWM, whole run) | {server_mb:.1} MB | ≤ {RSS_MB_MAX} MB | {} |",
+        verdict(server_mb <= RSS_MB_MAX)
+    );
+    for (i, d) in f.downloads.iter().enumerate() {
+        let device_mb = mb(d.watched.device_rss_kb);
+        println!(
+            "| device peak RSS, download {} (VmHWM) | {device_mb:.1} MB | ≤ {RSS_MB_MAX} MB | {} |",
+            i + 1,
+            verdict(device_mb <= RSS_MB_MAX)
+        );
+    }
+    for (i, d) in f.downloads.iter().enumerate() {
+        let ratio = d.bytes_down as f64 / f.csv_bytes as f64;
+        println!(
+            "| bytes on the wire, download {} (`last_sync.bytes_down`) | {} B | ≤ {WIRE_CSV_RATIO_MAX}× CSV = {} B (CSV {} B) | {ratio:.3}× CSV: {} |",
+            i + 1,
+            thousands(d.bytes_down),
+            thousands(csv_max as u64),
+            thousands(f.csv_bytes),
+            verdict(ratio <= WIRE_CSV_RATIO_MAX)
+        );
+    }
+    println!(
+        "| CPU during the floor: the floor / rest of the machine | {:.2} s / {:.2} s | — | informational |",
+        f.floor.cpu_s, f.floor.other_cpu_s
+    );
+    for (i, d) in f.downloads.iter().enumerate() {
+        println!(
+            "| CPU during download {}: device / server / rest of the machine; iowait | {:.2} s / {:.2} s / {:.2} s; {:.2} s | — | full_reason `{}` |",
+            i + 1,
+            d.watched.device_cpu_s,
+            d.watched.server_cpu_s,
+            d.watched.other_cpu_s,
+            d.watched.iowait_s,
+            d.full_reason
+        );
+    }
+    for (i, d) in f.downloads.iter().enumerate() {
+        println!(
+            "| device CPU of download {} / CPU of the floor | {:.2}× | — | informational: less sensitive to other load than the wall clock |",
+            i + 1,
+            d.watched.device_cpu_s / f.floor.cpu_s.max(0.01)
+        );
+    }
+    println!(
+        "\nSetup, not targets: rows generated in memory in {:.3} s; main database written in {:.3} s; `admin table track assets` took {:.3} s.",
+        f.generate_s, f.main_insert_s, f.track_s
+    );
+}
+
+pub(crate) fn print_summary(all: &[Figures]) {
+    println!("\n## Per size\n");
+    println!(
+        "| rows | floor | download 1 | download 2 | download/floor (1 / 2) | server RSS | device RSS (1 / 2) | wire/CSV | other CPU on the machine (floor / 1 / 2) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for f in all {
+        let d1 = &f.downloads[0];
+        let d2 = &f.downloads[1];
+        println!(
+            "| {} | {:.3} s | {:.3} s | {:.3} s | {:.2}× / {:.2}× | {:.1} MB | {:.1} MB / {:.1} MB | {:.3}× | {:.2} s / {:.2} s / {:.2} s |",
+            thousands(f.n_rows),
+            f.floor.total_s,
+            d1.watched.wall_s,
+            d2.watched.wall_s,
+            d1.watched.wall_s / f.floor.total_s,
+            d2.watched.wall_s / f.floor.total_s,
+            mb(f.server_rss_kb),
+            mb(d1.watched.device_rss_kb),
+            mb(d2.watched.device_rss_kb),
+            d1.bytes_down as f64 / f.csv_bytes as f64,
+            f.floor.other_cpu_s,
+            d1.watched.other_cpu_s,
+            d2.watched.other_cpu_s
+        );
+    }
+}

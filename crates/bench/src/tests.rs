@@ -1,0 +1,83 @@
+//! Unit tests of the bench's pure parts and its replica check.
+
+use fieldsync_store::sample;
+use rusqlite::Connection;
+
+use crate::floor::{CSV_HEADER, csv_bytes, csv_field_len, generate, insert_rows, real_text};
+use crate::measure::check_replica;
+use crate::metrics::{cpu_ticks, peak_rss_kb, proc_field_kb};
+use crate::report::thousands;
+
+#[test]
+fn csv_fields_are_quoted_as_rfc_4180_says() {
+    assert_eq!(csv_field_len("plain"), 5);
+    assert_eq!(csv_field_len("a,b"), 5);
+    assert_eq!(csv_field_len("say \"hi\""), 12);
+    assert_eq!(csv_field_len("two\r\nlines"), 12);
+}
+
+#[test]
+fn csv_bytes_counts_header_separators_and_crlf() {
+    let rows = generate(1);
+    let r = &rows[0];
+    let line = [
+        r.id.to_string(),
+        r.name.clone(),
+        r.category.to_string(),
+        r.status.to_string(),
+        r.region.to_string(),
+        real_text(r.x),
+        real_text(r.y),
+        r.installed.clone(),
+        r.notes.clone(),
+    ]
+    .join(",");
+    let header = CSV_HEADER.join(",");
+    assert!(!line.contains('"'));
+    assert_eq!(csv_bytes(&rows), (header.len() + 2 + line.len() + 2) as u64);
+}
+
+#[test]
+fn proc_fields_parse() {
+    let status = "Name:\tfieldsync\nVmPeak:\t  10 kB\nVmHWM:\t    4242 kB\n";
+    assert_eq!(proc_field_kb(status, "VmHWM:"), Some(4242));
+    assert_eq!(proc_field_kb(status, "VmRSS:"), None);
+    assert!(cpu_ticks(std::process::id()).is_some());
+    assert!(peak_rss_kb(std::process::id()).unwrap() > 0);
+}
+
+#[test]
+fn reals_print_as_sqlite_prints_them() {
+    assert_eq!(real_text(14.0 + 123_456.0 / 1e6), "14.123456");
+    assert_eq!(real_text(50.5), "50.5");
+    assert_eq!(real_text(14.0), "14.0");
+    assert_eq!(real_text(0.0), "0.0");
+}
+
+#[test]
+fn a_replica_missing_a_row_fails_loudly() {
+    let path = std::env::temp_dir().join(format!(
+        "fieldsync-bench-test-{}.sqlite",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&path);
+    let rows = generate(3);
+    let mut conn = Connection::open(&path).unwrap();
+    conn.execute_batch(sample::SCHEMA).unwrap();
+    insert_rows(&mut conn, &rows[..2]).unwrap();
+    let path_text = path.to_str().unwrap();
+    let err = check_replica(path_text, &rows).unwrap_err();
+    assert!(err.to_string().contains("WRONG REPLICA"), "{err}");
+    insert_rows(&mut conn, &rows[2..]).unwrap();
+    check_replica(path_text, &rows).unwrap();
+    drop(conn);
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn thousands_groups_digits() {
+    assert_eq!(thousands(0), "0");
+    assert_eq!(thousands(999), "999");
+    assert_eq!(thousands(1000), "1,000");
+    assert_eq!(thousands(1_234_567), "1,234,567");
+}

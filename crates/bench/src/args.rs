@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail, ensure};
+use clap::Parser;
+use clap::error::ErrorKind;
 
 pub(crate) const USAGE: &str = "\
 usage: fieldsync-bench [--dir DIR] [--rows-list N,N,...] [--keep]
@@ -43,28 +45,48 @@ pub(crate) fn parse_count(text: &str) -> anyhow::Result<u64> {
     Ok(n)
 }
 
+/// The flags; the help text is USAGE, printed by `main`. A flag given twice keeps its
+/// last value.
+#[derive(Parser)]
+#[command(name = "fieldsync-bench", args_override_self = true)]
+pub(crate) struct Cli {
+    /// Work folder (default: a fresh folder under /tmp, removed at the end).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
+    /// Comma-separated slice sizes, parsed by `parse_count` after clap.
+    #[arg(long = "rows-list", value_name = "LIST")]
+    pub(crate) rows_list: Option<String>,
+    /// Keep the databases and device folders of the run.
+    #[arg(long)]
+    pub(crate) keep: bool,
+}
+
 /// The command line and environment; `None` when help was asked for.
 pub(crate) fn parse_args() -> anyhow::Result<Option<Config>> {
-    let mut dir = None;
-    let mut sizes = None;
-    let mut keep = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--dir" => dir = Some(PathBuf::from(args.next().context("--dir needs a folder")?)),
-            "--rows-list" => {
-                let list = args.next().context("--rows-list needs a list")?;
-                sizes = Some(
-                    list.split(',')
-                        .map(parse_count)
-                        .collect::<anyhow::Result<Vec<_>>>()?,
-                );
-            }
-            "--keep" => keep = true,
-            other => bail!("unknown argument `{other}`"),
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.kind() == ErrorKind::DisplayHelp => return Ok(None),
+        Err(e) => {
+            // clap's first line, without its own `error: ` prefix and usage (main adds
+            // ours).
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            bail!("{}", first.strip_prefix("error: ").unwrap_or(first))
         }
-    }
+    };
+    let Cli {
+        dir,
+        rows_list,
+        keep,
+    } = cli;
+    let sizes = match rows_list {
+        Some(list) => Some(
+            list.split(',')
+                .map(parse_count)
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        ),
+        None => None,
+    };
     let sizes = match sizes {
         Some(s) => s,
         None => vec![match std::env::var("FIELDSYNC_BENCH_ROWS") {

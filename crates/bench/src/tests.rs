@@ -81,3 +81,28 @@ fn thousands_groups_digits() {
     assert_eq!(thousands(1000), "1,000");
     assert_eq!(thousands(1_234_567), "1,234,567");
 }
+
+#[test]
+fn the_flags_parse_as_before() {
+    use clap::{CommandFactory, Parser};
+
+    use crate::args::Cli;
+    Cli::command().debug_assert();
+    let cli = Cli::try_parse_from([
+        "fieldsync-bench",
+        "--rows-list",
+        "1_000,2000",
+        "--keep",
+        "--dir",
+        "a",
+        "--dir",
+        "b",
+    ])
+    .unwrap();
+    assert_eq!(cli.rows_list.as_deref(), Some("1_000,2000"));
+    assert!(cli.keep);
+    assert_eq!(cli.dir, Some("b".into()));
+    let none = Cli::try_parse_from(["fieldsync-bench"]).unwrap();
+    assert!(none.rows_list.is_none() && none.dir.is_none() && !none.keep);
+    assert!(Cli::try_parse_from(["fieldsync-bench", "--bogus"]).is_err());
+}

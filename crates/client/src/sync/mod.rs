@@ -1,0 +1,256 @@
+//! The operations that move data: download, send, synchronize; the journal's listing
+//! and discard. Each takes the folder lock and records its outcome as `last_sync`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use fieldsync_proto::task::check_name;
+use fieldsync_proto::time;
+use fieldsync_proto::wire::{
+    ErrorCode, SliceHeader, UPLOAD_BODY_MAX_BYTES, UPLOAD_CHUNK_BYTES, UPLOAD_CHUNK_ENTRIES,
+    UPLOAD_JSON_MAX_BYTES, UPLOAD_MAX_ENTRIES, Upload, UploadOutcome,
+};
+use rusqlite::{Connection, OptionalExtension};
+use serde::Serialize;
+
+mod download;
+mod retry;
+mod send;
+
+use retry::with_retries;
+
+use crate::config::ClientConfig;
+use crate::error::{ClientError, Result};
+use crate::http::Credentials;
+use crate::journal::{self, JournalEntry};
+use crate::state::{DeviceState, LastSync};
+use crate::{Cancel, Device, DownloadOptions, Phase, Progress, replica, triggers};
+
+/// What an operation did (also what `last_sync` records).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    pub op: &'static str,
+    pub task: Option<String>,
+    pub rows_down: u64,
+    /// Journal entries sent, after compaction.
+    pub rows_up: u64,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    pub conflicts: u64,
+    /// Rows per table of the downloaded slice.
+    pub tables: Vec<(String, u64)>,
+    pub full: bool,
+    pub full_reason: Option<String>,
+    /// Where discarded local changes were backed up.
+    pub backup: Option<PathBuf>,
+    pub duration_ms: u64,
+}
+
+impl Device {
+    /// Downloads a task's slice into a new replica and installs it. Until the install,
+    /// the previous replica is untouched; any failure or cancel keeps it. Pending local
+    /// changes refuse the download (exit 6) unless `discard_local_changes`, which
+    /// backs them up first.
+    pub fn download(
+        &self,
+        task: &str,
+        opts: &DownloadOptions,
+        progress: &mut dyn FnMut(&Progress),
+        cancel: &Cancel,
+    ) -> Result<Report> {
+        let (_lock, st) = self.begin()?;
+        self.recorded("download", |r| {
+            self.download_locked(&st, task, opts, "download", progress, cancel, r, None)
+        })
+    }
+
+    /// Sends the journal as a sequence of uploads (chunks of it, in order), each
+    /// compacted, stored before sending, applied by the server at most once, and
+    /// acknowledged (its entries leave the journal) before the next is made.
+    pub fn send(&self, progress: &mut dyn FnMut(&Progress), cancel: &Cancel) -> Result<Report> {
+        let (_lock, st) = self.begin()?;
+        self.recorded("send", |r| {
+            self.send_locked(&st, "send", progress, cancel, r, None)
+        })
+    }
+
+    /// Send, then download the new version of the last task. A failed send downloads
+    /// nothing and keeps the journal.
+    pub fn sync(
+        &self,
+        opts: &DownloadOptions,
+        progress: &mut dyn FnMut(&Progress),
+        cancel: &Cancel,
+    ) -> Result<Report> {
+        let (_lock, st) = self.begin()?;
+        self.recorded("sync", |r| {
+            let task = st.task.clone().ok_or(ClientError::NoTask)?;
+            // App writers are held off for the whole sync: the journal sent is the
+            // journal there is, and the download can replace the replica without an
+            // edit slipping in between (an app's write waits, then fails busy).
+            let hold = replica::hold_writers(&self.dir)?;
+            self.send_locked(&st, "sync", progress, cancel, r, hold.as_ref())?;
+            let opts = DownloadOptions {
+                discard_local_changes: false,
+                ..opts.clone()
+            };
+            self.download_locked(&st, &task, &opts, "sync", progress, cancel, r, hold)
+        })
+    }
+
+    /// Records that an operation was cancelled from outside (a signal that had to stop
+    /// the process before the operation reached a safe point).
+    pub fn note_cancelled(&self, op: &str) -> Result<()> {
+        let mut st = self.dir.load()?;
+        st.last_sync = Some(LastSync {
+            op: op.into(),
+            kind: "manual".into(),
+            result: "cancelled".into(),
+            message: ClientError::Cancelled.to_string(),
+            at: time::now_rfc3339(),
+            ..LastSync::default()
+        });
+        self.dir.save(&st)
+    }
+
+    /// Runs an operation and records its outcome in the state file.
+    fn recorded(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut Report) -> Result<()>,
+    ) -> Result<Report> {
+        let started = Instant::now();
+        let mut report = Report {
+            op,
+            ..Report::default()
+        };
+        let result = f(&mut report);
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        let mut st = self.dir.load()?;
+        let (word, message) = match &result {
+            Ok(()) => ("ok", summary(&report)),
+            Err(ClientError::Cancelled) => ("cancelled", ClientError::Cancelled.to_string()),
+            Err(e) => ("error", e.to_string()),
+        };
+        if result.is_ok()
+            && let Some(task) = &report.task
+            && op != "send"
+        {
+            st.task = Some(task.clone());
+        }
+        st.last_sync = Some(LastSync {
+            op: op.into(),
+            kind: "manual".into(),
+            result: word.into(),
+            message,
+            at: time::now_rfc3339(),
+            full: report.full,
+            full_reason: report.full_reason.clone(),
+            rows_down: report.rows_down,
+            rows_up: report.rows_up,
+            bytes_down: report.bytes_down,
+            bytes_up: report.bytes_up,
+            duration_ms: report.duration_ms,
+            conflicts: report.conflicts,
+        });
+        self.dir.save(&st)?;
+        result.map(|()| report)
+    }
+}
+
+impl Device {
+    /// The pending entries of every replica in the folder (the current one's first,
+    /// then those set aside for other users); never waits for the folder lock and
+    /// writes nothing.
+    pub fn journal(&self) -> Result<Vec<JournalEntry>> {
+        let mut out = Vec::new();
+        for path in replica::all_replicas(&self.dir)? {
+            out.extend(journal::read_all(&replica::open_read_only(&path)?)?);
+        }
+        out.extend(replica::stray_entries(&self.dir)?);
+        Ok(out)
+    }
+
+    /// Moves journal entries (`None`: all, of every replica in the folder) to a new
+    /// backup file; returns its path and how many entries moved. An entry number names
+    /// an entry of the current replica, or of a set-aside one when only one has it.
+    pub fn journal_discard(&self, seqs: Option<&[i64]>) -> Result<(PathBuf, usize)> {
+        let (_lock, _st) = self.begin()?;
+        let files = replica::all_replicas(&self.dir)?;
+        if files.is_empty() {
+            return Err(ClientError::Invalid("no replica on this device".into()));
+        }
+        let mut conns = Vec::new();
+        for path in &files {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let all = journal::read_all(&conn)?;
+            conns.push((conn, all));
+        }
+        let current_first = replica::current_file(&self.dir).is_some();
+        let mut chosen: Vec<Vec<JournalEntry>> = vec![Vec::new(); conns.len()];
+        match seqs {
+            None => {
+                for (i, (_, all)) in conns.iter().enumerate() {
+                    chosen[i] = all.clone();
+                }
+            }
+            Some(wanted) => {
+                for s in wanted {
+                    let holders: Vec<usize> = (0..conns.len())
+                        .filter(|&i| conns[i].1.iter().any(|e| e.seq == *s))
+                        .collect();
+                    let i = match holders.as_slice() {
+                        [] => return Err(ClientError::Invalid(format!("no journal entry {s}"))),
+                        [0, ..] if current_first => 0,
+                        [i] => *i,
+                        _ => {
+                            return Err(ClientError::EntryInSeveral { seq: *s });
+                        }
+                    };
+                    if let Some(e) = conns[i].1.iter().find(|e| e.seq == *s)
+                        && !chosen[i].iter().any(|c| c.seq == *s)
+                    {
+                        chosen[i].push(e.clone());
+                    }
+                }
+            }
+        }
+        let all_chosen: Vec<JournalEntry> = chosen.iter().flatten().cloned().collect();
+        if all_chosen.is_empty() {
+            return Err(ClientError::Invalid(
+                "the journal is empty; nothing to discard".into(),
+            ));
+        }
+        let path = journal::write_backup(&self.dir.root, &all_chosen)?;
+        for ((conn, _), entries) in conns.iter().zip(&chosen) {
+            if entries.is_empty() {
+                conn.execute_batch("ROLLBACK")?;
+                continue;
+            }
+            for e in entries {
+                conn.execute("DELETE FROM fieldsync_journal WHERE seq = ?1", [e.seq])?;
+            }
+            // A prepared upload no longer matches the journal.
+            conn.execute("DELETE FROM fieldsync_upload", [])?;
+            conn.execute_batch("COMMIT")?;
+        }
+        Ok((path, all_chosen.len()))
+    }
+}
+
+fn summary(r: &Report) -> String {
+    match r.op {
+        "send" => format!("sent {} change(s), {} conflict(s)", r.rows_up, r.conflicts),
+        "sync" => format!(
+            "sent {} change(s), {} conflict(s); downloaded {} rows",
+            r.rows_up, r.conflicts, r.rows_down
+        ),
+        _ => format!(
+            "downloaded {} rows of task {}",
+            r.rows_down,
+            r.task.as_deref().unwrap_or("?")
+        ),
+    }
+}

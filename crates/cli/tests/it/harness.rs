@@ -69,12 +69,12 @@ impl Server {
     /// `fieldsync server run` started by `program` (the binary itself, or a wrapper
     /// such as `faketime` whose arguments it already has).
     pub fn start_by(program: Command, db_url: &str) -> Server {
-        Server::launch(program, db_url, &[])
+        Server::launch(program, db_url, &[], true)
     }
 
     /// `fieldsync server run` with more flags (limits, timeouts).
     pub fn start_with(db_url: &str, flags: &[&str]) -> Server {
-        Server::launch(Command::new(BIN), db_url, flags)
+        Server::launch(Command::new(BIN), db_url, flags, true)
     }
 
     /// `fieldsync server run` with `flags`, its stderr (the request log) into `log`.
@@ -82,19 +82,32 @@ impl Server {
         let file = std::fs::File::create(log).unwrap();
         let mut program = Command::new(BIN);
         program.stderr(file);
-        Server::launch(program, db_url, flags)
+        Server::launch(program, db_url, flags, false)
     }
 
-    fn launch(mut program: Command, db_url: &str, flags: &[&str]) -> Server {
+    /// Starts the server; with `quiet`, its stderr is passed on without the request
+    /// log's lines (one per request: they would bury a failing test's message).
+    fn launch(mut program: Command, db_url: &str, flags: &[&str], quiet: bool) -> Server {
         if program.get_program() != BIN {
             program.arg(BIN);
         }
-        let mut child = program
+        program
             .args(["server", "run", "--listen", "127.0.0.1:0", "--db", db_url])
             .args(flags)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stdout(Stdio::piped());
+        if quiet {
+            program.stderr(Stdio::piped());
+        }
+        let mut child = program.spawn().unwrap();
+        if let Some(stderr) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if !line.contains(" fieldsync::request: ") {
+                        eprintln!("{line}");
+                    }
+                }
+            });
+        }
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)

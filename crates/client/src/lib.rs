@@ -2,6 +2,7 @@
 //! replica and the operations on it. The `fieldsync device` commands are a thin layer
 //! over [`Device`].
 
+pub mod autosync;
 mod config;
 mod error;
 mod http;

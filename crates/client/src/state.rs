@@ -33,7 +33,7 @@ pub struct Session {
     pub expires_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Options {
     pub auto_sync: bool,
     pub download_data: bool,

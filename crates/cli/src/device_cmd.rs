@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use fieldsync_client::{Cancel, ClientConfig, Device, DownloadOptions, Mode, Progress, Report};
+use fieldsync_client::{
+    Cancel, ClientConfig, Device, DownloadOptions, Mode, Options, OptionsChange, Progress, Report,
+};
 
 use crate::admin_cmd::read_password_stdin;
 use crate::output::{ProgressFormat, ProgressView, print_json};
@@ -20,6 +22,18 @@ pub struct DeviceArgs {
 enum ModeArg {
     Online,
     Offline,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+impl From<OnOff> for bool {
+    fn from(v: OnOff) -> bool {
+        matches!(v, OnOff::On)
+    }
 }
 
 #[derive(Args)]
@@ -90,6 +104,20 @@ enum DeviceCommand {
         json: bool,
         #[command(subcommand)]
         command: Option<JournalCommand>,
+    },
+    /// Show or set the automatic synchronization options
+    Options {
+        /// Synchronize by itself when docked (external power) after a logout
+        #[arg(long, value_enum, value_name = "on|off")]
+        auto_sync: Option<OnOff>,
+        /// During an automatic synchronization, also download the last task's new data
+        #[arg(long, value_enum, value_name = "on|off")]
+        download_data: Option<OnOff>,
+        /// In addition to the data, also download the task's new files
+        #[arg(long, value_enum, value_name = "on|off")]
+        download_files: Option<OnOff>,
+        #[arg(long)]
+        json: bool,
     },
     /// The device's state
     Status {
@@ -251,6 +279,24 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             device.set_mode(mode)?;
             println!("{}", mode.as_str());
         }
+        DeviceCommand::Options {
+            auto_sync,
+            download_data,
+            download_files,
+            json,
+        } => {
+            let change = OptionsChange {
+                auto_sync: auto_sync.map(bool::from),
+                download_data: download_data.map(bool::from),
+                download_files: download_files.map(bool::from),
+            };
+            let options = if change.is_empty() {
+                device.options()?
+            } else {
+                device.set_options(&change)?
+            };
+            print_options(&options, json);
+        }
         DeviceCommand::Tasks { json } => {
             let tasks = device.tasks()?;
             if json {
@@ -361,4 +407,21 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The options as `device options` prints them: one `name: on|off` line each, or JSON.
+fn print_options(o: &Options, json: bool) {
+    if json {
+        print_json(o);
+        return;
+    }
+    let on = |b: bool| if b { "on" } else { "off" };
+    println!("auto-sync: {}", on(o.auto_sync));
+    println!("download-data: {}", on(o.download_data));
+    let inactive = if o.download_files && !o.download_data {
+        " (acts only with download-data on)"
+    } else {
+        ""
+    };
+    println!("download-files: {}{inactive}", on(o.download_files));
 }

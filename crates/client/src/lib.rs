@@ -27,6 +27,21 @@ pub use error::{ClientError, Result};
 use http::{Api, Credentials};
 pub use state::{DeviceDir, DeviceState, LastSync, Mode, Options};
 
+/// A change of the auto-sync options: `None` leaves an option as it is.
+#[derive(Debug, Clone, Default)]
+pub struct OptionsChange {
+    pub auto_sync: Option<bool>,
+    pub download_data: Option<bool>,
+    pub download_files: Option<bool>,
+}
+
+impl OptionsChange {
+    /// Changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.auto_sync.is_none() && self.download_data.is_none() && self.download_files.is_none()
+    }
+}
+
 /// The phases of an operation, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -303,6 +318,24 @@ impl Device {
         let (_lock, mut st) = self.begin()?;
         st.mode = mode;
         self.dir.save(&st)
+    }
+
+    /// The auto-sync options (read-only: never waits for the folder lock).
+    pub fn options(&self) -> Result<Options> {
+        Ok(self.dir.load()?.options)
+    }
+
+    /// Changes the auto-sync options named in `change` (under the folder lock, as a
+    /// running operation may be saving the folder's state); returns them all.
+    pub fn set_options(&self, change: &OptionsChange) -> Result<Options> {
+        let (_lock, mut st) = self.begin()?;
+        let o = &mut st.options;
+        o.auto_sync = change.auto_sync.unwrap_or(o.auto_sync);
+        o.download_data = change.download_data.unwrap_or(o.download_data);
+        o.download_files = change.download_files.unwrap_or(o.download_files);
+        let options = st.options.clone();
+        self.dir.save(&st)?;
+        Ok(options)
     }
 
     /// The session's credentials, or the refusal a logged-out device gets.

@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod http;
 mod journal;
+pub mod power;
 mod replica;
 mod state;
 mod sync;

@@ -12,7 +12,7 @@ use crate::server_cmd::open_db;
 
 #[derive(Args)]
 pub struct AdminArgs {
-    /// Main database: sqlite:PATH
+    /// Main database: sqlite:PATH or postgres://USER@HOST:PORT/DB
     #[arg(long, env = "FIELDSYNC_DB", global = true)]
     db: Option<String>,
     #[command(subcommand)]
@@ -42,6 +42,7 @@ enum AdminCommand {
     /// Sync history: every download, send and sync the server served
     #[command(visible_alias = "sessions")]
     History {
+        /// Print one JSON document on stdout
         #[arg(long)]
         json: bool,
     },
@@ -51,12 +52,15 @@ enum AdminCommand {
 enum ConflictsCommand {
     /// List logged conflicts
     List {
+        /// Print one JSON document on stdout
         #[arg(long)]
         json: bool,
     },
     /// Apply the logged device or server values of a conflict
     Resolve {
+        /// The conflict's id (`admin conflicts list`)
         id: i64,
+        /// Whose values to apply
         #[arg(long, value_enum)]
         take: Take,
     },
@@ -72,26 +76,36 @@ enum Take {
 enum UserCommand {
     /// Add a user; the password is read from the first line of stdin
     Add {
+        /// The user's login name
         name: String,
+        /// May use administrator-only server functions
         #[arg(long)]
         admin: bool,
+        /// Read the password from the first line of stdin (required: never an argument)
         #[arg(long, required = true)]
         password_stdin: bool,
     },
     /// Set a user's password, read from the first line of stdin (their sessions end)
     Passwd {
+        /// The user's login name
         name: String,
+        /// Read the password from the first line of stdin (required: never an argument)
         #[arg(long, required = true)]
         password_stdin: bool,
     },
     /// Refuse the user from now on (their sessions end at once)
     Disable {
+        /// The user's login name
         name: String,
     },
+    /// Let a disabled user log in again
     Enable {
+        /// The user's login name
         name: String,
     },
+    /// List users
     List {
+        /// Print one JSON document on stdout
         #[arg(long)]
         json: bool,
     },
@@ -101,11 +115,15 @@ enum UserCommand {
 enum DeviceCommand {
     /// Register a device; prints its single-use enrollment code alone on stdout
     Add {
+        /// The device's id, as the device will give it at pairing
         id: String,
+        /// A name people recognise it by ("tablet of crew 3")
         #[arg(long)]
         label: Option<String>,
     },
+    /// List devices and whether they are paired
     List {
+        /// Print one JSON document on stdout
         #[arg(long)]
         json: bool,
     },
@@ -114,7 +132,10 @@ enum DeviceCommand {
 #[derive(Subcommand)]
 enum TableCommand {
     /// Start change tracking on an existing table (needs a single-column primary key)
-    Track { table: String },
+    Track {
+        /// The table's name in the main database
+        table: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -127,36 +148,51 @@ enum EpochCommand {
 #[derive(Subcommand)]
 enum TaskCommand {
     /// Create or replace a task from a TOML file
-    Apply { file: std::path::PathBuf },
+    Apply {
+        /// The task file (TOML; see docs/tasks.md)
+        file: std::path::PathBuf,
+    },
     /// List tasks
     List {
+        /// Print one JSON document on stdout
         #[arg(long)]
         json: bool,
     },
     /// Show one task
     Show {
+        /// The task's name
         name: String,
+        /// Print one JSON document on stdout
         #[arg(long)]
         json: bool,
     },
     /// Assign a task to users and devices
     Assign {
+        /// The task's name
         name: String,
+        /// A user to assign it to (repeat for more)
         #[arg(long = "user")]
         users: Vec<String>,
+        /// A device to assign it to (repeat for more)
         #[arg(long = "device")]
         devices: Vec<String>,
     },
     /// Withdraw a task from users and devices (refused at once)
     Unassign {
+        /// The task's name
         name: String,
+        /// A user to withdraw it from (repeat for more)
         #[arg(long = "user")]
         users: Vec<String>,
+        /// A device to withdraw it from (repeat for more)
         #[arg(long = "device")]
         devices: Vec<String>,
     },
     /// Delete a task
-    Delete { name: String },
+    Delete {
+        /// The task's name
+        name: String,
+    },
 }
 
 #[derive(Serialize)]

@@ -47,35 +47,45 @@ struct ProgressArg {
 enum DeviceCommand {
     /// Pair this device with the server, once, with the administrator's enrollment code
     Pair {
+        /// The server's address, e.g. http://fieldsync.example:8080
         #[arg(long)]
         server: String,
+        /// The id the administrator registered this device under
         #[arg(long)]
         device_id: String,
+        /// The single-use enrollment code `admin device add` printed
         #[arg(long)]
         code: String,
     },
     /// Log a user in; the password is read from the first line of stdin
     Login {
+        /// The user's login name
         name: String,
+        /// Read the password from the first line of stdin (required: never an argument)
         #[arg(long, required = true)]
         password_stdin: bool,
     },
     /// Log the user out
     Logout,
     /// Show or set online/offline mode
-    Mode { mode: Option<ModeArg> },
+    Mode {
+        /// The mode to switch to (without it: show the mode)
+        mode: Option<ModeArg>,
+    },
     /// Tasks this user may download on this device
     Tasks {
+        /// Print one JSON document on stdout
         #[arg(long)]
         json: bool,
     },
     /// Download a task's slice as the new replica
     Download {
+        /// The task's name (`device tasks` lists them)
         task: String,
         /// Forget local changes (they are written to a backup file first)
         #[arg(long)]
         discard_local_changes: bool,
-        /// Download the whole slice even if a delta would do
+        /// Download the whole slice, never only the changes (today every download is whole)
         #[arg(long)]
         full: bool,
         /// Also download the task's files
@@ -91,8 +101,10 @@ enum DeviceCommand {
     },
     /// Send local changes, then download the new version of the last task
     Sync {
+        /// Download the whole slice, never only the changes (today every download is whole)
         #[arg(long)]
         full: bool,
+        /// Also download the task's files
         #[arg(long)]
         files: bool,
         #[command(flatten)]
@@ -100,6 +112,7 @@ enum DeviceCommand {
     },
     /// List local changes not yet sent, or discard some to the backup file
     Journal {
+        /// Print one JSON document on stdout
         #[arg(long)]
         json: bool,
         #[command(subcommand)]
@@ -116,11 +129,13 @@ enum DeviceCommand {
         /// In addition to the data, also download the task's new files
         #[arg(long, value_enum, value_name = "on|off")]
         download_files: Option<OnOff>,
+        /// Print one JSON document on stdout
         #[arg(long)]
         json: bool,
     },
     /// The device's state
     Status {
+        /// Print one JSON document on stdout
         #[arg(long)]
         json: bool,
     },
@@ -130,8 +145,10 @@ enum DeviceCommand {
 enum JournalCommand {
     /// Move entries (by number) or all of them to a new backup file
     Discard {
+        /// Entry numbers (`device journal` lists them)
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         entries: Vec<i64>,
+        /// Every entry of every replica in the folder
         #[arg(long)]
         all: bool,
     },

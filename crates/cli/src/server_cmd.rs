@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 #[derive(Args)]
 pub struct ServerArgs {
-    /// Main database: sqlite:PATH
+    /// Main database: sqlite:PATH or postgres://USER@HOST:PORT/DB
     #[arg(long, env = "FIELDSYNC_DB", global = true)]
     db: Option<String>,
     #[command(subcommand)]

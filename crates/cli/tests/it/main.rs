@@ -7,6 +7,7 @@ mod conflicts;
 mod convergence;
 mod crash;
 mod download;
+mod examples;
 mod faults;
 mod folder;
 mod harness;

@@ -1,6 +1,8 @@
 //! `fieldsync demo`: the whole path on the embedded default, in a temporary folder:
 //! a sample main database, a server on a free port, a paired device, a login and a
-//! download, then an office edit that the next download brings.
+//! download, then an office edit that the next download brings. Each step prints the
+//! command a person would type for it (`$ fieldsync …`, `$ sqlite3 …`), and the folder
+//! stays, so every command can be run again by hand afterwards.
 
 use std::sync::Arc;
 
@@ -32,18 +34,25 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "{} exists already; pass an empty --dir",
         db_path.display()
     );
+    let db_url = format!("sqlite:{}", db_path.display());
+    let device_dir = root.join("tablet-1");
     println!("demo folder: {}", root.display());
+    println!("   the commands below use:");
+    show(&format!("export FIELDSYNC_DB={}", shell_word(&db_url)));
+    show(&format!(
+        "export FIELDSYNC_DEVICE_DIR={}",
+        shell_word(&device_dir.display().to_string())
+    ));
 
     // The office: a main database as the desktop application left it.
     let mut conn = rusqlite::Connection::open(&db_path)?;
     sample::create(&mut conn, args.assets)?;
-    let store: Arc<dyn Store> = Arc::from(fieldsync_store::open(&format!(
-        "sqlite:{}",
-        db_path.display()
-    ))?);
+    let store: Arc<dyn Store> = Arc::from(fieldsync_store::open(&db_url)?);
     store.init()?;
+    show("fieldsync server init");
     for t in ["assets", "inspections", "work_orders"] {
         admin::table_track(&*store, t)?;
+        show(&format!("fieldsync admin table track {t}"));
     }
     let count = |sql: &str| -> anyhow::Result<i64> { Ok(conn.query_row(sql, [], |r| r.get(0))?) };
     println!(
@@ -53,10 +62,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         count("SELECT count(*) FROM work_orders")?
     );
     admin::user_add(&*store, "ana", false, "ana-secret")?;
+    show("echo ana-secret | fieldsync admin user add ana --password-stdin");
     let code = admin::device_add(&*store, "tablet-1", Some("north crew tablet"))?;
+    show("fieldsync admin device add tablet-1 --label 'north crew tablet'");
     for task in [sample::TASK_NORTH, sample::TASK_SOUTH] {
         let def = admin::task_apply(&*store, task)?;
+        // The task file on disk, so the command shown can be run again.
+        let file = root.join(format!("{}.toml", def.name));
+        std::fs::write(&file, task.trim_start())?;
+        show(&format!(
+            "fieldsync admin task apply {}",
+            shell_word(&file.display().to_string())
+        ));
         admin::task_assign(&*store, &def.name, &["ana".into()], &["tablet-1".into()])?;
+        show(&format!(
+            "fieldsync admin task assign {} --user ana --device tablet-1",
+            def.name
+        ));
     }
     println!(
         "2. tasks north-inspections and south-work-orders assigned to user ana and device tablet-1"
@@ -76,12 +98,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     ));
     let url = format!("http://{addr}");
     println!("3. server listening on {url}");
+    show(&format!("fieldsync server run --listen {addr}"));
 
     // The crew's tablet.
-    let device = Device::open(root.join("tablet-1"), crate::device_cmd::client_config());
+    let device = Device::open(&device_dir, crate::device_cmd::client_config());
     device.pair(&url, "tablet-1", &code)?;
     device.login("ana", "ana-secret")?;
     let tasks = device.tasks()?;
+    show(&format!(
+        "fieldsync device pair --server {url} --device-id tablet-1 --code {code}"
+    ));
+    show("echo ana-secret | fieldsync device login ana --password-stdin");
+    show("fieldsync device tasks");
     println!(
         "4. tablet-1 paired; ana logged in; tasks offered: {}",
         tasks
@@ -96,6 +124,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         &mut |_| {},
         &Cancel::default(),
     )?;
+    show("fieldsync device download north-inspections");
     let replica_path = device
         .status()?
         .replica
@@ -135,6 +164,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         [asset_id],
     )?;
     println!("6. the office renamed asset {asset_id} with plain SQL");
+    show(&format!(
+        "sqlite3 {} \"UPDATE assets SET name = 'pump renamed by the office' WHERE id = {asset_id}\"",
+        shell_word(&db_path.display().to_string())
+    ));
+    show("fieldsync device download north-inspections");
     device.download(
         "north-inspections",
         &DownloadOptions::default(),
@@ -177,6 +211,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "8. on the tablet: asset {asset_id} set to {new_status}, one new inspection; {pending} changes in the journal"
     );
+    show(&format!(
+        "sqlite3 {} \"UPDATE assets SET status = '{new_status}' WHERE id = {asset_id}\"",
+        shell_word(&replica_path)
+    ));
+    show("fieldsync device journal");
     let sent = device.send(no_progress, &Cancel::default())?;
     let status: String =
         conn.query_row("SELECT status FROM assets WHERE id = ?1", [asset_id], |r| {
@@ -186,6 +225,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "9. sent {} changes; the main database now says asset {asset_id} is {status:?}",
         sent.rows_up
     );
+    show("fieldsync device send");
 
     // Both sides edit the same inspection: the office its result, the tablet its result
     // and notes. field-merge keeps the office's result (logging the tablet's) and
@@ -216,6 +256,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "11. synchronized: sent {}, {} conflict; the tablet now shows result {result:?} (the office's) and notes {notes:?} (its own)",
         synced.rows_up, synced.conflicts
     );
+    show("fieldsync device sync");
+    show("fieldsync admin conflicts list");
     for c in store.conflicts_list()? {
         println!(
             "    conflict log #{}: {} {} on {} key {}: kept server {}, logged device {} (user {}, device {})",
@@ -240,5 +282,25 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "demo finished: the tablet holds exactly its slice; office and tablet edits met, and the conflict is logged"
     );
+    println!(
+        "the folder stays for a look (the server has stopped; `fieldsync server run` starts one again, \
+         then `device sync` etc. work as shown): {}",
+        root.display()
+    );
     Ok(())
+}
+
+/// A command a person would type for the step just done.
+fn show(command: &str) {
+    println!("   $ {command}");
+}
+
+/// `word` quoted for a POSIX shell when it needs it.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-:=@+,".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }

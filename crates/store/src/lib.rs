@@ -2,6 +2,7 @@
 //! sessions, change tracking) and the slice stream, behind one [`Store`] trait with a
 //! backend per engine. Nothing here knows about HTTP.
 
+mod dialect;
 mod integrate;
 mod plan;
 mod postgres;
@@ -9,11 +10,12 @@ pub mod sample;
 mod sqlite;
 
 use fieldsync_proto::ColumnType;
-use fieldsync_proto::filter::{Dialect, Params};
+use fieldsync_proto::filter::Params;
 use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::task::TaskDef;
 use fieldsync_proto::wire::{Upload, UploadOutcome};
 
+pub use dialect::SqlDialect;
 pub use plan::{SlicePlan, TablePlan, check_task, quote_ident};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -49,22 +51,6 @@ pub enum StoreError {
          upload) holds a row this upload writes; nothing was applied"
     )]
     Locked,
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        match &e {
-            rusqlite::Error::SqliteFailure(f, _)
-                if matches!(
-                    f.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) =>
-            {
-                StoreError::Busy
-            }
-            _ => StoreError::Db(e.to_string()),
-        }
-    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -161,12 +147,6 @@ pub enum IntegrateError {
     Forbidden(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl From<rusqlite::Error> for IntegrateError {
-    fn from(e: rusqlite::Error) -> Self {
-        IntegrateError::Store(e.into())
-    }
 }
 
 /// A conflict-log record (`admin conflicts list`).
@@ -278,7 +258,7 @@ pub trait Catalog {
 /// stream and upload integration.
 pub trait SourceData {
     /// The SQL dialect the filter language compiles to for this engine.
-    fn dialect(&self) -> Dialect;
+    fn dialect(&self) -> &'static dyn SqlDialect;
     /// Creates or upgrades fieldsync's own objects; idempotent.
     fn init(&self) -> Result<()>;
     /// Random id of this main database's history; changes on `epoch reset` (restores).

@@ -29,13 +29,13 @@ pub(crate) mod types;
 use std::sync::{Condvar, Mutex};
 
 use fieldsync_proto::Value;
-use fieldsync_proto::filter::Dialect;
 use fieldsync_proto::wire::{Upload, UploadOutcome};
 use postgres::{Client, Transaction};
 
 pub(crate) use tracking::table_info;
 
 use self::pool::{Conn, Pool, PoolState, SESSION_OPTIONS};
+use crate::dialect::SqlDialect;
 use crate::plan::SlicePlan;
 use crate::{
     IntegrateContext, IntegrateError, Result, SliceSink, SourceData, StoreError, TableInfo,
@@ -137,8 +137,8 @@ fn in_tx<T>(c: &mut Client, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -
 }
 
 impl SourceData for PgStore {
-    fn dialect(&self) -> Dialect {
-        Dialect::Postgres
+    fn dialect(&self) -> &'static dyn SqlDialect {
+        &types::PgDialect
     }
 
     fn init(&self) -> Result<()> {

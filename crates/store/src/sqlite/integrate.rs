@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use fieldsync_proto::Value;
 use fieldsync_proto::conflict::{Current, Write};
-use fieldsync_proto::filter::{Dialect, Params};
+use fieldsync_proto::filter::Params;
 use fieldsync_proto::task::{TaskDef, TaskTable};
 use fieldsync_proto::wire::{Upload, UploadOutcome};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -181,7 +181,7 @@ impl UploadTx for SqliteUpload<'_> {
             def,
             t.task_table,
             params,
-            Dialect::Sqlite,
+            &super::SqliteDialect,
             &mut binds,
             &|name| table_info(self.tx, name),
             true,
@@ -311,7 +311,7 @@ fn current_query(
         def,
         t.task_table,
         params,
-        Dialect::Sqlite,
+        &super::SqliteDialect,
         &mut binds,
         &|name| table_info(tx, name),
         true,
@@ -507,7 +507,7 @@ impl ParentSlices {
                 def,
                 parent,
                 params,
-                Dialect::Sqlite,
+                &super::SqliteDialect,
                 &mut binds,
                 &|n| table_info(tx, n),
                 true,

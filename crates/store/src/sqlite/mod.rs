@@ -30,10 +30,33 @@ mod tracking;
 pub(crate) use catalog::user_enabled;
 pub(crate) use tracking::table_info;
 
+use crate::dialect::SqlDialect;
 use crate::plan::SlicePlan;
 use crate::{
     IntegrateContext, IntegrateError, Result, SliceSink, SourceData, StoreError, TableInfo,
 };
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                StoreError::Busy
+            }
+            _ => StoreError::Db(e.to_string()),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for IntegrateError {
+    fn from(e: rusqlite::Error) -> Self {
+        IntegrateError::Store(e.into())
+    }
+}
 
 /// A SQLite main database. Holds only its path: each call opens a connection (cheap
 /// for SQLite), so the store is `Send + Sync` and calls never share a transaction.
@@ -106,9 +129,27 @@ fn now() -> String {
     fieldsync_proto::time::now_rfc3339()
 }
 
-impl SourceData for SqliteStore {
-    fn dialect(&self) -> Dialect {
+/// SQLite's SQL: values read and compared as stored, numbered placeholders, and no
+/// row locks (an upload's or a resolution's IMMEDIATE transaction holds the database).
+pub(crate) struct SqliteDialect;
+
+impl SqlDialect for SqliteDialect {
+    fn filter_dialect(&self) -> Dialect {
         Dialect::Sqlite
+    }
+
+    fn param(&self, n: usize, _declared: &str) -> String {
+        format!("?{n}")
+    }
+
+    fn lock_row(&self) -> &'static str {
+        ""
+    }
+}
+
+impl SourceData for SqliteStore {
+    fn dialect(&self) -> &'static dyn SqlDialect {
+        &SqliteDialect
     }
 
     fn init(&self) -> Result<()> {

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use fieldsync_proto::Value;
 use fieldsync_proto::conflict::{Current, Row, Write};
-use fieldsync_proto::filter::{Dialect, Params};
+use fieldsync_proto::filter::Params;
 use fieldsync_proto::task::{TaskDef, TaskTable};
 use fieldsync_proto::wire::{Upload, UploadEntry, UploadOutcome};
 use postgres::error::SqlState;
@@ -230,7 +230,7 @@ fn current_query(
         def,
         t.task_table,
         params,
-        Dialect::Postgres,
+        &types::PgDialect,
         &mut binds,
         &|name| Ok(infos.get(name).cloned().flatten()),
         true,

@@ -6,6 +6,7 @@ mod dialect;
 mod integrate;
 mod plan;
 mod postgres;
+mod resolve;
 pub mod sample;
 mod sqlite;
 
@@ -22,7 +23,7 @@ pub use sqlite::SqliteStore;
 
 /// The traits a caller of a `dyn Store` needs in scope.
 pub mod prelude {
-    pub use crate::{Catalog, History, SourceData, Store};
+    pub use crate::{Catalog, History, Schema, Slices, SourceData, Store, Tracking, Uploads};
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -255,10 +256,13 @@ pub trait Catalog {
 }
 
 /// The organisation's data: fieldsync's objects and epoch, change tracking, the slice
-/// stream and upload integration.
-pub trait SourceData {
-    /// The SQL dialect the filter language compiles to for this engine.
-    fn dialect(&self) -> &'static dyn SqlDialect;
+/// stream and upload integration, each a trait an engine implements in its own file.
+pub trait SourceData: Schema + Tracking + Slices + Uploads {}
+
+impl<T: Schema + Tracking + Slices + Uploads> SourceData for T {}
+
+/// fieldsync's objects in the main database, and the id of its history.
+pub trait Schema {
     /// Creates or upgrades fieldsync's own objects; idempotent.
     fn init(&self) -> Result<()>;
     /// Random id of this main database's history; changes on `epoch reset` (restores).
@@ -267,6 +271,10 @@ pub trait SourceData {
     /// uploads made on replicas of the old history are then judged by value, never
     /// by a base the restored database may hand out again. Returns the new epoch.
     fn epoch_reset(&self) -> Result<String>;
+}
+
+/// Change tracking on the organisation's tables.
+pub trait Tracking {
     /// A table of the main database (`None`: no such table).
     fn table_info(&self, table: &str) -> Result<Option<TableInfo>>;
     /// Starts change tracking on an existing table; idempotent.
@@ -274,8 +282,18 @@ pub trait SourceData {
     /// The row version of a row, `None` when never seen; `(version, deleted)`.
     fn row_version(&self, table: &str, key: &fieldsync_proto::Value)
     -> Result<Option<(i64, bool)>>;
+}
+
+/// Slices read in one snapshot, in the engine's SQL.
+pub trait Slices {
+    /// The SQL dialect the filter language compiles to for this engine.
+    fn dialect(&self) -> &'static dyn SqlDialect;
     /// Streams the rows of a planned slice in one snapshot; returns the row counts.
     fn stream_slice(&self, plan: &SlicePlan, sink: &mut dyn SliceSink) -> Result<Vec<u64>>;
+}
+
+/// Uploads checked and integrated, each applied once.
+pub trait Uploads {
     /// Checks and integrates an upload in one transaction that also records its id;
     /// an upload id seen before returns the recorded outcome and applies nothing.
     fn integrate(

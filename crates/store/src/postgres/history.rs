@@ -2,10 +2,14 @@
 
 use fieldsync_proto::wire::{SyncOp, Trigger};
 
-use super::types;
+use postgres::Transaction;
+use postgres::types::ToSql;
+
+use super::types::{self, Param};
 use super::{PgStore, in_tx, pg_message, table_info};
-use crate::plan::quote_ident;
-use crate::{ConflictRecord, History, HistoryRecord, Result, StoreError};
+use crate::dialect::SqlDialect;
+use crate::resolve::{self, Bound, ResolveTx};
+use crate::{ConflictRecord, History, HistoryRecord, Result, StoreError, TableInfo};
 
 impl History for PgStore {
     fn conflicts_list(&self) -> Result<Vec<ConflictRecord>> {
@@ -18,116 +22,7 @@ impl History for PgStore {
     fn conflict_resolve(&self, id: i64, take_device: bool, at: &str) -> Result<ConflictRecord> {
         let mut c = self.conn()?;
         in_tx(&mut c, |tx| {
-            let row = tx
-                .query_opt(
-                    &format!("{CONFLICT_SELECT} WHERE id = $1 FOR UPDATE"),
-                    &[&id],
-                )?
-                .ok_or_else(|| StoreError::NotFound(format!("no conflict {id}")))?;
-            let c = conflict_row(&row)?;
-            if let Some(when) = &c.resolved_at {
-                return Err(StoreError::Invalid(format!(
-                    "conflict {id} was resolved at {when}"
-                )));
-            }
-            let info = table_info(tx, &c.table)?
-                .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", c.table)))?;
-            let table = quote_ident(&info.name);
-            let pk_col = info
-                .column(&info.primary_key)
-                .expect("primary key is a column");
-            let pk = quote_ident(&info.primary_key);
-            let key_param = types::write_param(1, &pk_col.declared_type);
-            let key = types::write_value(&c.key, &pk_col.declared_type);
-            let exists = tx
-                .query_opt(
-                    &format!("SELECT 1 FROM {table} WHERE {pk} = {key_param} FOR UPDATE"),
-                    &[&key],
-                )?
-                .is_some();
-            if !exists && take_device && c.op != "insert" && c.op != "delete" {
-                return Err(StoreError::Invalid(format!(
-                    "conflict {id}: the row was deleted in the main database; the device's logged values are an \
-                     update of some columns and cannot re-create it (re-enter the row if it is still needed)"
-                )));
-            }
-            let (values, delete) = if take_device {
-                (&c.device_values, c.op == "delete")
-            } else {
-                (&c.server_values, false)
-            };
-            let refuse = |e: postgres::Error| {
-                StoreError::Invalid(format!(
-                    "conflict {id}: the main database refused the values: {}",
-                    pg_message(&e)
-                ))
-            };
-            if delete {
-                tx.execute(
-                    &format!("DELETE FROM {table} WHERE {pk} = {key_param}"),
-                    &[&key],
-                )
-                .map_err(refuse)?;
-            } else if !values.is_empty() {
-                let cols: Vec<&String> =
-                    values.keys().filter(|k| **k != info.primary_key).collect();
-                let declared = |k: &str| {
-                    info.column(k)
-                        .map(|c| c.declared_type.clone())
-                        .ok_or_else(|| {
-                            StoreError::Invalid(format!("conflict {id}: no column `{k}` any more"))
-                        })
-                };
-                let mut params = vec![key];
-                let mut exprs = Vec::new();
-                for k in &cols {
-                    let d = declared(k)?;
-                    params.push(types::write_value(&values[*k], &d));
-                    exprs.push((quote_ident(k), types::write_param(params.len(), &d)));
-                }
-                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                    params.iter().map(|p| p as _).collect();
-                if exists {
-                    if !cols.is_empty() {
-                        let sets: Vec<String> =
-                            exprs.iter().map(|(c, p)| format!("{c} = {p}")).collect();
-                        tx.execute(
-                            &format!(
-                                "UPDATE {table} SET {} WHERE {pk} = {key_param}",
-                                sets.join(", ")
-                            ),
-                            &refs,
-                        )
-                        .map_err(refuse)?;
-                    }
-                } else {
-                    let names: Vec<String> = std::iter::once(pk.clone())
-                        .chain(exprs.iter().map(|(c, _)| c.clone()))
-                        .collect();
-                    let marks: Vec<String> = std::iter::once(key_param.clone())
-                        .chain(exprs.iter().map(|(_, p)| p.clone()))
-                        .collect();
-                    tx.execute(
-                        &format!(
-                            "INSERT INTO {table} ({}) VALUES ({})",
-                            names.join(", "),
-                            marks.join(", ")
-                        ),
-                        &refs,
-                    )
-                    .map_err(refuse)?;
-                }
-            }
-            let take = if take_device { "device" } else { "server" };
-            tx.execute(
-                "UPDATE fieldsync.conflicts SET resolved_at = $1, resolved_take = $2 WHERE id = $3",
-                &[&at, &take, &id],
-            )?;
-            Ok(ConflictRecord {
-                resolved_at: Some(at.to_string()),
-                resolved_take: Some(take.to_string()),
-                ..c
-            })
+            resolve::resolve(&mut Resolving(tx), id, take_device, at)
         })
     }
 
@@ -185,6 +80,61 @@ impl History for PgStore {
                 })
             })
             .collect()
+    }
+}
+
+/// Resolving a conflict in a PostgreSQL transaction: the conflict's log row and the
+/// table's row are held `FOR UPDATE` until it commits.
+struct Resolving<'a, 't>(&'a mut Transaction<'t>);
+
+/// The bound values, as text cast to each column's type.
+fn bound(binds: &[Bound<'_>]) -> Vec<Param> {
+    binds
+        .iter()
+        .map(|(v, d)| types::write_value(v, d))
+        .collect()
+}
+
+impl ResolveTx for Resolving<'_, '_> {
+    fn dialect(&self) -> &'static dyn SqlDialect {
+        &types::PgDialect
+    }
+
+    fn conflict(&mut self, id: i64) -> Result<Option<ConflictRecord>> {
+        self.0
+            .query_opt(
+                &format!("{CONFLICT_SELECT} WHERE id = $1 FOR UPDATE"),
+                &[&id],
+            )?
+            .map(|r| conflict_row(&r))
+            .transpose()
+    }
+
+    fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>> {
+        table_info(self.0, table)
+    }
+
+    fn exists(&mut self, sql: &str, binds: &[Bound<'_>]) -> Result<bool> {
+        let params = bound(binds);
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        Ok(self.0.query_opt(sql, &refs)?.is_some())
+    }
+
+    fn write(&mut self, sql: &str, binds: &[Bound<'_>]) -> Result<(), String> {
+        let params = bound(binds);
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        self.0
+            .execute(sql, &refs)
+            .map(drop)
+            .map_err(|e| pg_message(&e))
+    }
+
+    fn mark_resolved(&mut self, id: i64, at: &str, take: &str) -> Result<()> {
+        self.0.execute(
+            "UPDATE fieldsync.conflicts SET resolved_at = $1, resolved_take = $2 WHERE id = $3",
+            &[&at, &take, &id],
+        )?;
+        Ok(())
     }
 }
 

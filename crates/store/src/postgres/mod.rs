@@ -28,18 +28,12 @@ pub(crate) mod types;
 
 use std::sync::{Condvar, Mutex};
 
-use fieldsync_proto::Value;
-use fieldsync_proto::wire::{Upload, UploadOutcome};
 use postgres::{Client, Transaction};
 
 pub(crate) use tracking::table_info;
 
 use self::pool::{Conn, Pool, PoolState, SESSION_OPTIONS};
-use crate::dialect::SqlDialect;
-use crate::plan::SlicePlan;
-use crate::{
-    IntegrateContext, IntegrateError, Result, SliceSink, SourceData, StoreError, TableInfo,
-};
+use crate::{Result, StoreError};
 
 /// A PostgreSQL main database, by URL (`postgres://user@host:port/db`).
 pub struct PgStore {
@@ -134,57 +128,4 @@ fn in_tx<T>(c: &mut Client, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -
     let out = f(&mut tx)?;
     tx.commit()?;
     Ok(out)
-}
-
-impl SourceData for PgStore {
-    fn dialect(&self) -> &'static dyn SqlDialect {
-        &types::PgDialect
-    }
-
-    fn init(&self) -> Result<()> {
-        schema::init(self)
-    }
-
-    fn epoch(&self) -> Result<String> {
-        schema::epoch(self)
-    }
-
-    fn epoch_reset(&self) -> Result<String> {
-        schema::epoch_reset(self)
-    }
-
-    fn table_info(&self, table: &str) -> Result<Option<TableInfo>> {
-        table_info(&mut *self.conn()?, table)
-    }
-
-    fn track_table(&self, table: &str) -> Result<TableInfo> {
-        tracking::track_table(self, table)
-    }
-
-    fn row_version(&self, table: &str, key: &Value) -> Result<Option<(i64, bool)>> {
-        tracking::row_version(self, table, key)
-    }
-
-    fn stream_slice(&self, plan: &SlicePlan, sink: &mut dyn SliceSink) -> Result<Vec<u64>> {
-        slice::stream_slice(self, plan, sink)
-    }
-
-    fn integrate(
-        &self,
-        ctx: &IntegrateContext<'_>,
-        upload: &Upload,
-    ) -> Result<UploadOutcome, IntegrateError> {
-        let mut c = self.conn()?;
-        integrate::integrate(&mut c, ctx, upload)
-    }
-
-    fn upload_recorded(&self, upload_id: &str) -> Result<Option<(String, String, String)>> {
-        Ok(self
-            .conn()?
-            .query_opt(
-                "SELECT device, user_name, outcome FROM fieldsync.uploads WHERE upload_id = $1",
-                &[&upload_id],
-            )?
-            .map(|r| (r.get(0), r.get(1), r.get(2))))
-    }
 }

@@ -2,6 +2,7 @@
 //! creation and upgrade (`init`), and the epoch.
 
 use super::{PgStore, in_tx};
+use crate::Schema;
 use crate::{Result, StoreError};
 
 /// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
@@ -133,84 +134,86 @@ CREATE TABLE IF NOT EXISTS fieldsync.device_users (
 ALTER TABLE fieldsync.bases ADD COLUMN IF NOT EXISTS device text;
 "#;
 
-pub(super) fn init(store: &PgStore) -> Result<()> {
-    let mut c = store.connect()?;
-    in_tx(&mut c, |tx| {
-        // Two servers starting at once must not race on CREATE … IF NOT EXISTS.
-        tx.execute("SELECT pg_advisory_xact_lock(7366836482671)", &[])?;
-        tx.batch_execute(SCHEMA)?;
-        let existing: Option<String> = tx
-            .query_opt(
-                "SELECT value FROM fieldsync.meta WHERE key = 'schema_version'",
+impl Schema for PgStore {
+    fn init(&self) -> Result<()> {
+        let mut c = self.connect()?;
+        in_tx(&mut c, |tx| {
+            // Two servers starting at once must not race on CREATE … IF NOT EXISTS.
+            tx.execute("SELECT pg_advisory_xact_lock(7366836482671)", &[])?;
+            tx.batch_execute(SCHEMA)?;
+            let existing: Option<String> = tx
+                .query_opt(
+                    "SELECT value FROM fieldsync.meta WHERE key = 'schema_version'",
+                    &[],
+                )?
+                .map(|r| r.get(0));
+            if let Some(v) = existing.and_then(|v| v.parse::<i64>().ok())
+                && v > SCHEMA_VERSION
+            {
+                return Err(StoreError::Invalid(format!(
+                    "the main database was set up by a newer fieldsync (schema {v}, this build knows {SCHEMA_VERSION})"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO fieldsync.meta (key, value) VALUES ('schema_version', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&SCHEMA_VERSION.to_string()],
+            )?;
+            tx.execute(
+                "INSERT INTO fieldsync.meta (key, value) VALUES ('epoch', $1) ON CONFLICT (key) DO NOTHING",
+                &[&crate::random_hex(16)],
+            )?;
+            // Task definitions before versions were kept: the current ones.
+            tx.execute(
+                "INSERT INTO fieldsync.task_versions (hash, name, definition, at)
+                 SELECT hash, name, definition, updated_at FROM fieldsync.tasks ON CONFLICT DO NOTHING",
                 &[],
-            )?
-            .map(|r| r.get(0));
-        if let Some(v) = existing.and_then(|v| v.parse::<i64>().ok())
-            && v > SCHEMA_VERSION
-        {
-            return Err(StoreError::Invalid(format!(
-                "the main database was set up by a newer fieldsync (schema {v}, this build knows {SCHEMA_VERSION})"
-            )));
-        }
-        tx.execute(
-            "INSERT INTO fieldsync.meta (key, value) VALUES ('schema_version', $1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&SCHEMA_VERSION.to_string()],
-        )?;
-        tx.execute(
-            "INSERT INTO fieldsync.meta (key, value) VALUES ('epoch', $1) ON CONFLICT (key) DO NOTHING",
+            )?;
+            // Logins before they were recorded: the sessions still known.
+            tx.execute(
+                "INSERT INTO fieldsync.device_users (device, user_name, first_at)
+                 SELECT device, user_name, min(created_at) FROM fieldsync.sessions GROUP BY device, user_name
+                 ON CONFLICT DO NOTHING",
+                &[],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The stored random id plus the cluster's system identifier, timeline, the
+    /// database's OID and the OID of `fieldsync.meta`: a restore into another cluster
+    /// or database changes it, and so does one back into the same database (a restore
+    /// creates the table anew; nothing else does).
+    fn epoch(&self) -> Result<String> {
+        let mut c = self.conn()?;
+        let stored: String = c
+            .query_one("SELECT value FROM fieldsync.meta WHERE key = 'epoch'", &[])?
+            .get(0);
+        let (db, meta): (u32, u32) = c
+            .query_one(
+                "SELECT oid, 'fieldsync.meta'::regclass::oid FROM pg_database
+                 WHERE datname = current_database()",
+                &[],
+            )
+            .map(|r| (r.get(0), r.get(1)))?;
+        // pg_control_* need the privileges of a monitoring role; without them the
+        // stored id and the database OID still tell restores into a new database.
+        let cluster = c
+            .query_one(
+                "SELECT (SELECT system_identifier FROM pg_control_system())::text || '.' ||
+                        (SELECT timeline_id FROM pg_control_checkpoint())::text",
+                &[],
+            )
+            .map(|r| r.get::<_, String>(0))
+            .unwrap_or_else(|_| "unknown".into());
+        Ok(format!("{stored}-{cluster}-{db}.{meta}"))
+    }
+
+    fn epoch_reset(&self) -> Result<String> {
+        self.conn()?.execute(
+            "UPDATE fieldsync.meta SET value = $1 WHERE key = 'epoch'",
             &[&crate::random_hex(16)],
         )?;
-        // Task definitions before versions were kept: the current ones.
-        tx.execute(
-            "INSERT INTO fieldsync.task_versions (hash, name, definition, at)
-             SELECT hash, name, definition, updated_at FROM fieldsync.tasks ON CONFLICT DO NOTHING",
-            &[],
-        )?;
-        // Logins before they were recorded: the sessions still known.
-        tx.execute(
-            "INSERT INTO fieldsync.device_users (device, user_name, first_at)
-             SELECT device, user_name, min(created_at) FROM fieldsync.sessions GROUP BY device, user_name
-             ON CONFLICT DO NOTHING",
-            &[],
-        )?;
-        Ok(())
-    })
-}
-
-/// The stored random id plus the cluster's system identifier, timeline, the
-/// database's OID and the OID of `fieldsync.meta`: a restore into another cluster
-/// or database changes it, and so does one back into the same database (a restore
-/// creates the table anew; nothing else does).
-pub(super) fn epoch(store: &PgStore) -> Result<String> {
-    let mut c = store.conn()?;
-    let stored: String = c
-        .query_one("SELECT value FROM fieldsync.meta WHERE key = 'epoch'", &[])?
-        .get(0);
-    let (db, meta): (u32, u32) = c
-        .query_one(
-            "SELECT oid, 'fieldsync.meta'::regclass::oid FROM pg_database
-             WHERE datname = current_database()",
-            &[],
-        )
-        .map(|r| (r.get(0), r.get(1)))?;
-    // pg_control_* need the privileges of a monitoring role; without them the
-    // stored id and the database OID still tell restores into a new database.
-    let cluster = c
-        .query_one(
-            "SELECT (SELECT system_identifier FROM pg_control_system())::text || '.' ||
-                    (SELECT timeline_id FROM pg_control_checkpoint())::text",
-            &[],
-        )
-        .map(|r| r.get::<_, String>(0))
-        .unwrap_or_else(|_| "unknown".into());
-    Ok(format!("{stored}-{cluster}-{db}.{meta}"))
-}
-
-pub(super) fn epoch_reset(store: &PgStore) -> Result<String> {
-    store.conn()?.execute(
-        "UPDATE fieldsync.meta SET value = $1 WHERE key = 'epoch'",
-        &[&crate::random_hex(16)],
-    )?;
-    epoch(store)
+        self.epoch()
+    }
 }

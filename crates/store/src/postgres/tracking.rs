@@ -6,6 +6,7 @@ use fieldsync_proto::Value;
 
 use super::types::{self, Kind};
 use super::{PgStore, in_tx, now};
+use crate::Tracking;
 use crate::plan::quote_ident;
 use crate::{ColumnInfo, Result, StoreError, TableInfo};
 
@@ -221,148 +222,150 @@ fn tracking_intact(
     Ok(row.get(0))
 }
 
-pub(super) fn track_table(store: &PgStore, table: &str) -> Result<TableInfo> {
-    let mut c = store.conn()?;
-    in_tx(&mut c, |tx| {
-        tx.execute("SELECT pg_advisory_xact_lock(7366836482672)", &[])?;
-        let info = table_info(tx, table)?.ok_or_else(|| {
-            StoreError::NotFound(format!(
-                "no table `{}` in the main database",
-                table.escape_debug()
-            ))
-        })?;
-        if info.primary_key.is_empty() {
-            return Err(StoreError::Invalid(format!(
-                "table `{}` cannot be tracked: it needs a single-column primary key",
-                info.name
-            )));
-        }
-        let unsupported: Vec<String> = info
-            .columns
-            .iter()
-            .filter(|c| types::kind(&c.declared_type).is_none())
-            .map(|c| format!("`{}` ({})", c.name, c.declared_type))
-            .collect();
-        if !unsupported.is_empty() {
-            return Err(StoreError::Invalid(format!(
-                "table `{}` cannot be tracked: column {} of a type fieldsync does not carry \
-                 (supported: integer types, numeric, real/double precision, text/varchar/char, \
-                 boolean, date/time/timestamp, uuid, bytea, json/jsonb)",
-                info.name,
-                unsupported.join(", ")
-            )));
-        }
-        if info.tracked {
-            return Ok(info);
-        }
-        // Missing or stale tracking (first time, a table rebuilt or renamed since, an
-        // older fieldsync's function): whatever fieldsync triggers the table has go
-        // (after a rename they still call the function recording under the old
-        // name), the current ones come, and every row is stamped anew, so changes
-        // made while nothing stamped them count as changed for every device
-        // (compared by value, never overwritten silently).
-        let oid: u32 = tx
-            .query_one(
-                "SELECT $1::text::regclass::oid",
-                &[&quote_ident(&info.name)],
-            )?
-            .get(0);
-        let stale = tx.query(
-            "SELECT tg.tgname::text, tg.tgfoid, p.proname::text FROM pg_trigger tg
-             JOIN pg_proc p ON p.oid = tg.tgfoid
-             WHERE tg.tgrelid = $1 AND NOT tg.tgisinternal
-               AND (tg.tgname LIKE 'fieldsync\\_%' OR p.pronamespace = 'fieldsync'::regnamespace)",
-            &[&oid],
-        )?;
-        let t = quote_ident(&info.name);
-        let mut functions: Vec<(u32, String)> = Vec::new();
-        for r in &stale {
-            let name: String = r.get(0);
-            tx.batch_execute(&format!("DROP TRIGGER {} ON {t}", quote_ident(&name)))?;
-            let f = (r.get(1), r.get(2));
-            if !functions.contains(&f) {
-                functions.push(f);
+impl Tracking for PgStore {
+    fn table_info(&self, table: &str) -> Result<Option<TableInfo>> {
+        table_info(&mut *self.conn()?, table)
+    }
+
+    fn track_table(&self, table: &str) -> Result<TableInfo> {
+        let mut c = self.conn()?;
+        in_tx(&mut c, |tx| {
+            tx.execute("SELECT pg_advisory_xact_lock(7366836482672)", &[])?;
+            let info = table_info(tx, table)?.ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "no table `{}` in the main database",
+                    table.escape_debug()
+                ))
+            })?;
+            if info.primary_key.is_empty() {
+                return Err(StoreError::Invalid(format!(
+                    "table `{}` cannot be tracked: it needs a single-column primary key",
+                    info.name
+                )));
             }
-        }
-        // A function no trigger calls any more goes too, with the bookkeeping of
-        // the name it recorded under (the table's old name after a rename).
-        let current = tracking_function(&info.name);
-        let recorded: Vec<String> = tx
-            .query("SELECT name FROM fieldsync.tracked", &[])?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        for (foid, proname) in functions {
-            if proname == current {
-                continue;
+            let unsupported: Vec<String> = info
+                .columns
+                .iter()
+                .filter(|c| types::kind(&c.declared_type).is_none())
+                .map(|c| format!("`{}` ({})", c.name, c.declared_type))
+                .collect();
+            if !unsupported.is_empty() {
+                return Err(StoreError::Invalid(format!(
+                    "table `{}` cannot be tracked: column {} of a type fieldsync does not carry \
+                     (supported: integer types, numeric, real/double precision, text/varchar/char, \
+                     boolean, date/time/timestamp, uuid, bytea, json/jsonb)",
+                    info.name,
+                    unsupported.join(", ")
+                )));
             }
-            let unused: bool = tx
+            if info.tracked {
+                return Ok(info);
+            }
+            // Missing or stale tracking (first time, a table rebuilt or renamed since, an
+            // older fieldsync's function): whatever fieldsync triggers the table has go
+            // (after a rename they still call the function recording under the old
+            // name), the current ones come, and every row is stamped anew, so changes
+            // made while nothing stamped them count as changed for every device
+            // (compared by value, never overwritten silently).
+            let oid: u32 = tx
                 .query_one(
-                    "SELECT NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgfoid = $1)
-                        AND EXISTS (SELECT 1 FROM pg_proc WHERE oid = $1
-                                    AND pronamespace = 'fieldsync'::regnamespace)",
-                    &[&foid],
+                    "SELECT $1::text::regclass::oid",
+                    &[&quote_ident(&info.name)],
                 )?
                 .get(0);
-            if !unused {
-                continue;
+            let stale = tx.query(
+                "SELECT tg.tgname::text, tg.tgfoid, p.proname::text FROM pg_trigger tg
+                 JOIN pg_proc p ON p.oid = tg.tgfoid
+                 WHERE tg.tgrelid = $1 AND NOT tg.tgisinternal
+                   AND (tg.tgname LIKE 'fieldsync\\_%' OR p.pronamespace = 'fieldsync'::regnamespace)",
+                &[&oid],
+            )?;
+            let t = quote_ident(&info.name);
+            let mut functions: Vec<(u32, String)> = Vec::new();
+            for r in &stale {
+                let name: String = r.get(0);
+                tx.batch_execute(&format!("DROP TRIGGER {} ON {t}", quote_ident(&name)))?;
+                let f = (r.get(1), r.get(2));
+                if !functions.contains(&f) {
+                    functions.push(f);
+                }
             }
-            tx.batch_execute(&format!(
-                "DROP FUNCTION fieldsync.{}()",
-                quote_ident(&proname)
-            ))?;
-            for old in recorded.iter().filter(|n| tracking_function(n) == proname) {
-                tx.execute("DELETE FROM fieldsync.tracked WHERE name = $1", &[old])?;
+            // A function no trigger calls any more goes too, with the bookkeeping of
+            // the name it recorded under (the table's old name after a rename).
+            let current = tracking_function(&info.name);
+            let recorded: Vec<String> = tx
+                .query("SELECT name FROM fieldsync.tracked", &[])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for (foid, proname) in functions {
+                if proname == current {
+                    continue;
+                }
+                let unused: bool = tx
+                    .query_one(
+                        "SELECT NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgfoid = $1)
+                            AND EXISTS (SELECT 1 FROM pg_proc WHERE oid = $1
+                                        AND pronamespace = 'fieldsync'::regnamespace)",
+                        &[&foid],
+                    )?
+                    .get(0);
+                if !unused {
+                    continue;
+                }
+                tx.batch_execute(&format!(
+                    "DROP FUNCTION fieldsync.{}()",
+                    quote_ident(&proname)
+                ))?;
+                for old in recorded.iter().filter(|n| tracking_function(n) == proname) {
+                    tx.execute("DELETE FROM fieldsync.tracked WHERE name = $1", &[old])?;
+                }
             }
-        }
-        let key_type = info
-            .column(&info.primary_key)
-            .map(|c| c.declared_type.clone())
-            .unwrap_or_default();
-        let sql = tracking_sql(&info.name, &info.primary_key, &key_type);
-        tx.batch_execute(&sql)?;
-        let key = types::key_text(&format!("s.{}", quote_ident(&info.primary_key)), &key_type);
-        tx.execute(
-            &format!(
-                "INSERT INTO fieldsync.rows (tbl, pk, xid, deleted)
-                 SELECT $1, {key}, pg_current_xact_id(), false FROM {t} s
-                 ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = false"
-            ),
-            &[&info.name],
-        )?;
-        // Rows deleted while nothing stamped them leave tombstones now.
-        tx.execute(
-            &format!(
-                "UPDATE fieldsync.rows r SET xid = pg_current_xact_id(), deleted = true
-                 WHERE r.tbl = $1 AND NOT r.deleted
-                   AND NOT EXISTS (SELECT 1 FROM {t} s WHERE {key} = r.pk)"
-            ),
-            &[&info.name],
-        )?;
-        tx.execute(
-            "INSERT INTO fieldsync.tracked (name, primary_key, tracked_at) VALUES ($1, $2, $3)
-             ON CONFLICT (name) DO UPDATE SET primary_key = excluded.primary_key,
-                 tracked_at = excluded.tracked_at",
-            &[&info.name, &info.primary_key, &now()],
-        )?;
-        Ok(TableInfo {
-            tracked: true,
-            ..info
+            let key_type = info
+                .column(&info.primary_key)
+                .map(|c| c.declared_type.clone())
+                .unwrap_or_default();
+            let sql = tracking_sql(&info.name, &info.primary_key, &key_type);
+            tx.batch_execute(&sql)?;
+            let key = types::key_text(&format!("s.{}", quote_ident(&info.primary_key)), &key_type);
+            tx.execute(
+                &format!(
+                    "INSERT INTO fieldsync.rows (tbl, pk, xid, deleted)
+                     SELECT $1, {key}, pg_current_xact_id(), false FROM {t} s
+                     ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = false"
+                ),
+                &[&info.name],
+            )?;
+            // Rows deleted while nothing stamped them leave tombstones now.
+            tx.execute(
+                &format!(
+                    "UPDATE fieldsync.rows r SET xid = pg_current_xact_id(), deleted = true
+                     WHERE r.tbl = $1 AND NOT r.deleted
+                       AND NOT EXISTS (SELECT 1 FROM {t} s WHERE {key} = r.pk)"
+                ),
+                &[&info.name],
+            )?;
+            tx.execute(
+                "INSERT INTO fieldsync.tracked (name, primary_key, tracked_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET primary_key = excluded.primary_key,
+                     tracked_at = excluded.tracked_at",
+                &[&info.name, &info.primary_key, &now()],
+            )?;
+            Ok(TableInfo {
+                tracked: true,
+                ..info
+            })
         })
-    })
-}
+    }
 
-/// The id of the last transaction that wrote the row (a version only equality
-/// can compare; see the module comment).
-pub(super) fn row_version(
-    store: &PgStore,
-    table: &str,
-    key: &Value,
-) -> Result<Option<(i64, bool)>> {
-    let mut c = store.conn()?;
-    Ok(c.query_opt(
-        "SELECT xid::text::int8, deleted FROM fieldsync.rows WHERE tbl = $1 AND pk = $2",
-        &[&table, &types::text_of(key)],
-    )?
-    .map(|r| (r.get(0), r.get(1))))
+    /// The id of the last transaction that wrote the row (a version only equality
+    /// can compare; see the module comment).
+    fn row_version(&self, table: &str, key: &Value) -> Result<Option<(i64, bool)>> {
+        let mut c = self.conn()?;
+        Ok(c.query_opt(
+            "SELECT xid::text::int8, deleted FROM fieldsync.rows WHERE tbl = $1 AND pk = $2",
+            &[&table, &types::text_of(key)],
+        )?
+        .map(|r| (r.get(0), r.get(1))))
+    }
 }

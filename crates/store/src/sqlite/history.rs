@@ -1,11 +1,13 @@
 //! What happened, on SQLite: the sync history and the conflict log.
 
 use fieldsync_proto::wire::{SyncOp, Trigger};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::types::ToSqlOutput;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
-use super::{SqliteStore, table_info, to_sql_value};
-use crate::plan::quote_ident;
-use crate::{ConflictRecord, History, HistoryRecord, Result, StoreError};
+use super::{SqliteDialect, SqliteStore, table_info, to_sql_value};
+use crate::dialect::SqlDialect;
+use crate::resolve::{self, Bound, ResolveTx};
+use crate::{ConflictRecord, History, HistoryRecord, Result, TableInfo};
 
 impl History for SqliteStore {
     fn conflicts_list(&self) -> Result<Vec<ConflictRecord>> {
@@ -20,98 +22,9 @@ impl History for SqliteStore {
     fn conflict_resolve(&self, id: i64, take_device: bool, at: &str) -> Result<ConflictRecord> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let c = tx
-            .query_row(
-                &format!("{CONFLICT_SELECT} WHERE id = ?1"),
-                [id],
-                conflict_row,
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("no conflict {id}")))?;
-        if let Some(when) = &c.resolved_at {
-            return Err(StoreError::Invalid(format!(
-                "conflict {id} was resolved at {when}"
-            )));
-        }
-        let info = table_info(&tx, &c.table)?
-            .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", c.table)))?;
-        let table = quote_ident(&info.name);
-        let pk = quote_ident(&info.primary_key);
-        let exists: bool = tx.query_row(
-            &format!("SELECT count(*) FROM {table} WHERE {pk} = ?1"),
-            [to_sql_value(&c.key)],
-            |r| r.get(0),
-        )?;
-        if !exists && take_device && c.op != "insert" && c.op != "delete" {
-            return Err(StoreError::Invalid(format!(
-                "conflict {id}: the row was deleted in the main database; the device's logged values are an \
-                 update of some columns and cannot re-create it (re-enter the row if it is still needed)"
-            )));
-        }
-        let (values, delete) = if take_device {
-            (&c.device_values, c.op == "delete")
-        } else {
-            (&c.server_values, false)
-        };
-        let refuse = |e: rusqlite::Error| {
-            StoreError::Invalid(format!(
-                "conflict {id}: the main database refused the values: {e}"
-            ))
-        };
-        if delete {
-            tx.execute(
-                &format!("DELETE FROM {table} WHERE {pk} = ?1"),
-                [to_sql_value(&c.key)],
-            )
-            .map_err(refuse)?;
-        } else if !values.is_empty() {
-            let cols: Vec<&String> = values.keys().filter(|k| **k != info.primary_key).collect();
-            if exists {
-                if !cols.is_empty() {
-                    let sets: Vec<String> = cols
-                        .iter()
-                        .map(|k| format!("{} = ?", quote_ident(k)))
-                        .collect();
-                    let binds: Vec<_> = cols
-                        .iter()
-                        .map(|k| to_sql_value(&values[*k]))
-                        .chain([to_sql_value(&c.key)])
-                        .collect();
-                    tx.execute(
-                        &format!("UPDATE {table} SET {} WHERE {pk} = ?", sets.join(", ")),
-                        rusqlite::params_from_iter(binds),
-                    )
-                    .map_err(refuse)?;
-                }
-            } else {
-                let names: Vec<String> = std::iter::once(pk.clone())
-                    .chain(cols.iter().map(|k| quote_ident(k)))
-                    .collect();
-                let binds: Vec<_> = std::iter::once(to_sql_value(&c.key))
-                    .chain(cols.iter().map(|k| to_sql_value(&values[*k])))
-                    .collect();
-                let marks = vec!["?"; names.len()].join(", ");
-                tx.execute(
-                    &format!(
-                        "INSERT INTO {table} ({}) VALUES ({marks})",
-                        names.join(", ")
-                    ),
-                    rusqlite::params_from_iter(binds),
-                )
-                .map_err(refuse)?;
-            }
-        }
-        let take = if take_device { "device" } else { "server" };
-        tx.execute(
-            "UPDATE fieldsync_conflicts SET resolved_at = ?1, resolved_take = ?2 WHERE id = ?3",
-            params![at, take, id],
-        )?;
+        let resolved = resolve::resolve(&mut Resolving(&tx), id, take_device, at)?;
         tx.commit()?;
-        Ok(ConflictRecord {
-            resolved_at: Some(at.to_string()),
-            resolved_take: Some(take.to_string()),
-            ..c
-        })
+        Ok(resolved)
     }
 
     fn history_record(&self, s: &HistoryRecord) -> Result<()> {
@@ -154,6 +67,59 @@ impl History for SqliteStore {
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
+    }
+}
+
+/// Resolving a conflict in SQLite's IMMEDIATE transaction (it holds the database, so
+/// no row needs a lock of its own).
+struct Resolving<'c>(&'c Connection);
+
+/// The bound values, as stored.
+fn bound<'v>(binds: &'v [Bound<'_>]) -> impl Iterator<Item = ToSqlOutput<'v>> {
+    binds.iter().map(|(v, _)| to_sql_value(v))
+}
+
+impl ResolveTx for Resolving<'_> {
+    fn dialect(&self) -> &'static dyn SqlDialect {
+        &SqliteDialect
+    }
+
+    fn conflict(&mut self, id: i64) -> Result<Option<ConflictRecord>> {
+        Ok(self
+            .0
+            .query_row(
+                &format!("{CONFLICT_SELECT} WHERE id = ?1"),
+                [id],
+                conflict_row,
+            )
+            .optional()?)
+    }
+
+    fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>> {
+        table_info(self.0, table)
+    }
+
+    fn exists(&mut self, sql: &str, binds: &[Bound<'_>]) -> Result<bool> {
+        Ok(self
+            .0
+            .query_row(sql, params_from_iter(bound(binds)), |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    fn write(&mut self, sql: &str, binds: &[Bound<'_>]) -> Result<(), String> {
+        self.0
+            .execute(sql, params_from_iter(bound(binds)))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn mark_resolved(&mut self, id: i64, at: &str, take: &str) -> Result<()> {
+        self.0.execute(
+            "UPDATE fieldsync_conflicts SET resolved_at = ?1, resolved_take = ?2 WHERE id = ?3",
+            params![at, take, id],
+        )?;
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ use fieldsync_proto::wire::{Upload, UploadOutcome};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{SqliteStore, table_info, to_sql_value};
+use crate::Uploads;
 use crate::integrate::{
     self, ApplyError, BaseKind, ConflictLog, Lookups, TableCtx, UploadTx, op_name,
 };
@@ -541,5 +542,26 @@ impl ParentSlices {
             })?;
         self.known.insert(id, inside);
         Ok(inside)
+    }
+}
+
+impl Uploads for SqliteStore {
+    fn integrate(
+        &self,
+        ctx: &IntegrateContext<'_>,
+        upload: &Upload,
+    ) -> Result<UploadOutcome, IntegrateError> {
+        integrate(self, ctx, upload)
+    }
+
+    fn upload_recorded(&self, upload_id: &str) -> crate::Result<Option<(String, String, String)>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT device, user, outcome FROM fieldsync_uploads WHERE upload_id = ?1",
+                [upload_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
     }
 }

@@ -17,8 +17,7 @@ use std::time::Duration;
 use fieldsync_proto::Value;
 use fieldsync_proto::filter::Dialect;
 use fieldsync_proto::frame::ValueRef;
-use fieldsync_proto::wire::{Upload, UploadOutcome};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 
 mod catalog;
 mod history;
@@ -31,10 +30,7 @@ pub(crate) use catalog::user_enabled;
 pub(crate) use tracking::table_info;
 
 use crate::dialect::SqlDialect;
-use crate::plan::SlicePlan;
-use crate::{
-    IntegrateContext, IntegrateError, Result, SliceSink, SourceData, StoreError, TableInfo,
-};
+use crate::{IntegrateError, Result, StoreError};
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -144,58 +140,5 @@ impl SqlDialect for SqliteDialect {
 
     fn lock_row(&self) -> &'static str {
         ""
-    }
-}
-
-impl SourceData for SqliteStore {
-    fn dialect(&self) -> &'static dyn SqlDialect {
-        &SqliteDialect
-    }
-
-    fn init(&self) -> Result<()> {
-        schema::init(self)
-    }
-
-    fn epoch(&self) -> Result<String> {
-        schema::epoch(self)
-    }
-
-    fn epoch_reset(&self) -> Result<String> {
-        schema::epoch_reset(self)
-    }
-
-    fn table_info(&self, table: &str) -> Result<Option<TableInfo>> {
-        table_info(&self.conn()?, table)
-    }
-
-    fn track_table(&self, table: &str) -> Result<TableInfo> {
-        tracking::track_table(self, table)
-    }
-
-    fn row_version(&self, table: &str, key: &Value) -> Result<Option<(i64, bool)>> {
-        tracking::row_version(self, table, key)
-    }
-
-    fn stream_slice(&self, plan: &SlicePlan, sink: &mut dyn SliceSink) -> Result<Vec<u64>> {
-        slice::stream_slice(self, plan, sink)
-    }
-
-    fn integrate(
-        &self,
-        ctx: &IntegrateContext<'_>,
-        upload: &Upload,
-    ) -> Result<UploadOutcome, IntegrateError> {
-        integrate::integrate(self, ctx, upload)
-    }
-
-    fn upload_recorded(&self, upload_id: &str) -> Result<Option<(String, String, String)>> {
-        Ok(self
-            .conn()?
-            .query_row(
-                "SELECT device, user, outcome FROM fieldsync_uploads WHERE upload_id = ?1",
-                [upload_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?)
     }
 }

@@ -4,6 +4,7 @@
 use rusqlite::OptionalExtension;
 
 use super::SqliteStore;
+use crate::Schema;
 use crate::{Result, StoreError};
 
 /// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
@@ -132,69 +133,71 @@ CREATE TABLE IF NOT EXISTS fieldsync_bases (
 ) WITHOUT ROWID;
 "#;
 
-pub(super) fn init(store: &SqliteStore) -> Result<()> {
-    let mut conn = store.connect(true)?;
-    // WAL lets the slice stream read a snapshot while the office keeps writing.
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Db(format!(
-            "cannot switch the main database to WAL (got {mode})"
-        )));
+impl Schema for SqliteStore {
+    fn init(&self) -> Result<()> {
+        let mut conn = self.connect(true)?;
+        // WAL lets the slice stream read a snapshot while the office keeps writing.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Db(format!(
+                "cannot switch the main database to WAL (got {mode})"
+            )));
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA)?;
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT CAST(value AS INTEGER) FROM fieldsync_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(v) = existing
+            && v > SCHEMA_VERSION
+        {
+            return Err(StoreError::Invalid(format!(
+                "the main database was set up by a newer fieldsync (schema {v}, this build knows {SCHEMA_VERSION})"
+            )));
+        }
+        tx.execute(
+            "INSERT INTO fieldsync_meta (key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [SCHEMA_VERSION.to_string()],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO fieldsync_meta (key, value) VALUES ('epoch', ?1)",
+            [crate::random_hex(16)],
+        )?;
+        // Task definitions before versions were kept: the current ones.
+        tx.execute(
+            "INSERT OR IGNORE INTO fieldsync_task_versions (hash, name, definition, at)
+             SELECT hash, name, definition, updated_at FROM fieldsync_tasks",
+            [],
+        )?;
+        // Logins before they were recorded: the sessions still known.
+        tx.execute(
+            "INSERT OR IGNORE INTO fieldsync_device_users (device, user, first_at)
+             SELECT device, user, min(created_at) FROM fieldsync_sessions GROUP BY device, user",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    tx.execute_batch(SCHEMA)?;
-    let existing: Option<i64> = tx
-        .query_row(
-            "SELECT CAST(value AS INTEGER) FROM fieldsync_meta WHERE key = 'schema_version'",
+
+    fn epoch(&self) -> Result<String> {
+        let conn = self.conn()?;
+        Ok(conn.query_row(
+            "SELECT value FROM fieldsync_meta WHERE key = 'epoch'",
             [],
             |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(v) = existing
-        && v > SCHEMA_VERSION
-    {
-        return Err(StoreError::Invalid(format!(
-            "the main database was set up by a newer fieldsync (schema {v}, this build knows {SCHEMA_VERSION})"
-        )));
+        )?)
     }
-    tx.execute(
-        "INSERT INTO fieldsync_meta (key, value) VALUES ('schema_version', ?1)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [SCHEMA_VERSION.to_string()],
-    )?;
-    tx.execute(
-        "INSERT OR IGNORE INTO fieldsync_meta (key, value) VALUES ('epoch', ?1)",
-        [crate::random_hex(16)],
-    )?;
-    // Task definitions before versions were kept: the current ones.
-    tx.execute(
-        "INSERT OR IGNORE INTO fieldsync_task_versions (hash, name, definition, at)
-         SELECT hash, name, definition, updated_at FROM fieldsync_tasks",
-        [],
-    )?;
-    // Logins before they were recorded: the sessions still known.
-    tx.execute(
-        "INSERT OR IGNORE INTO fieldsync_device_users (device, user, first_at)
-         SELECT device, user, min(created_at) FROM fieldsync_sessions GROUP BY device, user",
-        [],
-    )?;
-    tx.commit()?;
-    Ok(())
-}
 
-pub(super) fn epoch(store: &SqliteStore) -> Result<String> {
-    let conn = store.conn()?;
-    Ok(conn.query_row(
-        "SELECT value FROM fieldsync_meta WHERE key = 'epoch'",
-        [],
-        |r| r.get(0),
-    )?)
-}
-
-pub(super) fn epoch_reset(store: &SqliteStore) -> Result<String> {
-    store.conn()?.execute(
-        "UPDATE fieldsync_meta SET value = ?1 WHERE key = 'epoch'",
-        [crate::random_hex(16)],
-    )?;
-    epoch(store)
+    fn epoch_reset(&self) -> Result<String> {
+        self.conn()?.execute(
+            "UPDATE fieldsync_meta SET value = ?1 WHERE key = 'epoch'",
+            [crate::random_hex(16)],
+        )?;
+        self.epoch()
+    }
 }

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use rusqlite::params;
 
+use super::SqliteDialect;
 use super::{SqliteStore, to_sql_value, value_ref};
+use crate::Slices;
+use crate::dialect::SqlDialect;
 use crate::plan::SlicePlan;
 use crate::{Result, SliceSink};
 
@@ -41,48 +44,50 @@ impl SqliteStore {
     }
 }
 
-pub(super) fn stream_slice(
-    store: &SqliteStore,
-    plan: &SlicePlan,
-    sink: &mut dyn SliceSink,
-) -> Result<Vec<u64>> {
-    let mut conn = store.conn()?;
-    // One read transaction: counts, rows and cursor all come from one snapshot.
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
-    let cursor: i64 = tx.query_row(
-        "SELECT coalesce(max(version), 0) FROM fieldsync_rows",
-        [],
-        |r| r.get(0),
-    )?;
-    let mut counts = Vec::with_capacity(plan.tables.len());
-    for t in &plan.tables {
-        let binds: Vec<_> = t.binds.iter().map(to_sql_value).collect();
-        let n: i64 = tx.query_row(
-            &t.count_sql,
-            rusqlite::params_from_iter(binds.iter()),
+impl Slices for SqliteStore {
+    fn dialect(&self) -> &'static dyn SqlDialect {
+        &SqliteDialect
+    }
+
+    fn stream_slice(&self, plan: &SlicePlan, sink: &mut dyn SliceSink) -> Result<Vec<u64>> {
+        let mut conn = self.conn()?;
+        // One read transaction: counts, rows and cursor all come from one snapshot.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
+        let cursor: i64 = tx.query_row(
+            "SELECT coalesce(max(version), 0) FROM fieldsync_rows",
+            [],
             |r| r.get(0),
         )?;
-        counts.push(n as u64);
-    }
-    store.record_base(&plan.device, cursor)?;
-    sink.begin(cursor, &counts)?;
-    let mut sent = Vec::with_capacity(plan.tables.len());
-    for (idx, t) in plan.tables.iter().enumerate() {
-        let binds: Vec<_> = t.binds.iter().map(to_sql_value).collect();
-        let mut stmt = tx.prepare(&t.select_sql)?;
-        let width = t.schema.columns.len();
-        let mut rows = stmt.query(rusqlite::params_from_iter(binds.iter()))?;
-        let mut n = 0u64;
-        while let Some(row) = rows.next()? {
-            // Columns 0..width exist: the statement selects exactly them.
-            sink.row(
-                idx,
-                &mut (0..width).map(|i| value_ref(row.get_ref_unwrap(i))),
+        let mut counts = Vec::with_capacity(plan.tables.len());
+        for t in &plan.tables {
+            let binds: Vec<_> = t.binds.iter().map(to_sql_value).collect();
+            let n: i64 = tx.query_row(
+                &t.count_sql,
+                rusqlite::params_from_iter(binds.iter()),
+                |r| r.get(0),
             )?;
-            n += 1;
+            counts.push(n as u64);
         }
-        sent.push(n);
+        self.record_base(&plan.device, cursor)?;
+        sink.begin(cursor, &counts)?;
+        let mut sent = Vec::with_capacity(plan.tables.len());
+        for (idx, t) in plan.tables.iter().enumerate() {
+            let binds: Vec<_> = t.binds.iter().map(to_sql_value).collect();
+            let mut stmt = tx.prepare(&t.select_sql)?;
+            let width = t.schema.columns.len();
+            let mut rows = stmt.query(rusqlite::params_from_iter(binds.iter()))?;
+            let mut n = 0u64;
+            while let Some(row) = rows.next()? {
+                // Columns 0..width exist: the statement selects exactly them.
+                sink.row(
+                    idx,
+                    &mut (0..width).map(|i| value_ref(row.get_ref_unwrap(i))),
+                )?;
+                n += 1;
+            }
+            sent.push(n);
+        }
+        tx.commit()?;
+        Ok(sent)
     }
-    tx.commit()?;
-    Ok(sent)
 }

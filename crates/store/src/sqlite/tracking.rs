@@ -7,6 +7,7 @@ use fieldsync_proto::Value;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, now, to_sql_value};
+use crate::Tracking;
 use crate::plan::quote_ident;
 use crate::{Result, StoreError, TableInfo};
 
@@ -145,93 +146,95 @@ pub(crate) fn table_info(conn: &Connection, table: &str) -> Result<Option<TableI
     Ok(Some(info))
 }
 
-pub(super) fn track_table(store: &SqliteStore, table: &str) -> Result<TableInfo> {
-    let mut conn = store.conn()?;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let info = table_info(&tx, table)?.ok_or_else(|| {
-        StoreError::NotFound(format!(
-            "no table `{}` in the main database",
-            table.escape_debug()
-        ))
-    })?;
-    let lower = info.name.to_ascii_lowercase();
-    if lower.starts_with("fieldsync_") || lower.starts_with("sqlite_") {
-        return Err(StoreError::Invalid(format!(
-            "`{}` is an internal table and cannot be tracked",
-            info.name
-        )));
+impl Tracking for SqliteStore {
+    fn table_info(&self, table: &str) -> Result<Option<TableInfo>> {
+        table_info(&self.conn()?, table)
     }
-    if info.primary_key.is_empty() {
-        return Err(StoreError::Invalid(format!(
-            "table `{}` cannot be tracked: it needs a single-column primary key",
-            info.name
-        )));
-    }
-    if info.tracked {
-        return Ok(info);
-    }
-    // Missing or stale tracking (first time, a table rebuilt or renamed since, an
-    // older fieldsync's triggers): whatever fieldsync triggers the table has go,
-    // the current ones come, and every row is stamped anew, so changes made while
-    // nothing stamped them count as changed for every device (compared by value).
-    let stale: Vec<String> = tx
-        .prepare(
-            "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1
-               AND name LIKE 'fieldsync\\_%' ESCAPE '\\'",
-        )?
-        .query_map([&info.name], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for name in stale {
-        tx.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&name)))?;
-    }
-    for (_, sql) in tracking_triggers(&info) {
-        tx.execute_batch(&sql)?;
-    }
-    let t = quote_ident(&info.name);
-    let pk = quote_ident(&info.primary_key);
-    let next = "(SELECT coalesce(max(version), 0) + 1 FROM fieldsync_rows)";
-    tx.execute(
-        &format!(
-            "INSERT INTO fieldsync_rows (tbl, pk, version, deleted)
-             SELECT ?1, {pk}, {next}, 0 FROM {t} WHERE true
-             ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version, deleted = 0"
-        ),
-        [&info.name],
-    )?;
-    // Rows deleted while nothing stamped them leave tombstones now.
-    tx.execute(
-        &format!(
-            "UPDATE fieldsync_rows SET deleted = 1, version = {next}
-             WHERE tbl = ?1 AND deleted = 0 AND pk NOT IN (SELECT {pk} FROM {t})"
-        ),
-        [&info.name],
-    )?;
-    tx.execute(
-        "DELETE FROM fieldsync_tracked WHERE name = ?1",
-        [&info.name],
-    )?;
-    tx.execute(
-        "INSERT INTO fieldsync_tracked (name, primary_key, tracked_at) VALUES (?1, ?2, ?3)",
-        params![info.name, info.primary_key, now()],
-    )?;
-    tx.commit()?;
-    Ok(TableInfo {
-        tracked: true,
-        ..info
-    })
-}
 
-pub(super) fn row_version(
-    store: &SqliteStore,
-    table: &str,
-    key: &Value,
-) -> Result<Option<(i64, bool)>> {
-    let conn = store.conn()?;
-    Ok(conn
-        .query_row(
-            "SELECT version, deleted FROM fieldsync_rows WHERE tbl = ?1 AND pk = ?2",
-            params![table, to_sql_value(key)],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?)
+    fn track_table(&self, table: &str) -> Result<TableInfo> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let info = table_info(&tx, table)?.ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "no table `{}` in the main database",
+                table.escape_debug()
+            ))
+        })?;
+        let lower = info.name.to_ascii_lowercase();
+        if lower.starts_with("fieldsync_") || lower.starts_with("sqlite_") {
+            return Err(StoreError::Invalid(format!(
+                "`{}` is an internal table and cannot be tracked",
+                info.name
+            )));
+        }
+        if info.primary_key.is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "table `{}` cannot be tracked: it needs a single-column primary key",
+                info.name
+            )));
+        }
+        if info.tracked {
+            return Ok(info);
+        }
+        // Missing or stale tracking (first time, a table rebuilt or renamed since, an
+        // older fieldsync's triggers): whatever fieldsync triggers the table has go,
+        // the current ones come, and every row is stamped anew, so changes made while
+        // nothing stamped them count as changed for every device (compared by value).
+        let stale: Vec<String> = tx
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1
+                   AND name LIKE 'fieldsync\\_%' ESCAPE '\\'",
+            )?
+            .query_map([&info.name], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for name in stale {
+            tx.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&name)))?;
+        }
+        for (_, sql) in tracking_triggers(&info) {
+            tx.execute_batch(&sql)?;
+        }
+        let t = quote_ident(&info.name);
+        let pk = quote_ident(&info.primary_key);
+        let next = "(SELECT coalesce(max(version), 0) + 1 FROM fieldsync_rows)";
+        tx.execute(
+            &format!(
+                "INSERT INTO fieldsync_rows (tbl, pk, version, deleted)
+                 SELECT ?1, {pk}, {next}, 0 FROM {t} WHERE true
+                 ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version, deleted = 0"
+            ),
+            [&info.name],
+        )?;
+        // Rows deleted while nothing stamped them leave tombstones now.
+        tx.execute(
+            &format!(
+                "UPDATE fieldsync_rows SET deleted = 1, version = {next}
+                 WHERE tbl = ?1 AND deleted = 0 AND pk NOT IN (SELECT {pk} FROM {t})"
+            ),
+            [&info.name],
+        )?;
+        tx.execute(
+            "DELETE FROM fieldsync_tracked WHERE name = ?1",
+            [&info.name],
+        )?;
+        tx.execute(
+            "INSERT INTO fieldsync_tracked (name, primary_key, tracked_at) VALUES (?1, ?2, ?3)",
+            params![info.name, info.primary_key, now()],
+        )?;
+        tx.commit()?;
+        Ok(TableInfo {
+            tracked: true,
+            ..info
+        })
+    }
+
+    fn row_version(&self, table: &str, key: &Value) -> Result<Option<(i64, bool)>> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                "SELECT version, deleted FROM fieldsync_rows WHERE tbl = ?1 AND pk = ?2",
+                params![table, to_sql_value(key)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
 }

@@ -24,8 +24,10 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, Statement, Transaction};
 
+use super::PgStore;
 use super::types::{self, Bind, Param};
 use super::{pg_message, table_info};
+use crate::Uploads;
 use crate::integrate::{
     self, ApplyError, BaseKind, ConflictLog, Lookups, TableCtx, UploadTx, op_name,
 };
@@ -292,4 +294,25 @@ fn current_query(
         batch_sql,
         binds,
     })
+}
+
+impl Uploads for PgStore {
+    fn integrate(
+        &self,
+        ctx: &IntegrateContext<'_>,
+        upload: &Upload,
+    ) -> Result<UploadOutcome, IntegrateError> {
+        let mut c = self.conn()?;
+        integrate(&mut c, ctx, upload)
+    }
+
+    fn upload_recorded(&self, upload_id: &str) -> crate::Result<Option<(String, String, String)>> {
+        Ok(self
+            .conn()?
+            .query_opt(
+                "SELECT device, user_name, outcome FROM fieldsync.uploads WHERE upload_id = $1",
+                &[&upload_id],
+            )?
+            .map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
 }

@@ -1,5 +1,5 @@
 //! The PostgreSQL backend of the main database. fieldsync's objects live in the schema
-//! `fieldsync`; upload integration is in `integrate.rs`, the type mapping in `types.rs`.
+//! `fieldsync`; upload integration is in `integrate/`, the type mapping in `types.rs`.
 //!
 //! Change tracking (docs/protocol.md, "Commit-order-correct versions"): statement
 //! triggers on each tracked table record, per row, the id of the transaction that last
@@ -15,7 +15,7 @@
 //! Files along the store's seams: `pool.rs` the connection pool, `schema.rs`
 //! fieldsync's objects and the epoch, `catalog.rs` users, devices, tasks and sessions,
 //! `tracking.rs` the triggers and table checks, `slice.rs` the slice stream,
-//! `integrate.rs` uploads, `history.rs` the sync history and the conflict log.
+//! `integrate/` uploads, `history.rs` the sync history and the conflict log.
 
 mod catalog;
 mod history;
@@ -26,13 +26,11 @@ mod slice;
 mod tracking;
 pub(crate) mod types;
 
-use std::sync::{Condvar, Mutex};
-
 use postgres::{Client, Transaction};
 
 pub(crate) use tracking::table_info;
 
-use self::pool::{Conn, Pool, PoolState, SESSION_OPTIONS};
+use self::pool::{Conn, Pool};
 use crate::{Result, StoreError};
 
 /// A PostgreSQL main database, by URL (`postgres://user@host:port/db`).
@@ -46,7 +44,7 @@ pub struct PgStore {
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
-        // Only uploads wait with a `lock_timeout` (`integrate.rs`).
+        // Only uploads wait with a `lock_timeout` (`integrate/`).
         if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
             return StoreError::Locked;
         }
@@ -67,27 +65,18 @@ pub(crate) fn pg_message(e: &postgres::Error) -> String {
 
 impl PgStore {
     pub fn new(url: &str) -> Result<Self> {
-        let mut config: postgres::Config = url
+        let config: postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Invalid(format!("database URL `{url}`: {e}")))?;
-        let options = match config.get_options() {
-            Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {SESSION_OPTIONS}"),
-            _ => SESSION_OPTIONS.to_string(),
-        };
-        config.options(&options);
         Ok(PgStore {
-            pool: Pool {
-                config,
-                state: Mutex::new(PoolState::default()),
-                returned: Condvar::new(),
-            },
+            pool: Pool::new(config),
             url: url.to_string(),
             ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// A connection to an initialised database.
-    fn conn(&self) -> Result<Conn<'_>> {
+    fn conn(&self) -> Result<Conn> {
         use std::sync::atomic::Ordering;
         let mut c = self.connect()?;
         if self.ready.load(Ordering::Relaxed) {

@@ -2,6 +2,7 @@
 //! sessions, change tracking) and the slice stream, behind one [`Store`] trait with a
 //! backend per engine. Nothing here knows about HTTP.
 
+mod catalog;
 mod dialect;
 mod integrate;
 mod plan;

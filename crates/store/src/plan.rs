@@ -206,6 +206,20 @@ pub fn plan_slice(
     })
 }
 
+/// The condition that one row of task table `t` is in the slice (an upload's checks),
+/// with the values it binds.
+pub(crate) fn row_condition(
+    def: &TaskDef,
+    t: &TaskTable,
+    params: &Params,
+    dialect: &dyn SqlDialect,
+    lookup: &dyn Fn(&str) -> Result<Option<TableInfo>>,
+) -> Result<(String, Vec<Value>)> {
+    let mut binds = Vec::new();
+    let cond = slice_condition(def, t, params, dialect, &mut binds, lookup, true)?;
+    Ok((cond, binds))
+}
+
 /// The WHERE condition of a table: its filter, and membership of its parent's slice.
 ///
 /// `one_row`: the condition tests one row (upload checks), so parent membership is an

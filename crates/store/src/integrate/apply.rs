@@ -159,15 +159,7 @@ pub(crate) fn integrate(
             });
         let decision = if earlier == Some(Done::Skipped) {
             // The entry this one builds on was not applied: neither is this one.
-            Decision::Skip(Some(ConflictNote {
-                kind: "left-slice",
-                resolution: "not-applied",
-                device: e.new.clone(),
-                server: current
-                    .as_ref()
-                    .map(|c| c.values.clone())
-                    .unwrap_or_default(),
-            }))
+            Decision::Skip(Some(not_applied_note("left-slice", e, current.as_ref())))
         } else {
             conflict::decide(
                 e,
@@ -199,15 +191,7 @@ pub(crate) fn integrate(
             (Some(Write::Update(_)), WriteOp::Insert)
                 if !t.task_table.write.contains(&WriteOp::Update) =>
             {
-                let lost = ConflictNote {
-                    kind: "insert-exists",
-                    resolution: "not-applied",
-                    device: e.new.clone(),
-                    server: current
-                        .as_ref()
-                        .map(|c| c.values.clone())
-                        .unwrap_or_default(),
-                };
+                let lost = not_applied_note("insert-exists", e, current.as_ref());
                 (None, Some(lost))
             }
             _ => (write, note),
@@ -319,6 +303,20 @@ pub(crate) fn integrate(
     let recorded = serde_json::to_string(&outcome).expect("serializes");
     tx.record(ctx, &upload.upload_id, &recorded)?;
     Ok(outcome)
+}
+
+/// The note of an entry not applied: the device's values against the row as it is.
+fn not_applied_note(
+    kind: &'static str,
+    e: &UploadEntry,
+    current: Option<&Current>,
+) -> ConflictNote {
+    ConflictNote {
+        kind,
+        resolution: "not-applied",
+        device: e.new.clone(),
+        server: current.map(|c| c.values.clone()).unwrap_or_default(),
+    }
 }
 
 /// Logs an entry the device had every reason to make and the server does not apply

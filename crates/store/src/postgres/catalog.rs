@@ -93,13 +93,7 @@ impl Catalog for PgStore {
                 &u.created_at,
             ],
         )?;
-        if n == 0 {
-            return Err(StoreError::AlreadyExists(format!(
-                "user `{}` exists",
-                u.name
-            )));
-        }
-        Ok(())
+        crate::catalog::added(n != 0, "user", &u.name)
     }
 
     fn user_get(&self, name: &str) -> Result<Option<UserRecord>> {
@@ -118,13 +112,7 @@ impl Catalog for PgStore {
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
             &[&d.id, &d.label, &d.code_hash, &d.secret_hash, &d.revoked, &d.created_at, &d.paired_at],
         )?;
-        if n == 0 {
-            return Err(StoreError::AlreadyExists(format!(
-                "device `{}` exists",
-                d.id
-            )));
-        }
-        Ok(())
+        crate::catalog::added(n != 0, "device", &d.id)
     }
 
     fn device_get(&self, id: &str) -> Result<Option<DeviceRecord>> {
@@ -225,18 +213,24 @@ impl Catalog for PgStore {
         in_tx(&mut c, |tx| {
             let mut exists =
                 |sql: &str, v: &str| -> Result<bool> { Ok(tx.query_opt(sql, &[&v])?.is_some()) };
-            if !exists("SELECT 1 FROM fieldsync.tasks WHERE name = $1", name)? {
-                return Err(StoreError::NotFound(format!("no task `{name}`")));
-            }
+            crate::catalog::found(
+                exists("SELECT 1 FROM fieldsync.tasks WHERE name = $1", name)?,
+                "task",
+                name,
+            )?;
             for u in users {
-                if !exists("SELECT 1 FROM fieldsync.users WHERE name = $1", u)? {
-                    return Err(StoreError::NotFound(format!("no user `{u}`")));
-                }
+                crate::catalog::found(
+                    exists("SELECT 1 FROM fieldsync.users WHERE name = $1", u)?,
+                    "user",
+                    u,
+                )?;
             }
             for d in devices {
-                if !exists("SELECT 1 FROM fieldsync.devices WHERE id = $1", d)? {
-                    return Err(StoreError::NotFound(format!("no device `{d}`")));
-                }
+                crate::catalog::found(
+                    exists("SELECT 1 FROM fieldsync.devices WHERE id = $1", d)?,
+                    "device",
+                    d,
+                )?;
             }
             for u in users {
                 tx.execute(
@@ -336,9 +330,7 @@ impl Catalog for PgStore {
                 "UPDATE fieldsync.users SET password_hash = $2 WHERE name = $1",
                 &[&name, &password_hash],
             )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("no user `{name}`")));
-            }
+            crate::catalog::found(n != 0, "user", name)?;
             tx.execute(
                 "DELETE FROM fieldsync.sessions WHERE user_name = $1",
                 &[&name],
@@ -354,9 +346,7 @@ impl Catalog for PgStore {
                 "UPDATE fieldsync.users SET disabled = $2 WHERE name = $1",
                 &[&name, &disabled],
             )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("no user `{name}`")));
-            }
+            crate::catalog::found(n != 0, "user", name)?;
             if disabled {
                 tx.execute(
                     "DELETE FROM fieldsync.sessions WHERE user_name = $1",
@@ -385,9 +375,7 @@ impl Catalog for PgStore {
         let n = self
             .conn()?
             .execute("DELETE FROM fieldsync.tasks WHERE name = $1", &[&name])?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("no task `{name}`")));
-        }
+        crate::catalog::found(n != 0, "task", name)?;
         Ok(())
     }
 

@@ -97,13 +97,7 @@ impl Catalog for SqliteStore {
             "INSERT OR IGNORE INTO fieldsync_users (name, password_hash, admin, disabled, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![user.name, user.password_hash, user.admin, user.disabled, user.created_at],
         )?;
-        if n == 0 {
-            return Err(StoreError::AlreadyExists(format!(
-                "user `{}` exists",
-                user.name
-            )));
-        }
-        Ok(())
+        crate::catalog::added(n != 0, "user", &user.name)
     }
 
     fn user_get(&self, name: &str) -> Result<Option<UserRecord>> {
@@ -124,13 +118,7 @@ impl Catalog for SqliteStore {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![d.id, d.label, d.code_hash, d.secret_hash, d.revoked, d.created_at, d.paired_at],
         )?;
-        if n == 0 {
-            return Err(StoreError::AlreadyExists(format!(
-                "device `{}` exists",
-                d.id
-            )));
-        }
-        Ok(())
+        crate::catalog::added(n != 0, "device", &d.id)
     }
 
     fn device_get(&self, id: &str) -> Result<Option<DeviceRecord>> {
@@ -232,22 +220,28 @@ impl Catalog for SqliteStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let exists =
             |sql: &str, v: &str| -> Result<bool> { Ok(tx.query_row(sql, [v], |r| r.get(0))?) };
-        if !exists("SELECT count(*) FROM fieldsync_tasks WHERE name = ?1", name)? {
-            return Err(StoreError::NotFound(format!("no task `{name}`")));
-        }
+        crate::catalog::found(
+            exists("SELECT count(*) FROM fieldsync_tasks WHERE name = ?1", name)?,
+            "task",
+            name,
+        )?;
         for u in users {
-            if !exists("SELECT count(*) FROM fieldsync_users WHERE name = ?1", u)? {
-                return Err(StoreError::NotFound(format!("no user `{u}`")));
-            }
+            crate::catalog::found(
+                exists("SELECT count(*) FROM fieldsync_users WHERE name = ?1", u)?,
+                "user",
+                u,
+            )?;
             tx.execute(
                 "INSERT OR IGNORE INTO fieldsync_task_users (task, user) VALUES (?1, ?2)",
                 [name, u],
             )?;
         }
         for d in devices {
-            if !exists("SELECT count(*) FROM fieldsync_devices WHERE id = ?1", d)? {
-                return Err(StoreError::NotFound(format!("no device `{d}`")));
-            }
+            crate::catalog::found(
+                exists("SELECT count(*) FROM fieldsync_devices WHERE id = ?1", d)?,
+                "device",
+                d,
+            )?;
             tx.execute(
                 "INSERT OR IGNORE INTO fieldsync_task_devices (task, device) VALUES (?1, ?2)",
                 [name, d],
@@ -333,9 +327,7 @@ impl Catalog for SqliteStore {
             "UPDATE fieldsync_users SET password_hash = ?2 WHERE name = ?1",
             [name, password_hash],
         )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("no user `{name}`")));
-        }
+        crate::catalog::found(n != 0, "user", name)?;
         tx.execute("DELETE FROM fieldsync_sessions WHERE user = ?1", [name])?;
         tx.commit()?;
         Ok(())
@@ -348,9 +340,7 @@ impl Catalog for SqliteStore {
             "UPDATE fieldsync_users SET disabled = ?2 WHERE name = ?1",
             params![name, disabled],
         )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("no user `{name}`")));
-        }
+        crate::catalog::found(n != 0, "user", name)?;
         if disabled {
             tx.execute("DELETE FROM fieldsync_sessions WHERE user = ?1", [name])?;
         }
@@ -373,9 +363,7 @@ impl Catalog for SqliteStore {
         let n = self
             .conn()?
             .execute("DELETE FROM fieldsync_tasks WHERE name = ?1", [name])?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("no task `{name}`")));
-        }
+        crate::catalog::found(n != 0, "task", name)?;
         Ok(())
     }
 
@@ -387,9 +375,7 @@ impl Catalog for SqliteStore {
             [name],
             |r| r.get(0),
         )?;
-        if !exists {
-            return Err(StoreError::NotFound(format!("no task `{name}`")));
-        }
+        crate::catalog::found(exists, "task", name)?;
         for u in users {
             tx.execute(
                 "DELETE FROM fieldsync_task_users WHERE task = ?1 AND user = ?2",

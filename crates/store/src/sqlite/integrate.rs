@@ -177,16 +177,10 @@ impl UploadTx for SqliteUpload<'_> {
         params: &Params,
         key: &Value,
     ) -> Result<bool, StoreError> {
-        let mut binds = Vec::new();
-        let cond = plan::slice_condition(
-            def,
-            t.task_table,
-            params,
-            &super::SqliteDialect,
-            &mut binds,
-            &|name| table_info(self.tx, name),
-            true,
-        )?;
+        let (cond, binds) =
+            plan::row_condition(def, t.task_table, params, &super::SqliteDialect, &|name| {
+                table_info(self.tx, name)
+            })?;
         let table = quote_ident(&t.info.name);
         let sql = format!(
             "SELECT EXISTS (SELECT 1 FROM {table} WHERE {table}.{pk} = ? AND ({cond}))",
@@ -307,16 +301,10 @@ fn current_query(
     t: &TableCtx<'_>,
     params: &Params,
 ) -> Result<CurrentQuery, StoreError> {
-    let mut binds = Vec::new();
-    let cond = plan::slice_condition(
-        def,
-        t.task_table,
-        params,
-        &super::SqliteDialect,
-        &mut binds,
-        &|name| table_info(tx, name),
-        true,
-    )?;
+    let (cond, mut binds) =
+        plan::row_condition(def, t.task_table, params, &super::SqliteDialect, &|name| {
+            table_info(tx, name)
+        })?;
     let table = quote_ident(&t.info.name);
     let cols: Vec<String> = t
         .columns
@@ -503,16 +491,10 @@ impl ParentSlices {
             let parent = def.table(table).expect("checked: parent is in the task");
             let info = table_info(tx, table)?
                 .ok_or_else(|| StoreError::NotFound(format!("table `{table}` is gone")))?;
-            let mut binds = Vec::new();
-            let cond = plan::slice_condition(
-                def,
-                parent,
-                params,
-                &super::SqliteDialect,
-                &mut binds,
-                &|n| table_info(tx, n),
-                true,
-            )?;
+            let (cond, mut binds) =
+                plan::row_condition(def, parent, params, &super::SqliteDialect, &|n| {
+                    table_info(tx, n)
+                })?;
             let pt = quote_ident(table);
             let pk = quote_ident(&info.primary_key);
             let version = ancestor_versions(tx, def, parent)?

@@ -5,7 +5,6 @@
 //! next row version (one past the highest in `fieldsync_rows`; deletes leave a
 //! tombstone). SQLite has one writer at a time, so versions are assigned in commit
 //! order and a snapshot's highest version is a correct cursor.
-
 //!
 //! Files along the store's seams: `schema.rs` fieldsync's objects and the epoch,
 //! `catalog.rs` users, devices, tasks and sessions, `tracking.rs` the triggers and

@@ -227,16 +227,10 @@ fn current_query(
     t: &TableCtx<'_>,
     params: &Params,
 ) -> Result<CurrentQuery, StoreError> {
-    let mut binds = Vec::new();
-    let cond = plan::slice_condition(
-        def,
-        t.task_table,
-        params,
-        &types::PgDialect,
-        &mut binds,
-        &|name| Ok(infos.get(name).cloned().flatten()),
-        true,
-    )?;
+    let (cond, binds) =
+        plan::row_condition(def, t.task_table, params, &types::PgDialect, &|name| {
+            Ok(infos.get(name).cloned().flatten())
+        })?;
     let table = quote_ident(&t.info.name);
     let pk = quote_ident(&t.info.primary_key);
     let cols: Vec<String> = t

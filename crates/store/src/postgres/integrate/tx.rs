@@ -98,16 +98,10 @@ impl UploadTx for PgUpload<'_, '_> {
     ) -> Result<bool, StoreError> {
         self.flush()?;
         let infos = self.task_infos(def)?;
-        let mut binds = Vec::new();
-        let cond = plan::slice_condition(
-            def,
-            t.task_table,
-            params,
-            &types::PgDialect,
-            &mut binds,
-            &|name| Ok(infos.get(name).cloned().flatten()),
-            true,
-        )?;
+        let (cond, binds) =
+            plan::row_condition(def, t.task_table, params, &types::PgDialect, &|name| {
+                Ok(infos.get(name).cloned().flatten())
+            })?;
         let table = quote_ident(&t.info.name);
         let declared = declared_of(&t.info, &t.info.primary_key);
         let sql = format!(
@@ -262,16 +256,10 @@ impl UploadTx for PgUpload<'_, '_> {
         if !self.parent_queries.contains_key(&qkey) {
             let parent = def.table(table).expect("checked: parent is in the task");
             let infos = self.task_infos(def)?;
-            let mut binds = Vec::new();
-            let cond = plan::slice_condition(
-                def,
-                parent,
-                params,
-                &types::PgDialect,
-                &mut binds,
-                &|n| Ok(infos.get(n).cloned().flatten()),
-                true,
-            )?;
+            let (cond, binds) =
+                plan::row_condition(def, parent, params, &types::PgDialect, &|n| {
+                    Ok(infos.get(n).cloned().flatten())
+                })?;
             let pt = quote_ident(table);
             let pk = quote_ident(&info.primary_key);
             let n = binds.len();

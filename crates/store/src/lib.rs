@@ -1,6 +1,8 @@
 //! The main-database interface: fieldsync's own objects (users, devices, tasks,
-//! sessions, change tracking) and the slice stream, behind one [`Store`] trait with a
-//! backend per engine. Nothing here knows about HTTP.
+//! sessions, change tracking) and the slice stream, behind traits by concern
+//! ([`Catalog`], [`SourceData`], [`History`]) that [`Store`] unites, with a backend per
+//! engine (a folder each, beside the engine-neutral code). Nothing here knows about
+//! HTTP.
 
 mod catalog;
 mod dialect;
@@ -22,7 +24,8 @@ pub use plan::{SlicePlan, TablePlan, check_task, quote_ident};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-/// The traits a caller of a `dyn Store` needs in scope.
+/// The concern traits, for code that calls them on a concrete store (on a `dyn Store`
+/// they need no import).
 pub mod prelude {
     pub use crate::{Catalog, History, Schema, Slices, SourceData, Store, Tracking, Uploads};
 }
@@ -209,8 +212,8 @@ pub trait SliceSink {
 }
 
 /// The main database, whatever its engine: its three concerns together. Every method
-/// is blocking; servers call it from a blocking thread. Callers hold a `dyn Store` and
-/// bring the concern traits into scope (`use fieldsync_store::prelude::*`).
+/// is blocking; servers call it from a blocking thread. Callers hold a `dyn Store`,
+/// whose methods are the concern traits' (implemented by every type that has all).
 pub trait Store: Catalog + SourceData + History + Send + Sync {}
 
 impl<T: Catalog + SourceData + History + Send + Sync> Store for T {}

@@ -1,22 +1,34 @@
 //! The main-database interface: fieldsync's own objects (users, devices, tasks,
-//! sessions, change tracking) and the slice stream, behind one [`Store`] trait with a
-//! backend per engine. Nothing here knows about HTTP.
+//! sessions, change tracking) and the slice stream, behind traits by concern
+//! ([`Catalog`], [`SourceData`], [`History`]) that [`Store`] unites, with a backend per
+//! engine (a folder each, beside the engine-neutral code). Nothing here knows about
+//! HTTP.
 
+mod catalog;
+mod dialect;
 mod integrate;
 mod plan;
 mod postgres;
+mod resolve;
 pub mod sample;
 mod sqlite;
 
 use fieldsync_proto::ColumnType;
-use fieldsync_proto::filter::{Dialect, Params};
+use fieldsync_proto::filter::Params;
 use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::task::TaskDef;
 use fieldsync_proto::wire::{Upload, UploadOutcome};
 
+pub use dialect::SqlDialect;
 pub use plan::{SlicePlan, TablePlan, check_task, quote_ident};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+/// The concern traits, for code that calls them on a concrete store (on a `dyn Store`
+/// they need no import).
+pub mod prelude {
+    pub use crate::{Catalog, History, Schema, Slices, SourceData, Store, Tracking, Uploads};
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,22 +56,6 @@ pub enum StoreError {
          upload) holds a row this upload writes; nothing was applied"
     )]
     Locked,
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        match &e {
-            rusqlite::Error::SqliteFailure(f, _)
-                if matches!(
-                    f.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) =>
-            {
-                StoreError::Busy
-            }
-            _ => StoreError::Db(e.to_string()),
-        }
-    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -158,12 +154,6 @@ pub enum IntegrateError {
     Store(#[from] StoreError),
 }
 
-impl From<rusqlite::Error> for IntegrateError {
-    fn from(e: rusqlite::Error) -> Self {
-        IntegrateError::Store(e.into())
-    }
-}
-
 /// A conflict-log record (`admin conflicts list`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ConflictRecord {
@@ -221,37 +211,27 @@ pub trait SliceSink {
     ) -> Result<()>;
 }
 
-/// The main database, whatever its engine. Every method is blocking; servers call it
-/// from a blocking thread.
-pub trait Store: Send + Sync {
-    /// The SQL dialect the filter language compiles to for this engine.
-    fn dialect(&self) -> Dialect;
-    /// Creates or upgrades fieldsync's own objects; idempotent.
-    fn init(&self) -> Result<()>;
-    /// Random id of this main database's history; changes on `epoch reset` (restores).
-    fn epoch(&self) -> Result<String>;
-    /// Gives the main database a new history id (after restoring it from a backup):
-    /// uploads made on replicas of the old history are then judged by value, never
-    /// by a base the restored database may hand out again. Returns the new epoch.
-    fn epoch_reset(&self) -> Result<String>;
+/// The main database, whatever its engine: its three concerns together. Every method
+/// is blocking; servers call it from a blocking thread. Callers hold a `dyn Store`,
+/// whose methods are the concern traits' (implemented by every type that has all).
+pub trait Store: Catalog + SourceData + History + Send + Sync {}
 
-    /// A table of the main database (`None`: no such table).
-    fn table_info(&self, table: &str) -> Result<Option<TableInfo>>;
-    /// Starts change tracking on an existing table; idempotent.
-    fn track_table(&self, table: &str) -> Result<TableInfo>;
-    /// The row version of a row, `None` when never seen; `(version, deleted)`.
-    fn row_version(&self, table: &str, key: &fieldsync_proto::Value)
-    -> Result<Option<(i64, bool)>>;
+impl<T: Catalog + SourceData + History + Send + Sync> Store for T {}
 
+/// fieldsync's own records: users, devices, tasks and their assignments, sessions.
+pub trait Catalog {
     fn user_add(&self, user: &UserRecord) -> Result<()>;
     fn user_get(&self, name: &str) -> Result<Option<UserRecord>>;
-
+    fn user_list(&self) -> Result<Vec<UserRecord>>;
+    fn user_set_password(&self, name: &str, password_hash: &str) -> Result<()>;
+    /// Disabling also ends the user's sessions.
+    fn user_set_disabled(&self, name: &str, disabled: bool) -> Result<()>;
     fn device_add(&self, device: &DeviceRecord) -> Result<()>;
     fn device_get(&self, id: &str) -> Result<Option<DeviceRecord>>;
     /// Consumes the enrollment code (if `code_hash` still matches) and stores the
     /// secret's hash. `false` when the code was wrong or already used.
     fn device_pair(&self, id: &str, code_hash: &str, secret_hash: &str, at: &str) -> Result<bool>;
-
+    fn device_list(&self) -> Result<Vec<DeviceRecord>>;
     /// Stores a task definition checked against the schema; replaces one of that name.
     fn task_put(&self, def: &TaskDef, hash: &str, at: &str) -> Result<()>;
     fn task_get(&self, name: &str) -> Result<Option<TaskRecord>>;
@@ -267,7 +247,8 @@ pub trait Store: Send + Sync {
     /// task, or not assigned to both): one indexed query.
     fn task_assigned(&self, name: &str, user: &str, device: &str) -> Result<Option<TaskRecord>>;
     fn task_assign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()>;
-
+    fn task_unassign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()>;
+    fn task_delete(&self, name: &str) -> Result<()>;
     fn session_put(&self, session: &SessionRecord) -> Result<()>;
     /// The session, unless it expired by the database's clock (one clock for every
     /// server: a server whose own clock runs fast or slow expires nobody early).
@@ -276,10 +257,47 @@ pub trait Store: Send + Sync {
     /// expiry is judged by.
     fn clock_ms(&self) -> Result<i64>;
     fn session_delete(&self, token_hash: &str) -> Result<()>;
+}
 
+/// The organisation's data: fieldsync's objects and epoch, change tracking, the slice
+/// stream and upload integration, each a trait an engine implements in its own file.
+pub trait SourceData: Schema + Tracking + Slices + Uploads {}
+
+impl<T: Schema + Tracking + Slices + Uploads> SourceData for T {}
+
+/// fieldsync's objects in the main database, and the id of its history.
+pub trait Schema {
+    /// Creates or upgrades fieldsync's own objects; idempotent.
+    fn init(&self) -> Result<()>;
+    /// Random id of this main database's history; changes on `epoch reset` (restores).
+    fn epoch(&self) -> Result<String>;
+    /// Gives the main database a new history id (after restoring it from a backup):
+    /// uploads made on replicas of the old history are then judged by value, never
+    /// by a base the restored database may hand out again. Returns the new epoch.
+    fn epoch_reset(&self) -> Result<String>;
+}
+
+/// Change tracking on the organisation's tables.
+pub trait Tracking {
+    /// A table of the main database (`None`: no such table).
+    fn table_info(&self, table: &str) -> Result<Option<TableInfo>>;
+    /// Starts change tracking on an existing table; idempotent.
+    fn track_table(&self, table: &str) -> Result<TableInfo>;
+    /// The row version of a row, `None` when never seen; `(version, deleted)`.
+    fn row_version(&self, table: &str, key: &fieldsync_proto::Value)
+    -> Result<Option<(i64, bool)>>;
+}
+
+/// Slices read in one snapshot, in the engine's SQL.
+pub trait Slices {
+    /// The SQL dialect the filter language compiles to for this engine.
+    fn dialect(&self) -> &'static dyn SqlDialect;
     /// Streams the rows of a planned slice in one snapshot; returns the row counts.
     fn stream_slice(&self, plan: &SlicePlan, sink: &mut dyn SliceSink) -> Result<Vec<u64>>;
+}
 
+/// Uploads checked and integrated, each applied once.
+pub trait Uploads {
     /// Checks and integrates an upload in one transaction that also records its id;
     /// an upload id seen before returns the recorded outcome and applies nothing.
     fn integrate(
@@ -287,25 +305,18 @@ pub trait Store: Send + Sync {
         ctx: &IntegrateContext<'_>,
         upload: &Upload,
     ) -> Result<UploadOutcome, IntegrateError>;
-
     /// The device, user and outcome (JSON) recorded for an upload id, if any: the
     /// server answers a known upload with it before any other check.
     fn upload_recorded(&self, upload_id: &str) -> Result<Option<(String, String, String)>>;
+}
 
+/// What happened: the sync history and the conflict log.
+pub trait History {
+    fn history_record(&self, s: &HistoryRecord) -> Result<()>;
+    fn history(&self) -> Result<Vec<HistoryRecord>>;
     fn conflicts_list(&self) -> Result<Vec<ConflictRecord>>;
     /// Applies the logged device or server values of a conflict and marks it resolved.
     fn conflict_resolve(&self, id: i64, take_device: bool, at: &str) -> Result<ConflictRecord>;
-
-    fn history_record(&self, s: &HistoryRecord) -> Result<()>;
-    fn history(&self) -> Result<Vec<HistoryRecord>>;
-
-    fn user_list(&self) -> Result<Vec<UserRecord>>;
-    fn user_set_password(&self, name: &str, password_hash: &str) -> Result<()>;
-    /// Disabling also ends the user's sessions.
-    fn user_set_disabled(&self, name: &str, disabled: bool) -> Result<()>;
-    fn device_list(&self) -> Result<Vec<DeviceRecord>>;
-    fn task_delete(&self, name: &str) -> Result<()>;
-    fn task_unassign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()>;
 }
 
 /// Plans a task's slice for one user and device against the store's schema.

@@ -2,11 +2,12 @@
 //! and the query that selects its rows. Engine-neutral; the filter language renders
 //! the dialect's SQL.
 
-use fieldsync_proto::filter::{self, Dialect, Params};
+use fieldsync_proto::filter::{self, Params};
 use fieldsync_proto::task::{TaskDef, TaskTable, WriteOp};
 use fieldsync_proto::wire::{ColumnDef, TableSchema};
 use fieldsync_proto::{ColumnType, Value};
 
+use crate::dialect::SqlDialect;
 use crate::{Result, StoreError, TableInfo};
 
 /// One table of a slice: what the header describes and the queries that read it.
@@ -143,7 +144,7 @@ pub fn check_task(def: &TaskDef, lookup: &dyn Fn(&str) -> Result<Option<TableInf
 pub fn plan_slice(
     def: &TaskDef,
     params: &Params,
-    dialect: Dialect,
+    dialect: &dyn SqlDialect,
     lookup: &dyn Fn(&str) -> Result<Option<TableInfo>>,
 ) -> Result<SlicePlan> {
     let mut tables = Vec::with_capacity(def.tables.len());
@@ -176,7 +177,7 @@ pub fn plan_slice(
         let select_list: Vec<String> = cols
             .iter()
             .zip(&declared)
-            .map(|(c, d)| read_sql(dialect, &format!("{table}.{}", quote_ident(c)), d))
+            .map(|(c, d)| dialect.read_expr(&format!("{table}.{}", quote_ident(c)), d))
             .collect();
         let select_sql = format!(
             "SELECT {} FROM {table} WHERE {condition}",
@@ -205,6 +206,20 @@ pub fn plan_slice(
     })
 }
 
+/// The condition that one row of task table `t` is in the slice (an upload's checks),
+/// with the values it binds.
+pub(crate) fn row_condition(
+    def: &TaskDef,
+    t: &TaskTable,
+    params: &Params,
+    dialect: &dyn SqlDialect,
+    lookup: &dyn Fn(&str) -> Result<Option<TableInfo>>,
+) -> Result<(String, Vec<Value>)> {
+    let mut binds = Vec::new();
+    let cond = slice_condition(def, t, params, dialect, &mut binds, lookup, true)?;
+    Ok((cond, binds))
+}
+
 /// The WHERE condition of a table: its filter, and membership of its parent's slice.
 ///
 /// `one_row`: the condition tests one row (upload checks), so parent membership is an
@@ -213,7 +228,7 @@ pub(crate) fn slice_condition(
     def: &TaskDef,
     t: &TaskTable,
     params: &Params,
-    dialect: Dialect,
+    dialect: &dyn SqlDialect,
     binds: &mut Vec<Value>,
     lookup: &dyn Fn(&str) -> Result<Option<TableInfo>>,
     one_row: bool,
@@ -223,20 +238,21 @@ pub(crate) fn slice_condition(
     if let Some(f) = &t.filter {
         let expr =
             filter::parse(f).map_err(|e| invalid(format!("table `{}`: filter: {e}", t.name)))?;
-        let info = match dialect {
-            Dialect::Sqlite => None,
-            Dialect::Postgres => lookup(&t.name)?,
+        let info = if dialect.typed_filters() {
+            lookup(&t.name)?
+        } else {
+            None
         };
         let column_sql = |c: &str| {
             let column = format!("{table}.{}", quote_ident(c));
             match info.as_ref().and_then(|i| i.column(c)) {
-                Some(ci) => filter_sql(dialect, &column, &ci.declared_type),
+                Some(ci) => dialect.filter_expr(&column, &ci.declared_type),
                 None => column,
             }
         };
         parts.push(format!(
             "({})",
-            expr.to_sql(dialect, &column_sql, params, binds)
+            expr.to_sql(dialect.filter_dialect(), &column_sql, params, binds)
         ));
     }
     if let Some(p) = &t.parent {
@@ -259,24 +275,6 @@ pub(crate) fn slice_condition(
     } else {
         parts.join(" AND ")
     })
-}
-
-/// How a column is read for the slice: as stored (SQLite), or through its canonical
-/// expression (PostgreSQL, see `postgres::types`).
-pub(crate) fn read_sql(dialect: Dialect, column: &str, declared: &str) -> String {
-    match dialect {
-        Dialect::Sqlite => column.to_string(),
-        Dialect::Postgres => crate::postgres::types::read_expr(column, declared),
-    }
-}
-
-/// How the filter language sees a column: numbers as numbers, the rest as the text
-/// the device gets.
-pub(crate) fn filter_sql(dialect: Dialect, column: &str, declared: &str) -> String {
-    match dialect {
-        Dialect::Sqlite => column.to_string(),
-        Dialect::Postgres => crate::postgres::types::filter_expr(column, declared),
-    }
 }
 
 /// The parent chain of a task table, for a row joined as the table itself: per

@@ -8,9 +8,12 @@
 //! and `DateStyle`), numerics are their exact text, floats travel binary. The pool's
 //! connections also pin the settings that steer input (`connection_options`).
 
+use fieldsync_proto::filter::Dialect;
 use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::{ColumnType, Value};
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+use crate::dialect::SqlDialect;
 
 /// What a column's values are on the wire, and how they are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +121,37 @@ impl Kind {
             Kind::Text | Kind::Temporal(_) | Kind::TextForm => ColumnType::Text,
             Kind::Bytes => ColumnType::Blob,
         }
+    }
+}
+
+/// PostgreSQL's SQL for the engine-neutral code: columns read and compared through
+/// their canonical expressions, values bound as text cast to the column's type, rows
+/// held `FOR UPDATE`.
+pub(crate) struct PgDialect;
+
+impl SqlDialect for PgDialect {
+    fn filter_dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn read_expr(&self, column: &str, declared: &str) -> String {
+        read_expr(column, declared)
+    }
+
+    fn typed_filters(&self) -> bool {
+        true
+    }
+
+    fn filter_expr(&self, column: &str, declared: &str) -> String {
+        filter_expr(column, declared)
+    }
+
+    fn param(&self, n: usize, declared: &str) -> String {
+        write_param(n, declared)
+    }
+
+    fn lock_row(&self) -> &'static str {
+        " FOR UPDATE"
     }
 }
 

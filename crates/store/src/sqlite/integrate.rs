@@ -7,12 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use fieldsync_proto::Value;
 use fieldsync_proto::conflict::{Current, Write};
-use fieldsync_proto::filter::{Dialect, Params};
+use fieldsync_proto::filter::Params;
 use fieldsync_proto::task::{TaskDef, TaskTable};
 use fieldsync_proto::wire::{Upload, UploadOutcome};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{SqliteStore, table_info, to_sql_value};
+use crate::Uploads;
 use crate::integrate::{
     self, ApplyError, BaseKind, ConflictLog, Lookups, TableCtx, UploadTx, op_name,
 };
@@ -176,16 +177,10 @@ impl UploadTx for SqliteUpload<'_> {
         params: &Params,
         key: &Value,
     ) -> Result<bool, StoreError> {
-        let mut binds = Vec::new();
-        let cond = plan::slice_condition(
-            def,
-            t.task_table,
-            params,
-            Dialect::Sqlite,
-            &mut binds,
-            &|name| table_info(self.tx, name),
-            true,
-        )?;
+        let (cond, binds) =
+            plan::row_condition(def, t.task_table, params, &super::SqliteDialect, &|name| {
+                table_info(self.tx, name)
+            })?;
         let table = quote_ident(&t.info.name);
         let sql = format!(
             "SELECT EXISTS (SELECT 1 FROM {table} WHERE {table}.{pk} = ? AND ({cond}))",
@@ -306,16 +301,10 @@ fn current_query(
     t: &TableCtx<'_>,
     params: &Params,
 ) -> Result<CurrentQuery, StoreError> {
-    let mut binds = Vec::new();
-    let cond = plan::slice_condition(
-        def,
-        t.task_table,
-        params,
-        Dialect::Sqlite,
-        &mut binds,
-        &|name| table_info(tx, name),
-        true,
-    )?;
+    let (cond, mut binds) =
+        plan::row_condition(def, t.task_table, params, &super::SqliteDialect, &|name| {
+            table_info(tx, name)
+        })?;
     let table = quote_ident(&t.info.name);
     let cols: Vec<String> = t
         .columns
@@ -502,16 +491,10 @@ impl ParentSlices {
             let parent = def.table(table).expect("checked: parent is in the task");
             let info = table_info(tx, table)?
                 .ok_or_else(|| StoreError::NotFound(format!("table `{table}` is gone")))?;
-            let mut binds = Vec::new();
-            let cond = plan::slice_condition(
-                def,
-                parent,
-                params,
-                Dialect::Sqlite,
-                &mut binds,
-                &|n| table_info(tx, n),
-                true,
-            )?;
+            let (cond, mut binds) =
+                plan::row_condition(def, parent, params, &super::SqliteDialect, &|n| {
+                    table_info(tx, n)
+                })?;
             let pt = quote_ident(table);
             let pk = quote_ident(&info.primary_key);
             let version = ancestor_versions(tx, def, parent)?
@@ -541,5 +524,26 @@ impl ParentSlices {
             })?;
         self.known.insert(id, inside);
         Ok(inside)
+    }
+}
+
+impl Uploads for SqliteStore {
+    fn integrate(
+        &self,
+        ctx: &IntegrateContext<'_>,
+        upload: &Upload,
+    ) -> Result<UploadOutcome, IntegrateError> {
+        integrate(self, ctx, upload)
+    }
+
+    fn upload_recorded(&self, upload_id: &str) -> crate::Result<Option<(String, String, String)>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT device, user, outcome FROM fieldsync_uploads WHERE upload_id = ?1",
+                [upload_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
     }
 }

@@ -1,355 +1,7 @@
-//! Integrating an upload, engine-neutral: check every entry, apply what
-//! `conflict::decide` says, log conflicts and record the upload id, or refuse the
-//! whole upload when any entry is forbidden. The engine supplies one open transaction
-//! ([`UploadTx`]); it commits when this returns `Ok` and rolls back otherwise.
+//! Applying an upload's entries in the engine's transaction: each entry judged
+//! against the row as it is, written, logged as a conflict or refused.
 
-use std::collections::HashMap;
-
-use fieldsync_proto::conflict::{self, ConflictNote, Current, Decision, Write};
-use fieldsync_proto::filter::{self, Expr, Params};
-use fieldsync_proto::task::{TaskDef, TaskTable, WriteOp};
-use fieldsync_proto::wire::{NewVersion, Upload, UploadEntry, UploadOutcome};
-use fieldsync_proto::{ColumnType, Value};
-
-use crate::plan;
-use crate::{IntegrateContext, IntegrateError, StoreError, TableInfo};
-
-/// What integration needs to know about one table of the task.
-pub(crate) struct TableCtx<'t> {
-    pub task_table: &'t TaskTable,
-    pub info: TableInfo,
-    /// The task's columns of the table, primary key first.
-    pub columns: Vec<String>,
-    pub filter: Option<Expr>,
-}
-
-/// A write the main database refused, or a failure of the database itself.
-pub(crate) enum ApplyError {
-    /// A constraint or a value the database would not take: the upload is refused.
-    Refused(String),
-    Store(StoreError),
-}
-
-/// The reads the checks of an upload's entries need: the schema and fieldsync's
-/// users. None takes a lock: [`precheck`] runs them before the engine locks anything,
-/// and the upload's transaction again ([`UploadTx`]).
-pub(crate) trait Lookups {
-    fn table_info(&mut self, table: &str) -> Result<Option<TableInfo>, StoreError>;
-    fn user_enabled(&mut self, user: &str) -> Result<bool, StoreError>;
-    /// Whether `user` ever logged in on `device` (a journal entry's user must have).
-    fn user_logged_in(&mut self, device: &str, user: &str) -> Result<bool, StoreError>;
-    /// The device and recorded outcome (JSON) of an upload id seen before, read
-    /// without waiting for anything.
-    fn recorded_now(&mut self, upload_id: &str) -> Result<Option<(String, String)>, StoreError>;
-}
-
-/// One upload's transaction in the engine: reads judged against the entry's base
-/// version (how versions compare is the engine's own), writes, and the logs.
-pub(crate) trait UploadTx: Lookups {
-    /// The device and recorded outcome (JSON) of an upload id seen before (an engine
-    /// may wait here for the same upload integrated elsewhere).
-    fn recorded(&mut self, upload_id: &str) -> Result<Option<(String, String)>, StoreError>;
-    /// What kind of base `base` is for `device`; `None`: past every base the server
-    /// ever handed out, so never handed to this device.
-    fn base_kind(&mut self, device: &str, base: i64) -> Result<Option<BaseKind>, StoreError>;
-    /// Whether the row with `key`, as the main database stores it now (after its own
-    /// conversions), is in the slice of `params`' user.
-    fn stored_in_slice(
-        &mut self,
-        def: &TaskDef,
-        t: &TableCtx<'_>,
-        params: &Params,
-        key: &Value,
-    ) -> Result<bool, StoreError>;
-    /// The entry's row now, for the slice of `params`' user, locked against concurrent
-    /// writers until the transaction ends.
-    fn current(
-        &mut self,
-        def: &TaskDef,
-        t: &TableCtx<'_>,
-        params: &Params,
-        key: &Value,
-        base: Option<i64>,
-    ) -> Result<Option<Current>, StoreError>;
-    /// The upload's entries before any is judged, in order: an engine may read and
-    /// lock their rows ahead in a few statements instead of one per entry. `current`
-    /// is then called once per entry, in this order.
-    fn read_ahead(&mut self, _entries: &[UploadEntry]) {}
-    /// Whether a parent row is in the slice; when not, whether it (or its own parent
-    /// chain) changed since `base`, i.e. left the slice after the device saw it.
-    fn parent(
-        &mut self,
-        def: &TaskDef,
-        table: &str,
-        params: &Params,
-        key: &Value,
-        base: Option<i64>,
-    ) -> Result<(bool, bool), StoreError>;
-    /// Puts a device's values of `row` in the form they travel in: an engine whose
-    /// columns have a canonical text (PostgreSQL's times and numerics) gives the text
-    /// the device would download (`2026-11-26T08:30:00Z` becomes
-    /// `2026-11-26T08:30:00.000000Z`, `0.2` in a `numeric(6,2)` column `0.20`), so a
-    /// device's own value written in another form compares equal to the row as read.
-    /// A value the column cannot take is left as it is (its write is refused later).
-    fn canonical(&mut self, _info: &TableInfo, _row: &mut conflict::Row) -> Result<(), StoreError> {
-        Ok(())
-    }
-    /// A parent table was written: what `parent` learnt may be stale.
-    fn forget_parents(&mut self);
-    fn apply(&mut self, info: &TableInfo, key: &Value, write: &Write) -> Result<(), ApplyError>;
-    /// The version a device may take as its base of a row this upload wrote (handed
-    /// to `device`, so recorded as one of its bases).
-    fn new_version(&mut self, device: &str) -> Result<i64, StoreError>;
-    fn log_conflict(&mut self, c: &ConflictLog<'_>) -> Result<(), StoreError>;
-    /// Records the upload id with its outcome (JSON), in the same transaction.
-    fn record(
-        &mut self,
-        ctx: &IntegrateContext<'_>,
-        upload_id: &str,
-        outcome: &str,
-    ) -> Result<(), StoreError>;
-}
-
-/// Where a base a device sends came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BaseKind {
-    /// A download's cursor (or a base handed out before bases were recorded).
-    Download,
-    /// An upload's acknowledgement: the version of rows that upload wrote.
-    Upload,
-    /// Not recorded for this device, but not past anything the server handed out (a
-    /// download's base recorded late, bases emptied, a restored history): the entry's
-    /// row counts as changed, so its values are compared and nothing is overwritten
-    /// silently; a row outside the slice is refused (only a restore excuses it).
-    Unknown,
-}
-
-/// One conflict-log record as the engine stores it.
-pub(crate) struct ConflictLog<'a> {
-    pub ctx: &'a IntegrateContext<'a>,
-    pub entry: &'a UploadEntry,
-    pub policy: &'a str,
-    pub note: &'a ConflictNote,
-    pub server_version: Option<i64>,
-}
-
-pub(crate) fn op_name(op: WriteOp) -> &'static str {
-    match op {
-        WriteOp::Insert => "insert",
-        WriteOp::Update => "update",
-        WriteOp::Delete => "delete",
-    }
-}
-
-/// Names an entry in refusals: its position, operation, table and key.
-pub(crate) fn entry_label(i: usize, e: &UploadEntry) -> String {
-    format!(
-        "entry {} ({} of `{}` key {}, journal #{})",
-        i + 1,
-        op_name(e.op),
-        e.table,
-        serde_json::to_string(&e.key).unwrap_or_default(),
-        e.seq_first
-    )
-}
-
-/// The entry a refusal names; built only when refusing (the hot path never formats).
-struct Label<'a>(usize, &'a UploadEntry);
-
-fn forbidden(label: &Label<'_>, why: impl std::fmt::Display) -> IntegrateError {
-    IntegrateError::Forbidden(format!("{}: {why}", entry_label(label.0, label.1)))
-}
-
-/// The recorded outcome of an upload id, as the answer to its repeat.
-fn repeated(
-    ctx: &IntegrateContext<'_>,
-    device: &str,
-    outcome: &str,
-) -> Result<UploadOutcome, IntegrateError> {
-    if device != ctx.device {
-        return Err(IntegrateError::Forbidden(
-            "the upload id belongs to another device".into(),
-        ));
-    }
-    let mut outcome: UploadOutcome = serde_json::from_str(outcome)
-        .map_err(|e| StoreError::Db(format!("recorded outcome unreadable: {e}")))?;
-    outcome.repeated = true;
-    Ok(outcome)
-}
-
-/// The task's tables as they are today (none when the task is gone), each with its
-/// columns and filter; a table gone, untracked or without a task column is an error.
-fn today_tables<'a, L: Lookups + ?Sized>(
-    l: &mut L,
-    ctx: &IntegrateContext<'a>,
-) -> Result<HashMap<&'a str, TableCtx<'a>>, IntegrateError> {
-    let def = ctx.today.map_or(ctx.task, |t| &t.def);
-    let mut tables = HashMap::new();
-    for t in ctx
-        .today
-        .map(|t| t.def.tables.as_slice())
-        .unwrap_or_default()
-    {
-        let info = l
-            .table_info(&t.name)?
-            .ok_or_else(|| StoreError::NotFound(format!("table `{}` is gone", t.name)))?;
-        if !info.tracked {
-            return Err(plan::untracked(&t.name).into());
-        }
-        let columns = plan::slice_columns(t, &info);
-        if let Some(gone) = columns.iter().find(|c| info.column(c).is_none()) {
-            return Err(StoreError::Invalid(format!(
-                "column `{gone}` no longer exists in table `{}` of the main database (the office \
-                 changed its schema); ask the office to update task `{}`",
-                t.name, def.name
-            ))
-            .into());
-        }
-        let filter = t
-            .filter
-            .as_deref()
-            .map(filter::parse)
-            .transpose()
-            .map_err(|e| StoreError::Db(e.to_string()))?;
-        tables.insert(
-            t.name.as_str(),
-            TableCtx {
-                task_table: t,
-                info,
-                columns,
-                filter,
-            },
-        );
-    }
-    Ok(tables)
-}
-
-/// Entry users judged so far in an upload: allowed, or why not.
-type UserChecks = HashMap<String, Result<(), String>>;
-
-/// The checks of one entry that depend on nothing the upload's transaction locks
-/// (the task versions, the schema, the entry's users): a refusal, `None` when the
-/// entry is a `task-changed` conflict (logged, not applied), else today's table.
-fn judge_static<'t, 'a, L: Lookups + ?Sized>(
-    l: &mut L,
-    ctx: &IntegrateContext<'a>,
-    tables: &'t HashMap<&'a str, TableCtx<'a>>,
-    users: &mut UserChecks,
-    i: usize,
-    e: &UploadEntry,
-) -> Result<Option<&'t TableCtx<'a>>, IntegrateError> {
-    let label = Label(i, e);
-    let device_def = ctx.task;
-    // What the device's own task version never allowed refuses the upload.
-    let device_table = device_def.table(&e.table).ok_or_else(|| {
-        forbidden(
-            &label,
-            format!("table `{}` is not in task `{}`", e.table, device_def.name),
-        )
-    })?;
-    if !device_table.write.contains(&e.op) {
-        return Err(forbidden(
-            &label,
-            format!(
-                "task `{}` does not allow {} on table `{}`",
-                device_def.name,
-                op_name(e.op),
-                e.table
-            ),
-        ));
-    }
-    let user_check = match users.get(e.user.as_str()) {
-        Some(ok) => ok.clone(),
-        None => {
-            let ok = if !l.user_enabled(&e.user)? {
-                Err(format!("user `{}` is disabled", e.user))
-            } else if !l.user_logged_in(ctx.device, &e.user)? {
-                Err(format!(
-                    "user `{}` never logged in on device `{}`",
-                    e.user, ctx.device
-                ))
-            } else {
-                Ok(())
-            };
-            users.insert(e.user.clone(), ok.clone());
-            ok
-        }
-    };
-    user_check.map_err(|why| forbidden(&label, why))?;
-    let today = tables.get(e.table.as_str());
-    let written = || e.new.keys().chain(e.old.keys());
-    if let Some(cols) = &device_table.columns {
-        let key = today.map(|t| &t.info.primary_key);
-        let parent_key = device_table.parent.as_ref().map(|p| &p.key);
-        if let Some(col) =
-            written().find(|c| !cols.contains(c) && Some(*c) != key && Some(*c) != parent_key)
-        {
-            return Err(forbidden(
-                &label,
-                format!("column `{col}` is not in the task"),
-            ));
-        }
-    }
-    let def = ctx.today.map_or(device_def, |t| &t.def);
-    // A column the office dropped is its schema change, not the device's fault.
-    if let Some(t) = today
-        && let Some(col) = written().find(|c| t.info.column(c).is_none())
-    {
-        return Err(IntegrateError::Store(StoreError::Invalid(format!(
-            "{}: column `{col}` no longer exists in table `{}` of the main database \
-             (the office changed its schema); ask the office to update task `{}`",
-            entry_label(i, e),
-            e.table,
-            def.name
-        ))));
-    }
-    // What that version allowed and today's task does not (a table, column or
-    // permission removed, the user unassigned, the task unassigned, deleted or
-    // renamed) is a conflict: logged, not applied; the rest of the upload goes on.
-    let allowed_today = |t: &&TableCtx<'_>| {
-        ctx.today.is_some_and(|x| x.users.contains(&e.user))
-            && t.task_table.write.contains(&e.op)
-            && written().all(|c| t.columns.contains(c))
-    };
-    let Some(t) = today.filter(allowed_today) else {
-        return Ok(None);
-    };
-    let pk = &t.info.primary_key;
-    if e.op == WriteOp::Update && e.new.contains_key(pk) {
-        return Err(forbidden(&label, "primary-key values cannot be updated"));
-    }
-    if e.op == WriteOp::Insert && !e.new.get(pk).is_some_and(|k| k.same(&e.key)) {
-        return Err(forbidden(&label, "an insert must carry its key"));
-    }
-    Ok(Some(t))
-}
-
-/// The checks of every entry that need no lock (see [`judge_static`]), over the whole
-/// upload before the engine takes any: a forbidden entry, even the last of a million,
-/// is refused without ever holding a write lock or a row lock. `Some`: the upload id
-/// was recorded meanwhile (its outcome is the answer). The upload's transaction
-/// checks again what it reads (a user disabled in between is still refused).
-pub(crate) fn precheck(
-    l: &mut dyn Lookups,
-    ctx: &IntegrateContext<'_>,
-    upload: &Upload,
-) -> Result<Option<UploadOutcome>, IntegrateError> {
-    let checked = today_tables(l, ctx).and_then(|tables| {
-        let mut users = UserChecks::new();
-        for (i, e) in upload.entries.iter().enumerate() {
-            judge_static(l, ctx, &tables, &mut users, i, e)?;
-        }
-        Ok(())
-    });
-    match checked {
-        Ok(()) => Ok(None),
-        // A known upload is answered with its outcome, whatever changed since.
-        Err(refusal) => match l.recorded_now(&upload.upload_id)? {
-            Some((device, outcome)) => repeated(ctx, &device, &outcome).map(Some),
-            None => Err(refusal),
-        },
-    }
-}
+use super::*;
 
 pub(crate) fn integrate(
     tx: &mut dyn UploadTx,
@@ -507,15 +159,7 @@ pub(crate) fn integrate(
             });
         let decision = if earlier == Some(Done::Skipped) {
             // The entry this one builds on was not applied: neither is this one.
-            Decision::Skip(Some(ConflictNote {
-                kind: "left-slice",
-                resolution: "not-applied",
-                device: e.new.clone(),
-                server: current
-                    .as_ref()
-                    .map(|c| c.values.clone())
-                    .unwrap_or_default(),
-            }))
+            Decision::Skip(Some(not_applied_note("left-slice", e, current.as_ref())))
         } else {
             conflict::decide(
                 e,
@@ -547,15 +191,7 @@ pub(crate) fn integrate(
             (Some(Write::Update(_)), WriteOp::Insert)
                 if !t.task_table.write.contains(&WriteOp::Update) =>
             {
-                let lost = ConflictNote {
-                    kind: "insert-exists",
-                    resolution: "not-applied",
-                    device: e.new.clone(),
-                    server: current
-                        .as_ref()
-                        .map(|c| c.values.clone())
-                        .unwrap_or_default(),
-                };
+                let lost = not_applied_note("insert-exists", e, current.as_ref());
                 (None, Some(lost))
             }
             _ => (write, note),
@@ -667,6 +303,20 @@ pub(crate) fn integrate(
     let recorded = serde_json::to_string(&outcome).expect("serializes");
     tx.record(ctx, &upload.upload_id, &recorded)?;
     Ok(outcome)
+}
+
+/// The note of an entry not applied: the device's values against the row as it is.
+fn not_applied_note(
+    kind: &'static str,
+    e: &UploadEntry,
+    current: Option<&Current>,
+) -> ConflictNote {
+    ConflictNote {
+        kind,
+        resolution: "not-applied",
+        device: e.new.clone(),
+        server: current.map(|c| c.values.clone()).unwrap_or_default(),
+    }
 }
 
 /// Logs an entry the device had every reason to make and the server does not apply

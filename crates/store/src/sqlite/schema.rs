@@ -1,0 +1,203 @@
+//! fieldsync's own objects in a SQLite main database, their creation and upgrade
+//! (`init`), and the epoch.
+
+use rusqlite::OptionalExtension;
+
+use super::SqliteStore;
+use crate::Schema;
+use crate::{Result, StoreError};
+
+/// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS fieldsync_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fieldsync_tracked (name TEXT PRIMARY KEY, primary_key TEXT NOT NULL, tracked_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fieldsync_rows (
+    tbl TEXT NOT NULL,
+    pk NOT NULL,
+    version INTEGER NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tbl, pk)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fieldsync_rows_by_version ON fieldsync_rows (version);
+CREATE TABLE IF NOT EXISTS fieldsync_users (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    admin INTEGER NOT NULL DEFAULT 0,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fieldsync_devices (
+    id TEXT PRIMARY KEY,
+    label TEXT,
+    code_hash TEXT,
+    secret_hash TEXT,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    paired_at TEXT
+);
+CREATE TABLE IF NOT EXISTS fieldsync_tasks (
+    name TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+-- Every definition a task ever had, by hash: an upload is judged against the one the
+-- device worked under.
+CREATE TABLE IF NOT EXISTS fieldsync_task_versions (
+    hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fieldsync_task_users (
+    task TEXT NOT NULL REFERENCES fieldsync_tasks (name) ON DELETE CASCADE,
+    user TEXT NOT NULL REFERENCES fieldsync_users (name) ON DELETE CASCADE,
+    PRIMARY KEY (task, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fieldsync_task_devices (
+    task TEXT NOT NULL REFERENCES fieldsync_tasks (name) ON DELETE CASCADE,
+    device TEXT NOT NULL REFERENCES fieldsync_devices (id) ON DELETE CASCADE,
+    PRIMARY KEY (task, device)
+) WITHOUT ROWID;
+-- Authorization asks "the tasks of this user and this device": both ways indexed.
+CREATE INDEX IF NOT EXISTS fieldsync_task_users_by_user ON fieldsync_task_users (user, task);
+CREATE INDEX IF NOT EXISTS fieldsync_task_devices_by_device ON fieldsync_task_devices (device, task);
+CREATE TABLE IF NOT EXISTS fieldsync_uploads (
+    upload_id TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    user TEXT NOT NULL,
+    task TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fieldsync_conflicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    device TEXT NOT NULL,
+    user TEXT NOT NULL,
+    task TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    key TEXT NOT NULL,
+    op TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    resolution TEXT NOT NULL,
+    device_values TEXT NOT NULL,
+    server_values TEXT NOT NULL,
+    base_version INTEGER,
+    server_version INTEGER,
+    resolved_at TEXT,
+    resolved_take TEXT
+);
+CREATE TABLE IF NOT EXISTS fieldsync_sync_sessions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,
+    user TEXT NOT NULL,
+    task TEXT,
+    op TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    result TEXT NOT NULL,
+    message TEXT NOT NULL,
+    rows_down INTEGER NOT NULL,
+    rows_up INTEGER NOT NULL,
+    bytes_down INTEGER NOT NULL,
+    bytes_up INTEGER NOT NULL,
+    conflicts INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fieldsync_sessions (
+    token_hash TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    user TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+-- Who has logged in on which device: a journal entry's user must be one of them.
+CREATE TABLE IF NOT EXISTS fieldsync_device_users (
+    device TEXT NOT NULL,
+    user TEXT NOT NULL,
+    first_at TEXT NOT NULL,
+    PRIMARY KEY (device, user)
+) WITHOUT ROWID;
+-- The bases handed to each device: a download's cursor (low = high), or the range of
+-- versions an upload's writes were stamped with. A device may base a change only on
+-- one of its own.
+CREATE TABLE IF NOT EXISTS fieldsync_bases (
+    device TEXT NOT NULL,
+    low INTEGER NOT NULL,
+    high INTEGER NOT NULL,
+    PRIMARY KEY (device, high, low)
+) WITHOUT ROWID;
+"#;
+
+impl Schema for SqliteStore {
+    fn init(&self) -> Result<()> {
+        let mut conn = self.connect(true)?;
+        // WAL lets the slice stream read a snapshot while the office keeps writing.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Db(format!(
+                "cannot switch the main database to WAL (got {mode})"
+            )));
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA)?;
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT CAST(value AS INTEGER) FROM fieldsync_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(v) = existing
+            && v > SCHEMA_VERSION
+        {
+            return Err(StoreError::Invalid(format!(
+                "the main database was set up by a newer fieldsync (schema {v}, this build knows {SCHEMA_VERSION})"
+            )));
+        }
+        tx.execute(
+            "INSERT INTO fieldsync_meta (key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [SCHEMA_VERSION.to_string()],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO fieldsync_meta (key, value) VALUES ('epoch', ?1)",
+            [crate::random_hex(16)],
+        )?;
+        // Task definitions before versions were kept: the current ones.
+        tx.execute(
+            "INSERT OR IGNORE INTO fieldsync_task_versions (hash, name, definition, at)
+             SELECT hash, name, definition, updated_at FROM fieldsync_tasks",
+            [],
+        )?;
+        // Logins before they were recorded: the sessions still known.
+        tx.execute(
+            "INSERT OR IGNORE INTO fieldsync_device_users (device, user, first_at)
+             SELECT device, user, min(created_at) FROM fieldsync_sessions GROUP BY device, user",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn epoch(&self) -> Result<String> {
+        let conn = self.conn()?;
+        Ok(conn.query_row(
+            "SELECT value FROM fieldsync_meta WHERE key = 'epoch'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn epoch_reset(&self) -> Result<String> {
+        self.conn()?.execute(
+            "UPDATE fieldsync_meta SET value = ?1 WHERE key = 'epoch'",
+            [crate::random_hex(16)],
+        )?;
+        self.epoch()
+    }
+}

@@ -5,6 +5,7 @@ pub mod conflict;
 pub mod filter;
 pub mod frame;
 pub mod password;
+pub mod stream;
 pub mod task;
 pub mod time;
 pub mod value;

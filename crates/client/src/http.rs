@@ -182,7 +182,7 @@ impl Api {
             .set("content-type", "application/x-fieldsync-upload+zstd")
             .set(
                 HEADER_BODY_CRC32,
-                &format!("{:08x}", fieldsync_proto::frame::crc32(body)),
+                &fieldsync_proto::upload_body::crc_header(body),
             )
             .send_bytes(body)
             .map_err(|e| self.map_err(e))?;

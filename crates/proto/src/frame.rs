@@ -43,10 +43,8 @@ fn corrupt(what: impl Into<String>) -> FrameError {
     FrameError::Corrupt(what.into())
 }
 
-/// CRC-32 of a byte string (upload bodies).
-pub fn crc32(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes)
-}
+/// CRC-32 of a byte string (upload bodies; its home is `upload_body`).
+pub use crate::upload_body::crc32;
 
 /// A borrowed cell, decoded in place from a row batch.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -8,6 +8,7 @@ pub mod password;
 pub mod stream;
 pub mod task;
 pub mod time;
+pub mod upload_body;
 pub mod value;
 pub mod wire;
 

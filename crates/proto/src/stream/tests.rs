@@ -52,10 +52,11 @@ fn written(n: i64) -> Vec<u8> {
     w.finish().unwrap()
 }
 
+/// What a whole stream holds: header, rows (table, values), trailer.
+type Slice = (SliceHeader, Vec<(usize, Vec<Value>)>, SliceTrailer);
+
 /// Everything a stream holds, or why it was refused.
-fn read_all(
-    bytes: &[u8],
-) -> Result<(SliceHeader, Vec<(usize, Vec<Value>)>, SliceTrailer), StreamError> {
+fn read_all(bytes: &[u8]) -> Result<Slice, StreamError> {
     let mut r = SliceReader::new(bytes)?;
     let mut header = None;
     let mut rows = Vec::new();
@@ -194,7 +195,8 @@ fn the_header_comes_first_and_once() {
 
 #[test]
 fn a_bad_header_is_refused() {
-    let cases: [(&str, fn(&mut SliceHeader)); 6] = [
+    type Damage = fn(&mut SliceHeader);
+    let cases: [(&str, Damage); 6] = [
         ("no tables", |h| h.tables.clear()),
         ("table name `fieldsync_x`", |h| {
             h.tables[0].name = "fieldsync_x".into()

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-/// Network limits of a [`crate::Device`]'s calls to the server.
+/// Network limits of a [`crate::Device`]'s calls to the server. The timeouts are the
+/// default transport's ([`crate::transport::UreqTransport`]); an app's own
+/// [`crate::Transport`] keeps its own, and the retries and backoff apply to either.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     /// Longest wait to connect, default 10 s.

@@ -1,18 +1,22 @@
-//! The server's API as the device calls it (blocking HTTP). Maps transport failures
-//! and error bodies to [`ClientError`].
+//! The server's API as the device calls it (blocking), over a [`Transport`]. Maps
+//! transport failures and error bodies to [`ClientError`].
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
+use fieldsync_proto::upload_body::crc_header;
 use fieldsync_proto::wire::{
     ErrorBody, ErrorCode, HEADER_BODY_CRC32, HEADER_DEVICE_ID, HEADER_DEVICE_SECRET, HEADER_KIND,
     HEADER_OP, HEADER_PROTOCOL, HEADER_UPLOAD_ID, LoginRequest, LoginResponse, PROTOCOL_VERSION,
     PairRequest, PairResponse, TaskSummary, UploadOutcome,
 };
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
+use crate::transport::{Request, Response, Transport, TransportError, UreqTransport};
 
 /// Largest JSON answer the device reads (an acknowledgement of a large upload).
 const RESPONSE_JSON_MAX_BYTES: u64 = 512 * 1024 * 1024;
@@ -26,82 +30,115 @@ pub struct Credentials<'a> {
 
 pub struct Api {
     base: String,
-    agent: ureq::Agent,
+    transport: Arc<dyn Transport>,
 }
 
 impl Api {
-    pub fn new(server: &str, config: &ClientConfig) -> Result<Api> {
+    /// The API of `server` through `transport`, or a fresh [`UreqTransport`] with
+    /// `config`'s timeouts when the app gave none.
+    pub fn new(
+        server: &str,
+        config: &ClientConfig,
+        transport: Option<&Arc<dyn Transport>>,
+    ) -> Result<Api> {
         let base = server.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") {
-            return Err(ClientError::Invalid(format!(
-                "server URL `{server}` must start with http:// (this build has no TLS client yet)"
-            )));
-        }
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(config.connect_timeout)
-            .timeout_read(config.read_timeout)
-            .timeout_write(config.read_timeout)
-            .build();
-        Ok(Api { base, agent })
+        let transport = match transport {
+            Some(t) => Arc::clone(t),
+            None => Arc::new(UreqTransport::new(config)),
+        };
+        transport
+            .check_server(server)
+            .map_err(ClientError::Invalid)?;
+        Ok(Api { base, transport })
     }
 
-    fn request(&self, method: &str, path: &str, creds: Option<&Credentials<'_>>) -> ureq::Request {
-        let mut req = self
-            .agent
-            .request(method, &format!("{}{path}", self.base))
-            .set(HEADER_PROTOCOL, &PROTOCOL_VERSION.to_string());
+    /// Sends a request with the protocol header and `creds`; a status of 400 or more
+    /// is the error its body says.
+    fn call(
+        &self,
+        method: &'static str,
+        path: &str,
+        creds: Option<&Credentials<'_>>,
+        mut headers: Vec<(&'static str, String)>,
+        body: Option<&[u8]>,
+    ) -> Result<Response> {
+        let mut all = vec![(HEADER_PROTOCOL, PROTOCOL_VERSION.to_string())];
         if let Some(c) = creds {
-            req = req
-                .set(HEADER_DEVICE_ID, c.device_id)
-                .set(HEADER_DEVICE_SECRET, c.device_secret);
+            all.push((HEADER_DEVICE_ID, c.device_id.to_string()));
+            all.push((HEADER_DEVICE_SECRET, c.device_secret.to_string()));
             if let Some(t) = c.token {
-                req = req.set("authorization", &format!("Bearer {t}"));
+                all.push(("authorization", format!("Bearer {t}")));
             }
         }
-        req
+        all.append(&mut headers);
+        let resp = self
+            .transport
+            .request(Request {
+                method,
+                url: format!("{}{path}", self.base),
+                headers: all,
+                body,
+            })
+            .map_err(|e| self.unreachable(e))?;
+        if resp.status >= 400 {
+            return Err(self.status_error(resp));
+        }
+        Ok(resp)
     }
 
-    fn map_err(&self, e: ureq::Error) -> ClientError {
-        match e {
-            ureq::Error::Status(status, resp) => {
-                // A busy server's wait, bounded: a header cannot stall the device.
-                let retry_after = resp
-                    .header("retry-after")
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(|s| Duration::from_secs(s.min(60)));
-                let mut body = String::new();
-                let _ = resp.into_reader().take(64 * 1024).read_to_string(&mut body);
-                match serde_json::from_str::<ErrorBody>(&body) {
-                    Ok(err) if err.code.is_refusal() => ClientError::Refused(err.message),
-                    Ok(err) if err.code == ErrorCode::Busy => ClientError::ServerBusy {
-                        message: err.message,
-                        retry_after: retry_after.unwrap_or_default(),
-                    },
-                    Ok(err) => ClientError::Server {
-                        code: err.code,
-                        message: err.message,
-                    },
-                    Err(_) => ClientError::Server {
-                        code: ErrorCode::Internal,
-                        message: format!(
-                            "HTTP {status}: {}",
-                            body.chars().take(200).collect::<String>()
-                        ),
-                    },
-                }
-            }
-            ureq::Error::Transport(t) => ClientError::Unreachable {
-                url: self.base.clone(),
-                detail: t.to_string(),
+    fn unreachable(&self, e: TransportError) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            detail: e.0,
+        }
+    }
+
+    /// A request with a JSON body.
+    fn call_json(
+        &self,
+        path: &str,
+        creds: Option<&Credentials<'_>>,
+        req: &impl Serialize,
+    ) -> Result<Response> {
+        let json = serde_json::to_vec(req).map_err(|e| ClientError::Io(e.to_string()))?;
+        let headers = vec![("content-type", "application/json".to_string())];
+        self.call("POST", path, creds, headers, Some(&json))
+    }
+
+    fn status_error(&self, resp: Response) -> ClientError {
+        let status = resp.status;
+        // A busy server's wait, bounded: a header cannot stall the device.
+        let retry_after = resp
+            .header("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(60)));
+        let mut body = String::new();
+        let _ = resp.body.take(64 * 1024).read_to_string(&mut body);
+        match serde_json::from_str::<ErrorBody>(&body) {
+            Ok(err) if err.code.is_refusal() => ClientError::Refused(err.message),
+            Ok(err) if err.code == ErrorCode::Busy => ClientError::ServerBusy {
+                message: err.message,
+                retry_after: retry_after.unwrap_or_default(),
+            },
+            Ok(err) => ClientError::Server {
+                code: err.code,
+                message: err.message,
+            },
+            Err(_) => ClientError::Server {
+                code: ErrorCode::Internal,
+                message: format!(
+                    "HTTP {status}: {}",
+                    body.chars().take(200).collect::<String>()
+                ),
             },
         }
     }
 
     /// Reads a whole JSON response, then parses it (parsing from the socket byte by
     /// byte is slow for a large acknowledgement).
-    fn json<T: DeserializeOwned>(&self, resp: ureq::Response) -> Result<T> {
+    fn json<T: DeserializeOwned>(&self, resp: Response) -> Result<T> {
         let mut body = Vec::new();
-        resp.into_reader()
+        resp.body
             .take(RESPONSE_JSON_MAX_BYTES)
             .read_to_end(&mut body)
             .map_err(|e| ClientError::Unreachable {
@@ -115,33 +152,22 @@ impl Api {
     }
 
     pub fn pair(&self, req: &PairRequest) -> Result<PairResponse> {
-        let resp = self
-            .request("POST", "/api/v1/pair", None)
-            .send_json(req)
-            .map_err(|e| self.map_err(e))?;
+        let resp = self.call_json("/api/v1/pair", None, req)?;
         self.json(resp)
     }
 
     pub fn login(&self, creds: &Credentials<'_>, req: &LoginRequest) -> Result<LoginResponse> {
-        let resp = self
-            .request("POST", "/api/v1/login", Some(creds))
-            .send_json(req)
-            .map_err(|e| self.map_err(e))?;
+        let resp = self.call_json("/api/v1/login", Some(creds), req)?;
         self.json(resp)
     }
 
     pub fn logout(&self, creds: &Credentials<'_>) -> Result<()> {
-        self.request("POST", "/api/v1/logout", Some(creds))
-            .call()
-            .map_err(|e| self.map_err(e))?;
+        self.call("POST", "/api/v1/logout", Some(creds), Vec::new(), None)?;
         Ok(())
     }
 
     pub fn tasks(&self, creds: &Credentials<'_>) -> Result<Vec<TaskSummary>> {
-        let resp = self
-            .request("GET", "/api/v1/tasks", Some(creds))
-            .call()
-            .map_err(|e| self.map_err(e))?;
+        let resp = self.call("GET", "/api/v1/tasks", Some(creds), Vec::new(), None)?;
         self.json(resp)
     }
 
@@ -154,18 +180,11 @@ impl Api {
         kind: &str,
     ) -> Result<Box<dyn Read + Send + Sync + 'static>> {
         let path = format!("/api/v1/tasks/{}/download", encode_path_segment(task));
-        let resp = self
-            .request("GET", &path, Some(creds))
-            .set(HEADER_OP, op)
-            .set(HEADER_KIND, kind)
-            .call()
-            .map_err(|e| self.map_err(e))?;
-        Ok(resp.into_reader())
+        let headers = vec![(HEADER_OP, op.to_string()), (HEADER_KIND, kind.to_string())];
+        Ok(self.call("GET", &path, Some(creds), headers, None)?.body)
     }
-}
 
-impl Api {
-    /// Sends an upload (zstd-compressed JSON); the answer is the server's outcome.
+    /// Sends an upload (its encoded body); the answer is the server's outcome.
     pub fn upload(
         &self,
         creds: &Credentials<'_>,
@@ -174,18 +193,17 @@ impl Api {
         op: &str,
         kind: &str,
     ) -> Result<UploadOutcome> {
-        let resp = self
-            .request("POST", "/api/v1/uploads", Some(creds))
-            .set(HEADER_UPLOAD_ID, upload_id)
-            .set(HEADER_OP, op)
-            .set(HEADER_KIND, kind)
-            .set("content-type", "application/x-fieldsync-upload+zstd")
-            .set(
-                HEADER_BODY_CRC32,
-                &format!("{:08x}", fieldsync_proto::frame::crc32(body)),
-            )
-            .send_bytes(body)
-            .map_err(|e| self.map_err(e))?;
+        let headers = vec![
+            (HEADER_UPLOAD_ID, upload_id.to_string()),
+            (HEADER_OP, op.to_string()),
+            (HEADER_KIND, kind.to_string()),
+            (
+                "content-type",
+                "application/x-fieldsync-upload+zstd".to_string(),
+            ),
+            (HEADER_BODY_CRC32, crc_header(body)),
+        ];
+        let resp = self.call("POST", "/api/v1/uploads", Some(creds), headers, Some(body))?;
         self.json(resp)
     }
 }

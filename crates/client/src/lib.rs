@@ -11,6 +11,7 @@ pub mod power;
 mod replica;
 mod state;
 mod sync;
+pub mod transport;
 mod triggers;
 
 pub use journal::JournalEntry;
@@ -27,6 +28,7 @@ pub use config::ClientConfig;
 pub use error::{ClientError, Result};
 use http::{Api, Credentials};
 pub use state::{DeviceDir, DeviceState, LastSync, Mode, Options};
+pub use transport::Transport;
 
 /// A change of the auto-sync options: `None` leaves an option as it is.
 #[derive(Debug, Clone, Default)]
@@ -153,6 +155,8 @@ pub struct Status {
 pub struct Device {
     dir: DeviceDir,
     config: ClientConfig,
+    /// The app's HTTP stack; `None`: a fresh [`transport::UreqTransport`] per operation.
+    transport: Option<Arc<dyn Transport>>,
 }
 
 fn hash_verifier(password: &str) -> String {
@@ -171,6 +175,21 @@ impl Device {
         Device {
             dir: DeviceDir::new(dir),
             config,
+            transport: None,
+        }
+    }
+
+    /// The device in folder `dir`, calling the server through the app's own HTTP
+    /// stack; `config`'s retries and backoff still apply, its timeouts are the
+    /// transport's to keep.
+    pub fn open_with_transport(
+        dir: impl Into<std::path::PathBuf>,
+        config: ClientConfig,
+        transport: Arc<dyn Transport>,
+    ) -> Device {
+        Device {
+            transport: Some(transport),
+            ..Device::open(dir, config)
         }
     }
 
@@ -197,9 +216,11 @@ impl Device {
 
     fn paired(&self, st: &DeviceState) -> Result<(Api, String, String)> {
         match (&st.server, &st.device_id, &st.device_secret) {
-            (Some(server), Some(id), Some(secret)) => {
-                Ok((Api::new(server, &self.config)?, id.clone(), secret.clone()))
-            }
+            (Some(server), Some(id), Some(secret)) => Ok((
+                Api::new(server, &self.config, self.transport.as_ref())?,
+                id.clone(),
+                secret.clone(),
+            )),
             _ => Err(ClientError::NotPaired),
         }
     }
@@ -222,7 +243,7 @@ impl Device {
                 st.device_id.as_deref().unwrap_or_default()
             )));
         }
-        let api = Api::new(server, &self.config)?;
+        let api = Api::new(server, &self.config, self.transport.as_ref())?;
         let resp = api.pair(&PairRequest {
             device_id: device_id.to_string(),
             code: code.to_string(),

@@ -43,10 +43,8 @@ fn corrupt(what: impl Into<String>) -> FrameError {
     FrameError::Corrupt(what.into())
 }
 
-/// CRC-32 of a byte string (upload bodies).
-pub fn crc32(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes)
-}
+/// CRC-32 of a byte string (upload bodies; its home is `upload_body`).
+pub use crate::upload_body::crc32;
 
 /// A borrowed cell, decoded in place from a row batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -130,11 +128,26 @@ impl FrameEncoder {
         table_idx: usize,
         values: impl IntoIterator<Item = ValueRef<'v>>,
     ) {
+        self.row_of_width(out, table_idx, None, values);
+    }
+
+    /// Adds one row as [`row`](Self::row) does, unless it has not `width` values
+    /// (`Some`): then nothing of it is kept and the answer is `false`.
+    pub fn row_of_width<'v>(
+        &mut self,
+        out: &mut Vec<u8>,
+        table_idx: usize,
+        width: Option<usize>,
+        values: impl IntoIterator<Item = ValueRef<'v>>,
+    ) -> bool {
         if self.batch_table != Some(table_idx) {
             self.flush(out);
             self.batch_table = Some(table_idx);
         }
+        let mark = self.batch.len();
+        let mut n = 0usize;
         for v in values {
+            n += 1;
             let b = &mut self.batch;
             match v {
                 ValueRef::Null => b.push(0),
@@ -158,11 +171,16 @@ impl FrameEncoder {
                 }
             }
         }
+        if width.is_some_and(|w| w != n) {
+            self.batch.truncate(mark);
+            return false;
+        }
         self.batch_rows += 1;
         self.rows[table_idx] += 1;
         if self.batch.len() >= BATCH_TARGET_BYTES {
             self.flush(out);
         }
+        true
     }
 
     /// Writes the pending row batch, if any.
@@ -208,7 +226,7 @@ impl FrameEncoder {
 
 /// The trailer's checksum covers every frame before it and the trailer's own counts
 /// and cursor, so no bit of the stream can change unnoticed.
-fn trailer_checksum(mut crc: crc32fast::Hasher, rows: &[u64], cursor: i64) -> u32 {
+pub(crate) fn trailer_checksum(mut crc: crc32fast::Hasher, rows: &[u64], cursor: i64) -> u32 {
     for n in rows {
         crc.update(&n.to_le_bytes());
     }
@@ -241,6 +259,18 @@ pub struct FrameReader<R> {
 }
 
 impl<R: Read> FrameReader<R> {
+    /// Whether the stream ends here (nothing after the trailer); reads at most one byte.
+    pub(crate) fn at_end(&mut self) -> Result<bool, FrameError> {
+        let mut probe = [0u8; 1];
+        loop {
+            match self.inner.read(&mut probe) {
+                Ok(n) => return Ok(n == 0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(FrameError::Io(e)),
+            }
+        }
+    }
+
     pub fn new(inner: R) -> Self {
         FrameReader {
             inner,
@@ -351,6 +381,21 @@ impl<'a> RowBatch<'a> {
         batch.table_idx = usize::try_from(batch.varint()?).map_err(|_| corrupt("table index"))?;
         batch.n_rows = batch.varint()?;
         Ok(batch)
+    }
+
+    /// Where decoding stands, to take it up again with [`RowBatch::resume`].
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// A batch whose header was parsed before, decoding on from `pos`.
+    pub(crate) fn resume(buf: &'a [u8], pos: usize, table_idx: usize, n_rows: u64) -> Self {
+        RowBatch {
+            buf,
+            pos,
+            table_idx,
+            n_rows,
+        }
     }
 
     fn varint(&mut self) -> Result<u64, FrameError> {

@@ -5,8 +5,10 @@ pub mod conflict;
 pub mod filter;
 pub mod frame;
 pub mod password;
+pub mod stream;
 pub mod task;
 pub mod time;
+pub mod upload_body;
 pub mod value;
 pub mod wire;
 

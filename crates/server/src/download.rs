@@ -1,5 +1,6 @@
-//! The download stream: a blocking thread reads the slice from the store and writes
-//! zstd-compressed frames into a bounded channel that the HTTP body drains. Memory is
+//! The download stream's channel: a blocking thread reads the slice from the store
+//! into `proto::stream::SliceWriter`, whose compressed bytes go into a bounded channel
+//! that the HTTP body drains. Memory is
 //! bounded by the channel, whatever the slice's size; a client that goes away closes
 //! the channel, which stops the read.
 
@@ -9,7 +10,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use fieldsync_proto::frame::{self, FrameEncoder, ValueRef};
+use fieldsync_proto::frame::ValueRef;
+use fieldsync_proto::stream::SliceWriter;
 use fieldsync_proto::wire::SliceHeader;
 use fieldsync_store::{HistoryRecord, SlicePlan, SliceSink, Store, StoreError};
 use http_body::Frame;
@@ -21,8 +23,6 @@ use crate::error::ApiError;
 /// Bytes handed to the HTTP body at a time, and how many may wait in the channel.
 const CHUNK_BYTES: usize = 64 * 1024;
 const CHANNEL_CHUNKS: usize = 8;
-/// zstd level: fast enough to keep ahead of the device's inserts on one core.
-const ZSTD_LEVEL: i32 = 1;
 
 /// The receiving end of the channel as an HTTP body.
 pub struct ChannelBody(mpsc::Receiver<Result<Bytes, io::Error>>);
@@ -77,26 +77,24 @@ impl Write for ChunkWriter {
     }
 }
 
+/// Feeds the store's rows to the slice writer (`proto::stream`, which owns the
+/// stream's order, counts, checksum and compression).
 struct StreamSink {
     header: SliceHeader,
-    frames: FrameEncoder,
-    out: Vec<u8>,
-    zstd: zstd::stream::write::Encoder<'static, ChunkWriter>,
+    writer: SliceWriter<ChunkWriter>,
     cursor: i64,
     /// The device closed the download: not a server error, nothing more to send.
     device_gone: bool,
 }
 
 impl StreamSink {
-    fn drain(&mut self, force: bool) -> Result<(), StoreError> {
-        if force || self.out.len() >= CHUNK_BYTES {
-            if let Err(e) = self.zstd.write_all(&self.out) {
-                self.device_gone = true;
-                return Err(StoreError::Db(format!("stream aborted: {e}")));
-            }
-            self.out.clear();
+    /// A failed write: the device went away, unless the writer refused its input.
+    fn failed(&mut self, e: io::Error) -> StoreError {
+        if e.kind() == io::ErrorKind::InvalidInput {
+            return StoreError::Db(e.to_string());
         }
-        Ok(())
+        self.device_gone = true;
+        StoreError::Db(format!("stream aborted: {e}"))
     }
 }
 
@@ -106,8 +104,7 @@ impl SliceSink for StreamSink {
         for (t, n) in self.header.tables.iter_mut().zip(rows_per_table) {
             t.rows_estimate = *n;
         }
-        self.frames.header(&mut self.out, &self.header);
-        self.drain(true)
+        self.writer.header(&self.header).map_err(|e| self.failed(e))
     }
 
     fn row(
@@ -115,8 +112,9 @@ impl SliceSink for StreamSink {
         table_idx: usize,
         values: &mut dyn Iterator<Item = ValueRef<'_>>,
     ) -> Result<(), StoreError> {
-        self.frames.row(&mut self.out, table_idx, values);
-        self.drain(false)
+        self.writer
+            .row(table_idx, values)
+            .map_err(|e| self.failed(e))
     }
 }
 
@@ -145,49 +143,38 @@ pub fn start(
         buf: Vec::with_capacity(CHUNK_BYTES),
         n_bytes: 0,
     };
-    let mut zstd =
-        zstd::stream::write::Encoder::new(writer, ZSTD_LEVEL).map_err(ApiError::internal)?;
-    zstd.include_checksum(true).map_err(ApiError::internal)?;
     let mut sink = StreamSink {
         header,
-        frames: FrameEncoder::new(),
-        out: Vec::with_capacity(2 * CHUNK_BYTES),
-        zstd,
+        writer: SliceWriter::new(writer).map_err(ApiError::internal)?,
         cursor: 0,
         device_gone: false,
     };
     tokio::task::spawn_blocking(move || {
         // The download's turn ends with this thread.
         let _turn = turn;
-        let streamed = store.stream_slice(&plan, &mut sink);
-        let (mut result, mut message) = match &streamed {
-            Ok(rows) => {
-                sink.frames.trailer(&mut sink.out, sink.cursor);
-                ("ok", format!("{} rows", rows.iter().sum::<u64>()))
+        let streamed = store.stream_slice(&plan, &mut sink).and_then(|rows| {
+            match sink.writer.trailer(sink.cursor) {
+                Ok(()) => Ok(rows),
+                Err(e) => Err(sink.failed(e)),
             }
+        });
+        let (mut result, mut message) = match &streamed {
+            Ok(rows) => ("ok", format!("{} rows", rows.iter().sum::<u64>())),
             Err(_) if sink.device_gone => {
                 ("cancelled", "the device closed the download".to_string())
             }
             Err(e) => {
                 let err = ApiError::internal(format!("streaming task `{}`: {e}", sink.header.task));
-                sink.frames.flush(&mut sink.out);
-                frame::error_frame(&mut sink.out, &err.body());
+                // Never refused here (no trailer was written); it goes out with `finish`.
+                let _ = sink.writer.error(&err.body());
                 ("error", e.to_string())
             }
         };
-        let rows_down = sink.frames.rows().iter().sum();
+        let rows_down = sink.writer.rows().iter().sum();
         let finished = sink
-            .drain(true)
-            .and_then(|_| {
-                sink.zstd
-                    .finish()
-                    .map_err(|e| StoreError::Db(e.to_string()))
-            })
-            .and_then(|mut w| {
-                w.flush()
-                    .map(|_| w.n_bytes)
-                    .map_err(|e| StoreError::Db(e.to_string()))
-            });
+            .writer
+            .finish()
+            .and_then(|mut w| w.flush().map(|_| w.n_bytes));
         let bytes_down = match finished {
             Ok(n) => n,
             Err(e) => {

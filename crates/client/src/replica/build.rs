@@ -1,5 +1,8 @@
-//! Building a new generation from a download's slice stream: checks the header,
-//! creates the tables and triggers, writes the rows, and makes it durable.
+//! Building a new generation from a download's slice stream: `proto::stream`'s reader
+//! checks the stream (order, header, counts, checksums); this creates the tables and
+//! triggers, writes the rows into SQLite, and makes the file durable.
+
+use fieldsync_proto::stream::{Event, SliceReader, StreamError};
 
 use super::*;
 
@@ -8,41 +11,6 @@ pub struct Built {
     pub path: PathBuf,
     pub header: SliceHeader,
     pub rows_per_table: Vec<u64>,
-}
-
-pub(super) fn check_header(h: &SliceHeader) -> Result<()> {
-    let bad = |m: String| Err(ClientError::Stream(format!("bad slice header: {m}")));
-    if h.tables.is_empty() {
-        return bad("no tables".into());
-    }
-    let mut names = std::collections::BTreeSet::new();
-    for t in &h.tables {
-        let lower = t.name.to_ascii_lowercase();
-        if t.name.is_empty()
-            || lower.starts_with("fieldsync_")
-            || lower.starts_with("sqlite_")
-            || !names.insert(lower)
-        {
-            return bad(format!("table name `{}`", t.name.escape_debug()));
-        }
-        let mut cols = std::collections::BTreeSet::new();
-        if t.columns.is_empty() || t.columns[0].name != t.primary_key {
-            return bad(format!(
-                "table `{}`: the primary key must come first",
-                t.name
-            ));
-        }
-        for c in &t.columns {
-            if c.name.is_empty() || !cols.insert(c.name.to_ascii_lowercase()) {
-                return bad(format!(
-                    "table `{}`: column `{}`",
-                    t.name,
-                    c.name.escape_debug()
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Whether the slice depends on the user it was cut for: a table's filter uses
@@ -102,6 +70,18 @@ pub(super) fn to_sql(v: ValueRef<'_>) -> rusqlite::types::ValueRef<'_> {
     }
 }
 
+/// A refused stream: the server's error frame is its error, anything else a damaged
+/// or cut stream (retried).
+fn stream_err(e: StreamError) -> ClientError {
+    match e {
+        StreamError::Server(e) => ClientError::Server {
+            code: e.code,
+            message: e.message,
+        },
+        other => ClientError::Stream(other.to_string()),
+    }
+}
+
 /// Streams a slice into a new generation file. On any error the file is removed and
 /// the installed replica is untouched.
 pub fn build<R: Read>(
@@ -127,25 +107,15 @@ pub(super) fn build_into<R: Read>(
     progress: &mut dyn FnMut(&Progress),
     cancel: &Cancel,
 ) -> Result<Built> {
-    let decoder =
-        zstd::stream::read::Decoder::new(stream).map_err(|e| ClientError::Stream(e.to_string()))?;
-    let mut frames = FrameReader::new(decoder);
-    let stream_err = |e: fieldsync_proto::frame::FrameError| ClientError::Stream(e.to_string());
-    let header = match frames.next_frame().map_err(stream_err)? {
-        Some(Frame::Header(h)) => h,
-        Some(Frame::Error(e)) => {
-            return Err(ClientError::Server {
-                code: e.code,
-                message: e.message,
-            });
-        }
+    let mut reader = SliceReader::new(stream).map_err(stream_err)?;
+    let header = match reader.next_event().map_err(stream_err)? {
+        Some(Event::Header(h)) => h,
         _ => {
             return Err(ClientError::Stream(
                 "the stream does not start with a header".into(),
             ));
         }
     };
-    check_header(&header)?;
     progress(&Progress {
         phase: Phase::Prepare,
         done: 1,
@@ -160,13 +130,13 @@ pub(super) fn build_into<R: Read>(
     conn.execute_batch(
         "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536;",
     )?;
-    let mut rows_per_table = vec![0u64; header.tables.len()];
     let tx = conn.transaction()?;
     tx.execute_batch("CREATE TABLE fieldsync_replica (key TEXT PRIMARY KEY, value)")?;
     tx.execute_batch(triggers::REPLICA_TABLES)?;
     for t in &header.tables {
         tx.execute_batch(&create_table_sql(t))?;
     }
+    // The reader holds the stream to its order, counts and checksum; this writes rows.
     let trailer = {
         let mut stmts = Vec::with_capacity(header.tables.len());
         for t in &header.tables {
@@ -184,22 +154,20 @@ pub(super) fn build_into<R: Read>(
             if cancel.is_cancelled() {
                 return Err(ClientError::Cancelled);
             }
-            match frames.next_frame().map_err(stream_err)? {
-                Some(Frame::Rows(payload)) => {
-                    let mut batch = RowBatch::parse(&payload).map_err(stream_err)?;
-                    let idx = batch.table_idx;
+            match reader.next_event().map_err(stream_err)? {
+                Some(Event::Rows(mut rows)) => {
+                    let idx = rows.table();
                     let Some(stmt) = stmts.get_mut(idx) else {
                         return Err(ClientError::Stream(format!(
                             "row batch for unknown table {idx}"
                         )));
                     };
-                    let width = header.tables[idx].columns.len();
-                    for _ in 0..batch.n_rows {
-                        for col in 0..width {
-                            let v = batch.value().map_err(stream_err)?;
+                    let mut values = Vec::with_capacity(header.tables[idx].columns.len());
+                    while rows.next_row(&mut values).map_err(stream_err)? {
+                        for (col, v) in values.iter().enumerate() {
                             stmt.raw_bind_parameter(
                                 col + 1,
-                                rusqlite::types::ToSqlOutput::Borrowed(to_sql(v)),
+                                rusqlite::types::ToSqlOutput::Borrowed(to_sql(*v)),
                             )?;
                         }
                         stmt.raw_execute().map_err(|e| {
@@ -209,11 +177,7 @@ pub(super) fn build_into<R: Read>(
                             ))
                         })?;
                     }
-                    if !batch.is_exhausted() {
-                        return Err(ClientError::Stream("row batch has trailing bytes".into()));
-                    }
-                    rows_per_table[idx] += batch.n_rows;
-                    done += batch.n_rows;
+                    done += rows.len();
                     if last_report.elapsed() >= Duration::from_millis(100) {
                         last_report = Instant::now();
                         progress(&Progress {
@@ -224,7 +188,7 @@ pub(super) fn build_into<R: Read>(
                         });
                     }
                 }
-                Some(Frame::Trailer(t)) => {
+                Some(Event::Trailer(t)) => {
                     progress(&Progress {
                         phase: Phase::Transfer,
                         done,
@@ -233,29 +197,14 @@ pub(super) fn build_into<R: Read>(
                     });
                     break t;
                 }
-                Some(Frame::Error(e)) => {
-                    return Err(ClientError::Server {
-                        code: e.code,
-                        message: e.message,
-                    });
-                }
-                Some(Frame::Header(_)) => {
-                    return Err(ClientError::Stream("a second header in the stream".into()));
-                }
-                None => {
-                    return Err(ClientError::Stream(
-                        "the stream ended before its trailer".into(),
-                    ));
+                // The reader refuses both before they show; kept an error all the same.
+                Some(Event::Header(_)) | None => {
+                    return Err(ClientError::Stream("the stream is out of order".into()));
                 }
             }
         }
     };
-    if trailer.rows != rows_per_table {
-        return Err(ClientError::Stream(format!(
-            "row counts differ from the trailer (got {rows_per_table:?}, trailer {:?})",
-            trailer.rows
-        )));
-    }
+    let rows_per_table = trailer.rows.clone();
     const STORE_STEPS: u64 = 3;
     progress(&Progress {
         phase: Phase::Store,

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fieldsync_proto::frame::{Frame, FrameReader, RowBatch, ValueRef};
+use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::wire::{SliceHeader, TableSchema};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use fieldsync_proto::task::check_name;
 use fieldsync_proto::time;
+use fieldsync_proto::upload_body::{self, UploadLimits};
 use fieldsync_proto::wire::{
     ErrorCode, SliceHeader, UPLOAD_BODY_MAX_BYTES, UPLOAD_CHUNK_BYTES, UPLOAD_CHUNK_ENTRIES,
-    UPLOAD_JSON_MAX_BYTES, UPLOAD_MAX_ENTRIES, Upload, UploadOutcome,
+    UPLOAD_JSON_MAX_BYTES, Upload, UploadOutcome,
 };
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;

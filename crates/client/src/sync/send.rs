@@ -203,23 +203,6 @@ fn too_large_entry(conn: &Connection, seq: i64, why: &str) -> ClientError {
     }
 }
 
-/// Counts the bytes written through it.
-struct Counting<W> {
-    inner: W,
-    n: usize,
-}
-
-impl<W: std::io::Write> std::io::Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.n += n;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// An upload stored in the replica before it is sent.
 struct PendingUpload {
     upload_id: String,
@@ -280,25 +263,11 @@ fn prepare_upload(
             continue;
         }
         // Serialized straight into the compressor: no copy of the whole JSON in memory.
-        let io = |e: std::io::Error| ClientError::Io(format!("compressing the upload: {e}"));
-        let encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).map_err(io)?;
-        let mut writer = std::io::BufWriter::with_capacity(
-            256 * 1024,
-            Counting {
-                inner: encoder,
-                n: 0,
-            },
-        );
-        serde_json::to_writer(&mut writer, &upload).map_err(|e| ClientError::Io(e.to_string()))?;
-        let counted = writer.into_inner().map_err(|e| io(e.into_error()))?;
-        let json_len = counted.n;
-        let body = counted.inner.finish().map_err(io)?;
+        let encoded = upload_body::encode(&upload)
+            .map_err(|e| ClientError::Io(format!("compressing the upload: {e}")))?;
         // Within the server's caps, or smaller: a chunk the server would refuse is never
         // stored (nothing was sent of it).
-        if json_len > UPLOAD_JSON_MAX_BYTES
-            || body.len() > UPLOAD_BODY_MAX_BYTES
-            || upload.entries.len() > UPLOAD_MAX_ENTRIES
-        {
+        if !encoded.within(&UploadLimits::PUBLISHED, upload.entries.len()) {
             if n_read > 1 {
                 limit = n_read / 2;
                 continue;
@@ -307,10 +276,11 @@ fn prepare_upload(
                 conn,
                 max_seq,
                 &format!(
-                    "its change is {json_len} bytes as sent ({} compressed), over the \
+                    "its change is {} bytes as sent ({} compressed), over the \
                      server's limit of {UPLOAD_JSON_MAX_BYTES} bytes ({UPLOAD_BODY_MAX_BYTES} \
                      compressed) per upload",
-                    body.len()
+                    encoded.json_len,
+                    encoded.body.len()
                 ),
             ));
         }
@@ -318,7 +288,7 @@ fn prepare_upload(
             upload_id: upload.upload_id,
             max_seq,
             n_entries: upload.entries.len() as u64,
-            body,
+            body: encoded.body,
         };
         conn.execute(
             "INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES (?1, ?2, ?3, ?4)",

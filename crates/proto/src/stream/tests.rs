@@ -1,0 +1,342 @@
+//! The slice stream end to end: what the writer makes the reader takes, and every
+//! stream out of order, cut, damaged or miscounted is refused.
+
+use super::*;
+use crate::frame::{FrameEncoder, KIND_ERROR, KIND_HEADER, KIND_ROWS, KIND_TRAILER, ValueRef};
+use crate::value::{ColumnType, Value};
+use crate::wire::{ColumnDef, ErrorCode, SliceTrailer, TableSchema};
+
+fn table(name: &str, width: usize) -> TableSchema {
+    TableSchema {
+        name: name.into(),
+        primary_key: "id".into(),
+        columns: (0..width)
+            .map(|i| ColumnDef {
+                name: if i == 0 { "id".into() } else { format!("c{i}") },
+                column_type: ColumnType::Integer,
+            })
+            .collect(),
+        rows_estimate: 0,
+        write: vec![],
+        filter: None,
+        parent: None,
+    }
+}
+
+fn header() -> SliceHeader {
+    SliceHeader {
+        protocol: 1,
+        epoch: "e".into(),
+        task: "t".into(),
+        task_hash: "h".into(),
+        user: "u".into(),
+        device: "d".into(),
+        tables: vec![table("a", 2), table("b", 1)],
+    }
+}
+
+fn row(i: i64) -> [Value; 2] {
+    [Value::Integer(i), Value::Text(format!("row {i}"))]
+}
+
+/// A stream of `n` rows of table `a` and one of `b`, written by the writer.
+fn written(n: i64) -> Vec<u8> {
+    let mut w = SliceWriter::new(Vec::new()).unwrap();
+    w.header(&header()).unwrap();
+    for i in 0..n {
+        w.row(0, row(i).iter().map(ValueRef::from)).unwrap();
+    }
+    w.row(1, [ValueRef::Integer(7)]).unwrap();
+    assert_eq!(w.rows(), [n as u64, 1]);
+    w.trailer(99).unwrap();
+    w.finish().unwrap()
+}
+
+/// What a whole stream holds: header, rows (table, values), trailer.
+type Slice = (SliceHeader, Vec<(usize, Vec<Value>)>, SliceTrailer);
+
+/// Everything a stream holds, or why it was refused.
+fn read_all(bytes: &[u8]) -> Result<Slice, StreamError> {
+    let mut r = SliceReader::new(bytes)?;
+    let mut header = None;
+    let mut rows = Vec::new();
+    loop {
+        match r.next_event()? {
+            Some(Event::Header(h)) => header = Some(h),
+            Some(Event::Rows(mut batch)) => {
+                let t = batch.table();
+                let mut values = Vec::new();
+                while batch.next_row(&mut values)? {
+                    rows.push((t, values.iter().map(|v| ValueRef::to_owned(*v)).collect()));
+                }
+            }
+            Some(Event::Trailer(t)) => {
+                assert!(r.next_event()?.is_none(), "nothing after the trailer");
+                return Ok((header.expect("a header"), rows, t));
+            }
+            None => unreachable!("None comes only after the trailer"),
+        }
+    }
+}
+
+fn refusal(bytes: &[u8]) -> String {
+    match read_all(bytes) {
+        Ok(_) => panic!("a bad stream was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn compress(raw: &[u8]) -> Vec<u8> {
+    zstd::encode_all(raw, 1).unwrap()
+}
+
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A trailer frame that matches `before` (every frame before it) with these counts.
+fn trailer_after(before: &[u8], rows: Vec<u64>, cursor: i64) -> Vec<u8> {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(before);
+    let checksum = crate::frame::trailer_checksum(crc, &rows, cursor);
+    let t = SliceTrailer {
+        rows,
+        checksum,
+        cursor,
+    };
+    frame(KIND_TRAILER, &serde_json::to_vec(&t).unwrap())
+}
+
+/// A row batch payload by hand: table, declared count, then the values as encoded.
+fn batch(table: u8, n_rows: u8, ints: &[u8]) -> Vec<u8> {
+    let mut p = vec![table, n_rows];
+    for &i in ints {
+        p.extend_from_slice(&[1, i << 1]);
+    }
+    p
+}
+
+fn header_frame(h: &SliceHeader) -> Vec<u8> {
+    frame(KIND_HEADER, &serde_json::to_vec(h).unwrap())
+}
+
+#[test]
+fn what_the_writer_writes_the_reader_reads() {
+    let (h, rows, t) = read_all(&written(1000)).unwrap();
+    assert_eq!(h, header());
+    assert_eq!(rows.len(), 1001);
+    assert_eq!(rows[5], (0, row(5).to_vec()));
+    assert_eq!(rows[1000], (1, vec![Value::Integer(7)]));
+    assert_eq!(t.rows, [1000, 1]);
+    assert_eq!(t.cursor, 99);
+}
+
+#[test]
+fn the_frames_are_the_frame_encoders_bytes() {
+    // The wire stays what it was: the writer's frames, decompressed, are exactly what
+    // the frame encoder makes, and a zstd frame with its checksum carries them.
+    let bytes = written(3000);
+    let mut want = Vec::new();
+    let mut enc = FrameEncoder::new();
+    enc.header(&mut want, &header());
+    for i in 0..3000 {
+        enc.row(&mut want, 0, row(i).iter().map(ValueRef::from));
+    }
+    enc.row(&mut want, 1, [ValueRef::Integer(7)]);
+    enc.trailer(&mut want, 99);
+    assert_eq!(zstd::decode_all(&bytes[..]).unwrap(), want);
+    // Frame header descriptor: checksum flag set.
+    assert_eq!(&bytes[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+    assert_ne!(bytes[4] & 0x04, 0, "zstd content checksum");
+}
+
+#[test]
+fn a_cut_stream_is_refused_wherever_it_is_cut() {
+    let bytes = written(300);
+    for cut in (0..bytes.len()).step_by(7).chain([bytes.len() - 1]) {
+        assert!(read_all(&bytes[..cut]).is_err(), "cut at {cut} accepted");
+    }
+    let raw = zstd::decode_all(&bytes[..]).unwrap();
+    for cut in (0..raw.len()).step_by(5) {
+        assert!(read_all(&compress(&raw[..cut])).is_err(), "cut at {cut}");
+    }
+}
+
+#[test]
+fn damage_fails_the_checksum() {
+    let raw = zstd::decode_all(&written(50)[..]).unwrap();
+    // A bit of a value in the last row batch: decodes, but the trailer disagrees.
+    let at = raw.len() - 100;
+    let mut bad = raw.clone();
+    bad[at] ^= 0x01;
+    let e = refusal(&compress(&bad));
+    assert!(e.contains("corrupt stream"), "{e}");
+    // A bit of the compressed bytes: zstd or the checksum refuses.
+    let mut bytes = written(50);
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    refusal(&bytes);
+}
+
+#[test]
+fn the_header_comes_first_and_once() {
+    let rows = frame(KIND_ROWS, &batch(0, 1, &[1, 2]));
+    let e = refusal(&compress(&rows));
+    assert_eq!(e, "the stream does not start with a header");
+    let h = header_frame(&header());
+    let e = refusal(&compress(&[h.clone(), h].concat()));
+    assert_eq!(e, "a second header in the stream");
+    let e = refusal(&compress(&[]));
+    assert!(e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn a_bad_header_is_refused() {
+    type Damage = fn(&mut SliceHeader);
+    let cases: [(&str, Damage); 6] = [
+        ("no tables", |h| h.tables.clear()),
+        ("table name `fieldsync_x`", |h| {
+            h.tables[0].name = "fieldsync_x".into()
+        }),
+        ("table name `SQLITE_x`", |h| {
+            h.tables[0].name = "SQLITE_x".into()
+        }),
+        ("table name `A`", |h| h.tables[1].name = "A".into()),
+        ("the primary key must come first", |h| {
+            h.tables[0].primary_key = "c1".into()
+        }),
+        ("column `ID`", |h| h.tables[0].columns[1].name = "ID".into()),
+    ];
+    for (want, damage) in cases {
+        let mut h = header();
+        damage(&mut h);
+        let e = refusal(&compress(&header_frame(&h)));
+        assert!(
+            e.starts_with("bad slice header: ") && e.contains(want),
+            "{want}: {e}"
+        );
+    }
+}
+
+#[test]
+fn the_servers_error_frame_is_its_error_wherever_it_comes() {
+    let body = crate::wire::ErrorBody {
+        code: ErrorCode::Internal,
+        message: "disk on fire".into(),
+    };
+    let err = frame(KIND_ERROR, &serde_json::to_vec(&body).unwrap());
+    for stream in [err.clone(), [header_frame(&header()), err].concat()] {
+        match read_all(&compress(&stream)) {
+            Err(StreamError::Server(e)) => assert_eq!(e.message, "disk on fire"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The writer's error path makes the same.
+    let mut w = SliceWriter::new(Vec::new()).unwrap();
+    w.header(&header()).unwrap();
+    w.row(0, row(1).iter().map(ValueRef::from)).unwrap();
+    w.error(&body).unwrap();
+    assert!(matches!(
+        read_all(&w.finish().unwrap()),
+        Err(StreamError::Server(_))
+    ));
+}
+
+#[test]
+fn batches_must_fit_their_table_and_end_with_their_rows() {
+    let h = header_frame(&header());
+    let ok_before = |payload: Vec<u8>| {
+        let mut s = h.clone();
+        s.extend(frame(KIND_ROWS, &payload));
+        let t = trailer_after(&s, vec![1, 0], 1);
+        s.extend(t);
+        compress(&s)
+    };
+    // The hand-made batch is right when it is right.
+    read_all(&ok_before(vec![0, 1, 1, 2, 3, 1, b'x'])).unwrap();
+    assert_eq!(
+        refusal(&ok_before(batch(5, 1, &[1]))),
+        "row batch for unknown table 5"
+    );
+    assert_eq!(
+        refusal(&ok_before(batch(0, 1, &[1, 2, 3]))),
+        "row batch has trailing bytes"
+    );
+    let e = refusal(&ok_before(batch(0, 1, &[1])));
+    assert!(e.contains("ends inside a value"), "{e}");
+    let e = refusal(&ok_before(vec![0, 1, 9, 0]));
+    assert!(e.contains("unknown value tag 9"), "{e}");
+}
+
+#[test]
+fn counts_must_match_the_trailer() {
+    // A checksum that matches, counts that do not: the rows per table are the reader's.
+    let mut s = header_frame(&header());
+    s.extend(frame(KIND_ROWS, &batch(0, 2, &[1, 2, 3, 4])));
+    let t = trailer_after(&s, vec![1, 0], 1);
+    s.extend(t);
+    assert_eq!(
+        refusal(&compress(&s)),
+        "row counts differ from the trailer (got [2, 0], trailer [1, 0])"
+    );
+}
+
+#[test]
+fn nothing_may_follow_the_trailer() {
+    let mut raw = zstd::decode_all(&written(3)[..]).unwrap();
+    raw.push(0);
+    assert_eq!(refusal(&compress(&raw)), "data after the trailer");
+    let mut two = written(3);
+    two.extend(written(3));
+    assert_eq!(refusal(&two), "data after the trailer");
+}
+
+#[test]
+fn a_batch_the_caller_leaves_is_still_checked_whole() {
+    let mut s = header_frame(&header());
+    s.extend(frame(KIND_ROWS, &batch(0, 1, &[1, 2, 3])));
+    let t = trailer_after(&s, vec![1, 0], 1);
+    s.extend(t);
+    let bytes = compress(&s);
+    let mut r = SliceReader::new(&bytes[..]).unwrap();
+    assert!(matches!(r.next_event().unwrap(), Some(Event::Header(_))));
+    assert!(matches!(r.next_event().unwrap(), Some(Event::Rows(_))));
+    let e = r.next_event().unwrap_err();
+    assert_eq!(e.to_string(), "row batch has trailing bytes");
+    // A good batch skipped is fine.
+    let bytes = written(10);
+    let mut r = SliceReader::new(&bytes[..]).unwrap();
+    let mut n = 0;
+    while let Some(ev) = r.next_event().unwrap() {
+        n += 1;
+        if let Event::Trailer(t) = ev {
+            assert_eq!(t.rows, [10, 1]);
+        }
+    }
+    assert_eq!(n, 4);
+}
+
+#[test]
+fn the_writer_refuses_what_the_reader_would() {
+    let mut w = SliceWriter::new(Vec::new()).unwrap();
+    let misuse = |e: std::io::Error| assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    misuse(w.row(0, [ValueRef::Integer(1)]).unwrap_err());
+    misuse(w.trailer(1).unwrap_err());
+    w.header(&header()).unwrap();
+    misuse(w.header(&header()).unwrap_err());
+    misuse(w.row(2, [ValueRef::Integer(1)]).unwrap_err());
+    misuse(w.row(0, [ValueRef::Integer(1)]).unwrap_err());
+    w.row(0, row(1).iter().map(ValueRef::from)).unwrap();
+    w.trailer(5).unwrap();
+    misuse(w.trailer(5).unwrap_err());
+    misuse(w.row(0, row(2).iter().map(ValueRef::from)).unwrap_err());
+    let (_, rows, t) = read_all(&w.finish().unwrap()).unwrap();
+    assert_eq!((rows.len(), t.rows), (1, vec![1, 0]));
+    // A stream never ended is refused as cut.
+    let mut w = SliceWriter::new(Vec::new()).unwrap();
+    w.header(&header()).unwrap();
+    assert!(refusal(&w.finish().unwrap()).contains("truncated"));
+}

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use fieldsync_server::admin;
 use serde::Serialize;
 
-use crate::output::print_json;
+use crate::output::{print_json, print_list};
 use crate::server_cmd::open_db;
 
 #[derive(Args)]
@@ -288,18 +288,14 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     created_at: &u.created_at,
                 })
                 .collect();
-            if json {
-                print_json(&views);
-            } else {
-                for u in &views {
-                    println!(
-                        "{}\t{}{}",
-                        u.name,
-                        if u.admin { "admin" } else { "user" },
-                        if u.disabled { "\tdisabled" } else { "" }
-                    );
-                }
-            }
+            print_list(&views, json, |u| {
+                format!(
+                    "{}\t{}{}",
+                    u.name,
+                    if u.admin { "admin" } else { "user" },
+                    if u.disabled { "\tdisabled" } else { "" }
+                )
+            });
         }
         AdminCommand::Device(DeviceCommand::List { json }) => {
             let devices = store.device_list()?;
@@ -314,19 +310,15 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     created_at: &d.created_at,
                 })
                 .collect();
-            if json {
-                print_json(&views);
-            } else {
-                for d in &views {
-                    println!(
-                        "{}\t{}\t{}{}",
-                        d.id,
-                        d.label.unwrap_or(""),
-                        if d.paired { "paired" } else { "not paired" },
-                        if d.revoked { "\trevoked" } else { "" }
-                    );
-                }
-            }
+            print_list(&views, json, |d| {
+                format!(
+                    "{}\t{}\t{}{}",
+                    d.id,
+                    d.label.unwrap_or(""),
+                    if d.paired { "paired" } else { "not paired" },
+                    if d.revoked { "\trevoked" } else { "" }
+                )
+            });
         }
         AdminCommand::Task(TaskCommand::Unassign {
             name,
@@ -345,27 +337,22 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             println!("task {name} deleted");
         }
         AdminCommand::Conflicts(ConflictsCommand::List { json }) => {
-            let conflicts = store.conflicts_list()?;
-            if json {
-                print_json(&conflicts);
-            } else {
-                for c in &conflicts {
-                    println!(
-                        "{}\t{}\t{}\t{} {}\t{}\t{} ({})\t{}",
-                        c.id,
-                        c.at,
-                        c.task,
-                        c.table,
-                        serde_json::to_string(&c.key).unwrap_or_default(),
-                        c.user,
-                        c.kind,
-                        c.resolution,
-                        c.resolved_take
-                            .as_deref()
-                            .map_or("open".to_string(), |t| format!("resolved: {t}"))
-                    );
-                }
-            }
+            print_list(&store.conflicts_list()?, json, |c| {
+                format!(
+                    "{}\t{}\t{}\t{} {}\t{}\t{} ({})\t{}",
+                    c.id,
+                    c.at,
+                    c.task,
+                    c.table,
+                    serde_json::to_string(&c.key).unwrap_or_default(),
+                    c.user,
+                    c.kind,
+                    c.resolution,
+                    c.resolved_take
+                        .as_deref()
+                        .map_or("open".to_string(), |t| format!("resolved: {t}"))
+                )
+            });
         }
         AdminCommand::Conflicts(ConflictsCommand::Resolve { id, take }) => {
             let c = admin::conflict_resolve(store, id, matches!(take, Take::Device))?;
@@ -376,29 +363,24 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             );
         }
         AdminCommand::History { json } => {
-            let history = store.history()?;
-            if json {
-                print_json(&history);
-            } else {
-                for s in &history {
-                    println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\trows {}/{}\tbytes {}/{}\tconflicts {}\t{} ms",
-                        s.started_at,
-                        s.device,
-                        s.user,
-                        s.task.as_deref().unwrap_or("-"),
-                        s.op,
-                        s.trigger,
-                        s.result,
-                        s.rows_down,
-                        s.rows_up,
-                        s.bytes_down,
-                        s.bytes_up,
-                        s.conflicts,
-                        s.duration_ms
-                    );
-                }
-            }
+            print_list(&store.history()?, json, |s| {
+                format!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\trows {}/{}\tbytes {}/{}\tconflicts {}\t{} ms",
+                    s.started_at,
+                    s.device,
+                    s.user,
+                    s.task.as_deref().unwrap_or("-"),
+                    s.op,
+                    s.trigger,
+                    s.result,
+                    s.rows_down,
+                    s.rows_up,
+                    s.bytes_down,
+                    s.bytes_up,
+                    s.conflicts,
+                    s.duration_ms
+                )
+            });
         }
         AdminCommand::Device(DeviceCommand::Add { id, label }) => {
             let code = admin::device_add(store, &id, label.as_deref())?;
@@ -421,19 +403,16 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Task(TaskCommand::List { json }) => {
             let tasks = store.task_list()?;
-            if json {
-                print_json(&tasks.iter().map(task_view).collect::<Vec<_>>());
-            } else {
-                for t in &tasks {
-                    println!(
-                        "{}\t{}\tusers: {}\tdevices: {}",
-                        t.def.name,
-                        t.def.description.as_deref().unwrap_or(""),
-                        t.users.join(","),
-                        t.devices.join(",")
-                    );
-                }
-            }
+            let views: Vec<TaskView<'_>> = tasks.iter().map(task_view).collect();
+            print_list(&views, json, |t| {
+                format!(
+                    "{}\t{}\tusers: {}\tdevices: {}",
+                    t.name,
+                    t.description.unwrap_or(""),
+                    t.users.join(","),
+                    t.devices.join(",")
+                )
+            });
         }
         AdminCommand::Task(TaskCommand::Show { name, json }) => {
             let t = store

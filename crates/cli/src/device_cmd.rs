@@ -7,7 +7,7 @@ use fieldsync_client::{
 };
 
 use crate::admin_cmd::read_password_stdin;
-use crate::output::{ProgressFormat, ProgressView, print_json};
+use crate::output::{ProgressFormat, ProgressView, print_json, print_list};
 
 #[derive(Args)]
 pub struct DeviceArgs {
@@ -33,6 +33,27 @@ enum OnOff {
 impl From<OnOff> for bool {
     fn from(v: OnOff) -> bool {
         matches!(v, OnOff::On)
+    }
+}
+
+/// What a download brings, for `download` and `sync`.
+#[derive(Args)]
+struct FetchArgs {
+    /// Download the whole slice, never only the changes (today every download is whole)
+    #[arg(long)]
+    full: bool,
+    /// Also download the task's files
+    #[arg(long)]
+    files: bool,
+}
+
+impl FetchArgs {
+    fn options(&self, discard_local_changes: bool) -> DownloadOptions {
+        DownloadOptions {
+            discard_local_changes,
+            full: self.full,
+            files: self.files,
+        }
     }
 }
 
@@ -85,12 +106,8 @@ enum DeviceCommand {
         /// Forget local changes (they are written to a backup file first)
         #[arg(long)]
         discard_local_changes: bool,
-        /// Download the whole slice, never only the changes (today every download is whole)
-        #[arg(long)]
-        full: bool,
-        /// Also download the task's files
-        #[arg(long)]
-        files: bool,
+        #[command(flatten)]
+        fetch: FetchArgs,
         #[command(flatten)]
         progress: ProgressArg,
     },
@@ -101,12 +118,8 @@ enum DeviceCommand {
     },
     /// Send local changes, then download the new version of the last task
     Sync {
-        /// Download the whole slice, never only the changes (today every download is whole)
-        #[arg(long)]
-        full: bool,
-        /// Also download the task's files
-        #[arg(long)]
-        files: bool,
+        #[command(flatten)]
+        fetch: FetchArgs,
         #[command(flatten)]
         progress: ProgressArg,
     },
@@ -315,27 +328,17 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             print_options(&options, json);
         }
         DeviceCommand::Tasks { json } => {
-            let tasks = device.tasks()?;
-            if json {
-                print_json(&tasks);
-            } else {
-                for t in &tasks {
-                    println!("{}\t{}", t.name, t.description.as_deref().unwrap_or(""));
-                }
-            }
+            print_list(&device.tasks()?, json, |t| {
+                format!("{}\t{}", t.name, t.description.as_deref().unwrap_or(""))
+            });
         }
         DeviceCommand::Download {
             task,
             discard_local_changes,
-            full,
-            files,
+            fetch,
             progress,
         } => {
-            let opts = DownloadOptions {
-                discard_local_changes,
-                full,
-                files,
-            };
+            let opts = fetch.options(discard_local_changes);
             let report = run_long(&device, "download", progress.progress, |p, c| {
                 device.download(&task, &opts, p, c)
             })?;
@@ -345,16 +348,8 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             let report = run_long(&device, "send", progress.progress, |p, c| device.send(p, c))?;
             print_report(&report);
         }
-        DeviceCommand::Sync {
-            full,
-            files,
-            progress,
-        } => {
-            let opts = DownloadOptions {
-                discard_local_changes: false,
-                full,
-                files,
-            };
+        DeviceCommand::Sync { fetch, progress } => {
+            let opts = fetch.options(false);
             let report = run_long(&device, "sync", progress.progress, |p, c| {
                 device.sync(&opts, p, c)
             })?;
@@ -364,25 +359,20 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             json,
             command: None,
         } => {
-            let entries = device.journal()?;
-            if json {
-                print_json(&entries);
-            } else {
-                for e in &entries {
-                    println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}",
-                        e.seq,
-                        e.at,
-                        serde_json::to_value(e.op)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string))
-                            .unwrap_or_default(),
-                        e.table,
-                        serde_json::to_string(&e.key).unwrap_or_default(),
-                        e.user
-                    );
-                }
-            }
+            print_list(&device.journal()?, json, |e| {
+                format!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    e.seq,
+                    e.at,
+                    serde_json::to_value(e.op)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    e.table,
+                    serde_json::to_string(&e.key).unwrap_or_default(),
+                    e.user
+                )
+            });
         }
         DeviceCommand::Journal {
             command: Some(JournalCommand::Discard { entries, all }),

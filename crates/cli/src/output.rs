@@ -49,6 +49,17 @@ pub fn print_json(value: &impl serde::Serialize) {
     );
 }
 
+/// A list as `--json` asks (one JSON array) or as text, one line per item.
+pub fn print_list<T: serde::Serialize>(items: &[T], json: bool, line: impl Fn(&T) -> String) {
+    if json {
+        print_json(&items);
+    } else {
+        for item in items {
+            println!("{}", line(item));
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgressFormat {
     /// A bar on a terminal, nothing otherwise

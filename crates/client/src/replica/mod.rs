@@ -191,6 +191,11 @@ pub fn set_login(dir: &DeviceDir, user: Option<&str>) -> Result<()> {
     let Some(conn) = open_current(dir)? else {
         return Ok(());
     };
+    record_login(&conn, user)
+}
+
+/// Writes who is logged in into one replica file's record.
+pub(super) fn record_login(conn: &Connection, user: Option<&str>) -> Result<()> {
     conn.execute(
         "INSERT INTO fieldsync_replica (key, value) VALUES ('login', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",

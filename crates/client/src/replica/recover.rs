@@ -199,10 +199,5 @@ pub(super) fn set_aside(dir: &DeviceDir, current: &Path, owner: &str) -> Result<
 pub(super) fn write_login(path: &Path, user: Option<&str>) -> Result<()> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     conn.busy_timeout(RETIRE_BUSY_TIMEOUT)?;
-    conn.execute(
-        "INSERT INTO fieldsync_replica (key, value) VALUES ('login', ?1)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [user],
-    )?;
-    Ok(())
+    super::record_login(&conn, user)
 }

@@ -167,32 +167,37 @@ enum TaskCommand {
         json: bool,
     },
     /// Assign a task to users and devices
-    Assign {
-        /// The task's name
-        name: String,
-        /// A user to assign it to (repeat for more)
-        #[arg(long = "user")]
-        users: Vec<String>,
-        /// A device to assign it to (repeat for more)
-        #[arg(long = "device")]
-        devices: Vec<String>,
-    },
+    Assign(Assignment),
     /// Withdraw a task from users and devices (refused at once)
-    Unassign {
-        /// The task's name
-        name: String,
-        /// A user to withdraw it from (repeat for more)
-        #[arg(long = "user")]
-        users: Vec<String>,
-        /// A device to withdraw it from (repeat for more)
-        #[arg(long = "device")]
-        devices: Vec<String>,
-    },
+    Unassign(Assignment),
     /// Delete a task
     Delete {
         /// The task's name
         name: String,
     },
+}
+
+/// A task and the users and devices `task assign` or `task unassign` names.
+#[derive(Args)]
+struct Assignment {
+    /// The task's name
+    name: String,
+    /// A user (repeat for more)
+    #[arg(long = "user")]
+    users: Vec<String>,
+    /// A device (repeat for more)
+    #[arg(long = "device")]
+    devices: Vec<String>,
+}
+
+impl Assignment {
+    fn checked(self) -> anyhow::Result<Assignment> {
+        anyhow::ensure!(
+            !self.users.is_empty() || !self.devices.is_empty(),
+            "name at least one --user or --device"
+        );
+        Ok(self)
+    }
 }
 
 #[derive(Serialize)]
@@ -320,15 +325,12 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 )
             });
         }
-        AdminCommand::Task(TaskCommand::Unassign {
-            name,
-            users,
-            devices,
-        }) => {
-            anyhow::ensure!(
-                !users.is_empty() || !devices.is_empty(),
-                "name at least one --user or --device"
-            );
+        AdminCommand::Task(TaskCommand::Unassign(a)) => {
+            let Assignment {
+                name,
+                users,
+                devices,
+            } = a.checked()?;
             store.task_unassign(&name, &users, &devices)?;
             println!("task {name} unassigned");
         }
@@ -437,15 +439,12 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 println!("  devices: {}", t.devices.join(", "));
             }
         }
-        AdminCommand::Task(TaskCommand::Assign {
-            name,
-            users,
-            devices,
-        }) => {
-            anyhow::ensure!(
-                !users.is_empty() || !devices.is_empty(),
-                "name at least one --user or --device"
-            );
+        AdminCommand::Task(TaskCommand::Assign(a)) => {
+            let Assignment {
+                name,
+                users,
+                devices,
+            } = a.checked()?;
             admin::task_assign(store, &name, &users, &devices)?;
             println!("task {name} assigned");
         }

@@ -16,7 +16,7 @@
 use std::io::{self, Read};
 
 use crate::value::Value;
-use crate::wire::{ErrorBody, SliceHeader, SliceTrailer};
+use crate::wire::{Cursor, ErrorBody, SliceHeader, SliceTrailer};
 
 pub const KIND_HEADER: u8 = 1;
 pub const KIND_ROWS: u8 = 2;
@@ -211,7 +211,7 @@ impl FrameEncoder {
         &self.rows
     }
 
-    pub fn trailer(&mut self, out: &mut Vec<u8>, cursor: i64) {
+    pub fn trailer(&mut self, out: &mut Vec<u8>, cursor: Cursor) {
         self.flush(out);
         let checksum = trailer_checksum(self.crc.clone(), &self.rows, cursor);
         let trailer = SliceTrailer {
@@ -226,11 +226,11 @@ impl FrameEncoder {
 
 /// The trailer's checksum covers every frame before it and the trailer's own counts
 /// and cursor, so no bit of the stream can change unnoticed.
-pub(crate) fn trailer_checksum(mut crc: crc32fast::Hasher, rows: &[u64], cursor: i64) -> u32 {
+pub(crate) fn trailer_checksum(mut crc: crc32fast::Hasher, rows: &[u64], cursor: Cursor) -> u32 {
     for n in rows {
         crc.update(&n.to_le_bytes());
     }
-    crc.update(&cursor.to_le_bytes());
+    crc.update(&cursor.raw().to_le_bytes());
     crc.finalize()
 }
 
@@ -508,7 +508,7 @@ mod tests {
         for row in rows {
             enc.row(&mut out, 0, row.iter().map(ValueRef::from));
         }
-        enc.trailer(&mut out, 42);
+        enc.trailer(&mut out, Cursor::from_raw(42));
         out
     }
 

@@ -101,7 +101,41 @@ pub struct SliceTrailer {
     /// `rows` and `cursor` (little-endian), so the trailer's own numbers are covered.
     pub checksum: u32,
     /// The main database's change position the slice reflects.
-    pub cursor: i64,
+    pub cursor: Cursor,
+}
+
+/// Where a download's snapshot stands in the main database's history: what the device
+/// keeps with its replica and sends back as the base of the rows it edits. Opaque
+/// outside the store: the engine that made it is the only one that reads it (a version
+/// on SQLite, a snapshot id on PostgreSQL; an engine with timestamp cursors fits the
+/// same 64 bits). It travels as a JSON number; devices never compare two cursors.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(transparent)]
+pub struct Cursor(i64);
+
+impl Cursor {
+    /// The cursor an engine made from its own position.
+    pub const fn from_raw(raw: i64) -> Cursor {
+        Cursor(raw)
+    }
+
+    /// The engine's own position; only the engine that made the cursor reads it.
+    pub const fn raw(self) -> i64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Cursor, Self::Err> {
+        s.parse().map(Cursor)
+    }
 }
 
 /// Stable, machine-readable error codes. The client maps them to exit codes.

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::stream::SliceWriter;
-use fieldsync_proto::wire::SliceHeader;
+use fieldsync_proto::wire::{Cursor, SliceHeader};
 use fieldsync_store::{HistoryRecord, SlicePlan, SliceSink, Store, StoreError};
 use http_body::Frame;
 use tokio::sync::mpsc;
@@ -82,7 +82,7 @@ impl Write for ChunkWriter {
 struct StreamSink {
     header: SliceHeader,
     writer: SliceWriter<ChunkWriter>,
-    cursor: i64,
+    cursor: Cursor,
     /// The device closed the download: not a server error, nothing more to send.
     device_gone: bool,
 }
@@ -99,7 +99,7 @@ impl StreamSink {
 }
 
 impl SliceSink for StreamSink {
-    fn begin(&mut self, cursor: i64, rows_per_table: &[u64]) -> Result<(), StoreError> {
+    fn begin(&mut self, cursor: Cursor, rows_per_table: &[u64]) -> Result<(), StoreError> {
         self.cursor = cursor;
         for (t, n) in self.header.tables.iter_mut().zip(rows_per_table) {
             t.rows_estimate = *n;
@@ -146,7 +146,7 @@ pub fn start(
     let mut sink = StreamSink {
         header,
         writer: SliceWriter::new(writer).map_err(ApiError::internal)?,
-        cursor: 0,
+        cursor: Cursor::from_raw(0),
         device_gone: false,
     };
     tokio::task::spawn_blocking(move || {

@@ -202,7 +202,11 @@ pub struct HistoryRecord {
 /// Receives a slice as the store reads it, inside one consistent snapshot.
 pub trait SliceSink {
     /// Called once before any row: the snapshot's cursor and the row count per table.
-    fn begin(&mut self, cursor: i64, rows_per_table: &[u64]) -> Result<()>;
+    fn begin(
+        &mut self,
+        cursor: fieldsync_proto::wire::Cursor,
+        rows_per_table: &[u64],
+    ) -> Result<()>;
     /// One row: its values in the plan's column order.
     fn row(
         &mut self,

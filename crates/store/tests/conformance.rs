@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use fieldsync_proto::filter::Params;
 use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::task::{TaskDef, WriteOp};
-use fieldsync_proto::wire::{Upload, UploadEntry, UploadOutcome};
+use fieldsync_proto::wire::{Cursor, Upload, UploadEntry, UploadOutcome};
 use fieldsync_proto::{ColumnType, Value};
 use fieldsync_store::{
     DeviceRecord, IntegrateContext, IntegrateError, SessionRecord, SlicePlan, SliceSink, Store,
@@ -304,9 +304,10 @@ struct Collect {
 }
 
 impl SliceSink for Collect {
-    fn begin(&mut self, cursor: i64, rows_per_table: &[u64]) -> fieldsync_store::Result<()> {
+    fn begin(&mut self, cursor: Cursor, rows_per_table: &[u64]) -> fieldsync_store::Result<()> {
         assert!(self.cursor.is_none(), "begin() called twice");
-        self.cursor = Some(cursor);
+        // The tests know the engine: they read its own position.
+        self.cursor = Some(cursor.raw());
         self.counts = rows_per_table.to_vec();
         self.rows = vec![Vec::new(); rows_per_table.len()];
         Ok(())
@@ -1977,7 +1978,7 @@ fn conflict_resolve_takes_logged_values(fx: &Fixture) {
 struct Slow(Collect);
 
 impl SliceSink for Slow {
-    fn begin(&mut self, cursor: i64, rows_per_table: &[u64]) -> fieldsync_store::Result<()> {
+    fn begin(&mut self, cursor: Cursor, rows_per_table: &[u64]) -> fieldsync_store::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(600));
         self.0.begin(cursor, rows_per_table)
     }

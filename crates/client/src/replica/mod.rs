@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fieldsync_proto::frame::ValueRef;
-use fieldsync_proto::wire::{SliceHeader, TableSchema};
+use fieldsync_proto::wire::{Cursor, SliceHeader, TableSchema};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::error::{ClientError, Result};
@@ -48,7 +48,7 @@ pub struct ReplicaInfo {
     pub task: String,
     pub task_hash: String,
     pub epoch: String,
-    pub cursor: i64,
+    pub cursor: Cursor,
     pub user: String,
     pub device: String,
     pub retired: bool,
@@ -78,7 +78,9 @@ pub fn read_info(path: &Path) -> Result<Option<ReplicaInfo>> {
         task,
         task_hash: get("task_hash")?.unwrap_or_default(),
         epoch: get("epoch")?.unwrap_or_default(),
-        cursor: get("cursor")?.and_then(|c| c.parse().ok()).unwrap_or(0),
+        cursor: get("cursor")?
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(Cursor::from_raw(0)),
         user: get("user")?.unwrap_or_default(),
         device: get("device")?.unwrap_or_default(),
         retired: flag("retired")?,

@@ -71,7 +71,8 @@ pub fn slice(rows: &[(i64, String)]) -> Vec<u8> {
         w.row(0, [ValueRef::Integer(*id), ValueRef::Text(name)])
             .unwrap();
     }
-    w.trailer(41).unwrap();
+    w.trailer(fieldsync_proto::wire::Cursor::from_raw(41))
+        .unwrap();
     w.finish().unwrap()
 }
 

@@ -76,7 +76,8 @@ fn a_bad_header_is_refused_before_any_file_is_made() {
     h.tables[0].name = "sqlite_master".into();
     let mut w = fieldsync_proto::stream::SliceWriter::new(Vec::new()).unwrap();
     w.header(&h).unwrap();
-    w.trailer(1).unwrap();
+    w.trailer(fieldsync_proto::wire::Cursor::from_raw(1))
+        .unwrap();
     *fake.body.lock().unwrap() = Some(w.finish().unwrap());
     let e = download(&dev).unwrap_err();
     assert!(e.to_string().contains("bad slice header"), "{e}");

@@ -4,7 +4,7 @@
 use super::*;
 use crate::frame::{FrameEncoder, KIND_ERROR, KIND_HEADER, KIND_ROWS, KIND_TRAILER, ValueRef};
 use crate::value::{ColumnType, Value};
-use crate::wire::{ColumnDef, ErrorCode, SliceTrailer, TableSchema};
+use crate::wire::{ColumnDef, Cursor, ErrorCode, SliceTrailer, TableSchema};
 
 fn table(name: &str, width: usize) -> TableSchema {
     TableSchema {
@@ -48,7 +48,7 @@ fn written(n: i64) -> Vec<u8> {
     }
     w.row(1, [ValueRef::Integer(7)]).unwrap();
     assert_eq!(w.rows(), [n as u64, 1]);
-    w.trailer(99).unwrap();
+    w.trailer(Cursor::from_raw(99)).unwrap();
     w.finish().unwrap()
 }
 
@@ -98,7 +98,7 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A trailer frame that matches `before` (every frame before it) with these counts.
-fn trailer_after(before: &[u8], rows: Vec<u64>, cursor: i64) -> Vec<u8> {
+fn trailer_after(before: &[u8], rows: Vec<u64>, cursor: Cursor) -> Vec<u8> {
     let mut crc = crc32fast::Hasher::new();
     crc.update(before);
     let checksum = crate::frame::trailer_checksum(crc, &rows, cursor);
@@ -131,7 +131,7 @@ fn what_the_writer_writes_the_reader_reads() {
     assert_eq!(rows[5], (0, row(5).to_vec()));
     assert_eq!(rows[1000], (1, vec![Value::Integer(7)]));
     assert_eq!(t.rows, [1000, 1]);
-    assert_eq!(t.cursor, 99);
+    assert_eq!(t.cursor, Cursor::from_raw(99));
 }
 
 #[test]
@@ -146,7 +146,7 @@ fn the_frames_are_the_frame_encoders_bytes() {
         enc.row(&mut want, 0, row(i).iter().map(ValueRef::from));
     }
     enc.row(&mut want, 1, [ValueRef::Integer(7)]);
-    enc.trailer(&mut want, 99);
+    enc.trailer(&mut want, Cursor::from_raw(99));
     assert_eq!(zstd::decode_all(&bytes[..]).unwrap(), want);
     // Frame header descriptor: checksum flag set.
     assert_eq!(&bytes[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
@@ -251,7 +251,7 @@ fn batches_must_fit_their_table_and_end_with_their_rows() {
     let ok_before = |payload: Vec<u8>| {
         let mut s = h.clone();
         s.extend(frame(KIND_ROWS, &payload));
-        let t = trailer_after(&s, vec![1, 0], 1);
+        let t = trailer_after(&s, vec![1, 0], Cursor::from_raw(1));
         s.extend(t);
         compress(&s)
     };
@@ -276,7 +276,7 @@ fn counts_must_match_the_trailer() {
     // A checksum that matches, counts that do not: the rows per table are the reader's.
     let mut s = header_frame(&header());
     s.extend(frame(KIND_ROWS, &batch(0, 2, &[1, 2, 3, 4])));
-    let t = trailer_after(&s, vec![1, 0], 1);
+    let t = trailer_after(&s, vec![1, 0], Cursor::from_raw(1));
     s.extend(t);
     assert_eq!(
         refusal(&compress(&s)),
@@ -298,7 +298,7 @@ fn nothing_may_follow_the_trailer() {
 fn a_batch_the_caller_leaves_is_still_checked_whole() {
     let mut s = header_frame(&header());
     s.extend(frame(KIND_ROWS, &batch(0, 1, &[1, 2, 3])));
-    let t = trailer_after(&s, vec![1, 0], 1);
+    let t = trailer_after(&s, vec![1, 0], Cursor::from_raw(1));
     s.extend(t);
     let bytes = compress(&s);
     let mut r = SliceReader::new(&bytes[..]).unwrap();
@@ -324,14 +324,14 @@ fn the_writer_refuses_what_the_reader_would() {
     let mut w = SliceWriter::new(Vec::new()).unwrap();
     let misuse = |e: std::io::Error| assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
     misuse(w.row(0, [ValueRef::Integer(1)]).unwrap_err());
-    misuse(w.trailer(1).unwrap_err());
+    misuse(w.trailer(Cursor::from_raw(1)).unwrap_err());
     w.header(&header()).unwrap();
     misuse(w.header(&header()).unwrap_err());
     misuse(w.row(2, [ValueRef::Integer(1)]).unwrap_err());
     misuse(w.row(0, [ValueRef::Integer(1)]).unwrap_err());
     w.row(0, row(1).iter().map(ValueRef::from)).unwrap();
-    w.trailer(5).unwrap();
-    misuse(w.trailer(5).unwrap_err());
+    w.trailer(Cursor::from_raw(5)).unwrap();
+    misuse(w.trailer(Cursor::from_raw(5)).unwrap_err());
     misuse(w.row(0, row(2).iter().map(ValueRef::from)).unwrap_err());
     let (_, rows, t) = read_all(&w.finish().unwrap()).unwrap();
     assert_eq!((rows.len(), t.rows), (1, vec![1, 0]));

@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use crate::frame::{self, FrameEncoder, ValueRef};
-use crate::wire::{ErrorBody, SliceHeader};
+use crate::wire::{Cursor, ErrorBody, SliceHeader};
 
 /// Uncompressed bytes gathered before they go to the compressor.
 const DRAIN_BYTES: usize = 64 * 1024;
@@ -101,7 +101,7 @@ impl<W: Write> SliceWriter<W> {
 
     /// The trailer: the rows per table, the snapshot's cursor and the checksum of all
     /// before it. The stream is then complete.
-    pub fn trailer(&mut self, cursor: i64) -> io::Result<()> {
+    pub fn trailer(&mut self, cursor: Cursor) -> io::Result<()> {
         if self.state != State::Rows {
             return Err(misuse("a trailer without a header, or twice"));
         }

@@ -226,7 +226,7 @@ async fn a_download_stream_decodes_to_the_slice() {
     };
     assert_eq!(trailer.rows[0], ids.len() as u64);
     assert_eq!(header.tables[0].rows_estimate, ids.len() as u64);
-    assert!(trailer.cursor > 0);
+    assert!(trailer.cursor.raw() > 0);
     let conn = rusqlite::Connection::open(f.store_path()).unwrap();
     let expected: Vec<i64> = conn
         .prepare("SELECT id FROM assets WHERE region = 'north' AND status <> 'retired' ORDER BY id")

@@ -9,6 +9,7 @@ use crate::Slices;
 use crate::dialect::SqlDialect;
 use crate::plan::SlicePlan;
 use crate::{Result, SliceSink};
+use fieldsync_proto::wire::Cursor;
 
 impl Slices for PgStore {
     fn dialect(&self) -> &'static dyn SqlDialect {
@@ -37,7 +38,7 @@ impl Slices for PgStore {
             let n: i64 = tx.query_one(&t.count_sql, &refs)?.get(0);
             counts.push(n as u64);
         }
-        sink.begin(cursor, &counts)?;
+        sink.begin(Cursor::from_raw(cursor), &counts)?;
         let mut sent = Vec::with_capacity(plan.tables.len());
         for (idx, t) in plan.tables.iter().enumerate() {
             let kinds: Vec<Option<Kind>> = t

@@ -11,6 +11,7 @@ use crate::Slices;
 use crate::dialect::SqlDialect;
 use crate::plan::SlicePlan;
 use crate::{Result, SliceSink};
+use fieldsync_proto::wire::Cursor;
 
 impl SqliteStore {
     /// Records a download's cursor as a base `device` may send changes on, by a second
@@ -69,7 +70,7 @@ impl Slices for SqliteStore {
             counts.push(n as u64);
         }
         self.record_base(&plan.device, cursor)?;
-        sink.begin(cursor, &counts)?;
+        sink.begin(Cursor::from_raw(cursor), &counts)?;
         let mut sent = Vec::with_capacity(plan.tables.len());
         for (idx, t) in plan.tables.iter().enumerate() {
             let binds: Vec<_> = t.binds.iter().map(to_sql_value).collect();

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use fieldsync_client::{
     Cancel, ClientConfig, Device, DownloadOptions, Mode, Options, OptionsChange, Progress, Report,
+    SyncOp,
 };
 
 use crate::admin_cmd::read_password_stdin;
@@ -173,7 +174,7 @@ const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_millis(1500)
 /// Cancels `cancel` on Ctrl-C or SIGTERM. The operation stops at its next safe point;
 /// one blocked on the network may not get there soon, and since every step is
 /// crash-safe, the process then stops itself, unless the operation had committed.
-fn cancel_on_signals(cancel: &Cancel, device: &Device, op: &'static str) {
+fn cancel_on_signals(cancel: &Cancel, device: &Device, op: SyncOp) {
     use tokio::signal::unix::{SignalKind, signal};
     let cancel = cancel.clone();
     let dir = device.dir().root.clone();
@@ -234,7 +235,7 @@ pub fn client_config() -> ClientConfig {
 /// Runs a long operation with progress output and signal-driven cancel.
 fn run_long(
     device: &Device,
-    op: &'static str,
+    op: SyncOp,
     progress: ProgressFormat,
     run: impl FnOnce(&mut dyn FnMut(&Progress), &Cancel) -> fieldsync_client::Result<Report>,
 ) -> anyhow::Result<Report> {
@@ -250,13 +251,13 @@ fn print_report(r: &Report) {
     if let Some(b) = &r.backup {
         println!("local changes backed up to {}", b.display());
     }
-    if r.op != "download" {
+    if r.op != SyncOp::Download {
         println!(
             "sent {} change(s), {} byte(s); {} conflict(s) logged by the server",
             r.rows_up, r.bytes_up, r.conflicts
         );
     }
-    if r.op != "send" {
+    if r.op != SyncOp::Send {
         println!(
             "downloaded task {}: {} rows ({}), {} bytes in {} ms",
             r.task.as_deref().unwrap_or("-"),
@@ -339,18 +340,20 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             progress,
         } => {
             let opts = fetch.options(discard_local_changes);
-            let report = run_long(&device, "download", progress.progress, |p, c| {
+            let report = run_long(&device, SyncOp::Download, progress.progress, |p, c| {
                 device.download(&task, &opts, p, c)
             })?;
             print_report(&report);
         }
         DeviceCommand::Send { progress } => {
-            let report = run_long(&device, "send", progress.progress, |p, c| device.send(p, c))?;
+            let report = run_long(&device, SyncOp::Send, progress.progress, |p, c| {
+                device.send(p, c)
+            })?;
             print_report(&report);
         }
         DeviceCommand::Sync { fetch, progress } => {
             let opts = fetch.options(false);
-            let report = run_long(&device, "sync", progress.progress, |p, c| {
+            let report = run_long(&device, SyncOp::Sync, progress.progress, |p, c| {
                 device.sync(&opts, p, c)
             })?;
             print_report(&report);

@@ -11,6 +11,7 @@ use fieldsync_proto::wire::{
     HEADER_OP, HEADER_PROTOCOL, HEADER_UPLOAD_ID, LoginRequest, LoginResponse, PROTOCOL_VERSION,
     PairRequest, PairResponse, TaskSummary, UploadOutcome,
 };
+use fieldsync_proto::wire::{SyncOp, Trigger};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -176,11 +177,14 @@ impl Api {
         &self,
         creds: &Credentials<'_>,
         task: &str,
-        op: &str,
-        kind: &str,
+        op: SyncOp,
+        trigger: Trigger,
     ) -> Result<Box<dyn Read + Send + Sync + 'static>> {
         let path = format!("/api/v1/tasks/{}/download", encode_path_segment(task));
-        let headers = vec![(HEADER_OP, op.to_string()), (HEADER_KIND, kind.to_string())];
+        let headers = vec![
+            (HEADER_OP, op.as_str().to_string()),
+            (HEADER_KIND, trigger.as_str().to_string()),
+        ];
         Ok(self.call("GET", &path, Some(creds), headers, None)?.body)
     }
 
@@ -190,13 +194,13 @@ impl Api {
         creds: &Credentials<'_>,
         upload_id: &str,
         body: &[u8],
-        op: &str,
-        kind: &str,
+        op: SyncOp,
+        trigger: Trigger,
     ) -> Result<UploadOutcome> {
         let headers = vec![
             (HEADER_UPLOAD_ID, upload_id.to_string()),
-            (HEADER_OP, op.to_string()),
-            (HEADER_KIND, kind.to_string()),
+            (HEADER_OP, op.as_str().to_string()),
+            (HEADER_KIND, trigger.as_str().to_string()),
             (
                 "content-type",
                 "application/x-fieldsync-upload+zstd".to_string(),

@@ -15,7 +15,7 @@ pub mod transport;
 mod triggers;
 
 pub use journal::JournalEntry;
-pub use sync::Report;
+pub use sync::{Report, SyncOp, Trigger};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

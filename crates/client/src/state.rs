@@ -5,6 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use fieldsync_proto::wire::{SyncOp, Trigger};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ClientError, Result};
@@ -51,10 +52,11 @@ impl Default for Options {
 }
 
 /// The outcome of the last operation, as `device status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LastSync {
-    pub op: String,
-    pub kind: String,
+    pub op: SyncOp,
+    /// What started it (`kind` in `device status --json`).
+    pub kind: Trigger,
     pub result: String,
     pub message: String,
     pub at: String,

@@ -10,7 +10,6 @@ impl Device {
         st: &DeviceState,
         task: &str,
         opts: &DownloadOptions,
-        op: &str,
         progress: &mut dyn FnMut(&Progress),
         cancel: &Cancel,
         report: &mut Report,
@@ -54,7 +53,7 @@ impl Device {
                 total: 1,
                 unit: "steps",
             });
-            let body = api.download(&creds, task, op, "manual")?;
+            let body = api.download(&creds, task, report.op, report.trigger)?;
             let mut counting = replica::CountingReader {
                 inner: body,
                 n_bytes: 0,

@@ -11,6 +11,7 @@ use fieldsync_proto::wire::{
     ErrorCode, SliceHeader, UPLOAD_BODY_MAX_BYTES, UPLOAD_CHUNK_BYTES, UPLOAD_CHUNK_ENTRIES,
     UPLOAD_JSON_MAX_BYTES, Upload, UploadOutcome,
 };
+pub use fieldsync_proto::wire::{SyncOp, Trigger};
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
@@ -28,9 +29,11 @@ use crate::state::{DeviceState, LastSync};
 use crate::{Cancel, Device, DownloadOptions, Phase, Progress, replica, triggers};
 
 /// What an operation did (also what `last_sync` records).
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub op: &'static str,
+    pub op: SyncOp,
+    /// Who started it: the user, or the device by itself.
+    pub trigger: Trigger,
     pub task: Option<String>,
     pub rows_down: u64,
     /// Journal entries sent, after compaction.
@@ -60,8 +63,8 @@ impl Device {
         cancel: &Cancel,
     ) -> Result<Report> {
         let (_lock, st) = self.begin()?;
-        self.recorded("download", |r| {
-            self.download_locked(&st, task, opts, "download", progress, cancel, r, None)
+        self.recorded(SyncOp::Download, |r| {
+            self.download_locked(&st, task, opts, progress, cancel, r, None)
         })
     }
 
@@ -70,8 +73,8 @@ impl Device {
     /// acknowledged (its entries leave the journal) before the next is made.
     pub fn send(&self, progress: &mut dyn FnMut(&Progress), cancel: &Cancel) -> Result<Report> {
         let (_lock, st) = self.begin()?;
-        self.recorded("send", |r| {
-            self.send_locked(&st, "send", progress, cancel, r, None)
+        self.recorded(SyncOp::Send, |r| {
+            self.send_locked(&st, progress, cancel, r, None)
         })
     }
 
@@ -84,46 +87,60 @@ impl Device {
         cancel: &Cancel,
     ) -> Result<Report> {
         let (_lock, st) = self.begin()?;
-        self.recorded("sync", |r| {
+        self.recorded(SyncOp::Sync, |r| {
             let task = st.task.clone().ok_or(ClientError::NoTask)?;
             // App writers are held off for the whole sync: the journal sent is the
             // journal there is, and the download can replace the replica without an
             // edit slipping in between (an app's write waits, then fails busy).
             let hold = replica::hold_writers(&self.dir)?;
-            self.send_locked(&st, "sync", progress, cancel, r, hold.as_ref())?;
+            self.send_locked(&st, progress, cancel, r, hold.as_ref())?;
             let opts = DownloadOptions {
                 discard_local_changes: false,
                 ..opts.clone()
             };
-            self.download_locked(&st, &task, &opts, "sync", progress, cancel, r, hold)
+            self.download_locked(&st, &task, &opts, progress, cancel, r, hold)
         })
     }
 
     /// Records that an operation was cancelled from outside (a signal that had to stop
     /// the process before the operation reached a safe point).
-    pub fn note_cancelled(&self, op: &str) -> Result<()> {
+    pub fn note_cancelled(&self, op: SyncOp) -> Result<()> {
         let mut st = self.dir.load()?;
         st.last_sync = Some(LastSync {
-            op: op.into(),
-            kind: "manual".into(),
+            op,
+            kind: Trigger::Manual,
             result: "cancelled".into(),
             message: ClientError::Cancelled.to_string(),
             at: time::now_rfc3339(),
-            ..LastSync::default()
+            full: false,
+            full_reason: None,
+            rows_down: 0,
+            rows_up: 0,
+            bytes_down: 0,
+            bytes_up: 0,
+            duration_ms: 0,
+            conflicts: 0,
         });
         self.dir.save(&st)
     }
 
     /// Runs an operation and records its outcome in the state file.
-    fn recorded(
-        &self,
-        op: &'static str,
-        f: impl FnOnce(&mut Report) -> Result<()>,
-    ) -> Result<Report> {
+    fn recorded(&self, op: SyncOp, f: impl FnOnce(&mut Report) -> Result<()>) -> Result<Report> {
         let started = Instant::now();
         let mut report = Report {
             op,
-            ..Report::default()
+            trigger: Trigger::Manual,
+            task: None,
+            rows_down: 0,
+            rows_up: 0,
+            bytes_down: 0,
+            bytes_up: 0,
+            conflicts: 0,
+            tables: vec![],
+            full: false,
+            full_reason: None,
+            backup: None,
+            duration_ms: 0,
         };
         let result = f(&mut report);
         report.duration_ms = started.elapsed().as_millis() as u64;
@@ -135,13 +152,13 @@ impl Device {
         };
         if result.is_ok()
             && let Some(task) = &report.task
-            && op != "send"
+            && op != SyncOp::Send
         {
             st.task = Some(task.clone());
         }
         st.last_sync = Some(LastSync {
-            op: op.into(),
-            kind: "manual".into(),
+            op,
+            kind: report.trigger,
             result: word.into(),
             message,
             at: time::now_rfc3339(),
@@ -243,8 +260,8 @@ impl Device {
 
 fn summary(r: &Report) -> String {
     match r.op {
-        "send" => format!("sent {} change(s), {} conflict(s)", r.rows_up, r.conflicts),
-        "sync" => format!(
+        SyncOp::Send => format!("sent {} change(s), {} conflict(s)", r.rows_up, r.conflicts),
+        SyncOp::Sync => format!(
             "sent {} change(s), {} conflict(s); downloaded {} rows",
             r.rows_up, r.conflicts, r.rows_down
         ),

@@ -24,7 +24,6 @@ impl Device {
     pub(super) fn send_locked(
         &self,
         st: &DeviceState,
-        op: &str,
         progress: &mut dyn FnMut(&Progress),
         cancel: &Cancel,
         report: &mut Report,
@@ -37,7 +36,7 @@ impl Device {
         for path in replica::set_aside_files(&self.dir)? {
             let conn = Connection::open(&path)?;
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
-            self.send_journal(st, op, progress, cancel, report, None, &conn, &path)?;
+            self.send_journal(st, progress, cancel, report, None, &conn, &path)?;
         }
         // Then the current replica (the report names its task).
         if let Some(path) = replica::installed_file(&self.dir) {
@@ -46,7 +45,7 @@ impl Device {
                 None => replica::open_current(&self.dir)?,
             };
             if let Some(conn) = held.map(|h| h.conn()).or(own.as_ref()) {
-                self.send_journal(st, op, progress, cancel, report, held, conn, &path)?;
+                self.send_journal(st, progress, cancel, report, held, conn, &path)?;
             }
         }
         Ok(())
@@ -57,7 +56,6 @@ impl Device {
     fn send_journal(
         &self,
         st: &DeviceState,
-        op: &str,
         progress: &mut dyn FnMut(&Progress),
         cancel: &Cancel,
         report: &mut Report,
@@ -125,8 +123,9 @@ impl Device {
             // an earlier attempt may have been applied with its acknowledgement lost,
             // and only the server's answer to this upload id settles that. The next
             // send sends the same upload again (`device journal discard` drops it).
+            let (op, trigger) = (report.op, report.trigger);
             let sent = with_retries(&self.config, progress, cancel, |_| {
-                api.upload(&creds, &pending.upload_id, &pending.body, op, "manual")
+                api.upload(&creds, &pending.upload_id, &pending.body, op, trigger)
             });
             let outcome = match sent {
                 // Too large is the server's answer to this upload id: it answers an id

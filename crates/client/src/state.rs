@@ -5,6 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{SyncOp, Trigger};
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +32,31 @@ impl Mode {
 pub struct Session {
     pub user: String,
     pub token: String,
-    pub expires_at: String,
+    /// When the server's session ends; `None` for an offline login, which has no
+    /// server session (written as `""`, as state files always had it).
+    #[serde(with = "expiry_text")]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A session's expiry in state.json: the time's text, or `""` for none.
+mod expiry_text {
+    use fieldsync_proto::time::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.collect_str(t),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,7 +84,7 @@ pub struct LastSync {
     pub kind: Trigger,
     pub result: String,
     pub message: String,
-    pub at: String,
+    pub at: Timestamp,
     pub full: bool,
     pub full_reason: Option<String>,
     pub rows_down: u64,

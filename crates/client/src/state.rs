@@ -205,3 +205,33 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)?.sync_all()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// State files written before the time type still load, and are written back
+    /// byte for byte: an online session's expiry as its text, an offline one's as "".
+    #[test]
+    fn session_expiry_reads_and_writes_as_before() {
+        for json in [
+            r#"{"user":"ana","token":"t","expires_at":"2026-11-26T13:48:46.123Z"}"#,
+            r#"{"user":"ana","token":"","expires_at":""}"#,
+        ] {
+            let s: Session = serde_json::from_str(json).expect("loads");
+            assert_eq!(serde_json::to_string(&s).expect("writes"), json);
+        }
+        let online: Session = serde_json::from_str(
+            r#"{"user":"ana","token":"t","expires_at":"2026-11-26T13:48:46.123Z"}"#,
+        )
+        .expect("loads");
+        assert_eq!(
+            online.expires_at,
+            Some(Timestamp::from_unix_ms(1_795_700_926_123))
+        );
+        assert!(
+            serde_json::from_str::<Session>(r#"{"user":"a","token":"t","expires_at":"soon"}"#)
+                .is_err()
+        );
+    }
+}

@@ -4,6 +4,7 @@ use std::io::BufRead;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use fieldsync_proto::time::Timestamp;
 use fieldsync_server::admin;
 use serde::Serialize;
 
@@ -205,7 +206,7 @@ struct UserView<'a> {
     name: &'a str,
     admin: bool,
     disabled: bool,
-    created_at: &'a str,
+    created_at: Timestamp,
 }
 
 #[derive(Serialize)]
@@ -213,9 +214,9 @@ struct DeviceView<'a> {
     id: &'a str,
     label: Option<&'a str>,
     paired: bool,
-    paired_at: Option<&'a str>,
+    paired_at: Option<Timestamp>,
     revoked: bool,
-    created_at: &'a str,
+    created_at: Timestamp,
 }
 
 /// The first line of stdin, without its line ending.
@@ -235,7 +236,7 @@ struct TaskView<'a> {
     name: &'a str,
     description: Option<&'a str>,
     hash: &'a str,
-    updated_at: &'a str,
+    updated_at: Timestamp,
     users: &'a [String],
     devices: &'a [String],
     definition: &'a fieldsync_proto::task::TaskDef,
@@ -246,7 +247,7 @@ fn task_view(t: &fieldsync_store::TaskRecord) -> TaskView<'_> {
         name: &t.def.name,
         description: t.def.description.as_deref(),
         hash: &t.hash,
-        updated_at: &t.updated_at,
+        updated_at: t.updated_at,
         users: &t.users,
         devices: &t.devices,
         definition: &t.def,
@@ -290,7 +291,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     name: &u.name,
                     admin: u.admin,
                     disabled: u.disabled,
-                    created_at: &u.created_at,
+                    created_at: u.created_at,
                 })
                 .collect();
             print_list(&views, json, |u| {
@@ -310,9 +311,9 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     id: &d.id,
                     label: d.label.as_deref(),
                     paired: d.secret_hash.is_some(),
-                    paired_at: d.paired_at.as_deref(),
+                    paired_at: d.paired_at,
                     revoked: d.revoked,
-                    created_at: &d.created_at,
+                    created_at: d.created_at,
                 })
                 .collect();
             print_list(&views, json, |d| {

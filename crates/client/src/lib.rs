@@ -278,7 +278,7 @@ impl Device {
                 st.session = Some(state::Session {
                     user: resp.user,
                     token: resp.token,
-                    expires_at: resp.expires_at,
+                    expires_at: Some(resp.expires_at),
                 });
             }
             Mode::Offline => {
@@ -294,7 +294,7 @@ impl Device {
                 st.session = Some(state::Session {
                     user: user.to_string(),
                     token: String::new(),
-                    expires_at: String::new(),
+                    expires_at: None,
                 });
             }
         }

@@ -5,6 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{SyncOp, Trigger};
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +32,31 @@ impl Mode {
 pub struct Session {
     pub user: String,
     pub token: String,
-    pub expires_at: String,
+    /// When the server's session ends; `None` for an offline login, which has no
+    /// server session (written as `""`, as state files always had it).
+    #[serde(with = "expiry_text")]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A session's expiry in state.json: the time's text, or `""` for none.
+mod expiry_text {
+    use fieldsync_proto::time::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.collect_str(t),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,7 +84,7 @@ pub struct LastSync {
     pub kind: Trigger,
     pub result: String,
     pub message: String,
-    pub at: String,
+    pub at: Timestamp,
     pub full: bool,
     pub full_reason: Option<String>,
     pub rows_down: u64,
@@ -179,4 +204,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// State files written before the time type still load, and are written back
+    /// byte for byte: an online session's expiry as its text, an offline one's as "".
+    #[test]
+    fn session_expiry_reads_and_writes_as_before() {
+        for json in [
+            r#"{"user":"ana","token":"t","expires_at":"2026-11-26T13:48:46.123Z"}"#,
+            r#"{"user":"ana","token":"","expires_at":""}"#,
+        ] {
+            let s: Session = serde_json::from_str(json).expect("loads");
+            assert_eq!(serde_json::to_string(&s).expect("writes"), json);
+        }
+        let online: Session = serde_json::from_str(
+            r#"{"user":"ana","token":"t","expires_at":"2026-11-26T13:48:46.123Z"}"#,
+        )
+        .expect("loads");
+        assert_eq!(
+            online.expires_at,
+            Some(Timestamp::from_unix_ms(1_795_700_926_123))
+        );
+        assert!(
+            serde_json::from_str::<Session>(r#"{"user":"a","token":"t","expires_at":"soon"}"#)
+                .is_err()
+        );
+    }
 }

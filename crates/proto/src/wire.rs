@@ -43,7 +43,7 @@ pub struct LoginResponse {
     pub user: String,
     /// Bearer token of the session, bound to this device.
     pub token: String,
-    pub expires_at: String,
+    pub expires_at: crate::time::Timestamp,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

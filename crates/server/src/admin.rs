@@ -2,7 +2,7 @@
 //! users, devices, tracked tables, tasks and their assignment.
 
 use fieldsync_proto::task::{TaskDef, check_name};
-use fieldsync_proto::time;
+use fieldsync_proto::time::Timestamp;
 use fieldsync_store::{
     DeviceRecord, Result, Store, StoreError, TableInfo, UserRecord, random_hex, sha256_hex,
 };
@@ -19,7 +19,7 @@ pub fn user_add(store: &dyn Store, name: &str, admin: bool, password: &str) -> R
         password_hash: auth::hash_password(password),
         admin,
         disabled: false,
-        created_at: time::now_rfc3339(),
+        created_at: Timestamp::now(),
     })
 }
 
@@ -33,7 +33,7 @@ pub fn device_add(store: &dyn Store, id: &str, label: Option<&str>) -> Result<St
         code_hash: Some(sha256_hex(&code)),
         secret_hash: None,
         revoked: false,
-        created_at: time::now_rfc3339(),
+        created_at: Timestamp::now(),
         paired_at: None,
     })?;
     Ok(code)
@@ -48,7 +48,7 @@ pub fn table_track(store: &dyn Store, table: &str) -> Result<TableInfo> {
 pub fn task_apply(store: &dyn Store, toml_text: &str) -> Result<TaskDef> {
     let def = TaskDef::from_toml(toml_text).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let canonical = serde_json::to_string(&def).expect("task serializes");
-    store.task_put(&def, &sha256_hex(&canonical)[..16], &time::now_rfc3339())?;
+    store.task_put(&def, &sha256_hex(&canonical)[..16], Timestamp::now())?;
     Ok(def)
 }
 
@@ -74,5 +74,5 @@ pub fn conflict_resolve(
     id: i64,
     take_device: bool,
 ) -> Result<fieldsync_store::ConflictRecord> {
-    store.conflict_resolve(id, take_device, &time::now_rfc3339())
+    store.conflict_resolve(id, take_device, Timestamp::now())
 }

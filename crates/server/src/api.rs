@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use fieldsync_proto::filter::Params;
 use fieldsync_proto::task::check_name;
-use fieldsync_proto::time;
+use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{
     ErrorCode, HEADER_KIND, HEADER_OP, HEADER_UPLOAD_ID, JSON_BODY_MAX_BYTES, LoginRequest,
     LoginResponse, PROTOCOL_VERSION, PairRequest, PairResponse, SliceHeader, SyncOp, TaskSummary,
@@ -195,7 +195,7 @@ async fn pair(
             &req.device_id,
             &sha256_hex(req.code.trim()),
             &sha256_hex(&secret),
-            &time::now_rfc3339(),
+            Timestamp::now(),
         )?;
         if !paired {
             return Err(ApiError::unauthorized(format!(
@@ -236,13 +236,13 @@ async fn login(
         }
         let token = random_hex(32);
         // The database's clock, as every server judges expiry by it.
-        let now_ms = st.store.clock_ms()?;
+        let now = Timestamp::from_unix_ms(st.store.clock_ms()?);
         let session = SessionRecord {
             token_hash: sha256_hex(&token),
             device: device.id,
             user: user.name.clone(),
-            created_at: time::format_unix_ms(now_ms),
-            expires_at: time::format_unix_ms(now_ms + auth::SESSION_TTL_MS),
+            created_at: now,
+            expires_at: now.plus_ms(auth::SESSION_TTL_MS),
         };
         st.store.session_put(&session)?;
         Ok(Json(LoginResponse {
@@ -309,7 +309,7 @@ async fn download(
     auth::check_protocol(&headers)?;
     check_name("task", &name).map_err(ApiError::bad_request)?;
     let (op, trigger) = op_and_trigger(&headers, SyncOp::Download)?;
-    let started = (std::time::Instant::now(), time::now_rfc3339());
+    let started = (std::time::Instant::now(), Timestamp::now());
     let store = st.store.clone();
     let downloads = st.downloads.clone();
     let (plan, header, turn) = blocking(move || {
@@ -416,7 +416,7 @@ async fn upload(
     auth::check_protocol(&headers)?;
     let (op, trigger) = op_and_trigger(&headers, SyncOp::Send)?;
     let started = std::time::Instant::now();
-    let started_at = time::now_rfc3339();
+    let started_at = Timestamp::now();
     let claimed_id = headers
         .get(HEADER_UPLOAD_ID)
         .and_then(|v| v.to_str().ok())
@@ -429,7 +429,6 @@ async fn upload(
     };
     let before = {
         let (st, headers, claimed_id) = (st.clone(), headers.clone(), claimed_id.clone());
-        let started_at = started_at.clone();
         blocking(move || {
             // A known upload id is answered with its recorded outcome before any other
             // check: a device whose acknowledgement was lost learns the fate of its
@@ -519,7 +518,7 @@ async fn upload(
             sender: &user.name,
             task: worked_under,
             today: today.as_ref(),
-            at: &started_at,
+            at: started_at,
         };
         let result = st.store.integrate(&ctx, &upload);
         let (word, message, conflicts) = match &result {

@@ -124,7 +124,7 @@ pub struct SessionInfo {
     pub user: String,
     pub op: fieldsync_proto::wire::SyncOp,
     pub trigger: fieldsync_proto::wire::Trigger,
-    pub started_at: String,
+    pub started_at: fieldsync_proto::time::Timestamp,
     pub started: std::time::Instant,
 }
 

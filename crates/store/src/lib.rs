@@ -17,6 +17,7 @@ use fieldsync_proto::ColumnType;
 use fieldsync_proto::filter::Params;
 use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::task::TaskDef;
+use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{Upload, UploadOutcome};
 
 pub use dialect::SqlDialect;
@@ -91,7 +92,7 @@ pub struct UserRecord {
     pub password_hash: String,
     pub admin: bool,
     pub disabled: bool,
-    pub created_at: String,
+    pub created_at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,8 +104,8 @@ pub struct DeviceRecord {
     /// SHA-256 (hex) of the device secret; `None` until paired.
     pub secret_hash: Option<String>,
     pub revoked: bool,
-    pub created_at: String,
-    pub paired_at: Option<String>,
+    pub created_at: Timestamp,
+    pub paired_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -113,8 +114,8 @@ pub struct SessionRecord {
     pub token_hash: String,
     pub device: String,
     pub user: String,
-    pub created_at: String,
-    pub expires_at: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +125,7 @@ pub struct TaskRecord {
     pub hash: String,
     pub users: Vec<String>,
     pub devices: Vec<String>,
-    pub updated_at: String,
+    pub updated_at: Timestamp,
 }
 
 /// Who sends an upload, for which task.
@@ -139,7 +140,7 @@ pub struct IntegrateContext<'a> {
     /// (`None`: deleted, renamed or unassigned since). A write the device's version
     /// allowed and today's does not is a conflict, logged and not applied.
     pub today: Option<&'a TaskRecord>,
-    pub at: &'a str,
+    pub at: Timestamp,
     /// The upload's replica was cut from another history of the main database (a
     /// restore): its bases mean nothing here, every row is compared by value.
     pub restored: bool,
@@ -158,7 +159,7 @@ pub enum IntegrateError {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ConflictRecord {
     pub id: i64,
-    pub at: String,
+    pub at: Timestamp,
     pub device: String,
     pub user: String,
     pub task: String,
@@ -173,7 +174,7 @@ pub struct ConflictRecord {
     pub server_values: std::collections::BTreeMap<String, fieldsync_proto::Value>,
     pub base_version: Option<i64>,
     pub server_version: Option<i64>,
-    pub resolved_at: Option<String>,
+    pub resolved_at: Option<Timestamp>,
     pub resolved_take: Option<String>,
 }
 
@@ -195,7 +196,7 @@ pub struct HistoryRecord {
     pub bytes_down: u64,
     pub bytes_up: u64,
     pub conflicts: u64,
-    pub started_at: String,
+    pub started_at: Timestamp,
     pub duration_ms: u64,
 }
 
@@ -234,10 +235,16 @@ pub trait Catalog {
     fn device_get(&self, id: &str) -> Result<Option<DeviceRecord>>;
     /// Consumes the enrollment code (if `code_hash` still matches) and stores the
     /// secret's hash. `false` when the code was wrong or already used.
-    fn device_pair(&self, id: &str, code_hash: &str, secret_hash: &str, at: &str) -> Result<bool>;
+    fn device_pair(
+        &self,
+        id: &str,
+        code_hash: &str,
+        secret_hash: &str,
+        at: Timestamp,
+    ) -> Result<bool>;
     fn device_list(&self) -> Result<Vec<DeviceRecord>>;
     /// Stores a task definition checked against the schema; replaces one of that name.
-    fn task_put(&self, def: &TaskDef, hash: &str, at: &str) -> Result<()>;
+    fn task_put(&self, def: &TaskDef, hash: &str, at: Timestamp) -> Result<()>;
     fn task_get(&self, name: &str) -> Result<Option<TaskRecord>>;
     /// A definition the task had, by its hash (every applied version is kept).
     fn task_version(&self, hash: &str) -> Result<Option<TaskDef>>;
@@ -320,7 +327,16 @@ pub trait History {
     fn history(&self) -> Result<Vec<HistoryRecord>>;
     fn conflicts_list(&self) -> Result<Vec<ConflictRecord>>;
     /// Applies the logged device or server values of a conflict and marks it resolved.
-    fn conflict_resolve(&self, id: i64, take_device: bool, at: &str) -> Result<ConflictRecord>;
+    fn conflict_resolve(&self, id: i64, take_device: bool, at: Timestamp)
+    -> Result<ConflictRecord>;
+}
+
+/// A time read from one of fieldsync's TEXT columns, which hold [`Timestamp`]'s text:
+/// anything else (a hand edit, another program) is an error naming the column, never a
+/// panic.
+pub(crate) fn stored_time(column: &str, text: &str) -> Result<Timestamp> {
+    text.parse()
+        .map_err(|e| StoreError::Db(format!("column `{column}`: {e}")))
 }
 
 /// Plans a task's slice for one user and device against the store's schema.

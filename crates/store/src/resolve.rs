@@ -5,6 +5,7 @@
 //! goes through the table's tracking triggers like any office write.
 
 use fieldsync_proto::Value;
+use fieldsync_proto::time::Timestamp;
 
 use crate::dialect::SqlDialect;
 use crate::plan::quote_ident;
@@ -26,7 +27,7 @@ pub(crate) trait ResolveTx {
     /// refusal, in its own words.
     fn write(&mut self, sql: &str, binds: &[Bound<'_>]) -> Result<(), String>;
     /// Records the resolution in the conflict log.
-    fn mark_resolved(&mut self, id: i64, at: &str, take: &str) -> Result<()>;
+    fn mark_resolved(&mut self, id: i64, at: Timestamp, take: &str) -> Result<()>;
 }
 
 /// Applies the logged device (`take_device`) or server values of conflict `id` and
@@ -35,7 +36,7 @@ pub(crate) fn resolve(
     tx: &mut dyn ResolveTx,
     id: i64,
     take_device: bool,
-    at: &str,
+    at: Timestamp,
 ) -> Result<ConflictRecord> {
     let c = tx
         .conflict(id)?
@@ -132,7 +133,7 @@ pub(crate) fn resolve(
     let take = if take_device { "device" } else { "server" };
     tx.mark_resolved(id, at, take)?;
     Ok(ConflictRecord {
-        resolved_at: Some(at.to_string()),
+        resolved_at: Some(at),
         resolved_take: Some(take.to_string()),
         ..c
     })

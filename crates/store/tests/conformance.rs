@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use fieldsync_proto::filter::Params;
 use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::task::{TaskDef, WriteOp};
+use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{Cursor, Upload, UploadEntry, UploadOutcome};
 use fieldsync_proto::{ColumnType, Value};
 use fieldsync_store::{
@@ -234,15 +235,15 @@ impl Office {
 // Helpers: the trait called the way the product calls it
 // ---------------------------------------------------------------------------------
 
-fn now() -> String {
-    fieldsync_proto::time::now_rfc3339()
+fn now() -> Timestamp {
+    Timestamp::now()
 }
 
 /// As `fieldsync admin task apply` does it (server/src/admin.rs `task_apply`).
 fn task_apply(store: &dyn Store, toml_text: &str) -> Result<TaskDef, StoreError> {
     let def = TaskDef::from_toml(toml_text).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let canonical = serde_json::to_string(&def).expect("task serializes");
-    store.task_put(&def, &sha256_hex(&canonical)[..16], &now())?;
+    store.task_put(&def, &sha256_hex(&canonical)[..16], now())?;
     Ok(def)
 }
 
@@ -454,8 +455,8 @@ fn send(
                 token_hash: sha256_hex(&format!("{device}-{user}-{}", random_hex(8))),
                 device: device.into(),
                 user: user.into(),
-                created_at: at.clone(),
-                expires_at: "2999-01-01T00:00:00.000Z".into(),
+                created_at: at,
+                expires_at: "2999-01-01T00:00:00.000Z".parse().expect("time"),
             })
             .expect("session_put");
     }
@@ -464,7 +465,7 @@ fn send(
         sender,
         task: &record.def,
         today: Some(&record),
-        at: &at,
+        at,
         restored: false,
     };
     fx.store().integrate(&ctx, upload)
@@ -711,7 +712,7 @@ fn integrate_as(fx: &Fixture, task: &str, up: &Upload) -> Result<UploadOutcome, 
         sender: "ana",
         task: &record.def,
         today: Some(&record),
-        at: &at,
+        at,
         restored: false,
     };
     fx.store().integrate(&ctx, up)
@@ -1177,7 +1178,7 @@ fn users_devices_tasks_sessions(fx: &Fixture) {
     assert_eq!(ids, ["dev0", "dev1"]);
     let at = now();
     assert!(
-        !s.device_pair("dev1", &sha256_hex("wrong"), &sha256_hex("secret"), &at)
+        !s.device_pair("dev1", &sha256_hex("wrong"), &sha256_hex("secret"), at)
             .expect("pair"),
         "a wrong code does not pair"
     );
@@ -1190,16 +1191,16 @@ fn users_devices_tasks_sessions(fx: &Fixture) {
         "nothing stored on a wrong code"
     );
     assert!(
-        s.device_pair("dev1", &sha256_hex("code-1"), &sha256_hex("secret"), &at)
+        s.device_pair("dev1", &sha256_hex("code-1"), &sha256_hex("secret"), at)
             .expect("pair"),
         "the right code pairs"
     );
     let paired = s.device_get("dev1").expect("get").expect("dev1");
     assert_eq!(paired.code_hash, None, "the code is consumed");
     assert_eq!(paired.secret_hash, Some(sha256_hex("secret")));
-    assert_eq!(paired.paired_at.as_deref(), Some(at.as_str()));
+    assert_eq!(paired.paired_at, Some(at));
     assert!(
-        !s.device_pair("dev1", &sha256_hex("code-1"), &sha256_hex("secret2"), &at)
+        !s.device_pair("dev1", &sha256_hex("code-1"), &sha256_hex("secret2"), at)
             .expect("pair"),
         "the code pairs only once"
     );
@@ -1214,7 +1215,7 @@ fn users_devices_tasks_sessions(fx: &Fixture) {
     })
     .expect("device_add");
     assert!(
-        !s.device_pair("dev-revoked", &sha256_hex("code-r"), &sha256_hex("s"), &at)
+        !s.device_pair("dev-revoked", &sha256_hex("code-r"), &sha256_hex("s"), at)
             .expect("pair"),
         "a revoked device does not pair"
     );
@@ -1310,7 +1311,7 @@ fn users_devices_tasks_sessions(fx: &Fixture) {
         device: "dev1".into(),
         user: user.into(),
         created_at: now(),
-        expires_at: expires.into(),
+        expires_at: expires.parse().expect("time"),
     };
     let far = "2999-01-01T00:00:00.000Z";
     let s1 = session("t1", "ana", far);
@@ -1921,10 +1922,10 @@ fn conflict_resolve_takes_logged_values(fx: &Fixture) {
     let at = now();
     let r = fx
         .store()
-        .conflict_resolve(ca.id, true, &at)
+        .conflict_resolve(ca.id, true, at)
         .expect("take device");
     assert_eq!(r.resolved_take.as_deref(), Some("device"));
-    assert_eq!(r.resolved_at.as_deref(), Some(at.as_str()));
+    assert_eq!(r.resolved_at, Some(at));
     assert_eq!(
         asset_name(fx, a),
         "device a",
@@ -1944,7 +1945,7 @@ fn conflict_resolve_takes_logged_values(fx: &Fixture) {
     );
 
     fx.store()
-        .conflict_resolve(cb.id, false, &now())
+        .conflict_resolve(cb.id, false, now())
         .expect("take server");
     assert_eq!(
         asset_name(fx, b),
@@ -1958,7 +1959,7 @@ fn conflict_resolve_takes_logged_values(fx: &Fixture) {
     assert!(listed.iter().all(|c| c.resolved_at.is_some()));
     assert!(
         matches!(
-            fx.store().conflict_resolve(ca.id, false, &now()),
+            fx.store().conflict_resolve(ca.id, false, now()),
             Err(StoreError::Invalid(_))
         ),
         "a conflict is resolved once"
@@ -1969,7 +1970,7 @@ fn conflict_resolve_takes_logged_values(fx: &Fixture) {
         "a refused resolution changes nothing"
     );
     assert!(matches!(
-        fx.store().conflict_resolve(9_999, true, &now()),
+        fx.store().conflict_resolve(9_999, true, now()),
         Err(StoreError::NotFound(_))
     ));
 }
@@ -2079,6 +2080,39 @@ fn tracking_judged_by_the_table_triggers(fx: &Fixture) {
 // One #[test] per check and engine
 // ---------------------------------------------------------------------------------
 
+/// Times are TEXT columns holding `Timestamp`'s text: one written by hand (or by
+/// another program) that is not a time fails the read with a database error naming
+/// the column, never a panic; a well-formed one reads back as written.
+fn malformed_stored_time_is_an_error(fx: &Fixture) {
+    setup(fx);
+    let (users, devices) = match fx.engine {
+        Engine::Sqlite => ("fieldsync_users", "fieldsync_devices"),
+        Engine::Postgres => ("fieldsync.users", "fieldsync.devices"),
+    };
+    let s = fx.store();
+    let ana = s.user_get("ana").expect("user_get").expect("ana");
+    assert_eq!(
+        ana.created_at.to_string().parse::<Timestamp>(),
+        Ok(ana.created_at)
+    );
+    let mut office = fx.office();
+    office.exec(&format!(
+        "UPDATE {users} SET created_at = 'yesterday' WHERE name = 'ana'"
+    ));
+    office.exec(&format!(
+        "UPDATE {devices} SET paired_at = '2026-13-01T00:00:00Z' WHERE id = 'dev1'"
+    ));
+    let named = |what: &str, r: Result<(), StoreError>, column: &str| match r {
+        Err(StoreError::Db(m)) => assert!(m.contains(&format!("`{column}`")), "{what}: {m}"),
+        other => panic!("{what}: a database error naming `{column}` expected, got {other:?}"),
+    };
+    named("user_get", s.user_get("ana").map(drop), "created_at");
+    named("user_list", s.user_list().map(drop), "created_at");
+    named("device_get", s.device_get("dev1").map(drop), "paired_at");
+    named("device_list", s.device_list().map(drop), "paired_at");
+    assert!(s.user_get("ben").expect("ben reads").is_some());
+}
+
 macro_rules! conformance {
     (both: [$($check:ident),* $(,)?], postgres_only: [$($pg:ident),* $(,)?] $(,)?) => {
         mod sqlite {
@@ -2118,6 +2152,7 @@ conformance! {
         office_change_after_download_conflicts,
         commit_order_open_transaction,
         conflict_resolve_takes_logged_values,
+        malformed_stored_time_is_an_error,
     ],
     postgres_only: [
         upload_gives_up_on_a_row_the_office_holds,

@@ -159,7 +159,7 @@ impl Transport for Fake {
             ("POST", "/api/v1/login") => json(&LoginResponse {
                 user: "ana".into(),
                 token: "token".into(),
-                expires_at: "2099-01-01T00:00:00Z".into(),
+                expires_at: "2099-01-01T00:00:00Z".parse().expect("time"),
             }),
             ("GET", "/api/v1/tasks/work/download") => {
                 assert_eq!(header("authorization").as_deref(), Some("Bearer token"));

@@ -4,16 +4,17 @@
 use fieldsync_proto::task::TaskDef;
 use postgres::Client;
 
-use super::{PgStore, in_tx, table_info};
+use super::{PgStore, in_tx, opt_time_at, table_info, time_at};
 use crate::plan;
 use crate::{Catalog, DeviceRecord, Result, SessionRecord, StoreError, TaskRecord, UserRecord};
+use fieldsync_proto::time::Timestamp;
 
 fn task_record(
     c: &mut impl postgres::GenericClient,
     name: &str,
     definition: &str,
     hash: String,
-    updated_at: String,
+    updated_at: Timestamp,
 ) -> Result<TaskRecord> {
     let def: TaskDef = serde_json::from_str(definition)
         .map_err(|e| StoreError::Db(format!("stored task `{name}` is unreadable: {e}")))?;
@@ -72,7 +73,7 @@ fn assigned_tasks(
                     StoreError::Db(format!("stored task `{name}` is unreadable: {e}"))
                 })?,
                 hash: r.get(2),
-                updated_at: r.get(3),
+                updated_at: time_at(r, 3, "updated_at")?,
                 users: r.get(4),
                 devices: r.get(5),
             })
@@ -90,52 +91,67 @@ impl Catalog for PgStore {
                 &u.password_hash,
                 &u.admin,
                 &u.disabled,
-                &u.created_at,
+                &u.created_at.to_string(),
             ],
         )?;
         crate::catalog::added(n != 0, "user", &u.name)
     }
 
     fn user_get(&self, name: &str) -> Result<Option<UserRecord>> {
-        Ok(self
-            .conn()?
+        self.conn()?
             .query_opt(
                 &format!("SELECT {USER_COLUMNS} FROM fieldsync.users WHERE name = $1"),
                 &[&name],
             )?
-            .map(|r| user_row(&r)))
+            .map(|r| user_row(&r))
+            .transpose()
     }
 
     fn device_add(&self, d: &DeviceRecord) -> Result<()> {
         let n = self.conn()?.execute(
             "INSERT INTO fieldsync.devices (id, label, code_hash, secret_hash, revoked, created_at, paired_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-            &[&d.id, &d.label, &d.code_hash, &d.secret_hash, &d.revoked, &d.created_at, &d.paired_at],
+            &[
+                &d.id,
+                &d.label,
+                &d.code_hash,
+                &d.secret_hash,
+                &d.revoked,
+                &d.created_at.to_string(),
+                &d.paired_at.map(|t| t.to_string()),
+            ],
         )?;
         crate::catalog::added(n != 0, "device", &d.id)
     }
 
     fn device_get(&self, id: &str) -> Result<Option<DeviceRecord>> {
-        Ok(self
-            .conn()?
+        self.conn()?
             .query_opt(
                 &format!("SELECT {DEVICE_COLUMNS} FROM fieldsync.devices WHERE id = $1"),
                 &[&id],
             )?
-            .map(|r| device_row(&r)))
+            .map(|r| device_row(&r))
+            .transpose()
     }
 
-    fn device_pair(&self, id: &str, code_hash: &str, secret_hash: &str, at: &str) -> Result<bool> {
+    fn device_pair(
+        &self,
+        id: &str,
+        code_hash: &str,
+        secret_hash: &str,
+        at: Timestamp,
+    ) -> Result<bool> {
         // One statement: the code is consumed exactly once even if two devices race.
         let n = self.conn()?.execute(
             "UPDATE fieldsync.devices SET code_hash = NULL, secret_hash = $3, paired_at = $4
              WHERE id = $1 AND code_hash = $2 AND NOT revoked",
-            &[&id, &code_hash, &secret_hash, &at],
+            &[&id, &code_hash, &secret_hash, &at.to_string()],
         )?;
         Ok(n == 1)
     }
 
-    fn task_put(&self, def: &TaskDef, hash: &str, at: &str) -> Result<()> {
+    fn task_put(&self, def: &TaskDef, hash: &str, at: Timestamp) -> Result<()> {
+        let at = at.to_string();
         let mut c = self.conn()?;
         in_tx(&mut c, |tx| {
             let mut infos = std::collections::HashMap::new();
@@ -181,8 +197,16 @@ impl Catalog for PgStore {
             "SELECT definition, hash, updated_at FROM fieldsync.tasks WHERE name = $1",
             &[&name],
         )?;
-        row.map(|r| task_record(&mut *c, name, r.get(0), r.get(1), r.get(2)))
-            .transpose()
+        row.map(|r| {
+            task_record(
+                &mut *c,
+                name,
+                r.get(0),
+                r.get(1),
+                time_at(&r, 2, "updated_at")?,
+            )
+        })
+        .transpose()
     }
 
     fn task_list(&self) -> Result<Vec<TaskRecord>> {
@@ -192,7 +216,15 @@ impl Catalog for PgStore {
             &[],
         )?;
         rows.iter()
-            .map(|r| task_record(&mut *c, r.get(0), r.get(1), r.get(2), r.get(3)))
+            .map(|r| {
+                task_record(
+                    &mut *c,
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    time_at(r, 3, "updated_at")?,
+                )
+            })
             .collect()
     }
 
@@ -249,27 +281,22 @@ impl Catalog for PgStore {
     }
 
     fn session_put(&self, s: &SessionRecord) -> Result<()> {
+        let (created_at, expires_at) = (s.created_at.to_string(), s.expires_at.to_string());
         let mut c = self.conn()?;
         c.execute(
             "INSERT INTO fieldsync.sessions (token_hash, device, user_name, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &s.token_hash,
-                &s.device,
-                &s.user,
-                &s.created_at,
-                &s.expires_at,
-            ],
+            &[&s.token_hash, &s.device, &s.user, &created_at, &expires_at],
         )?;
         c.execute(
             "INSERT INTO fieldsync.device_users (device, user_name, first_at) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
-            &[&s.device, &s.user, &s.created_at],
+            &[&s.device, &s.user, &created_at],
         )?;
         // Expired sessions are of no use to anyone; drop them while we are here.
         c.execute(
             "DELETE FROM fieldsync.sessions WHERE expires_at < $1",
-            &[&s.created_at],
+            &[&created_at],
         )?;
         Ok(())
     }
@@ -285,7 +312,7 @@ impl Catalog for PgStore {
     }
 
     fn session_get(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
-        Ok(self
+        self
             .conn()?
             .query_opt(
                 "SELECT token_hash, device, user_name, created_at, expires_at FROM fieldsync.sessions
@@ -293,13 +320,16 @@ impl Catalog for PgStore {
                    AND expires_at > to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
                 &[&token_hash],
             )?
-            .map(|r| SessionRecord {
-                token_hash: r.get(0),
-                device: r.get(1),
-                user: r.get(2),
-                created_at: r.get(3),
-                expires_at: r.get(4),
-            }))
+            .map(|r| -> Result<SessionRecord> {
+                Ok(SessionRecord {
+                    token_hash: r.get(0),
+                    device: r.get(1),
+                    user: r.get(2),
+                    created_at: time_at(&r, 3, "created_at")?,
+                    expires_at: time_at(&r, 4, "expires_at")?,
+                })
+            })
+            .transpose()
     }
 
     fn session_delete(&self, token_hash: &str) -> Result<()> {
@@ -311,15 +341,14 @@ impl Catalog for PgStore {
     }
 
     fn user_list(&self) -> Result<Vec<UserRecord>> {
-        Ok(self
-            .conn()?
+        self.conn()?
             .query(
                 &format!("SELECT {USER_COLUMNS} FROM fieldsync.users ORDER BY name COLLATE \"C\""),
                 &[],
             )?
             .iter()
             .map(user_row)
-            .collect())
+            .collect::<Result<_>>()
     }
 
     /// A new password ends the user's sessions, as disabling does.
@@ -358,8 +387,7 @@ impl Catalog for PgStore {
     }
 
     fn device_list(&self) -> Result<Vec<DeviceRecord>> {
-        Ok(self
-            .conn()?
+        self.conn()?
             .query(
                 &format!(
                     "SELECT {DEVICE_COLUMNS} FROM fieldsync.devices ORDER BY id COLLATE \"C\""
@@ -368,7 +396,7 @@ impl Catalog for PgStore {
             )?
             .iter()
             .map(device_row)
-            .collect())
+            .collect::<Result<_>>()
     }
 
     fn task_delete(&self, name: &str) -> Result<()> {
@@ -408,24 +436,24 @@ impl Catalog for PgStore {
 const USER_COLUMNS: &str = "name, password_hash, admin, disabled, created_at";
 const DEVICE_COLUMNS: &str = "id, label, code_hash, secret_hash, revoked, created_at, paired_at";
 
-fn user_row(r: &postgres::Row) -> UserRecord {
-    UserRecord {
+fn user_row(r: &postgres::Row) -> Result<UserRecord> {
+    Ok(UserRecord {
         name: r.get(0),
         password_hash: r.get(1),
         admin: r.get(2),
         disabled: r.get(3),
-        created_at: r.get(4),
-    }
+        created_at: time_at(r, 4, "created_at")?,
+    })
 }
 
-fn device_row(r: &postgres::Row) -> DeviceRecord {
-    DeviceRecord {
+fn device_row(r: &postgres::Row) -> Result<DeviceRecord> {
+    Ok(DeviceRecord {
         id: r.get(0),
         label: r.get(1),
         code_hash: r.get(2),
         secret_hash: r.get(3),
         revoked: r.get(4),
-        created_at: r.get(5),
-        paired_at: r.get(6),
-    }
+        created_at: time_at(r, 5, "created_at")?,
+        paired_at: opt_time_at(r, 6, "paired_at")?,
+    })
 }

@@ -1,12 +1,13 @@
 //! What happened, on PostgreSQL: the sync history and the conflict log.
 
+use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{SyncOp, Trigger};
 
 use postgres::Transaction;
 use postgres::types::ToSql;
 
 use super::types::{self, Param};
-use super::{PgStore, in_tx, pg_message, table_info};
+use super::{PgStore, in_tx, opt_time_at, pg_message, table_info, time_at};
 use crate::dialect::SqlDialect;
 use crate::resolve::{self, Bound, ResolveTx};
 use crate::{ConflictRecord, History, HistoryRecord, Result, StoreError, TableInfo};
@@ -19,7 +20,12 @@ impl History for PgStore {
         rows.iter().map(conflict_row).collect()
     }
 
-    fn conflict_resolve(&self, id: i64, take_device: bool, at: &str) -> Result<ConflictRecord> {
+    fn conflict_resolve(
+        &self,
+        id: i64,
+        take_device: bool,
+        at: Timestamp,
+    ) -> Result<ConflictRecord> {
         let mut c = self.conn()?;
         in_tx(&mut c, |tx| {
             resolve::resolve(&mut Resolving(tx), id, take_device, at)
@@ -44,7 +50,7 @@ impl History for PgStore {
                 &(s.bytes_down as i64),
                 &(s.bytes_up as i64),
                 &(s.conflicts as i64),
-                &s.started_at,
+                &s.started_at.to_string(),
                 &(s.duration_ms as i64),
             ],
         )?;
@@ -75,7 +81,7 @@ impl History for PgStore {
                     bytes_down: r.get::<_, i64>(9) as u64,
                     bytes_up: r.get::<_, i64>(10) as u64,
                     conflicts: r.get::<_, i64>(11) as u64,
-                    started_at: r.get(12),
+                    started_at: time_at(r, 12, "started_at")?,
                     duration_ms: r.get::<_, i64>(13) as u64,
                 })
             })
@@ -129,10 +135,10 @@ impl ResolveTx for Resolving<'_, '_> {
             .map_err(|e| pg_message(&e))
     }
 
-    fn mark_resolved(&mut self, id: i64, at: &str, take: &str) -> Result<()> {
+    fn mark_resolved(&mut self, id: i64, at: Timestamp, take: &str) -> Result<()> {
         self.0.execute(
             "UPDATE fieldsync.conflicts SET resolved_at = $1, resolved_take = $2 WHERE id = $3",
-            &[&at, &take, &id],
+            &[&at.to_string(), &take, &id],
         )?;
         Ok(())
     }
@@ -148,7 +154,7 @@ fn conflict_row(r: &postgres::Row) -> Result<ConflictRecord> {
     }
     Ok(ConflictRecord {
         id: r.get(0),
-        at: r.get(1),
+        at: time_at(r, 1, "at")?,
         device: r.get(2),
         user: r.get(3),
         task: r.get(4),
@@ -162,7 +168,7 @@ fn conflict_row(r: &postgres::Row) -> Result<ConflictRecord> {
         server_values: json(r, 12)?,
         base_version: r.get(13),
         server_version: r.get(14),
-        resolved_at: r.get(15),
+        resolved_at: opt_time_at(r, 15, "resolved_at")?,
         resolved_take: r.get(16),
     })
 }

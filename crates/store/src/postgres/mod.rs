@@ -32,6 +32,7 @@ pub(crate) use tracking::table_info;
 
 use self::pool::{Conn, Pool};
 use crate::{Result, StoreError};
+use fieldsync_proto::time::Timestamp;
 
 /// A PostgreSQL main database, by URL (`postgres://user@host:port/db`).
 pub struct PgStore {
@@ -109,6 +110,23 @@ fn redact(url: &str) -> String {
 
 fn now() -> String {
     fieldsync_proto::time::now_rfc3339()
+}
+
+/// Column `idx` (named `column`) of a row, a time fieldsync wrote as text; anything
+/// else is an error naming the column (see [`crate::stored_time`]).
+pub(super) fn time_at(r: &postgres::Row, idx: usize, column: &str) -> Result<Timestamp> {
+    crate::stored_time(column, &r.try_get::<_, String>(idx)?)
+}
+
+/// [`time_at`] for a column that may be NULL.
+pub(super) fn opt_time_at(
+    r: &postgres::Row,
+    idx: usize,
+    column: &str,
+) -> Result<Option<Timestamp>> {
+    r.try_get::<_, Option<String>>(idx)?
+        .map(|t| crate::stored_time(column, &t))
+        .transpose()
 }
 
 /// Runs `f` in a transaction and commits.

@@ -4,16 +4,17 @@
 use fieldsync_proto::task::TaskDef;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{SqliteStore, table_info};
+use super::{SqliteStore, opt_time_at, table_info, time_at};
 use crate::plan;
 use crate::{Catalog, DeviceRecord, Result, SessionRecord, StoreError, TaskRecord, UserRecord};
+use fieldsync_proto::time::Timestamp;
 
 fn task_record(
     conn: &Connection,
     name: &str,
     definition: &str,
     hash: String,
-    updated_at: String,
+    updated_at: Timestamp,
 ) -> Result<TaskRecord> {
     let def: TaskDef = serde_json::from_str(definition)
         .map_err(|e| StoreError::Db(format!("stored task `{name}` is unreadable: {e}")))?;
@@ -64,7 +65,7 @@ fn assigned_tasks(
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
+                time_at(r, 3, "updated_at")?,
                 r.get::<_, String>(4)?,
                 r.get::<_, String>(5)?,
             ))
@@ -95,7 +96,7 @@ impl Catalog for SqliteStore {
         let conn = self.conn()?;
         let n = conn.execute(
             "INSERT OR IGNORE INTO fieldsync_users (name, password_hash, admin, disabled, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![user.name, user.password_hash, user.admin, user.disabled, user.created_at],
+            params![user.name, user.password_hash, user.admin, user.disabled, user.created_at.to_string()],
         )?;
         crate::catalog::added(n != 0, "user", &user.name)
     }
@@ -116,7 +117,15 @@ impl Catalog for SqliteStore {
         let n = conn.execute(
             "INSERT OR IGNORE INTO fieldsync_devices (id, label, code_hash, secret_hash, revoked, created_at, paired_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![d.id, d.label, d.code_hash, d.secret_hash, d.revoked, d.created_at, d.paired_at],
+            params![
+                d.id,
+                d.label,
+                d.code_hash,
+                d.secret_hash,
+                d.revoked,
+                d.created_at.to_string(),
+                d.paired_at.map(|t| t.to_string())
+            ],
         )?;
         crate::catalog::added(n != 0, "device", &d.id)
     }
@@ -132,18 +141,24 @@ impl Catalog for SqliteStore {
             .optional()?)
     }
 
-    fn device_pair(&self, id: &str, code_hash: &str, secret_hash: &str, at: &str) -> Result<bool> {
+    fn device_pair(
+        &self,
+        id: &str,
+        code_hash: &str,
+        secret_hash: &str,
+        at: Timestamp,
+    ) -> Result<bool> {
         let conn = self.conn()?;
         // One statement: the code is consumed exactly once even if two devices race.
         let n = conn.execute(
             "UPDATE fieldsync_devices SET code_hash = NULL, secret_hash = ?3, paired_at = ?4
              WHERE id = ?1 AND code_hash = ?2 AND revoked = 0",
-            params![id, code_hash, secret_hash, at],
+            params![id, code_hash, secret_hash, at.to_string()],
         )?;
         Ok(n == 1)
     }
 
-    fn task_put(&self, def: &TaskDef, hash: &str, at: &str) -> Result<()> {
+    fn task_put(&self, def: &TaskDef, hash: &str, at: Timestamp) -> Result<()> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         plan::check_task(def, &|t| table_info(&tx, t))?;
@@ -151,11 +166,11 @@ impl Catalog for SqliteStore {
         tx.execute(
             "INSERT INTO fieldsync_tasks (name, definition, hash, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, hash = excluded.hash, updated_at = excluded.updated_at",
-            params![def.name, json, hash, at],
+            params![def.name, json, hash, at.to_string()],
         )?;
         tx.execute(
             "INSERT OR IGNORE INTO fieldsync_task_versions (hash, name, definition, at) VALUES (?1, ?2, ?3, ?4)",
-            params![hash, def.name, json, at],
+            params![hash, def.name, json, at.to_string()],
         )?;
         tx.commit()?;
         Ok(())
@@ -179,11 +194,11 @@ impl Catalog for SqliteStore {
 
     fn task_get(&self, name: &str) -> Result<Option<TaskRecord>> {
         let conn = self.conn()?;
-        let row: Option<(String, String, String)> = conn
+        let row: Option<(String, String, Timestamp)> = conn
             .query_row(
                 "SELECT definition, hash, updated_at FROM fieldsync_tasks WHERE name = ?1",
                 [name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, time_at(r, 2, "updated_at")?)),
             )
             .optional()?;
         row.map(|(d, h, u)| task_record(&conn, name, &d, h, u))
@@ -197,9 +212,14 @@ impl Catalog for SqliteStore {
         )?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    time_at(r, 3, "updated_at")?,
+                ))
             })?
-            .collect::<rusqlite::Result<Vec<(String, String, String, String)>>>()?;
+            .collect::<rusqlite::Result<Vec<(String, String, String, Timestamp)>>>()?;
         rows.into_iter()
             .map(|(n, d, h, u)| task_record(&conn, &n, &d, h, u))
             .collect()
@@ -253,18 +273,19 @@ impl Catalog for SqliteStore {
 
     fn session_put(&self, s: &SessionRecord) -> Result<()> {
         let conn = self.conn()?;
+        let (created_at, expires_at) = (s.created_at.to_string(), s.expires_at.to_string());
         conn.execute(
             "INSERT INTO fieldsync_sessions (token_hash, device, user, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![s.token_hash, s.device, s.user, s.created_at, s.expires_at],
+            params![s.token_hash, s.device, s.user, created_at, expires_at],
         )?;
         conn.execute(
             "INSERT OR IGNORE INTO fieldsync_device_users (device, user, first_at) VALUES (?1, ?2, ?3)",
-            params![s.device, s.user, s.created_at],
+            params![s.device, s.user, created_at],
         )?;
         // Expired sessions are of no use to anyone; drop them while we are here.
         conn.execute(
             "DELETE FROM fieldsync_sessions WHERE expires_at < ?1",
-            [&s.created_at],
+            [&created_at],
         )?;
         Ok(())
     }
@@ -291,8 +312,8 @@ impl Catalog for SqliteStore {
                         token_hash: r.get(0)?,
                         device: r.get(1)?,
                         user: r.get(2)?,
-                        created_at: r.get(3)?,
-                        expires_at: r.get(4)?,
+                        created_at: time_at(r, 3, "created_at")?,
+                        expires_at: time_at(r, 4, "expires_at")?,
                     })
                 },
             )
@@ -403,7 +424,7 @@ fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
         password_hash: r.get(1)?,
         admin: r.get(2)?,
         disabled: r.get(3)?,
-        created_at: r.get(4)?,
+        created_at: time_at(r, 4, "created_at")?,
     })
 }
 
@@ -415,8 +436,8 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
         code_hash: r.get(2)?,
         secret_hash: r.get(3)?,
         revoked: r.get(4)?,
-        created_at: r.get(5)?,
-        paired_at: r.get(6)?,
+        created_at: time_at(r, 5, "created_at")?,
+        paired_at: opt_time_at(r, 6, "paired_at")?,
     })
 }
 

@@ -4,10 +4,11 @@ use fieldsync_proto::wire::{SyncOp, Trigger};
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
-use super::{SqliteDialect, SqliteStore, table_info, to_sql_value};
+use super::{SqliteDialect, SqliteStore, opt_time_at, table_info, time_at, to_sql_value};
 use crate::dialect::SqlDialect;
 use crate::resolve::{self, Bound, ResolveTx};
 use crate::{ConflictRecord, History, HistoryRecord, Result, TableInfo};
+use fieldsync_proto::time::Timestamp;
 
 impl History for SqliteStore {
     fn conflicts_list(&self) -> Result<Vec<ConflictRecord>> {
@@ -19,7 +20,12 @@ impl History for SqliteStore {
         Ok(rows)
     }
 
-    fn conflict_resolve(&self, id: i64, take_device: bool, at: &str) -> Result<ConflictRecord> {
+    fn conflict_resolve(
+        &self,
+        id: i64,
+        take_device: bool,
+        at: Timestamp,
+    ) -> Result<ConflictRecord> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let resolved = resolve::resolve(&mut Resolving(&tx), id, take_device, at)?;
@@ -34,7 +40,7 @@ impl History for SqliteStore {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 s.device, s.user, s.task, s.op.as_str(), s.trigger.as_str(), s.result, s.message, s.rows_down as i64, s.rows_up as i64,
-                s.bytes_down as i64, s.bytes_up as i64, s.conflicts as i64, s.started_at, s.duration_ms as i64
+                s.bytes_down as i64, s.bytes_up as i64, s.conflicts as i64, s.started_at.to_string(), s.duration_ms as i64
             ],
         )?;
         Ok(())
@@ -61,7 +67,7 @@ impl History for SqliteStore {
                     bytes_down: r.get::<_, i64>(9)? as u64,
                     bytes_up: r.get::<_, i64>(10)? as u64,
                     conflicts: r.get::<_, i64>(11)? as u64,
-                    started_at: r.get(12)?,
+                    started_at: time_at(r, 12, "started_at")?,
                     duration_ms: r.get::<_, i64>(13)? as u64,
                 })
             })?
@@ -114,10 +120,10 @@ impl ResolveTx for Resolving<'_> {
             .map_err(|e| e.to_string())
     }
 
-    fn mark_resolved(&mut self, id: i64, at: &str, take: &str) -> Result<()> {
+    fn mark_resolved(&mut self, id: i64, at: Timestamp, take: &str) -> Result<()> {
         self.0.execute(
             "UPDATE fieldsync_conflicts SET resolved_at = ?1, resolved_take = ?2 WHERE id = ?3",
-            params![at, take, id],
+            params![at.to_string(), take, id],
         )?;
         Ok(())
     }
@@ -133,7 +139,7 @@ fn conflict_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConflictRecord> {
     };
     Ok(ConflictRecord {
         id: r.get(0)?,
-        at: r.get(1)?,
+        at: time_at(r, 1, "at")?,
         device: r.get(2)?,
         user: r.get(3)?,
         task: r.get(4)?,
@@ -147,7 +153,7 @@ fn conflict_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConflictRecord> {
         server_values: serde_json::from_str(&json(12)?).map_err(|e| bad(12, e))?,
         base_version: r.get(13)?,
         server_version: r.get(14)?,
-        resolved_at: r.get(15)?,
+        resolved_at: opt_time_at(r, 15, "resolved_at")?,
         resolved_take: r.get(16)?,
     })
 }

@@ -251,7 +251,7 @@ impl UploadTx for SqliteUpload<'_> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
-                c.ctx.at,
+                c.ctx.at.to_string(),
                 c.ctx.device,
                 e.user,
                 c.ctx.task.name,
@@ -277,7 +277,7 @@ impl UploadTx for SqliteUpload<'_> {
     ) -> Result<(), StoreError> {
         self.tx.execute(
             "INSERT INTO fieldsync_uploads (upload_id, device, user, task, outcome, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![upload_id, ctx.device, ctx.sender, ctx.task.name, outcome, ctx.at],
+            params![upload_id, ctx.device, ctx.sender, ctx.task.name, outcome, ctx.at.to_string()],
         )?;
         // The versions this upload's writes were stamped with: bases of this device.
         self.tx.execute(

@@ -16,6 +16,7 @@ use std::time::Duration;
 use fieldsync_proto::Value;
 use fieldsync_proto::filter::Dialect;
 use fieldsync_proto::frame::ValueRef;
+use fieldsync_proto::time::Timestamp;
 use rusqlite::{Connection, OpenFlags};
 
 mod catalog;
@@ -122,6 +123,36 @@ fn value_ref(v: rusqlite::types::ValueRef<'_>) -> ValueRef<'_> {
 
 fn now() -> String {
     fieldsync_proto::time::now_rfc3339()
+}
+
+/// Column `idx` (named `column`) of a row, a time fieldsync wrote as text; anything
+/// else fails the read with an error naming the column (see [`crate::stored_time`]).
+pub(crate) fn time_at(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+    column: &str,
+) -> rusqlite::Result<Timestamp> {
+    let text: String = r.get(idx)?;
+    text.parse().map_err(|e| bad_time(idx, column, e))
+}
+
+/// [`time_at`] for a column that may be NULL.
+pub(crate) fn opt_time_at(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+    column: &str,
+) -> rusqlite::Result<Option<Timestamp>> {
+    let text: Option<String> = r.get(idx)?;
+    text.map(|t| t.parse().map_err(|e| bad_time(idx, column, e)))
+        .transpose()
+}
+
+fn bad_time(idx: usize, column: &str, e: fieldsync_proto::time::TimestampError) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        idx,
+        rusqlite::types::Type::Text,
+        format!("column `{column}`: {e}").into(),
+    )
 }
 
 /// SQLite's SQL: values read and compared as stored, numbered placeholders, and no

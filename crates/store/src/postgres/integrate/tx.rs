@@ -447,12 +447,13 @@ impl UploadTx for PgUpload<'_, '_> {
         let key = serde_json::to_string(&e.key).expect("serializes");
         let device = serde_json::to_string(&n.device).expect("serializes");
         let server = serde_json::to_string(&n.server).expect("serializes");
+        let at = c.ctx.at.to_string();
         let r = self.execute(
             "INSERT INTO fieldsync.conflicts (at, device, user_name, task, tbl, key, op, kind, policy, resolution,
                  device_values, server_values, base_version, server_version)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             &[
-                &c.ctx.at,
+                &at,
                 &c.ctx.device,
                 &e.user,
                 &c.ctx.task.name,
@@ -478,6 +479,7 @@ impl UploadTx for PgUpload<'_, '_> {
         outcome: &str,
     ) -> Result<(), StoreError> {
         self.flush()?;
+        let at = ctx.at.to_string();
         let r = self.execute(
             "INSERT INTO fieldsync.uploads (upload_id, device, user_name, task, outcome, at)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -487,7 +489,7 @@ impl UploadTx for PgUpload<'_, '_> {
                 &ctx.sender,
                 &ctx.task.name,
                 &outcome,
-                &ctx.at,
+                &at,
             ],
         );
         r.map(|_| ()).map_err(|e| self.note(e))

@@ -424,20 +424,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             if json {
                 print_json(&task_view(&t));
             } else {
-                println!("task {} ({})", t.def.name, t.hash);
-                if let Some(d) = &t.def.description {
-                    println!("  {d}");
-                }
-                for table in &t.def.tables {
-                    println!(
-                        "  table {}: filter {}, write {:?}",
-                        table.name,
-                        table.filter.as_deref().unwrap_or("(all rows)"),
-                        table.write
-                    );
-                }
-                println!("  users: {}", t.users.join(", "));
-                println!("  devices: {}", t.devices.join(", "));
+                print!("{}", describe_task(&t));
             }
         }
         AdminCommand::Task(TaskCommand::Assign(a)) => {
@@ -451,4 +438,79 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A task as `admin task show` prints it for a person: each table's rows (filter and
+/// parent rule in words), columns, writes and conflict policy, then who has it.
+fn describe_task(t: &fieldsync_store::TaskRecord) -> String {
+    use fieldsync_proto::task::WriteOp;
+    use std::fmt::Write;
+    let list = |items: &[String], none: &str| {
+        if items.is_empty() {
+            none.to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let mut out = format!(
+        "task {} (version {}, applied {})\n",
+        t.def.name, t.hash, t.updated_at
+    );
+    if let Some(d) = &t.def.description {
+        let _ = writeln!(out, "  {d}");
+    }
+    for table in &t.def.tables {
+        let mut rows = vec![];
+        if let Some(p) = &table.parent {
+            rows.push(format!(
+                "those whose {} row ({} = its key) is in the slice",
+                p.table, p.key
+            ));
+        }
+        if let Some(f) = &table.filter {
+            rows.push(format!("where {f}"));
+        }
+        let rows = if rows.is_empty() {
+            "all".to_string()
+        } else {
+            rows.join(", and ")
+        };
+        let columns = table
+            .columns
+            .as_ref()
+            .map_or("all".to_string(), |c| c.join(", "));
+        let writes: Vec<String> = table
+            .write
+            .iter()
+            .map(|w| {
+                match w {
+                    WriteOp::Insert => "insert",
+                    WriteOp::Update => "update",
+                    WriteOp::Delete => "delete",
+                }
+                .to_string()
+            })
+            .collect();
+        let policy = serde_json::to_value(table.conflict)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  table {}", table.name);
+        let _ = writeln!(out, "    rows:     {rows}");
+        let _ = writeln!(out, "    columns:  {columns}");
+        let _ = writeln!(out, "    writes:   {}", list(&writes, "none (read-only)"));
+        if !writes.is_empty() {
+            let _ = writeln!(out, "    conflict: {policy}");
+        }
+    }
+    if let Some(files) = &t.def.files {
+        let _ = writeln!(
+            out,
+            "  files of: {} (file transfer is not built yet)",
+            list(&files.tables, "no table")
+        );
+    }
+    let _ = writeln!(out, "  users:    {}", list(&t.users, "none"));
+    let _ = writeln!(out, "  devices:  {}", list(&t.devices, "none"));
+    out
 }

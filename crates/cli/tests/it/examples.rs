@@ -207,3 +207,42 @@ fn the_example_tasks_apply_download_their_slices_and_take_their_writes() {
     dev.run(&["download", "my-work-orders"], "").ok();
     assert_eq!(keys(&dev, "work_orders"), ["w-4"]);
 }
+
+/// `admin task show` reads as a person needs it: every table's rule in words, columns,
+/// writes, policy, and who has the task.
+#[test]
+fn task_show_describes_each_table_for_a_person() {
+    let office = ExampleOffice::new();
+    let show = |task: &str| {
+        fieldsync(&["admin", "task", "show", task, "--db", &office.db_url], "")
+            .ok()
+            .stdout
+    };
+    let north = show("north-inspections");
+    let expected = "  table assets
+    rows:     where region = 'north' AND status <> 'retired'
+    columns:  id, name, category, status, region, x, y
+    writes:   update
+    conflict: field-merge
+  table inspections
+    rows:     those whose assets row (asset_id = its key) is in the slice, and where inspector = $user
+    columns:  all
+    writes:   insert, update
+    conflict: field-merge
+  users:    ana, ben
+  devices:  none
+";
+    assert!(
+        north.starts_with("task north-inspections (version "),
+        "{north}"
+    );
+    assert!(north.ends_with(expected), "{north}");
+    let categories = show("categories");
+    assert!(
+        categories.contains(
+            "    rows:     all\n    columns:  all\n    writes:   none (read-only)\n  users:"
+        ),
+        "{categories}"
+    );
+    assert!(show("my-work-orders").contains("    conflict: server-wins\n"));
+}

@@ -398,8 +398,8 @@ fn repeated_upload(
 
 /// What an upload's checks before its body decide.
 enum Before {
-    /// The upload id's recorded outcome.
-    Answered(UploadOutcome),
+    /// The upload id's recorded outcome, and the user who sent it.
+    Answered(UploadOutcome, String),
     /// Device and session are good: read the body.
     Read(DeviceRecord, UserRecord),
 }
@@ -412,7 +412,7 @@ async fn upload(
     State(st): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<UploadOutcome>, ApiError> {
+) -> Result<Response, ApiError> {
     auth::check_protocol(&headers)?;
     let (op, trigger) = op_and_trigger(&headers, SyncOp::Send)?;
     let started = std::time::Instant::now();
@@ -427,6 +427,7 @@ async fn upload(
         let (st, headers) = (st.clone(), headers.clone());
         blocking(move || auth::device(&*st.store, &headers)).await?
     };
+    let device_id = device.id.clone();
     let before = {
         let (st, headers, claimed_id) = (st.clone(), headers.clone(), claimed_id.clone());
         blocking(move || {
@@ -438,7 +439,7 @@ async fn upload(
             {
                 let record = HistoryRecord {
                     device: device.id.clone(),
-                    user: o.1,
+                    user: o.1.clone(),
                     task: None,
                     op,
                     trigger,
@@ -455,7 +456,7 @@ async fn upload(
                 if let Err(e) = st.store.history_record(&record) {
                     eprintln!("fieldsync server: recording a sync session: {e}");
                 }
-                return Ok(Before::Answered(o.0));
+                return Ok(Before::Answered(o.0, o.1));
             }
             let (device, _, user) = auth::session(&*st.store, &headers)?;
             Ok(Before::Read(device, user))
@@ -466,18 +467,30 @@ async fn upload(
         Ok(Before::Read(device, user)) => (device, user),
         // The device is known: what it still sends is read and dropped, so that it
         // reads this answer rather than a reset connection.
-        Ok(Before::Answered(outcome)) => {
+        Ok(Before::Answered(outcome, user)) => {
             upload_body::drain(body).await;
-            return Ok(Json(outcome));
+            let who = Who {
+                device: device_id,
+                user,
+            };
+            return Ok(with_who(Json(outcome).into_response(), who));
         }
         Err(e) => {
             upload_body::drain(body).await;
             return Err(e);
         }
     };
-    let body = upload_body::read(&headers, body).await?;
+    // From here on the request log names the sender, whatever the answer.
+    let who = Who {
+        device: device.id.clone(),
+        user: user.name.clone(),
+    };
+    let body = match upload_body::read(&headers, body).await {
+        Ok(body) => body,
+        Err(e) => return Ok(with_who(e.into_response(), who)),
+    };
     let bytes_up = body.len() as u64;
-    integrators::run(move || {
+    let answer = integrators::run(move || {
         let upload = upload_body::parse(&headers, &body)?;
         drop(body);
         if claimed_id
@@ -555,5 +568,12 @@ async fn upload(
             Err(IntegrateError::Store(e)) => Err(e.into()),
         }
     })
-    .await
+    .await;
+    Ok(with_who(answer.into_response(), who))
+}
+
+/// `response` with `who` for the request log.
+fn with_who(mut response: Response, who: Who) -> Response {
+    response.extensions_mut().insert(who);
+    response
 }

@@ -308,7 +308,7 @@ crate::also_on_postgres!(
 /// download's names its route, the device and user it was checked to come from, its
 /// status and duration, and a refused request's names the device it claimed.
 #[test]
-fn the_request_log_has_one_json_line_per_download() {
+fn the_request_log_has_one_json_line_per_download_and_upload() {
     let office = Office::new(40);
     let dev = office.device("tab1", &["north-inspections"]);
     dev.login("ana").ok();
@@ -319,6 +319,13 @@ fn the_request_log_has_one_json_line_per_download() {
     dev.run(&["download", "north-inspections"], "").ok();
     let refused = dev.run(&["download", "south-work-orders"], "");
     assert_ne!(refused.code, 0, "{refused:?}");
+    dev.replica()
+        .execute(
+            "UPDATE assets SET name = 'logged' WHERE id = (SELECT min(id) FROM assets)",
+            [],
+        )
+        .unwrap();
+    dev.run(&["send"], "").ok();
     drop(server);
     let text = std::fs::read_to_string(&log_path).unwrap();
     let lines: Vec<serde_json::Value> = text
@@ -344,4 +351,13 @@ fn the_request_log_has_one_json_line_per_download() {
     assert_eq!(refused["status"], 403, "{refused}");
     assert_eq!(refused["device"], "tab1", "{refused}");
     assert_eq!(refused["user"], "-", "{refused}");
+    // An upload's line names its sender too, once the session was checked.
+    let upload = lines
+        .iter()
+        .find(|l| l["route"] == "/api/v1/uploads")
+        .unwrap_or_else(|| panic!("no upload line: {text}"));
+    assert_eq!(upload["method"], "POST", "{upload}");
+    assert_eq!(upload["device"], "tab1", "{upload}");
+    assert_eq!(upload["user"], "ana", "{upload}");
+    assert_eq!(upload["status"], 200, "{upload}");
 }

@@ -43,10 +43,58 @@ enum AdminCommand {
     /// Sync history: every download, send and sync the server served
     #[command(visible_alias = "sessions")]
     History {
+        #[command(flatten)]
+        filter: HistoryFilter,
         /// Print one JSON document on stdout
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which entries of the sync history to show (all given conditions hold).
+#[derive(Args)]
+struct HistoryFilter {
+    /// Only this device's
+    #[arg(long)]
+    device: Option<String>,
+    /// Only this user's
+    #[arg(long)]
+    user: Option<String>,
+    /// Only this task's
+    #[arg(long)]
+    task: Option<String>,
+    /// Only those that ended so: ok, error or cancelled
+    #[arg(long)]
+    result: Option<String>,
+    /// Only those started at or after this UTC time (e.g. 2026-12-01T00:00:00Z)
+    #[arg(long, value_name = "TIME")]
+    since: Option<fieldsync_proto::time::Timestamp>,
+    /// Only the last N of those
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+}
+
+impl HistoryFilter {
+    fn keeps(&self, r: &fieldsync_store::HistoryRecord) -> bool {
+        let is = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        is(&self.device, &r.device)
+            && is(&self.user, &r.user)
+            && is(&self.task, r.task.as_deref().unwrap_or(""))
+            && is(&self.result, &r.result)
+            && self.since.is_none_or(|t| r.started_at >= t)
+    }
+
+    /// The kept entries, oldest first, at most the last `limit`.
+    fn apply(
+        &self,
+        all: Vec<fieldsync_store::HistoryRecord>,
+    ) -> Vec<fieldsync_store::HistoryRecord> {
+        let mut kept: Vec<_> = all.into_iter().filter(|r| self.keeps(r)).collect();
+        if let Some(n) = self.limit {
+            kept.drain(..kept.len().saturating_sub(n));
+        }
+        kept
+    }
 }
 
 #[derive(Subcommand)]
@@ -365,8 +413,8 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 c.resolved_take.unwrap_or_default()
             );
         }
-        AdminCommand::History { json } => {
-            print_list(&store.history()?, json, |s| {
+        AdminCommand::History { filter, json } => {
+            print_list(&filter.apply(store.history()?), json, |s| {
                 format!(
                     "{}\t{}\t{}\t{}\t{}\t{}\t{}\trows {}/{}\tbytes {}/{}\tconflicts {}\t{} ms",
                     s.started_at,

@@ -183,3 +183,55 @@ crate::also_on_postgres!(
     table_track_checks_the_name_and_the_key,
     every_write_by_any_program_gets_a_new_row_version,
 );
+
+/// `admin history` filters: by device, user, task, result, start time, and the last N.
+#[test]
+fn admin_history_filters_by_device_user_task_result_time_and_count() {
+    let office = Office::new(40);
+    let north = office.device("tab1", &["north-inspections"]);
+    north.login("ana").ok();
+    north.run(&["download", "north-inspections"], "").ok();
+    let south = office.device("tab2", &["south-work-orders"]);
+    south.login("ben").ok();
+    south.run(&["download", "south-work-orders"], "").ok();
+    // Refused before any download starts (not assigned): not in the history.
+    let refused = south.run(&["download", "north-inspections"], "");
+    assert_ne!(refused.code, 0);
+
+    let history = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut full = vec!["history", "--json"];
+        full.extend_from_slice(args);
+        serde_json::from_str(&office.admin(&full, "").ok().stdout).unwrap()
+    };
+    let all = history(&[]);
+    assert!(all.len() >= 2, "{all:?}");
+    let field = |rows: &[serde_json::Value], key: &str| -> Vec<String> {
+        rows.iter()
+            .map(|r| r[key].as_str().unwrap_or("-").to_string())
+            .collect()
+    };
+    let tab2 = history(&["--device", "tab2"]);
+    assert!(!tab2.is_empty());
+    assert!(
+        field(&tab2, "device").iter().all(|d| d == "tab2"),
+        "{tab2:?}"
+    );
+    assert_eq!(field(&history(&["--user", "ana"]), "user"), ["ana"]);
+    assert_eq!(
+        field(&history(&["--task", "south-work-orders"]), "task"),
+        ["south-work-orders"]
+    );
+    let ok = history(&["--result", "ok"]);
+    assert!(field(&ok, "result").iter().all(|r| r == "ok"));
+    assert_eq!(
+        history(&["--result", "ok"]).len() + history(&["--result", "error"]).len(),
+        all.len()
+    );
+    assert_eq!(history(&["--limit", "1"]), all[all.len() - 1..]);
+    assert!(history(&["--since", "2999-01-01T00:00:00Z"]).is_empty());
+    assert_eq!(history(&["--since", "2000-01-01T00:00:00Z"]), all);
+
+    let bad = office.admin(&["history", "--since", "yesterday"], "");
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("not a UTC time"), "{bad:?}");
+}

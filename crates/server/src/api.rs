@@ -351,13 +351,12 @@ async fn download(
         user: header.user.clone(),
     };
     let body = download::start(st.store.clone(), plan, header, session, turn)?;
-    let mut response = (
+    let response = (
         [(header::CONTENT_TYPE, "application/x-fieldsync-slice+zstd")],
         Body::new(body),
     )
         .into_response();
-    response.extensions_mut().insert(who);
-    Ok(response)
+    Ok(with_who(response, who))
 }
 
 /// The operation a request belongs to and what started it, for the sync history.

@@ -257,7 +257,20 @@ fn print_report(r: &Report) {
             r.rows_up, r.bytes_up, r.conflicts
         );
     }
-    if r.op != SyncOp::Send {
+    if let Some(d) = &r.delta {
+        println!(
+            "task {}: only the changes since the last download: {} row(s) changed, {} entered, {} left; {} bytes in {} ms",
+            r.task.as_deref().unwrap_or("-"),
+            d.changed,
+            d.entered,
+            d.left,
+            r.bytes_down,
+            r.duration_ms
+        );
+    } else if r.op != SyncOp::Send {
+        if let Some(why) = &r.full_reason {
+            println!("the whole slice ({why})");
+        }
         println!(
             "downloaded task {}: {} rows ({}), {} bytes in {} ms",
             r.task.as_deref().unwrap_or("-"),

@@ -71,6 +71,34 @@ struct LimitArgs {
     /// On SIGTERM or Ctrl-C, seconds given to requests in flight before exiting
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     shutdown_deadline: f64,
+    /// How long the change history is kept for deltas (a number with a unit: ms, s,
+    /// m, h or d); a device whose last download is older gets the whole slice
+    #[arg(long, value_name = "DUR", default_value = "30d", value_parser = parse_duration)]
+    retention: std::time::Duration,
+}
+
+/// A duration as the command line writes it: a whole number and a unit (`ms`, `s`,
+/// `m`, `h`, `d`), between a millisecond and a hundred years.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || format!("`{text}`: a whole number and a unit, e.g. 90s, 15m, 24h, 30d");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let ms_per: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    let ms = n.checked_mul(ms_per).ok_or_else(bad)?;
+    if ms == 0 || ms > 100 * 365 * 86_400_000 {
+        return Err(format!("`{text}`: between 1ms and 100 years"));
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 impl LimitArgs {
@@ -89,6 +117,7 @@ impl LimitArgs {
             max_connections: self.max_connections,
             max_downloads: self.max_downloads,
             shutdown_deadline: secs("shutdown-deadline", self.shutdown_deadline)?,
+            retention: self.retention,
             ..Default::default()
         })
     }
@@ -143,5 +172,22 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_a_whole_number_and_a_unit() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        for bad in ["", "30", "d", "1.5h", "-1s", "0s", "3w", "99999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad} was taken");
+        }
     }
 }

@@ -11,7 +11,7 @@ use fieldsync_proto::wire::{
     HEADER_OP, HEADER_PROTOCOL, HEADER_UPLOAD_ID, LoginRequest, LoginResponse, PROTOCOL_VERSION,
     PairRequest, PairResponse, TaskSummary, UploadOutcome,
 };
-use fieldsync_proto::wire::{SyncOp, Trigger};
+use fieldsync_proto::wire::{HEADER_FULL, HEADER_REPLICA, ReplicaPosition, SyncOp, Trigger};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -179,12 +179,22 @@ impl Api {
         task: &str,
         op: SyncOp,
         trigger: Trigger,
+        from: &DownloadFrom,
     ) -> Result<Box<dyn Read + Send + Sync + 'static>> {
         let path = format!("/api/v1/tasks/{}/download", encode_path_segment(task));
-        let headers = vec![
+        let mut headers = vec![
             (HEADER_OP, op.as_str().to_string()),
             (HEADER_KIND, trigger.as_str().to_string()),
         ];
+        match from {
+            DownloadFrom::Full => headers.push((HEADER_FULL, "1".to_string())),
+            DownloadFrom::Nothing => {}
+            // Names, hashes and epochs are ASCII: the JSON is a valid header value.
+            DownloadFrom::Replica(p) => headers.push((
+                HEADER_REPLICA,
+                serde_json::to_string(p).expect("a position serializes"),
+            )),
+        }
         Ok(self.call("GET", &path, Some(creds), headers, None)?.body)
     }
 
@@ -210,6 +220,15 @@ impl Api {
         let resp = self.call("POST", "/api/v1/uploads", Some(creds), headers, Some(body))?;
         self.json(resp)
     }
+}
+
+/// What a download starts from: the replica's position (the server may answer with
+/// a delta), nothing (no replica), or a request for the whole slice.
+#[derive(Debug, Clone)]
+pub enum DownloadFrom {
+    Replica(ReplicaPosition),
+    Nothing,
+    Full,
 }
 
 /// Percent-encodes a path segment (task names are checked names, but be exact).

@@ -116,7 +116,7 @@ impl FrameEncoder {
     }
 
     pub fn header(&mut self, out: &mut Vec<u8>, header: &SliceHeader) {
-        self.rows = vec![0; header.tables.len()];
+        self.rows = vec![0; header.lanes().len()];
         let json = serde_json::to_vec(header).expect("header serializes");
         self.emit(out, KIND_HEADER, &json);
     }
@@ -486,6 +486,8 @@ mod tests {
                     parent: None,
                 })
                 .collect(),
+            since: None,
+            full_reason: None,
         }
     }
 

@@ -90,12 +90,155 @@ pub struct SliceHeader {
     pub user: String,
     pub device: String,
     pub tables: Vec<TableSchema>,
+    /// `Some(cursor)`: the stream is a delta, the changes since the device's `cursor`
+    /// (see [`SliceHeader::lanes`]); `None`: the whole slice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Cursor>,
+    /// Why a stream is the whole slice (`None` in a delta).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_reason: Option<FullReason>,
 }
+
+impl SliceHeader {
+    /// The stream's lanes, each with the width of its rows: one per table (the rows
+    /// of the slice, or in a delta the rows that changed or entered it) and, in a
+    /// delta, one more per table after them (lane `tables.len() + i`: the keys, width
+    /// 1, of table `i`'s rows that changed and are not in the slice now).
+    pub fn lanes(&self) -> Vec<usize> {
+        let widths = self.tables.iter().map(|t| t.columns.len());
+        match self.since {
+            None => widths.collect(),
+            Some(_) => widths.chain(self.tables.iter().map(|_| 1)).collect(),
+        }
+    }
+
+    /// A digest of the tables' shapes (names, keys, columns and their types): the
+    /// device names its replica's, and a server whose slice has another shape (the
+    /// office added or dropped a column) sends the whole slice.
+    pub fn shape_digest(&self) -> String {
+        shape_digest(&self.tables)
+    }
+
+    /// Whether the slice depends on the user it was cut for: a table's filter uses
+    /// `$user` (a child table follows its parent's rows, so its parent's filter counts
+    /// too, and every table is in the header). An unreadable filter counts as
+    /// dependent.
+    pub fn depends_on_user(&self) -> bool {
+        self.tables.iter().any(|t| {
+            t.filter.as_deref().is_some_and(|f| {
+                crate::filter::parse(f).map_or(true, |e| e.uses_param(crate::filter::Param::User))
+            })
+        })
+    }
+}
+
+/// See [`SliceHeader::shape_digest`].
+pub fn shape_digest(tables: &[TableSchema]) -> String {
+    let mut crc = crc32fast::Hasher::new();
+    for t in tables {
+        for part in [&t.name, &t.primary_key] {
+            crc.update(part.as_bytes());
+            crc.update(&[0]);
+        }
+        for c in &t.columns {
+            crc.update(c.name.as_bytes());
+            crc.update(&[0]);
+            crc.update(c.column_type.sql_name().as_bytes());
+            crc.update(&[1]);
+        }
+        crc.update(&[2]);
+    }
+    format!("{:08x}", crc.finalize())
+}
+
+/// Why a download is the whole slice rather than the changes since the device's
+/// cursor (DESIGN's "Full or delta"); its name is what `full_reason` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FullReason {
+    /// The device has no replica (or no cursor) for the task.
+    NoCursor,
+    /// The device's replica holds another task.
+    OtherTask,
+    /// The slice depends on the user (`$user`) and the replica is another user's.
+    OtherUser,
+    /// The task's definition changed since the replica was made.
+    TaskChanged,
+    /// A table's shape in the slice changed (a column added, dropped or retyped).
+    SchemaChanged,
+    /// The main database's history is another one (a restore, `admin epoch reset`).
+    EpochChanged,
+    /// The device's cursor is past anything this server handed out (a restore).
+    CursorAhead,
+    /// The change history the delta needs was pruned (retention).
+    HistoryPruned,
+    /// The user asked for it (`--full`, or local changes discarded).
+    Requested,
+}
+
+impl FullReason {
+    pub const ALL: [FullReason; 9] = [
+        FullReason::NoCursor,
+        FullReason::OtherTask,
+        FullReason::OtherUser,
+        FullReason::TaskChanged,
+        FullReason::SchemaChanged,
+        FullReason::EpochChanged,
+        FullReason::CursorAhead,
+        FullReason::HistoryPruned,
+        FullReason::Requested,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FullReason::NoCursor => "no-cursor",
+            FullReason::OtherTask => "other-task",
+            FullReason::OtherUser => "other-user",
+            FullReason::TaskChanged => "task-changed",
+            FullReason::SchemaChanged => "schema-changed",
+            FullReason::EpochChanged => "epoch-changed",
+            FullReason::CursorAhead => "cursor-ahead",
+            FullReason::HistoryPruned => "history-pruned",
+            FullReason::Requested => "requested",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<FullReason> {
+        FullReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for FullReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a device's replica holds, sent with a download (header
+/// [`HEADER_REPLICA`], JSON) so the server can send only what changed since. The
+/// server trusts none of it beyond choosing full or delta: a delta holds only rows
+/// of the slice the user and device may have now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplicaPosition {
+    pub task: String,
+    pub task_hash: String,
+    /// [`SliceHeader::shape_digest`] of the replica's header.
+    pub shape: String,
+    pub epoch: String,
+    /// The user the replica's slice was cut for.
+    pub user: String,
+    pub cursor: Cursor,
+}
+
+/// The replica a download starts from ([`ReplicaPosition`] as JSON); absent: none.
+pub const HEADER_REPLICA: &str = "x-fieldsync-replica";
+/// `1`: the device asks for the whole slice (`--full`).
+pub const HEADER_FULL: &str = "x-fieldsync-full";
 
 /// Last frame of a download stream.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SliceTrailer {
-    /// Rows sent, per table of the header, in header order.
+    /// Rows sent, per lane of the header ([`SliceHeader::lanes`]), in lane order.
     pub rows: Vec<u64>,
     /// CRC-32 of every frame (kind, length and payload) before the trailer, then of
     /// `rows` and `cursor` (little-endian), so the trailer's own numbers are covered.

@@ -309,6 +309,7 @@ async fn download(
     auth::check_protocol(&headers)?;
     check_name("task", &name).map_err(ApiError::bad_request)?;
     let (op, trigger) = op_and_trigger(&headers, SyncOp::Download)?;
+    let (position, full) = download::requested(&headers)?;
     let started = (std::time::Instant::now(), Timestamp::now());
     let store = st.store.clone();
     let downloads = st.downloads.clone();
@@ -325,8 +326,8 @@ async fn download(
             user: user.name.clone(),
             device: device.id.clone(),
         };
-        let plan = fieldsync_store::plan_slice(&*store, &task.def, &params)?;
-        let header = SliceHeader {
+        let mut plan = fieldsync_store::plan_slice(&*store, &task.def, &params)?;
+        let mut header = SliceHeader {
             protocol: PROTOCOL_VERSION,
             epoch: store.epoch()?,
             task: task.def.name.clone(),
@@ -334,7 +335,14 @@ async fn download(
             user: user.name,
             device: device.id,
             tables: plan.tables.iter().map(|t| t.schema.clone()).collect(),
+            since: None,
+            full_reason: None,
         };
+        header.full_reason = download::full_reason(position.as_ref(), full, &header);
+        if header.full_reason.is_none() {
+            plan.since = position.map(|p| p.cursor);
+            header.since = plan.since;
+        }
         Ok((plan, header, turn))
     })
     .await?;

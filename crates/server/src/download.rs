@@ -9,10 +9,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::stream::SliceWriter;
-use fieldsync_proto::wire::{Cursor, SliceHeader};
+use fieldsync_proto::wire::{
+    Cursor, FullReason, HEADER_FULL, HEADER_REPLICA, ReplicaPosition, SliceHeader,
+};
 use fieldsync_store::{HistoryRecord, SlicePlan, SliceSink, Store, StoreError};
 use http_body::Frame;
 use tokio::sync::mpsc;
@@ -99,8 +102,17 @@ impl StreamSink {
 }
 
 impl SliceSink for StreamSink {
-    fn begin(&mut self, cursor: Cursor, rows_per_table: &[u64]) -> Result<(), StoreError> {
+    fn begin(
+        &mut self,
+        cursor: Cursor,
+        rows_per_table: &[u64],
+        refused_delta: Option<FullReason>,
+    ) -> Result<(), StoreError> {
         self.cursor = cursor;
+        if let Some(reason) = refused_delta {
+            self.header.since = None;
+            self.header.full_reason = Some(reason);
+        }
         for (t, n) in self.header.tables.iter_mut().zip(rows_per_table) {
             t.rows_estimate = *n;
         }
@@ -116,6 +128,61 @@ impl SliceSink for StreamSink {
             .row(table_idx, values)
             .map_err(|e| self.failed(e))
     }
+}
+
+/// The replica a download request says the device holds, and whether it asks for
+/// the whole slice; a header that is not what a device sends is refused.
+pub fn requested(headers: &HeaderMap) -> Result<(Option<ReplicaPosition>, bool), ApiError> {
+    let bad = |what: &str| ApiError::bad_request(format!("bad {what} header"));
+    let position = match headers.get(HEADER_REPLICA) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|s| s.len() <= 4096)
+                .and_then(|s| serde_json::from_str(s).ok())
+                .ok_or_else(|| bad(HEADER_REPLICA))?,
+        ),
+    };
+    let full = match headers.get(HEADER_FULL).map(|v| v.as_bytes()) {
+        None | Some(b"0") => false,
+        Some(b"1") => true,
+        Some(_) => return Err(bad(HEADER_FULL)),
+    };
+    Ok((position, full))
+}
+
+/// Full or delta (DESIGN's "Full or delta"): why the download must be the whole
+/// slice, judged on what the server knows of the task, the user and its own history;
+/// `None`: a delta from the position's cursor, unless the store finds that cursor
+/// ahead of its history or older than what it kept (`stream_slice`).
+pub fn full_reason(
+    position: Option<&ReplicaPosition>,
+    full: bool,
+    header: &SliceHeader,
+) -> Option<FullReason> {
+    let Some(p) = position else {
+        return Some(if full {
+            FullReason::Requested
+        } else {
+            FullReason::NoCursor
+        });
+    };
+    Some(if full {
+        FullReason::Requested
+    } else if p.task != header.task {
+        FullReason::OtherTask
+    } else if p.user != header.user && header.depends_on_user() {
+        FullReason::OtherUser
+    } else if p.task_hash != header.task_hash {
+        FullReason::TaskChanged
+    } else if p.shape != header.shape_digest() {
+        FullReason::SchemaChanged
+    } else if p.epoch != header.epoch {
+        FullReason::EpochChanged
+    } else {
+        return None;
+    })
 }
 
 /// Who asked for the stream, for the sync history.

@@ -40,6 +40,9 @@ pub struct Limits {
     pub max_downloads_per_device: usize,
     /// On shutdown, requests in flight are given this long to finish.
     pub shutdown_deadline: Duration,
+    /// Change history older than this is pruned (`Slices::prune_history`): a device
+    /// whose cursor is older gets the whole slice at its next download.
+    pub retention: Duration,
 }
 
 impl Default for Limits {
@@ -52,6 +55,7 @@ impl Default for Limits {
             max_downloads: 16,
             max_downloads_per_device: 2,
             shutdown_deadline: Duration::from_secs(10),
+            retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -71,11 +75,38 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    conn::serve(
+    let pruner = tokio::spawn(prune_history(store.clone(), limits.retention));
+    let served = conn::serve(
         listener,
         router(AppState::new(store, limits)),
         limits,
         shutdown,
     )
-    .await
+    .await;
+    pruner.abort();
+    served
+}
+
+/// Prunes the change history past `retention` now and then: at start, then every
+/// quarter of the retention (at most hourly, at least every second).
+async fn prune_history(store: Arc<dyn Store>, retention: Duration) {
+    let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            let ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+            let before = fieldsync_proto::time::Timestamp::now().plus_ms(ms.saturating_neg());
+            store.prune_history(before)
+        })
+        .await;
+        match pruned {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(tombstones = n, "pruned the change history"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "pruning the change history"),
+            Err(e) => tracing::warn!(error = %e, "pruning the change history"),
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! HTTP.
 
 mod catalog;
+mod delta;
 mod dialect;
 mod integrate;
 mod plan;
@@ -18,7 +19,7 @@ use fieldsync_proto::filter::Params;
 use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::task::TaskDef;
 use fieldsync_proto::time::Timestamp;
-use fieldsync_proto::wire::{Upload, UploadOutcome};
+use fieldsync_proto::wire::{FullReason, Upload, UploadOutcome};
 
 pub use dialect::SqlDialect;
 pub use plan::{SlicePlan, TablePlan, check_task, quote_ident};
@@ -202,13 +203,18 @@ pub struct HistoryRecord {
 
 /// Receives a slice as the store reads it, inside one consistent snapshot.
 pub trait SliceSink {
-    /// Called once before any row: the snapshot's cursor and the row count per table.
+    /// Called once before any row: the snapshot's cursor, the row count per table
+    /// (zeros in a delta: not counted), and, when the plan asked for a delta the
+    /// store cannot serve right, why the whole slice comes instead.
     fn begin(
         &mut self,
         cursor: fieldsync_proto::wire::Cursor,
         rows_per_table: &[u64],
+        refused_delta: Option<FullReason>,
     ) -> Result<()>;
-    /// One row: its values in the plan's column order.
+    /// One row of a lane: in a full slice a table's row, its values in the plan's
+    /// column order; in a delta also lane `tables + i`, the key of a row of table `i`
+    /// that changed and is not in the slice now (`SliceHeader::lanes`).
     fn row(
         &mut self,
         table_idx: usize,
@@ -303,8 +309,16 @@ pub trait Tracking {
 pub trait Slices {
     /// The SQL dialect the filter language compiles to for this engine.
     fn dialect(&self) -> &'static dyn SqlDialect;
-    /// Streams the rows of a planned slice in one snapshot; returns the row counts.
+    /// Streams a planned slice in one snapshot: the whole slice, or with
+    /// `plan.since` the changes since that cursor (rows that changed or entered the
+    /// slice, keys of changed rows that are not in it now; see `delta.rs`). Returns
+    /// the rows sent per lane.
     fn stream_slice(&self, plan: &SlicePlan, sink: &mut dyn SliceSink) -> Result<Vec<u64>>;
+    /// Forgets change history older than `before` (DESIGN's retention): tombstones
+    /// every device whose cursor is younger has seen, and, on PostgreSQL, the
+    /// snapshots of older bases. Devices whose cursor is older get the whole slice
+    /// (`history-pruned`). Returns the tombstones removed.
+    fn prune_history(&self, before: Timestamp) -> Result<u64>;
 }
 
 /// Uploads checked and integrated, each applied once.

@@ -4,7 +4,7 @@
 
 use fieldsync_proto::filter::{self, Params};
 use fieldsync_proto::task::{TaskDef, TaskTable, WriteOp};
-use fieldsync_proto::wire::{ColumnDef, TableSchema};
+use fieldsync_proto::wire::{ColumnDef, Cursor, TableSchema};
 use fieldsync_proto::{ColumnType, Value};
 
 use crate::dialect::SqlDialect;
@@ -17,6 +17,9 @@ pub struct TablePlan {
     /// `SELECT <columns> FROM <table> WHERE …`, with `binds` for its placeholders.
     pub select_sql: String,
     pub count_sql: String,
+    /// The condition that a row (the table itself, unaliased) is in the slice, with
+    /// `binds` for its placeholders: what `select_sql` and `count_sql` end with.
+    pub condition: String,
     pub binds: Vec<Value>,
     /// The main database's declared type of each column (how the engine reads it).
     pub declared: Vec<String>,
@@ -28,6 +31,17 @@ pub struct SlicePlan {
     pub tables: Vec<TablePlan>,
     /// The device the slice is for: the download's cursor is recorded as its base.
     pub device: String,
+    /// The device's cursor, when it asked for only the changes since (a delta). The
+    /// store streams the whole slice instead when it cannot serve a right delta
+    /// from it (a cursor ahead or unknown, history pruned).
+    pub since: Option<Cursor>,
+}
+
+impl SlicePlan {
+    /// The index of table `name` in the plan.
+    pub fn table_index(&self, name: &str) -> Option<usize> {
+        self.tables.iter().position(|t| t.schema.name == name)
+    }
 }
 
 /// Double-quotes an identifier (SQLite and PostgreSQL alike).
@@ -196,6 +210,7 @@ pub fn plan_slice(
             },
             select_sql,
             count_sql,
+            condition,
             binds,
             declared,
         });
@@ -203,6 +218,7 @@ pub fn plan_slice(
     Ok(SlicePlan {
         tables,
         device: params.device.clone(),
+        since: None,
     })
 }
 

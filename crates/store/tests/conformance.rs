@@ -13,7 +13,7 @@ use fieldsync_proto::filter::Params;
 use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::task::{TaskDef, WriteOp};
 use fieldsync_proto::time::Timestamp;
-use fieldsync_proto::wire::{Cursor, Upload, UploadEntry, UploadOutcome};
+use fieldsync_proto::wire::{Cursor, FullReason, Upload, UploadEntry, UploadOutcome};
 use fieldsync_proto::{ColumnType, Value};
 use fieldsync_store::{
     DeviceRecord, IntegrateContext, IntegrateError, SessionRecord, SlicePlan, SliceSink, Store,
@@ -301,16 +301,24 @@ fn setup(fx: &Fixture) {
 struct Collect {
     cursor: Option<i64>,
     counts: Vec<u64>,
+    /// Rows per lane (a delta's left keys after the tables).
     rows: Vec<Vec<Vec<Value>>>,
+    refused_delta: Option<FullReason>,
 }
 
 impl SliceSink for Collect {
-    fn begin(&mut self, cursor: Cursor, rows_per_table: &[u64]) -> fieldsync_store::Result<()> {
+    fn begin(
+        &mut self,
+        cursor: Cursor,
+        rows_per_table: &[u64],
+        refused_delta: Option<FullReason>,
+    ) -> fieldsync_store::Result<()> {
         assert!(self.cursor.is_none(), "begin() called twice");
         // The tests know the engine: they read its own position.
         self.cursor = Some(cursor.raw());
         self.counts = rows_per_table.to_vec();
         self.rows = vec![Vec::new(); rows_per_table.len()];
+        self.refused_delta = refused_delta;
         Ok(())
     }
 
@@ -320,6 +328,9 @@ impl SliceSink for Collect {
         values: &mut dyn Iterator<Item = ValueRef<'_>>,
     ) -> fieldsync_store::Result<()> {
         assert!(self.cursor.is_some(), "row() before begin()");
+        if self.rows.len() <= table_idx {
+            self.rows.resize(table_idx + 1, Vec::new());
+        }
         self.rows[table_idx].push(values.map(ValueRef::to_owned).collect());
         Ok(())
     }
@@ -1979,9 +1990,14 @@ fn conflict_resolve_takes_logged_values(fx: &Fixture) {
 struct Slow(Collect);
 
 impl SliceSink for Slow {
-    fn begin(&mut self, cursor: Cursor, rows_per_table: &[u64]) -> fieldsync_store::Result<()> {
+    fn begin(
+        &mut self,
+        cursor: Cursor,
+        rows_per_table: &[u64],
+        refused_delta: Option<FullReason>,
+    ) -> fieldsync_store::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(600));
-        self.0.begin(cursor, rows_per_table)
+        self.0.begin(cursor, rows_per_table, refused_delta)
     }
 
     fn row(

@@ -1081,11 +1081,20 @@ fn app_writing_across(op: &[&str]) -> AppLog {
 }
 
 /// Across a sync the app's writes are held off ("database is busy") while the sync
-/// changes the replica; after it, the held connection points at a retired generation
-/// and its writes fail loudly.
+/// changes the replica; the sync's download is a delta, applied in place, so after it
+/// the held connection writes on into the current replica (journaled, sent next).
 #[test]
 fn an_app_writing_across_a_sync_loses_no_write() {
     let log = app_writing_across(&["sync"]);
+    let (_, last) = log.last().unwrap();
+    assert!(last.is_ok(), "the replica stays the replica: {last:?}");
+}
+
+/// Across a sync that downloads the whole slice (`--full`) the same, except that after
+/// it the held connection points at a retired generation and its writes fail loudly.
+#[test]
+fn an_app_writing_across_a_full_sync_loses_no_write() {
+    let log = app_writing_across(&["sync", "--full"]);
     let (_, last) = log.last().unwrap();
     assert!(last.is_err(), "a write into the retired replica succeeded");
 }

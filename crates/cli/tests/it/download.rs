@@ -181,7 +181,10 @@ fn an_app_holding_the_old_replica_cannot_write_into_it_after_a_download() {
         .query_row("SELECT min(id) FROM assets", [], |r| r.get(0))
         .unwrap();
 
-    dev.run(&["download", "north-inspections"], "").ok();
+    // The whole slice, a new generation (a delta would be applied in place, and the
+    // app would write on into it).
+    dev.run(&["download", "north-inspections", "--full"], "")
+        .ok();
     let err = app
         .execute(
             "UPDATE assets SET name = 'after the sync' WHERE id = ?1",

@@ -97,9 +97,10 @@ impl Net {
         run_timed(&self.dev, &full, env)
     }
 
-    /// A download of the north task, bounded.
+    /// A download of the north task's whole slice (`--full`: the device holds it
+    /// already and would otherwise get only the changes), bounded.
     fn download(&self, env: &[(&str, &str)]) -> Timed {
-        self.op(&["download", "north-inspections"], env)
+        self.op(&["download", "north-inspections", "--full"], env)
     }
 
     /// A send, with the proxy passing everything and default network settings; the

@@ -6,6 +6,7 @@ mod autosync;
 mod conflicts;
 mod convergence;
 mod crash;
+mod delta;
 mod demo;
 mod download;
 mod examples;

@@ -13,18 +13,6 @@ pub struct Built {
     pub rows_per_table: Vec<u64>,
 }
 
-/// Whether the slice depends on the user it was cut for: a table's filter uses
-/// `$user` (a child table follows its parent's rows, so its parent's filter counts
-/// too, and every table is in the header). An unreadable filter counts as dependent.
-pub(super) fn depends_on_user(h: &SliceHeader) -> bool {
-    h.tables.iter().any(|t| {
-        t.filter.as_deref().is_some_and(|f| {
-            fieldsync_proto::filter::parse(f)
-                .map_or(true, |e| e.uses_param(fieldsync_proto::filter::Param::User))
-        })
-    })
-}
-
 pub(super) fn create_table_sql(t: &TableSchema) -> String {
     let cols: Vec<String> = t
         .columns
@@ -72,7 +60,7 @@ pub(super) fn to_sql(v: ValueRef<'_>) -> rusqlite::types::ValueRef<'_> {
 
 /// A refused stream: the server's error frame is its error, anything else a damaged
 /// or cut stream (retried).
-fn stream_err(e: StreamError) -> ClientError {
+pub(super) fn stream_err(e: StreamError) -> ClientError {
     match e {
         StreamError::Server(e) => ClientError::Server {
             code: e.code,
@@ -82,18 +70,30 @@ fn stream_err(e: StreamError) -> ClientError {
     }
 }
 
-/// Streams a slice into a new generation file. On any error the file is removed and
-/// the installed replica is untouched.
+/// Opens a download's stream and reads its header: the whole slice or a delta.
+pub fn open_stream<R: Read>(stream: R) -> Result<(SliceReader<R>, SliceHeader)> {
+    let mut reader = SliceReader::new(stream).map_err(stream_err)?;
+    match reader.next_event().map_err(stream_err)? {
+        Some(Event::Header(h)) => Ok((reader, h)),
+        _ => Err(ClientError::Stream(
+            "the stream does not start with a header".into(),
+        )),
+    }
+}
+
+/// Streams a whole slice (its header already read) into a new generation file. On
+/// any error the file is removed and the installed replica is untouched.
 pub fn build<R: Read>(
     dir: &DeviceDir,
-    stream: &mut CountingReader<R>,
+    reader: &mut SliceReader<R>,
+    header: SliceHeader,
     progress: &mut dyn FnMut(&Progress),
     cancel: &Cancel,
 ) -> Result<Built> {
     let path = dir
         .root
         .join(format!("replica-{}.sqlite", crate::random_hex(8)));
-    let result = build_into(&path, dir, stream, progress, cancel);
+    let result = build_into(&path, dir, reader, header, progress, cancel);
     if result.is_err() {
         remove_generation(&path);
     }
@@ -103,19 +103,16 @@ pub fn build<R: Read>(
 pub(super) fn build_into<R: Read>(
     path: &Path,
     dir: &DeviceDir,
-    stream: &mut CountingReader<R>,
+    reader: &mut SliceReader<R>,
+    header: SliceHeader,
     progress: &mut dyn FnMut(&Progress),
     cancel: &Cancel,
 ) -> Result<Built> {
-    let mut reader = SliceReader::new(stream).map_err(stream_err)?;
-    let header = match reader.next_event().map_err(stream_err)? {
-        Some(Event::Header(h)) => h,
-        _ => {
-            return Err(ClientError::Stream(
-                "the stream does not start with a header".into(),
-            ));
-        }
-    };
+    if header.since.is_some() {
+        return Err(ClientError::Stream(
+            "a delta where the whole slice was expected".into(),
+        ));
+    }
     progress(&Progress {
         phase: Phase::Prepare,
         done: 1,
@@ -212,9 +209,16 @@ pub(super) fn build_into<R: Read>(
         total: STORE_STEPS,
         unit: "steps",
     });
-    // Indexes after the bulk load: the parent keys apps join on.
+    // Indexes after the bulk load: the parent keys apps join on (and a delta removes
+    // the rows under a parent that went by).
     for t in &header.tables {
-        for c in t.columns.iter().skip(1).filter(|c| c.name.ends_with("_id")) {
+        let parent_key = t.parent.as_ref().map(|p| p.key.as_str());
+        for c in t
+            .columns
+            .iter()
+            .skip(1)
+            .filter(|c| c.name.ends_with("_id") || Some(c.name.as_str()) == parent_key)
+        {
             tx.execute_batch(&format!(
                 "CREATE INDEX {} ON {} ({})",
                 quote(&format!("fieldsync_idx_{}_{}", t.name, c.name)),
@@ -238,7 +242,7 @@ pub(super) fn build_into<R: Read>(
             ("user", &header.user),
             ("device", &header.device),
             ("login", &header.user),
-            ("per_user", if depends_on_user(&header) { "1" } else { "0" }),
+            ("per_user", if header.depends_on_user() { "1" } else { "0" }),
             ("retired", "0"),
             ("complete", "1"),
         ] {

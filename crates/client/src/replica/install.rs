@@ -229,6 +229,13 @@ pub(super) fn begin_immediate(conn: &Connection) -> Result<()> {
 }
 
 impl WriterHold {
+    /// Makes what was written under the hold durable and lets writers in again.
+    pub fn commit(mut self) -> Result<()> {
+        self.conn.execute_batch("COMMIT")?;
+        self.open = false;
+        Ok(())
+    }
+
     /// Makes what was written under the hold durable, and holds on.
     pub fn commit_and_hold(&self) -> Result<()> {
         self.conn.execute_batch("COMMIT")?;

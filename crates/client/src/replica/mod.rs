@@ -24,6 +24,7 @@ const RETIRE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 mod aside;
 mod build;
+mod delta;
 mod install;
 mod recover;
 mod shape;
@@ -33,7 +34,8 @@ use install::*;
 use recover::*;
 
 pub use aside::{all_replicas, set_aside_files, stray_entries};
-pub use build::{Built, CountingReader, build};
+pub use build::{Built, CountingReader, build, open_stream};
+pub use delta::{Applied, apply_delta, position};
 pub use install::{WriterHold, hold_writers, install};
 pub use recover::{recover, settle_user};
 pub use shape::{Shape, current_file, installed_file, shape};

@@ -1,7 +1,12 @@
 //! A download under the folder lock: fetch the slice (with retries), build a new
 //! generation, back up the journal and install it.
 
+use std::io::Read;
+
+use fieldsync_proto::wire::FullReason;
+
 use super::*;
+use crate::http::DownloadFrom;
 
 impl Device {
     #[allow(clippy::too_many_arguments)]
@@ -22,7 +27,7 @@ impl Device {
         // checked again under the replica's write lock at the install. A sync brings
         // that lock held from its start; a plain download takes it only for the
         // install, so a slow server never blocks an app's writes.
-        let mut early_hold = hold;
+        let early_hold = hold;
         let mut journal_max_seq = 0;
         let plain = match &early_hold {
             Some(_) => None,
@@ -40,59 +45,134 @@ impl Device {
                 journal_max_seq = last.seq;
             }
         }
+        // Where the replica stands, so the server may send only what changed since:
+        // not when the user asks for the whole slice or local changes are discarded
+        // (the database is then replaced, as the user asked).
+        let from = if opts.full || journal_max_seq > 0 {
+            DownloadFrom::Full
+        } else {
+            let position = match early_hold.as_ref().map(|h| h.conn()).or(plain.as_ref()) {
+                Some(conn) => replica::position(conn)?,
+                None => None,
+            };
+            position.map_or(DownloadFrom::Nothing, DownloadFrom::Replica)
+        };
+        drop(plain);
         let creds = Credentials {
             device_id: &id,
             device_secret: &secret,
             token: Some(&session.token),
         };
         let mut bytes_down = 0;
-        let built = with_retries(&self.config, progress, cancel, |progress| {
+        let mut hold = early_hold;
+        let received = with_retries(&self.config, progress, cancel, |progress| {
             progress(&Progress {
                 phase: Phase::Prepare,
                 done: 0,
                 total: 1,
                 unit: "steps",
             });
-            let body = api.download(&creds, task, report.op, report.trigger)?;
+            let body = api.download(&creds, task, report.op, report.trigger, &from)?;
             let mut counting = replica::CountingReader {
                 inner: body,
                 n_bytes: 0,
             };
-            let built = replica::build(&self.dir, &mut counting, progress, cancel);
+            let received = self.receive(&mut counting, &from, &mut hold, progress, cancel);
             bytes_down += counting.n_bytes;
-            built
+            received
         })?;
-        // Hold app writers off for the install: a write from here on would land in a
-        // replica about to be replaced; it waits, then fails busy, and is never lost.
-        let installed = cancel.commit(|| {
-            let hold = match early_hold.take() {
-                Some(hold) => Some(hold),
-                None => replica::hold_writers(&self.dir)?,
-            };
-            replica::install(&self.dir, &built, hold, journal_max_seq)
-        });
-        if let Err(e) = installed {
-            replica::recover(&self.dir)?;
-            return Err(e);
-        }
+        report.bytes_down += bytes_down;
+        let (header, applied) = match received {
+            Received::Whole(built) => {
+                // Hold app writers off for the install: a write from here on would land
+                // in a replica about to be replaced; it waits, then fails busy, and is
+                // never lost.
+                let installed = cancel.commit(|| {
+                    let hold = match hold.take() {
+                        Some(hold) => Some(hold),
+                        None => replica::hold_writers(&self.dir)?,
+                    };
+                    replica::install(&self.dir, &built, hold, journal_max_seq)
+                });
+                if let Err(e) = installed {
+                    replica::recover(&self.dir)?;
+                    return Err(e);
+                }
+                report.rows_down = built.rows_per_table.iter().sum();
+                report.full = true;
+                report.full_reason = Some(
+                    built
+                        .header
+                        .full_reason
+                        .unwrap_or(FullReason::NoCursor)
+                        .to_string(),
+                );
+                report.tables = built
+                    .header
+                    .tables
+                    .iter()
+                    .map(|t| t.name.clone())
+                    .zip(built.rows_per_table.iter().copied())
+                    .collect();
+                (built.header, None)
+            }
+            Received::Delta(header, applied) => {
+                let hold = hold.take().expect("a delta is applied under a hold");
+                cancel.commit(|| hold.commit())?;
+                report.rows_down = applied.rows_per_lane.iter().sum();
+                report.full = false;
+                report.full_reason = None;
+                (header, Some(applied))
+            }
+        };
         progress(&Progress {
             phase: Phase::Store,
             done: 3,
             total: 3,
             unit: "steps",
         });
-        report.task = Some(built.header.task.clone());
-        report.rows_down = built.rows_per_table.iter().sum();
-        report.tables = built
-            .header
-            .tables
-            .iter()
-            .map(|t| t.name.clone())
-            .zip(built.rows_per_table.iter().copied())
-            .collect();
-        report.bytes_down += bytes_down;
-        report.full = true;
-        report.full_reason = Some(if opts.full { "requested" } else { "no-cursor" }.to_string());
+        report.task = Some(header.task.clone());
+        report.delta = applied;
         Ok(())
     }
+
+    /// Takes a download's stream: the whole slice into a new generation, or a delta
+    /// applied to the installed replica under `hold` (taken here when the caller holds
+    /// none), its transaction left open for the caller to commit.
+    fn receive<R: Read>(
+        &self,
+        stream: &mut replica::CountingReader<R>,
+        from: &DownloadFrom,
+        hold: &mut Option<replica::WriterHold>,
+        progress: &mut dyn FnMut(&Progress),
+        cancel: &Cancel,
+    ) -> Result<Received> {
+        let (mut reader, header) = replica::open_stream(stream)?;
+        let Some(since) = header.since else {
+            let built = replica::build(&self.dir, &mut reader, header, progress, cancel)?;
+            return Ok(Received::Whole(built));
+        };
+        match from {
+            DownloadFrom::Replica(p) if p.cursor == since => {}
+            _ => {
+                return Err(ClientError::Stream(
+                    "the server sent changes since a cursor this replica does not have".into(),
+                ));
+            }
+        }
+        if hold.is_none() {
+            *hold = replica::hold_writers(&self.dir)?;
+        }
+        let held = hold
+            .as_ref()
+            .ok_or_else(|| ClientError::Replica("no replica to apply the changes to".into()))?;
+        let applied = replica::apply_delta(held, &mut reader, &header, progress, cancel)?;
+        Ok(Received::Delta(header, applied))
+    }
+}
+
+/// A download's stream, taken.
+enum Received {
+    Whole(replica::Built),
+    Delta(SliceHeader, replica::Applied),
 }

@@ -45,6 +45,8 @@ pub struct Report {
     pub tables: Vec<(String, u64)>,
     pub full: bool,
     pub full_reason: Option<String>,
+    /// What a delta did (rows changed, entered, left); `None` for a whole slice.
+    pub delta: Option<replica::Applied>,
     /// Where discarded local changes were backed up.
     pub backup: Option<PathBuf>,
     pub duration_ms: u64,
@@ -139,6 +141,7 @@ impl Device {
             tables: vec![],
             full: false,
             full_reason: None,
+            delta: None,
             backup: None,
             duration_ms: 0,
         };
@@ -259,6 +262,17 @@ impl Device {
 }
 
 fn summary(r: &Report) -> String {
+    let sent = format!("sent {} change(s), {} conflict(s)", r.rows_up, r.conflicts);
+    if let Some(d) = &r.delta {
+        let changes = format!(
+            "changes since the last download: {} changed, {} entered, {} left",
+            d.changed, d.entered, d.left
+        );
+        return match r.op {
+            SyncOp::Sync => format!("{sent}; {changes}"),
+            _ => changes,
+        };
+    }
     match r.op {
         SyncOp::Send => format!("sent {} change(s), {} conflict(s)", r.rows_up, r.conflicts),
         SyncOp::Sync => format!(

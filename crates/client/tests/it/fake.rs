@@ -58,6 +58,8 @@ pub fn header() -> SliceHeader {
             filter: None,
             parent: None,
         }],
+        since: None,
+        full_reason: None,
     }
 }
 

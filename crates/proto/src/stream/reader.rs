@@ -36,8 +36,10 @@ struct Pending {
 pub struct SliceReader<R: Read> {
     frames: FrameReader<zstd::stream::read::Decoder<'static, BufReader<R>>>,
     header: Option<SliceHeader>,
-    /// Rows announced by the batches so far, per table.
+    /// Rows announced by the batches so far, per lane.
     rows: Vec<u64>,
+    /// Width of each lane of the header.
+    widths: Vec<usize>,
     payload: Vec<u8>,
     pending: Option<Pending>,
     ended: bool,
@@ -51,6 +53,7 @@ impl<R: Read> SliceReader<R> {
             frames: FrameReader::new(decoder),
             header: None,
             rows: Vec::new(),
+            widths: Vec::new(),
             payload: Vec::new(),
             pending: None,
             ended: false,
@@ -73,11 +76,12 @@ impl<R: Read> SliceReader<R> {
             .frames
             .next_frame()?
             .ok_or_else(|| invalid("the stream ended before its trailer"))?;
-        let Some(header) = &self.header else {
+        let Some(_) = &self.header else {
             return match frame {
                 Frame::Header(h) => {
                     check_header(&h)?;
-                    self.rows = vec![0; h.tables.len()];
+                    self.widths = h.lanes();
+                    self.rows = vec![0; self.widths.len()];
                     self.header = Some(h.clone());
                     Ok(Some(Event::Header(h)))
                 }
@@ -92,7 +96,7 @@ impl<R: Read> SliceReader<R> {
                 self.payload = payload;
                 let batch = RowBatch::parse(&self.payload)?;
                 let table = batch.table_idx;
-                let Some(t) = header.tables.get(table) else {
+                let Some(&width) = self.widths.get(table) else {
                     return Err(invalid(format!("row batch for unknown table {table}")));
                 };
                 self.rows[table] = self.rows[table]
@@ -103,7 +107,7 @@ impl<R: Read> SliceReader<R> {
                     table,
                     n_rows: batch.n_rows,
                     left: batch.n_rows,
-                    width: t.columns.len(),
+                    width,
                     failed: false,
                 });
                 Ok(Some(Event::Rows(Rows { batch, pending })))
@@ -160,7 +164,8 @@ impl std::fmt::Debug for Rows<'_> {
 }
 
 impl<'r> Rows<'r> {
-    /// The table the rows belong to (an index into the header's tables).
+    /// The lane the rows belong to: an index into the header's tables, or in a delta
+    /// `tables + i` for keys that left table `i` (see `SliceHeader::lanes`).
     pub fn table(&self) -> usize {
         self.pending.table
     }

@@ -32,6 +32,8 @@ fn header() -> SliceHeader {
         user: "u".into(),
         device: "d".into(),
         tables: vec![table("a", 2), table("b", 1)],
+        since: None,
+        full_reason: None,
     }
 }
 
@@ -339,4 +341,63 @@ fn the_writer_refuses_what_the_reader_would() {
     let mut w = SliceWriter::new(Vec::new()).unwrap();
     w.header(&header()).unwrap();
     assert!(refusal(&w.finish().unwrap()).contains("truncated"));
+}
+
+#[test]
+fn a_delta_carries_the_keys_that_left_in_lanes_after_the_tables() {
+    let mut h = header();
+    h.since = Some(Cursor::from_raw(5));
+    assert_eq!(h.lanes(), [2, 1, 1, 1]);
+    let mut w = SliceWriter::new(Vec::new()).unwrap();
+    w.header(&h).unwrap();
+    w.row(0, row(1).iter().map(ValueRef::from)).unwrap();
+    // Table `a`'s left keys are lane 2, of width 1: a whole row there is refused.
+    let refused = w.row(2, row(2).iter().map(ValueRef::from)).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+    w.row(2, [ValueRef::Integer(2)]).unwrap();
+    w.row(3, [ValueRef::Integer(3)]).unwrap();
+    assert!(w.row(4, [ValueRef::Integer(4)]).is_err(), "no fifth lane");
+    w.trailer(Cursor::from_raw(9)).unwrap();
+    let (got, rows, trailer) = read_all(&w.finish().unwrap()).unwrap();
+    assert_eq!(got.since, Some(Cursor::from_raw(5)));
+    assert_eq!(trailer.rows, [1, 0, 1, 1]);
+    assert_eq!(
+        rows,
+        [
+            (0, row(1).to_vec()),
+            (2, vec![Value::Integer(2)]),
+            (3, vec![Value::Integer(3)])
+        ]
+    );
+}
+
+#[test]
+fn a_full_stream_has_no_lanes_for_left_keys() {
+    // A key batch (lane 2) in a stream whose header is not a delta is refused.
+    let mut raw = Vec::new();
+    FrameEncoder::new().header(&mut raw, &header());
+    raw.extend(frame(KIND_ROWS, &batch(2, 1, &[4])));
+    raw.extend(trailer_after(
+        &raw.clone(),
+        vec![0, 0, 1],
+        Cursor::from_raw(1),
+    ));
+    assert!(refusal(&compress(&raw)).contains("unknown table 2"));
+}
+
+#[test]
+fn full_reasons_round_trip_by_their_names_only() {
+    use crate::wire::FullReason;
+    for r in FullReason::ALL {
+        assert_eq!(FullReason::parse(r.as_str()), Some(r));
+        assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{r}\""));
+    }
+    assert_eq!(FullReason::parse("No-Cursor"), None);
+    // A header's shape digest moves with a column's name and type, not with counts.
+    let mut h = header();
+    let d = h.shape_digest();
+    h.tables[0].rows_estimate = 9;
+    assert_eq!(h.shape_digest(), d);
+    h.tables[0].columns[1].column_type = ColumnType::Text;
+    assert_ne!(h.shape_digest(), d);
 }

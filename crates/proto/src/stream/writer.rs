@@ -29,7 +29,7 @@ pub struct SliceWriter<W: Write> {
     out: Vec<u8>,
     zstd: zstd::stream::write::Encoder<'static, W>,
     state: State,
-    /// Columns per table of the header.
+    /// Width of each lane of the header (its tables, and in a delta their left keys).
     widths: Vec<usize>,
 }
 
@@ -67,13 +67,15 @@ impl<W: Write> SliceWriter<W> {
         if self.state != State::Fresh {
             return Err(misuse("a second header"));
         }
-        self.widths = header.tables.iter().map(|t| t.columns.len()).collect();
+        self.widths = header.lanes();
         self.frames.header(&mut self.out, header);
         self.state = State::Rows;
         self.drain(true)
     }
 
-    /// One row of table `table_idx`: its values in the header's column order.
+    /// One row of lane `table_idx` (see `SliceHeader::lanes`): a table's row, its
+    /// values in the header's column order, or in a delta a key that left table
+    /// `table_idx - tables`.
     pub fn row<'v>(
         &mut self,
         table_idx: usize,

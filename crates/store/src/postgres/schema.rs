@@ -6,7 +6,7 @@ use crate::Schema;
 use crate::{Result, StoreError};
 
 /// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE SCHEMA IF NOT EXISTS fieldsync;
@@ -132,6 +132,11 @@ CREATE TABLE IF NOT EXISTS fieldsync.device_users (
 );
 -- The device a base was handed to (NULL: before this was recorded).
 ALTER TABLE fieldsync.bases ADD COLUMN IF NOT EXISTS device text;
+-- Retention forgets the snapshots of old bases (a base without one counts every row
+-- as changed since it: compared by value).
+ALTER TABLE fieldsync.bases ALTER COLUMN snap DROP NOT NULL;
+-- A delta finds a table's rows written since a snapshot's oldest running transaction.
+CREATE INDEX IF NOT EXISTS rows_by_xid ON fieldsync.rows (tbl, xid);
 "#;
 
 impl Schema for PgStore {

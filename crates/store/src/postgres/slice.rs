@@ -1,15 +1,17 @@
-//! The slice stream on PostgreSQL: counts, rows and the base from one REPEATABLE
-//! READ snapshot, rows through a portal.
+//! The slice stream on PostgreSQL: counts, rows (or a delta's changes) and the base
+//! from one REPEATABLE READ snapshot, rows through a portal; pruning old history.
 
 use postgres::IsolationLevel;
 
-use super::PgStore;
 use super::types::{self, Bind, Kind};
+use super::{PgStore, in_tx};
 use crate::Slices;
+use crate::delta::delta_sql;
 use crate::dialect::SqlDialect;
 use crate::plan::SlicePlan;
 use crate::{Result, SliceSink};
-use fieldsync_proto::wire::Cursor;
+use fieldsync_proto::time::Timestamp;
+use fieldsync_proto::wire::{Cursor, FullReason};
 
 impl Slices for PgStore {
     fn dialect(&self) -> &'static dyn SqlDialect {
@@ -30,44 +32,161 @@ impl Slices for PgStore {
                 &[&plan.device],
             )?
             .get(0);
-        let mut counts = Vec::with_capacity(plan.tables.len());
-        for t in &plan.tables {
-            let binds: Vec<Bind<'_>> = t.binds.iter().map(Bind).collect();
-            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                binds.iter().map(|b| b as _).collect();
-            let n: i64 = tx.query_one(&t.count_sql, &refs)?.get(0);
-            counts.push(n as u64);
-        }
-        sink.begin(Cursor::from_raw(cursor), &counts)?;
-        let mut sent = Vec::with_capacity(plan.tables.len());
-        for (idx, t) in plan.tables.iter().enumerate() {
-            let kinds: Vec<Option<Kind>> = t
-                .schema
-                .columns
-                .iter()
-                .zip(&t.declared)
-                .map(|(_, d)| types::kind(d))
-                .collect();
-            let binds: Vec<Bind<'_>> = t.binds.iter().map(Bind).collect();
-            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                binds.iter().map(|b| b as _).collect();
-            // A portal read in batches: memory stays flat whatever the slice's size.
-            let portal = tx.bind(&t.select_sql, &refs)?;
-            let mut n = 0u64;
-            loop {
-                let batch = tx.query_portal(&portal, 2000)?;
-                if batch.is_empty() {
-                    break;
-                }
-                for row in &batch {
-                    let mut values = (0..kinds.len()).map(|i| types::value_ref(row, i, kinds[i]));
-                    sink.row(idx, &mut values)?;
-                    n += 1;
-                }
+        let (since, refused) = match plan.since {
+            None => (None, None),
+            Some(since) => match delta_refused(&mut tx, &plan.device, since.raw(), cursor)? {
+                None => (Some(since.raw()), None),
+                Some(reason) => (None, Some(reason)),
+            },
+        };
+        let n = plan.tables.len();
+        let mut counts = vec![0; n];
+        if since.is_none() {
+            for (t, count) in plan.tables.iter().zip(&mut counts) {
+                let binds: Vec<Bind<'_>> = t.binds.iter().map(Bind).collect();
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    binds.iter().map(|b| b as _).collect();
+                *count = tx.query_one(&t.count_sql, &refs)?.get::<_, i64>(0) as u64;
             }
-            sent.push(n);
+        }
+        sink.begin(Cursor::from_raw(cursor), &counts, refused)?;
+        let delta = since.map(|since| {
+            // Written by a transaction the cursor's snapshot does not see; those
+            // older than its oldest running one it sees all (an index range).
+            let base = format!("(SELECT snap FROM fieldsync.bases WHERE id = {since})");
+            delta_sql(
+                plan,
+                &|i| {
+                    format!(
+                        "SELECT CAST(r.pk AS {decl}) AS k FROM fieldsync.rows r
+                         WHERE r.tbl = {name} AND r.xid >= pg_snapshot_xmin({base})
+                           AND NOT pg_visible_in_snapshot(r.xid, {base})",
+                        decl = plan.tables[i].declared[0],
+                        name = literal(&plan.tables[i].schema.name),
+                    )
+                },
+                &|i, column| types::read_expr(column, &plan.tables[i].declared[0]),
+            )
+        });
+        let mut sent = Vec::with_capacity(2 * n);
+        for (idx, t) in plan.tables.iter().enumerate() {
+            let kinds: Vec<Option<Kind>> = t.declared.iter().map(|d| types::kind(d)).collect();
+            let sql = match &delta {
+                Some(d) => &d[idx].rows,
+                None => &t.select_sql,
+            };
+            sent.push(send_rows(&mut tx, sql, &t.binds, &kinds, idx, sink)?);
+        }
+        if let Some(d) = &delta {
+            for (idx, t) in plan.tables.iter().enumerate() {
+                let kinds = [types::kind(&t.declared[0])];
+                sent.push(send_rows(
+                    &mut tx,
+                    &d[idx].gone,
+                    &t.binds,
+                    &kinds,
+                    n + idx,
+                    sink,
+                )?);
+            }
         }
         tx.commit()?;
         Ok(sent)
     }
+
+    fn prune_history(&self, before: Timestamp) -> Result<u64> {
+        let mut c = self.conn()?;
+        in_tx(&mut c, |tx| {
+            // The youngest download base handed out before the horizon: every device
+            // whose cursor is not older has seen every delete its snapshot sees.
+            let horizon: Option<i64> = tx
+                .query_one(
+                    "SELECT max(id) FROM fieldsync.bases
+                     WHERE xid IS NULL AND snap IS NOT NULL AND created_at < $1::text::timestamptz",
+                    &[&before.to_string()],
+                )?
+                .get(0);
+            let Some(horizon) = horizon else {
+                return Ok(0);
+            };
+            let removed = tx.execute(
+                "DELETE FROM fieldsync.rows r USING fieldsync.bases b
+                 WHERE b.id = $1 AND r.deleted AND pg_visible_in_snapshot(r.xid, b.snap)",
+                &[&horizon],
+            )?;
+            tx.execute(
+                "UPDATE fieldsync.bases SET snap = NULL WHERE id < $1 AND snap IS NOT NULL",
+                &[&horizon],
+            )?;
+            tx.execute(
+                "INSERT INTO fieldsync.meta (key, value) VALUES ('pruned_through', $1)
+                 ON CONFLICT (key) DO UPDATE
+                 SET value = greatest(meta.value::int8, excluded.value::int8)::text",
+                &[&horizon.to_string()],
+            )?;
+            Ok(removed)
+        })
+    }
+}
+
+/// Why a delta from base `since` would not be right, if it would not: a base this
+/// database never handed to the device as a download's (a restore into the same
+/// database, a made-up cursor), or one whose snapshot retention forgot.
+fn delta_refused(
+    tx: &mut postgres::Transaction<'_>,
+    device: &str,
+    since: i64,
+    now: i64,
+) -> Result<Option<FullReason>> {
+    let row = tx.query_opt(
+        "SELECT snap IS NULL FROM fieldsync.bases WHERE id = $1 AND device = $2 AND xid IS NULL",
+        &[&since, &device],
+    )?;
+    let Some(row) = row.filter(|_| since < now) else {
+        return Ok(Some(FullReason::CursorAhead));
+    };
+    let pruned: Option<String> = tx
+        .query_opt(
+            "SELECT value FROM fieldsync.meta WHERE key = 'pruned_through'",
+            &[],
+        )?
+        .map(|r| r.get(0));
+    let before_horizon = pruned
+        .and_then(|p| p.parse::<i64>().ok())
+        .is_some_and(|p| since < p);
+    Ok((row.get::<_, bool>(0) || before_horizon).then_some(FullReason::HistoryPruned))
+}
+
+/// Sends the rows of one query, read through a portal, to lane `lane`; returns how
+/// many.
+fn send_rows(
+    tx: &mut postgres::Transaction<'_>,
+    sql: &str,
+    binds: &[fieldsync_proto::Value],
+    kinds: &[Option<Kind>],
+    lane: usize,
+    sink: &mut dyn SliceSink,
+) -> Result<u64> {
+    let binds: Vec<Bind<'_>> = binds.iter().map(Bind).collect();
+    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
+    // A portal read in batches: memory stays flat whatever the slice's size.
+    let portal = tx.bind(sql, &refs)?;
+    let mut n = 0u64;
+    loop {
+        let batch = tx.query_portal(&portal, 2000)?;
+        if batch.is_empty() {
+            break;
+        }
+        for row in &batch {
+            let mut values = (0..kinds.len()).map(|i| types::value_ref(row, i, kinds[i]));
+            sink.row(lane, &mut values)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// A text literal (table names only: identifiers the schema spelled).
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }

@@ -8,7 +8,7 @@ use crate::Schema;
 use crate::{Result, StoreError};
 
 /// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS fieldsync_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -129,6 +129,7 @@ CREATE TABLE IF NOT EXISTS fieldsync_bases (
     device TEXT NOT NULL,
     low INTEGER NOT NULL,
     high INTEGER NOT NULL,
+    at TEXT,
     PRIMARY KEY (device, high, low)
 ) WITHOUT ROWID;
 "#;
@@ -168,6 +169,15 @@ impl Schema for SqliteStore {
             "INSERT OR IGNORE INTO fieldsync_meta (key, value) VALUES ('epoch', ?1)",
             [crate::random_hex(16)],
         )?;
+        // Schema 2: when each base was handed out (retention); older ones have none.
+        let has_at: bool = tx.query_row(
+            "SELECT count(*) FROM pragma_table_info('fieldsync_bases') WHERE name = 'at'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_at {
+            tx.execute_batch("ALTER TABLE fieldsync_bases ADD COLUMN at TEXT")?;
+        }
         // Task definitions before versions were kept: the current ones.
         tx.execute(
             "INSERT OR IGNORE INTO fieldsync_task_versions (hash, name, definition, at)

@@ -1,17 +1,19 @@
-//! The slice stream on SQLite: counts, rows and cursor from one read transaction, and
-//! the cursor recorded as the device's base.
+//! The slice stream on SQLite: counts, rows (or a delta's changes) and cursor from one
+//! read transaction, the cursor recorded as the device's base; pruning old tombstones.
 
 use std::time::Duration;
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::SqliteDialect;
 use super::{SqliteStore, to_sql_value, value_ref};
 use crate::Slices;
+use crate::delta::delta_sql;
 use crate::dialect::SqlDialect;
 use crate::plan::SlicePlan;
 use crate::{Result, SliceSink};
-use fieldsync_proto::wire::Cursor;
+use fieldsync_proto::time::Timestamp;
+use fieldsync_proto::wire::{Cursor, FullReason};
 
 impl SqliteStore {
     /// Records a download's cursor as a base `device` may send changes on, by a second
@@ -20,10 +22,11 @@ impl SqliteStore {
     /// as soon as the lock is free (the device needs the base only at its next send).
     fn record_base(&self, device: &str, cursor: i64) -> Result<()> {
         const SQL: &str =
-            "INSERT OR IGNORE INTO fieldsync_bases (device, low, high) VALUES (?1, ?2, ?2)";
+            "INSERT OR IGNORE INTO fieldsync_bases (device, low, high, at) VALUES (?1, ?2, ?2, ?3)";
         let conn = self.conn()?;
         conn.busy_timeout(Duration::from_millis(200))?;
-        match conn.execute(SQL, params![device, cursor]) {
+        let at = super::now();
+        match conn.execute(SQL, params![device, cursor, at]) {
             Ok(_) => Ok(()),
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::DatabaseBusy =>
@@ -32,7 +35,7 @@ impl SqliteStore {
                 std::thread::spawn(move || {
                     let recorded = store.conn().and_then(|c| {
                         c.busy_timeout(Duration::from_secs(600))?;
-                        Ok(c.execute(SQL, params![device, cursor])?)
+                        Ok(c.execute(SQL, params![device, cursor, at])?)
                     });
                     if let Err(e) = recorded {
                         eprintln!("fieldsync server: recording the base of a download: {e}");
@@ -59,36 +62,147 @@ impl Slices for SqliteStore {
             [],
             |r| r.get(0),
         )?;
-        let mut counts = Vec::with_capacity(plan.tables.len());
-        for t in &plan.tables {
-            let binds: Vec<_> = t.binds.iter().map(to_sql_value).collect();
-            let n: i64 = tx.query_row(
-                &t.count_sql,
-                rusqlite::params_from_iter(binds.iter()),
-                |r| r.get(0),
-            )?;
-            counts.push(n as u64);
+        let (since, refused) = match plan.since {
+            None => (None, None),
+            Some(since) => match delta_refused(&tx, &plan.device, since.raw(), cursor)? {
+                None => (Some(since.raw()), None),
+                Some(reason) => (None, Some(reason)),
+            },
+        };
+        let n = plan.tables.len();
+        let mut counts = vec![0; n];
+        if since.is_none() {
+            for (t, count) in plan.tables.iter().zip(&mut counts) {
+                let binds: Vec<_> = t.binds.iter().map(to_sql_value).collect();
+                *count = tx.query_row(
+                    &t.count_sql,
+                    rusqlite::params_from_iter(binds.iter()),
+                    |r| r.get::<_, i64>(0),
+                )? as u64;
+            }
         }
         self.record_base(&plan.device, cursor)?;
-        sink.begin(Cursor::from_raw(cursor), &counts)?;
-        let mut sent = Vec::with_capacity(plan.tables.len());
+        sink.begin(Cursor::from_raw(cursor), &counts, refused)?;
+        let delta = since.map(|since| {
+            delta_sql(
+                plan,
+                &|i| {
+                    format!(
+                        "SELECT r.pk AS k FROM fieldsync_rows r WHERE r.tbl = {} AND r.version > {since}",
+                        literal(&plan.tables[i].schema.name)
+                    )
+                },
+                &|_, column| column.to_string(),
+            )
+        });
+        let mut sent = Vec::with_capacity(2 * n);
         for (idx, t) in plan.tables.iter().enumerate() {
-            let binds: Vec<_> = t.binds.iter().map(to_sql_value).collect();
-            let mut stmt = tx.prepare(&t.select_sql)?;
-            let width = t.schema.columns.len();
-            let mut rows = stmt.query(rusqlite::params_from_iter(binds.iter()))?;
-            let mut n = 0u64;
-            while let Some(row) = rows.next()? {
-                // Columns 0..width exist: the statement selects exactly them.
-                sink.row(
-                    idx,
-                    &mut (0..width).map(|i| value_ref(row.get_ref_unwrap(i))),
-                )?;
-                n += 1;
+            let sql = match &delta {
+                Some(d) => &d[idx].rows,
+                None => &t.select_sql,
+            };
+            sent.push(send_rows(
+                &tx,
+                sql,
+                &t.binds,
+                t.schema.columns.len(),
+                idx,
+                sink,
+            )?);
+        }
+        if let Some(d) = &delta {
+            for (idx, t) in plan.tables.iter().enumerate() {
+                sent.push(send_rows(&tx, &d[idx].gone, &t.binds, 1, n + idx, sink)?);
             }
-            sent.push(n);
         }
         tx.commit()?;
         Ok(sent)
     }
+
+    fn prune_history(&self, before: Timestamp) -> Result<u64> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // The youngest cursor handed out before the horizon: every device whose cursor
+        // is not older has seen every delete up to it.
+        let horizon: Option<i64> = tx.query_row(
+            "SELECT max(high) FROM fieldsync_bases WHERE low = high AND at < ?1",
+            [before.to_string()],
+            |r| r.get(0),
+        )?;
+        let Some(horizon) = horizon else {
+            return Ok(0);
+        };
+        // The row holding the highest version stays: the next version is one past it,
+        // and a version handed out once is never handed out again.
+        let removed = tx.execute(
+            "DELETE FROM fieldsync_rows WHERE deleted = 1 AND version <= ?1
+               AND version < (SELECT max(version) FROM fieldsync_rows)",
+            [horizon],
+        )?;
+        tx.execute(
+            "INSERT INTO fieldsync_meta (key, value) VALUES ('pruned_through', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+            [horizon.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(removed as u64)
+    }
+}
+
+/// Why a delta from `since` would not be right, if it would not: a cursor this
+/// database never handed to the device or past its history (a restore without
+/// `admin epoch reset`), or older than the pruned history.
+fn delta_refused(
+    tx: &rusqlite::Transaction<'_>,
+    device: &str,
+    since: i64,
+    now: i64,
+) -> Result<Option<FullReason>> {
+    let handed: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM fieldsync_bases WHERE device = ?1 AND high = ?2 AND low = ?2)",
+        params![device, since],
+        |r| r.get(0),
+    )?;
+    if since > now || !handed {
+        return Ok(Some(FullReason::CursorAhead));
+    }
+    let pruned: Option<i64> = tx
+        .query_row(
+            "SELECT CAST(value AS INTEGER) FROM fieldsync_meta WHERE key = 'pruned_through'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(pruned
+        .filter(|p| since < *p)
+        .map(|_| FullReason::HistoryPruned))
+}
+
+/// Sends the rows of one query to lane `lane`; returns how many.
+fn send_rows(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    binds: &[fieldsync_proto::Value],
+    width: usize,
+    lane: usize,
+    sink: &mut dyn SliceSink,
+) -> Result<u64> {
+    let binds: Vec<_> = binds.iter().map(to_sql_value).collect();
+    let mut stmt = tx.prepare(sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(binds.iter()))?;
+    let mut n = 0u64;
+    while let Some(row) = rows.next()? {
+        // Columns 0..width exist: the statement selects exactly them.
+        sink.row(
+            lane,
+            &mut (0..width).map(|i| value_ref(row.get_ref_unwrap(i))),
+        )?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// A text literal (table names only: identifiers the schema spelled).
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }

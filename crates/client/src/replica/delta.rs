@@ -1,0 +1,267 @@
+//! Applying a delta (the changes since the replica's cursor) to the installed replica
+//! in place, in the transaction of a writer hold: apps that keep the replica open
+//! keep working and see the new rows at their next read. The whole delta is one
+//! savepoint: a refused stream, a cancel or a crash leaves the replica as it was.
+
+use fieldsync_proto::stream::{Event, SliceReader};
+use fieldsync_proto::wire::ReplicaPosition;
+
+use super::build::{stream_err, to_sql};
+use super::*;
+
+/// What a delta did to the replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Applied {
+    /// Rows the replica held that came again (changed, or sent again because a row of
+    /// their parent chain changed).
+    pub changed: u64,
+    /// Rows new to the replica (inserted by the office, or entered the slice).
+    pub entered: u64,
+    /// Rows removed: named gone, or under a parent that went.
+    pub left: u64,
+    /// Rows and keys the stream carried, per lane.
+    pub rows_per_lane: Vec<u64>,
+}
+
+/// Where the replica behind `conn` stands, for a download that may come as a delta;
+/// `None` when it cannot take one (incomplete, retired, or made before replicas kept
+/// their header).
+pub fn position(conn: &Connection) -> Result<Option<ReplicaPosition>> {
+    let get = |key: &str| -> Result<Option<String>> {
+        Ok(conn
+            .query_row(
+                "SELECT CAST(value AS TEXT) FROM fieldsync_replica WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    };
+    if get("complete")?.as_deref() != Some("1") || get("retired")?.as_deref() == Some("1") {
+        return Ok(None);
+    }
+    let (Some(header), Some(cursor)) = (read_header(conn)?, get("cursor")?) else {
+        return Ok(None);
+    };
+    let Ok(cursor) = cursor.parse() else {
+        return Ok(None);
+    };
+    Ok(Some(ReplicaPosition {
+        shape: header.shape_digest(),
+        task: get("task")?.unwrap_or_default(),
+        task_hash: get("task_hash")?.unwrap_or_default(),
+        epoch: get("epoch")?.unwrap_or_default(),
+        user: get("user")?.unwrap_or_default(),
+        cursor,
+    }))
+}
+
+/// Refuses a delta that does not fit the replica it would be applied to: another
+/// task, another shape of tables, another history.
+fn check_fits(stored: &SliceHeader, delta: &SliceHeader) -> Result<()> {
+    let fits = stored.task == delta.task
+        && stored.epoch == delta.epoch
+        && stored.shape_digest() == delta.shape_digest();
+    if fits {
+        Ok(())
+    } else {
+        Err(ClientError::Stream(
+            "the server's changes do not fit this replica (another task, table shape or history)"
+                .into(),
+        ))
+    }
+}
+
+/// Applies the rest of `reader`'s delta (its header already read) under `hold`, and
+/// records the new cursor. On any error nothing of it stays.
+pub fn apply_delta<R: Read>(
+    hold: &WriterHold,
+    reader: &mut SliceReader<R>,
+    header: &SliceHeader,
+    progress: &mut dyn FnMut(&Progress),
+    cancel: &Cancel,
+) -> Result<Applied> {
+    let conn = hold.conn();
+    refuse_unsent(conn, 0)?;
+    let stored = read_header(conn)?.ok_or_else(|| {
+        ClientError::Replica("the replica keeps no header; download it again".into())
+    })?;
+    check_fits(&stored, header)?;
+    conn.execute_batch("SAVEPOINT fieldsync_delta")?;
+    let applied = apply_in_savepoint(conn, reader, header, progress, cancel);
+    match &applied {
+        Ok(_) => conn.execute_batch("RELEASE fieldsync_delta")?,
+        Err(_) => conn.execute_batch("ROLLBACK TO fieldsync_delta; RELEASE fieldsync_delta")?,
+    }
+    applied
+}
+
+fn apply_in_savepoint<R: Read>(
+    conn: &Connection,
+    reader: &mut SliceReader<R>,
+    header: &SliceHeader,
+    progress: &mut dyn FnMut(&Progress),
+    cancel: &Cancel,
+) -> Result<Applied> {
+    // The journal's triggers stand aside: these are the server's rows, not edits.
+    conn.execute(
+        "INSERT INTO fieldsync_replica (key, value) VALUES ('applying', '1')
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [],
+    )?;
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS fieldsync_gone (tbl TEXT NOT NULL, pk NOT NULL);
+         DELETE FROM temp.fieldsync_gone;",
+    )?;
+    let n = header.tables.len();
+    let mut exists = Vec::with_capacity(n);
+    let mut upsert = Vec::with_capacity(n);
+    let mut delete = Vec::with_capacity(n);
+    for t in &header.tables {
+        let (table, pk) = (quote(&t.name), quote(&t.primary_key));
+        let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
+        let sets: Vec<String> = cols[1..]
+            .iter()
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        let on_conflict = if sets.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!("DO UPDATE SET {}", sets.join(", "))
+        };
+        exists.push(conn.prepare(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {table} WHERE {pk} = ?1)"
+        ))?);
+        upsert.push(conn.prepare(&format!(
+            "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({pk}) {on_conflict}",
+            cols.join(", "),
+            vec!["?"; cols.len()].join(", ")
+        ))?);
+        delete.push(conn.prepare(&format!("DELETE FROM {table} WHERE {pk} = ?1"))?);
+    }
+    let mut gone = conn.prepare("INSERT INTO temp.fieldsync_gone (tbl, pk) VALUES (?1, ?2)")?;
+    let mut applied = Applied::default();
+    let mut done = 0u64;
+    let mut last_report = Instant::now();
+    let trailer = loop {
+        if cancel.is_cancelled() {
+            return Err(ClientError::Cancelled);
+        }
+        match reader.next_event().map_err(stream_err)? {
+            Some(Event::Rows(mut rows)) => {
+                let lane = rows.table();
+                let mut values = Vec::new();
+                while rows.next_row(&mut values).map_err(stream_err)? {
+                    let key = rusqlite::types::ToSqlOutput::Borrowed(to_sql(values[0]));
+                    if lane < n {
+                        let held: bool = exists[lane].query_row([&key], |r| r.get(0))?;
+                        if held {
+                            applied.changed += 1;
+                        } else {
+                            applied.entered += 1;
+                        }
+                        for (col, v) in values.iter().enumerate() {
+                            upsert[lane].raw_bind_parameter(
+                                col + 1,
+                                rusqlite::types::ToSqlOutput::Borrowed(to_sql(*v)),
+                            )?;
+                        }
+                        upsert[lane].raw_execute().map_err(|e| {
+                            ClientError::Stream(format!(
+                                "row of table `{}` cannot be stored: {e}",
+                                header.tables[lane].name
+                            ))
+                        })?;
+                    } else if delete[lane - n].execute([&key])? > 0 {
+                        applied.left += 1;
+                        gone.execute(rusqlite::params![header.tables[lane - n].name, key])?;
+                    }
+                }
+                done += rows.len();
+                if last_report.elapsed() >= Duration::from_millis(100) {
+                    last_report = Instant::now();
+                    progress(&Progress {
+                        phase: Phase::Transfer,
+                        done,
+                        total: done,
+                        unit: "rows",
+                    });
+                }
+            }
+            Some(Event::Trailer(t)) => break t,
+            Some(Event::Header(_)) | None => {
+                return Err(ClientError::Stream("the stream is out of order".into()));
+            }
+        }
+    };
+    applied.left += remove_orphans(conn, header)?;
+    applied.rows_per_lane = trailer.rows.clone();
+    // Every row now stands as of the new cursor: the bases of rows the device's own
+    // sends wrote, and the rows those sends moved out, are behind it.
+    let stored = SliceHeader {
+        since: None,
+        full_reason: None,
+        ..header.clone()
+    };
+    let header_json = serde_json::to_string(&stored).expect("a header serializes");
+    conn.execute_batch("DELETE FROM fieldsync_base; DELETE FROM fieldsync_left;")?;
+    let mut put = conn.prepare(
+        "INSERT INTO fieldsync_replica (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?;
+    for (k, v) in [
+        ("cursor", trailer.cursor.to_string().as_str()),
+        ("header", &header_json),
+        ("user", &header.user),
+    ] {
+        put.execute([k, v])?;
+    }
+    conn.execute("DELETE FROM fieldsync_replica WHERE key = 'applying'", [])?;
+    progress(&Progress {
+        phase: Phase::Transfer,
+        done,
+        total: done,
+        unit: "rows",
+    });
+    Ok(applied)
+}
+
+/// Removes the rows whose parent left the replica (a row is in the slice only under a
+/// parent in it), down the parent chains; returns how many.
+fn remove_orphans(conn: &Connection, header: &SliceHeader) -> Result<u64> {
+    // Parents before their children: by the length of their parent chain.
+    let depth = |t: &TableSchema| {
+        let mut d = 0;
+        let mut cur = t;
+        while let Some(p) = &cur.parent {
+            match header.tables.iter().find(|x| x.name == p.table) {
+                Some(parent) if d < header.tables.len() => {
+                    d += 1;
+                    cur = parent;
+                }
+                _ => break,
+            }
+        }
+        d
+    };
+    let mut children: Vec<&TableSchema> = header
+        .tables
+        .iter()
+        .filter(|t| t.parent.is_some())
+        .collect();
+    children.sort_by_key(|t| depth(t));
+    let mut removed = 0;
+    for t in children {
+        let p = t.parent.as_ref().expect("filtered on parent");
+        let (table, pk, key) = (quote(&t.name), quote(&t.primary_key), quote(&p.key));
+        let under_gone = format!("{key} IN (SELECT pk FROM temp.fieldsync_gone WHERE tbl = ?1)");
+        conn.execute(
+            &format!("INSERT INTO temp.fieldsync_gone (tbl, pk) SELECT ?2, {pk} FROM {table} WHERE {under_gone}"),
+            [&p.table, &t.name],
+        )?;
+        removed += conn.execute(
+            &format!("DELETE FROM {table} WHERE {under_gone}"),
+            [&p.table],
+        )? as u64;
+    }
+    Ok(removed)
+}

@@ -243,6 +243,7 @@ impl<'de> Visitor<'de> for UploadSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Upload, A::Error> {
         let (mut upload_id, mut task, mut epoch, mut task_hash) = (None, None, None, None);
+        let mut cursor = None;
         let mut entries: Option<Vec<UploadEntry>> = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
@@ -250,6 +251,7 @@ impl<'de> Visitor<'de> for UploadSeed<'_> {
                 "task" => task = Some(map.next_value::<String>()?),
                 "epoch" => epoch = map.next_value::<Option<String>>()?,
                 "task_hash" => task_hash = map.next_value::<Option<String>>()?,
+                "cursor" => cursor = map.next_value::<Option<crate::wire::Cursor>>()?,
                 "entries" => {
                     let mut got = entries.take().unwrap_or_default();
                     map.next_value_seed(EntriesSeed {
@@ -269,6 +271,7 @@ impl<'de> Visitor<'de> for UploadSeed<'_> {
             task: task.ok_or_else(|| de::Error::missing_field("task"))?,
             epoch,
             task_hash,
+            cursor,
             entries: entries.ok_or_else(|| de::Error::missing_field("entries"))?,
         })
     }

@@ -456,6 +456,11 @@ pub struct Upload {
     /// absent from older devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_hash: Option<String>,
+    /// The cursor of the replica the entries were made on: one the main database
+    /// never handed out (a restore without `admin epoch reset`) gets the entries
+    /// judged by value, as another epoch does; absent from older devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Cursor>,
     pub entries: Vec<UploadEntry>,
 }
 

@@ -528,8 +528,13 @@ async fn upload(
         };
         // An upload from a replica of another history (the main database was restored
         // since its download) is judged by value: its bases are not this database's.
+        // So is one whose replica's cursor this database never handed to the device
+        // (restored without `admin epoch reset`: the cursor is ahead of its history).
         let restored = match &upload.epoch {
             Some(e) => *e != st.store.epoch()?,
+            None => false,
+        } || match upload.cursor {
+            Some(c) => !st.store.cursor_known(&device.id, c)?,
             None => false,
         };
         let ctx = IntegrateContext {

@@ -319,6 +319,9 @@ pub trait Slices {
     /// snapshots of older bases. Devices whose cursor is older get the whole slice
     /// (`history-pruned`). Returns the tombstones removed.
     fn prune_history(&self, before: Timestamp) -> Result<u64>;
+    /// Whether `cursor` is a download's cursor this database handed to `device` and
+    /// within its history; one that is not comes from another history (a restore).
+    fn cursor_known(&self, device: &str, cursor: fieldsync_proto::wire::Cursor) -> Result<bool>;
 }
 
 /// Uploads checked and integrated, each applied once.

@@ -493,6 +493,7 @@ fn upload(id: &str, task: &str, mut entries: Vec<UploadEntry>) -> Upload {
         task: task.to_string(),
         epoch: None,
         task_hash: None,
+        cursor: None,
         entries,
     }
 }

@@ -296,9 +296,21 @@ fn each_full_reason_says_why_the_whole_slice_came() {
     office.execute_batch("UPDATE assets SET name = 'after the backup' WHERE region = 'north'");
     dev.run(&["sync"], "").ok();
     assert_delta(&dev);
+    // An edit pending across the restore is still sent, judged by value.
+    let edited = north_asset_with_inspections(&office, "ana", 2);
+    dev.replica()
+        .execute(
+            &format!("UPDATE assets SET status = 'seen after the restore' WHERE id = {edited}"),
+            [],
+        )
+        .unwrap();
     restore(&mut office, &copy, &[&dev]);
     dev.run(&["sync"], "").ok();
     assert_full(&dev, "cursor-ahead");
+    assert_eq!(
+        office.value(&format!("SELECT status FROM assets WHERE id = {edited}")),
+        "seen after the restore"
+    );
     assert_eq!(content(&dev), fresh(&office, "ana", "ref2"));
 
     // A restore followed by `admin epoch reset`, as the operator runs it.
@@ -360,6 +372,17 @@ fn pruned_history_sends_the_whole_slice() {
     }
     old.run(&["download", TASK], "").ok();
     let victim = north_asset_with_inspections(&office, "ana", 0);
+    // The old device edits a row the office then deletes, and sends it only after
+    // the deletion's tombstone was pruned.
+    let edited = office.value(&format!(
+        "SELECT id FROM inspections WHERE asset_id = {victim} AND inspector = 'ana' ORDER BY id LIMIT 1"
+    ));
+    old.replica()
+        .execute(
+            "UPDATE inspections SET notes = 'edited offline' WHERE id = ?1",
+            [&edited],
+        )
+        .unwrap();
     office.execute_batch(&format!(
         "DELETE FROM inspections WHERE asset_id = {victim} AND inspector = 'ana';
          UPDATE assets SET name = 'later' WHERE id = {victim};"
@@ -378,8 +401,14 @@ fn pruned_history_sends_the_whole_slice() {
     wait_pruned(&office, cursor(&young));
     assert_eq!(office.value(&tombstones), "0", "the tombstones went");
     // The old cursor is before the horizon; the young one is the horizon.
+    // Not refused: the edit of a row deleted since is the conflict it always was.
     old.run(&["sync"], "").ok();
     assert_full(&old, "history-pruned");
+    let logged = conflicts(&office);
+    assert!(
+        logged.iter().any(|c| c["key"] == serde_json::json!(edited)),
+        "{logged:?}"
+    );
     young.run(&["sync"], "").ok();
     assert_delta(&young);
     let expected = fresh(&office, "ana", "ref");

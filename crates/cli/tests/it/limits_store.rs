@@ -153,6 +153,7 @@ fn upload_of(entries: Vec<UploadEntry>) -> Upload {
         task: NORTH_TASK.into(),
         epoch: None,
         task_hash: None,
+        cursor: None,
         entries,
     }
 }

@@ -7,6 +7,7 @@ mod conflicts;
 mod convergence;
 mod crash;
 mod delta;
+mod delta_property;
 mod demo;
 mod download;
 mod examples;

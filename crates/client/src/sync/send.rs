@@ -254,6 +254,7 @@ fn prepare_upload(
             task: info.task.clone(),
             epoch: Some(info.epoch.clone()),
             task_hash: Some(info.task_hash.clone()),
+            cursor: Some(info.cursor),
             entries: journal::compact(entries, rules),
         };
         if upload.entries.is_empty() {

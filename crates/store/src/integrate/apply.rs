@@ -22,6 +22,7 @@ pub(crate) fn integrate(
     let mut users = UserChecks::new();
     let mut params_of: HashMap<&str, Params> = HashMap::new();
     let mut base_kinds: HashMap<i64, Option<BaseKind>> = HashMap::new();
+    let pruned_through = tx.pruned_through()?;
     // Rows an earlier entry of this upload wrote (true) or left alone with a conflict
     // (false): a later entry of the same row (an insert and the update that moved it
     // out of the slice, a delete and the insert that re-created its key) is judged
@@ -81,6 +82,22 @@ pub(crate) fn integrate(
         );
         let earlier = done.get(&row_id).copied();
         let mut current = tx.current(def, t, params, &e.key, e.base_version)?;
+        if current.is_none()
+            && e.op != WriteOp::Insert
+            && let Some(base) = e.base_version
+            && pruned_through.is_some_and(|p| base < p)
+        {
+            // A row the device had, unknown now: deleted by the office after the base,
+            // its tombstone pruned (retention). Judged as the deletion it was.
+            current = Some(Current {
+                version: 0,
+                deleted: true,
+                in_slice: false,
+                changed: true,
+                left: false,
+                values: Default::default(),
+            });
+        }
         if let Some(c) = current.as_mut() {
             if earlier == Some(Done::Written) {
                 // This upload wrote the row itself: not somebody else's change.

@@ -62,6 +62,9 @@ pub(crate) trait UploadTx: Lookups {
     /// What kind of base `base` is for `device`; `None`: past every base the server
     /// ever handed out, so never handed to this device.
     fn base_kind(&mut self, device: &str, base: i64) -> Result<Option<BaseKind>, StoreError>;
+    /// The base through which retention pruned the change history (tombstones of
+    /// rows deleted before it are gone), if it ever did.
+    fn pruned_through(&mut self) -> Result<Option<i64>, StoreError>;
     /// Whether the row with `key`, as the main database stores it now (after its own
     /// conversions), is in the slice of `params`' user.
     fn stored_in_slice(

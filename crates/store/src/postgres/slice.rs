@@ -94,6 +94,15 @@ impl Slices for PgStore {
         Ok(sent)
     }
 
+    fn cursor_known(&self, device: &str, cursor: Cursor) -> Result<bool> {
+        let mut c = self.conn()?;
+        Ok(c.query_opt(
+            "SELECT 1 FROM fieldsync.bases WHERE id = $1 AND device = $2 AND xid IS NULL",
+            &[&cursor.raw(), &device],
+        )?
+        .is_some())
+    }
+
     fn prune_history(&self, before: Timestamp) -> Result<u64> {
         let mut c = self.conn()?;
         in_tx(&mut c, |tx| {

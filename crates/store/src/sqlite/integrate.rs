@@ -170,6 +170,17 @@ impl UploadTx for SqliteUpload<'_> {
         })
     }
 
+    fn pruned_through(&mut self) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT CAST(value AS INTEGER) FROM fieldsync_meta WHERE key = 'pruned_through'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     fn stored_in_slice(
         &mut self,
         def: &TaskDef,

@@ -119,6 +119,16 @@ impl Slices for SqliteStore {
         Ok(sent)
     }
 
+    fn cursor_known(&self, device: &str, cursor: Cursor) -> Result<bool> {
+        let conn = self.conn()?;
+        let now: i64 = conn.query_row(
+            "SELECT coalesce(max(version), 0) FROM fieldsync_rows",
+            [],
+            |r| r.get(0),
+        )?;
+        cursor_known(&conn, device, cursor.raw(), now)
+    }
+
     fn prune_history(&self, before: Timestamp) -> Result<u64> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -149,6 +159,17 @@ impl Slices for SqliteStore {
     }
 }
 
+/// Whether `cursor` is a download's cursor handed to `device`, within the history
+/// (the highest version `now`).
+fn cursor_known(conn: &rusqlite::Connection, device: &str, cursor: i64, now: i64) -> Result<bool> {
+    let handed: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM fieldsync_bases WHERE device = ?1 AND high = ?2 AND low = ?2)",
+        params![device, cursor],
+        |r| r.get(0),
+    )?;
+    Ok(handed && cursor <= now)
+}
+
 /// Why a delta from `since` would not be right, if it would not: a cursor this
 /// database never handed to the device or past its history (a restore without
 /// `admin epoch reset`), or older than the pruned history.
@@ -158,12 +179,7 @@ fn delta_refused(
     since: i64,
     now: i64,
 ) -> Result<Option<FullReason>> {
-    let handed: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM fieldsync_bases WHERE device = ?1 AND high = ?2 AND low = ?2)",
-        params![device, since],
-        |r| r.get(0),
-    )?;
-    if since > now || !handed {
+    if !cursor_known(tx, device, since, now)? {
         return Ok(Some(FullReason::CursorAhead));
     }
     let pruned: Option<i64> = tx

@@ -89,6 +89,14 @@ impl UploadTx for PgUpload<'_, '_> {
         )
     }
 
+    fn pruned_through(&mut self) -> Result<Option<i64>, StoreError> {
+        let rows = self.query(
+            "SELECT value::int8 FROM fieldsync.meta WHERE key = 'pruned_through'",
+            &[],
+        )?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
     fn stored_in_slice(
         &mut self,
         def: &TaskDef,

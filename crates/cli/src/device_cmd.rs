@@ -40,7 +40,7 @@ impl From<OnOff> for bool {
 /// What a download brings, for `download` and `sync`.
 #[derive(Args)]
 struct FetchArgs {
-    /// Download the whole slice, never only the changes (today every download is whole)
+    /// Download the whole slice, not only the changes since the last download
     #[arg(long)]
     full: bool,
     /// Also download the task's files
@@ -147,6 +147,20 @@ enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The background service: synchronizes by itself, once, when the device is docked
+    /// (external power) after a login and a logout, as the options say
+    Watch {
+        /// Where the power supplies show (the Linux /sys/class/power_supply layout:
+        /// subfolders with `type` and `online`)
+        #[arg(long, value_name = "DIR", default_value = fieldsync_client::power::SYSFS_POWER_SUPPLY)]
+        power_supply: std::path::PathBuf,
+        /// How often to look at the power supplies, in milliseconds
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        poll_ms: u64,
+    },
+    /// Cancel the operation that holds this device folder (a command or the watcher's
+    /// automatic synchronization), safely, as Ctrl-C does
+    Cancel,
     /// The device's state
     Status {
         /// Print one JSON document on stdout
@@ -171,7 +185,7 @@ enum JournalCommand {
 /// How long a cancelled operation may take to reach a safe point by itself.
 const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
 
-/// Cancels `cancel` on Ctrl-C or SIGTERM. The operation stops at its next safe point;
+/// Cancels `cancel` on Ctrl-C, SIGTERM or SIGUSR1 (`device cancel`). The operation stops at its next safe point;
 /// one blocked on the network may not get there soon, and since every step is
 /// crash-safe, the process then stops itself, unless the operation had committed.
 fn cancel_on_signals(cancel: &Cancel, device: &Device, op: SyncOp) {
@@ -190,9 +204,11 @@ fn cancel_on_signals(cancel: &Cancel, device: &Device, op: SyncOp) {
         Ok::<_, std::io::Error>((
             signal(SignalKind::interrupt())?,
             signal(SignalKind::terminate())?,
+            // `device cancel` from another process.
+            signal(SignalKind::user_defined1())?,
         ))
     });
-    let Ok((mut int, mut term)) = signals else {
+    let Ok((mut int, mut term, mut usr1)) = signals else {
         return;
     };
     std::thread::spawn(move || {
@@ -200,6 +216,7 @@ fn cancel_on_signals(cancel: &Cancel, device: &Device, op: SyncOp) {
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
+                _ = usr1.recv() => {}
             }
         });
         cancel.cancel();
@@ -402,6 +419,11 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 path.display()
             );
         }
+        DeviceCommand::Watch {
+            power_supply,
+            poll_ms,
+        } => crate::auto_cmd::watch(&device, &power_supply, poll_ms)?,
+        DeviceCommand::Cancel => crate::auto_cmd::cancel(&device)?,
         DeviceCommand::Status { json } => {
             let st = device.status()?;
             if json {
@@ -424,7 +446,19 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                     println!("         {n} by {user}");
                 }
                 if let Some(l) = &st.last_sync {
-                    println!("last     {} {} at {}: {}", l.op, l.result, l.at, l.message);
+                    println!(
+                        "last     {} {} ({}) at {}: {}",
+                        l.op, l.result, l.kind, l.at, l.message
+                    );
+                }
+                if st.ticket_armed {
+                    println!("auto     armed: synchronizes by itself once when docked");
+                }
+                if let Some(r) = &st.running {
+                    println!(
+                        "running  {} ({}) since {}: {} of {} {}",
+                        r.op, r.kind, r.started, r.done, r.total, r.unit
+                    );
                 }
             }
         }

@@ -188,6 +188,21 @@ impl AutoSync {
         self.attempt.as_ref()
     }
 
+    /// Whether external power was last seen present.
+    pub fn power(&self) -> bool {
+        self.power
+    }
+
+    /// The options as the rules last saw them.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// The running watcher's run number, if one runs.
+    pub fn watcher(&self) -> Option<u64> {
+        self.watcher
+    }
+
     /// A ticket armed by a watcher run is void once that run is over.
     fn void_armed(&mut self) {
         if self.ticket_armed() {

@@ -11,7 +11,9 @@ use fieldsync_proto::wire::{
     HEADER_OP, HEADER_PROTOCOL, HEADER_UPLOAD_ID, LoginRequest, LoginResponse, PROTOCOL_VERSION,
     PairRequest, PairResponse, TaskSummary, UploadOutcome,
 };
-use fieldsync_proto::wire::{HEADER_FULL, HEADER_REPLICA, ReplicaPosition, SyncOp, Trigger};
+use fieldsync_proto::wire::{
+    HEADER_FULL, HEADER_REPLICA, RedeemRequest, RedeemResponse, ReplicaPosition, SyncOp, Trigger,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -159,6 +161,16 @@ impl Api {
 
     pub fn login(&self, creds: &Credentials<'_>, req: &LoginRequest) -> Result<LoginResponse> {
         let resp = self.call_json("/api/v1/login", Some(creds), req)?;
+        self.json(resp)
+    }
+
+    /// Exchanges an auto-sync ticket (device credentials only) for the session of its
+    /// one automatic synchronization.
+    pub fn redeem(&self, creds: &Credentials<'_>, ticket: &str) -> Result<RedeemResponse> {
+        let req = RedeemRequest {
+            ticket: ticket.to_string(),
+        };
+        let resp = self.call_json("/api/v1/tickets/redeem", Some(creds), &req)?;
         self.json(resp)
     }
 

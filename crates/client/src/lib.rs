@@ -2,6 +2,7 @@
 //! replica and the operations on it. The `fieldsync device` commands are a thin layer
 //! over [`Device`].
 
+mod auto;
 pub mod autosync;
 mod config;
 mod error;
@@ -9,11 +10,13 @@ mod http;
 mod journal;
 pub mod power;
 mod replica;
+pub mod running;
 mod state;
 mod sync;
 pub mod transport;
 mod triggers;
 
+pub use auto::WatchNote;
 pub use journal::JournalEntry;
 pub use sync::{Report, SyncOp, Trigger};
 
@@ -46,7 +49,7 @@ impl OptionsChange {
 }
 
 /// The phases of an operation, in the order they run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// The server prepares the slice.
@@ -149,6 +152,8 @@ pub struct Status {
     pub last_sync: Option<LastSync>,
     pub options: Options,
     pub ticket_armed: bool,
+    /// The operation running now (its published progress), or `None`.
+    pub running: Option<running::Running>,
 }
 
 /// A device: its folder and the operations on it.
@@ -214,7 +219,7 @@ impl Device {
         Ok((lock, st))
     }
 
-    fn paired(&self, st: &DeviceState) -> Result<(Api, String, String)> {
+    pub(crate) fn paired(&self, st: &DeviceState) -> Result<(Api, String, String)> {
         match (&st.server, &st.device_id, &st.device_secret) {
             (Some(server), Some(id), Some(secret)) => Ok((
                 Api::new(server, &self.config, self.transport.as_ref())?,
@@ -275,6 +280,15 @@ impl Device {
                 )?;
                 st.verifiers
                     .insert(resp.user.clone(), hash_verifier(password));
+                // A server that issues tickets gives one with every online login; one
+                // that does not leaves the device as an offline login would.
+                match resp.ticket {
+                    Some(ticket) => {
+                        st.auto_event(autosync::Event::LoginOnline(resp.user.clone()));
+                        st.ticket = Some(ticket);
+                    }
+                    None => st.auto_event(autosync::Event::LoginOffline(resp.user.clone())),
+                }
                 st.session = Some(state::Session {
                     user: resp.user,
                     token: resp.token,
@@ -296,6 +310,7 @@ impl Device {
                     token: String::new(),
                     expires_at: None,
                 });
+                st.auto_event(autosync::Event::LoginOffline(user.to_string()));
             }
         }
         // Before the session is saved: a crash never leaves the new user looking at
@@ -314,6 +329,9 @@ impl Device {
         let Some(session) = st.session.take() else {
             return Ok(None);
         };
+        // Arms the ticket when a watcher runs and auto-sync is on; otherwise nothing
+        // that can reach the server as the user stays behind.
+        st.auto_event(autosync::Event::Logout);
         // Writes on the replica are refused from here on, until the next login.
         replica::set_login(&self.dir, None)?;
         self.dir.save(&st)?;
@@ -339,6 +357,7 @@ impl Device {
     pub fn set_mode(&self, mode: Mode) -> Result<()> {
         let (_lock, mut st) = self.begin()?;
         st.mode = mode;
+        st.auto_event(autosync::Event::Mode(mode));
         self.dir.save(&st)
     }
 
@@ -356,6 +375,7 @@ impl Device {
         o.download_data = change.download_data.unwrap_or(o.download_data);
         o.download_files = change.download_files.unwrap_or(o.download_files);
         let options = st.options.clone();
+        st.auto_event(autosync::Event::Options(options.clone()));
         self.dir.save(&st)?;
         Ok(options)
     }
@@ -416,7 +436,8 @@ impl Device {
             pending_by_user,
             last_sync: st.last_sync.clone(),
             options: st.options.clone(),
-            ticket_armed: false,
+            ticket_armed: st.ticket_armed(),
+            running: running::running(&self.dir),
         })
     }
 }

@@ -112,6 +112,13 @@ pub struct DeviceState {
     pub last_sync: Option<LastSync>,
     #[serde(default)]
     pub options: Options,
+    /// The auto-sync rules' state (`autosync.rs`), kept across commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autosync: Option<crate::autosync::AutoSync>,
+    /// The secret of the ticket the rules hold (issued at the last online login);
+    /// gone whenever they hold none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
 }
 
 /// The device folder (`--dir`).

@@ -44,6 +44,26 @@ pub struct LoginResponse {
     /// Bearer token of the session, bound to this device.
     pub token: String,
     pub expires_at: crate::time::Timestamp,
+    /// The auto-sync ticket issued with this login (sent once; the server keeps
+    /// only its hash); absent from servers that issue none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+}
+
+/// A ticket exchanged for the one automatic synchronization it allows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedeemRequest {
+    pub ticket: String,
+}
+
+/// What a redeemed ticket gives: a session that may only send and download the
+/// ticket's last task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedeemResponse {
+    pub user: String,
+    pub token: String,
+    pub expires_at: crate::time::Timestamp,
+    pub task: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -249,6 +249,7 @@ async fn login(
             user: user.name,
             token,
             expires_at: session.expires_at,
+            ticket: None,
         }))
     })
     .await
@@ -459,6 +460,8 @@ async fn upload(
                     conflicts: o.0.conflicts,
                     started_at,
                     duration_ms: started.elapsed().as_millis() as u64,
+                    full: false,
+                    full_reason: None,
                 };
                 if let Err(e) = st.store.history_record(&record) {
                     eprintln!("fieldsync server: recording a sync session: {e}");
@@ -570,6 +573,8 @@ async fn upload(
             conflicts,
             started_at,
             duration_ms: started.elapsed().as_millis() as u64,
+            full: false,
+            full_reason: None,
         };
         if let Err(e) = st.store.history_record(&record) {
             eprintln!("fieldsync server: recording a sync session: {e}");

@@ -266,6 +266,8 @@ pub fn start(
             conflicts: 0,
             started_at: session.started_at,
             duration_ms: session.started.elapsed().as_millis() as u64,
+            full: sink.header.since.is_none(),
+            full_reason: sink.header.full_reason.map(|r| r.to_string()),
         };
         if let Err(e) = store.history_record(&record) {
             eprintln!("fieldsync server: recording a sync session: {e}");

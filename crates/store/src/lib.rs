@@ -199,6 +199,12 @@ pub struct HistoryRecord {
     pub conflicts: u64,
     pub started_at: Timestamp,
     pub duration_ms: u64,
+    /// A download of the whole slice (false for a delta and for uploads).
+    #[serde(default)]
+    pub full: bool,
+    /// Why the whole slice (`FullReason`'s name), for a full download.
+    #[serde(default)]
+    pub full_reason: Option<String>,
 }
 
 /// Receives a slice as the store reads it, inside one consistent snapshot.

@@ -155,6 +155,20 @@ fn sync_changes_only_and_match_a_fresh_download() {
         "no conflict with its own edit"
     );
 
+    // The server's history says which downloads were whole, and why.
+    let history: Vec<serde_json::Value> =
+        serde_json::from_str(&office.admin(&["history", "--json"], "").ok().stdout).unwrap();
+    let downloads: Vec<(bool, Option<&str>)> = history
+        .iter()
+        .filter(|h| h["device"] == "tab1" && h["bytes_down"].as_u64() > Some(0))
+        .map(|h| (h["full"].as_bool().unwrap(), h["full_reason"].as_str()))
+        .collect();
+    assert_eq!(
+        downloads,
+        [(true, Some("no-cursor")), (false, None), (false, None)],
+        "{history:?}"
+    );
+
     // Nothing changed: almost nothing moves.
     dev.run(&["sync"], "").ok();
     assert_delta(&dev);

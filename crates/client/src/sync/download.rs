@@ -10,7 +10,7 @@ use crate::http::DownloadFrom;
 
 impl Device {
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn download_locked(
+    pub(crate) fn download_locked(
         &self,
         st: &DeviceState,
         task: &str,

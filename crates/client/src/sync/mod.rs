@@ -25,6 +25,7 @@ use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use crate::http::Credentials;
 use crate::journal::{self, JournalEntry};
+use crate::running::Publisher;
 use crate::state::{DeviceState, LastSync};
 use crate::{Cancel, Device, DownloadOptions, Phase, Progress, replica, triggers};
 
@@ -65,6 +66,11 @@ impl Device {
         cancel: &Cancel,
     ) -> Result<Report> {
         let (_lock, st) = self.begin()?;
+        let mut publish = Publisher::start(&self.dir, SyncOp::Download, Trigger::Manual);
+        let progress = &mut |p: &Progress| {
+            publish.report(p);
+            progress(p)
+        };
         self.recorded(SyncOp::Download, |r| {
             self.download_locked(&st, task, opts, progress, cancel, r, None)
         })
@@ -75,6 +81,11 @@ impl Device {
     /// acknowledged (its entries leave the journal) before the next is made.
     pub fn send(&self, progress: &mut dyn FnMut(&Progress), cancel: &Cancel) -> Result<Report> {
         let (_lock, st) = self.begin()?;
+        let mut publish = Publisher::start(&self.dir, SyncOp::Send, Trigger::Manual);
+        let progress = &mut |p: &Progress| {
+            publish.report(p);
+            progress(p)
+        };
         self.recorded(SyncOp::Send, |r| {
             self.send_locked(&st, progress, cancel, r, None)
         })
@@ -89,6 +100,11 @@ impl Device {
         cancel: &Cancel,
     ) -> Result<Report> {
         let (_lock, st) = self.begin()?;
+        let mut publish = Publisher::start(&self.dir, SyncOp::Sync, Trigger::Manual);
+        let progress = &mut |p: &Progress| {
+            publish.report(p);
+            progress(p)
+        };
         self.recorded(SyncOp::Sync, |r| {
             let task = st.task.clone().ok_or(ClientError::NoTask)?;
             // App writers are held off for the whole sync: the journal sent is the
@@ -128,10 +144,20 @@ impl Device {
 
     /// Runs an operation and records its outcome in the state file.
     fn recorded(&self, op: SyncOp, f: impl FnOnce(&mut Report) -> Result<()>) -> Result<Report> {
+        self.recorded_as(op, Trigger::Manual, f)
+    }
+
+    /// Runs an operation started by `trigger` and records its outcome.
+    pub(crate) fn recorded_as(
+        &self,
+        op: SyncOp,
+        trigger: Trigger,
+        f: impl FnOnce(&mut Report) -> Result<()>,
+    ) -> Result<Report> {
         let started = Instant::now();
         let mut report = Report {
             op,
-            trigger: Trigger::Manual,
+            trigger,
             task: None,
             rows_down: 0,
             rows_up: 0,

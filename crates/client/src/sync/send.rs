@@ -21,7 +21,7 @@ impl Device {
     /// (under `held`, a sync's last round, its journal cannot grow meanwhile, and each
     /// step is committed while the lock stays held).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn send_locked(
+    pub(crate) fn send_locked(
         &self,
         st: &DeviceState,
         progress: &mut dyn FnMut(&Progress),

@@ -35,8 +35,8 @@ impl History for PgStore {
     fn history_record(&self, s: &HistoryRecord) -> Result<()> {
         self.conn()?.execute(
             "INSERT INTO fieldsync.sync_sessions (device, user_name, task, op, kind, result, message, rows_down,
-                 rows_up, bytes_down, bytes_up, conflicts, started_at, duration_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                 rows_up, bytes_down, bytes_up, conflicts, started_at, duration_ms, full, full_reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
             &[
                 &s.device,
                 &s.user,
@@ -52,6 +52,8 @@ impl History for PgStore {
                 &(s.conflicts as i64),
                 &s.started_at.to_string(),
                 &(s.duration_ms as i64),
+                &s.full,
+                &s.full_reason,
             ],
         )?;
         Ok(())
@@ -60,7 +62,8 @@ impl History for PgStore {
     fn history(&self) -> Result<Vec<HistoryRecord>> {
         let rows = self.conn()?.query(
             "SELECT device, user_name, task, op, kind, result, message, rows_down, rows_up, bytes_down,
-                    bytes_up, conflicts, started_at, duration_ms FROM fieldsync.sync_sessions ORDER BY id",
+                    bytes_up, conflicts, started_at, duration_ms, full, full_reason
+             FROM fieldsync.sync_sessions ORDER BY id",
             &[],
         )?;
         rows.iter()
@@ -83,6 +86,8 @@ impl History for PgStore {
                     conflicts: r.get::<_, i64>(11) as u64,
                     started_at: time_at(r, 12, "started_at")?,
                     duration_ms: r.get::<_, i64>(13) as u64,
+                    full: r.get(14),
+                    full_reason: r.get(15),
                 })
             })
             .collect()

@@ -36,11 +36,12 @@ impl History for SqliteStore {
     fn history_record(&self, s: &HistoryRecord) -> Result<()> {
         self.conn()?.execute(
             "INSERT INTO fieldsync_sync_sessions (device, user, task, op, kind, result, message, rows_down, rows_up,
-                 bytes_down, bytes_up, conflicts, started_at, duration_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 bytes_down, bytes_up, conflicts, started_at, duration_ms, full, full_reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 s.device, s.user, s.task, s.op.as_str(), s.trigger.as_str(), s.result, s.message, s.rows_down as i64, s.rows_up as i64,
-                s.bytes_down as i64, s.bytes_up as i64, s.conflicts as i64, s.started_at.to_string(), s.duration_ms as i64
+                s.bytes_down as i64, s.bytes_up as i64, s.conflicts as i64, s.started_at.to_string(), s.duration_ms as i64,
+                s.full, s.full_reason
             ],
         )?;
         Ok(())
@@ -50,7 +51,7 @@ impl History for SqliteStore {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT device, user, task, op, kind, result, message, rows_down, rows_up, bytes_down, bytes_up, conflicts,
-                    started_at, duration_ms FROM fieldsync_sync_sessions ORDER BY id",
+                    started_at, duration_ms, full, full_reason FROM fieldsync_sync_sessions ORDER BY id",
         )?;
         let rows = stmt
             .query_map([], |r| {
@@ -69,6 +70,8 @@ impl History for SqliteStore {
                     conflicts: r.get::<_, i64>(11)? as u64,
                     started_at: time_at(r, 12, "started_at")?,
                     duration_ms: r.get::<_, i64>(13)? as u64,
+                    full: r.get(14)?,
+                    full_reason: r.get(15)?,
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -106,7 +106,9 @@ CREATE TABLE IF NOT EXISTS fieldsync_sync_sessions (
     bytes_up INTEGER NOT NULL,
     conflicts INTEGER NOT NULL,
     started_at TEXT NOT NULL,
-    duration_ms INTEGER NOT NULL
+    duration_ms INTEGER NOT NULL,
+    full INTEGER NOT NULL DEFAULT 0,
+    full_reason TEXT
 );
 CREATE TABLE IF NOT EXISTS fieldsync_sessions (
     token_hash TEXT PRIMARY KEY,
@@ -177,6 +179,18 @@ impl Schema for SqliteStore {
         )?;
         if !has_at {
             tx.execute_batch("ALTER TABLE fieldsync_bases ADD COLUMN at TEXT")?;
+        }
+        // Schema 2: whether a download was the whole slice, and why.
+        let has_full: bool = tx.query_row(
+            "SELECT count(*) FROM pragma_table_info('fieldsync_sync_sessions') WHERE name = 'full'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_full {
+            tx.execute_batch(
+                "ALTER TABLE fieldsync_sync_sessions ADD COLUMN full INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE fieldsync_sync_sessions ADD COLUMN full_reason TEXT;",
+            )?;
         }
         // Task definitions before versions were kept: the current ones.
         tx.execute(

@@ -35,7 +35,7 @@ impl History for PgStore {
     fn history_record(&self, s: &HistoryRecord) -> Result<()> {
         self.conn()?.execute(
             "INSERT INTO fieldsync.sync_sessions (device, user_name, task, op, kind, result, message, rows_down,
-                 rows_up, bytes_down, bytes_up, conflicts, started_at, duration_ms, full, full_reason)
+                 rows_up, bytes_down, bytes_up, conflicts, started_at, duration_ms, whole, full_reason)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
             &[
                 &s.device,
@@ -62,7 +62,7 @@ impl History for PgStore {
     fn history(&self) -> Result<Vec<HistoryRecord>> {
         let rows = self.conn()?.query(
             "SELECT device, user_name, task, op, kind, result, message, rows_down, rows_up, bytes_down,
-                    bytes_up, conflicts, started_at, duration_ms, full, full_reason
+                    bytes_up, conflicts, started_at, duration_ms, whole, full_reason
              FROM fieldsync.sync_sessions ORDER BY id",
             &[],
         )?;

@@ -138,7 +138,7 @@ ALTER TABLE fieldsync.bases ALTER COLUMN snap DROP NOT NULL;
 -- A delta finds a table's rows written since a snapshot's oldest running transaction.
 CREATE INDEX IF NOT EXISTS rows_by_xid ON fieldsync.rows (tbl, xid);
 -- Whether a download was the whole slice, and why.
-ALTER TABLE fieldsync.sync_sessions ADD COLUMN IF NOT EXISTS full boolean NOT NULL DEFAULT false;
+ALTER TABLE fieldsync.sync_sessions ADD COLUMN IF NOT EXISTS whole boolean NOT NULL DEFAULT false;
 ALTER TABLE fieldsync.sync_sessions ADD COLUMN IF NOT EXISTS full_reason text;
 "#;
 

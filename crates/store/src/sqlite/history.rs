@@ -36,7 +36,7 @@ impl History for SqliteStore {
     fn history_record(&self, s: &HistoryRecord) -> Result<()> {
         self.conn()?.execute(
             "INSERT INTO fieldsync_sync_sessions (device, user, task, op, kind, result, message, rows_down, rows_up,
-                 bytes_down, bytes_up, conflicts, started_at, duration_ms, full, full_reason)
+                 bytes_down, bytes_up, conflicts, started_at, duration_ms, whole, full_reason)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 s.device, s.user, s.task, s.op.as_str(), s.trigger.as_str(), s.result, s.message, s.rows_down as i64, s.rows_up as i64,
@@ -51,7 +51,7 @@ impl History for SqliteStore {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT device, user, task, op, kind, result, message, rows_down, rows_up, bytes_down, bytes_up, conflicts,
-                    started_at, duration_ms, full, full_reason FROM fieldsync_sync_sessions ORDER BY id",
+                    started_at, duration_ms, whole, full_reason FROM fieldsync_sync_sessions ORDER BY id",
         )?;
         let rows = stmt
             .query_map([], |r| {

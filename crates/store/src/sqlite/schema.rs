@@ -107,7 +107,7 @@ CREATE TABLE IF NOT EXISTS fieldsync_sync_sessions (
     conflicts INTEGER NOT NULL,
     started_at TEXT NOT NULL,
     duration_ms INTEGER NOT NULL,
-    full INTEGER NOT NULL DEFAULT 0,
+    whole INTEGER NOT NULL DEFAULT 0,
     full_reason TEXT
 );
 CREATE TABLE IF NOT EXISTS fieldsync_sessions (
@@ -182,13 +182,13 @@ impl Schema for SqliteStore {
         }
         // Schema 2: whether a download was the whole slice, and why.
         let has_full: bool = tx.query_row(
-            "SELECT count(*) FROM pragma_table_info('fieldsync_sync_sessions') WHERE name = 'full'",
+            "SELECT count(*) FROM pragma_table_info('fieldsync_sync_sessions') WHERE name = 'whole'",
             [],
             |r| r.get(0),
         )?;
         if !has_full {
             tx.execute_batch(
-                "ALTER TABLE fieldsync_sync_sessions ADD COLUMN full INTEGER NOT NULL DEFAULT 0;
+                "ALTER TABLE fieldsync_sync_sessions ADD COLUMN whole INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE fieldsync_sync_sessions ADD COLUMN full_reason TEXT;",
             )?;
         }

@@ -44,6 +44,28 @@ pub struct LoginResponse {
     /// Bearer token of the session, bound to this device.
     pub token: String,
     pub expires_at: crate::time::Timestamp,
+    /// The auto-sync ticket this login made (sent once; the server keeps only its
+    /// hash): redeemed by [`RedeemRequest`] for one automatic synchronization after
+    /// the user logged out. Absent from servers that make none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+}
+
+/// `POST /api/v1/tickets/redeem`, with the device's credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedeemRequest {
+    pub ticket: String,
+}
+
+/// A redeemed ticket: an automatic session, which may only upload and download
+/// `task`, the last task downloaded under the ticket (none: no download).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedeemResponse {
+    pub user: String,
+    /// Bearer token of the automatic session, bound to this device.
+    pub token: String,
+    pub expires_at: crate::time::Timestamp,
+    pub task: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -26,4 +26,5 @@ mod proxy;
 mod refusals;
 mod send;
 mod sizes;
+mod tickets;
 mod users;

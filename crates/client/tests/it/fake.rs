@@ -162,6 +162,7 @@ impl Transport for Fake {
                 user: "ana".into(),
                 token: "token".into(),
                 expires_at: "2099-01-01T00:00:00Z".parse().expect("time"),
+                ticket: None,
             }),
             ("GET", "/api/v1/tasks/work/download") => {
                 assert_eq!(header("authorization").as_deref(), Some("Bearer token"));

@@ -277,8 +277,9 @@ pub trait Catalog {
     fn user_add(&self, user: &UserRecord) -> Result<()>;
     fn user_get(&self, name: &str) -> Result<Option<UserRecord>>;
     fn user_list(&self) -> Result<Vec<UserRecord>>;
+    /// A new password ends the user's sessions and deletes their tickets.
     fn user_set_password(&self, name: &str, password_hash: &str) -> Result<()>;
-    /// Disabling also ends the user's sessions.
+    /// Disabling also ends the user's sessions and deletes their tickets.
     fn user_set_disabled(&self, name: &str, disabled: bool) -> Result<()>;
     fn device_add(&self, device: &DeviceRecord) -> Result<()>;
     fn device_get(&self, id: &str) -> Result<Option<DeviceRecord>>;

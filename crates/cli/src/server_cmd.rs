@@ -75,6 +75,10 @@ struct LimitArgs {
     /// m, h or d); a device whose last download is older gets the whole slice
     #[arg(long, value_name = "DUR", default_value = "30d", value_parser = parse_duration)]
     retention: std::time::Duration,
+    /// How long an auto-sync ticket lasts after the login that made it and after each
+    /// later request of that login's user and device (which renew it)
+    #[arg(long, value_name = "DUR", default_value = "24h", value_parser = parse_duration)]
+    ticket_ttl: std::time::Duration,
 }
 
 /// A duration as the command line writes it: a whole number and a unit (`ms`, `s`,
@@ -118,6 +122,7 @@ impl LimitArgs {
             max_downloads: self.max_downloads,
             shutdown_deadline: secs("shutdown-deadline", self.shutdown_deadline)?,
             retention: self.retention,
+            ticket_ttl: self.ticket_ttl,
             ..Default::default()
         })
     }

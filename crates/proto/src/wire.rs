@@ -44,23 +44,25 @@ pub struct LoginResponse {
     /// Bearer token of the session, bound to this device.
     pub token: String,
     pub expires_at: crate::time::Timestamp,
-    /// The auto-sync ticket issued with this login (sent once; the server keeps
-    /// only its hash); absent from servers that issue none.
+    /// The auto-sync ticket this login made (sent once; the server keeps only its
+    /// hash): redeemed by [`RedeemRequest`] for one automatic synchronization after
+    /// the user logged out. Absent from servers that make none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
 }
 
-/// A ticket exchanged for the one automatic synchronization it allows.
+/// `POST /api/v1/tickets/redeem`, with the device's credentials.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RedeemRequest {
     pub ticket: String,
 }
 
-/// What a redeemed ticket gives: a session that may only send and download the
-/// ticket's last task.
+/// A redeemed ticket: an automatic session, which may only upload and download
+/// `task`, the last task downloaded under the ticket (none: no download).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RedeemResponse {
     pub user: String,
+    /// Bearer token of the automatic session, bound to this device.
     pub token: String,
     pub expires_at: crate::time::Timestamp,
     pub task: Option<String>,

@@ -19,8 +19,8 @@ use fieldsync_proto::wire::{
     Trigger, UPLOAD_BODY_MAX_BYTES, UploadOutcome,
 };
 use fieldsync_store::{
-    DeviceRecord, HistoryRecord, IntegrateContext, IntegrateError, SessionRecord, Store,
-    TaskRecord, UserRecord, random_hex, sha256_hex,
+    DeviceRecord, HistoryRecord, IntegrateContext, IntegrateError, SessionRecord, SessionScope,
+    Store, TaskRecord, UserRecord, random_hex, sha256_hex,
 };
 use serde::de::DeserializeOwned;
 
@@ -28,13 +28,15 @@ use crate::auth;
 use crate::download;
 use crate::error::ApiError;
 use crate::request_log::{self, Who};
-use crate::{integrators, upload_body};
+use crate::{integrators, tickets, upload_body};
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
     downloads: Arc<Downloads>,
+    /// A ticket's time to live, in milliseconds (`Limits::ticket_ttl`).
+    pub(crate) ticket_ttl_ms: i64,
 }
 
 impl AppState {
@@ -47,6 +49,7 @@ impl AppState {
                 per_device: std::sync::Mutex::new(std::collections::HashMap::new()),
                 per_device_max: limits.max_downloads_per_device,
             }),
+            ticket_ttl_ms: i64::try_from(limits.ticket_ttl.as_millis()).unwrap_or(i64::MAX),
         }
     }
 }
@@ -131,6 +134,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/pair", post(pair))
         .route("/api/v1/login", post(login))
         .route("/api/v1/logout", post(logout))
+        .route("/api/v1/tickets/redeem", post(tickets::redeem))
         .route("/api/v1/tasks", get(tasks))
         .route("/api/v1/tasks/{name}/download", get(download))
         .layer(DefaultBodyLimit::max(JSON_BODY_MAX_BYTES))
@@ -142,14 +146,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Logins handled at once (twice the cores: one checks a password while another
-/// reads the database).
-static LOGINS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
-    tokio::sync::Semaphore::new(2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
-});
-
 /// Runs blocking store work off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -158,7 +156,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// A request body as the handlers take it, so that its rejection is ours to word.
-type RequestBody = Result<Bytes, BytesRejection>;
+pub(crate) type RequestBody = Result<Bytes, BytesRejection>;
 
 /// The body's bytes; one over `limit` is refused as too large.
 fn body_bytes(body: RequestBody, limit: usize) -> Result<Bytes, ApiError> {
@@ -175,7 +173,7 @@ fn body_bytes(body: RequestBody, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 /// A JSON body; malformed JSON names the problem.
-fn json_body<T: DeserializeOwned>(body: RequestBody) -> Result<T, ApiError> {
+pub(crate) fn json_body<T: DeserializeOwned>(body: RequestBody) -> Result<T, ApiError> {
     let body = body_bytes(body, JSON_BODY_MAX_BYTES)?;
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))
@@ -220,7 +218,7 @@ async fn login(
     // A crowd of logins waits here, holding no thread: each one's database reads
     // and password check cost memory, and the password checks run one per core
     // anyway (`auth::verify_password`).
-    let _turn = LOGINS.acquire().await.map_err(ApiError::internal)?;
+    let _turn = auth::LOGINS.acquire().await.map_err(ApiError::internal)?;
     blocking(move || {
         let device = auth::device(&*st.store, &headers)?;
         let wrong = || ApiError::unauthorized("wrong user name or password");
@@ -243,13 +241,15 @@ async fn login(
             user: user.name.clone(),
             created_at: now,
             expires_at: now.plus_ms(auth::SESSION_TTL_MS),
+            scope: SessionScope::User,
         };
         st.store.session_put(&session)?;
+        let ticket = tickets::issue(&*st.store, &session, st.ticket_ttl_ms)?;
         Ok(Json(LoginResponse {
             user: user.name,
             token,
             expires_at: session.expires_at,
-            ticket: None,
+            ticket: Some(ticket),
         }))
     })
     .await
@@ -258,7 +258,7 @@ async fn login(
 async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
     auth::check_protocol(&headers)?;
     blocking(move || {
-        let (_, session, _) = auth::session(&*st.store, &headers)?;
+        let (_, session, _) = tickets::user_session(&st, &headers)?;
         st.store.session_delete(&session.token_hash)?;
         Ok(StatusCode::NO_CONTENT)
     })
@@ -287,7 +287,7 @@ async fn tasks(
 ) -> Result<Json<Vec<TaskSummary>>, ApiError> {
     auth::check_protocol(&headers)?;
     blocking(move || {
-        let (device, _, user) = auth::session(&*st.store, &headers)?;
+        let (device, _, user) = tickets::user_session(&st, &headers)?;
         Ok(Json(
             assigned(&*st.store, &user.name, &device.id)?
                 .into_iter()
@@ -312,17 +312,17 @@ async fn download(
     let (op, trigger) = op_and_trigger(&headers, SyncOp::Download)?;
     let (position, full) = download::requested(&headers)?;
     let started = (std::time::Instant::now(), Timestamp::now());
-    let store = st.store.clone();
-    let downloads = st.downloads.clone();
+    let state = st.clone();
     let (plan, header, turn) = blocking(move || {
-        let (device, _, user) = auth::session(&*store, &headers)?;
-        let turn = downloads.turn(&device.id)?;
+        let (device, session, user) = tickets::download_session(&state, &headers, &name)?;
+        let (store, turn) = (state.store.clone(), state.downloads.turn(&device.id)?);
         let task = assigned_one(&*store, &name, &user.name, &device.id)?.ok_or_else(|| {
             ApiError::forbidden(format!(
                 "task `{name}` is not assigned to both user `{}` and device `{}`",
                 user.name, device.id
             ))
         })?;
+        tickets::downloading(&state, &session, &name);
         let params = Params {
             user: user.name.clone(),
             device: device.id.clone(),
@@ -468,7 +468,7 @@ async fn upload(
                 }
                 return Ok(Before::Answered(o.0, o.1));
             }
-            let (device, _, user) = auth::session(&*st.store, &headers)?;
+            let (device, _, user) = tickets::upload_session(&st, &headers)?;
             Ok(Before::Read(device, user))
         })
         .await
@@ -590,7 +590,7 @@ async fn upload(
 }
 
 /// `response` with `who` for the request log.
-fn with_who(mut response: Response, who: Who) -> Response {
+pub(crate) fn with_who(mut response: Response, who: Who) -> Response {
     response.extensions_mut().insert(who);
     response
 }

@@ -14,6 +14,13 @@ use crate::workers::{self, Workers};
 /// How long a login session lasts without a new login.
 pub const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
 
+/// Logins (and ticket redeems) handled at once (twice the cores: one checks a
+/// password while another reads the database).
+pub(crate) static LOGINS: std::sync::LazyLock<tokio::sync::Semaphore> =
+    std::sync::LazyLock::new(|| {
+        tokio::sync::Semaphore::new(2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
+    });
+
 /// Argon2 runs on a few threads of its own, one per core: each computation takes
 /// about 19 MiB, so logins beyond the cores wait their turn instead of growing the
 /// server's memory with the crowd (a semaphore alone is not enough: every blocking

@@ -9,6 +9,7 @@ mod download;
 pub mod error;
 mod integrators;
 mod request_log;
+mod tickets;
 mod upload_body;
 mod workers;
 
@@ -43,6 +44,9 @@ pub struct Limits {
     /// Change history older than this is pruned (`Slices::prune_history`): a device
     /// whose cursor is older gets the whole slice at its next download.
     pub retention: Duration,
+    /// An auto-sync ticket lasts this long after the login that made it, and after
+    /// each later request of the pair's user sessions (which renew it).
+    pub ticket_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -56,6 +60,7 @@ impl Default for Limits {
             max_downloads_per_device: 2,
             shutdown_deadline: Duration::from_secs(10),
             retention: Duration::from_secs(30 * 24 * 3600),
+            ticket_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -29,7 +29,9 @@ pub use sqlite::SqliteStore;
 /// The concern traits, for code that calls them on a concrete store (on a `dyn Store`
 /// they need no import).
 pub mod prelude {
-    pub use crate::{Catalog, History, Schema, Slices, SourceData, Store, Tracking, Uploads};
+    pub use crate::{
+        Catalog, History, Schema, Slices, SourceData, Store, Tickets, Tracking, Uploads,
+    };
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +119,47 @@ pub struct SessionRecord {
     pub user: String,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+    pub scope: SessionScope,
+}
+
+/// What a session may do.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SessionScope {
+    /// A user's login: whatever the user and the device are assigned.
+    #[default]
+    User,
+    /// Made by redeeming a ticket (an automatic synchronization): uploads, and the
+    /// download of the ticket's last task only (`None`: no download at all).
+    Auto { task: Option<String> },
+}
+
+/// An auto-sync ticket (`Tickets`): made at a login, renewed by the pair's requests,
+/// redeemed once for an automatic session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TicketRecord {
+    /// SHA-256 (hex) of the ticket; the ticket itself is never stored.
+    pub hash: String,
+    pub device: String,
+    pub user: String,
+    /// The last task the pair downloaded while the ticket was unused.
+    pub task: Option<String>,
+    pub expires_at: Timestamp,
+    pub used_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+}
+
+/// What redeeming a ticket came to ([`Tickets::ticket_redeem`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Redeemed {
+    /// No unused ticket of that hash for that device (never made, another device's,
+    /// already used, or replaced by a newer login).
+    Unknown,
+    /// The ticket expired (by the database's clock); it stays unused.
+    Expired,
+    /// The ticket's user is disabled (or gone); it stays unused.
+    Disabled(String),
+    /// The ticket is now used, and this automatic session was stored.
+    Session(SessionRecord),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -231,17 +274,18 @@ pub trait SliceSink {
 /// The main database, whatever its engine: its three concerns together. Every method
 /// is blocking; servers call it from a blocking thread. Callers hold a `dyn Store`,
 /// whose methods are the concern traits' (implemented by every type that has all).
-pub trait Store: Catalog + SourceData + History + Send + Sync {}
+pub trait Store: Catalog + Tickets + SourceData + History + Send + Sync {}
 
-impl<T: Catalog + SourceData + History + Send + Sync> Store for T {}
+impl<T: Catalog + Tickets + SourceData + History + Send + Sync> Store for T {}
 
 /// fieldsync's own records: users, devices, tasks and their assignments, sessions.
 pub trait Catalog {
     fn user_add(&self, user: &UserRecord) -> Result<()>;
     fn user_get(&self, name: &str) -> Result<Option<UserRecord>>;
     fn user_list(&self) -> Result<Vec<UserRecord>>;
+    /// A new password ends the user's sessions and deletes their tickets.
     fn user_set_password(&self, name: &str, password_hash: &str) -> Result<()>;
-    /// Disabling also ends the user's sessions.
+    /// Disabling also ends the user's sessions and deletes their tickets.
     fn user_set_disabled(&self, name: &str, disabled: bool) -> Result<()>;
     fn device_add(&self, device: &DeviceRecord) -> Result<()>;
     fn device_get(&self, id: &str) -> Result<Option<DeviceRecord>>;
@@ -280,6 +324,33 @@ pub trait Catalog {
     /// expiry is judged by.
     fn clock_ms(&self) -> Result<i64>;
     fn session_delete(&self, token_hash: &str) -> Result<()>;
+}
+
+/// Auto-sync tickets: what lets a device's watcher synchronize after its user logged
+/// out, once, within the ticket's time to live. Each engine's `tickets.rs`.
+pub trait Tickets {
+    /// Stores `ticket` (unused, no task) and deletes the pair's older unused tickets
+    /// (and its used ones past their expiry).
+    fn ticket_issue(&self, ticket: &TicketRecord) -> Result<()>;
+    /// Extends the unused ticket of `device` and `user` to the database's now plus
+    /// `ttl_ms`; with `task`, records it as the ticket's last task. One indexed
+    /// UPDATE; it gives up soon when another program holds a SQLite main database
+    /// (`StoreError::Busy`: a renewal is not worth holding a request).
+    fn ticket_renew(&self, device: &str, user: &str, ttl_ms: i64, task: Option<&str>)
+    -> Result<()>;
+    /// In one transaction: the unused, unexpired ticket `hash` of `device` (by the
+    /// database's clock) is marked used and an automatic session (token `token_hash`,
+    /// scope [`SessionScope::Auto`] with the ticket's task) is stored, expiring
+    /// `session_ttl_ms` from now. A refused ticket is left as it was.
+    fn ticket_redeem(
+        &self,
+        hash: &str,
+        device: &str,
+        token_hash: &str,
+        session_ttl_ms: i64,
+    ) -> Result<Redeemed>;
+    /// The ticket of that hash, used or not, expired or not.
+    fn ticket_get(&self, hash: &str) -> Result<Option<TicketRecord>>;
 }
 
 /// The organisation's data: fieldsync's objects and epoch, change tracking, the slice

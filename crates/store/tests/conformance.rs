@@ -468,6 +468,7 @@ fn send(
                 user: user.into(),
                 created_at: at,
                 expires_at: "2999-01-01T00:00:00.000Z".parse().expect("time"),
+                scope: Default::default(),
             })
             .expect("session_put");
     }
@@ -1324,6 +1325,7 @@ fn users_devices_tasks_sessions(fx: &Fixture) {
         user: user.into(),
         created_at: now(),
         expires_at: expires.parse().expect("time"),
+        scope: Default::default(),
     };
     let far = "2999-01-01T00:00:00.000Z";
     let s1 = session("t1", "ana", far);
@@ -2130,6 +2132,11 @@ fn malformed_stored_time_is_an_error(fx: &Fixture) {
     assert!(s.user_get("ben").expect("ben reads").is_some());
 }
 
+/// Auto-sync tickets: `tickets::tickets_issue_renew_redeem`.
+#[path = "conformance/tickets.rs"]
+mod tickets;
+use tickets::tickets_issue_renew_redeem;
+
 macro_rules! conformance {
     (both: [$($check:ident),* $(,)?], postgres_only: [$($pg:ident),* $(,)?] $(,)?) => {
         mod sqlite {
@@ -2170,6 +2177,7 @@ conformance! {
         commit_order_open_transaction,
         conflict_resolve_takes_logged_values,
         malformed_stored_time_is_an_error,
+        tickets_issue_renew_redeem,
     ],
     postgres_only: [
         upload_gives_up_on_a_row_the_office_holds,

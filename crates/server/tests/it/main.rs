@@ -89,6 +89,7 @@ async fn health_and_openapi() {
         "/api/v1/pair",
         "/api/v1/login",
         "/api/v1/logout",
+        "/api/v1/tickets/redeem",
         "/api/v1/tasks",
         "/api/v1/tasks/{name}/download",
         "/api/v1/uploads",

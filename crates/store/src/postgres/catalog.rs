@@ -283,10 +283,11 @@ impl Catalog for PgStore {
     fn session_put(&self, s: &SessionRecord) -> Result<()> {
         let (created_at, expires_at) = (s.created_at.to_string(), s.expires_at.to_string());
         let mut c = self.conn()?;
+        let (scope, scope_task) = crate::catalog::scope_columns(&s.scope);
         c.execute(
-            "INSERT INTO fieldsync.sessions (token_hash, device, user_name, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5)",
-            &[&s.token_hash, &s.device, &s.user, &created_at, &expires_at],
+            "INSERT INTO fieldsync.sessions (token_hash, device, user_name, created_at, expires_at, scope, scope_task)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&s.token_hash, &s.device, &s.user, &created_at, &expires_at, &scope, &scope_task],
         )?;
         c.execute(
             "INSERT INTO fieldsync.device_users (device, user_name, first_at) VALUES ($1, $2, $3)
@@ -315,7 +316,8 @@ impl Catalog for PgStore {
         self
             .conn()?
             .query_opt(
-                "SELECT token_hash, device, user_name, created_at, expires_at FROM fieldsync.sessions
+                "SELECT token_hash, device, user_name, created_at, expires_at, scope, scope_task
+                 FROM fieldsync.sessions
                  WHERE token_hash = $1
                    AND expires_at > to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
                 &[&token_hash],
@@ -327,6 +329,7 @@ impl Catalog for PgStore {
                     user: r.get(2),
                     created_at: time_at(&r, 3, "created_at")?,
                     expires_at: time_at(&r, 4, "expires_at")?,
+                    scope: crate::catalog::scope_of(r.get(5), r.get(6))?,
                 })
             })
             .transpose()
@@ -364,6 +367,10 @@ impl Catalog for PgStore {
                 "DELETE FROM fieldsync.sessions WHERE user_name = $1",
                 &[&name],
             )?;
+            tx.execute(
+                "DELETE FROM fieldsync.tickets WHERE user_name = $1",
+                &[&name],
+            )?;
             Ok(())
         })
     }
@@ -379,6 +386,10 @@ impl Catalog for PgStore {
             if disabled {
                 tx.execute(
                     "DELETE FROM fieldsync.sessions WHERE user_name = $1",
+                    &[&name],
+                )?;
+                tx.execute(
+                    "DELETE FROM fieldsync.tickets WHERE user_name = $1",
                     &[&name],
                 )?;
             }

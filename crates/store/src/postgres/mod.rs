@@ -14,7 +14,7 @@
 //!
 //! Files along the store's seams: `pool.rs` the connection pool, `schema.rs`
 //! fieldsync's objects and the epoch, `catalog.rs` users, devices, tasks and sessions,
-//! `tracking.rs` the triggers and table checks, `slice.rs` the slice stream,
+//! `tickets.rs` auto-sync tickets, `tracking.rs` the triggers and table checks, `slice.rs` the slice stream,
 //! `integrate/` uploads, `history.rs` the sync history and the conflict log.
 
 mod catalog;
@@ -23,6 +23,7 @@ mod integrate;
 mod pool;
 mod schema;
 mod slice;
+mod tickets;
 mod tracking;
 pub(crate) mod types;
 

@@ -6,7 +6,7 @@ use crate::Schema;
 use crate::{Result, StoreError};
 
 /// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE SCHEMA IF NOT EXISTS fieldsync;
@@ -135,6 +135,21 @@ ALTER TABLE fieldsync.bases ADD COLUMN IF NOT EXISTS device text;
 -- Retention forgets the snapshots of old bases (a base without one counts every row
 -- as changed since it: compared by value).
 ALTER TABLE fieldsync.bases ALTER COLUMN snap DROP NOT NULL;
+-- Schema 3: a session's scope (automatic sessions, made by redeeming a ticket).
+ALTER TABLE fieldsync.sessions ADD COLUMN IF NOT EXISTS scope text NOT NULL DEFAULT 'user';
+ALTER TABLE fieldsync.sessions ADD COLUMN IF NOT EXISTS scope_task text;
+-- Auto-sync tickets, only as SHA-256: made at a login, renewed by the pair's
+-- requests, redeemed once for an automatic session (scope 'auto', its task).
+CREATE TABLE IF NOT EXISTS fieldsync.tickets (
+    hash text PRIMARY KEY,
+    device text NOT NULL,
+    user_name text NOT NULL,
+    task text,
+    expires_at text NOT NULL,
+    used_at text,
+    created_at text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tickets_by_pair ON fieldsync.tickets (device, user_name);
 -- A delta finds a table's rows written since a snapshot's oldest running transaction.
 CREATE INDEX IF NOT EXISTS rows_by_xid ON fieldsync.rows (tbl, xid);
 -- Whether a download was the whole slice, and why.

@@ -6,7 +6,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, opt_time_at, table_info, time_at};
 use crate::plan;
-use crate::{Catalog, DeviceRecord, Result, SessionRecord, StoreError, TaskRecord, UserRecord};
+use crate::{
+    Catalog, DeviceRecord, Result, SessionRecord, SessionScope, StoreError, TaskRecord, UserRecord,
+};
 use fieldsync_proto::time::Timestamp;
 
 fn task_record(
@@ -274,9 +276,11 @@ impl Catalog for SqliteStore {
     fn session_put(&self, s: &SessionRecord) -> Result<()> {
         let conn = self.conn()?;
         let (created_at, expires_at) = (s.created_at.to_string(), s.expires_at.to_string());
+        let (scope, scope_task) = crate::catalog::scope_columns(&s.scope);
         conn.execute(
-            "INSERT INTO fieldsync_sessions (token_hash, device, user, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![s.token_hash, s.device, s.user, created_at, expires_at],
+            "INSERT INTO fieldsync_sessions (token_hash, device, user, created_at, expires_at, scope, scope_task)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![s.token_hash, s.device, s.user, created_at, expires_at, scope, scope_task],
         )?;
         conn.execute(
             "INSERT OR IGNORE INTO fieldsync_device_users (device, user, first_at) VALUES (?1, ?2, ?3)",
@@ -302,22 +306,35 @@ impl Catalog for SqliteStore {
 
     fn session_get(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
         let conn = self.conn()?;
-        Ok(conn
+        let found = conn
             .query_row(
-                "SELECT token_hash, device, user, created_at, expires_at FROM fieldsync_sessions
+                "SELECT token_hash, device, user, created_at, expires_at, scope, scope_task
+                 FROM fieldsync_sessions
                  WHERE token_hash = ?1 AND expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
                 [token_hash],
                 |r| {
-                    Ok(SessionRecord {
-                        token_hash: r.get(0)?,
-                        device: r.get(1)?,
-                        user: r.get(2)?,
-                        created_at: time_at(r, 3, "created_at")?,
-                        expires_at: time_at(r, 4, "expires_at")?,
-                    })
+                    let scope: String = r.get(5)?;
+                    Ok((
+                        SessionRecord {
+                            token_hash: r.get(0)?,
+                            device: r.get(1)?,
+                            user: r.get(2)?,
+                            created_at: time_at(r, 3, "created_at")?,
+                            expires_at: time_at(r, 4, "expires_at")?,
+                            scope: SessionScope::User,
+                        },
+                        scope,
+                        r.get::<_, Option<String>>(6)?,
+                    ))
                 },
             )
-            .optional()?)
+            .optional()?;
+        found
+            .map(|(mut s, scope, task)| {
+                s.scope = crate::catalog::scope_of(&scope, task)?;
+                Ok(s)
+            })
+            .transpose()
     }
 
     fn session_delete(&self, token_hash: &str) -> Result<()> {
@@ -350,6 +367,7 @@ impl Catalog for SqliteStore {
         )?;
         crate::catalog::found(n != 0, "user", name)?;
         tx.execute("DELETE FROM fieldsync_sessions WHERE user = ?1", [name])?;
+        tx.execute("DELETE FROM fieldsync_tickets WHERE user = ?1", [name])?;
         tx.commit()?;
         Ok(())
     }
@@ -364,6 +382,7 @@ impl Catalog for SqliteStore {
         crate::catalog::found(n != 0, "user", name)?;
         if disabled {
             tx.execute("DELETE FROM fieldsync_sessions WHERE user = ?1", [name])?;
+            tx.execute("DELETE FROM fieldsync_tickets WHERE user = ?1", [name])?;
         }
         tx.commit()?;
         Ok(())

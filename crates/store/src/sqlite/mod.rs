@@ -7,9 +7,9 @@
 //! order and a snapshot's highest version is a correct cursor.
 //!
 //! Files along the store's seams: `schema.rs` fieldsync's objects and the epoch,
-//! `catalog.rs` users, devices, tasks and sessions, `tracking.rs` the triggers and
-//! table checks, `slice.rs` the slice stream, `integrate.rs` uploads, `history.rs`
-//! the sync history and the conflict log.
+//! `catalog.rs` users, devices, tasks and sessions, `tickets.rs` auto-sync tickets,
+//! `tracking.rs` the triggers and table checks, `slice.rs` the slice stream,
+//! `integrate.rs` uploads, `history.rs` the sync history and the conflict log.
 
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ mod history;
 mod integrate;
 mod schema;
 mod slice;
+mod tickets;
 mod tracking;
 
 pub(crate) use catalog::user_enabled;

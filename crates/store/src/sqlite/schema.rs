@@ -8,7 +8,7 @@ use crate::Schema;
 use crate::{Result, StoreError};
 
 /// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS fieldsync_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -115,8 +115,22 @@ CREATE TABLE IF NOT EXISTS fieldsync_sessions (
     device TEXT NOT NULL,
     user TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL
+    expires_at TEXT NOT NULL,
+    scope TEXT NOT NULL DEFAULT 'user',
+    scope_task TEXT
 );
+-- Auto-sync tickets, only as SHA-256: made at a login, renewed by the pair's
+-- requests, redeemed once for an automatic session (scope 'auto', its task).
+CREATE TABLE IF NOT EXISTS fieldsync_tickets (
+    hash TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    user TEXT NOT NULL,
+    task TEXT,
+    expires_at TEXT NOT NULL,
+    used_at TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS fieldsync_tickets_by_pair ON fieldsync_tickets (device, user);
 -- Who has logged in on which device: a journal entry's user must be one of them.
 CREATE TABLE IF NOT EXISTS fieldsync_device_users (
     device TEXT NOT NULL,
@@ -190,6 +204,18 @@ impl Schema for SqliteStore {
             tx.execute_batch(
                 "ALTER TABLE fieldsync_sync_sessions ADD COLUMN whole INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE fieldsync_sync_sessions ADD COLUMN full_reason TEXT;",
+            )?;
+        }
+        // Schema 3: a session's scope (automatic sessions, made by redeeming a ticket).
+        let has_scope: bool = tx.query_row(
+            "SELECT count(*) FROM pragma_table_info('fieldsync_sessions') WHERE name = 'scope'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_scope {
+            tx.execute_batch(
+                "ALTER TABLE fieldsync_sessions ADD COLUMN scope TEXT NOT NULL DEFAULT 'user';
+                 ALTER TABLE fieldsync_sessions ADD COLUMN scope_task TEXT;",
             )?;
         }
         // Task definitions before versions were kept: the current ones.

@@ -11,7 +11,9 @@ usage: fieldsync-bench [--dir DIR] [--rows-list N,N,...] [--keep]
 
 Times a full download of an N-row slice through the real `fieldsync` binary against
 a plain SQLite bulk insert of the same rows (the floor), and reports peak RSS of server
-and device and bytes on the wire against CSV, as a markdown table on stdout.
+and device and bytes on the wire against CSV, as a markdown table on stdout. Then the
+office updates 1% of the rows and the device syncs (a delta), then syncs again with
+nothing changed: bytes and time of both against the full download.
 
   --dir DIR          work folder (default: a fresh folder under /tmp, removed at the end)
   --rows-list LIST   comma-separated slice sizes to run one after the other

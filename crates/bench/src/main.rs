@@ -1,12 +1,15 @@
 //! The benchmark harness: a full download of an N-row slice through the real `fieldsync`
 //! binary, against the floor (a plain SQLite bulk insert of the same rows), with peak RSS
-//! and bytes on the wire, printed as a markdown table (DESIGN.md, "Performance targets").
+//! and bytes on the wire, printed as a markdown table (DESIGN.md, "Performance targets");
+//! then the delta syncs after the office changed 1% of the rows, and after nothing
+//! changed, against that full download (`delta.rs`).
 //!
 //! Everything of one size is measured in one run, so the ratios compare like with like
 //! on the same machine at the same moment. Missed targets are reported, not failed on;
 //! a wrong replica fails the run.
 
 mod args;
+mod delta;
 mod floor;
 mod measure;
 mod metrics;
@@ -21,7 +24,7 @@ use anyhow::{Context, ensure};
 use crate::args::{Config, USAGE, command_line, parse_args};
 use crate::measure::{PgBenchDb, measure};
 use crate::metrics::{load_average, machine};
-use crate::report::{mb, print_figures, print_summary, thousands};
+use crate::report::{mb, print_delta, print_figures, print_summary, thousands};
 
 fn main() -> ExitCode {
     let config = match parse_args() {
@@ -77,6 +80,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let figures = measure(&config.bin, &dir, n_rows, None)?;
         print_figures(&figures);
+        print_delta(&figures);
         println!("\nLoad average after this size: {}.", load_average());
         if let Some(pg) = &config.pg {
             let pg_dir = dir.join("postgres");
@@ -84,6 +88,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
             let db = PgBenchDb::create(pg)?;
             let on_pg = measure(&config.bin, &pg_dir, n_rows, Some(&db.url))?;
             print_figures(&on_pg);
+            print_delta(&on_pg);
             println!(
                 "\n| PostgreSQL vs SQLite main database | download 1 | download 2 | server peak RSS |"
             );

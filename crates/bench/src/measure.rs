@@ -1,5 +1,6 @@
-//! One slice size measured end to end: the main database, the floor, the server and two
-//! timed downloads through the real `fieldsync` binary, each replica checked.
+//! One slice size measured end to end: the main database, the floor, the server, two
+//! timed downloads through the real `fieldsync` binary and the delta syncs after them
+//! (`delta.rs`), each replica checked.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -12,6 +13,7 @@ use anyhow::{Context, bail, ensure};
 use fieldsync_store::sample::{self, AssetRow};
 use rusqlite::Connection;
 
+use crate::delta::{DeltaFigures, measure_delta};
 use crate::floor::{FloorFigures, csv_bytes, floor, generate, insert_rows};
 use crate::metrics::{Watched, peak_rss_kb, ticks_per_s, timed_download};
 
@@ -41,6 +43,8 @@ pub(crate) struct Figures {
     pub(crate) track_s: f64,
     pub(crate) floor: FloorFigures,
     pub(crate) downloads: Vec<DownloadFigures>,
+    /// The syncs after the office changed 1% of the rows, then nothing.
+    pub(crate) delta: DeltaFigures,
     pub(crate) server_rss_kb: u64,
     pub(crate) csv_bytes: u64,
 }
@@ -343,8 +347,9 @@ pub(crate) fn measure(
 
     let mut downloads = Vec::new();
     for round in 0..2 {
-        // The second download asks for a full one: it replaces the replica whole, and
-        // stays a full download once deltas exist.
+        // The second download asks for a full one: it replaces the replica whole
+        // (without `--full` it would be a delta of nothing). It is the reference of
+        // the delta syncs after it.
         let mut args = vec!["device", "download", "bench", "--dir", device_dir];
         if round == 1 {
             args.push("--full");
@@ -375,6 +380,7 @@ pub(crate) fn measure(
             full_reason: last["full_reason"].as_str().unwrap_or("-").to_string(),
         });
     }
+    let delta = measure_delta(bin, db, device_dir, server_pid, ticks_per_s, &rows)?;
     let server_rss_kb = peak_rss_kb(server_pid).context("reading the server's peak RSS")?;
     drop(server);
 
@@ -386,6 +392,7 @@ pub(crate) fn measure(
         track_s,
         floor,
         downloads,
+        delta,
         server_rss_kb,
         csv_bytes,
     })

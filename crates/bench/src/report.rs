@@ -1,5 +1,9 @@
-//! The markdown report on stdout: one table per size, and a summary across sizes.
+//! The markdown report on stdout: one table per size and engine with the delta syncs after
+//! it, and a summary across sizes.
 
+use crate::delta::{
+    DELTA_BYTES_RATIO_MAX, DELTA_TIME_RATIO_MAX, IDLE_BYTES_MAX, OFFICE_UPDATE, delta_verdicts,
+};
 use crate::measure::Figures;
 
 /// The targets of DESIGN.md.
@@ -132,6 +136,88 @@ pub(crate) fn print_summary(all: &[Figures]) {
             f.floor.other_cpu_s,
             d1.watched.other_cpu_s,
             d2.watched.other_cpu_s
+        );
+    }
+}
+
+/// A share as `0.0123 (1.23%)`.
+fn percent(ratio: f64) -> String {
+    format!("{ratio:.4} ({:.2}%)", ratio * 100.0)
+}
+
+/// The delta syncs against the full download (`--full`, download 2) of the same run.
+pub(crate) fn print_delta(f: &Figures) {
+    let full = &f.downloads[1];
+    let d = &f.delta;
+    let v = delta_verdicts(
+        full.bytes_down,
+        full.watched.wall_s,
+        d.delta.bytes_down,
+        d.delta.watched.wall_s,
+        d.idle.bytes_down,
+    );
+    println!(
+        "\n### Delta sync after 1% changed, {} rows, {} main database\n",
+        thousands(f.n_rows),
+        f.engine
+    );
+    println!(
+        "The office: `{OFFICE_UPDATE}`, {} rows in {:.3} s; then `device sync` twice.\n",
+        thousands(d.changed_rows),
+        d.office_update_s
+    );
+    println!("| measure | value | target | ratio/verdict |");
+    println!("|---|---|---|---|");
+    println!(
+        "| full download (download 2, `--full`): wall clock; bytes | {:.3} s; {} B | reference | 100% |",
+        full.watched.wall_s,
+        thousands(full.bytes_down)
+    );
+    println!(
+        "| sync after 1% changed: bytes (`last_sync.bytes_down`) | {} B | ≤ {}% of full = {} B | {}: {} |",
+        thousands(d.delta.bytes_down),
+        DELTA_BYTES_RATIO_MAX * 100.0,
+        thousands((full.bytes_down as f64 * DELTA_BYTES_RATIO_MAX) as u64),
+        percent(v.bytes.ratio),
+        verdict(v.bytes.met)
+    );
+    println!(
+        "| sync after 1% changed: wall clock | {:.3} s (device's own figure {:.3} s) | ≤ {}% of full = {:.3} s | {}: {} |",
+        d.delta.watched.wall_s,
+        d.delta.reported_ms as f64 / 1000.0,
+        DELTA_TIME_RATIO_MAX * 100.0,
+        full.watched.wall_s * DELTA_TIME_RATIO_MAX,
+        percent(v.time.ratio),
+        verdict(v.time.met)
+    );
+    println!(
+        "| sync with nothing changed: bytes | {} B | < {} B | {} |",
+        thousands(d.idle.bytes_down),
+        thousands(IDLE_BYTES_MAX),
+        verdict(v.idle_bytes_met)
+    );
+    println!(
+        "| sync with nothing changed: wall clock | {:.3} s (device's own figure {:.3} s) | — | {} of full |",
+        d.idle.watched.wall_s,
+        d.idle.reported_ms as f64 / 1000.0,
+        percent(d.idle.watched.wall_s / full.watched.wall_s)
+    );
+    println!(
+        "| rows down (`last_sync.rows_down`): after 1% changed / nothing changed | {} / {} | — | informational |",
+        thousands(d.delta.rows_down),
+        thousands(d.idle.rows_down)
+    );
+    for (name, s) in [
+        ("after 1% changed", &d.delta),
+        ("with nothing changed", &d.idle),
+    ] {
+        println!(
+            "| CPU during the sync {name}: device / server / rest of the machine; iowait | {:.2} s / {:.2} s / {:.2} s; {:.2} s | — | device peak RSS {:.1} MB |",
+            s.watched.device_cpu_s,
+            s.watched.server_cpu_s,
+            s.watched.other_cpu_s,
+            s.watched.iowait_s,
+            mb(s.watched.device_rss_kb)
         );
     }
 }

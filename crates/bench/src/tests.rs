@@ -3,6 +3,7 @@
 use fieldsync_store::sample;
 use rusqlite::Connection;
 
+use crate::delta::{Share, changed_count, check_changed_replica, delta_verdicts, share};
 use crate::floor::{CSV_HEADER, csv_bytes, csv_field_len, generate, insert_rows, real_text};
 use crate::measure::check_replica;
 use crate::metrics::{cpu_ticks, peak_rss_kb, proc_field_kb};
@@ -105,4 +106,66 @@ fn the_flags_parse_as_before() {
     let none = Cli::try_parse_from(["fieldsync-bench"]).unwrap();
     assert!(none.rows_list.is_none() && none.dir.is_none() && !none.keep);
     assert!(Cli::try_parse_from(["fieldsync-bench", "--bogus"]).is_err());
+}
+
+#[test]
+fn delta_shares_are_judged_against_their_targets() {
+    // Exactly at the limit meets it; just over misses; a zero reference meets nothing.
+    assert_eq!(
+        share(3.0, 100.0, 0.03),
+        Share {
+            ratio: 0.03,
+            met: true
+        }
+    );
+    assert!(!share(3.01, 100.0, 0.03).met);
+    assert!(!share(1.0, 0.0, 0.03).met);
+    let v = delta_verdicts(42_774_510, 2.0, 1_000_000, 0.2, 1_999);
+    assert!(v.bytes.met, "{v:?}");
+    assert!((v.bytes.ratio - 1_000_000.0 / 42_774_510.0).abs() < 1e-12);
+    assert!(!v.time.met, "0.2 s of 2.0 s is 10%, over 8%: {v:?}");
+    assert!((v.time.ratio - 0.1).abs() < 1e-12);
+    assert!(v.idle_bytes_met);
+    let v = delta_verdicts(1_000_000, 2.0, 30_001, 0.16, 2_000);
+    assert!(!v.bytes.met && v.time.met && !v.idle_bytes_met, "{v:?}");
+}
+
+#[test]
+fn the_office_changes_one_row_in_a_hundred() {
+    assert_eq!(changed_count(1_000_000), 10_000);
+    assert_eq!(changed_count(20_099), 200);
+    assert_eq!(changed_count(99), 0);
+    let mut conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch(sample::SCHEMA).unwrap();
+    let rows = generate(1_234);
+    insert_rows(&mut conn, &rows).unwrap();
+    let n = conn.execute(crate::delta::OFFICE_UPDATE, []).unwrap() as u64;
+    assert_eq!(n, changed_count(1_234));
+}
+
+#[test]
+fn a_replica_missing_a_change_fails_loudly() {
+    let path = std::env::temp_dir().join(format!(
+        "fieldsync-bench-delta-test-{}.sqlite",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&path);
+    let rows = generate(300);
+    let mut conn = Connection::open(&path).unwrap();
+    conn.execute_batch(sample::SCHEMA).unwrap();
+    insert_rows(&mut conn, &rows).unwrap();
+    let path_text = path.to_str().unwrap();
+    check_changed_replica(path_text, &rows, 0).unwrap();
+    conn.execute("UPDATE assets SET name = name || '*' WHERE id = 200", [])
+        .unwrap();
+    let err = check_changed_replica(path_text, &rows, 3).unwrap_err();
+    assert!(err.to_string().contains("WRONG REPLICA"), "{err}");
+    conn.execute(
+        "UPDATE assets SET name = name || '*' WHERE id IN (100, 300)",
+        [],
+    )
+    .unwrap();
+    check_changed_replica(path_text, &rows, 3).unwrap();
+    drop(conn);
+    std::fs::remove_file(&path).unwrap();
 }

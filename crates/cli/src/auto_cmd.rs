@@ -61,21 +61,7 @@ pub fn watch(device: &Device, power_supply: &Path, poll_ms: u64) -> anyhow::Resu
 /// SIGINT and SIGTERM stop the watcher (and cancel its attempt); SIGUSR1 cancels the
 /// attempt only.
 fn on_signals(stop: &Cancel, current: &Arc<Mutex<Cancel>>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    let signals = rt.block_on(async {
-        Ok::<_, std::io::Error>((
-            signal(SignalKind::interrupt())?,
-            signal(SignalKind::terminate())?,
-            signal(SignalKind::user_defined1())?,
-        ))
-    });
-    let Ok((mut int, mut term, mut usr1)) = signals else {
+    let Some((rt, mut int, mut term, mut usr1)) = crate::device_cmd::cancel_signals() else {
         return;
     };
     let (stop, current) = (stop.clone(), current.clone());

@@ -189,26 +189,11 @@ const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_millis(1500)
 /// one blocked on the network may not get there soon, and since every step is
 /// crash-safe, the process then stops itself, unless the operation had committed.
 fn cancel_on_signals(cancel: &Cancel, device: &Device, op: SyncOp) {
-    use tokio::signal::unix::{SignalKind, signal};
     let cancel = cancel.clone();
     let dir = device.dir().root.clone();
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
     // Registered here, before the operation starts, so that an early Ctrl-C cancels
     // too instead of killing the process with the default action.
-    let signals = rt.block_on(async {
-        Ok::<_, std::io::Error>((
-            signal(SignalKind::interrupt())?,
-            signal(SignalKind::terminate())?,
-            // `device cancel` from another process.
-            signal(SignalKind::user_defined1())?,
-        ))
-    });
-    let Ok((mut int, mut term, mut usr1)) = signals else {
+    let Some((rt, mut int, mut term, mut usr1)) = cancel_signals() else {
         return;
     };
     std::thread::spawn(move || {
@@ -228,6 +213,31 @@ fn cancel_on_signals(cancel: &Cancel, device: &Device, op: SyncOp) {
         eprintln!("error: {}", fieldsync_client::ClientError::Cancelled);
         std::process::exit(5);
     });
+}
+
+/// SIGINT, SIGTERM and SIGUSR1 (`device cancel` from another process), registered
+/// now, with the runtime that receives them; `None` if they cannot be.
+pub(crate) fn cancel_signals() -> Option<(
+    tokio::runtime::Runtime,
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+)> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let (int, term, usr1) = rt
+        .block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::user_defined1())?,
+            ))
+        })
+        .ok()?;
+    Some((rt, int, term, usr1))
 }
 
 /// The client's network limits from the environment (docs/cli.md): tests and slow

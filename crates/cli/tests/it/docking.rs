@@ -131,6 +131,15 @@ fn edit(dev: &DeviceDir, asset: i64, status: &str) {
         .unwrap();
 }
 
+/// An asset's name in the device's replica.
+fn name_on(dev: &DeviceDir, asset: i64) -> String {
+    dev.replica()
+        .query_row("SELECT name FROM assets WHERE id = ?1", [asset], |r| {
+            r.get(0)
+        })
+        .unwrap()
+}
+
 /// `last_sync` as `device status` shows it.
 fn last(dev: &DeviceDir) -> serde_json::Value {
     dev.status()["last_sync"].clone()
@@ -185,12 +194,7 @@ fn a_logout_then_docking_synchronizes_once_and_restores_the_mode() {
         "fixed in the field"
     );
     // download-data (on by default): the office's change came down.
-    let name: String = dev
-        .replica()
-        .query_row("SELECT name FROM assets WHERE id = ?1", [asset], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let name = name_on(&dev, asset);
     assert_eq!(name, "renamed before docking");
     // Nobody is logged in: the replica still refuses edits.
     let refused = dev
@@ -282,12 +286,7 @@ fn logging_out_while_docked_synchronizes_once_and_send_only_without_download_dat
         office.value(&format!("SELECT status FROM assets WHERE id = {asset}")),
         "sent only"
     );
-    let name: String = dev
-        .replica()
-        .query_row("SELECT name FROM assets WHERE id = ?1", [other], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let name = name_on(&dev, other);
     assert_ne!(name, "not downloaded", "send only");
     nothing_happens(&dev, &w);
     w.stop();

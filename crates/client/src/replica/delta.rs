@@ -27,15 +27,7 @@ pub struct Applied {
 /// `None` when it cannot take one (incomplete, retired, or made before replicas kept
 /// their header).
 pub fn position(conn: &Connection) -> Result<Option<ReplicaPosition>> {
-    let get = |key: &str| -> Result<Option<String>> {
-        Ok(conn
-            .query_row(
-                "SELECT CAST(value AS TEXT) FROM fieldsync_replica WHERE key = ?1",
-                [key],
-                |r| r.get(0),
-            )
-            .optional()?)
-    };
+    let get = |key: &str| record_value(conn, key);
     if get("complete")?.as_deref() != Some("1") || get("retired")?.as_deref() == Some("1") {
         return Ok(None);
     }

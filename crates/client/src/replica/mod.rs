@@ -60,18 +60,21 @@ pub struct ReplicaInfo {
     pub per_user: bool,
 }
 
+/// One entry of a replica's own record (`fieldsync_replica`), as text.
+pub(crate) fn record_value(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT CAST(value AS TEXT) FROM fieldsync_replica WHERE key = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// Reads a replica's own record; `None` if the file is not a complete fieldsync replica.
 pub fn read_info(path: &Path) -> Result<Option<ReplicaInfo>> {
     let conn = open_read_only(path)?;
-    let get = |key: &str| -> Result<Option<String>> {
-        Ok(conn
-            .query_row(
-                "SELECT CAST(value AS TEXT) FROM fieldsync_replica WHERE key = ?1",
-                [key],
-                |r| r.get(0),
-            )
-            .optional()?)
-    };
+    let get = |key: &str| record_value(&conn, key);
     let Ok(Some(task)) = get("task") else {
         return Ok(None);
     };

@@ -21,6 +21,8 @@ CREATE TABLE IF NOT EXISTS fieldsync_rows (
     PRIMARY KEY (tbl, pk)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS fieldsync_rows_by_version ON fieldsync_rows (version);
+-- A delta finds a table's rows written since a version by a range of this index.
+CREATE INDEX IF NOT EXISTS fieldsync_rows_by_tbl_version ON fieldsync_rows (tbl, version);
 CREATE TABLE IF NOT EXISTS fieldsync_users (
     name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,

@@ -282,6 +282,7 @@ fn logging_out_while_docked_synchronizes_once_and_send_only_without_download_dat
         (Some("send"), Some("auto")),
         "{l}"
     );
+    assert_eq!(dev.status()["mode"], "online", "the mode the user left");
     assert_eq!(
         office.value(&format!("SELECT status FROM assets WHERE id = {asset}")),
         "sent only"

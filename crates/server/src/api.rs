@@ -463,9 +463,7 @@ async fn upload(
                     full: false,
                     full_reason: None,
                 };
-                if let Err(e) = st.store.history_record(&record) {
-                    eprintln!("fieldsync server: recording a sync session: {e}");
-                }
+                request_log::record_sync(&*st.store, &record);
                 return Ok(Before::Answered(o.0, o.1));
             }
             let (device, _, user) = tickets::upload_session(&st, &headers)?;
@@ -576,9 +574,7 @@ async fn upload(
             full: false,
             full_reason: None,
         };
-        if let Err(e) = st.store.history_record(&record) {
-            eprintln!("fieldsync server: recording a sync session: {e}");
-        }
+        request_log::record_sync(&*st.store, &record);
         match result {
             Ok(o) => Ok(Json(o)),
             Err(IntegrateError::Forbidden(m)) => Err(ApiError::forbidden(m)),

@@ -269,9 +269,7 @@ pub fn start(
             full: sink.header.since.is_none(),
             full_reason: sink.header.full_reason.map(|r| r.to_string()),
         };
-        if let Err(e) = store.history_record(&record) {
-            eprintln!("fieldsync server: recording a sync session: {e}");
-        }
+        crate::request_log::record_sync(&*store, &record);
     });
     Ok(ChannelBody(rx))
 }

@@ -1,5 +1,7 @@
 //! One log line per request: route, device, user, status, duration (`tracing`, target
-//! `fieldsync::request`; `fieldsync server run --log-format json` prints it as JSON).
+//! `fieldsync::request`; `fieldsync server run --log-format json` prints it as JSON),
+//! and one per sync (a download or an upload, as the sync history records it; target
+//! `fieldsync::sync`).
 //!
 //! The duration runs until the response's headers are ready: a download's stream goes
 //! on after it (the sync history records the whole download).
@@ -16,6 +18,31 @@ use fieldsync_proto::wire::HEADER_DEVICE_ID;
 pub struct Who {
     pub device: String,
     pub user: String,
+}
+
+/// Logs a sync (what the sync history records) and records it in the history.
+pub fn record_sync(store: &dyn fieldsync_store::Store, r: &fieldsync_store::HistoryRecord) {
+    tracing::info!(
+        target: "fieldsync::sync",
+        device = %r.device,
+        user = %r.user,
+        task = r.task.as_deref().unwrap_or("-"),
+        op = r.op.as_str(),
+        kind = r.trigger.as_str(),
+        result = %r.result,
+        rows_down = r.rows_down,
+        rows_up = r.rows_up,
+        bytes_down = r.bytes_down,
+        bytes_up = r.bytes_up,
+        conflicts = r.conflicts,
+        full = r.full,
+        full_reason = r.full_reason.as_deref().unwrap_or("-"),
+        duration_ms = r.duration_ms,
+        message = %r.message,
+    );
+    if let Err(e) = store.history_record(r) {
+        tracing::warn!(error = %e, "recording a sync in the history");
+    }
 }
 
 /// Logs the request once its response is ready.

@@ -363,4 +363,36 @@ fn the_request_log_has_one_json_line_per_download_and_upload() {
     assert_eq!(upload["device"], "tab1", "{upload}");
     assert_eq!(upload["user"], "ana", "{upload}");
     assert_eq!(upload["status"], 200, "{upload}");
+    // And one line per sync, as the sync history records it.
+    let syncs: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "fieldsync::sync")
+        .collect();
+    assert_eq!(syncs.len(), 2, "one download, one upload: {text}");
+    let (down, up) = (syncs[0], syncs[1]);
+    assert_eq!(
+        (
+            &down["op"],
+            &down["result"],
+            &down["full"],
+            &down["full_reason"]
+        ),
+        (
+            &serde_json::json!("download"),
+            &serde_json::json!("ok"),
+            &serde_json::json!(true),
+            &serde_json::json!("no-cursor")
+        ),
+        "{down}"
+    );
+    assert!(down["bytes_down"].as_u64() > Some(0), "{down}");
+    assert_eq!(
+        (&up["op"], &up["rows_up"], &up["user"]),
+        (
+            &serde_json::json!("send"),
+            &serde_json::json!(1),
+            &serde_json::json!("ana")
+        ),
+        "{up}"
+    );
 }

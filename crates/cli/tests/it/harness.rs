@@ -102,7 +102,9 @@ impl Server {
         if let Some(stderr) = child.stderr.take() {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if !line.contains(" fieldsync::request: ") {
+                    if !line.contains(" fieldsync::request: ")
+                        && !line.contains(" fieldsync::sync: ")
+                    {
                         eprintln!("{line}");
                     }
                 }

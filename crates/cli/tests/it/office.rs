@@ -7,8 +7,10 @@ use crate::harness::*;
 
 /// Runs SQL with the `sqlite3` shell on the main database, as an office tool would.
 fn office_sqlite3(office: &Office, sql: &str) -> Run {
+    // As office programs do, the shell waits for a moment a server holds the database.
     Command::new("sqlite3")
         .arg("-bail")
+        .args(["-cmd", ".timeout 5000"])
         .arg(&office.db_path)
         .arg(format!("PRAGMA foreign_keys = ON; {sql}"))
         .stdin(Stdio::null())
@@ -21,6 +23,7 @@ fn office_sqlite3(office: &Office, sql: &str) -> Run {
 /// database.
 fn sqlite3_dot(office: &Office, command: &str) -> Run {
     Command::new("sqlite3")
+        .args(["-cmd", ".timeout 5000"])
         .arg(&office.db_path)
         .arg(command)
         .stdin(Stdio::null())

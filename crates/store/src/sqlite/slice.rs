@@ -131,6 +131,16 @@ impl Slices for SqliteStore {
 
     fn prune_history(&self, before: Timestamp) -> Result<u64> {
         let mut conn = self.conn()?;
+        // Nothing handed out before the horizon: nothing to prune, and no write lock
+        // taken from the office for it.
+        let any: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM fieldsync_bases WHERE low = high AND at < ?1)",
+            [before.to_string()],
+            |r| r.get(0),
+        )?;
+        if !any {
+            return Ok(0);
+        }
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // The youngest cursor handed out before the horizon: every device whose cursor
         // is not older has seen every delete up to it.

@@ -84,12 +84,11 @@ impl Device {
                 break Ok(());
             }
             let present = power.external().unwrap_or(false);
-            if last_power != Some(present) {
-                last_power = Some(present);
-                notes(&WatchNote::Power(present));
-            }
-            match self.poll_once(present, stop, attempt_cancel, progress, notes) {
-                Ok(()) | Err(ClientError::Busy(_)) => {}
+            let announce = last_power != Some(present);
+            match self.poll_once(present, announce, stop, attempt_cancel, progress, notes) {
+                Ok(()) => last_power = Some(present),
+                // A command holds the folder: the next poll tries again.
+                Err(ClientError::Busy(_)) => {}
                 Err(e) => break Err(e),
             }
             if stop.sleep(poll).is_err() {
@@ -101,33 +100,28 @@ impl Device {
         watched.and(stopped)
     }
 
-    /// One look: brings the rules up to date with power, options and mode (under the
-    /// folder lock, briefly) and runs the attempt if they start it.
+    /// One look: brings the rules up to date with power, options and mode and runs
+    /// the attempt if they start it. The folder lock is taken only when the rules
+    /// must change (the watcher stays out of the crew's way); `announce` tells the
+    /// power seen, once it is in the rules.
     fn poll_once(
         &self,
         present: bool,
+        announce: bool,
         stop: &Cancel,
         attempt_cancel: &mut dyn FnMut() -> Cancel,
         progress: &mut dyn FnMut(&Progress),
         notes: &mut dyn FnMut(&WatchNote),
     ) -> Result<()> {
-        let _lock = self.dir.lock()?;
-        let mut st = self.dir.load()?;
-        let (mode, options) = (st.mode, st.options.clone());
-        let rules = st.rules();
-        let mut events = Vec::new();
-        if rules.power() != present {
-            events.push(Event::Power(present));
-        }
-        if *rules.options() != options {
-            events.push(Event::Options(options));
-        }
-        if rules.mode() != mode {
-            events.push(Event::Mode(mode));
-        }
-        if events.is_empty() {
+        if Self::pending_events(&mut self.dir.load()?, present).is_empty() {
+            if announce {
+                notes(&WatchNote::Power(present));
+            }
             return Ok(());
         }
+        let _lock = self.dir.lock()?;
+        let mut st = self.dir.load()?;
+        let events = Self::pending_events(&mut st, present);
         let secret = st.ticket.clone();
         let mut start = None;
         for e in events {
@@ -138,6 +132,9 @@ impl Device {
         st.drop_unheld_ticket();
         // The ticket leaves the device before the server sees it: single use.
         self.dir.save(&st)?;
+        if announce {
+            notes(&WatchNote::Power(present));
+        }
         let (Some(attempt), Some(secret)) = (start, secret) else {
             return Ok(());
         };
@@ -163,6 +160,24 @@ impl Device {
         let message = st.last_sync.as_ref().map(|l| l.message.clone());
         notes(&WatchNote::Ended(outcome, message.unwrap_or_default()));
         Ok(())
+    }
+
+    /// The events that bring the rules up to date with the power seen and the folder's
+    /// options and mode.
+    fn pending_events(st: &mut DeviceState, present: bool) -> Vec<Event> {
+        let (mode, options) = (st.mode, st.options.clone());
+        let rules = st.rules();
+        let mut events = Vec::new();
+        if rules.power() != present {
+            events.push(Event::Power(present));
+        }
+        if *rules.options() != options {
+            events.push(Event::Options(options));
+        }
+        if rules.mode() != mode {
+            events.push(Event::Mode(mode));
+        }
+        events
     }
 
     /// The automatic attempt, under the folder lock the caller holds: the ticket

@@ -198,10 +198,7 @@ impl Device {
             SyncOp::Send
         };
         let mut publish = crate::running::Publisher::start(&self.dir, op, Trigger::Auto);
-        let progress = &mut |p: &Progress| {
-            publish.report(p);
-            progress(p)
-        };
+        let progress = &mut publish.forwarding(progress);
         self.recorded_as(op, Trigger::Auto, |report| {
             let (api, id, secret) = self.paired(st)?;
             let creds = Credentials {

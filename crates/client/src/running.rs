@@ -61,6 +61,17 @@ impl Publisher {
         p
     }
 
+    /// A progress callback that publishes, then passes each report on to `to`.
+    pub(crate) fn forwarding<'a>(
+        &'a mut self,
+        to: &'a mut dyn FnMut(&Progress),
+    ) -> impl FnMut(&Progress) + 'a {
+        move |p| {
+            self.report(p);
+            to(p)
+        }
+    }
+
     pub(crate) fn report(&mut self, progress: &Progress) {
         let new_phase = self.running.phase != Some(progress.phase);
         self.running.phase = Some(progress.phase);

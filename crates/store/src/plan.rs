@@ -49,6 +49,12 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Single-quotes a text literal (SQLite and PostgreSQL alike): only for names the
+/// schema spelled (tables in fieldsync's tracking rows), never for values.
+pub(crate) fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 fn invalid(msg: String) -> StoreError {
     StoreError::Invalid(msg)
 }

@@ -67,10 +67,7 @@ impl Device {
     ) -> Result<Report> {
         let (_lock, st) = self.begin()?;
         let mut publish = Publisher::start(&self.dir, SyncOp::Download, Trigger::Manual);
-        let progress = &mut |p: &Progress| {
-            publish.report(p);
-            progress(p)
-        };
+        let progress = &mut publish.forwarding(progress);
         self.recorded(SyncOp::Download, |r| {
             self.download_locked(&st, task, opts, progress, cancel, r, None)
         })
@@ -82,10 +79,7 @@ impl Device {
     pub fn send(&self, progress: &mut dyn FnMut(&Progress), cancel: &Cancel) -> Result<Report> {
         let (_lock, st) = self.begin()?;
         let mut publish = Publisher::start(&self.dir, SyncOp::Send, Trigger::Manual);
-        let progress = &mut |p: &Progress| {
-            publish.report(p);
-            progress(p)
-        };
+        let progress = &mut publish.forwarding(progress);
         self.recorded(SyncOp::Send, |r| {
             self.send_locked(&st, progress, cancel, r, None)
         })
@@ -101,10 +95,7 @@ impl Device {
     ) -> Result<Report> {
         let (_lock, st) = self.begin()?;
         let mut publish = Publisher::start(&self.dir, SyncOp::Sync, Trigger::Manual);
-        let progress = &mut |p: &Progress| {
-            publish.report(p);
-            progress(p)
-        };
+        let progress = &mut publish.forwarding(progress);
         self.recorded(SyncOp::Sync, |r| {
             let task = st.task.clone().ok_or(ClientError::NoTask)?;
             // App writers are held off for the whole sync: the journal sent is the

@@ -22,7 +22,8 @@ pub(crate) fn integrate(
     let mut users = UserChecks::new();
     let mut params_of: HashMap<&str, Params> = HashMap::new();
     let mut base_kinds: HashMap<i64, Option<BaseKind>> = HashMap::new();
-    let pruned_through = tx.pruned_through()?;
+    // Read only for an entry that needs it (off the path of ordinary uploads).
+    let mut pruned_through: Option<Option<i64>> = None;
     // Rows an earlier entry of this upload wrote (true) or left alone with a conflict
     // (false): a later entry of the same row (an insert and the update that moved it
     // out of the slice, a delete and the insert that re-created its key) is judged
@@ -85,7 +86,11 @@ pub(crate) fn integrate(
         if current.is_none()
             && e.op != WriteOp::Insert
             && let Some(base) = e.base_version
-            && pruned_through.is_some_and(|p| base < p)
+            && match pruned_through {
+                Some(p) => p,
+                None => *pruned_through.insert(tx.pruned_through()?),
+            }
+            .is_some_and(|p| base < p)
         {
             // A row the device had, unknown now: deleted by the office after the base,
             // its tombstone pruned (retention). Judged as the deletion it was.

@@ -9,6 +9,7 @@ use crate::Slices;
 use crate::delta::delta_sql;
 use crate::dialect::SqlDialect;
 use crate::plan::SlicePlan;
+use crate::plan::quote_literal;
 use crate::{Result, SliceSink};
 use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{Cursor, FullReason};
@@ -62,7 +63,7 @@ impl Slices for PgStore {
                          WHERE r.tbl = {name} AND r.xid >= pg_snapshot_xmin({base})
                            AND NOT pg_visible_in_snapshot(r.xid, {base})",
                         decl = plan.tables[i].declared[0],
-                        name = literal(&plan.tables[i].schema.name),
+                        name = quote_literal(&plan.tables[i].schema.name),
                     )
                 },
                 &|i, column| types::read_expr(column, &plan.tables[i].declared[0]),
@@ -193,9 +194,4 @@ fn send_rows(
         }
     }
     Ok(n)
-}
-
-/// A text literal (table names only: identifiers the schema spelled).
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }

@@ -7,7 +7,7 @@ use fieldsync_proto::Value;
 use super::types::{self, Kind};
 use super::{PgStore, in_tx, now};
 use crate::Tracking;
-use crate::plan::quote_ident;
+use crate::plan::{quote_ident, quote_literal};
 use crate::{ColumnInfo, Result, StoreError, TableInfo};
 
 pub(crate) fn table_info(
@@ -101,7 +101,7 @@ fn tracking_function(table: &str) -> String {
 /// table's name, so a function left from before a rename is stale.
 fn tracking_body(table: &str, primary_key: &str, key_type: &str) -> String {
     let pk = quote_ident(primary_key);
-    let name_lit = format!("'{}'", table.replace('\'', "''"));
+    let name_lit = quote_literal(table);
     let upsert = |source: &str, alias: &str, deleted: bool, filter: &str| {
         let key = types::key_text(&format!("{alias}.{pk}"), key_type);
         format!(

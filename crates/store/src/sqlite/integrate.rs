@@ -349,8 +349,8 @@ fn ancestor_versions(
         .into_iter()
         .map(|(table, key_sql)| {
             format!(
-                "(SELECT v.version FROM fieldsync_rows v WHERE v.tbl = '{}' AND v.pk = {key_sql})",
-                table.replace('\'', "''")
+                "(SELECT v.version FROM fieldsync_rows v WHERE v.tbl = {} AND v.pk = {key_sql})",
+                plan::quote_literal(&table)
             )
         })
         .collect())

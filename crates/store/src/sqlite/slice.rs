@@ -11,6 +11,7 @@ use crate::Slices;
 use crate::delta::delta_sql;
 use crate::dialect::SqlDialect;
 use crate::plan::SlicePlan;
+use crate::plan::quote_literal;
 use crate::{Result, SliceSink};
 use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{Cursor, FullReason};
@@ -89,7 +90,7 @@ impl Slices for SqliteStore {
                 &|i| {
                     format!(
                         "SELECT r.pk AS k FROM fieldsync_rows r WHERE r.tbl = {} AND r.version > {since}",
-                        literal(&plan.tables[i].schema.name)
+                        quote_literal(&plan.tables[i].schema.name)
                     )
                 },
                 &|_, column| column.to_string(),
@@ -226,9 +227,4 @@ fn send_rows(
         n += 1;
     }
     Ok(n)
-}
-
-/// A text literal (table names only: identifiers the schema spelled).
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }

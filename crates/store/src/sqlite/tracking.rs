@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, now, to_sql_value};
 use crate::Tracking;
-use crate::plan::quote_ident;
+use crate::plan::{quote_ident, quote_literal};
 use crate::{Result, StoreError, TableInfo};
 
 /// The tracking triggers of a table, each as its name and its `CREATE TRIGGER`
@@ -17,7 +17,7 @@ use crate::{Result, StoreError, TableInfo};
 fn tracking_triggers(info: &TableInfo) -> Vec<(String, String)> {
     let t = quote_ident(&info.name);
     let pk = quote_ident(&info.primary_key);
-    let name_lit = format!("'{}'", info.name.replace('\'', "''"));
+    let name_lit = quote_literal(&info.name);
     let trig = |suffix: &str| format!("fieldsync_{}_{suffix}", info.name);
     // The next version is one past the highest ever given (an index seek on
     // `fieldsync_rows_by_version`); rows are only ever restamped upwards.

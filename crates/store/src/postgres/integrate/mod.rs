@@ -212,8 +212,8 @@ fn ancestor_xids(infos: &Infos, def: &TaskDef, t: &TaskTable) -> Result<Vec<Stri
                     .map(|info| declared_of(&info, &info.primary_key))
                     .unwrap_or_default();
                 format!(
-                    "(SELECT v.xid FROM fieldsync.rows v WHERE v.tbl = '{}' AND v.pk = {})",
-                    table.replace('\'', "''"),
+                    "(SELECT v.xid FROM fieldsync.rows v WHERE v.tbl = {} AND v.pk = {})",
+                    plan::quote_literal(&table),
                     types::key_text(&format!("({key_sql})"), &key_type)
                 )
             })

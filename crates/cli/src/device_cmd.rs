@@ -161,6 +161,13 @@ enum DeviceCommand {
     /// Cancel the operation that holds this device folder (a command or the watcher's
     /// automatic synchronization), safely, as Ctrl-C does
     Cancel,
+    /// The crew's values that sends did not keep (conflicts the office won, changes
+    /// not applied), oldest first
+    Conflicts {
+        /// Print one JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
     /// The device's state
     Status {
         /// Print one JSON document on stdout
@@ -210,7 +217,7 @@ fn cancel_on_signals(cancel: &Cancel, device: &Device, op: SyncOp) {
             return;
         }
         let _ = Device::open(dir, client_config()).note_cancelled(op);
-        eprintln!("error: {}", fieldsync_client::ClientError::Cancelled);
+        crate::output::print_error(&fieldsync_client::ClientError::Cancelled.to_string(), 5);
         std::process::exit(5);
     });
 }
@@ -270,8 +277,30 @@ fn run_long(
     cancel_on_signals(&cancel, device, op);
     let mut view = ProgressView::new(progress);
     let result = run(&mut |p| view.report(p), &cancel);
-    view.finish();
+    view.finish(result.is_ok());
     Ok(result?)
+}
+
+/// One value not kept, as a person reads it: where, whose, theirs against the kept one.
+pub fn not_kept_line(n: &fieldsync_proto::wire::NotKept) -> String {
+    let show = |v: &Option<fieldsync_proto::Value>| match v {
+        Some(v) => serde_json::to_string(v).unwrap_or_default(),
+        None => "(no row)".into(),
+    };
+    let key = serde_json::to_string(&n.key).unwrap_or_default();
+    let what = match &n.column {
+        Some(col) => format!("{col}: yours {}, kept {}", show(&n.device), show(&n.kept)),
+        None => "the change to the row was not applied".into(),
+    };
+    let policy = if n.policy.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", n.policy)
+    };
+    format!(
+        "{} {key} by {}\t{what}\t({} {}{policy})",
+        n.table, n.user, n.kind, n.resolution
+    )
 }
 
 fn print_report(r: &Report) {
@@ -283,6 +312,9 @@ fn print_report(r: &Report) {
             "sent {} change(s), {} byte(s); {} conflict(s) logged by the server",
             r.rows_up, r.bytes_up, r.conflicts
         );
+        for n in &r.not_kept {
+            println!("not kept: {}", not_kept_line(n));
+        }
     }
     if let Some(d) = &r.delta {
         println!(
@@ -395,6 +427,15 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             let opts = fetch.options(false);
             let report = run_long(&device, SyncOp::Sync, progress.progress, |p, c| {
                 device.sync(&opts, p, c)
+            })
+            .inspect_err(|_| {
+                // The send stands when the download did not: say both parts.
+                if let Ok(Some(last)) = device.status().map(|s| s.last_sync)
+                    && last.op == SyncOp::Sync
+                    && last.send_result.as_deref() == Some("ok")
+                {
+                    println!("{}", last.message);
+                }
             })?;
             print_report(&report);
         }
@@ -434,6 +475,11 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             poll_ms,
         } => crate::auto_cmd::watch(&device, &power_supply, poll_ms)?,
         DeviceCommand::Cancel => crate::auto_cmd::cancel(&device)?,
+        DeviceCommand::Conflicts { json } => {
+            print_list(&device.conflicts()?, json, |c| {
+                format!("{}\t{}", c.at, not_kept_line(&c.value))
+            });
+        }
         DeviceCommand::Status { json } => {
             let st = device.status()?;
             if json {

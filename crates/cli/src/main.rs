@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = output::exit_code(&e);
-            eprintln!("error: {}", output::one_line(&e));
+            output::print_error(&output::one_line(&e), code);
             ExitCode::from(code)
         }
     }

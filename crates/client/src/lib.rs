@@ -30,7 +30,7 @@ use serde::Serialize;
 pub use config::ClientConfig;
 pub use error::{ClientError, Result};
 use http::{Api, Credentials};
-pub use state::{DeviceDir, DeviceState, LastSync, Mode, Options};
+pub use state::{DeviceConflict, DeviceDir, DeviceState, LastSync, Mode, Options};
 pub use transport::Transport;
 
 /// A change of the auto-sync options: `None` leaves an option as it is.
@@ -71,6 +71,10 @@ pub struct Progress {
     pub done: u64,
     pub total: u64,
     pub unit: &'static str,
+    /// Bytes moved so far in this operation, where known (received by a download,
+    /// sent by a send).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 /// Cancels a running operation from another thread (a signal handler, a UI button).
@@ -439,5 +443,11 @@ impl Device {
             ticket_armed: st.ticket_armed(),
             running: running::running(&self.dir),
         })
+    }
+
+    /// The crew's values that sends did not keep, oldest first (the newest
+    /// `CONFLICTS_KEPT`); never waits for the folder lock.
+    pub fn conflicts(&self) -> Result<Vec<state::DeviceConflict>> {
+        Ok(self.dir.load()?.conflicts)
     }
 }

@@ -23,6 +23,9 @@ pub struct Running {
     pub done: u64,
     pub total: u64,
     pub unit: String,
+    /// Bytes moved so far, where known.
+    #[serde(default)]
+    pub bytes: Option<u64>,
     pub started: Timestamp,
     /// The process running it (what `device cancel` signals).
     pub pid: u32,
@@ -52,6 +55,7 @@ impl Publisher {
                 done: 0,
                 total: 0,
                 unit: "steps".into(),
+                bytes: None,
                 started: Timestamp::now(),
                 pid: std::process::id(),
             },
@@ -77,6 +81,7 @@ impl Publisher {
         self.running.phase = Some(progress.phase);
         self.running.done = progress.done;
         self.running.total = progress.total;
+        self.running.bytes = progress.bytes;
         if self.running.unit != progress.unit {
             self.running.unit = progress.unit.to_string();
         }

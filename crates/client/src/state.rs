@@ -93,7 +93,27 @@ pub struct LastSync {
     pub bytes_up: u64,
     pub duration_ms: u64,
     pub conflicts: u64,
+    /// A synchronize's parts: how its send ended (`ok`, `error`, `cancelled`), and its
+    /// download (`None` when it did not run). A send has only the first, a download
+    /// only the second.
+    #[serde(default)]
+    pub send_result: Option<String>,
+    #[serde(default)]
+    pub download_result: Option<String>,
 }
+
+/// A value of the crew's that the main database did not keep, as a send's
+/// acknowledgement listed it (`device conflicts`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceConflict {
+    /// When the device learned it.
+    pub at: Timestamp,
+    #[serde(flatten)]
+    pub value: fieldsync_proto::wire::NotKept,
+}
+
+/// How many values not kept the device remembers (the newest).
+pub const CONFLICTS_KEPT: usize = 1000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct DeviceState {
@@ -119,6 +139,9 @@ pub struct DeviceState {
     /// gone whenever they hold none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
+    /// The values sends did not keep, oldest first (at most `CONFLICTS_KEPT`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<DeviceConflict>,
 }
 
 /// The device folder (`--dir`).

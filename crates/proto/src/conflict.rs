@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::task::{ConflictPolicy, WriteOp};
 use crate::value::Value;
-use crate::wire::UploadEntry;
+use crate::wire::{NotKept, UploadEntry};
 
 pub type Row = BTreeMap<String, Value>;
 
@@ -52,6 +52,43 @@ pub struct ConflictNote {
     pub device: Row,
     /// The server's values in question (empty when the row is gone).
     pub server: Row,
+}
+
+impl ConflictNote {
+    /// The device's values of `entry` this conflict did not keep, given the row as the
+    /// main database holds it after the entry (`None`: no row there): each value of the
+    /// device's in question that the row does not hold, or the row as a whole for a
+    /// delete whose row stays (or a change to a row that is not there).
+    pub fn not_kept(&self, entry: &UploadEntry, policy: &str, after: Option<&Row>) -> Vec<NotKept> {
+        let record =
+            |column: Option<&String>, device: Option<&Value>, kept: Option<&Value>| NotKept {
+                table: entry.table.clone(),
+                key: entry.key.clone(),
+                user: entry.user.clone(),
+                column: column.cloned(),
+                device: device.cloned(),
+                kept: kept.cloned(),
+                policy: policy.to_string(),
+                kind: self.kind.to_string(),
+                resolution: self.resolution.to_string(),
+            };
+        match (entry.op, after) {
+            (WriteOp::Delete, Some(_)) => vec![record(None, None, None)],
+            (WriteOp::Delete, None) => vec![],
+            (_, _) if self.device.is_empty() => vec![record(None, None, None)],
+            (_, after) => self
+                .device
+                .iter()
+                .filter_map(|(col, mine)| {
+                    let kept = after.and_then(|row| row.get(col));
+                    match kept {
+                        Some(k) if k.same(mine) => None,
+                        _ => Some(record(Some(col), Some(mine), kept)),
+                    }
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -370,6 +407,58 @@ mod tests {
         assert_eq!((n.kind, n.resolution), ("update-update", "merged"));
         assert_eq!(n.device, row(&[("name", t("device"))]));
         assert_eq!(n.server, row(&[("name", t("office"))]));
+    }
+
+    #[test]
+    fn not_kept_lists_the_device_values_the_row_does_not_hold() {
+        let e = entry(
+            WriteOp::Update,
+            Some(5),
+            row(&[("name", t("a")), ("status", t("ok"))]),
+            row(&[("name", t("device")), ("status", t("worn"))]),
+        );
+        let c = live(true, row(&[("name", t("office")), ("status", t("ok"))]));
+        let Decision::Skip(Some(n)) = decide(&e, Some(&c), false, ConflictPolicy::ServerWins, "id")
+        else {
+            panic!()
+        };
+        // Server wins: the row stays as the office left it; both values are lost.
+        let lost = n.not_kept(&e, "server-wins", Some(&c.values));
+        let pairs: Vec<_> = lost
+            .iter()
+            .map(|l| (l.column.clone().unwrap(), l.device.clone(), l.kept.clone()))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("name".to_string(), Some(t("device")), Some(t("office"))),
+                ("status".to_string(), Some(t("worn")), Some(t("ok"))),
+            ]
+        );
+        assert_eq!(lost[0].policy, "server-wins");
+        assert_eq!(
+            (lost[0].kind.as_str(), lost[0].resolution.as_str()),
+            ("update-update", "server-kept")
+        );
+        // A value the row holds after all is not listed; a row that is gone loses all.
+        let after = row(&[("name", t("office")), ("status", t("worn"))]);
+        assert_eq!(n.not_kept(&e, "server-wins", Some(&after)).len(), 1);
+        let gone = n.not_kept(&e, "server-wins", None);
+        assert_eq!(gone.len(), 2);
+        assert!(gone.iter().all(|l| l.kept.is_none()));
+        // A delete whose row stays is the row as a whole; one whose row went, nothing.
+        let d = entry(WriteOp::Delete, Some(5), row(&[("name", t("a"))]), row(&[]));
+        let Decision::Skip(Some(n)) = decide(&d, Some(&c), false, ConflictPolicy::ServerWins, "id")
+        else {
+            panic!()
+        };
+        let kept = n.not_kept(&d, "server-wins", Some(&c.values));
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            (kept[0].column.clone(), kept[0].resolution.as_str()),
+            (None, "row-kept")
+        );
+        assert!(n.not_kept(&d, "server-wins", None).is_empty());
     }
 
     #[test]

@@ -512,6 +512,33 @@ pub struct UploadOutcome {
     /// True when this answer is the recorded outcome of an earlier, identical upload.
     #[serde(default)]
     pub repeated: bool,
+    /// The device's values the main database did not keep (conflicts settled for the
+    /// office, changes not applied), so that the crew learns which.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_kept: Vec<NotKept>,
+}
+
+/// One value of the device's that the main database did not keep.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NotKept {
+    pub table: String,
+    pub key: Value,
+    /// The user whose journal entry it was.
+    pub user: String,
+    /// The column; `None` for the row as a whole (the device's delete, or a change
+    /// the server did not apply at all).
+    pub column: Option<String>,
+    /// The device's value (`None` for the row as a whole).
+    pub device: Option<Value>,
+    /// The value the main database holds (`None`: the row is not there, or the record
+    /// is for the row as a whole).
+    pub kept: Option<Value>,
+    /// The table's conflict policy (`server-wins`, `device-wins`, `field-merge`), or
+    /// empty when no policy decided (the task changed, the row left the slice).
+    pub policy: String,
+    /// The conflict's kind and resolution, as the server's conflict log names them.
+    pub kind: String,
+    pub resolution: String,
 }
 
 #[cfg(test)]

@@ -41,6 +41,8 @@ struct Cell {
     dev: DeviceDir,
     /// `last_sync.conflicts` of the device's last send.
     sent_conflicts: std::cell::Cell<Option<u64>>,
+    /// What the device's last send printed.
+    sent_stdout: std::cell::RefCell<String>,
 }
 
 impl Cell {
@@ -80,6 +82,7 @@ conflict = "{policy}"
             office,
             dev,
             sent_conflicts: std::cell::Cell::new(None),
+            sent_stdout: Default::default(),
         };
         assert_eq!(
             cell.replica_row(ROW),
@@ -124,6 +127,7 @@ conflict = "{policy}"
         assert_eq!(status["last_sync"]["op"], "send", "{}", self.policy);
         self.sent_conflicts
             .set(status["last_sync"]["conflicts"].as_u64());
+        self.sent_stdout.replace(run.stdout.clone());
         run
     }
 
@@ -235,6 +239,45 @@ conflict = "{policy}"
             "{p}: the send counted the conflict"
         );
         c
+    }
+
+    /// The device's own list of its values not kept (`device conflicts --json`), as
+    /// `[column, device value, kept value, policy, resolution]` rows; the crew sees
+    /// exactly these.
+    #[track_caller]
+    fn assert_device_sees(&self, expected: Json) {
+        let run = self.dev.run(&["conflicts", "--json"], "").ok();
+        let list: Json = serde_json::from_str(&run.stdout).unwrap();
+        let seen: Vec<Json> = list
+            .as_array()
+            .expect("device conflicts --json prints an array")
+            .iter()
+            .map(|c| {
+                assert_eq!(c["table"], "inspections", "{c:#}");
+                assert_eq!(c["user"], "ana", "{c:#}");
+                assert!(c["at"].as_str().is_some_and(|a| a.ends_with('Z')), "{c:#}");
+                json!([
+                    c["column"],
+                    c["device"],
+                    c["kept"],
+                    c["policy"],
+                    c["resolution"]
+                ])
+            })
+            .collect();
+        assert_eq!(
+            Json::from(seen),
+            expected,
+            "{}: device conflicts",
+            self.policy
+        );
+        let text = self.dev.run(&["conflicts"], "").ok().stdout;
+        assert_eq!(
+            text.lines().count(),
+            expected.as_array().map_or(0, Vec::len),
+            "{}: one line per value: {text}",
+            self.policy
+        );
     }
 
     fn resolve(&self, id: &Json, take: &str) -> Run {
@@ -383,6 +426,16 @@ fn update_update_same_column_server_wins_keeps_the_server_value_and_logs_the_dev
         device_values: json!({"result": "worn", "notes": "device note"}),
         server_values: json!({"result": "failed", "notes": "routine"}),
     });
+    c.assert_device_sees(json!([
+        [
+            "notes",
+            "device note",
+            "routine",
+            SERVER_WINS,
+            "server-kept"
+        ],
+        ["result", "worn", "failed", SERVER_WINS, "server-kept"],
+    ]));
 }
 
 #[test]
@@ -405,6 +458,8 @@ fn update_update_same_column_device_wins_applies_the_device_value_and_logs_the_s
         device_values: json!({"result": "worn"}),
         server_values: json!({"result": "failed"}),
     });
+    // Every value of the crew's was kept: nothing to tell them.
+    c.assert_device_sees(json!([]));
 }
 
 #[test]
@@ -427,6 +482,16 @@ fn update_update_same_column_field_merge_keeps_the_server_value_and_merges_the_r
         device_values: json!({"result": "worn"}),
         server_values: json!({"result": "failed"}),
     });
+    c.assert_device_sees(json!(
+        [["result", "worn", "failed", FIELD_MERGE, "merged"],]
+    ));
+    let said = c.sent_stdout.take();
+    assert!(
+        said.contains("not kept: inspections")
+            && said.contains("\"worn\"")
+            && said.contains("\"failed\""),
+        "the send names the value not kept and the value kept: {said}"
+    );
 }
 
 // --- device update / office delete --------------------------------------------------
@@ -444,6 +509,7 @@ fn device_update_office_delete(policy: &'static str) {
         device_values: json!({"result": "worn"}),
         server_values: json!({}),
     });
+    c.assert_device_sees(json!([["result", "worn", null, policy, "stays-deleted"]]));
 }
 
 #[test]
@@ -479,6 +545,7 @@ fn device_delete_office_update_keeps_the_row(policy: &'static str) {
         device_values: json!({}),
         server_values: office_row,
     });
+    c.assert_device_sees(json!([[null, null, null, policy, "row-kept"]]));
 }
 
 #[test]

@@ -206,24 +206,28 @@ fn run_timed(dev: &DeviceDir, args: &[&str], env: &[(&str, &str)]) -> Timed {
     }
 }
 
-/// Exit 1 and one `error:` line on stderr; nothing else there but progress lines (no
-/// panic, no backtrace).
+/// Exit 1, and stderr holds JSON lines only (`--progress json`): progress, then the
+/// error as the last line, `{"error": MESSAGE, "exit": 1}` (no panic, no backtrace).
 #[track_caller]
 fn assert_clear_error(run: &Run) {
     assert_eq!(run.code, 1, "expected a clear error (exit 1): {run:?}");
-    let errors = run
+    let lines: Vec<serde_json::Value> = run
         .stderr
         .lines()
-        .filter(|l| l.starts_with("error: "))
-        .count();
-    let other = run
-        .stderr
-        .lines()
-        .any(|l| !l.starts_with("error: ") && !l.starts_with('{'));
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?} in {run:?}")))
+        .collect();
+    let errors: Vec<_> = lines.iter().filter(|l| l.get("error").is_some()).collect();
     assert!(
-        errors == 1 && !other,
-        "one `error:` line and progress lines only: {run:?}"
+        errors.len() == 1 && lines.last() == errors.first().copied(),
+        "progress lines, then one error line: {run:?}"
     );
+    assert_eq!(errors[0]["exit"], 1, "{run:?}");
+}
+
+/// The `--progress json` error line of a failed run, if there is one.
+fn json_error(run: &Run) -> Option<String> {
+    let last: serde_json::Value = serde_json::from_str(run.stderr.lines().last()?).ok()?;
+    last["error"].as_str().map(str::to_string)
 }
 
 /// The replica passes `integrity_check`, holds `expected` exactly, and no other
@@ -746,7 +750,7 @@ fn a_flipped_byte_in_an_upload_is_refused_or_applied_intact() {
             refusals += 1;
             // A refusal (exit 4) is possible too: a flip can rename the task.
             assert!(t.run.code == 1 || t.run.code == 4, "{:?}", t.run);
-            assert!(t.run.stderr.lines().any(|l| l.starts_with("error: ")));
+            assert!(json_error(&t.run).is_some(), "{:?}", t.run);
             assert_eq!(net.journal_len(), 3, "the journal kept");
             let n = check.in_main(&net);
             if n != 0 {

@@ -22,6 +22,7 @@ mod office;
 mod office_pg;
 mod pg_values;
 mod postgres;
+mod progress;
 mod promises;
 mod proxy;
 mod refusals;

@@ -11,14 +11,18 @@ fn downloaded(office: &Office, id: &str) -> DeviceDir {
 }
 
 #[track_caller]
+/// Exit `code` and one `error:` line naming `fragment`; before it, at most the
+/// `retry` lines of transient failures (no phase completed, no panic).
 fn assert_refused(run: &Run, code: i32, fragment: &str) {
     assert_eq!(run.code, code, "{run:?}");
-    assert!(run.stderr.starts_with("error: "), "{run:?}");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let (last, before) = lines.split_last().expect("an error line");
+    assert!(last.starts_with("error: "), "{run:?}");
+    assert!(last.contains(fragment), "expected {fragment:?} in {run:?}");
     assert!(
-        run.stderr.contains(fragment),
-        "expected {fragment:?} in {run:?}"
+        before.iter().all(|l| l.starts_with("retry    attempt ")),
+        "one error line after retries only: {run:?}"
     );
-    assert_eq!(run.stderr.lines().count(), 1, "one line: {run:?}");
 }
 
 #[test]

@@ -33,16 +33,17 @@ pub(super) fn create_table_sql(t: &TableSchema) -> String {
     format!("CREATE TABLE {} ({})", quote(&t.name), cols.join(", "))
 }
 
-/// Counts the compressed bytes as they arrive.
+/// Counts the compressed bytes as they arrive, in a counter the progress reports
+/// read while the stream is being taken.
 pub struct CountingReader<R> {
     pub inner: R,
-    pub n_bytes: u64,
+    pub n_bytes: std::rc::Rc<std::cell::Cell<u64>>,
 }
 
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.n_bytes += n as u64;
+        self.n_bytes.set(self.n_bytes.get() + n as u64);
         Ok(n)
     }
 }
@@ -118,6 +119,7 @@ pub(super) fn build_into<R: Read>(
         done: 1,
         total: 1,
         unit: "steps",
+        bytes: None,
     });
     let total_rows: u64 = header.tables.iter().map(|t| t.rows_estimate).sum();
 
@@ -182,6 +184,7 @@ pub(super) fn build_into<R: Read>(
                             done,
                             total: total_rows.max(done),
                             unit: "rows",
+                            bytes: None,
                         });
                     }
                 }
@@ -191,6 +194,7 @@ pub(super) fn build_into<R: Read>(
                         done,
                         total: total_rows.max(done),
                         unit: "rows",
+                        bytes: None,
                     });
                     break t;
                 }
@@ -208,6 +212,7 @@ pub(super) fn build_into<R: Read>(
         done: 0,
         total: STORE_STEPS,
         unit: "steps",
+        bytes: None,
     });
     // Indexes after the bulk load: the parent keys apps join on (and a delta removes
     // the rows under a parent that went by).
@@ -255,6 +260,7 @@ pub(super) fn build_into<R: Read>(
         done: 1,
         total: STORE_STEPS,
         unit: "steps",
+        bytes: None,
     });
     if cancel.is_cancelled() {
         return Err(ClientError::Cancelled);
@@ -273,6 +279,7 @@ pub(super) fn build_into<R: Read>(
         done: 2,
         total: STORE_STEPS,
         unit: "steps",
+        bytes: None,
     });
     Ok(Built {
         path: path.to_path_buf(),

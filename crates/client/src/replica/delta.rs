@@ -176,6 +176,7 @@ fn apply_in_savepoint<R: Read>(
                         done,
                         total: done,
                         unit: "rows",
+                        bytes: None,
                     });
                 }
             }
@@ -213,6 +214,7 @@ fn apply_in_savepoint<R: Read>(
         done,
         total: done,
         unit: "rows",
+        bytes: None,
     });
     Ok(applied)
 }

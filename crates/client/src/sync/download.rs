@@ -71,14 +71,23 @@ impl Device {
                 done: 0,
                 total: 1,
                 unit: "steps",
+                bytes: None,
             });
             let body = api.download(&creds, task, report.op, report.trigger, &from)?;
+            let counted = std::rc::Rc::new(std::cell::Cell::new(0));
             let mut counting = replica::CountingReader {
                 inner: body,
-                n_bytes: 0,
+                n_bytes: counted.clone(),
             };
-            let received = self.receive(&mut counting, &from, &mut hold, progress, cancel);
-            bytes_down += counting.n_bytes;
+            // Each report says how many bytes arrived so far.
+            let mut with_bytes = |p: &Progress| {
+                progress(&Progress {
+                    bytes: Some(counted.get()),
+                    ..p.clone()
+                })
+            };
+            let received = self.receive(&mut counting, &from, &mut hold, &mut with_bytes, cancel);
+            bytes_down += counted.get();
             received
         })?;
         report.bytes_down += bytes_down;
@@ -130,6 +139,7 @@ impl Device {
             done: 3,
             total: 3,
             unit: "steps",
+            bytes: None,
         });
         report.task = Some(header.task.clone());
         report.delta = applied;

@@ -51,6 +51,11 @@ pub struct Report {
     /// Where discarded local changes were backed up.
     pub backup: Option<PathBuf>,
     pub duration_ms: u64,
+    /// The device's values the main database did not keep (from the sends'
+    /// acknowledgements).
+    pub not_kept: Vec<fieldsync_proto::wire::NotKept>,
+    /// A synchronize's send completed (its download may still fail).
+    pub sent: bool,
 }
 
 impl Device {
@@ -103,6 +108,7 @@ impl Device {
             // edit slipping in between (an app's write waits, then fails busy).
             let hold = replica::hold_writers(&self.dir)?;
             self.send_locked(&st, progress, cancel, r, hold.as_ref())?;
+            r.sent = true;
             let opts = DownloadOptions {
                 discard_local_changes: false,
                 ..opts.clone()
@@ -129,6 +135,8 @@ impl Device {
             bytes_up: 0,
             duration_ms: 0,
             conflicts: 0,
+            send_result: (op != SyncOp::Download).then(|| "cancelled".into()),
+            download_result: (op != SyncOp::Send).then(|| "cancelled".into()),
         });
         self.dir.save(&st)
     }
@@ -161,15 +169,53 @@ impl Device {
             delta: None,
             backup: None,
             duration_ms: 0,
+            not_kept: Vec::new(),
+            sent: false,
         };
         let result = f(&mut report);
         report.duration_ms = started.elapsed().as_millis() as u64;
         let mut st = self.dir.load()?;
-        let (word, message) = match &result {
+        let (word, mut message) = match &result {
             Ok(()) => ("ok", summary(&report)),
             Err(ClientError::Cancelled) => ("cancelled", ClientError::Cancelled.to_string()),
             Err(e) => ("error", e.to_string()),
         };
+        // A synchronize whose send completed says so, whatever its download did.
+        if report.sent && result.is_err() {
+            let download = match &result {
+                Err(ClientError::Cancelled) => "download cancelled, previous local data kept",
+                _ => "download failed",
+            };
+            let why = match word {
+                "error" => format!(": {}", message.trim_start_matches("download failed: ")),
+                _ => String::new(),
+            };
+            message = format!(
+                "sent {} change(s), {} conflict(s); {download}{why}",
+                report.rows_up, report.conflicts,
+            );
+        }
+        let (send_result, download_result) = match op {
+            SyncOp::Send => (Some(word), None),
+            SyncOp::Sync if report.sent => (Some("ok"), Some(word)),
+            SyncOp::Sync => (Some(word), None),
+            _ => (None, Some(word)),
+        };
+        let now = time::Timestamp::now();
+        st.conflicts.extend(
+            report
+                .not_kept
+                .iter()
+                .map(|n| crate::state::DeviceConflict {
+                    at: now,
+                    value: n.clone(),
+                }),
+        );
+        let excess = st
+            .conflicts
+            .len()
+            .saturating_sub(crate::state::CONFLICTS_KEPT);
+        st.conflicts.drain(..excess);
         if result.is_ok()
             && let Some(task) = &report.task
             && op != SyncOp::Send
@@ -181,7 +227,7 @@ impl Device {
             kind: report.trigger,
             result: word.into(),
             message,
-            at: time::Timestamp::now(),
+            at: now,
             full: report.full,
             full_reason: report.full_reason.clone(),
             rows_down: report.rows_down,
@@ -190,6 +236,8 @@ impl Device {
             bytes_up: report.bytes_up,
             duration_ms: report.duration_ms,
             conflicts: report.conflicts,
+            send_result: send_result.map(str::to_string),
+            download_result: download_result.map(str::to_string),
         });
         self.dir.save(&st)?;
         result.map(|()| report)

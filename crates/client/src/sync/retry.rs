@@ -38,6 +38,7 @@ pub(super) fn with_retries<T>(
                     done: u64::from(n),
                     total: u64::from(net.attempts),
                     unit: "attempts",
+                    bytes: None,
                 });
                 // A busy server says how long to wait; the backoff is the least.
                 let wait = match &e {

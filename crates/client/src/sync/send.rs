@@ -117,6 +117,7 @@ impl Device {
                 done,
                 total: total.max(done + covers),
                 unit: "entries",
+                bytes: Some(report.bytes_up),
             });
             // Resending is safe: the upload id makes the server apply it at most once.
             // A failure leaves the stored upload as it is, whatever the server said:
@@ -154,15 +155,17 @@ impl Device {
                 durable()
             })?;
             done += covers;
+            report.rows_up += pending.n_entries;
+            report.bytes_up += pending.body.len() as u64;
             progress(&Progress {
                 phase: Phase::Send,
                 done,
                 total: total.max(done),
                 unit: "entries",
+                bytes: Some(report.bytes_up),
             });
-            report.rows_up += pending.n_entries;
-            report.bytes_up += pending.body.len() as u64;
             report.conflicts += outcome.conflicts;
+            report.not_kept.extend(outcome.not_kept);
         }
         Ok(())
     }

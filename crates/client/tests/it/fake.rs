@@ -195,6 +195,7 @@ impl Transport for Fake {
                         })
                         .collect(),
                     repeated: false,
+                    not_kept: vec![],
                 };
                 self.uploads.lock().unwrap().push(upload);
                 json(&outcome)

@@ -40,6 +40,7 @@ pub(crate) fn integrate(
         conflicts: 0,
         versions: Vec::with_capacity(upload.entries.len()),
         repeated: false,
+        not_kept: Vec::new(),
     };
     for (i, e) in upload.entries.iter().enumerate() {
         let label = Label(i, e);
@@ -306,14 +307,28 @@ pub(crate) fn integrate(
         );
         if let Some(n) = &note {
             let policy = serde_json::to_value(t.task_table.conflict).expect("serializes");
+            let policy = policy.as_str().unwrap_or_default();
             tx.log_conflict(&ConflictLog {
                 ctx,
                 entry: e,
-                policy: policy.as_str().unwrap_or_default(),
+                policy,
                 note: n,
                 server_version: current.as_ref().map(|c| c.version),
             })?;
             outcome.conflicts += 1;
+            // The row as the main database holds it now, for the crew's list of
+            // values not kept.
+            let after = match &write {
+                Some(Write::Delete) => None,
+                Some(_) => row_after.as_ref(),
+                None => current.as_ref().filter(|c| !c.deleted).map(|c| &c.values),
+            };
+            let policy = if n.resolution == "not-applied" {
+                ""
+            } else {
+                policy
+            };
+            outcome.not_kept.extend(n.not_kept(e, policy, after));
         }
         outcome.versions.push(NewVersion {
             table: e.table.clone(),
@@ -371,6 +386,17 @@ fn not_applied(
         server_version: None,
     })?;
     outcome.conflicts += 1;
+    outcome.not_kept.push(fieldsync_proto::wire::NotKept {
+        table: e.table.clone(),
+        key: e.key.clone(),
+        user: e.user.clone(),
+        column: None,
+        device: None,
+        kept: None,
+        policy: String::new(),
+        kind: kind.to_string(),
+        resolution: note.resolution.to_string(),
+    });
     outcome.versions.push(NewVersion {
         table: e.table.clone(),
         key: e.key.clone(),

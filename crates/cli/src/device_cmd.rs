@@ -161,6 +161,9 @@ enum DeviceCommand {
     /// Cancel the operation that holds this device folder (a command or the watcher's
     /// automatic synchronization), safely, as Ctrl-C does
     Cancel,
+    /// The sync tab in the terminal: login, mode, download with a task picker, send,
+    /// synchronize, the auto-sync options and the progress window (keys and mouse)
+    Ui,
     /// The device's state
     Status {
         /// Print one JSON document on stdout
@@ -434,6 +437,7 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             poll_ms,
         } => crate::auto_cmd::watch(&device, &power_supply, poll_ms)?,
         DeviceCommand::Cancel => crate::auto_cmd::cancel(&device)?,
+        DeviceCommand::Ui => crate::ui::run(&device)?,
         DeviceCommand::Status { json } => {
             let st = device.status()?;
             if json {

@@ -83,7 +83,10 @@ pub fn run(device: &Device) -> anyhow::Result<()> {
             }
         }
         let now = Instant::now();
+        let mut refresh = now.duration_since(status_at) >= STATUS_EVERY;
         for reply in replies.try_iter() {
+            // An answer changed the device: show its state now.
+            refresh |= !matches!(reply, app::Reply::Progress(_));
             app.on_reply(reply, now);
         }
         if let Some(rx) = &signals {
@@ -96,7 +99,7 @@ pub fn run(device: &Device) -> anyhow::Result<()> {
                 }
             }
         }
-        if now.duration_since(status_at) >= STATUS_EVERY {
+        if refresh {
             status_at = now;
             app.on_status(device.status().map_err(|e| e.to_string()), now);
         }

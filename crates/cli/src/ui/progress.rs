@@ -124,9 +124,12 @@ impl ProgressWin {
         }
     }
 
-    /// The fraction done of the current phase, when it has a total.
+    /// The fraction done of the current phase, when it has a total. Rows coming with
+    /// a total equal to the count so far come without one (a delta: nobody knows how
+    /// many rows changed until the last one came).
     pub fn ratio(&self) -> Option<f64> {
-        (self.total > 0).then(|| self.done.min(self.total) as f64 / self.total as f64)
+        let unknown = self.phase == Some(Phase::Transfer) && self.done == self.total;
+        (self.total > 0 && !unknown).then(|| self.done.min(self.total) as f64 / self.total as f64)
     }
 
     /// The time the current phase still needs at the measured rate.
@@ -228,6 +231,15 @@ mod tests {
         w.report(&report(Phase::Send, 50, 0), t0 + Duration::from_secs(1));
         assert_eq!((w.ratio(), w.left()), (None, None));
         assert_eq!(w.meter.rate_per_s, Some(50.0));
+    }
+
+    #[test]
+    fn rows_counted_without_a_total_show_no_ratio() {
+        let mut w = ProgressWin::own(SyncOp::Download);
+        w.report(&report(Phase::Transfer, 700, 700), Instant::now());
+        assert_eq!(w.ratio(), None);
+        w.report(&report(Phase::Store, 3, 3), Instant::now());
+        assert_eq!(w.ratio(), Some(1.0));
     }
 
     #[test]

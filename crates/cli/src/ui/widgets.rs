@@ -116,16 +116,16 @@ impl Rows {
         self
     }
 
-    /// `text` cut into lines of the area's width less `indent`, each indented.
+    /// `text` in lines of the area's width less `indent`, each indented, broken
+    /// between words (a word longer than a line is cut).
     pub fn wrapped(&mut self, text: &str, indent: u16, style: Style, max_lines: usize) {
         let width = self.area.width.saturating_sub(indent + 1).max(10) as usize;
-        let chars: Vec<char> = text.chars().collect();
-        for (i, chunk) in chars.chunks(width).take(max_lines).enumerate() {
+        for (i, line) in wrap(text, width).into_iter().take(max_lines).enumerate() {
             if i > 0 {
                 self.newline();
             }
             self.plain(" ".repeat(indent as usize));
-            self.text(chunk.iter().collect::<String>(), style);
+            self.text(line, style);
         }
     }
 
@@ -150,6 +150,32 @@ impl Rows {
     }
 }
 
+/// `text` in lines of at most `width` characters, broken at spaces where it can be.
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![];
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let mut word: Vec<char> = word.chars().collect();
+        let used = line.chars().count();
+        if used > 0 && used + 1 + word.len() <= width {
+            line.push(' ');
+            line.extend(&word);
+            continue;
+        }
+        if used > 0 {
+            lines.push(std::mem::take(&mut line));
+        }
+        while word.len() > width {
+            lines.push(word.drain(..width).collect());
+        }
+        line = word.into_iter().collect();
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
 /// A window of `width`×`height` in the middle of `area`, cleared and framed; returns
 /// its inside.
 pub fn window(f: &mut Frame, area: Rect, width: u16, height: u16, title: &str) -> Rect {
@@ -171,4 +197,19 @@ pub fn window(f: &mut Frame, area: Rect, width: u16, height: u16, title: &str) -
         inner.width.saturating_sub(2),
         inner.height,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn text_wraps_between_words_and_cuts_only_words_too_long() {
+        assert_eq!(
+            wrap("sent 3 changes; all kept", 10),
+            ["sent 3", "changes;", "all kept"]
+        );
+        assert_eq!(wrap("abcdefghijkl xy", 5), ["abcde", "fghij", "kl xy"]);
+        assert_eq!(wrap("", 5), [""]);
+    }
 }

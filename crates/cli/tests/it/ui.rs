@@ -70,6 +70,20 @@ impl Tui {
         );
     }
 
+    /// Clicks the left button on the first place the screen shows `text` (an xterm
+    /// SGR mouse report, as a terminal sends one).
+    #[track_caller]
+    fn click(&self, text: &str) {
+        let screen = self.screen();
+        let (y, x) = screen
+            .lines()
+            .enumerate()
+            .find_map(|(y, l)| l.find(text).map(|i| (y, l[..i].chars().count())))
+            .unwrap_or_else(|| panic!("`{text}` not on screen:\n{screen}"));
+        let (col, row) = (x + 3, y + 1);
+        self.type_text(&format!("\x1b[<0;{col};{row}M\x1b[<0;{col};{row}m"));
+    }
+
     fn screen(&self) -> String {
         String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-t", "0"]).stdout).into()
     }
@@ -242,7 +256,8 @@ fn login_download_send_synchronize_and_the_discard_confirmation() {
         "UPDATE assets SET name = 'renamed in the office' WHERE id = {asset}"
     ));
     tui.wait("1 by ana");
-    tui.keys(&["y"]);
+    // With the mouse this time.
+    tui.click("[ Synchronize (y) ]");
     tui.wait("[OK] sync (manual)");
     assert_eq!(
         office.value(&format!("SELECT status FROM assets WHERE id = {asset}")),

@@ -254,10 +254,10 @@ impl App {
     pub fn on_reply(&mut self, reply: Reply, now: Instant) {
         match reply {
             Reply::Done(result) => {
-                self.busy = None;
+                let what = self.busy.take().unwrap_or("the request");
                 match result {
                     Ok(text) => self.notice = Some(Notice { ok: true, text }),
-                    Err(message) => self.fail("The device refused", message),
+                    Err(message) => self.fail(&format!("Failed: {what}"), message),
                 }
             }
             Reply::Tasks(Ok(tasks)) => {

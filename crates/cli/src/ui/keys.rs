@@ -43,7 +43,6 @@ impl App {
                 self.focus = Item::ALL[(i + n - 1) % n]
             }
             KeyCode::Enter | KeyCode::Char(' ') => self.activate(self.focus),
-            KeyCode::Esc => self.quit(),
             KeyCode::Char(c) => {
                 if let Some(item) = Item::ALL.into_iter().find(|i| i.key() == c) {
                     self.activate(item);

@@ -542,3 +542,53 @@ fn quitting_during_an_operation_cancels_it_first() {
     };
     assert_eq!(state, RunState::Cancelling);
 }
+
+/// Every state drawn on terminals too small for it: cut, never a panic.
+#[test]
+fn small_terminals_never_panic() {
+    let mut states = vec![app(fresh()), app(working())];
+    let mut a = app(working());
+    key(&mut a, KeyCode::Char('l'));
+    states.push(a);
+    for setup in [
+        |a: &mut App| key(a, KeyCode::Char('d')),
+        |a: &mut App| {
+            key(a, KeyCode::Char('d'));
+            a.on_reply(Reply::Tasks(Ok(tasks())), Instant::now());
+        },
+        |a: &mut App| key(a, KeyCode::Char('s')),
+        |a: &mut App| {
+            key(a, KeyCode::Char('d'));
+            a.on_reply(Reply::Tasks(Ok(tasks())), Instant::now());
+            key(a, KeyCode::Enter);
+        },
+        |a: &mut App| {
+            key(a, KeyCode::Char('y'));
+            let p = Progress {
+                phase: Phase::Transfer,
+                done: 5,
+                total: 10,
+                unit: "rows",
+            };
+            a.on_reply(Reply::Progress(p), Instant::now());
+        },
+        |a: &mut App| {
+            key(a, KeyCode::Char('y'));
+            a.on_reply(
+                Reply::Finished(SyncOp::Sync, Err(ClientError::Cancelled)),
+                Instant::now(),
+            );
+        },
+        |a: &mut App| a.on_reply(Reply::Done(Err("no".into())), Instant::now()),
+    ] {
+        let mut a = app(working());
+        setup(&mut a);
+        states.push(a);
+    }
+    for a in &states {
+        for (w, h) in [(1, 1), (12, 4), (30, 8), (50, 15), (200, 60)] {
+            let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+            term.draw(|f| drop(view::draw(f, a))).unwrap();
+        }
+    }
+}

@@ -135,10 +135,8 @@ impl ProgressWin {
     /// The time the current phase still needs at the measured rate.
     pub fn left(&self) -> Option<Duration> {
         let rate = self.meter.rate_per_s.filter(|r| *r > 0.0)?;
-        let rest = self
-            .total
-            .checked_sub(self.done)
-            .filter(|_| self.total > 0)?;
+        self.ratio()?;
+        let rest = self.total.checked_sub(self.done)?;
         Some(Duration::from_secs_f64(rest as f64 / rate))
     }
 
@@ -236,8 +234,15 @@ mod tests {
     #[test]
     fn rows_counted_without_a_total_show_no_ratio() {
         let mut w = ProgressWin::own(SyncOp::Download);
-        w.report(&report(Phase::Transfer, 700, 700), Instant::now());
+        let t0 = Instant::now();
+        w.report(&report(Phase::Transfer, 100, 100), t0);
+        w.report(
+            &report(Phase::Transfer, 700, 700),
+            t0 + Duration::from_secs(1),
+        );
         assert_eq!(w.ratio(), None);
+        assert_eq!(w.meter.rate_per_s, Some(600.0));
+        assert_eq!(w.left(), None, "no time left without a total");
         w.report(&report(Phase::Store, 3, 3), Instant::now());
         assert_eq!(w.ratio(), Some(1.0));
     }

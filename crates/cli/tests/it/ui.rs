@@ -329,6 +329,19 @@ fn cancel_during_a_large_download_restores_the_previous_data() {
     tui.keys(&["c"]);
     tui.wait_gone("Close (c)");
     tui.wait("[CANCELLED] download (manual)");
+
+    // `device cancel` from elsewhere cancels the UI's download the same way.
+    download(&tui);
+    tui.wait("[transfer]");
+    let out = dev.run(&["cancel"], "").ok();
+    assert!(
+        out.stdout.contains("cancelled the download (manual)"),
+        "{out:?}"
+    );
+    tui.wait("[CANCELLED]");
+    assert_eq!(replica_content(&dev), before, "the previous data");
+    tui.keys(&["c"]);
+    tui.wait_gone("Close (c)");
     assert_eq!(tui.quit(), "0");
 }
 

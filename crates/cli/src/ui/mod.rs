@@ -163,10 +163,13 @@ impl Term {
             }
         }));
         enable_raw_mode()?;
-        let mut out = std::io::stdout();
-        execute!(out, EnterAlternateScreen, EnableMouseCapture)?;
-        let terminal = ratatui::Terminal::new(CrosstermBackend::new(out))?;
-        Ok(Term(terminal))
+        let setup = || {
+            let mut out = std::io::stdout();
+            execute!(out, EnterAlternateScreen, EnableMouseCapture)?;
+            ratatui::Terminal::new(CrosstermBackend::new(out))
+        };
+        // Half set up is put back too.
+        setup().map(Term).inspect_err(|_| restore())
     }
 }
 

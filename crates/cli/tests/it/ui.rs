@@ -408,3 +408,12 @@ fn a_watchers_automatic_synchronization_shows_and_is_cancelled_from_the_ui() {
     assert_eq!(tui.quit(), "0");
     w.stop();
 }
+
+#[test]
+fn without_a_terminal_it_says_so() {
+    let dir = TempDir::new("no-tty");
+    let dev = DeviceDir { dir };
+    let run = dev.run(&["ui"], "");
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("needs a terminal"), "{run:?}");
+}

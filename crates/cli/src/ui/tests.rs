@@ -175,6 +175,16 @@ fn main_screen_logged_out() {
 }
 
 #[test]
+fn main_screen_armed_after_a_logout() {
+    let mut s = fresh();
+    s.options.auto_sync = true;
+    s.options.download_data = false;
+    s.options.download_files = true;
+    s.ticket_armed = true;
+    snapshot("main_armed", &app(s));
+}
+
+#[test]
 fn main_screen_at_work_with_a_green_result() {
     let a = app(working());
     let buf = snapshot("main_working", &a);

@@ -121,6 +121,14 @@ fn main_rows(app: &App, area: Rect, theme: Theme) -> Rows {
         r.newline().plain("  ");
         let mark = if on { "[x]" } else { "[ ]" };
         r.clickable(format!("{mark} {label}"), Hit::Item(item), focus(item));
+        if item == Item::DownloadFiles && on && !options.download_data {
+            r.text(" acts only with Download data on", theme.dim());
+        }
+    }
+    if st.is_some_and(|s| s.ticket_armed) {
+        r.newline()
+            .plain("  ")
+            .text("armed: synchronizes once by itself when docked", theme.ok());
     }
     r.newline().newline();
     r.text(format!("{:<17}", "Pending changes"), theme.heading())

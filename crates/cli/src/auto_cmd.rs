@@ -82,6 +82,19 @@ fn on_signals(stop: &Cancel, current: &Arc<Mutex<Cancel>>) {
     });
 }
 
+/// Asks the process that runs `running` to cancel it (SIGUSR1, which `device watch`
+/// and the device commands take as a safe cancel); returns at once.
+pub fn signal_cancel(running: &fieldsync_client::running::Running) -> anyhow::Result<()> {
+    let pid = running.pid;
+    // The system's `kill`: the project has no unsafe code of its own.
+    let sent = std::process::Command::new("kill")
+        .args(["-USR1", &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    anyhow::ensure!(sent.success(), "cannot signal process {pid}");
+    Ok(())
+}
+
 /// Signals the process that runs the folder's operation to cancel it, and waits (up
 /// to a minute) until it let the folder go.
 pub fn cancel(device: &Device) -> anyhow::Result<()> {
@@ -90,13 +103,7 @@ pub fn cancel(device: &Device) -> anyhow::Result<()> {
         println!("nothing is running");
         return Ok(());
     };
-    let pid = running.pid;
-    // The system's `kill`: the project has no unsafe code of its own.
-    let sent = std::process::Command::new("kill")
-        .args(["-USR1", &pid.to_string()])
-        .status()
-        .context("running kill")?;
-    anyhow::ensure!(sent.success(), "cannot signal process {pid}");
+    signal_cancel(&running)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while fieldsync_client::running::running(dir)
         .is_some_and(|r| r.pid == running.pid && r.started == running.started)

@@ -168,6 +168,9 @@ enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The sync tab in the terminal: login, mode, download with a task picker, send,
+    /// synchronize, the auto-sync options and the progress window (keys and mouse)
+    Ui,
     /// The device's state
     Status {
         /// Print one JSON document on stdout
@@ -480,6 +483,7 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 format!("{}\t{}", c.at, not_kept_line(&c.value))
             });
         }
+        DeviceCommand::Ui => crate::ui::run(&device)?,
         DeviceCommand::Status { json } => {
             let st = device.status()?;
             if json {

@@ -7,6 +7,7 @@ mod demo;
 mod device_cmd;
 mod output;
 mod server_cmd;
+mod ui;
 
 use std::process::ExitCode;
 

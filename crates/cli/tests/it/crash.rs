@@ -887,7 +887,11 @@ fn kill_9_of_the_server_during_a_large_upload_then_a_resend_applies_it_once() {
         );
         if ended.code == Some(1) {
             assert!(
-                ended.stderr.lines().last().is_some_and(|l| l.starts_with("error: ")),
+                ended
+                    .stderr
+                    .lines()
+                    .last()
+                    .is_some_and(|l| l.starts_with("error: ")),
                 "{ended:?}"
             );
         }

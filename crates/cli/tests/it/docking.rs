@@ -13,12 +13,12 @@ use crate::harness::*;
 const TASK: &str = "north-inspections";
 
 /// A power supply folder in the Linux layout, with one `Mains` supply.
-struct Dock {
+pub(crate) struct Dock {
     dir: TempDir,
 }
 
 impl Dock {
-    fn new() -> Dock {
+    pub(crate) fn new() -> Dock {
         let dir = TempDir::new("power");
         let ac = dir.0.join("AC");
         std::fs::create_dir_all(&ac).unwrap();
@@ -31,7 +31,7 @@ impl Dock {
         Dock { dir }
     }
 
-    fn set(&self, docked: bool) {
+    pub(crate) fn set(&self, docked: bool) {
         let online = if docked { "1\n" } else { "0\n" };
         std::fs::write(self.dir.0.join("AC").join("online"), online).unwrap();
     }
@@ -42,13 +42,13 @@ impl Dock {
 }
 
 /// A running `device watch`, stopped with SIGTERM on drop.
-struct Watcher {
+pub(crate) struct Watcher {
     child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Watcher {
-    fn start(dev: &DeviceDir, dock: &Dock) -> Watcher {
+    pub(crate) fn start(dev: &DeviceDir, dock: &Dock) -> Watcher {
         let mut child = Command::new(BIN)
             .args(["device", "watch", "--poll-ms", "50", "--power-supply"])
             .arg(dock.path())
@@ -74,7 +74,7 @@ impl Watcher {
     }
 
     /// Waits (10 s at most) for an output line containing `text`; returns it.
-    fn expect(&self, text: &str) -> String {
+    pub(crate) fn expect(&self, text: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -91,7 +91,7 @@ impl Watcher {
         self.lines.try_iter().filter(|l| l.contains(text)).count()
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -108,7 +108,7 @@ impl Drop for Watcher {
 }
 
 /// A device of `ana` with the north task downloaded and auto-sync on.
-fn crew(office: &Office, id: &str) -> DeviceDir {
+pub(crate) fn crew(office: &Office, id: &str) -> DeviceDir {
     let dev = office.device(id, &[TASK]);
     dev.login("ana").ok();
     dev.run(&["download", TASK], "").ok();
@@ -116,7 +116,7 @@ fn crew(office: &Office, id: &str) -> DeviceDir {
     dev
 }
 
-fn first_asset(dev: &DeviceDir) -> i64 {
+pub(crate) fn first_asset(dev: &DeviceDir) -> i64 {
     dev.replica()
         .query_row("SELECT min(id) FROM assets", [], |r| r.get(0))
         .unwrap()
@@ -471,7 +471,7 @@ fn all_sent_once(office: &Office, dev: &DeviceDir, n: i64) {
 }
 
 /// `n` new inspections in the replica, in one statement: a long journal to send.
-fn long_journal(dev: &DeviceDir, n: i64) {
+pub(crate) fn long_journal(dev: &DeviceDir, n: i64) {
     let asset = first_asset(dev);
     dev.replica()
         .execute(

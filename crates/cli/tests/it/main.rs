@@ -29,4 +29,5 @@ mod refusals;
 mod send;
 mod sizes;
 mod tickets;
+mod ui;
 mod users;

@@ -35,6 +35,7 @@ use crate::{integrators, tickets, upload_body};
 pub struct AppState {
     pub store: Arc<dyn Store>,
     downloads: Arc<Downloads>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// A ticket's time to live, in milliseconds (`Limits::ticket_ttl`).
     pub(crate) ticket_ttl_ms: i64,
 }
@@ -50,6 +51,7 @@ impl AppState {
                 per_device_max: limits.max_downloads_per_device,
             }),
             ticket_ttl_ms: i64::try_from(limits.ticket_ttl.as_millis()).unwrap_or(i64::MAX),
+            metrics: Arc::default(),
         }
     }
 }
@@ -127,6 +129,7 @@ const OPENAPI: &str = include_str!("openapi.json");
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route(
             "/api/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
@@ -144,6 +147,16 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(axum::middleware::from_fn(request_log::log_request))
         .with_state(state)
+}
+
+/// Prometheus metrics of this server process (no device, user or task named).
+async fn metrics(State(st): State<AppState>) -> Response {
+    let active = st.downloads.max - st.downloads.server.available_permits();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(active),
+    )
+        .into_response()
 }
 
 /// Runs blocking store work off the async threads.
@@ -359,7 +372,14 @@ async fn download(
         device: header.device.clone(),
         user: header.user.clone(),
     };
-    let body = download::start(st.store.clone(), plan, header, session, turn)?;
+    let body = download::start(
+        st.store.clone(),
+        st.metrics.clone(),
+        plan,
+        header,
+        session,
+        turn,
+    )?;
     let response = (
         [(header::CONTENT_TYPE, "application/x-fieldsync-slice+zstd")],
         Body::new(body),
@@ -463,7 +483,7 @@ async fn upload(
                     full: false,
                     full_reason: None,
                 };
-                request_log::record_sync(&*st.store, &record);
+                request_log::record_sync(&*st.store, &st.metrics, &record);
                 return Ok(Before::Answered(o.0, o.1));
             }
             let (device, _, user) = tickets::upload_session(&st, &headers)?;
@@ -574,7 +594,7 @@ async fn upload(
             full: false,
             full_reason: None,
         };
-        request_log::record_sync(&*st.store, &record);
+        request_log::record_sync(&*st.store, &st.metrics, &record);
         match result {
             Ok(o) => Ok(Json(o)),
             Err(IntegrateError::Forbidden(m)) => Err(ApiError::forbidden(m)),

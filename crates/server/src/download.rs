@@ -199,6 +199,7 @@ pub struct SessionInfo {
 /// session is recorded in the sync history when the stream ends.
 pub fn start(
     store: Arc<dyn Store>,
+    metrics: Arc<crate::metrics::Metrics>,
     plan: SlicePlan,
     header: SliceHeader,
     session: SessionInfo,
@@ -269,7 +270,7 @@ pub fn start(
             full: sink.header.since.is_none(),
             full_reason: sink.header.full_reason.map(|r| r.to_string()),
         };
-        crate::request_log::record_sync(&*store, &record);
+        crate::request_log::record_sync(&*store, &metrics, &record);
     });
     Ok(ChannelBody(rx))
 }

@@ -8,6 +8,7 @@ mod conn;
 mod download;
 pub mod error;
 mod integrators;
+mod metrics;
 mod request_log;
 mod tickets;
 mod upload_body;

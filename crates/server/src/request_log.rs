@@ -20,8 +20,14 @@ pub struct Who {
     pub user: String,
 }
 
-/// Logs a sync (what the sync history records) and records it in the history.
-pub fn record_sync(store: &dyn fieldsync_store::Store, r: &fieldsync_store::HistoryRecord) {
+/// Logs a sync (what the sync history records), counts it in the metrics and records
+/// it in the history.
+pub fn record_sync(
+    store: &dyn fieldsync_store::Store,
+    metrics: &crate::metrics::Metrics,
+    r: &fieldsync_store::HistoryRecord,
+) {
+    metrics.record(r);
     tracing::info!(
         target: "fieldsync::sync",
         device = %r.device,

@@ -396,3 +396,78 @@ fn the_request_log_has_one_json_line_per_download_and_upload() {
         "{up}"
     );
 }
+
+/// The value of the sample `line` (a metric and its labels) in a `/metrics` scrape.
+fn metric(text: &str, line: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn scrape(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sSf", &format!("{url}/metrics")])
+        .output()
+        .expect("curl runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Prometheus scrapes `GET /metrics`: after a download and a send, the counts of
+/// syncs, rows and bytes are the device's own figures; nothing names a device.
+#[test]
+fn metrics_count_the_syncs_rows_and_bytes_a_device_saw() {
+    let office = Office::new(40);
+    let url = office.server.url.clone();
+    let before = scrape(&url);
+    assert_eq!(
+        metric(&before, "fieldsync_sync_duration_seconds_count"),
+        Some(0.0),
+        "{before}"
+    );
+    assert_eq!(
+        metric(&before, "fieldsync_downloads_active"),
+        Some(0.0),
+        "{before}"
+    );
+    let dev = office.device("tab1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    let down = dev.status()["last_sync"].clone();
+    dev.replica()
+        .execute(
+            "UPDATE assets SET name = 'scraped' WHERE id = (SELECT min(id) FROM assets)",
+            [],
+        )
+        .unwrap();
+    dev.run(&["send"], "").ok();
+    let up = dev.status()["last_sync"].clone();
+    let text = scrape(&url);
+    let n = |line: &str| metric(&text, line).unwrap_or_else(|| panic!("{line} in\n{text}"));
+    assert_eq!(
+        n("fieldsync_syncs_total{op=\"download\",result=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(n("fieldsync_syncs_total{op=\"send\",result=\"ok\"}"), 1.0);
+    assert_eq!(
+        n("fieldsync_rows_total{direction=\"down\"}"),
+        down["rows_down"].as_f64().unwrap()
+    );
+    assert_eq!(
+        n("fieldsync_rows_total{direction=\"up\"}"),
+        up["rows_up"].as_f64().unwrap()
+    );
+    assert_eq!(
+        n("fieldsync_bytes_total{direction=\"down\"}"),
+        down["bytes_down"].as_f64().unwrap()
+    );
+    assert_eq!(
+        n("fieldsync_bytes_total{direction=\"up\"}"),
+        up["bytes_up"].as_f64().unwrap()
+    );
+    assert_eq!(n("fieldsync_sync_duration_seconds_count"), 2.0);
+    assert_eq!(
+        n("fieldsync_sync_duration_seconds_bucket{le=\"+Inf\"}"),
+        2.0
+    );
+    assert!(!text.contains("tab1") && !text.contains("ana"), "{text}");
+}

@@ -8,7 +8,7 @@ use fieldsync_proto::time::Timestamp;
 use fieldsync_server::admin;
 use serde::Serialize;
 
-use crate::output::{print_json, print_list};
+use crate::output::print_list;
 use crate::server_cmd::open_db;
 
 #[derive(Args)]
@@ -146,6 +146,9 @@ enum UserCommand {
     Disable {
         /// The user's login name
         name: String,
+        /// Even while devices last seen with this user reported unsent changes
+        #[arg(long)]
+        force: bool,
     },
     /// Let a disabled user log in again
     Enable {
@@ -200,6 +203,10 @@ enum TaskCommand {
     Apply {
         /// The task file (TOML; see docs/tasks.md)
         file: std::path::PathBuf,
+        /// Even when the new version drops a table or column while devices holding
+        /// the task reported unsent changes
+        #[arg(long)]
+        force: bool,
     },
     /// List tasks
     List {
@@ -218,11 +225,20 @@ enum TaskCommand {
     /// Assign a task to users and devices
     Assign(Assignment),
     /// Withdraw a task from users and devices (refused at once)
-    Unassign(Assignment),
+    Unassign {
+        #[command(flatten)]
+        assignment: Assignment,
+        /// Even while devices concerned reported unsent changes for the task
+        #[arg(long)]
+        force: bool,
+    },
     /// Delete a task
     Delete {
         /// The task's name
         name: String,
+        /// Even while devices reported unsent changes for the task
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -257,16 +273,6 @@ struct UserView<'a> {
     created_at: Timestamp,
 }
 
-#[derive(Serialize)]
-struct DeviceView<'a> {
-    id: &'a str,
-    label: Option<&'a str>,
-    paired: bool,
-    paired_at: Option<Timestamp>,
-    revoked: bool,
-    created_at: Timestamp,
-}
-
 /// The first line of stdin, without its line ending.
 pub fn read_password_stdin() -> anyhow::Result<String> {
     let mut line = String::new();
@@ -277,29 +283,6 @@ pub fn read_password_stdin() -> anyhow::Result<String> {
     let pw = line.trim_end_matches(['\n', '\r']).to_string();
     anyhow::ensure!(!pw.is_empty(), "no password on stdin");
     Ok(pw)
-}
-
-#[derive(Serialize)]
-struct TaskView<'a> {
-    name: &'a str,
-    description: Option<&'a str>,
-    hash: &'a str,
-    updated_at: Timestamp,
-    users: &'a [String],
-    devices: &'a [String],
-    definition: &'a fieldsync_proto::task::TaskDef,
-}
-
-fn task_view(t: &fieldsync_store::TaskRecord) -> TaskView<'_> {
-    TaskView {
-        name: &t.def.name,
-        description: t.def.description.as_deref(),
-        hash: &t.hash,
-        updated_at: t.updated_at,
-        users: &t.users,
-        devices: &t.devices,
-        definition: &t.def,
-    }
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
@@ -323,7 +306,15 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             admin::user_passwd(store, &name, &pw)?;
             println!("password of {name} changed");
         }
-        AdminCommand::User(UserCommand::Disable { name }) => {
+        AdminCommand::User(UserCommand::Disable { name, force }) => {
+            let users = [name.clone()];
+            let s = admin::Stranding {
+                task: None,
+                users: &users,
+                devices: &[],
+                change: format!("disabling user `{name}`"),
+            };
+            admin::guard_unsent(store, &s, force)?;
             store.user_set_disabled(&name, true)?;
             println!("user {name} disabled");
         }
@@ -342,48 +333,45 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     created_at: u.created_at,
                 })
                 .collect();
+            if !json {
+                println!("USER\tROLE\tSTATE");
+            }
             print_list(&views, json, |u| {
                 format!(
-                    "{}\t{}{}",
+                    "{}\t{}\t{}",
                     u.name,
                     if u.admin { "admin" } else { "user" },
-                    if u.disabled { "\tdisabled" } else { "" }
+                    if u.disabled { "disabled" } else { "enabled" }
                 )
             });
         }
         AdminCommand::Device(DeviceCommand::List { json }) => {
-            let devices = store.device_list()?;
-            let views: Vec<DeviceView<'_>> = devices
-                .iter()
-                .map(|d| DeviceView {
-                    id: &d.id,
-                    label: d.label.as_deref(),
-                    paired: d.secret_hash.is_some(),
-                    paired_at: d.paired_at,
-                    revoked: d.revoked,
-                    created_at: d.created_at,
-                })
-                .collect();
-            print_list(&views, json, |d| {
-                format!(
-                    "{}\t{}\t{}{}",
-                    d.id,
-                    d.label.unwrap_or(""),
-                    if d.paired { "paired" } else { "not paired" },
-                    if d.revoked { "\trevoked" } else { "" }
-                )
-            });
+            crate::admin_view::device_list(store, json)?;
         }
-        AdminCommand::Task(TaskCommand::Unassign(a)) => {
+        AdminCommand::Task(TaskCommand::Unassign { assignment, force }) => {
             let Assignment {
                 name,
                 users,
                 devices,
-            } = a.checked()?;
+            } = assignment.checked()?;
+            let s = admin::Stranding {
+                task: Some(&name),
+                users: &users,
+                devices: &devices,
+                change: format!("unassigning task `{name}`"),
+            };
+            admin::guard_unsent(store, &s, force)?;
             store.task_unassign(&name, &users, &devices)?;
             println!("task {name} unassigned");
         }
-        AdminCommand::Task(TaskCommand::Delete { name }) => {
+        AdminCommand::Task(TaskCommand::Delete { name, force }) => {
+            let s = admin::Stranding {
+                task: Some(&name),
+                users: &[],
+                devices: &[],
+                change: format!("deleting task `{name}`"),
+            };
+            admin::guard_unsent(store, &s, force)?;
             store.task_delete(&name)?;
             println!("task {name} deleted");
         }
@@ -445,16 +433,29 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             let info = admin::table_track(store, &table)?;
             println!("tracking {} (primary key {})", info.name, info.primary_key);
         }
-        AdminCommand::Task(TaskCommand::Apply { file }) => {
+        AdminCommand::Task(TaskCommand::Apply { file, force }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading task file {}", file.display()))?;
+            let drops =
+                admin::task_drops(store, &text).with_context(|| format!("{}", file.display()))?;
+            if !drops.is_empty() {
+                let def = fieldsync_proto::task::TaskDef::from_toml(&text)?;
+                let s = admin::Stranding {
+                    task: Some(&def.name),
+                    users: &[],
+                    devices: &[],
+                    change: format!("dropping {} from task `{}`", drops.join(", "), def.name),
+                };
+                admin::guard_unsent(store, &s, force)?;
+            }
             let def =
                 admin::task_apply(store, &text).with_context(|| format!("{}", file.display()))?;
             println!("task {} applied ({} tables)", def.name, def.tables.len());
         }
         AdminCommand::Task(TaskCommand::List { json }) => {
             let tasks = store.task_list()?;
-            let views: Vec<TaskView<'_>> = tasks.iter().map(task_view).collect();
+            let views: Vec<crate::admin_view::TaskView<'_>> =
+                tasks.iter().map(crate::admin_view::task_view).collect();
             print_list(&views, json, |t| {
                 format!(
                     "{}\t{}\tusers: {}\tdevices: {}",
@@ -469,11 +470,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             let t = store
                 .task_get(&name)?
                 .with_context(|| format!("no task `{name}`"))?;
-            if json {
-                print_json(&task_view(&t));
-            } else {
-                print!("{}", describe_task(&t));
-            }
+            crate::admin_view::task_show(store, &t, json)?;
         }
         AdminCommand::Task(TaskCommand::Assign(a)) => {
             let Assignment {
@@ -486,79 +483,4 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A task as `admin task show` prints it for a person: each table's rows (filter and
-/// parent rule in words), columns, writes and conflict policy, then who has it.
-fn describe_task(t: &fieldsync_store::TaskRecord) -> String {
-    use fieldsync_proto::task::WriteOp;
-    use std::fmt::Write;
-    let list = |items: &[String], none: &str| {
-        if items.is_empty() {
-            none.to_string()
-        } else {
-            items.join(", ")
-        }
-    };
-    let mut out = format!(
-        "task {} (version {}, applied {})\n",
-        t.def.name, t.hash, t.updated_at
-    );
-    if let Some(d) = &t.def.description {
-        let _ = writeln!(out, "  {d}");
-    }
-    for table in &t.def.tables {
-        let mut rows = vec![];
-        if let Some(p) = &table.parent {
-            rows.push(format!(
-                "those whose {} row ({} = its key) is in the slice",
-                p.table, p.key
-            ));
-        }
-        if let Some(f) = &table.filter {
-            rows.push(format!("where {f}"));
-        }
-        let rows = if rows.is_empty() {
-            "all".to_string()
-        } else {
-            rows.join(", and ")
-        };
-        let columns = table
-            .columns
-            .as_ref()
-            .map_or("all".to_string(), |c| c.join(", "));
-        let writes: Vec<String> = table
-            .write
-            .iter()
-            .map(|w| {
-                match w {
-                    WriteOp::Insert => "insert",
-                    WriteOp::Update => "update",
-                    WriteOp::Delete => "delete",
-                }
-                .to_string()
-            })
-            .collect();
-        let policy = serde_json::to_value(table.conflict)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let _ = writeln!(out, "  table {}", table.name);
-        let _ = writeln!(out, "    rows:     {rows}");
-        let _ = writeln!(out, "    columns:  {columns}");
-        let _ = writeln!(out, "    writes:   {}", list(&writes, "none (read-only)"));
-        if !writes.is_empty() {
-            let _ = writeln!(out, "    conflict: {policy}");
-        }
-    }
-    if let Some(files) = &t.def.files {
-        let _ = writeln!(
-            out,
-            "  files of: {} (file transfer is not built yet)",
-            list(&files.tables, "no table")
-        );
-    }
-    let _ = writeln!(out, "  users:    {}", list(&t.users, "none"));
-    let _ = writeln!(out, "  devices:  {}", list(&t.devices, "none"));
-    out
 }

@@ -190,6 +190,12 @@ enum JournalCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Make the entries of a backup file again, as edits by the logged-in user
+    /// (checked as any edit is; all or none)
+    Restore {
+        /// The backup file (`journal discard` or a discarding download printed its path)
+        file: std::path::PathBuf,
+    },
 }
 
 /// How long a cancelled operation may take to reach a safe point by itself.
@@ -471,6 +477,17 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 "{n} journal entr{} moved to {}",
                 if n == 1 { "y" } else { "ies" },
                 path.display()
+            );
+        }
+        DeviceCommand::Journal {
+            command: Some(JournalCommand::Restore { file }),
+            ..
+        } => {
+            let n = device.journal_restore(&file)?;
+            println!(
+                "{n} journal entr{} restored from {}",
+                if n == 1 { "y" } else { "ies" },
+                file.display()
             );
         }
         DeviceCommand::Watch {

@@ -2,6 +2,7 @@
 //! Exit codes follow DESIGN.md's contract (see docs/cli.md).
 
 mod admin_cmd;
+mod admin_view;
 mod auto_cmd;
 mod demo;
 mod device_cmd;

@@ -34,6 +34,8 @@ pub struct Credentials<'a> {
 pub struct Api {
     base: String,
     transport: Arc<dyn Transport>,
+    /// What the device holds (`HEADER_HOLDING`), told with each request it signs.
+    holding: Option<String>,
 }
 
 impl Api {
@@ -52,7 +54,18 @@ impl Api {
         transport
             .check_server(server)
             .map_err(ClientError::Invalid)?;
-        Ok(Api { base, transport })
+        Ok(Api {
+            base,
+            transport,
+            holding: None,
+        })
+    }
+
+    /// Tells the server, with every request carrying credentials, what the device
+    /// holds (pending entries, the replica's task): the operator's device list.
+    pub fn holding(mut self, pending: u64, task: Option<&str>) -> Api {
+        self.holding = Some(fieldsync_proto::wire::holding_header(pending, task));
+        self
     }
 
     /// Sends a request with the protocol header and `creds`; a status of 400 or more
@@ -71,6 +84,9 @@ impl Api {
             all.push((HEADER_DEVICE_SECRET, c.device_secret.to_string()));
             if let Some(t) = c.token {
                 all.push(("authorization", format!("Bearer {t}")));
+            }
+            if let Some(h) = &self.holding {
+                all.push((fieldsync_proto::wire::HEADER_HOLDING, h.clone()));
             }
         }
         all.append(&mut headers);

@@ -10,14 +10,14 @@ use fieldsync_proto::task::WriteOp;
 use fieldsync_proto::wire::{SliceHeader, UploadEntry};
 use fieldsync_proto::{Value, filter};
 use rusqlite::Connection;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ClientError, Result};
 
 type Row = BTreeMap<String, Value>;
 
 /// One journal entry, as `device journal --json` and the backup file show it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct JournalEntry {
     pub seq: i64,
     pub table: String,
@@ -452,6 +452,9 @@ pub fn write_backup(dir: &Path, entries: &[JournalEntry]) -> Result<PathBuf> {
     crate::state::sync_dir(dir)?;
     Ok(path)
 }
+
+mod restore;
+pub use restore::{read_backup, redo};
 
 #[cfg(test)]
 mod tests;

@@ -105,6 +105,8 @@ fn json_changed(t: &TableSchema, row: &str) -> String {
 }
 
 const LOGIN: &str = "(SELECT value FROM fieldsync_replica WHERE key = 'login')";
+/// The users the task was assigned to at the last download (a JSON array).
+const ASSIGNED: &str = "(SELECT value FROM fieldsync_replica WHERE key = 'assigned')";
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 fn raise(msg: &str) -> String {
@@ -141,9 +143,17 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
             link.display()
         ))
     );
+    // A user the task was not assigned to when it was downloaded (an offline login
+    // of another user on the device) may not edit: the server would refuse it.
     let logged_out = format!(
-        "{} WHERE {LOGIN} IS NULL;",
-        raise("fieldsync: log in on this device to edit")
+        "{} WHERE {LOGIN} IS NULL; {} WHERE {ASSIGNED} IS NOT NULL AND json_array_length({ASSIGNED}) > 0 \
+         AND {LOGIN} NOT IN (SELECT value FROM json_each({ASSIGNED}));",
+        raise("fieldsync: log in on this device to edit"),
+        raise(&format!(
+            "fieldsync: the logged-in user is not assigned to task {}; log in as a user it is \
+             assigned to, or ask the office to assign this one and synchronize",
+            h.task
+        ))
     );
     let may = |op: WriteOp| t.write.contains(&op);
     let refuse = |word: &str| {

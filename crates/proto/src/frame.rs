@@ -488,6 +488,7 @@ mod tests {
                 .collect(),
             since: None,
             full_reason: None,
+            assigned: vec![],
         }
     }
 

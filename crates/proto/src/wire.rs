@@ -14,6 +14,50 @@ pub const HEADER_PROTOCOL: &str = "x-fieldsync-protocol";
 /// The paired device's id and secret, sent with every request after pairing.
 pub const HEADER_DEVICE_ID: &str = "x-fieldsync-device";
 pub const HEADER_DEVICE_SECRET: &str = "x-fieldsync-device-secret";
+/// The refusal of a task that is not assigned to both the user and the device: one
+/// message whether or not the task exists, so that names cannot be probed.
+pub fn not_assigned(task: &str, user: &str, device: &str) -> String {
+    format!("task `{task}` is not assigned to both user `{user}` and device `{device}`")
+}
+
+/// Whether a refusal is [`not_assigned`]'s.
+pub fn is_not_assigned(message: &str) -> bool {
+    message.starts_with("task `") && message.contains("` is not assigned to both user `")
+}
+
+/// What a device holds, reported with every request it makes as a paired device:
+/// `N` or `N TASK` — its journal entries not yet sent, and the task of its replica.
+/// Informational (the operator's device list), never trusted for anything else.
+pub const HEADER_HOLDING: &str = "x-fieldsync-holding";
+
+/// The `HEADER_HOLDING` value: pending entries and the task, if any.
+pub fn holding_header(pending: u64, task: Option<&str>) -> String {
+    match task {
+        Some(t) => format!("{pending} {t}"),
+        None => pending.to_string(),
+    }
+}
+
+/// Reads a `HEADER_HOLDING` value; `None` for anything not of its form (a count,
+/// then a name of at most 200 characters without spaces or control characters).
+pub fn parse_holding(v: &str) -> Option<(u64, Option<String>)> {
+    let (n, task) = match v.split_once(' ') {
+        Some((n, t)) => (n, Some(t)),
+        None => (v, None),
+    };
+    let n = n.parse().ok()?;
+    match task {
+        None => Some((n, None)),
+        Some(t)
+            if !t.is_empty()
+                && t.len() <= 200
+                && !t.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            Some((n, Some(t.to_string())))
+        }
+        Some(_) => None,
+    }
+}
 /// Largest JSON request body the server reads.
 /// Seconds a `busy` answer (HTTP 503) asks the device to wait, in its `Retry-After`
 /// header.
@@ -119,6 +163,10 @@ pub struct SliceHeader {
     /// Why a stream is the whole slice (`None` in a delta).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full_reason: Option<FullReason>,
+    /// The users the task is assigned to as the slice is cut: the replica refuses
+    /// edits by a logged-in user not among them (empty: no such check).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assigned: Vec<String>,
 }
 
 impl SliceHeader {
@@ -544,6 +592,28 @@ pub struct NotKept {
 #[cfg(test)]
 mod tests {
     use super::{SyncOp, Trigger};
+
+    #[test]
+    fn holding_round_trips_and_refuses_other_forms() {
+        use super::{holding_header, parse_holding};
+        let v = holding_header(3, Some("north-inspections"));
+        assert_eq!(
+            parse_holding(&v),
+            Some((3, Some("north-inspections".into())))
+        );
+        assert_eq!(parse_holding(&holding_header(0, None)), Some((0, None)));
+        for bad in [
+            "",
+            "x",
+            "-1",
+            "3 ",
+            "3 a b",
+            "3 a\u{7}",
+            &format!("1 {}", "a".repeat(201)),
+        ] {
+            assert_eq!(parse_holding(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn op_and_trigger_names_round_trip_and_nothing_else_parses() {

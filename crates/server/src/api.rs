@@ -36,6 +36,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     downloads: Arc<Downloads>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) seen: Arc<crate::seen::Seen>,
     /// A ticket's time to live, in milliseconds (`Limits::ticket_ttl`).
     pub(crate) ticket_ttl_ms: i64,
 }
@@ -52,6 +53,7 @@ impl AppState {
             }),
             ticket_ttl_ms: i64::try_from(limits.ticket_ttl.as_millis()).unwrap_or(i64::MAX),
             metrics: Arc::default(),
+            seen: Arc::default(),
         }
     }
 }
@@ -145,7 +147,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/uploads",
             post(upload).layer(DefaultBodyLimit::max(UPLOAD_BODY_MAX_BYTES)),
         )
-        .layer(axum::middleware::from_fn(request_log::log_request))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_log::log_request,
+        ))
         .with_state(state)
 }
 
@@ -225,7 +230,7 @@ async fn login(
     State(st): State<AppState>,
     headers: HeaderMap,
     body: RequestBody,
-) -> Result<Json<LoginResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     auth::check_protocol(&headers)?;
     let req: LoginRequest = json_body(body)?;
     // A crowd of logins waits here, holding no thread: each one's database reads
@@ -258,12 +263,17 @@ async fn login(
         };
         st.store.session_put(&session)?;
         let ticket = tickets::issue(&*st.store, &session, st.ticket_ttl_ms)?;
-        Ok(Json(LoginResponse {
+        let who = Who {
+            device: session.device.clone(),
+            user: user.name.clone(),
+        };
+        let answer = Json(LoginResponse {
             user: user.name,
             token,
             expires_at: session.expires_at,
             ticket: Some(ticket),
-        }))
+        });
+        Ok(with_who(answer.into_response(), who))
     })
     .await
 }
@@ -294,23 +304,23 @@ fn assigned_one(
     Ok(store.task_assigned(name, user, device)?)
 }
 
-async fn tasks(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Vec<TaskSummary>>, ApiError> {
+async fn tasks(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     auth::check_protocol(&headers)?;
     blocking(move || {
         let (device, _, user) = tickets::user_session(&st, &headers)?;
-        Ok(Json(
-            assigned(&*st.store, &user.name, &device.id)?
-                .into_iter()
-                .map(|t| TaskSummary {
-                    name: t.def.name.clone(),
-                    description: t.def.description.clone(),
-                    tables: t.def.tables.iter().map(|x| x.name.clone()).collect(),
-                })
-                .collect(),
-        ))
+        let list: Vec<TaskSummary> = assigned(&*st.store, &user.name, &device.id)?
+            .into_iter()
+            .map(|t| TaskSummary {
+                name: t.def.name.clone(),
+                description: t.def.description.clone(),
+                tables: t.def.tables.iter().map(|x| x.name.clone()).collect(),
+            })
+            .collect();
+        let who = Who {
+            device: device.id,
+            user: user.name,
+        };
+        Ok(with_who(Json(list).into_response(), who))
     })
     .await
 }
@@ -330,9 +340,8 @@ async fn download(
         let (device, session, user) = tickets::download_session(&state, &headers, &name)?;
         let (store, turn) = (state.store.clone(), state.downloads.turn(&device.id)?);
         let task = assigned_one(&*store, &name, &user.name, &device.id)?.ok_or_else(|| {
-            ApiError::forbidden(format!(
-                "task `{name}` is not assigned to both user `{}` and device `{}`",
-                user.name, device.id
+            ApiError::forbidden(fieldsync_proto::wire::not_assigned(
+                &name, &user.name, &device.id,
             ))
         })?;
         tickets::downloading(&state, &session, &name);
@@ -351,6 +360,7 @@ async fn download(
             tables: plan.tables.iter().map(|t| t.schema.clone()).collect(),
             since: None,
             full_reason: None,
+            assigned: task.users.clone(),
         };
         header.full_reason = download::full_reason(position.as_ref(), full, &header);
         if header.full_reason.is_none() {
@@ -541,9 +551,10 @@ async fn upload(
             (Some(d), _) => d,
             (None, Some(t)) => &t.def,
             (None, None) => {
-                return Err(ApiError::forbidden(format!(
-                    "task `{}` is not assigned to both user `{}` and device `{}`",
-                    upload.task, user.name, device.id
+                return Err(ApiError::forbidden(fieldsync_proto::wire::not_assigned(
+                    &upload.task,
+                    &user.name,
+                    &device.id,
                 )));
             }
         };

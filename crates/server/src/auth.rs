@@ -150,7 +150,8 @@ pub fn session(
     let user = store.user_get(&session.user)?.ok_or_else(expired)?;
     if user.disabled {
         return Err(ApiError::unauthorized(format!(
-            "user `{}` is disabled",
+            "user `{}` is disabled by the office; ask the office to enable it (changes not \
+             yet sent stay on this device)",
             user.name
         )));
     }

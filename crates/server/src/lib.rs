@@ -10,6 +10,7 @@ pub mod error;
 mod integrators;
 mod metrics;
 mod request_log;
+mod seen;
 mod tickets;
 mod upload_body;
 mod workers;

@@ -8,10 +8,10 @@
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use fieldsync_proto::wire::HEADER_DEVICE_ID;
+use fieldsync_proto::wire::{HEADER_DEVICE_ID, HEADER_HOLDING};
 
 /// Who a handler found the request to come from, put in its response's extensions.
 #[derive(Debug, Clone)]
@@ -52,7 +52,11 @@ pub fn record_sync(
 }
 
 /// Logs the request once its response is ready.
-pub async fn log_request(request: Request, next: Next) -> Response {
+pub async fn log_request(
+    State(st): State<crate::api::AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let route = match request.extensions().get::<MatchedPath>() {
         Some(path) => path.as_str().to_string(),
@@ -65,8 +69,16 @@ pub async fn log_request(request: Request, next: Next) -> Response {
         .get(HEADER_DEVICE_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let holding = request
+        .headers()
+        .get(HEADER_HOLDING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let response = next.run(request).await;
     let who = response.extensions().get::<Who>();
+    if let Some(w) = who {
+        st.seen.note(&st.store, w, holding.as_deref()).await;
+    }
     let device = who.map(|w| w.device.as_str()).or(claimed.as_deref());
     let user = who.map(|w| w.user.as_str());
     tracing::info!(

@@ -111,6 +111,19 @@ pub struct DeviceRecord {
     pub paired_at: Option<Timestamp>,
 }
 
+/// What a device last showed of itself: when, under which user, and the unsent
+/// changes it reported (informational: whoever holds a device can say anything).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSeen {
+    pub device: String,
+    pub user: String,
+    pub at: Timestamp,
+    /// The task of the replica the device holds, as it reported it.
+    pub task: Option<String>,
+    /// Journal entries not yet sent, as the device reported them.
+    pub pending: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionRecord {
     /// SHA-256 (hex) of the bearer token; the token itself is never stored.
@@ -423,6 +436,10 @@ pub trait History {
     /// Applies the logged device or server values of a conflict and marks it resolved.
     fn conflict_resolve(&self, id: i64, take_device: bool, at: Timestamp)
     -> Result<ConflictRecord>;
+    /// Records what a device showed of itself at its last request (one row a device).
+    fn device_seen(&self, s: &DeviceSeen) -> Result<()>;
+    /// Every device's last showing, by device.
+    fn devices_seen(&self) -> Result<Vec<DeviceSeen>>;
 }
 
 /// A time read from one of fieldsync's TEXT columns, which hold [`Timestamp`]'s text:

@@ -1340,17 +1340,23 @@ fn users_devices_tasks_sessions(fx: &Fixture) {
     assert_eq!(s.session_get(&sha256_hex("t2")).expect("get"), None);
     s.user_set_disabled("ana", true).expect("disable");
     assert!(s.user_get("ana").expect("get").expect("ana").disabled);
+    // Disabled, a session stays for the server to refuse by the user's state (the
+    // device hears "disabled"); enabled again, the user's sessions are gone.
+    assert!(
+        s.session_get(&sha256_hex("t1")).expect("get").is_some(),
+        "kept while disabled, refused by the server's user check"
+    );
+    s.user_set_disabled("ana", false).expect("enable");
+    assert!(!s.user_get("ana").expect("get").expect("ana").disabled);
     assert_eq!(
         s.session_get(&sha256_hex("t1")).expect("get"),
         None,
-        "disabling ends the user's sessions"
+        "enabling ends the sessions from before: the user logs in afresh"
     );
     assert!(
         s.session_get(&sha256_hex("t3")).expect("get").is_some(),
         "other users' sessions stay"
     );
-    s.user_set_disabled("ana", false).expect("enable");
-    assert!(!s.user_get("ana").expect("get").expect("ana").disabled);
     assert!(matches!(
         s.user_set_disabled("nobody", true),
         Err(StoreError::NotFound(_))

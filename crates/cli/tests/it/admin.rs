@@ -182,6 +182,7 @@ crate::also_on_postgres!(
     malformed_task_files_are_refused_naming_the_problem,
     table_track_checks_the_name_and_the_key,
     every_write_by_any_program_gets_a_new_row_version,
+    the_device_list_shows_last_seen_holding_and_last_sync,
 );
 
 /// `admin history` filters: by device, user, task, result, start time, and the last N.
@@ -234,4 +235,89 @@ fn admin_history_filters_by_device_user_task_result_time_and_count() {
     let bad = office.admin(&["history", "--since", "yesterday"], "");
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(bad.stderr.contains("not a UTC time"), "{bad:?}");
+}
+
+/// `admin device list` says when each device was last seen, with which user, what it
+/// reported holding (task, unsent changes) and how its last sync went; `admin task
+/// show` names the devices holding the task. On both engines.
+#[test]
+fn the_device_list_shows_last_seen_holding_and_last_sync() {
+    let office = Office::new(40);
+    let tab1 = office.device("tab1", &["north-inspections"]);
+    office.device("tab2", &["north-inspections"]);
+    let devices = || -> Vec<serde_json::Value> {
+        let out = office.admin(&["device", "list", "--json"], "").ok().stdout;
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let never = devices();
+    assert_eq!(never.len(), 2);
+    assert!(
+        never
+            .iter()
+            .all(|d| d["last_seen"].is_null() && d["last_sync"].is_null())
+    );
+    tab1.login("ana").ok();
+    tab1.run(&["download", "north-inspections"], "").ok();
+    tab1.replica()
+        .execute_batch(
+            "UPDATE assets SET name = 'one' WHERE id = (SELECT min(id) FROM assets);
+             UPDATE assets SET name = 'two' WHERE id = (SELECT max(id) FROM assets);",
+        )
+        .unwrap();
+    // A request after the edits reports them: the task list.
+    tab1.run(&["tasks"], "").ok();
+    let listed = devices();
+    let d = listed.iter().find(|d| d["id"] == "tab1").unwrap();
+    assert_eq!(d["user"], "ana", "{d:#}");
+    assert_eq!(d["task"], "north-inspections", "{d:#}");
+    assert_eq!(d["pending"], 2, "{d:#}");
+    assert!(
+        d["last_seen"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{d:#}"
+    );
+    assert_eq!(d["last_sync"]["op"], "download", "{d:#}");
+    assert_eq!(d["last_sync"]["result"], "ok", "{d:#}");
+    let other = listed.iter().find(|d| d["id"] == "tab2").unwrap();
+    assert!(other["last_seen"].is_null(), "{other:#}");
+    // The send reports them before it sends; the next request reports none left.
+    tab1.run(&["send"], "").ok();
+    tab1.run(&["tasks"], "").ok();
+    let d = devices().into_iter().find(|d| d["id"] == "tab1").unwrap();
+    assert_eq!(d["pending"], 0, "{d:#}");
+    assert_eq!(d["last_sync"]["op"], "send", "{d:#}");
+    let text = office.admin(&["device", "list"], "").ok().stdout;
+    let mut lines = text.lines();
+    assert!(
+        lines
+            .next()
+            .is_some_and(|h| h.starts_with("DEVICE\tLABEL\tSTATE\tLAST SEEN")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("tab1\t")
+                && l.contains("\tana\tnorth-inspections\t0\tsend ok at ")),
+        "{text}"
+    );
+    let show = office
+        .admin(&["task", "show", "north-inspections"], "")
+        .ok()
+        .stdout;
+    assert!(
+        show.contains("held by:  tab1 (0 unsent change(s), last seen "),
+        "{show}"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &office
+            .admin(&["task", "show", "north-inspections", "--json"], "")
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(json["holding"][0]["device"], "tab1", "{json:#}");
+    assert_eq!(json["holding"][0]["pending"], 0, "{json:#}");
 }

@@ -2071,7 +2071,7 @@ impl World {
         let unassign = self.g.below(2) == 0;
         if unassign {
             self.office
-                .admin(&["task", "unassign", TASK, "--user", user], "")
+                .admin(&["task", "unassign", TASK, "--user", user, "--force"], "")
                 .ok();
         } else {
             self.office

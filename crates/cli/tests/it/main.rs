@@ -14,6 +14,7 @@ mod download;
 mod examples;
 mod faults;
 mod folder;
+mod guards;
 mod harness;
 mod limits;
 mod limits_store;

@@ -419,7 +419,7 @@ fn a_lost_acknowledgement_then_a_refusal_never_applies_the_upload_twice() {
     proxy.set_fault(Fault::PASS);
     // Unassigned a moment: the server still answers the known upload.
     office
-        .admin(&["task", "unassign", &task, "--user", "ana"], "")
+        .admin(&["task", "unassign", &task, "--user", "ana", "--force"], "")
         .ok();
     let run = dev.run_env(&["send"], &one_try);
     assert_eq!(run.code, 0, "{run:?}");

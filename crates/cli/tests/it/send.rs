@@ -534,7 +534,11 @@ fn a_disabled_user_is_refused_and_an_unassigned_devices_edits_are_logged_not_app
         .execute("UPDATE assets SET name = 'x' WHERE id = ?1", [id])
         .unwrap();
     office.admin(&["user", "disable", "ana"], "").ok();
-    assert_refused(&dev.run(&["send"], ""), 4, "");
+    assert_refused(
+        &dev.run(&["send"], ""),
+        4,
+        "user `ana` is disabled by the office",
+    );
     let users: serde_json::Value =
         serde_json::from_str(&office.admin(&["user", "list", "--json"], "").ok().stdout).unwrap();
     assert_eq!(users[0]["name"], "ana");
@@ -543,7 +547,14 @@ fn a_disabled_user_is_refused_and_an_unassigned_devices_edits_are_logged_not_app
     dev.login("ana").ok();
     office
         .admin(
-            &["task", "unassign", "north-inspections", "--device", "tab1"],
+            &[
+                "task",
+                "unassign",
+                "north-inspections",
+                "--device",
+                "tab1",
+                "--force",
+            ],
             "",
         )
         .ok();

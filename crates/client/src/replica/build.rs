@@ -238,8 +238,10 @@ pub(super) fn build_into<R: Read>(
         let cursor = trailer.cursor.to_string();
         // The header, for what the device judges later (compaction, rows that left).
         let header_json = serde_json::to_string(&header).expect("a header serializes");
+        let assigned = serde_json::to_string(&header.assigned).expect("names serialize");
         for (k, v) in [
             ("header", header_json.as_str()),
+            ("assigned", &assigned),
             ("task", header.task.as_str()),
             ("task_hash", &header.task_hash),
             ("epoch", &header.epoch),

@@ -201,10 +201,12 @@ fn apply_in_savepoint<R: Read>(
         "INSERT INTO fieldsync_replica (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     )?;
+    let assigned = serde_json::to_string(&header.assigned).expect("names serialize");
     for (k, v) in [
         ("cursor", trailer.cursor.to_string().as_str()),
         ("header", &header_json),
         ("user", &header.user),
+        ("assigned", &assigned),
     ] {
         put.execute([k, v])?;
     }

@@ -65,6 +65,22 @@ impl Device {
         };
         let mut bytes_down = 0;
         let mut hold = early_hold;
+        // The task this device holds, refused now: the office deleted or unassigned
+        // it. Said plainly, with what becomes of the local data.
+        let held_task_gone = |e: ClientError| match e {
+            ClientError::Refused(m)
+                if st.task.as_deref() == Some(task)
+                    && fieldsync_proto::wire::is_not_assigned(&m) =>
+            {
+                ClientError::Refused(format!(
+                    "the task `{task}` this device holds is no longer assigned to this user and \
+                     device (the office deleted or unassigned it; ask the office): {m}. The local \
+                     data stays as it is; changes not sent stay on this device (`device \
+                     journal`), and those the server kept aside are listed by `device conflicts`"
+                ))
+            }
+            e => e,
+        };
         let received = with_retries(&self.config, progress, cancel, |progress| {
             progress(&Progress {
                 phase: Phase::Prepare,
@@ -89,7 +105,8 @@ impl Device {
             let received = self.receive(&mut counting, &from, &mut hold, &mut with_bytes, cancel);
             bytes_down += counted.get();
             received
-        })?;
+        })
+        .map_err(held_task_gone)?;
         report.bytes_down += bytes_down;
         let (header, applied) = match received {
             Received::Whole(built) => {

@@ -257,6 +257,36 @@ impl Device {
         Ok(out)
     }
 
+    /// Makes the entries of a backup file (`journal discard`, a discarding download)
+    /// again, as edits of the current replica by the logged-in user, in one
+    /// transaction: each is checked as any edit is (the task's writes, the slice),
+    /// and the first that cannot be made leaves everything as it was. Returns how many.
+    pub fn journal_restore(&self, file: &std::path::Path) -> Result<usize> {
+        let (_lock, st) = self.begin()?;
+        if st.session.is_none() {
+            return Err(ClientError::NotLoggedIn);
+        }
+        let entries = journal::read_backup(file)?;
+        let conn = replica::open_current(&self.dir)?.ok_or_else(|| {
+            ClientError::Invalid("no replica on this device: download the task first".into())
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let header = replica::read_header(&conn)?.ok_or_else(|| {
+            ClientError::Replica("the replica keeps no header; download it again".into())
+        })?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        match journal::redo(&conn, &header, &entries) {
+            Ok(n) => {
+                conn.execute_batch("COMMIT")?;
+                Ok(n)
+            }
+            Err(e) => {
+                conn.execute_batch("ROLLBACK")?;
+                Err(e)
+            }
+        }
+    }
+
     /// Moves journal entries (`None`: all, of every replica in the folder) to a new
     /// backup file; returns its path and how many entries moved. An entry number names
     /// an entry of the current replica, or of a set-aside one when only one has it.

@@ -60,6 +60,7 @@ pub fn header() -> SliceHeader {
         }],
         since: None,
         full_reason: None,
+        assigned: vec![],
     }
 }
 

@@ -383,13 +383,16 @@ impl Catalog for PgStore {
                 &[&name, &disabled],
             )?;
             crate::catalog::found(n != 0, "user", name)?;
-            if disabled {
+            // Disabled, the user's sessions stay, refused by the user's state (so the
+            // device hears "disabled", not "expired"); enabled again, they are gone:
+            // the user logs in afresh. Tickets go at once.
+            tx.execute(
+                "DELETE FROM fieldsync.tickets WHERE user_name = $1",
+                &[&name],
+            )?;
+            if !disabled {
                 tx.execute(
                     "DELETE FROM fieldsync.sessions WHERE user_name = $1",
-                    &[&name],
-                )?;
-                tx.execute(
-                    "DELETE FROM fieldsync.tickets WHERE user_name = $1",
                     &[&name],
                 )?;
             }

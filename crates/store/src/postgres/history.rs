@@ -10,7 +10,7 @@ use super::types::{self, Param};
 use super::{PgStore, in_tx, opt_time_at, pg_message, table_info, time_at};
 use crate::dialect::SqlDialect;
 use crate::resolve::{self, Bound, ResolveTx};
-use crate::{ConflictRecord, History, HistoryRecord, Result, StoreError, TableInfo};
+use crate::{ConflictRecord, DeviceSeen, History, HistoryRecord, Result, StoreError, TableInfo};
 
 impl History for PgStore {
     fn conflicts_list(&self) -> Result<Vec<ConflictRecord>> {
@@ -57,6 +57,41 @@ impl History for PgStore {
             ],
         )?;
         Ok(())
+    }
+
+    fn device_seen(&self, s: &DeviceSeen) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO fieldsync.devices_seen (device, user_name, at, task, pending)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (device) DO UPDATE SET user_name = excluded.user_name, at = excluded.at,
+                 task = excluded.task, pending = excluded.pending",
+            &[
+                &s.device,
+                &s.user,
+                &s.at.to_string(),
+                &s.task,
+                &s.pending.map(|n| n as i64),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn devices_seen(&self) -> Result<Vec<DeviceSeen>> {
+        let rows = self.conn()?.query(
+            "SELECT device, user_name, at, task, pending FROM fieldsync.devices_seen ORDER BY device",
+            &[],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeviceSeen {
+                    device: r.try_get(0)?,
+                    user: r.try_get(1)?,
+                    at: time_at(r, 2, "at")?,
+                    task: r.try_get(3)?,
+                    pending: r.try_get::<_, Option<i64>>(4)?.map(|n| n.max(0) as u64),
+                })
+            })
+            .collect()
     }
 
     fn history(&self) -> Result<Vec<HistoryRecord>> {

@@ -6,7 +6,7 @@ use crate::Schema;
 use crate::{Result, StoreError};
 
 /// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE SCHEMA IF NOT EXISTS fieldsync;
@@ -115,6 +115,13 @@ CREATE TABLE IF NOT EXISTS fieldsync.sync_sessions (
     conflicts bigint NOT NULL,
     started_at text NOT NULL,
     duration_ms bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fieldsync.devices_seen (
+    device text PRIMARY KEY,
+    user_name text NOT NULL,
+    at text NOT NULL,
+    task text,
+    pending bigint
 );
 CREATE TABLE IF NOT EXISTS fieldsync.sessions (
     token_hash text PRIMARY KEY,

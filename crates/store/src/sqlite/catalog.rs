@@ -380,9 +380,12 @@ impl Catalog for SqliteStore {
             params![name, disabled],
         )?;
         crate::catalog::found(n != 0, "user", name)?;
-        if disabled {
+        // Disabled, the user's sessions stay, refused by the user's state (so the
+        // device hears "disabled", not "expired"); enabled again, they are gone: the
+        // user logs in afresh. Tickets go at once.
+        tx.execute("DELETE FROM fieldsync_tickets WHERE user = ?1", [name])?;
+        if !disabled {
             tx.execute("DELETE FROM fieldsync_sessions WHERE user = ?1", [name])?;
-            tx.execute("DELETE FROM fieldsync_tickets WHERE user = ?1", [name])?;
         }
         tx.commit()?;
         Ok(())

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use super::{SqliteDialect, SqliteStore, opt_time_at, table_info, time_at, to_sql_value};
 use crate::dialect::SqlDialect;
 use crate::resolve::{self, Bound, ResolveTx};
-use crate::{ConflictRecord, History, HistoryRecord, Result, TableInfo};
+use crate::{ConflictRecord, DeviceSeen, History, HistoryRecord, Result, TableInfo};
 use fieldsync_proto::time::Timestamp;
 
 impl History for SqliteStore {
@@ -45,6 +45,35 @@ impl History for SqliteStore {
             ],
         )?;
         Ok(())
+    }
+
+    fn device_seen(&self, s: &DeviceSeen) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO fieldsync_devices_seen (device, user, at, task, pending) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (device) DO UPDATE SET user = excluded.user, at = excluded.at,
+                 task = excluded.task, pending = excluded.pending",
+            params![s.device, s.user, s.at.to_string(), s.task, s.pending.map(|n| n as i64)],
+        )?;
+        Ok(())
+    }
+
+    fn devices_seen(&self) -> Result<Vec<DeviceSeen>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT device, user, at, task, pending FROM fieldsync_devices_seen ORDER BY device",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(DeviceSeen {
+                    device: r.get(0)?,
+                    user: r.get(1)?,
+                    at: time_at(r, 2, "at")?,
+                    task: r.get(3)?,
+                    pending: r.get::<_, Option<i64>>(4)?.map(|n| n.max(0) as u64),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     fn history(&self) -> Result<Vec<HistoryRecord>> {

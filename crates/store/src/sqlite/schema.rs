@@ -8,7 +8,7 @@ use crate::Schema;
 use crate::{Result, StoreError};
 
 /// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS fieldsync_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -123,6 +123,13 @@ CREATE TABLE IF NOT EXISTS fieldsync_sessions (
 );
 -- Auto-sync tickets, only as SHA-256: made at a login, renewed by the pair's
 -- requests, redeemed once for an automatic session (scope 'auto', its task).
+CREATE TABLE IF NOT EXISTS fieldsync_devices_seen (
+    device TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    at TEXT NOT NULL,
+    task TEXT,
+    pending INTEGER
+);
 CREATE TABLE IF NOT EXISTS fieldsync_tickets (
     hash TEXT PRIMARY KEY,
     device TEXT NOT NULL,

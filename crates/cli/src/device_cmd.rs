@@ -410,7 +410,12 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             print_options(&options, json);
         }
         DeviceCommand::Tasks { json } => {
-            print_list(&device.tasks()?, json, |t| {
+            let tasks = device.tasks()?;
+            if tasks.is_empty() && !json {
+                // Said, not left blank: the office has something to do.
+                println!("no task is assigned to both this user and this device; ask the office");
+            }
+            print_list(&tasks, json, |t| {
                 format!("{}\t{}", t.name, t.description.as_deref().unwrap_or(""))
             });
         }

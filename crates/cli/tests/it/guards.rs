@@ -145,6 +145,13 @@ fn once_the_device_sent_its_changes_nothing_is_stranded() {
     dev.login("ana").ok();
     dev.run(&["tasks"], "").ok();
     office.admin(&["task", "delete", TASK], "").ok();
+    // With no task left, the task list says so instead of printing nothing.
+    let none = dev.run(&["tasks"], "").ok();
+    assert_eq!(
+        none.stdout.trim(),
+        "no task is assigned to both this user and this device; ask the office"
+    );
+    assert_eq!(dev.run(&["tasks", "--json"], "").ok().stdout.trim(), "[]");
 }
 
 /// A task without `$user`: one replica for every user of the device.

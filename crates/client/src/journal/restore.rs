@@ -70,52 +70,24 @@ pub fn redo(conn: &Connection, header: &SliceHeader, entries: &[JournalEntry]) -
             .iter()
             .find(|t| t.name == e.table)
             .ok_or_else(|| bad("this replica has no such table".into()))?;
-        for col in e.new.keys() {
-            if !t.columns.iter().any(|c| &c.name == col) {
-                return Err(bad(format!("the table has no column `{col}`")));
-            }
-        }
-        for col in e.old.keys() {
-            if !t.columns.iter().any(|c| &c.name == col) {
-                return Err(bad(format!("the table has no column `{col}`")));
-            }
+        if let Some(col) = e
+            .new
+            .keys()
+            .chain(e.old.keys())
+            .find(|col| !t.columns.iter().any(|c| &c.name == *col))
+        {
+            return Err(bad(format!("the table has no column `{col}`")));
         }
         let (table, pk) = (quote(&t.name), quote(&t.primary_key));
-        let key = to_sql(&e.key);
         before(conn, e, &table, &pk).map_err(|err| bad(err.to_string()))?;
-        let cols: Vec<&String> = e.new.keys().collect();
-        let values: Vec<rusqlite::types::Value> = e.new.values().map(to_sql).collect();
         let done = match e.op {
-            WriteOp::Insert => {
-                let names: Vec<String> = cols.iter().map(|c| quote(c)).collect();
-                let marks = vec!["?"; names.len()].join(", ");
-                conn.execute(
-                    &format!(
-                        "INSERT INTO {table} ({}) VALUES ({marks})",
-                        names.join(", ")
-                    ),
-                    rusqlite::params_from_iter(values.iter()),
-                )
-            }
-            WriteOp::Update if cols.is_empty() => Ok(1),
-            WriteOp::Update => {
-                let sets: Vec<String> = cols
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| format!("{} = ?{}", quote(c), i + 1))
-                    .collect();
-                let mut params = values.clone();
-                params.push(key);
-                conn.execute(
-                    &format!(
-                        "UPDATE {table} SET {} WHERE {pk} = ?{}",
-                        sets.join(", "),
-                        params.len()
-                    ),
-                    rusqlite::params_from_iter(params.iter()),
-                )
-            }
-            WriteOp::Delete => conn.execute(&format!("DELETE FROM {table} WHERE {pk} = ?1"), [key]),
+            WriteOp::Insert => insert_row(conn, &table, &e.new),
+            WriteOp::Update if e.new.is_empty() => Ok(1),
+            WriteOp::Update => update_row(conn, &table, &pk, &e.new, &e.key),
+            WriteOp::Delete => conn.execute(
+                &format!("DELETE FROM {table} WHERE {pk} = ?1"),
+                [to_sql(&e.key)],
+            ),
         };
         match done {
             Ok(0) => return Err(bad("the row is no longer in this replica".into())),
@@ -150,41 +122,56 @@ fn before(conn: &Connection, e: &JournalEntry, table: &str, pk: &str) -> rusqlit
             .execute(&format!("DELETE FROM {table} WHERE {pk} = ?1"), [&key])
             .map(drop),
         WriteOp::Delete if !exists && !e.old.is_empty() => {
-            let names: Vec<String> = e.old.keys().map(|c| quote(c)).collect();
-            let values: Vec<rusqlite::types::Value> = e.old.values().map(to_sql).collect();
-            let marks = vec!["?"; names.len()].join(", ");
-            conn.execute(
-                &format!(
-                    "INSERT INTO {table} ({}) VALUES ({marks})",
-                    names.join(", ")
-                ),
-                rusqlite::params_from_iter(values.iter()),
-            )
-            .map(drop)
+            insert_row(conn, table, &e.old).map(drop)
         }
         WriteOp::Update if exists && !e.old.is_empty() => {
-            let sets: Vec<String> = e
-                .old
-                .keys()
-                .enumerate()
-                .map(|(i, c)| format!("{} = ?{}", quote(c), i + 1))
-                .collect();
-            let mut params: Vec<rusqlite::types::Value> = e.old.values().map(to_sql).collect();
-            params.push(key.clone());
-            conn.execute(
-                &format!(
-                    "UPDATE {table} SET {} WHERE {pk} = ?{}",
-                    sets.join(", "),
-                    params.len()
-                ),
-                rusqlite::params_from_iter(params.iter()),
-            )
-            .map(drop)
+            update_row(conn, table, pk, &e.old, &e.key).map(drop)
         }
         _ => Ok(()),
     };
     aside(false)?;
     done
+}
+
+type Row = std::collections::BTreeMap<String, Value>;
+
+/// `INSERT` of `row` (names checked by the caller, quoted here).
+fn insert_row(conn: &Connection, table: &str, row: &Row) -> rusqlite::Result<usize> {
+    let names: Vec<String> = row.keys().map(|c| quote(c)).collect();
+    let values: Vec<rusqlite::types::Value> = row.values().map(to_sql).collect();
+    let marks = vec!["?"; names.len()].join(", ");
+    conn.execute(
+        &format!(
+            "INSERT INTO {table} ({}) VALUES ({marks})",
+            names.join(", ")
+        ),
+        rusqlite::params_from_iter(values.iter()),
+    )
+}
+
+/// `UPDATE` of the row `key` to `row`'s values; how many rows it changed.
+fn update_row(
+    conn: &Connection,
+    table: &str,
+    pk: &str,
+    row: &Row,
+    key: &Value,
+) -> rusqlite::Result<usize> {
+    let sets: Vec<String> = row
+        .keys()
+        .enumerate()
+        .map(|(i, c)| format!("{} = ?{}", quote(c), i + 1))
+        .collect();
+    let mut params: Vec<rusqlite::types::Value> = row.values().map(to_sql).collect();
+    params.push(to_sql(key));
+    conn.execute(
+        &format!(
+            "UPDATE {table} SET {} WHERE {pk} = ?{}",
+            sets.join(", "),
+            params.len()
+        ),
+        rusqlite::params_from_iter(params.iter()),
+    )
 }
 
 fn op_word(op: WriteOp) -> &'static str {

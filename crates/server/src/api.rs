@@ -240,10 +240,14 @@ async fn login(
     blocking(move || {
         let device = auth::device(&*st.store, &headers)?;
         let wrong = || ApiError::unauthorized("wrong user name or password");
-        let user = st.store.user_get(&req.user)?.ok_or_else(wrong)?;
-        if !auth::verify_password(&req.password, &user.password_hash) {
-            return Err(wrong());
-        }
+        // An unknown user costs what a wrong password costs: the password is checked
+        // against a hash either way, so the answer's time tells no user name.
+        let found = st.store.user_get(&req.user)?;
+        let hash = found
+            .as_ref()
+            .map_or(auth::no_such_user_hash(), |u| u.password_hash.as_str());
+        let matches = auth::verify_password(&req.password, hash);
+        let user = found.filter(|_| matches).ok_or_else(wrong)?;
         if user.disabled {
             return Err(ApiError::unauthorized(format!(
                 "user `{}` is disabled",

@@ -51,6 +51,14 @@ fn hash_password_now(password: &str) -> String {
     password::hash(password, &salt)
 }
 
+/// A hash of no user's password, made once with the same parameters as every user's:
+/// what a login for an unknown user is checked against.
+pub fn no_such_user_hash() -> &'static str {
+    static HASH: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| hash_password_now(&fieldsync_store::random_hex(16)));
+    &HASH
+}
+
 pub fn verify_password(password: &str, hash: &str) -> bool {
     let (password, hash) = (password.to_string(), hash.to_string());
     bounded(move || verify_now(&password, &hash))
@@ -111,21 +119,21 @@ pub fn device(store: &dyn Store, headers: &HeaderMap) -> Result<DeviceRecord, Ap
             "this device is not paired (missing device credentials)",
         ));
     };
-    let device = store
-        .device_get(id)?
-        .ok_or_else(|| ApiError::unauthorized("unknown device or bad device secret"))?;
+    let unknown = || ApiError::unauthorized("unknown device or bad device secret");
+    // The secret first: an unknown device, a bad secret and a revoked device's id with
+    // a bad secret get the same answer, so that ids cannot be probed.
+    let device = store.device_get(id)?.ok_or_else(unknown)?;
+    match &device.secret_hash {
+        Some(h) if same(h, &sha256_hex(secret)) => {}
+        _ => return Err(unknown()),
+    }
     if device.revoked {
         return Err(ApiError::new(
             ErrorCode::Revoked,
             format!("device `{id}` was revoked"),
         ));
     }
-    match &device.secret_hash {
-        Some(h) if same(h, &sha256_hex(secret)) => Ok(device),
-        _ => Err(ApiError::unauthorized(
-            "unknown device or bad device secret",
-        )),
-    }
+    Ok(device)
 }
 
 /// The logged-in session of the request, checked against its device and user.

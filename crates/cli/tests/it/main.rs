@@ -21,6 +21,7 @@ mod limits_store;
 mod limits_upload;
 mod office;
 mod office_pg;
+mod oracles;
 mod pg_values;
 mod postgres;
 mod progress;

@@ -1,7 +1,7 @@
 //! Applying a delta (the changes since the replica's cursor) to the installed replica
 //! in place, in the transaction of a writer hold: apps that keep the replica open
 //! keep working and see the new rows at their next read. The whole delta is one
-//! savepoint: a refused stream, a cancel or a crash leaves the replica as it was.
+//! transaction: a refused stream, a cancel or a crash leaves the replica as it was.
 
 use fieldsync_proto::stream::{Event, SliceReader};
 use fieldsync_proto::wire::ReplicaPosition;
@@ -78,16 +78,27 @@ pub fn apply_delta<R: Read>(
         ClientError::Replica("the replica keeps no header; download it again".into())
     })?;
     check_fits(&stored, header)?;
-    conn.execute_batch("SAVEPOINT fieldsync_delta")?;
-    let applied = apply_in_savepoint(conn, reader, header, progress, cancel);
-    match &applied {
-        Ok(_) => conn.execute_batch("RELEASE fieldsync_delta")?,
-        Err(_) => conn.execute_batch("ROLLBACK TO fieldsync_delta; RELEASE fieldsync_delta")?,
+    // The delta is a transaction of its own under the hold (what came before is
+    // committed), so that a failure rolls back exactly the delta. Not a savepoint:
+    // SQLite copies every page a savepoint changes into a sub-journal, a fifth of a
+    // delta's time when its rows are spread over the table.
+    hold.commit_and_hold()?;
+    // The server prepared the changes: its header is here.
+    progress(&Progress {
+        phase: Phase::Prepare,
+        done: 1,
+        total: 1,
+        unit: "steps",
+        bytes: None,
+    });
+    let applied = apply_in_transaction(conn, reader, header, progress, cancel);
+    if applied.is_err() {
+        hold.rollback_and_hold()?;
     }
     applied
 }
 
-fn apply_in_savepoint<R: Read>(
+fn apply_in_transaction<R: Read>(
     conn: &Connection,
     reader: &mut SliceReader<R>,
     header: &SliceHeader,

@@ -241,6 +241,12 @@ impl WriterHold {
         self.conn.execute_batch("COMMIT")?;
         begin_immediate(&self.conn)
     }
+
+    /// Forgets what was written under the hold since its last commit, and holds on.
+    pub fn rollback_and_hold(&self) -> Result<()> {
+        self.conn.execute_batch("ROLLBACK")?;
+        begin_immediate(&self.conn)
+    }
 }
 
 /// Installs a built generation: retires the current one (the commit point) in the

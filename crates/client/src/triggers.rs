@@ -32,6 +32,69 @@ CREATE TABLE fieldsync_replaced (tbl TEXT NOT NULL, pk NOT NULL, old TEXT NOT NU
 CREATE TABLE fieldsync_left (tbl TEXT NOT NULL, pk NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
 ";
 
+/// The integer keys this device may give new rows (`SliceHeader::key_blocks`), kept
+/// in every replica that has a table taking them; `next` moves past each key used.
+pub const KEY_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS fieldsync_keys (
+    tbl TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    next INTEGER NOT NULL,
+    PRIMARY KEY (tbl, first)
+) WITHOUT ROWID;
+-- The key the next insert without one gets, per table: what an app reads to give a
+-- new parent row's key to its children before inserting them all.
+CREATE VIEW IF NOT EXISTS fieldsync_next_keys AS
+    SELECT tbl, min(next) AS next FROM fieldsync_keys WHERE next <= last GROUP BY tbl;
+";
+
+/// Whether the replica gives `t`'s new rows keys from the device's blocks: a table
+/// that takes inserts with an integer key.
+pub fn takes_block_keys(t: &TableSchema) -> bool {
+    t.write.contains(&WriteOp::Insert)
+        && t.columns
+            .first()
+            .is_some_and(|c| c.column_type == ColumnType::Integer)
+}
+
+/// The triggers that give a new row of `t` without a key the next key of the device's
+/// blocks (an insert re-issued with the key, the keyless one dropped with
+/// `RAISE(IGNORE)`), refuse it when the blocks are used up, and move the next key past
+/// any key of a block an insert used. Created after the table's other triggers, so
+/// SQLite runs the key's first.
+fn key_triggers(t: &TableSchema, checks: &str) -> String {
+    let table = quote(&t.name);
+    let pk = quote(&t.primary_key);
+    let tl = literal(&t.name);
+    let name = |what: &str| quote(&format!("fieldsync_{}_{what}", t.name));
+    let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
+    let values: Vec<String> = t.columns[1..]
+        .iter()
+        .map(|c| format!("NEW.{}", quote(&c.name)))
+        .collect();
+    let next = format!("(SELECT min(next) FROM fieldsync_keys WHERE tbl = {tl} AND next <= last)");
+    let values = std::iter::once(next.clone())
+        .chain(values)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "CREATE TRIGGER {key} BEFORE INSERT ON {table} WHEN NEW.{pk} IS NULL AND {NOT_APPLYING} BEGIN {checks}
+           {used_up} WHERE {next} IS NULL;
+           INSERT INTO {table} ({cols}) VALUES ({values});
+           SELECT RAISE(IGNORE); END;
+         CREATE TRIGGER {used} AFTER INSERT ON {table} BEGIN
+           UPDATE fieldsync_keys SET next = NEW.{pk} + 1
+           WHERE tbl = {tl} AND NEW.{pk} BETWEEN first AND last AND next <= NEW.{pk}; END;",
+        key = name("key"),
+        used = name("key_used"),
+        used_up = raise(&format!(
+            "fieldsync: this device has used up the keys it was given for new {} rows; synchronize to get more",
+            t.name
+        )),
+        cols = cols.join(", "),
+    )
+}
+
 pub fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -310,6 +373,11 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
         &insert_base,
         &insert_when,
     );
+    let keys = if takes_block_keys(t) {
+        key_triggers(t, &format!("{retired} {logged_out}"))
+    } else {
+        String::new()
+    };
     format!(
         "CREATE TRIGGER {bi} BEFORE INSERT ON {table} WHEN {NOT_APPLYING} BEGIN {retired} {logged_out}
            DELETE FROM fieldsync_replaced;
@@ -324,7 +392,8 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
          CREATE TRIGGER {au} AFTER UPDATE ON {table} WHEN {NOT_APPLYING} AND ({changed}) BEGIN {j_update} END;
          CREATE TRIGGER {ad} AFTER DELETE ON {table} WHEN {NOT_APPLYING} BEGIN
            DELETE FROM fieldsync_replaced WHERE tbl = {tl} AND pk = OLD.{pk};
-           {j_delete} END;",
+           {j_delete} END;
+         {keys}",
         bi = name("before_insert"),
         bu = name("before_update"),
         bd = name("before_delete"),

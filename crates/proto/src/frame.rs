@@ -488,6 +488,7 @@ mod tests {
                 .collect(),
             since: None,
             full_reason: None,
+            key_blocks: Vec::new(),
         }
     }
 

@@ -119,6 +119,21 @@ pub struct SliceHeader {
     /// Why a stream is the whole slice (`None` in a delta).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full_reason: Option<FullReason>,
+    /// The integer keys this device may give new rows, per table that accepts
+    /// inserts and has an integer key: the blocks the server reserved for it from
+    /// the table's own key source, each from the next key not yet known used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_blocks: Vec<KeyBlock>,
+}
+
+/// Keys `first..=last` of `table`, reserved for one device: the office never uses
+/// them, and no other device gets them. `next`: the first not known used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyBlock {
+    pub table: String,
+    pub first: i64,
+    pub last: i64,
+    pub next: i64,
 }
 
 impl SliceHeader {

@@ -338,7 +338,9 @@ async fn download(
             tables: plan.tables.iter().map(|t| t.schema.clone()).collect(),
             since: None,
             full_reason: None,
+            key_blocks: Vec::new(),
         };
+        header.key_blocks = download::key_blocks(&*store, &header)?;
         header.full_reason = download::full_reason(position.as_ref(), full, &header);
         if header.full_reason.is_none() {
             plan.since = position.map(|p| p.cursor);

@@ -273,3 +273,26 @@ pub fn start(
     });
     Ok(ChannelBody(rx))
 }
+
+/// The device's blocks of integer keys for each table it may insert into whose key is
+/// an integer, topped up at this contact before they run out (`store::keys`).
+pub(crate) fn key_blocks(
+    store: &dyn Store,
+    header: &SliceHeader,
+) -> Result<Vec<fieldsync_proto::wire::KeyBlock>, ApiError> {
+    let mut blocks = Vec::new();
+    for t in &header.tables {
+        let integer_key = t
+            .columns
+            .first()
+            .is_some_and(|c| c.column_type == fieldsync_proto::ColumnType::Integer);
+        if integer_key && t.write.contains(&fieldsync_proto::task::WriteOp::Insert) {
+            blocks.extend(store.key_blocks(
+                &header.device,
+                &t.name,
+                fieldsync_store::KEY_BLOCK_KEYS,
+            )?);
+        }
+    }
+    Ok(blocks)
+}

@@ -15,6 +15,7 @@ mod examples;
 mod faults;
 mod folder;
 mod harness;
+mod int_keys;
 mod limits;
 mod limits_store;
 mod limits_upload;

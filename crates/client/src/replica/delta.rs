@@ -197,6 +197,8 @@ fn apply_in_savepoint<R: Read>(
     };
     let header_json = serde_json::to_string(&stored).expect("a header serializes");
     conn.execute_batch("DELETE FROM fieldsync_base; DELETE FROM fieldsync_left;")?;
+    conn.execute_batch(crate::triggers::KEY_TABLES)?;
+    super::build::keep_key_blocks(conn, header)?;
     let mut put = conn.prepare(
         "INSERT INTO fieldsync_replica (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",

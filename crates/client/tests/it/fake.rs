@@ -60,6 +60,7 @@ pub fn header() -> SliceHeader {
         }],
         since: None,
         full_reason: None,
+        key_blocks: Vec::new(),
     }
 }
 

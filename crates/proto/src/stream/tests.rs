@@ -34,6 +34,7 @@ fn header() -> SliceHeader {
         tables: vec![table("a", 2), table("b", 1)],
         since: None,
         full_reason: None,
+        key_blocks: Vec::new(),
     }
 }
 

@@ -410,3 +410,131 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
         j_delete = journal("delete", &format!("OLD.{pk}"), &json_row(t, "OLD"), "NULL", &base_of(&format!("OLD.{pk}")), "1"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use fieldsync_proto::wire::{ColumnDef, KeyBlock};
+    use rusqlite::Connection;
+
+    use super::*;
+
+    fn header() -> SliceHeader {
+        let column = |name: &str, column_type| ColumnDef {
+            name: name.into(),
+            column_type,
+        };
+        SliceHeader {
+            protocol: 1,
+            epoch: "e".into(),
+            task: "t".into(),
+            task_hash: "h".into(),
+            user: "ana".into(),
+            device: "d".into(),
+            tables: vec![TableSchema {
+                name: "sites".into(),
+                primary_key: "id".into(),
+                columns: vec![
+                    column("id", ColumnType::Integer),
+                    column("name", ColumnType::Text),
+                ],
+                rows_estimate: 0,
+                write: vec![WriteOp::Insert],
+                filter: None,
+                parent: None,
+            }],
+            since: None,
+            full_reason: None,
+            key_blocks: vec![KeyBlock {
+                table: "sites".into(),
+                first: 10,
+                last: 12,
+                next: 10,
+            }],
+        }
+    }
+
+    /// A replica with the table, its triggers and a block of keys 10..=12.
+    fn replica(h: &SliceHeader) -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(REPLICA_TABLES).unwrap();
+        c.execute_batch(KEY_TABLES).unwrap();
+        c.execute_batch(
+            "CREATE TABLE fieldsync_replica (key TEXT PRIMARY KEY, value);
+             INSERT INTO fieldsync_replica VALUES ('login', 'ana');
+             CREATE TABLE sites (id INT PRIMARY KEY NOT NULL, name TEXT);",
+        )
+        .unwrap();
+        let b = &h.key_blocks[0];
+        c.execute(
+            "INSERT INTO fieldsync_keys VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![b.table, b.first, b.last, b.next],
+        )
+        .unwrap();
+        c.execute_batch(&table_triggers(
+            h,
+            &h.tables[0],
+            Path::new("replica.sqlite"),
+        ))
+        .unwrap();
+        c
+    }
+
+    fn keys(c: &Connection, sql: &str) -> Vec<i64> {
+        let mut stmt = c.prepare(sql).unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_keyless_insert_takes_the_blocks_next_key_until_they_run_out() {
+        let h = header();
+        let c = replica(&h);
+        c.execute_batch(
+            "INSERT INTO sites (name) VALUES ('a'); INSERT INTO sites VALUES (NULL, 'b');",
+        )
+        .unwrap();
+        assert_eq!(keys(&c, "SELECT id FROM sites ORDER BY id"), vec![10, 11]);
+        // Journaled once each, under their keys.
+        assert_eq!(
+            keys(
+                &c,
+                "SELECT pk FROM fieldsync_journal WHERE op = 'insert' ORDER BY seq"
+            ),
+            vec![10, 11]
+        );
+        assert_eq!(keys(&c, "SELECT next FROM fieldsync_next_keys"), vec![12]);
+        c.execute_batch("INSERT INTO sites (name) VALUES ('c')")
+            .unwrap();
+        let err = c
+            .execute_batch("INSERT INTO sites (name) VALUES ('d')")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("used up the keys") && err.contains("synchronize"),
+            "{err}"
+        );
+        assert_eq!(keys(&c, "SELECT count(*) FROM sites"), vec![3]);
+        assert_eq!(keys(&c, "SELECT count(*) FROM fieldsync_journal"), vec![3]);
+    }
+
+    #[test]
+    fn an_explicit_key_of_the_block_moves_the_next_key_past_it() {
+        let h = header();
+        let c = replica(&h);
+        c.execute_batch("INSERT INTO sites VALUES (11, 'given')")
+            .unwrap();
+        c.execute_batch("INSERT INTO sites (name) VALUES ('next')")
+            .unwrap();
+        assert_eq!(keys(&c, "SELECT id FROM sites ORDER BY id"), vec![11, 12]);
+        // Logged out: the login message, not a key.
+        c.execute_batch("UPDATE fieldsync_replica SET value = NULL WHERE key = 'login'")
+            .unwrap();
+        let err = c
+            .execute_batch("INSERT INTO sites (name) VALUES ('x')")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log in"), "{err}");
+    }
+}

@@ -311,6 +311,7 @@ async fn download(
     check_name("task", &name).map_err(ApiError::bad_request)?;
     let (op, trigger) = op_and_trigger(&headers, SyncOp::Download)?;
     let (position, full) = download::requested(&headers)?;
+    let keys_used = download::keys_used(&headers)?;
     let started = (std::time::Instant::now(), Timestamp::now());
     let state = st.clone();
     let (plan, header, turn) = blocking(move || {
@@ -340,7 +341,7 @@ async fn download(
             full_reason: None,
             key_blocks: Vec::new(),
         };
-        header.key_blocks = download::key_blocks(&*store, &header)?;
+        header.key_blocks = download::key_blocks(&*store, &header, &keys_used)?;
         header.full_reason = download::full_reason(position.as_ref(), full, &header);
         if header.full_reason.is_none() {
             plan.since = position.map(|p| p.cursor);

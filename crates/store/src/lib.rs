@@ -420,6 +420,9 @@ pub trait KeyBlocks {
         table: &str,
         block_keys: i64,
     ) -> Result<Vec<fieldsync_proto::wire::KeyBlock>>;
+    /// Records that every key of `table` below `next` in `device`'s blocks is used
+    /// (what its replica says, `wire::KeysUsed`); a block's next key only moves up.
+    fn keys_used(&self, device: &str, table: &str, next: i64) -> Result<()>;
 }
 
 /// fieldsync's objects in the main database, and the id of its history.

@@ -16,7 +16,7 @@ name = "site-visits"
 [[tables]]
 name = "sites"
 filter = "region = 'north'"
-write = ["insert", "update"]
+write = ["insert", "update", "delete"]
 [[tables]]
 name = "visits"
 parent = { table = "sites", key = "site_id" }
@@ -359,6 +359,53 @@ fn office_and_devices_insert_at_once_without_collisions() {
     }
 }
 
+/// Keys left in the device's blocks.
+fn keys_left(dev: &DeviceDir) -> i64 {
+    shell_ok(
+        dev,
+        "SELECT coalesce(sum(last - next + 1), 0) FROM fieldsync_keys WHERE tbl = 'sites' AND next <= last",
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn keys_used_offline_are_never_given_again() {
+    let office = site_office();
+    let dev = site_device(&office, "tab-ik-5");
+    // 600 rows made and deleted before any send: the server never sees their keys.
+    shell_ok(
+        &dev,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)
+         INSERT INTO sites (name, region) SELECT 'gone ' || i, 'north' FROM n;
+         DELETE FROM sites WHERE name LIKE 'gone %';",
+    );
+    let after_gone = next_key(&dev, "sites");
+    dev.run(&["sync"], "").ok();
+    // The download counted them used and topped the block up.
+    assert_eq!(keys_left(&dev), 400 + fieldsync_store::KEY_BLOCK_KEYS);
+    assert_eq!(next_key(&dev, "sites"), after_gone);
+    // Changes discarded by a download that replaces the replica keep their keys used.
+    shell_ok(
+        &dev,
+        "INSERT INTO sites (name, region) VALUES ('discarded', 'north')",
+    );
+    let discarded = shell_ok(&dev, "SELECT id FROM sites WHERE name = 'discarded'")
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    dev.run(&["download", TASK, "--discard-local-changes"], "")
+        .ok();
+    assert!(next_key(&dev, "sites") > discarded);
+    shell_ok(
+        &dev,
+        "INSERT INTO sites (name, region) VALUES ('kept', 'north')",
+    );
+    dev.run(&["sync"], "").ok();
+    assert!(count(&office, "SELECT id FROM sites WHERE name = 'kept'") > discarded);
+}
+
 #[test]
 fn an_integer_key_without_a_source_cannot_take_inserts() {
     let office = Office::new(1);
@@ -385,4 +432,5 @@ crate::also_on_postgres!(
     a_key_outside_the_devices_blocks_is_refused_by_the_server,
     office_and_devices_insert_at_once_without_collisions,
     an_integer_key_without_a_source_cannot_take_inserts,
+    keys_used_offline_are_never_given_again,
 );

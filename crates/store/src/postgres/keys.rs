@@ -76,6 +76,15 @@ impl KeyBlocks for PgStore {
             held(tx, device, table)
         })
     }
+
+    fn keys_used(&self, device: &str, table: &str, next: i64) -> Result<()> {
+        self.conn()?.execute(
+            "UPDATE fieldsync.key_blocks SET next_key = least($3, last_key + 1)
+             WHERE device = $1 AND tbl = $2 AND first_key < $3 AND next_key < least($3, last_key + 1)",
+            &[&device, &table, &next],
+        )?;
+        Ok(())
+    }
 }
 
 /// Claims an inserted key for the device (see `UploadTx::claim_key`): `$3` within

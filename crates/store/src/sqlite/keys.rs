@@ -90,6 +90,15 @@ impl KeyBlocks for SqliteStore {
         tx.commit()?;
         Ok(blocks)
     }
+
+    fn keys_used(&self, device: &str, table: &str, next: i64) -> Result<()> {
+        self.conn()?.execute(
+            "UPDATE fieldsync_key_blocks SET next_key = max(next_key, min(?3, last_key + 1))
+             WHERE device = ?1 AND tbl = ?2 AND first_key < ?3 AND next_key < min(?3, last_key + 1)",
+            params![device, table, next],
+        )?;
+        Ok(())
+    }
 }
 
 /// Claims an inserted key for the device (see `UploadTx::claim_key`).

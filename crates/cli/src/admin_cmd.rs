@@ -431,7 +431,12 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Table(TableCommand::Track { table }) => {
             let info = admin::table_track(store, &table)?;
-            println!("tracking {} (primary key {})", info.name, info.primary_key);
+            println!(
+                "tracking {} (primary key {}, key: {})",
+                info.name,
+                info.primary_key,
+                info.key_kind()
+            );
         }
         AdminCommand::Task(TaskCommand::Apply { file, force }) => {
             let text = std::fs::read_to_string(&file)

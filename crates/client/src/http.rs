@@ -208,12 +208,20 @@ impl Api {
         op: SyncOp,
         trigger: Trigger,
         from: &DownloadFrom,
+        keys_used: &[fieldsync_proto::wire::KeysUsed],
     ) -> Result<Box<dyn Read + Send + Sync + 'static>> {
         let path = format!("/api/v1/tasks/{}/download", encode_path_segment(task));
         let mut headers = vec![
             (HEADER_OP, op.as_str().to_string()),
             (HEADER_KIND, trigger.as_str().to_string()),
         ];
+        // Table names are checked ASCII identifiers: the JSON is a valid header value.
+        if !keys_used.is_empty() {
+            headers.push((
+                fieldsync_proto::wire::HEADER_KEYS_USED,
+                serde_json::to_string(keys_used).expect("keys serialize"),
+            ));
+        }
         match from {
             DownloadFrom::Full => headers.push((HEADER_FULL, "1".to_string())),
             DownloadFrom::Nothing => {}

@@ -32,6 +32,69 @@ CREATE TABLE fieldsync_replaced (tbl TEXT NOT NULL, pk NOT NULL, old TEXT NOT NU
 CREATE TABLE fieldsync_left (tbl TEXT NOT NULL, pk NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
 ";
 
+/// The integer keys this device may give new rows (`SliceHeader::key_blocks`), kept
+/// in every replica that has a table taking them; `next` moves past each key used.
+pub const KEY_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS fieldsync_keys (
+    tbl TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    next INTEGER NOT NULL,
+    PRIMARY KEY (tbl, first)
+) WITHOUT ROWID;
+-- The key the next insert without one gets, per table: what an app reads to give a
+-- new parent row's key to its children before inserting them all.
+CREATE VIEW IF NOT EXISTS fieldsync_next_keys AS
+    SELECT tbl, min(next) AS next FROM fieldsync_keys WHERE next <= last GROUP BY tbl;
+";
+
+/// Whether the replica gives `t`'s new rows keys from the device's blocks: a table
+/// that takes inserts with an integer key.
+pub fn takes_block_keys(t: &TableSchema) -> bool {
+    t.write.contains(&WriteOp::Insert)
+        && t.columns
+            .first()
+            .is_some_and(|c| c.column_type == ColumnType::Integer)
+}
+
+/// The triggers that give a new row of `t` without a key the next key of the device's
+/// blocks (an insert re-issued with the key, the keyless one dropped with
+/// `RAISE(IGNORE)`), refuse it when the blocks are used up, and move the next key past
+/// any key of a block an insert used. Created after the table's other triggers, so
+/// SQLite runs the key's first.
+fn key_triggers(t: &TableSchema, checks: &str) -> String {
+    let table = quote(&t.name);
+    let pk = quote(&t.primary_key);
+    let tl = literal(&t.name);
+    let name = |what: &str| quote(&format!("fieldsync_{}_{what}", t.name));
+    let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
+    let values: Vec<String> = t.columns[1..]
+        .iter()
+        .map(|c| format!("NEW.{}", quote(&c.name)))
+        .collect();
+    let next = format!("(SELECT min(next) FROM fieldsync_keys WHERE tbl = {tl} AND next <= last)");
+    let values = std::iter::once(next.clone())
+        .chain(values)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "CREATE TRIGGER {key} BEFORE INSERT ON {table} WHEN NEW.{pk} IS NULL AND {NOT_APPLYING} BEGIN {checks}
+           {used_up} WHERE {next} IS NULL;
+           INSERT INTO {table} ({cols}) VALUES ({values});
+           SELECT RAISE(IGNORE); END;
+         CREATE TRIGGER {used} AFTER INSERT ON {table} BEGIN
+           UPDATE fieldsync_keys SET next = NEW.{pk} + 1
+           WHERE tbl = {tl} AND NEW.{pk} BETWEEN first AND last AND next <= NEW.{pk}; END;",
+        key = name("key"),
+        used = name("key_used"),
+        used_up = raise(&format!(
+            "fieldsync: this device has used up the keys it was given for new {} rows; synchronize to get more",
+            t.name
+        )),
+        cols = cols.join(", "),
+    )
+}
+
 pub fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -320,6 +383,11 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
         &insert_base,
         &insert_when,
     );
+    let keys = if takes_block_keys(t) {
+        key_triggers(t, &format!("{retired} {logged_out}"))
+    } else {
+        String::new()
+    };
     format!(
         "CREATE TRIGGER {bi} BEFORE INSERT ON {table} WHEN {NOT_APPLYING} BEGIN {retired} {logged_out}
            DELETE FROM fieldsync_replaced;
@@ -334,7 +402,8 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
          CREATE TRIGGER {au} AFTER UPDATE ON {table} WHEN {NOT_APPLYING} AND ({changed}) BEGIN {j_update} END;
          CREATE TRIGGER {ad} AFTER DELETE ON {table} WHEN {NOT_APPLYING} BEGIN
            DELETE FROM fieldsync_replaced WHERE tbl = {tl} AND pk = OLD.{pk};
-           {j_delete} END;",
+           {j_delete} END;
+         {keys}",
         bi = name("before_insert"),
         bu = name("before_update"),
         bd = name("before_delete"),
@@ -350,4 +419,133 @@ pub fn table_triggers(h: &SliceHeader, t: &TableSchema, link: &Path) -> String {
         j_update = journal("update", &format!("NEW.{pk}"), &json_changed(t, "OLD"), &json_changed(t, "NEW"), &base_of(&format!("OLD.{pk}")), "1"),
         j_delete = journal("delete", &format!("OLD.{pk}"), &json_row(t, "OLD"), "NULL", &base_of(&format!("OLD.{pk}")), "1"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use fieldsync_proto::wire::{ColumnDef, KeyBlock};
+    use rusqlite::Connection;
+
+    use super::*;
+
+    fn header() -> SliceHeader {
+        let column = |name: &str, column_type| ColumnDef {
+            name: name.into(),
+            column_type,
+        };
+        SliceHeader {
+            protocol: 1,
+            epoch: "e".into(),
+            task: "t".into(),
+            task_hash: "h".into(),
+            user: "ana".into(),
+            device: "d".into(),
+            tables: vec![TableSchema {
+                name: "sites".into(),
+                primary_key: "id".into(),
+                columns: vec![
+                    column("id", ColumnType::Integer),
+                    column("name", ColumnType::Text),
+                ],
+                rows_estimate: 0,
+                write: vec![WriteOp::Insert],
+                filter: None,
+                parent: None,
+            }],
+            since: None,
+            full_reason: None,
+            assigned: vec![],
+            key_blocks: vec![KeyBlock {
+                table: "sites".into(),
+                first: 10,
+                last: 12,
+                next: 10,
+            }],
+        }
+    }
+
+    /// A replica with the table, its triggers and a block of keys 10..=12.
+    fn replica(h: &SliceHeader) -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(REPLICA_TABLES).unwrap();
+        c.execute_batch(KEY_TABLES).unwrap();
+        c.execute_batch(
+            "CREATE TABLE fieldsync_replica (key TEXT PRIMARY KEY, value);
+             INSERT INTO fieldsync_replica VALUES ('login', 'ana');
+             CREATE TABLE sites (id INT PRIMARY KEY NOT NULL, name TEXT);",
+        )
+        .unwrap();
+        let b = &h.key_blocks[0];
+        c.execute(
+            "INSERT INTO fieldsync_keys VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![b.table, b.first, b.last, b.next],
+        )
+        .unwrap();
+        c.execute_batch(&table_triggers(
+            h,
+            &h.tables[0],
+            Path::new("replica.sqlite"),
+        ))
+        .unwrap();
+        c
+    }
+
+    fn keys(c: &Connection, sql: &str) -> Vec<i64> {
+        let mut stmt = c.prepare(sql).unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_keyless_insert_takes_the_blocks_next_key_until_they_run_out() {
+        let h = header();
+        let c = replica(&h);
+        c.execute_batch(
+            "INSERT INTO sites (name) VALUES ('a'); INSERT INTO sites VALUES (NULL, 'b');",
+        )
+        .unwrap();
+        assert_eq!(keys(&c, "SELECT id FROM sites ORDER BY id"), vec![10, 11]);
+        // Journaled once each, under their keys.
+        assert_eq!(
+            keys(
+                &c,
+                "SELECT pk FROM fieldsync_journal WHERE op = 'insert' ORDER BY seq"
+            ),
+            vec![10, 11]
+        );
+        assert_eq!(keys(&c, "SELECT next FROM fieldsync_next_keys"), vec![12]);
+        c.execute_batch("INSERT INTO sites (name) VALUES ('c')")
+            .unwrap();
+        let err = c
+            .execute_batch("INSERT INTO sites (name) VALUES ('d')")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("used up the keys") && err.contains("synchronize"),
+            "{err}"
+        );
+        assert_eq!(keys(&c, "SELECT count(*) FROM sites"), vec![3]);
+        assert_eq!(keys(&c, "SELECT count(*) FROM fieldsync_journal"), vec![3]);
+    }
+
+    #[test]
+    fn an_explicit_key_of_the_block_moves_the_next_key_past_it() {
+        let h = header();
+        let c = replica(&h);
+        c.execute_batch("INSERT INTO sites VALUES (11, 'given')")
+            .unwrap();
+        c.execute_batch("INSERT INTO sites (name) VALUES ('next')")
+            .unwrap();
+        assert_eq!(keys(&c, "SELECT id FROM sites ORDER BY id"), vec![11, 12]);
+        // Logged out: the login message, not a key.
+        c.execute_batch("UPDATE fieldsync_replica SET value = NULL WHERE key = 'login'")
+            .unwrap();
+        let err = c
+            .execute_batch("INSERT INTO sites (name) VALUES ('x')")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log in"), "{err}");
+    }
 }

@@ -489,6 +489,7 @@ mod tests {
             since: None,
             full_reason: None,
             assigned: vec![],
+            key_blocks: Vec::new(),
         }
     }
 

@@ -167,6 +167,21 @@ pub struct SliceHeader {
     /// edits by a logged-in user not among them (empty: no such check).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub assigned: Vec<String>,
+    /// The integer keys this device may give new rows, per table that accepts
+    /// inserts and has an integer key: the blocks the server reserved for it from
+    /// the table's own key source, each from the next key not yet known used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_blocks: Vec<KeyBlock>,
+}
+
+/// Keys `first..=last` of `table`, reserved for one device: the office never uses
+/// them, and no other device gets them. `next`: the first not known used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyBlock {
+    pub table: String,
+    pub first: i64,
+    pub last: i64,
+    pub next: i64,
 }
 
 impl SliceHeader {
@@ -302,6 +317,21 @@ pub struct ReplicaPosition {
 
 /// The replica a download starts from ([`ReplicaPosition`] as JSON); absent: none.
 pub const HEADER_REPLICA: &str = "x-fieldsync-replica";
+/// The integer keys the device's replica used ([`KeysUsed`] as a JSON array), sent
+/// with every download from a replica that has key blocks; absent: none.
+pub const HEADER_KEYS_USED: &str = "x-fieldsync-keys-used";
+
+/// Every key of `table` below `next` in the device's blocks is used, whether the
+/// server saw it or not (rows deleted before a send, changes discarded): a download
+/// never hands those out again, and tops the blocks up by what is really left. The
+/// server trusts it only for this device's own blocks: a device can waste its own
+/// keys, nothing more.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeysUsed {
+    pub table: String,
+    pub next: i64,
+}
+
 /// `1`: the device asks for the whole slice (`--full`).
 pub const HEADER_FULL: &str = "x-fieldsync-full";
 

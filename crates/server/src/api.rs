@@ -338,6 +338,7 @@ async fn download(
     check_name("task", &name).map_err(ApiError::bad_request)?;
     let (op, trigger) = op_and_trigger(&headers, SyncOp::Download)?;
     let (position, full) = download::requested(&headers)?;
+    let keys_used = download::keys_used(&headers)?;
     let started = (std::time::Instant::now(), Timestamp::now());
     let state = st.clone();
     let (plan, header, turn) = blocking(move || {
@@ -365,7 +366,9 @@ async fn download(
             since: None,
             full_reason: None,
             assigned: task.users.clone(),
+            key_blocks: Vec::new(),
         };
+        header.key_blocks = download::key_blocks(&*store, &header, &keys_used)?;
         header.full_reason = download::full_reason(position.as_ref(), full, &header);
         if header.full_reason.is_none() {
             plan.since = position.map(|p| p.cursor);

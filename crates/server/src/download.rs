@@ -152,6 +152,24 @@ pub fn requested(headers: &HeaderMap) -> Result<(Option<ReplicaPosition>, bool),
     Ok((position, full))
 }
 
+/// The keys the device's replica used (`HEADER_KEYS_USED`); absent: none.
+pub fn keys_used(headers: &HeaderMap) -> Result<Vec<fieldsync_proto::wire::KeysUsed>, ApiError> {
+    match headers.get(fieldsync_proto::wire::HEADER_KEYS_USED) {
+        None => Ok(Vec::new()),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|s| s.len() <= 16 * 1024)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "bad {} header",
+                    fieldsync_proto::wire::HEADER_KEYS_USED
+                ))
+            }),
+    }
+}
+
 /// Full or delta (DESIGN's "Full or delta"): why the download must be the whole
 /// slice, judged on what the server knows of the task, the user and its own history;
 /// `None`: a delta from the position's cursor, unless the store finds that cursor
@@ -273,4 +291,32 @@ pub fn start(
         crate::request_log::record_sync(&*store, &metrics, &record);
     });
     Ok(ChannelBody(rx))
+}
+
+/// The device's blocks of integer keys for each table it may insert into whose key is
+/// an integer, topped up at this contact before they run out (`store::keys`).
+/// Keys the replica says it used (`HEADER_KEYS_USED`) count as used first.
+pub(crate) fn key_blocks(
+    store: &dyn Store,
+    header: &SliceHeader,
+    used: &[fieldsync_proto::wire::KeysUsed],
+) -> Result<Vec<fieldsync_proto::wire::KeyBlock>, ApiError> {
+    let mut blocks = Vec::new();
+    for t in &header.tables {
+        let integer_key = t
+            .columns
+            .first()
+            .is_some_and(|c| c.column_type == fieldsync_proto::ColumnType::Integer);
+        if integer_key && t.write.contains(&fieldsync_proto::task::WriteOp::Insert) {
+            for u in used.iter().filter(|u| u.table == t.name) {
+                store.keys_used(&header.device, &t.name, u.next)?;
+            }
+            blocks.extend(store.key_blocks(
+                &header.device,
+                &t.name,
+                fieldsync_store::KEY_BLOCK_KEYS,
+            )?);
+        }
+    }
+    Ok(blocks)
 }

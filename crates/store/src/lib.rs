@@ -8,6 +8,7 @@ mod catalog;
 mod delta;
 mod dialect;
 mod integrate;
+mod keys;
 mod plan;
 mod postgres;
 mod resolve;
@@ -22,6 +23,7 @@ use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{FullReason, Upload, UploadOutcome};
 
 pub use dialect::SqlDialect;
+pub use keys::KEY_BLOCK_KEYS;
 pub use plan::{SlicePlan, TablePlan, check_task, quote_ident};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -30,7 +32,7 @@ pub use sqlite::SqliteStore;
 /// they need no import).
 pub mod prelude {
     pub use crate::{
-        Catalog, History, Schema, Slices, SourceData, Store, Tickets, Tracking, Uploads,
+        Catalog, History, KeyBlocks, Schema, Slices, SourceData, Store, Tickets, Tracking, Uploads,
     };
 }
 
@@ -81,11 +83,58 @@ pub struct TableInfo {
     pub primary_key: String,
     pub columns: Vec<ColumnInfo>,
     pub tracked: bool,
+    /// Where new values of an integer primary key come from, so that devices can be
+    /// given blocks of them (`keys.rs`): the name of the column's sequence (serial
+    /// or identity) on PostgreSQL, `sqlite_sequence (AUTOINCREMENT)` for an
+    /// `INTEGER PRIMARY KEY AUTOINCREMENT` on SQLite. `None`: a key of another type, or one nothing numbers.
+    pub key_source: Option<String>,
 }
 
 impl TableInfo {
     pub fn column(&self, name: &str) -> Option<&ColumnInfo> {
         self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// What kind of key the table has, as `admin table track` reports it and
+    /// `task apply` judges `write = insert` by.
+    pub fn key_kind(&self) -> KeyKind {
+        match self.column(&self.primary_key).map(|c| c.column_type) {
+            Some(ColumnType::Text) => KeyKind::Text,
+            Some(ColumnType::Integer) => match &self.key_source {
+                Some(source) => KeyKind::Numbered(source.clone()),
+                None => KeyKind::Integer,
+            },
+            _ => KeyKind::Other,
+        }
+    }
+}
+
+/// A table's primary key, as devices can make new ones offline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Text: the replica makes a random UUID.
+    Text,
+    /// An integer from this key source: devices get blocks of it (`keys.rs`).
+    Numbered(String),
+    /// An integer nothing numbers (no sequence; on SQLite, no AUTOINCREMENT): devices
+    /// cannot insert.
+    Integer,
+    /// Any other type: devices cannot insert.
+    Other,
+}
+
+impl std::fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyKind::Text => f.write_str("text (devices make UUIDs)"),
+            KeyKind::Numbered(source) => {
+                write!(f, "integer from {source} (devices get blocks of keys)")
+            }
+            KeyKind::Integer => {
+                f.write_str("integer without a sequence or AUTOINCREMENT (devices cannot insert)")
+            }
+            KeyKind::Other => f.write_str("neither text nor integer (devices cannot insert)"),
+        }
     }
 }
 
@@ -368,9 +417,26 @@ pub trait Tickets {
 
 /// The organisation's data: fieldsync's objects and epoch, change tracking, the slice
 /// stream and upload integration, each a trait an engine implements in its own file.
-pub trait SourceData: Schema + Tracking + Slices + Uploads {}
+pub trait SourceData: Schema + Tracking + Slices + Uploads + KeyBlocks {}
 
-impl<T: Schema + Tracking + Slices + Uploads> SourceData for T {}
+impl<T: Schema + Tracking + Slices + Uploads + KeyBlocks> SourceData for T {}
+
+/// Integer keys reserved for devices from each table's own key source, so that the
+/// office's inserts and the devices' never collide (`keys.rs`).
+pub trait KeyBlocks {
+    /// The blocks of `table` reserved for `device` that still hold keys not known
+    /// used, topped up first with a new block of `block_keys` keys when fewer than
+    /// half of that remain. A revoked device has none.
+    fn key_blocks(
+        &self,
+        device: &str,
+        table: &str,
+        block_keys: i64,
+    ) -> Result<Vec<fieldsync_proto::wire::KeyBlock>>;
+    /// Records that every key of `table` below `next` in `device`'s blocks is used
+    /// (what its replica says, `wire::KeysUsed`); a block's next key only moves up.
+    fn keys_used(&self, device: &str, table: &str, next: i64) -> Result<()>;
+}
 
 /// fieldsync's objects in the main database, and the id of its history.
 pub trait Schema {

@@ -8,7 +8,7 @@ use fieldsync_proto::wire::{ColumnDef, Cursor, TableSchema};
 use fieldsync_proto::{ColumnType, Value};
 
 use crate::dialect::SqlDialect;
-use crate::{Result, StoreError, TableInfo};
+use crate::{KeyKind, Result, StoreError, TableInfo};
 
 /// One table of a slice: what the header describes and the queries that read it.
 #[derive(Debug, Clone)]
@@ -140,11 +140,22 @@ pub fn check_task(def: &TaskDef, lookup: &dyn Fn(&str) -> Result<Option<TableInf
             let pk = info
                 .column(&info.primary_key)
                 .expect("primary key is a column");
-            if pk.column_type != ColumnType::Text {
-                return Err(invalid(format!(
-                    "{at}: write = insert needs a text primary key (devices make keys offline); `{}` is {}",
-                    info.primary_key, pk.declared_type
-                )));
+            // Devices make keys offline: a UUID, or the next of a block of integers
+            // the server reserved from the key's own source (`keys.rs`).
+            match info.key_kind() {
+                KeyKind::Text | KeyKind::Numbered(_) => {}
+                KeyKind::Integer => {
+                    return Err(invalid(format!(
+                        "{at}: write = insert on an integer key needs a source of keys devices can get blocks from: `{}` has none (on PostgreSQL a serial or identity column, on SQLite INTEGER PRIMARY KEY AUTOINCREMENT)",
+                        info.primary_key
+                    )));
+                }
+                KeyKind::Other => {
+                    return Err(invalid(format!(
+                        "{at}: write = insert needs a text or integer primary key (devices make keys offline); `{}` is {}",
+                        info.primary_key, pk.declared_type
+                    )));
+                }
             }
             let cols = slice_columns(t, &info);
             for c in &info.columns {

@@ -2143,6 +2143,11 @@ fn malformed_stored_time_is_an_error(fx: &Fixture) {
 mod tickets;
 use tickets::tickets_issue_renew_redeem;
 
+/// Integer key blocks: `keys::key_blocks_reserved_topped_up_and_void_when_revoked`.
+#[path = "conformance/keys.rs"]
+mod keys;
+use keys::key_blocks_reserved_topped_up_and_void_when_revoked;
+
 macro_rules! conformance {
     (both: [$($check:ident),* $(,)?], postgres_only: [$($pg:ident),* $(,)?] $(,)?) => {
         mod sqlite {
@@ -2184,6 +2189,7 @@ conformance! {
         conflict_resolve_takes_logged_values,
         malformed_stored_time_is_an_error,
         tickets_issue_renew_redeem,
+        key_blocks_reserved_topped_up_and_void_when_revoked,
     ],
     postgres_only: [
         upload_gives_up_on_a_row_the_office_holds,

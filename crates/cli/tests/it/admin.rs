@@ -50,7 +50,7 @@ fn malformed_task_files_are_refused_naming_the_problem() {
         ),
         (
             "name = \"t1\"\n[[tables]]\nname = \"assets\"\nwrite = [\"insert\"]\n",
-            "text primary key",
+            "needs a source of keys",
         ),
         (
             "name = \"t1\"\n[[tables]]\nname = \"inspections\"\ncolumns = [\"id\", \"asset_id\"]\nwrite = [\"insert\"]\n",

@@ -16,6 +16,7 @@ mod faults;
 mod folder;
 mod guards;
 mod harness;
+mod int_keys;
 mod limits;
 mod limits_store;
 mod limits_upload;

@@ -26,11 +26,31 @@ pub(super) fn create_table_sql(t: &TableSchema) -> String {
                 if t.write.contains(&WriteOp::Insert) && c.column_type == ColumnType::Text {
                     def.push_str(&format!(" DEFAULT {}", triggers::UUID_SQL));
                 }
+                // An integer key the device's blocks give (`triggers::key_triggers`): not
+                // SQLite's rowid, whose own numbering would show a keyless insert to the
+                // triggers as key -1.
+                if triggers::takes_block_keys(t) {
+                    def = format!("{} INT PRIMARY KEY NOT NULL", quote(&c.name));
+                }
             }
             def
         })
         .collect();
     format!("CREATE TABLE {} ({})", quote(&t.name), cols.join(", "))
+}
+
+/// Records the key blocks a download brought (`SliceHeader::key_blocks`): new ones as
+/// they are, known ones with the later of the two next keys (the server knows the
+/// keys sent, the replica those used since).
+pub(super) fn keep_key_blocks(conn: &Connection, header: &SliceHeader) -> Result<()> {
+    let mut put = conn.prepare(
+        "INSERT INTO fieldsync_keys (tbl, first, last, next) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (tbl, first) DO UPDATE SET last = excluded.last, next = max(next, excluded.next)",
+    )?;
+    for b in &header.key_blocks {
+        put.execute(rusqlite::params![b.table, b.first, b.last, b.next])?;
+    }
+    Ok(())
 }
 
 /// Counts the compressed bytes as they arrive, in a counter the progress reports
@@ -132,6 +152,8 @@ pub(super) fn build_into<R: Read>(
     let tx = conn.transaction()?;
     tx.execute_batch("CREATE TABLE fieldsync_replica (key TEXT PRIMARY KEY, value)")?;
     tx.execute_batch(triggers::REPLICA_TABLES)?;
+    tx.execute_batch(triggers::KEY_TABLES)?;
+    keep_key_blocks(&tx, &header)?;
     for t in &header.tables {
         tx.execute_batch(&create_table_sql(t))?;
     }

@@ -47,6 +47,29 @@ pub fn position(conn: &Connection) -> Result<Option<ReplicaPosition>> {
     }))
 }
 
+/// Per table, the key below which the replica's blocks are used (`wire::KeysUsed`):
+/// the highest next key of a block it used any of; none before any use.
+pub fn keys_used(conn: &Connection) -> Result<Vec<fieldsync_proto::wire::KeysUsed>> {
+    let has_keys: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'fieldsync_keys'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_keys {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT tbl, max(next) FROM fieldsync_keys WHERE next > first GROUP BY tbl ORDER BY tbl",
+    )?;
+    let used = stmt.query_map([], |r| {
+        Ok(fieldsync_proto::wire::KeysUsed {
+            table: r.get(0)?,
+            next: r.get(1)?,
+        })
+    })?;
+    Ok(used.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Refuses a delta that does not fit the replica it would be applied to: another
 /// task, another shape of tables, another history.
 fn check_fits(stored: &SliceHeader, delta: &SliceHeader) -> Result<()> {
@@ -208,6 +231,8 @@ fn apply_in_transaction<R: Read>(
     };
     let header_json = serde_json::to_string(&stored).expect("a header serializes");
     conn.execute_batch("DELETE FROM fieldsync_base; DELETE FROM fieldsync_left;")?;
+    conn.execute_batch(crate::triggers::KEY_TABLES)?;
+    super::build::keep_key_blocks(conn, header)?;
     let mut put = conn.prepare(
         "INSERT INTO fieldsync_replica (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -35,7 +35,7 @@ use recover::*;
 
 pub use aside::{all_replicas, set_aside_files, stray_entries};
 pub use build::{Built, CountingReader, build, open_stream};
-pub use delta::{Applied, apply_delta, position};
+pub use delta::{Applied, apply_delta, keys_used, position};
 pub use install::{WriterHold, hold_writers, install};
 pub use recover::{recover, settle_user};
 pub use shape::{Shape, current_file, installed_file, shape};

@@ -57,6 +57,12 @@ impl Device {
             };
             position.map_or(DownloadFrom::Nothing, DownloadFrom::Replica)
         };
+        // The keys the replica used, whatever the download: a replica replaced, or
+        // changes discarded, never give a key again.
+        let keys_used = match early_hold.as_ref().map(|h| h.conn()).or(plain.as_ref()) {
+            Some(conn) => replica::keys_used(conn)?,
+            None => Vec::new(),
+        };
         drop(plain);
         let creds = Credentials {
             device_id: &id,
@@ -89,7 +95,7 @@ impl Device {
                 unit: "steps",
                 bytes: None,
             });
-            let body = api.download(&creds, task, report.op, report.trigger, &from)?;
+            let body = api.download(&creds, task, report.op, report.trigger, &from, &keys_used)?;
             let counted = std::rc::Rc::new(std::cell::Cell::new(0));
             let mut counting = replica::CountingReader {
                 inner: body,

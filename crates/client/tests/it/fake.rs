@@ -61,6 +61,7 @@ pub fn header() -> SliceHeader {
         since: None,
         full_reason: None,
         assigned: vec![],
+        key_blocks: Vec::new(),
     }
 }
 

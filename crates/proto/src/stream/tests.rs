@@ -35,6 +35,7 @@ fn header() -> SliceHeader {
         since: None,
         full_reason: None,
         assigned: vec![],
+        key_blocks: Vec::new(),
     }
 }
 

@@ -252,6 +252,25 @@ pub(crate) fn integrate(
             }
             _ => (write, note),
         };
+        // A new row's integer key comes from this device's blocks: any other could be
+        // one the office's sequence hands out later (`crate::keys`).
+        if let Some(Write::Insert(_)) = &write
+            && earlier != Some(Done::Written)
+            && t.info
+                .column(pk)
+                .is_some_and(|c| c.column_type == ColumnType::Integer)
+        {
+            let claimed = match &e.key {
+                Value::Integer(k) => tx.claim_key(ctx.device, &t.info.name, *k)?,
+                _ => false,
+            };
+            if !claimed {
+                return Err(forbidden(
+                    &label,
+                    "its integer key is not one the server reserved for this device",
+                ));
+            }
+        }
         let mut version = None;
         let mut row_after = None;
         if let Some(w) = &write {

@@ -113,6 +113,10 @@ pub(crate) trait UploadTx: Lookups {
     /// The version a device may take as its base of a row this upload wrote (handed
     /// to `device`, so recorded as one of its bases).
     fn new_version(&mut self, device: &str) -> Result<i64, StoreError>;
+    /// Whether `key`, a new row's integer key, lies in one of the blocks of `table`
+    /// reserved for `device` (`crate::keys`); if so, the block's next key moves past
+    /// it, so a later download never hands it out again.
+    fn claim_key(&mut self, device: &str, table: &str, key: i64) -> Result<bool, StoreError>;
     fn log_conflict(&mut self, c: &ConflictLog<'_>) -> Result<(), StoreError>;
     /// Records the upload id with its outcome (JSON), in the same transaction.
     fn record(

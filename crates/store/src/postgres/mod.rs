@@ -20,6 +20,7 @@
 mod catalog;
 mod history;
 mod integrate;
+mod keys;
 mod pool;
 mod schema;
 mod slice;

@@ -147,6 +147,16 @@ ALTER TABLE fieldsync.sessions ADD COLUMN IF NOT EXISTS scope text NOT NULL DEFA
 ALTER TABLE fieldsync.sessions ADD COLUMN IF NOT EXISTS scope_task text;
 -- Auto-sync tickets, only as SHA-256: made at a login, renewed by the pair's
 -- requests, redeemed once for an automatic session (scope 'auto', its task).
+-- Schema 4: integer keys reserved for a device (`keys.rs`), taken from the table's
+-- sequence; `next_key`: the first not known used. Never removed.
+CREATE TABLE IF NOT EXISTS fieldsync.key_blocks (
+    device text NOT NULL,
+    tbl text NOT NULL,
+    first_key bigint NOT NULL,
+    last_key bigint NOT NULL,
+    next_key bigint NOT NULL,
+    PRIMARY KEY (device, tbl, first_key)
+);
 CREATE TABLE IF NOT EXISTS fieldsync.tickets (
     hash text PRIMARY KEY,
     device text NOT NULL,

@@ -60,11 +60,22 @@ pub(crate) fn table_info(
         .map(|c| c.declared_type.as_str())
         .unwrap_or_default();
     let tracked = tracking_intact(c, oid, &name, &primary_key, key_type)?;
+    // The sequence behind a serial or identity key: where devices' blocks come from.
+    let key_source = if matches!(key_type, "smallint" | "integer" | "bigint") {
+        c.query_one(
+            "SELECT pg_get_serial_sequence($1::oid::regclass::text, $2)",
+            &[&oid, &primary_key],
+        )?
+        .get::<_, Option<String>>(0)
+    } else {
+        None
+    };
     Ok(Some(TableInfo {
         name,
         primary_key,
         columns,
         tracked,
+        key_source,
     }))
 }
 

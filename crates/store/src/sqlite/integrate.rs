@@ -253,6 +253,10 @@ impl UploadTx for SqliteUpload<'_> {
             .query_row([], |r| r.get(0))?)
     }
 
+    fn claim_key(&mut self, device: &str, table: &str, key: i64) -> Result<bool, StoreError> {
+        super::keys::claim_key(self.tx, device, table, key)
+    }
+
     fn log_conflict(&mut self, c: &ConflictLog<'_>) -> Result<(), StoreError> {
         let (e, n) = (c.entry, c.note);
         self.tx

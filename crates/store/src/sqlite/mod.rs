@@ -22,6 +22,7 @@ use rusqlite::{Connection, OpenFlags};
 mod catalog;
 mod history;
 mod integrate;
+mod keys;
 mod schema;
 mod slice;
 mod tickets;

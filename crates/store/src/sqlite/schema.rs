@@ -157,6 +157,17 @@ CREATE TABLE IF NOT EXISTS fieldsync_bases (
     at TEXT,
     PRIMARY KEY (device, high, low)
 ) WITHOUT ROWID;
+-- Schema 4: integer keys reserved for a device (`keys.rs`); `next_key`: the first
+-- not known used. Rows are never removed: a block's keys are never given again.
+CREATE TABLE IF NOT EXISTS fieldsync_key_blocks (
+    device TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    first_key INTEGER NOT NULL,
+    last_key INTEGER NOT NULL,
+    next_key INTEGER NOT NULL,
+    PRIMARY KEY (device, tbl, first_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fieldsync_key_blocks_by_tbl ON fieldsync_key_blocks (tbl, last_key);
 "#;
 
 impl Schema for SqliteStore {

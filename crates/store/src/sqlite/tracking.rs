@@ -136,11 +136,26 @@ pub(crate) fn table_info(conn: &Connection, table: &str) -> Result<Option<TableI
     } else {
         String::new()
     };
+    // An AUTOINCREMENT key never takes a value at or below `sqlite_sequence`'s: the
+    // counter blocks for devices are reserved from (a plain rowid takes max + 1,
+    // which would walk into a block).
+    let autoincrement = !primary_key.is_empty()
+        && columns
+            .iter()
+            .any(|c| c.name == primary_key && c.declared_type.eq_ignore_ascii_case("INTEGER"))
+        && conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                [&name],
+                |r| r.get::<_, Option<String>>(0),
+            )?
+            .is_some_and(|sql| sql.to_ascii_uppercase().contains("AUTOINCREMENT"));
     let mut info = TableInfo {
         name,
         primary_key,
         columns,
         tracked: false,
+        key_source: autoincrement.then(|| "sqlite_sequence (AUTOINCREMENT)".to_string()),
     };
     info.tracked = tracking_intact(conn, &info)?;
     Ok(Some(info))

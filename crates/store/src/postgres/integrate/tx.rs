@@ -450,6 +450,11 @@ impl UploadTx for PgUpload<'_, '_> {
         Ok(id)
     }
 
+    fn claim_key(&mut self, device: &str, table: &str, key: i64) -> Result<bool, StoreError> {
+        let rows = self.query(super::super::keys::CLAIM_KEY, &[&device, &table, &key])?;
+        Ok(!rows.is_empty())
+    }
+
     fn log_conflict(&mut self, c: &ConflictLog<'_>) -> Result<(), StoreError> {
         let (e, n) = (c.entry, c.note);
         let key = serde_json::to_string(&e.key).expect("serializes");

@@ -40,6 +40,9 @@ enum AdminCommand {
     /// The conflict log
     #[command(subcommand)]
     Conflicts(ConflictsCommand),
+    /// Files attached to rows
+    #[command(subcommand)]
+    File(crate::file_cmd::FileCommand),
     /// Sync history: every download, send and sync the server served
     #[command(visible_alias = "sessions")]
     History {
@@ -306,6 +309,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
     let store = open_db(args.db.as_deref())?;
     let store = &*store;
     match args.command {
+        AdminCommand::File(command) => crate::file_cmd::run(store, args.db.as_deref(), command)?,
         AdminCommand::User(UserCommand::Add {
             name,
             admin: is_admin,
@@ -552,11 +556,7 @@ fn describe_task(t: &fieldsync_store::TaskRecord) -> String {
         }
     }
     if let Some(files) = &t.def.files {
-        let _ = writeln!(
-            out,
-            "  files of: {} (file transfer is not built yet)",
-            list(&files.tables, "no table")
-        );
+        let _ = writeln!(out, "  files of: {}", list(&files.tables, "no table"));
     }
     let _ = writeln!(out, "  users:    {}", list(&t.users, "none"));
     let _ = writeln!(out, "  devices:  {}", list(&t.devices, "none"));

@@ -5,6 +5,7 @@ mod admin_cmd;
 mod auto_cmd;
 mod demo;
 mod device_cmd;
+mod file_cmd;
 mod output;
 mod server_cmd;
 mod ui;

@@ -75,6 +75,19 @@ pub struct TaskSummary {
     pub tables: Vec<String>,
 }
 
+/// A file of a task's slice (`GET /api/v1/tasks/{name}/files`): attached to row `key`
+/// of `table`; its content is fetched by `sha256` (`GET /api/v1/files/{sha256}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    pub table: String,
+    /// The row's primary key as text (an integer key in decimal).
+    pub key: String,
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub content_type: String,
+}
+
 /// A column of a slice table, as the stream header describes it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ColumnDef {

@@ -37,6 +37,8 @@ pub struct AppState {
     downloads: Arc<Downloads>,
     /// A ticket's time to live, in milliseconds (`Limits::ticket_ttl`).
     pub(crate) ticket_ttl_ms: i64,
+    /// Where attached files' content is (`None`: this server serves no files).
+    pub(crate) files: Option<Arc<dyn crate::files::FileStore>>,
 }
 
 impl AppState {
@@ -50,7 +52,14 @@ impl AppState {
                 per_device_max: limits.max_downloads_per_device,
             }),
             ticket_ttl_ms: i64::try_from(limits.ticket_ttl.as_millis()).unwrap_or(i64::MAX),
+            files: None,
         }
+    }
+
+    /// The state with a file store, whose files the file routes serve.
+    pub fn with_files(mut self, files: Option<Arc<dyn crate::files::FileStore>>) -> AppState {
+        self.files = files;
+        self
     }
 }
 
@@ -137,6 +146,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tickets/redeem", post(tickets::redeem))
         .route("/api/v1/tasks", get(tasks))
         .route("/api/v1/tasks/{name}/download", get(download))
+        .route(
+            "/api/v1/tasks/{name}/files",
+            get(crate::files::routes::list),
+        )
+        .route("/api/v1/files/{sha256}", get(crate::files::routes::fetch))
         .layer(DefaultBodyLimit::max(JSON_BODY_MAX_BYTES))
         .route(
             "/api/v1/uploads",

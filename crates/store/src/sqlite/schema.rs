@@ -8,7 +8,7 @@ use crate::Schema;
 use crate::{Result, StoreError};
 
 /// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS fieldsync_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -150,6 +150,20 @@ CREATE TABLE IF NOT EXISTS fieldsync_bases (
     at TEXT,
     PRIMARY KEY (device, high, low)
 ) WITHOUT ROWID;
+-- Schema 4: files attached to rows (the content is in the file store, by SHA-256).
+CREATE TABLE IF NOT EXISTS fieldsync_files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    added_by TEXT NOT NULL,
+    added_at TEXT NOT NULL,
+    UNIQUE (tbl, pk, name)
+);
+CREATE INDEX IF NOT EXISTS fieldsync_files_by_sha256 ON fieldsync_files (sha256);
 "#;
 
 impl Schema for SqliteStore {

@@ -161,6 +161,7 @@ pub fn phase_name(p: Phase) -> &'static str {
         Phase::Store => "store",
         Phase::Send => "send",
         Phase::Retry => "retry",
+        Phase::Files => "files",
     }
 }
 
@@ -172,6 +173,7 @@ pub fn phase_text(p: Phase) -> &'static str {
         Phase::Store => "data stored on the device",
         Phase::Send => "local changes sent and integrated",
         Phase::Retry => "the server could not be reached; trying again",
+        Phase::Files => "the task's files arrive",
     }
 }
 

@@ -4,14 +4,16 @@
 
 use crate::harness::*;
 
+mod device;
+
 /// The north task with files of its assets and inspections.
-fn north_with_files() -> String {
+pub fn north_with_files() -> String {
     format!("{NORTH}[files]\ntables = [\"assets\", \"inspections\"]\n")
 }
 
 /// The `--files` flags of the office: none on SQLite (the default folder beside the
 /// database is what is tested), a folder on PostgreSQL (which has no default).
-fn files_flags(office: &Office) -> Vec<String> {
+pub fn files_flags(office: &Office) -> Vec<String> {
     match office.engine() {
         Engine::Sqlite => Vec::new(),
         Engine::Postgres => vec![
@@ -22,7 +24,7 @@ fn files_flags(office: &Office) -> Vec<String> {
 }
 
 /// An office whose north task has a `[files]` rule, its server serving files.
-fn office() -> Office {
+pub fn office() -> Office {
     let mut office = Office::new(20);
     let path = office.dir.0.join("north-files.toml");
     std::fs::write(&path, north_with_files()).unwrap();
@@ -36,7 +38,7 @@ fn office() -> Office {
 }
 
 /// `admin file attach TABLE KEY PATH` of `content` named `name`: the attachment's id.
-fn attach(office: &Office, table: &str, key: &str, name: &str, content: &[u8]) -> Run {
+pub fn attach(office: &Office, table: &str, key: &str, name: &str, content: &[u8]) -> Run {
     let path = office.dir.0.join(name);
     std::fs::write(&path, content).unwrap();
     let mut args = vec!["file", "attach", table, key, path.to_str().unwrap()];
@@ -51,14 +53,14 @@ fn list(office: &Office) -> Vec<serde_json::Value> {
 }
 
 /// An asset of the north slice and one outside it (south).
-fn keys(office: &Office) -> (String, String) {
+pub fn keys(office: &Office) -> (String, String) {
     (
         office.value("SELECT min(id) FROM assets WHERE region = 'north' AND status <> 'retired'"),
         office.value("SELECT min(id) FROM assets WHERE region = 'south'"),
     )
 }
 
-fn sha256_of(bytes: &[u8]) -> String {
+pub fn sha256_of(bytes: &[u8]) -> String {
     let path = std::env::temp_dir().join(format!("fieldsync-sha-{}", std::process::id()));
     std::fs::write(&path, bytes).unwrap();
     let out = std::process::Command::new("sha256sum")

@@ -196,3 +196,118 @@ fn a_large_file_cut_halfway_resumes_with_the_rest_only_in_bounded_memory() {
 }
 
 crate::also_on_postgres!(a_device_fetches_its_slices_files_once_and_drops_those_that_leave);
+
+/// Spawns `fieldsync device ARGS` (its output piped).
+fn spawn(dev: &DeviceDir, args: &[&str]) -> std::process::Child {
+    Command::new(BIN)
+        .arg("device")
+        .args(args)
+        .arg("--dir")
+        .arg(dev.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_cancel_in_the_files_part_of_a_sync_keeps_the_data_and_the_files_resume() {
+    let office = office();
+    let (north, _) = keys(&office);
+    let size = 1 << 20;
+    let big = content(size, 11);
+    let sha = sha256_of(&big);
+    attach(&office, "assets", &north, "scan.bin", &big).ok();
+    let dev = office.device("d1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    office.execute_batch(&format!(
+        "UPDATE assets SET name = 'renamed' WHERE id = {north}"
+    ));
+
+    let upstream = office
+        .server
+        .url
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream, Fault::down(Action::Throttle(256 * 1024)));
+    dev.use_server(&proxy.url());
+    let child = spawn(&dev, &["sync", "--files"]);
+    let partial = dev.path().join(format!("files/partial/{sha}.part"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < 100_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cancelled; data synchronized, files incomplete"),
+        "{out:?}"
+    );
+    // The data part stands.
+    assert_eq!(
+        rows(
+            &dev.replica(),
+            &format!("SELECT name FROM assets WHERE id = {north}")
+        ),
+        vec![vec!["trenamed".to_string()]]
+    );
+    let last = &dev.status()["last_sync"];
+    assert_eq!(last["result"], "cancelled", "{last}");
+    assert_eq!(last["send_result"], "ok", "{last}");
+    assert!(!by_row(&dev, "assets", &north, "scan.bin").exists());
+
+    // The files resume where the cancel left them.
+    let have = std::fs::metadata(&partial).unwrap().len();
+    assert!(have > 0 && have < size as u64, "{have}");
+    proxy.set_fault(Fault::PASS);
+    let out = dev.run(&["files"], "").ok();
+    let rest = size as u64 - have;
+    assert!(
+        out.stdout
+            .contains(&format!("files: 1 fetched, {rest} byte(s)")),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read(by_row(&dev, "assets", &north, "scan.bin")).unwrap(),
+        big
+    );
+}
+
+#[test]
+fn docking_with_download_files_brings_the_files_after_the_data() {
+    use crate::docking::{Dock, Watcher, crew};
+    let office = office();
+    let (north, _) = keys(&office);
+    let photo = content(70_000, 5);
+    attach(&office, "assets", &north, "before.jpg", &photo).ok();
+    let dev = crew(&office, "tab1");
+    dev.run(&["options", "--download-files", "on"], "").ok();
+    let dock = Dock::new();
+    let w = Watcher::start(&dev, &dock);
+    dev.run(&["logout"], "").ok();
+    dock.set(true);
+    w.expect("automatic synchronization ok");
+    let last = &dev.status()["last_sync"];
+    assert_eq!(
+        (last["kind"].as_str(), last["op"].as_str()),
+        (Some("auto"), Some("sync"))
+    );
+    assert_eq!(
+        std::fs::read(by_row(&dev, "assets", &north, "before.jpg")).unwrap(),
+        photo
+    );
+    w.stop();
+}

@@ -82,14 +82,16 @@ pub(crate) fn check_new(file: &NewFile, info: Option<TableInfo>) -> Result<(Tabl
 
 /// The queries listing the files of a slice's tables `tables` (only content `sha256`,
 /// when given): one per table, as each table's condition numbers its placeholders
-/// from 1, with that table's binds. `key_text` turns a qualified column into its text
-/// (each engine's cast); `pk_of` names a table's primary key.
+/// from 1, with that table's binds. `key_as` turns an attachment's key (text) into a
+/// value of the table's primary key, given its type and declared type, so the join
+/// can use the primary key's index either way: from the slice's rows to their files
+/// (a list), or from the files of one content to their rows (a fetch).
 pub(crate) fn slice_files_sql(
     plan: &SlicePlan,
     tables: &[String],
     sha256: Option<&str>,
     files_table: &str,
-    key_text: &dyn Fn(&str) -> String,
+    key_as: &dyn Fn(&str, ColumnType, &str) -> String,
 ) -> Result<Vec<(String, Vec<Value>)>> {
     if let Some(h) = sha256
         && !is_sha256(h)
@@ -106,11 +108,13 @@ pub(crate) fn slice_files_sql(
         .filter(|t| tables.contains(&t.schema.name))
         .map(|t| {
             let table = quote_ident(&t.schema.name);
-            let pk = key_text(&format!("{table}.{}", quote_ident(&t.schema.primary_key)));
+            // The primary key is the plan's first column.
+            let pk = format!("{table}.{}", quote_ident(&t.schema.primary_key));
+            let key = key_as("f.pk", t.schema.columns[0].column_type, &t.declared[0]);
             let sql = format!(
                 "SELECT f.id, f.tbl, f.pk, f.name, f.size, f.sha256, f.content_type, f.added_by, f.added_at
-                 FROM {table} JOIN {files_table} f ON f.tbl = {} AND f.pk = {pk}{only}
-                 WHERE {} ORDER BY f.id",
+                 FROM {files_table} f JOIN {table} ON {pk} = {key}
+                 WHERE f.tbl = {}{only} AND {} ORDER BY f.id",
                 quote_literal(&t.schema.name),
                 t.condition
             );

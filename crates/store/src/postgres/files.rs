@@ -112,9 +112,15 @@ impl Files for PgStore {
         tables: &[String],
         sha256: Option<&str>,
     ) -> Result<Vec<FileRecord>> {
-        let queries = slice_files_sql(plan, tables, sha256, "fieldsync.files", &|c| {
-            format!("{c}::text")
-        })?;
+        // The key's text cast to the primary key's declared type (attachments are
+        // checked at attach to name a row, so the cast holds).
+        let queries = slice_files_sql(
+            plan,
+            tables,
+            sha256,
+            "fieldsync.files",
+            &|k, _, declared| format!("{k}::{declared}"),
+        )?;
         let mut c = self.conn()?;
         // One snapshot for every table, as the slice itself is read.
         let mut tx = c

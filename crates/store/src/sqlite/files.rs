@@ -101,9 +101,16 @@ impl Files for SqliteStore {
         tables: &[String],
         sha256: Option<&str>,
     ) -> Result<Vec<FileRecord>> {
-        let queries = slice_files_sql(plan, tables, sha256, "fieldsync_files", &|c| {
-            format!("CAST({c} AS TEXT)")
-        })?;
+        let queries = slice_files_sql(
+            plan,
+            tables,
+            sha256,
+            "fieldsync_files",
+            &|k, ty, _| match ty {
+                fieldsync_proto::ColumnType::Integer => format!("CAST({k} AS INTEGER)"),
+                _ => k.to_string(),
+            },
+        )?;
         let mut conn = self.conn()?;
         // One snapshot for every table, as the slice itself is read.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;

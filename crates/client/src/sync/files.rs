@@ -39,7 +39,8 @@ impl Device {
     ) -> Result<()> {
         match self.files_locked(st, task, progress, cancel, report) {
             Err(ClientError::Cancelled) => Err(ClientError::FilesCancelled),
-            other => other,
+            Err(e) => Err(ClientError::FilesFailed(Box::new(e))),
+            Ok(()) => Ok(()),
         }
     }
 

@@ -205,7 +205,11 @@ impl Device {
             Err(e) => ("error", e.to_string()),
         };
         // The data part of a download or sync stands when only its files did not.
-        let data_done = result.is_ok() || matches!(result, Err(ClientError::FilesCancelled));
+        let data_done = result.is_ok()
+            || matches!(
+                result,
+                Err(ClientError::FilesCancelled | ClientError::FilesFailed(_))
+            );
         // A synchronize whose send completed says so, whatever its download did.
         if report.sent && !data_done {
             let download = match &result {

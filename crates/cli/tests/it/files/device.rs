@@ -311,3 +311,27 @@ fn docking_with_download_files_brings_the_files_after_the_data() {
     );
     w.stop();
 }
+
+#[test]
+fn files_failing_after_the_data_keep_the_data_and_say_so() {
+    // PostgreSQL without `--files`: this server keeps no files.
+    let office = Office::new_pg(10);
+    let path = office.dir.0.join("north-files.toml");
+    std::fs::write(&path, super::north_with_files()).unwrap();
+    office
+        .admin(&["task", "apply", path.to_str().unwrap()], "")
+        .ok();
+    let dev = office.device("d1", &["north-inspections"]);
+    dev.login("ana").ok();
+    let out = dev.run(&["download", "north-inspections", "--files"], "");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("keeps no files"), "{out:?}");
+    let status = dev.status();
+    assert_eq!(status["task"], "north-inspections", "{status}");
+    let message = status["last_sync"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("data synchronized, files failed: "),
+        "{message}"
+    );
+    assert!(dev.replica_path().exists());
+}

@@ -2137,6 +2137,11 @@ fn malformed_stored_time_is_an_error(fx: &Fixture) {
 mod tickets;
 use tickets::tickets_issue_renew_redeem;
 
+/// Files attached to rows: `files::files_attach_list_detach_and_slice`.
+#[path = "conformance/files.rs"]
+mod files;
+use files::files_attach_list_detach_and_slice;
+
 macro_rules! conformance {
     (both: [$($check:ident),* $(,)?], postgres_only: [$($pg:ident),* $(,)?] $(,)?) => {
         mod sqlite {
@@ -2178,6 +2183,7 @@ conformance! {
         conflict_resolve_takes_logged_values,
         malformed_stored_time_is_an_error,
         tickets_issue_renew_redeem,
+        files_attach_list_detach_and_slice,
     ],
     postgres_only: [
         upload_gives_up_on_a_row_the_office_holds,

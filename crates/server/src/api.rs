@@ -151,6 +151,10 @@ pub fn router(state: AppState) -> Router {
             get(crate::files::routes::list),
         )
         .route("/api/v1/files/{sha256}", get(crate::files::routes::fetch))
+        .route(
+            "/api/v1/files/{sha256}/upload",
+            get(crate::files::upload::status).put(crate::files::upload::put),
+        )
         .layer(DefaultBodyLimit::max(JSON_BODY_MAX_BYTES))
         .route(
             "/api/v1/uploads",

@@ -5,6 +5,7 @@
 use crate::harness::*;
 
 mod device;
+mod upload;
 
 /// The north task with files of its assets and inspections.
 pub fn north_with_files() -> String {

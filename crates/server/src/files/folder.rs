@@ -96,6 +96,10 @@ impl FileStore for FolderStore {
     fn describe(&self) -> String {
         self.root.display().to_string()
     }
+
+    fn spool(&self) -> PathBuf {
+        self.root.join("uploads")
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 mod folder;
 pub(crate) mod routes;
+pub(crate) mod upload;
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,9 @@ pub trait FileStore: Send + Sync {
     fn put(&self, sha256: &str, content: &mut dyn Read) -> Result<u64, FileStoreError>;
     /// Where the store is, for messages.
     fn describe(&self) -> String;
+    /// A local folder for devices' uploads under way (`upload.rs`), kept until the
+    /// whole content arrived and is stored.
+    fn spool(&self) -> PathBuf;
 }
 
 /// Opens the store `spec` names: a folder path (created when missing).

@@ -55,12 +55,6 @@ impl AppState {
             files: None,
         }
     }
-
-    /// The state with a file store, whose files the file routes serve.
-    pub fn with_files(mut self, files: Option<Arc<dyn crate::files::FileStore>>) -> AppState {
-        self.files = files;
-        self
-    }
 }
 
 /// The downloads streaming now, on this server and per device.
@@ -146,15 +140,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tickets/redeem", post(tickets::redeem))
         .route("/api/v1/tasks", get(tasks))
         .route("/api/v1/tasks/{name}/download", get(download))
-        .route(
-            "/api/v1/tasks/{name}/files",
-            get(crate::files::routes::list),
-        )
-        .route("/api/v1/files/{sha256}", get(crate::files::routes::fetch))
-        .route(
-            "/api/v1/files/{sha256}/upload",
-            get(crate::files::upload::status).put(crate::files::upload::put),
-        )
+        .merge(crate::files::routes())
         .layer(DefaultBodyLimit::max(JSON_BODY_MAX_BYTES))
         .route(
             "/api/v1/uploads",

@@ -11,6 +11,28 @@ use std::path::{Path, PathBuf};
 
 pub use folder::FolderStore;
 
+use crate::api::AppState;
+
+impl AppState {
+    /// The state with a file store, whose files the file routes serve.
+    pub fn with_files(mut self, files: Option<std::sync::Arc<dyn FileStore>>) -> AppState {
+        self.files = files;
+        self
+    }
+}
+
+/// The file routes (`routes.rs`, `upload.rs`), merged into the API's router.
+pub(crate) fn routes() -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/api/v1/tasks/{name}/files", get(routes::list))
+        .route("/api/v1/files/{sha256}", get(routes::fetch))
+        .route(
+            "/api/v1/files/{sha256}/upload",
+            get(upload::status).put(upload::put),
+        )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FileStoreError {
     /// The content read does not hash to the name it was stored under: nothing kept.

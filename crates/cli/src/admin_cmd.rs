@@ -40,6 +40,9 @@ enum AdminCommand {
     /// The conflict log
     #[command(subcommand)]
     Conflicts(ConflictsCommand),
+    /// Files attached to rows
+    #[command(subcommand)]
+    File(crate::file_cmd::FileCommand),
     /// Sync history: every download, send and sync the server served
     #[command(visible_alias = "sessions")]
     History {
@@ -289,6 +292,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
     let store = open_db(args.db.as_deref())?;
     let store = &*store;
     match args.command {
+        AdminCommand::File(command) => crate::file_cmd::run(store, args.db.as_deref(), command)?,
         AdminCommand::User(UserCommand::Add {
             name,
             admin: is_admin,

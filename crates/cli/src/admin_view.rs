@@ -236,11 +236,7 @@ fn describe_task(t: &fieldsync_store::TaskRecord, holding: &[DeviceSeen]) -> Str
         }
     }
     if let Some(files) = &t.def.files {
-        let _ = writeln!(
-            out,
-            "  files of: {} (file transfer is not built yet)",
-            list(&files.tables, "no table")
-        );
+        let _ = writeln!(out, "  files of: {}", list(&files.tables, "no table"));
     }
     let _ = writeln!(out, "  users:    {}", list(&t.users, "none"));
     let _ = writeln!(out, "  devices:  {}", list(&t.devices, "none"));

@@ -124,6 +124,12 @@ enum DeviceCommand {
         #[command(flatten)]
         progress: ProgressArg,
     },
+    /// Fetch the files of the last task's slice that this device lacks (into
+    /// `files/`), resuming interrupted transfers; files of rows that left are removed
+    Files {
+        #[command(flatten)]
+        progress: ProgressArg,
+    },
     /// List local changes not yet sent, or discard some to the backup file
     Journal {
         /// Print one JSON document on stdout
@@ -313,6 +319,17 @@ pub fn not_kept_line(n: &fieldsync_proto::wire::NotKept) -> String {
 }
 
 fn print_report(r: &Report) {
+    let files = format!(
+        "files: {} fetched, {} byte(s); {} in the slice",
+        r.files.fetched, r.files.bytes, r.files.in_slice
+    );
+    if r.op == SyncOp::Files {
+        println!("{files}");
+        return;
+    }
+    if r.files.in_slice > 0 || r.files.fetched > 0 {
+        println!("{files}");
+    }
     if let Some(b) = &r.backup {
         println!("local changes backed up to {}", b.display());
     }
@@ -428,6 +445,12 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             let opts = fetch.options(discard_local_changes);
             let report = run_long(&device, SyncOp::Download, progress.progress, |p, c| {
                 device.download(&task, &opts, p, c)
+            })?;
+            print_report(&report);
+        }
+        DeviceCommand::Files { progress } => {
+            let report = run_long(&device, SyncOp::Files, progress.progress, |p, c| {
+                device.files(p, c)
             })?;
             print_report(&report);
         }

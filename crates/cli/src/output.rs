@@ -96,6 +96,7 @@ fn phase_name(p: Phase) -> &'static str {
         Phase::Store => "store   ",
         Phase::Send => "send    ",
         Phase::Retry => "retry   ",
+        Phase::Files => "files   ",
     }
 }
 

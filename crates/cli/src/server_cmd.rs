@@ -30,6 +30,8 @@ enum ServerCommand {
         /// device, user, status, duration), as text or as JSON objects
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        #[command(flatten)]
+        files: crate::file_cmd::FilesArg,
     },
 }
 
@@ -146,7 +148,9 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             listen,
             limits,
             log_format,
+            files,
         } => {
+            let files = files.open(args.db.as_deref())?.map(Arc::from);
             let limits = limits.limits()?;
             start_log(log_format);
             store.epoch().context("checking the main database")?;
@@ -157,9 +161,15 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot listen on {listen}"))?;
                 println!("listening on http://{addr}");
                 std::io::stdout().flush().ok();
-                fieldsync_server::serve(listener, Arc::from(store), limits, shutdown_signal())
-                    .await
-                    .context("serving")
+                fieldsync_server::serve_with_files(
+                    listener,
+                    Arc::from(store),
+                    files,
+                    limits,
+                    shutdown_signal(),
+                )
+                .await
+                .context("serving")
             });
             // Work still running past the deadline (a download's reader, an upload's
             // transaction) is abandoned: the database rolls it back.

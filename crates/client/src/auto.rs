@@ -182,7 +182,8 @@ impl Device {
 
     /// The automatic attempt, under the folder lock the caller holds: the ticket
     /// redeemed for a session that may only send and download the last task; send;
-    /// with `download_data` the task's changes. Online whatever the saved mode (the
+    /// with `download_data` the task's changes, and with `download_files` then its
+    /// files. Online whatever the saved mode (the
     /// mode in the folder is left as it was). Recorded as `last_sync` with kind auto.
     fn attempt(
         &self,
@@ -230,6 +231,10 @@ impl Device {
                     report,
                     hold,
                 )?;
+                // The seed's "in addition to downloading data": files only after it.
+                if attempt.download_files {
+                    self.files_after_data(&online, &task, progress, cancel, report)?;
+                }
             }
             Ok(())
         })

@@ -21,6 +21,12 @@ pub enum ClientError {
     Refused(String),
     #[error("cancelled; previous local database restored")]
     Cancelled,
+    /// Cancelled in the files part of a download or sync: its data part stands.
+    #[error("cancelled; data synchronized, files incomplete")]
+    FilesCancelled,
+    /// The files part of a download or sync failed: its data part stands.
+    #[error("data synchronized, files failed: {0}")]
+    FilesFailed(Box<ClientError>),
     /// The replica holds `unsent` journal entries that a download would lose.
     #[error("the replica has {unsent} local change(s) not sent")]
     LocalChanges { unsent: u64 },
@@ -68,10 +74,11 @@ impl ClientError {
         match self {
             ClientError::Offline => 3,
             ClientError::Refused(_) | ClientError::NotPaired | ClientError::NotLoggedIn => 4,
-            ClientError::Cancelled => 5,
+            ClientError::Cancelled | ClientError::FilesCancelled => 5,
             ClientError::LocalChanges { .. } => 6,
             ClientError::Busy(_) => 7,
             ClientError::Server { code, .. } if code.is_refusal() => 4,
+            ClientError::FilesFailed(e) => e.exit_code(),
             _ => 1,
         }
     }

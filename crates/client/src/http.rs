@@ -70,7 +70,7 @@ impl Api {
 
     /// Sends a request with the protocol header and `creds`; a status of 400 or more
     /// is the error its body says.
-    fn call(
+    pub(crate) fn call(
         &self,
         method: &'static str,
         path: &str,
@@ -155,7 +155,7 @@ impl Api {
 
     /// Reads a whole JSON response, then parses it (parsing from the socket byte by
     /// byte is slow for a large acknowledgement).
-    fn json<T: DeserializeOwned>(&self, resp: Response) -> Result<T> {
+    pub(crate) fn json<T: DeserializeOwned>(&self, resp: Response) -> Result<T> {
         let mut body = Vec::new();
         resp.body
             .take(RESPONSE_JSON_MAX_BYTES)
@@ -268,7 +268,7 @@ pub enum DownloadFrom {
 }
 
 /// Percent-encodes a path segment (task names are checked names, but be exact).
-fn encode_path_segment(s: &str) -> String {
+pub(crate) fn encode_path_segment(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {

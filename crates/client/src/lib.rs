@@ -6,6 +6,7 @@ mod auto;
 pub mod autosync;
 mod config;
 mod error;
+mod files;
 mod http;
 mod journal;
 pub mod power;
@@ -18,7 +19,7 @@ mod triggers;
 
 pub use auto::WatchNote;
 pub use journal::JournalEntry;
-pub use sync::{Report, SyncOp, Trigger};
+pub use sync::{FilesReport, Report, SyncOp, Trigger};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,6 +63,8 @@ pub enum Phase {
     Send,
     /// A transient failure; attempt `done` of `total` follows after a backoff.
     Retry,
+    /// Files of the slice arrive (done/total: files; `bytes` received).
+    Files,
 }
 
 /// One progress report: `done` of `total` `unit`s in `phase`.

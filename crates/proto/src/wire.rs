@@ -119,6 +119,35 @@ pub struct TaskSummary {
     pub tables: Vec<String>,
 }
 
+/// A file of a task's slice (`GET /api/v1/tasks/{name}/files`): attached to row `key`
+/// of `table`; its content is fetched by `sha256` (`GET /api/v1/files/{sha256}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    pub table: String,
+    /// The row's primary key as text (an integer key in decimal).
+    pub key: String,
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub content_type: String,
+}
+
+/// Where a device's upload of one file's content stands
+/// (`GET`/`PUT /api/v1/files/{sha256}/upload`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileUploadState {
+    /// Bytes of the content the server holds from this device (the next `PUT` starts
+    /// there).
+    pub received: u64,
+    /// The whole content arrived, matched its SHA-256 and is in the file store.
+    pub stored: bool,
+}
+
+/// The byte of the content a `PUT /api/v1/files/{sha256}/upload` body starts at.
+pub const HEADER_FILE_OFFSET: &str = "x-fieldsync-file-offset";
+/// The whole content's size, with every `PUT /api/v1/files/{sha256}/upload`.
+pub const HEADER_FILE_SIZE: &str = "x-fieldsync-file-size";
+
 /// A column of a slice table, as the stream header describes it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ColumnDef {

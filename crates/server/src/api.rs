@@ -39,6 +39,8 @@ pub struct AppState {
     pub(crate) seen: Arc<crate::seen::Seen>,
     /// A ticket's time to live, in milliseconds (`Limits::ticket_ttl`).
     pub(crate) ticket_ttl_ms: i64,
+    /// Where attached files' content is (`None`: this server serves no files).
+    pub(crate) files: Option<Arc<dyn crate::files::FileStore>>,
 }
 
 impl AppState {
@@ -54,6 +56,7 @@ impl AppState {
             ticket_ttl_ms: i64::try_from(limits.ticket_ttl.as_millis()).unwrap_or(i64::MAX),
             metrics: Arc::default(),
             seen: Arc::default(),
+            files: None,
         }
     }
 }
@@ -142,6 +145,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tickets/redeem", post(tickets::redeem))
         .route("/api/v1/tasks", get(tasks))
         .route("/api/v1/tasks/{name}/download", get(download))
+        .merge(crate::files::routes())
         .layer(DefaultBodyLimit::max(JSON_BODY_MAX_BYTES))
         .route(
             "/api/v1/uploads",

@@ -30,6 +30,13 @@ const CHANNEL_CHUNKS: usize = 8;
 /// The receiving end of the channel as an HTTP body.
 pub struct ChannelBody(mpsc::Receiver<Result<Bytes, io::Error>>);
 
+impl ChannelBody {
+    /// A body of what comes through `rx` (also a file's content, `files/routes.rs`).
+    pub(crate) fn new(rx: mpsc::Receiver<Result<Bytes, io::Error>>) -> ChannelBody {
+        ChannelBody(rx)
+    }
+}
+
 impl http_body::Body for ChannelBody {
     type Data = Bytes;
     type Error = io::Error;

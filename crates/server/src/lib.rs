@@ -7,6 +7,7 @@ pub mod auth;
 mod conn;
 mod download;
 pub mod error;
+pub mod files;
 mod integrators;
 mod metrics;
 mod request_log;
@@ -82,10 +83,21 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_files(listener, store, None, limits, shutdown).await
+}
+
+/// [`serve`] with a file store, whose files the file routes serve.
+pub async fn serve_with_files(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    files: Option<Arc<dyn files::FileStore>>,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let pruner = tokio::spawn(prune_history(store.clone(), limits.retention));
     let served = conn::serve(
         listener,
-        router(AppState::new(store, limits)),
+        router(AppState::new(store, limits).with_files(files)),
         limits,
         shutdown,
     )

@@ -7,6 +7,7 @@
 mod catalog;
 mod delta;
 mod dialect;
+mod files;
 mod integrate;
 mod keys;
 mod plan;
@@ -23,6 +24,7 @@ use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{FullReason, Upload, UploadOutcome};
 
 pub use dialect::SqlDialect;
+pub use files::{FileRecord, NewFile, is_sha256};
 pub use keys::KEY_BLOCK_KEYS;
 pub use plan::{SlicePlan, TablePlan, check_task, quote_ident};
 pub use postgres::PgStore;
@@ -32,7 +34,8 @@ pub use sqlite::SqliteStore;
 /// they need no import).
 pub mod prelude {
     pub use crate::{
-        Catalog, History, KeyBlocks, Schema, Slices, SourceData, Store, Tickets, Tracking, Uploads,
+        Catalog, Files, History, KeyBlocks, Schema, Slices, SourceData, Store, Tickets, Tracking,
+        Uploads,
     };
 }
 
@@ -336,9 +339,9 @@ pub trait SliceSink {
 /// The main database, whatever its engine: its three concerns together. Every method
 /// is blocking; servers call it from a blocking thread. Callers hold a `dyn Store`,
 /// whose methods are the concern traits' (implemented by every type that has all).
-pub trait Store: Catalog + Tickets + SourceData + History + Send + Sync {}
+pub trait Store: Catalog + Tickets + SourceData + History + Files + Send + Sync {}
 
-impl<T: Catalog + Tickets + SourceData + History + Send + Sync> Store for T {}
+impl<T: Catalog + Tickets + SourceData + History + Files + Send + Sync> Store for T {}
 
 /// fieldsync's own records: users, devices, tasks and their assignments, sessions.
 pub trait Catalog {
@@ -492,6 +495,26 @@ pub trait Uploads {
     /// The device, user and outcome (JSON) recorded for an upload id, if any: the
     /// server answers a known upload with it before any other check.
     fn upload_recorded(&self, upload_id: &str) -> Result<Option<(String, String, String)>>;
+}
+
+/// Files attached to rows (`files.rs`; each engine's `files.rs`). The content lives in
+/// the server's file store, named by its SHA-256; these are the attachments.
+pub trait Files {
+    /// Records an attachment to a row that exists in a tracked table; a file of that
+    /// name already attached to that row is `AlreadyExists`.
+    fn file_attach(&self, file: &NewFile) -> Result<FileRecord>;
+    /// Removes an attachment (the content stays in the file store).
+    fn file_detach(&self, id: i64) -> Result<FileRecord>;
+    fn file_list(&self) -> Result<Vec<FileRecord>>;
+    /// The files attached to rows of the slice `plan` in tables `tables` (a task's
+    /// `[files]`), judged by the slice's own conditions in one snapshot; with
+    /// `sha256`, only attachments of that content.
+    fn slice_files(
+        &self,
+        plan: &SlicePlan,
+        tables: &[String],
+        sha256: Option<&str>,
+    ) -> Result<Vec<FileRecord>>;
 }
 
 /// What happened: the sync history and the conflict log.

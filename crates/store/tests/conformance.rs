@@ -2147,6 +2147,10 @@ use tickets::tickets_issue_renew_redeem;
 #[path = "conformance/keys.rs"]
 mod keys;
 use keys::key_blocks_reserved_topped_up_and_void_when_revoked;
+/// Files attached to rows: `files::files_attach_list_detach_and_slice`.
+#[path = "conformance/files.rs"]
+mod files;
+use files::files_attach_list_detach_and_slice;
 
 macro_rules! conformance {
     (both: [$($check:ident),* $(,)?], postgres_only: [$($pg:ident),* $(,)?] $(,)?) => {
@@ -2190,6 +2194,7 @@ conformance! {
         malformed_stored_time_is_an_error,
         tickets_issue_renew_redeem,
         key_blocks_reserved_topped_up_and_void_when_revoked,
+        files_attach_list_detach_and_slice,
     ],
     postgres_only: [
         upload_gives_up_on_a_row_the_office_holds,

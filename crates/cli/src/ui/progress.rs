@@ -150,7 +150,8 @@ pub fn phases(op: SyncOp) -> &'static [Phase] {
     match op {
         SyncOp::Send => &[Phase::Send],
         SyncOp::Sync => &[Phase::Send, Phase::Prepare, Phase::Transfer, Phase::Store],
-        SyncOp::Download | SyncOp::Files => &[Phase::Prepare, Phase::Transfer, Phase::Store],
+        SyncOp::Download => &[Phase::Prepare, Phase::Transfer, Phase::Store],
+        SyncOp::Files => &[Phase::Files],
     }
 }
 
@@ -161,6 +162,7 @@ pub fn phase_name(p: Phase) -> &'static str {
         Phase::Store => "store",
         Phase::Send => "send",
         Phase::Retry => "retry",
+        Phase::Files => "files",
     }
 }
 
@@ -172,6 +174,7 @@ pub fn phase_text(p: Phase) -> &'static str {
         Phase::Store => "data stored on the device",
         Phase::Send => "local changes sent and integrated",
         Phase::Retry => "the server could not be reached; trying again",
+        Phase::Files => "the task's files arrive",
     }
 }
 

@@ -13,6 +13,7 @@ mod docking;
 mod download;
 mod examples;
 mod faults;
+mod files;
 mod folder;
 mod guards;
 mod harness;

@@ -16,6 +16,7 @@ use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
 mod download;
+mod files;
 mod retry;
 mod send;
 
@@ -56,6 +57,19 @@ pub struct Report {
     pub not_kept: Vec<fieldsync_proto::wire::NotKept>,
     /// A synchronize's send completed (its download may still fail).
     pub sent: bool,
+    /// What the files part did (`device files`, `--files`).
+    pub files: FilesReport,
+}
+
+/// The files part of an operation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FilesReport {
+    /// Files fetched (content the device lacked).
+    pub fetched: u64,
+    /// Files of the slice (attachments to its rows).
+    pub in_slice: u64,
+    /// Bytes of files received (also counted in `bytes_down`).
+    pub bytes: u64,
 }
 
 impl Device {
@@ -74,7 +88,11 @@ impl Device {
         let mut publish = Publisher::start(&self.dir, SyncOp::Download, Trigger::Manual);
         let progress = &mut publish.forwarding(progress);
         self.recorded(SyncOp::Download, |r| {
-            self.download_locked(&st, task, opts, progress, cancel, r, None)
+            self.download_locked(&st, task, opts, progress, cancel, r, None)?;
+            if opts.files {
+                self.files_after_data(&st, task, progress, cancel, r)?;
+            }
+            Ok(())
         })
     }
 
@@ -113,7 +131,11 @@ impl Device {
                 discard_local_changes: false,
                 ..opts.clone()
             };
-            self.download_locked(&st, &task, &opts, progress, cancel, r, hold)
+            self.download_locked(&st, &task, &opts, progress, cancel, r, hold)?;
+            if opts.files {
+                self.files_after_data(&st, &task, progress, cancel, r)?;
+            }
+            Ok(())
         })
     }
 
@@ -171,6 +193,7 @@ impl Device {
             duration_ms: 0,
             not_kept: Vec::new(),
             sent: false,
+            files: FilesReport::default(),
         };
         let result = f(&mut report);
         report.duration_ms = started.elapsed().as_millis() as u64;
@@ -178,10 +201,17 @@ impl Device {
         let (word, mut message) = match &result {
             Ok(()) => ("ok", summary(&report)),
             Err(ClientError::Cancelled) => ("cancelled", ClientError::Cancelled.to_string()),
+            Err(e @ ClientError::FilesCancelled) => ("cancelled", e.to_string()),
             Err(e) => ("error", e.to_string()),
         };
+        // The data part of a download or sync stands when only its files did not.
+        let data_done = result.is_ok()
+            || matches!(
+                result,
+                Err(ClientError::FilesCancelled | ClientError::FilesFailed(_))
+            );
         // A synchronize whose send completed says so, whatever its download did.
-        if report.sent && result.is_err() {
+        if report.sent && !data_done {
             let download = match &result {
                 Err(ClientError::Cancelled) => "download cancelled, previous local data kept",
                 _ => "download failed",
@@ -198,6 +228,7 @@ impl Device {
         let (send_result, download_result) = match op {
             SyncOp::Send => (Some(word), None),
             SyncOp::Sync if report.sent => (Some("ok"), Some(word)),
+            SyncOp::Files => (None, Some(word)),
             SyncOp::Sync => (Some(word), None),
             _ => (None, Some(word)),
         };
@@ -216,7 +247,7 @@ impl Device {
             .len()
             .saturating_sub(crate::state::CONFLICTS_KEPT);
         st.conflicts.drain(..excess);
-        if result.is_ok()
+        if data_done
             && let Some(task) = &report.task
             && op != SyncOp::Send
         {
@@ -357,6 +388,21 @@ impl Device {
 }
 
 fn summary(r: &Report) -> String {
+    let files = format!(
+        "files: {} fetched ({} bytes), {} in the slice",
+        r.files.fetched, r.files.bytes, r.files.in_slice
+    );
+    if r.op == SyncOp::Files {
+        return files;
+    }
+    let data = data_summary(r);
+    if r.files.in_slice > 0 || r.files.fetched > 0 {
+        return format!("{data}; {files}");
+    }
+    data
+}
+
+fn data_summary(r: &Report) -> String {
     let sent = format!("sent {} change(s), {} conflict(s)", r.rows_up, r.conflicts);
     if let Some(d) = &r.delta {
         let changes = format!(

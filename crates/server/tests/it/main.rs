@@ -92,6 +92,9 @@ async fn health_and_openapi() {
         "/api/v1/tickets/redeem",
         "/api/v1/tasks",
         "/api/v1/tasks/{name}/download",
+        "/api/v1/tasks/{name}/files",
+        "/api/v1/files/{sha256}",
+        "/api/v1/files/{sha256}/upload",
         "/api/v1/uploads",
     ] {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");

@@ -18,6 +18,7 @@
 //! `integrate/` uploads, `history.rs` the sync history and the conflict log.
 
 mod catalog;
+mod files;
 mod history;
 mod integrate;
 mod keys;

@@ -172,6 +172,20 @@ CREATE INDEX IF NOT EXISTS rows_by_xid ON fieldsync.rows (tbl, xid);
 -- Whether a download was the whole slice, and why.
 ALTER TABLE fieldsync.sync_sessions ADD COLUMN IF NOT EXISTS whole boolean NOT NULL DEFAULT false;
 ALTER TABLE fieldsync.sync_sessions ADD COLUMN IF NOT EXISTS full_reason text;
+-- Schema 4: files attached to rows (the content is in the file store, by SHA-256).
+CREATE TABLE IF NOT EXISTS fieldsync.files (
+    id bigserial PRIMARY KEY,
+    tbl text NOT NULL,
+    pk text NOT NULL,
+    name text NOT NULL,
+    size int8 NOT NULL,
+    sha256 text NOT NULL,
+    content_type text NOT NULL,
+    added_by text NOT NULL,
+    added_at text NOT NULL,
+    UNIQUE (tbl, pk, name)
+);
+CREATE INDEX IF NOT EXISTS files_by_sha256 ON fieldsync.files (sha256);
 "#;
 
 impl Schema for PgStore {

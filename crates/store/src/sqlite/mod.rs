@@ -20,6 +20,7 @@ use fieldsync_proto::time::Timestamp;
 use rusqlite::{Connection, OpenFlags};
 
 mod catalog;
+mod files;
 mod history;
 mod integrate;
 mod keys;

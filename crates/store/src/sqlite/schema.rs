@@ -168,6 +168,20 @@ CREATE TABLE IF NOT EXISTS fieldsync_key_blocks (
     PRIMARY KEY (device, tbl, first_key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS fieldsync_key_blocks_by_tbl ON fieldsync_key_blocks (tbl, last_key);
+-- Schema 4: files attached to rows (the content is in the file store, by SHA-256).
+CREATE TABLE IF NOT EXISTS fieldsync_files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    added_by TEXT NOT NULL,
+    added_at TEXT NOT NULL,
+    UNIQUE (tbl, pk, name)
+);
+CREATE INDEX IF NOT EXISTS fieldsync_files_by_sha256 ON fieldsync_files (sha256);
 "#;
 
 impl Schema for SqliteStore {

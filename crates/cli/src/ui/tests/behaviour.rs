@@ -86,6 +86,7 @@ fn success_closes_the_progress_window() {
         duration_ms: 5,
         not_kept: vec![],
         sent: false,
+        files: Default::default(),
     };
     a.on_reply(Reply::Finished(SyncOp::Send, Ok(report)), Instant::now());
     assert_eq!(a.window, Window::None);

@@ -283,6 +283,7 @@ fn sent_report(not_kept: Vec<fieldsync_proto::wire::NotKept>) -> fieldsync_clien
         duration_ms: 5,
         not_kept,
         sent: true,
+        files: Default::default(),
     }
 }
 

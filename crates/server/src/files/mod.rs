@@ -1,0 +1,138 @@
+//! The file store: the content of files attached to rows, named by SHA-256, behind
+//! [`FileStore`] (blocking; handlers call it from blocking threads). `folder.rs` is
+//! the local folder; the routes that serve a slice's files are in `routes.rs`.
+
+mod folder;
+pub(crate) mod routes;
+pub(crate) mod upload;
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+pub use folder::FolderStore;
+
+use crate::api::AppState;
+
+impl AppState {
+    /// The state with a file store, whose files the file routes serve.
+    pub fn with_files(mut self, files: Option<std::sync::Arc<dyn FileStore>>) -> AppState {
+        self.files = files;
+        self
+    }
+}
+
+/// The file routes (`routes.rs`, `upload.rs`), merged into the API's router.
+pub(crate) fn routes() -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/api/v1/tasks/{name}/files", get(routes::list))
+        .route("/api/v1/files/{sha256}", get(routes::fetch))
+        .route(
+            "/api/v1/files/{sha256}/upload",
+            get(upload::status).put(upload::put),
+        )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileStoreError {
+    /// The content read does not hash to the name it was stored under: nothing kept.
+    #[error("content does not match its SHA-256 (expected {expected}, got {actual})")]
+    HashMismatch { expected: String, actual: String },
+    #[error("`{0}` is not a SHA-256")]
+    BadName(String),
+    #[error("file store: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Where file content lives. Objects are immutable and named by the SHA-256 of
+/// their content: written create-only (to a temporary name, verified, then renamed),
+/// so a second write of the same content changes nothing.
+pub trait FileStore: Send + Sync {
+    /// The object's size, `None` when the store has no such object.
+    fn size(&self, sha256: &str) -> Result<Option<u64>, FileStoreError>;
+    /// The object's bytes from `offset` on, streamed (never whole in memory).
+    fn open(&self, sha256: &str, offset: u64) -> Result<Box<dyn Read + Send>, FileStoreError>;
+    /// Stores what `content` yields as object `sha256`, verifying the hash before the
+    /// object appears; returns its size. An object already there is kept as it is
+    /// (`content` is then not read).
+    fn put(&self, sha256: &str, content: &mut dyn Read) -> Result<u64, FileStoreError>;
+    /// Where the store is, for messages.
+    fn describe(&self) -> String;
+    /// A local folder for devices' uploads under way (`upload.rs`), kept until the
+    /// whole content arrived and is stored.
+    fn spool(&self) -> PathBuf;
+}
+
+/// Opens the store `spec` names: a folder path (created when missing).
+pub fn open(spec: &str) -> Result<Box<dyn FileStore>, FileStoreError> {
+    if spec.contains("://") {
+        return Err(FileStoreError::Io(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("`{spec}`: only a local folder is supported by this build"),
+        )));
+    }
+    Ok(Box::new(FolderStore::new(PathBuf::from(spec))?))
+}
+
+/// The default file store of a main database: beside a SQLite database file, the
+/// folder `PATH.files`; a PostgreSQL database has none (`--files` names it).
+pub fn default_spec(db_url: &str) -> Option<String> {
+    let path = db_url.strip_prefix("sqlite:")?;
+    let path = path.split('?').next().unwrap_or(path);
+    (!path.is_empty()).then(|| format!("{}.files", Path::new(path).display()))
+}
+
+/// The SHA-256 (hex) and size of what `r` yields, read in blocks.
+pub fn hash_reader(r: &mut dyn Read) -> io::Result<(String, u64)> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n_bytes = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        n_bytes += n as u64;
+    }
+    Ok((fieldsync_store::hex(&hasher.finalize()), n_bytes))
+}
+
+/// A content type from a file name's extension (what `admin file attach` records).
+pub fn content_type_of(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("heic") => "image/heic",
+        Some("pdf") => "application/pdf",
+        Some("txt") => "text/plain",
+        Some("csv") => "text/csv",
+        Some("json") => "application/json",
+        Some("xml") => "application/xml",
+        Some("zip") => "application/zip",
+        Some("mp4") => "video/mp4",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sqlite_database_keeps_its_files_beside_it() {
+        assert_eq!(
+            default_spec("sqlite:/srv/main.sqlite").as_deref(),
+            Some("/srv/main.sqlite.files")
+        );
+        assert_eq!(default_spec("postgres://u@h/db"), None);
+        assert_eq!(content_type_of("Photo.JPG"), "image/jpeg");
+        assert_eq!(content_type_of("noext"), "application/octet-stream");
+    }
+}

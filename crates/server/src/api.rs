@@ -14,21 +14,18 @@ use fieldsync_proto::filter::Params;
 use fieldsync_proto::task::check_name;
 use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{
-    ErrorCode, HEADER_KIND, HEADER_OP, HEADER_UPLOAD_ID, JSON_BODY_MAX_BYTES, LoginRequest,
-    LoginResponse, PROTOCOL_VERSION, PairRequest, PairResponse, SliceHeader, SyncOp, TaskSummary,
-    Trigger, UPLOAD_BODY_MAX_BYTES, UploadOutcome,
+    ErrorCode, HEADER_KIND, HEADER_OP, JSON_BODY_MAX_BYTES, LoginRequest, LoginResponse,
+    PROTOCOL_VERSION, PairRequest, PairResponse, SliceHeader, SyncOp, TaskSummary, Trigger,
+    UPLOAD_BODY_MAX_BYTES,
 };
-use fieldsync_store::{
-    DeviceRecord, HistoryRecord, IntegrateContext, IntegrateError, SessionRecord, SessionScope,
-    Store, TaskRecord, UserRecord, random_hex, sha256_hex,
-};
+use fieldsync_store::{SessionRecord, SessionScope, Store, TaskRecord, random_hex, sha256_hex};
 use serde::de::DeserializeOwned;
 
 use crate::auth;
 use crate::download;
 use crate::error::ApiError;
 use crate::request_log::{self, Who};
-use crate::{integrators, tickets, upload_body};
+use crate::{tickets, uploads};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -149,7 +146,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(JSON_BODY_MAX_BYTES))
         .route(
             "/api/v1/uploads",
-            post(upload).layer(DefaultBodyLimit::max(UPLOAD_BODY_MAX_BYTES)),
+            post(uploads::upload).layer(DefaultBodyLimit::max(UPLOAD_BODY_MAX_BYTES)),
         )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -303,7 +300,7 @@ fn assigned(store: &dyn Store, user: &str, device: &str) -> Result<Vec<TaskRecor
 }
 
 /// Task `name` when it is assigned to both the user and the device.
-fn assigned_one(
+pub(crate) fn assigned_one(
     store: &dyn Store,
     name: &str,
     user: &str,
@@ -410,7 +407,10 @@ async fn download(
 }
 
 /// The operation a request belongs to and what started it, for the sync history.
-fn op_and_trigger(headers: &HeaderMap, default_op: SyncOp) -> Result<(SyncOp, Trigger), ApiError> {
+pub(crate) fn op_and_trigger(
+    headers: &HeaderMap,
+    default_op: SyncOp,
+) -> Result<(SyncOp, Trigger), ApiError> {
     let bad = || ApiError::bad_request(format!("bad {HEADER_OP} or {HEADER_KIND} header"));
     let get = |name: &str| headers.get(name).map(|v| v.to_str().ok());
     let op = match get(HEADER_OP) {
@@ -422,209 +422,6 @@ fn op_and_trigger(headers: &HeaderMap, default_op: SyncOp) -> Result<(SyncOp, Tr
         Some(name) => name.and_then(Trigger::parse).ok_or_else(bad)?,
     };
     Ok((op, trigger))
-}
-
-/// The recorded outcome (and sending user) of an upload id this device sent before;
-/// an id of another device is refused.
-fn repeated_upload(
-    store: &dyn Store,
-    device: &str,
-    upload_id: &str,
-) -> Result<Option<(UploadOutcome, String)>, ApiError> {
-    let Some((owner, user, outcome)) = store.upload_recorded(upload_id)? else {
-        return Ok(None);
-    };
-    if owner != device {
-        return Err(ApiError::forbidden(
-            "the upload id belongs to another device",
-        ));
-    }
-    let mut outcome: UploadOutcome = serde_json::from_str(&outcome)
-        .map_err(|e| ApiError::internal(format!("recorded outcome unreadable: {e}")))?;
-    outcome.repeated = true;
-    Ok(Some((outcome, user)))
-}
-
-/// What an upload's checks before its body decide.
-enum Before {
-    /// The upload id's recorded outcome, and the user who sent it.
-    Answered(UploadOutcome, String),
-    /// Device and session are good: read the body.
-    Read(DeviceRecord, UserRecord),
-}
-
-/// Uploads: protocol, device credentials, a known upload id's recorded outcome (before
-/// the session: a device whose acknowledgement was lost learns the fate of its upload
-/// even after its session expired), the session; only then the body, streamed and
-/// bounded (`upload_body`), then the task checks and the integration.
-async fn upload(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    auth::check_protocol(&headers)?;
-    let (op, trigger) = op_and_trigger(&headers, SyncOp::Send)?;
-    let started = std::time::Instant::now();
-    let started_at = Timestamp::now();
-    let claimed_id = headers
-        .get(HEADER_UPLOAD_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    // Nothing of the body is read for a sender without device credentials: its
-    // connection closes with the answer.
-    let device = {
-        let (st, headers) = (st.clone(), headers.clone());
-        blocking(move || auth::device(&*st.store, &headers)).await?
-    };
-    let device_id = device.id.clone();
-    let before = {
-        let (st, headers, claimed_id) = (st.clone(), headers.clone(), claimed_id.clone());
-        blocking(move || {
-            // A known upload id is answered with its recorded outcome before any other
-            // check: a device whose acknowledgement was lost learns the fate of its
-            // upload even if its session expired or its task was unassigned since.
-            if let Some(id) = &claimed_id
-                && let Some(o) = repeated_upload(&*st.store, &device.id, id)?
-            {
-                let record = HistoryRecord {
-                    device: device.id.clone(),
-                    user: o.1.clone(),
-                    task: None,
-                    op,
-                    trigger,
-                    result: "ok".into(),
-                    message: format!("repeated upload {id}: recorded outcome returned"),
-                    rows_down: 0,
-                    rows_up: 0,
-                    bytes_down: 0,
-                    bytes_up: upload_body::declared_length(&headers).unwrap_or(0),
-                    conflicts: o.0.conflicts,
-                    started_at,
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    full: false,
-                    full_reason: None,
-                };
-                request_log::record_sync(&*st.store, &st.metrics, &record);
-                return Ok(Before::Answered(o.0, o.1));
-            }
-            let (device, _, user) = tickets::upload_session(&st, &headers)?;
-            Ok(Before::Read(device, user))
-        })
-        .await
-    };
-    let (device, user) = match before {
-        Ok(Before::Read(device, user)) => (device, user),
-        // The device is known: what it still sends is read and dropped, so that it
-        // reads this answer rather than a reset connection.
-        Ok(Before::Answered(outcome, user)) => {
-            upload_body::drain(body).await;
-            let who = Who {
-                device: device_id,
-                user,
-            };
-            return Ok(with_who(Json(outcome).into_response(), who));
-        }
-        Err(e) => {
-            upload_body::drain(body).await;
-            return Err(e);
-        }
-    };
-    // From here on the request log names the sender, whatever the answer.
-    let who = Who {
-        device: device.id.clone(),
-        user: user.name.clone(),
-    };
-    let body = match upload_body::read(&headers, body).await {
-        Ok(body) => body,
-        Err(e) => return Ok(with_who(e.into_response(), who)),
-    };
-    let bytes_up = body.len() as u64;
-    let answer = integrators::run(move || {
-        let upload = upload_body::parse(&headers, &body)?;
-        drop(body);
-        if claimed_id
-            .as_ref()
-            .is_some_and(|id| *id != upload.upload_id)
-        {
-            return Err(ApiError::bad_request(format!(
-                "header {HEADER_UPLOAD_ID} differs from the body's upload id"
-            )));
-        }
-        let today = assigned_one(&*st.store, &upload.task, &user.name, &device.id)?;
-        // The version of the task the device worked under: today's, or an earlier one
-        // the server handed out (its edits are then judged against both).
-        let version = match (&upload.task_hash, &today) {
-            (Some(h), Some(t)) if *h == t.hash => None,
-            (Some(h), _) => st.store.task_version(h)?.filter(|d| d.name == upload.task),
-            (None, _) => None,
-        };
-        let worked_under = match (&version, &today) {
-            (Some(d), _) => d,
-            (None, Some(t)) => &t.def,
-            (None, None) => {
-                return Err(ApiError::forbidden(fieldsync_proto::wire::not_assigned(
-                    &upload.task,
-                    &user.name,
-                    &device.id,
-                )));
-            }
-        };
-        // An upload from a replica of another history (the main database was restored
-        // since its download) is judged by value: its bases are not this database's.
-        // So is one whose replica's cursor this database never handed to the device
-        // (restored without `admin epoch reset`: the cursor is ahead of its history).
-        let restored = match &upload.epoch {
-            Some(e) => *e != st.store.epoch()?,
-            None => false,
-        } || match upload.cursor {
-            Some(c) => !st.store.cursor_known(&device.id, c)?,
-            None => false,
-        };
-        let ctx = IntegrateContext {
-            restored,
-            device: &device.id,
-            sender: &user.name,
-            task: worked_under,
-            today: today.as_ref(),
-            at: started_at,
-        };
-        let result = st.store.integrate(&ctx, &upload);
-        let (word, message, conflicts) = match &result {
-            Ok(o) if o.repeated => (
-                "ok",
-                format!("repeated upload {}: recorded outcome returned", o.upload_id),
-                o.conflicts,
-            ),
-            Ok(o) => ("ok", format!("{} entries applied", o.applied), o.conflicts),
-            Err(e) => ("error", e.to_string(), 0),
-        };
-        let record = HistoryRecord {
-            device: device.id.clone(),
-            user: user.name.clone(),
-            task: Some(upload.task.clone()),
-            op,
-            trigger,
-            result: word.to_string(),
-            message,
-            rows_down: 0,
-            rows_up: upload.entries.len() as u64,
-            bytes_down: 0,
-            bytes_up,
-            conflicts,
-            started_at,
-            duration_ms: started.elapsed().as_millis() as u64,
-            full: false,
-            full_reason: None,
-        };
-        request_log::record_sync(&*st.store, &st.metrics, &record);
-        match result {
-            Ok(o) => Ok(Json(o)),
-            Err(IntegrateError::Forbidden(m)) => Err(ApiError::forbidden(m)),
-            Err(IntegrateError::Store(e)) => Err(e.into()),
-        }
-    })
-    .await;
-    Ok(with_who(answer.into_response(), who))
 }
 
 /// `response` with `who` for the request log.

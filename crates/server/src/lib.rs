@@ -14,6 +14,7 @@ mod request_log;
 mod seen;
 mod tickets;
 mod upload_body;
+mod uploads;
 mod workers;
 
 use std::net::SocketAddr;

@@ -25,7 +25,7 @@ fn an_unknown_user_costs_what_a_wrong_password_costs() {
     login("ana");
     login("nobody-here");
     let (mut unknown, mut wrong) = (vec![], vec![]);
-    for _ in 0..9 {
+    for _ in 0..15 {
         let (t, run) = login("nobody-here");
         assert_eq!(run.code, 4, "{run:?}");
         assert_eq!(run.stderr, "error: wrong user name or password\n");

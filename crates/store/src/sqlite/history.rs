@@ -48,13 +48,26 @@ impl History for SqliteStore {
     }
 
     fn device_seen(&self, s: &DeviceSeen) -> Result<()> {
-        self.conn()?.execute(
+        // Informational, written while a device's request waits: an office program
+        // holding the write lock costs it at most a moment, then the showing waits
+        // for the device's next request.
+        let conn = self.conn()?;
+        conn.busy_timeout(std::time::Duration::from_millis(200))?;
+        let written = conn.execute(
             "INSERT INTO fieldsync_devices_seen (device, user, at, task, pending) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (device) DO UPDATE SET user = excluded.user, at = excluded.at,
                  task = excluded.task, pending = excluded.pending",
             params![s.device, s.user, s.at.to_string(), s.task, s.pending.map(|n| n as i64)],
-        )?;
-        Ok(())
+        );
+        match written {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn devices_seen(&self) -> Result<Vec<DeviceSeen>> {

@@ -159,6 +159,9 @@ pub struct DeviceRecord {
     /// SHA-256 (hex) of the device secret; `None` until paired.
     pub secret_hash: Option<String>,
     pub revoked: bool,
+    /// Set with `revoked`: the device backs up its unsent changes before it wipes
+    /// its data (the administrator's `--keep-changes`).
+    pub keep_changes: bool,
     pub created_at: Timestamp,
     pub paired_at: Option<Timestamp>,
 }
@@ -364,6 +367,10 @@ pub trait Catalog {
         at: Timestamp,
     ) -> Result<bool>;
     fn device_list(&self) -> Result<Vec<DeviceRecord>>;
+    /// Revokes a device for good (`NotFound` for an unknown one): every request of
+    /// it is refused from then on, and its sessions and tickets go. `keep_changes`:
+    /// the device backs up its unsent changes before it wipes its data.
+    fn device_revoke(&self, id: &str, keep_changes: bool) -> Result<()>;
     /// Stores a task definition checked against the schema; replaces one of that name.
     fn task_put(&self, def: &TaskDef, hash: &str, at: Timestamp) -> Result<()>;
     fn task_get(&self, name: &str) -> Result<Option<TaskRecord>>;

@@ -30,6 +30,7 @@ mod progress;
 mod promises;
 mod proxy;
 mod refusals;
+mod revoke;
 mod send;
 mod sizes;
 mod tickets;

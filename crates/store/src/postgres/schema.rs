@@ -142,6 +142,8 @@ ALTER TABLE fieldsync.bases ADD COLUMN IF NOT EXISTS device text;
 -- Retention forgets the snapshots of old bases (a base without one counts every row
 -- as changed since it: compared by value).
 ALTER TABLE fieldsync.bases ALTER COLUMN snap DROP NOT NULL;
+-- Revoked with `--keep-changes`: the device backs up its unsent changes first.
+ALTER TABLE fieldsync.devices ADD COLUMN IF NOT EXISTS keep_changes boolean NOT NULL DEFAULT false;
 -- Schema 3: a session's scope (automatic sessions, made by redeeming a ticket).
 ALTER TABLE fieldsync.sessions ADD COLUMN IF NOT EXISTS scope text NOT NULL DEFAULT 'user';
 ALTER TABLE fieldsync.sessions ADD COLUMN IF NOT EXISTS scope_task text;

@@ -240,6 +240,17 @@ impl Schema for SqliteStore {
                  ALTER TABLE fieldsync_sync_sessions ADD COLUMN full_reason TEXT;",
             )?;
         }
+        // Revoked with `--keep-changes`: the device backs up its unsent changes first.
+        let has_keep: bool = tx.query_row(
+            "SELECT count(*) FROM pragma_table_info('fieldsync_devices') WHERE name = 'keep_changes'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_keep {
+            tx.execute_batch(
+                "ALTER TABLE fieldsync_devices ADD COLUMN keep_changes INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
         // Schema 3: a session's scope (automatic sessions, made by redeeming a ticket).
         let has_scope: bool = tx.query_row(
             "SELECT count(*) FROM pragma_table_info('fieldsync_sessions') WHERE name = 'scope'",

@@ -342,9 +342,30 @@ pub trait SliceSink {
 /// The main database, whatever its engine: its three concerns together. Every method
 /// is blocking; servers call it from a blocking thread. Callers hold a `dyn Store`,
 /// whose methods are the concern traits' (implemented by every type that has all).
-pub trait Store: Catalog + Tickets + SourceData + History + Files + Send + Sync {}
+pub trait Store:
+    Catalog + Tickets + SourceData + History + Files + Throttles + Send + Sync
+{
+}
 
-impl<T: Catalog + Tickets + SourceData + History + Files + Send + Sync> Store for T {}
+impl<T: Catalog + Tickets + SourceData + History + Files + Throttles + Send + Sync> Store for T {}
+
+/// Failed logins counted per key (`user:NAME`, `addr:IP`), in the main database so
+/// that every server shares them (the rules are the server's, `server/throttle.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    /// Failures since `since_ms`.
+    pub failures: i64,
+    /// When the count began (the database's clock, ms).
+    pub since_ms: i64,
+    /// Attempts are refused until then (ms; 0: not refused).
+    pub until_ms: i64,
+}
+
+pub trait Throttles {
+    fn throttle_get(&self, key: &str) -> Result<Option<Throttle>>;
+    fn throttle_put(&self, key: &str, t: &Throttle) -> Result<()>;
+    fn throttle_clear(&self, key: &str) -> Result<()>;
+}
 
 /// fieldsync's own records: users, devices, tasks and their assignments, sessions.
 pub trait Catalog {

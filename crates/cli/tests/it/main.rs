@@ -33,6 +33,7 @@ mod refusals;
 mod revoke;
 mod send;
 mod sizes;
+mod throttle;
 mod tickets;
 mod ui;
 mod users;

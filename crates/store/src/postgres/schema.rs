@@ -159,6 +159,13 @@ CREATE TABLE IF NOT EXISTS fieldsync.key_blocks (
     next_key bigint NOT NULL,
     PRIMARY KEY (device, tbl, first_key)
 );
+-- Failed logins per user and per address (`server/throttle.rs`).
+CREATE TABLE IF NOT EXISTS fieldsync.login_failures (
+    key text PRIMARY KEY,
+    failures bigint NOT NULL,
+    since_ms bigint NOT NULL,
+    until_ms bigint NOT NULL
+);
 CREATE TABLE IF NOT EXISTS fieldsync.tickets (
     hash text PRIMARY KEY,
     device text NOT NULL,

@@ -130,6 +130,13 @@ CREATE TABLE IF NOT EXISTS fieldsync_devices_seen (
     task TEXT,
     pending INTEGER
 );
+-- Failed logins per user and per address (`server/throttle.rs`).
+CREATE TABLE IF NOT EXISTS fieldsync_login_failures (
+    key TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    since_ms INTEGER NOT NULL,
+    until_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS fieldsync_tickets (
     hash TEXT PRIMARY KEY,
     device TEXT NOT NULL,

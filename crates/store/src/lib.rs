@@ -14,6 +14,8 @@ mod plan;
 mod postgres;
 mod resolve;
 pub mod sample;
+mod throttle;
+pub use throttle::{Throttle, Throttles};
 mod sqlite;
 
 use fieldsync_proto::ColumnType;
@@ -348,24 +350,6 @@ pub trait Store:
 }
 
 impl<T: Catalog + Tickets + SourceData + History + Files + Throttles + Send + Sync> Store for T {}
-
-/// Failed logins counted per key (`user:NAME`, `addr:IP`), in the main database so
-/// that every server shares them (the rules are the server's, `server/throttle.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Throttle {
-    /// Failures since `since_ms`.
-    pub failures: i64,
-    /// When the count began (the database's clock, ms).
-    pub since_ms: i64,
-    /// Attempts are refused until then (ms; 0: not refused).
-    pub until_ms: i64,
-}
-
-pub trait Throttles {
-    fn throttle_get(&self, key: &str) -> Result<Option<Throttle>>;
-    fn throttle_put(&self, key: &str, t: &Throttle) -> Result<()>;
-    fn throttle_clear(&self, key: &str) -> Result<()>;
-}
 
 /// fieldsync's own records: users, devices, tasks and their assignments, sessions.
 pub trait Catalog {

@@ -176,6 +176,14 @@ enum DeviceCommand {
         #[arg(long)]
         label: Option<String>,
     },
+    /// Revoke a device for good: refused from then on, it wipes its data at its next contact
+    Revoke {
+        /// The device's id
+        id: String,
+        /// The device backs up its unsent changes to a file before it wipes
+        #[arg(long)]
+        keep_changes: bool,
+    },
     /// List devices and whether they are paired
     List {
         /// Print one JSON document on stdout
@@ -424,6 +432,15 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     s.duration_ms
                 )
             });
+        }
+        AdminCommand::Device(DeviceCommand::Revoke { id, keep_changes }) => {
+            store.device_revoke(&id, keep_changes)?;
+            let keep = if keep_changes {
+                ", keeping its unsent changes in a backup file"
+            } else {
+                ""
+            };
+            println!("revoked {id}: at its next contact it wipes its data{keep}");
         }
         AdminCommand::Device(DeviceCommand::Add { id, label }) => {
             let code = admin::device_add(store, &id, label.as_deref())?;

@@ -3,8 +3,8 @@
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use fieldsync_client::{
-    Cancel, ClientConfig, Device, DownloadOptions, Mode, Options, OptionsChange, Progress, Report,
-    SyncOp,
+    Cancel, ClientConfig, ClientError, Device, DownloadOptions, Mode, Options, OptionsChange,
+    Progress, Report, SyncOp,
 };
 
 use crate::admin_cmd::read_password_stdin;
@@ -376,7 +376,18 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
         .dir
         .context("no device folder: pass --dir DIR or set FIELDSYNC_DEVICE_DIR")?;
     let device = Device::open(dir, client_config());
-    match args.command {
+    // The office revoked this device: its data goes now (`revoked.rs` in the client).
+    run_on(&device, args.command).map_err(|e| {
+        let mut chain = e.chain().filter_map(|c| c.downcast_ref::<ClientError>());
+        match chain.find_map(ClientError::revoked) {
+            Some(keep_changes) => device.wipe_revoked(keep_changes).into(),
+            None => e,
+        }
+    })
+}
+
+fn run_on(device: &Device, command: DeviceCommand) -> anyhow::Result<()> {
+    match command {
         DeviceCommand::Pair {
             server,
             device_id,
@@ -443,26 +454,26 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             progress,
         } => {
             let opts = fetch.options(discard_local_changes);
-            let report = run_long(&device, SyncOp::Download, progress.progress, |p, c| {
+            let report = run_long(device, SyncOp::Download, progress.progress, |p, c| {
                 device.download(&task, &opts, p, c)
             })?;
             print_report(&report);
         }
         DeviceCommand::Files { progress } => {
-            let report = run_long(&device, SyncOp::Files, progress.progress, |p, c| {
+            let report = run_long(device, SyncOp::Files, progress.progress, |p, c| {
                 device.files(p, c)
             })?;
             print_report(&report);
         }
         DeviceCommand::Send { progress } => {
-            let report = run_long(&device, SyncOp::Send, progress.progress, |p, c| {
+            let report = run_long(device, SyncOp::Send, progress.progress, |p, c| {
                 device.send(p, c)
             })?;
             print_report(&report);
         }
         DeviceCommand::Sync { fetch, progress } => {
             let opts = fetch.options(false);
-            let report = run_long(&device, SyncOp::Sync, progress.progress, |p, c| {
+            let report = run_long(device, SyncOp::Sync, progress.progress, |p, c| {
                 device.sync(&opts, p, c)
             })
             .inspect_err(|_| {
@@ -521,14 +532,14 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
         DeviceCommand::Watch {
             power_supply,
             poll_ms,
-        } => crate::auto_cmd::watch(&device, &power_supply, poll_ms)?,
-        DeviceCommand::Cancel => crate::auto_cmd::cancel(&device)?,
+        } => crate::auto_cmd::watch(device, &power_supply, poll_ms)?,
+        DeviceCommand::Cancel => crate::auto_cmd::cancel(device)?,
         DeviceCommand::Conflicts { json } => {
             print_list(&device.conflicts()?, json, |c| {
                 format!("{}\t{}", c.at, not_kept_line(&c.value))
             });
         }
-        DeviceCommand::Ui => crate::ui::run(&device)?,
+        DeviceCommand::Ui => crate::ui::run(device)?,
         DeviceCommand::Status { json } => {
             let st = device.status()?;
             if json {

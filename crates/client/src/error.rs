@@ -45,6 +45,16 @@ pub enum ClientError {
     EntryInSeveral { seq: i64 },
     #[error("another fieldsync operation holds this device folder ({0})")]
     Busy(String),
+    /// The office revoked this device (`403 revoked`); `keep_changes`: back up the
+    /// unsent changes before wiping. [`crate::Device::wipe_revoked`] wipes.
+    #[error("{message}")]
+    Revoked { message: String, keep_changes: bool },
+    /// A revoked device's data was wiped (`backup`: its unsent changes, if kept).
+    #[error(
+        "this device was revoked by the office; its data was wiped{}",
+        backup.as_ref().map(|b| format!(" (its unsent changes are in {})", b.display())).unwrap_or_default()
+    )]
+    Wiped { backup: Option<std::path::PathBuf> },
     /// The server answered with an error that is not a refusal.
     #[error("server: {message}")]
     Server { code: ErrorCode, message: String },
@@ -69,11 +79,23 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// `Some(keep_changes)` when the office revoked this device.
+    pub fn revoked(&self) -> Option<bool> {
+        match self {
+            ClientError::Revoked { keep_changes, .. } => Some(*keep_changes),
+            _ => None,
+        }
+    }
+
     /// The process exit code of DESIGN.md for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
             ClientError::Offline => 3,
-            ClientError::Refused(_) | ClientError::NotPaired | ClientError::NotLoggedIn => 4,
+            ClientError::Refused(_)
+            | ClientError::Revoked { .. }
+            | ClientError::Wiped { .. }
+            | ClientError::NotPaired
+            | ClientError::NotLoggedIn => 4,
             ClientError::Cancelled | ClientError::FilesCancelled => 5,
             ClientError::LocalChanges { .. } => 6,
             ClientError::Busy(_) => 7,

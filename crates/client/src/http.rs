@@ -134,6 +134,10 @@ impl Api {
         let mut body = String::new();
         let _ = resp.body.take(64 * 1024).read_to_string(&mut body);
         match serde_json::from_str::<ErrorBody>(&body) {
+            Ok(err) if err.code == ErrorCode::Revoked => ClientError::Revoked {
+                message: err.message,
+                keep_changes: err.keep_changes,
+            },
             Ok(err) if err.code.is_refusal() => ClientError::Refused(err.message),
             Ok(err) if err.code == ErrorCode::Busy => ClientError::ServerBusy {
                 message: err.message,

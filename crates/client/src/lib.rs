@@ -11,6 +11,7 @@ mod http;
 mod journal;
 pub mod power;
 mod replica;
+mod revoked;
 pub mod running;
 mod state;
 mod sync;

@@ -456,6 +456,10 @@ impl ErrorCode {
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+    /// With `revoked`: the administrator asked the device to back up its unsent
+    /// changes before it wipes its data.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_changes: bool,
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub fn device_add(store: &dyn Store, id: &str, label: Option<&str>) -> Result<St
         code_hash: Some(sha256_hex(&code)),
         secret_hash: None,
         revoked: false,
+        keep_changes: false,
         created_at: Timestamp::now(),
         paired_at: None,
     })?;

@@ -25,7 +25,7 @@ use crate::auth;
 use crate::download;
 use crate::error::ApiError;
 use crate::request_log::{self, Who};
-use crate::{tickets, uploads};
+use crate::{throttle, tickets, uploads};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -230,6 +230,7 @@ async fn pair(
 async fn login(
     State(st): State<AppState>,
     headers: HeaderMap,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     body: RequestBody,
 ) -> Result<Response, ApiError> {
     auth::check_protocol(&headers)?;
@@ -240,6 +241,11 @@ async fn login(
     let _turn = auth::LOGINS.acquire().await.map_err(ApiError::internal)?;
     blocking(move || {
         let device = auth::device(&*st.store, &headers)?;
+        let keys = throttle::Keys::new(&req.user, peer.map(|p| p.0.0));
+        let now_ms = st.store.clock_ms()?;
+        if let Some(wait_ms) = throttle::refused(&*st.store, &keys, now_ms)? {
+            return Ok(throttle::refusal(wait_ms));
+        }
         let wrong = || ApiError::unauthorized("wrong user name or password");
         // An unknown user costs what a wrong password costs: the password is checked
         // against a hash either way, so the answer's time tells no user name.
@@ -248,6 +254,11 @@ async fn login(
             .as_ref()
             .map_or(auth::no_such_user_hash(), |u| u.password_hash.as_str());
         let matches = auth::verify_password(&req.password, hash);
+        if matches {
+            throttle::succeeded(&*st.store, &keys)?;
+        } else {
+            throttle::failed(&*st.store, &keys, now_ms)?;
+        }
         let user = found.filter(|_| matches).ok_or_else(wrong)?;
         if user.disabled {
             return Err(ApiError::unauthorized(format!(

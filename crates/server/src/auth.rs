@@ -128,10 +128,10 @@ pub fn device(store: &dyn Store, headers: &HeaderMap) -> Result<DeviceRecord, Ap
         _ => return Err(unknown()),
     }
     if device.revoked {
-        return Err(ApiError::new(
-            ErrorCode::Revoked,
-            format!("device `{id}` was revoked"),
-        ));
+        return Err(ApiError {
+            keep_changes: device.keep_changes,
+            ..ApiError::new(ErrorCode::Revoked, format!("device `{id}` was revoked"))
+        });
     }
     Ok(device)
 }

@@ -39,10 +39,10 @@ pub async fn serve(
             _ = &mut shutdown => break,
             slot = slots.clone().acquire_owned() => slot.map_err(io::Error::other)?,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before it was
                     // accepted: wait a little rather than spin.
@@ -53,7 +53,11 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
+        // The peer's address, for login throttling (`throttle.rs`).
+        let app = tower::Layer::layer(
+            &axum::Extension(axum::extract::ConnectInfo(peer)),
+            app.clone(),
+        );
         let mut closed = closed.clone();
         tokio::spawn(async move {
             let _slot = slot;

@@ -10,6 +10,8 @@ use fieldsync_store::StoreError;
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// With `Revoked`: the device backs up its unsent changes before it wipes.
+    pub keep_changes: bool,
 }
 
 impl ApiError {
@@ -17,6 +19,7 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            keep_changes: false,
         }
     }
 
@@ -59,6 +62,7 @@ impl ApiError {
         ErrorBody {
             code: self.code,
             message: self.message.clone(),
+            keep_changes: self.keep_changes,
         }
     }
 }

@@ -12,6 +12,7 @@ mod integrators;
 mod metrics;
 mod request_log;
 mod seen;
+mod throttle;
 mod tickets;
 mod upload_body;
 mod uploads;

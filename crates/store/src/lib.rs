@@ -14,6 +14,8 @@ mod plan;
 mod postgres;
 mod resolve;
 pub mod sample;
+mod throttle;
+pub use throttle::{Throttle, Throttles};
 mod sqlite;
 
 use fieldsync_proto::ColumnType;
@@ -159,6 +161,9 @@ pub struct DeviceRecord {
     /// SHA-256 (hex) of the device secret; `None` until paired.
     pub secret_hash: Option<String>,
     pub revoked: bool,
+    /// Set with `revoked`: the device backs up its unsent changes before it wipes
+    /// its data (the administrator's `--keep-changes`).
+    pub keep_changes: bool,
     pub created_at: Timestamp,
     pub paired_at: Option<Timestamp>,
 }
@@ -339,9 +344,12 @@ pub trait SliceSink {
 /// The main database, whatever its engine: its three concerns together. Every method
 /// is blocking; servers call it from a blocking thread. Callers hold a `dyn Store`,
 /// whose methods are the concern traits' (implemented by every type that has all).
-pub trait Store: Catalog + Tickets + SourceData + History + Files + Send + Sync {}
+pub trait Store:
+    Catalog + Tickets + SourceData + History + Files + Throttles + Send + Sync
+{
+}
 
-impl<T: Catalog + Tickets + SourceData + History + Files + Send + Sync> Store for T {}
+impl<T: Catalog + Tickets + SourceData + History + Files + Throttles + Send + Sync> Store for T {}
 
 /// fieldsync's own records: users, devices, tasks and their assignments, sessions.
 pub trait Catalog {
@@ -364,6 +372,10 @@ pub trait Catalog {
         at: Timestamp,
     ) -> Result<bool>;
     fn device_list(&self) -> Result<Vec<DeviceRecord>>;
+    /// Revokes a device for good (`NotFound` for an unknown one): every request of
+    /// it is refused from then on, and its sessions and tickets go. `keep_changes`:
+    /// the device backs up its unsent changes before it wipes its data.
+    fn device_revoke(&self, id: &str, keep_changes: bool) -> Result<()>;
     /// Stores a task definition checked against the schema; replaces one of that name.
     fn task_put(&self, def: &TaskDef, hash: &str, at: Timestamp) -> Result<()>;
     fn task_get(&self, name: &str) -> Result<Option<TaskRecord>>;

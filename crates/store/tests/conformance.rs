@@ -264,6 +264,7 @@ fn device(id: &str, code: &str) -> DeviceRecord {
         code_hash: Some(sha256_hex(code)),
         secret_hash: None,
         revoked: false,
+        keep_changes: false,
         created_at: now(),
         paired_at: None,
     }
@@ -1231,6 +1232,18 @@ fn users_devices_tasks_sessions(fx: &Fixture) {
         !s.device_pair("dev-revoked", &sha256_hex("code-r"), &sha256_hex("s"), at)
             .expect("pair"),
         "a revoked device does not pair"
+    );
+    s.device_add(&device("dev-later-revoked", "code-l"))
+        .expect("device_add");
+    s.device_revoke("dev-later-revoked", true).expect("revoke");
+    let d = s.device_get("dev-later-revoked").expect("get").expect("d");
+    assert!(d.revoked && d.keep_changes, "revoked, keeping its changes");
+    assert!(
+        matches!(
+            s.device_revoke("no-such-device", false),
+            Err(StoreError::NotFound(_))
+        ),
+        "an unknown device is not found"
     );
 
     // Tasks: refused while a table is untracked; nothing stored then.

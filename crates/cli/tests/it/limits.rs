@@ -38,11 +38,15 @@ fn raw_request(url: &str, method: &str, path: &str, headers: &[(&str, &str)], bo
 /// 200 MB; asserted: 100 MB.
 #[test]
 fn sixty_four_concurrent_logins_stay_far_below_one_verification_each() {
-    let office = Office::new(5);
+    let mut office = Office::new(5);
     let dev = office.device("tab1", &["north-inspections"]);
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dev.path().join("state.json")).unwrap()).unwrap();
     let secret = state["device_secret"].as_str().unwrap().to_string();
+    // 32 wrong passwords on purpose: a server that throttles none of them.
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.env("FIELDSYNC_LOGIN_LIMIT", "1000");
+    office.server = Server::start_by(cmd, &office.db_url);
     let before_kb = office.server.peak_rss_kb();
     let logins: Vec<_> = (0..64)
         .map(|i| {

@@ -15,7 +15,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 #[test]
 fn an_unknown_user_costs_what_a_wrong_password_costs() {
     let office = Office::new(10);
+    // Many wrong logins on purpose: a server that throttles none of them.
+    let mut cmd = Command::new(BIN);
+    cmd.env("FIELDSYNC_LOGIN_LIMIT", "1000");
+    let server = Server::start_by(cmd, &office.db_url);
     let dev = office.device("tab1", &[]);
+    dev.use_server(&server.url);
     let login = |user: &str| {
         let t = Instant::now();
         let run = dev.run(&["login", user, "--password-stdin"], "not-the-password\n");

@@ -91,6 +91,7 @@ pub fn failed_slice(rows: &[(i64, String)]) -> Vec<u8> {
     w.error(&ErrorBody {
         code: ErrorCode::Internal,
         message: "the office database went away".into(),
+        keep_changes: false,
     })
     .unwrap();
     w.finish().unwrap()

@@ -230,6 +230,7 @@ fn the_servers_error_frame_is_its_error_wherever_it_comes() {
     let body = crate::wire::ErrorBody {
         code: ErrorCode::Internal,
         message: "disk on fire".into(),
+        keep_changes: false,
     };
     let err = frame(KIND_ERROR, &serde_json::to_vec(&body).unwrap());
     for stream in [err.clone(), [header_frame(&header()), err].concat()] {

@@ -400,6 +400,20 @@ impl Catalog for PgStore {
         })
     }
 
+    fn device_revoke(&self, id: &str, keep_changes: bool) -> Result<()> {
+        let mut c = self.conn()?;
+        in_tx(&mut c, |tx| {
+            let n = tx.execute(
+                "UPDATE fieldsync.devices SET revoked = true, keep_changes = $2 WHERE id = $1",
+                &[&id, &keep_changes],
+            )?;
+            crate::catalog::found(n != 0, "device", id)?;
+            tx.execute("DELETE FROM fieldsync.sessions WHERE device = $1", &[&id])?;
+            tx.execute("DELETE FROM fieldsync.tickets WHERE device = $1", &[&id])?;
+            Ok(())
+        })
+    }
+
     fn device_list(&self) -> Result<Vec<DeviceRecord>> {
         self.conn()?
             .query(
@@ -448,7 +462,8 @@ impl Catalog for PgStore {
 }
 
 const USER_COLUMNS: &str = "name, password_hash, admin, disabled, created_at";
-const DEVICE_COLUMNS: &str = "id, label, code_hash, secret_hash, revoked, created_at, paired_at";
+const DEVICE_COLUMNS: &str =
+    "id, label, code_hash, secret_hash, revoked, created_at, paired_at, keep_changes";
 
 fn user_row(r: &postgres::Row) -> Result<UserRecord> {
     Ok(UserRecord {
@@ -469,5 +484,6 @@ fn device_row(r: &postgres::Row) -> Result<DeviceRecord> {
         revoked: r.get(4),
         created_at: time_at(r, 5, "created_at")?,
         paired_at: opt_time_at(r, 6, "paired_at")?,
+        keep_changes: r.get(7),
     })
 }

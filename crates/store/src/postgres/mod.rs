@@ -25,6 +25,7 @@ mod keys;
 mod pool;
 mod schema;
 mod slice;
+mod throttle;
 mod tickets;
 mod tracking;
 pub(crate) mod types;

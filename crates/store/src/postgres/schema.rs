@@ -142,6 +142,8 @@ ALTER TABLE fieldsync.bases ADD COLUMN IF NOT EXISTS device text;
 -- Retention forgets the snapshots of old bases (a base without one counts every row
 -- as changed since it: compared by value).
 ALTER TABLE fieldsync.bases ALTER COLUMN snap DROP NOT NULL;
+-- Revoked with `--keep-changes`: the device backs up its unsent changes first.
+ALTER TABLE fieldsync.devices ADD COLUMN IF NOT EXISTS keep_changes boolean NOT NULL DEFAULT false;
 -- Schema 3: a session's scope (automatic sessions, made by redeeming a ticket).
 ALTER TABLE fieldsync.sessions ADD COLUMN IF NOT EXISTS scope text NOT NULL DEFAULT 'user';
 ALTER TABLE fieldsync.sessions ADD COLUMN IF NOT EXISTS scope_task text;
@@ -156,6 +158,13 @@ CREATE TABLE IF NOT EXISTS fieldsync.key_blocks (
     last_key bigint NOT NULL,
     next_key bigint NOT NULL,
     PRIMARY KEY (device, tbl, first_key)
+);
+-- Failed logins per user and per address (`server/throttle.rs`).
+CREATE TABLE IF NOT EXISTS fieldsync.login_failures (
+    key text PRIMARY KEY,
+    failures bigint NOT NULL,
+    since_ms bigint NOT NULL,
+    until_ms bigint NOT NULL
 );
 CREATE TABLE IF NOT EXISTS fieldsync.tickets (
     hash text PRIMARY KEY,

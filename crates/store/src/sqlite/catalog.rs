@@ -391,6 +391,20 @@ impl Catalog for SqliteStore {
         Ok(())
     }
 
+    fn device_revoke(&self, id: &str, keep_changes: bool) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE fieldsync_devices SET revoked = 1, keep_changes = ?2 WHERE id = ?1",
+            params![id, keep_changes],
+        )?;
+        crate::catalog::found(n != 0, "device", id)?;
+        tx.execute("DELETE FROM fieldsync_sessions WHERE device = ?1", [id])?;
+        tx.execute("DELETE FROM fieldsync_tickets WHERE device = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     fn device_list(&self) -> Result<Vec<DeviceRecord>> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(&format!(
@@ -437,7 +451,8 @@ impl Catalog for SqliteStore {
 }
 
 const USER_COLUMNS: &str = "name, password_hash, admin, disabled, created_at";
-const DEVICE_COLUMNS: &str = "id, label, code_hash, secret_hash, revoked, created_at, paired_at";
+const DEVICE_COLUMNS: &str =
+    "id, label, code_hash, secret_hash, revoked, created_at, paired_at, keep_changes";
 
 /// A `fieldsync_users` row selected as [`USER_COLUMNS`].
 fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
@@ -460,6 +475,7 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
         revoked: r.get(4)?,
         created_at: time_at(r, 5, "created_at")?,
         paired_at: opt_time_at(r, 6, "paired_at")?,
+        keep_changes: r.get(7)?,
     })
 }
 

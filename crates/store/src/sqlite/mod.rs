@@ -26,6 +26,7 @@ mod integrate;
 mod keys;
 mod schema;
 mod slice;
+mod throttle;
 mod tickets;
 mod tracking;
 

@@ -130,6 +130,13 @@ CREATE TABLE IF NOT EXISTS fieldsync_devices_seen (
     task TEXT,
     pending INTEGER
 );
+-- Failed logins per user and per address (`server/throttle.rs`).
+CREATE TABLE IF NOT EXISTS fieldsync_login_failures (
+    key TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    since_ms INTEGER NOT NULL,
+    until_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS fieldsync_tickets (
     hash TEXT PRIMARY KEY,
     device TEXT NOT NULL,
@@ -238,6 +245,17 @@ impl Schema for SqliteStore {
             tx.execute_batch(
                 "ALTER TABLE fieldsync_sync_sessions ADD COLUMN whole INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE fieldsync_sync_sessions ADD COLUMN full_reason TEXT;",
+            )?;
+        }
+        // Revoked with `--keep-changes`: the device backs up its unsent changes first.
+        let has_keep: bool = tx.query_row(
+            "SELECT count(*) FROM pragma_table_info('fieldsync_devices') WHERE name = 'keep_changes'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_keep {
+            tx.execute_batch(
+                "ALTER TABLE fieldsync_devices ADD COLUMN keep_changes INTEGER NOT NULL DEFAULT 0",
             )?;
         }
         // Schema 3: a session's scope (automatic sessions, made by redeeming a ticket).

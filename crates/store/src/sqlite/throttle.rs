@@ -1,0 +1,42 @@
+//! Failed logins on SQLite (`fieldsync_login_failures`).
+
+use rusqlite::{OptionalExtension, params};
+
+use super::SqliteStore;
+use crate::{Result, Throttle, Throttles};
+
+impl Throttles for SqliteStore {
+    fn throttle_get(&self, key: &str) -> Result<Option<Throttle>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT failures, since_ms, until_ms FROM fieldsync_login_failures WHERE key = ?1",
+                [key],
+                |r| {
+                    Ok(Throttle {
+                        failures: r.get(0)?,
+                        since_ms: r.get(1)?,
+                        until_ms: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn throttle_put(&self, key: &str, t: &Throttle) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO fieldsync_login_failures (key, failures, since_ms, until_ms)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (key) DO UPDATE SET failures = excluded.failures,
+                 since_ms = excluded.since_ms, until_ms = excluded.until_ms",
+            params![key, t.failures, t.since_ms, t.until_ms],
+        )?;
+        Ok(())
+    }
+
+    fn throttle_clear(&self, key: &str) -> Result<()> {
+        self.conn()?
+            .execute("DELETE FROM fieldsync_login_failures WHERE key = ?1", [key])?;
+        Ok(())
+    }
+}

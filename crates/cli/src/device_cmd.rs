@@ -130,6 +130,9 @@ enum DeviceCommand {
         #[command(flatten)]
         progress: ProgressArg,
     },
+    /// Files made on this device: attach one to a row, or list those not yet sent
+    #[command(subcommand)]
+    File(crate::device_file_cmd::DeviceFileCommand),
     /// List local changes not yet sent, or discard some to the backup file
     Journal {
         /// Print one JSON document on stdout
@@ -476,6 +479,7 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             })?;
             print_report(&report);
         }
+        DeviceCommand::File(command) => crate::device_file_cmd::run(&device, command)?,
         DeviceCommand::Journal {
             json,
             command: None,

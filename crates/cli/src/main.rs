@@ -6,6 +6,7 @@ mod admin_view;
 mod auto_cmd;
 mod demo;
 mod device_cmd;
+mod device_file_cmd;
 mod file_cmd;
 mod output;
 mod server_cmd;

@@ -1,0 +1,152 @@
+//! Files made on a device: `device file attach` queues them (refused at once for a row
+//! outside the replica, a table outside `[files]` or read-only), the next send uploads
+//! the content and records the attachment with the journal's entries, once; another
+//! device of the slice then fetches it intact; a forged queue record is refused.
+
+use super::{keys, office, sha256_of};
+use crate::harness::*;
+
+fn list(office: &Office) -> Vec<serde_json::Value> {
+    let out = office.admin(&["file", "list", "--json"], "").ok().stdout;
+    serde_json::from_str(&out).unwrap()
+}
+
+fn photo(dev: &DeviceDir, name: &str, content: &[u8]) -> String {
+    let path = dev.path().join(name);
+    std::fs::write(&path, content).unwrap();
+    path.display().to_string()
+}
+
+fn queued(dev: &DeviceDir) -> Vec<serde_json::Value> {
+    let out = dev.run(&["file", "list", "--json"], "").ok().stdout;
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn a_photo_attached_on_the_device_is_recorded_once_and_reaches_other_devices() {
+    let office = office();
+    let (north, south) = keys(&office);
+    let dev = office.device("d1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    // A row inserted on the device, and a photo of it, in the same send.
+    dev.replica()
+        .execute_batch(&format!(
+            "INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes)
+             VALUES ('dev-1', {north}, 'ana', '2026-05-01T08:00:00.000Z', 'ok', 'new')"
+        ))
+        .unwrap();
+    let (a, b) = (
+        b"jpeg bytes of the pump".repeat(5000),
+        b"a second photo".to_vec(),
+    );
+    let pa = photo(&dev, "pump.jpg", &a);
+    let pb = photo(&dev, "inspection.png", &b);
+    dev.run(&["file", "attach", "assets", &north, &pa], "").ok();
+    dev.run(&["file", "attach", "inspections", "dev-1", &pb], "")
+        .ok();
+    let q = queued(&dev);
+    assert_eq!(q.len(), 2, "{q:?}");
+    assert_eq!(q[0]["content_type"], "image/jpeg");
+    assert_eq!(q[0]["sha256"], sha256_of(&a).as_str());
+    assert_eq!(q[0]["user"], "ana");
+
+    // Refused at attach time: a row outside the replica, a table outside `[files]`
+    // (there is none in this task but a missing one), a read-only table.
+    for (table, key, says) in [
+        ("assets", south.as_str(), "no row"),
+        ("work_orders", "1", "not in task"),
+    ] {
+        let run = dev.run(&["file", "attach", table, key, &pa], "");
+        assert_ne!(run.code, 0, "{run:?}");
+        assert!(run.stderr.contains(says), "{says}: {run:?}");
+    }
+    assert_eq!(queued(&dev).len(), 2);
+
+    let out = dev.run(&["send"], "").ok();
+    assert!(queued(&dev).is_empty(), "{out:?}");
+    let files = list(&office);
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(
+        files
+            .iter()
+            .any(|f| f["table"] == "inspections" && f["key"] == "dev-1" && f["added_by"] == "ana")
+    );
+    // A second send sends nothing more and records nothing twice.
+    dev.run(&["send"], "").ok();
+    assert_eq!(list(&office).len(), 2);
+
+    // Another device of the slice fetches the photos intact.
+    let dev2 = office.device("d2", &["north-inspections"]);
+    dev2.login("ana").ok();
+    dev2.run(&["download", "north-inspections", "--files"], "")
+        .ok();
+    let got = std::fs::read(
+        dev2.path()
+            .join("files/by-row/assets")
+            .join(&north)
+            .join("pump.jpg"),
+    )
+    .unwrap();
+    assert_eq!(got, a);
+    let got = std::fs::read(
+        dev2.path()
+            .join("files/by-row/inspections/dev-1/inspection.png"),
+    )
+    .unwrap();
+    assert_eq!(got, b);
+}
+
+#[test]
+fn attach_refuses_a_read_only_table_and_the_server_refuses_a_forged_record() {
+    let office = office();
+    let (north, south) = keys(&office);
+    // Assets read-only in this version of the task.
+    let path = office.dir.0.join("ro.toml");
+    std::fs::write(
+        &path,
+        super::north_with_files().replace("write = [\"update\"]", "write = []"),
+    )
+    .unwrap();
+    office
+        .admin(&["task", "apply", path.to_str().unwrap()], "")
+        .ok();
+    let dev = office.device("d1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    let p = photo(&dev, "pump.jpg", b"photo");
+    let run = dev.run(&["file", "attach", "assets", &north, &p], "");
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("read-only"), "{run:?}");
+
+    // A photo of a row of its own, the queue record then pointed at another slice's row.
+    let insp = dev
+        .replica()
+        .query_row("SELECT min(id) FROM inspections", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap();
+    dev.run(&["file", "attach", "inspections", &insp, &p], "")
+        .ok();
+    let outbox = dev.path().join("files/outbox");
+    let record = std::fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    json["table"] = "assets".into();
+    json["key"] = south.clone().into();
+    std::fs::write(&record, serde_json::to_vec(&json).unwrap()).unwrap();
+    let run = dev.run(&["send"], "");
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("pump.jpg"), "{run:?}");
+    assert!(list(&office).is_empty());
+    assert_eq!(queued(&dev).len(), 1);
+}
+
+crate::also_on_postgres!(
+    a_photo_attached_on_the_device_is_recorded_once_and_reaches_other_devices,
+    attach_refuses_a_read_only_table_and_the_server_refuses_a_forged_record,
+);

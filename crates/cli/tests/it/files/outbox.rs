@@ -146,7 +146,44 @@ fn attach_refuses_a_read_only_table_and_the_server_refuses_a_forged_record() {
     assert_eq!(queued(&dev).len(), 1);
 }
 
+/// A crash after the acknowledgement, before the queue was cleared: the queue is as it
+/// was, the next send carries the attachment again in a new upload, and the main
+/// database still holds it once.
+#[test]
+fn an_attachment_sent_again_after_a_crash_is_recorded_once() {
+    let office = office();
+    let (north, _) = keys(&office);
+    let dev = office.device("d1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    let p = photo(&dev, "pump.jpg", b"the pump, photographed");
+    dev.run(&["file", "attach", "assets", &north, &p], "").ok();
+    let outbox = dev.path().join("files/outbox");
+    let saved: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    // The journal is empty: the attachment rides alone.
+    let out = dev.run(&["send"], "").ok();
+    assert!(queued(&dev).is_empty(), "{out:?}");
+    assert_eq!(list(&office).len(), 1);
+    for (p, bytes) in &saved {
+        std::fs::write(p, bytes).unwrap();
+    }
+    assert_eq!(queued(&dev).len(), 1);
+    dev.run(&["send"], "").ok();
+    assert!(queued(&dev).is_empty());
+    let files = list(&office);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0]["name"], "pump.jpg");
+}
+
 crate::also_on_postgres!(
     a_photo_attached_on_the_device_is_recorded_once_and_reaches_other_devices,
     attach_refuses_a_read_only_table_and_the_server_refuses_a_forged_record,
+    an_attachment_sent_again_after_a_crash_is_recorded_once,
 );

@@ -79,6 +79,28 @@ pub(crate) fn remove(device_root: &Path, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Moves every queued file beside `backup` (a journal backup file): into the folder
+/// named like it with `.files` for `.jsonl`, records and content as queued. Returns
+/// how many moved.
+pub(crate) fn move_to_backup(device_root: &Path, backup: &Path) -> Result<usize> {
+    let list = queued(device_root)?;
+    if list.is_empty() {
+        return Ok(0);
+    }
+    let dir = backup.with_extension("files");
+    fs::create_dir_all(&dir)?;
+    let from = outbox_dir(device_root);
+    for q in &list {
+        // The content first: a record without its content is never left in the queue.
+        for f in [format!("{}.bin", q.id), format!("{}.json", q.id)] {
+            fs::rename(from.join(&f), dir.join(&f))?;
+        }
+    }
+    crate::state::sync_dir(&dir)?;
+    crate::state::sync_dir(&from)?;
+    Ok(list.len())
+}
+
 /// A content type from a file name's extension.
 fn content_type_of(name: &str) -> &'static str {
     let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());

@@ -182,6 +182,46 @@ fn an_attachment_sent_again_after_a_crash_is_recorded_once() {
     assert_eq!(files[0]["name"], "pump.jpg");
 }
 
+/// Discarding every local change takes the queued files along, beside the backup file.
+#[test]
+fn discarding_all_changes_moves_queued_files_beside_the_backup() {
+    let office = office();
+    let (north, _) = keys(&office);
+    let dev = office.device("d1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    dev.replica()
+        .execute_batch(&format!(
+            "UPDATE assets SET status = 'broken' WHERE id = {north}"
+        ))
+        .unwrap();
+    let p = photo(&dev, "pump.jpg", b"broken pump");
+    dev.run(&["file", "attach", "assets", &north, &p], "").ok();
+    let out = dev.run(&["journal", "discard", "--all"], "").ok();
+    assert!(queued(&dev).is_empty(), "{out:?}");
+    let backup = std::fs::read_dir(dev.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "files"))
+        .expect("a backup folder of files");
+    let mut names: Vec<String> = std::fs::read_dir(&backup)
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .extension()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["bin", "json"]);
+    assert!(backup.with_extension("jsonl").exists());
+    dev.run(&["send"], "").ok();
+    assert!(list(&office).is_empty());
+}
+
 crate::also_on_postgres!(
     a_photo_attached_on_the_device_is_recorded_once_and_reaches_other_devices,
     attach_refuses_a_read_only_table_and_the_server_refuses_a_forged_record,

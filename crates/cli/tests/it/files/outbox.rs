@@ -222,6 +222,50 @@ fn discarding_all_changes_moves_queued_files_beside_the_backup() {
     assert!(list(&office).is_empty());
 }
 
+/// A large photo goes up in bounded memory on both sides; cut at half, the next send
+/// moves about the other half.
+#[test]
+fn a_large_photo_uploads_in_bounded_memory_and_resumes_after_a_cut() {
+    use super::device::{content, large_bytes, run_measured};
+    use crate::proxy::{Action, Fault, FaultProxy};
+    let office = office();
+    let (north, _) = keys(&office);
+    let dev = office.device("d1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    let n = large_bytes();
+    let big = content(n, 7);
+    let p = photo(&dev, "site.jpg", &big);
+    dev.run(&["file", "attach", "assets", &north, &p], "").ok();
+    let upstream = office
+        .server
+        .url
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream, Fault::up(Action::Cut(n as u64 / 2)).first(1));
+    dev.use_server(&proxy.url());
+    let one_try = [("FIELDSYNC_RETRIES", "1")];
+    let cut = dev.run_env(&["send"], &one_try);
+    assert_ne!(cut.code, 0, "{cut:?}");
+    assert!(list(&office).is_empty());
+    proxy.set_fault(Fault::PASS);
+    let (run, device_kb) = run_measured(&dev, &["send"], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let moved = dev.status()["last_sync"]["bytes_up"].as_u64().unwrap();
+    assert!(
+        moved > n as u64 / 3 && moved < n as u64 * 3 / 4,
+        "moved {moved} of {n}"
+    );
+    assert!(device_kb < 64 * 1024, "device peak {device_kb} kB");
+    let server_kb = office.server.peak_rss_kb();
+    assert!(server_kb < 64 * 1024, "server peak {server_kb} kB");
+    let files = list(&office);
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0]["sha256"], sha256_of(&big).as_str());
+}
+
 crate::also_on_postgres!(
     a_photo_attached_on_the_device_is_recorded_once_and_reaches_other_devices,
     attach_refuses_a_read_only_table_and_the_server_refuses_a_forged_record,

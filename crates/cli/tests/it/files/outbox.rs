@@ -266,8 +266,59 @@ fn a_large_photo_uploads_in_bounded_memory_and_resumes_after_a_cut() {
     assert_eq!(files[0]["sha256"], sha256_of(&big).as_str());
 }
 
+/// The acknowledgement of the upload carrying an attachment is lost: the next send
+/// sends the same upload id again, answered with the recorded outcome; recorded once.
+#[test]
+fn an_attachment_whose_acknowledgement_was_lost_is_recorded_once() {
+    use crate::proxy::{Action, Fault, FaultProxy};
+    let office = office();
+    let (north, _) = keys(&office);
+    let upstream = office
+        .server
+        .url
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream, Fault::PASS);
+    // The same exchange on two devices: the first measures the bytes coming down, the
+    // second has the last answer (the upload's acknowledgement) cut short.
+    let mut down = 0;
+    for (i, id) in ["d1", "d2"].into_iter().enumerate() {
+        let dev = office.device(id, &["north-inspections"]);
+        dev.login("ana").ok();
+        dev.run(&["download", "north-inspections"], "").ok();
+        let p = photo(&dev, &format!("pump{i}.jpg"), b"the pump, photographed");
+        dev.run(&["file", "attach", "assets", &north, &p], "").ok();
+        dev.use_server(&proxy.url());
+        let before = proxy.stats();
+        if i == 0 {
+            dev.run(&["send"], "").ok();
+            let after = proxy.stats();
+            assert_eq!(
+                after.connections - before.connections,
+                1,
+                "one connection per send"
+            );
+            down = after.bytes_down - before.bytes_down;
+            continue;
+        }
+        proxy.set_fault(Fault::down(Action::Cut(down - 30)).first(1));
+        let run = dev.run_env(&["send"], &[("FIELDSYNC_RETRIES", "1")]);
+        assert_ne!(run.code, 0, "{run:?}");
+        assert_eq!(queued(&dev).len(), 1, "not acknowledged: still queued");
+        assert_eq!(list(&office).len(), 2, "recorded by the cut upload");
+        proxy.set_fault(Fault::PASS);
+        dev.run(&["send"], "").ok();
+        assert!(queued(&dev).is_empty());
+        assert_eq!(list(&office).len(), 2);
+    }
+}
+
 crate::also_on_postgres!(
     a_photo_attached_on_the_device_is_recorded_once_and_reaches_other_devices,
     attach_refuses_a_read_only_table_and_the_server_refuses_a_forged_record,
     an_attachment_sent_again_after_a_crash_is_recorded_once,
+    an_attachment_whose_acknowledgement_was_lost_is_recorded_once,
+    a_large_photo_uploads_in_bounded_memory_and_resumes_after_a_cut,
 );

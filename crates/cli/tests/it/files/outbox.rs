@@ -315,10 +315,65 @@ fn an_attachment_whose_acknowledgement_was_lost_is_recorded_once() {
     }
 }
 
+/// The server killed (kill -9) while a photo's content comes up: restarted, the next
+/// send goes on from what it kept and records the attachment once.
+#[test]
+fn a_photo_upload_survives_a_server_killed_midway() {
+    use super::device::content;
+    use crate::proxy::{Action, Fault, FaultProxy};
+    let mut office = office();
+    let (north, _) = keys(&office);
+    let dev = office.device("d1", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    let big = content(3 << 20, 11);
+    let p = photo(&dev, "site.jpg", &big);
+    dev.run(&["file", "attach", "assets", &north, &p], "").ok();
+    let upstream = office
+        .server
+        .url
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream, Fault::up(Action::Throttle(1 << 20)));
+    dev.use_server(&proxy.url());
+    let mut send = std::process::Command::new(BIN)
+        .args(["device", "send", "--dir"])
+        .arg(dev.path())
+        .env("FIELDSYNC_RETRIES", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while proxy.stats().bytes_up < 1 << 20 && t0.elapsed().as_secs() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    office.server.child.kill().unwrap();
+    office.server.child.wait().unwrap();
+    let status = send.wait().unwrap();
+    assert!(!status.success());
+    assert!(list(&office).is_empty());
+    let flags = super::files_flags(&office);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    office.server = Server::start_with(&office.db_url, &flags);
+    dev.use_server(&office.server.url);
+    let run = dev.run(&["send"], "");
+    assert_eq!(run.code, 0, "{run:?}");
+    let moved = dev.status()["last_sync"]["bytes_up"].as_u64().unwrap();
+    assert!(moved < big.len() as u64, "resumed, not sent whole: {moved}");
+    let files = list(&office);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0]["sha256"], sha256_of(&big).as_str());
+    assert!(queued(&dev).is_empty());
+}
+
 crate::also_on_postgres!(
     a_photo_attached_on_the_device_is_recorded_once_and_reaches_other_devices,
     attach_refuses_a_read_only_table_and_the_server_refuses_a_forged_record,
     an_attachment_sent_again_after_a_crash_is_recorded_once,
     an_attachment_whose_acknowledgement_was_lost_is_recorded_once,
     a_large_photo_uploads_in_bounded_memory_and_resumes_after_a_cut,
+    a_photo_upload_survives_a_server_killed_midway,
 );

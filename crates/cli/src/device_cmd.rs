@@ -3,11 +3,12 @@
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use fieldsync_client::{
-    Cancel, ClientConfig, ClientError, Device, DownloadOptions, Mode, Options, OptionsChange,
-    Progress, Report, SyncOp,
+    Cancel, ClientConfig, ClientError, Device, DownloadOptions, Mode, OptionsChange, Progress,
+    Report, SyncOp,
 };
 
 use crate::admin_cmd::read_password_stdin;
+use crate::device_print::{not_kept_line, print_options, print_report};
 use crate::output::{ProgressFormat, ProgressView, print_json, print_list};
 
 #[derive(Args)]
@@ -130,6 +131,9 @@ enum DeviceCommand {
         #[command(flatten)]
         progress: ProgressArg,
     },
+    /// Files made on this device: attach one to a row, or list those not yet sent
+    #[command(subcommand)]
+    File(crate::device_file_cmd::DeviceFileCommand),
     /// List local changes not yet sent, or discard some to the backup file
     Journal {
         /// Print one JSON document on stdout
@@ -296,81 +300,6 @@ fn run_long(
     Ok(result?)
 }
 
-/// One value not kept, as a person reads it: where, whose, theirs against the kept one.
-pub fn not_kept_line(n: &fieldsync_proto::wire::NotKept) -> String {
-    let show = |v: &Option<fieldsync_proto::Value>| match v {
-        Some(v) => serde_json::to_string(v).unwrap_or_default(),
-        None => "(no row)".into(),
-    };
-    let key = serde_json::to_string(&n.key).unwrap_or_default();
-    let what = match &n.column {
-        Some(col) => format!("{col}: yours {}, kept {}", show(&n.device), show(&n.kept)),
-        None => "the change to the row was not applied".into(),
-    };
-    let policy = if n.policy.is_empty() {
-        String::new()
-    } else {
-        format!(", {}", n.policy)
-    };
-    format!(
-        "{} {key} by {}\t{what}\t({} {}{policy})",
-        n.table, n.user, n.kind, n.resolution
-    )
-}
-
-fn print_report(r: &Report) {
-    let files = format!(
-        "files: {} fetched, {} byte(s); {} in the slice",
-        r.files.fetched, r.files.bytes, r.files.in_slice
-    );
-    if r.op == SyncOp::Files {
-        println!("{files}");
-        return;
-    }
-    if r.files.in_slice > 0 || r.files.fetched > 0 {
-        println!("{files}");
-    }
-    if let Some(b) = &r.backup {
-        println!("local changes backed up to {}", b.display());
-    }
-    if r.op != SyncOp::Download {
-        println!(
-            "sent {} change(s), {} byte(s); {} conflict(s) logged by the server",
-            r.rows_up, r.bytes_up, r.conflicts
-        );
-        for n in &r.not_kept {
-            println!("not kept: {}", not_kept_line(n));
-        }
-    }
-    if let Some(d) = &r.delta {
-        println!(
-            "task {}: only the changes since the last download: {} row(s) changed, {} entered, {} left; {} bytes in {} ms",
-            r.task.as_deref().unwrap_or("-"),
-            d.changed,
-            d.entered,
-            d.left,
-            r.bytes_down,
-            r.duration_ms
-        );
-    } else if r.op != SyncOp::Send {
-        if let Some(why) = &r.full_reason {
-            println!("the whole slice ({why})");
-        }
-        println!(
-            "downloaded task {}: {} rows ({}), {} bytes in {} ms",
-            r.task.as_deref().unwrap_or("-"),
-            r.rows_down,
-            r.tables
-                .iter()
-                .map(|(t, n)| format!("{t} {n}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            r.bytes_down,
-            r.duration_ms
-        );
-    }
-}
-
 pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
     let dir = args
         .dir
@@ -487,6 +416,7 @@ fn run_on(device: &Device, command: DeviceCommand) -> anyhow::Result<()> {
             })?;
             print_report(&report);
         }
+        DeviceCommand::File(command) => crate::device_file_cmd::run(device, command)?,
         DeviceCommand::Journal {
             json,
             command: None,
@@ -580,21 +510,4 @@ fn run_on(device: &Device, command: DeviceCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The options as `device options` prints them: one `name: on|off` line each, or JSON.
-fn print_options(o: &Options, json: bool) {
-    if json {
-        print_json(o);
-        return;
-    }
-    let on = |b: bool| if b { "on" } else { "off" };
-    println!("auto-sync: {}", on(o.auto_sync));
-    println!("download-data: {}", on(o.download_data));
-    let inactive = if o.download_files && !o.download_data {
-        " (acts only with download-data on)"
-    } else {
-        ""
-    };
-    println!("download-files: {}{inactive}", on(o.download_files));
 }

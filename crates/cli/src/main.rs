@@ -6,6 +6,8 @@ mod admin_view;
 mod auto_cmd;
 mod demo;
 mod device_cmd;
+mod device_file_cmd;
+mod device_print;
 mod file_cmd;
 mod output;
 mod server_cmd;

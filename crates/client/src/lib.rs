@@ -9,6 +9,7 @@ mod error;
 mod files;
 mod http;
 mod journal;
+mod outbox;
 pub mod power;
 mod replica;
 mod revoked;
@@ -20,6 +21,7 @@ mod triggers;
 
 pub use auto::WatchNote;
 pub use journal::JournalEntry;
+pub use outbox::QueuedFile;
 pub use sync::{FilesReport, Report, SyncOp, Trigger};
 
 use std::sync::Arc;

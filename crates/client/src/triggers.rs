@@ -461,6 +461,7 @@ mod tests {
                 last: 12,
                 next: 10,
             }],
+            file_tables: vec![],
         }
     }
 

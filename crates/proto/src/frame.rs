@@ -490,6 +490,7 @@ mod tests {
             full_reason: None,
             assigned: vec![],
             key_blocks: Vec::new(),
+            file_tables: Vec::new(),
         }
     }
 

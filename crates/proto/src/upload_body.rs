@@ -245,6 +245,7 @@ impl<'de> Visitor<'de> for UploadSeed<'_> {
         let (mut upload_id, mut task, mut epoch, mut task_hash) = (None, None, None, None);
         let mut cursor = None;
         let mut entries: Option<Vec<UploadEntry>> = None;
+        let mut attachments: Vec<crate::wire::UploadAttachment> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "upload_id" => upload_id = Some(map.next_value::<String>()?),
@@ -252,6 +253,12 @@ impl<'de> Visitor<'de> for UploadSeed<'_> {
                 "epoch" => epoch = map.next_value::<Option<String>>()?,
                 "task_hash" => task_hash = map.next_value::<Option<String>>()?,
                 "cursor" => cursor = map.next_value::<Option<crate::wire::Cursor>>()?,
+                "attachments" => {
+                    attachments = map.next_value()?;
+                    if attachments.len() > crate::wire::UPLOAD_MAX_ATTACHMENTS {
+                        return Err(de::Error::custom("too many attachments"));
+                    }
+                }
                 "entries" => {
                     let mut got = entries.take().unwrap_or_default();
                     map.next_value_seed(EntriesSeed {
@@ -273,6 +280,7 @@ impl<'de> Visitor<'de> for UploadSeed<'_> {
             task_hash,
             cursor,
             entries: entries.ok_or_else(|| de::Error::missing_field("entries"))?,
+            attachments,
         })
     }
 }

@@ -202,6 +202,10 @@ pub struct SliceHeader {
     /// the table's own key source, each from the next key not yet known used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_blocks: Vec<KeyBlock>,
+    /// The task's `[files]` tables in the slice: rows a device may attach files to
+    /// (`device file attach`) when the table is also writable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_tables: Vec<String>,
 }
 
 /// Keys `first..=last` of `table`, reserved for one device: the office never uses

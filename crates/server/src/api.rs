@@ -379,6 +379,12 @@ async fn download(
             full_reason: None,
             assigned: task.users.clone(),
             key_blocks: Vec::new(),
+            file_tables: task
+                .def
+                .files
+                .as_ref()
+                .map(|f| f.tables.clone())
+                .unwrap_or_default(),
         };
         header.key_blocks = download::key_blocks(&*store, &header, &keys_used)?;
         header.full_reason = download::full_reason(position.as_ref(), full, &header);

@@ -184,7 +184,10 @@ pub(crate) async fn upload(
             today: today.as_ref(),
             at: started_at,
         };
-        let result = st.store.integrate(&ctx, &upload);
+        let result = match attachments_stored(&st, &upload) {
+            Ok(()) => st.store.integrate(&ctx, &upload),
+            Err(m) => Err(IntegrateError::Forbidden(m)),
+        };
         let (word, message, conflicts) = match &result {
             Ok(o) if o.repeated => (
                 "ok",
@@ -221,4 +224,58 @@ pub(crate) async fn upload(
     })
     .await;
     Ok(with_who(answer.into_response(), who))
+}
+
+/// Refuses an upload whose attachments' content is not whole in the file store (the
+/// device uploads it first, `PUT /api/v1/files/{sha256}/upload`), or differs in size
+/// from what the attachment says. A repeated upload id is answered before this.
+fn attachments_stored(st: &AppState, upload: &fieldsync_proto::wire::Upload) -> Result<(), String> {
+    if upload.attachments.is_empty() || repeated_id(st, upload) {
+        return Ok(());
+    }
+    let Some(files) = &st.files else {
+        return Err("this server has no file store: attachments cannot be recorded".into());
+    };
+    for (i, a) in upload.attachments.iter().enumerate() {
+        let name = || {
+            format!(
+                "attachment {} (file `{}` of `{}` key {})",
+                i + 1,
+                a.name,
+                a.table,
+                a.key
+            )
+        };
+        if !fieldsync_store::is_sha256(&a.sha256) {
+            return Err(format!("{}: `{}` is not a SHA-256", name(), a.sha256));
+        }
+        match files.size(&a.sha256) {
+            Ok(Some(n)) if n == a.size => {}
+            Ok(Some(n)) => {
+                return Err(format!(
+                    "{}: its content is {n} bytes in the file store, not {}",
+                    name(),
+                    a.size
+                ));
+            }
+            Ok(None) => {
+                return Err(format!(
+                    "{}: its content {} is not in the file store (upload it first)",
+                    name(),
+                    a.sha256
+                ));
+            }
+            Err(e) => return Err(format!("{}: the file store: {e}", name())),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the upload id was recorded already (its outcome is answered as it stands).
+fn repeated_id(st: &AppState, upload: &fieldsync_proto::wire::Upload) -> bool {
+    st.store
+        .upload_recorded(&upload.upload_id)
+        .ok()
+        .flatten()
+        .is_some()
 }

@@ -497,6 +497,7 @@ fn upload(id: &str, task: &str, mut entries: Vec<UploadEntry>) -> Upload {
         task_hash: None,
         cursor: None,
         entries,
+        attachments: Vec::new(),
     }
 }
 

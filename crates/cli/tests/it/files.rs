@@ -5,6 +5,7 @@
 use crate::harness::*;
 
 mod device;
+mod outbox;
 mod upload;
 
 /// The north task with files of its assets and inspections.

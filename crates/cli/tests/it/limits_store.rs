@@ -155,6 +155,7 @@ fn upload_of(entries: Vec<UploadEntry>) -> Upload {
         task_hash: None,
         cursor: None,
         entries,
+        attachments: Vec::new(),
     }
 }
 

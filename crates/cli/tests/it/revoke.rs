@@ -111,6 +111,13 @@ fn a_revoked_device_wipes_its_data_at_its_next_contact() {
         ("GET", "/api/v1/tasks/north-inspections/download", ""),
         ("POST", "/api/v1/uploads", ""),
         ("POST", "/api/v1/tickets/redeem", r#"{"ticket":"0123"}"#),
+        // The file routes too, whether or not this server keeps files.
+        ("GET", "/api/v1/tasks/north-inspections/files", ""),
+        (
+            "GET",
+            "/api/v1/files/0000000000000000000000000000000000000000000000000000000000000000",
+            "",
+        ),
     ] {
         let (status, body) = as_device(&url, route, &secret);
         assert_eq!(status, "403", "{route:?}: {body}");

@@ -41,7 +41,10 @@ impl Device {
                         unsent: entries.len() as u64,
                     });
                 }
-                report.backup = Some(journal::write_backup(&self.dir.root, &entries)?);
+                let backup = journal::write_backup(&self.dir.root, &entries)?;
+                // Files queued on the device go with the changes they belong to.
+                crate::outbox::move_to_backup(&self.dir.root, &backup)?;
+                report.backup = Some(backup);
                 journal_max_seq = last.seq;
             }
         }

@@ -371,6 +371,10 @@ impl Device {
             ));
         }
         let path = journal::write_backup(&self.dir.root, &all_chosen)?;
+        if seqs.is_none() {
+            // Every change discarded: the files queued on the device go with them.
+            crate::outbox::move_to_backup(&self.dir.root, &path)?;
+        }
         for ((conn, _), entries) in conns.iter().zip(&chosen) {
             if entries.is_empty() {
                 conn.execute_batch("ROLLBACK")?;

@@ -3,6 +3,7 @@
 //! the slice) and removed from its journal.
 
 use super::*;
+use crate::outbox::{self, QueuedFile};
 
 fn to_sql(v: &fieldsync_proto::Value) -> rusqlite::types::Value {
     use fieldsync_proto::Value as V;
@@ -36,7 +37,7 @@ impl Device {
         for path in replica::set_aside_files(&self.dir)? {
             let conn = Connection::open(&path)?;
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
-            self.send_journal(st, progress, cancel, report, None, &conn, &path)?;
+            self.send_journal(st, progress, cancel, report, None, &conn, &path, false)?;
         }
         // Then the current replica (the report names its task).
         if let Some(path) = replica::installed_file(&self.dir) {
@@ -45,7 +46,7 @@ impl Device {
                 None => replica::open_current(&self.dir)?,
             };
             if let Some(conn) = held.map(|h| h.conn()).or(own.as_ref()) {
-                self.send_journal(st, progress, cancel, report, held, conn, &path)?;
+                self.send_journal(st, progress, cancel, report, held, conn, &path, true)?;
             }
         }
         Ok(())
@@ -62,6 +63,7 @@ impl Device {
         held: Option<&replica::WriterHold>,
         conn: &Connection,
         path: &std::path::Path,
+        current: bool,
     ) -> Result<()> {
         let (api, id, secret, session) = self.logged_in(st)?;
         // The journal as it is now is what this send sends; entries an app adds while
@@ -96,11 +98,33 @@ impl Device {
         // Journal entries per upload: the published chunk size, halved while the
         // server refuses an upload as too large (a server with smaller caps).
         let mut limit = UPLOAD_CHUNK_ENTRIES;
+        // Files queued on the device for this task (`device file attach`): their
+        // content first, so that the upload carrying the attachments finds it there.
+        let root = &self.dir.root;
+        let queued_now = || -> Result<Vec<QueuedFile>> {
+            if !current {
+                return Ok(Vec::new());
+            }
+            let all = outbox::queued(root)?;
+            Ok(all.into_iter().filter(|q| q.task == info.task).collect())
+        };
+        for q in queued_now()? {
+            if cancel.is_cancelled() {
+                return Err(ClientError::Cancelled);
+            }
+            let content = outbox::content(root, &q.id);
+            let moved = with_retries(&self.config, progress, cancel, |_| {
+                api.file_upload(&creds, &q, &content)
+            })?;
+            report.bytes_up += moved;
+        }
         loop {
             if cancel.is_cancelled() {
                 return Err(ClientError::Cancelled);
             }
-            let Some(pending) = prepare_upload(conn, &info, &rules, seq_max, limit)? else {
+            let queued = queued_now()?;
+            let Some(pending) = prepare_upload(conn, &info, &rules, seq_max, limit, &queued)?
+            else {
                 break;
             };
             durable()?;
@@ -154,6 +178,10 @@ impl Device {
                 acknowledge(conn, header.as_ref(), &pending, &outcome, held.is_none())?;
                 durable()
             })?;
+            // Recorded with the upload: out of the queue.
+            for id in &pending.attached {
+                outbox::remove(root, id)?;
+            }
             done += covers;
             report.rows_up += pending.n_entries;
             report.bytes_up += pending.body.len() as u64;
@@ -211,6 +239,10 @@ struct PendingUpload {
     max_seq: i64,
     n_entries: u64,
     body: Vec<u8>,
+    /// The queued files (ids) whose attachments it carries; empty for an upload stored
+    /// before a restart (its attachments stay queued and ride again: the server records
+    /// each (table, key, name) once).
+    attached: Vec<String>,
 }
 
 /// The stored upload not yet acknowledged, or a new one made from the next chunk of the
@@ -227,6 +259,7 @@ fn prepare_upload(
     rules: &journal::CompactRules,
     seq_max: i64,
     limit: usize,
+    queued: &[QueuedFile],
 ) -> Result<Option<PendingUpload>> {
     let stored = conn
         .query_row(
@@ -238,6 +271,7 @@ fn prepare_upload(
                     max_seq: r.get(1)?,
                     n_entries: r.get::<_, i64>(2)? as u64,
                     body: r.get(3)?,
+                    attached: Vec::new(),
                 })
             },
         )
@@ -248,9 +282,19 @@ fn prepare_upload(
     let mut limit = limit.max(1);
     loop {
         let entries = journal::read_chunk(conn, seq_max, limit, UPLOAD_CHUNK_BYTES)?;
-        let Some(max_seq) = entries.last().map(|e| e.seq) else {
-            return Ok(None);
+        // Queued files ride with the last chunk of the journal (after the rows they
+        // belong to), or alone when the journal is empty.
+        let max_seq = match entries.last() {
+            Some(e) => e.seq,
+            None if queued.is_empty() => return Ok(None),
+            None => 0,
         };
+        let last_chunk: bool = conn.query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM fieldsync_journal WHERE seq > ?1 AND seq <= ?2)",
+            [max_seq, seq_max],
+            |r| r.get(0),
+        )?;
+        let riding: &[QueuedFile] = if last_chunk { queued } else { &[] };
         let n_read = entries.len();
         let upload = Upload {
             upload_id: crate::random_hex(16),
@@ -259,8 +303,9 @@ fn prepare_upload(
             task_hash: Some(info.task_hash.clone()),
             cursor: Some(info.cursor),
             entries: journal::compact(entries, rules),
+            attachments: riding.iter().map(|q| q.attachment.clone()).collect(),
         };
-        if upload.entries.is_empty() {
+        if upload.entries.is_empty() && upload.attachments.is_empty() {
             // Everything cancelled out (an insert then a delete, say): nothing to send.
             conn.execute("DELETE FROM fieldsync_journal WHERE seq <= ?1", [max_seq])?;
             continue;
@@ -292,6 +337,7 @@ fn prepare_upload(
             max_seq,
             n_entries: upload.entries.len() as u64,
             body: encoded.body,
+            attached: riding.iter().map(|q| q.id.clone()).collect(),
         };
         conn.execute(
             "INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES (?1, ?2, ?3, ?4)",

@@ -62,6 +62,7 @@ pub fn header() -> SliceHeader {
         full_reason: None,
         assigned: vec![],
         key_blocks: Vec::new(),
+        file_tables: Vec::new(),
     }
 }
 

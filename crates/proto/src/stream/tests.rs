@@ -36,6 +36,7 @@ fn header() -> SliceHeader {
         full_reason: None,
         assigned: vec![],
         key_blocks: Vec::new(),
+        file_tables: Vec::new(),
     }
 }
 

@@ -144,6 +144,31 @@ pub struct Upload {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<Cursor>,
     pub entries: Vec<UploadEntry>,
+    /// Files the device attached to rows (`device file attach`), their content already
+    /// in the server's file store: recorded after the entries, in the same
+    /// transaction; absent from older devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<UploadAttachment>,
+}
+
+/// Most attachments one upload may carry (413 past it).
+pub const UPLOAD_MAX_ATTACHMENTS: usize = 1_000;
+
+/// A file a device attached to a row, as an upload carries it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UploadAttachment {
+    pub table: String,
+    /// The row's primary key as text (an integer key in decimal).
+    pub key: String,
+    pub name: String,
+    pub size: u64,
+    /// SHA-256 of the content, lowercase hex.
+    pub sha256: String,
+    pub content_type: String,
+    /// The device user who attached it.
+    pub user: String,
+    /// When it was attached.
+    pub added_at: crate::time::Timestamp,
 }
 
 /// The row version a row has after an entry was integrated (`None`: the row is gone,

@@ -65,18 +65,18 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     auth::check_protocol(&headers)?;
     check_name("task", &name).map_err(ApiError::bad_request)?;
-    file_store(&st)?;
     blocking(move || {
+        // The asker first: whether this server keeps files is nobody else's business.
         let (device, _, user) = tickets::download_session(&st, &headers, &name)?;
         let task = st
             .store
             .task_assigned(&name, &user.name, &device.id)?
             .ok_or_else(|| {
-                ApiError::forbidden(format!(
-                    "task `{name}` is not assigned to both user `{}` and device `{}`",
-                    user.name, device.id
+                ApiError::forbidden(fieldsync_proto::wire::not_assigned(
+                    &name, &user.name, &device.id,
                 ))
             })?;
+        file_store(&st)?;
         let files = slice_files(&*st.store, &task, &user.name, &device.id, None)?;
         let entries: Vec<FileEntry> = files
             .into_iter()
@@ -110,13 +110,13 @@ pub(crate) async fn fetch(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     auth::check_protocol(&headers)?;
-    let files = file_store(&st)?;
     let range = headers
         .get(header::RANGE)
         .map(|v| parse_range(v.to_str().unwrap_or("")))
         .transpose()?;
     let (size, who) = blocking(move || {
         let (device, session, user) = auth::session(&*st.store, &headers)?;
+        let files = file_store(&st)?;
         if !is_sha256(&sha256) {
             return Err(unknown());
         }

@@ -356,6 +356,7 @@ pub(crate) fn integrate(
             row: row_after,
         });
     }
+    super::attach::record_attachments(tx, ctx, &tables, upload)?;
     let recorded = serde_json::to_string(&outcome).expect("serializes");
     tx.record(ctx, &upload.upload_id, &recorded)?;
     Ok(outcome)

@@ -7,6 +7,7 @@
 //! runs the entries in the engine's transaction.
 
 mod apply;
+mod attach;
 mod judge;
 
 pub(crate) use apply::integrate;
@@ -118,6 +119,9 @@ pub(crate) trait UploadTx: Lookups {
     /// it, so a later download never hands it out again.
     fn claim_key(&mut self, device: &str, table: &str, key: i64) -> Result<bool, StoreError>;
     fn log_conflict(&mut self, c: &ConflictLog<'_>) -> Result<(), StoreError>;
+    /// Records a file attached to a row of `info` (checked already); one with the same
+    /// table, key and name already recorded is left as it is.
+    fn attach_file(&mut self, info: &TableInfo, file: &crate::NewFile) -> Result<(), StoreError>;
     /// Records the upload id with its outcome (JSON), in the same transaction.
     fn record(
         &mut self,

@@ -253,6 +253,25 @@ impl UploadTx for SqliteUpload<'_> {
             .query_row([], |r| r.get(0))?)
     }
 
+    fn attach_file(&mut self, info: &TableInfo, f: &crate::NewFile) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO fieldsync_files (tbl, pk, name, size, sha256, content_type, added_by, added_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (tbl, pk, name) DO NOTHING",
+            )?
+            .execute(params![
+                info.name,
+                f.key,
+                f.name,
+                f.size,
+                f.sha256,
+                f.content_type,
+                f.added_by,
+                f.added_at.to_string()
+            ])?;
+        Ok(())
+    }
+
     fn claim_key(&mut self, device: &str, table: &str, key: i64) -> Result<bool, StoreError> {
         super::keys::claim_key(self.tx, device, table, key)
     }

@@ -10,7 +10,7 @@ use crate::harness::*;
 use crate::proxy::{Action, Fault, FaultProxy};
 
 /// `FIELDSYNC_FILES_BYTES` (default 4 MiB): the large file's size.
-fn large_bytes() -> usize {
+pub(super) fn large_bytes() -> usize {
     std::env::var("FIELDSYNC_FILES_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -18,7 +18,7 @@ fn large_bytes() -> usize {
 }
 
 /// Content of `n` bytes that compresses badly and differs per `seed`.
-fn content(n: usize, seed: u64) -> Vec<u8> {
+pub(super) fn content(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
@@ -106,7 +106,7 @@ fn a_device_fetches_its_slices_files_once_and_drops_those_that_leave() {
 }
 
 /// Runs `fieldsync device ARGS` with `env`, measuring its peak resident memory (kB).
-fn run_measured(dev: &DeviceDir, args: &[&str], env: &[(&str, &str)]) -> (Run, u64) {
+pub(super) fn run_measured(dev: &DeviceDir, args: &[&str], env: &[(&str, &str)]) -> (Run, u64) {
     let rss_file = dev.path().join("maxrss.txt");
     let out = Command::new("python3")
         .arg("-c")

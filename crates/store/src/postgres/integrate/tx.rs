@@ -450,6 +450,24 @@ impl UploadTx for PgUpload<'_, '_> {
         Ok(id)
     }
 
+    fn attach_file(&mut self, info: &TableInfo, f: &crate::NewFile) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO fieldsync.files (tbl, pk, name, size, sha256, content_type, added_by, added_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tbl, pk, name) DO NOTHING",
+            &[
+                &info.name,
+                &f.key,
+                &f.name,
+                &(f.size as i64),
+                &f.sha256,
+                &f.content_type,
+                &f.added_by,
+                &f.added_at.to_string(),
+            ],
+        )?;
+        Ok(())
+    }
+
     fn claim_key(&mut self, device: &str, table: &str, key: i64) -> Result<bool, StoreError> {
         let rows = self.query(super::super::keys::CLAIM_KEY, &[&device, &table, &key])?;
         Ok(!rows.is_empty())

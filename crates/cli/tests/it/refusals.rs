@@ -204,7 +204,22 @@ fn an_unreachable_server_exits_1_and_keeps_the_replica() {
     assert_eq!(dev.status()["last_sync"]["result"], "error");
 }
 
+/// A task the asking user and device may not see reads the same whether it exists
+/// (another crew's) or not: names cannot be probed.
+#[test]
+fn a_task_not_yours_reads_alike_whether_it_exists_or_not() {
+    let office = Office::new(20);
+    let dev = downloaded(&office, "tab1");
+    let answer = |task: &str| {
+        let run = dev.run(&["download", task], "");
+        assert_refused(&run, 4, "not assigned");
+        run.stderr.replace(task, "TASK")
+    };
+    assert_eq!(answer("south-work-orders"), answer("no-such-task"));
+}
+
 crate::also_on_postgres!(
+    a_task_not_yours_reads_alike_whether_it_exists_or_not,
     offline_mode_exits_3_and_keeps_the_replica,
     wrong_password_exits_4,
     an_unassigned_user_exits_4,

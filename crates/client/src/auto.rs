@@ -119,7 +119,7 @@ impl Device {
             }
             return Ok(());
         }
-        let _lock = self.dir.lock()?;
+        let lock = self.dir.lock()?;
         let mut st = self.dir.load()?;
         let events = Self::pending_events(&mut st, present);
         let secret = st.ticket.clone();
@@ -132,12 +132,17 @@ impl Device {
         st.drop_unheld_ticket();
         // The ticket leaves the device before the server sees it: single use.
         self.dir.save(&st)?;
+        let (Some(attempt), Some(secret)) = (start, secret) else {
+            // Let go before saying so: whoever acts on the note finds the folder free.
+            drop(lock);
+            if announce {
+                notes(&WatchNote::Power(present));
+            }
+            return Ok(());
+        };
         if announce {
             notes(&WatchNote::Power(present));
         }
-        let (Some(attempt), Some(secret)) = (start, secret) else {
-            return Ok(());
-        };
         notes(&WatchNote::Started(attempt.clone()));
         replica::recover(&self.dir)?;
         let cancel = attempt_cancel();
@@ -157,6 +162,7 @@ impl Device {
             st.mode = restore;
         }
         self.dir.save(&st)?;
+        drop(lock);
         let message = st.last_sync.as_ref().map(|l| l.message.clone());
         notes(&WatchNote::Ended(outcome, message.unwrap_or_default()));
         Ok(())

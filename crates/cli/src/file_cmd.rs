@@ -100,7 +100,7 @@ pub fn run(store: &dyn Store, db: Option<&str>, command: FileCommand) -> anyhow:
             let rec = store.file_attach(&NewFile {
                 table,
                 key,
-                content_type: files::content_type_of(&name).to_string(),
+                content_type: fieldsync_proto::wire::content_type_of(&name).to_string(),
                 name,
                 size,
                 sha256,

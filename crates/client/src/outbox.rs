@@ -101,24 +101,6 @@ pub(crate) fn move_to_backup(device_root: &Path, backup: &Path) -> Result<usize>
     Ok(list.len())
 }
 
-/// A content type from a file name's extension.
-fn content_type_of(name: &str) -> &'static str {
-    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
-    match ext.as_deref() {
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("png") => "image/png",
-        Some("gif") => "image/gif",
-        Some("webp") => "image/webp",
-        Some("heic") => "image/heic",
-        Some("pdf") => "application/pdf",
-        Some("txt") => "text/plain",
-        Some("csv") => "text/csv",
-        Some("json") => "application/json",
-        Some("mp4") => "video/mp4",
-        _ => "application/octet-stream",
-    }
-}
-
 impl Device {
     /// Queues `path` as a file of row `key` of `table` (`device file attach`): the
     /// row must be in the replica, its table in the task's `[files]` and writable.
@@ -216,7 +198,7 @@ impl Device {
             attachment: UploadAttachment {
                 table: table.to_string(),
                 key: key.to_string(),
-                content_type: content_type_of(&name).to_string(),
+                content_type: fieldsync_proto::wire::content_type_of(&name).to_string(),
                 name,
                 size,
                 sha256: sha256_file(&bin)?,

@@ -149,6 +149,27 @@ pub const HEADER_FILE_OFFSET: &str = "x-fieldsync-file-offset";
 /// The whole content's size, with every `PUT /api/v1/files/{sha256}/upload`.
 pub const HEADER_FILE_SIZE: &str = "x-fieldsync-file-size";
 
+/// A file's content type from its name's extension: what an attachment records,
+/// whether the administrator or a device attaches it.
+pub fn content_type_of(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("heic") => "image/heic",
+        Some("pdf") => "application/pdf",
+        Some("txt") => "text/plain",
+        Some("csv") => "text/csv",
+        Some("json") => "application/json",
+        Some("xml") => "application/xml",
+        Some("zip") => "application/zip",
+        Some("mp4") => "video/mp4",
+        _ => "application/octet-stream",
+    }
+}
+
 /// A column of a slice table, as the stream header describes it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ColumnDef {

@@ -101,29 +101,10 @@ pub fn hash_reader(r: &mut dyn Read) -> io::Result<(String, u64)> {
     Ok((fieldsync_store::hex(&hasher.finalize()), n_bytes))
 }
 
-/// A content type from a file name's extension (what `admin file attach` records).
-pub fn content_type_of(name: &str) -> &'static str {
-    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
-    match ext.as_deref() {
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("png") => "image/png",
-        Some("gif") => "image/gif",
-        Some("webp") => "image/webp",
-        Some("heic") => "image/heic",
-        Some("pdf") => "application/pdf",
-        Some("txt") => "text/plain",
-        Some("csv") => "text/csv",
-        Some("json") => "application/json",
-        Some("xml") => "application/xml",
-        Some("zip") => "application/zip",
-        Some("mp4") => "video/mp4",
-        _ => "application/octet-stream",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fieldsync_proto::wire::content_type_of;
 
     #[test]
     fn a_sqlite_database_keeps_its_files_beside_it() {

@@ -230,7 +230,6 @@ async fn pair(
 async fn login(
     State(st): State<AppState>,
     headers: HeaderMap,
-    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     body: RequestBody,
 ) -> Result<Response, ApiError> {
     auth::check_protocol(&headers)?;
@@ -241,7 +240,7 @@ async fn login(
     let _turn = auth::LOGINS.acquire().await.map_err(ApiError::internal)?;
     blocking(move || {
         let device = auth::device(&*st.store, &headers)?;
-        let keys = throttle::Keys::new(&req.user, peer.map(|p| p.0.0));
+        let keys = throttle::Keys::new(&req.user, &device.id);
         let now_ms = st.store.clock_ms()?;
         if let Some(wait_ms) = throttle::refused(&*st.store, &keys, now_ms)? {
             return Ok(throttle::refusal(wait_ms));

@@ -1,13 +1,17 @@
-//! Login throttling: failed logins are counted per user and per client address (the
-//! TCP peer, never a header) in the main database, so several servers share the
-//! counts. After [`user_limit`] failures of a user (or five times that from one
-//! address) within [`WINDOW_MS`], attempts are refused with `429 throttled` and
-//! `Retry-After`, without checking the password, for a wait that doubles with each
-//! further failure, up to 30 times the first. A success resets the user's count;
-//! the address's count only ages out, and is five times the user's so that a crew
-//! behind one address is not refused for one member's mistakes.
-
-use std::net::SocketAddr;
+//! Login throttling: failed logins are counted per user and per device in the main
+//! database, so several servers share the counts. After [`user_limit`] failures of a
+//! user (or five times that on one device) within [`WINDOW_MS`], attempts are
+//! refused with `429 throttled` and `Retry-After`, without checking the password, for
+//! a wait that doubles with each further failure, up to 30 times the first. A
+//! success resets the user's count; the device's count only ages out.
+//!
+//! Why the device and not the client's address: a login needs a paired device's id
+//! and secret (`auth::device`), so only a device, or someone holding its secret, can
+//! guess passwords at all, and the device count stops one that tries many users. An
+//! address stands for a whole fleet behind the office's NAT or a carrier's: counting
+//! by address let one crew's mistakes (or a stolen tablet's guesses) refuse every
+//! other crew's right password. A fleet's successful logins are never throttled by
+//! another device's or another user's failures.
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +21,7 @@ use fieldsync_store::{Store, Throttle};
 use crate::error::ApiError;
 
 /// Failures of one user within the window before its attempts are refused:
-/// `FIELDSYNC_LOGIN_LIMIT` (for tests), else 5. An address may fail five times that.
+/// `FIELDSYNC_LOGIN_LIMIT` (for tests), else 5. A device may fail five times that.
 pub fn user_limit() -> i64 {
     static LIMIT: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
         std::env::var("FIELDSYNC_LOGIN_LIMIT")
@@ -46,20 +50,23 @@ fn first_wait_ms() -> i64 {
 /// The counts a login attempt touches.
 pub struct Keys {
     user: String,
-    address: Option<String>,
+    device: String,
 }
 
 impl Keys {
-    pub fn new(user: &str, peer: Option<SocketAddr>) -> Keys {
+    pub fn new(user: &str, device: &str) -> Keys {
         Keys {
             user: format!("user:{user}"),
-            address: peer.map(|p| format!("addr:{}", p.ip())),
+            device: format!("device:{device}"),
         }
     }
 
     fn all(&self) -> impl Iterator<Item = (&str, i64)> {
-        std::iter::once((self.user.as_str(), user_limit()))
-            .chain(self.address.as_deref().map(|a| (a, 5 * user_limit())))
+        [
+            (self.user.as_str(), user_limit()),
+            (self.device.as_str(), 5 * user_limit()),
+        ]
+        .into_iter()
     }
 }
 
@@ -99,7 +106,7 @@ pub fn after_failure(
     t
 }
 
-/// Counts a failed login against the user and the address.
+/// Counts a failed login against the user and the device.
 pub fn failed(store: &dyn Store, keys: &Keys, now_ms: i64) -> Result<(), ApiError> {
     for (key, limit) in keys.all() {
         let t = after_failure(store.throttle_get(key)?, limit, first_wait_ms(), now_ms);

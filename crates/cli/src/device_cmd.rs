@@ -79,6 +79,10 @@ enum DeviceCommand {
         /// The single-use enrollment code `admin device add` printed
         #[arg(long)]
         code: String,
+        /// Trust also this certificate authority (PEM) for an https:// server, beside
+        /// the system's; the folder keeps it
+        #[arg(long, value_name = "PEM")]
+        ca_cert: Option<std::path::PathBuf>,
     },
     /// Log a user in; the password is read from the first line of stdin
     Login {
@@ -321,8 +325,23 @@ fn run_on(device: &Device, command: DeviceCommand) -> anyhow::Result<()> {
             server,
             device_id,
             code,
+            ca_cert,
         } => {
-            device.pair(&server, &device_id, &code)?;
+            let ca = match &ca_cert {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("--ca-cert {}", path.display()))?,
+                ),
+                None => None,
+            };
+            if fieldsync_client::tls::plain_http_elsewhere(&server) {
+                eprintln!(
+                    "warning: {server} is plain http to another machine: passwords and \
+                     secrets cross the network unencrypted; use https:// unless a proxy \
+                     on the way does TLS"
+                );
+            }
+            device.pair_with_ca(&server, &device_id, &code, ca.as_deref())?;
             println!("paired as {device_id} with {server}");
         }
         DeviceCommand::Login {

@@ -19,7 +19,8 @@ pub struct ServerArgs {
 enum ServerCommand {
     /// Create or upgrade fieldsync's own objects in the main database; idempotent
     Init,
-    /// Serve the API; prints `listening on http://HOST:PORT` when ready
+    /// Serve the API; prints `listening on http://HOST:PORT` (`https://` with TLS)
+    /// when ready
     Run {
         /// Address to listen on; port 0 picks a free port
         #[arg(long, default_value = "127.0.0.1:8440")]
@@ -32,6 +33,13 @@ enum ServerCommand {
         log_format: LogFormat,
         #[command(flatten)]
         files: crate::file_cmd::FilesArg,
+        /// Serve HTTPS with this certificate chain (PEM); needs --tls-key. Without it
+        /// the server speaks plain HTTP: for loopback or behind a proxy doing TLS
+        #[arg(long, value_name = "PEM", requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// The private key (PEM) of --tls-cert
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
     },
 }
 
@@ -149,9 +157,18 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             limits,
             log_format,
             files,
+            tls_cert,
+            tls_key,
         } => {
             let files = files.open(args.db.as_deref())?.map(Arc::from);
             let limits = limits.limits()?;
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some(fieldsync_server::tls::acceptor(&cert, &key).map_err(anyhow::Error::msg)?)
+                }
+                _ => None,
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
             start_log(log_format);
             store.epoch().context("checking the main database")?;
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
@@ -159,12 +176,13 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
                 let (listener, addr) = fieldsync_server::bind(&listen)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
-                println!("listening on http://{addr}");
+                println!("listening on {scheme}://{addr}");
                 std::io::stdout().flush().ok();
                 fieldsync_server::serve_with_files(
                     listener,
                     Arc::from(store),
                     files,
+                    tls,
                     limits,
                     shutdown_signal(),
                 )

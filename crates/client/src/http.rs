@@ -40,15 +40,20 @@ pub struct Api {
 
 impl Api {
     /// The API of `server` through `transport`, or a fresh [`UreqTransport`] with
-    /// `config`'s timeouts when the app gave none.
+    /// `config`'s timeouts when the app gave none (trusting also `ca_pem` over https).
     pub fn new(
         server: &str,
         config: &ClientConfig,
         transport: Option<&Arc<dyn Transport>>,
+        ca_pem: Option<&str>,
     ) -> Result<Api> {
         let base = server.trim_end_matches('/').to_string();
-        let transport = match transport {
+        let transport: Arc<dyn Transport> = match transport {
             Some(t) => Arc::clone(t),
+            None if server.starts_with("https://") => Arc::new(
+                UreqTransport::with_ca(config, ca_pem)
+                    .map_err(|e| ClientError::Invalid(format!("the CA certificate: {e}")))?,
+            ),
             None => Arc::new(UreqTransport::new(config)),
         };
         transport

@@ -16,6 +16,7 @@ mod revoked;
 pub mod running;
 mod state;
 mod sync;
+pub mod tls;
 pub mod transport;
 mod triggers;
 
@@ -233,7 +234,12 @@ impl Device {
         match (&st.server, &st.device_id, &st.device_secret) {
             (Some(server), Some(id), Some(secret)) => {
                 // Best effort: a replica that cannot be read reports nothing.
-                let api = Api::new(server, &self.config, self.transport.as_ref())?;
+                let api = Api::new(
+                    server,
+                    &self.config,
+                    self.transport.as_ref(),
+                    st.ca_cert.as_deref(),
+                )?;
                 let api = match replica::pending_by_user(&self.dir) {
                     Ok(by_user) => api.holding(by_user.values().sum(), st.task.as_deref()),
                     Err(_) => api,
@@ -253,7 +259,24 @@ impl Device {
 
     /// Pairs the device with the server using the administrator's enrollment code.
     pub fn pair(&self, server: &str, device_id: &str, code: &str) -> Result<()> {
+        self.pair_with_ca(server, device_id, code, None)
+    }
+
+    /// [`Device::pair`], trusting also the certificate authority `ca_pem` (PEM
+    /// text) for an `https://` server whose certificate the system's authorities did
+    /// not sign. The folder keeps it for every later call.
+    pub fn pair_with_ca(
+        &self,
+        server: &str,
+        device_id: &str,
+        code: &str,
+        ca_pem: Option<&str>,
+    ) -> Result<()> {
         check_name("device", device_id).map_err(ClientError::Invalid)?;
+        if let Some(pem) = ca_pem {
+            tls::parse_ca(pem)
+                .map_err(|e| ClientError::Invalid(format!("the CA certificate: {e}")))?;
+        }
         let (_lock, mut st) = self.begin()?;
         Self::online(&st)?;
         if st.device_id.is_some() {
@@ -262,7 +285,7 @@ impl Device {
                 st.device_id.as_deref().unwrap_or_default()
             )));
         }
-        let api = Api::new(server, &self.config, self.transport.as_ref())?;
+        let api = Api::new(server, &self.config, self.transport.as_ref(), ca_pem)?;
         let resp = api.pair(&PairRequest {
             device_id: device_id.to_string(),
             code: code.to_string(),
@@ -270,6 +293,7 @@ impl Device {
         st.server = Some(server.trim_end_matches('/').to_string());
         st.device_id = Some(device_id.to_string());
         st.device_secret = Some(resp.device_secret);
+        st.ca_cert = ca_pem.map(str::to_string);
         self.dir.save(&st)
     }
 

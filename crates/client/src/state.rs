@@ -120,6 +120,9 @@ pub struct DeviceState {
     pub server: Option<String>,
     pub device_id: Option<String>,
     pub device_secret: Option<String>,
+    /// The certificate authority (PEM) given at pairing, trusted beside the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
     #[serde(default)]
     pub mode: Mode,
     pub session: Option<Session>,

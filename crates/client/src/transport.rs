@@ -1,6 +1,7 @@
 //! The seam between the sync code and an HTTP stack: the few requests fieldsync makes,
 //! as a trait an app implements with its platform's client (Android's, iOS's, one with
-//! TLS). [`UreqTransport`], blocking HTTP/1.1 over `ureq`, is the default.
+//! TLS). [`UreqTransport`], blocking HTTP/1.1 over `ureq` (with rustls for https),
+//! is the default.
 
 use std::io::Read;
 
@@ -56,30 +57,47 @@ pub trait Transport: Send + Sync {
     fn request(&self, request: Request<'_>) -> Result<Response, TransportError>;
 }
 
-/// Blocking HTTP/1.1 over `ureq`, with [`ClientConfig`]'s connect and read timeouts.
-/// Plain `http://` only (this build has no TLS client yet).
+/// Blocking HTTP/1.1 over `ureq`, with [`ClientConfig`]'s connect and read timeouts;
+/// `https://` through rustls, trusting the system's certificate authorities and the
+/// one given at pairing.
 pub struct UreqTransport {
     agent: ureq::Agent,
 }
 
 impl UreqTransport {
+    /// A transport with the system's certificate authorities for `https://`.
     pub fn new(config: &ClientConfig) -> UreqTransport {
-        let agent = ureq::AgentBuilder::new()
+        UreqTransport::with_ca(config, None).unwrap_or_else(|_| UreqTransport {
+            agent: UreqTransport::builder(config).build(),
+        })
+    }
+
+    /// A transport trusting also `ca_pem` (PEM text, `device pair --ca-cert`) for
+    /// `https://`; an error says why the PEM cannot be used.
+    pub fn with_ca(config: &ClientConfig, ca_pem: Option<&str>) -> Result<UreqTransport, String> {
+        let tls = crate::tls::client_config(ca_pem)?;
+        let agent = UreqTransport::builder(config)
+            .tls_connector(std::sync::Arc::new(crate::tls::Connector(tls)))
+            .build();
+        Ok(UreqTransport { agent })
+    }
+
+    fn builder(config: &ClientConfig) -> ureq::AgentBuilder {
+        ureq::AgentBuilder::new()
             .timeout_connect(config.connect_timeout)
             .timeout_read(config.read_timeout)
             .timeout_write(config.read_timeout)
-            .build();
-        UreqTransport { agent }
     }
 }
 
 impl Transport for UreqTransport {
     fn check_server(&self, server: &str) -> Result<(), String> {
-        if server.starts_with("http://") {
+        if server.starts_with("http://") || server.starts_with("https://") {
             Ok(())
         } else {
             Err(format!(
-                "server URL `{server}` must start with http:// (this build has no TLS client yet)"
+                "server URL `{server}` must start with https:// (or http:// on this machine \
+                 or behind a proxy that does TLS)"
             ))
         }
     }

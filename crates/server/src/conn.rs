@@ -4,10 +4,12 @@
 //! keep-alive, a download nobody reads, a body that stopped coming) is closed. At most
 //! `max_connections` are open; beyond that the server stops accepting until one
 //! closes. On shutdown the server stops accepting, lets requests in flight finish, and
-//! gives up on them after the shutdown deadline.
+//! gives up on them after the shutdown deadline. With TLS, the handshake is held to
+//! the header timeout too, and runs in the connection's own task.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,16 +20,19 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
 use crate::Limits;
+use crate::tls::TlsAcceptor;
 
-/// Serves `app` on `listener` until `shutdown` resolves, within `limits`.
+/// Serves `app` on `listener` until `shutdown` resolves, within `limits`; over TLS
+/// when given an acceptor.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<TlsAcceptor>,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
@@ -53,27 +58,21 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        // The peer's address, for login throttling (`throttle.rs`).
-        let app = tower::Layer::layer(
-            &axum::Extension(axum::extract::ConnectInfo(peer)),
-            app.clone(),
-        );
-        let mut closed = closed.clone();
+        let app = app.clone();
+        let closed = closed.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let io = TokioIo::new(Idle::new(stream, limits.idle_timeout));
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .keep_alive(true);
-            let conn = builder.serve_connection(io, TowerToHyperService::new(app));
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = async { closed.wait_for(|c| *c).await.map(drop) } => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            let stream = Idle::new(stream, limits.idle_timeout);
+            match tls {
+                None => serve_one(stream, peer, app, limits, closed).await,
+                Some(tls) => {
+                    // A client that does not speak TLS, distrusts the certificate or
+                    // stalls gets nothing: there is no HTTP to answer in.
+                    let handshake = tokio::time::timeout(limits.header_timeout, tls.accept(stream));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        serve_one(stream, peer, app, limits, closed).await;
+                    }
                 }
             }
         });
@@ -87,16 +86,45 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves HTTP/1.1 on one connection until it ends or the server closes.
+async fn serve_one<S>(
+    stream: S,
+    peer: SocketAddr,
+    app: Router,
+    limits: Limits,
+    mut closed: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The peer's address, for the request log and the audit log.
+    let app = tower::Layer::layer(&axum::Extension(axum::extract::ConnectInfo(peer)), app);
+    let io = TokioIo::new(stream);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = async { closed.wait_for(|c| *c).await.map(drop) } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
 /// A stream that fails once nothing has moved either way for `limit` while the
 /// connection waits on it.
-struct Idle {
-    inner: TcpStream,
+struct Idle<S> {
+    inner: S,
     limit: Duration,
     timer: Pin<Box<Sleep>>,
 }
 
-impl Idle {
-    fn new(inner: TcpStream, limit: Duration) -> Idle {
+impl<S> Idle<S> {
+    fn new(inner: S, limit: Duration) -> Idle<S> {
         Idle {
             inner,
             limit,
@@ -121,7 +149,7 @@ impl Idle {
     }
 }
 
-impl AsyncRead for Idle {
+impl<S: AsyncRead + Unpin> AsyncRead for Idle<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -140,7 +168,7 @@ impl AsyncRead for Idle {
     }
 }
 
-impl AsyncWrite for Idle {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

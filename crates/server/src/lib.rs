@@ -14,6 +14,7 @@ mod request_log;
 mod seen;
 mod throttle;
 mod tickets;
+pub mod tls;
 mod upload_body;
 mod uploads;
 mod workers;
@@ -85,14 +86,16 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with_files(listener, store, None, limits, shutdown).await
+    serve_with_files(listener, store, None, None, limits, shutdown).await
 }
 
-/// [`serve`] with a file store, whose files the file routes serve.
+/// [`serve`] with a file store, whose files the file routes serve, and over TLS
+/// when given an acceptor ([`tls::acceptor`]).
 pub async fn serve_with_files(
     listener: TcpListener,
     store: Arc<dyn Store>,
     files: Option<Arc<dyn files::FileStore>>,
+    tls: Option<tls::TlsAcceptor>,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -100,6 +103,7 @@ pub async fn serve_with_files(
     let served = conn::serve(
         listener,
         router(AppState::new(store, limits).with_files(files)),
+        tls,
         limits,
         shutdown,
     )

@@ -35,5 +35,6 @@ mod send;
 mod sizes;
 mod throttle;
 mod tickets;
+mod tls;
 mod ui;
 mod users;

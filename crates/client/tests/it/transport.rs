@@ -88,7 +88,7 @@ fn a_broken_exchange_is_unreachable_and_retried_a_refusal_is_not() {
 fn the_default_transport_refuses_what_it_cannot_call() {
     let tmp = tempfile::tempdir().unwrap();
     let dev = Device::new(tmp.path().join("dev"));
-    let e = dev.pair("https://office", "tab1", "CODE").unwrap_err();
+    let e = dev.pair("ftp://office", "tab1", "CODE").unwrap_err();
     assert!(matches!(e, ClientError::Invalid(_)), "{e:?}");
-    assert!(e.to_string().contains("must start with http://"), "{e}");
+    assert!(e.to_string().contains("must start with https://"), "{e}");
 }

@@ -31,6 +31,7 @@ mod promises;
 mod proxy;
 mod refusals;
 mod revoke;
+mod secrets;
 mod send;
 mod sizes;
 mod throttle;

@@ -119,6 +119,11 @@ fn pick(row: &Row, cols: &[&String]) -> Row {
         .collect()
 }
 
+/// The one refusal of an update or delete whose row is not the device's: the same
+/// words whether the key exists outside the slice, was deleted before the device had
+/// it, or never existed, so refusals tell a forger nothing of other tasks' keys.
+pub const NOT_IN_SLICE: &str = "the row is not in the task's slice";
+
 /// Decides one entry. `insert_in_slice`: for inserts, whether the new row would be in
 /// the slice. `key_column` is the table's primary key.
 pub fn decide(
@@ -150,16 +155,14 @@ pub fn decide(
             Decision::Forbidden("an update or delete needs the row version it was based on".into())
         }
         WriteOp::Update => match current {
-            None => Decision::Forbidden("the row was never in the slice (unknown key)".into()),
+            None => Decision::Forbidden(NOT_IN_SLICE.into()),
             Some(c) if c.deleted && changed_since(c) => Decision::Skip(note(
                 "update-delete",
                 "stays-deleted",
                 entry.new.clone(),
                 Row::new(),
             )),
-            Some(c) if c.deleted => {
-                Decision::Forbidden("the row was deleted before the device had it".into())
-            }
+            Some(c) if c.deleted => Decision::Forbidden(NOT_IN_SLICE.into()),
             Some(c) if !c.in_slice && left_since(c) => {
                 let cols: Vec<&String> = entry.new.keys().collect();
                 Decision::Skip(note(
@@ -169,28 +172,22 @@ pub fn decide(
                     pick(&c.values, &cols),
                 ))
             }
-            Some(c) if !c.in_slice => {
-                Decision::Forbidden("the row is outside the task's slice".into())
-            }
+            Some(c) if !c.in_slice => Decision::Forbidden(NOT_IN_SLICE.into()),
             Some(c) if !changed_since(c) => Decision::Apply(Write::Update(entry.new.clone()), None),
             Some(c) => update_update(entry, c, policy),
         },
         WriteOp::Delete => {
             match current {
-                None => Decision::Forbidden("the row was never in the slice (unknown key)".into()),
+                None => Decision::Forbidden(NOT_IN_SLICE.into()),
                 Some(c) if c.deleted && changed_since(c) => Decision::Skip(None),
-                Some(c) if c.deleted => {
-                    Decision::Forbidden("the row was deleted before the device had it".into())
-                }
+                Some(c) if c.deleted => Decision::Forbidden(NOT_IN_SLICE.into()),
                 Some(c) if !c.in_slice && left_since(c) => Decision::Skip(note(
                     "left-slice",
                     "not-applied",
                     Row::new(),
                     c.values.clone(),
                 )),
-                Some(c) if !c.in_slice => {
-                    Decision::Forbidden("the row is outside the task's slice".into())
-                }
+                Some(c) if !c.in_slice => Decision::Forbidden(NOT_IN_SLICE.into()),
                 Some(c) if !changed_since(c) => Decision::Apply(Write::Delete, None),
                 Some(c) => match policy {
                     ConflictPolicy::DeviceWins => Decision::Apply(

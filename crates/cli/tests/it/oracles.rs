@@ -1,6 +1,8 @@
 //! No oracles (issue [security] point 3, the parts built): a login for an unknown user
 //! costs what a wrong password costs and reads the same; an unknown device id, a bad
-//! secret and a revoked device's id with a bad secret get the same answer.
+//! secret and a revoked device's id with a bad secret get the same answer; an upload
+//! entry on a key outside the slice is refused alike whether the key exists there or
+//! not, and whatever base version it claims.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -93,7 +95,141 @@ fn a_revoked_device_and_an_unknown_one_read_alike_until_the_secret_checks() {
     assert!(revoked.1.contains("revoked"), "{revoked:?}");
 }
 
+const EDIT_URGENT: &str = r#"
+name = "urgent-edits"
+[[tables]]
+name = "work_orders"
+filter = "priority >= 5"
+write = ["update", "delete"]
+"#;
+
+/// What `device send` answers for one forged journal entry `op` on work order `key`
+/// claiming `base` (SQL: a number or NULL), with the key itself blanked out; the
+/// forged entry and its stored upload are dropped afterwards.
+fn send_forged(dev: &DeviceDir, op: &str, key: &str, base: &str) -> (i32, String) {
+    let new = format!(
+        r#"{{"id":"{key}","asset_id":1,"title":"probe","priority":9,"status":"open","due":null}}"#
+    );
+    let (old, new) = match op {
+        "update" => (new.replace("probe", "was"), new),
+        _ => (new, "NULL".to_string()),
+    };
+    let q = |s: &str| match s {
+        "NULL" => s.to_string(),
+        _ => format!("'{s}'"),
+    };
+    let sql = format!(
+        "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at) \
+         VALUES ('work_orders', '{key}', '{op}', {}, {}, {base}, 'ana', '2026-12-02T10:00:00.000Z')",
+        q(&old),
+        q(&new)
+    );
+    let shell = |sql: &str| {
+        let out = Command::new("sqlite3")
+            .arg(dev.replica_path())
+            .arg(sql)
+            .output()
+            .expect("sqlite3 runs");
+        assert!(out.status.success(), "{out:?}");
+    };
+    shell(&sql);
+    let run = dev.run(&["send"], "");
+    shell("DELETE FROM fieldsync_journal; DELETE FROM fieldsync_upload");
+    // The journal's numbering goes on from probe to probe: not the server's answer.
+    let stderr = run.stderr.replace(key, "KEY");
+    let stderr = match stderr.split_once("journal #") {
+        Some((head, tail)) => {
+            format!(
+                "{head}journal #N{}",
+                tail.trim_start_matches(|c: char| c.is_ascii_digit())
+            )
+        }
+        None => stderr,
+    };
+    (run.code, stderr)
+}
+
+#[test]
+fn upload_entries_outside_the_slice_tell_nothing_of_the_key() {
+    let office = Office::new(5);
+    // Outside the crew's slice: a row of another task's, and one the office deleted.
+    office.execute_batch(
+        "INSERT INTO work_orders (id, asset_id, title, priority, status) \
+         VALUES ('wo-in', 1, 'urgent', 7, 'open'), ('wo-out', 1, 'routine', 1, 'open'), \
+                ('wo-gone', 1, 'scrapped', 8, 'open')",
+    );
+    office.execute_batch("UPDATE work_orders SET title = 'routine, twice' WHERE id = 'wo-out'");
+    office.execute_batch("DELETE FROM work_orders WHERE id = 'wo-gone'");
+    let path = office.dir.0.join("urgent.toml");
+    std::fs::write(&path, EDIT_URGENT).unwrap();
+    office
+        .admin(&["task", "apply", path.to_str().unwrap()], "")
+        .ok();
+    office
+        .admin(&["task", "assign", "urgent-edits", "--user", "ana"], "")
+        .ok();
+    let dev = office.device("tab1", &["urgent-edits"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "urgent-edits"], "").ok();
+    // Bases: one below every row's version, the device's own cursor (a base it was
+    // handed), and one it never was.
+    let cursor: String = dev
+        .replica()
+        .query_row(
+            "SELECT value FROM fieldsync_replica WHERE key = 'cursor'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // A base below every version is taken as not recorded for this device: rows
+    // outside the slice are refused by value. (A row deleted since such a base is
+    // judged as the deletion it may have been, DESIGN's "changed since": not probed.)
+    let probes = [
+        ("1", &["wo-out"][..]),
+        (cursor.as_str(), &["wo-out", "wo-gone"][..]),
+        ("999999999", &["wo-out", "wo-gone"][..]),
+    ];
+    for op in ["update", "delete"] {
+        for (base, keys) in probes {
+            let nowhere = send_forged(&dev, op, "wo-nowhere", base);
+            assert_eq!(nowhere.0, 4, "{op} base {base}: {nowhere:?}");
+            for key in keys {
+                let answer = send_forged(&dev, op, key, base);
+                assert_eq!(
+                    answer, nowhere,
+                    "{op} {key} base {base}: reads unlike no key"
+                );
+            }
+        }
+    }
+    // Changed by the office since the device's base, the row is judged moved out of
+    // the slice (a conflict, not applied): the device hears none of its values.
+    office.execute_batch("UPDATE work_orders SET title = 'office secret' WHERE id = 'wo-out'");
+    let (code, stderr) = send_forged(&dev, "update", "wo-out", &cursor);
+    assert_eq!(code, 0, "{stderr}");
+    let conflicts = dev.run(&["conflicts", "--json"], "").ok().stdout;
+    assert!(conflicts.contains("wo-out"), "{conflicts}");
+    for path in [dev.path().join("state.json"), dev.replica_path()] {
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(13).any(|w| w == b"office secret"),
+            "{} holds another task's value",
+            path.display()
+        );
+    }
+    // Nothing was written.
+    assert_eq!(
+        office.value("SELECT title FROM work_orders WHERE id = 'wo-out'"),
+        "office secret"
+    );
+    assert_eq!(
+        office.value("SELECT count(*) FROM work_orders WHERE id IN ('wo-nowhere', 'wo-gone')"),
+        "0"
+    );
+}
+
 crate::also_on_postgres!(
     an_unknown_user_costs_what_a_wrong_password_costs,
     a_revoked_device_and_an_unknown_one_read_alike_until_the_secret_checks,
+    upload_entries_outside_the_slice_tell_nothing_of_the_key,
 );

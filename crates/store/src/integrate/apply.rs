@@ -113,7 +113,7 @@ pub(crate) fn integrate(
                 // Compared by value. Only a restore excuses a row outside the slice:
                 // otherwise nothing shows it ever was the device's.
                 if !ctx.restored && !c.in_slice && !c.deleted {
-                    return Err(forbidden(&label, "the row is outside the task's slice"));
+                    return Err(forbidden(&label, conflict::NOT_IN_SLICE));
                 }
                 c.changed = true;
                 c.left = ctx.restored;
@@ -336,11 +336,14 @@ pub(crate) fn integrate(
             })?;
             outcome.conflicts += 1;
             // The row as the main database holds it now, for the crew's list of
-            // values not kept.
+            // values not kept; never a row outside the slice (another task's values).
             let after = match &write {
                 Some(Write::Delete) => None,
                 Some(_) => row_after.as_ref(),
-                None => current.as_ref().filter(|c| !c.deleted).map(|c| &c.values),
+                None => current
+                    .as_ref()
+                    .filter(|c| !c.deleted && c.in_slice)
+                    .map(|c| &c.values),
             };
             let policy = if n.resolution == "not-applied" {
                 ""

@@ -95,6 +95,10 @@ impl Device {
                 break Ok(());
             }
         };
+        if let Err(wiped @ ClientError::Wiped { .. }) = watched {
+            // A wiped folder keeps no rules to disarm.
+            return Err(wiped);
+        }
         // The watcher's run ends: what it armed is void.
         let stopped = self.watcher_event(Event::WatcherStopped, &Cancel::default());
         watched.and(stopped)
@@ -165,7 +169,12 @@ impl Device {
         drop(lock);
         let message = st.last_sync.as_ref().map(|l| l.message.clone());
         notes(&WatchNote::Ended(outcome, message.unwrap_or_default()));
-        Ok(())
+        // The office revoked this device: its data goes now, and the watcher ends
+        // (nothing is left to synchronize).
+        match result.as_ref().err().and_then(ClientError::revoked) {
+            Some(keep_changes) => Err(self.wipe_revoked(keep_changes)),
+            None => Ok(()),
+        }
     }
 
     /// The events that bring the rules up to date with the power seen and the folder's

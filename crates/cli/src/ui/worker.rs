@@ -27,8 +27,22 @@ fn work(device: &Device, requests: &Receiver<(Request, Cancel)>, replies: &Sende
     }
 }
 
+/// A request's result, except that a device the office revoked wipes its data first
+/// (as every command does) and says so instead.
+fn unless_revoked<T>(
+    device: &Device,
+    r: fieldsync_client::Result<T>,
+) -> fieldsync_client::Result<T> {
+    r.map_err(|e| match e.revoked() {
+        Some(keep_changes) => device.wipe_revoked(keep_changes),
+        None => e,
+    })
+}
+
 fn answer(device: &Device, request: Request, cancel: &Cancel, replies: &Sender<Reply>) -> Reply {
-    let text = |r: fieldsync_client::Result<String>| Reply::Done(r.map_err(|e| e.to_string()));
+    let text = |r: fieldsync_client::Result<String>| {
+        Reply::Done(unless_revoked(device, r).map_err(|e| e.to_string()))
+    };
     let progress = &mut |p: &fieldsync_client::Progress| {
         let _ = replies.send(Reply::Progress(p.clone()));
     };
@@ -49,22 +63,28 @@ fn answer(device: &Device, request: Request, cancel: &Cancel, replies: &Sender<R
         Request::SetOptions(change) => {
             text(device.set_options(&change).map(|_| "options saved".into()))
         }
-        Request::Tasks => Reply::Tasks(device.tasks().map_err(|e| e.to_string())),
+        Request::Tasks => {
+            Reply::Tasks(unless_revoked(device, device.tasks()).map_err(|e| e.to_string()))
+        }
         Request::Download { task, discard } => {
             let opts = DownloadOptions {
                 discard_local_changes: discard,
                 ..DownloadOptions::default()
             };
             let op = fieldsync_client::SyncOp::Download;
-            Reply::Finished(op, device.download(&task, &opts, progress, cancel))
+            let r = device.download(&task, &opts, progress, cancel);
+            Reply::Finished(op, unless_revoked(device, r))
         }
         Request::Send => Reply::Finished(
             fieldsync_client::SyncOp::Send,
-            device.send(progress, cancel),
+            unless_revoked(device, device.send(progress, cancel)),
         ),
         Request::Sync => Reply::Finished(
             fieldsync_client::SyncOp::Sync,
-            device.sync(&DownloadOptions::default(), progress, cancel),
+            unless_revoked(
+                device,
+                device.sync(&DownloadOptions::default(), progress, cancel),
+            ),
         ),
         Request::CancelOwn | Request::CancelOther(_) | Request::RememberClosed(_) => {
             unreachable!("cancels and the UI's memory are the runner's, never the worker's")

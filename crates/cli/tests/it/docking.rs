@@ -91,6 +91,18 @@ impl Watcher {
         self.lines.try_iter().filter(|l| l.contains(text)).count()
     }
 
+    /// Waits (20 s at most) for the watcher to end by itself; its exit code.
+    pub(crate) fn ended(mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the watcher did not end");
+    }
+
     pub(crate) fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])

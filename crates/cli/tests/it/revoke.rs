@@ -69,6 +69,11 @@ fn assert_wiped(dev: &DeviceDir, run: &Run) {
             .contains("this device was revoked by the office; its data was wiped"),
         "{run:?}"
     );
+    assert_folder_wiped(dev);
+}
+
+/// Nothing left in the folder but the lock, backups and a state without credentials.
+fn assert_folder_wiped(dev: &DeviceDir) {
     let left: Vec<String> = folder(dev)
         .into_iter()
         .filter(|n| n != "lock" && n != "state.json" && !n.starts_with("backup-"))
@@ -132,6 +137,24 @@ fn a_revoked_device_wipes_its_data_at_its_next_contact() {
     // An unknown device cannot be revoked.
     let unknown = office.admin(&["device", "revoke", "no-such-device"], "");
     assert_ne!(unknown.code, 0, "{unknown:?}");
+}
+
+/// The watcher's automatic synchronization meets the revocation: the data goes at
+/// once (not at the crew's next command), and the watcher ends, exit 4.
+#[test]
+fn the_watcher_wipes_a_revoked_device_at_docking() {
+    use crate::docking::{Dock, Watcher, crew};
+    let office = Office::new(20);
+    let dev = crew(&office, "tab1");
+    let dock = Dock::new();
+    let w = Watcher::start(&dev, &dock);
+    dev.run(&["logout"], "").ok();
+    assert_eq!(dev.status()["ticket_armed"], true);
+    office.admin(&["device", "revoke", "tab1"], "").ok();
+    dock.set(true);
+    w.expect("automatic synchronization started");
+    assert_eq!(w.ended(), Some(4), "the watcher ends as revoked");
+    assert_folder_wiped(&dev);
 }
 
 #[test]

@@ -378,6 +378,29 @@ fn an_error_window_stays_red_until_closed() {
 }
 
 #[test]
+fn a_revoked_device_wipes_its_data_from_the_ui_too() {
+    let office = Office::new(20);
+    let dev = office.device("tab1", &[TASK]);
+    dev.login("ana").ok();
+    dev.run(&["download", TASK], "").ok();
+    edit(&dev, 1, "never to arrive");
+    office.admin(&["device", "revoke", "tab1"], "").ok();
+    let tui = Tui::start(&dev, &[("FIELDSYNC_RETRIES", "1")]);
+    tui.wait("1 by ana");
+    tui.keys(&["y"]);
+    let screen = tui.wait("[ERROR]");
+    assert!(screen.contains("revoked by the office"), "{screen}");
+    assert!(
+        !dev.replica_path().exists(),
+        "the replica stays after the revocation"
+    );
+    assert!(dev.status()["device_id"].is_null(), "the credentials stay");
+    tui.keys(&["c"]);
+    tui.wait_gone("Close (c)");
+    assert_eq!(tui.quit(), "0");
+}
+
+#[test]
 fn a_watchers_automatic_synchronization_shows_and_is_cancelled_from_the_ui() {
     let office = Office::new(20);
     let dev = crew(&office, "tab1");

@@ -451,6 +451,8 @@ pub enum ErrorCode {
     /// Too many failed attempts; try again later.
     Throttled,
     NotFound,
+    /// The route exists, not with this HTTP method.
+    MethodNotAllowed,
     PayloadTooLarge,
     /// The device speaks a protocol this server cannot serve.
     UpdateRequired,

@@ -148,6 +148,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/uploads",
             post(uploads::upload).layer(DefaultBodyLimit::max(UPLOAD_BODY_MAX_BYTES)),
         )
+        .layer(axum::middleware::from_fn(crate::upload_body::paced))
+        .layer(axum::middleware::from_fn(crate::error::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             request_log::log_request,

@@ -51,6 +51,7 @@ impl ApiError {
             ErrorCode::Forbidden | ErrorCode::Revoked => StatusCode::FORBIDDEN,
             ErrorCode::Throttled => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UpdateRequired => StatusCode::UPGRADE_REQUIRED,
             ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
@@ -92,4 +93,61 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Gives every error answer the documented JSON body, whatever made it: the router's
+/// own answers to an unknown path (404), another method (405, its `Allow` header kept)
+/// and an extractor's refusal (a path that does not decode) carry plain text or
+/// nothing. A `416` keeps its empty body: its `Content-Range` is the answer.
+pub(crate) async fn json_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json
+        || status == StatusCode::RANGE_NOT_SATISFIABLE
+        || !(status.is_client_error() || status.is_server_error())
+    {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // Such answers are a line of text at most; a longer one is cut.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let what: String = what.chars().take(300).collect();
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => (ErrorCode::NotFound, format!("no such route: {what}")),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            ErrorCode::MethodNotAllowed,
+            format!("{what}: this route does not take that method (see `Allow`)"),
+        ),
+        StatusCode::UNAUTHORIZED => (ErrorCode::Unauthorized, text),
+        StatusCode::FORBIDDEN => (ErrorCode::Forbidden, text),
+        StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, text),
+        s if s.is_server_error() => {
+            return ApiError::internal(format!("{what}: {s} {text}")).into_response();
+        }
+        _ => (ErrorCode::BadRequest, text),
+    };
+    let message = if message.is_empty() {
+        format!("{what}: {status}")
+    } else {
+        message
+    };
+    let mut answer = ApiError::new(code, message).into_response();
+    *answer.status_mut() = status;
+    if let Some(allow) = parts.headers.get(axum::http::header::ALLOW) {
+        answer
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, allow.clone());
+    }
+    answer
 }

@@ -15,6 +15,7 @@ use fieldsync_proto::wire::{
     UPLOAD_BODY_MIN_RATE, UPLOAD_JSON_MAX_BYTES, UPLOAD_MAX_ENTRIES, Upload,
 };
 use http_body::Body as _;
+use std::future::Future as _;
 
 use crate::error::ApiError;
 
@@ -36,6 +37,78 @@ fn deadline(started: Instant, received: usize) -> Instant {
     started
         + Duration::from_secs(UPLOAD_BODY_GRACE_SECS)
         + Duration::from_secs_f64(received as f64 / UPLOAD_BODY_MIN_RATE as f64)
+}
+
+/// Holds every request body to an upload's pace (the router wraps each in it): the
+/// grace, then [`UPLOAD_BODY_MIN_RATE`] bytes a second on average, else the body
+/// fails and its route answers `400`. A body trickled a byte at a time (a slowloris)
+/// moves bytes, so the idle timeout never comes: without this it held its connection
+/// as long as its size allowed (64 KiB at a byte a second: 18 hours of a login) and a
+/// file's upload for ever.
+pub(crate) async fn paced(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    next.run(req.map(|body| Body::new(Paced::new(body)))).await
+}
+
+/// A body that fails once its bytes come slower than [`deadline`] allows.
+struct Paced {
+    inner: Body,
+    started: Instant,
+    received: usize,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Paced {
+    fn new(inner: Body) -> Paced {
+        let started = Instant::now();
+        Paced {
+            inner,
+            started,
+            received: 0,
+            timer: Box::pin(tokio::time::sleep_until(deadline(started, 0).into())),
+        }
+    }
+}
+
+impl http_body::Body for Paced {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(format!(
+                    "the request body arrived too slowly (less than {} KiB/s after {UPLOAD_BODY_GRACE_SECS} s); cut",
+                    UPLOAD_BODY_MIN_RATE / 1024
+                ))))),
+                Poll::Pending => Poll::Pending,
+            },
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.received += data.len();
+                    let next = deadline(this.started, this.received);
+                    this.timer.as_mut().reset(next.into());
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The next piece of data of `body` before `until`: `Ok(None)` at its end.

@@ -1,7 +1,9 @@
 //! End-to-end tests: the real `fieldsync` binary, real SQLite files, a real server on
 //! loopback. One test binary for the crate (modules below).
 
+mod abuse;
 mod admin;
+mod authz;
 mod autosync;
 mod conflicts;
 mod convergence;

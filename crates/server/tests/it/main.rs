@@ -268,3 +268,5 @@ impl Fixture {
         self._dir.0.join("main.sqlite")
     }
 }
+
+mod routes;

@@ -442,21 +442,20 @@ fn an_upload_writes_nothing_outside_its_slice_and_a_download_carries_nothing_of_
     assert!(rows.iter().all(|(t, _)| t != "work_orders"));
 }
 
-/// Known leaks, found by this matrix and not fixed here (store `integrate`): a
-/// refusal names whether a key outside the slice exists ("outside the task's slice"
-/// against "never in the slice (unknown key)"), and on PostgreSQL an update of a
-/// south row whose base version equals one the same upload just wrote is taken for
-/// a row the device's own send moved out: answered 200 with a `left-slice` conflict
-/// whose `not_kept.kept` carries the south row's value. Run with `--ignored`.
+/// Leaks this matrix found in `integrate`, closed since: a refusal named whether a
+/// key outside the slice exists ("outside the task's slice" against "never in the
+/// slice (unknown key)"), and on PostgreSQL an update of a south row naming as its
+/// base the one the same upload had just made was taken for a row the device's own
+/// send moved out: answered 200 with a `left-slice` conflict whose `not_kept.kept`
+/// carried the south row's value.
 #[test]
-#[ignore = "known leaks of integrate, see the doc comment"]
-fn known_leaks_an_upload_outside_its_slice_reveals_nothing() {
+fn an_upload_outside_its_slice_reveals_nothing() {
     for engine in [Engine::Sqlite, Engine::Postgres] {
-        on_engine(engine, known_leaks_on_this_engine);
+        on_engine(engine, reveals_nothing_on_this_engine);
     }
 }
 
-fn known_leaks_on_this_engine() {
+fn reveals_nothing_on_this_engine() {
     let office = Office::new(40);
     let (north, south) = keys(&office);
     let tab = office.device("tab-a", &[A]);

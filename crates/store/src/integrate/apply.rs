@@ -121,9 +121,12 @@ pub(crate) fn integrate(
                 && !c.in_slice
                 && !c.changed
                 && !task_changed
+                && tx.wrote(e.base_version.unwrap_or_default(), c.version)?
             {
-                // Unchanged since the device's own send wrote it, and outside the slice
-                // now: that send moved it out (not a row that never was the device's).
+                // Written by the device's own send (the row's version is that send's),
+                // unchanged since, and outside the slice now: that send moved it out.
+                // A row merely older than the send's version was never written by it:
+                // taking it for one would let a forger reach any row of that age.
                 // Under a task changed since the device's version, the change may have
                 // taken it out instead: judged below as `task-changed`, not applied.
                 c.left = true;

@@ -63,6 +63,10 @@ pub(crate) trait UploadTx: Lookups {
     /// What kind of base `base` is for `device`; `None`: past every base the server
     /// ever handed out, so never handed to this device.
     fn base_kind(&mut self, device: &str, base: i64) -> Result<Option<BaseKind>, StoreError>;
+    /// Whether the upload whose acknowledgement handed out `base` (a
+    /// [`BaseKind::Upload`]) wrote the row whose version is now `version`: a row
+    /// merely older than that upload was never written by it.
+    fn wrote(&mut self, base: i64, version: i64) -> Result<bool, StoreError>;
     /// The base through which retention pruned the change history (tombstones of
     /// rows deleted before it are gone), if it ever did.
     fn pruned_through(&mut self) -> Result<Option<i64>, StoreError>;

@@ -170,6 +170,12 @@ impl UploadTx for SqliteUpload<'_> {
         })
     }
 
+    /// Each write takes a version of its own, and the acknowledgement hands each row
+    /// its version as its base.
+    fn wrote(&mut self, base: i64, version: i64) -> Result<bool, StoreError> {
+        Ok(base == version)
+    }
+
     fn pruned_through(&mut self) -> Result<Option<i64>, StoreError> {
         Ok(self
             .tx

@@ -64,6 +64,10 @@ impl UploadTx for PgUpload<'_, '_> {
     }
 
     fn base_kind(&mut self, device: &str, base: i64) -> Result<Option<BaseKind>, StoreError> {
+        // This upload's own base, made a moment ago: no device was ever handed it.
+        if self.new_base == Some(base) {
+            return Ok(None);
+        }
         // A base without a device was handed out before bases recorded theirs.
         let rows = self.query(
             "SELECT xid IS NOT NULL, device IS NULL OR device = $2 FROM fieldsync.bases WHERE id = $1",
@@ -437,6 +441,18 @@ impl UploadTx for PgUpload<'_, '_> {
 
     /// One base per upload: its snapshot plus its own transaction, so the rows it
     /// wrote count as seen and later writers' do not.
+    /// An upload's base records its transaction; a row's version is the transaction
+    /// that last wrote it.
+    fn wrote(&mut self, base: i64, version: i64) -> Result<bool, StoreError> {
+        let rows = self.query(
+            "SELECT xid::text::int8 = $2 FROM fieldsync.bases WHERE id = $1",
+            &[&base, &version],
+        )?;
+        Ok(rows
+            .first()
+            .is_some_and(|r| r.get::<_, Option<bool>>(0) == Some(true)))
+    }
+
     fn new_version(&mut self, device: &str) -> Result<i64, StoreError> {
         if let Some(id) = self.new_base {
             return Ok(id);

@@ -21,6 +21,7 @@ use fieldsync_proto::wire::{
 use fieldsync_store::{SessionRecord, SessionScope, Store, TaskRecord, random_hex, sha256_hex};
 use serde::de::DeserializeOwned;
 
+use crate::audit::{Note, Refusal};
 use crate::auth;
 use crate::download;
 use crate::error::ApiError;
@@ -218,6 +219,12 @@ async fn pair(
             return Err(ApiError::unauthorized(format!(
                 "device `{}`: the enrollment code is wrong or was already used",
                 req.device_id
+            ))
+            .audited(Note::new(
+                Refusal::PairRefused,
+                "-",
+                &req.device_id,
+                "wrong or already used enrollment code",
             )));
         }
         Ok(Json(PairResponse {
@@ -244,9 +251,18 @@ async fn login(
         let keys = throttle::Keys::new(&req.user, peer.map(|p| p.0.0));
         let now_ms = st.store.clock_ms()?;
         if let Some(wait_ms) = throttle::refused(&*st.store, &keys, now_ms)? {
-            return Ok(throttle::refusal(wait_ms));
+            let mut refusal = throttle::refusal(wait_ms);
+            refusal.extensions_mut().insert(Note::new(
+                Refusal::LoginThrottled,
+                &device.id,
+                &req.user,
+                format!(
+                    "too many failed logins: refused for {} s",
+                    (wait_ms + 999) / 1000
+                ),
+            ));
+            return Ok(refusal);
         }
-        let wrong = || ApiError::unauthorized("wrong user name or password");
         // An unknown user costs what a wrong password costs: the password is checked
         // against a hash either way, so the answer's time tells no user name.
         let found = st.store.user_get(&req.user)?;
@@ -259,12 +275,32 @@ async fn login(
         } else {
             throttle::failed(&*st.store, &keys, now_ms)?;
         }
-        let user = found.filter(|_| matches).ok_or_else(wrong)?;
+        // Recorded alike but for the detail, which only administrators read; the
+        // password never.
+        let wrong = |detail: &str| {
+            ApiError::unauthorized("wrong user name or password").audited(Note::new(
+                Refusal::LoginFailed,
+                &device.id,
+                &req.user,
+                detail,
+            ))
+        };
+        let user = match found {
+            Some(user) if matches => user,
+            Some(_) => return Err(wrong("wrong password")),
+            None => return Err(wrong("unknown user")),
+        };
         if user.disabled {
-            return Err(ApiError::unauthorized(format!(
-                "user `{}` is disabled",
-                user.name
-            )));
+            return Err(
+                ApiError::unauthorized(format!("user `{}` is disabled", user.name)).audited(
+                    Note::new(
+                        Refusal::UserDisabled,
+                        &device.id,
+                        &user.name,
+                        "a login with the right password",
+                    ),
+                ),
+            );
         }
         let token = random_hex(32);
         // The database's clock, as every server judges expiry by it.

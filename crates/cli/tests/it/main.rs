@@ -2,6 +2,7 @@
 //! loopback. One test binary for the crate (modules below).
 
 mod admin;
+mod audit;
 mod autosync;
 mod conflicts;
 mod convergence;

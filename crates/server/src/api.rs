@@ -35,6 +35,8 @@ pub struct AppState {
     downloads: Arc<Downloads>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) seen: Arc<crate::seen::Seen>,
+    /// Writes refused authentications to the audit log (`audit.rs`).
+    pub(crate) audit: Arc<crate::audit::Writer>,
     /// A ticket's time to live, in milliseconds (`Limits::ticket_ttl`).
     pub(crate) ticket_ttl_ms: i64,
     /// Where attached files' content is (`None`: this server serves no files).
@@ -44,6 +46,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(store: Arc<dyn Store>, limits: crate::Limits) -> AppState {
         AppState {
+            audit: Arc::new(crate::audit::Writer::start(store.clone())),
             store,
             downloads: Arc::new(Downloads {
                 server: Arc::new(tokio::sync::Semaphore::new(limits.max_downloads)),

@@ -4,13 +4,18 @@
 //! attempts cannot fill the disk, it can only push older entries out (the request
 //! log, `fieldsync::audit` lines, keeps its own copy).
 //!
-//! A refusal is recorded by the request log's middleware from a [`Note`] the refusing
-//! code puts on its error (`ApiError::audited`), with the client's address (the TCP
-//! peer, never a header). Refusals a device must not be able to tell apart (an unknown
-//! device, a bad secret, a revoked device's id with a bad secret) differ only in the
-//! note's detail: the same answer, the same one write, in the same time.
+//! A refusal is handed to the [`Writer`] by the request log's middleware from a
+//! [`Note`] the refusing code puts on its error (`ApiError::audited`), with the
+//! client's address (the TCP peer, never a header). The writer is one thread of its
+//! own with a bounded queue: the answer never waits for the write, so refusals a
+//! device must not be able to tell apart (an unknown device, a bad secret, a revoked
+//! device's id with a bad secret), which differ only in the note's detail, take the
+//! same time, and a flood of refusals holds one database connection, not one per
+//! request. What does not fit in the queue is counted and recorded as `audit.dropped`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
 
 use fieldsync_store::{NewAudit, Result, Store};
 
@@ -87,6 +92,8 @@ pub enum Refusal {
     PairRefused,
     /// An unknown, used or expired auto-sync ticket.
     TicketRefused,
+    /// Not a refusal: refusals that came faster than the writer wrote, counted.
+    Dropped,
 }
 
 impl Refusal {
@@ -100,6 +107,7 @@ impl Refusal {
             Refusal::SessionRefused => "auth.session-refused",
             Refusal::PairRefused => "auth.pair-refused",
             Refusal::TicketRefused => "auth.ticket-refused",
+            Refusal::Dropped => "audit.dropped",
         }
     }
 }
@@ -127,35 +135,75 @@ impl Note {
     }
 }
 
-/// Records a refusal from `address` (off the async threads, before the answer
-/// leaves); a failure to record is logged, never the request's.
-pub async fn refused(store: &Arc<dyn Store>, note: Note, address: Option<String>) {
-    tracing::info!(
-        target: "fieldsync::audit",
-        kind = note.kind.as_str(),
-        actor = %note.actor,
-        subject = %note.subject,
-        address = address.as_deref().unwrap_or("-"),
-        detail = %note.detail,
-    );
-    let store = store.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        store.audit_record(
-            &NewAudit {
-                kind: note.kind.as_str(),
-                actor: &note.actor,
-                subject: &note.subject,
-                address: address.as_deref(),
-                detail: &note.detail,
-            },
-            keep(),
-        )
-    })
-    .await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "recording a refusal in the audit log"),
-        Err(e) => tracing::warn!(error = %e, "recording a refusal in the audit log"),
+/// Refusals waiting for the writer; beyond it they are counted, not queued.
+const QUEUE: usize = 1024;
+
+/// The audit writer of one server: its thread writes the refusals queued, in order.
+pub struct Writer {
+    queue: SyncSender<(Note, Option<String>)>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// Starts the writer's thread; it ends once the writer is dropped and its queue
+    /// is written.
+    pub fn start(store: Arc<dyn Store>) -> Writer {
+        let (queue, rx) = std::sync::mpsc::sync_channel::<(Note, Option<String>)>(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let missed = dropped.clone();
+        std::thread::Builder::new()
+            .name("fieldsync-audit".into())
+            .spawn(move || {
+                for (note, address) in rx {
+                    write(&*store, &note, address.as_deref());
+                    let n = missed.swap(0, Ordering::Relaxed);
+                    if n > 0 {
+                        let detail = format!(
+                            "{n} refusals not recorded: they came faster than the audit \
+                             log is written (the server's log has them)"
+                        );
+                        let lost = Note::new(Refusal::Dropped, "-", "-", detail);
+                        write(&*store, &lost, None);
+                    }
+                }
+            })
+            .expect("the audit thread starts");
+        Writer { queue, dropped }
+    }
+
+    /// Logs a refusal from `address` and queues it for the audit log, without waiting.
+    pub fn refused(&self, note: Note, address: Option<String>) {
+        tracing::info!(
+            target: "fieldsync::audit",
+            kind = note.kind.as_str(),
+            actor = %note.actor,
+            subject = %note.subject,
+            address = address.as_deref().unwrap_or("-"),
+            detail = %note.detail,
+        );
+        match self.queue.try_send((note, address)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::warn!("the audit thread has stopped: a refusal was not recorded");
+            }
+        }
+    }
+}
+
+/// Writes one entry; a failure is logged, never the request's.
+fn write(store: &dyn Store, note: &Note, address: Option<&str>) {
+    let entry = NewAudit {
+        kind: note.kind.as_str(),
+        actor: &note.actor,
+        subject: &note.subject,
+        address,
+        detail: &note.detail,
+    };
+    if let Err(e) = store.audit_record(&entry, keep()) {
+        tracing::warn!(error = %e, kind = entry.kind, "recording a refusal in the audit log");
     }
 }
 

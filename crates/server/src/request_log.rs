@@ -1,8 +1,8 @@
 //! One log line per request: route, device, user, status, duration (`tracing`, target
 //! `fieldsync::request`; `fieldsync server run --log-format json` prints it as JSON),
 //! and one per sync (a download or an upload, as the sync history records it; target
-//! `fieldsync::sync`). A response carrying a refused authentication's note is
-//! recorded in the audit log here, where the client's address is known (`audit.rs`).
+//! `fieldsync::sync`). A response carrying a refused authentication's note is handed
+//! to the audit log's writer here, where the client's address is known (`audit.rs`).
 //!
 //! The duration runs until the response's headers are ready: a download's stream goes
 //! on after it (the sync history records the whole download).
@@ -83,7 +83,7 @@ pub async fn log_request(
         .map(|c| c.0.ip().to_string());
     let mut response = next.run(request).await;
     if let Some(note) = response.extensions_mut().remove::<crate::audit::Note>() {
-        crate::audit::refused(&st.store, note, address).await;
+        st.audit.refused(note, address);
     }
     let who = response.extensions().get::<Who>();
     if let Some(w) = who {

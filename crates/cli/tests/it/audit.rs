@@ -88,6 +88,24 @@ fn audit(office: &Office, args: &[&str]) -> Vec<serde_json::Value> {
     serde_json::from_str(&run.stdout).unwrap()
 }
 
+/// `admin audit --json` once `ready` holds of it: the server's refusals are written
+/// by a thread of their own, after the answer (at most 10 s).
+#[track_caller]
+fn audit_when(
+    office: &Office,
+    ready: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let entries = audit(office, &[]);
+        if ready(&entries) {
+            return entries;
+        }
+        assert!(std::time::Instant::now() < deadline, "{entries:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The index and entry of kind `kind` about `subject` (the newest of them).
 #[track_caller]
 fn entry<'a>(
@@ -144,7 +162,11 @@ fn admin_changes_and_refused_authentications_are_recorded() {
     let run = stranger.run(&[&pair[..], &["--code", "0123"]].concat(), "");
     assert_eq!(run.code, 4, "{run:?}");
 
-    let all = audit(&office, &[]);
+    // The last refusal written: every one before it is (one writer, in order).
+    let all = audit_when(&office, |all| {
+        all.iter()
+            .any(|e| e["kind"] == "auth.pair-refused" && e["subject"] == "tab3")
+    });
     let keys: BTreeSet<&str> = all[0].as_object().unwrap().keys().map(|k| &**k).collect();
     assert_eq!(
         keys,
@@ -261,6 +283,7 @@ fn the_audit_log_keeps_only_the_newest_entries() {
             office.own_table("audit")
         ))
     };
+    audit_when(&office, |all| all[0]["subject"] == "probe-11");
     assert_eq!(count(), "5");
     let subjects = |entries: Vec<serde_json::Value>| -> Vec<String> {
         entries

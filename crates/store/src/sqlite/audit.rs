@@ -9,6 +9,10 @@ use fieldsync_proto::time::Timestamp;
 impl Audits for SqliteStore {
     fn audit_record(&self, e: &NewAudit<'_>, keep: i64) -> Result<()> {
         let mut conn = self.conn()?;
+        // No flush to disk of its own, so that the server's audit writer keeps up with a
+        // crowd of refusals: the entry reaches the disk with the next checkpoint or
+        // flushed commit (a power cut may lose the last few entries, never the database).
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO fieldsync_audit (at, kind, actor, subject, address, detail)

@@ -110,8 +110,8 @@ pub fn check_protocol(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// The paired device making the request. Every refusal is recorded in the audit log
-/// (`audit.rs`), the ones that read alike by one write each.
+/// The paired device making the request. Every refusal carries a note for the audit
+/// log (`audit.rs`); those that read alike differ only in the note's detail.
 pub fn device(store: &dyn Store, headers: &HeaderMap) -> Result<DeviceRecord, ApiError> {
     let refused = |subject: &str, detail: &str| {
         ApiError::unauthorized("unknown device or bad device secret").audited(Note::new(

@@ -8,6 +8,7 @@ use fieldsync_proto::time::Timestamp;
 use fieldsync_server::admin;
 use serde::Serialize;
 
+use crate::audit_cmd as audit;
 use crate::output::print_list;
 use crate::server_cmd::open_db;
 
@@ -51,6 +52,15 @@ enum AdminCommand {
         /// Print one JSON document on stdout
         #[arg(long)]
         json: bool,
+    },
+    /// The audit log, newest first: administrators' changes and refused authentications
+    Audit {
+        /// Print one JSON document on stdout
+        #[arg(long)]
+        json: bool,
+        /// Show at most the newest N entries
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u32,
     },
 }
 
@@ -276,6 +286,11 @@ impl Assignment {
     }
 }
 
+/// The users and devices of an assignment, as the audit log notes them.
+fn assignment_detail(users: &[String], devices: &[String]) -> String {
+    format!("users: {}; devices: {}", users.join(","), devices.join(","))
+}
+
 #[derive(Serialize)]
 struct UserView<'a> {
     name: &'a str,
@@ -308,6 +323,8 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         }) => {
             let pw = read_password_stdin()?;
             admin::user_add(store, &name, is_admin, &pw)?;
+            let role = if is_admin { "--admin" } else { "" };
+            audit::record(store, "admin.user.add", &name, &[role]);
             eprintln!("user {name} added");
         }
         AdminCommand::User(UserCommand::Passwd {
@@ -316,6 +333,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         }) => {
             let pw = read_password_stdin()?;
             admin::user_passwd(store, &name, &pw)?;
+            audit::record(store, "admin.user.passwd", &name, &[]);
             println!("password of {name} changed");
         }
         AdminCommand::User(UserCommand::Disable { name, force }) => {
@@ -328,10 +346,12 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             };
             admin::guard_unsent(store, &s, force)?;
             store.user_set_disabled(&name, true)?;
+            audit::record(store, "admin.user.disable", &name, &[audit::forced(force)]);
             println!("user {name} disabled");
         }
         AdminCommand::User(UserCommand::Enable { name }) => {
             store.user_set_disabled(&name, false)?;
+            audit::record(store, "admin.user.enable", &name, &[]);
             println!("user {name} enabled");
         }
         AdminCommand::User(UserCommand::List { json }) => {
@@ -374,6 +394,13 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             };
             admin::guard_unsent(store, &s, force)?;
             store.task_unassign(&name, &users, &devices)?;
+            let whom = assignment_detail(&users, &devices);
+            audit::record(
+                store,
+                "admin.task.unassign",
+                &name,
+                &[&whom, audit::forced(force)],
+            );
             println!("task {name} unassigned");
         }
         AdminCommand::Task(TaskCommand::Delete { name, force }) => {
@@ -385,6 +412,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             };
             admin::guard_unsent(store, &s, force)?;
             store.task_delete(&name)?;
+            audit::record(store, "admin.task.delete", &name, &[audit::forced(force)]);
             println!("task {name} deleted");
         }
         AdminCommand::Conflicts(ConflictsCommand::List { json }) => {
@@ -407,12 +435,23 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Conflicts(ConflictsCommand::Resolve { id, take }) => {
             let c = admin::conflict_resolve(store, id, matches!(take, Take::Device))?;
+            let took = format!(
+                "took the {} values",
+                c.resolved_take.as_deref().unwrap_or("?")
+            );
+            audit::record(
+                store,
+                "admin.conflict.resolve",
+                &format!("conflict {id}"),
+                &[&took],
+            );
             println!(
                 "conflict {} resolved: took the {} values",
                 c.id,
                 c.resolved_take.unwrap_or_default()
             );
         }
+        AdminCommand::Audit { json, limit } => audit::list(store, limit, json)?,
         AdminCommand::History { filter, json } => {
             print_list(&filter.apply(store.history()?), json, |s| {
                 format!(
@@ -435,6 +474,8 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Device(DeviceCommand::Revoke { id, keep_changes }) => {
             store.device_revoke(&id, keep_changes)?;
+            let keep = if keep_changes { "--keep-changes" } else { "" };
+            audit::record(store, "admin.device.revoke", &id, &[keep]);
             let keep = if keep_changes {
                 ", keeping its unsent changes in a backup file"
             } else {
@@ -444,14 +485,23 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Device(DeviceCommand::Add { id, label }) => {
             let code = admin::device_add(store, &id, label.as_deref())?;
+            let label = label.map(|l| format!("label `{l}`")).unwrap_or_default();
+            audit::record(store, "admin.device.add", &id, &[&label]);
             println!("{code}");
         }
         AdminCommand::Epoch(EpochCommand::Reset) => {
             let epoch = store.epoch_reset()?;
+            audit::record(
+                store,
+                "admin.epoch.reset",
+                "epoch",
+                &[&format!("new epoch {epoch}")],
+            );
             println!("epoch reset: {epoch}");
         }
         AdminCommand::Table(TableCommand::Track { table }) => {
             let info = admin::table_track(store, &table)?;
+            audit::record(store, "admin.table.track", &table, &[]);
             println!(
                 "tracking {} (primary key {}, key: {})",
                 info.name,
@@ -476,6 +526,13 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
             let def =
                 admin::task_apply(store, &text).with_context(|| format!("{}", file.display()))?;
+            let what = format!("{} tables from {}", def.tables.len(), file.display());
+            audit::record(
+                store,
+                "admin.task.apply",
+                &def.name,
+                &[&what, audit::forced(force)],
+            );
             println!("task {} applied ({} tables)", def.name, def.tables.len());
         }
         AdminCommand::Task(TaskCommand::List { json }) => {
@@ -505,6 +562,8 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 devices,
             } = a.checked()?;
             admin::task_assign(store, &name, &users, &devices)?;
+            let whom = assignment_detail(&users, &devices);
+            audit::record(store, "admin.task.assign", &name, &[&whom]);
             println!("task {name} assigned");
         }
     }

@@ -107,6 +107,12 @@ pub fn run(store: &dyn Store, db: Option<&str>, command: FileCommand) -> anyhow:
                 added_by: by,
                 added_at: Timestamp::now(),
             })?;
+            let subject = format!("file {}", rec.id);
+            let what = format!(
+                "`{}` ({} bytes, sha256 {}) to `{}` row {}",
+                rec.name, rec.size, rec.sha256, rec.table, rec.key
+            );
+            crate::audit_cmd::record(store, "admin.file.attach", &subject, &[&what]);
             println!(
                 "attached file {} `{}` ({} bytes, sha256 {}) to `{}` row {}",
                 rec.id, rec.name, rec.size, rec.sha256, rec.table, rec.key
@@ -115,6 +121,8 @@ pub fn run(store: &dyn Store, db: Option<&str>, command: FileCommand) -> anyhow:
         }
         FileCommand::Detach { id } => {
             let rec = store.file_detach(id)?;
+            let what = format!("`{}` from `{}` row {}", rec.name, rec.table, rec.key);
+            crate::audit_cmd::record(store, "admin.file.detach", &format!("file {id}"), &[&what]);
             println!(
                 "detached file {} `{}` from `{}` row {}",
                 rec.id, rec.name, rec.table, rec.key

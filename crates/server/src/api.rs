@@ -21,6 +21,7 @@ use fieldsync_proto::wire::{
 use fieldsync_store::{SessionRecord, SessionScope, Store, TaskRecord, random_hex, sha256_hex};
 use serde::de::DeserializeOwned;
 
+use crate::audit::{Note, Refusal};
 use crate::auth;
 use crate::download;
 use crate::error::ApiError;
@@ -34,6 +35,8 @@ pub struct AppState {
     downloads: Arc<Downloads>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) seen: Arc<crate::seen::Seen>,
+    /// Writes refused authentications to the audit log (`audit.rs`).
+    pub(crate) audit: Arc<crate::audit::Writer>,
     /// A ticket's time to live, in milliseconds (`Limits::ticket_ttl`).
     pub(crate) ticket_ttl_ms: i64,
     /// Where attached files' content is (`None`: this server serves no files).
@@ -43,6 +46,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(store: Arc<dyn Store>, limits: crate::Limits) -> AppState {
         AppState {
+            audit: Arc::new(crate::audit::Writer::start(store.clone())),
             store,
             downloads: Arc::new(Downloads {
                 server: Arc::new(tokio::sync::Semaphore::new(limits.max_downloads)),
@@ -220,6 +224,12 @@ async fn pair(
             return Err(ApiError::unauthorized(format!(
                 "device `{}`: the enrollment code is wrong or was already used",
                 req.device_id
+            ))
+            .audited(Note::new(
+                Refusal::PairRefused,
+                "-",
+                &req.device_id,
+                "wrong or already used enrollment code",
             )));
         }
         Ok(Json(PairResponse {
@@ -245,9 +255,18 @@ async fn login(
         let keys = throttle::Keys::new(&req.user, &device.id);
         let now_ms = st.store.clock_ms()?;
         if let Some(wait_ms) = throttle::refused(&*st.store, &keys, now_ms)? {
-            return Ok(throttle::refusal(wait_ms));
+            let mut refusal = throttle::refusal(wait_ms);
+            refusal.extensions_mut().insert(Note::new(
+                Refusal::LoginThrottled,
+                &device.id,
+                &req.user,
+                format!(
+                    "too many failed logins: refused for {} s",
+                    (wait_ms + 999) / 1000
+                ),
+            ));
+            return Ok(refusal);
         }
-        let wrong = || ApiError::unauthorized("wrong user name or password");
         // An unknown user costs what a wrong password costs: the password is checked
         // against a hash either way, so the answer's time tells no user name.
         let found = st.store.user_get(&req.user)?;
@@ -260,12 +279,32 @@ async fn login(
         } else {
             throttle::failed(&*st.store, &keys, now_ms)?;
         }
-        let user = found.filter(|_| matches).ok_or_else(wrong)?;
+        // Recorded alike but for the detail, which only administrators read; the
+        // password never.
+        let wrong = |detail: &str| {
+            ApiError::unauthorized("wrong user name or password").audited(Note::new(
+                Refusal::LoginFailed,
+                &device.id,
+                &req.user,
+                detail,
+            ))
+        };
+        let user = match found {
+            Some(user) if matches => user,
+            Some(_) => return Err(wrong("wrong password")),
+            None => return Err(wrong("unknown user")),
+        };
         if user.disabled {
-            return Err(ApiError::unauthorized(format!(
-                "user `{}` is disabled",
-                user.name
-            )));
+            return Err(
+                ApiError::unauthorized(format!("user `{}` is disabled", user.name)).audited(
+                    Note::new(
+                        Refusal::UserDisabled,
+                        &device.id,
+                        &user.name,
+                        "a login with the right password",
+                    ),
+                ),
+            );
         }
         let token = random_hex(32);
         // The database's clock, as every server judges expiry by it.

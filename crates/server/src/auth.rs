@@ -8,6 +8,7 @@ use fieldsync_proto::wire::{
 };
 use fieldsync_store::{DeviceRecord, SessionRecord, Store, UserRecord, sha256_hex};
 
+use crate::audit::{Note, Refusal};
 use crate::error::ApiError;
 use crate::workers::{self, Workers};
 
@@ -109,29 +110,51 @@ pub fn check_protocol(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// The paired device making the request.
+/// The paired device making the request. Every refusal carries a note for the audit
+/// log (`audit.rs`); those that read alike differ only in the note's detail.
 pub fn device(store: &dyn Store, headers: &HeaderMap) -> Result<DeviceRecord, ApiError> {
+    let refused = |subject: &str, detail: &str| {
+        ApiError::unauthorized("unknown device or bad device secret").audited(Note::new(
+            Refusal::DeviceRefused,
+            "-",
+            subject,
+            detail,
+        ))
+    };
     let (Some(id), Some(secret)) = (
         header(headers, HEADER_DEVICE_ID),
         header(headers, HEADER_DEVICE_SECRET),
     ) else {
+        let claimed = header(headers, HEADER_DEVICE_ID).unwrap_or("-");
         return Err(ApiError::unauthorized(
             "this device is not paired (missing device credentials)",
-        ));
+        )
+        .audited(Note::new(
+            Refusal::DeviceRefused,
+            "-",
+            claimed,
+            "no device credentials",
+        )));
     };
-    let unknown = || ApiError::unauthorized("unknown device or bad device secret");
     // The secret first: an unknown device, a bad secret and a revoked device's id with
     // a bad secret get the same answer, so that ids cannot be probed.
-    let device = store.device_get(id)?.ok_or_else(unknown)?;
+    let device = store
+        .device_get(id)?
+        .ok_or_else(|| refused(id, "unknown device"))?;
     match &device.secret_hash {
         Some(h) if same(h, &sha256_hex(secret)) => {}
-        _ => return Err(unknown()),
+        Some(_) if device.revoked => {
+            return Err(refused(id, "wrong device secret (a revoked device)"));
+        }
+        Some(_) => return Err(refused(id, "wrong device secret")),
+        None => return Err(refused(id, "device not paired yet")),
     }
     if device.revoked {
         return Err(ApiError {
             keep_changes: device.keep_changes,
             ..ApiError::new(ErrorCode::Revoked, format!("device `{id}` was revoked"))
-        });
+        }
+        .audited(Note::new(Refusal::DeviceRevoked, id, id, "revoked device")));
     }
     Ok(device)
 }
@@ -142,25 +165,43 @@ pub fn session(
     headers: &HeaderMap,
 ) -> Result<(DeviceRecord, SessionRecord, UserRecord), ApiError> {
     let device = device(store, headers)?;
+    let refused = |message: &str, subject: &str, detail: &str| {
+        ApiError::unauthorized(message).audited(Note::new(
+            Refusal::SessionRefused,
+            &device.id,
+            subject,
+            detail,
+        ))
+    };
     let token = header(headers, "authorization")
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::unauthorized("not logged in on this device"))?;
-    let expired = || {
-        ApiError::unauthorized(
-            "not logged in (the session expired or was logged out); log in again",
-        )
-    };
-    let session = store.session_get(&sha256_hex(token))?.ok_or_else(expired)?;
+        .ok_or_else(|| refused("not logged in on this device", "-", "no session token"))?;
+    const EXPIRED: &str = "not logged in (the session expired or was logged out); log in again";
+    let session = store
+        .session_get(&sha256_hex(token))?
+        .ok_or_else(|| refused(EXPIRED, "-", "unknown or expired session token"))?;
     // Expiry is the store's to judge, by the database's clock (`session_get`).
     if session.device != device.id {
-        return Err(expired());
+        return Err(refused(
+            EXPIRED,
+            &session.user,
+            "a session token of another device",
+        ));
     }
-    let user = store.user_get(&session.user)?.ok_or_else(expired)?;
+    let user = store
+        .user_get(&session.user)?
+        .ok_or_else(|| refused(EXPIRED, &session.user, "the session's user is gone"))?;
     if user.disabled {
         return Err(ApiError::unauthorized(format!(
             "user `{}` is disabled by the office; ask the office to enable it (changes not \
              yet sent stay on this device)",
             user.name
+        ))
+        .audited(Note::new(
+            Refusal::UserDisabled,
+            &device.id,
+            &user.name,
+            "a request of the user's session",
         )));
     }
     Ok((device, session, user))

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub message: String,
     /// With `Revoked`: the device backs up its unsent changes before it wipes.
     pub keep_changes: bool,
+    /// A refused authentication to record in the audit log (`audit.rs`).
+    pub audit: Option<Box<crate::audit::Note>>,
 }
 
 impl ApiError {
@@ -20,7 +22,14 @@ impl ApiError {
             code,
             message: message.into(),
             keep_changes: false,
+            audit: None,
         }
+    }
+
+    /// This error, recorded in the audit log as `note` when it is answered.
+    pub fn audited(mut self, note: crate::audit::Note) -> Self {
+        self.audit = Some(Box::new(note));
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -85,6 +94,9 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), axum::Json(self.body())).into_response();
+        if let Some(note) = self.audit {
+            response.extensions_mut().insert(*note);
+        }
         if self.code == ErrorCode::Busy {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

@@ -3,6 +3,7 @@
 
 pub mod admin;
 mod api;
+pub mod audit;
 pub mod auth;
 mod conn;
 mod download;

@@ -1,14 +1,16 @@
 //! One log line per request: route, device, user, status, duration (`tracing`, target
 //! `fieldsync::request`; `fieldsync server run --log-format json` prints it as JSON),
 //! and one per sync (a download or an upload, as the sync history records it; target
-//! `fieldsync::sync`).
+//! `fieldsync::sync`). A response carrying a refused authentication's note is handed
+//! to the audit log's writer here, where the client's address is known (`audit.rs`).
 //!
 //! The duration runs until the response's headers are ready: a download's stream goes
 //! on after it (the sync history records the whole download).
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use fieldsync_proto::wire::{HEADER_DEVICE_ID, HEADER_HOLDING};
@@ -74,7 +76,15 @@ pub async fn log_request(
         .get(HEADER_HOLDING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let response = next.run(request).await;
+    // The client's address (the TCP peer), for the audit log.
+    let address = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let mut response = next.run(request).await;
+    if let Some(note) = response.extensions_mut().remove::<crate::audit::Note>() {
+        st.audit.refused(note, address);
+    }
     let who = response.extensions().get::<Who>();
     if let Some(w) = who {
         st.seen.note(&st.store, w, holding.as_deref()).await;

@@ -14,6 +14,7 @@ use fieldsync_store::{
 };
 
 use crate::api::{AppState, RequestBody, blocking, json_body, with_who};
+use crate::audit::{Note, Refusal};
 use crate::auth;
 use crate::error::ApiError;
 use crate::request_log::Who;
@@ -137,16 +138,29 @@ pub(crate) async fn redeem(
             &sha256_hex(&token),
             AUTO_SESSION_TTL_MS,
         )?;
-        let session = match redeemed {
-            Redeemed::Session(session) => session,
-            Redeemed::Unknown => {
-                return Err(ApiError::unauthorized("unknown or already used ticket"));
-            }
-            Redeemed::Expired => return Err(ApiError::unauthorized("expired ticket")),
-            Redeemed::Disabled(user) => {
-                return Err(ApiError::unauthorized(format!("user `{user}` is disabled")));
-            }
+        let refused = |message: &str| {
+            ApiError::unauthorized(message).audited(Note::new(
+                Refusal::TicketRefused,
+                &device.id,
+                "-",
+                message,
+            ))
         };
+        let session =
+            match redeemed {
+                Redeemed::Session(session) => session,
+                Redeemed::Unknown => return Err(refused("unknown or already used ticket")),
+                Redeemed::Expired => return Err(refused("expired ticket")),
+                Redeemed::Disabled(user) => {
+                    return Err(ApiError::unauthorized(format!("user `{user}` is disabled"))
+                        .audited(Note::new(
+                            Refusal::UserDisabled,
+                            &device.id,
+                            &user,
+                            "a ticket redeemed",
+                        )));
+                }
+            };
         let SessionScope::Auto { task } = session.scope else {
             return Err(ApiError::internal("a redeemed session is automatic"));
         };

@@ -4,6 +4,7 @@
 //! engine (a folder each, beside the engine-neutral code). Nothing here knows about
 //! HTTP.
 
+mod audit;
 mod catalog;
 mod delta;
 mod dialect;
@@ -15,6 +16,7 @@ mod postgres;
 mod resolve;
 pub mod sample;
 mod throttle;
+pub use audit::{AuditRecord, Audits, NewAudit};
 pub use throttle::{Throttle, Throttles};
 mod sqlite;
 
@@ -36,8 +38,8 @@ pub use sqlite::SqliteStore;
 /// they need no import).
 pub mod prelude {
     pub use crate::{
-        Catalog, Files, History, KeyBlocks, Schema, Slices, SourceData, Store, Tickets, Tracking,
-        Uploads,
+        Audits, Catalog, Files, History, KeyBlocks, Schema, Slices, SourceData, Store, Tickets,
+        Tracking, Uploads,
     };
 }
 
@@ -345,11 +347,14 @@ pub trait SliceSink {
 /// is blocking; servers call it from a blocking thread. Callers hold a `dyn Store`,
 /// whose methods are the concern traits' (implemented by every type that has all).
 pub trait Store:
-    Catalog + Tickets + SourceData + History + Files + Throttles + Send + Sync
+    Catalog + Tickets + SourceData + History + Files + Throttles + Audits + Send + Sync
 {
 }
 
-impl<T: Catalog + Tickets + SourceData + History + Files + Throttles + Send + Sync> Store for T {}
+impl<T> Store for T where
+    T: Catalog + Tickets + SourceData + History + Files + Throttles + Audits + Send + Sync
+{
+}
 
 /// fieldsync's own records: users, devices, tasks and their assignments, sessions.
 pub trait Catalog {

@@ -2165,6 +2165,10 @@ use keys::key_blocks_reserved_topped_up_and_void_when_revoked;
 #[path = "conformance/files.rs"]
 mod files;
 use files::files_attach_list_detach_and_slice;
+/// The audit log: `audit::audit_newest_first_and_bounded`.
+#[path = "conformance/audit.rs"]
+mod audit;
+use audit::audit_newest_first_and_bounded;
 
 macro_rules! conformance {
     (both: [$($check:ident),* $(,)?], postgres_only: [$($pg:ident),* $(,)?] $(,)?) => {
@@ -2209,6 +2213,7 @@ conformance! {
         tickets_issue_renew_redeem,
         key_blocks_reserved_topped_up_and_void_when_revoked,
         files_attach_list_detach_and_slice,
+        audit_newest_first_and_bounded,
     ],
     postgres_only: [
         upload_gives_up_on_a_row_the_office_holds,

@@ -86,7 +86,7 @@ impl Server {
     }
 
     /// Starts the server; with `quiet`, its stderr is passed on without the request
-    /// log's lines (one per request: they would bury a failing test's message).
+    /// log's and the audit log's lines (one per request: they would bury a failing test's message).
     fn launch(mut program: Command, db_url: &str, flags: &[&str], quiet: bool) -> Server {
         if program.get_program() != BIN {
             program.arg(BIN);
@@ -104,6 +104,7 @@ impl Server {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if !line.contains(" fieldsync::request: ")
                         && !line.contains(" fieldsync::sync: ")
+                        && !line.contains(" fieldsync::audit: ")
                     {
                         eprintln!("{line}");
                     }

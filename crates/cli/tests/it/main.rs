@@ -3,6 +3,7 @@
 
 mod abuse;
 mod admin;
+mod audit;
 mod authz;
 mod autosync;
 mod conflicts;

@@ -15,8 +15,10 @@
 //! Files along the store's seams: `pool.rs` the connection pool, `schema.rs`
 //! fieldsync's objects and the epoch, `catalog.rs` users, devices, tasks and sessions,
 //! `tickets.rs` auto-sync tickets, `tracking.rs` the triggers and table checks, `slice.rs` the slice stream,
-//! `integrate/` uploads, `history.rs` the sync history and the conflict log.
+//! `integrate/` uploads, `history.rs` the sync history and the conflict log, `audit.rs`
+//! the audit log.
 
+mod audit;
 mod catalog;
 mod files;
 mod history;

@@ -195,6 +195,17 @@ CREATE TABLE IF NOT EXISTS fieldsync.files (
     UNIQUE (tbl, pk, name)
 );
 CREATE INDEX IF NOT EXISTS files_by_sha256 ON fieldsync.files (sha256);
+-- Schema 4: the audit log (`audit.rs`): administrators' changes, refused
+-- authentications; `at` is the database's clock (ms). Only the newest entries are kept.
+CREATE TABLE IF NOT EXISTS fieldsync.audit (
+    id bigserial PRIMARY KEY,
+    at bigint NOT NULL,
+    kind text NOT NULL,
+    actor text NOT NULL,
+    subject text NOT NULL,
+    address text,
+    detail text NOT NULL
+);
 "#;
 
 impl Schema for PgStore {

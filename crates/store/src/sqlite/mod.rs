@@ -9,7 +9,8 @@
 //! Files along the store's seams: `schema.rs` fieldsync's objects and the epoch,
 //! `catalog.rs` users, devices, tasks and sessions, `tickets.rs` auto-sync tickets,
 //! `tracking.rs` the triggers and table checks, `slice.rs` the slice stream,
-//! `integrate.rs` uploads, `history.rs` the sync history and the conflict log.
+//! `integrate.rs` uploads, `history.rs` the sync history and the conflict log,
+//! `audit.rs` the audit log.
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::time::Timestamp;
 use rusqlite::{Connection, OpenFlags};
 
+mod audit;
 mod catalog;
 mod files;
 mod history;

@@ -189,6 +189,17 @@ CREATE TABLE IF NOT EXISTS fieldsync_files (
     UNIQUE (tbl, pk, name)
 );
 CREATE INDEX IF NOT EXISTS fieldsync_files_by_sha256 ON fieldsync_files (sha256);
+-- Schema 4: the audit log (`audit.rs`): administrators' changes, refused
+-- authentications; `at` is the database's clock (ms). Only the newest entries are kept.
+CREATE TABLE IF NOT EXISTS fieldsync_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    address TEXT,
+    detail TEXT NOT NULL
+);
 "#;
 
 impl Schema for SqliteStore {

@@ -68,25 +68,19 @@ impl UreqTransport {
     /// A transport with the system's certificate authorities for `https://`.
     pub fn new(config: &ClientConfig) -> UreqTransport {
         UreqTransport::with_ca(config, None).unwrap_or_else(|_| UreqTransport {
-            agent: UreqTransport::builder(config).build(),
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(config.connect_timeout)
+                .timeout_read(config.read_timeout)
+                .timeout_write(config.read_timeout)
+                .build(),
         })
     }
 
     /// A transport trusting also `ca_pem` (PEM text, `device pair --ca-cert`) for
     /// `https://`; an error says why the PEM cannot be used.
     pub fn with_ca(config: &ClientConfig, ca_pem: Option<&str>) -> Result<UreqTransport, String> {
-        let tls = crate::tls::client_config(ca_pem)?;
-        let agent = UreqTransport::builder(config)
-            .tls_connector(std::sync::Arc::new(crate::tls::Connector(tls)))
-            .build();
+        let agent = fieldsync_https::agent(config.connect_timeout, config.read_timeout, ca_pem)?;
         Ok(UreqTransport { agent })
-    }
-
-    fn builder(config: &ClientConfig) -> ureq::AgentBuilder {
-        ureq::AgentBuilder::new()
-            .timeout_connect(config.connect_timeout)
-            .timeout_read(config.read_timeout)
-            .timeout_write(config.read_timeout)
     }
 }
 

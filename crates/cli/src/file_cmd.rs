@@ -16,8 +16,14 @@ use crate::output::print_list;
 #[derive(Args, Clone, Default)]
 pub struct FilesArg {
     /// Where attached files' content is kept: a folder (default: beside a SQLite
-    /// main database, `PATH.files`; a PostgreSQL one has no default)
-    #[arg(long = "files", env = "FIELDSYNC_FILES", value_name = "DIR")]
+    /// main database, `PATH.files`; a PostgreSQL one has no default), or
+    /// s3://BUCKET/PREFIX in S3-compatible storage (AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL)
+    #[arg(
+        long = "files",
+        env = "FIELDSYNC_FILES",
+        value_name = "DIR|s3://BUCKET/PREFIX"
+    )]
     pub spec: Option<String>,
 }
 

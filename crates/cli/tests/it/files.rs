@@ -6,6 +6,7 @@ use crate::harness::*;
 
 mod device;
 mod outbox;
+mod s3;
 mod upload;
 
 /// The north task with files of its assets and inspections.

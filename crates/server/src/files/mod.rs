@@ -1,15 +1,18 @@
 //! The file store: the content of files attached to rows, named by SHA-256, behind
 //! [`FileStore`] (blocking; handlers call it from blocking threads). `folder.rs` is
-//! the local folder; the routes that serve a slice's files are in `routes.rs`.
+//! the local folder, `s3.rs` S3-compatible object storage; the routes that serve a
+//! slice's files are in `routes.rs`.
 
 mod folder;
 pub(crate) mod routes;
+mod s3;
 pub(crate) mod upload;
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 pub use folder::FolderStore;
+pub use s3::{S3Config, S3Store};
 
 use crate::api::AppState;
 
@@ -63,12 +66,16 @@ pub trait FileStore: Send + Sync {
     fn spool(&self) -> PathBuf;
 }
 
-/// Opens the store `spec` names: a folder path (created when missing).
+/// Opens the store `spec` names: `s3://BUCKET/PREFIX` (configured from the
+/// environment, `s3.rs`) or a folder path (created when missing).
 pub fn open(spec: &str) -> Result<Box<dyn FileStore>, FileStoreError> {
+    if spec.starts_with("s3://") {
+        return Ok(Box::new(S3Store::from_env(spec)?));
+    }
     if spec.contains("://") {
         return Err(FileStoreError::Io(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("`{spec}`: only a local folder is supported by this build"),
+            format!("`{spec}`: a folder or s3://BUCKET/PREFIX"),
         )));
     }
     Ok(Box::new(FolderStore::new(PathBuf::from(spec))?))

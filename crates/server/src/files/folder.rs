@@ -2,7 +2,7 @@
 //! content written under `tmp/` and linked into place only once its hash is right.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use super::{FileStore, FileStoreError};
@@ -43,7 +43,6 @@ impl FileStore for FolderStore {
     }
 
     fn put(&self, sha256: &str, content: &mut dyn Read) -> Result<u64, FileStoreError> {
-        use sha2::Digest;
         let path = self.path(sha256)?;
         if let Some(n) = self.size(sha256)? {
             return Ok(n);
@@ -53,28 +52,7 @@ impl FileStore for FolderStore {
             .join("tmp")
             .join(format!("{sha256}.{}", fieldsync_store::random_hex(8)));
         let written = (|| -> Result<u64, FileStoreError> {
-            let mut out = File::create_new(&tmp)?;
-            let mut hasher = sha2::Sha256::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut n_bytes = 0u64;
-            loop {
-                let n = match content.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e.into()),
-                };
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n])?;
-                n_bytes += n as u64;
-            }
-            let actual = fieldsync_store::hex(&hasher.finalize());
-            if actual != sha256 {
-                return Err(FileStoreError::HashMismatch {
-                    expected: sha256.to_string(),
-                    actual,
-                });
-            }
+            let (out, n_bytes) = super::spool_verified(content, &tmp, sha256)?;
             out.sync_all()?;
             fs::create_dir_all(path.parent().expect("objects have a folder"))?;
             // Create-only: a link fails where the object already is (another writer

@@ -89,6 +89,41 @@ pub fn default_spec(db_url: &str) -> Option<String> {
     (!path.is_empty()).then(|| format!("{}.files", Path::new(path).display()))
 }
 
+/// Copies what `content` yields into a new file at `path`, hashing it on the way;
+/// its size, or [`FileStoreError::HashMismatch`] when it is not `sha256`'s content
+/// (the file is then the caller's to delete).
+pub(crate) fn spool_verified(
+    content: &mut dyn Read,
+    path: &Path,
+    sha256: &str,
+) -> Result<(std::fs::File, u64), FileStoreError> {
+    use sha2::Digest;
+    use std::io::Write;
+    let mut out = std::fs::File::create_new(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n_bytes = 0u64;
+    loop {
+        let n = match content.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        n_bytes += n as u64;
+    }
+    let actual = fieldsync_store::hex(&hasher.finalize());
+    if actual != sha256 {
+        return Err(FileStoreError::HashMismatch {
+            expected: sha256.to_string(),
+            actual,
+        });
+    }
+    Ok((out, n_bytes))
+}
+
 /// The SHA-256 (hex) and size of what `r` yields, read in blocks.
 pub fn hash_reader(r: &mut dyn Read) -> io::Result<(String, u64)> {
     use sha2::Digest;

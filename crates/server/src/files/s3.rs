@@ -11,7 +11,7 @@
 //! system's temporary folder).
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -213,28 +213,7 @@ impl FileStore for S3Store {
             .spool
             .join(format!("put-{sha256}.{}", fieldsync_store::random_hex(8)));
         let result = (|| {
-            let mut out = File::create_new(&spooled)?;
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut n_bytes = 0u64;
-            loop {
-                let n = match content.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e.into()),
-                };
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n])?;
-                n_bytes += n as u64;
-            }
-            let actual = fieldsync_store::hex(&hasher.finalize());
-            if actual != sha256 {
-                return Err(FileStoreError::HashMismatch {
-                    expected: sha256.to_string(),
-                    actual,
-                });
-            }
+            let (_, n_bytes) = super::spool_verified(content, &spooled, sha256)?;
             let body = File::open(&spooled)?;
             self.request("PUT", &path, sha256)
                 .set("content-length", &n_bytes.to_string())

@@ -102,9 +102,13 @@ fn column_value(name: &str) -> Value {
 fn filter_text(text: &str) -> Result<(), filter::FilterError> {
     let expr = filter::parse(text)?;
     let canonical = expr.to_string();
-    match filter::parse(&canonical) {
-        Ok(again) => assert_eq!(again, expr, "the canonical text {canonical:?} reads back"),
-        Err(e) => panic!("the canonical text {canonical:?} does not parse: {e}"),
+    // The canonical text may be longer than the source (`a=1` prints as `a = 1`); past
+    // the length limit it is refused like any long filter.
+    if canonical.len() <= filter::MAX_FILTER_BYTES {
+        match filter::parse(&canonical) {
+            Ok(again) => assert_eq!(again, expr, "the canonical text {canonical:?} reads back"),
+            Err(e) => panic!("the canonical text {canonical:?} does not parse: {e}"),
+        }
     }
     let _ = expr.columns();
     let _ = expr.uses_param(filter::Param::User);

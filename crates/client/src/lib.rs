@@ -7,6 +7,8 @@ pub mod autosync;
 mod config;
 mod error;
 mod files;
+#[doc(hidden)]
+pub mod fuzz;
 mod http;
 mod journal;
 mod outbox;

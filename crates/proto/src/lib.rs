@@ -4,6 +4,8 @@
 pub mod conflict;
 pub mod filter;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod password;
 pub mod stream;
 pub mod task;

@@ -263,7 +263,9 @@ impl fmt::Display for Pattern {
 }
 
 /// Prints the canonical source of the filter, which [`parse`] reads back to an equal
-/// expression.
+/// expression when it is within [`MAX_FILTER_BYTES`]: it may be longer than the source
+/// it was parsed from (`a=1` prints as `a = 1`), so a filter near the
+/// limit can print past it.
 impl fmt::Display for Expr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let not = |negated: bool| if negated { " NOT" } else { "" };

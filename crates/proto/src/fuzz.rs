@@ -46,7 +46,7 @@ pub fn upload_body(body: &[u8]) -> Result<Upload, UploadBodyError> {
     upload_body::decode(Some(&crc), body, &UploadLimits::PUBLISHED)
 }
 
-/// Parses and checks a task file as `admin task add` does (a file that is not UTF-8 is
+/// Parses and checks a task file as `admin task apply` does (a file that is not UTF-8 is
 /// refused before the parser, as reading it to a string does), then compiles each
 /// table's filter as the store does.
 pub fn task_file(bytes: &[u8]) -> Result<TaskDef, TaskError> {

@@ -189,6 +189,28 @@ fn files_go_down_to_devices_and_up_from_them(sw: &Seaweed) {
     .ok();
     let sha = sha256_of(&drawing);
     assert_eq!(sw.object(&format!("site-a/{sha}")), Some(drawing.clone()));
+    // And one of a south asset, outside the device's slice.
+    let south = office.value("SELECT min(id) FROM assets WHERE region = 'south'");
+    let secret_plan = b"the south pump's drawing".repeat(100);
+    let south_file = office.dir.0.join("south.pdf");
+    std::fs::write(&south_file, &secret_plan).unwrap();
+    admin(
+        &office,
+        &env,
+        &[
+            "file",
+            "attach",
+            "assets",
+            &south,
+            south_file.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let south_sha = sha256_of(&secret_plan);
+    assert_eq!(
+        sw.object(&format!("site-a/{south_sha}")),
+        Some(secret_plan.clone())
+    );
 
     // Read from an offset, as a resumed fetch does (a range request, signed).
     let store = fieldsync_server::files::S3Store::new(fieldsync_server::files::S3Config {
@@ -227,6 +249,25 @@ fn files_go_down_to_devices_and_up_from_them(sw: &Seaweed) {
         .join(&north)
         .join("drawing.pdf");
     assert_eq!(std::fs::read(got).unwrap(), drawing);
+    // The south file never came, and asking for it by hand reads as an unknown file.
+    assert!(!dev.path().join("files/by-row/assets").join(&south).exists());
+    assert!(!dev.path().join("files/objects").join(&south_sha).exists());
+    let (status, refused, _) =
+        super::get(&office, &dev, &format!("/api/v1/files/{south_sha}"), None);
+    assert_eq!(status, 404);
+    let (_, unknown, _) = super::get(
+        &office,
+        &dev,
+        &format!("/api/v1/files/{}", "ab".repeat(32)),
+        None,
+    );
+    assert_eq!(refused, unknown);
+    // A second fetch moves nothing.
+    let again = dev.run(&["files"], "").ok();
+    assert!(
+        again.stdout.contains("files: 0 fetched, 0 byte(s)"),
+        "{again:?}"
+    );
 
     // A photo taken on the device goes up with the send and lands in the bucket.
     let photo = b"a photo of the pump, taken offline".repeat(500);

@@ -167,22 +167,6 @@ fn zstd(text: &[u8]) -> Vec<u8> {
     zstd::encode_all(text, 3).unwrap()
 }
 
-/// CRC-32 (IEEE), as the upload header carries it.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// GET /health every 100 ms until stopped: the slowest answer, and any that was not
 /// 200 or took over 1 s.
 fn watch_health(
@@ -390,7 +374,13 @@ fn hostile_bodies_get_4xx_or_a_close_and_the_server_keeps_serving() {
                 |case: &str| format!("{method} {route} (credentials: {authenticated}): {case}");
             // Random bytes.
             let body = garbage(4096, 7);
-            let head = target.head(method, route, &creds(&target), 4096, crc32(&body));
+            let head = target.head(
+                method,
+                route,
+                &creds(&target),
+                4096,
+                fieldsync_proto::upload_body::crc32(&body),
+            );
             let end = target.send(&head, std::iter::once(body), patience);
             assert_refused(&what("random bytes"), &end);
             seen.push(format!("{}: {end:?}", what("random bytes")));
@@ -431,7 +421,7 @@ fn hostile_bodies_get_4xx_or_a_close_and_the_server_keeps_serving() {
                     route,
                     &creds(&target),
                     body.len() as u64,
-                    crc32(&body),
+                    fieldsync_proto::upload_body::crc32(&body),
                 );
                 let end = target.send(&head, std::iter::once(body), patience);
                 assert_refused(&what(&format!("nested JSON {i}")), &end);

@@ -41,7 +41,7 @@ fn post_upload(url: &str, dev: &DeviceDir, body: &[u8]) -> (u16, String) {
          x-fieldsync-device-secret: {secret}\r\nAuthorization: Bearer {token}\r\n\
          x-fieldsync-body-crc32: {:08x}\r\ncontent-type: application/x-fieldsync-upload+zstd\r\n\r\n",
         body.len(),
-        crc32(body)
+        fieldsync_proto::upload_body::crc32(body)
     );
     stream.write_all(head.as_bytes()).unwrap();
     // The server may answer before the whole body is in (a refusal): ignore a reset.
@@ -55,22 +55,6 @@ fn post_upload(url: &str, dev: &DeviceDir, body: &[u8]) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (status, answer)
-}
-
-/// CRC-32 (IEEE), as the upload header carries it.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// zstd-compresses what `write` writes, as it goes (a bomb is never whole in memory).

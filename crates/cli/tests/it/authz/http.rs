@@ -109,22 +109,6 @@ pub(super) fn login(url: &str, device: &(String, String), user: &'static str) ->
     )
 }
 
-/// CRC-32 (IEEE), as the upload header carries it.
-pub(super) fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// An upload body of `task` carrying `entries` (JSON texts): the compressed body and
 /// its headers.
 pub(super) fn upload(task: &str, entries: &[String]) -> (Vec<u8>, Vec<(&'static str, String)>) {
@@ -135,7 +119,10 @@ pub(super) fn upload(task: &str, entries: &[String]) -> (Vec<u8>, Vec<(&'static 
     );
     let body = zstd::encode_all(json.as_bytes(), 3).unwrap();
     let headers = vec![
-        ("x-fieldsync-body-crc32", format!("{:08x}", crc32(&body))),
+        (
+            "x-fieldsync-body-crc32",
+            format!("{:08x}", fieldsync_proto::upload_body::crc32(&body)),
+        ),
         ("x-fieldsync-upload-id", id),
         (
             "content-type",

@@ -171,9 +171,9 @@ impl Device {
         notes(&WatchNote::Ended(outcome, message.unwrap_or_default()));
         // The office revoked this device: its data goes now, and the watcher ends
         // (nothing is left to synchronize).
-        match result.as_ref().err().and_then(ClientError::revoked) {
-            Some(keep_changes) => Err(self.wipe_revoked(keep_changes)),
-            None => Ok(()),
+        match result {
+            Err(e) if e.revoked().is_some() => Err(self.wiped_if_revoked(e)),
+            _ => Ok(()),
         }
     }
 

@@ -15,6 +15,16 @@ use crate::{Device, journal, replica};
 const KEPT: &[&str] = &["lock"];
 
 impl Device {
+    /// `e`, unless it is the server's `revoked`: then the wipe it orders is done
+    /// ([`Device::wipe_revoked`]) and its outcome returned instead. For whatever
+    /// contacts the server outside a command (the watcher, an app's UI).
+    pub fn wiped_if_revoked(&self, e: ClientError) -> ClientError {
+        match e.revoked() {
+            Some(keep_changes) => self.wipe_revoked(keep_changes),
+            None => e,
+        }
+    }
+
     /// Does what the server's `revoked` answer ([`ClientError::Revoked`]) orders:
     /// under the folder lock, backs up the unsent changes if `keep_changes`, deletes
     /// the rest and answers [`ClientError::Wiped`]. A folder busy with another

@@ -33,10 +33,7 @@ fn unless_revoked<T>(
     device: &Device,
     r: fieldsync_client::Result<T>,
 ) -> fieldsync_client::Result<T> {
-    r.map_err(|e| match e.revoked() {
-        Some(keep_changes) => device.wipe_revoked(keep_changes),
-        None => e,
-    })
+    r.map_err(|e| device.wiped_if_revoked(e))
 }
 
 fn answer(device: &Device, request: Request, cancel: &Cancel, replies: &Sender<Reply>) -> Reply {

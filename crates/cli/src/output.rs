@@ -140,7 +140,16 @@ pub fn progress_line(p: &Progress, elapsed: Duration, ended: bool) -> String {
             "-".repeat((width - filled) as usize),
         ));
     }
-    line.push_str(&format!(" {}/{} {}", p.done, p.total, p.unit));
+    let in_bytes = p.unit == "bytes";
+    if in_bytes {
+        line.push_str(&format!(
+            " {} of {}",
+            bytes_text(p.done),
+            bytes_text(p.total)
+        ));
+    } else {
+        line.push_str(&format!(" {}/{} {}", p.done, p.total, p.unit));
+    }
     if let Some(b) = p.bytes {
         line.push_str(&format!(", {}", bytes_text(b)));
     }
@@ -149,7 +158,10 @@ pub fn progress_line(p: &Progress, elapsed: Duration, ended: bool) -> String {
         line.push_str(&format!(" in {}", duration_text(elapsed)));
     } else if p.unit != "steps" && secs >= 0.5 && p.done > 0 {
         let rate = p.done as f64 / secs;
-        line.push_str(&format!(", {:.0} {}/s", rate, p.unit));
+        match in_bytes {
+            true => line.push_str(&format!(", {}/s", bytes_text(rate as u64))),
+            false => line.push_str(&format!(", {:.0} {}/s", rate, p.unit)),
+        }
         if p.total > p.done {
             let left = Duration::from_secs_f64((p.total - p.done) as f64 / rate);
             line.push_str(&format!(", {} left", duration_text(left)));
@@ -289,6 +301,19 @@ mod tests {
             false,
         );
         assert_eq!(retry, "retry    attempt 2 of 3");
+    }
+
+    #[test]
+    fn content_in_bytes_reads_as_sizes_and_a_byte_rate() {
+        let line = progress_line(
+            &p(Phase::Send, 3_000_000, 12_000_000, "bytes", None),
+            Duration::from_secs(2),
+            false,
+        );
+        assert_eq!(
+            line,
+            "send     [#####---------------]  25% 3.0 MB of 12.0 MB, 1.5 MB/s, 6.0 s left"
+        );
     }
 
     #[test]

@@ -142,17 +142,22 @@ impl Api {
     }
 
     /// A file's content from `offset` (a range request when past 0); the answer says
-    /// whether the server honoured the range (206) or sends it whole (200).
+    /// whether the server honoured the range (206) or sends it whole (200). `trigger`
+    /// goes to the server's sync history.
     pub(crate) fn file_fetch(
         &self,
         creds: &Credentials<'_>,
         sha256: &str,
         offset: u64,
+        trigger: crate::Trigger,
     ) -> Result<Response> {
-        let headers = match offset {
-            0 => Vec::new(),
-            n => vec![("range", format!("bytes={n}-"))],
-        };
+        let mut headers = vec![(
+            fieldsync_proto::wire::HEADER_KIND,
+            trigger.as_str().to_string(),
+        )];
+        if offset > 0 {
+            headers.push(("range", format!("bytes={offset}-")));
+        }
         let path = format!("/api/v1/files/{sha256}");
         self.call("GET", &path, Some(creds), headers, None)
     }

@@ -222,12 +222,15 @@ impl Device {
 
 impl Api {
     /// Uploads a queued file's content from where the server stands (a cut upload
-    /// resumes), in pieces; returns the bytes moved.
+    /// resumes), in pieces; returns the bytes moved. `tick` hears the offset reached
+    /// after each piece; a cancel stops between pieces (the next send resumes there).
     pub(crate) fn file_upload(
         &self,
         creds: &Credentials<'_>,
         q: &QueuedFile,
         path: &Path,
+        cancel: &crate::Cancel,
+        tick: &mut dyn FnMut(u64),
     ) -> Result<u64> {
         let a = &q.attachment;
         let route = format!("/api/v1/files/{}/upload", a.sha256);
@@ -236,7 +239,11 @@ impl Api {
         let mut moved = 0u64;
         let mut f = fs::File::open(path)?;
         while !state.stored {
+            if cancel.is_cancelled() {
+                return Err(ClientError::Cancelled);
+            }
             let offset = state.received.min(a.size);
+            tick(offset);
             let len = (a.size - offset).min(PIECE_BYTES);
             let mut piece = Vec::with_capacity(len as usize);
             use std::io::Seek;
@@ -255,6 +262,7 @@ impl Api {
             let resp = self.call("PUT", &route, Some(creds), headers, Some(&piece))?;
             state = self.json(resp)?;
             moved += len;
+            tick(state.received.min(a.size));
             if !state.stored && state.received <= offset {
                 return Err(ClientError::Io(format!(
                     "the server took none of file `{}` from byte {offset}",

@@ -65,15 +65,24 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
     bounded(move || verify_now(&password, &hash))
 }
 
-thread_local! {
-    /// Each hashing thread's argon2 memory, allocated once and reused: a fresh 19 MiB
-    /// per verification left the allocator holding more than the threads need.
-    static BLOCKS: std::cell::RefCell<Vec<password::Block>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+/// The argon2 memory of the hashing threads, 19 MiB each, allocated once and reused:
+/// a fresh allocation per verification left the allocator holding more than needed.
+/// Shared rather than one per thread, so logins one after another (the usual case)
+/// keep one allocation whichever thread checks them; only logins at the same moment
+/// make a second (at most one per hashing thread).
+static BLOCKS: std::sync::Mutex<Vec<Vec<password::Block>>> = std::sync::Mutex::new(Vec::new());
 
-/// Checks `password` against a PHC string, computing in the thread's own blocks.
+/// Checks `password` against a PHC string, computing in blocks of [`BLOCKS`].
 fn verify_now(password: &str, hash: &str) -> bool {
-    BLOCKS.with_borrow_mut(|blocks| password::verify_in(password, hash, blocks))
+    let pool = || {
+        BLOCKS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let mut blocks = pool().pop().unwrap_or_default();
+    let ok = password::verify_in(password, hash, &mut blocks);
+    pool().push(blocks);
+    ok
 }
 
 /// Constant-time equality of two hex hashes.

@@ -77,6 +77,7 @@ impl Device {
         report.files.in_slice = list.len() as u64;
         let n_files = missing.len() as u64;
         let mut moved = 0u64;
+        let trigger = report.trigger;
         for (i, (sha256, size)) in missing.iter().enumerate() {
             if cancel.is_cancelled() {
                 report.bytes_down += moved;
@@ -94,7 +95,7 @@ impl Device {
                     })
                 };
                 fetch_one(
-                    &api, &creds, &dir, sha256, *size, cancel, &mut moved, &mut tick,
+                    &api, &creds, &dir, sha256, *size, trigger, cancel, &mut moved, &mut tick,
                 )
             });
             if let Err(e) = fetched {
@@ -130,6 +131,7 @@ fn fetch_one(
     dir: &FilesDir,
     sha256: &str,
     size: u64,
+    trigger: Trigger,
     cancel: &Cancel,
     moved: &mut u64,
     tick: &mut dyn FnMut(u64),
@@ -141,7 +143,7 @@ fn fetch_one(
         have = 0;
     }
     if have < size || size == 0 {
-        let resp = api.file_fetch(creds, sha256, have)?;
+        let resp = api.file_fetch(creds, sha256, have, trigger)?;
         let mut out = fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -108,14 +108,28 @@ impl Device {
             let all = outbox::queued(root)?;
             Ok(all.into_iter().filter(|q| q.task == info.task).collect())
         };
-        for q in queued_now()? {
+        // Their progress in bytes of content, before the entries'.
+        let files = queued_now()?;
+        let content_bytes: u64 = files.iter().map(|q| q.attachment.size).sum();
+        let mut content_done = 0u64;
+        for q in files {
             if cancel.is_cancelled() {
                 return Err(ClientError::Cancelled);
             }
             let content = outbox::content(root, &q.id);
-            let moved = with_retries(&self.config, progress, cancel, |_| {
-                api.file_upload(&creds, &q, &content)
+            let moved = with_retries(&self.config, progress, cancel, |progress| {
+                let mut tick = |offset: u64| {
+                    progress(&Progress {
+                        phase: Phase::Send,
+                        done: content_done + offset,
+                        total: content_bytes,
+                        unit: "bytes",
+                        bytes: None,
+                    })
+                };
+                api.file_upload(&creds, &q, &content, cancel, &mut tick)
             })?;
+            content_done += q.attachment.size;
             report.bytes_up += moved;
         }
         loop {

@@ -5,6 +5,7 @@
 
 use std::io::{self, Read};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::body::Body;
@@ -14,12 +15,13 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use fieldsync_proto::filter::Params;
 use fieldsync_proto::task::check_name;
-use fieldsync_proto::wire::{ErrorCode, FileEntry};
-use fieldsync_store::{FileRecord, SessionScope, Store, TaskRecord, is_sha256};
+use fieldsync_proto::time::Timestamp;
+use fieldsync_proto::wire::{ErrorCode, FileEntry, SyncOp};
+use fieldsync_store::{FileRecord, HistoryRecord, SessionScope, Store, TaskRecord, is_sha256};
 use tokio::sync::mpsc;
 
 use super::FileStore;
-use crate::api::{AppState, blocking, with_who};
+use crate::api::{AppState, blocking, op_and_trigger, with_who};
 use crate::download::ChannelBody;
 use crate::error::ApiError;
 use crate::request_log::Who;
@@ -114,6 +116,9 @@ pub(crate) async fn fetch(
         .get(header::RANGE)
         .map(|v| parse_range(v.to_str().unwrap_or("")))
         .transpose()?;
+    let (_, trigger) = op_and_trigger(&headers, SyncOp::Files)?;
+    let started = (Timestamp::now(), Instant::now());
+    let (store, metrics) = (st.store.clone(), st.metrics.clone());
     let (size, who) = blocking(move || {
         let (device, session, user) = auth::session(&*st.store, &headers)?;
         let files = file_store(&st)?;
@@ -129,16 +134,16 @@ pub(crate) async fn fetch(
                 .collect(),
             SessionScope::Auto { task: None } => Vec::new(),
         };
-        let mut allowed = false;
-        for task in &tasks {
-            if !slice_files(&*st.store, task, &user.name, &device.id, Some(&sha256))?.is_empty() {
-                allowed = true;
+        let mut allowed = None;
+        for task in tasks {
+            if !slice_files(&*st.store, &task, &user.name, &device.id, Some(&sha256))?.is_empty() {
+                allowed = Some(task.def.name);
                 break;
             }
         }
-        if !allowed {
+        let Some(task) = allowed else {
             return Err(unknown());
-        }
+        };
         let size = files
             .size(&sha256)
             .map_err(ApiError::internal)?
@@ -151,10 +156,10 @@ pub(crate) async fn fetch(
             device: device.id,
             user: user.name,
         };
-        Ok(((size, files, sha256), who))
+        Ok(((size, files, sha256, task), who))
     })
     .await?;
-    let (size, files, sha256) = size;
+    let (size, files, sha256, task) = size;
     let (start, end) = match range {
         None => (0, size),
         Some((start, _)) if start >= size && !(start == 0 && size == 0) => {
@@ -167,7 +172,31 @@ pub(crate) async fn fetch(
         }
         Some((start, last)) => (start, last.map_or(size, |l| (l + 1).min(size))),
     };
-    let body = stream(files, sha256, start, end - start)?;
+    let record = HistoryRecord {
+        device: who.device.clone(),
+        user: who.user.clone(),
+        task: Some(task),
+        op: SyncOp::Files,
+        trigger,
+        result: String::new(),
+        message: format!("file {sha256} from byte {start}"),
+        rows_down: 0,
+        rows_up: 0,
+        bytes_down: 0,
+        bytes_up: 0,
+        conflicts: 0,
+        started_at: started.0,
+        duration_ms: 0,
+        full: false,
+        full_reason: None,
+    };
+    let fetch = Fetch {
+        store,
+        metrics,
+        record,
+        started: started.1,
+    };
+    let body = stream(files, sha256, start, end - start, fetch)?;
     let mut response = Response::new(Body::new(body));
     let h = response.headers_mut();
     h.insert(
@@ -203,14 +232,37 @@ fn parse_range(text: &str) -> Result<(u64, Option<u64>), ApiError> {
     Ok((start, last))
 }
 
+/// One content fetch, recorded in the sync history (op `files`) when its stream ends.
+struct Fetch {
+    store: Arc<dyn Store>,
+    metrics: Arc<crate::metrics::Metrics>,
+    record: HistoryRecord,
+    started: Instant,
+}
+
+impl Fetch {
+    fn ended(mut self, result: &str, bytes: u64, why: Option<String>) {
+        let r = &mut self.record;
+        r.result = result.to_string();
+        r.bytes_down = bytes;
+        r.duration_ms = self.started.elapsed().as_millis() as u64;
+        if let Some(why) = why {
+            r.message = format!("{}: {why}", r.message);
+        }
+        crate::request_log::record_sync(&*self.store, &self.metrics, r);
+    }
+}
+
 /// `n_bytes` of object `sha256` from `start`, read by a blocking thread into a
 /// bounded channel: memory stays a few blocks whatever the file's size, and a client
-/// that goes away stops the read.
+/// that goes away stops the read. The history counts the bytes handed to the
+/// connection; a device that went away is a cancelled fetch.
 fn stream(
     files: Arc<dyn FileStore>,
     sha256: String,
     start: u64,
     n_bytes: u64,
+    fetch: Fetch,
 ) -> Result<ChannelBody, ApiError> {
     let (tx, rx) = mpsc::channel(CHANNEL_BLOCKS);
     tokio::task::spawn_blocking(move || {
@@ -219,23 +271,32 @@ fn stream(
             Ok(r) => r.take(n_bytes),
             Err(e) => {
                 send(Err(io::Error::other(e.to_string())));
-                return;
+                return fetch.ended("error", 0, Some(e.to_string()));
             }
         };
+        let mut sent = 0u64;
         loop {
             let mut buf = vec![0u8; BLOCK_BYTES];
             match reader.read(&mut buf) {
-                Ok(0) => return,
+                Ok(0) if sent < n_bytes => {
+                    let why = format!("the store ended after {sent} of {n_bytes} bytes");
+                    send(Err(io::Error::other(why.clone())));
+                    return fetch.ended("error", sent, Some(why));
+                }
+                Ok(0) => return fetch.ended("ok", sent, None),
                 Ok(n) => {
                     buf.truncate(n);
                     if !send(Ok(Bytes::from(buf))) {
-                        return;
+                        let why = "the device closed the transfer".to_string();
+                        return fetch.ended("cancelled", sent, Some(why));
                     }
+                    sent += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
+                    let why = e.to_string();
                     send(Err(e));
-                    return;
+                    return fetch.ended("error", sent, Some(why));
                 }
             }
         }

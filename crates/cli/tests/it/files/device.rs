@@ -189,8 +189,39 @@ fn a_large_file_cut_halfway_resumes_with_the_rest_only_in_bounded_memory() {
         big
     );
     assert!(!partial.exists());
+    // The server's history has each content fetch (op `files`): the last, the rest.
+    let history: Vec<serde_json::Value> =
+        serde_json::from_str(&office.admin(&["history", "--json"], "").ok().stdout).unwrap();
+    let fetches: Vec<&serde_json::Value> = history.iter().filter(|h| h["op"] == "files").collect();
+    let last = fetches.last().expect("a file fetch in the history");
+    assert_eq!(
+        (
+            &last["device"],
+            &last["task"],
+            &last["result"],
+            &last["kind"]
+        ),
+        (
+            &serde_json::json!("d1"),
+            &serde_json::json!("north-inspections"),
+            &serde_json::json!("ok"),
+            &serde_json::json!("manual")
+        ),
+        "{history:?}"
+    );
+    assert_eq!(last["bytes_down"].as_u64(), Some(rest), "{last:?}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("file {sha} from byte {have}")),
+        "{last:?}"
+    );
     let server_kb = office.server.peak_rss_kb();
-    eprintln!("files of {size} bytes: device peak {device_kb} kB, server peak {server_kb} kB");
+    eprintln!(
+        "file of {size} bytes: {moved} bytes moved after the cut at {have}, \
+         device peak {device_kb} kB, server peak {server_kb} kB"
+    );
     assert!(device_kb < 64 * 1024, "device peak {device_kb} kB");
     assert!(server_kb < 64 * 1024, "server peak {server_kb} kB");
 }
@@ -310,6 +341,18 @@ fn docking_with_download_files_brings_the_files_after_the_data() {
         photo
     );
     w.stop();
+    // The server's history says the device fetched it by itself.
+    let history: Vec<serde_json::Value> =
+        serde_json::from_str(&office.admin(&["history", "--json"], "").ok().stdout).unwrap();
+    let fetched: Vec<(&str, &str, u64)> = history
+        .iter()
+        .filter(|h| h["op"] == "files")
+        .map(|h| {
+            let s = |k: &str| h[k].as_str().unwrap();
+            (s("kind"), s("result"), h["bytes_down"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(fetched, [("auto", "ok", photo.len() as u64)], "{history:?}");
 }
 
 #[test]

@@ -293,6 +293,33 @@ fn files_go_down_to_devices_and_up_from_them(sw: &Seaweed) {
         .ok()
         .stdout;
     assert!(list.contains("pump.jpg"), "{list}");
+
+    // A large photo (`FIELDSYNC_FILES_BYTES`) goes up and comes down to another
+    // device through the bucket, in bounded memory on every side.
+    let n = super::device::large_bytes();
+    let big = super::device::content(n, 3);
+    let big_path = dev.path().join("survey.jpg");
+    std::fs::write(&big_path, &big).unwrap();
+    let big_path = big_path.to_str().unwrap();
+    dev.run(&["file", "attach", "assets", &north, big_path], "")
+        .ok();
+    let (sent, up_kb) = super::device::run_measured(&dev, &["send"], &[]);
+    assert_eq!(sent.code, 0, "{sent:?}");
+    let dev2 = office.device("tab2", &["north-inspections"]);
+    dev2.login("ana").ok();
+    let (got, down_kb) =
+        super::device::run_measured(&dev2, &["download", "north-inspections", "--files"], &[]);
+    assert_eq!(got.code, 0, "{got:?}");
+    let copy = dev2.path().join("files/objects").join(sha256_of(&big));
+    assert_eq!(std::fs::read(copy).unwrap(), big);
+    let server_kb = office.server.peak_rss_kb();
+    eprintln!(
+        "s3: a file of {n} bytes up and down: device peaks {up_kb} kB (send), \
+         {down_kb} kB (download), server peak {server_kb} kB"
+    );
+    for kb in [up_kb, down_kb, server_kb] {
+        assert!(kb < 64 * 1024, "peak {kb} kB");
+    }
 }
 
 fn a_wrong_key_or_a_missing_bucket_is_said_at_once(sw: &Seaweed) {

@@ -1,0 +1,473 @@
+//! The fleet console (`/admin`) in a real headless Chromium over WebDriver: log in,
+//! the fleet with a device that synced and one that failed, a conflict resolved
+//! (the main database changes), a task previewed and assigned, a device enrolled
+//! whose code pairs with the real binary; CSRF and non-admin refusals; each page's
+//! load time with 1,000 devices and 10,000 history rows. Screenshots at laptop and
+//! tablet widths go to the test's folder and `target/console-screenshots/`.
+
+mod browser;
+
+use std::time::{Duration, Instant};
+
+use browser::Browser;
+
+use crate::harness::*;
+
+const ADMIN: &str = "olga";
+const ADMIN_PW: &str = "olga-pw";
+const TASK: &str = "console-cells";
+
+/// An office with an administrator, a device `tab-ok` of ana's that synced (and got
+/// a conflict logged, server wins) and a device `tab-bad` whose send failed.
+fn office() -> (Office, DeviceDir, DeviceDir) {
+    let office = Office::new(30);
+    office
+        .admin(
+            &["user", "add", ADMIN, "--admin", "--password-stdin"],
+            &format!("{ADMIN_PW}\n"),
+        )
+        .ok();
+    office.execute_batch(
+        "INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes)
+         VALUES ('cell-1', 1, 'ana', '2026-05-01T08:00:00.000Z', 'ok', 'routine')",
+    );
+    let path = office.dir.0.join("cells.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"{TASK}\"\n[[tables]]\nname = \"inspections\"\nfilter = \"inspector = $user\"\n\
+             write = [\"insert\", \"update\", \"delete\"]\nconflict = \"server-wins\"\n"
+        ),
+    )
+    .unwrap();
+    office
+        .admin(&["task", "apply", path.to_str().unwrap()], "")
+        .ok();
+    office
+        .admin(&["task", "assign", TASK, "--user", "ana"], "")
+        .ok();
+    let ok = office.device("tab-ok", &[TASK]);
+    ok.login("ana").ok();
+    ok.run(&["download", TASK], "").ok();
+    office.execute_batch("UPDATE inspections SET notes = 'office note' WHERE id = 'cell-1'");
+    ok.replica()
+        .execute(
+            "UPDATE inspections SET notes = 'crew note' WHERE id = 'cell-1'",
+            [],
+        )
+        .unwrap();
+    ok.run(&["send"], "").ok();
+
+    let bad = office.device("tab-bad", &[NORTH]);
+    bad.login("ana").ok();
+    bad.run(&["download", NORTH], "").ok();
+    // A forged journal entry (a south asset, never in the slice): the send is refused
+    // whole and the server records it as an error.
+    let c = bad.replica();
+    let triggers: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    for t in triggers {
+        c.execute(&format!("DROP TRIGGER \"{t}\""), []).unwrap();
+    }
+    c.execute(
+        "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at)
+         VALUES ('assets', 2, 'update', '{\"name\":\"x\"}', '{\"name\":\"stolen\"}', 1, 'ana', '2026-11-26T00:00:00.000Z')",
+        [],
+    )
+    .unwrap();
+    let refused = bad.run(&["send"], "");
+    assert_ne!(refused.code, 0, "{refused:?}");
+    (office, ok, bad)
+}
+
+fn login(b: &Browser, url: &str, user: &str, pw: &str) {
+    b.goto(&format!("{url}/admin/login"));
+    b.fill("#user", user);
+    b.fill("#password", pw);
+    b.click("button[type=submit]");
+}
+
+#[test]
+fn the_console_shows_the_fleet_resolves_previews_assigns_and_enrolls() {
+    let (office, _ok, _bad) = office();
+    let url = office.server.url.clone();
+    let shots = TempDir::new("console-shots");
+    let b = Browser::start(&TempDir::new("chromium").0);
+
+    // Not logged in: every page leads to the login form.
+    b.goto(&format!("{url}/admin/conflicts"));
+    assert!(b.url().ends_with("/admin/login"), "{}", b.url());
+    b.screenshots(&shots.0, "login");
+
+    login(&b, &url, ADMIN, ADMIN_PW);
+    assert!(b.url().ends_with("/admin"), "{}", b.url());
+    let cookie = b
+        .cookies()
+        .into_iter()
+        .find(|c| c["name"] == "fieldsync_console")
+        .expect("a session cookie");
+    assert_eq!(cookie["httpOnly"], true, "{cookie}");
+    assert_eq!(cookie["sameSite"], "Strict", "{cookie}");
+
+    // The fleet: both devices, with how their last sync went.
+    let fleet = b.page_text();
+    assert!(
+        fleet.contains("tab-ok") && fleet.contains("tab-bad"),
+        "{fleet}"
+    );
+    let ok_row = b.text("tr:has(a[href='/admin/devices/tab-ok'])");
+    assert!(
+        ok_row.contains("send") && ok_row.contains("ok") && ok_row.contains("ana"),
+        "{ok_row}"
+    );
+    let bad_row = b.text("tr:has(a[href='/admin/devices/tab-bad'])");
+    assert!(bad_row.contains("error"), "{bad_row}");
+    assert!(bad_row.contains("not in the task's slice"), "{bad_row}");
+    b.screenshots(&shots.0, "fleet");
+
+    b.click("a[href='/admin/devices/tab-bad']");
+    let device = b.page_text();
+    assert!(
+        device.contains("Sync history") && device.contains("download"),
+        "{device}"
+    );
+    assert_eq!(b.count("tbody tr"), 2, "a download and the failed send");
+    b.screenshots(&shots.0, "device");
+
+    // The conflict: crew's and office's values side by side; take the crew's.
+    b.click("a[href='/admin/conflicts']");
+    let inbox = b.page_text();
+    assert!(inbox.contains("1 open"), "{inbox}");
+    assert!(
+        inbox.contains("crew note") && inbox.contains("office note"),
+        "{inbox}"
+    );
+    assert!(inbox.contains("server-wins"), "{inbox}");
+    b.screenshots(&shots.0, "conflicts");
+    let in_main = || office.value("SELECT notes FROM inspections WHERE id = 'cell-1'");
+    assert_eq!(in_main(), "office note");
+    b.click("form[action$='/resolve']:has(input[value=device]) button");
+    assert_eq!(
+        in_main(),
+        "crew note",
+        "the main database took the crew's value"
+    );
+    let after = b.page_text();
+    assert!(after.contains("0 open, 1 resolved"), "{after}");
+    let resolved = b.text("h2 + div table tbody tr");
+    assert!(
+        resolved.contains("the crew's values") && resolved.contains(ADMIN),
+        "{resolved}"
+    );
+    b.screenshots(&shots.0, "conflicts-resolved");
+
+    // A task: preview it for ana on tab-bad, then assign it to tab-ok.
+    b.goto(&format!("{url}/admin/tasks/{NORTH}"));
+    b.choose("#preview-user", "ana");
+    b.choose("#preview-device", "tab-bad");
+    b.click("form[method=get] button");
+    let assets =
+        office.value("SELECT count(*) FROM assets WHERE region = 'north' AND status <> 'retired'");
+    let preview = b.text("#preview");
+    let assets_row = b.text("#preview tbody tr:first-child");
+    assert!(preview.contains("Assigned to both"), "{preview}");
+    assert!(
+        assets_row.starts_with("assets") && assets_row.contains(&assets),
+        "{assets_row} vs {assets}"
+    );
+    b.screenshots(&shots.0, "task-preview");
+    b.choose("#assign-device", "tab-ok");
+    b.click("form[action$='/assign'] button");
+    let show = office
+        .admin(&["task", "show", NORTH, "--json"], "")
+        .ok()
+        .stdout;
+    let show: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert!(
+        show["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == "tab-ok"),
+        "{show}"
+    );
+    assert!(b.page_text().contains("Unassign tab-ok"));
+
+    // Enroll a device; its code pairs with the real binary.
+    b.goto(&format!("{url}/admin/people"));
+    b.screenshots(&shots.0, "people");
+    b.fill("#new-device", "tab-new");
+    b.fill("#new-label", "tablet of crew 3");
+    b.click("form[action='/admin/devices'] button");
+    let code = b.text("#enrollment-code");
+    assert_eq!(code.len(), 20, "{code}");
+    b.screenshots(&shots.0, "enrolled");
+    let dev = TempDir::new("tab-new");
+    let dir = dev.0.to_str().unwrap();
+    fieldsync(
+        &[
+            "device",
+            "pair",
+            "--server",
+            &url,
+            "--device-id",
+            "tab-new",
+            "--code",
+            &code,
+            "--dir",
+            dir,
+        ],
+        "",
+    )
+    .ok();
+    let again = fieldsync(
+        &[
+            "device",
+            "pair",
+            "--server",
+            &url,
+            "--device-id",
+            "tab-new",
+            "--code",
+            &code,
+            "--dir",
+            dir,
+        ],
+        "",
+    );
+    assert_ne!(again.code, 0, "a code pairs once: {again:?}");
+
+    // The audit log names the console's administrator.
+    let audit = office.admin(&["audit", "--json"], "").ok().stdout;
+    for kind in [
+        "admin.conflict.resolve",
+        "admin.task.assign",
+        "admin.device.add",
+    ] {
+        assert!(
+            audit.contains(kind) && audit.contains(&format!("\"actor\": \"{ADMIN}\"")),
+            "{kind}: {audit}"
+        );
+    }
+
+    // Log out: the session is gone.
+    b.click("form[action='/admin/logout'] button");
+    b.goto(&format!("{url}/admin"));
+    assert!(b.url().ends_with("/admin/login"), "{}", b.url());
+}
+
+/// A session cookie and its CSRF token, logged in over plain HTTP as a browser would.
+fn http_login(url: &str, user: &str, pw: &str) -> (u16, Option<String>) {
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let form = agent.get(&format!("{url}/admin/login")).call().unwrap();
+    let set = form.header("set-cookie").unwrap().to_string();
+    let login_cookie = set.split(';').next().unwrap().to_string();
+    let csrf = between(&form.into_string().unwrap(), "name=\"csrf\" value=\"", "\"");
+    let res = agent
+        .post(&format!("{url}/admin/login"))
+        .set("cookie", &login_cookie)
+        .send_form(&[("csrf", &csrf), ("user", user), ("password", pw)]);
+    let res = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let session = res
+        .all("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("fieldsync_console=") && !c.starts_with("fieldsync_console=;"))
+        .map(|c| c.split(';').next().unwrap().to_string());
+    (res.status(), session)
+}
+
+fn between(text: &str, start: &str, end: &str) -> String {
+    let at = text
+        .find(start)
+        .unwrap_or_else(|| panic!("no {start} in {text}"))
+        + start.len();
+    text[at..][..text[at..].find(end).unwrap()].to_string()
+}
+
+/// A console page over plain HTTP with `cookie`: status and body.
+fn page(url: &str, cookie: &str) -> (u16, String) {
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    match agent.get(url).set("cookie", cookie).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn post(url: &str, cookie: &str, form: &[(&str, &str)]) -> u16 {
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    match agent.post(url).set("cookie", cookie).send_form(form) {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(s, _)) => s,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn forms_without_the_csrf_token_and_non_admins_are_refused() {
+    let office = Office::new(10);
+    office
+        .admin(
+            &["user", "add", ADMIN, "--admin", "--password-stdin"],
+            &format!("{ADMIN_PW}\n"),
+        )
+        .ok();
+    let url = office.server.url.clone();
+    let (status, cookie) = http_login(&url, ADMIN, ADMIN_PW);
+    assert_eq!(status, 303);
+    let cookie = cookie.expect("a session");
+    let (_, people) = page(&format!("{url}/admin/people"), &cookie);
+    let csrf = between(&people, "name=\"csrf\" value=\"", "\"");
+    let users = || office.admin(&["user", "list", "--json"], "").ok().stdout;
+    let add = format!("{url}/admin/users");
+    let form = |token: Option<&str>| {
+        let mut f = vec![("name", "eve"), ("password", "eve-pw")];
+        if let Some(t) = token {
+            f.push(("csrf", t));
+        }
+        f
+    };
+    assert_eq!(post(&add, &cookie, &form(None)), 403, "no token");
+    assert_eq!(
+        post(&add, &cookie, &form(Some(&"0".repeat(64)))),
+        403,
+        "another token"
+    );
+    assert!(!users().contains("\"eve\""), "nothing was added");
+    // The login form is refused without its own token too.
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let bare = agent
+        .post(&format!("{url}/admin/login"))
+        .send_form(&[("user", ADMIN), ("password", ADMIN_PW)]);
+    assert!(matches!(bare, Err(ureq::Error::Status(403, _))), "{bare:?}");
+    // With the token, the same form passes.
+    assert_eq!(post(&add, &cookie, &form(Some(&csrf))), 303);
+    assert!(users().contains("\"eve\""));
+
+    // A user who is not an administrator gets no session, in a browser too.
+    let (status, session) = http_login(&url, "ana", "ana-pw");
+    assert_eq!((status, session), (403, None));
+    let b = Browser::start(&TempDir::new("chromium").0);
+    login(&b, &url, "ana", "ana-pw");
+    assert!(
+        b.page_text().contains("not an administrator"),
+        "{}",
+        b.page_text()
+    );
+    assert!(b.cookies().iter().all(|c| c["name"] != "fieldsync_console"));
+    b.goto(&format!("{url}/admin"));
+    assert!(b.url().ends_with("/admin/login"), "{}", b.url());
+    // An administrator disabled while logged in loses the console at once.
+    office.admin(&["user", "disable", ADMIN], "").ok();
+    assert_eq!(page(&format!("{url}/admin"), &cookie).0, 303);
+}
+
+#[test]
+fn console_logins_are_throttled_like_devices() {
+    let office = Office::new(5);
+    office
+        .admin(
+            &["user", "add", ADMIN, "--admin", "--password-stdin"],
+            &format!("{ADMIN_PW}\n"),
+        )
+        .ok();
+    let url = office.server.url.clone();
+    for _ in 0..5 {
+        assert_eq!(http_login(&url, ADMIN, "wrong").0, 401);
+    }
+    // The right password is refused unchecked while the user's count holds.
+    assert_eq!(http_login(&url, ADMIN, ADMIN_PW), (429, None));
+    let audit = office.admin(&["audit", "--json"], "").ok().stdout;
+    assert!(audit.contains("auth.login-throttled"), "{audit}");
+}
+
+#[test]
+fn every_page_loads_fast_with_1000_devices_and_10000_history_rows() {
+    let office = Office::new(50);
+    office
+        .admin(
+            &["user", "add", ADMIN, "--admin", "--password-stdin"],
+            &format!("{ADMIN_PW}\n"),
+        )
+        .ok();
+    let store = fieldsync_store::open(&office.db_url).unwrap();
+    let now = fieldsync_proto::time::Timestamp::now();
+    for i in 0..1000 {
+        store
+            .device_add(&fieldsync_store::DeviceRecord {
+                id: format!("tab-{i:04}"),
+                label: Some(format!("tablet {i}")),
+                code_hash: None,
+                secret_hash: Some("x".into()),
+                revoked: false,
+                keep_changes: false,
+                created_at: now,
+                paired_at: Some(now.plus_ms(-10 * 86_400_000)),
+            })
+            .unwrap();
+    }
+    for i in 0..10_000_i64 {
+        store
+            .history_record(&fieldsync_store::HistoryRecord {
+                device: format!("tab-{:04}", i % 1000),
+                user: "ana".into(),
+                task: Some(NORTH.into()),
+                op: fieldsync_proto::wire::SyncOp::Sync,
+                trigger: fieldsync_proto::wire::Trigger::Manual,
+                result: if i % 7 == 0 { "error" } else { "ok" }.into(),
+                message: String::new(),
+                rows_down: 120,
+                rows_up: 3,
+                bytes_down: 40_000,
+                bytes_up: 900,
+                conflicts: 0,
+                started_at: now.plus_ms(-i * 60_000),
+                duration_ms: 350,
+                full: false,
+                full_reason: None,
+            })
+            .unwrap();
+    }
+    let url = office.server.url.clone();
+    let cookie = http_login(&url, ADMIN, ADMIN_PW).1.unwrap();
+    let mut report = vec![];
+    for path in [
+        "/admin",
+        "/admin/devices/tab-0007",
+        "/admin/conflicts",
+        "/admin/tasks",
+        &format!("/admin/tasks/{NORTH}?user=ana&device=tab-0007"),
+        "/admin/people",
+    ] {
+        let started = Instant::now();
+        let (status, body) = page(&format!("{url}{path}"), &cookie);
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{path}: {body}");
+        report.push(format!(
+            "{path}: {} ms, {} kB",
+            took.as_millis(),
+            body.len() / 1000
+        ));
+        assert!(took < Duration::from_secs(3), "{path} took {took:?}");
+        if path == "/admin" {
+            assert_eq!(
+                body.matches("<tr").count(),
+                1001,
+                "every device and the header"
+            );
+        }
+    }
+    eprintln!(
+        "console page loads (1,000 devices, 10,000 history rows):\n  {}",
+        report.join("\n  ")
+    );
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const ELEMENT: &str = "element-6066-11e4-a52f-4a6fb3ad2b8e";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// Laptop and tablet widths (CSS pixels) the screenshots are taken at.
 pub const WIDTHS: [(&str, u32, u32); 2] = [("laptop", 1366, 900), ("tablet", 820, 1180)];
@@ -114,7 +114,10 @@ impl Browser {
             "/element",
             Some(json!({"using": "css selector", "value": css})),
         );
-        v[ELEMENT].as_str().unwrap().to_string()
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
     }
 
     pub fn count(&self, css: &str) -> usize {
@@ -136,14 +139,31 @@ impl Browser {
         );
     }
 
+    /// Clicks a link or a form's button and waits (up to 10 s) for the next page: the
+    /// old page's root element gone stale.
     pub fn click(&self, css: &str) {
+        let root = self.find("html");
+        self.tap(css);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let url = format!("{}/session/{}/element/{root}/name", self.base, self.session);
+        while ureq::get(&url).call().is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "no new page after clicking {css}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Clicks an element that does not leave the page.
+    fn tap(&self, css: &str) {
         let e = self.find(css);
         self.call("POST", &format!("/element/{e}/click"), Some(json!({})));
     }
 
     /// Chooses the option of the `<select>` at `css` whose value is `value`.
     pub fn choose(&self, css: &str, value: &str) {
-        self.click(&format!("{css} option[value=\"{value}\"]"));
+        self.tap(&format!("{css} option[value=\"{value}\"]"));
     }
 
     pub fn text(&self, css: &str) -> String {

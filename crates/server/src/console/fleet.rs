@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use fieldsync_proto::time::Timestamp;
 use fieldsync_store::{DeviceRecord, DeviceSeen, HistoryRecord};
 
-use super::html::{self, bytes, esc, seg};
+use super::html::{self, bytes, esc, seg, when};
 use super::{Admin, Failure, Page, blocking, html_response};
 use crate::api::AppState;
 
@@ -96,7 +96,7 @@ fn sync_cells(h: Option<&HistoryRecord>) -> String {
     format!(
         r#"<td>{} <span class="muted">{}</span></td><td>{}</td><td>{}{}</td><td class="num">{} ↓ / {} ↑</td><td class="num">{} ↓ / {} ↑</td><td class="num">{} ms</td>"#,
         esc(h.op.as_str()),
-        h.started_at,
+        when(h.started_at),
         esc(h.trigger.as_str()),
         result_cell(&h.result),
         if h.message.is_empty() {
@@ -167,7 +167,7 @@ pub async fn fleet(State(st): State<AppState>, admin: Admin) -> Page {
             esc(&d.id),
             s.map_or("-".into(), |s| esc(&s.user)),
             s.and_then(|s| s.task.as_deref()).map_or("-".into(), esc),
-            s.map_or("-".into(), |s| s.at.to_string()),
+            s.map_or("-".into(), |s| when(s.at)),
             s.and_then(|s| s.pending)
                 .map_or("-".into(), |n| n.to_string()),
             sync_cells(sums.get(d.id.as_str()).and_then(|x| x.last)),
@@ -244,7 +244,7 @@ pub async fn device(State(st): State<AppState>, admin: Admin, Path(id): Path<Str
         let _ = write!(
             body,
             r#"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}{}</td><td class="num">{} ↓ / {} ↑</td><td class="num">{} ↓ / {} ↑</td><td class="num">{}</td><td class="num">{} ms</td></tr>"#,
-            h.started_at,
+            when(h.started_at),
             esc(&h.user),
             h.task.as_deref().map_or("-".into(), esc),
             esc(h.op.as_str()),

@@ -107,6 +107,13 @@ pub fn notice(kind: &str, text: &str) -> String {
     )
 }
 
+/// A time for a person: `2026-12-03 21:51 UTC`, the exact time in its `datetime`.
+pub fn when(t: fieldsync_proto::time::Timestamp) -> String {
+    let full = t.to_string();
+    let short = full.get(..16).unwrap_or(&full).replace('T', " ");
+    format!(r#"<time datetime="{full}" title="{full}">{short}</time>"#)
+}
+
 /// Bytes for a person: B, kB, MB.
 pub fn bytes(n: u64) -> String {
     match n {
@@ -139,6 +146,8 @@ h2 { font-size:1.2rem; margin:1.5rem 0 .5rem; }
 a { color:var(--accent); }
 :focus-visible { outline:3px solid #f0a000; outline-offset:2px; }
 .scroll { overflow-x:auto; }
+.scroll > table { min-width:60rem; }
+time { white-space:nowrap; }
 table { border-collapse:collapse; width:100%; margin:.5rem 0 1rem; font-size:.95rem; }
 th, td { border-bottom:1px solid var(--line); padding:.35rem .5rem; text-align:left; vertical-align:top; }
 th { background:#eef1f5; }

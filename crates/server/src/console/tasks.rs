@@ -158,8 +158,11 @@ pub async fn show(
         definition(&t.def),
     );
     body.push_str("<h2>Assignments</h2><p class=\"muted\">A device syncs a task when both its user and the device itself are assigned.</p><div class=\"side\">");
-    for (kind, list) in [("user", &t.users), ("device", &t.devices)] {
-        let _ = write!(body, r#"<div><h3>{kind}s</h3><ul>"#);
+    for (kind, title, list) in [
+        ("user", "Users", &t.users),
+        ("device", "Devices", &t.devices),
+    ] {
+        let _ = write!(body, r#"<div><h3>{title}</h3><ul>"#);
         for who in list.iter() {
             let _ = write!(
                 body,

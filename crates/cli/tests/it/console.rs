@@ -128,7 +128,7 @@ fn the_console_shows_the_fleet_resolves_previews_assigns_and_enrolls() {
     );
     let bad_row = b.text("tr:has(a[href='/admin/devices/tab-bad'])");
     assert!(bad_row.contains("error"), "{bad_row}");
-    assert!(bad_row.contains("not in the task's slice"), "{bad_row}");
+    assert!(bad_row.contains("upload refused: entry 1"), "{bad_row}");
     b.screenshots(&shots.0, "fleet");
 
     b.click("a[href='/admin/devices/tab-bad']");
@@ -476,3 +476,8 @@ fn every_page_loads_fast_with_1000_devices_and_10000_history_rows() {
         report.join("\n  ")
     );
 }
+
+crate::also_on_postgres!(
+    the_console_shows_the_fleet_resolves_previews_assigns_and_enrolls,
+    forms_without_the_csrf_token_and_non_admins_are_refused,
+);

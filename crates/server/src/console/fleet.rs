@@ -94,7 +94,7 @@ fn sync_cells(h: Option<&HistoryRecord>) -> String {
         return r#"<td colspan="6" class="muted">never synced</td>"#.to_string();
     };
     format!(
-        r#"<td>{} <span class="muted">{}</span></td><td>{}</td><td>{}{}</td><td class="num">{} ↓ / {} ↑</td><td class="num">{} ↓ / {} ↑</td><td class="num">{} ms</td>"#,
+        r#"<td>{} <span class="muted">{}</span></td><td>{}</td><td class="msg">{}{}</td><td class="num">{} ↓ / {} ↑</td><td class="num">{} ↓ / {} ↑</td><td class="num">{} ms</td>"#,
         esc(h.op.as_str()),
         when(h.started_at),
         esc(h.trigger.as_str()),
@@ -135,7 +135,7 @@ pub async fn fleet(State(st): State<AppState>, admin: Admin) -> Page {
     let n_stuck = rows.iter().filter(|r| r.0.is_some()).count();
     let mut body = format!(
         r#"<p>{} devices; <strong class="{}">{n_stuck} stuck</strong> (no successful sync within {}, or {ERRORS_IN_A_ROW} failures in a row), listed first.</p>
-<div class="scroll"><table><caption class="muted">Devices</caption><thead><tr><th scope="col">Device</th><th scope="col">State</th><th scope="col">User</th><th scope="col">Task</th><th scope="col">Last contact</th><th scope="col">Pending</th><th scope="col">Last sync</th><th scope="col">Kind</th><th scope="col">Result</th><th scope="col">Rows</th><th scope="col">Bytes</th><th scope="col">Duration</th></tr></thead><tbody>"#,
+<div class="scroll wide"><table><caption class="muted">Devices</caption><thead><tr><th scope="col">Device</th><th scope="col">State</th><th scope="col">User</th><th scope="col">Task</th><th scope="col">Last contact</th><th scope="col">Pending</th><th scope="col">Last sync</th><th scope="col">Kind</th><th scope="col">Result</th><th scope="col">Rows</th><th scope="col">Bytes</th><th scope="col">Duration</th></tr></thead><tbody>"#,
         rows.len(),
         if n_stuck > 0 { "bad" } else { "good" },
         human_duration(st.console.stuck_after),
@@ -232,7 +232,7 @@ pub async fn device(State(st): State<AppState>, admin: Admin, Path(id): Path<Str
     }
     let _ = write!(
         body,
-        r#"<h2>Sync history</h2><p class="muted">{} entries{}, newest first.</p><div class="scroll"><table><thead><tr><th scope="col">Started</th><th scope="col">User</th><th scope="col">Task</th><th scope="col">Op</th><th scope="col">Kind</th><th scope="col">Result</th><th scope="col">Rows</th><th scope="col">Bytes</th><th scope="col">Conflicts</th><th scope="col">Duration</th></tr></thead><tbody>"#,
+        r#"<h2>Sync history</h2><p class="muted">{} entries{}, newest first.</p><div class="scroll wide"><table><thead><tr><th scope="col">Started</th><th scope="col">User</th><th scope="col">Task</th><th scope="col">Op</th><th scope="col">Kind</th><th scope="col">Result</th><th scope="col">Rows</th><th scope="col">Bytes</th><th scope="col">Conflicts</th><th scope="col">Duration</th></tr></thead><tbody>"#,
         history.len(),
         if history.len() > DEVICE_HISTORY {
             format!(" (the newest {DEVICE_HISTORY} shown)")
@@ -243,7 +243,7 @@ pub async fn device(State(st): State<AppState>, admin: Admin, Path(id): Path<Str
     for h in history.iter().rev().take(DEVICE_HISTORY) {
         let _ = write!(
             body,
-            r#"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}{}</td><td class="num">{} ↓ / {} ↑</td><td class="num">{} ↓ / {} ↑</td><td class="num">{}</td><td class="num">{} ms</td></tr>"#,
+            r#"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td class="msg">{}{}</td><td class="num">{} ↓ / {} ↑</td><td class="num">{} ↓ / {} ↑</td><td class="num">{}</td><td class="num">{} ms</td></tr>"#,
             when(h.started_at),
             esc(&h.user),
             h.task.as_deref().map_or("-".into(), esc),

@@ -146,7 +146,8 @@ h2 { font-size:1.2rem; margin:1.5rem 0 .5rem; }
 a { color:var(--accent); }
 :focus-visible { outline:3px solid #f0a000; outline-offset:2px; }
 .scroll { overflow-x:auto; }
-.scroll > table { min-width:60rem; }
+.scroll.wide > table { min-width:60rem; }
+td.msg { min-width:16rem; }
 time { white-space:nowrap; }
 table { border-collapse:collapse; width:100%; margin:.5rem 0 1rem; font-size:.95rem; }
 th, td { border-bottom:1px solid var(--line); padding:.35rem .5rem; text-align:left; vertical-align:top; }

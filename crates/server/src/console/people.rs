@@ -9,7 +9,7 @@ use axum::extract::{Form, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
 
-use super::html::{self, esc, seg};
+use super::html::{self, esc, seg, when};
 use super::{Admin, Failure, Page, blocking, field, html_response};
 use crate::api::AppState;
 
@@ -47,7 +47,7 @@ pub async fn page(State(st): State<AppState>, admin: Admin) -> Page {
             } else {
                 "enabled"
             },
-            u.created_at,
+            when(u.created_at),
         );
     }
     let _ = write!(
@@ -82,7 +82,7 @@ pub async fn page(State(st): State<AppState>, admin: Admin) -> Page {
             seg(&d.id),
             esc(&d.id),
             d.label.as_deref().map_or("".into(), esc),
-            d.created_at,
+            when(d.created_at),
         );
     }
     let _ = write!(

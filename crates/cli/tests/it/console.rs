@@ -207,6 +207,11 @@ fn the_console_shows_the_fleet_resolves_previews_assigns_and_enrolls() {
     b.click("form[action='/admin/devices'] button");
     let code = b.text("#enrollment-code");
     assert_eq!(code.len(), 20, "{code}");
+    let shown = b.page_text();
+    assert!(
+        shown.contains(&format!("--server {url} --device-id tab-new --code {code}")),
+        "{shown}"
+    );
     b.screenshots(&shots.0, "enrolled");
     let dev = TempDir::new("tab-new");
     let dir = dev.0.to_str().unwrap();

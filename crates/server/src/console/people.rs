@@ -178,8 +178,17 @@ pub async fn user_state(
 pub async fn device_add(
     State(st): State<AppState>,
     admin: Admin,
+    headers: axum::http::HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Page {
+    // The address the browser reached this server at, for the pairing command shown.
+    let server = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map_or("URL".to_string(), |host| {
+            let scheme = if st.console.secure { "https" } else { "http" };
+            format!("{scheme}://{host}")
+        });
     admin.form(&form)?;
     let id = field(&form, "id").to_string();
     let label = Some(field(&form, "label").to_string()).filter(|l| !l.is_empty());
@@ -197,11 +206,12 @@ pub async fn device_add(
     let body = format!(
         r#"{}<p>Enrollment code of device <strong>{}</strong> (shown only now; it pairs once):</p>
 <p class="code" id="enrollment-code">{}</p>
-<p>On the device: <code>fieldsync device pair --server URL --device-id {} --code {}</code></p>
+<p>On the device: <code>fieldsync device pair --server {} --device-id {} --code {}</code></p>
 <p><a href="/admin/people">Back to users and devices</a></p>"#,
         html::notice("ok", &format!("Device {id} enrolled.")),
         esc(&id),
         esc(&code),
+        esc(&server),
         esc(&id),
         esc(&code),
     );

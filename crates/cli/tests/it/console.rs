@@ -184,20 +184,18 @@ fn the_console_shows_the_fleet_resolves_previews_assigns_and_enrolls() {
     b.screenshots(&shots.0, "task-preview");
     b.choose("#assign-device", "tab-ok");
     b.click("form[action$='/assign'] button");
-    let show = office
-        .admin(&["task", "show", NORTH_TASK, "--json"], "")
-        .ok()
-        .stdout;
-    let show: serde_json::Value = serde_json::from_str(&show).unwrap();
-    assert!(
-        show["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d == "tab-ok"),
-        "{show}"
-    );
+    let devices_of = |task: &str| -> Vec<String> {
+        let show = office
+            .admin(&["task", "show", task, "--json"], "")
+            .ok()
+            .stdout;
+        let show: serde_json::Value = serde_json::from_str(&show).unwrap();
+        serde_json::from_value(show["devices"].clone()).unwrap()
+    };
+    assert_eq!(devices_of(NORTH_TASK), ["tab-bad", "tab-ok"]);
     assert!(b.page_text().contains("Unassign tab-ok"));
+    b.click("form[action$='/unassign']:has(input[value='tab-ok']) button");
+    assert_eq!(devices_of(NORTH_TASK), ["tab-bad"]);
 
     // Enroll a device; its code pairs with the real binary.
     b.goto(&format!("{url}/admin/people"));
@@ -248,16 +246,36 @@ fn the_console_shows_the_fleet_resolves_previews_assigns_and_enrolls() {
     );
     assert_ne!(again.code, 0, "a code pairs once: {again:?}");
 
-    // The audit log names the console's administrator.
+    // Disable a user, revoke the new device.
+    let listed = |what: &str, key: &str, name: &str| -> serde_json::Value {
+        let out = office.admin(&[what, "list", "--json"], "").ok().stdout;
+        let all: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        all.into_iter().find(|x| x[key] == name).unwrap()
+    };
+    b.goto(&format!("{url}/admin/people"));
+    assert_eq!(listed("user", "name", "ben")["disabled"], false);
+    b.click("form[action='/admin/users/ben/state'] button");
+    assert_eq!(listed("user", "name", "ben")["disabled"], true);
+    assert_eq!(listed("device", "id", "tab-new")["revoked"], false);
+    b.click("form[action='/admin/devices/tab-new/revoke'] button");
+    assert_eq!(listed("device", "id", "tab-new")["revoked"], true);
+
+    // The audit log names the console's administrator for each change.
     let audit = office.admin(&["audit", "--json"], "").ok().stdout;
+    let audit: Vec<serde_json::Value> = serde_json::from_str(&audit).unwrap();
     for kind in [
         "admin.conflict.resolve",
         "admin.task.assign",
+        "admin.task.unassign",
         "admin.device.add",
+        "admin.user.disable",
+        "admin.device.revoke",
     ] {
-        assert!(
-            audit.contains(kind) && audit.contains(&format!("\"actor\": \"{ADMIN}\"")),
-            "{kind}: {audit}"
+        let entry = audit.iter().find(|e| e["kind"] == kind);
+        assert_eq!(
+            entry.map(|e| &e["actor"]),
+            Some(&ADMIN.into()),
+            "{kind}: {audit:?}"
         );
     }
 

@@ -498,6 +498,37 @@ fn every_page_loads_fast_with_1000_devices_and_10000_history_rows() {
         "console page loads (1,000 devices, 10,000 history rows):\n  {}",
         report.join("\n  ")
     );
+
+    // A server told a device is stuck after an hour without a successful sync: the
+    // devices whose newest `ok` is older, worked out here from what was written, are
+    // listed first, and only they. (Sync `i` of device `i % 1000` started `10000 - i`
+    // minutes ago; every seventh failed; no device has three failures in a row.)
+    let expected = (0..1000)
+        .filter(|d| {
+            let newest_ok = (0..10)
+                .map(|k| d + 1000 * k)
+                .filter(|i| i % 7 != 0)
+                .max()
+                .unwrap();
+            10_000 - newest_ok > 60
+        })
+        .count();
+    assert!(expected > 0 && expected < 1000, "{expected}");
+    let strict = Server::start_with(&office.db_url, &["--stuck-after", "1h"]);
+    let cookie = http_login(&strict.url, ADMIN, ADMIN_PW).1.unwrap();
+    let (_, body) = page(&format!("{}/admin", strict.url), &cookie);
+    let rows: Vec<&str> = body.split("<tr").skip(2).collect();
+    let stuck = rows
+        .iter()
+        .take_while(|r| r.starts_with(r#" class="stuck""#))
+        .count();
+    assert_eq!(stuck, expected, "the stuck devices, listed first");
+    assert!(rows[stuck..].iter().all(|r| !r.contains("stuck")));
+    assert!(
+        body.contains(&format!("{expected} stuck")),
+        "the count is said"
+    );
+    assert!(body.contains("within 1 h"), "the setting is said");
 }
 
 crate::also_on_postgres!(

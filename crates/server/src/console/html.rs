@@ -73,6 +73,7 @@ pub fn page(chrome: Option<&Chrome<'_>>, title: &str, body: &str) -> String {
 <title>{title} · fieldsync console</title>
 <link rel="stylesheet" href="/admin/console.css">
 </head><body>
+<a class="skip" href='#main'>Skip to the page's content</a>
 <header><span class="brand">fieldsync console</span>{nav}</header>
 <main id="main"><h1>{title}</h1>
 {body}
@@ -134,6 +135,8 @@ body { margin:0; font:16px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sa
 header { background:#12263f; color:#fff; padding:.5rem 1rem; display:flex; flex-wrap:wrap;
   align-items:center; gap:1rem; }
 .brand { font-weight:700; }
+.skip { position:absolute; left:-999px; top:0; background:#fff; color:var(--accent); padding:.5rem; }
+.skip:focus { left:.5rem; z-index:1; }
 nav { display:flex; flex-wrap:wrap; align-items:center; gap:1rem; flex:1; }
 nav ul { list-style:none; margin:0; padding:0; display:flex; flex-wrap:wrap; gap:.25rem 1rem; }
 nav a { color:#fff; text-decoration:none; padding:.25rem .1rem; border-bottom:3px solid transparent; }

@@ -179,6 +179,18 @@ impl Browser {
         self.text("body")
     }
 
+    /// The names of the page's form fields that no label names (none should be).
+    pub fn unlabelled_fields(&self) -> Vec<String> {
+        let script = "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]\
+                      .filter(e => e.labels.length === 0).map(e => e.name || e.id);";
+        let v = self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        );
+        serde_json::from_value(v).unwrap()
+    }
+
     pub fn cookies(&self) -> Vec<Value> {
         self.call("GET", "/cookie", None)
             .as_array()
@@ -186,9 +198,15 @@ impl Browser {
             .unwrap_or_default()
     }
 
-    /// A PNG of the page at each of [`WIDTHS`] (tall enough for the whole page, up to
-    /// 4000 px), saved as `dir/NAME-WIDTH.png` and copied to `target/console-screenshots/`.
+    /// Checks every form field has a label, then saves a PNG of the page at each of
+    /// [`WIDTHS`] (tall enough for the whole page, up to 4000 px) as
+    /// `dir/NAME-WIDTH.png`, copied to `target/console-screenshots/`.
     pub fn screenshots(&self, dir: &Path, name: &str) {
+        let unlabelled = self.unlabelled_fields();
+        assert!(
+            unlabelled.is_empty(),
+            "{name}: fields without a label: {unlabelled:?}"
+        );
         let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
         std::fs::create_dir_all(&keep).unwrap();
         for (width_name, w, h) in WIDTHS {

@@ -89,6 +89,10 @@ struct LimitArgs {
     /// later request of that login's user and device (which renew it)
     #[arg(long, value_name = "DUR", default_value = "24h", value_parser = parse_duration)]
     ticket_ttl: std::time::Duration,
+    /// The console (`/admin`) shows a device as stuck when it had no successful sync
+    /// for this long (or three failures in a row)
+    #[arg(long, value_name = "DUR", default_value = "3d", value_parser = parse_duration)]
+    stuck_after: std::time::Duration,
 }
 
 /// A duration as the command line writes it: a whole number and a unit (`ms`, `s`,
@@ -133,6 +137,7 @@ impl LimitArgs {
             shutdown_deadline: secs("shutdown-deadline", self.shutdown_deadline)?,
             retention: self.retention,
             ticket_ttl: self.ticket_ttl,
+            stuck_after: self.stuck_after,
             ..Default::default()
         })
     }

@@ -41,6 +41,8 @@ pub struct AppState {
     pub(crate) ticket_ttl_ms: i64,
     /// Where attached files' content is (`None`: this server serves no files).
     pub(crate) files: Option<Arc<dyn crate::files::FileStore>>,
+    /// The console's sessions and settings (`console/`).
+    pub(crate) console: Arc<crate::console::Console>,
 }
 
 impl AppState {
@@ -58,7 +60,22 @@ impl AppState {
             metrics: Arc::default(),
             seen: Arc::default(),
             files: None,
+            console: Arc::new(crate::console::Console {
+                sessions: Default::default(),
+                stuck_after: limits.stuck_after,
+                secure: false,
+            }),
         }
+    }
+
+    /// Console cookies marked `Secure` (a server speaking TLS).
+    pub fn with_secure_cookies(mut self, secure: bool) -> AppState {
+        self.console = Arc::new(crate::console::Console {
+            sessions: Default::default(),
+            stuck_after: self.console.stuck_after,
+            secure,
+        });
+        self
     }
 }
 
@@ -153,6 +170,8 @@ pub fn router(state: AppState) -> Router {
             post(uploads::upload).layer(DefaultBodyLimit::max(UPLOAD_BODY_MAX_BYTES)),
         )
         .layer(axum::middleware::from_fn(crate::upload_body::paced))
+        // The console's HTML pages (its refusals are pages, which `json_errors` keeps).
+        .merge(crate::console::routes())
         .layer(axum::middleware::from_fn(crate::error::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -61,10 +61,21 @@ pub fn os_user() -> String {
 
 /// Records a change an administrator made (`kind` `admin.…`), by the OS user.
 pub fn admin(store: &dyn Store, kind: &str, subject: &str, detail: &str) -> Result<()> {
+    admin_by(store, &os_user(), kind, subject, detail)
+}
+
+/// Records a change an administrator made, by `actor` (the console's signed-in user).
+pub fn admin_by(
+    store: &dyn Store,
+    actor: &str,
+    kind: &str,
+    subject: &str,
+    detail: &str,
+) -> Result<()> {
     store.audit_record(
         &NewAudit {
             kind,
-            actor: &clean(&os_user()),
+            actor: &clean(actor),
             subject: &clean(subject),
             address: None,
             detail: &clean(detail),

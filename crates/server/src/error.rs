@@ -118,10 +118,13 @@ pub(crate) async fn json_errors(
     let what = format!("{} {}", req.method(), req.uri().path());
     let response = next.run(req).await;
     let status = response.status();
+    // JSON is the API's own error body; an HTML page is the console's (`console/`).
     let is_json = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+        });
     if is_json
         || status == StatusCode::RANGE_NOT_SATISFIABLE
         || !(status.is_client_error() || status.is_server_error())

@@ -6,6 +6,7 @@ mod api;
 pub mod audit;
 pub mod auth;
 mod conn;
+mod console;
 mod download;
 pub mod error;
 pub mod files;
@@ -54,6 +55,9 @@ pub struct Limits {
     /// An auto-sync ticket lasts this long after the login that made it, and after
     /// each later request of the pair's user sessions (which renew it).
     pub ticket_ttl: Duration,
+    /// The console shows a device as stuck when it had no successful sync for this
+    /// long (or failed several times in a row).
+    pub stuck_after: Duration,
 }
 
 impl Default for Limits {
@@ -68,6 +72,7 @@ impl Default for Limits {
             shutdown_deadline: Duration::from_secs(10),
             retention: Duration::from_secs(30 * 24 * 3600),
             ticket_ttl: Duration::from_secs(24 * 3600),
+            stuck_after: Duration::from_secs(3 * 24 * 3600),
         }
     }
 }
@@ -101,9 +106,14 @@ pub async fn serve_with_files(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let pruner = tokio::spawn(prune_history(store.clone(), limits.retention));
+    let secure = tls.is_some();
     let served = conn::serve(
         listener,
-        router(AppState::new(store, limits).with_files(files)),
+        router(
+            AppState::new(store, limits)
+                .with_files(files)
+                .with_secure_cookies(secure),
+        ),
         tls,
         limits,
         shutdown,

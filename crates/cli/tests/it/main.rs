@@ -7,6 +7,7 @@ mod audit;
 mod authz;
 mod autosync;
 mod conflicts;
+mod console;
 mod convergence;
 mod crash;
 mod delta;

@@ -486,4 +486,15 @@ impl Device {
     pub fn conflicts(&self) -> Result<Vec<state::DeviceConflict>> {
         Ok(self.dir.load()?.conflicts)
     }
+
+    /// The installed replica, opened for an app's reads and writes through this
+    /// library's own SQLite (an app need not load a second one). The replica carries
+    /// its triggers: every write is checked and journaled as any SQLite client's is.
+    /// Never waits for the folder lock. A later download retires the generation this
+    /// connection has open (writes on it are then refused): open again after one.
+    pub fn open_replica(&self) -> Result<rusqlite::Connection> {
+        replica::open_current(&self.dir)?.ok_or_else(|| {
+            ClientError::Invalid("no replica on this device: download a task first".into())
+        })
+    }
 }

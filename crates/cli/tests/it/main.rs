@@ -6,6 +6,7 @@ mod admin;
 mod audit;
 mod authz;
 mod autosync;
+mod bindings;
 mod conflicts;
 mod console;
 mod convergence;

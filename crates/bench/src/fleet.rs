@@ -136,13 +136,19 @@ fn in_parallel(n: usize, work: impl Fn(usize) -> anyhow::Result<()> + Sync) -> a
 /// The device's local changes: `CHANGES_PER_DEVICE` rows of its own stretch of the
 /// slice (stretches of devices wrap around, so with more devices than the slice has
 /// stretches some devices change the same rows, and the server logs conflicts), through
-/// the replica's triggers; fails unless the journal then holds them.
+/// the replica's triggers; fails unless the journal grew by them.
 fn local_changes(replica: &Path, device: usize, round: usize, rows: u64) -> anyhow::Result<()> {
     let conn = Connection::open(replica)
         .with_context(|| format!("opening the replica {}", replica.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     let first = (device as u64 * CHANGES_PER_DEVICE) % rows.max(1);
     let n = CHANGES_PER_DEVICE.min(rows);
+    let journal = || -> rusqlite::Result<i64> {
+        conn.query_row("SELECT count(*) FROM fieldsync_journal", [], |r| r.get(0))
+    };
+    // A device whose earlier sync failed still holds that round's entries: they go
+    // with this round's, as they would in the field.
+    let before = journal()?;
     let changed = conn
         .execute(
             "UPDATE assets SET notes = notes || ?1 WHERE (id - 1 - ?2 + ?4) % ?4 < ?3",
@@ -155,11 +161,10 @@ fn local_changes(replica: &Path, device: usize, round: usize, rows: u64) -> anyh
         changed,
         replica.display()
     );
-    let journal: i64 =
-        conn.query_row("SELECT count(*) FROM fieldsync_journal", [], |r| r.get(0))?;
+    let added = journal()? - before;
     ensure!(
-        journal as u64 == n,
-        "the journal of {} holds {journal} entries after {n} changes",
+        added as u64 == n,
+        "the journal of {} grew by {added} entries with {n} changes",
         replica.display()
     );
     Ok(())

@@ -293,7 +293,7 @@ pub(crate) fn print_fleet(f: &crate::fleet::FleetFigures) {
     );
     for r in rounds {
         for e in &r.error_samples {
-            println!("\n- error: `{}`", e.replace('`', "'"));
+            println!("\n- error: `{}`", e.replace('`', "'").replace('\n', " / "));
         }
     }
 }

@@ -2,7 +2,8 @@
 //! binary, against the floor (a plain SQLite bulk insert of the same rows), with peak RSS
 //! and bytes on the wire, printed as a markdown table (DESIGN.md, "Performance targets");
 //! then the delta syncs after the office changed 1% of the rows, and after nothing
-//! changed, against that full download (`delta.rs`).
+//! changed, against that full download (`delta.rs`). With `--fleet C`, C devices
+//! syncing at once against one server on SQLite, or two on one PostgreSQL (`fleet.rs`).
 //!
 //! Everything of one size is measured in one run, so the ratios compare like with like
 //! on the same machine at the same moment. Missed targets are reported, not failed on;

@@ -7,7 +7,9 @@ use clap::Parser;
 use clap::error::ErrorKind;
 
 pub(crate) const USAGE: &str = "\
-usage: fieldsync-bench [--dir DIR] [--rows-list N,N,...] [--keep]
+usage: fieldsync-bench [--dir DIR] [--rows-list N,N,...] [--keep] [--pg URL]
+                       [--fleet [C]] [--fleet-rows N] [--reps N] [--skip-download]
+                       [--json FILE]
 
 Times a full download of an N-row slice through the real `fieldsync` binary against
 a plain SQLite bulk insert of the same rows (the floor), and reports peak RSS of server
@@ -19,6 +21,17 @@ nothing changed: bytes and time of both against the full download.
   --rows-list LIST   comma-separated slice sizes to run one after the other
                      (default: one size from FIELDSYNC_BENCH_ROWS, else 1000000)
   --keep             keep the databases and device folders of the run
+  --pg URL           a PostgreSQL URL (a user that may create databases), as
+                     FIELDSYNC_BENCH_PG (the flag wins)
+  --fleet [C]        also C devices (default 200) syncing at once against one server on
+                     SQLite (and two on PostgreSQL with --pg): each a `fieldsync` process,
+                     set up first (not timed), 100 local changes each, then every
+                     `device sync` at once: failures, p50/p95/p99 latency, wall clock,
+                     the servers' peak RSS
+  --fleet-rows N     rows of each fleet device's slice (default 10000)
+  --reps N           fleet rounds; each figure is the median of them (default 3)
+  --skip-download    skip the full download and delta measurement (run the fleet only)
+  --json FILE        also write the fleet's figures, every round, as JSON to FILE
 
 environment:
   FIELDSYNC_BENCH_ROWS  rows of the slice (default 1000000)
@@ -27,14 +40,22 @@ environment:
   FIELDSYNC_BIN         the fieldsync binary (default: `fieldsync` beside this program)";
 
 pub(crate) const ROWS_DEFAULT: u64 = 1_000_000;
+pub(crate) const FLEET_ROWS_DEFAULT: u64 = 10_000;
+pub(crate) const REPS_DEFAULT: usize = 3;
 
 pub(crate) struct Config {
     pub(crate) bin: PathBuf,
     pub(crate) dir: Option<PathBuf>,
     pub(crate) sizes: Vec<u64>,
     pub(crate) keep: bool,
-    /// Also measure downloads from PostgreSQL (`FIELDSYNC_BENCH_PG`).
+    /// Also measure downloads from PostgreSQL (`--pg`, `FIELDSYNC_BENCH_PG`).
     pub(crate) pg: Option<String>,
+    /// Devices of the fleet, when it runs.
+    pub(crate) fleet: Option<usize>,
+    pub(crate) fleet_rows: u64,
+    pub(crate) reps: usize,
+    pub(crate) skip_download: bool,
+    pub(crate) json: Option<PathBuf>,
 }
 
 pub(crate) fn parse_count(text: &str) -> anyhow::Result<u64> {
@@ -61,6 +82,20 @@ pub(crate) struct Cli {
     /// Keep the databases and device folders of the run.
     #[arg(long)]
     pub(crate) keep: bool,
+    /// A PostgreSQL URL; wins over FIELDSYNC_BENCH_PG.
+    #[arg(long, value_name = "URL")]
+    pub(crate) pg: Option<String>,
+    /// Devices of the fleet; the flag alone means 200.
+    #[arg(long, value_name = "C", num_args = 0..=1, default_missing_value = "200")]
+    pub(crate) fleet: Option<String>,
+    #[arg(long = "fleet-rows", value_name = "N")]
+    pub(crate) fleet_rows: Option<String>,
+    #[arg(long, value_name = "N")]
+    pub(crate) reps: Option<String>,
+    #[arg(long = "skip-download")]
+    pub(crate) skip_download: bool,
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json: Option<PathBuf>,
 }
 
 /// The command line and environment; `None` when help was asked for.
@@ -80,7 +115,29 @@ pub(crate) fn parse_args() -> anyhow::Result<Option<Config>> {
         dir,
         rows_list,
         keep,
+        pg,
+        fleet,
+        fleet_rows,
+        reps,
+        skip_download,
+        json,
     } = cli;
+    let fleet = match fleet {
+        Some(c) => Some(parse_count(&c).context("--fleet")? as usize),
+        None => None,
+    };
+    let fleet_rows = match fleet_rows {
+        Some(n) => parse_count(&n).context("--fleet-rows")?,
+        None => FLEET_ROWS_DEFAULT,
+    };
+    let reps = match reps {
+        Some(n) => parse_count(&n).context("--reps")? as usize,
+        None => REPS_DEFAULT,
+    };
+    ensure!(
+        !skip_download || fleet.is_some(),
+        "--skip-download leaves nothing to measure without --fleet"
+    );
     let sizes = match rows_list {
         Some(list) => Some(
             list.split(',')
@@ -109,7 +166,12 @@ pub(crate) fn parse_args() -> anyhow::Result<Option<Config>> {
         dir,
         sizes,
         keep,
-        pg: std::env::var("FIELDSYNC_BENCH_PG").ok(),
+        pg: pg.or_else(|| std::env::var("FIELDSYNC_BENCH_PG").ok()),
+        fleet,
+        fleet_rows,
+        reps,
+        skip_download,
+        json,
     }))
 }
 

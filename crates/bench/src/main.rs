@@ -2,7 +2,8 @@
 //! binary, against the floor (a plain SQLite bulk insert of the same rows), with peak RSS
 //! and bytes on the wire, printed as a markdown table (DESIGN.md, "Performance targets");
 //! then the delta syncs after the office changed 1% of the rows, and after nothing
-//! changed, against that full download (`delta.rs`).
+//! changed, against that full download (`delta.rs`). With `--fleet C`, C devices
+//! syncing at once against one server on SQLite, or two on one PostgreSQL (`fleet.rs`).
 //!
 //! Everything of one size is measured in one run, so the ratios compare like with like
 //! on the same machine at the same moment. Missed targets are reported, not failed on;
@@ -10,6 +11,7 @@
 
 mod args;
 mod delta;
+mod fleet;
 mod floor;
 mod measure;
 mod metrics;
@@ -24,7 +26,9 @@ use anyhow::{Context, ensure};
 use crate::args::{Config, USAGE, command_line, parse_args};
 use crate::measure::{PgBenchDb, measure};
 use crate::metrics::{load_average, machine};
-use crate::report::{mb, print_delta, print_figures, print_summary, thousands};
+use crate::report::{
+    fleet_json, mb, print_delta, print_figures, print_fleet, print_summary, thousands,
+};
 
 fn main() -> ExitCode {
     let config = match parse_args() {
@@ -70,7 +74,12 @@ fn run(config: &Config) -> anyhow::Result<()> {
     println!("- load average at start: {}", load_average());
 
     let mut all = Vec::new();
-    for &n_rows in &config.sizes {
+    let sizes: &[u64] = if config.skip_download {
+        &[]
+    } else {
+        &config.sizes
+    };
+    for &n_rows in sizes {
         let dir = root.join(format!("rows-{n_rows}"));
         ensure!(
             !dir.exists(),
@@ -117,8 +126,62 @@ fn run(config: &Config) -> anyhow::Result<()> {
     if all.len() > 1 {
         print_summary(&all);
     }
+    if let Some(devices) = config.fleet {
+        run_fleet(config, &root, devices)?;
+    }
     if remove_root {
         std::fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+    }
+    Ok(())
+}
+
+/// The fleet on SQLite, then (with a PostgreSQL URL) on PostgreSQL with two servers.
+fn run_fleet(config: &Config, root: &std::path::Path, devices: usize) -> anyhow::Result<()> {
+    let ticks_per_s = metrics::ticks_per_s();
+    let mut json = Vec::new();
+    let engines: &[bool] = if config.pg.is_some() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &on_pg in engines {
+        let dir = root.join(if on_pg { "fleet-postgres" } else { "fleet" });
+        ensure!(
+            !dir.exists(),
+            "{} exists from an earlier run: remove it or pick another --dir",
+            dir.display()
+        );
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let db = match (on_pg, &config.pg) {
+            (true, Some(pg)) => Some(PgBenchDb::create(pg)?),
+            _ => None,
+        };
+        let figures = fleet::measure_fleet(
+            &fleet::FleetPlan {
+                bin: &config.bin,
+                dir: &dir,
+                devices,
+                rows: config.fleet_rows,
+                reps: config.reps,
+                pg: db.as_ref().map(|d| d.url.as_str()),
+                revoked: 0,
+            },
+            ticks_per_s,
+        )?;
+        print_fleet(&figures);
+        println!("\nLoad average after the fleet: {}.", load_average());
+        json.push(fleet_json(&figures));
+        if !config.keep && config.dir.is_none() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    if let Some(path) = &config.json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "command": command_line(),
+            "machine": machine(),
+            "fleet": json,
+        }))?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -221,3 +221,112 @@ pub(crate) fn print_delta(f: &Figures) {
         );
     }
 }
+
+/// The fleet's table: each figure the median over its rounds, then each round.
+pub(crate) fn print_fleet(f: &crate::fleet::FleetFigures) {
+    use crate::fleet::{CHANGES_PER_DEVICE, median, percentile};
+    let rounds = &f.rounds;
+    let med = |g: &dyn Fn(&crate::fleet::FleetRound) -> f64| median(rounds.iter().map(g));
+    println!(
+        "\n## Fleet: {} devices syncing at once, {} rows each, {} main database, {} server{}\n",
+        thousands(f.devices as u64),
+        thousands(f.rows),
+        f.engine,
+        f.servers,
+        if f.servers == 1 {
+            ""
+        } else {
+            "s (devices split between them)"
+        }
+    );
+    println!(
+        "Each device a `fieldsync` process in its own folder, paired, logged in and downloaded beforehand ({:.1} s, not timed); each round: {CHANGES_PER_DEVICE} updates through SQLite on each replica, then every `device sync` started at once. Median of {} round(s).\n",
+        f.setup_s,
+        rounds.len()
+    );
+    println!("| measure | median | rounds |");
+    println!("|---|---|---|");
+    let each = |g: &dyn Fn(&crate::fleet::FleetRound) -> String| {
+        rounds.iter().map(g).collect::<Vec<_>>().join(" / ")
+    };
+    println!(
+        "| syncs failed | {} of {} | {} |",
+        med(&|r| r.errors as f64),
+        f.devices,
+        each(&|r| r.errors.to_string())
+    );
+    for p in [50.0, 95.0, 99.0] {
+        println!(
+            "| sync latency p{p} (start to exit of one device) | {:.3} s | {} |",
+            med(&|r| percentile(&r.latencies_s, p)),
+            each(&|r| format!("{:.3}", percentile(&r.latencies_s, p)))
+        );
+    }
+    println!(
+        "| wall clock, all {} syncs | {:.3} s | {} |",
+        f.devices,
+        med(&|r| r.wall_s),
+        each(&|r| format!("{:.3}", r.wall_s))
+    );
+    for s in 0..f.servers {
+        println!(
+            "| server {} peak RSS during the syncs (VmHWM) | {:.1} MB | {} |",
+            s + 1,
+            med(&|r| mb(r.server_rss_kb[s])),
+            each(&|r| format!("{:.1}", mb(r.server_rss_kb[s])))
+        );
+    }
+    println!(
+        "| CPU during the syncs: servers / everything else (the devices, mostly) | {:.2} s / {:.2} s | {} |",
+        med(&|r| r.server_cpu_s),
+        med(&|r| r.other_cpu_s),
+        each(&|r| format!("{:.2}/{:.2}", r.server_cpu_s, r.other_cpu_s))
+    );
+    let setup_rss: Vec<String> = f
+        .setup_server_rss_kb
+        .iter()
+        .map(|&kb| format!("{:.1} MB", mb(kb)))
+        .collect();
+    println!(
+        "\nServer peak RSS over the setup (logins, first downloads): {}.",
+        setup_rss.join(", ")
+    );
+    for r in rounds {
+        for e in &r.error_samples {
+            println!("\n- error: `{}`", e.replace('`', "'").replace('\n', " / "));
+        }
+    }
+}
+
+/// The fleet's figures as JSON, every round in full.
+pub(crate) fn fleet_json(f: &crate::fleet::FleetFigures) -> serde_json::Value {
+    use crate::fleet::percentile;
+    let rounds: Vec<serde_json::Value> = f
+        .rounds
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "errors": r.errors,
+                "error_samples": r.error_samples,
+                "p50_s": percentile(&r.latencies_s, 50.0),
+                "p95_s": percentile(&r.latencies_s, 95.0),
+                "p99_s": percentile(&r.latencies_s, 99.0),
+                "wall_s": r.wall_s,
+                "server_peak_rss_kb": r.server_rss_kb,
+                "server_cpu_s": r.server_cpu_s,
+                "other_cpu_s": r.other_cpu_s,
+                "latencies_s": r.latencies_s,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "part": "fleet",
+        "engine": f.engine,
+        "devices": f.devices,
+        "rows": f.rows,
+        "servers": f.servers,
+        "setup_s": f.setup_s,
+        "setup_server_peak_rss_kb": f.setup_server_rss_kb,
+        "rounds": rounds,
+    })
+}

@@ -169,3 +169,135 @@ fn a_replica_missing_a_change_fails_loudly() {
     drop(conn);
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn percentiles_are_nearest_rank_and_medians_the_middle() {
+    use crate::fleet::{median, percentile};
+    let v: Vec<f64> = (1..=100).map(f64::from).collect();
+    assert_eq!(percentile(&v, 50.0), 50.0);
+    assert_eq!(percentile(&v, 95.0), 95.0);
+    assert_eq!(percentile(&v, 99.0), 99.0);
+    assert_eq!(percentile(&v[..3], 99.0), 3.0);
+    assert_eq!(percentile(&[], 50.0), 0.0);
+    assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
+    assert_eq!(median([4.0, 1.0, 2.0, 3.0]), 2.0);
+}
+
+#[test]
+fn a_failed_sync_is_counted_not_timed() {
+    let r = crate::fleet::summarize(
+        vec![Ok(0.3), Err("dev-1: exit 4".into()), Ok(0.1)],
+        0.5,
+        vec![1024],
+        0.2,
+        0.1,
+    );
+    assert_eq!(r.errors, 1);
+    assert_eq!(r.latencies_s, vec![0.1, 0.3]);
+    assert_eq!(r.error_samples, vec!["dev-1: exit 4".to_string()]);
+}
+
+/// The `fieldsync` binary of the same build as this test (`target/<profile>/fieldsync`).
+fn fieldsync_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("fieldsync");
+    assert!(
+        bin.is_file(),
+        "no fieldsync binary at {}: build it first (cargo build -p fieldsync-cli)",
+        bin.display()
+    );
+    bin
+}
+
+/// A tiny fleet through the real binary: three devices, one revoked by the office after
+/// its setup, two rounds. The report counts the revoked device's failures (its refused
+/// sync, then its wiped folder) and times the others; its JSON has every figure.
+#[test]
+fn a_tiny_fleet_counts_its_failures_and_reports_every_figure() {
+    let bin = fieldsync_bin();
+    let dir = tempfile_dir("fleet");
+    let plan = crate::fleet::FleetPlan {
+        bin: &bin,
+        dir: &dir,
+        devices: 3,
+        rows: 250,
+        reps: 2,
+        pg: None,
+        revoked: 1,
+    };
+    let f = crate::fleet::measure_fleet(&plan, crate::metrics::ticks_per_s()).unwrap();
+    assert_eq!(f.rounds.len(), 2);
+    for r in &f.rounds {
+        assert_eq!(r.errors, 1, "{:?}", r.error_samples);
+        assert_eq!(r.latencies_s.len(), 2);
+        assert!(r.latencies_s.iter().all(|&t| t > 0.0 && t <= r.wall_s));
+        assert_eq!(r.server_rss_kb.len(), 1);
+        assert!(r.server_rss_kb[0] > 1000, "{:?}", r.server_rss_kb);
+    }
+    assert!(
+        f.rounds[0].error_samples[0].contains("fleet-0000"),
+        "{:?}",
+        f.rounds[0].error_samples
+    );
+    // The other devices' changes reached the main database: 100 rows each per round.
+    let main = Connection::open(dir.join("main.sqlite")).unwrap();
+    let changed: i64 = main
+        .query_row(
+            "SELECT count(*) FROM assets WHERE notes LIKE '% r0 r1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(changed, 200);
+    let json = crate::report::fleet_json(&f);
+    assert_eq!(json["devices"], 3);
+    assert_eq!(json["rounds"][1]["errors"], 1);
+    assert!(json["rounds"][0]["p99_s"].as_f64().unwrap() > 0.0);
+    crate::report::print_fleet(&f);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "fieldsync-bench-{name}-test-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn the_fleet_flags_parse() {
+    use clap::Parser;
+
+    use crate::args::Cli;
+    let cli = Cli::try_parse_from(["fieldsync-bench", "--fleet", "--skip-download"]).unwrap();
+    assert_eq!(cli.fleet.as_deref(), Some("200"));
+    assert!(cli.skip_download);
+    let cli = Cli::try_parse_from([
+        "fieldsync-bench",
+        "--fleet",
+        "5",
+        "--fleet-rows",
+        "300",
+        "--reps",
+        "2",
+        "--pg",
+        "postgres://x/y",
+        "--json",
+        "f.json",
+    ])
+    .unwrap();
+    assert_eq!(cli.fleet.as_deref(), Some("5"));
+    assert_eq!(cli.fleet_rows.as_deref(), Some("300"));
+    assert_eq!(cli.reps.as_deref(), Some("2"));
+    assert_eq!(cli.pg.as_deref(), Some("postgres://x/y"));
+    assert_eq!(cli.json, Some("f.json".into()));
+    assert!(
+        Cli::try_parse_from(["fieldsync-bench"])
+            .unwrap()
+            .fleet
+            .is_none()
+    );
+}

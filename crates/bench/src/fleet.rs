@@ -358,8 +358,10 @@ fn round(
                 })
             })
             .collect();
-        start.wait();
+        // Before the barrier opens: a device's own clock starts after it, so no
+        // latency can exceed the round's wall time.
         let began = Instant::now();
+        start.wait();
         let outcomes: Vec<Result<f64, String>> = handles
             .into_iter()
             .map(|h| h.join().expect("a sync thread does not panic"))

@@ -2,46 +2,78 @@
 //! instead of tokio's blocking pool: each thread's allocator arena keeps what an upload
 //! freed (its parsed entries, the database's page cache for its transaction), and
 //! across the blocking pool's many threads those arenas added up (177 MB for a
-//! 1,000,000-entry journal sent in chunks, 69 MB in one arena). Uploads beyond the
-//! cores wait their turn, holding no thread (on SQLite they would wait anyway: one
-//! writer at a time), up to two per thread; more are answered "busy, retry" at once, so
-//! that uploads waiting on rows the office holds cannot stack up a queue every other
-//! device's send waits behind.
+//! 1,000,000-entry journal sent in chunks, 69 MB in one arena).
+//!
+//! Uploads beyond the threads wait their turn in order, holding no thread (on SQLite
+//! they would wait anyway: one writer at a time): a fleet docking at once is served
+//! one after another instead of being told "busy" (200 devices at once used to see
+//! three refusals and give up). The wait is bounded three ways, so that uploads
+//! waiting on rows the office holds cannot stack up a queue every other device's send
+//! waits behind for long:
+//! - one device has at most [`PER_DEVICE`] uploads in the server's hands (a device
+//!   sends one at a time; more are a retry storm or a misbehaving client);
+//! - the bodies waiting hold at most [`WAITING_BYTES`] of memory;
+//! - an upload waits at most [`MOST_WAIT`] for its turn (well inside the client's 60 s
+//!   read timeout).
+//!
+//! Past any of them the answer is "busy, retry" at once.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use fieldsync_proto::wire::{BUSY_RETRY_AFTER_SECS, ErrorCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 use crate::workers::{self, Workers};
 
-/// Uploads running or waiting for a thread.
-static ADMITTED: AtomicUsize = AtomicUsize::new(0);
+/// Uploads one device may have running or waiting.
+pub const PER_DEVICE: usize = 2;
+/// Compressed bodies waiting for a turn, in bytes, on the whole server.
+pub const WAITING_BYTES: usize = 16 << 20;
+/// The longest an upload waits for its turn.
+pub const MOST_WAIT: Duration = Duration::from_secs(30);
 
 static INTEGRATORS: LazyLock<Workers> =
     LazyLock::new(|| Workers::start("fieldsync-upload", workers::per_core()));
 
-/// Runs `f` on one of the [`INTEGRATORS`] and awaits its result; a panic in `f` is an
-/// internal error (the thread goes on serving).
+/// Turns: uploads on a thread or next in the threads' queue (three per thread).
+static TURNS: LazyLock<Arc<Semaphore>> =
+    LazyLock::new(|| Arc::new(Semaphore::new(3 * workers::per_core())));
+
+/// Room for the bodies of uploads waiting for a turn, one permit per byte.
+static WAITING: LazyLock<Arc<Semaphore>> =
+    LazyLock::new(|| Arc::new(Semaphore::new(WAITING_BYTES)));
+
+/// Uploads in the server's hands per device.
+static PER_DEVICE_NOW: LazyLock<Mutex<HashMap<String, usize>>> = LazyLock::new(Mutex::default);
+
+/// Uploads waiting for a turn now (for the busy message).
+static WAITING_NOW: AtomicUsize = AtomicUsize::new(0);
+
+fn busy(what: String) -> ApiError {
+    ApiError::new(
+        ErrorCode::Busy,
+        format!("busy: {what}; retry in {BUSY_RETRY_AFTER_SECS} s"),
+    )
+}
+
+/// Runs `f` on one of the [`INTEGRATORS`] once `device`'s upload of `body_len` bytes
+/// has its turn, and awaits its result; a panic in `f` is an internal error (the
+/// thread goes on serving).
 pub async fn run<T: Send + 'static>(
+    device: &str,
+    body_len: usize,
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let most = 3 * workers::per_core();
-    if ADMITTED.fetch_add(1, Ordering::SeqCst) >= most {
-        ADMITTED.fetch_sub(1, Ordering::SeqCst);
-        return Err(ApiError::new(
-            ErrorCode::Busy,
-            format!(
-                "busy: the server is integrating its most uploads at once ({most}); retry in {BUSY_RETRY_AFTER_SECS} s"
-            ),
-        ));
-    }
-    // Given back when the job ends, or when it is dropped unrun.
-    let admitted = Admitted;
+    let in_hands = DeviceUpload::admit(device)?;
+    let turn = turn(body_len).await?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: workers::Job = Box::new(move || {
-        let _admitted = admitted;
+        // Given back when the job ends, or when it is dropped unrun.
+        let _held = (turn, in_hands);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
             .unwrap_or_else(|_| Err(ApiError::internal("an upload's integration panicked")));
         let _ = tx.send(result);
@@ -50,11 +82,72 @@ pub async fn run<T: Send + 'static>(
     rx.await.map_err(ApiError::internal)?
 }
 
-/// One admitted upload; dropping it makes room for another.
-struct Admitted;
+/// A turn at once when one is free, else after waiting in order (its body counted
+/// against [`WAITING_BYTES`]) for at most [`MOST_WAIT`].
+async fn turn(body_len: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+    if let Ok(turn) = TURNS.clone().try_acquire_owned() {
+        return Ok(turn);
+    }
+    let bytes = u32::try_from(body_len.max(1)).unwrap_or(u32::MAX);
+    let room = WAITING.clone().try_acquire_many_owned(bytes).map_err(|_| {
+        busy(format!(
+            "the server's queue of uploads is full ({} waiting)",
+            WAITING_NOW.load(Ordering::SeqCst)
+        ))
+    })?;
+    let waiting = Waiting::start();
+    let waited = tokio::time::timeout(MOST_WAIT, TURNS.clone().acquire_owned()).await;
+    drop((waiting, room));
+    match waited {
+        Ok(turn) => turn.map_err(ApiError::internal),
+        Err(_) => Err(busy(format!(
+            "the upload waited {} s for its turn behind others",
+            MOST_WAIT.as_secs()
+        ))),
+    }
+}
 
-impl Drop for Admitted {
+/// One upload counted in [`WAITING_NOW`], also when its request is dropped mid-wait.
+struct Waiting;
+
+impl Waiting {
+    fn start() -> Waiting {
+        WAITING_NOW.fetch_add(1, Ordering::SeqCst);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
     fn drop(&mut self) {
-        ADMITTED.fetch_sub(1, Ordering::SeqCst);
+        WAITING_NOW.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One of a device's uploads in the server's hands; dropping it makes room.
+struct DeviceUpload(String);
+
+impl DeviceUpload {
+    fn admit(device: &str) -> Result<DeviceUpload, ApiError> {
+        let mut now = PER_DEVICE_NOW.lock().unwrap_or_else(|e| e.into_inner());
+        let n = now.entry(device.to_string()).or_insert(0);
+        if *n >= PER_DEVICE {
+            return Err(busy(format!(
+                "device `{device}` already has {PER_DEVICE} uploads in the server's hands"
+            )));
+        }
+        *n += 1;
+        Ok(DeviceUpload(device.to_string()))
+    }
+}
+
+impl Drop for DeviceUpload {
+    fn drop(&mut self) {
+        let mut now = PER_DEVICE_NOW.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = now.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                now.remove(&self.0);
+            }
+        }
     }
 }

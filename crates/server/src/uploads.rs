@@ -135,7 +135,7 @@ pub(crate) async fn upload(
         Err(e) => return Ok(with_who(e.into_response(), who)),
     };
     let bytes_up = body.len() as u64;
-    let answer = integrators::run(move || {
+    let answer = integrators::run(&device_id, body.len(), move || {
         let upload = upload_body::parse(&headers, &body)?;
         drop(body);
         if claimed_id

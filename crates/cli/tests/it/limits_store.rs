@@ -28,24 +28,30 @@ use fieldsync_proto::wire::{Upload, UploadEntry};
 use crate::harness::*;
 
 /// A server's answer: status and body.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     body: Vec<u8>,
 }
 
 impl Answer {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {}", self.status, self.text()))
     }
 }
 
 /// One HTTP/1.1 request on a new loopback connection, read to its end.
-fn http(url: &str, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Answer {
+pub(crate) fn http(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Answer {
     let addr = url.strip_prefix("http://").unwrap();
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
@@ -95,7 +101,7 @@ fn http(url: &str, method: &str, path: &str, headers: &[(&str, String)], body: &
 }
 
 /// What a paired, logged-in device sends with each request (from its state file).
-fn device_headers(dev: &DeviceDir) -> Vec<(&'static str, String)> {
+pub(crate) fn device_headers(dev: &DeviceDir) -> Vec<(&'static str, String)> {
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dev.path().join("state.json")).unwrap()).unwrap();
     let text = |v: &serde_json::Value| v.as_str().unwrap().to_string();
@@ -111,7 +117,11 @@ fn device_headers(dev: &DeviceDir) -> Vec<(&'static str, String)> {
 }
 
 /// Sends an upload as the device's client does (zstd-compressed JSON, its CRC-32).
-fn post_upload(url: &str, headers: &[(&'static str, String)], upload: &Upload) -> Answer {
+pub(crate) fn post_upload(
+    url: &str,
+    headers: &[(&'static str, String)],
+    upload: &Upload,
+) -> Answer {
     let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
     serde_json::to_writer(&mut encoder, upload).unwrap();
     let body = encoder.finish().unwrap();
@@ -133,7 +143,7 @@ fn post_upload(url: &str, headers: &[(&'static str, String)], upload: &Upload) -
 }
 
 /// An update of one asset's name by ana, based on `base`.
-fn rename(i: usize, key: i64, base: i64, name: String) -> UploadEntry {
+pub(crate) fn rename(i: usize, key: i64, base: i64, name: String) -> UploadEntry {
     UploadEntry {
         seq_first: i as i64 + 1,
         seq_last: i as i64 + 1,
@@ -147,7 +157,7 @@ fn rename(i: usize, key: i64, base: i64, name: String) -> UploadEntry {
     }
 }
 
-fn upload_of(entries: Vec<UploadEntry>) -> Upload {
+pub(crate) fn upload_of(entries: Vec<UploadEntry>) -> Upload {
     Upload {
         upload_id: fieldsync_store::random_hex(16),
         task: NORTH_TASK.into(),
@@ -167,7 +177,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// The ids of the assets in the north slice.
-fn north_ids(office: &Office) -> Vec<i64> {
+pub(crate) fn north_ids(office: &Office) -> Vec<i64> {
     office
         .rows("SELECT id FROM assets WHERE region = 'north' AND status <> 'retired' ORDER BY id")
         .iter()
@@ -593,8 +603,8 @@ fn uploads_waiting_on_an_office_row_lock_give_up_and_keep_the_pool() {
                 let run: Run = Command::new(BIN)
                     .args(["device", "send", "--dir"])
                     .arg(&dir)
-                    // Told "busy" while the server holds its most uploads, it waits
-                    // the answer's 5 s once and sends.
+                    // Its upload waits its turn behind the locked ones, or is told
+                    // "busy" and waits the answer's 5 s once.
                     .env("FIELDSYNC_RETRIES", "3")
                     .output()
                     .unwrap()
@@ -617,7 +627,7 @@ fn uploads_waiting_on_an_office_row_lock_give_up_and_keep_the_pool() {
         assert!(took < Duration::from_secs(10), "a send took {took:?}");
     }
     // Each is told to retry: those that waited for the row by "row locked", the rest
-    // at once, as the server admits only so many uploads at a time.
+    // at once, as the server holds only so many uploads of one device at a time.
     let mut slowest = Duration::ZERO;
     let mut told_locked = 0;
     for t in waiting {
@@ -629,7 +639,7 @@ fn uploads_waiting_on_an_office_row_lock_give_up_and_keep_the_pool() {
         if message.contains("row locked in the office, retry") {
             told_locked += 1;
         } else {
-            assert!(message.contains("integrating its most uploads"), "{body}");
+            assert!(message.contains("uploads in the server's hands"), "{body}");
         }
         slowest = slowest.max(took);
     }
@@ -638,8 +648,8 @@ fn uploads_waiting_on_an_office_row_lock_give_up_and_keep_the_pool() {
         "40 uploads on a row the office held: slowest answer {slowest:?}; 15 logins and 2 \
          sends answered meanwhile"
     );
-    // Far less than the office's 20 s: at most six wait their turn, 1.5 s each, two at
-    // a time.
+    // Far less than the office's 20 s: the device's two uploads in the server's hands
+    // wait 1.5 s each for the row.
     assert!(
         slowest < Duration::from_secs(15),
         "an upload waited {slowest:?}"

@@ -42,7 +42,7 @@ nothing changed: bytes and time of both against the full download.
                      the servers' peak RSS
   --fleet-rows N     rows of each fleet device's slice (default 10000)
   --reps N           fleet rounds; each figure is the median of them (default 3)
-  --skip-download    skip the full download and delta measurement (and --peers)
+  --skip-download    skip the full download and delta measurement (not with --peers)
   --json FILE        also write the figures of --peers, --send and --fleet (every
                      round) as JSON to FILE
 

@@ -7,9 +7,9 @@ use clap::Parser;
 use clap::error::ErrorKind;
 
 pub(crate) const USAGE: &str = "\
-usage: fieldsync-bench [--dir DIR] [--rows-list N,N,...] [--keep] [--pg URL]
-                       [--fleet [C]] [--fleet-rows N] [--reps N] [--skip-download]
-                       [--json FILE]
+usage: fieldsync-bench [--dir DIR] [--rows-list N,N,...] [--keep] [--pg URL] [--peers]
+                       [--send [N]] [--fleet [C]] [--fleet-rows N] [--reps N]
+                       [--skip-download] [--json FILE]
 
 Times a full download of an N-row slice through the real `fieldsync` binary against
 a plain SQLite bulk insert of the same rows (the floor), and reports peak RSS of server
@@ -23,6 +23,18 @@ nothing changed: bytes and time of both against the full download.
   --keep             keep the databases and device folders of the run
   --pg URL           a PostgreSQL URL (a user that may create databases), as
                      FIELDSYNC_BENCH_PG (the flag wins)
+  --peers            (needs --pg) after each size's download from PostgreSQL, the same
+                     slice copied by `ogr2ogr -f GPKG` and `-f SQLite` from the same
+                     table, and pulled by PouchDB from pouchdb-server through a
+                     design-document filter into a local LevelDB PouchDB (the rows
+                     loaded as documents first, not timed): wall clock, bytes on the
+                     wire, size on disk, peak RSS beside fieldsync's; the peers come
+                     from crates/bench/peers/install.sh
+  --send [N]         also N journal entries (default 100000) sent end to end by
+                     `device send` on SQLite (and PostgreSQL with --pg): entries/s,
+                     the server's integration time, device and server peak RSS; then
+                     `device sync` of the same journal (copies of the device folder and
+                     the main database) and a send of N updates
   --fleet [C]        also C devices (default 200) syncing at once against one server on
                      SQLite (and two on PostgreSQL with --pg): each a `fieldsync` process,
                      set up first (not timed), 100 local changes each, then every
@@ -30,14 +42,17 @@ nothing changed: bytes and time of both against the full download.
                      the servers' peak RSS
   --fleet-rows N     rows of each fleet device's slice (default 10000)
   --reps N           fleet rounds; each figure is the median of them (default 3)
-  --skip-download    skip the full download and delta measurement (run the fleet only)
-  --json FILE        also write the fleet's figures, every round, as JSON to FILE
+  --skip-download    skip the full download and delta measurement (not with --peers)
+  --json FILE        also write the figures of --peers, --send and --fleet (every
+                     round) as JSON to FILE
 
 environment:
   FIELDSYNC_BENCH_ROWS  rows of the slice (default 1000000)
   FIELDSYNC_BENCH_PG    a PostgreSQL URL (a user that may create databases): each size
                         is then also downloaded from a fresh PostgreSQL main database
-  FIELDSYNC_BIN         the fieldsync binary (default: `fieldsync` beside this program)";
+  FIELDSYNC_BIN         the fieldsync binary (default: `fieldsync` beside this program)
+  FIELDSYNC_BENCH_PEERS the folder of pouch.js and the peers' node_modules (default:
+                        crates/bench/peers of this source tree)";
 
 pub(crate) const ROWS_DEFAULT: u64 = 1_000_000;
 pub(crate) const FLEET_ROWS_DEFAULT: u64 = 10_000;
@@ -50,6 +65,10 @@ pub(crate) struct Config {
     pub(crate) keep: bool,
     /// Also measure downloads from PostgreSQL (`--pg`, `FIELDSYNC_BENCH_PG`).
     pub(crate) pg: Option<String>,
+    /// ogr2ogr and PouchDB beside each PostgreSQL download (`--peers`).
+    pub(crate) peers: bool,
+    /// Journal entries of the send measurement (`--send`), when it runs.
+    pub(crate) send: Option<u64>,
     /// Devices of the fleet, when it runs.
     pub(crate) fleet: Option<usize>,
     pub(crate) fleet_rows: u64,
@@ -85,6 +104,11 @@ pub(crate) struct Cli {
     /// A PostgreSQL URL; wins over FIELDSYNC_BENCH_PG.
     #[arg(long, value_name = "URL")]
     pub(crate) pg: Option<String>,
+    #[arg(long)]
+    pub(crate) peers: bool,
+    /// Journal entries to send; the flag alone means 100000.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "100000")]
+    pub(crate) send: Option<String>,
     /// Devices of the fleet; the flag alone means 200.
     #[arg(long, value_name = "C", num_args = 0..=1, default_missing_value = "200")]
     pub(crate) fleet: Option<String>,
@@ -111,17 +135,38 @@ pub(crate) fn parse_args() -> anyhow::Result<Option<Config>> {
             bail!("{}", first.strip_prefix("error: ").unwrap_or(first))
         }
     };
+    config_from(cli).map(Some)
+}
+
+/// The configuration from parsed flags and the environment; fails on flags that do not
+/// go together.
+pub(crate) fn config_from(cli: Cli) -> anyhow::Result<Config> {
     let Cli {
         dir,
         rows_list,
         keep,
         pg,
+        peers,
+        send,
         fleet,
         fleet_rows,
         reps,
         skip_download,
         json,
     } = cli;
+    let send = match send {
+        Some(n) => Some(parse_count(&n).context("--send")?),
+        None => None,
+    };
+    let pg = pg.or_else(|| std::env::var("FIELDSYNC_BENCH_PG").ok());
+    ensure!(
+        !peers || pg.is_some(),
+        "--peers needs --pg (or FIELDSYNC_BENCH_PG): the peers copy the PostgreSQL table"
+    );
+    ensure!(
+        !(peers && skip_download),
+        "--peers runs after each size's download: not with --skip-download"
+    );
     let fleet = match fleet {
         Some(c) => Some(parse_count(&c).context("--fleet")? as usize),
         None => None,
@@ -135,8 +180,8 @@ pub(crate) fn parse_args() -> anyhow::Result<Option<Config>> {
         None => REPS_DEFAULT,
     };
     ensure!(
-        !skip_download || fleet.is_some(),
-        "--skip-download leaves nothing to measure without --fleet"
+        !skip_download || fleet.is_some() || send.is_some(),
+        "--skip-download leaves nothing to measure without --fleet or --send"
     );
     let sizes = match rows_list {
         Some(list) => Some(
@@ -161,18 +206,20 @@ pub(crate) fn parse_args() -> anyhow::Result<Option<Config>> {
             .context("this program has no folder")?
             .join("fieldsync"),
     };
-    Ok(Some(Config {
+    Ok(Config {
         bin,
         dir,
         sizes,
         keep,
-        pg: pg.or_else(|| std::env::var("FIELDSYNC_BENCH_PG").ok()),
+        pg,
+        peers,
+        send,
         fleet,
         fleet_rows,
         reps,
         skip_download,
         json,
-    }))
+    })
 }
 
 /// This invocation as a shell line, with the environment that changes what it does.
@@ -182,6 +229,7 @@ pub(crate) fn command_line() -> String {
         "FIELDSYNC_BENCH_ROWS",
         "FIELDSYNC_BENCH_PG",
         "FIELDSYNC_BIN",
+        "FIELDSYNC_BENCH_PEERS",
     ] {
         if let Ok(v) = std::env::var(var) {
             parts.push(format!("{var}={v}"));

@@ -25,7 +25,7 @@ use crate::floor::{generate, insert_rows};
 use crate::measure::{
     BENCH_PASSWORD, BENCH_USER, ServerChild, fieldsync, insert_rows_pg, start_server,
 };
-use crate::metrics::{cpu_ticks, machine_ticks, peak_rss_kb};
+use crate::metrics::{cpu_ticks, machine_ticks, peak_rss_kb, reset_peak_rss};
 
 /// Local changes each device makes before each round's sync.
 pub(crate) const CHANGES_PER_DEVICE: u64 = 100;
@@ -99,13 +99,6 @@ pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
 
 fn device_id(i: usize) -> String {
     format!("fleet-{i:04}")
-}
-
-/// Resets a live process's peak RSS to its current RSS (`clear_refs` 5), so the next
-/// VmHWM covers only what follows.
-fn reset_peak_rss(pid: u32) -> anyhow::Result<()> {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
-        .with_context(|| format!("resetting the peak RSS of process {pid}"))
 }
 
 /// Runs `work(i)` for i in 0..n on a few threads; the first error stops the rest.

@@ -4,6 +4,9 @@
 //! then the delta syncs after the office changed 1% of the rows, and after nothing
 //! changed, against that full download (`delta.rs`). With `--fleet C`, C devices
 //! syncing at once against one server on SQLite, or two on one PostgreSQL (`fleet.rs`).
+//! With `--peers`, ogr2ogr and PouchDB copying the same slice from PostgreSQL
+//! (`peers.rs`); with `--send N`, N journal entries sent end to end and synchronized
+//! (`send.rs`).
 //!
 //! Everything of one size is measured in one run, so the ratios compare like with like
 //! on the same machine at the same moment. Missed targets are reported, not failed on;
@@ -15,7 +18,10 @@ mod fleet;
 mod floor;
 mod measure;
 mod metrics;
+mod peers;
+mod proxy;
 mod report;
+mod send;
 #[cfg(test)]
 mod tests;
 
@@ -27,7 +33,8 @@ use crate::args::{Config, USAGE, command_line, parse_args};
 use crate::measure::{PgBenchDb, measure};
 use crate::metrics::{load_average, machine};
 use crate::report::{
-    fleet_json, mb, print_delta, print_figures, print_fleet, print_summary, thousands,
+    fleet_json, mb, peers_json, print_delta, print_figures, print_fleet, print_peers, print_send,
+    print_summary, send_json, thousands,
 };
 
 fn main() -> ExitCode {
@@ -57,6 +64,11 @@ fn run(config: &Config) -> anyhow::Result<()> {
         "no fieldsync binary at {}: build it (cargo build --release -p fieldsync-cli) or set FIELDSYNC_BIN",
         config.bin.display()
     );
+    // Before anything long: a missing peer fails now, naming the install script.
+    let tools = match config.peers {
+        true => Some(peers::check_tools(&peers::peers_dir())?),
+        false => None,
+    };
     let (root, remove_root) = match &config.dir {
         Some(d) => (d.clone(), false),
         None => (
@@ -74,6 +86,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
     println!("- load average at start: {}", load_average());
 
     let mut all = Vec::new();
+    let (mut peers_out, mut send_out) = (Vec::new(), Vec::new());
     let sizes: &[u64] = if config.skip_download {
         &[]
     } else {
@@ -117,6 +130,20 @@ fn run(config: &Config) -> anyhow::Result<()> {
                 mb(figures.server_rss_kb),
             );
             println!("\nLoad average after PostgreSQL: {}.", load_average());
+            if let Some(tools) = &tools {
+                let folder = metrics::disk_bytes(&pg_dir.join("device"));
+                let p = peers::measure_peers(
+                    tools,
+                    &pg_dir,
+                    &db.url,
+                    &on_pg,
+                    folder,
+                    metrics::ticks_per_s(),
+                )?;
+                print_peers(&p);
+                println!("\nLoad average after the peers: {}.", load_average());
+                peers_out.push(peers_json(&p));
+            }
         }
         if !config.keep && config.dir.is_none() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -126,8 +153,23 @@ fn run(config: &Config) -> anyhow::Result<()> {
     if all.len() > 1 {
         print_summary(&all);
     }
-    if let Some(devices) = config.fleet {
-        run_fleet(config, &root, devices)?;
+    if let Some(entries) = config.send {
+        send_out = run_send(config, &root, entries)?;
+    }
+    let fleet_out = match config.fleet {
+        Some(devices) => run_fleet(config, &root, devices)?,
+        None => Vec::new(),
+    };
+    if let Some(path) = &config.json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "command": command_line(),
+            "machine": machine(),
+            "load_average_at_end": load_average(),
+            "peers": peers_out,
+            "send": send_out,
+            "fleet": fleet_out,
+        }))?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     if remove_root {
         std::fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
@@ -135,8 +177,51 @@ fn run(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The fleet on SQLite, then (with a PostgreSQL URL) on PostgreSQL with two servers.
-fn run_fleet(config: &Config, root: &std::path::Path, devices: usize) -> anyhow::Result<()> {
+/// A fresh folder of the run, refused when an earlier run left it.
+fn fresh_dir(root: &std::path::Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = root.join(name);
+    ensure!(
+        !dir.exists(),
+        "{} exists from an earlier run: remove it or pick another --dir",
+        dir.display()
+    );
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The send on SQLite, then (with a PostgreSQL URL) on PostgreSQL; their JSON.
+fn run_send(
+    config: &Config,
+    root: &std::path::Path,
+    entries: u64,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut json = Vec::new();
+    let engines: &[bool] = if config.pg.is_some() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &on_pg in engines {
+        let dir = fresh_dir(root, if on_pg { "send-postgres" } else { "send" })?;
+        let pg = config.pg.as_deref().filter(|_| on_pg);
+        let figures = send::measure_send(&config.bin, &dir, entries, pg, metrics::ticks_per_s())?;
+        print_send(&figures);
+        println!("\nLoad average after the send: {}.", load_average());
+        json.push(send_json(&figures));
+        if !config.keep && config.dir.is_none() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    Ok(json)
+}
+
+/// The fleet on SQLite, then (with a PostgreSQL URL) on PostgreSQL with two servers;
+/// their JSON.
+fn run_fleet(
+    config: &Config,
+    root: &std::path::Path,
+    devices: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let ticks_per_s = metrics::ticks_per_s();
     let mut json = Vec::new();
     let engines: &[bool] = if config.pg.is_some() {
@@ -145,13 +230,7 @@ fn run_fleet(config: &Config, root: &std::path::Path, devices: usize) -> anyhow:
         &[false]
     };
     for &on_pg in engines {
-        let dir = root.join(if on_pg { "fleet-postgres" } else { "fleet" });
-        ensure!(
-            !dir.exists(),
-            "{} exists from an earlier run: remove it or pick another --dir",
-            dir.display()
-        );
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = fresh_dir(root, if on_pg { "fleet-postgres" } else { "fleet" })?;
         let db = match (on_pg, &config.pg) {
             (true, Some(pg)) => Some(PgBenchDb::create(pg)?),
             _ => None,
@@ -175,13 +254,5 @@ fn run_fleet(config: &Config, root: &std::path::Path, devices: usize) -> anyhow:
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
     }
-    if let Some(path) = &config.json {
-        let text = serde_json::to_string_pretty(&serde_json::json!({
-            "command": command_line(),
-            "machine": machine(),
-            "fleet": json,
-        }))?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    Ok(json)
 }

@@ -132,6 +132,13 @@ pub(crate) fn start_server(
     Ok((server, url))
 }
 
+/// A loopback port free at the moment (bound, then let go).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// Fails loudly unless the replica holds exactly the slice's rows.
 pub(crate) fn check_replica(path: &str, rows: &[AssetRow]) -> anyhow::Result<()> {
     let conn = Connection::open(path).with_context(|| format!("opening the replica {path}"))?;

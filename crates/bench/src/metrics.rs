@@ -103,24 +103,43 @@ pub(crate) fn ticks_per_s() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// Runs one `fieldsync device download` and watches it: wall clock, peak RSS and CPU,
-/// sampled from `/proc` every RSS_POLL until it exits.
+/// Runs one `fieldsync` device command (a download, a send, a sync) and watches it:
+/// wall clock, peak RSS and CPU, sampled from `/proc` every RSS_POLL until it exits.
 pub(crate) fn timed_download(
     bin: &Path,
     args: &[&str],
     server_pid: u32,
     ticks_per_s: f64,
 ) -> anyhow::Result<Watched> {
-    let server_ticks_before = cpu_ticks(server_pid).context("reading the server's CPU time")?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    let (watched, out) = timed_command(cmd, Some(server_pid), ticks_per_s)
+        .with_context(|| format!("`fieldsync {}`", args.join(" ")))?;
+    eprintln!("  {}", out.trim());
+    Ok(watched)
+}
+
+/// Runs any program and watches it as `timed_download` does; `server_pid`, when given,
+/// is the process whose CPU is counted as the server's. Fails with its stderr unless it
+/// exits 0; returns its stdout.
+pub(crate) fn timed_command(
+    mut cmd: Command,
+    server_pid: Option<u32>,
+    ticks_per_s: f64,
+) -> anyhow::Result<(Watched, String)> {
+    let server_cpu = || match server_pid {
+        Some(pid) => cpu_ticks(pid).context("reading the server's CPU time"),
+        None => Ok(0),
+    };
+    let server_ticks_before = server_cpu()?;
     let (busy_before, iowait_before) = machine_ticks().context("reading /proc/stat")?;
     let started = Instant::now();
-    let mut child = Command::new(bin)
-        .args(args)
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+        .with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
     let pid = child.id();
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
@@ -151,27 +170,48 @@ pub(crate) fn timed_download(
     let wall_s = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let (rss_kb, device_ticks) = poller.join().expect("the poller does not panic");
-    let server_ticks_after = cpu_ticks(server_pid).context("reading the server's CPU time")?;
+    let server_ticks_after = server_cpu()?;
     let (busy_after, iowait_after) = machine_ticks().context("reading /proc/stat")?;
     let out = out_reader.join().expect("the reader does not panic");
     let err = err_reader.join().expect("the reader does not panic");
-    ensure!(
-        status.success(),
-        "`fieldsync {}` failed ({status}): {}",
-        args.join(" "),
-        err.trim()
-    );
-    eprintln!("  {}", out.trim());
+    ensure!(status.success(), "failed ({status}): {}", err.trim());
     let server_ticks = server_ticks_after.saturating_sub(server_ticks_before);
     let other_ticks = busy_after
         .saturating_sub(busy_before)
         .saturating_sub(device_ticks + server_ticks);
-    Ok(Watched {
+    let watched = Watched {
         wall_s,
         device_rss_kb: rss_kb,
         device_cpu_s: device_ticks as f64 / ticks_per_s,
         server_cpu_s: server_ticks as f64 / ticks_per_s,
         other_cpu_s: other_ticks as f64 / ticks_per_s,
         iowait_s: iowait_after.saturating_sub(iowait_before) as f64 / ticks_per_s,
-    })
+    };
+    Ok((watched, out))
+}
+
+/// Resets a live process's peak RSS to its current RSS (`clear_refs` 5), so the next
+/// VmHWM covers only what follows.
+pub(crate) fn reset_peak_rss(pid: u32) -> anyhow::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("resetting the peak RSS of process {pid}"))
+}
+
+/// Total size in bytes of the files under `path` (a file's own size; symbolic links
+/// not followed).
+pub(crate) fn disk_bytes(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return if meta.is_file() { meta.len() } else { 0 };
+    }
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| disk_bytes(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0)
 }

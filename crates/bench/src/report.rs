@@ -330,3 +330,208 @@ pub(crate) fn fleet_json(f: &crate::fleet::FleetFigures) -> serde_json::Value {
         "rounds": rounds,
     })
 }
+
+/// fieldsync beside ogr2ogr and PouchDB, one size (`--peers`).
+pub(crate) fn print_peers(p: &crate::peers::PeerFigures) {
+    use crate::peers::{GPKG_SPEEDUP_MIN, speedup};
+    println!(
+        "\n## Peers: the same {} rows from one PostgreSQL table\n",
+        thousands(p.n_rows)
+    );
+    println!(
+        "Wall clock from start to exit of each client process; bytes on the wire of the peers through a counting relay on loopback (PostgreSQL's protocol for ogr2ogr, HTTP for PouchDB), fieldsync's from `last_sync.bytes_down`; on disk: what the client wrote. Tools: {}.\n",
+        p.tools
+    );
+    println!(
+        "| client | wall clock (own figure) | × fieldsync download 1 / 2 | bytes to the client | bytes to the server | on disk | client peak RSS | CPU: client / server / rest of the machine |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let (d1, d2) = (p.fieldsync[0].wall_s, p.fieldsync[1].wall_s);
+    for f in &p.fieldsync {
+        println!(
+            "| {} | {:.3} s ({:.3} s) | {:.2}× / {:.2}× | {} B | — | {} B (device folder at the end) | {:.1} MB | {:.2} s / {:.2} s / {:.2} s |",
+            f.name,
+            f.wall_s,
+            f.own_s,
+            speedup(f.wall_s, d1),
+            speedup(f.wall_s, d2),
+            thousands(f.bytes_down),
+            thousands(p.fieldsync_folder_bytes),
+            mb(f.device_rss_kb),
+            f.device_cpu_s,
+            f.server_cpu_s,
+            f.other_cpu_s
+        );
+    }
+    for r in [&p.gpkg, &p.sqlite, &p.pouch] {
+        let own = r.own_s.map_or("—".to_string(), |s| format!("{s:.3} s"));
+        println!(
+            "| {} | {:.3} s ({own}) | {:.2}× / {:.2}× | {} B | {} B | {} B | {:.1} MB | {:.2} s / {:.2} s / {:.2} s |",
+            r.name,
+            r.watched.wall_s,
+            speedup(r.watched.wall_s, d1),
+            speedup(r.watched.wall_s, d2),
+            thousands(r.bytes_down),
+            thousands(r.bytes_up),
+            thousands(r.output_bytes),
+            mb(r.watched.device_rss_kb),
+            r.watched.device_cpu_s,
+            r.watched.server_cpu_s,
+            r.watched.other_cpu_s
+        );
+    }
+    let (s1, s2) = (
+        speedup(p.gpkg.watched.wall_s, d1),
+        speedup(p.gpkg.watched.wall_s, d2),
+    );
+    println!(
+        "\n| target | download 1 | download 2 | verdict |\n|---|---|---|---|\n| fieldsync's full download ≥ {GPKG_SPEEDUP_MIN}× faster than `ogr2ogr -f GPKG` of the same table | {s1:.2}× | {s2:.2}× | {} |",
+        verdict(s1 >= GPKG_SPEEDUP_MIN && s2 >= GPKG_SPEEDUP_MIN)
+    );
+    println!(
+        "\nNot timed: loading the rows into pouchdb-server took {:.1} s; pouchdb-server's peak RSS during the pull {:.1} MB. ogr2ogr's server CPU (the PostgreSQL backend) is in the rest of the machine.",
+        p.pouch_load_s,
+        mb(p.pouch_server_rss_kb)
+    );
+}
+
+pub(crate) fn peers_json(p: &crate::peers::PeerFigures) -> serde_json::Value {
+    let watched = |w: &crate::metrics::Watched| {
+        serde_json::json!({
+            "wall_s": w.wall_s,
+            "client_peak_rss_kb": w.device_rss_kb,
+            "client_cpu_s": w.device_cpu_s,
+            "server_cpu_s": w.server_cpu_s,
+            "other_cpu_s": w.other_cpu_s,
+            "iowait_s": w.iowait_s,
+        })
+    };
+    let peer = |r: &crate::peers::PeerRun| {
+        serde_json::json!({
+            "name": r.name,
+            "watched": watched(&r.watched),
+            "own_s": r.own_s,
+            "bytes_down": r.bytes_down,
+            "bytes_up": r.bytes_up,
+            "output_bytes": r.output_bytes,
+        })
+    };
+    let fieldsync: Vec<serde_json::Value> = p
+        .fieldsync
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "name": f.name,
+                "wall_s": f.wall_s,
+                "own_s": f.own_s,
+                "bytes_down": f.bytes_down,
+                "device_peak_rss_kb": f.device_rss_kb,
+                "device_cpu_s": f.device_cpu_s,
+                "server_cpu_s": f.server_cpu_s,
+                "other_cpu_s": f.other_cpu_s,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "part": "peers",
+        "rows": p.n_rows,
+        "tools": p.tools,
+        "fieldsync": fieldsync,
+        "fieldsync_folder_bytes": p.fieldsync_folder_bytes,
+        "ogr2ogr_gpkg": peer(&p.gpkg),
+        "ogr2ogr_sqlite": peer(&p.sqlite),
+        "pouchdb": peer(&p.pouch),
+        "pouchdb_load_s": p.pouch_load_s,
+        "pouchdb_server_peak_rss_kb": p.pouch_server_rss_kb,
+    })
+}
+
+/// Send end to end, and Send against Synchronize, one engine (`--send`).
+pub(crate) fn print_send(f: &crate::send::SendFigures) {
+    use crate::send::{rate, rate_min};
+    let n = f.entries;
+    let min = rate_min(f.engine);
+    println!(
+        "\n## Send: {} journal entries, {} main database\n",
+        thousands(n),
+        f.engine
+    );
+    println!(
+        "{} inspections inserted on the replica in {:.3} s (not timed; the triggers journal each). The sync runs on a second setup made the same way (main database, server, device, the same inserts). Wall clock: start to exit of the device process (reading and compacting the journal, compression, uploads, the server's integration, the acknowledgement). Server: its integration time, summed over the uploads that carried rows (sync history).\n",
+        thousands(n),
+        f.journal_s
+    );
+    println!("| measure | value | target | verdict |");
+    println!("|---|---|---|---|");
+    let s = &f.send;
+    let r = rate(n, s.watched.wall_s);
+    println!(
+        "| `device send`, end to end | {:.3} s = {} entries/s | ≥ {} entries/s | {} |",
+        s.watched.wall_s,
+        thousands(r as u64),
+        thousands(min as u64),
+        verdict(r >= min)
+    );
+    let lines = [
+        ("`device send`", s),
+        ("`device sync` of the same journal (second setup)", &f.sync),
+        (
+            "`device send` of the same rows updated (two columns each)",
+            &f.updates,
+        ),
+    ];
+    for (name, run) in lines {
+        println!(
+            "| {name}: wall clock; server integration ({} upload(s)) | {:.3} s ({}/s); {} ms ({}/s) | — | informational |",
+            run.uploads,
+            run.watched.wall_s,
+            thousands(rate(n, run.watched.wall_s) as u64),
+            thousands(run.server_ms),
+            thousands(rate(n, run.server_ms as f64 / 1000.0) as u64)
+        );
+    }
+    println!(
+        "| Synchronize / Send, wall clock | {:.2}× ({:.3} s / {:.3} s; the sync's download part {} ms in the history) | — | informational |",
+        f.sync.watched.wall_s / s.watched.wall_s.max(1e-9),
+        f.sync.watched.wall_s,
+        s.watched.wall_s,
+        f.sync.history_ms.saturating_sub(f.sync.server_ms)
+    );
+    for (name, run) in lines {
+        println!(
+            "| {name}: device / server peak RSS; CPU device / server / rest of the machine | {:.1} MB / {:.1} MB; {:.2} s / {:.2} s / {:.2} s | — | informational |",
+            mb(run.watched.device_rss_kb),
+            mb(run.server_rss_kb),
+            run.watched.device_cpu_s,
+            run.watched.server_cpu_s,
+            run.watched.other_cpu_s
+        );
+    }
+}
+
+pub(crate) fn send_json(f: &crate::send::SendFigures) -> serde_json::Value {
+    let run = |r: &crate::send::SendRun| {
+        serde_json::json!({
+            "wall_s": r.watched.wall_s,
+            "entries_per_s": crate::send::rate(f.entries, r.watched.wall_s),
+            "server_integration_ms": r.server_ms,
+            "uploads": r.uploads,
+            "history_ms": r.history_ms,
+            "device_peak_rss_kb": r.watched.device_rss_kb,
+            "server_peak_rss_kb": r.server_rss_kb,
+            "device_cpu_s": r.watched.device_cpu_s,
+            "server_cpu_s": r.watched.server_cpu_s,
+            "other_cpu_s": r.watched.other_cpu_s,
+        })
+    };
+    serde_json::json!({
+        "part": "send",
+        "engine": f.engine,
+        "entries": f.entries,
+        "target_entries_per_s": crate::send::rate_min(f.engine),
+        "journal_s": f.journal_s,
+        "send": run(&f.send),
+        "sync": run(&f.sync),
+        "updates": run(&f.updates),
+    })
+}

@@ -301,3 +301,168 @@ fn the_fleet_flags_parse() {
             .is_none()
     );
 }
+
+#[test]
+fn the_peers_and_send_flags_parse_and_check_each_other() {
+    use clap::Parser;
+
+    use crate::args::{Cli, config_from};
+    let parse = |args: &[&str]| {
+        let mut all = vec!["fieldsync-bench"];
+        all.extend(args);
+        config_from(Cli::try_parse_from(all).unwrap())
+    };
+    let c = parse(&["--send", "--pg", "postgres://u@h:1/d", "--peers"]).unwrap();
+    assert_eq!(c.send, Some(100_000));
+    assert!(c.peers);
+    let c = parse(&["--send", "2_000", "--skip-download"]).unwrap();
+    assert_eq!(c.send, Some(2_000));
+    assert!(!c.peers);
+    assert!(parse(&["--send", "0"]).is_err());
+    let err = parse(&[
+        "--peers",
+        "--pg",
+        "postgres://u@h/d",
+        "--skip-download",
+        "--send",
+    ])
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("--skip-download"), "{err}");
+    if std::env::var_os("FIELDSYNC_BENCH_PG").is_none() {
+        let err = parse(&["--peers"]).err().unwrap();
+        assert!(err.to_string().contains("--peers needs --pg"), "{err}");
+    }
+    // The usage text names every flag clap knows.
+    use clap::CommandFactory;
+    for arg in Cli::command().get_arguments() {
+        if let Some(long) = arg.get_long().filter(|l| *l != "help") {
+            assert!(
+                crate::args::USAGE.contains(&format!("--{long}")),
+                "--{long} is not in the usage text"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_postgres_url_is_pointed_at_the_relay() {
+    use crate::peers::pg_via;
+    let to: std::net::SocketAddr = "127.0.0.1:4242".parse().unwrap();
+    let (addr, url) = pg_via("postgres://postgres@127.0.0.1:5432/test", to).unwrap();
+    assert_eq!(addr, "127.0.0.1:5432".parse().unwrap());
+    assert_eq!(url, "postgres://postgres@127.0.0.1:4242/test");
+    let (addr, url) = pg_via("postgresql://u:p@127.0.0.1/db?sslmode=disable", to).unwrap();
+    assert_eq!(addr.port(), 5432);
+    assert_eq!(url, "postgresql://u:p@127.0.0.1:4242/db?sslmode=disable");
+    let (addr, _) = pg_via("postgres://[::1]:6543/db", to).unwrap();
+    assert_eq!(addr, "[::1]:6543".parse().unwrap());
+    assert!(pg_via("postgres:///db", to).is_err());
+    assert!(pg_via("host=/tmp dbname=x", to).is_err());
+}
+
+#[test]
+fn missing_peers_fail_naming_the_install_script() {
+    use crate::peers::{INSTALL_SCRIPT, check_tools, npm_version};
+    let dir = tempfile_dir("peers");
+    let err = check_tools(&dir).err().unwrap().to_string();
+    assert!(err.contains(INSTALL_SCRIPT), "{err}");
+    assert!(err.contains("pouchdb-server in"), "{err}");
+    assert!(err.contains("pouch.js"), "{err}");
+    assert_eq!(
+        npm_version(r#"{"name": "pouchdb", "version": "9.0.0"}"#).as_deref(),
+        Some("9.0.0")
+    );
+    assert_eq!(npm_version("{}"), None);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The relay counts each direction's bytes, on a real loopback connection.
+#[test]
+fn the_relay_counts_bytes_both_ways() {
+    use std::io::{Read, Write};
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = server.local_addr().unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().unwrap();
+        let mut got = vec![0u8; 1000];
+        s.read_exact(&mut got).unwrap();
+        s.write_all(&[7u8; 250_000]).unwrap();
+        got
+    });
+    let relay = crate::proxy::Relay::start(target).unwrap();
+    let mut c = std::net::TcpStream::connect(relay.addr).unwrap();
+    c.write_all(&[1u8; 1000]).unwrap();
+    let mut back = vec![0u8; 250_000];
+    c.read_exact(&mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 7));
+    assert_eq!(echo.join().unwrap(), vec![1u8; 1000]);
+    assert_eq!(relay.counts.read(), (250_000, 1000));
+}
+
+#[test]
+fn disk_bytes_adds_files_and_skips_links() {
+    let dir = tempfile_dir("disk");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("gen-1.sqlite"), b"replica").unwrap();
+    std::fs::write(dir.join("sub/state"), b"s").unwrap();
+    std::os::unix::fs::symlink(dir.join("gen-1.sqlite"), dir.join("replica.sqlite")).unwrap();
+    assert_eq!(crate::metrics::disk_bytes(&dir), 8);
+    assert_eq!(crate::metrics::disk_bytes(&dir.join("gen-1.sqlite")), 7);
+    assert_eq!(crate::metrics::disk_bytes(&dir.join("absent")), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_integration_time_counts_the_uploads_only() {
+    let h: Vec<serde_json::Value> = serde_json::from_str(
+        r#"[{"op": "sync", "rows_up": 10000, "duration_ms": 120},
+            {"op": "sync", "rows_up": 500, "duration_ms": 30},
+            {"op": "sync", "rows_up": 0, "duration_ms": 7}]"#,
+    )
+    .unwrap();
+    assert_eq!(crate::send::integration(&h), (150, 2, 157));
+    assert_eq!(crate::send::rate(100_000, 0.5), 200_000.0);
+    assert_eq!(crate::send::rate(1, 0.0), 0.0);
+    assert_eq!(crate::send::rate_min("PostgreSQL"), 50_000.0);
+    assert_eq!(crate::send::rate_min("SQLite"), 100_000.0);
+    assert_eq!(crate::peers::speedup(3.0, 1.5), 2.0);
+}
+
+/// A small send through the real binary on SQLite: the same journal sent by one device
+/// and synchronized by another on an identical setup, then updated and sent again; the
+/// report's JSON holds every run.
+#[test]
+fn a_small_send_and_its_sync_reach_their_main_databases() {
+    let bin = fieldsync_bin();
+    let dir = tempfile_dir("send");
+    let f =
+        crate::send::measure_send(&bin, &dir, 2_500, None, crate::metrics::ticks_per_s()).unwrap();
+    for run in [&f.send, &f.sync, &f.updates] {
+        assert!(run.watched.wall_s > 0.0);
+        assert!(run.uploads >= 1, "no upload in the history");
+        assert!(run.server_ms <= run.history_ms);
+        assert!(run.server_rss_kb > 1000 && run.watched.device_rss_kb > 1000);
+    }
+    // The sync's download shows in its history; a send has none.
+    assert!(f.sync.history_ms >= f.sync.server_ms);
+    let count = |db: &str, sql: &str| -> i64 {
+        Connection::open(dir.join(db))
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    };
+    let worn = "SELECT count(*) FROM inspections WHERE result = 'worn'";
+    assert_eq!(count("send/main.sqlite", worn), 2_500);
+    assert_eq!(count("sync/main.sqlite", worn), 0);
+    assert_eq!(
+        count("sync/main.sqlite", "SELECT count(*) FROM inspections"),
+        2_500
+    );
+    let json = crate::report::send_json(&f);
+    assert_eq!(json["entries"], 2_500);
+    assert_eq!(json["engine"], "SQLite");
+    assert!(json["sync"]["entries_per_s"].as_f64().unwrap() > 0.0);
+    crate::report::print_send(&f);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

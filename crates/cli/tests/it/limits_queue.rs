@@ -5,10 +5,12 @@
 //! (`server/integrators.rs`).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::*;
-use crate::limits_store::{device_headers, north_ids, post_upload, rename, upload_of};
+use crate::limits_store::{
+    device_headers, north_ids, on_server, post_upload, rename, send_in_thread, upload_of,
+};
 
 /// Eight devices' uploads of a row the office holds take every turn the server has
 /// (two threads, each upload waiting 1.5 s for the row, and four next in line); four
@@ -23,13 +25,7 @@ fn sends_beyond_the_servers_threads_wait_their_turn_instead_of_failing() {
     command.env("FIELDSYNC_LOCK_TIMEOUT_MS", "1500");
     let server = Server::start_by(command, &office.db_url);
     let url = server.url.clone();
-    let on_server = |id: String| {
-        let dev = office.device(&id, &[NORTH]);
-        dev.use_server(&url);
-        dev.login("ana").ok();
-        dev.run(&["download", NORTH], "").ok();
-        dev
-    };
+    let on_server = |id: String| on_server(&office, &url, &id);
     let lockers: Vec<(String, DeviceDir)> = (0..8)
         .map(|i| (format!("lk{i}"), on_server(format!("lk{i}"))))
         .collect();
@@ -69,23 +65,7 @@ fn sends_beyond_the_servers_threads_wait_their_turn_instead_of_failing() {
         .collect();
     // The locked uploads reach the server first.
     std::thread::sleep(Duration::from_millis(500));
-    let sends: Vec<_> = senders
-        .iter()
-        .map(|dev| {
-            let dir = dev.path().to_path_buf();
-            std::thread::spawn(move || {
-                let started = Instant::now();
-                let run: Run = Command::new(BIN)
-                    .args(["device", "send", "--dir"])
-                    .arg(&dir)
-                    .env("FIELDSYNC_RETRIES", "1")
-                    .output()
-                    .unwrap()
-                    .into();
-                (run, started.elapsed())
-            })
-        })
-        .collect();
+    let sends: Vec<_> = senders.iter().map(|dev| send_in_thread(dev, 1)).collect();
     let mut slowest = Duration::ZERO;
     for t in sends {
         let (run, took) = t.join().unwrap();
@@ -123,5 +103,3 @@ fn sends_beyond_the_servers_threads_wait_their_turn_instead_of_failing() {
     );
     drop(server);
 }
-
-const NORTH: &str = "north-inspections";

@@ -177,6 +177,36 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// The ids of the assets in the north slice.
+/// A device of the north task paired with the server at `url`, logged in as ana and
+/// downloaded.
+pub(crate) fn on_server(office: &Office, url: &str, id: &str) -> DeviceDir {
+    let dev = office.device(id, &[NORTH_TASK]);
+    dev.use_server(url);
+    dev.login("ana").ok();
+    dev.run(&["download", NORTH_TASK], "").ok();
+    dev
+}
+
+/// `device send` of `dev` on a thread of its own, with `retries` attempts in all:
+/// its outcome and how long it took.
+pub(crate) fn send_in_thread(
+    dev: &DeviceDir,
+    retries: u32,
+) -> std::thread::JoinHandle<(Run, Duration)> {
+    let dir = dev.path().to_path_buf();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let run: Run = Command::new(BIN)
+            .args(["device", "send", "--dir"])
+            .arg(&dir)
+            .env("FIELDSYNC_RETRIES", retries.to_string())
+            .output()
+            .unwrap()
+            .into();
+        (run, started.elapsed())
+    })
+}
+
 pub(crate) fn north_ids(office: &Office) -> Vec<i64> {
     office
         .rows("SELECT id FROM assets WHERE region = 'north' AND status <> 'retired' ORDER BY id")
@@ -516,13 +546,7 @@ fn uploads_waiting_on_an_office_row_lock_give_up_and_keep_the_pool() {
     command.env("FIELDSYNC_LOCK_TIMEOUT_MS", "1500");
     let server = Server::start_by(command, &office.db_url);
     let url = server.url.clone();
-    let on_server = |id: &str| {
-        let dev = office.device(id, &[NORTH_TASK]);
-        dev.use_server(&url);
-        dev.login("ana").ok();
-        dev.run(&["download", NORTH_TASK], "").ok();
-        dev
-    };
+    let on_server = |id: &str| on_server(&office, &url, id);
     let tab1 = on_server("tab1");
     let others: Vec<DeviceDir> = ["tab2", "tab3"].iter().map(|id| on_server(id)).collect();
     let logins = office.device("tab9", &[NORTH_TASK]);
@@ -594,25 +618,9 @@ fn uploads_waiting_on_an_office_row_lock_give_up_and_keep_the_pool() {
             })
         })
         .collect();
-    let sends: Vec<_> = others
-        .iter()
-        .map(|dev| {
-            let dir = dev.path().to_path_buf();
-            std::thread::spawn(move || {
-                let started = Instant::now();
-                let run: Run = Command::new(BIN)
-                    .args(["device", "send", "--dir"])
-                    .arg(&dir)
-                    // Its upload waits its turn behind the locked ones, or is told
-                    // "busy" and waits the answer's 5 s once.
-                    .env("FIELDSYNC_RETRIES", "3")
-                    .output()
-                    .unwrap()
-                    .into();
-                (run, started.elapsed())
-            })
-        })
-        .collect();
+    // Their uploads wait their turn behind the locked ones (or, told "busy", the
+    // answer's 5 s once).
+    let sends: Vec<_> = others.iter().map(|dev| send_in_thread(dev, 3)).collect();
     for t in login_threads {
         let (status, text, took) = t.join().unwrap();
         assert_eq!(status, 200, "a login during the office lock: {text}");

@@ -189,30 +189,49 @@ fn fresh_dir(root: &std::path::Path, name: &str) -> anyhow::Result<std::path::Pa
     Ok(dir)
 }
 
+/// Runs `part` in a fresh folder named `name` on SQLite, then (with a PostgreSQL URL)
+/// in `name-postgres` on PostgreSQL, each followed by the load average; their JSON.
+/// The folders go at the end unless kept.
+fn per_engine(
+    config: &Config,
+    root: &std::path::Path,
+    name: &str,
+    mut part: impl FnMut(&std::path::Path, bool) -> anyhow::Result<serde_json::Value>,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let engines: &[bool] = if config.pg.is_some() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    let mut json = Vec::new();
+    for &on_pg in engines {
+        let folder = if on_pg {
+            format!("{name}-postgres")
+        } else {
+            name.to_string()
+        };
+        let dir = fresh_dir(root, &folder)?;
+        json.push(part(&dir, on_pg)?);
+        println!("\nLoad average after the {name}: {}.", load_average());
+        if !config.keep && config.dir.is_none() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    Ok(json)
+}
+
 /// The send on SQLite, then (with a PostgreSQL URL) on PostgreSQL; their JSON.
 fn run_send(
     config: &Config,
     root: &std::path::Path,
     entries: u64,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let mut json = Vec::new();
-    let engines: &[bool] = if config.pg.is_some() {
-        &[false, true]
-    } else {
-        &[false]
-    };
-    for &on_pg in engines {
-        let dir = fresh_dir(root, if on_pg { "send-postgres" } else { "send" })?;
+    per_engine(config, root, "send", |dir, on_pg| {
         let pg = config.pg.as_deref().filter(|_| on_pg);
-        let figures = send::measure_send(&config.bin, &dir, entries, pg, metrics::ticks_per_s())?;
+        let figures = send::measure_send(&config.bin, dir, entries, pg, metrics::ticks_per_s())?;
         print_send(&figures);
-        println!("\nLoad average after the send: {}.", load_average());
-        json.push(send_json(&figures));
-        if !config.keep && config.dir.is_none() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
-    }
-    Ok(json)
+        Ok(send_json(&figures))
+    })
 }
 
 /// The fleet on SQLite, then (with a PostgreSQL URL) on PostgreSQL with two servers;
@@ -222,15 +241,7 @@ fn run_fleet(
     root: &std::path::Path,
     devices: usize,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let ticks_per_s = metrics::ticks_per_s();
-    let mut json = Vec::new();
-    let engines: &[bool] = if config.pg.is_some() {
-        &[false, true]
-    } else {
-        &[false]
-    };
-    for &on_pg in engines {
-        let dir = fresh_dir(root, if on_pg { "fleet-postgres" } else { "fleet" })?;
+    per_engine(config, root, "fleet", |dir, on_pg| {
         let db = match (on_pg, &config.pg) {
             (true, Some(pg)) => Some(PgBenchDb::create(pg)?),
             _ => None,
@@ -238,21 +249,16 @@ fn run_fleet(
         let figures = fleet::measure_fleet(
             &fleet::FleetPlan {
                 bin: &config.bin,
-                dir: &dir,
+                dir,
                 devices,
                 rows: config.fleet_rows,
                 reps: config.reps,
                 pg: db.as_ref().map(|d| d.url.as_str()),
                 revoked: 0,
             },
-            ticks_per_s,
+            metrics::ticks_per_s(),
         )?;
         print_fleet(&figures);
-        println!("\nLoad average after the fleet: {}.", load_average());
-        json.push(fleet_json(&figures));
-        if !config.keep && config.dir.is_none() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
-    }
-    Ok(json)
+        Ok(fleet_json(&figures))
+    })
 }

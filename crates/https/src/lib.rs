@@ -6,7 +6,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -30,11 +30,7 @@ pub fn client_config(ca: Option<&str>) -> Result<Arc<ClientConfig>, String> {
     let (_added, _ignored) =
         roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     if let Some(pem) = ca {
-        for cert in parse_ca(pem)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("the CA certificate cannot be used: {e}"))?;
-        }
+        add_ca(&mut roots, pem)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
@@ -45,10 +41,45 @@ pub fn client_config(ca: Option<&str>) -> Result<Arc<ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// `ureq`'s TLS connector over a rustls [`ClientConfig`]. The handshake completes
-/// here, so a certificate the device does not trust fails the connection at once,
-/// with a message saying so.
-pub struct Connector(pub Arc<ClientConfig>);
+fn add_ca(roots: &mut RootCertStore, pem: &str) -> Result<(), String> {
+    for cert in parse_ca(pem)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("the CA certificate cannot be used: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `ureq`'s TLS connector over a rustls [`ClientConfig`], made at the first `https://`
+/// connection: reading the system's certificate authorities (a folder of PEM files)
+/// was a tenth of the CPU of a device's sync against a plain `http://` server, which
+/// never needs them. The handshake completes here, so a certificate the device does
+/// not trust fails the connection at once, with a message saying so.
+pub struct Connector {
+    ca: Option<String>,
+    config: OnceLock<Result<Arc<ClientConfig>, String>>,
+}
+
+impl Connector {
+    /// A connector trusting the system's authorities and `ca` (PEM, checked now).
+    pub fn new(ca: Option<&str>) -> Result<Connector, String> {
+        if let Some(pem) = ca {
+            let mut roots = RootCertStore::empty();
+            add_ca(&mut roots, pem)?;
+        }
+        Ok(Connector {
+            ca: ca.map(str::to_string),
+            config: OnceLock::new(),
+        })
+    }
+
+    fn config(&self) -> io::Result<Arc<ClientConfig>> {
+        self.config
+            .get_or_init(|| client_config(self.ca.as_deref()))
+            .clone()
+            .map_err(io::Error::other)
+    }
+}
 
 impl ureq::TlsConnector for Connector {
     fn connect(
@@ -59,7 +90,7 @@ impl ureq::TlsConnector for Connector {
         let name = ServerName::try_from(dns_name.to_string()).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("`{dns_name}`: {e}"))
         })?;
-        let mut conn = ClientConnection::new(self.0.clone(), name).map_err(io::Error::other)?;
+        let mut conn = ClientConnection::new(self.config()?, name).map_err(io::Error::other)?;
         while conn.is_handshaking() {
             conn.complete_io(&mut io)
                 .map_err(|e| handshake_error(dns_name, e))?;
@@ -118,12 +149,12 @@ pub fn agent(
     read: std::time::Duration,
     ca_pem: Option<&str>,
 ) -> Result<ureq::Agent, String> {
-    let tls = client_config(ca_pem)?;
+    let tls = Connector::new(ca_pem)?;
     Ok(ureq::AgentBuilder::new()
         .timeout_connect(connect)
         .timeout_read(read)
         .timeout_write(read)
-        .tls_connector(Arc::new(Connector(tls)))
+        .tls_connector(Arc::new(tls))
         .build())
 }
 
@@ -135,5 +166,22 @@ mod tests {
     fn a_ca_file_must_hold_a_certificate() {
         assert!(parse_ca("").unwrap_err().contains("no certificate"));
         assert!(parse_ca("hello").is_err());
+    }
+
+    #[test]
+    fn the_pairing_ca_is_checked_at_once_and_the_system_ones_read_at_the_first_https() {
+        assert!(Connector::new(Some("hello")).is_err());
+        let junk = "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n";
+        assert!(
+            Connector::new(Some(junk)).is_err(),
+            "a PEM that is no certificate"
+        );
+        let connector = Connector::new(None).unwrap();
+        assert!(
+            connector.config.get().is_none(),
+            "nothing read before a connection"
+        );
+        connector.config().unwrap();
+        assert!(connector.config.get().is_some());
     }
 }

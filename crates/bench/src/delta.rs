@@ -2,6 +2,8 @@
 //! changes 1% of the slice and the device syncs, then syncs again with nothing changed.
 //! Both are judged against the full download (`--full`) of the same run: at most 3% of
 //! its bytes and 8% of its time after 1% changed, under 2 KB with nothing changed.
+//! Then 0.1% and 10% more ([`MORE_LEVELS`]), each followed by a sync, to show how a
+//! delta's cost follows the share changed.
 
 use std::path::Path;
 use std::time::Instant;
@@ -16,6 +18,27 @@ use crate::metrics::{Watched, timed_download};
 /// What the office does between the full download and the timed sync: one row in a
 /// hundred, spread over the whole table, gets a name ending in `*`.
 pub(crate) const OFFICE_UPDATE: &str = "UPDATE assets SET name = name || '*' WHERE id % 100 = 0";
+
+/// The further shares the office changes after the 1% and the idle sync: label, and
+/// the ids changed (`id % modulus = remainder`), chosen apart from the 1% (`id % 100 =
+/// 0`) and from each other, so that each level's rows get their first `*`.
+pub(crate) const MORE_LEVELS: [(&str, u64, u64); 2] = [("0.1%", 1000, 7), ("10%", 10, 3)];
+
+/// The office's update of one of [`MORE_LEVELS`].
+pub(crate) fn level_update(modulus: u64, remainder: u64) -> String {
+    format!("UPDATE assets SET name = name || '*' WHERE id % {modulus} = {remainder}")
+}
+
+/// How many of the ids 1..=n_rows have `id % modulus = remainder`.
+pub(crate) fn level_count(n_rows: u64, modulus: u64, remainder: u64) -> u64 {
+    if remainder == 0 {
+        n_rows / modulus
+    } else if n_rows >= remainder {
+        (n_rows - remainder) / modulus + 1
+    } else {
+        0
+    }
+}
 
 /// The targets of the issue: a sync after 1% changed moves at most 3% of the full
 /// download's bytes and takes at most 8% of its time; one with nothing changed moves
@@ -40,6 +63,8 @@ pub(crate) struct DeltaFigures {
     pub(crate) delta: SyncFigures,
     /// The sync after it, with nothing changed.
     pub(crate) idle: SyncFigures,
+    /// Then each of [`MORE_LEVELS`]: its label, the rows the office changed, the sync.
+    pub(crate) more: Vec<(&'static str, u64, SyncFigures)>,
 }
 
 /// A share of the full download, and whether it is within its target.
@@ -89,18 +114,18 @@ pub(crate) fn changed_count(n_rows: u64) -> u64 {
     n_rows / 100
 }
 
-/// Runs OFFICE_UPDATE on the main database (`sqlite:PATH` or a PostgreSQL URL), as an
+/// Runs `update` on the main database (`sqlite:PATH` or a PostgreSQL URL), as an
 /// office application would, beside the running server; the rows it changed.
-fn office_update(db: &str) -> anyhow::Result<u64> {
+fn office_update(db: &str, update: &str) -> anyhow::Result<u64> {
     match db.strip_prefix("sqlite:") {
         Some(path) => {
             let conn = Connection::open(path)?;
             conn.busy_timeout(std::time::Duration::from_secs(30))?;
-            Ok(conn.execute(OFFICE_UPDATE, [])? as u64)
+            Ok(conn.execute(update, [])? as u64)
         }
         None => {
             let mut c = postgres::Client::connect(db, postgres::NoTls)?;
-            Ok(c.execute(OFFICE_UPDATE, &[])?)
+            Ok(c.execute(update, &[])?)
         }
     }
 }
@@ -187,7 +212,7 @@ pub(crate) fn measure_delta(
 ) -> anyhow::Result<DeltaFigures> {
     eprintln!("office update: {OFFICE_UPDATE}");
     let started = Instant::now();
-    let changed_rows = office_update(db).context("the office's update")?;
+    let changed_rows = office_update(db, OFFICE_UPDATE).context("the office's update")?;
     let office_update_s = started.elapsed().as_secs_f64();
     let want = changed_count(rows.len() as u64);
     ensure!(
@@ -201,10 +226,28 @@ pub(crate) fn measure_delta(
     eprintln!("sync with nothing changed");
     let (idle, replica) = timed_sync(bin, device_dir, server_pid, ticks_per_s)?;
     check_changed_replica(&replica, rows, changed_rows)?;
+    let mut more = Vec::new();
+    let mut starred = changed_rows;
+    for (label, modulus, remainder) in MORE_LEVELS {
+        let update = level_update(modulus, remainder);
+        eprintln!("office update: {update}");
+        let n = office_update(db, &update).context("the office's update")?;
+        let want = level_count(rows.len() as u64, modulus, remainder);
+        ensure!(
+            n == want,
+            "the office's update changed {n} rows, not {want}"
+        );
+        starred += n;
+        eprintln!("sync after {label} changed");
+        let (sync, replica) = timed_sync(bin, device_dir, server_pid, ticks_per_s)?;
+        check_changed_replica(&replica, rows, starred)?;
+        more.push((label, n, sync));
+    }
     Ok(DeltaFigures {
         changed_rows,
         office_update_s,
         delta,
         idle,
+        more,
     })
 }

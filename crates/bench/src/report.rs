@@ -162,7 +162,7 @@ pub(crate) fn print_delta(f: &Figures) {
         f.engine
     );
     println!(
-        "The office: `{OFFICE_UPDATE}`, {} rows in {:.3} s; then `device sync` twice.\n",
+        "The office: `{OFFICE_UPDATE}`, {} rows in {:.3} s; then `device sync` twice; then 0.1% and 10% more, each followed by a sync.\n",
         thousands(d.changed_rows),
         d.office_update_s
     );
@@ -207,6 +207,17 @@ pub(crate) fn print_delta(f: &Figures) {
         thousands(d.delta.rows_down),
         thousands(d.idle.rows_down)
     );
+    for (label, changed, s) in &d.more {
+        println!(
+            "| then {label} more changed ({} rows): bytes; wall clock; rows down | {} B; {:.3} s; {} | — | {} of the bytes, {} of the time of full |",
+            thousands(*changed),
+            thousands(s.bytes_down),
+            s.watched.wall_s,
+            thousands(s.rows_down),
+            percent(s.bytes_down as f64 / full.bytes_down as f64),
+            percent(s.watched.wall_s / full.watched.wall_s)
+        );
+    }
     for (name, s) in [
         ("after 1% changed", &d.delta),
         ("with nothing changed", &d.idle),

@@ -141,6 +141,25 @@ fn the_office_changes_one_row_in_a_hundred() {
     insert_rows(&mut conn, &rows).unwrap();
     let n = conn.execute(crate::delta::OFFICE_UPDATE, []).unwrap() as u64;
     assert_eq!(n, changed_count(1_234));
+    // The further levels change rows none of the others did, as many as counted.
+    let mut starred = n;
+    for (_, modulus, remainder) in crate::delta::MORE_LEVELS {
+        let update = crate::delta::level_update(modulus, remainder);
+        let m = conn.execute(&update, []).unwrap() as u64;
+        assert_eq!(m, crate::delta::level_count(1_234, modulus, remainder));
+        starred += m;
+        let once: u64 = conn
+            .query_row(
+                "SELECT count(*) FROM assets WHERE name LIKE '%*' AND name NOT LIKE '%**'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(once, starred, "a level changed a row twice");
+    }
+    assert_eq!(crate::delta::level_count(1_000_000, 1000, 7), 1_000);
+    assert_eq!(crate::delta::level_count(1_000_000, 10, 3), 100_000);
+    assert_eq!(crate::delta::level_count(5, 10, 7), 0);
 }
 
 #[test]

@@ -15,7 +15,8 @@ Times a full download of an N-row slice through the real `fieldsync` binary agai
 a plain SQLite bulk insert of the same rows (the floor), and reports peak RSS of server
 and device and bytes on the wire against CSV, as a markdown table on stdout. Then the
 office updates 1% of the rows and the device syncs (a delta), then syncs again with
-nothing changed: bytes and time of both against the full download.
+nothing changed, then after 0.1% and 10% more changed: bytes and time of each against
+the full download.
 
   --dir DIR          work folder (default: a fresh folder under /tmp, removed at the end)
   --rows-list LIST   comma-separated slice sizes to run one after the other

@@ -31,24 +31,31 @@ fn an_unknown_user_costs_what_a_wrong_password_costs() {
     // Warm both paths (the unknown user's hash is made once, at the first).
     login("ana");
     login("nobody-here");
-    let (mut unknown, mut wrong) = (vec![], vec![]);
-    for _ in 0..15 {
-        let (t, run) = login("nobody-here");
-        assert_eq!(run.code, 4, "{run:?}");
-        assert_eq!(run.stderr, "error: wrong user name or password\n");
-        unknown.push(t);
-        let (t, run) = login("ana");
-        assert_eq!(run.code, 4, "{run:?}");
-        assert_eq!(run.stderr, "error: wrong user name or password\n");
-        wrong.push(t);
+    // A shared machine's load lands on one login or the other at random, so one round
+    // can read uneven; a real oracle (the unknown user skipping the hash) reads uneven
+    // in every round. Up to three rounds, one even round passes.
+    let mut rounds = vec![];
+    for _ in 0..3 {
+        let (mut unknown, mut wrong) = (vec![], vec![]);
+        for _ in 0..15 {
+            let (t, run) = login("nobody-here");
+            assert_eq!(run.code, 4, "{run:?}");
+            assert_eq!(run.stderr, "error: wrong user name or password\n");
+            unknown.push(t);
+            let (t, run) = login("ana");
+            assert_eq!(run.code, 4, "{run:?}");
+            assert_eq!(run.stderr, "error: wrong user name or password\n");
+            wrong.push(t);
+        }
+        let (u, w) = (median(unknown), median(wrong));
+        let ratio = u.as_secs_f64() / w.as_secs_f64();
+        eprintln!("medians: unknown user {u:?}, wrong password {w:?}, ratio {ratio:.2}");
+        if (0.8..=1.25).contains(&ratio) {
+            return;
+        }
+        rounds.push(format!("{u:?} against {w:?}"));
     }
-    let (u, w) = (median(unknown), median(wrong));
-    let ratio = u.as_secs_f64() / w.as_secs_f64();
-    eprintln!("medians: unknown user {u:?}, wrong password {w:?}, ratio {ratio:.2}");
-    assert!(
-        (0.8..=1.25).contains(&ratio),
-        "an unknown user's login takes {u:?}, a wrong password's {w:?}"
-    );
+    panic!("an unknown user's login against a wrong password's, in each round: {rounds:?}");
 }
 
 /// `curl` of `GET /api/v1/tasks` as device `id` with `secret`: status and body.

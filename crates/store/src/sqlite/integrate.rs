@@ -320,11 +320,20 @@ impl UploadTx for SqliteUpload<'_> {
             params![upload_id, ctx.device, ctx.sender, ctx.task.name, outcome, ctx.at.to_string()],
         )?;
         // The versions this upload's writes were stamped with: bases of this device.
-        self.tx.execute(
-            "INSERT OR IGNORE INTO fieldsync_bases (device, low, high)
-             SELECT ?1, ?2, max(version) FROM fieldsync_rows HAVING max(version) >= ?2",
-            params![ctx.device, self.start_version + 1],
-        )?;
+        // The highest version is read alone: only a bare `max(version)` is one index
+        // lookup (with a HAVING or a filter beside it SQLite scans every row's version).
+        let high: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT max(version) FROM fieldsync_rows")?
+            .query_row([], |r| r.get(0))?;
+        let low = self.start_version + 1;
+        if let Some(high) = high.filter(|h| *h >= low) {
+            self.tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO fieldsync_bases (device, low, high) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![ctx.device, low, high])?;
+        }
         Ok(())
     }
 }
@@ -377,10 +386,14 @@ fn ancestor_versions(
     Ok(plan::ancestor_keys(def, t, &mut |name| table_info(tx, name))?
         .into_iter()
         .map(|(table, key_sql)| {
-            format!(
-                "(SELECT v.version FROM fieldsync_rows v WHERE v.tbl = {} AND v.pk = {key_sql})",
-                plan::quote_literal(&table)
-            )
+            // `pk` has no type, so comparing it with a typed column (`asset_id
+            // INTEGER`) converts it first and SQLite cannot use the index: every
+            // tracking row of the parent table was scanned, per entry. `+key` is the
+            // key as stored, no conversion: one index lookup. The converted
+            // comparison stays as the fallback for a key stored in another form.
+            let v = "SELECT v.version FROM fieldsync_rows v WHERE v.tbl";
+            let tbl = plan::quote_literal(&table);
+            format!("coalesce(({v} = {tbl} AND v.pk = +{key_sql}), ({v} = {tbl} AND v.pk = {key_sql}))")
         })
         .collect())
 }
@@ -587,3 +600,7 @@ impl Uploads for SqliteStore {
             .optional()?)
     }
 }
+
+#[cfg(test)]
+#[path = "integrate_tests.rs"]
+mod tests;

@@ -183,7 +183,7 @@ pub async fn drain(mut body: Body) {
 }
 
 /// Checks the body's checksum (a damaged body is refused before anything is read from
-/// it; the device sends it again), then decompresses and parses it as it goes, within
+/// it; the device sends it again), then decompresses and parses it, within
 /// [`UPLOAD_JSON_MAX_BYTES`] and [`UPLOAD_MAX_ENTRIES`] (413 past either): the
 /// decoding is `proto::upload_body`'s, the answer's code and message this server's.
 pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Upload, ApiError> {

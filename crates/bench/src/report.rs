@@ -9,6 +9,8 @@ use crate::measure::Figures;
 /// The targets of DESIGN.md.
 pub(crate) const DOWNLOAD_FLOOR_RATIO_MAX: f64 = 1.5;
 pub(crate) const RSS_MB_MAX: f64 = 150.0;
+/// The device's own, tighter target (issue #20): at every size.
+pub(crate) const DEVICE_RSS_MB_MAX: f64 = 48.0;
 pub(crate) const WIRE_CSV_RATIO_MAX: f64 = 0.5;
 
 /// MB of 1,000,000 bytes, from the kB (KiB) of /proc.
@@ -68,9 +70,9 @@ pub(crate) fn print_figures(f: &Figures) {
     for (i, d) in f.downloads.iter().enumerate() {
         let device_mb = mb(d.watched.device_rss_kb);
         println!(
-            "| device peak RSS, download {} (VmHWM) | {device_mb:.1} MB | ≤ {RSS_MB_MAX} MB | {} |",
+            "| device peak RSS, download {} (VmHWM) | {device_mb:.1} MB | ≤ {DEVICE_RSS_MB_MAX} MB | {} |",
             i + 1,
-            verdict(device_mb <= RSS_MB_MAX)
+            verdict(device_mb <= DEVICE_RSS_MB_MAX)
         );
     }
     for (i, d) in f.downloads.iter().enumerate() {

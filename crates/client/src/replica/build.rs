@@ -39,6 +39,18 @@ pub(super) fn create_table_sql(t: &TableSchema) -> String {
     format!("CREATE TABLE {} ({})", quote(&t.name), cols.join(", "))
 }
 
+/// The bulk load's SQLite page cache, in KiB: the device's memory target (48 MB) bounds
+/// it. Beyond it SQLite writes pages out during the load instead of at the commit (no
+/// journal, so no extra write). Rows keyed in order (integer keys) lose nothing: 64 MiB
+/// took a 1,000,000-row download to 84 MB and was no faster; 16 MiB keeps it near 30 MB.
+/// Keys that arrive in random order (random text keys) reread and rewrite index pages
+/// the cache no longer holds: ~50% slower at 1,000,000 rows (BENCHMARKS.md).
+const LOAD_CACHE_KIB: u32 = 16 * 1024;
+
+/// The page cache while the indexes are built: `CREATE INDEX`'s sorter keeps up to the
+/// cache's size of keys in memory (more goes to temporary files), on top of the cache.
+const INDEX_CACHE_KIB: u32 = 4 * 1024;
+
 /// Records the key blocks a download brought (`SliceHeader::key_blocks`): new ones as
 /// they are, known ones with the later of the two next keys (the server knows the
 /// keys sent, the replica those used since).
@@ -146,9 +158,9 @@ pub(super) fn build_into<R: Read>(
     let mut conn = Connection::open(path)?;
     // A generation is invisible until installed and removed if incomplete, so the bulk
     // load needs no journal; durability comes from the fsync before install.
-    conn.execute_batch(
-        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536;",
-    )?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -{LOAD_CACHE_KIB};"
+    ))?;
     let tx = conn.transaction()?;
     tx.execute_batch("CREATE TABLE fieldsync_replica (key TEXT PRIMARY KEY, value)")?;
     tx.execute_batch(triggers::REPLICA_TABLES)?;
@@ -237,7 +249,9 @@ pub(super) fn build_into<R: Read>(
         bytes: None,
     });
     // Indexes after the bulk load: the parent keys apps join on (and a delta removes
-    // the rows under a parent that went by).
+    // the rows under a parent that went by). Each one's sort holds up to the page
+    // cache's size in memory beside the cache, so the cache shrinks first.
+    tx.execute_batch(&format!("PRAGMA cache_size = -{INDEX_CACHE_KIB};"))?;
     for t in &header.tables {
         let parent_key = t.parent.as_ref().map(|p| p.key.as_str());
         for c in t

@@ -15,7 +15,7 @@ use rusqlite::Connection;
 
 use crate::delta::{DeltaFigures, measure_delta};
 use crate::floor::{FloorFigures, csv_bytes, floor, generate, insert_rows};
-use crate::metrics::{Watched, peak_rss_kb, ticks_per_s, timed_download};
+use crate::metrics::{Watched, peak_rss_kb, reset_peak_rss, rss_kb, ticks_per_s, timed_download};
 
 pub(crate) const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) const BENCH_USER: &str = "bench";
@@ -46,6 +46,12 @@ pub(crate) struct Figures {
     /// The syncs after the office changed 1% of the rows, then nothing.
     pub(crate) delta: DeltaFigures,
     pub(crate) server_rss_kb: u64,
+    /// The server's RSS before the downloads, after the login (whose argon2 hash
+    /// takes 19 MiB, kept for the next login), kB.
+    pub(crate) before_downloads_server_rss_kb: u64,
+    /// The server's peak RSS over the two full downloads alone (VmHWM reset before
+    /// them), kB.
+    pub(crate) download_server_rss_kb: u64,
     pub(crate) csv_bytes: u64,
 }
 
@@ -352,6 +358,8 @@ pub(crate) fn measure(
         Some(&format!("{BENCH_PASSWORD}\n")),
     )?;
 
+    let before_downloads_server_rss_kb = rss_kb(server_pid).context("reading the server's RSS")?;
+    reset_peak_rss(server_pid)?;
     let mut downloads = Vec::new();
     for round in 0..2 {
         // The second download asks for a full one: it replaces the replica whole
@@ -387,6 +395,8 @@ pub(crate) fn measure(
             full_reason: last["full_reason"].as_str().unwrap_or("-").to_string(),
         });
     }
+    let download_server_rss_kb =
+        peak_rss_kb(server_pid).context("reading the server's peak RSS")?;
     let delta = measure_delta(bin, db, device_dir, server_pid, ticks_per_s, &rows)?;
     let server_rss_kb = peak_rss_kb(server_pid).context("reading the server's peak RSS")?;
     drop(server);
@@ -401,6 +411,8 @@ pub(crate) fn measure(
         downloads,
         delta,
         server_rss_kb,
+        before_downloads_server_rss_kb,
+        download_server_rss_kb,
         csv_bytes,
     })
 }

@@ -51,6 +51,12 @@ pub(crate) fn peak_rss_kb(pid: u32) -> Option<u64> {
     proc_field_kb(&status, "VmHWM:")
 }
 
+/// Resident set now (VmRSS, kB) of a live process.
+pub(crate) fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    proc_field_kb(&status, "VmRSS:")
+}
+
 /// User plus system CPU time of a live process, in clock ticks.
 pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

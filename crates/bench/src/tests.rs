@@ -485,3 +485,26 @@ fn a_small_send_and_its_sync_reach_their_main_databases() {
     crate::report::print_send(&f);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A small download run through the real binary: the server's peak over the downloads
+/// alone is read after a reset, beside its resident set before them and its peak over
+/// the whole run.
+#[test]
+fn the_servers_download_peak_is_read_apart_from_the_run() {
+    let bin = fieldsync_bin();
+    let dir = tempfile_dir("download");
+    let f = crate::measure::measure(&bin, &dir, 3_000, None).unwrap();
+    let (before, downloads, run) = (
+        f.before_downloads_server_rss_kb,
+        f.download_server_rss_kb,
+        f.server_rss_kb,
+    );
+    assert!(before > 1000, "{before} kB");
+    assert!(
+        before <= downloads && downloads <= run,
+        "before {before} kB, downloads {downloads} kB, whole run {run} kB"
+    );
+    crate::report::print_figures(&f);
+    crate::report::print_summary(std::slice::from_ref(&f));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

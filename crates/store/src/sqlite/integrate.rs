@@ -12,27 +12,13 @@ use fieldsync_proto::task::{TaskDef, TaskTable};
 use fieldsync_proto::wire::{Upload, UploadOutcome};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{SqliteStore, table_info, to_sql_value};
+use super::{SqliteStore, table_info, to_sql_value, value_ref};
 use crate::Uploads;
 use crate::integrate::{
     self, ApplyError, BaseKind, ConflictLog, Lookups, TableCtx, UploadTx, op_name,
 };
 use crate::plan::{self, quote_ident};
 use crate::{IntegrateContext, IntegrateError, StoreError, TableInfo};
-
-fn value_of(v: rusqlite::types::ValueRef<'_>) -> Value {
-    use rusqlite::types::ValueRef as R;
-    match v {
-        R::Null => Value::Null,
-        R::Integer(i) => Value::Integer(i),
-        R::Real(r) => Value::Real(r),
-        R::Text(t) => match std::str::from_utf8(t) {
-            Ok(s) => Value::Text(s.to_string()),
-            Err(_) => Value::Blob(t.to_vec()),
-        },
-        R::Blob(b) => Value::Blob(b.to_vec()),
-    }
-}
 
 pub(super) fn integrate(
     store: &SqliteStore,
@@ -419,7 +405,7 @@ fn read_current(
             let mut values = BTreeMap::new();
             if !deleted {
                 for (i, c) in t.columns.iter().enumerate() {
-                    values.insert(c.clone(), value_of(r.get_ref(4 + i)?));
+                    values.insert(c.clone(), value_ref(r.get_ref(4 + i)?).to_owned());
                 }
             }
             let version = r.get(0)?;

@@ -252,28 +252,7 @@ fn memory_stays_bounded_while_a_large_slice_downloads() {
     let dev = office.device("tab1", &["north-inspections"]);
     dev.login("ana").ok();
     let started = Instant::now();
-    let mut child = std::process::Command::new(BIN)
-        .args([
-            "device",
-            "download",
-            "north-inspections",
-            "--dir",
-            dev.path().to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut device_peak_kb = 0;
-    loop {
-        if let Some(kb) = peak_rss_kb(child.id()) {
-            device_peak_kb = device_peak_kb.max(kb);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let device_peak_kb = download_watching_memory(&dev, "north-inspections");
     let elapsed = started.elapsed();
     let server_peak_kb = office.server.peak_rss_kb();
     eprintln!(
@@ -296,6 +275,28 @@ fn memory_stays_bounded_while_a_large_slice_downloads() {
     let want =
         office.value("SELECT count(*) FROM assets WHERE region = 'north' AND status <> 'retired'");
     assert_eq!(got.to_string(), want);
+}
+
+/// Runs `device download TASK` on `dev` to its successful end: the device process's
+/// peak RSS (VmHWM, kB), read while it runs.
+fn download_watching_memory(dev: &DeviceDir, task: &str) -> u64 {
+    let mut child = std::process::Command::new(BIN)
+        .args(["device", "download", task, "--dir"])
+        .arg(dev.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut peak_kb = 0;
+    loop {
+        if let Some(kb) = peak_rss_kb(child.id()) {
+            peak_kb = peak_kb.max(kb);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success());
+            return peak_kb;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The device's peak RSS target of issue #20, MB of 10^6 bytes.
@@ -332,23 +333,7 @@ fn a_download_larger_than_the_caches_keeps_the_device_under_its_memory_target() 
         .ok();
     let dev = office.device("tab1", &["readings"]);
     dev.login("ana").ok();
-    let mut child = std::process::Command::new(BIN)
-        .args(["device", "download", "readings", "--dir"])
-        .arg(dev.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut peak_kb = 0;
-    loop {
-        if let Some(kb) = peak_rss_kb(child.id()) {
-            peak_kb = peak_kb.max(kb);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let peak_kb = download_watching_memory(&dev, "readings");
     let replica = dev.replica();
     let (count, sum): (i64, i64) = replica
         .query_row("SELECT count(*), sum(id) FROM readings", [], |r| {

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::harness::*;
 use crate::limits_store::{
-    device_headers, north_ids, on_server, post_upload, rename, send_in_thread, upload_of,
+    device_headers, hold_row, latest_base, north_ids, on_server, post_upload, rename,
+    send_in_thread, upload_of,
 };
 
 /// Eight devices' uploads of a row the office holds take every turn the server has
@@ -41,21 +42,11 @@ fn sends_beyond_the_servers_threads_wait_their_turn_instead_of_failing() {
             .unwrap();
     }
 
-    let mut holder = office.pg();
-    holder
-        .batch_execute(&format!(
-            "BEGIN; SELECT * FROM assets WHERE id = {locked} FOR UPDATE"
-        ))
-        .unwrap();
+    let mut holder = hold_row(&office, locked);
     let waiting: Vec<_> = lockers
         .iter()
         .map(|(id, dev)| {
-            let base: i64 = office
-                .value(&format!(
-                    "SELECT max(id) FROM fieldsync.bases WHERE device = '{id}'"
-                ))
-                .parse()
-                .unwrap_or_else(|e| panic!("no base for {id}: {e}"));
+            let base = latest_base(&office, id);
             let (url, headers) = (url.clone(), device_headers(dev));
             std::thread::spawn(move || {
                 let upload = upload_of(vec![rename(0, locked, base, "locked".into())]);

@@ -215,6 +215,28 @@ pub(crate) fn north_ids(office: &Office) -> Vec<i64> {
         .collect()
 }
 
+/// The office holds the `assets` row `id` (`SELECT … FOR UPDATE` in an open
+/// transaction) until the returned connection is dropped or commits.
+pub(crate) fn hold_row(office: &Office, id: i64) -> postgres::Client {
+    let mut holder = office.pg();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT * FROM assets WHERE id = {id} FOR UPDATE"
+        ))
+        .unwrap();
+    holder
+}
+
+/// The latest base the PostgreSQL server handed to `device`.
+pub(crate) fn latest_base(office: &Office, device: &str) -> i64 {
+    office
+        .value(&format!(
+            "SELECT max(id) FROM fieldsync.bases WHERE device = '{device}'"
+        ))
+        .parse()
+        .unwrap_or_else(|e| panic!("no base for {device}: {e}"))
+}
+
 /// `n` more tasks, written the way `task apply` and `task assign` store them, in one
 /// transaction (10,000 `fieldsync admin` processes would take minutes): copies of the
 /// north task, each assigned to one of 100 other users and one of 100 other devices;
@@ -568,18 +590,10 @@ fn uploads_waiting_on_an_office_row_lock_give_up_and_keep_the_pool() {
             ))
             .unwrap();
     }
-    let base: i64 = office
-        .value("SELECT max(id) FROM fieldsync.bases WHERE device = 'tab1'")
-        .parse()
-        .unwrap();
+    let base = latest_base(&office, "tab1");
 
     // The office holds the row for 20 s.
-    let mut holder = office.pg();
-    holder
-        .batch_execute(&format!(
-            "BEGIN; SELECT * FROM assets WHERE id = {locked} FOR UPDATE"
-        ))
-        .unwrap();
+    let mut holder = hold_row(&office, locked);
     let held_at = Instant::now();
 
     let headers = device_headers(&tab1);

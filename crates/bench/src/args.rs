@@ -42,10 +42,13 @@ the full download.
                      `device sync` at once: failures, p50/p95/p99 latency, wall clock,
                      the servers' peak RSS
   --fleet-rows N     rows of each fleet device's slice (default 10000)
-  --reps N           fleet rounds; each figure is the median of them (default 3)
+  --reps N           runs of each timed figure, each reported figure the median run
+                     (default 3): the floor and the full download in turn, the sync
+                     after 1% changed and the one after it (at most 6 runs of each
+                     delta level, other rows each time), the fleet's rounds
   --skip-download    skip the full download and delta measurement (not with --peers)
-  --json FILE        also write the figures of --peers, --send and --fleet (every
-                     round) as JSON to FILE
+  --json FILE        also write every figure (each size and engine's downloads and
+                     deltas with their runs, --peers, --send, --fleet) as JSON to FILE
 
 environment:
   FIELDSYNC_BENCH_ROWS  rows of the slice (default 1000000)

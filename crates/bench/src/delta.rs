@@ -1,9 +1,10 @@
-//! The delta measurement (incremental sync): after the two full downloads, the office
-//! changes 1% of the slice and the device syncs, then syncs again with nothing changed.
-//! Both are judged against the full download (`--full`) of the same run: at most 3% of
-//! its bytes and 8% of its time after 1% changed, under 2 KB with nothing changed.
-//! Then 0.1% and 10% more ([`MORE_LEVELS`]), each followed by a sync, to show how a
-//! delta's cost follows the share changed.
+//! The delta measurement (incremental sync): after the full downloads, the office
+//! changes 1% of the slice and the device syncs, then syncs again with nothing changed,
+//! `reps` times (each time other rows). Both are judged against the full download
+//! (`--full`) of the same run: at most 3% of its bytes and 8% of its time after 1%
+//! changed, under 2 KB with nothing changed. Then 0.1% and 10% more ([`MORE_LEVELS`]),
+//! each followed by a sync, `reps` times each, to show how a delta's cost follows the
+//! share changed. Every figure reported is the median run.
 
 use std::path::Path;
 use std::time::Instant;
@@ -13,16 +14,29 @@ use fieldsync_store::sample::AssetRow;
 use rusqlite::Connection;
 
 use crate::measure::{check_replica, fieldsync};
-use crate::metrics::{Watched, timed_download};
+use crate::metrics::{Watched, median_run, timed_download};
 
 /// What the office does between the full download and the timed sync: one row in a
-/// hundred, spread over the whole table, gets a name ending in `*`.
+/// hundred, spread over the whole table, gets a name ending in `*`. Its first run;
+/// the others take the next of [`ONE_PERCENT_REMAINDERS`].
 pub(crate) const OFFICE_UPDATE: &str = "UPDATE assets SET name = name || '*' WHERE id % 100 = 0";
 
-/// The further shares the office changes after the 1% and the idle sync: label, and
-/// the ids changed (`id % modulus = remainder`), chosen apart from the 1% (`id % 100 =
-/// 0`) and from each other, so that each level's rows get their first `*`.
-pub(crate) const MORE_LEVELS: [(&str, u64, u64); 2] = [("0.1%", 1000, 7), ("10%", 10, 3)];
+/// The most runs of each level: the remainders below keep every run's rows apart
+/// from every other run's of every level, so that each changed row has one `*`.
+pub(crate) const DELTA_RUNS_MAX: usize = 6;
+
+/// The 1% runs: `id % 100 = r`. In tens: 0, 5, 2 (never 3, 7 or 1, 9, 4, 6, 8: the
+/// other levels').
+pub(crate) const ONE_PERCENT_REMAINDERS: [u64; DELTA_RUNS_MAX] = [0, 50, 25, 75, 12, 62];
+
+/// The further shares the office changes after the 1% and the idle syncs: label,
+/// modulus and one remainder per run (`id % modulus = remainder`), chosen apart from
+/// the 1% runs and from each other, so that each level's rows get their first `*`:
+/// 0.1% is 7 in hundreds, 10% takes the tens nothing else uses.
+pub(crate) const MORE_LEVELS: [(&str, u64, [u64; DELTA_RUNS_MAX]); 2] = [
+    ("0.1%", 1000, [7, 107, 207, 307, 407, 507]),
+    ("10%", 10, [3, 1, 9, 4, 6, 8]),
+];
 
 /// The office's update of one of [`MORE_LEVELS`].
 pub(crate) fn level_update(modulus: u64, remainder: u64) -> String {
@@ -55,16 +69,31 @@ pub(crate) struct SyncFigures {
     pub(crate) rows_down: u64,
 }
 
-/// The office's update and the two syncs after it.
+/// The median run of a repeated sync, and every run's wall clock in run order.
+pub(crate) struct Runs {
+    pub(crate) median: SyncFigures,
+    pub(crate) walls_s: Vec<f64>,
+}
+
+impl Runs {
+    fn of(runs: Vec<SyncFigures>) -> Runs {
+        let (median, walls_s) = median_run(runs, |s| s.watched.wall_s);
+        Runs { median, walls_s }
+    }
+}
+
+/// The office's updates and the syncs after them.
 pub(crate) struct DeltaFigures {
+    /// The rows the first 1% update changed, and its time.
     pub(crate) changed_rows: u64,
     pub(crate) office_update_s: f64,
-    /// The sync after 1% changed.
-    pub(crate) delta: SyncFigures,
-    /// The sync after it, with nothing changed.
-    pub(crate) idle: SyncFigures,
-    /// Then each of [`MORE_LEVELS`]: its label, the rows the office changed, the sync.
-    pub(crate) more: Vec<(&'static str, u64, SyncFigures)>,
+    /// The syncs after 1% changed.
+    pub(crate) delta: Runs,
+    /// The sync after each of them, with nothing changed.
+    pub(crate) idle: Runs,
+    /// Then each of [`MORE_LEVELS`]: its label, the rows the office changed in a run
+    /// (the first), the syncs.
+    pub(crate) more: Vec<(&'static str, u64, Runs)>,
 }
 
 /// A share of the full download, and whether it is within its target.
@@ -109,9 +138,10 @@ pub(crate) fn delta_verdicts(
     }
 }
 
-/// How many of the ids 1..=n_rows OFFICE_UPDATE changes.
-pub(crate) fn changed_count(n_rows: u64) -> u64 {
-    n_rows / 100
+/// The lowest id `id % modulus = remainder` changes, if the slice has it.
+fn first_changed(n_rows: u64, modulus: u64, remainder: u64) -> Option<u64> {
+    let id = if remainder == 0 { modulus } else { remainder };
+    (id <= n_rows).then_some(id)
 }
 
 /// Runs `update` on the main database (`sqlite:PATH` or a PostgreSQL URL), as an
@@ -172,11 +202,12 @@ fn timed_sync(
 
 /// Fails loudly unless the replica holds the slice with exactly `changed` names ending
 /// in `*` (the ids, the notes and the count are those of the slice: the update changed
-/// names only).
+/// names only), asset `renamed` among them.
 pub(crate) fn check_changed_replica(
     path: &str,
     rows: &[AssetRow],
     changed: u64,
+    renamed: Option<u64>,
 ) -> anyhow::Result<()> {
     check_replica(path, rows)?;
     let conn = Connection::open(path).with_context(|| format!("opening the replica {path}"))?;
@@ -189,19 +220,20 @@ pub(crate) fn check_changed_replica(
         starred as u64 == changed,
         "WRONG REPLICA: {path} holds {starred} changed names (ending in `*`), the office changed {changed}"
     );
-    if changed > 0 {
+    if let Some(id) = renamed {
         let name: String =
-            conn.query_row("SELECT name FROM assets WHERE id = 100", [], |r| r.get(0))?;
+            conn.query_row("SELECT name FROM assets WHERE id = ?1", [id], |r| r.get(0))?;
         ensure!(
             name.ends_with('*'),
-            "WRONG REPLICA: asset 100 is `{name}`, the office renamed it with a `*`"
+            "WRONG REPLICA: asset {id} is `{name}`, the office renamed it with a `*`"
         );
     }
     Ok(())
 }
 
-/// The office's update, the timed sync after it and one with nothing changed, through
-/// the running server; each replica checked.
+/// The office's updates, the timed sync after each and one with nothing changed after
+/// each 1%, `reps` runs of each level (at most [`DELTA_RUNS_MAX`]), through the
+/// running server; each replica checked.
 pub(crate) fn measure_delta(
     bin: &Path,
     db: &str,
@@ -209,45 +241,66 @@ pub(crate) fn measure_delta(
     server_pid: u32,
     ticks_per_s: f64,
     rows: &[AssetRow],
+    reps: usize,
 ) -> anyhow::Result<DeltaFigures> {
-    eprintln!("office update: {OFFICE_UPDATE}");
-    let started = Instant::now();
-    let changed_rows = office_update(db, OFFICE_UPDATE).context("the office's update")?;
-    let office_update_s = started.elapsed().as_secs_f64();
-    let want = changed_count(rows.len() as u64);
-    ensure!(
-        changed_rows == want,
-        "the office's update changed {changed_rows} rows, not {want}"
-    );
-
-    eprintln!("sync after 1% changed");
-    let (delta, replica) = timed_sync(bin, device_dir, server_pid, ticks_per_s)?;
-    check_changed_replica(&replica, rows, changed_rows)?;
-    eprintln!("sync with nothing changed");
-    let (idle, replica) = timed_sync(bin, device_dir, server_pid, ticks_per_s)?;
-    check_changed_replica(&replica, rows, changed_rows)?;
-    let mut more = Vec::new();
-    let mut starred = changed_rows;
-    for (label, modulus, remainder) in MORE_LEVELS {
+    let n_rows = rows.len() as u64;
+    let reps = reps.clamp(1, DELTA_RUNS_MAX);
+    let sync = || timed_sync(bin, device_dir, server_pid, ticks_per_s);
+    // One office update; the rows it changed and how long it took.
+    let update = |modulus: u64, remainder: u64| -> anyhow::Result<(u64, f64)> {
         let update = level_update(modulus, remainder);
         eprintln!("office update: {update}");
+        let started = Instant::now();
         let n = office_update(db, &update).context("the office's update")?;
-        let want = level_count(rows.len() as u64, modulus, remainder);
+        let took = started.elapsed().as_secs_f64();
+        let want = level_count(n_rows, modulus, remainder);
         ensure!(
             n == want,
             "the office's update changed {n} rows, not {want}"
         );
+        Ok((n, took))
+    };
+    let (mut first, mut deltas, mut idles) = (None, Vec::new(), Vec::new());
+    let mut starred = 0;
+    for remainder in &ONE_PERCENT_REMAINDERS[..reps] {
+        let (n, took) = update(100, *remainder)?;
         starred += n;
-        eprintln!("sync after {label} changed");
-        let (sync, replica) = timed_sync(bin, device_dir, server_pid, ticks_per_s)?;
-        check_changed_replica(&replica, rows, starred)?;
-        more.push((label, n, sync));
+        first.get_or_insert((n, took));
+        let renamed = first_changed(n_rows, 100, *remainder);
+        eprintln!("sync after 1% changed");
+        let (delta, replica) = sync()?;
+        check_changed_replica(&replica, rows, starred, renamed)?;
+        deltas.push(delta);
+        eprintln!("sync with nothing changed");
+        let (idle, replica) = sync()?;
+        check_changed_replica(&replica, rows, starred, renamed)?;
+        idles.push(idle);
+    }
+    let (changed_rows, office_update_s) = first.expect("at least one run");
+    let mut more = Vec::new();
+    for (label, modulus, remainders) in MORE_LEVELS {
+        let (mut runs, mut changed) = (Vec::new(), None);
+        for remainder in &remainders[..reps] {
+            let (n, _) = update(modulus, *remainder)?;
+            starred += n;
+            changed.get_or_insert(n);
+            eprintln!("sync after {label} changed");
+            let (s, replica) = sync()?;
+            check_changed_replica(
+                &replica,
+                rows,
+                starred,
+                first_changed(n_rows, modulus, *remainder),
+            )?;
+            runs.push(s);
+        }
+        more.push((label, changed.unwrap_or(0), Runs::of(runs)));
     }
     Ok(DeltaFigures {
         changed_rows,
         office_update_s,
-        delta,
-        idle,
+        delta: Runs::of(deltas),
+        idle: Runs::of(idles),
         more,
     })
 }

@@ -33,8 +33,8 @@ use crate::args::{Config, USAGE, command_line, parse_args};
 use crate::measure::{PgBenchDb, measure};
 use crate::metrics::{load_average, machine};
 use crate::report::{
-    fleet_json, mb, peers_json, print_delta, print_figures, print_fleet, print_peers, print_send,
-    print_summary, send_json, thousands,
+    download_json, fleet_json, mb, peers_json, print_delta, print_figures, print_fleet,
+    print_peers, print_send, print_summary, send_json, thousands,
 };
 
 fn main() -> ExitCode {
@@ -86,7 +86,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
     println!("- load average at start: {}", load_average());
 
     let mut all = Vec::new();
-    let (mut peers_out, mut send_out) = (Vec::new(), Vec::new());
+    let (mut peers_out, mut send_out, mut downloads_out) = (Vec::new(), Vec::new(), Vec::new());
     let sizes: &[u64] = if config.skip_download {
         &[]
     } else {
@@ -100,17 +100,19 @@ fn run(config: &Config) -> anyhow::Result<()> {
             dir.display()
         );
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let figures = measure(&config.bin, &dir, n_rows, None)?;
+        let figures = measure(&config.bin, &dir, n_rows, None, config.reps)?;
         print_figures(&figures);
         print_delta(&figures);
+        downloads_out.push(download_json(&figures));
         println!("\nLoad average after this size: {}.", load_average());
         if let Some(pg) = &config.pg {
             let pg_dir = dir.join("postgres");
             std::fs::create_dir_all(&pg_dir)?;
             let db = PgBenchDb::create(pg)?;
-            let on_pg = measure(&config.bin, &pg_dir, n_rows, Some(&db.url))?;
+            let on_pg = measure(&config.bin, &pg_dir, n_rows, Some(&db.url), config.reps)?;
             print_figures(&on_pg);
             print_delta(&on_pg);
+            downloads_out.push(download_json(&on_pg));
             println!(
                 "\n| PostgreSQL vs SQLite main database | download 1 | download 2 | server peak RSS |"
             );
@@ -165,6 +167,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
             "command": command_line(),
             "machine": machine(),
             "load_average_at_end": load_average(),
+            "downloads": downloads_out,
             "peers": peers_out,
             "send": send_out,
             "fleet": fleet_out,

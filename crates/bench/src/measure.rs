@@ -1,6 +1,7 @@
-//! One slice size measured end to end: the main database, the floor, the server, two
-//! timed downloads through the real `fieldsync` binary and the delta syncs after them
-//! (`delta.rs`), each replica checked.
+//! One slice size measured end to end: the main database, the server, a first download
+//! through the real `fieldsync` binary, then the floor and a full download (`--full`)
+//! taken in turn `reps` times (each reported figure the median run), then the delta
+//! syncs (`delta.rs`), each replica checked.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -15,7 +16,9 @@ use rusqlite::Connection;
 
 use crate::delta::{DeltaFigures, measure_delta};
 use crate::floor::{FloorFigures, csv_bytes, floor, generate, insert_rows};
-use crate::metrics::{Watched, peak_rss_kb, reset_peak_rss, rss_kb, ticks_per_s, timed_download};
+use crate::metrics::{
+    Watched, median_run, peak_rss_kb, reset_peak_rss, rss_kb, ticks_per_s, timed_download,
+};
 
 pub(crate) const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) const BENCH_USER: &str = "bench";
@@ -41,8 +44,15 @@ pub(crate) struct Figures {
     pub(crate) generate_s: f64,
     pub(crate) main_insert_s: f64,
     pub(crate) track_s: f64,
+    /// The median run of the floor.
     pub(crate) floor: FloorFigures,
+    /// The floor's time of every run, in run order.
+    pub(crate) floor_runs_s: Vec<f64>,
+    /// The first download (no replica yet), then the median run of the full downloads
+    /// (`--full`, each taken right after a run of the floor).
     pub(crate) downloads: Vec<DownloadFigures>,
+    /// The full downloads' wall clock of every run, in run order.
+    pub(crate) full_runs_s: Vec<f64>,
     /// The syncs after the office changed 1% of the rows, then nothing.
     pub(crate) delta: DeltaFigures,
     pub(crate) server_rss_kb: u64,
@@ -53,6 +63,41 @@ pub(crate) struct Figures {
     /// them), kB.
     pub(crate) download_server_rss_kb: u64,
     pub(crate) csv_bytes: u64,
+}
+
+/// One timed download, its `last_sync` read and its replica checked against `rows`.
+fn checked_download(
+    bin: &Path,
+    args: &[&str],
+    device_dir: &str,
+    server_pid: u32,
+    ticks_per_s: f64,
+    rows: &[AssetRow],
+) -> anyhow::Result<DownloadFigures> {
+    let watched = timed_download(bin, args, server_pid, ticks_per_s)?;
+    let status: serde_json::Value = serde_json::from_str(&fieldsync(
+        bin,
+        &["device", "status", "--dir", device_dir, "--json"],
+        None,
+    )?)
+    .context("parsing `device status --json`")?;
+    let last = &status["last_sync"];
+    ensure!(
+        last["result"] == "ok",
+        "the download's last_sync is not ok: {last}"
+    );
+    let replica = status["replica"]
+        .as_str()
+        .context("`device status` names no replica")?;
+    check_replica(replica, rows)?;
+    Ok(DownloadFigures {
+        watched,
+        reported_ms: last["duration_ms"].as_u64().unwrap_or(0),
+        bytes_down: last["bytes_down"]
+            .as_u64()
+            .context("last_sync has no bytes_down")?,
+        full_reason: last["full_reason"].as_str().unwrap_or("-").to_string(),
+    })
 }
 
 /// Runs `fieldsync ARGS`, feeding `stdin` if given; its stdout, or an error with its stderr.
@@ -233,6 +278,7 @@ pub(crate) fn measure(
     dir: &Path,
     n_rows: u64,
     pg: Option<&str>,
+    reps: usize,
 ) -> anyhow::Result<Figures> {
     let engine = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
     eprintln!("== {n_rows} rows in {} ({engine})", dir.display());
@@ -256,8 +302,6 @@ pub(crate) fn measure(
     }
     let main_insert_s = started.elapsed().as_secs_f64();
 
-    eprintln!("timing the floor");
-    let floor = floor(&dir.join("floor.sqlite"), &rows, ticks_per_s).context("timing the floor")?;
     let csv_bytes = csv_bytes(&rows);
 
     eprintln!("setting up the server");
@@ -360,44 +404,43 @@ pub(crate) fn measure(
 
     let before_downloads_server_rss_kb = rss_kb(server_pid).context("reading the server's RSS")?;
     reset_peak_rss(server_pid)?;
-    let mut downloads = Vec::new();
-    for round in 0..2 {
-        // The second download asks for a full one: it replaces the replica whole
-        // (without `--full` it would be a delta of nothing). It is the reference of
-        // the delta syncs after it.
-        let mut args = vec!["device", "download", "bench", "--dir", device_dir];
-        if round == 1 {
-            args.push("--full");
+    eprintln!("download 1");
+    let first = checked_download(
+        bin,
+        &["device", "download", "bench", "--dir", device_dir],
+        device_dir,
+        server_pid,
+        ticks_per_s,
+        &rows,
+    )?;
+    // The floor and the full download in turn, so that each pair meets the same
+    // moment of the machine. The full download replaces the replica whole (without
+    // `--full` it would be a delta of nothing); its median run is the reference of the
+    // delta syncs.
+    let (mut floors, mut fulls) = (Vec::new(), Vec::new());
+    for run in 1..=reps {
+        eprintln!("floor, run {run} of {reps}");
+        let path = dir.join("floor.sqlite");
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
-        eprintln!("download {}", round + 1);
-        let watched = timed_download(bin, &args, server_pid, ticks_per_s)?;
-        let status: serde_json::Value = serde_json::from_str(&fieldsync(
+        floors.push(floor(&path, &rows, ticks_per_s).context("timing the floor")?);
+        eprintln!("full download, run {run} of {reps}");
+        fulls.push(checked_download(
             bin,
-            &["device", "status", "--dir", device_dir, "--json"],
-            None,
-        )?)
-        .context("parsing `device status --json`")?;
-        let last = &status["last_sync"];
-        ensure!(
-            last["result"] == "ok",
-            "the download's last_sync is not ok: {last}"
-        );
-        let replica = status["replica"]
-            .as_str()
-            .context("`device status` names no replica")?;
-        check_replica(replica, &rows)?;
-        downloads.push(DownloadFigures {
-            watched,
-            reported_ms: last["duration_ms"].as_u64().unwrap_or(0),
-            bytes_down: last["bytes_down"]
-                .as_u64()
-                .context("last_sync has no bytes_down")?,
-            full_reason: last["full_reason"].as_str().unwrap_or("-").to_string(),
-        });
+            &["device", "download", "bench", "--dir", device_dir, "--full"],
+            device_dir,
+            server_pid,
+            ticks_per_s,
+            &rows,
+        )?);
     }
+    let (floor, floor_runs_s) = median_run(floors, |f| f.total_s);
+    let (full, full_runs_s) = median_run(fulls, |d| d.watched.wall_s);
+    let downloads = vec![first, full];
     let download_server_rss_kb =
         peak_rss_kb(server_pid).context("reading the server's peak RSS")?;
-    let delta = measure_delta(bin, db, device_dir, server_pid, ticks_per_s, &rows)?;
+    let delta = measure_delta(bin, db, device_dir, server_pid, ticks_per_s, &rows, reps)?;
     let server_rss_kb = peak_rss_kb(server_pid).context("reading the server's peak RSS")?;
     drop(server);
 
@@ -408,7 +451,9 @@ pub(crate) fn measure(
         main_insert_s,
         track_s,
         floor,
+        floor_runs_s,
         downloads,
+        full_runs_s,
         delta,
         server_rss_kb,
         before_downloads_server_rss_kb,

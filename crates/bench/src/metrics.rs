@@ -221,3 +221,15 @@ pub(crate) fn disk_bytes(path: &Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The median run of repeated measurements by `key` (the lower middle one of an even
+/// count), with every run's key in run order. `runs` must not be empty.
+pub(crate) fn median_run<T>(runs: Vec<T>, key: impl Fn(&T) -> f64) -> (T, Vec<f64>) {
+    assert!(!runs.is_empty(), "a median of no runs");
+    let keys: Vec<f64> = runs.iter().map(&key).collect();
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|&a, &b| keys[a].total_cmp(&keys[b]));
+    let middle = order[(order.len() - 1) / 2];
+    let run = runs.into_iter().nth(middle).expect("the index is in range");
+    (run, keys)
+}

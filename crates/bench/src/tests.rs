@@ -3,7 +3,7 @@
 use fieldsync_store::sample;
 use rusqlite::Connection;
 
-use crate::delta::{Share, changed_count, check_changed_replica, delta_verdicts, share};
+use crate::delta::{Share, check_changed_replica, delta_verdicts, level_count, share};
 use crate::floor::{CSV_HEADER, csv_bytes, csv_field_len, generate, insert_rows, real_text};
 use crate::measure::check_replica;
 use crate::metrics::{cpu_ticks, peak_rss_kb, proc_field_kb};
@@ -132,21 +132,29 @@ fn delta_shares_are_judged_against_their_targets() {
 
 #[test]
 fn the_office_changes_one_row_in_a_hundred() {
-    assert_eq!(changed_count(1_000_000), 10_000);
-    assert_eq!(changed_count(20_099), 200);
-    assert_eq!(changed_count(99), 0);
+    assert_eq!(level_count(1_000_000, 100, 0), 10_000);
+    assert_eq!(level_count(20_099, 100, 0), 200);
+    assert_eq!(level_count(99, 100, 0), 0);
     let mut conn = Connection::open_in_memory().unwrap();
     conn.execute_batch(sample::SCHEMA).unwrap();
     let rows = generate(1_234);
     insert_rows(&mut conn, &rows).unwrap();
     let n = conn.execute(crate::delta::OFFICE_UPDATE, []).unwrap() as u64;
-    assert_eq!(n, changed_count(1_234));
+    assert_eq!(n, level_count(1_234, 100, 0));
     // The further levels change rows none of the others did, as many as counted.
+    // Every run of every level changes rows none of the others did, as many as counted.
     let mut starred = n;
-    for (_, modulus, remainder) in crate::delta::MORE_LEVELS {
+    let one_percent = crate::delta::ONE_PERCENT_REMAINDERS[1..]
+        .iter()
+        .map(|r| (100, *r));
+    let more = crate::delta::MORE_LEVELS
+        .iter()
+        .flat_map(|(_, modulus, remainders)| remainders.iter().map(|r| (*modulus, *r)));
+    for (modulus, remainder) in one_percent.chain(more) {
         let update = crate::delta::level_update(modulus, remainder);
         let m = conn.execute(&update, []).unwrap() as u64;
         assert_eq!(m, crate::delta::level_count(1_234, modulus, remainder));
+        assert!(m > 0, "id % {modulus} = {remainder} changed nothing");
         starred += m;
         let once: u64 = conn
             .query_row(
@@ -174,17 +182,20 @@ fn a_replica_missing_a_change_fails_loudly() {
     conn.execute_batch(sample::SCHEMA).unwrap();
     insert_rows(&mut conn, &rows).unwrap();
     let path_text = path.to_str().unwrap();
-    check_changed_replica(path_text, &rows, 0).unwrap();
+    check_changed_replica(path_text, &rows, 0, None).unwrap();
     conn.execute("UPDATE assets SET name = name || '*' WHERE id = 200", [])
         .unwrap();
-    let err = check_changed_replica(path_text, &rows, 3).unwrap_err();
+    let err = check_changed_replica(path_text, &rows, 3, Some(100)).unwrap_err();
     assert!(err.to_string().contains("WRONG REPLICA"), "{err}");
     conn.execute(
-        "UPDATE assets SET name = name || '*' WHERE id IN (100, 300)",
+        "UPDATE assets SET name = name || '*' WHERE id IN (150, 300)",
         [],
     )
     .unwrap();
-    check_changed_replica(path_text, &rows, 3).unwrap();
+    // Three changed, but not the one the office renamed.
+    let err = check_changed_replica(path_text, &rows, 3, Some(100)).unwrap_err();
+    assert!(err.to_string().contains("asset 100"), "{err}");
+    check_changed_replica(path_text, &rows, 3, Some(150)).unwrap();
     drop(conn);
     std::fs::remove_file(&path).unwrap();
 }
@@ -200,6 +211,11 @@ fn percentiles_are_nearest_rank_and_medians_the_middle() {
     assert_eq!(percentile(&[], 50.0), 0.0);
     assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
     assert_eq!(median([4.0, 1.0, 2.0, 3.0]), 2.0);
+    // The median run is a whole run, picked by its key; every key kept in run order.
+    let runs = vec![("a", 3.0), ("b", 1.0), ("c", 2.0), ("d", 9.0)];
+    let (run, keys) = crate::metrics::median_run(runs, |r| r.1);
+    assert_eq!(run, ("c", 2.0));
+    assert_eq!(keys, vec![3.0, 1.0, 2.0, 9.0]);
 }
 
 #[test]
@@ -488,12 +504,29 @@ fn a_small_send_and_its_sync_reach_their_main_databases() {
 
 /// A small download run through the real binary: the server's peak over the downloads
 /// alone is read after a reset, beside its resident set before them and its peak over
-/// the whole run.
+/// the whole run; each timed figure is run as many times as asked, and the JSON holds
+/// every run.
 #[test]
 fn the_servers_download_peak_is_read_apart_from_the_run() {
     let bin = fieldsync_bin();
     let dir = tempfile_dir("download");
-    let f = crate::measure::measure(&bin, &dir, 3_000, None).unwrap();
+    let f = crate::measure::measure(&bin, &dir, 3_000, None, 2).unwrap();
+    assert_eq!((f.floor_runs_s.len(), f.full_runs_s.len()), (2, 2));
+    assert!(f.full_runs_s.contains(&f.downloads[1].watched.wall_s));
+    assert!(f.floor_runs_s.contains(&f.floor.total_s));
+    let json = crate::report::download_json(&f);
+    assert_eq!(json["full_download_runs_s"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        json["delta"]["one_percent"]["runs_wall_s"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(json["delta"]["more"].as_array().unwrap().len(), 2);
+    // Two runs of 1% of 3,000 rows, then two of 0.1% and of 10%.
+    assert_eq!(json["delta"]["one_percent"]["rows_down"], 30);
+    assert_eq!(json["delta"]["nothing_changed"]["rows_down"], 0);
     let (before, downloads, run) = (
         f.before_downloads_server_rss_kb,
         f.download_server_rss_kb,

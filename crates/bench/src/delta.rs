@@ -13,7 +13,7 @@ use anyhow::{Context, ensure};
 use fieldsync_store::sample::AssetRow;
 use rusqlite::Connection;
 
-use crate::measure::{check_replica, fieldsync};
+use crate::measure::{check_replica, last_sync};
 use crate::metrics::{Watched, median_run, timed_download};
 
 /// What the office does between the full download and the timed sync: one row in a
@@ -169,26 +169,12 @@ fn timed_sync(
 ) -> anyhow::Result<(SyncFigures, String)> {
     let args = ["device", "sync", "--dir", device_dir];
     let watched = timed_download(bin, &args, server_pid, ticks_per_s)?;
-    let status: serde_json::Value = serde_json::from_str(&fieldsync(
-        bin,
-        &["device", "status", "--dir", device_dir, "--json"],
-        None,
-    )?)
-    .context("parsing `device status --json`")?;
-    let last = &status["last_sync"];
-    ensure!(
-        last["result"] == "ok",
-        "the sync's last_sync is not ok: {last}"
-    );
+    let (last, replica) = last_sync(bin, device_dir)?;
     ensure!(
         last["full"] == false,
         "NOT A DELTA: the sync brought the whole slice (full_reason {})",
         last["full_reason"]
     );
-    let replica = status["replica"]
-        .as_str()
-        .context("`device status` names no replica")?
-        .to_string();
     let figures = SyncFigures {
         watched,
         reported_ms: last["duration_ms"].as_u64().unwrap_or(0),

@@ -65,6 +65,27 @@ pub(crate) struct Figures {
     pub(crate) csv_bytes: u64,
 }
 
+/// The device's `last_sync` (`device status --json`), which must be ok, and the path
+/// of its replica.
+pub(crate) fn last_sync(
+    bin: &Path,
+    device_dir: &str,
+) -> anyhow::Result<(serde_json::Value, String)> {
+    let mut status: serde_json::Value = serde_json::from_str(&fieldsync(
+        bin,
+        &["device", "status", "--dir", device_dir, "--json"],
+        None,
+    )?)
+    .context("parsing `device status --json`")?;
+    let last = status["last_sync"].take();
+    ensure!(last["result"] == "ok", "the last sync is not ok: {last}");
+    let replica = status["replica"]
+        .as_str()
+        .context("`device status` names no replica")?
+        .to_string();
+    Ok((last, replica))
+}
+
 /// One timed download, its `last_sync` read and its replica checked against `rows`.
 fn checked_download(
     bin: &Path,
@@ -75,21 +96,8 @@ fn checked_download(
     rows: &[AssetRow],
 ) -> anyhow::Result<DownloadFigures> {
     let watched = timed_download(bin, args, server_pid, ticks_per_s)?;
-    let status: serde_json::Value = serde_json::from_str(&fieldsync(
-        bin,
-        &["device", "status", "--dir", device_dir, "--json"],
-        None,
-    )?)
-    .context("parsing `device status --json`")?;
-    let last = &status["last_sync"];
-    ensure!(
-        last["result"] == "ok",
-        "the download's last_sync is not ok: {last}"
-    );
-    let replica = status["replica"]
-        .as_str()
-        .context("`device status` names no replica")?;
-    check_replica(replica, rows)?;
+    let (last, replica) = last_sync(bin, device_dir)?;
+    check_replica(&replica, rows)?;
     Ok(DownloadFigures {
         watched,
         reported_ms: last["duration_ms"].as_u64().unwrap_or(0),

@@ -65,24 +65,11 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
     bounded(move || verify_now(&password, &hash))
 }
 
-/// The argon2 memory of the hashing threads, 19 MiB each, allocated once and reused:
-/// a fresh allocation per verification left the allocator holding more than needed.
-/// Shared rather than one per thread, so logins one after another (the usual case)
-/// keep one allocation whichever thread checks them; only logins at the same moment
-/// make a second (at most one per hashing thread).
-static BLOCKS: std::sync::Mutex<Vec<Vec<password::Block>>> = std::sync::Mutex::new(Vec::new());
-
-/// Checks `password` against a PHC string, computing in blocks of [`BLOCKS`].
+/// Checks `password` against a PHC string, in argon2 memory given back to the system
+/// when the check ends (`password::returned_blocks`): a server that checked a login
+/// holds none of it afterwards, whichever threads checked.
 fn verify_now(password: &str, hash: &str) -> bool {
-    let pool = || {
-        BLOCKS
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
-    let mut blocks = pool().pop().unwrap_or_default();
-    let ok = password::verify_in(password, hash, &mut blocks);
-    pool().push(blocks);
-    ok
+    password::verify(password, hash)
 }
 
 /// Constant-time equality of two hex hashes.

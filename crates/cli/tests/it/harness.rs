@@ -127,6 +127,11 @@ impl Server {
     pub fn peak_rss_kb(&self) -> u64 {
         peak_rss_kb(self.child.id()).expect("server is running")
     }
+
+    /// Resident memory of the server now, in kB (from /proc).
+    pub fn rss_kb(&self) -> u64 {
+        proc_status_kb(self.child.id(), "VmRSS:").expect("server is running")
+    }
 }
 
 impl Drop for Server {
@@ -137,10 +142,15 @@ impl Drop for Server {
 }
 
 pub fn peak_rss_kb(pid: u32) -> Option<u64> {
+    proc_status_kb(pid, "VmHWM:")
+}
+
+/// A kB figure of /proc/PID/status, by its field name (with the colon).
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 

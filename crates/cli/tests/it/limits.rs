@@ -33,9 +33,11 @@ fn raw_request(url: &str, method: &str, path: &str, headers: &[(&str, &str)], bo
 
 /// Each argon2 verification takes about 19 MiB: 64 logins at once must not take 64
 /// times that (they took 1.9 GB, 1.3 GB on this machine). Verifications run on one
-/// thread per core, each in memory of its own allocated once (a fresh allocation per
-/// verification still peaked at 147–208 MB); measured 52 MB. The target is
-/// 200 MB; asserted: 100 MB.
+/// thread per core, each in memory given back to the system when it ends (a plain
+/// fresh allocation per verification peaked at 147–208 MB, as glibc kept it; memory
+/// kept for the next login held 19 MiB per thread for good); measured 52 MB. The
+/// issue's target is 200 MB; asserted: 100 MB, and that the hash memory is gone once
+/// the logins are answered.
 #[test]
 fn sixty_four_concurrent_logins_stay_far_below_one_verification_each() {
     let mut office = Office::new(5);
@@ -73,11 +75,18 @@ fn sixty_four_concurrent_logins_stay_far_below_one_verification_each() {
     assert_eq!(codes.iter().filter(|c| **c == 200).count(), 32, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 401).count(), 32, "{codes:?}");
     let peak_mb = office.server.peak_rss_kb() / 1024;
+    let after_kb = office.server.rss_kb();
     eprintln!(
-        "64 concurrent logins: server peak RSS {peak_mb} MB (before: {} MB)",
-        before_kb / 1024
+        "64 concurrent logins: server peak RSS {peak_mb} MB (before: {} MB, after: {} MB)",
+        before_kb / 1024,
+        after_kb / 1024
     );
     assert!(peak_mb < 100, "server peak RSS {peak_mb} MB");
+    // Less than one verification's 19 MiB stays (two stayed, one per hashing thread).
+    assert!(
+        after_kb < before_kb + 12 * 1024,
+        "server RSS {after_kb} kB after the logins, {before_kb} kB before"
+    );
 }
 
 /// A task `photos` over a table of `rows` rows of 8,000 random hex characters each

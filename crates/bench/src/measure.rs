@@ -57,9 +57,9 @@ pub(crate) struct Figures {
     pub(crate) delta: DeltaFigures,
     pub(crate) server_rss_kb: u64,
     /// The server's RSS before the downloads, after the login (whose argon2 hash
-    /// takes 19 MiB, kept for the next login), kB.
+    /// took 19 MiB while it ran), kB.
     pub(crate) before_downloads_server_rss_kb: u64,
-    /// The server's peak RSS over the two full downloads alone (VmHWM reset before
+    /// The server's peak RSS over the downloads alone (VmHWM reset before
     /// them), kB.
     pub(crate) download_server_rss_kb: u64,
     pub(crate) csv_bytes: u64,

@@ -99,7 +99,7 @@ pub(crate) fn print_figures(f: &Figures) {
     );
     let downloads_mb = mb(f.download_server_rss_kb);
     println!(
-        "| server peak RSS over the downloads (VmHWM reset before them; {:.1} MB before, the login's hash memory held) | {downloads_mb:.1} MB | ≤ {SERVER_RSS_MB_MAX} MB | {} |",
+        "| server peak RSS over the downloads (VmHWM reset before them; {:.1} MB before them, after the login) | {downloads_mb:.1} MB | ≤ {SERVER_RSS_MB_MAX} MB | {} |",
         mb(f.before_downloads_server_rss_kb),
         verdict(downloads_mb <= SERVER_RSS_MB_MAX)
     );
@@ -177,6 +177,21 @@ pub(crate) fn print_summary(all: &[Figures]) {
             d1.watched.other_cpu_s,
             d2.watched.other_cpu_s
         );
+    }
+}
+
+/// A watched command's peak RSS, or why it has none: a command that ended within two
+/// polls of `/proc` may have been seen only before its program started.
+pub(crate) fn sampled_rss(w: &crate::metrics::Watched) -> String {
+    let poll = crate::metrics::RSS_POLL.as_secs_f64();
+    if w.wall_s < 2.0 * poll {
+        format!(
+            "not sampled (it ran {:.0} ms; /proc is read every {:.0} ms)",
+            w.wall_s * 1000.0,
+            poll * 1000.0
+        )
+    } else {
+        format!("{:.1} MB", mb(w.device_rss_kb))
     }
 }
 
@@ -271,12 +286,12 @@ pub(crate) fn print_delta(f: &Figures) {
         ("with nothing changed", &d.idle.median),
     ] {
         println!(
-            "| CPU during the sync {name}: device / server / rest of the machine; iowait | {:.2} s / {:.2} s / {:.2} s; {:.2} s | — | device peak RSS {:.1} MB |",
+            "| CPU during the sync {name}: device / server / rest of the machine; iowait | {:.2} s / {:.2} s / {:.2} s; {:.2} s | — | device peak RSS {} |",
             s.watched.device_cpu_s,
             s.watched.server_cpu_s,
             s.watched.other_cpu_s,
             s.watched.iowait_s,
-            mb(s.watched.device_rss_kb)
+            sampled_rss(&s.watched)
         );
     }
 }

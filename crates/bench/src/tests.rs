@@ -541,3 +541,18 @@ fn the_servers_download_peak_is_read_apart_from_the_run() {
     crate::report::print_summary(std::slice::from_ref(&f));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_command_shorter_than_two_polls_has_no_peak_rss() {
+    let watched = |wall_s: f64| crate::metrics::Watched {
+        wall_s,
+        device_rss_kb: 13_000,
+        device_cpu_s: 0.0,
+        server_cpu_s: 0.0,
+        other_cpu_s: 0.0,
+        iowait_s: 0.0,
+    };
+    let short = crate::report::sampled_rss(&watched(0.016));
+    assert!(short.starts_with("not sampled (it ran 16 ms"), "{short}");
+    assert_eq!(crate::report::sampled_rss(&watched(0.3)), "13.3 MB");
+}

@@ -3,7 +3,7 @@
 //! device keeps a verifier of the same kind for offline logins. The caller supplies
 //! the salt's random bytes (this crate does no IO).
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::password_hash::{self, Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 
 /// One unit of argon2 memory (1 KiB): what [`verify_in`] computes in.
@@ -16,13 +16,28 @@ pub fn params() -> Params {
     Params::new(19 * 1024, 2, 1, None).expect("valid argon2 parameters")
 }
 
-/// The argon2id PHC string of `password` with `salt` (16 random bytes).
+/// The argon2id PHC string of `password` with `salt` (16 random bytes), computed in
+/// memory given back at the end ([`returned_blocks`]).
 pub fn hash(password: &str, salt: &[u8; 16]) -> String {
-    let salt = SaltString::encode_b64(salt).expect("16 bytes make a valid salt");
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params())
-        .hash_password(password.as_bytes(), &salt)
-        .expect("argon2 with valid parameters")
-        .to_string()
+    let salt_text = SaltString::encode_b64(salt).expect("16 bytes make a valid salt");
+    let params = params();
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let mut blocks = returned_blocks();
+    blocks.resize(params.block_count(), Block::default());
+    let output = Output::init_with(Params::DEFAULT_OUTPUT_LEN, |out| {
+        argon2
+            .hash_password_into_with_memory(password.as_bytes(), salt, out, &mut blocks[..])
+            .map_err(|_| password_hash::Error::Crypto)
+    })
+    .expect("argon2 with valid parameters");
+    PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).expect("the parameters have a PHC form"),
+        salt: Some(salt_text.as_salt()),
+        hash: Some(output),
+    }
+    .to_string()
 }
 
 /// Whether `password` matches the PHC string `hash` (with the parameters the string
@@ -103,7 +118,19 @@ mod tests {
     }
 
     #[test]
+    fn a_hash_is_the_one_argon2_itself_makes() {
+        use argon2::password_hash::PasswordHasher;
+        let salt = SaltString::encode_b64(&[9; 16]).unwrap();
+        let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params())
+            .hash_password(b"field crew", &salt)
+            .unwrap()
+            .to_string();
+        assert_eq!(hash("field crew", &[9; 16]), theirs);
+    }
+
+    #[test]
     fn hashes_made_with_other_parameters_still_verify() {
+        use argon2::password_hash::PasswordHasher;
         // A hash an earlier version (or another tool) made with other costs.
         let salt = SaltString::encode_b64(&[1; 16]).unwrap();
         let other = Argon2::new(

@@ -255,14 +255,50 @@ fn a_renamed_table_is_tracked_under_its_new_name_only() {
     );
 }
 
-/// `fieldsync server run` on `db_url` under `faketime` with the clock `offset` away
-/// (e.g. `+13h`), killed on drop.
+/// `fieldsync server run` on `db_url` with libfaketime's clock `offset` away (e.g.
+/// `+13h`), killed on drop. The library is preloaded into the server itself, not run
+/// through the `faketime` program: that one forks the server and waits, so killing it
+/// left the server running after the test.
 fn server_with_clock(db_url: &str, offset: &str) -> Server {
-    let mut faketime = Command::new("faketime");
-    faketime
-        .args(["-f", offset])
+    let mut server = Command::new(BIN);
+    server
+        .env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME", offset)
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-    Server::start_by(faketime, db_url)
+    Server::start_by(server, db_url)
+}
+
+/// How many hours the server at `url` is away from this machine's clock, by the
+/// `Date` header of its answer (`Fri, 04 Dec 2026 08:58:28 GMT`).
+fn clock_offset_hours(url: &str) -> f64 {
+    let answer = ureq::get(&format!("{url}/health")).call().unwrap();
+    let date = answer
+        .header("date")
+        .expect("the server sends a Date header");
+    let parts: Vec<&str> = date.split([' ', ',']).filter(|p| !p.is_empty()).collect();
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = months.iter().position(|m| *m == parts[2]).expect("a month") + 1;
+    let rfc3339 = format!("{}-{month:02}-{}T{}Z", parts[3], parts[1], parts[4]);
+    let server_ms = fieldsync_proto::time::parse_rfc3339(&rfc3339).expect("an HTTP date");
+    (server_ms - fieldsync_proto::time::now_unix_ms()) as f64 / 3_600_000.0
+}
+
+/// Where Debian's libfaketime (package `faketime`, which scripts/test installs) keeps
+/// its library.
+fn libfaketime() -> std::path::PathBuf {
+    let multiarch = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"));
+    let plain = ["/usr/lib/faketime", "/usr/local/lib/faketime"]
+        .map(|d| std::path::Path::new(d).join("libfaketime.so.1"));
+    multiarch
+        .chain(plain)
+        .find(|p| p.is_file())
+        .expect("libfaketime.so.1 is not installed (scripts/test installs the faketime package)")
 }
 
 /// Sessions expire by one clock, the database's: a server whose clock runs 13 hours
@@ -272,6 +308,10 @@ fn a_server_with_a_wrong_clock_logs_nobody_out() {
     let office = Office::new_pg(10);
     let fast = server_with_clock(&office.db_url, "+13h");
     let slow = server_with_clock(&office.db_url, "-13h");
+    // The servers' own clocks are that far off (the library took).
+    let (fast_h, slow_h) = (clock_offset_hours(&fast.url), clock_offset_hours(&slow.url));
+    assert!((12.9..13.1).contains(&fast_h), "fast server {fast_h} h");
+    assert!((-13.1..-12.9).contains(&slow_h), "slow server {slow_h} h");
     let dev = office.device("tab1", &["north-inspections"]);
     dev.login("ana").ok();
     for server in [&fast, &slow] {

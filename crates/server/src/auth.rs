@@ -60,16 +60,12 @@ pub fn no_such_user_hash() -> &'static str {
     &HASH
 }
 
+/// Checks `password` against a PHC string on a hashing thread, in argon2 memory given
+/// back to the system when the check ends (`password::returned_blocks`): a server that
+/// checked a login holds none of it afterwards, whichever thread checked.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     let (password, hash) = (password.to_string(), hash.to_string());
-    bounded(move || verify_now(&password, &hash))
-}
-
-/// Checks `password` against a PHC string, in argon2 memory given back to the system
-/// when the check ends (`password::returned_blocks`): a server that checked a login
-/// holds none of it afterwards, whichever threads checked.
-fn verify_now(password: &str, hash: &str) -> bool {
-    password::verify(password, hash)
+    bounded(move || password::verify(&password, &hash))
 }
 
 /// Constant-time equality of two hex hashes.

@@ -285,6 +285,7 @@ pub fn client_config() -> ClientConfig {
             .and_then(|n| u32::try_from(n).ok())
             .unwrap_or(default.attempts)
             .max(1),
+        busy_patience: ms("FIELDSYNC_BUSY_PATIENCE_MS", default.busy_patience),
         backoff: ms("FIELDSYNC_RETRY_BACKOFF_MS", default.backoff),
     }
 }

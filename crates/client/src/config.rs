@@ -14,6 +14,11 @@ pub struct ClientConfig {
     pub read_timeout: Duration,
     /// Attempts in all for a transient failure, default 3 (at least 1).
     pub attempts: u32,
+    /// How long a device goes on asking a busy server again (HTTP 503: at capacity, or
+    /// its main database locked; it says when to come back) before busy answers count
+    /// against `attempts`, default 2 min: a fleet docking at once waits its turn
+    /// instead of failing. A cancel cuts the wait short.
+    pub busy_patience: Duration,
     /// The wait before the first retry, default 500 ms, doubling after each attempt.
     pub backoff: Duration,
 }
@@ -24,6 +29,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             attempts: 3,
+            busy_patience: Duration::from_secs(120),
             backoff: Duration::from_millis(500),
         }
     }

@@ -410,3 +410,32 @@ fn a_busy_download_is_retried_after_the_servers_retry_after() {
     assert!(took >= Duration::from_secs(5), "{took:?}");
     drop(stalled);
 }
+
+/// A device asks a busy server again as long as its patience lasts, past its attempts:
+/// with one attempt and no patience it gives up at the first busy answer; with one
+/// attempt and the default patience it is told busy twice (the stalled stream holds
+/// the only slot for 8 s) and still downloads.
+#[test]
+fn a_busy_server_is_waited_for_past_the_attempts() {
+    let office = Office::new(5);
+    photos_task(&office, 6000);
+    let server = Server::start_with(
+        &office.db_url,
+        &["--max-downloads", "1", "--idle-timeout", "8"],
+    );
+    let staller = photos_device(&office, "staller", &server);
+    let dev = photos_device(&office, "tab1", &server);
+    let (stalled, code) = stalled_download(&server.url, &session_headers(&staller));
+    assert_eq!(code, 200);
+    let impatient = [("FIELDSYNC_RETRIES", "1"), ("FIELDSYNC_BUSY_PATIENCE_MS", "0")];
+    let run = dev.run_env(&["download", "photos"], &impatient);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("busy"), "{run:?}");
+    let started = Instant::now();
+    let run = dev.run_env(&["download", "photos"], &[("FIELDSYNC_RETRIES", "1")]);
+    let took = started.elapsed();
+    eprintln!("download with one attempt, past two busy answers: {took:?}");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(took >= Duration::from_secs(5), "{took:?}");
+    drop(stalled);
+}

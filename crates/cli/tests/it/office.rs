@@ -343,7 +343,11 @@ fn a_busy_main_database_is_said_so_and_retried() {
         .unwrap();
     let holder = office.sql();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let run = dev.run_env(&["send"], &[("FIELDSYNC_RETRIES", "1")]);
+    let one_try = [
+        ("FIELDSYNC_RETRIES", "1"),
+        ("FIELDSYNC_BUSY_PATIENCE_MS", "0"),
+    ];
+    let run = dev.run_env(&["send"], &one_try);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("the main database is busy"), "{run:?}");
     holder.execute_batch("COMMIT").unwrap();

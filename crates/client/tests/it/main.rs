@@ -20,8 +20,18 @@ pub fn device(fake: &Arc<Fake>) -> (tempfile::TempDir, Device) {
     let config = ClientConfig {
         attempts: 3,
         backoff: Duration::from_millis(1),
+        busy_patience: Duration::ZERO,
         ..ClientConfig::default()
     };
+    device_with(fake, dir, config)
+}
+
+/// A paired, logged-in device in `dir`, calling `fake`, with `config`.
+pub fn device_with(
+    fake: &Arc<Fake>,
+    dir: tempfile::TempDir,
+    config: ClientConfig,
+) -> (tempfile::TempDir, Device) {
     let device = Device::open_with_transport(dir.path().join("dev"), config, fake.clone());
     device.pair("fake://office", "tab1", "CODE").unwrap();
     device.login("ana", "pw").unwrap();

@@ -50,6 +50,40 @@ fn a_busy_server_is_asked_again_until_the_attempts_run_out() {
     assert_eq!(fake.count("/download"), 6);
 }
 
+/// Within its patience a device asks a busy server again past its attempts (a fleet
+/// docking at once waits its turn); past it, busy answers use up the attempts.
+#[test]
+fn a_busy_server_is_waited_for_past_the_attempts_within_the_patience() {
+    let fake = Fake::new(&[(1, "one")]);
+    let config = fieldsync_client::ClientConfig {
+        attempts: 3,
+        backoff: Duration::from_millis(1),
+        busy_patience: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let (_tmp, dev) = device_with(&fake, tempfile::tempdir().unwrap(), config);
+    for _ in 0..6 {
+        fake.then(busy());
+    }
+    download(&dev).unwrap();
+    assert_eq!(fake.count("/download"), 7);
+    // No patience: the attempts alone.
+    let config = fieldsync_client::ClientConfig {
+        attempts: 3,
+        backoff: Duration::from_millis(1),
+        busy_patience: Duration::ZERO,
+        ..Default::default()
+    };
+    let (_tmp, dev) = device_with(&fake, tempfile::tempdir().unwrap(), config);
+    let before = fake.count("/download");
+    for _ in 0..6 {
+        fake.then(busy());
+    }
+    let e = download(&dev).unwrap_err();
+    assert!(matches!(e, ClientError::ServerBusy { .. }), "{e:?}");
+    assert_eq!(fake.count("/download") - before, 3);
+}
+
 #[test]
 fn a_broken_exchange_is_unreachable_and_retried_a_refusal_is_not() {
     let fake = Fake::new(&[(1, "one")]);

@@ -427,7 +427,10 @@ fn a_busy_server_is_waited_for_past_the_attempts() {
     let dev = photos_device(&office, "tab1", &server);
     let (stalled, code) = stalled_download(&server.url, &session_headers(&staller));
     assert_eq!(code, 200);
-    let impatient = [("FIELDSYNC_RETRIES", "1"), ("FIELDSYNC_BUSY_PATIENCE_MS", "0")];
+    let impatient = [
+        ("FIELDSYNC_RETRIES", "1"),
+        ("FIELDSYNC_BUSY_PATIENCE_MS", "0"),
+    ];
     let run = dev.run_env(&["download", "photos"], &impatient);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("busy"), "{run:?}");

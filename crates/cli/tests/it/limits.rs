@@ -381,22 +381,30 @@ fn a_hundred_stalled_downloads_on_postgres_are_cut_and_block_nobody() {
     drop(stalled);
 }
 
+/// A server whose only download turn a stalled client holds until its idle timeout
+/// (`idle_timeout` seconds) cuts it, and a device of the same task: the office, the
+/// server, the device and the stalled stream.
+fn one_turn_held(idle_timeout: &str) -> (Office, Server, DeviceDir, TcpStream) {
+    let office = Office::new(5);
+    photos_task(&office, 6000);
+    let server = Server::start_with(
+        &office.db_url,
+        &["--max-downloads", "1", "--idle-timeout", idle_timeout],
+    );
+    let staller = photos_device(&office, "staller", &server);
+    let dev = photos_device(&office, "tab1", &server);
+    let (stalled, code) = stalled_download(&server.url, &session_headers(&staller));
+    assert_eq!(code, 200);
+    (office, server, dev, stalled)
+}
+
 /// A busy server says how long to wait (`Retry-After`), and the device waits that
 /// long before asking again: with the only download turn held by a stalled client,
 /// the device's download is told "busy, retry in 5 s", and succeeds once the stalled
 /// stream is cut (its doubling backoff alone, 0.5 s then 1 s, gave up before that).
 #[test]
 fn a_busy_download_is_retried_after_the_servers_retry_after() {
-    let office = Office::new(5);
-    photos_task(&office, 6000);
-    let server = Server::start_with(
-        &office.db_url,
-        &["--max-downloads", "1", "--idle-timeout", "3"],
-    );
-    let staller = photos_device(&office, "staller", &server);
-    let dev = photos_device(&office, "tab1", &server);
-    let (stalled, code) = stalled_download(&server.url, &session_headers(&staller));
-    assert_eq!(code, 200);
+    let (_office, server, dev, stalled) = one_turn_held("3");
     let (mut busy, code) = stalled_download(&server.url, &session_headers(&dev));
     assert_eq!(code, 503);
     let mut head = [0u8; 512];
@@ -417,16 +425,7 @@ fn a_busy_download_is_retried_after_the_servers_retry_after() {
 /// the only slot for 8 s) and still downloads.
 #[test]
 fn a_busy_server_is_waited_for_past_the_attempts() {
-    let office = Office::new(5);
-    photos_task(&office, 6000);
-    let server = Server::start_with(
-        &office.db_url,
-        &["--max-downloads", "1", "--idle-timeout", "8"],
-    );
-    let staller = photos_device(&office, "staller", &server);
-    let dev = photos_device(&office, "tab1", &server);
-    let (stalled, code) = stalled_download(&server.url, &session_headers(&staller));
-    assert_eq!(code, 200);
+    let (_office, _server, dev, stalled) = one_turn_held("8");
     let impatient = [
         ("FIELDSYNC_RETRIES", "1"),
         ("FIELDSYNC_BUSY_PATIENCE_MS", "0"),

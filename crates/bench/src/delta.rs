@@ -16,16 +16,13 @@ use rusqlite::Connection;
 use crate::measure::{check_replica, last_sync};
 use crate::metrics::{Watched, median_run, timed_download};
 
-/// What the office does between the full download and the timed sync: one row in a
-/// hundred, spread over the whole table, gets a name ending in `*`. Its first run;
-/// the others take the next of [`ONE_PERCENT_REMAINDERS`].
-pub(crate) const OFFICE_UPDATE: &str = "UPDATE assets SET name = name || '*' WHERE id % 100 = 0";
-
 /// The most runs of each level: the remainders below keep every run's rows apart
 /// from every other run's of every level, so that each changed row has one `*`.
 pub(crate) const DELTA_RUNS_MAX: usize = 6;
 
-/// The 1% runs: `id % 100 = r`. In tens: 0, 5, 2 (never 3, 7 or 1, 9, 4, 6, 8: the
+/// The 1% runs, what the office does between the full download and the timed sync:
+/// one row in a hundred, spread over the whole table, gets a name ending in `*`
+/// (`id % 100 = r`, [`level_update`]). In tens: 0, 5, 2 (never 3, 7 or 1, 9, 4, 6, 8: the
 /// other levels').
 pub(crate) const ONE_PERCENT_REMAINDERS: [u64; DELTA_RUNS_MAX] = [0, 50, 25, 75, 12, 62];
 

@@ -2,7 +2,8 @@
 //! it, and a summary across sizes.
 
 use crate::delta::{
-    DELTA_BYTES_RATIO_MAX, DELTA_TIME_RATIO_MAX, IDLE_BYTES_MAX, OFFICE_UPDATE, delta_verdicts,
+    DELTA_BYTES_RATIO_MAX, DELTA_TIME_RATIO_MAX, IDLE_BYTES_MAX, ONE_PERCENT_REMAINDERS,
+    delta_verdicts, level_update,
 };
 use crate::measure::Figures;
 
@@ -217,7 +218,8 @@ pub(crate) fn print_delta(f: &Figures) {
         f.engine
     );
     println!(
-        "The office: `{OFFICE_UPDATE}`, {} rows in {:.3} s; then `device sync` twice; {} runs of that (other rows each time); then 0.1% and 10% more, each followed by a sync, as many runs. Each figure is the median run.\n",
+        "The office: `{}`, {} rows in {:.3} s; then `device sync` twice; {} runs of that (other rows each time); then 0.1% and 10% more, each followed by a sync, as many runs. Each figure is the median run.\n",
+        level_update(100, ONE_PERCENT_REMAINDERS[0]),
         thousands(d.changed_rows),
         d.office_update_s,
         d.delta.walls_s.len()

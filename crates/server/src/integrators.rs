@@ -1,5 +1,5 @@
-//! Uploads are parsed and integrated on a few threads of their own, one per core,
-//! instead of tokio's blocking pool: each thread's allocator arena keeps what an upload
+//! Uploads are parsed and integrated on a few threads of their own, one per core (one
+//! on a main database with a single writer), instead of tokio's blocking pool: each thread's allocator arena keeps what an upload
 //! freed (its parsed entries, the database's page cache for its transaction), and
 //! across the blocking pool's many threads those arenas added up (177 MB for a
 //! 1,000,000-entry journal sent in chunks, 69 MB in one arena).
@@ -39,6 +39,12 @@ pub const MOST_WAIT: Duration = Duration::from_secs(30);
 static INTEGRATORS: LazyLock<Workers> =
     LazyLock::new(|| Workers::start("fieldsync-upload", workers::per_core()));
 
+/// The one thread of a main database that writes one transaction at a time
+/// (`Uploads::one_writer`, SQLite): a second thread would only wait for the first's
+/// write lock, and its arena would keep a second upload's worth of memory (a
+/// 100,000-entry send left the server at 62 MB with two threads, 37 MB with one).
+static ONE_WRITER: LazyLock<Workers> = LazyLock::new(|| Workers::start("fieldsync-upload", 1));
+
 /// Turns: uploads on a thread or next in the threads' queue (three per thread).
 static TURNS: LazyLock<Arc<Semaphore>> =
     LazyLock::new(|| Arc::new(Semaphore::new(3 * workers::per_core())));
@@ -60,10 +66,11 @@ fn busy(what: String) -> ApiError {
     )
 }
 
-/// Runs `f` on one of the [`INTEGRATORS`] once `device`'s upload of `body_len` bytes
-/// has its turn, and awaits its result; a panic in `f` is an internal error (the
-/// thread goes on serving).
+/// Runs `f` on one of the [`INTEGRATORS`] (on [`ONE_WRITER`] for a main database that
+/// has one writer) once `device`'s upload of `body_len` bytes has its turn, and awaits
+/// its result; a panic in `f` is an internal error (the thread goes on serving).
 pub async fn run<T: Send + 'static>(
+    one_writer: bool,
     device: &str,
     body_len: usize,
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -78,7 +85,12 @@ pub async fn run<T: Send + 'static>(
             .unwrap_or_else(|_| Err(ApiError::internal("an upload's integration panicked")));
         let _ = tx.send(result);
     });
-    INTEGRATORS.submit(job).map_err(ApiError::internal)?;
+    let threads = if one_writer {
+        &ONE_WRITER
+    } else {
+        &INTEGRATORS
+    };
+    threads.submit(job).map_err(ApiError::internal)?;
     rx.await.map_err(ApiError::internal)?
 }
 
@@ -148,6 +160,43 @@ impl Drop for DeviceUpload {
             if *n == 0 {
                 now.remove(&self.0);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The threads four overlapping uploads ran on, `one_writer` or not.
+    async fn threads_of_four(one_writer: bool) -> std::collections::HashSet<String> {
+        let jobs: Vec<_> = (0..4)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let device = format!("dev-{one_writer}-{i}");
+                    run(one_writer, &device, 1, || {
+                        std::thread::sleep(Duration::from_millis(50));
+                        Ok(format!("{:?}", std::thread::current().id()))
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut threads = std::collections::HashSet::new();
+        for job in jobs {
+            let thread = job.await.expect("the task ends");
+            threads.insert(thread.unwrap_or_else(|e| panic!("{}", e.message)));
+        }
+        threads
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_single_writer_database_has_its_uploads_run_on_one_thread() {
+        let one = threads_of_four(true).await;
+        assert_eq!(one.len(), 1, "{one:?}");
+        if workers::per_core() > 1 {
+            let many = threads_of_four(false).await;
+            assert!(many.len() > 1, "{many:?}");
         }
     }
 }

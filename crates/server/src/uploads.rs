@@ -135,7 +135,8 @@ pub(crate) async fn upload(
         Err(e) => return Ok(with_who(e.into_response(), who)),
     };
     let bytes_up = body.len() as u64;
-    let answer = integrators::run(&device_id, body.len(), move || {
+    let one_writer = st.store.one_writer();
+    let answer = integrators::run(one_writer, &device_id, body.len(), move || {
         let upload = upload_body::parse(&headers, &body)?;
         drop(body);
         if claimed_id

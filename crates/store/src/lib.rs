@@ -512,6 +512,12 @@ pub trait Uploads {
     /// The device, user and outcome (JSON) recorded for an upload id, if any: the
     /// server answers a known upload with it before any other check.
     fn upload_recorded(&self, upload_id: &str) -> Result<Option<(String, String, String)>>;
+    /// The engine writes one transaction at a time (SQLite's single writer): uploads
+    /// integrated side by side would only wait for each other's lock, so the server
+    /// runs them one after another (and keeps one upload's memory, not one per thread).
+    fn one_writer(&self) -> bool {
+        false
+    }
 }
 
 /// Files attached to rows (`files.rs`; each engine's `files.rs`). The content lives in

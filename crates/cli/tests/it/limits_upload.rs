@@ -15,6 +15,12 @@ use crate::harness::*;
 
 /// The memory bound the issue sets for the server and the device, in MB.
 const BOUND_MB: u64 = 100;
+/// Issue #20's bounds for a long send, with a test build's margin (release targets:
+/// server 32 MB, device 48 MB; a test build's server peaks at 35 MB for 100,000
+/// entries, and at 41–42 MB when an upload is 10,000 entries or two threads integrate
+/// on SQLite, each keeping an upload's worth in its arena).
+const SEND_SERVER_MB: u64 = 40;
+const SEND_DEVICE_MB: u64 = 48;
 
 /// The device's credentials and session token, from its state file.
 fn credentials(dev: &DeviceDir) -> (String, String, String) {
@@ -333,12 +339,12 @@ fn a_long_journal_is_sent_in_chunks_in_bounded_memory() {
         "{last_progress}"
     );
     assert!(
-        device_kb / 1024 < BOUND_MB,
+        device_kb / 1024 < SEND_DEVICE_MB,
         "device peak RSS {} MB",
         device_kb / 1024
     );
     assert!(
-        server_kb / 1024 < BOUND_MB,
+        server_kb / 1024 < SEND_SERVER_MB,
         "server peak RSS {} MB",
         server_kb / 1024
     );

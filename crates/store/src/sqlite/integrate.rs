@@ -585,6 +585,10 @@ impl Uploads for SqliteStore {
             )
             .optional()?)
     }
+
+    fn one_writer(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //!
 //! `writes.rs` batches the writes, `tx.rs` is the [`UploadTx`] the rules run over.
 
+mod parents;
 mod tx;
 mod writes;
 
@@ -155,7 +156,7 @@ struct PgUpload<'c, 'u> {
     queries: HashMap<(String, String), CurrentQuery>,
     /// Parent membership learnt in this upload: (table, user, key, base) → (inside, left).
     parents: HashMap<ParentId, (bool, bool)>,
-    parent_queries: HashMap<(String, String), (String, Vec<Value>)>,
+    parent_queries: HashMap<(String, String), parents::ParentQuery>,
     new_base: Option<i64>,
     /// Tables asked about in this upload.
     infos: HashMap<String, Option<TableInfo>>,

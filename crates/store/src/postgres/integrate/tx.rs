@@ -260,57 +260,8 @@ impl UploadTx for PgUpload<'_, '_> {
         if let Some(known) = self.parents.get(&id) {
             return Ok(*known);
         }
-        let info = self
-            .info(table)?
-            .ok_or_else(|| StoreError::NotFound(format!("table `{table}` is gone")))?;
-        let declared = declared_of(&info, &info.primary_key);
-        let qkey = (table.to_string(), params.user.clone());
-        if !self.parent_queries.contains_key(&qkey) {
-            let parent = def.table(table).expect("checked: parent is in the task");
-            let infos = self.task_infos(def)?;
-            let (cond, binds) =
-                plan::row_condition(def, parent, params, &types::PgDialect, &|n| {
-                    Ok(infos.get(n).cloned().flatten())
-                })?;
-            let pt = quote_ident(table);
-            let pk = quote_ident(&info.primary_key);
-            let n = binds.len();
-            let key_param = types::write_param(n + 3, &declared);
-            let left = ancestor_xids(&infos, def, parent)?
-                .iter()
-                .fold(changed_sql("r.xid"), |acc, x| {
-                    format!("{acc} OR {}", changed_sql(x))
-                });
-            // An unknown base (never handed out: forged) cannot show that the parent
-            // left the slice after the device saw it: the insert is then refused.
-            let sql = format!(
-                "SELECT {pt}.{pk} IS NOT NULL AND coalesce(({cond}), false), b.snap IS NOT NULL AND coalesce({left}, false)
-                 FROM (SELECT 1) one
-                 LEFT JOIN fieldsync.rows r ON r.tbl = ${tbl} AND r.pk = ${key_text}
-                 LEFT JOIN {pt} ON {pt}.{pk} = {key_param}
-                 LEFT JOIN (SELECT snap, xid FROM fieldsync.bases WHERE id = ${base}) b ON true",
-                tbl = n + 1,
-                key_text = n + 2,
-                base = n + 4,
-            );
-            self.parent_queries.insert(qkey.clone(), (sql, binds));
-        }
-        self.flush()?;
-        let (sql, binds) = self.parent_queries[&qkey].clone();
-        let typed_key = types::write_value(key, &declared);
-        if !types::key_fits(key, &declared) || matches!(typed_key, Param::Invalid) {
-            return Ok((false, false));
-        }
-        let text_key = types::text_of(key);
-        let bound: Vec<Bind<'_>> = binds.iter().map(Bind).collect();
-        let mut all: Params_<'_> = bound.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
-        all.push(&info.name);
-        all.push(&text_key);
-        all.push(&typed_key);
-        all.push(&base);
-        let rows = self.query(&sql, &all)?;
-        let r = rows.first().expect("one row from (SELECT 1)");
-        let known = (r.get(0), r.get(1));
+        self.parent_query(def, table, params)?;
+        let known = self.ask_parent(table, params, key, base)?;
         self.parents.insert(id, known);
         Ok(known)
     }

@@ -252,7 +252,11 @@ impl PgUpload<'_, '_> {
         self.tx
             .batch_execute("SAVEPOINT fieldsync_read_ahead")
             .map_err(|e| self.note(e))?;
-        match self.try_read_window(def, device, &window) {
+        let entries: &[UploadEntry] = self.entries;
+        let read = self
+            .try_read_window(def, device, &window)
+            .and_then(|()| self.read_parents(def, device, &entries[from..to]));
+        match read {
             Ok(()) => self
                 .tx
                 .batch_execute("RELEASE SAVEPOINT fieldsync_read_ahead")

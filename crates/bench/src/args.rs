@@ -45,7 +45,9 @@ the full download.
   --reps N           runs of each timed figure, each reported figure the median run
                      (default 3): the floor and the full download in turn, the sync
                      after 1% changed and the one after it (at most 6 runs of each
-                     delta level, other rows each time), the fleet's rounds
+                     delta level, other rows each time), the fleet's rounds, the
+                     send (each run on a setup of its own; the median by the send's
+                     wall clock)
   --skip-download    skip the full download and delta measurement (not with --peers)
   --json FILE        also write every figure (each size and engine's downloads and
                      deltas with their runs, --peers, --send, --fleet) as JSON to FILE

@@ -612,6 +612,11 @@ pub(crate) fn print_send(f: &crate::send::SendFigures) {
         thousands(min as u64),
         verdict(r >= min)
     );
+    let runs: Vec<String> = f.runs_s.iter().map(|r| format!("{r:.3}")).collect();
+    println!(
+        "| `device send` runs, each on a setup of its own (the median run is reported) | {} s | — | informational |",
+        runs.join(", ")
+    );
     let lines = [
         ("`device send`", s),
         ("`device sync` of the same journal (second setup)", &f.sync),
@@ -670,6 +675,7 @@ pub(crate) fn send_json(f: &crate::send::SendFigures) -> serde_json::Value {
         "entries": f.entries,
         "target_entries_per_s": crate::send::rate_min(f.engine),
         "journal_s": f.journal_s,
+        "runs_wall_s": f.runs_s,
         "send": run(&f.send),
         "sync": run(&f.sync),
         "updates": run(&f.updates),

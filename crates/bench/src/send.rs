@@ -65,6 +65,9 @@ pub(crate) struct SendFigures {
     pub(crate) send: SendRun,
     pub(crate) sync: SendRun,
     pub(crate) updates: SendRun,
+    /// The send's wall clock of every run (`--reps`), in order; this one is the median
+    /// run's (its sync and updates with it).
+    pub(crate) runs_s: Vec<f64>,
 }
 
 /// Entries per second of `entries` in `seconds`.
@@ -366,5 +369,6 @@ pub(crate) fn measure_send(
         send,
         sync,
         updates,
+        runs_s: Vec::new(),
     })
 }

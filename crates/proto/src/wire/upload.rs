@@ -26,11 +26,11 @@ pub const UPLOAD_BODY_MIN_RATE: u64 = 32 * 1024;
 /// journal entries, and entries up to about this many bytes of row values (at least
 /// one entry, so a single big row still goes). Far below the server's caps above, so
 /// that a chunk is never refused for its size unless one row's change alone is. The
-/// server holds one upload's parsed entries at a time per integration thread (about
-/// 2 KB each): 5,000 keep it within its 32 MB while a 100,000-entry journal goes (28
-/// MB, against 38 MB with 10,000), at no cost in entries per second measured here.
-pub const UPLOAD_CHUNK_ENTRIES: usize = 5_000;
-pub const UPLOAD_CHUNK_BYTES: usize = 2 * 1024 * 1024;
+/// server holds one upload's parsed entries per integration thread (about 2 KB each):
+/// 5,000 would keep a SQLite server within 32 MB during a long send (28 MB against 38),
+/// but made PostgreSQL's integration of updates 30-40% slower (BENCHMARKS.md).
+pub const UPLOAD_CHUNK_ENTRIES: usize = 10_000;
+pub const UPLOAD_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// Requests say which operation they belong to (the server's sync history).
 pub const HEADER_OP: &str = "x-fieldsync-op";
 /// CRC-32 (hex) of an upload's body as sent, so the server refuses a damaged one.

@@ -1,8 +1,9 @@
 //! Uploads are parsed and integrated on a few threads of their own, one per core (one
-//! on a main database with a single writer), instead of tokio's blocking pool: each thread's allocator arena keeps what an upload
-//! freed (its parsed entries, the database's page cache for its transaction), and
-//! across the blocking pool's many threads those arenas added up (177 MB for a
-//! 1,000,000-entry journal sent in chunks, 69 MB in one arena).
+//! on a main database with a single writer), instead of tokio's blocking pool: each
+//! thread's allocator arena keeps what an upload freed (its parsed entries, the
+//! database's page cache for its transaction), and across the blocking pool's many
+//! threads those arenas added up (177 MB for a 1,000,000-entry journal sent in
+//! chunks, 69 MB in one arena).
 //!
 //! Uploads beyond the threads wait their turn in order, holding no thread (on SQLite
 //! they would wait anyway: one writer at a time): a fleet docking at once is served

@@ -232,14 +232,13 @@ fn run_send(
     per_engine(config, root, "send", |dir, on_pg| {
         let pg = config.pg.as_deref().filter(|_| on_pg);
         // Each run on a setup of its own; the median run's figures are reported.
+        let ticks = metrics::ticks_per_s();
         let mut runs = Vec::new();
         for i in 0..config.reps.max(1) {
-            let rep_dir = dir.join(format!("run-{}", i + 1));
-            std::fs::create_dir_all(&rep_dir)?;
-            let ticks = metrics::ticks_per_s();
+            let run_dir = dir.join(format!("run-{}", i + 1));
             runs.push(send::measure_send(
                 &config.bin,
-                &rep_dir,
+                &run_dir,
                 entries,
                 pg,
                 ticks,

@@ -14,16 +14,21 @@ use fieldsync_client::{Cancel, ClientConfig, Device, DownloadOptions};
 
 pub use fake::Fake;
 
-/// A paired, logged-in device in a fresh folder, calling `fake`.
-pub fn device(fake: &Arc<Fake>) -> (tempfile::TempDir, Device) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = ClientConfig {
+/// Three attempts with a 1 ms backoff, busy answers asked again for `busy_patience`.
+pub fn quick_config(busy_patience: Duration) -> ClientConfig {
+    ClientConfig {
         attempts: 3,
         backoff: Duration::from_millis(1),
-        busy_patience: Duration::ZERO,
+        busy_patience,
         ..ClientConfig::default()
-    };
-    device_with(fake, dir, config)
+    }
+}
+
+/// A paired, logged-in device in a fresh folder, calling `fake`, with no patience for
+/// a busy server ([`quick_config`]).
+pub fn device(fake: &Arc<Fake>) -> (tempfile::TempDir, Device) {
+    let dir = tempfile::tempdir().unwrap();
+    device_with(fake, dir, quick_config(Duration::ZERO))
 }
 
 /// A paired, logged-in device in `dir`, calling `fake`, with `config`.

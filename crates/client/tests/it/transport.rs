@@ -55,12 +55,7 @@ fn a_busy_server_is_asked_again_until_the_attempts_run_out() {
 #[test]
 fn a_busy_server_is_waited_for_past_the_attempts_within_the_patience() {
     let fake = Fake::new(&[(1, "one")]);
-    let config = fieldsync_client::ClientConfig {
-        attempts: 3,
-        backoff: Duration::from_millis(1),
-        busy_patience: Duration::from_secs(60),
-        ..Default::default()
-    };
+    let config = quick_config(Duration::from_secs(60));
     let (_tmp, dev) = device_with(&fake, tempfile::tempdir().unwrap(), config);
     for _ in 0..6 {
         fake.then(busy());
@@ -68,13 +63,11 @@ fn a_busy_server_is_waited_for_past_the_attempts_within_the_patience() {
     download(&dev).unwrap();
     assert_eq!(fake.count("/download"), 7);
     // No patience: the attempts alone.
-    let config = fieldsync_client::ClientConfig {
-        attempts: 3,
-        backoff: Duration::from_millis(1),
-        busy_patience: Duration::ZERO,
-        ..Default::default()
-    };
-    let (_tmp, dev) = device_with(&fake, tempfile::tempdir().unwrap(), config);
+    let (_tmp, dev) = device_with(
+        &fake,
+        tempfile::tempdir().unwrap(),
+        quick_config(Duration::ZERO),
+    );
     let before = fake.count("/download");
     for _ in 0..6 {
         fake.then(busy());

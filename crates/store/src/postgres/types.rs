@@ -222,6 +222,13 @@ pub(crate) fn canonical_expr(n: usize, declared: &str) -> String {
     read_expr(&format!("({})", write_param(n, declared)), declared)
 }
 
+/// The key as a parameter for a key column of this type, or `None` when it cannot be
+/// one ([`key_fits`], or not writable as the type): such a key names no row.
+pub(crate) fn key_param(key: &Value, declared: &str) -> Option<Param> {
+    let typed = write_value(key, declared);
+    (key_fits(key, declared) && !matches!(typed, Param::Invalid)).then_some(typed)
+}
+
 /// Whether a key value can be a key of a column of this type at all: a key that
 /// cannot names no row (an unknown key), and must not reach the database as a cast
 /// that fails.

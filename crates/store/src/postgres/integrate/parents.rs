@@ -94,10 +94,9 @@ impl PgUpload<'_, '_> {
             .info(table)?
             .ok_or_else(|| StoreError::NotFound(format!("table `{table}` is gone")))?;
         let declared = declared_of(&info, &info.primary_key);
-        let typed_key = types::write_value(key, &declared);
-        if !types::key_fits(key, &declared) || matches!(typed_key, Param::Invalid) {
+        let Some(typed_key) = types::key_param(key, &declared) else {
             return Ok((false, false));
-        }
+        };
         self.flush()?;
         let q = &self.parent_queries[&(table.to_string(), params.user.clone())];
         let (sql, binds) = (q.one.clone(), q.binds.clone());
@@ -155,10 +154,7 @@ impl PgUpload<'_, '_> {
             let declared = declared_of(&info, &info.primary_key);
             let keys: BTreeMap<String, Value> = keys
                 .into_iter()
-                .filter(|(_, k)| {
-                    types::key_fits(k, &declared)
-                        && !matches!(types::write_value(k, &declared), Param::Invalid)
-                })
+                .filter(|(_, k)| types::key_param(k, &declared).is_some())
                 .collect();
             if keys.is_empty() {
                 continue;

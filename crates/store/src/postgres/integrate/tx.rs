@@ -219,10 +219,9 @@ impl UploadTx for PgUpload<'_, '_> {
             return Ok(read.swap_remove(at).2);
         }
         let declared = declared_of(&t.info, &t.info.primary_key);
-        let typed_key = types::write_value(key, &declared);
-        if !types::key_fits(key, &declared) || matches!(typed_key, Param::Invalid) {
+        let Some(typed_key) = types::key_param(key, &declared) else {
             return Ok(None);
-        }
+        };
         let (lock_sql, sql, binds) = {
             let q = self.query_for(def, t, params)?;
             (q.lock_sql.clone(), q.sql.clone(), q.binds.clone())

@@ -3,6 +3,7 @@
 
 mod admin_cmd;
 mod admin_view;
+mod arenas;
 mod audit_cmd;
 mod auto_cmd;
 mod demo;

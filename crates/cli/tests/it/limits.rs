@@ -441,3 +441,46 @@ fn a_busy_server_is_waited_for_past_the_attempts() {
     assert!(took >= Duration::from_secs(5), "{took:?}");
     drop(stalled);
 }
+
+/// The environment `server run` ended up running with (its process's, as the kernel
+/// recorded it when the running image started).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn server_environment(server: &Server) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{}/environ", server.child.id())).unwrap();
+    raw.split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+/// glibc gave each busy thread of the server an allocator arena of its own (up to
+/// eight per core), each keeping what its threads freed: 200 devices syncing at once
+/// held the server at 115–119 MB, one arena at 54–69 MB (BENCHMARKS.md, "The
+/// server's arenas"). `server run` starts itself again with `MALLOC_ARENA_MAX=1`
+/// (crates/cli/src/arenas.rs): same process, still serving; an operator's own value
+/// is kept.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_server_runs_with_one_allocator_arena_unless_the_operator_says_otherwise() {
+    let office = Office::new(3);
+    let start = |value: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .env_remove("MALLOC_ARENA_MAX")
+            .env_remove("GLIBC_TUNABLES");
+        if let Some(v) = value {
+            command.env("MALLOC_ARENA_MAX", v);
+        }
+        Server::start_by(command, &office.db_url)
+    };
+    let capped = start(None);
+    let env = server_environment(&capped);
+    assert!(env.iter().any(|v| v == "MALLOC_ARENA_MAX=1"), "{env:?}");
+    // The process the test started is the one serving, with its arguments.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", capped.child.id())).unwrap();
+    assert!(String::from_utf8_lossy(&cmdline).contains("server\0run\0"));
+    assert_eq!(raw_request(&capped.url, "GET", "/health", &[], ""), 200);
+    let own = start(Some("3"));
+    let env = server_environment(&own);
+    assert!(env.iter().any(|v| v == "MALLOC_ARENA_MAX=3"), "{env:?}");
+    assert!(!env.iter().any(|v| v == "MALLOC_ARENA_MAX=1"), "{env:?}");
+}

@@ -4,11 +4,10 @@
 //! `--max-downloads` at once), uploads on their own threads and logins on theirs, a
 //! server with 200 devices syncing at once peaked at 115–119 MB, with one arena at
 //! 54–69 MB (two PostgreSQL servers: 61 → 38–40 MB each; BENCHMARKS.md, "The server's
-//! arenas"). glibc reads the cap
-//! (`MALLOC_ARENA_MAX`) when the process starts, so `server run` starts itself again
-//! with it set: the same process (its id, arguments and open files), a new image. An
-//! environment that already sets it, or `GLIBC_TUNABLES`, is the operator's choice and
-//! is left alone.
+//! arenas"). glibc reads the cap (`MALLOC_ARENA_MAX`) when the process starts, so
+//! `server run` starts itself again with it set: the same process (its id, arguments
+//! and open files), a new image. An environment that already sets it, or
+//! `GLIBC_TUNABLES`, is the operator's choice and is left alone.
 
 /// Arenas a server's allocations share.
 pub const SERVER_ARENAS: u32 = 1;

@@ -77,11 +77,45 @@ impl Default for Limits {
     }
 }
 
-/// Binds `listen` and returns the listener and the address it got (port 0 picks one).
+/// Connections the kernel holds for the server before it accepts them (capped by the
+/// system's `net.core.somaxconn`, 4096 by default). Beyond `--max-connections` new
+/// connections wait there. With the 128 of tokio's own `bind`, a round of 1,000 devices
+/// docking at once overflowed it 4,591 times (the kernel's `ListenOverflows`), the
+/// likely cause of the "connection reset" on every attempt that failed a device or two
+/// in such rounds.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `listen` (each address it resolves to in turn, until one binds) with a
+/// backlog of [`LISTEN_BACKLOG`] and returns the listener and the address it got (port
+/// 0 picks one).
 pub async fn bind(listen: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    Ok((listener, addr))
+    let mut last = None;
+    for addr in tokio::net::lookup_host(listen).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As tokio's own `TcpListener::bind`: a restarted server takes its port back
+        // while the old one's connections are in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => {
+                let addr = listener.local_addr()?;
+                return Ok((listener, addr));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
 }
 
 /// Serves the API on `listener` within `limits` until `shutdown` resolves; then

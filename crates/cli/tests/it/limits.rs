@@ -484,3 +484,32 @@ fn the_server_runs_with_one_allocator_arena_unless_the_operator_says_otherwise()
     assert!(env.iter().any(|v| v == "MALLOC_ARENA_MAX=3"), "{env:?}");
     assert!(!env.iter().any(|v| v == "MALLOC_ARENA_MAX=1"), "{env:?}");
 }
+
+/// The server listens with a backlog of 4,096 (`server::LISTEN_BACKLOG`, capped by the
+/// system's `net.core.somaxconn`), as `ss` reads it off the listening socket. With the
+/// 128 of tokio's own `bind`, a round of 1,000 devices docking at once overflowed the
+/// kernel's queue 4,591 times (`ListenOverflows`), none with 4,096 (BENCHMARKS.md, "A
+/// listen backlog for a fleet").
+#[test]
+fn the_server_keeps_four_thousand_connections_waiting_to_be_accepted() {
+    let office = Office::new(3);
+    let port = office.server.url.rsplit(':').next().unwrap().to_string();
+    let out = Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // State, Recv-Q, Send-Q (a listening socket's backlog), local, peer.
+    let backlog: u32 = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("ss said {text:?}"));
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(backlog, 4096.min(somaxconn), "{text}");
+    assert!(backlog > 128 || somaxconn <= 128, "{text}");
+}

@@ -80,7 +80,7 @@ impl Default for Limits {
 /// Connections the kernel holds for the server before it accepts them (capped by the
 /// system's `net.core.somaxconn`, 4096 by default). Beyond `--max-connections` new
 /// connections wait there. With the 128 of tokio's own `bind`, a round of 1,000 devices
-/// docking at once overflowed it 4,591 times (the kernel's `ListenOverflows`), the
+/// docking at once overflowed it 4,346–4,591 times (the kernel's `ListenOverflows`), the
 /// likely cause of the "connection reset" on every attempt that failed a device or two
 /// in such rounds.
 pub const LISTEN_BACKLOG: u32 = 4096;

@@ -488,8 +488,8 @@ fn the_server_runs_with_one_allocator_arena_unless_the_operator_says_otherwise()
 /// The server listens with a backlog of 4,096 (`server::LISTEN_BACKLOG`, capped by the
 /// system's `net.core.somaxconn`), as `ss` reads it off the listening socket. With the
 /// 128 of tokio's own `bind`, a round of 1,000 devices docking at once overflowed the
-/// kernel's queue 4,591 times (`ListenOverflows`), none with 4,096 (BENCHMARKS.md, "A
-/// listen backlog for a fleet").
+/// kernel's queue 4,346–4,591 times (`ListenOverflows`), none with 4,096
+/// (BENCHMARKS.md, "A listen backlog for a fleet").
 #[test]
 fn the_server_keeps_four_thousand_connections_waiting_to_be_accepted() {
     let office = Office::new(3);

@@ -137,6 +137,17 @@ type KeyAndBase<'a> = (&'a str, Option<i64>);
 /// A parent row asked about: table, user, key (JSON) and the entry's base.
 type ParentId = (String, String, String, Option<i64>);
 
+/// The [`ParentId`] of `key` in `table` for `user`'s entry based on `base`: one form for
+/// the read-ahead that fills `PgUpload::parents` and the lookups that read it.
+fn parent_id(table: &str, user: &str, key: &Value, base: Option<i64>) -> ParentId {
+    (
+        table.to_string(),
+        user.to_string(),
+        serde_json::to_string(key).expect("serializes"),
+        base,
+    )
+}
+
 /// The current-row query of one table for one user.
 struct CurrentQuery {
     lock_sql: String,

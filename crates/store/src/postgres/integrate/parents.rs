@@ -134,13 +134,10 @@ impl PgUpload<'_, '_> {
             let Some(key) = e.new.get(&p.key) else {
                 continue;
             };
-            let id = (
-                p.table.clone(),
-                e.user.clone(),
-                serde_json::to_string(key).expect("serializes"),
-                e.base_version,
-            );
-            if !self.parents.contains_key(&id) {
+            if !self
+                .parents
+                .contains_key(&parent_id(&p.table, &e.user, key, e.base_version))
+            {
                 groups
                     .entry((p.table.clone(), e.user.clone(), e.base_version))
                     .or_default()
@@ -175,12 +172,7 @@ impl PgUpload<'_, '_> {
             for r in self.query(&sql, &all)? {
                 let text: String = r.get(0);
                 if let Some(key) = keys.get(&text) {
-                    let id = (
-                        table.clone(),
-                        user.clone(),
-                        serde_json::to_string(key).expect("serializes"),
-                        base,
-                    );
+                    let id = parent_id(&table, &user, key, base);
                     self.parents.insert(id, (r.get(1), r.get(2)));
                 }
             }

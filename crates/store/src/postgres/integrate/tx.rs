@@ -250,12 +250,7 @@ impl UploadTx for PgUpload<'_, '_> {
         key: &Value,
         base: Option<i64>,
     ) -> Result<(bool, bool), StoreError> {
-        let id = (
-            table.to_string(),
-            params.user.clone(),
-            serde_json::to_string(key).expect("serializes"),
-            base,
-        );
+        let id = parent_id(table, &params.user, key, base);
         if let Some(known) = self.parents.get(&id) {
             return Ok(*known);
         }

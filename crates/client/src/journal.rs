@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ClientError, Result};
 
-type Row = BTreeMap<String, Value>;
+use fieldsync_proto::Row;
 
 /// One journal entry, as `device journal --json` and the backup file show it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -314,7 +314,7 @@ fn fold(steps: &mut Vec<Step>, e: JournalEntry, rules: &CompactRules) {
                 let changed: Vec<String> = e
                     .new
                     .keys()
-                    .filter(|k| !old.get(*k).is_some_and(|v| v.same(&e.new[*k])))
+                    .filter(|k| !old.get(k).is_some_and(|v| v.same(&e.new[*k])))
                     .cloned()
                     .collect();
                 steps.push(Step {
@@ -351,7 +351,9 @@ fn fold(steps: &mut Vec<Step>, e: JournalEntry, rules: &CompactRules) {
                 ..
             }) => {
                 for (k, v) in e.old {
-                    old.entry(k).or_insert(v);
+                    if !old.contains_key(&k) {
+                        old.insert(k, v);
+                    }
                 }
                 new.extend(e.new);
                 *seq_last = seq;

@@ -2,13 +2,11 @@
 //! skip it, or refuse the whole upload; and what goes to the conflict log. A pure
 //! function of its inputs (DESIGN.md "What a device may write" and "Conflicts").
 
-use std::collections::BTreeMap;
-
 use crate::task::{ConflictPolicy, WriteOp};
 use crate::value::Value;
 use crate::wire::{NotKept, UploadEntry};
 
-pub type Row = BTreeMap<String, Value>;
+pub use crate::row::Row;
 
 /// The entry's row in the main database now.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,7 +113,7 @@ fn note(
 
 fn pick(row: &Row, cols: &[&String]) -> Row {
     cols.iter()
-        .filter_map(|c| row.get(*c).map(|v| ((*c).clone(), v.clone())))
+        .filter_map(|c| row.get(c).map(|v| ((*c).clone(), v.clone())))
         .collect()
 }
 
@@ -211,8 +209,8 @@ fn update_update(entry: &UploadEntry, c: &Current, policy: ConflictPolicy) -> De
         .new
         .iter()
         .filter(|(col, new)| {
-            let now = c.values.get(*col).unwrap_or(&Value::Null);
-            let seen = entry.old.get(*col).unwrap_or(&Value::Null);
+            let now = c.values.get(col).unwrap_or(&Value::Null);
+            let seen = entry.old.get(col).unwrap_or(&Value::Null);
             !now.same(seen) && !now.same(new)
         })
         .map(|(col, _)| col)
@@ -291,7 +289,7 @@ fn insert_exists(
         .collect();
     let differing: Vec<&String> = without_key
         .iter()
-        .filter(|(k, v)| !c.values.get(*k).unwrap_or(&Value::Null).same(v))
+        .filter(|(k, v)| !c.values.get(k).unwrap_or(&Value::Null).same(v))
         .map(|(k, _)| k)
         .collect();
     match policy {

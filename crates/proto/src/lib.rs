@@ -7,6 +7,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod password;
+pub mod row;
 pub mod stream;
 pub mod task;
 pub mod time;
@@ -14,4 +15,5 @@ pub mod upload_body;
 pub mod value;
 pub mod wire;
 
+pub use row::Row;
 pub use value::{ColumnType, Value};

@@ -396,11 +396,67 @@ impl Serialize for Value {
     }
 }
 
+/// Read straight from the parser, with no `serde_json::Value` between (a server parses
+/// every value of every upload); the same forms and answers as [`Value::from_json`].
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let json = serde_json::Value::deserialize(d)?;
-        Value::from_json(&json).map_err(D::Error::custom)
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValueVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a value: null, a number, a string, {\"blob\": HEX} or {\"real\": \"inf\"}")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Integer(i64::from(b)))
+    }
+    fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+        Ok(Value::Integer(i))
+    }
+    fn visit_u64<E>(self, u: u64) -> Result<Value, E> {
+        // Past i64, as `from_json` reads it: the nearest real.
+        Ok(i64::try_from(u).map_or(Value::Real(u as f64), Value::Integer))
+    }
+    fn visit_f64<E>(self, r: f64) -> Result<Value, E> {
+        Ok(Value::Real(r))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::Text(s.to_owned()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::Text(s))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Value, A::Error> {
+        Err(serde::de::Error::custom("unknown value: an array"))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        // The two object forms have one member each; anything else is refused.
+        let mut json = serde_json::Map::new();
+        while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+            json.insert(k, v);
+            if json.len() > 1 {
+                break;
+            }
+        }
+        if json.len() > 1 {
+            return Err(serde::de::Error::custom(
+                "unknown value: an object of several members",
+            ));
+        }
+        Value::from_json(&serde_json::Value::Object(json)).map_err(serde::de::Error::custom)
     }
 }
 
@@ -506,5 +562,54 @@ mod json_tests {
         );
         assert!(Value::Integer(2).same(&Value::Real(2.0)));
         assert!(!Value::Text("2".into()).same(&Value::Integer(2)));
+    }
+
+    /// The parser reads every form as `from_json` over a `serde_json::Value` does.
+    #[test]
+    fn parsed_straight_as_from_json_reads_it() {
+        let forms = [
+            "null",
+            "true",
+            "false",
+            "0",
+            "-0",
+            "-0.0",
+            "7",
+            "-9223372036854775808",
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551615",
+            "1e400",
+            "1.5",
+            "\"text\"",
+            "\"\\u00e9\"",
+            r#"{"blob":"00ff"}"#,
+            r#"{"blob":"0g"}"#,
+            r#"{"blob":"0"}"#,
+            r#"{"blob":5}"#,
+            r#"{"real":"inf"}"#,
+            r#"{"real":"-inf"}"#,
+            r#"{"real":"nan"}"#,
+            r#"{"blob":"00","real":"inf"}"#,
+            r#"{"x":1,"y":2,"z":3}"#,
+            "{}",
+            "[]",
+            "[1]",
+        ];
+        for text in forms {
+            let via_json = serde_json::from_str::<serde_json::Value>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|j| Value::from_json(&j));
+            let straight = serde_json::from_str::<Value>(text);
+            match (&via_json, &straight) {
+                (Ok(a), Ok(b)) => assert!(
+                    a == b
+                        || matches!((a, b), (Value::Real(x), Value::Real(y)) if x.to_bits() == y.to_bits()),
+                    "{text}: {a:?} against {b:?}"
+                ),
+                (Err(_), Err(_)) => {}
+                _ => panic!("{text}: {via_json:?} against {straight:?}"),
+            }
+        }
     }
 }

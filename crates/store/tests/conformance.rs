@@ -6,7 +6,7 @@
 //! cannot be reached. Office writes (the "desktop" side) go through rusqlite and the
 //! postgres crate directly, as other programs would.
 
-use std::collections::BTreeMap;
+use fieldsync_proto::Row;
 use std::path::PathBuf;
 
 use fieldsync_proto::filter::Params;
@@ -438,8 +438,8 @@ fn update_entry(
         op: WriteOp::Update,
         base_version: Some(base),
         user: "ana".to_string(),
-        old: BTreeMap::from([(column.to_string(), old)]),
-        new: BTreeMap::from([(column.to_string(), new)]),
+        old: Row::from([(column.to_string(), old)]),
+        new: Row::from([(column.to_string(), new)]),
     }
 }
 

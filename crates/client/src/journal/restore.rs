@@ -133,7 +133,7 @@ fn before(conn: &Connection, e: &JournalEntry, table: &str, pk: &str) -> rusqlit
     done
 }
 
-type Row = std::collections::BTreeMap<String, Value>;
+use fieldsync_proto::Row;
 
 /// `INSERT` of `row` (names checked by the caller, quoted here).
 fn insert_row(conn: &Connection, table: &str, row: &Row) -> rusqlite::Result<usize> {

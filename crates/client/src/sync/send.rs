@@ -464,7 +464,7 @@ fn take_row(
     header: Option<&SliceHeader>,
     table: &str,
     key: &fieldsync_proto::Value,
-    row: &std::collections::BTreeMap<String, fieldsync_proto::Value>,
+    row: &fieldsync_proto::Row,
 ) -> Result<()> {
     let Some(t) = header.and_then(|h| h.tables.iter().find(|t| t.name == table)) else {
         return Ok(());

@@ -3,7 +3,6 @@
 //! the target's entry point again, which must return. `write_seeds` (ignored) makes
 //! the seeds with the real encoders.
 
-use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
@@ -246,7 +245,7 @@ fn upload(entries: Vec<UploadEntry>, attachments: Vec<UploadAttachment>) -> Vec<
 }
 
 fn entry(op: WriteOp, key: Value, old: &[(&str, Value)], new: &[(&str, Value)]) -> UploadEntry {
-    let map = |kv: &[(&str, Value)]| -> BTreeMap<String, Value> {
+    let map = |kv: &[(&str, Value)]| -> crate::Row {
         kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
     };
     UploadEntry {

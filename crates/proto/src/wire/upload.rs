@@ -2,10 +2,9 @@
 //! upload limits, entries) and what the server answers (new versions, values not
 //! kept).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
+use crate::row::Row;
 use crate::task::WriteOp;
 use crate::value::Value;
 use crate::wire::Cursor;
@@ -120,10 +119,10 @@ pub struct UploadEntry {
     /// Values the device saw before its change: the changed columns for an update,
     /// the whole row for a delete, nothing for an insert.
     #[serde(default)]
-    pub old: BTreeMap<String, Value>,
+    pub old: Row,
     /// New values: the changed columns for an update, the whole row for an insert.
     #[serde(default)]
-    pub new: BTreeMap<String, Value>,
+    pub new: Row,
 }
 
 /// A device's journal, compacted, sent as one unit. `upload_id` is the idempotency key:
@@ -185,7 +184,7 @@ pub struct NewVersion {
     /// the device's (a conflict or merged office changes): the device takes them, so
     /// that `version` is a true base for its next edit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub row: Option<BTreeMap<String, Value>>,
+    pub row: Option<Row>,
 }
 
 /// The server's answer to an upload (also what it recorded for repeats).

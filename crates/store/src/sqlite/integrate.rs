@@ -3,7 +3,7 @@
 //! Versions are numbers stamped in commit order (writers are serialized), so "changed
 //! since the base" is `version > base`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use fieldsync_proto::Value;
 use fieldsync_proto::conflict::{Current, Write};
@@ -402,7 +402,7 @@ fn read_current(
     Ok(stmt
         .query_row(rusqlite::params_from_iter(binds.iter()), |r| {
             let deleted: bool = r.get(1)?;
-            let mut values = BTreeMap::new();
+            let mut values = fieldsync_proto::Row::new();
             if !deleted {
                 for (i, c) in t.columns.iter().enumerate() {
                     values.insert(c.clone(), value_ref(r.get_ref(4 + i)?).to_owned());

@@ -216,7 +216,7 @@ pub(super) fn refused(e: &postgres::Error) -> bool {
 /// A row of a current-row query as [`Current`]; `at`: where its version column is.
 pub(super) fn current_of(t: &TableCtx<'_>, r: &postgres::Row, at: usize) -> Current {
     let deleted: bool = r.get(at + 1);
-    let mut values = BTreeMap::new();
+    let mut values = fieldsync_proto::Row::new();
     if !deleted {
         for (i, c) in t.columns.iter().enumerate() {
             let kind = types::kind(&declared_of(&t.info, c));

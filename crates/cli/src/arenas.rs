@@ -1,27 +1,41 @@
-//! The server's allocator arenas, capped. glibc gives a thread that allocates while the
-//! arenas are busy an arena of its own, up to eight per core, and every arena keeps what
-//! its threads freed: with downloads on tokio's blocking threads (up to
-//! `--max-downloads` at once), uploads on their own threads and logins on theirs, a
-//! server with 200 devices syncing at once peaked at 115–119 MB, with one arena at
-//! 54–69 MB (two PostgreSQL servers: 61 → 38–40 MB each; BENCHMARKS.md, "The server's
-//! arenas"). glibc reads the cap (`MALLOC_ARENA_MAX`) when the process starts, so
-//! `server run` starts itself again with it set: the same process (its id, arguments
-//! and open files), a new image. An environment that already sets it, or
-//! `GLIBC_TUNABLES`, is the operator's choice and is left alone.
+//! The server's allocator, tuned. glibc gives a thread that allocates while the arenas
+//! are busy an arena of its own, up to eight per core, and every arena keeps what its
+//! threads freed: with downloads on tokio's blocking threads (up to `--max-downloads`
+//! at once), uploads on their own threads and logins on theirs, a server with 200
+//! devices syncing at once peaked at 115–119 MB, with one arena at 54–69 MB (two
+//! PostgreSQL servers: 61 → 38–40 MB each; BENCHMARKS.md, "The server's arenas").
+//! glibc also raises its mapping threshold each time a large buffer is freed (an
+//! upload's text, a download's buffers), after which such buffers come from the heap
+//! and the heap keeps up to twice the threshold free at its top: with both thresholds
+//! fixed at 128 KiB a 100,000-entry send peaked 3 MB lower (BENCHMARKS.md, "A send
+//! within 32 MB"; the 200-device round moved less than its rounds do). glibc reads
+//! these settings when the process starts, so `server run` starts itself again with
+//! them set: the same process (its id, arguments and open files), a new image. A
+//! variable the environment already sets, or any `GLIBC_TUNABLES`, is the operator's
+//! choice and is left alone.
 
-/// Arenas a server's allocations share.
-pub const SERVER_ARENAS: u32 = 1;
+/// The variables `server run` sets, and their values.
+pub const SERVER_MALLOC: [(&str, &str); 3] = [
+    ("MALLOC_ARENA_MAX", "1"),
+    ("MALLOC_MMAP_THRESHOLD_", "131072"),
+    ("MALLOC_TRIM_THRESHOLD_", "131072"),
+];
 
-/// Replaces this process by itself with the arena cap set, when it is not set yet;
-/// returns when it is, or when the new image cannot start (the server then runs with
-/// glibc's own cap).
-pub fn cap_for_server() {
+/// Replaces this process by itself with [`SERVER_MALLOC`] set, when some of it is not
+/// set yet; returns when all is, or when the new image cannot start (the server then
+/// runs with glibc's own settings).
+pub fn tune_for_server() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
-        if std::env::var_os("MALLOC_ARENA_MAX").is_some()
-            || std::env::var_os("GLIBC_TUNABLES").is_some()
-        {
+        if std::env::var_os("GLIBC_TUNABLES").is_some() {
+            return;
+        }
+        let missing: Vec<_> = SERVER_MALLOC
+            .iter()
+            .filter(|(var, _)| std::env::var_os(var).is_none())
+            .collect();
+        if missing.is_empty() {
             return;
         }
         let Ok(exe) = std::env::current_exe() else {
@@ -33,7 +47,7 @@ pub fn cap_for_server() {
             cmd.arg0(argv0);
         }
         cmd.args(args)
-            .env("MALLOC_ARENA_MAX", SERVER_ARENAS.to_string());
+            .envs(missing.iter().map(|(var, value)| (var, value)));
         // Returns only when the new image could not start.
         let _ = cmd.exec();
     }

@@ -151,7 +151,7 @@ pub fn open_db(db: Option<&str>) -> anyhow::Result<Box<dyn fieldsync_store::Stor
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     if matches!(args.command, ServerCommand::Run { .. }) {
-        crate::arenas::cap_for_server();
+        crate::arenas::tune_for_server();
     }
     let store = open_db(args.db.as_deref())?;
     match args.command {

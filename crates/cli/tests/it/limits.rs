@@ -455,34 +455,52 @@ fn server_environment(server: &Server) -> Vec<String> {
 /// glibc gave each busy thread of the server an allocator arena of its own (up to
 /// eight per core), each keeping what its threads freed: 200 devices syncing at once
 /// held the server at 115–119 MB, one arena at 54–69 MB (BENCHMARKS.md, "The
-/// server's arenas"). `server run` starts itself again with `MALLOC_ARENA_MAX=1`
+/// server's arenas"), and fixed mapping and trim thresholds took 3 MB off a long
+/// send ("A send within 32 MB"). `server run` starts itself again with them set
 /// (crates/cli/src/arenas.rs): same process, still serving; an operator's own value
-/// is kept.
+/// of each is kept, and `GLIBC_TUNABLES` leaves all to the operator.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn the_server_runs_with_one_allocator_arena_unless_the_operator_says_otherwise() {
+    const OURS: [&str; 3] = [
+        "MALLOC_ARENA_MAX=1",
+        "MALLOC_MMAP_THRESHOLD_=131072",
+        "MALLOC_TRIM_THRESHOLD_=131072",
+    ];
     let office = Office::new(3);
-    let start = |value: Option<&str>| {
+    let start = |vars: &[(&str, &str)]| {
         let mut command = Command::new(BIN);
-        command
-            .env_remove("MALLOC_ARENA_MAX")
-            .env_remove("GLIBC_TUNABLES");
-        if let Some(v) = value {
-            command.env("MALLOC_ARENA_MAX", v);
+        for v in [
+            "MALLOC_ARENA_MAX",
+            "MALLOC_MMAP_THRESHOLD_",
+            "MALLOC_TRIM_THRESHOLD_",
+        ] {
+            command.env_remove(v);
         }
+        command
+            .env_remove("GLIBC_TUNABLES")
+            .envs(vars.iter().copied());
         Server::start_by(command, &office.db_url)
     };
-    let capped = start(None);
+    let capped = start(&[]);
     let env = server_environment(&capped);
-    assert!(env.iter().any(|v| v == "MALLOC_ARENA_MAX=1"), "{env:?}");
+    for v in OURS {
+        assert!(env.iter().any(|e| e == v), "{v} in {env:?}");
+    }
     // The process the test started is the one serving, with its arguments.
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", capped.child.id())).unwrap();
     assert!(String::from_utf8_lossy(&cmdline).contains("server\0run\0"));
     assert_eq!(raw_request(&capped.url, "GET", "/health", &[], ""), 200);
-    let own = start(Some("3"));
+    // The operator's arena cap is kept; the thresholds it did not set are added.
+    let own = start(&[("MALLOC_ARENA_MAX", "3")]);
     let env = server_environment(&own);
     assert!(env.iter().any(|v| v == "MALLOC_ARENA_MAX=3"), "{env:?}");
-    assert!(!env.iter().any(|v| v == "MALLOC_ARENA_MAX=1"), "{env:?}");
+    assert!(!env.iter().any(|v| v == OURS[0]), "{env:?}");
+    assert!(env.iter().any(|v| v == OURS[1]), "{env:?}");
+    // glibc's tunables are the operator's whole say.
+    let tuned = start(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")]);
+    let env = server_environment(&tuned);
+    assert!(!env.iter().any(|e| OURS.contains(&e.as_str())), "{env:?}");
 }
 
 /// The server listens with a backlog of 4,096 (`server::LISTEN_BACKLOG`, capped by the

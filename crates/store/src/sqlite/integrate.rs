@@ -27,9 +27,12 @@ pub(super) fn integrate(
 ) -> Result<UploadOutcome, IntegrateError> {
     let mut conn = store.conn()?;
     conn.set_prepared_statement_cache_capacity(256);
-    // Statement journals (each write with triggers may need a partial rollback) and a
-    // large transaction's pages stay in memory instead of temp-file writes.
-    conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;")?;
+    // Statement journals (each write with triggers may need a partial rollback) stay in
+    // memory instead of temp-file writes. A page cache of 1 MiB: a 10,000-entry upload
+    // touched 3.5 MB of pages, and with 1 MiB (the pages past it go to the WAL before
+    // the commit) a 100,000-entry send peaked 1.5 MB lower at the same speed, inserts
+    // and updates (BENCHMARKS.md, "A send within 32 MB").
+    conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA cache_size = -1024;")?;
     // Everything that needs no write lock first, in a read transaction (WAL: office
     // writers go on): a forbidden entry refuses the upload before `BEGIN IMMEDIATE`.
     {

@@ -21,14 +21,21 @@ pub const SERVER_MALLOC: [(&str, &str); 3] = [
     ("MALLOC_TRIM_THRESHOLD_", "131072"),
 ];
 
+/// Set in the new image's environment: the process started itself again once already.
+/// glibc may remove `MALLOC_*` variables from the environment of a program it runs in
+/// secure mode (setuid, or file capabilities such as `cap_net_bind_service` to listen
+/// on a port under 1024), so the new image could find them missing again: it starts no
+/// third one.
+pub const RESTARTED: &str = "FIELDSYNC_SERVER_RESTARTED";
+
 /// Replaces this process by itself with [`SERVER_MALLOC`] set, when some of it is not
-/// set yet; returns when all is, or when the new image cannot start (the server then
-/// runs with glibc's own settings).
+/// set yet; returns when all is, when it did so once already ([`RESTARTED`]), or when
+/// the new image cannot start (the server then runs with glibc's own settings).
 pub fn tune_for_server() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
-        if std::env::var_os("GLIBC_TUNABLES").is_some() {
+        if std::env::var_os("GLIBC_TUNABLES").is_some() || std::env::var_os(RESTARTED).is_some() {
             return;
         }
         let missing: Vec<_> = SERVER_MALLOC
@@ -47,7 +54,8 @@ pub fn tune_for_server() {
             cmd.arg0(argv0);
         }
         cmd.args(args)
-            .envs(missing.iter().map(|(var, value)| (var, value)));
+            .envs(missing.iter().map(|(var, value)| (var, value)))
+            .env(RESTARTED, "1");
         // Returns only when the new image could not start.
         let _ = cmd.exec();
     }

@@ -91,17 +91,58 @@ impl Row {
     /// Builds from pairs in any order; of a column given twice, the last value counts
     /// (as a `BTreeMap` collected from them would keep).
     fn from_pairs(mut pairs: Vec<(String, Value)>) -> Row {
-        // A stable sort keeps a repeated column's values in their order; the last of
-        // each run is the one kept.
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out: Vec<(String, Value)> = Vec::with_capacity(pairs.len());
-        for pair in pairs {
-            match out.last_mut() {
-                Some(last) if last.0 == pair.0 => *last = pair,
-                _ => out.push(pair),
-            }
+        sort_keeping_last(&mut pairs);
+        Row(pairs)
+    }
+}
+
+/// Sorts `pairs` by column and keeps, of a column given more than once, its last value,
+/// in place.
+fn sort_keeping_last(pairs: &mut Vec<(String, Value)>) {
+    // A stable sort keeps a repeated column's values in the order they came.
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    // `dedup_by` drops the later of two equal neighbours: the later value is moved
+    // into the one that stays first.
+    pairs.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            std::mem::swap(later, kept);
         }
-        Row(out)
+        same
+    });
+}
+
+/// A row's pairs as they are parsed. Repeated columns are dropped whenever the pairs
+/// have doubled since the last time, so that a sender repeating one column millions of
+/// times (an upload's text may be 32 MB of it) is held at about twice the distinct
+/// columns, as a map would hold them once.
+struct Collected {
+    pairs: Vec<(String, Value)>,
+    compact_at: usize,
+}
+
+impl Collected {
+    const FIRST_COMPACTION: usize = 64;
+
+    fn new(capacity: usize) -> Collected {
+        Collected {
+            pairs: Vec::with_capacity(capacity),
+            compact_at: Self::FIRST_COMPACTION,
+        }
+    }
+
+    fn push(&mut self, pair: (String, Value)) {
+        self.pairs.push(pair);
+        if self.pairs.len() >= self.compact_at {
+            sort_keeping_last(&mut self.pairs);
+            self.compact_at = (2 * self.pairs.len()).max(Self::FIRST_COMPACTION);
+        }
+    }
+
+    fn into_row(self) -> Row {
+        let mut row = Row::from_pairs(self.pairs);
+        row.0.shrink_to_fit();
+        row
     }
 }
 
@@ -194,13 +235,11 @@ impl<'de> Deserialize<'de> for Row {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {
                 // Size hints come from the sender: trusted only up to a small bound.
-                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                let mut pairs = Collected::new(map.size_hint().unwrap_or(0).min(64));
                 while let Some(pair) = map.next_entry::<String, Value>()? {
                     pairs.push(pair);
                 }
-                let mut row = Row::from_pairs(pairs);
-                row.0.shrink_to_fit();
-                Ok(row)
+                Ok(pairs.into_row())
             }
         }
         d.deserialize_map(RowVisitor)
@@ -241,6 +280,34 @@ mod tests {
             prop_assert_eq!(&back, &row);
             prop_assert_eq!(Row::from(map.clone()), row);
         }
+    }
+
+    /// A sender repeating a column (an upload's text may be 32 MB of it) is held at a
+    /// few pairs while parsing, where all of them were held before: the order of
+    /// repeats across compactions still keeps the last value.
+    #[test]
+    fn a_column_repeated_many_times_is_held_once() {
+        let mut pairs = Collected::new(0);
+        for i in 0..400_000 {
+            let column = if i % 2 == 0 { "a" } else { "b" };
+            pairs.push((column.to_string(), Value::Integer(i)));
+            assert!(pairs.pairs.len() <= Collected::FIRST_COMPACTION, "{i}");
+        }
+        let row = pairs.into_row();
+        assert_eq!(row["a"], Value::Integer(399_998));
+        assert_eq!(row["b"], Value::Integer(399_999));
+        // The same through the parser.
+        let mut text = String::from("{");
+        for i in 0..200_000 {
+            text.push_str(&format!(r#""a":{i},"b":{i},"#));
+        }
+        text.push_str(r#""a":-1}"#);
+        let mut de = serde_json::Deserializer::from_str(&text);
+        let row = Row::deserialize(&mut de).unwrap();
+        assert_eq!(row.len(), 2);
+        assert_eq!(row["a"], Value::Integer(-1));
+        assert_eq!(row["b"], Value::Integer(199_999));
+        assert!(row.0.capacity() <= 2, "{}", row.0.capacity());
     }
 
     #[test]

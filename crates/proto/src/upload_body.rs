@@ -203,7 +203,7 @@ pub fn decode(
     }
     check_name("task", &upload.task).map_err(UploadBodyError::BadTask)?;
     // The entries grew by doubling: up to half their room is empty, and held for the
-    // whole integration (10,000 entries in room for 16,384: 1 MB).
+    // whole integration (a device's 10,000-entry upload in room for 16,384: 1 MB).
     upload.entries.shrink_to_fit();
     Ok(upload)
 }

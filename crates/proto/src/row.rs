@@ -39,10 +39,6 @@ impl Row {
         self.find(column).ok().map(|i| &self.0[i].1)
     }
 
-    pub fn get_mut(&mut self, column: &str) -> Option<&mut Value> {
-        self.find(column).ok().map(|i| &mut self.0[i].1)
-    }
-
     pub fn contains_key(&self, column: &str) -> bool {
         self.find(column).is_ok()
     }
@@ -66,18 +62,8 @@ impl Row {
         self.0.clear();
     }
 
-    pub fn retain(&mut self, mut keep: impl FnMut(&String, &mut Value) -> bool) {
-        self.0.retain_mut(|(c, v)| keep(c, v));
-    }
-
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&String, &Value)> + ExactSizeIterator {
         self.0.iter().map(|(c, v)| (c, v))
-    }
-
-    pub fn iter_mut(
-        &mut self,
-    ) -> impl DoubleEndedIterator<Item = (&String, &mut Value)> + ExactSizeIterator {
-        self.0.iter_mut().map(|(c, v)| (&*c, v))
     }
 
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &String> + ExactSizeIterator {

@@ -110,7 +110,9 @@ pub(crate) async fn put(
     let offset = number(&headers, HEADER_FILE_OFFSET)?;
     let size = number(&headers, HEADER_FILE_SIZE)?;
     let state = st.clone();
-    let (path, have) = blocking(move || {
+    // The outer error refuses a sender not known as this content's uploader (nothing of
+    // its body is read); the inner one a known device at another offset.
+    let placed = blocking(move || {
         let device = uploader(&state, &headers, &sha256)?;
         let path = spool_file(&state, &device, &sha256)?;
         let mut have = received(&path);
@@ -120,13 +122,22 @@ pub(crate) async fn put(
             have = 0;
         }
         if offset != have {
-            return Err(ApiError::bad_request(format!(
+            return Ok(Err(ApiError::bad_request(format!(
                 "the upload of {sha256} stands at byte {have}, not {offset}; send from there"
-            )));
+            ))));
         }
-        Ok((path, have))
+        Ok(Ok((path, have)))
     })
     .await?;
+    let (path, have) = match placed {
+        Ok(placed) => placed,
+        Err(refused) => {
+            // What it still sends is read and dropped, so that it reads where the
+            // upload stands rather than a reset connection.
+            crate::upload_body::drain(body).await;
+            return Err(refused);
+        }
+    };
     let mut out = fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -52,7 +52,8 @@ pub fn read(conn: &Connection, min_seq: i64, max_seq: i64) -> Result<Vec<Journal
     Ok(out)
 }
 
-/// The first journal entries up to `max_seq`, in order, as one upload takes them: at
+/// The first journal entries after `after` up to `max_seq`, in order, as one upload
+/// takes them (`after` is the last entry of an upload still away, or `i64::MIN`): at
 /// most `max_entries`, and no entry that would take the row values read past
 /// `max_bytes` (but always the first, however big). Only these entries are read.
 ///
@@ -63,6 +64,7 @@ pub fn read(conn: &Connection, min_seq: i64, max_seq: i64) -> Result<Vec<Journal
 /// base where the office's row was not the device's and an edit was made on top).
 pub fn read_chunk(
     conn: &Connection,
+    after: i64,
     max_seq: i64,
     max_entries: usize,
     max_bytes: usize,
@@ -75,9 +77,9 @@ pub fn read_chunk(
                 coalesce(length(CAST(j.old AS BLOB)), 0) + coalesce(length(CAST(j.new AS BLOB)), 0)
          FROM fieldsync_journal AS j
          LEFT JOIN fieldsync_base AS b ON b.tbl = j.tbl AND b.pk = j.pk
-         WHERE j.seq <= ?1 ORDER BY j.seq LIMIT ?2",
+         WHERE j.seq > ?3 AND j.seq <= ?1 ORDER BY j.seq LIMIT ?2",
     )?;
-    let mut rows = stmt.query(rusqlite::params![max_seq, max_entries as i64])?;
+    let mut rows = stmt.query(rusqlite::params![max_seq, max_entries as i64, after])?;
     let (mut out, mut bytes) = (Vec::new(), 0usize);
     while let Some(r) = rows.next()? {
         let size = r.get::<_, i64>(9)?.max(0) as usize;

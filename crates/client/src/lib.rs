@@ -242,8 +242,8 @@ impl Device {
                     self.transport.as_ref(),
                     st.ca_cert.as_deref(),
                 )?;
-                let api = match replica::pending_by_user(&self.dir) {
-                    Ok(by_user) => api.holding(by_user.values().sum(), st.task.as_deref()),
+                let api = match replica::pending_total(&self.dir) {
+                    Ok(pending) => api.holding(pending, st.task.as_deref()),
                     Err(_) => api,
                 };
                 Ok((api, id.clone(), secret.clone()))

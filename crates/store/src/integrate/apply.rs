@@ -19,16 +19,16 @@ pub(crate) fn integrate(
     let task_changed = ctx.today.is_none_or(|t| t.def != *device_def);
     let tables = today_tables(tx, ctx)?;
     tx.read_ahead(&upload.entries);
-    let mut users = UserChecks::new();
-    let mut params_of: HashMap<&str, Params> = HashMap::new();
-    let mut base_kinds: HashMap<i64, Option<BaseKind>> = HashMap::new();
+    let mut users = UserChecks::default();
+    let mut params_of: HashMap<&str, Params> = HashMap::default();
+    let mut base_kinds: HashMap<i64, Option<BaseKind>> = HashMap::default();
     // Read only for an entry that needs it (off the path of ordinary uploads).
     let mut pruned_through: Option<Option<i64>> = None;
     // Rows an earlier entry of this upload wrote (true) or left alone with a conflict
     // (false): a later entry of the same row (an insert and the update that moved it
     // out of the slice, a delete and the insert that re-created its key) is judged
     // against what that entry did, not as somebody else's change.
-    let mut done: HashMap<(&str, String), Done> = HashMap::new();
+    let mut done: HashMap<(&str, String), Done> = HashMap::default();
     let parent_tables: std::collections::HashSet<&str> = def
         .tables
         .iter()

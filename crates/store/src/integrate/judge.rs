@@ -10,7 +10,7 @@ pub(super) fn today_tables<'a, L: Lookups + ?Sized>(
     ctx: &IntegrateContext<'a>,
 ) -> Result<HashMap<&'a str, TableCtx<'a>>, IntegrateError> {
     let def = ctx.today.map_or(ctx.task, |t| &t.def);
-    let mut tables = HashMap::new();
+    let mut tables = HashMap::default();
     for t in ctx
         .today
         .map(|t| t.def.tables.as_slice())
@@ -161,7 +161,7 @@ pub(crate) fn precheck(
     upload: &Upload,
 ) -> Result<Option<UploadOutcome>, IntegrateError> {
     let checked = today_tables(l, ctx).and_then(|tables| {
-        let mut users = UserChecks::new();
+        let mut users = UserChecks::default();
         for (i, e) in upload.entries.iter().enumerate() {
             judge_static(l, ctx, &tables, &mut users, i, e)?;
         }

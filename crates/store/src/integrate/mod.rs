@@ -14,7 +14,10 @@ pub(crate) use apply::integrate;
 pub(crate) use judge::precheck;
 use judge::{UserChecks, judge_static, today_tables};
 
-use std::collections::HashMap;
+/// The maps an upload consults once or more per entry: foldhash, seeded per process
+/// (so keys a device chooses cannot be made to collide), where std's SipHash took 4%
+/// of a send's integration.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use fieldsync_proto::conflict::{self, ConflictNote, Current, Decision, Write};
 use fieldsync_proto::filter::{self, Expr, Params};

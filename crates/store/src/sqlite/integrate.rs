@@ -3,8 +3,6 @@
 //! Versions are numbers stamped in commit order (writers are serialized), so "changed
 //! since the base" is `version > base`.
 
-use std::collections::HashMap;
-
 use fieldsync_proto::Value;
 use fieldsync_proto::conflict::{Current, Write};
 use fieldsync_proto::filter::Params;
@@ -15,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use super::{SqliteStore, table_info, to_sql_value, value_ref};
 use crate::Uploads;
 use crate::integrate::{
-    self, ApplyError, BaseKind, ConflictLog, Lookups, TableCtx, UploadTx, op_name,
+    self, ApplyError, BaseKind, ConflictLog, HashMap, Lookups, TableCtx, UploadTx, op_name,
 };
 use crate::plan::{self, quote_ident};
 use crate::{IntegrateContext, IntegrateError, StoreError, TableInfo};
@@ -51,7 +49,8 @@ pub(super) fn integrate(
     let mut upload_tx = SqliteUpload {
         tx: &tx,
         start_version,
-        queries: HashMap::new(),
+        queries: Vec::new(),
+        max_version: tx.prepare("SELECT max(version) FROM fieldsync_rows")?,
         write_sql: WriteSql::default(),
         parents: ParentSlices::default(),
     };
@@ -65,8 +64,11 @@ struct SqliteUpload<'c> {
     tx: &'c Transaction<'c>,
     /// The highest version before this upload: its own writes are stamped above.
     start_version: i64,
-    /// The current-row query per table and user.
-    queries: HashMap<(String, String), CurrentQuery>,
+    /// The current-row query per table and user (a few: looked up in order, no key
+    /// made per entry).
+    queries: Vec<(String, String, CurrentQuery<'c>)>,
+    /// The highest version there is (prepared once: asked once per entry written).
+    max_version: rusqlite::Statement<'c>,
     write_sql: WriteSql,
     parents: ParentSlices,
 }
@@ -210,12 +212,20 @@ impl UploadTx for SqliteUpload<'_> {
         key: &Value,
         base: Option<i64>,
     ) -> Result<Option<Current>, StoreError> {
-        let id = (t.info.name.clone(), params.user.clone());
-        if !self.queries.contains_key(&id) {
-            let q = current_query(self.tx, def, t, params)?;
-            self.queries.insert(id.clone(), q);
-        }
-        read_current(self.tx, t, &self.queries[&id], key, base)
+        let known = self
+            .queries
+            .iter()
+            .position(|(table, user, _)| *table == t.info.name && *user == params.user);
+        let i = match known {
+            Some(i) => i,
+            None => {
+                let q = current_query(self.tx, def, t, params)?;
+                self.queries
+                    .push((t.info.name.clone(), params.user.clone(), q));
+                self.queries.len() - 1
+            }
+        };
+        read_current(t, &mut self.queries[i].2, key, base)
     }
 
     fn parent(
@@ -242,10 +252,7 @@ impl UploadTx for SqliteUpload<'_> {
     /// The write just stamped the highest version there is (the upload's range of
     /// versions is recorded as the device's bases in `record`).
     fn new_version(&mut self, _device: &str) -> Result<i64, StoreError> {
-        Ok(self
-            .tx
-            .prepare_cached("SELECT max(version) FROM fieldsync_rows")?
-            .query_row([], |r| r.get(0))?)
+        Ok(self.max_version.query_row([], |r| r.get(0))?)
     }
 
     fn attach_file(&mut self, info: &TableInfo, f: &crate::NewFile) -> Result<(), StoreError> {
@@ -311,10 +318,7 @@ impl UploadTx for SqliteUpload<'_> {
         // The versions this upload's writes were stamped with: bases of this device.
         // The highest version is read alone: only a bare `max(version)` is one index
         // lookup (with a HAVING or a filter beside it SQLite scans every row's version).
-        let high: Option<i64> = self
-            .tx
-            .prepare_cached("SELECT max(version) FROM fieldsync_rows")?
-            .query_row([], |r| r.get(0))?;
+        let high: Option<i64> = self.max_version.query_row([], |r| r.get(0))?;
         let low = self.start_version + 1;
         if let Some(high) = high.filter(|h| *h >= low) {
             self.tx
@@ -327,18 +331,19 @@ impl UploadTx for SqliteUpload<'_> {
     }
 }
 
-/// The query that reads an entry's row for one table and user, and its binds.
-struct CurrentQuery {
-    sql: String,
+/// The query that reads an entry's row for one table and user, prepared, and its
+/// binds.
+struct CurrentQuery<'c> {
+    stmt: rusqlite::Statement<'c>,
     binds: Vec<Value>,
 }
 
-fn current_query(
-    tx: &Transaction<'_>,
+fn current_query<'c>(
+    tx: &'c Transaction<'c>,
     def: &TaskDef,
     t: &TableCtx<'_>,
     params: &Params,
-) -> Result<CurrentQuery, StoreError> {
+) -> Result<CurrentQuery<'c>, StoreError> {
     let (cond, mut binds) =
         plan::row_condition(def, t.task_table, params, &super::SqliteDialect, &|name| {
             table_info(tx, name)
@@ -362,7 +367,10 @@ fn current_query(
         cols = cols.join(", ")
     );
     binds.push(Value::Text(t.info.name.clone()));
-    Ok(CurrentQuery { sql, binds })
+    Ok(CurrentQuery {
+        stmt: tx.prepare(&sql)?,
+        binds,
+    })
 }
 
 /// SQL expressions for the row versions of a table's parent chain, for the row joined
@@ -389,20 +397,18 @@ fn ancestor_versions(
 
 /// The entry's row now: version, tombstone, slice membership for this user, values.
 fn read_current(
-    tx: &Transaction<'_>,
     t: &TableCtx<'_>,
-    q: &CurrentQuery,
+    q: &mut CurrentQuery<'_>,
     key: &Value,
     base: Option<i64>,
 ) -> Result<Option<Current>, StoreError> {
-    let mut stmt = tx.prepare_cached(&q.sql)?;
     let binds: Vec<_> = q
         .binds
         .iter()
         .chain(std::iter::once(key))
         .map(to_sql_value)
         .collect();
-    Ok(stmt
+    Ok(q.stmt
         .query_row(rusqlite::params_from_iter(binds.iter()), |r| {
             let deleted: bool = r.get(1)?;
             let mut values = fieldsync_proto::Row::new();
@@ -437,7 +443,7 @@ impl WriteSql {
         row: &fieldsync_proto::conflict::Row,
     ) -> &str {
         if !self.0.contains_key(&info.name) {
-            self.0.insert(info.name.clone(), HashMap::new());
+            self.0.insert(info.name.clone(), HashMap::default());
         }
         let slot = self
             .0

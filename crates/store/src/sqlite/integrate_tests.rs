@@ -65,12 +65,11 @@ fn steps_of_one_read(assets: i64) -> u64 {
     };
     let mut conn = conn;
     let tx = conn.transaction().unwrap();
-    let q = current_query(&tx, &def, &t, &params).unwrap();
+    let mut q = current_query(&tx, &def, &t, &params).unwrap();
     let key = Value::Text("i-1".into());
-    let row = read_current(&tx, &t, &q, &key, Some(0)).unwrap().unwrap();
+    let row = read_current(&t, &mut q, &key, Some(0)).unwrap().unwrap();
     assert!(row.in_slice && row.left, "{row:?}");
-    let stmt = tx.prepare_cached(&q.sql).unwrap();
-    stmt.get_status(StatementStatus::VmStep) as u64
+    q.stmt.get_status(StatementStatus::VmStep) as u64
 }
 
 #[test]

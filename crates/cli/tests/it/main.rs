@@ -24,6 +24,7 @@ mod guards;
 mod harness;
 mod int_keys;
 mod limits;
+mod limits_chunks;
 mod limits_queue;
 mod limits_store;
 mod limits_upload;

@@ -1,17 +1,19 @@
 //! The uploads a send is made of: the next chunk of the journal, compacted, encoded and
 //! stored with its idempotency key before it leaves; and the chunk after it, made while
-//! that one is on its way.
+//! that one is away.
 //!
-//! Making a chunk (reading the journal, compacting, serializing, compressing) is most
-//! of the device's work in a send, and the server's integration of the chunk before it
-//! most of the wait; the two overlap. A chunk made ahead is only in memory: it is
-//! stored, and so sent, only once the upload before it was acknowledged, and only if
-//! that acknowledgement changed none of its rows (a row in both would go with the base
-//! the acknowledgement gave it, which the chunk made ahead could not know). Otherwise
-//! it is dropped and the chunk is made again, as without the overlap.
+//! Making a chunk (reading the journal, compacting, serializing, compressing) and
+//! applying an acknowledgement are the device's work in a send; the server's
+//! integration is most of the wait. They overlap: while an upload is away (on a thread
+//! of its own, `send.rs`), the acknowledgement of the one before it is applied and the
+//! chunk after it made. A chunk made ahead is only in memory until that upload's
+//! acknowledgement arrived; it is then stored and sent only if that acknowledgement
+//! changed none of its rows (a row in both goes with the base the acknowledgement
+//! gives it, which the chunk made ahead could not know); otherwise it is dropped and
+//! made again. So two uploads may be stored at once (the one acknowledged and not yet
+//! applied, and the next); they are sent, and applied, in journal order.
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use super::*;
 use crate::outbox::QueuedFile;
@@ -72,13 +74,12 @@ fn row_key(key: &fieldsync_proto::Value) -> String {
     serde_json::to_string(key).expect("a value serializes")
 }
 
-/// The chunk after the journal entries up to `after`, made on a connection of its own
-/// to the replica at `path` while the upload carrying them is away: `None` when there
-/// is none worth making ahead (nothing left, a chunk that cancels out, any error: the
-/// send then makes it as it always did, and meets the error there).
-#[allow(clippy::too_many_arguments)]
+/// The chunk after the journal entries up to `after`, made while the upload carrying
+/// them is away (nothing written): `None` when there is none worth making ahead
+/// (nothing left, a chunk that cancels out, any error: the send then makes it as it
+/// always did, and meets the error there).
 pub(super) fn make_ahead(
-    path: &Path,
+    conn: &Connection,
     info: &replica::ReplicaInfo,
     rules: &journal::CompactRules,
     after: i64,
@@ -86,22 +87,10 @@ pub(super) fn make_ahead(
     limit: usize,
     queued: &[QueuedFile],
 ) -> Option<Ahead> {
-    let conn =
-        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
-    conn.busy_timeout(std::time::Duration::from_secs(10)).ok()?;
     let mut rows = HashSet::new();
-    let made = make(
-        &conn,
-        info,
-        rules,
-        after,
-        seq_max,
-        limit,
-        queued,
-        &mut |e| {
-            rows.insert((e.table.clone(), row_key(&e.key)));
-        },
-    );
+    let made = make(conn, info, rules, after, seq_max, limit, queued, &mut |e| {
+        rows.insert((e.table.clone(), row_key(&e.key)));
+    });
     match made {
         Ok(Made::Upload(pending)) => Some(Ahead { pending, rows }),
         _ => None,
@@ -123,7 +112,8 @@ enum Made {
 /// app keeps writing), at most `limit` of them and about [`UPLOAD_CHUNK_BYTES`] of row
 /// values (`journal::read_chunk`): a journal of any length goes as a sequence of
 /// uploads, each acknowledged before the next is stored and sent, so neither side ever
-/// holds more than two chunks (the device makes the next while one is away). An entry
+/// holds more than two chunks (the device makes the next while one is away; of two
+/// stored, the first in the journal goes first). An entry
 /// too large for the server's caps on its own is an error naming it; it stays in the
 /// journal.
 pub(super) fn prepare_upload(
@@ -136,7 +126,7 @@ pub(super) fn prepare_upload(
 ) -> Result<Option<PendingUpload>> {
     let stored = conn
         .query_row(
-            "SELECT upload_id, max_seq, n_entries, body FROM fieldsync_upload LIMIT 1",
+            "SELECT upload_id, max_seq, n_entries, body FROM fieldsync_upload ORDER BY max_seq LIMIT 1",
             [],
             |r| {
                 Ok(PendingUpload {
@@ -258,5 +248,108 @@ fn make(
             attached: riding.iter().map(|q| q.id.clone()).collect(),
             more: !last_chunk,
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fieldsync_proto::Value;
+    use fieldsync_proto::wire::{Cursor, NewVersion};
+
+    fn replica() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::triggers::REPLICA_TABLES).unwrap();
+        conn
+    }
+
+    fn info() -> replica::ReplicaInfo {
+        replica::ReplicaInfo {
+            task: "t".into(),
+            task_hash: "h".into(),
+            epoch: "e".into(),
+            cursor: Cursor::from_raw(1),
+            user: "u".into(),
+            device: "d".into(),
+            retired: false,
+            complete: true,
+            per_user: false,
+        }
+    }
+
+    fn outcome(rows: &[(&str, i64)]) -> UploadOutcome {
+        UploadOutcome {
+            upload_id: "x".into(),
+            applied: rows.len() as u64,
+            conflicts: 0,
+            versions: rows
+                .iter()
+                .map(|(t, k)| NewVersion {
+                    table: t.to_string(),
+                    key: Value::Integer(*k),
+                    version: Some(7),
+                    row: None,
+                })
+                .collect(),
+            repeated: false,
+            not_kept: Vec::new(),
+        }
+    }
+
+    /// Two uploads stored (a kill after the next was stored and before the last
+    /// acknowledgement was applied): the first in the journal goes first, whatever
+    /// order they were stored in.
+    #[test]
+    fn of_two_stored_uploads_the_first_in_the_journal_goes_first() {
+        let conn = replica();
+        conn.execute_batch(
+            "INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES ('later', 20, 1, x'00');
+             INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES ('first', 10, 1, x'00');",
+        )
+        .unwrap();
+        let rules = journal::CompactRules::default();
+        let p = prepare_upload(&conn, &info(), &rules, i64::MAX, 10, &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.upload_id.as_str(), p.max_seq), ("first", 10));
+    }
+
+    /// The chunk made ahead takes the entries after the upload away, and only those;
+    /// it is dropped when that upload's acknowledgement names any of its rows.
+    #[test]
+    fn a_chunk_made_ahead_starts_after_the_upload_away_and_yields_to_its_rows() {
+        let conn = replica();
+        for (pk, op) in [(1, "insert"), (2, "insert"), (3, "insert"), (1, "update")] {
+            conn.execute(
+                "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at)
+                 VALUES ('t', ?1, ?2, '{}', '{\"a\":1}', NULL, 'u', '')",
+                rusqlite::params![pk, op],
+            )
+            .unwrap();
+        }
+        let rules = journal::CompactRules::default();
+        // The upload away holds entries 1 and 2 (rows 1 and 2).
+        let next = make_ahead(&conn, &info(), &rules, 2, i64::MAX, 10, &[]).unwrap();
+        assert_eq!((next.pending.max_seq, next.pending.n_entries), (4, 2));
+        assert!(!next.pending.more);
+        assert!(!next.touched_by(&outcome(&[("t", 2)])));
+        assert!(!next.touched_by(&outcome(&[("other", 1)])));
+        assert!(next.touched_by(&outcome(&[("t", 2), ("t", 1)])));
+        // Nothing stored until it is taken.
+        let stored: i64 = conn
+            .query_row("SELECT count(*) FROM fieldsync_upload", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 0);
+        let taken = next.into_pending(&conn, &[]).unwrap().unwrap();
+        let stored: i64 = conn
+            .query_row(
+                "SELECT max_seq FROM fieldsync_upload WHERE upload_id = ?1",
+                [&taken.upload_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, 4);
+        // Nothing after the last entry: nothing made ahead.
+        assert!(make_ahead(&conn, &info(), &rules, 4, i64::MAX, 10, &[]).is_none());
     }
 }

@@ -95,7 +95,7 @@ impl Device {
             [seq_max],
             |r| r.get(0),
         )?;
-        let (total, mut done) = (total.max(0) as u64, 0u64);
+        let total = total.max(0) as u64;
         // Journal entries per upload: the published chunk size, halved while the
         // server refuses an upload as too large (a server with smaller caps).
         let mut limit = UPLOAD_CHUNK_ENTRIES;
@@ -133,14 +133,25 @@ impl Device {
             content_done += q.attachment.size;
             report.bytes_up += moved;
         }
-        // The chunk made while the last upload was away, none of its rows changed by
-        // that upload's acknowledgement.
+        // The last upload, acknowledged by the server, its acknowledgement not applied
+        // here yet (it is applied while the next upload is away); and the chunk made
+        // meanwhile, to go next if that acknowledgement changed none of its rows.
+        let mut acks = Acks {
+            conn,
+            header: header.as_ref(),
+            held,
+            root,
+            cancel,
+            total,
+            done: 0,
+        };
+        let mut unapplied: Option<Acknowledged> = None;
         let mut ahead: Option<Ahead> = None;
         loop {
             if cancel.is_cancelled() {
                 return Err(ClientError::Cancelled);
             }
-            let queued = queued_now()?;
+            let mut queued = queued_now()?;
             let made_ahead = match ahead.take() {
                 Some(next) => next.into_pending(conn, &queued)?,
                 None => None,
@@ -148,6 +159,12 @@ impl Device {
             let pending = match made_ahead {
                 Some(p) => p,
                 None => {
+                    // Made from the journal as the last acknowledgement leaves it.
+                    if let Some(a) = unapplied.take() {
+                        acks.apply(a, report, progress)?;
+                        // Files it carried left the queue.
+                        queued = queued_now()?;
+                    }
                     match chunk::prepare_upload(conn, &info, &rules, seq_max, limit, &queued)? {
                         Some(p) => p,
                         None => break,
@@ -156,17 +173,19 @@ impl Device {
             };
             durable()?;
             // The journal entries this upload stands for: every entry up to its last
-            // (the earlier ones left with the earlier uploads' acknowledgements).
+            // after the last upload's (the earlier ones leave with the earlier
+            // uploads' acknowledgements).
+            let after = unapplied.as_ref().map_or(i64::MIN, |a| a.pending.max_seq);
             let covers: i64 = conn.query_row(
-                "SELECT count(*) FROM fieldsync_journal WHERE seq <= ?1",
-                [pending.max_seq],
+                "SELECT count(*) FROM fieldsync_journal WHERE seq > ?1 AND seq <= ?2",
+                [after, pending.max_seq],
                 |r| r.get(0),
             )?;
             let covers = covers.max(0) as u64;
             progress(&Progress {
                 phase: Phase::Send,
-                done,
-                total: total.max(done + covers),
+                done: acks.done,
+                total: total.max(acks.done + covers),
                 unit: "entries",
                 bytes: Some(report.bytes_up),
             });
@@ -176,20 +195,46 @@ impl Device {
             // and only the server's answer to this upload id settles that. The next
             // send sends the same upload again (`device journal discard` drops it).
             let (op, trigger) = (report.op, report.trigger);
-            // The next chunk is made meanwhile, on a thread and a connection of its own.
-            let (sent, next) = std::thread::scope(|s| {
-                let helper = pending.more.then(|| {
-                    let (info, rules, queued) = (&info, &rules, &queued);
-                    let after = pending.max_seq;
-                    s.spawn(move || {
-                        chunk::make_ahead(path, info, rules, after, seq_max, limit, queued)
+            // Away on a thread of its own (its retries' progress comes back here);
+            // meanwhile the last acknowledgement is applied and the next chunk made.
+            let (sent, applied, next) = std::thread::scope(|s| {
+                let (tx, rx) = std::sync::mpsc::channel::<Progress>();
+                let (api, creds, pending) = (&api, &creds, &pending);
+                let config = &self.config;
+                let away = s.spawn(move || {
+                    let mut tell = |p: &Progress| {
+                        let _ = tx.send(p.clone());
+                    };
+                    with_retries(config, &mut tell, cancel, |_| {
+                        api.upload(creds, &pending.upload_id, &pending.body, op, trigger)
                     })
                 });
-                let sent = with_retries(&self.config, progress, cancel, |_| {
-                    api.upload(&creds, &pending.upload_id, &pending.body, op, trigger)
+                let applied = match unapplied.take() {
+                    Some(a) => acks.apply(a, report, progress),
+                    None => Ok(()),
+                };
+                let next = (applied.is_ok() && pending.more)
+                    .then(|| {
+                        chunk::make_ahead(
+                            conn,
+                            &info,
+                            &rules,
+                            pending.max_seq,
+                            seq_max,
+                            limit,
+                            &queued,
+                        )
+                    })
+                    .flatten();
+                for p in rx {
+                    progress(&p);
+                }
+                let sent = away.join().unwrap_or_else(|_| {
+                    Err(ClientError::Io("the upload's thread panicked".into()))
                 });
-                (sent, helper.and_then(|h| h.join().ok().flatten()))
+                (sent, applied, next)
             });
+            applied?;
             let outcome = match sent {
                 // Too large is the server's answer to this upload id: it answers an id
                 // it applied with the recorded outcome before reading any body, so
@@ -212,28 +257,66 @@ impl Device {
                 }
                 other => other?,
             };
-            cancel.commit(|| {
-                acknowledge(conn, header.as_ref(), &pending, &outcome, held.is_none())?;
-                durable()
-            })?;
-            // Recorded with the upload: out of the queue.
-            for id in &pending.attached {
-                outbox::remove(root, id)?;
-            }
-            done += covers;
-            report.rows_up += pending.n_entries;
-            report.bytes_up += pending.body.len() as u64;
-            progress(&Progress {
-                phase: Phase::Send,
-                done,
-                total: total.max(done),
-                unit: "entries",
-                bytes: Some(report.bytes_up),
-            });
-            report.conflicts += outcome.conflicts;
             ahead = next.filter(|n| !n.touched_by(&outcome));
-            report.not_kept.extend(outcome.not_kept);
+            unapplied = Some(Acknowledged {
+                pending,
+                outcome,
+                covers,
+            });
         }
+        Ok(())
+    }
+}
+
+/// An upload the server acknowledged, its acknowledgement not yet applied.
+struct Acknowledged {
+    pending: PendingUpload,
+    outcome: UploadOutcome,
+    /// Journal entries it stands for (progress).
+    covers: u64,
+}
+
+/// What applying a send's acknowledgements needs, and the entries done so far.
+struct Acks<'a> {
+    conn: &'a Connection,
+    header: Option<&'a SliceHeader>,
+    held: Option<&'a replica::WriterHold>,
+    root: &'a std::path::Path,
+    cancel: &'a Cancel,
+    total: u64,
+    done: u64,
+}
+
+impl Acks<'_> {
+    /// Applies an acknowledgement (its entries out of the journal, the new bases in,
+    /// committed), takes the files it carried out of the queue, and counts it.
+    fn apply(
+        &mut self,
+        a: Acknowledged,
+        report: &mut Report,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<()> {
+        let (conn, header, held) = (self.conn, self.header, self.held);
+        self.cancel.commit(|| {
+            acknowledge(conn, header, &a.pending, &a.outcome, held.is_none())?;
+            held.map_or(Ok(()), |h| h.commit_and_hold())
+        })?;
+        // Recorded with the upload: out of the queue.
+        for id in &a.pending.attached {
+            outbox::remove(self.root, id)?;
+        }
+        self.done += a.covers;
+        report.rows_up += a.pending.n_entries;
+        report.bytes_up += a.pending.body.len() as u64;
+        progress(&Progress {
+            phase: Phase::Send,
+            done: self.done,
+            total: self.total.max(self.done),
+            unit: "entries",
+            bytes: Some(report.bytes_up),
+        });
+        report.conflicts += a.outcome.conflicts;
+        report.not_kept.extend(a.outcome.not_kept);
         Ok(())
     }
 }

@@ -733,6 +733,112 @@ fn integrate_as(fx: &Fixture, task: &str, up: &Upload) -> Result<UploadOutcome, 
     fx.store().integrate(&ctx, up)
 }
 
+/// A device's insert into inspections under the first north asset.
+fn inspection_insert(id: &str, asset: i64, inspected_at: Value) -> UploadEntry {
+    UploadEntry {
+        seq_first: 0,
+        seq_last: 0,
+        table: "inspections".to_string(),
+        key: text(id),
+        op: WriteOp::Insert,
+        base_version: None,
+        user: "ana".to_string(),
+        old: Row::new(),
+        new: Row::from([
+            ("id".to_string(), text(id)),
+            ("asset_id".to_string(), Value::Integer(asset)),
+            ("inspector".to_string(), text("ana")),
+            ("inspected_at".to_string(), inspected_at),
+            ("result".to_string(), text("ok")),
+            ("notes".to_string(), text("run")),
+        ]),
+    }
+}
+
+/// Inserts may be written many rows per statement (SQLite writes runs of them): each
+/// entry still gets its own true version, a later entry of the upload reading a row
+/// inserted earlier sees it, and a refused insert in the middle of a run is named as
+/// its own entry, with nothing of the upload applied.
+fn inserts_in_runs_keep_versions_reads_and_refusals(fx: &Fixture) {
+    setup(fx);
+    let asset = north_ids(fx)[0];
+    let d = download(fx, "north-inspections", "ana", "dev1");
+    let at = || text("2026-11-26T09:00:00.000Z");
+    let mut entries: Vec<UploadEntry> = (0..150)
+        .map(|i| inspection_insert(&format!("run-{i:03}"), asset, at()))
+        .collect();
+    // A row inserted 10 entries earlier, updated by the same upload (on the
+    // download's base: the insert is this upload's own write, not a change since).
+    entries.push(update_entry(
+        "inspections",
+        text("run-140"),
+        d.cursor,
+        "notes",
+        text("run"),
+        text("updated in the same upload"),
+    ));
+    entries.push(inspection_insert("run-150", asset, at()));
+    let up = upload("runs-1", "north-inspections", entries);
+    let out = send(fx, "north-inspections", "dev1", "ana", &up).expect("integrate");
+    assert_eq!((out.applied, out.conflicts), (152, 0), "{out:?}");
+    assert_eq!(out.versions.len(), 152);
+    assert!(
+        out.versions
+            .iter()
+            .all(|v| v.version.is_some_and(|v| v > 0)),
+        "every write has its version: {:?}",
+        out.versions.iter().map(|v| v.version).collect::<Vec<_>>()
+    );
+    let mut office = fx.office();
+    assert_eq!(
+        office.text("SELECT notes FROM inspections WHERE id = 'run-140'"),
+        "updated in the same upload"
+    );
+    assert_eq!(
+        office.value("SELECT count(*) FROM inspections WHERE id LIKE 'run-%'"),
+        Value::Integer(151)
+    );
+    if fx.engine == Engine::Sqlite {
+        // Each version is the row's own as the main database stamped it: a base.
+        for (e, v) in up.entries.iter().zip(&out.versions) {
+            if e.op != WriteOp::Insert || e.key == text("run-140") {
+                continue;
+            }
+            let Value::Text(k) = &e.key else {
+                unreachable!()
+            };
+            assert_eq!(
+                office.value(&format!(
+                    "SELECT version FROM fieldsync_rows WHERE tbl = 'inspections' AND pk = '{k}'"
+                )),
+                Value::Integer(v.version.unwrap()),
+                "{k}"
+            );
+        }
+    }
+
+    // Entry 101 of 150 inserts breaks a constraint: named, nothing applied.
+    let entries: Vec<UploadEntry> = (0..150)
+        .map(|i| {
+            let when = if i == 100 { Value::Null } else { at() };
+            inspection_insert(&format!("bad-{i:03}"), asset, when)
+        })
+        .collect();
+    let up = upload("runs-2", "north-inspections", entries);
+    match send(fx, "north-inspections", "dev1", "ana", &up) {
+        Err(IntegrateError::Forbidden(why)) => assert!(
+            why.contains("entry 101 (insert of `inspections` key \"bad-100\"")
+                && why.contains("refused"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        office.value("SELECT count(*) FROM inspections WHERE id LIKE 'bad-%'"),
+        Value::Integer(0)
+    );
+}
+
 /// An office connection holding a lock (`sql`, in a transaction it keeps open) on a
 /// thread of its own until `release` is sent (or 20 s pass), then committing.
 fn office_holding(
@@ -2214,6 +2320,7 @@ conformance! {
         key_blocks_reserved_topped_up_and_void_when_revoked,
         files_attach_list_detach_and_slice,
         audit_newest_first_and_bounded,
+        inserts_in_runs_keep_versions_reads_and_refusals,
     ],
     postgres_only: [
         upload_gives_up_on_a_row_the_office_holds,

@@ -8,6 +8,25 @@ pub(crate) fn integrate(
     ctx: &IntegrateContext<'_>,
     upload: &Upload,
 ) -> Result<UploadOutcome, IntegrateError> {
+    let outcome = entries(tx, ctx, upload);
+    // A write the engine let wait, refused when it was written: named as its entry.
+    if let Err(IntegrateError::Store(_)) = &outcome
+        && let Some((i, why)) = tx.refused_write()
+        && let Some(e) = upload.entries.get(i)
+    {
+        return Err(forbidden(
+            &Label(i, e),
+            format!("the main database refused it: {why}"),
+        ));
+    }
+    outcome
+}
+
+fn entries(
+    tx: &mut dyn UploadTx,
+    ctx: &IntegrateContext<'_>,
+    upload: &Upload,
+) -> Result<UploadOutcome, IntegrateError> {
     if let Some((device, outcome)) = tx.recorded(&upload.upload_id)? {
         return repeated(ctx, &device, &outcome);
     }
@@ -277,7 +296,7 @@ pub(crate) fn integrate(
         let mut version = None;
         let mut row_after = None;
         if let Some(w) = &write {
-            tx.apply(&t.info, &e.key, w).map_err(|err| match err {
+            tx.apply(i, &t.info, &e.key, w).map_err(|err| match err {
                 ApplyError::Refused(why) => {
                     forbidden(&label, format!("the main database refused it: {why}"))
                 }
@@ -362,6 +381,7 @@ pub(crate) fn integrate(
             row: row_after,
         });
     }
+    tx.settle_versions(&mut outcome.versions)?;
     super::attach::record_attachments(tx, ctx, &tables, upload)?;
     let recorded = serde_json::to_string(&outcome).expect("serializes");
     tx.record(ctx, &upload.upload_id, &recorded)?;

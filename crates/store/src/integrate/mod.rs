@@ -117,10 +117,28 @@ pub(crate) trait UploadTx: Lookups {
     }
     /// A parent table was written: what `parent` learnt may be stale.
     fn forget_parents(&mut self);
-    fn apply(&mut self, info: &TableInfo, key: &Value, write: &Write) -> Result<(), ApplyError>;
+    /// Writes entry `entry`'s row (or lets it wait to be written with the next ones:
+    /// then `new_version` may answer a stand-in, settled by `settle_versions`, and a
+    /// refusal may come from a later call as a store error, named by `refused_write`).
+    fn apply(
+        &mut self,
+        entry: usize,
+        info: &TableInfo,
+        key: &Value,
+        write: &Write,
+    ) -> Result<(), ApplyError>;
     /// The version a device may take as its base of a row this upload wrote (handed
     /// to `device`, so recorded as one of its bases).
     fn new_version(&mut self, device: &str) -> Result<i64, StoreError>;
+    /// Writes what waits and puts the true versions in place of stand-ins.
+    fn settle_versions(&mut self, _versions: &mut [NewVersion]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The entry whose waiting write the database refused, and why (after a store
+    /// error from any call).
+    fn refused_write(&mut self) -> Option<(usize, String)> {
+        None
+    }
     /// Whether `key`, a new row's integer key, lies in one of the blocks of `table`
     /// reserved for `device` (`crate::keys`); if so, the block's next key moves past
     /// it, so a later download never hands it out again.

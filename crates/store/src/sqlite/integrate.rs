@@ -7,9 +7,10 @@ use fieldsync_proto::Value;
 use fieldsync_proto::conflict::{Current, Write};
 use fieldsync_proto::filter::Params;
 use fieldsync_proto::task::{TaskDef, TaskTable};
-use fieldsync_proto::wire::{Upload, UploadOutcome};
+use fieldsync_proto::wire::{NewVersion, Upload, UploadOutcome};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::batch::{self, Flush, InsertRun, WriteSql};
 use super::{SqliteStore, table_info, to_sql_value, value_ref};
 use crate::Uploads;
 use crate::integrate::{
@@ -52,9 +53,13 @@ pub(super) fn integrate(
         queries: Vec::new(),
         max_version: tx.prepare("SELECT max(version) FROM fieldsync_rows")?,
         write_sql: WriteSql::default(),
+        run: InsertRun::default(),
+        last_run: None,
+        refused: None,
         parents: ParentSlices::default(),
     };
     let outcome = integrate::integrate(&mut upload_tx, ctx, upload)?;
+    upload_tx.flush()?;
     drop(upload_tx);
     tx.commit()?;
     Ok(outcome)
@@ -70,7 +75,57 @@ struct SqliteUpload<'c> {
     /// The highest version there is (prepared once: asked once per entry written).
     max_version: rusqlite::Statement<'c>,
     write_sql: WriteSql,
+    /// Inserts waiting to be written in one statement (`batch.rs`).
+    run: InsertRun,
+    /// The last write went into the run: the index of its version there.
+    last_run: Option<usize>,
+    /// A write of the run the database refused.
+    refused: Option<batch::Refused>,
     parents: ParentSlices,
+}
+
+impl SqliteUpload<'_> {
+    /// Writes the waiting inserts.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        match self.run.flush(self.tx) {
+            Ok(()) => Ok(()),
+            Err(Flush::Db(e)) => Err(e),
+            Err(Flush::Refused(r)) => {
+                let why = r.why.clone();
+                self.refused = Some(r);
+                Err(StoreError::Db(why))
+            }
+        }
+    }
+
+    /// Writes the waiting inserts if a read of `table` (and the tables above it in
+    /// the task, whose versions it reads) could see them: any read of their table
+    /// with one of their keys, or of a table under theirs.
+    fn flush_before_read(
+        &mut self,
+        def: &TaskDef,
+        table: &str,
+        key: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        let Some(waiting) = self.run.table() else {
+            return Ok(());
+        };
+        let sees = if waiting == table {
+            key.is_none_or(|k| self.run.holds_key(k))
+        } else {
+            let mut up = def.table(table).and_then(|t| t.parent.as_ref());
+            let mut hit = false;
+            while let Some(p) = up {
+                if p.table == waiting {
+                    hit = true;
+                    break;
+                }
+                up = def.table(&p.table).and_then(|t| t.parent.as_ref());
+            }
+            hit
+        };
+        if sees { self.flush() } else { Ok(()) }
+    }
 }
 
 /// "Changed since the base": a version above it (no base: changed).
@@ -185,6 +240,7 @@ impl UploadTx for SqliteUpload<'_> {
         params: &Params,
         key: &Value,
     ) -> Result<bool, StoreError> {
+        self.flush()?;
         let (cond, binds) =
             plan::row_condition(def, t.task_table, params, &super::SqliteDialect, &|name| {
                 table_info(self.tx, name)
@@ -212,6 +268,7 @@ impl UploadTx for SqliteUpload<'_> {
         key: &Value,
         base: Option<i64>,
     ) -> Result<Option<Current>, StoreError> {
+        self.flush_before_read(def, &t.info.name, Some(key))?;
         let known = self
             .queries
             .iter()
@@ -236,6 +293,7 @@ impl UploadTx for SqliteUpload<'_> {
         key: &Value,
         base: Option<i64>,
     ) -> Result<(bool, bool), StoreError> {
+        self.flush_before_read(def, table, None)?;
         let (inside, version) = self.parents.check(self.tx, def, table, params, key)?;
         Ok((inside, after(version, base)))
     }
@@ -244,18 +302,63 @@ impl UploadTx for SqliteUpload<'_> {
         self.parents.forget();
     }
 
-    fn apply(&mut self, info: &TableInfo, key: &Value, write: &Write) -> Result<(), ApplyError> {
-        apply(self.tx, &mut self.write_sql, info, key, write)
+    fn apply(
+        &mut self,
+        entry: usize,
+        info: &TableInfo,
+        key: &Value,
+        write: &Write,
+    ) -> Result<(), ApplyError> {
+        self.last_run = None;
+        if let Write::Insert(row) = write
+            && self
+                .run
+                .takes(self.tx, info, row)
+                .map_err(|e| ApplyError::Store(e.into()))?
+        {
+            if !self.run.joins(&info.name, row) {
+                self.flush().map_err(ApplyError::Store)?;
+            }
+            self.last_run = Some(self.run.push(entry, info, key, row));
+            if self.run.full() {
+                self.flush().map_err(ApplyError::Store)?;
+            }
+            return Ok(());
+        }
+        self.flush().map_err(ApplyError::Store)?;
+        batch::apply(self.tx, &mut self.write_sql, info, key, write)
             .map_err(|e| ApplyError::Refused(e.to_string()))
     }
 
     /// The write just stamped the highest version there is (the upload's range of
-    /// versions is recorded as the device's bases in `record`).
+    /// versions is recorded as the device's bases in `record`); an insert waiting in
+    /// the run gets a stand-in, settled in `settle_versions` once it is written.
     fn new_version(&mut self, _device: &str) -> Result<i64, StoreError> {
+        if let Some(i) = self.last_run {
+            return Ok(-1 - i as i64);
+        }
         Ok(self.max_version.query_row([], |r| r.get(0))?)
     }
 
+    fn settle_versions(&mut self, versions: &mut [NewVersion]) -> Result<(), StoreError> {
+        self.flush()?;
+        for v in versions.iter_mut() {
+            if let Some(stand_in) = v.version.filter(|v| *v < 0) {
+                let i = (-1 - stand_in) as usize;
+                v.version = Some(*self.run.versions.get(i).ok_or_else(|| {
+                    StoreError::Db(format!("no version for the upload's write {i}"))
+                })?);
+            }
+        }
+        Ok(())
+    }
+
+    fn refused_write(&mut self) -> Option<(usize, String)> {
+        self.refused.take().map(|r| (r.entry, r.why))
+    }
+
     fn attach_file(&mut self, info: &TableInfo, f: &crate::NewFile) -> Result<(), StoreError> {
+        self.flush()?;
         self.tx
             .prepare_cached(
                 "INSERT INTO fieldsync_files (tbl, pk, name, size, sha256, content_type, added_by, added_at)
@@ -311,6 +414,7 @@ impl UploadTx for SqliteUpload<'_> {
         upload_id: &str,
         outcome: &str,
     ) -> Result<(), StoreError> {
+        self.flush()?;
         self.tx.execute(
             "INSERT INTO fieldsync_uploads (upload_id, device, user, task, outcome, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![upload_id, ctx.device, ctx.sender, ctx.task.name, outcome, ctx.at.to_string()],
@@ -428,78 +532,6 @@ fn read_current(
             })
         })
         .optional()?)
-}
-
-/// The SQL of the last write per table and kind, reused while the columns repeat
-/// (a bulk upload writes the same columns over and over).
-#[derive(Default)]
-struct WriteSql(HashMap<String, HashMap<&'static str, (Vec<String>, String)>>);
-
-impl WriteSql {
-    fn get(
-        &mut self,
-        info: &TableInfo,
-        kind: &'static str,
-        row: &fieldsync_proto::conflict::Row,
-    ) -> &str {
-        if !self.0.contains_key(&info.name) {
-            self.0.insert(info.name.clone(), HashMap::default());
-        }
-        let slot = self
-            .0
-            .get_mut(&info.name)
-            .expect("inserted above")
-            .entry(kind)
-            .or_default();
-        if !slot.0.iter().eq(row.keys()) || slot.1.is_empty() {
-            let table = quote_ident(&info.name);
-            let pk = quote_ident(&info.primary_key);
-            let sql = match kind {
-                "insert" => {
-                    let cols: Vec<String> = row.keys().map(|c| quote_ident(c)).collect();
-                    let marks = vec!["?"; cols.len()].join(", ");
-                    format!("INSERT INTO {table} ({}) VALUES ({marks})", cols.join(", "))
-                }
-                "update" => {
-                    let sets: Vec<String> = row
-                        .keys()
-                        .map(|c| format!("{} = ?", quote_ident(c)))
-                        .collect();
-                    format!("UPDATE {table} SET {} WHERE {pk} = ?", sets.join(", "))
-                }
-                _ => format!("DELETE FROM {table} WHERE {pk} = ?"),
-            };
-            *slot = (row.keys().cloned().collect(), sql);
-        }
-        &slot.1
-    }
-}
-
-fn apply(
-    tx: &Transaction<'_>,
-    sql: &mut WriteSql,
-    info: &TableInfo,
-    key: &Value,
-    write: &Write,
-) -> rusqlite::Result<()> {
-    let none = fieldsync_proto::conflict::Row::new();
-    match write {
-        Write::Insert(row) => {
-            let mut stmt = tx.prepare_cached(sql.get(info, "insert", row))?;
-            stmt.execute(rusqlite::params_from_iter(row.values().map(to_sql_value)))?;
-        }
-        Write::Update(row) => {
-            let mut stmt = tx.prepare_cached(sql.get(info, "update", row))?;
-            stmt.execute(rusqlite::params_from_iter(
-                row.values().chain(std::iter::once(key)).map(to_sql_value),
-            ))?;
-        }
-        Write::Delete => {
-            tx.prepare_cached(sql.get(info, "delete", &none))?
-                .execute([to_sql_value(key)])?;
-        }
-    }
-    Ok(())
 }
 
 /// Whether parent rows are in a user's slice, remembered for the upload: a bulk of

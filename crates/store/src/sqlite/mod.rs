@@ -21,6 +21,7 @@ use fieldsync_proto::time::Timestamp;
 use rusqlite::{Connection, OpenFlags};
 
 mod audit;
+mod batch;
 mod catalog;
 mod files;
 mod history;

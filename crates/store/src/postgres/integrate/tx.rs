@@ -266,7 +266,13 @@ impl UploadTx for PgUpload<'_, '_> {
         self.ahead.clear();
     }
 
-    fn apply(&mut self, info: &TableInfo, key: &Value, write: &Write) -> Result<(), ApplyError> {
+    fn apply(
+        &mut self,
+        _entry: usize,
+        info: &TableInfo,
+        key: &Value,
+        write: &Write,
+    ) -> Result<(), ApplyError> {
         // What was read ahead of this row is no longer what it is.
         self.ahead.remove(&(info.name.clone(), types::text_of(key)));
         let table = quote_ident(&info.name);

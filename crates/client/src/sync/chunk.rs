@@ -33,6 +33,16 @@ pub(super) struct PendingUpload {
     pub more: bool,
 }
 
+/// The journal a send takes its chunks from: the replica's connection and record, the
+/// task's compaction rules, and the last entry the send takes (`seq_max`: entries an
+/// app adds meanwhile wait for the next send).
+pub(super) struct Source<'a> {
+    pub conn: &'a Connection,
+    pub info: &'a replica::ReplicaInfo,
+    pub rules: &'a journal::CompactRules,
+    pub seq_max: i64,
+}
+
 /// A chunk made while the upload before it was away, not stored yet.
 pub(super) struct Ahead {
     pending: PendingUpload,
@@ -79,16 +89,13 @@ fn row_key(key: &fieldsync_proto::Value) -> String {
 /// (nothing left, a chunk that cancels out, any error: the send then makes it as it
 /// always did, and meets the error there).
 pub(super) fn make_ahead(
-    conn: &Connection,
-    info: &replica::ReplicaInfo,
-    rules: &journal::CompactRules,
+    src: &Source<'_>,
     after: i64,
-    seq_max: i64,
     limit: usize,
     queued: &[QueuedFile],
 ) -> Option<Ahead> {
     let mut rows = HashSet::new();
-    let made = make(conn, info, rules, after, seq_max, limit, queued, &mut |e| {
+    let made = make(src, after, limit, queued, &mut |e| {
         rows.insert((e.table.clone(), row_key(&e.key)));
     });
     match made {
@@ -117,13 +124,11 @@ enum Made {
 /// too large for the server's caps on its own is an error naming it; it stays in the
 /// journal.
 pub(super) fn prepare_upload(
-    conn: &Connection,
-    info: &replica::ReplicaInfo,
-    rules: &journal::CompactRules,
-    seq_max: i64,
+    src: &Source<'_>,
     limit: usize,
     queued: &[QueuedFile],
 ) -> Result<Option<PendingUpload>> {
+    let conn = src.conn;
     let stored = conn
         .query_row(
             "SELECT upload_id, max_seq, n_entries, body FROM fieldsync_upload ORDER BY max_seq LIMIT 1",
@@ -144,16 +149,7 @@ pub(super) fn prepare_upload(
         return Ok(stored);
     }
     loop {
-        match make(
-            conn,
-            info,
-            rules,
-            i64::MIN,
-            seq_max,
-            limit,
-            queued,
-            &mut |_| {},
-        )? {
+        match make(src, i64::MIN, limit, queued, &mut |_| {})? {
             Made::Nothing => return Ok(None),
             Made::CancelledOut(max_seq) => {
                 conn.execute("DELETE FROM fieldsync_journal WHERE seq <= ?1", [max_seq])?;
@@ -177,17 +173,19 @@ fn store(conn: &Connection, pending: &PendingUpload) -> Result<()> {
 
 /// Makes the upload of the journal entries after `after` (up to `seq_max`), without
 /// writing anything; `each` sees every entry it carries.
-#[allow(clippy::too_many_arguments)]
 fn make(
-    conn: &Connection,
-    info: &replica::ReplicaInfo,
-    rules: &journal::CompactRules,
+    src: &Source<'_>,
     after: i64,
-    seq_max: i64,
     limit: usize,
     queued: &[QueuedFile],
     each: &mut dyn FnMut(&fieldsync_proto::wire::UploadEntry),
 ) -> Result<Made> {
+    let Source {
+        conn,
+        info,
+        rules,
+        seq_max,
+    } = *src;
     let mut limit = limit.max(1);
     loop {
         let entries = journal::read_chunk(conn, after, seq_max, limit, UPLOAD_CHUNK_BYTES)?;
@@ -277,6 +275,19 @@ mod tests {
         }
     }
 
+    fn whole_journal<'a>(
+        conn: &'a Connection,
+        info: &'a replica::ReplicaInfo,
+        rules: &'a journal::CompactRules,
+    ) -> Source<'a> {
+        Source {
+            conn,
+            info,
+            rules,
+            seq_max: i64::MAX,
+        }
+    }
+
     fn outcome(rows: &[(&str, i64)]) -> UploadOutcome {
         UploadOutcome {
             upload_id: "x".into(),
@@ -307,10 +318,9 @@ mod tests {
              INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES ('first', 10, 1, x'00');",
         )
         .unwrap();
-        let rules = journal::CompactRules::default();
-        let p = prepare_upload(&conn, &info(), &rules, i64::MAX, 10, &[])
-            .unwrap()
-            .unwrap();
+        let (info, rules) = (info(), journal::CompactRules::default());
+        let src = whole_journal(&conn, &info, &rules);
+        let p = prepare_upload(&src, 10, &[]).unwrap().unwrap();
         assert_eq!((p.upload_id.as_str(), p.max_seq), ("first", 10));
     }
 
@@ -327,9 +337,10 @@ mod tests {
             )
             .unwrap();
         }
-        let rules = journal::CompactRules::default();
+        let (info, rules) = (info(), journal::CompactRules::default());
+        let src = whole_journal(&conn, &info, &rules);
         // The upload away holds entries 1 and 2 (rows 1 and 2).
-        let next = make_ahead(&conn, &info(), &rules, 2, i64::MAX, 10, &[]).unwrap();
+        let next = make_ahead(&src, 2, 10, &[]).unwrap();
         assert_eq!((next.pending.max_seq, next.pending.n_entries), (4, 2));
         assert!(!next.pending.more);
         assert!(!next.touched_by(&outcome(&[("t", 2)])));
@@ -350,6 +361,6 @@ mod tests {
             .unwrap();
         assert_eq!(stored, 4);
         // Nothing after the last entry: nothing made ahead.
-        assert!(make_ahead(&conn, &info(), &rules, 4, i64::MAX, 10, &[]).is_none());
+        assert!(make_ahead(&src, 4, 10, &[]).is_none());
     }
 }

@@ -145,6 +145,12 @@ impl Device {
             total,
             done: 0,
         };
+        let source = chunk::Source {
+            conn,
+            info: &info,
+            rules: &rules,
+            seq_max,
+        };
         let mut unapplied: Option<Acknowledged> = None;
         let mut ahead: Option<Ahead> = None;
         loop {
@@ -165,7 +171,7 @@ impl Device {
                         // Files it carried left the queue.
                         queued = queued_now()?;
                     }
-                    match chunk::prepare_upload(conn, &info, &rules, seq_max, limit, &queued)? {
+                    match chunk::prepare_upload(&source, limit, &queued)? {
                         Some(p) => p,
                         None => break,
                     }
@@ -214,17 +220,7 @@ impl Device {
                     None => Ok(()),
                 };
                 let next = (applied.is_ok() && pending.more)
-                    .then(|| {
-                        chunk::make_ahead(
-                            conn,
-                            &info,
-                            &rules,
-                            pending.max_seq,
-                            seq_max,
-                            limit,
-                            &queued,
-                        )
-                    })
+                    .then(|| chunk::make_ahead(&source, pending.max_seq, limit, &queued))
                     .flatten();
                 for p in rx {
                     progress(&p);

@@ -54,8 +54,10 @@ impl InsertRun {
     ) -> rusqlite::Result<bool> {
         if !self.plain.contains_key(&info.name) {
             let others: i64 = tx.query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1
-                 AND name NOT IN (?2, ?3, ?4)",
+                // Names compare as SQLite's identifiers do (`ON Inspections` is the
+                // same table).
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'
+                 AND tbl_name = ?1 COLLATE NOCASE AND name NOT IN (?2, ?3, ?4)",
                 params![
                     info.name,
                     format!("fieldsync_{}_ins", info.name),
@@ -236,4 +238,37 @@ pub(super) fn apply(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(tx: &Transaction<'_>, name: &str) -> TableInfo {
+        super::super::table_info(tx, name).unwrap().unwrap()
+    }
+
+    /// Only a table whose triggers are all fieldsync's takes inserts in runs (each row
+    /// then stamps one version): an office trigger, however its table is spelt, writes
+    /// them one by one.
+    #[test]
+    fn a_table_with_an_office_trigger_takes_no_runs() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE a (id TEXT PRIMARY KEY, v TEXT);
+             CREATE TABLE b (id TEXT PRIMARY KEY, v TEXT);
+             CREATE TABLE log (v TEXT);
+             CREATE TRIGGER fieldsync_a_ins AFTER INSERT ON a BEGIN SELECT 1; END;
+             CREATE TRIGGER fieldsync_b_ins AFTER INSERT ON b BEGIN SELECT 1; END;
+             CREATE TRIGGER office_log AFTER INSERT ON B BEGIN INSERT INTO log VALUES (NEW.v); END;",
+        )
+        .unwrap();
+        let tx = conn.transaction().unwrap();
+        let row = Row::from([("id".to_string(), Value::Text("k".into()))]);
+        let mut run = InsertRun::default();
+        let (a, b) = (info(&tx, "a"), info(&tx, "b"));
+        assert!(run.takes(&tx, &a, &row).unwrap());
+        assert!(!run.takes(&tx, &b, &row).unwrap());
+        assert!(!run.takes(&tx, &a, &Row::new()).unwrap());
+    }
 }

@@ -11,10 +11,11 @@ use fieldsync_proto::wire::{NewVersion, Upload, UploadOutcome};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::batch::{self, Flush, InsertRun, WriteSql};
+use super::parents::ParentSlices;
 use super::{SqliteStore, table_info, to_sql_value, value_ref};
 use crate::Uploads;
 use crate::integrate::{
-    self, ApplyError, BaseKind, ConflictLog, HashMap, Lookups, TableCtx, UploadTx, op_name,
+    self, ApplyError, BaseKind, ConflictLog, Lookups, TableCtx, UploadTx, op_name,
 };
 use crate::plan::{self, quote_ident};
 use crate::{IntegrateContext, IntegrateError, StoreError, TableInfo};
@@ -479,7 +480,7 @@ fn current_query<'c>(
 
 /// SQL expressions for the row versions of a table's parent chain, for the row joined
 /// as the table itself: its parent's version, the grandparent's, and so on.
-fn ancestor_versions(
+pub(super) fn ancestor_versions(
     tx: &Transaction<'_>,
     def: &TaskDef,
     t: &TaskTable,
@@ -532,79 +533,6 @@ fn read_current(
             })
         })
         .optional()?)
-}
-
-/// Whether parent rows are in a user's slice, remembered for the upload: a bulk of
-/// children of a few parents asks the database once per parent. Any write to a parent
-/// table forgets what was learnt.
-#[derive(Default)]
-struct ParentSlices {
-    queries: HashMap<(String, String), (String, Vec<Value>)>,
-    known: HashMap<(String, String, String), (bool, i64)>,
-}
-
-impl ParentSlices {
-    fn forget(&mut self) {
-        self.known.clear();
-    }
-
-    /// Whether the parent row is in the slice, and the highest version among it and
-    /// its own parent chain (when it left the slice, at the latest).
-    fn check(
-        &mut self,
-        tx: &Transaction<'_>,
-        def: &TaskDef,
-        table: &str,
-        params: &Params,
-        key: &Value,
-    ) -> Result<(bool, i64), StoreError> {
-        let id = (
-            table.to_string(),
-            params.user.clone(),
-            serde_json::to_string(key).expect("serializes"),
-        );
-        if let Some(known) = self.known.get(&id) {
-            return Ok(*known);
-        }
-        let qkey = (table.to_string(), params.user.clone());
-        if !self.queries.contains_key(&qkey) {
-            let parent = def.table(table).expect("checked: parent is in the task");
-            let info = table_info(tx, table)?
-                .ok_or_else(|| StoreError::NotFound(format!("table `{table}` is gone")))?;
-            let (cond, mut binds) =
-                plan::row_condition(def, parent, params, &super::SqliteDialect, &|n| {
-                    table_info(tx, n)
-                })?;
-            let pt = quote_ident(table);
-            let pk = quote_ident(&info.primary_key);
-            let version = ancestor_versions(tx, def, parent)?
-                .into_iter()
-                .fold("r.version".to_string(), |acc, v| {
-                    format!("max({acc}, coalesce({v}, 0))")
-                });
-            let sql = format!(
-                "SELECT EXISTS (SELECT 1 FROM {pt} WHERE {pt}.{pk} = ? AND {cond}),
-                        coalesce((SELECT {version} FROM fieldsync_rows r LEFT JOIN {pt} ON {pt}.{pk} = r.pk
-                                  WHERE r.tbl = ? AND r.pk = ?), 0)"
-            );
-            binds.push(Value::Text(info.name.clone()));
-            self.queries.insert(qkey.clone(), (sql, binds));
-        }
-        let (sql, binds) = &self.queries[&qkey];
-        // Placeholders in text order: the key, the condition's binds, the table, the key.
-        let all: Vec<_> = std::iter::once(key)
-            .chain(binds.iter())
-            .chain(std::iter::once(key))
-            .map(to_sql_value)
-            .collect();
-        let inside = tx
-            .prepare_cached(sql)?
-            .query_row(rusqlite::params_from_iter(all.iter()), |r| {
-                Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?))
-            })?;
-        self.known.insert(id, inside);
-        Ok(inside)
-    }
 }
 
 impl Uploads for SqliteStore {

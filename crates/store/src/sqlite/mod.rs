@@ -9,7 +9,8 @@
 //! Files along the store's seams: `schema.rs` fieldsync's objects and the epoch,
 //! `catalog.rs` users, devices, tasks and sessions, `tickets.rs` auto-sync tickets,
 //! `tracking.rs` the triggers and table checks, `slice.rs` the slice stream,
-//! `integrate.rs` uploads, `history.rs` the sync history and the conflict log,
+//! `integrate.rs` uploads (`batch.rs` its inserts in runs, `parents.rs` its parent
+//! checks), `history.rs` the sync history and the conflict log,
 //! `audit.rs` the audit log.
 
 use std::time::Duration;
@@ -27,6 +28,7 @@ mod files;
 mod history;
 mod integrate;
 mod keys;
+mod parents;
 mod schema;
 mod slice;
 mod throttle;

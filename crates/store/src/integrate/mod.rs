@@ -14,9 +14,12 @@ pub(crate) use apply::integrate;
 pub(crate) use judge::precheck;
 use judge::{UserChecks, judge_static, today_tables};
 
-/// The maps an upload consults once or more per entry: foldhash, seeded per process
-/// (so keys a device chooses cannot be made to collide), where std's SipHash took 4%
-/// of a send's integration.
+/// The maps an upload consults once or more per entry: foldhash, where std's SipHash
+/// took 4% of a send's integration. Its seeds are random per process and per map, so a
+/// device cannot choose colliding keys without learning them; it is not built to
+/// resist one that studies the server to do so (its authors say as much), and an
+/// upload holds at most `UPLOAD_MAX_ENTRIES` entries, so the worst is one slow
+/// upload of an authenticated device.
 pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use fieldsync_proto::conflict::{self, ConflictNote, Current, Decision, Write};

@@ -106,26 +106,20 @@ impl InsertRun {
         self.rows.len() >= per
     }
 
-    /// Writes the waiting rows in one statement and takes their versions.
-    pub fn flush(&mut self, tx: &Transaction<'_>) -> Result<(), Flush> {
+    /// Writes the waiting rows in one statement and takes their versions; `before`
+    /// is the highest version there is (its rows are stamped above it).
+    pub fn flush(&mut self, tx: &Transaction<'_>, before: i64) -> Result<(), Flush> {
         if self.rows.is_empty() {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.rows);
-        let table = quote_ident(&self.table);
-        let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
-        let one = format!("({})", vec!["?"; cols.len()].join(", "));
-        let head = format!("INSERT INTO {table} ({}) VALUES ", cols.join(", "));
-        let before: i64 = tx
-            .prepare_cached("SELECT coalesce(max(version), 0) FROM fieldsync_rows")?
-            .query_row([], |r| r.get(0))?;
-        let sql = format!("{head}{}", vec![one.as_str(); rows.len()].join(", "));
+        let sql = insert_sql(&self.table, &self.columns, rows.len());
         let written = tx.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(
             rows.iter().flat_map(|(_, _, v)| v.iter()).map(to_sql_value),
         ));
         if let Err(e) = written {
             // The statement was undone alone: row by row, to name the refused entry.
-            let mut single = tx.prepare_cached(&format!("{head}{one}"))?;
+            let mut single = tx.prepare_cached(&insert_sql(&self.table, &self.columns, 1))?;
             for (entry, _, values) in &rows {
                 if let Err(e) =
                     single.execute(rusqlite::params_from_iter(values.iter().map(to_sql_value)))
@@ -172,6 +166,22 @@ impl From<rusqlite::Error> for Flush {
     }
 }
 
+/// `INSERT INTO table (columns) VALUES (?, …)`, with `rows` rows of placeholders.
+fn insert_sql<'a>(
+    table: &str,
+    columns: impl IntoIterator<Item = &'a String>,
+    rows: usize,
+) -> String {
+    let cols: Vec<String> = columns.into_iter().map(|c| quote_ident(c)).collect();
+    let one = format!("({})", vec!["?"; cols.len()].join(", "));
+    format!(
+        "INSERT INTO {} ({}) VALUES {}",
+        quote_ident(table),
+        cols.join(", "),
+        vec![one.as_str(); rows].join(", ")
+    )
+}
+
 /// The SQL of the last write per table and kind, reused while the columns repeat
 /// (a bulk upload writes the same columns over and over).
 #[derive(Default)]
@@ -192,11 +202,7 @@ impl WriteSql {
             let table = quote_ident(&info.name);
             let pk = quote_ident(&info.primary_key);
             let sql = match kind {
-                "insert" => {
-                    let cols: Vec<String> = row.keys().map(|c| quote_ident(c)).collect();
-                    let marks = vec!["?"; cols.len()].join(", ");
-                    format!("INSERT INTO {table} ({}) VALUES ({marks})", cols.join(", "))
-                }
+                "insert" => insert_sql(&info.name, row.keys(), 1),
                 "update" => {
                     let sets: Vec<String> = row
                         .keys()

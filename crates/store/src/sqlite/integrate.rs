@@ -88,7 +88,11 @@ struct SqliteUpload<'c> {
 impl SqliteUpload<'_> {
     /// Writes the waiting inserts.
     fn flush(&mut self) -> Result<(), StoreError> {
-        match self.run.flush(self.tx) {
+        if self.run.table().is_none() {
+            return Ok(());
+        }
+        let before: Option<i64> = self.max_version.query_row([], |r| r.get(0))?;
+        match self.run.flush(self.tx, before.unwrap_or(0)) {
             Ok(()) => Ok(()),
             Err(Flush::Db(e)) => Err(e),
             Err(Flush::Refused(r)) => {

@@ -41,11 +41,7 @@ impl PgUpload<'_, '_> {
         let pt = quote_ident(table);
         let pk = quote_ident(&info.primary_key);
         let n = binds.len();
-        let left = ancestor_xids(&infos, def, parent)?
-            .iter()
-            .fold(changed_sql("r.xid"), |acc, x| {
-                format!("{acc} OR {}", changed_sql(x))
-            });
+        let (left, ancestors) = left_sql(&ancestor_xids(&infos, def, parent)?);
         // An unknown base (never handed out: forged) cannot show that the parent left
         // the slice after the device saw it: the insert is then refused.
         let answer = format!(
@@ -59,6 +55,7 @@ impl PgUpload<'_, '_> {
              FROM (SELECT 1) one
              LEFT JOIN fieldsync.rows r ON r.tbl = ${tbl} AND r.pk = ${key_text}
              LEFT JOIN {pt} ON {pt}.{pk} = {key_param}
+             {ancestors}
              {base}",
             tbl = n + 1,
             key_text = n + 2,
@@ -71,6 +68,7 @@ impl PgUpload<'_, '_> {
              FROM unnest(${keys}::text[]) AS k(t)
              LEFT JOIN fieldsync.rows r ON r.tbl = ${tbl} AND r.pk = k.t
              LEFT JOIN {pt} ON {pt}.{pk} = CAST(k.t AS {declared})
+             {ancestors}
              {base}",
             tbl = n + 1,
             keys = n + 2,

@@ -235,9 +235,9 @@ pub(super) fn current_of(t: &TableCtx<'_>, r: &postgres::Row, at: usize) -> Curr
 
 impl PgUpload<'_, '_> {
     /// Locks and reads the rows of the next [`WINDOW`] entries from `from` in a few
-    /// statements: per table, its rows then their tracking rows in key order (the
-    /// order writers lock them in), then per table and user the rows judged against
-    /// each entry's base. A window that fails (a key its column cannot take) is rolled
+    /// statements: per table, its rows then their tracking rows, each key probed in
+    /// turn in the keys' byte order (every upload locks in that order), then per table
+    /// and user the rows judged against each entry's base. A window that fails (a key its column cannot take) is rolled
     /// back; its entries are then read one by one, as without reading ahead.
     pub(super) fn read_window(
         &mut self,
@@ -299,14 +299,19 @@ impl PgUpload<'_, '_> {
             let t = quote_ident(&info.name);
             let pk = quote_ident(&info.primary_key);
             let declared = declared_of(&info, &info.primary_key);
+            // One index probe per key, whatever the planner thinks of the array: as
+            // `pk = ANY ($2)` a plan for 1,000 keys read every tracking row of the
+            // table instead (its index on `tbl` alone, the keys as a filter).
             self.query(
                 &format!(
-                    "SELECT 1 FROM {t} WHERE {pk} = ANY (CAST($1::text[] AS {declared}[])) ORDER BY {pk} FOR UPDATE"
+                    "SELECT 1 FROM unnest(CAST($1::text[] AS {declared}[])) AS k (pk)
+                     JOIN LATERAL (SELECT 1 FROM {t} WHERE {pk} = k.pk OFFSET 0 FOR UPDATE) l ON true"
                 ),
                 &[&keys],
             )?;
             self.query(
-                "SELECT 1 FROM fieldsync.rows WHERE tbl = $1 AND pk = ANY ($2::text[]) ORDER BY pk FOR UPDATE",
+                "SELECT 1 FROM unnest($2::text[]) AS k (pk)
+                 JOIN LATERAL (SELECT 1 FROM fieldsync.rows WHERE tbl = $1 AND pk = k.pk OFFSET 0 FOR UPDATE) l ON true",
                 &[&info.name, &keys],
             )?;
             for k in keys {

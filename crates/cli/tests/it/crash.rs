@@ -9,7 +9,7 @@
 //! Sizes and counts come from the environment, small by default (CI):
 //! `FIELDSYNC_SIGINT_POINTS` (10 per operation), `FIELDSYNC_KILL_POINTS` (30 in all),
 //! `FIELDSYNC_SERVER_KILL_POINTS` (3, plus one kill right after the server's commit)
-//! and `FIELDSYNC_SERVER_KILL_ENTRIES` (the upload's entries, at most one chunk: 10,000),
+//! and `FIELDSYNC_SERVER_KILL_ENTRIES` (the upload's entries, at most one chunk: 5,000),
 //! `FIELDSYNC_CRASH_ENTRIES` (journal entries per send point, 3,000),
 //! `FIELDSYNC_CRASH_ASSETS` (assets of the office, 50,000: a slice of ~31,000 rows),
 //! `FIELDSYNC_CRASH_SEED` (the seed of the random delays; printed).

@@ -25,10 +25,11 @@ pub const UPLOAD_BODY_MIN_RATE: u64 = 32 * 1024;
 /// journal entries, and entries up to about this many bytes of row values (at least
 /// one entry, so a single big row still goes). Far below the server's caps above, so
 /// that a chunk is never refused for its size unless one row's change alone is. The
-/// server holds one upload's parsed entries per integration thread (about 2 KB each):
-/// 5,000 would keep a SQLite server within 32 MB during a long send (28 MB against 38),
-/// but made PostgreSQL's integration of updates 30-40% slower (BENCHMARKS.md).
-pub const UPLOAD_CHUNK_ENTRIES: usize = 10_000;
+/// server holds one upload's parsed entries per integration thread (about 1.7 KB each
+/// at its peak): with 5,000 a 100,000-entry send peaks at 25-26 MB on the server
+/// (34-35 MB with 10,000), for 4% more time on SQLite and 3-10% on PostgreSQL
+/// (BENCHMARKS.md, "Uploads of 5,000 entries").
+pub const UPLOAD_CHUNK_ENTRIES: usize = 5_000;
 pub const UPLOAD_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// Requests say which operation they belong to (the server's sync history).
 pub const HEADER_OP: &str = "x-fieldsync-op";

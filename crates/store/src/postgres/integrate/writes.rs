@@ -236,9 +236,10 @@ pub(super) fn current_of(t: &TableCtx<'_>, r: &postgres::Row, at: usize) -> Curr
 impl PgUpload<'_, '_> {
     /// Locks and reads the rows of the next [`WINDOW`] entries from `from` in a few
     /// statements: per table, its rows then their tracking rows, each key probed in
-    /// turn in the keys' byte order (every upload locks in that order), then per table
-    /// and user the rows judged against each entry's base. A window that fails (a key its column cannot take) is rolled
-    /// back; its entries are then read one by one, as without reading ahead.
+    /// turn in the keys' byte order (every upload locks in that order), then per
+    /// table and user the rows judged against each entry's base. A window that fails
+    /// (a key its column cannot take) is rolled back; its entries are then read one
+    /// by one, as without reading ahead.
     pub(super) fn read_window(
         &mut self,
         def: &TaskDef,

@@ -194,6 +194,12 @@ pub(crate) fn raw_param(n: usize, declared: &str) -> String {
     }
 }
 
+/// An array of [`raw_param`]s: `$n` as `bytea[]` for a bytea column, `text[]` for
+/// every other (a batch's values of one column).
+pub(crate) fn array_param(n: usize, declared: &str) -> String {
+    format!("{}[]", raw_param(n, declared))
+}
+
 /// An expression of [`raw_param`]'s type as the column's own type.
 ///
 /// A timestamp without time zone is taken as UTC: the text goes through

@@ -11,13 +11,12 @@ impl PgUpload<'_, '_> {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
-        let sql = p.sql(p.rows.len());
-        let refs: Params_<'_> = p
-            .rows
-            .iter()
-            .flat_map(|(_, values)| values.iter())
-            .map(|v| v as &(dyn ToSql + Sync))
+        let sql = p.sql();
+        // One array per column, each row an element of each.
+        let columns: Vec<Vec<&Param>> = (0..p.columns.len())
+            .map(|i| p.rows.iter().map(|(_, values)| &values[i]).collect())
             .collect();
+        let refs: Params_<'_> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         let savepoint = p.rows.len() > 1;
         if savepoint {
             self.tx
@@ -37,12 +36,12 @@ impl PgUpload<'_, '_> {
                         .batch_execute("ROLLBACK TO SAVEPOINT fieldsync_writes")
                         .map_err(|e| self.note(e))?;
                 }
-                let single = p.sql(1);
                 let mut why = (p.rows[0].0, pg_message(&e));
                 for (index, values) in &p.rows {
+                    let columns: Vec<Vec<&Param>> = values.iter().map(|v| vec![v]).collect();
                     let refs: Params_<'_> =
-                        values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                    if let Err(e) = self.execute(&single, &refs) {
+                        columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+                    if let Err(e) = self.execute(&sql, &refs) {
                         why = (*index, pg_message(&e));
                         break;
                     }
@@ -138,46 +137,43 @@ pub(super) struct PendingWrites {
 }
 
 impl PendingWrites {
-    /// The statement for `n` rows: a multi-row INSERT, or an UPDATE from a VALUES list
-    /// joined on the key.
-    pub(super) fn sql(&self, n: usize) -> String {
+    /// The statement for any number of rows, each column's values as one array
+    /// parameter (`unnest` makes them rows again, in order): an INSERT … SELECT, or an
+    /// UPDATE from them joined on the key. One statement whatever the batch's size,
+    /// parsed once per upload, instead of a VALUES list of a parameter per value
+    /// (3,000 for 500 rows of six columns: 4 ms to parse).
+    pub(super) fn sql(&self) -> String {
         let table = quote_ident(&self.info.name);
         let declared: Vec<String> = self
             .columns
             .iter()
             .map(|c| declared_of(&self.info, c))
             .collect();
-        let width = declared.len();
-        let values = |cast: bool| -> String {
-            (0..n)
-                .map(|r| {
-                    let marks: Vec<String> = declared
-                        .iter()
-                        .enumerate()
-                        .map(|(i, d)| {
-                            let n = 1 + r * width + i;
-                            if cast {
-                                types::write_param(n, d)
-                            } else {
-                                types::raw_param(n, d)
-                            }
-                        })
-                        .collect();
-                    format!("({})", marks.join(", "))
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        // v (c0, c1, …); for an update c0 is the key.
+        let arrays: Vec<String> = declared
+            .iter()
+            .enumerate()
+            .map(|(i, d)| types::array_param(i + 1, d))
+            .collect();
+        let aliases: Vec<String> = (0..declared.len()).map(|i| format!("c{i}")).collect();
+        let rows = format!(
+            "unnest({}) AS v ({})",
+            arrays.join(", "),
+            aliases.join(", ")
+        );
         if !self.update {
             let names: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+            let values: Vec<String> = declared
+                .iter()
+                .enumerate()
+                .map(|(i, d)| types::cast_to(&format!("v.c{i}"), d))
+                .collect();
             return format!(
-                "INSERT INTO {table} ({}) VALUES {}",
+                "INSERT INTO {table} ({}) SELECT {} FROM {rows}",
                 names.join(", "),
-                values(true)
+                values.join(", ")
             );
         }
-        // v (c0, c1, …): c0 is the key.
-        let aliases: Vec<String> = (0..width).map(|i| format!("c{i}")).collect();
         let sets: Vec<String> = self.columns[1..]
             .iter()
             .zip(&declared[1..])
@@ -191,10 +187,8 @@ impl PendingWrites {
             })
             .collect();
         format!(
-            "UPDATE {table} SET {} FROM (VALUES {}) AS v ({}) WHERE {table}.{} = {}",
+            "UPDATE {table} SET {} FROM {rows} WHERE {table}.{} = {}",
             sets.join(", "),
-            values(false),
-            aliases.join(", "),
             quote_ident(&self.columns[0]),
             types::cast_to("v.c0", &declared[0])
         )

@@ -28,7 +28,7 @@ pub const UPLOAD_BODY_MIN_RATE: u64 = 32 * 1024;
 /// server holds one upload's parsed entries per integration thread (about 1.7 KB each
 /// at its peak): with 5,000 a 100,000-entry send peaks at 25-26 MB on the server
 /// (34-35 MB with 10,000), for 4% more time on SQLite and 3-10% on PostgreSQL
-/// (BENCHMARKS.md, "Uploads of 5,000 entries").
+/// (BENCHMARKS.md, "PostgreSQL's plans, and uploads of 5,000 entries").
 pub const UPLOAD_CHUNK_ENTRIES: usize = 5_000;
 pub const UPLOAD_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// Requests say which operation they belong to (the server's sync history).

@@ -181,3 +181,24 @@ impl SqlDialect for SqliteDialect {
         ""
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The workspace's `.cargo/config.toml` builds SQLite without its memory
+    /// statistics (a global mutex per allocation); a build that lost the setting
+    /// fails here.
+    #[test]
+    fn sqlite_is_built_without_memory_statistics() {
+        let conn = rusqlite::Connection::open_in_memory().expect("in-memory database");
+        let mut stmt = conn.prepare("PRAGMA compile_options").expect("pragma");
+        let options: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .expect("compile options")
+            .collect::<Result<_, _>>()
+            .expect("compile options");
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+    }
+}

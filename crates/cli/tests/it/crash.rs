@@ -824,15 +824,7 @@ fn kill_9_of_the_server_during_a_large_upload_then_a_resend_applies_it_once() {
             .parse()
             .unwrap()
     };
-    let uploads = |office: &Office| -> i64 {
-        office
-            .value(&format!(
-                "SELECT count(*) FROM {}",
-                office.own_table("uploads")
-            ))
-            .parse()
-            .unwrap()
-    };
+    let uploads = |office: &Office| office.uploads_recorded();
     const BY_PREFIX: &str = "SELECT count(*) FROM inspections WHERE id LIKE ?1 || '%'";
 
     // Calibration: when the server commits an uploaded journal of this size (polled
@@ -943,7 +935,7 @@ fn kill_9_of_the_server_during_a_large_upload_then_a_resend_applies_it_once() {
     let uploads = uploads(&office);
     assert_eq!(
         uploads,
-        points as i64 + 2,
+        points + 2,
         "one recorded upload per send: {outcomes:?}"
     );
     let logged = conflicts(&office);

@@ -384,10 +384,7 @@ impl SendCheck {
             ids,
             round,
             asset,
-            uploads_before: net.count(&format!(
-                "SELECT count(*) FROM {}",
-                net.office.own_table("uploads")
-            )),
+            uploads_before: net.office.uploads_recorded() as i64,
             conflicts_before: net.count(&format!(
                 "SELECT count(*) FROM {}",
                 net.office.own_table("conflicts")
@@ -477,10 +474,7 @@ impl SendCheck {
         if name != format!("device {:03}", self.round) {
             out.push(format!("asset {}: name {name:?}", self.asset));
         }
-        let uploads = net.count(&format!(
-            "SELECT count(*) FROM {}",
-            net.office.own_table("uploads")
-        ));
+        let uploads = net.office.uploads_recorded() as i64;
         if uploads != self.uploads_before + 1 {
             out.push(format!(
                 "{} upload(s) recorded, one expected",

@@ -206,13 +206,10 @@ fn unsent_edits_survive(office: &Office, dev: &DeviceDir, ids: &[i64], expect_be
     assert_eq!(main_name(office, ids[0]), "before the copy 1");
     assert_eq!(main_name(office, ids[1]), "before the copy 2");
     assert_eq!(main_name(office, ids[2]), "after the copy");
-    let uploads = office.value("SELECT count(*) FROM fieldsync_uploads");
+    let uploads = office.uploads_recorded();
     let again = dev.run(&["send"], "").ok();
     assert!(again.stdout.starts_with("sent 0 change(s)"), "{again:?}");
-    assert_eq!(
-        office.value("SELECT count(*) FROM fieldsync_uploads"),
-        uploads
-    );
+    assert_eq!(office.uploads_recorded(), uploads);
     assert_eq!(pending(dev), 0);
 
     rename(dev, ids[0], "to be discarded");
@@ -238,10 +235,7 @@ fn unsent_edits_survive(office: &Office, dev: &DeviceDir, ids: &[i64], expect_be
         is_link(&dev.replica_path()),
         "the install made the link again"
     );
-    assert_eq!(
-        office.value("SELECT count(*) FROM fieldsync_uploads"),
-        uploads
-    );
+    assert_eq!(office.uploads_recorded(), uploads);
 }
 
 fn main_name(office: &Office, id: i64) -> String {

@@ -302,6 +302,17 @@ impl Office {
         cell.get(1..).unwrap_or_default().to_string()
     }
 
+    /// The uploads the main database recorded (each integrated upload once, with its
+    /// outcome).
+    pub fn uploads_recorded(&self) -> u64 {
+        self.value(&format!(
+            "SELECT count(*) FROM {}",
+            self.own_table("uploads")
+        ))
+        .parse()
+        .unwrap()
+    }
+
     /// fieldsync's own table `name` (`fieldsync_NAME` on SQLite, `fieldsync.NAME` on
     /// PostgreSQL).
     pub fn own_table(&self, name: &str) -> String {

@@ -240,15 +240,7 @@ fn a_middle_chunks_lost_acknowledgement_applies_it_once() {
     let office = Office::new(20);
     let dev = north_device(&office, "lost-ack");
     insert_inspections(&dev, "ack-", n);
-    let uploads = || -> u64 {
-        office
-            .value(&format!(
-                "SELECT count(*) FROM {}",
-                office.own_table("uploads")
-            ))
-            .parse()
-            .unwrap()
-    };
+    let uploads = || office.uploads_recorded();
     let before = uploads();
     let mut child = Command::new(BIN)
         .args(["device", "send", "--dir"])

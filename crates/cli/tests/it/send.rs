@@ -395,11 +395,7 @@ fn the_same_upload_sent_ten_times_at_once_is_applied_once() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let uploads = office.value(&format!(
-        "SELECT count(*) FROM {}",
-        office.own_table("uploads")
-    ));
-    assert_eq!(uploads, "1");
+    assert_eq!(office.uploads_recorded(), 1);
     assert!(
         conflicts(&office).is_empty(),
         "a second application would have logged insert-exists"

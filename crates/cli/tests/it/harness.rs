@@ -402,6 +402,37 @@ impl DeviceDir {
             .into()
     }
 
+    /// Runs `fieldsync device ARGS` with extra environment variables, measuring its
+    /// peak resident memory in kB (the kernel's maximum RSS of the waited-for child,
+    /// through Python's `resource`).
+    pub fn run_measured(&self, args: &[&str], env: &[(&str, &str)]) -> (Run, u64) {
+        let rss_file = self.path().join("maxrss.txt");
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import resource, subprocess, sys\n\
+                 rc = subprocess.call(sys.argv[2:])\n\
+                 open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n\
+                 sys.exit(rc)",
+            )
+            .arg(&rss_file)
+            .arg(BIN)
+            .arg("device")
+            .args(args)
+            .arg("--dir")
+            .arg(self.path())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let kb = std::fs::read_to_string(&rss_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        (out.into(), kb)
+    }
+
     pub fn login(&self, user: &str) -> Run {
         self.run(
             &["login", user, "--password-stdin"],

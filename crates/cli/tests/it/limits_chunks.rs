@@ -70,33 +70,16 @@ fn applied_once(office: &Office) -> u64 {
         .sum()
 }
 
-/// Runs `fieldsync device ARGS` and measures its peak resident memory (the kernel's
-/// maximum RSS of the waited-for child, through Python's `resource`).
-fn run_measured(dev: &DeviceDir, args: &[&str]) -> (Run, u64) {
-    let rss_file = dev.path().join("maxrss.txt");
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import resource, subprocess, sys\n\
-             rc = subprocess.call(sys.argv[2:])\n\
-             open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n\
-             sys.exit(rc)",
-        )
-        .arg(&rss_file)
-        .arg(BIN)
-        .arg("device")
-        .args(args)
-        .arg("--dir")
+/// Starts `fieldsync device send` on `dev`, its output discarded, to be killed.
+fn spawn_send(dev: &DeviceDir) -> std::process::Child {
+    Command::new(BIN)
+        .args(["device", "send", "--dir"])
         .arg(dev.path())
         .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let kb: u64 = std::fs::read_to_string(&rss_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
         .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    (out.into(), kb)
 }
 
 fn journal_entries() -> u64 {
@@ -117,7 +100,7 @@ fn a_long_journal_is_sent_in_chunks_in_bounded_memory() {
     insert_inspections(&dev, "bulk-", n);
     eprintln!("{n} journal entries made in {:?}", started.elapsed());
     let started = Instant::now();
-    let (run, device_kb) = run_measured(&dev, &["send", "--progress", "json"]);
+    let (run, device_kb) = dev.run_measured(&["send", "--progress", "json"], &[]);
     let took = started.elapsed();
     assert_eq!(run.code, 0, "{run:?}");
     let server_kb = office.server.peak_rss_kb();
@@ -175,14 +158,7 @@ fn a_device_killed_between_chunks_loses_nothing_and_applies_nothing_twice() {
     let total = journal_len(&dev);
     assert_eq!(total as u64, n);
     // Kill the device once the first chunk's acknowledgement took its entries away.
-    let mut child = Command::new(BIN)
-        .args(["device", "send", "--dir"])
-        .arg(dev.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_send(&dev);
     let conn = rusqlite::Connection::open_with_flags(
         dev.replica_path(),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -242,14 +218,7 @@ fn a_middle_chunks_lost_acknowledgement_applies_it_once() {
     insert_inspections(&dev, "ack-", n);
     let uploads = || office.uploads_recorded();
     let before = uploads();
-    let mut child = Command::new(BIN)
-        .args(["device", "send", "--dir"])
-        .arg(dev.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_send(&dev);
     let deadline = Instant::now() + Duration::from_secs(300);
     while Instant::now() < deadline && uploads() < before + 2 {
         if let Ok(Some(_)) = child.try_wait() {

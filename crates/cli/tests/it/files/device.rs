@@ -105,35 +105,6 @@ fn a_device_fetches_its_slices_files_once_and_drops_those_that_leave() {
     assert!(by_row(&dev, "assets", &north2, "manual.pdf").exists());
 }
 
-/// Runs `fieldsync device ARGS` with `env`, measuring its peak resident memory (kB).
-pub(super) fn run_measured(dev: &DeviceDir, args: &[&str], env: &[(&str, &str)]) -> (Run, u64) {
-    let rss_file = dev.path().join("maxrss.txt");
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import resource, subprocess, sys\n\
-             rc = subprocess.call(sys.argv[2:])\n\
-             open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n\
-             sys.exit(rc)",
-        )
-        .arg(&rss_file)
-        .arg(BIN)
-        .arg("device")
-        .args(args)
-        .arg("--dir")
-        .arg(dev.path())
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let kb = std::fs::read_to_string(&rss_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    (out.into(), kb)
-}
-
 #[test]
 fn a_large_file_cut_halfway_resumes_with_the_rest_only_in_bounded_memory() {
     let office = office();
@@ -171,7 +142,7 @@ fn a_large_file_cut_halfway_resumes_with_the_rest_only_in_bounded_memory() {
 
     proxy.set_fault(Fault::PASS);
     let before = proxy.stats().bytes_down;
-    let (out, device_kb) = run_measured(&dev, &["files"], &[]);
+    let (out, device_kb) = dev.run_measured(&["files"], &[]);
     assert_eq!(out.code, 0, "{out:?}");
     let moved = proxy.stats().bytes_down - before;
     let rest = size as u64 - have;

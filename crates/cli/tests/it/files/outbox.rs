@@ -248,7 +248,7 @@ fn discarding_all_changes_moves_queued_files_beside_the_backup() {
 /// moves about the other half.
 #[test]
 fn a_large_photo_uploads_in_bounded_memory_and_resumes_after_a_cut() {
-    use super::device::{content, large_bytes, run_measured};
+    use super::device::{content, large_bytes};
     use crate::proxy::{Action, Fault, FaultProxy};
     let office = office();
     let (north, _) = keys(&office);
@@ -273,7 +273,7 @@ fn a_large_photo_uploads_in_bounded_memory_and_resumes_after_a_cut() {
     assert_ne!(cut.code, 0, "{cut:?}");
     assert!(list(&office).is_empty());
     proxy.set_fault(Fault::PASS);
-    let (run, device_kb) = run_measured(&dev, &["send"], &[]);
+    let (run, device_kb) = dev.run_measured(&["send"], &[]);
     assert_eq!(run.code, 0, "{run:?}");
     let moved = dev.status()["last_sync"]["bytes_up"].as_u64().unwrap();
     assert!(

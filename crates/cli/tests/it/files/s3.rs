@@ -303,12 +303,11 @@ fn files_go_down_to_devices_and_up_from_them(sw: &Seaweed) {
     let big_path = big_path.to_str().unwrap();
     dev.run(&["file", "attach", "assets", &north, big_path], "")
         .ok();
-    let (sent, up_kb) = super::device::run_measured(&dev, &["send"], &[]);
+    let (sent, up_kb) = dev.run_measured(&["send"], &[]);
     assert_eq!(sent.code, 0, "{sent:?}");
     let dev2 = office.device("tab2", &["north-inspections"]);
     dev2.login("ana").ok();
-    let (got, down_kb) =
-        super::device::run_measured(&dev2, &["download", "north-inspections", "--files"], &[]);
+    let (got, down_kb) = dev2.run_measured(&["download", "north-inspections", "--files"], &[]);
     assert_eq!(got.code, 0, "{got:?}");
     let copy = dev2.path().join("files/objects").join(sha256_of(&big));
     assert_eq!(std::fs::read(copy).unwrap(), big);

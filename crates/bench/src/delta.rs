@@ -91,6 +91,96 @@ pub(crate) struct DeltaFigures {
     /// Then each of [`MORE_LEVELS`]: its label, the rows the office changed in a run
     /// (the first), the syncs.
     pub(crate) more: Vec<(&'static str, u64, Runs)>,
+    /// SQLite alone changing the 1% runs' rows in place, for comparison.
+    pub(crate) in_place: InPlaceFloor,
+}
+
+/// The floor of a delta applied in place: SQLite alone changing the same rows of a
+/// copy of the replica, by key, with none of fieldsync around it (no network, no
+/// stream, no triggers). A delta that changes rows in place cannot take less.
+pub(crate) struct InPlaceFloor {
+    /// Rows changed in each run.
+    pub(crate) rows: u64,
+    /// The median run: the updates and their commit into the WAL; with the close
+    /// (SQLite's checkpoint of the WAL into the file, with its fsyncs), the total.
+    pub(crate) commit_s: f64,
+    pub(crate) total_s: f64,
+    /// Every run's total, in run order.
+    pub(crate) walls_s: Vec<f64>,
+}
+
+/// The in-place floor on a copy of `replica` at `scratch` (removed after): for each
+/// remainder, one transaction of `UPDATE assets SET name = name || '+' WHERE id = ?`
+/// (one prepared statement) over the ids `id % 100 = remainder`, in WAL with
+/// synchronous=NORMAL as DESIGN.md's floor, timed to the end of the connection's close
+/// (the checkpoint SQLite would otherwise run at the commit runs there).
+pub(crate) fn in_place_floor(
+    replica: &Path,
+    scratch: &Path,
+    n_rows: u64,
+    remainders: &[u64],
+) -> anyhow::Result<InPlaceFloor> {
+    let side = |p: &Path, suffix: &str| format!("{}{suffix}", p.display());
+    let remove = || {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(side(scratch, suffix));
+        }
+    };
+    remove();
+    std::fs::copy(replica, scratch).context("copying the replica")?;
+    if Path::new(&side(replica, "-wal")).exists() {
+        std::fs::copy(side(replica, "-wal"), side(scratch, "-wal"))?;
+    }
+    let conn = Connection::open(scratch)?;
+    let triggers: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for name in triggers {
+        conn.execute_batch(&format!("DROP TRIGGER \"{}\"", name.replace('"', "\"\"")))?;
+    }
+    drop(conn);
+    let mut runs = Vec::new();
+    for &remainder in remainders {
+        let ids: Vec<u64> = first_changed(n_rows, 100, remainder)
+            .map(|first| (first..=n_rows).step_by(100).collect())
+            .unwrap_or_default();
+        let mut conn = Connection::open(scratch)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        ensure!(
+            mode == "wal",
+            "the replica's copy is in journal mode {mode}, not wal"
+        );
+        // The checkpoint at the close, not at the commit: the same work, timed apart.
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0")?;
+        let started = Instant::now();
+        let tx = conn.transaction()?;
+        let mut changed = 0;
+        {
+            let mut update = tx.prepare("UPDATE assets SET name = name || '+' WHERE id = ?1")?;
+            for id in &ids {
+                changed += update.execute([id])? as u64;
+            }
+        }
+        tx.commit()?;
+        let commit_s = started.elapsed().as_secs_f64();
+        conn.close().map_err(|(_, e)| e)?;
+        let total_s = started.elapsed().as_secs_f64();
+        ensure!(
+            changed == ids.len() as u64,
+            "the in-place floor changed {changed} rows, not {}",
+            ids.len()
+        );
+        runs.push((changed, commit_s, total_s));
+    }
+    remove();
+    let (median, walls_s) = median_run(runs, |r| r.2);
+    Ok(InPlaceFloor {
+        rows: median.0,
+        commit_s: median.1,
+        total_s: median.2,
+        walls_s,
+    })
 }
 
 /// A share of the full download, and whether it is within its target.
@@ -244,7 +334,7 @@ pub(crate) fn measure_delta(
         Ok((n, took))
     };
     let (mut first, mut deltas, mut idles) = (None, Vec::new(), Vec::new());
-    let mut starred = 0;
+    let (mut starred, mut held) = (0, String::new());
     for remainder in &ONE_PERCENT_REMAINDERS[..reps] {
         let (n, took) = update(100, *remainder)?;
         starred += n;
@@ -255,11 +345,21 @@ pub(crate) fn measure_delta(
         check_changed_replica(&replica, rows, starred, renamed)?;
         deltas.push(delta);
         eprintln!("sync with nothing changed");
-        let (idle, replica) = sync()?;
-        check_changed_replica(&replica, rows, starred, renamed)?;
+        let (idle, path) = sync()?;
+        check_changed_replica(&path, rows, starred, renamed)?;
         idles.push(idle);
+        held = path;
     }
     let (changed_rows, office_update_s) = first.expect("at least one run");
+    eprintln!("in-place floor: the same rows updated by SQLite alone in a copy of the replica");
+    // Beside the device's folder, in the run's work folder.
+    let scratch = Path::new(device_dir).with_file_name("delta-floor.sqlite");
+    let in_place = in_place_floor(
+        Path::new(&held),
+        &scratch,
+        n_rows,
+        &ONE_PERCENT_REMAINDERS[..reps],
+    )?;
     let mut more = Vec::new();
     for (label, modulus, remainders) in MORE_LEVELS {
         let (mut runs, mut changed) = (Vec::new(), None);
@@ -285,5 +385,6 @@ pub(crate) fn measure_delta(
         delta: Runs::of(deltas),
         idle: Runs::of(idles),
         more,
+        in_place,
     })
 }

@@ -202,6 +202,42 @@ fn a_replica_missing_a_change_fails_loudly() {
 }
 
 #[test]
+fn the_in_place_floor_changes_a_copy_and_leaves_the_replica_alone() {
+    let dir = tempfile_dir("in-place");
+    let (replica, scratch) = (dir.join("replica.sqlite"), dir.join("floor.sqlite"));
+    let mut conn = Connection::open(&replica).unwrap();
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        .unwrap();
+    conn.execute_batch(sample::SCHEMA).unwrap();
+    insert_rows(&mut conn, &generate(1_050)).unwrap();
+    // A trigger as the device's: the floor runs without it.
+    conn.execute_batch(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON assets BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+    )
+    .unwrap();
+    drop(conn);
+    let floor = crate::delta::in_place_floor(&replica, &scratch, 1_050, &[0, 50, 7]).unwrap();
+    // The median run by time; every run changed ten or eleven rows.
+    assert!(floor.rows == 10 || floor.rows == 11, "{}", floor.rows);
+    assert_eq!(floor.walls_s.len(), 3);
+    assert!(floor.total_s >= floor.commit_s && floor.commit_s > 0.0);
+    assert!(!scratch.exists(), "the copy is removed after");
+    let conn = Connection::open(&replica).unwrap();
+    let plus: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM assets WHERE name LIKE '%+'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(plus, 0, "the replica itself is not changed");
+    drop(conn);
+    let err = crate::delta::in_place_floor(&dir.join("none.sqlite"), &scratch, 10, &[0]);
+    assert!(err.is_err(), "a missing replica fails");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn percentiles_are_nearest_rank_and_medians_the_middle() {
     use crate::fleet::{median, percentile};
     let v: Vec<f64> = (1..=100).map(f64::from).collect();

@@ -16,12 +16,14 @@ a plain SQLite bulk insert of the same rows (the floor), and reports peak RSS of
 and device and bytes on the wire against CSV, as a markdown table on stdout. Then the
 office updates 1% of the rows and the device syncs (a delta), then syncs again with
 nothing changed, then after 0.1% and 10% more changed: bytes and time of each against
-the full download.
+the full download; the 1% sync also against SQLite alone updating the same rows by key
+in a copy of the replica (the in-place floor).
 
   --dir DIR          work folder (default: a fresh folder under /tmp, removed at the end)
   --rows-list LIST   comma-separated slice sizes to run one after the other
                      (default: one size from FIELDSYNC_BENCH_ROWS, else 1000000)
-  --keep             keep the databases and device folders of the run
+  --keep             keep the databases and device folders of the run (the
+                     downloads' PostgreSQL database too, named on stderr)
   --pg URL           a PostgreSQL URL (a user that may create databases), as
                      FIELDSYNC_BENCH_PG (the flag wins)
   --peers            (needs --pg) after each size's download from PostgreSQL, the same

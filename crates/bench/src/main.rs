@@ -108,7 +108,10 @@ fn run(config: &Config) -> anyhow::Result<()> {
         if let Some(pg) = &config.pg {
             let pg_dir = dir.join("postgres");
             std::fs::create_dir_all(&pg_dir)?;
-            let db = PgBenchDb::create(pg)?;
+            let mut db = PgBenchDb::create(pg)?;
+            if config.keep {
+                db.keep();
+            }
             let on_pg = measure(&config.bin, &pg_dir, n_rows, Some(&db.url), config.reps)?;
             print_figures(&on_pg);
             print_delta(&on_pg);

@@ -222,11 +222,12 @@ pub(crate) fn check_replica(path: &str, rows: &[AssetRow]) -> anyhow::Result<()>
     Ok(())
 }
 
-/// A fresh PostgreSQL database for one measurement, dropped at the end.
+/// A fresh PostgreSQL database for one measurement, dropped at the end unless kept.
 pub(crate) struct PgBenchDb {
     pub(crate) base: String,
     pub(crate) name: String,
     pub(crate) url: String,
+    kept: bool,
 }
 
 impl PgBenchDb {
@@ -242,12 +243,22 @@ impl PgBenchDb {
             base: base.to_string(),
             url: format!("{prefix}/{name}"),
             name,
+            kept: false,
         })
+    }
+
+    /// Leaves the database in place at the end (`--keep`), and says where it is.
+    pub(crate) fn keep(&mut self) {
+        eprintln!("keeping the PostgreSQL database {}", self.url);
+        self.kept = true;
     }
 }
 
 impl Drop for PgBenchDb {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         if let Ok(mut admin) = postgres::Client::connect(&self.base, postgres::NoTls) {
             let _ = admin.batch_execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",

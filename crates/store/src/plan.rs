@@ -16,6 +16,8 @@ pub struct TablePlan {
     pub schema: TableSchema,
     /// `SELECT <columns> FROM <table> WHERE …`, with `binds` for its placeholders.
     pub select_sql: String,
+    /// The columns `select_sql` reads, as it reads them (the table unaliased).
+    pub select_list: String,
     pub count_sql: String,
     /// The condition that a row (the table itself, unaliased) is in the slice, with
     /// `binds` for its placeholders: what `select_sql` and `count_sql` end with.
@@ -210,10 +212,8 @@ pub fn plan_slice(
             .zip(&declared)
             .map(|(c, d)| dialect.read_expr(&format!("{table}.{}", quote_ident(c)), d))
             .collect();
-        let select_sql = format!(
-            "SELECT {} FROM {table} WHERE {condition}",
-            select_list.join(", ")
-        );
+        let select_list = select_list.join(", ");
+        let select_sql = format!("SELECT {select_list} FROM {table} WHERE {condition}");
         let count_sql = format!("SELECT count(*) FROM {table} WHERE {condition}");
         tables.push(TablePlan {
             schema: TableSchema {
@@ -226,6 +226,7 @@ pub fn plan_slice(
                 parent: t.parent.clone(),
             },
             select_sql,
+            select_list,
             count_sql,
             condition,
             binds,

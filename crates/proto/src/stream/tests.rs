@@ -376,6 +376,34 @@ fn a_delta_carries_the_keys_that_left_in_lanes_after_the_tables() {
 }
 
 #[test]
+fn a_deltas_rows_and_left_keys_may_interleave() {
+    // One query gives a table's rows and its keys that left, in the order it finds
+    // them: the batches follow that order, and the reader takes them as they come.
+    let mut h = header();
+    h.since = Some(Cursor::from_raw(5));
+    let mut w = SliceWriter::new(Vec::new()).unwrap();
+    w.header(&h).unwrap();
+    w.row(0, row(1).iter().map(ValueRef::from)).unwrap();
+    w.row(2, [ValueRef::Integer(2)]).unwrap();
+    w.row(0, row(3).iter().map(ValueRef::from)).unwrap();
+    w.row(0, row(4).iter().map(ValueRef::from)).unwrap();
+    w.row(2, [ValueRef::Integer(5)]).unwrap();
+    w.trailer(Cursor::from_raw(9)).unwrap();
+    let (_, rows, trailer) = read_all(&w.finish().unwrap()).unwrap();
+    assert_eq!(trailer.rows, [3, 0, 2, 0]);
+    assert_eq!(
+        rows,
+        [
+            (0, row(1).to_vec()),
+            (2, vec![Value::Integer(2)]),
+            (0, row(3).to_vec()),
+            (0, row(4).to_vec()),
+            (2, vec![Value::Integer(5)])
+        ]
+    );
+}
+
+#[test]
 fn a_full_stream_has_no_lanes_for_left_keys() {
     // A key batch (lane 2) in a stream whose header is not a delta is refused.
     let mut raw = Vec::new();

@@ -6,11 +6,12 @@ use postgres::IsolationLevel;
 use super::types::{self, Bind, Kind};
 use super::{PgStore, in_tx};
 use crate::Slices;
-use crate::delta::delta_sql;
+use crate::delta::{Lanes, delta_sql};
 use crate::dialect::SqlDialect;
 use crate::plan::SlicePlan;
 use crate::plan::quote_literal;
 use crate::{Result, SliceSink};
+use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{Cursor, FullReason};
 
@@ -69,26 +70,23 @@ impl Slices for PgStore {
                 &|i, column| types::read_expr(column, &plan.tables[i].declared[0]),
             )
         });
-        let mut sent = Vec::with_capacity(2 * n);
+        let mut sent = vec![0; if delta.is_some() { 2 * n } else { n }];
         for (idx, t) in plan.tables.iter().enumerate() {
-            let kinds: Vec<Option<Kind>> = t.declared.iter().map(|d| types::kind(d)).collect();
-            let sql = match &delta {
-                Some(d) => &d[idx].rows,
-                None => &t.select_sql,
-            };
-            sent.push(send_rows(&mut tx, sql, &t.binds, &kinds, idx, sink)?);
-        }
-        if let Some(d) = &delta {
-            for (idx, t) in plan.tables.iter().enumerate() {
-                let kinds = [types::kind(&t.declared[0])];
-                sent.push(send_rows(
-                    &mut tx,
-                    &d[idx].gone,
-                    &t.binds,
-                    &kinds,
-                    n + idx,
-                    sink,
-                )?);
+            let mut kinds: Vec<Option<Kind>> = t.declared.iter().map(|d| types::kind(d)).collect();
+            match &delta {
+                Some(d) => {
+                    // The changed key first, typed as the key column.
+                    kinds.insert(0, kinds[0]);
+                    let lanes = Lanes::Changes { gone: n + idx };
+                    let (rows, gone) =
+                        send_rows(&mut tx, &d[idx].changes, &t.binds, &kinds, idx, lanes, sink)?;
+                    (sent[idx], sent[n + idx]) = (rows, gone);
+                }
+                None => {
+                    let lanes = Lanes::Rows;
+                    sent[idx] =
+                        send_rows(&mut tx, &t.select_sql, &t.binds, &kinds, idx, lanes, sink)?.0;
+                }
             }
         }
         tx.commit()?;
@@ -167,31 +165,63 @@ fn delta_refused(
     Ok((row.get::<_, bool>(0) || before_horizon).then_some(FullReason::HistoryPruned))
 }
 
-/// Sends the rows of one query, read through a portal, to lane `lane`; returns how
-/// many.
+/// Rows read from the portal at a time.
+const BATCH_ROWS: i32 = 2000;
+
+/// Sends the rows of one query, read through a portal, to lane `lane` (and a delta's
+/// keys that left to theirs); returns how many rows and how many keys. `kinds`: how
+/// each column of the query is read. A thread of its own reads the next batch while
+/// this one is written to the stream, so that PostgreSQL and the stream's encoding
+/// work at once instead of in turn; at most three batches are held (written, waiting,
+/// being read), so memory stays flat whatever the slice's size.
 fn send_rows(
     tx: &mut postgres::Transaction<'_>,
     sql: &str,
     binds: &[fieldsync_proto::Value],
     kinds: &[Option<Kind>],
     lane: usize,
+    lanes: Lanes,
     sink: &mut dyn SliceSink,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let binds: Vec<Bind<'_>> = binds.iter().map(Bind).collect();
     let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
-    // A portal read in batches: memory stays flat whatever the slice's size.
     let portal = tx.bind(sql, &refs)?;
-    let mut n = 0u64;
-    loop {
-        let batch = tx.query_portal(&portal, 2000)?;
-        if batch.is_empty() {
-            break;
+    std::thread::scope(|s| {
+        let (batches, arrived) = std::sync::mpsc::sync_channel(1);
+        s.spawn(move || {
+            loop {
+                let batch = tx.query_portal(&portal, BATCH_ROWS);
+                let last = !matches!(&batch, Ok(b) if !b.is_empty());
+                // The writer stopped (an error, or the device went away): so does this.
+                if batches.send(batch).is_err() || last {
+                    break;
+                }
+            }
+        });
+        // `arrived` is dropped on any return, which ends the reading thread's wait.
+        let (mut n, mut gone) = (0u64, 0u64);
+        for batch in arrived {
+            let batch = batch?;
+            for row in &batch {
+                let read = |i: usize| types::value_ref(row, i, kinds[i]);
+                let first = match lanes {
+                    Lanes::Rows => 0,
+                    Lanes::Changes { gone: left } => {
+                        if matches!(read(1), ValueRef::Null) {
+                            let key = read(0);
+                            if !matches!(key, ValueRef::Null) {
+                                sink.row(left, &mut std::iter::once(key))?;
+                                gone += 1;
+                            }
+                            continue;
+                        }
+                        1
+                    }
+                };
+                sink.row(lane, &mut (first..kinds.len()).map(read))?;
+                n += 1;
+            }
         }
-        for row in &batch {
-            let mut values = (0..kinds.len()).map(|i| types::value_ref(row, i, kinds[i]));
-            sink.row(lane, &mut values)?;
-            n += 1;
-        }
-    }
-    Ok(n)
+        Ok((n, gone))
+    })
 }

@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension, params};
 use super::SqliteDialect;
 use super::{SqliteStore, to_sql_value, value_ref};
 use crate::Slices;
-use crate::delta::delta_sql;
+use crate::delta::{Lanes, delta_sql};
 use crate::dialect::SqlDialect;
 use crate::plan::SlicePlan;
 use crate::plan::quote_literal;
@@ -96,24 +96,20 @@ impl Slices for SqliteStore {
                 &|_, column| column.to_string(),
             )
         });
-        let mut sent = Vec::with_capacity(2 * n);
+        let mut sent = vec![0; if delta.is_some() { 2 * n } else { n }];
         for (idx, t) in plan.tables.iter().enumerate() {
-            let sql = match &delta {
-                Some(d) => &d[idx].rows,
-                None => &t.select_sql,
-            };
-            sent.push(send_rows(
-                &tx,
-                sql,
-                &t.binds,
-                t.schema.columns.len(),
-                idx,
-                sink,
-            )?);
-        }
-        if let Some(d) = &delta {
-            for (idx, t) in plan.tables.iter().enumerate() {
-                sent.push(send_rows(&tx, &d[idx].gone, &t.binds, 1, n + idx, sink)?);
+            let width = t.schema.columns.len();
+            match &delta {
+                Some(d) => {
+                    let lanes = Lanes::Changes { gone: n + idx };
+                    let (rows, gone) =
+                        send_rows(&tx, &d[idx].changes, &t.binds, width, idx, lanes, sink)?;
+                    (sent[idx], sent[n + idx]) = (rows, gone);
+                }
+                None => {
+                    let lanes = Lanes::Rows;
+                    sent[idx] = send_rows(&tx, &t.select_sql, &t.binds, width, idx, lanes, sink)?.0;
+                }
             }
         }
         tx.commit()?;
@@ -205,26 +201,42 @@ fn delta_refused(
         .map(|_| FullReason::HistoryPruned))
 }
 
-/// Sends the rows of one query to lane `lane`; returns how many.
+/// Sends the rows of one query to lane `lane` (and a delta's keys that left to theirs);
+/// returns how many rows and how many keys.
 fn send_rows(
     tx: &rusqlite::Transaction<'_>,
     sql: &str,
     binds: &[fieldsync_proto::Value],
     width: usize,
     lane: usize,
+    lanes: Lanes,
     sink: &mut dyn SliceSink,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let binds: Vec<_> = binds.iter().map(to_sql_value).collect();
     let mut stmt = tx.prepare(sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(binds.iter()))?;
-    let mut n = 0u64;
+    let (mut n, mut gone) = (0u64, 0u64);
     while let Some(row) = rows.next()? {
-        // Columns 0..width exist: the statement selects exactly them.
+        // The statement selects exactly the columns read here.
+        let first = match lanes {
+            Lanes::Rows => 0,
+            Lanes::Changes { gone: left } => {
+                if row.get_ref_unwrap(1) == rusqlite::types::ValueRef::Null {
+                    let key = row.get_ref_unwrap(0);
+                    if key != rusqlite::types::ValueRef::Null {
+                        sink.row(left, &mut std::iter::once(value_ref(key)))?;
+                        gone += 1;
+                    }
+                    continue;
+                }
+                1
+            }
+        };
         sink.row(
             lane,
-            &mut (0..width).map(|i| value_ref(row.get_ref_unwrap(i))),
+            &mut (first..first + width).map(|i| value_ref(row.get_ref_unwrap(i))),
         )?;
         n += 1;
     }
-    Ok(n)
+    Ok((n, gone))
 }

@@ -478,3 +478,39 @@ fn a_postgres_database_restored_from_pg_dump_is_another_history() {
     office.pg = Some(restored);
     assert_eq!(content(&dev), fresh(&office, "ana", "ref"));
 }
+
+#[test]
+fn a_table_of_its_key_alone_takes_its_changes_as_deltas() {
+    // The device updates a held row by key, and inserts one it finds no row for; a
+    // table with no column but its key has nothing to update.
+    let office = Office::new(20);
+    office.execute_batch(
+        "CREATE TABLE tags (code TEXT PRIMARY KEY NOT NULL);
+         INSERT INTO tags (code) VALUES ('a'), ('b'), ('c');",
+    );
+    office.admin(&["table", "track", "tags"], "").ok();
+    let path = office.dir.0.join("tags.toml");
+    std::fs::write(&path, "name = \"tags\"\n[[tables]]\nname = \"tags\"\n").unwrap();
+    office
+        .admin(&["task", "apply", path.to_str().unwrap()], "")
+        .ok();
+    office
+        .admin(&["task", "assign", "tags", "--user", "ana"], "")
+        .ok();
+    let dev = office.device("tab1", &["tags"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "tags"], "").ok();
+    // One touched (sent again), one new, one deleted.
+    office.execute_batch(
+        "UPDATE tags SET code = code WHERE code = 'b';
+         INSERT INTO tags (code) VALUES ('d');
+         DELETE FROM tags WHERE code = 'a';",
+    );
+    let out = dev.run(&["sync"], "").ok().stdout;
+    assert_delta(&dev);
+    assert!(out.contains("1 row(s) changed, 1 entered, 1 left"), "{out}");
+    let held = rows(&dev.replica(), "SELECT code FROM tags ORDER BY code");
+    let main = rows(&office.sql(), "SELECT code FROM tags ORDER BY code");
+    assert_eq!(held, main);
+    assert_eq!(held.len(), 3);
+}

@@ -139,28 +139,34 @@ fn apply_in_transaction<R: Read>(
          DELETE FROM temp.fieldsync_gone;",
     )?;
     let n = header.tables.len();
-    let mut exists = Vec::with_capacity(n);
-    let mut upsert = Vec::with_capacity(n);
+    // Per table: an update of every column by key, an insert when it found no row
+    // (the row entered the slice); one statement for a row the replica holds.
+    let mut update = Vec::with_capacity(n);
+    let mut insert = Vec::with_capacity(n);
     let mut delete = Vec::with_capacity(n);
     for t in &header.tables {
         let (table, pk) = (quote(&t.name), quote(&t.primary_key));
         let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
-        let sets: Vec<String> = cols[1..]
-            .iter()
-            .map(|c| format!("{c} = excluded.{c}"))
+        // Parameter `i + 1` is column `i`'s value; the key is the first column.
+        let sets: Vec<String> = (1..cols.len())
+            .map(|i| format!("{} = ?{}", cols[i], i + 1))
             .collect();
-        let on_conflict = if sets.is_empty() {
-            "DO NOTHING".to_string()
+        update.push(if sets.is_empty() {
+            // A table of its key alone: nothing to update; it is held or inserted.
+            conn.prepare(&format!("SELECT 1 FROM {table} WHERE {pk} = ?1"))?
         } else {
-            format!("DO UPDATE SET {}", sets.join(", "))
-        };
-        exists.push(conn.prepare(&format!(
-            "SELECT EXISTS (SELECT 1 FROM {table} WHERE {pk} = ?1)"
-        ))?);
-        upsert.push(conn.prepare(&format!(
-            "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({pk}) {on_conflict}",
+            conn.prepare(&format!(
+                "UPDATE {table} SET {} WHERE {pk} = ?1",
+                sets.join(", ")
+            ))?
+        });
+        insert.push(conn.prepare(&format!(
+            "INSERT INTO {table} ({}) VALUES ({})",
             cols.join(", "),
-            vec!["?"; cols.len()].join(", ")
+            (1..=cols.len())
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))?);
         delete.push(conn.prepare(&format!("DELETE FROM {table} WHERE {pk} = ?1"))?);
     }
@@ -179,24 +185,29 @@ fn apply_in_transaction<R: Read>(
                 while rows.next_row(&mut values).map_err(stream_err)? {
                     let key = rusqlite::types::ToSqlOutput::Borrowed(to_sql(values[0]));
                     if lane < n {
-                        let held: bool = exists[lane].query_row([&key], |r| r.get(0))?;
+                        let stored = |stmt: &mut rusqlite::Statement<'_>| -> Result<usize> {
+                            for (col, v) in values.iter().enumerate() {
+                                let v = rusqlite::types::ToSqlOutput::Borrowed(to_sql(*v));
+                                stmt.raw_bind_parameter(col + 1, v)?;
+                            }
+                            stmt.raw_execute().map_err(|e| {
+                                ClientError::Stream(format!(
+                                    "row of table `{}` cannot be stored: {e}",
+                                    header.tables[lane].name
+                                ))
+                            })
+                        };
+                        let held = if header.tables[lane].columns.len() > 1 {
+                            stored(&mut update[lane])? > 0
+                        } else {
+                            update[lane].exists([&key])?
+                        };
                         if held {
                             applied.changed += 1;
                         } else {
+                            stored(&mut insert[lane])?;
                             applied.entered += 1;
                         }
-                        for (col, v) in values.iter().enumerate() {
-                            upsert[lane].raw_bind_parameter(
-                                col + 1,
-                                rusqlite::types::ToSqlOutput::Borrowed(to_sql(*v)),
-                            )?;
-                        }
-                        upsert[lane].raw_execute().map_err(|e| {
-                            ClientError::Stream(format!(
-                                "row of table `{}` cannot be stored: {e}",
-                                header.tables[lane].name
-                            ))
-                        })?;
                     } else if delete[lane - n].execute([&key])? > 0 {
                         applied.left += 1;
                         gone.execute(rusqlite::params![header.tables[lane - n].name, key])?;

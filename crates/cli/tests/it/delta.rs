@@ -489,14 +489,8 @@ fn a_table_of_its_key_alone_takes_its_changes_as_deltas() {
          INSERT INTO tags (code) VALUES ('a'), ('b'), ('c');",
     );
     office.admin(&["table", "track", "tags"], "").ok();
-    let path = office.dir.0.join("tags.toml");
-    std::fs::write(&path, "name = \"tags\"\n[[tables]]\nname = \"tags\"\n").unwrap();
-    office
-        .admin(&["task", "apply", path.to_str().unwrap()], "")
-        .ok();
-    office
-        .admin(&["task", "assign", "tags", "--user", "ana"], "")
-        .ok();
+    let toml = "name = \"tags\"\n[[tables]]\nname = \"tags\"\n";
+    office.apply_task("tags.toml", toml, "tags", "ana");
     let dev = office.device("tab1", &["tags"]);
     dev.login("ana").ok();
     dev.run(&["download", "tags"], "").ok();

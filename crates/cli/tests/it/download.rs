@@ -319,18 +319,8 @@ fn a_download_larger_than_the_caches_keeps_the_device_under_its_memory_target() 
          INSERT INTO readings SELECT i, (i * 7919) % 100003, hex(randomblob(60)) FROM n;"
     ));
     office.admin(&["table", "track", "readings"], "").ok();
-    let task = office.dir.0.join("readings.toml");
-    std::fs::write(
-        &task,
-        "name = \"readings\"\n[[tables]]\nname = \"readings\"\n",
-    )
-    .unwrap();
-    office
-        .admin(&["task", "apply", task.to_str().unwrap()], "")
-        .ok();
-    office
-        .admin(&["task", "assign", "readings", "--user", "ana"], "")
-        .ok();
+    let toml = "name = \"readings\"\n[[tables]]\nname = \"readings\"\n";
+    office.apply_task("readings.toml", toml, "readings", "ana");
     let dev = office.device("tab1", &["readings"]);
     dev.login("ana").ok();
     let peak_kb = download_watching_memory(&dev, "readings");

@@ -327,6 +327,17 @@ impl Office {
         self.pg.as_ref().expect("a PostgreSQL office").client()
     }
 
+    /// Applies task file `toml` (saved as `file` in the office's folder) as the
+    /// administrator does, and assigns task `task` to `user`.
+    pub fn apply_task(&self, file: &str, toml: &str, task: &str, user: &str) {
+        let path = self.dir.0.join(file);
+        std::fs::write(&path, toml).unwrap();
+        self.admin(&["task", "apply", path.to_str().unwrap()], "")
+            .ok();
+        self.admin(&["task", "assign", task, "--user", user], "")
+            .ok();
+    }
+
     pub fn admin(&self, args: &[&str], stdin: &str) -> Run {
         let mut full = vec!["admin"];
         full.extend_from_slice(args);

@@ -108,14 +108,8 @@ fn photos_task(office: &Office, rows: u32) {
     };
     office.execute_batch(&sql);
     office.admin(&["table", "track", "photos"], "").ok();
-    let path = office.dir.0.join("photos.toml");
-    std::fs::write(&path, "name = \"photos\"\n[[tables]]\nname = \"photos\"\n").unwrap();
-    office
-        .admin(&["task", "apply", path.to_str().unwrap()], "")
-        .ok();
-    office
-        .admin(&["task", "assign", "photos", "--user", "ana"], "")
-        .ok();
+    let toml = "name = \"photos\"\n[[tables]]\nname = \"photos\"\n";
+    office.apply_task("photos.toml", toml, "photos", "ana");
 }
 
 /// A device of `office` with the photos task, logged in as ana, using `server`.

@@ -167,14 +167,7 @@ fn upload_entries_outside_the_slice_tell_nothing_of_the_key() {
     );
     office.execute_batch("UPDATE work_orders SET title = 'routine, twice' WHERE id = 'wo-out'");
     office.execute_batch("DELETE FROM work_orders WHERE id = 'wo-gone'");
-    let path = office.dir.0.join("urgent.toml");
-    std::fs::write(&path, EDIT_URGENT).unwrap();
-    office
-        .admin(&["task", "apply", path.to_str().unwrap()], "")
-        .ok();
-    office
-        .admin(&["task", "assign", "urgent-edits", "--user", "ana"], "")
-        .ok();
+    office.apply_task("urgent.toml", EDIT_URGENT, "urgent-edits", "ana");
     let dev = office.device("tab1", &["urgent-edits"]);
     dev.login("ana").ok();
     dev.run(&["download", "urgent-edits"], "").ok();

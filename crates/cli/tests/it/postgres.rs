@@ -201,18 +201,8 @@ fn postgres_types_travel_as_documented() {
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(refused.stderr.contains("`span` (interval)"), "{refused:?}");
     office.admin(&["table", "track", "kinds"], "").ok();
-    let task = office.dir.0.join("kinds.toml");
-    std::fs::write(
-        &task,
-        "name = \"kinds\"\n[[tables]]\nname = \"kinds\"\nwrite = [\"update\"]\nconflict = \"device-wins\"\n",
-    )
-    .unwrap();
-    office
-        .admin(&["task", "apply", task.to_str().unwrap()], "")
-        .ok();
-    office
-        .admin(&["task", "assign", "kinds", "--user", "ana"], "")
-        .ok();
+    let toml = "name = \"kinds\"\n[[tables]]\nname = \"kinds\"\nwrite = [\"update\"]\nconflict = \"device-wins\"\n";
+    office.apply_task("kinds.toml", toml, "kinds", "ana");
     let dev = office.device("tab-kinds", &["kinds"]);
     dev.login("ana").ok();
     dev.run(&["download", "kinds"], "").ok();

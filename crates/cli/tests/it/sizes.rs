@@ -155,18 +155,8 @@ fn a_table_of_500_columns_downloads_and_a_shell_edit_on_it_lands_in_the_main_dat
         ));
     }
     office.admin(&["table", "track", "wide"], "").ok();
-    let path = office.dir.0.join("wide.toml");
-    std::fs::write(
-        &path,
-        "name = \"wide-task\"\n[[tables]]\nname = \"wide\"\nwrite = [\"insert\", \"update\", \"delete\"]\n",
-    )
-    .unwrap();
-    office
-        .admin(&["task", "apply", path.to_str().unwrap()], "")
-        .ok();
-    office
-        .admin(&["task", "assign", "wide-task", "--user", "ana"], "")
-        .ok();
+    let toml = "name = \"wide-task\"\n[[tables]]\nname = \"wide\"\nwrite = [\"insert\", \"update\", \"delete\"]\n";
+    office.apply_task("wide.toml", toml, "wide-task", "ana");
 
     let dev = office.device("wide-1", &["wide-task"]);
     dev.login("ana").ok();

@@ -399,15 +399,25 @@ impl DeviceDir {
         fieldsync(&full, stdin)
     }
 
-    /// Runs `fieldsync device ARGS` with extra environment variables.
-    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        Command::new(BIN)
-            .arg("device")
+    /// Adds `device ARGS --dir FOLDER`, the environment `env` and no input to `cmd`
+    /// (`fieldsync`, or a program that runs it).
+    fn device_command<'c>(
+        &self,
+        cmd: &'c mut Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> &'c mut Command {
+        cmd.arg("device")
             .args(args)
             .arg("--dir")
             .arg(self.path())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
+    }
+
+    /// Runs `fieldsync device ARGS` with extra environment variables.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        self.device_command(&mut Command::new(BIN), args, env)
             .output()
             .unwrap()
             .into()
@@ -418,7 +428,8 @@ impl DeviceDir {
     /// through Python's `resource`).
     pub fn run_measured(&self, args: &[&str], env: &[(&str, &str)]) -> (Run, u64) {
         let rss_file = self.path().join("maxrss.txt");
-        let out = Command::new("python3")
+        let mut python = Command::new("python3");
+        python
             .arg("-c")
             .arg(
                 "import resource, subprocess, sys\n\
@@ -427,13 +438,9 @@ impl DeviceDir {
                  sys.exit(rc)",
             )
             .arg(&rss_file)
-            .arg(BIN)
-            .arg("device")
-            .args(args)
-            .arg("--dir")
-            .arg(self.path())
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
+            .arg(BIN);
+        let out = self
+            .device_command(&mut python, args, env)
             .output()
             .unwrap();
         let kb = std::fs::read_to_string(&rss_file)

@@ -2019,7 +2019,7 @@ impl World {
         let before = snapshot(&self.office);
         let today_before = self.today_assets_if_changed(d);
         self.proxy.set_fault(Fault::down(Action::Cut(0)).first(1));
-        let out = device_with(&self.devs[d].dir, &["send"], &one_try);
+        let out = self.devs[d].dir.run_env(&["send"], &one_try);
         self.proxy.set_fault(Fault::PASS);
         self.log(format!(
             "dev {name} ({user}): send of {} write(s), acknowledgement cut: exit {}",
@@ -2082,7 +2082,7 @@ impl World {
                 .ok();
         }
         let before = snapshot(&self.office);
-        let out = device_with(&self.devs[d].dir, &["send"], &one_try);
+        let out = self.devs[d].dir.run_env(&["send"], &one_try);
         self.log(format!(
             "dev {name} ({user}): {} then send again: exit {}: {}",
             if unassign {
@@ -2462,20 +2462,6 @@ fn run_sql(conn: &Connection, dev: &DeviceDir, client: Client, sql: &str) -> Res
     } else {
         Err(format!("{run:?}"))
     }
-}
-
-/// `device ARGS` with extra environment variables.
-fn device_with(dev: &DeviceDir, args: &[&str], env: &[(&str, &str)]) -> Run {
-    Command::new(BIN)
-        .arg("device")
-        .args(args)
-        .arg("--dir")
-        .arg(dev.path())
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-        .into()
 }
 
 /// The real a device writes into `x`, made from a unique value (`A17` -> 1017.25).

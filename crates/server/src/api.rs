@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use crate::audit::{Note, Refusal};
 use crate::auth;
 use crate::download;
+use crate::download_turns::Downloads;
 use crate::error::ApiError;
 use crate::request_log::{self, Who};
 use crate::{throttle, tickets, uploads};
@@ -50,12 +51,7 @@ impl AppState {
         AppState {
             audit: Arc::new(crate::audit::Writer::start(store.clone())),
             store,
-            downloads: Arc::new(Downloads {
-                server: Arc::new(tokio::sync::Semaphore::new(limits.max_downloads)),
-                max: limits.max_downloads,
-                per_device: std::sync::Mutex::new(std::collections::HashMap::new()),
-                per_device_max: limits.max_downloads_per_device,
-            }),
+            downloads: Arc::new(Downloads::new(&limits)),
             ticket_ttl_ms: i64::try_from(limits.ticket_ttl.as_millis()).unwrap_or(i64::MAX),
             metrics: Arc::default(),
             seen: Arc::default(),
@@ -76,73 +72,6 @@ impl AppState {
             secure,
         });
         self
-    }
-}
-
-/// The downloads streaming now, on this server and per device.
-struct Downloads {
-    server: Arc<tokio::sync::Semaphore>,
-    max: usize,
-    per_device: std::sync::Mutex<std::collections::HashMap<String, usize>>,
-    per_device_max: usize,
-}
-
-/// A download's turn to stream; given back when dropped (its stream ended).
-pub(crate) struct DownloadTurn {
-    _server: tokio::sync::OwnedSemaphorePermit,
-    device: String,
-    downloads: Arc<Downloads>,
-}
-
-impl Downloads {
-    /// A turn for `device`, or "busy" (retryable) when the server or the device
-    /// already streams its most.
-    fn turn(self: &Arc<Self>, device: &str) -> Result<DownloadTurn, ApiError> {
-        let busy = |what: String| {
-            ApiError::new(
-                ErrorCode::Busy,
-                format!(
-                    "busy: {what}; retry in {} s",
-                    fieldsync_proto::wire::BUSY_RETRY_AFTER_SECS
-                ),
-            )
-        };
-        let server = self.server.clone().try_acquire_owned().map_err(|_| {
-            busy(format!(
-                "the server is streaming its most downloads at once ({})",
-                self.max
-            ))
-        })?;
-        let mut per_device = self.per_device.lock().unwrap_or_else(|e| e.into_inner());
-        let n = per_device.entry(device.to_string()).or_insert(0);
-        if *n >= self.per_device_max {
-            return Err(busy(format!(
-                "device `{device}` already has {} downloads streaming",
-                self.per_device_max
-            )));
-        }
-        *n += 1;
-        Ok(DownloadTurn {
-            _server: server,
-            device: device.to_string(),
-            downloads: self.clone(),
-        })
-    }
-}
-
-impl Drop for DownloadTurn {
-    fn drop(&mut self) {
-        let mut per_device = self
-            .downloads
-            .per_device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = per_device.get_mut(&self.device) {
-            *n -= 1;
-            if *n == 0 {
-                per_device.remove(&self.device);
-            }
-        }
     }
 }
 
@@ -182,7 +111,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Prometheus metrics of this server process (no device, user or task named).
 async fn metrics(State(st): State<AppState>) -> Response {
-    let active = st.downloads.max - st.downloads.server.available_permits();
+    let active = st.downloads.streaming();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(active),

@@ -20,7 +20,7 @@ use fieldsync_store::{HistoryRecord, SlicePlan, SliceSink, Store, StoreError};
 use http_body::Frame;
 use tokio::sync::mpsc;
 
-use crate::api::DownloadTurn;
+use crate::download_turns::DownloadTurn;
 use crate::error::ApiError;
 
 /// Bytes handed to the HTTP body at a time, and how many may wait in the channel.

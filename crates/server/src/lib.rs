@@ -8,6 +8,7 @@ pub mod auth;
 mod conn;
 mod console;
 mod download;
+mod download_turns;
 pub mod error;
 pub mod files;
 mod integrators;

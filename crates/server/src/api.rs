@@ -341,15 +341,23 @@ async fn download(
     let keys_used = download::keys_used(&headers)?;
     let started = (std::time::Instant::now(), Timestamp::now());
     let state = st.clone();
-    let (plan, header, turn) = blocking(move || {
+    let (device, session, user, task, device_turn) = blocking(move || {
         let (device, session, user) = tickets::download_session(&state, &headers, &name)?;
-        let (store, turn) = (state.store.clone(), state.downloads.turn(&device.id)?);
-        let task = assigned_one(&*store, &name, &user.name, &device.id)?.ok_or_else(|| {
-            ApiError::forbidden(fieldsync_proto::wire::not_assigned(
-                &name, &user.name, &device.id,
-            ))
-        })?;
-        tickets::downloading(&state, &session, &name);
+        let device_turn = state.downloads.device_turn(&device.id)?;
+        let task =
+            assigned_one(&*state.store, &name, &user.name, &device.id)?.ok_or_else(|| {
+                ApiError::forbidden(fieldsync_proto::wire::not_assigned(
+                    &name, &user.name, &device.id,
+                ))
+            })?;
+        Ok((device, session, user, task, device_turn))
+    })
+    .await?;
+    let turn = st.downloads.turn(device_turn).await?;
+    let state = st.clone();
+    let (plan, header, turn) = blocking(move || {
+        let store = state.store.clone();
+        tickets::downloading(&state, &session, &task.def.name);
         let params = Params {
             user: user.name.clone(),
             device: device.id.clone(),

@@ -44,7 +44,8 @@ pub struct Limits {
     /// Connections open at once; beyond it the server stops accepting for a while.
     pub max_connections: usize,
     /// Downloads streaming at once on this server (each holds a database connection
-    /// and snapshot); beyond it a download is answered "busy, retry".
+    /// and snapshot); beyond it a download waits in line for a while, then is
+    /// answered "busy, retry" (`download_turns.rs`).
     pub max_downloads: usize,
     /// Downloads streaming at once for one device.
     pub max_downloads_per_device: usize,

@@ -394,8 +394,9 @@ fn one_turn_held(idle_timeout: &str) -> (Office, Server, DeviceDir, TcpStream) {
 
 /// A busy server says how long to wait (`Retry-After`), and the device waits that
 /// long before asking again: with the only download turn held by a stalled client,
-/// the device's download is told "busy, retry in 5 s", and succeeds once the stalled
-/// stream is cut (its doubling backoff alone, 0.5 s then 1 s, gave up before that).
+/// the device's download waits in line (a third of the idle timeout, 1 s), is told
+/// "busy, retry in 5 s", and succeeds once the stalled stream is cut (its doubling
+/// backoff alone, 0.5 s then 1 s, gave up before that).
 #[test]
 fn a_busy_download_is_retried_after_the_servers_retry_after() {
     let (_office, server, dev, stalled) = one_turn_held("3");
@@ -415,8 +416,8 @@ fn a_busy_download_is_retried_after_the_servers_retry_after() {
 
 /// A device asks a busy server again as long as its patience lasts, past its attempts:
 /// with one attempt and no patience it gives up at the first busy answer; with one
-/// attempt and the default patience it is told busy twice (the stalled stream holds
-/// the only slot for 8 s) and still downloads.
+/// attempt and the default patience it is told busy (the stalled stream holds the
+/// only slot for 8 s, longer than a download waits in line) and still downloads.
 #[test]
 fn a_busy_server_is_waited_for_past_the_attempts() {
     let (_office, _server, dev, stalled) = one_turn_held("8");
@@ -434,6 +435,31 @@ fn a_busy_server_is_waited_for_past_the_attempts() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(took >= Duration::from_secs(5), "{took:?}");
     drop(stalled);
+}
+
+/// A download that finds every turn taken waits in line instead of being told "busy":
+/// with the only turn held by a stalled client (idle timeout 30 s, so a download may
+/// wait 10 s), the device's download starts as soon as the stalled client goes away,
+/// without the 5 s a busy answer would have cost it.
+#[test]
+fn a_download_waits_in_line_for_the_servers_turn() {
+    let (_office, _server, dev, stalled) = one_turn_held("30");
+    let started = Instant::now();
+    let waiting = std::thread::spawn(move || {
+        let run = dev.run(&["download", "photos"], "");
+        (run, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(stalled);
+    let (run, took) = waiting.join().unwrap();
+    eprintln!("download behind a stalled stream that went away after 1.5 s: {took:?}");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!run.stderr.contains("busy"), "{run:?}");
+    assert!(took >= Duration::from_millis(1500), "it waited: {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "no busy answer and retry: {took:?}"
+    );
 }
 
 /// The environment `server run` ended up running with (its process's, as the kernel

@@ -25,14 +25,17 @@ pub(super) fn integrate(
     ctx: &IntegrateContext<'_>,
     upload: &Upload,
 ) -> Result<UploadOutcome, IntegrateError> {
-    let mut conn = store.conn()?;
-    conn.set_prepared_statement_cache_capacity(256);
-    // Statement journals (each write with triggers may need a partial rollback) stay in
-    // memory instead of temp-file writes. A page cache of 1 MiB: a 10,000-entry upload
-    // touched 3.5 MB of pages, and with 1 MiB (the pages past it go to the WAL before
-    // the commit) a 100,000-entry send peaked 1.5 MB lower at the same speed, inserts
-    // and updates (BENCHMARKS.md, "A send within 32 MB").
-    conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA cache_size = -1024;")?;
+    let mut conn = kept::take(store)?;
+    let outcome = integrate_on(&mut conn, ctx, upload);
+    kept::give_back(store, conn);
+    outcome
+}
+
+fn integrate_on(
+    conn: &mut Connection,
+    ctx: &IntegrateContext<'_>,
+    upload: &Upload,
+) -> Result<UploadOutcome, IntegrateError> {
     // Everything that needs no write lock first, in a read transaction (WAL: office
     // writers go on): a forbidden entry refuses the upload before `BEGIN IMMEDIATE`.
     {
@@ -52,7 +55,7 @@ pub(super) fn integrate(
         tx: &tx,
         start_version,
         queries: Vec::new(),
-        max_version: tx.prepare("SELECT max(version) FROM fieldsync_rows")?,
+        max_version: tx.prepare_cached("SELECT max(version) FROM fieldsync_rows")?,
         write_sql: WriteSql::default(),
         run: InsertRun::default(),
         last_run: None,
@@ -66,6 +69,82 @@ pub(super) fn integrate(
     Ok(outcome)
 }
 
+/// The integration's connection, kept on its thread from one upload to the next (on
+/// a SQLite main database uploads are integrated on one thread, `server/integrators.rs`).
+/// Opening a connection per upload read the schema again, prepared every statement
+/// again, and, as the last connection to close, checkpointed the WAL into the
+/// database: ~15% of a 5,000-entry upload's time (BENCHMARKS.md, "The integration's
+/// connection kept"). The connection is kept only for the same file: a path that now
+/// names another file (one copied in place) gets a connection of its own.
+mod kept {
+    use std::cell::RefCell;
+
+    use rusqlite::Connection;
+
+    use super::SqliteStore;
+    use crate::StoreError;
+
+    struct Kept {
+        path: String,
+        file: Option<(u64, u64)>,
+        conn: Connection,
+    }
+
+    thread_local! {
+        static KEPT: RefCell<Option<Kept>> = const { RefCell::new(None) };
+    }
+
+    /// The file `path` names now (device and inode), where the system says.
+    fn identity(path: &str) -> Option<(u64, u64)> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            None
+        }
+    }
+
+    /// This thread's kept connection to `store`'s file, or a new one.
+    pub(super) fn take(store: &SqliteStore) -> Result<Connection, StoreError> {
+        let kept = KEPT.with(|k| k.borrow_mut().take());
+        if let Some(k) = kept
+            && k.path == store.path
+            && k.file.is_some()
+            && k.file == identity(&store.path)
+        {
+            return Ok(k.conn);
+        }
+        let conn = store.conn()?;
+        conn.set_prepared_statement_cache_capacity(256);
+        // Statement journals (each write with triggers may need a partial rollback)
+        // stay in memory instead of temp-file writes. A page cache of 1 MiB: a
+        // 10,000-entry upload touched 3.5 MB of pages, and with 1 MiB (the pages past
+        // it go to the WAL before the commit) a 100,000-entry send peaked 1.5 MB lower
+        // at the same speed, inserts and updates (BENCHMARKS.md, "A send within 32 MB").
+        conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA cache_size = -1024;")?;
+        Ok(conn)
+    }
+
+    /// Keeps `conn` for this thread's next upload, if no transaction is left open on it.
+    pub(super) fn give_back(store: &SqliteStore, conn: Connection) {
+        if !conn.is_autocommit() {
+            return;
+        }
+        let file = identity(&store.path);
+        KEPT.with(|k| {
+            *k.borrow_mut() = Some(Kept {
+                path: store.path.clone(),
+                file,
+                conn,
+            })
+        });
+    }
+}
+
 struct SqliteUpload<'c> {
     tx: &'c Transaction<'c>,
     /// The highest version before this upload: its own writes are stamped above.
@@ -74,7 +153,7 @@ struct SqliteUpload<'c> {
     /// made per entry).
     queries: Vec<(String, String, CurrentQuery<'c>)>,
     /// The highest version there is (prepared once: asked once per entry written).
-    max_version: rusqlite::Statement<'c>,
+    max_version: rusqlite::CachedStatement<'c>,
     write_sql: WriteSql,
     /// Inserts waiting to be written in one statement (`batch.rs`).
     run: InsertRun,
@@ -443,7 +522,7 @@ impl UploadTx for SqliteUpload<'_> {
 /// The query that reads an entry's row for one table and user, prepared, and its
 /// binds.
 struct CurrentQuery<'c> {
-    stmt: rusqlite::Statement<'c>,
+    stmt: rusqlite::CachedStatement<'c>,
     binds: Vec<Value>,
 }
 
@@ -477,7 +556,7 @@ fn current_query<'c>(
     );
     binds.push(Value::Text(t.info.name.clone()));
     Ok(CurrentQuery {
-        stmt: tx.prepare(&sql)?,
+        stmt: tx.prepare_cached(&sql)?,
         binds,
     })
 }

@@ -65,6 +65,8 @@ impl From<rusqlite::Error> for IntegrateError {
 
 /// A SQLite main database. Holds only its path: each call opens a connection (cheap
 /// for SQLite), so the store is `Send + Sync` and calls never share a transaction.
+/// The one exception is the integration's thread, which keeps its connection from one
+/// upload to the next (`integrate.rs`, `kept`), each upload its own transaction.
 pub struct SqliteStore {
     path: String,
 }

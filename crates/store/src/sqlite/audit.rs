@@ -8,7 +8,8 @@ use fieldsync_proto::time::Timestamp;
 
 impl Audits for SqliteStore {
     fn audit_record(&self, e: &NewAudit<'_>, keep: i64) -> Result<()> {
-        let mut conn = self.conn()?;
+        // Not given back to the idle ones: its setting below is this call's only.
+        let mut conn = self.conn()?.into_inner();
         // No flush to disk of its own, so that the server's audit writer keeps up with a
         // crowd of refusals: the entry reaches the disk with the next checkpoint or
         // flushed commit (a power cut may lose the last few entries, never the database).

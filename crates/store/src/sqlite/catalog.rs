@@ -228,11 +228,11 @@ impl Catalog for SqliteStore {
     }
 
     fn tasks_assigned(&self, user: &str, device: &str) -> Result<Vec<TaskRecord>> {
-        assigned_tasks(&self.conn()?, None, user, device)
+        assigned_tasks(&*self.conn()?, None, user, device)
     }
 
     fn task_assigned(&self, name: &str, user: &str, device: &str) -> Result<Option<TaskRecord>> {
-        Ok(assigned_tasks(&self.conn()?, Some(name), user, device)?
+        Ok(assigned_tasks(&*self.conn()?, Some(name), user, device)?
             .into_iter()
             .next())
     }

@@ -94,31 +94,17 @@ mod kept {
         static KEPT: RefCell<Option<Kept>> = const { RefCell::new(None) };
     }
 
-    /// The file `path` names now (device and inode), where the system says.
-    fn identity(path: &str) -> Option<(u64, u64)> {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = path;
-            None
-        }
-    }
-
     /// This thread's kept connection to `store`'s file, or a new one.
     pub(super) fn take(store: &SqliteStore) -> Result<Connection, StoreError> {
         let kept = KEPT.with(|k| k.borrow_mut().take());
         if let Some(k) = kept
             && k.path == store.path
             && k.file.is_some()
-            && k.file == identity(&store.path)
+            && k.file == super::super::file_id(&store.path)
         {
             return Ok(k.conn);
         }
-        let conn = store.conn()?;
+        let conn = store.conn()?.into_inner();
         conn.set_prepared_statement_cache_capacity(256);
         // Statement journals (each write with triggers may need a partial rollback)
         // stay in memory instead of temp-file writes. A page cache of 1 MiB: a
@@ -134,7 +120,7 @@ mod kept {
         if !conn.is_autocommit() {
             return;
         }
-        let file = identity(&store.path);
+        let file = super::super::file_id(&store.path);
         KEPT.with(|k| {
             *k.borrow_mut() = Some(Kept {
                 path: store.path.clone(),

@@ -63,17 +63,79 @@ impl From<rusqlite::Error> for IntegrateError {
     }
 }
 
-/// A SQLite main database. Holds only its path: each call opens a connection (cheap
-/// for SQLite), so the store is `Send + Sync` and calls never share a transaction.
-/// The one exception is the integration's thread, which keeps its connection from one
-/// upload to the next (`integrate.rs`, `kept`), each upload its own transaction.
+/// A SQLite main database: its path, and the connections of calls that ended, kept
+/// idle for the next calls (`Conn`): opening one reads the whole schema again, which
+/// was ~8% of the server's CPU under a fleet of devices (BENCHMARKS.md, "Idle
+/// connections kept"). A call has a connection to itself while it runs, so the store
+/// is `Send + Sync` and calls never share a transaction. The integration's thread keeps
+/// one of its own from one upload to the next (`integrate.rs`, `kept`), each upload its
+/// own transaction.
 pub struct SqliteStore {
     path: String,
+    idle: std::sync::Mutex<Vec<(FileId, Connection)>>,
+}
+
+/// Connections kept idle at most; more are closed when their call ends.
+const IDLE_MAX: usize = 4;
+
+/// The file a path names now (device and inode), where the system says: a connection
+/// is used again only for the same file, never for a file put in place of it.
+pub(crate) type FileId = (u64, u64);
+
+pub(crate) fn file_id(path: &str) -> Option<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// A call's connection: given back to the store's idle ones when dropped, if no
+/// transaction is left open on it and its file is still the one at the path.
+pub(crate) struct Conn<'s> {
+    conn: Option<Connection>,
+    store: &'s SqliteStore,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("held until dropped")
+    }
+}
+
+impl Conn<'_> {
+    /// The connection, never given back: for a call that changes its settings.
+    pub(crate) fn into_inner(mut self) -> Connection {
+        self.conn.take().expect("held until dropped")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.store.give_back(conn);
+        }
+    }
 }
 
 impl SqliteStore {
     pub fn new(path: impl Into<String>) -> Self {
-        SqliteStore { path: path.into() }
+        SqliteStore {
+            path: path.into(),
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     /// Opens a connection; `create` allows creating the file (only `init` does).
@@ -91,8 +153,20 @@ impl SqliteStore {
         Ok(conn)
     }
 
-    /// A connection to an initialised database.
-    pub(crate) fn conn(&self) -> Result<Connection> {
+    /// A connection to an initialised database: an idle one to the same file, or a
+    /// new one.
+    pub(crate) fn conn(&self) -> Result<Conn<'_>> {
+        if let Some(file) = file_id(&self.path) {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            // Connections to a file no longer at the path are closed.
+            idle.retain(|(f, _)| *f == file);
+            if let Some((_, conn)) = idle.pop() {
+                return Ok(Conn {
+                    conn: Some(conn),
+                    store: self,
+                });
+            }
+        }
         let conn = self.connect(false)?;
         let ok: bool = conn.query_row(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'fieldsync_meta'",
@@ -102,7 +176,29 @@ impl SqliteStore {
         if !ok {
             return Err(StoreError::NotInitialized);
         }
-        Ok(conn)
+        Ok(Conn {
+            conn: Some(conn),
+            store: self,
+        })
+    }
+
+    /// Keeps `conn` idle for a later call, its page cache let go (an idle connection
+    /// holds its schema, not the pages its call read); closes it if a transaction is
+    /// left open on it, if the path names another file now, or if enough are idle.
+    fn give_back(&self, conn: Connection) {
+        if !conn.is_autocommit() {
+            return;
+        }
+        let Some(file) = file_id(&self.path) else {
+            return;
+        };
+        if conn.execute_batch("PRAGMA shrink_memory").is_err() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE_MAX {
+            idle.push((file, conn));
+        }
     }
 }
 
@@ -202,5 +298,111 @@ mod tests {
             options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
             "{options:?}"
         );
+    }
+
+    use super::{Conn, IDLE_MAX, SqliteStore};
+    use crate::{Audits, NewAudit, Schema};
+    use fieldsync_testkit::TempDir;
+
+    fn initialised(dir: &TempDir, name: &str) -> SqliteStore {
+        let path = dir.path().join(name);
+        rusqlite::Connection::open(&path).unwrap();
+        let store = SqliteStore::new(path.to_str().unwrap());
+        store.init().unwrap();
+        store
+    }
+
+    /// Marks a connection: a TEMP table lives on one connection only.
+    fn mark(conn: &Conn<'_>) {
+        conn.execute_batch("CREATE TEMP TABLE idle_marker (x)")
+            .unwrap();
+    }
+
+    fn marked(conn: &Conn<'_>) -> bool {
+        conn.query_row(
+            "SELECT count(*) FROM temp.sqlite_schema WHERE name = 'idle_marker'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            == 1
+    }
+
+    fn idle(store: &SqliteStore) -> usize {
+        store.idle.lock().unwrap().len()
+    }
+
+    /// A call's connection is used again by the next call, but not for a file copied
+    /// in place under the same path (its writes would go to the old file), not with a
+    /// transaction left open on it, and not past `IDLE_MAX` idle at once.
+    #[test]
+    fn idle_connections_serve_the_next_calls_of_the_same_file_only() {
+        let dir = TempDir::new("idle");
+        let store = initialised(&dir, "main.sqlite");
+        let conn = store.conn().unwrap();
+        mark(&conn);
+        drop(conn);
+        let conn = store.conn().unwrap();
+        assert!(marked(&conn), "the same connection again");
+
+        // A transaction left open: closed, not kept.
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        drop(conn);
+        assert_eq!(idle(&store), 0);
+        let conn = store.conn().unwrap();
+        assert!(!marked(&conn));
+        assert!(
+            conn.is_autocommit(),
+            "the write lock went with the connection"
+        );
+        mark(&conn);
+        drop(conn);
+
+        // A copy put in place of the file (a new inode under the same path).
+        let copy = initialised(&dir, "copy.sqlite");
+        std::fs::rename(&copy.path, &store.path).unwrap();
+        let conn = store.conn().unwrap();
+        assert!(
+            !marked(&conn),
+            "a new connection for the file copied in place"
+        );
+        conn.execute_batch("INSERT INTO fieldsync_meta (key, value) VALUES ('probe', 'new')")
+            .unwrap();
+        drop(conn);
+        let seen: i64 = rusqlite::Connection::open(&store.path)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM fieldsync_meta WHERE key = 'probe'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(seen, 1, "the write reached the file now at the path");
+
+        // Many at once: at most IDLE_MAX stay.
+        let many: Vec<Conn<'_>> = (0..IDLE_MAX + 3).map(|_| store.conn().unwrap()).collect();
+        drop(many);
+        assert_eq!(idle(&store), IDLE_MAX);
+    }
+
+    /// The audit log writes with `synchronous = NORMAL`; that setting must not reach
+    /// the next call's connection (an upload's commit flushes to disk).
+    #[test]
+    fn a_calls_own_settings_do_not_reach_the_next_call() {
+        let dir = TempDir::new("idle-settings");
+        let store = initialised(&dir, "main.sqlite");
+        let entry = NewAudit {
+            kind: "auth.refused",
+            actor: "tab1",
+            subject: "ana",
+            address: None,
+            detail: "test",
+        };
+        store.audit_record(&entry, 100).unwrap();
+        let conn = store.conn().unwrap();
+        let synchronous: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 2, "FULL, SQLite's default");
     }
 }

@@ -163,7 +163,7 @@ pub(crate) fn table_info(conn: &Connection, table: &str) -> Result<Option<TableI
 
 impl Tracking for SqliteStore {
     fn table_info(&self, table: &str) -> Result<Option<TableInfo>> {
-        table_info(&self.conn()?, table)
+        table_info(&*self.conn()?, table)
     }
 
     fn track_table(&self, table: &str) -> Result<TableInfo> {

@@ -9,6 +9,9 @@ use rusqlite::{Connection, StatementStatus};
 
 use super::*;
 use crate::integrate::TableCtx;
+use crate::sqlite::tests::{
+    assert_a_new_connection_to_the_file_at_the_path, initialised, mark, marked, put_a_copy_in_place,
+};
 use crate::{Schema, Tracking};
 
 const TASK: &str = r#"
@@ -81,39 +84,13 @@ fn reading_an_entrys_row_does_not_scan_the_parents_tracking_rows() {
     );
 }
 
-/// A fresh main database at `dir/name` with fieldsync's tables.
-fn initialised(dir: &TempDir, name: &str) -> std::path::PathBuf {
-    let path = dir.path().join(name);
-    Connection::open(&path).unwrap();
-    SqliteStore::new(path.to_str().unwrap()).init().unwrap();
-    path
-}
-
-/// Whether `conn` is the connection marked by [`mark`] (a TEMP table lives on one
-/// connection only).
-fn marked(conn: &Connection) -> bool {
-    conn.query_row(
-        "SELECT count(*) FROM temp.sqlite_schema WHERE name = 'kept_marker'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )
-    .unwrap()
-        == 1
-}
-
-fn mark(conn: &Connection) {
-    conn.execute_batch("CREATE TEMP TABLE kept_marker (x)")
-        .unwrap();
-}
-
 /// The integration's connection is kept for the next upload on the same thread, but
 /// not across a file copied in place under the same path (its writes would go to the
 /// old file), nor for another database, nor with a transaction left open on it.
 #[test]
 fn the_integrations_connection_is_kept_only_for_the_same_file() {
     let dir = TempDir::new("kept");
-    let path = initialised(&dir, "main.sqlite");
-    let store = SqliteStore::new(path.to_str().unwrap());
+    let store = initialised(&dir, "main.sqlite");
 
     let conn = kept::take(&store).unwrap();
     mark(&conn);
@@ -123,7 +100,7 @@ fn the_integrations_connection_is_kept_only_for_the_same_file() {
     kept::give_back(&store, conn);
 
     // Another database on the same thread: a connection of its own.
-    let other = SqliteStore::new(initialised(&dir, "other.sqlite").to_str().unwrap());
+    let other = initialised(&dir, "other.sqlite");
     let conn = kept::take(&other).unwrap();
     assert!(!marked(&conn), "another file's connection");
     kept::give_back(&other, conn);
@@ -133,24 +110,9 @@ fn the_integrations_connection_is_kept_only_for_the_same_file() {
     kept::give_back(&store, conn);
 
     // A copy put in place of the file (a new inode under the same path).
-    let copy = initialised(&dir, "copy.sqlite");
-    std::fs::rename(&copy, &path).unwrap();
+    put_a_copy_in_place(&dir, &store);
     let conn = kept::take(&store).unwrap();
-    assert!(
-        !marked(&conn),
-        "a new connection for the file copied in place"
-    );
-    conn.execute_batch("INSERT INTO fieldsync_meta (key, value) VALUES ('probe', 'new file')")
-        .unwrap();
-    let seen: i64 = Connection::open(&path)
-        .unwrap()
-        .query_row(
-            "SELECT count(*) FROM fieldsync_meta WHERE key = 'probe'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(seen, 1, "the write reached the file now at the path");
+    assert_a_new_connection_to_the_file_at_the_path(&store, &conn);
     mark(&conn);
 
     // A transaction left open: not kept.

@@ -281,7 +281,7 @@ impl SqlDialect for SqliteDialect {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     /// The workspace's `.cargo/config.toml` builds SQLite without its memory
     /// statistics (a global mutex per allocation); a build that lost the setting
     /// fails here.
@@ -304,7 +304,8 @@ mod tests {
     use crate::{Audits, NewAudit, Schema};
     use fieldsync_testkit::TempDir;
 
-    fn initialised(dir: &TempDir, name: &str) -> SqliteStore {
+    /// A fresh main database at `dir/name` with fieldsync's tables.
+    pub(super) fn initialised(dir: &TempDir, name: &str) -> SqliteStore {
         let path = dir.path().join(name);
         rusqlite::Connection::open(&path).unwrap();
         let store = SqliteStore::new(path.to_str().unwrap());
@@ -313,19 +314,50 @@ mod tests {
     }
 
     /// Marks a connection: a TEMP table lives on one connection only.
-    fn mark(conn: &Conn<'_>) {
-        conn.execute_batch("CREATE TEMP TABLE idle_marker (x)")
-            .unwrap();
+    pub(super) fn mark(conn: &rusqlite::Connection) {
+        conn.execute_batch("CREATE TEMP TABLE marker (x)").unwrap();
     }
 
-    fn marked(conn: &Conn<'_>) -> bool {
+    pub(super) fn marked(conn: &rusqlite::Connection) -> bool {
         conn.query_row(
-            "SELECT count(*) FROM temp.sqlite_schema WHERE name = 'idle_marker'",
+            "SELECT count(*) FROM temp.sqlite_schema WHERE name = 'marker'",
             [],
             |r| r.get::<_, i64>(0),
         )
         .unwrap()
             == 1
+    }
+
+    /// Puts a fresh database in place of `store`'s file (a new inode under its path).
+    pub(super) fn put_a_copy_in_place(dir: &TempDir, store: &SqliteStore) {
+        let copy = initialised(dir, "copy.sqlite");
+        std::fs::rename(&copy.path, &store.path).unwrap();
+    }
+
+    /// `conn` is not a connection marked before, and it writes into the file now at
+    /// `store`'s path (a probe row it writes, a new connection sees).
+    pub(super) fn assert_a_new_connection_to_the_file_at_the_path(
+        store: &SqliteStore,
+        conn: &rusqlite::Connection,
+    ) {
+        assert!(
+            !marked(conn),
+            "a new connection for the file copied in place"
+        );
+        conn.execute_batch(
+            "DELETE FROM fieldsync_meta WHERE key = 'probe';
+             INSERT INTO fieldsync_meta (key, value) VALUES ('probe', 'x')",
+        )
+        .unwrap();
+        let seen: i64 = rusqlite::Connection::open(&store.path)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM fieldsync_meta WHERE key = 'probe'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(seen, 1, "the write reached the file now at the path");
     }
 
     fn idle(store: &SqliteStore) -> usize {
@@ -359,25 +391,10 @@ mod tests {
         drop(conn);
 
         // A copy put in place of the file (a new inode under the same path).
-        let copy = initialised(&dir, "copy.sqlite");
-        std::fs::rename(&copy.path, &store.path).unwrap();
+        put_a_copy_in_place(&dir, &store);
         let conn = store.conn().unwrap();
-        assert!(
-            !marked(&conn),
-            "a new connection for the file copied in place"
-        );
-        conn.execute_batch("INSERT INTO fieldsync_meta (key, value) VALUES ('probe', 'new')")
-            .unwrap();
+        assert_a_new_connection_to_the_file_at_the_path(&store, &conn);
         drop(conn);
-        let seen: i64 = rusqlite::Connection::open(&store.path)
-            .unwrap()
-            .query_row(
-                "SELECT count(*) FROM fieldsync_meta WHERE key = 'probe'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(seen, 1, "the write reached the file now at the path");
 
         // Many at once: at most IDLE_MAX stay.
         let many: Vec<Conn<'_>> = (0..IDLE_MAX + 3).map(|_| store.conn().unwrap()).collect();

@@ -27,6 +27,14 @@ use crate::wire::{ErrorBody, SliceHeader};
 /// device's inserts on one core.
 pub const ZSTD_LEVEL: i32 = 1;
 
+/// The compressor's window, as a power of two: 128 KiB. Level 1 would take 512 KiB for
+/// a stream of unknown size, and a server streaming many downloads at once held one
+/// window and its input buffer per download: 12 of the 28 MB of heap at the peak of a
+/// 200-device round (heaptrack; BENCHMARKS.md, "The stream's compression window").
+/// Readers accept any window up to zstd's default limit, so this is the writer's
+/// choice alone.
+pub const ZSTD_WINDOW_LOG: u32 = 17;
+
 /// Why a slice stream was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {

@@ -38,11 +38,12 @@ fn misuse(what: &str) -> io::Error {
 }
 
 impl<W: Write> SliceWriter<W> {
-    /// A stream into `inner`, compressed at [`super::ZSTD_LEVEL`] with zstd's own
-    /// checksum.
+    /// A stream into `inner`, compressed at [`super::ZSTD_LEVEL`] with a window of
+    /// [`super::ZSTD_WINDOW_LOG`] and zstd's own checksum.
     pub fn new(inner: W) -> io::Result<Self> {
         let mut zstd = zstd::stream::write::Encoder::new(inner, super::ZSTD_LEVEL)?;
         zstd.include_checksum(true)?;
+        zstd.window_log(super::ZSTD_WINDOW_LOG)?;
         Ok(SliceWriter {
             frames: FrameEncoder::new(),
             out: Vec::with_capacity(2 * DRAIN_BYTES),

@@ -158,6 +158,23 @@ fn the_frames_are_the_frame_encoders_bytes() {
     assert_ne!(bytes[4] & 0x04, 0, "zstd content checksum");
 }
 
+/// The compressor's window is the stream's 128 KiB (`ZSTD_WINDOW_LOG`), not level 1's
+/// default for a stream of unknown size (512 KiB): a server holds one per download.
+#[test]
+fn the_stream_is_compressed_with_a_window_of_128_kib() {
+    let bytes = written(3000);
+    assert_eq!(&bytes[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+    // No single segment (the size is not known ahead), so a window descriptor follows
+    // the frame header descriptor: exponent (window log - 10) and mantissa.
+    assert_eq!(bytes[4] & 0x20, 0, "a window descriptor is present");
+    let (exponent, mantissa) = (bytes[5] >> 3, bytes[5] & 0x07);
+    assert_eq!(
+        (10 + u32::from(exponent), mantissa),
+        (super::ZSTD_WINDOW_LOG, 0)
+    );
+    assert_eq!(super::ZSTD_WINDOW_LOG, 17);
+}
+
 #[test]
 fn a_cut_stream_is_refused_wherever_it_is_cut() {
     let bytes = written(300);

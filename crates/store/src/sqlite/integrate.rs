@@ -25,9 +25,9 @@ pub(super) fn integrate(
     ctx: &IntegrateContext<'_>,
     upload: &Upload,
 ) -> Result<UploadOutcome, IntegrateError> {
-    let mut conn = kept::take(store)?;
+    let (mut conn, file) = kept::take(store)?;
     let outcome = integrate_on(&mut conn, ctx, upload);
-    kept::give_back(store, conn);
+    kept::give_back(store, conn, file);
     outcome
 }
 
@@ -81,12 +81,14 @@ mod kept {
 
     use rusqlite::Connection;
 
+    use super::super::{FileId, file_id};
     use super::SqliteStore;
     use crate::StoreError;
 
     struct Kept {
         path: String,
-        file: Option<(u64, u64)>,
+        /// The file it was opened on.
+        file: FileId,
         conn: Connection,
     }
 
@@ -94,17 +96,17 @@ mod kept {
         static KEPT: RefCell<Option<Kept>> = const { RefCell::new(None) };
     }
 
-    /// This thread's kept connection to `store`'s file, or a new one.
-    pub(super) fn take(store: &SqliteStore) -> Result<Connection, StoreError> {
+    /// This thread's kept connection to `store`'s file, or a new one; and the file it
+    /// was opened on.
+    pub(super) fn take(store: &SqliteStore) -> Result<(Connection, Option<FileId>), StoreError> {
         let kept = KEPT.with(|k| k.borrow_mut().take());
         if let Some(k) = kept
             && k.path == store.path
-            && k.file.is_some()
-            && k.file == super::super::file_id(&store.path)
+            && file_id(&store.path) == Some(k.file)
         {
-            return Ok(k.conn);
+            return Ok((k.conn, Some(k.file)));
         }
-        let conn = store.conn()?.into_inner();
+        let (conn, file) = store.conn()?.into_parts();
         conn.set_prepared_statement_cache_capacity(256);
         // Statement journals (each write with triggers may need a partial rollback)
         // stay in memory instead of temp-file writes. A page cache of 1 MiB: a
@@ -112,15 +114,15 @@ mod kept {
         // it go to the WAL before the commit) a 100,000-entry send peaked 1.5 MB lower
         // at the same speed, inserts and updates (BENCHMARKS.md, "A send within 32 MB").
         conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA cache_size = -1024;")?;
-        Ok(conn)
+        Ok((conn, file))
     }
 
-    /// Keeps `conn` for this thread's next upload, if no transaction is left open on it.
-    pub(super) fn give_back(store: &SqliteStore, conn: Connection) {
-        if !conn.is_autocommit() {
+    /// Keeps `conn`, opened on `file`, for this thread's next upload, if no transaction
+    /// is left open on it and the file is known.
+    pub(super) fn give_back(store: &SqliteStore, conn: Connection, file: Option<FileId>) {
+        let Some(file) = file.filter(|_| conn.is_autocommit()) else {
             return;
-        }
-        let file = super::super::file_id(&store.path);
+        };
         KEPT.with(|k| {
             *k.borrow_mut() = Some(Kept {
                 path: store.path.clone(),

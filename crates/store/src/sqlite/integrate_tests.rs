@@ -92,33 +92,43 @@ fn the_integrations_connection_is_kept_only_for_the_same_file() {
     let dir = TempDir::new("kept");
     let store = initialised(&dir, "main.sqlite");
 
-    let conn = kept::take(&store).unwrap();
+    let (conn, file) = kept::take(&store).unwrap();
     mark(&conn);
-    kept::give_back(&store, conn);
-    let conn = kept::take(&store).unwrap();
+    kept::give_back(&store, conn, file);
+    let (conn, file) = kept::take(&store).unwrap();
     assert!(marked(&conn), "the same connection again");
-    kept::give_back(&store, conn);
+    kept::give_back(&store, conn, file);
 
     // Another database on the same thread: a connection of its own.
     let other = initialised(&dir, "other.sqlite");
-    let conn = kept::take(&other).unwrap();
+    let (conn, file) = kept::take(&other).unwrap();
     assert!(!marked(&conn), "another file's connection");
-    kept::give_back(&other, conn);
-    let conn = kept::take(&store).unwrap();
+    kept::give_back(&other, conn, file);
+    let (conn, file) = kept::take(&store).unwrap();
     assert!(!marked(&conn), "the first one was let go for the other");
     mark(&conn);
-    kept::give_back(&store, conn);
+    kept::give_back(&store, conn, file);
 
     // A copy put in place of the file (a new inode under the same path).
     put_a_copy_in_place(&dir, &store);
-    let conn = kept::take(&store).unwrap();
+    let (conn, file) = kept::take(&store).unwrap();
+    assert_a_new_connection_to_the_file_at_the_path(&store, &conn);
+    mark(&conn);
+
+    // A file put in place while an upload holds the connection: not kept for it.
+    kept::give_back(&store, conn, file);
+    let (conn, file) = kept::take(&store).unwrap();
+    assert!(marked(&conn), "kept while the file stays");
+    put_a_copy_in_place(&dir, &store);
+    kept::give_back(&store, conn, file);
+    let (conn, file) = kept::take(&store).unwrap();
     assert_a_new_connection_to_the_file_at_the_path(&store, &conn);
     mark(&conn);
 
     // A transaction left open: not kept.
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-    kept::give_back(&store, conn);
-    let conn = kept::take(&store).unwrap();
+    kept::give_back(&store, conn, file);
+    let (conn, _) = kept::take(&store).unwrap();
     assert!(!marked(&conn), "a connection in a transaction is not kept");
     assert!(conn.is_autocommit());
 }

@@ -99,6 +99,8 @@ pub(crate) fn file_id(path: &str) -> Option<FileId> {
 /// transaction is left open on it and its file is still the one at the path.
 pub(crate) struct Conn<'s> {
     conn: Option<Connection>,
+    /// The file it was opened on (`None`: not known for sure, never used again).
+    file: Option<FileId>,
     store: &'s SqliteStore,
 }
 
@@ -117,15 +119,20 @@ impl std::ops::DerefMut for Conn<'_> {
 
 impl Conn<'_> {
     /// The connection, never given back: for a call that changes its settings.
-    pub(crate) fn into_inner(mut self) -> Connection {
-        self.conn.take().expect("held until dropped")
+    pub(crate) fn into_inner(self) -> Connection {
+        self.into_parts().0
+    }
+
+    /// The connection, never given back, and the file it was opened on.
+    pub(crate) fn into_parts(mut self) -> (Connection, Option<FileId>) {
+        (self.conn.take().expect("held until dropped"), self.file)
     }
 }
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.store.give_back(conn);
+            self.store.give_back(conn, self.file);
         }
     }
 }
@@ -163,11 +170,15 @@ impl SqliteStore {
             if let Some((_, conn)) = idle.pop() {
                 return Ok(Conn {
                     conn: Some(conn),
+                    file: Some(file),
                     store: self,
                 });
             }
         }
+        // The file it opens: the one at the path before and after (else not known).
+        let before = file_id(&self.path);
         let conn = self.connect(false)?;
+        let file = before.filter(|b| file_id(&self.path) == Some(*b));
         let ok: bool = conn.query_row(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'fieldsync_meta'",
             [],
@@ -178,18 +189,20 @@ impl SqliteStore {
         }
         Ok(Conn {
             conn: Some(conn),
+            file,
             store: self,
         })
     }
 
-    /// Keeps `conn` idle for a later call, its page cache let go (an idle connection
-    /// holds its schema, not the pages its call read); closes it if a transaction is
-    /// left open on it, if the path names another file now, or if enough are idle.
-    fn give_back(&self, conn: Connection) {
+    /// Keeps `conn`, opened on `file`, idle for a later call, its page cache let go (an
+    /// idle connection holds its schema, not the pages its call read); closes it if a
+    /// transaction is left open on it, if the path names another file now, or if
+    /// enough are idle.
+    fn give_back(&self, conn: Connection, file: Option<FileId>) {
         if !conn.is_autocommit() {
             return;
         }
-        let Some(file) = file_id(&self.path) else {
+        let Some(file) = file.filter(|f| file_id(&self.path) == Some(*f)) else {
             return;
         };
         if conn.execute_batch("PRAGMA shrink_memory").is_err() {
@@ -392,6 +405,15 @@ pub(super) mod tests {
 
         // A copy put in place of the file (a new inode under the same path).
         put_a_copy_in_place(&dir, &store);
+        let conn = store.conn().unwrap();
+        assert_a_new_connection_to_the_file_at_the_path(&store, &conn);
+        drop(conn);
+
+        // A file put in place while a call holds its connection: not kept for it.
+        let conn = store.conn().unwrap();
+        mark(&conn);
+        put_a_copy_in_place(&dir, &store);
+        drop(conn);
         let conn = store.conn().unwrap();
         assert_a_new_connection_to_the_file_at_the_path(&store, &conn);
         drop(conn);

@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldsync_proto::wire::{BUSY_RETRY_AFTER_SECS, ErrorCode};
-
 use crate::error::ApiError;
 
 /// The downloads streaming now, on this server and per device.
@@ -37,13 +35,6 @@ pub(crate) struct DownloadTurn {
 /// that waits in line again is still answered before a stalled stream's turn is cut.
 const MOST_WAIT: Duration = Duration::from_secs(20);
 
-fn busy(what: String) -> ApiError {
-    ApiError::new(
-        ErrorCode::Busy,
-        format!("busy: {what}; retry in {BUSY_RETRY_AFTER_SECS} s"),
-    )
-}
-
 impl Downloads {
     pub(crate) fn new(limits: &crate::Limits) -> Downloads {
         Downloads {
@@ -67,7 +58,7 @@ impl Downloads {
         let mut per_device = self.per_device.lock().unwrap_or_else(|e| e.into_inner());
         let n = per_device.entry(device.to_string()).or_insert(0);
         if *n >= self.per_device_max {
-            return Err(busy(format!(
+            return Err(ApiError::busy(format!(
                 "device `{device}` already has {} downloads streaming",
                 self.per_device_max
             )));
@@ -89,7 +80,7 @@ impl Downloads {
             Err(_) => tokio::time::timeout(self.wait, self.server.clone().acquire_owned())
                 .await
                 .map_err(|_| {
-                    busy(format!(
+                    ApiError::busy(format!(
                         "the server is streaming its most downloads at once ({}) and this one \
                          waited {} s for a turn",
                         self.max,

@@ -44,6 +44,17 @@ impl ApiError {
         Self::new(ErrorCode::Forbidden, message)
     }
 
+    /// "Busy" because of `what`, with the wait the answer's `Retry-After` gives.
+    pub fn busy(what: impl std::fmt::Display) -> Self {
+        Self::new(
+            ErrorCode::Busy,
+            format!(
+                "busy: {what}; retry in {} s",
+                fieldsync_proto::wire::BUSY_RETRY_AFTER_SECS
+            ),
+        )
+    }
+
     /// Logs the detail and answers with a generic message.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         eprintln!("fieldsync server: internal error: {detail}");

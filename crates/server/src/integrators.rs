@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use fieldsync_proto::wire::{BUSY_RETRY_AFTER_SECS, ErrorCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
@@ -59,13 +58,6 @@ static PER_DEVICE_NOW: LazyLock<Mutex<HashMap<String, usize>>> = LazyLock::new(M
 
 /// Uploads waiting for a turn now (for the busy message).
 static WAITING_NOW: AtomicUsize = AtomicUsize::new(0);
-
-fn busy(what: String) -> ApiError {
-    ApiError::new(
-        ErrorCode::Busy,
-        format!("busy: {what}; retry in {BUSY_RETRY_AFTER_SECS} s"),
-    )
-}
 
 /// Runs `f` on one of the [`INTEGRATORS`] (on [`ONE_WRITER`] for a main database that
 /// has one writer) once `device`'s upload of `body_len` bytes has its turn, and awaits
@@ -103,7 +95,7 @@ async fn turn(body_len: usize) -> Result<OwnedSemaphorePermit, ApiError> {
     }
     let bytes = u32::try_from(body_len.max(1)).unwrap_or(u32::MAX);
     let room = WAITING.clone().try_acquire_many_owned(bytes).map_err(|_| {
-        busy(format!(
+        ApiError::busy(format!(
             "the server's queue of uploads is full ({} waiting)",
             WAITING_NOW.load(Ordering::SeqCst)
         ))
@@ -113,7 +105,7 @@ async fn turn(body_len: usize) -> Result<OwnedSemaphorePermit, ApiError> {
     drop((waiting, room));
     match waited {
         Ok(turn) => turn.map_err(ApiError::internal),
-        Err(_) => Err(busy(format!(
+        Err(_) => Err(ApiError::busy(format!(
             "the upload waited {} s for its turn behind others",
             MOST_WAIT.as_secs()
         ))),
@@ -144,7 +136,7 @@ impl DeviceUpload {
         let mut now = PER_DEVICE_NOW.lock().unwrap_or_else(|e| e.into_inner());
         let n = now.entry(device.to_string()).or_insert(0);
         if *n >= PER_DEVICE {
-            return Err(busy(format!(
+            return Err(ApiError::busy(format!(
                 "device `{device}` already has {PER_DEVICE} uploads in the server's hands"
             )));
         }

@@ -121,6 +121,13 @@ pub fn apply_delta<R: Read>(
     applied
 }
 
+/// How a delta finds a row the replica holds: an update of its columns by key (held
+/// if it changed a row), or, for a table of its key alone, a lookup of the key.
+enum Held<'c> {
+    Update(rusqlite::Statement<'c>),
+    Lookup(rusqlite::Statement<'c>),
+}
+
 fn apply_in_transaction<R: Read>(
     conn: &Connection,
     reader: &mut SliceReader<R>,
@@ -153,12 +160,12 @@ fn apply_in_transaction<R: Read>(
             .collect();
         update.push(if sets.is_empty() {
             // A table of its key alone: nothing to update; it is held or inserted.
-            conn.prepare(&format!("SELECT 1 FROM {table} WHERE {pk} = ?1"))?
+            Held::Lookup(conn.prepare(&format!("SELECT 1 FROM {table} WHERE {pk} = ?1"))?)
         } else {
-            conn.prepare(&format!(
+            Held::Update(conn.prepare(&format!(
                 "UPDATE {table} SET {} WHERE {pk} = ?1",
                 sets.join(", ")
-            ))?
+            ))?)
         });
         insert.push(conn.prepare(&format!(
             "INSERT INTO {table} ({}) VALUES ({})",
@@ -197,10 +204,9 @@ fn apply_in_transaction<R: Read>(
                                 ))
                             })
                         };
-                        let held = if header.tables[lane].columns.len() > 1 {
-                            stored(&mut update[lane])? > 0
-                        } else {
-                            update[lane].exists([&key])?
+                        let held = match &mut update[lane] {
+                            Held::Update(stmt) => stored(stmt)? > 0,
+                            Held::Lookup(stmt) => stmt.exists([&key])?,
                         };
                         if held {
                             applied.changed += 1;

@@ -87,6 +87,7 @@ pub(super) fn integrate(
             next: 0,
             ahead: HashMap::new(),
             locked: Default::default(),
+            tracked: Default::default(),
             pending: None,
             entries: &upload.entries,
             refused: None,
@@ -199,6 +200,8 @@ struct PgUpload<'c, 'u> {
     ahead: HashMap<(String, String), Vec<ReadAhead>>,
     /// Rows locked ahead (table, key as text): their lock statement is not needed.
     locked: std::collections::HashSet<(String, String)>,
+    /// Of those, the ones with a tracking row (locked with it): the others are new.
+    tracked: std::collections::HashSet<(String, String)>,
     /// Writes not sent yet: consecutive inserts (or updates) of one table with the
     /// same columns go as one statement (one run of the tracking trigger).
     pending: Option<PendingWrites>,
@@ -220,10 +223,10 @@ fn changed_sql(x: &str) -> String {
     )
 }
 
-fn declared_of(info: &TableInfo, column: &str) -> String {
+/// A column's declared type (`text` for a column the table does not have).
+fn declared_of<'i>(info: &'i TableInfo, column: &str) -> &'i str {
     info.column(column)
-        .map(|c| c.declared_type.clone())
-        .unwrap_or_else(|| "text".into())
+        .map_or("text", |c| c.declared_type.as_str())
 }
 
 /// SQL expressions for the transaction ids of a table's parent chain, for the row
@@ -236,9 +239,8 @@ fn ancestor_xids(infos: &Infos, def: &TaskDef, t: &TaskTable) -> Result<Vec<Stri
                 // The parent's key as its triggers record it.
                 let key_type = infos
                     .get(&table)
-                    .cloned()
-                    .flatten()
-                    .map(|info| declared_of(&info, &info.primary_key))
+                    .and_then(Option::as_ref)
+                    .map(|info| declared_of(info, &info.primary_key))
                     .unwrap_or_default();
                 format!(
                     "(SELECT v.xid FROM fieldsync.rows v WHERE v.tbl = {} AND v.pk = {})",

@@ -130,7 +130,7 @@ impl UploadTx for PgUpload<'_, '_> {
     }
 
     fn canonical(&mut self, info: &TableInfo, row: &mut Row) -> Result<(), StoreError> {
-        let cols: Vec<(String, String)> = row
+        let cols: Vec<(String, &str)> = row
             .iter()
             .filter(|(_, v)| matches!(v, Value::Text(_) | Value::Integer(_) | Value::Real(_)))
             .map(|(c, _)| (c.clone(), declared_of(info, c)))
@@ -179,11 +179,19 @@ impl UploadTx for PgUpload<'_, '_> {
 
     fn read_ahead(&mut self, entries: &[UploadEntry]) {
         let mut planned = Vec::with_capacity(entries.len());
+        // Each table's key type, looked up once (not a copy of its description per entry).
+        let mut key_types: HashMap<&str, Option<String>> = HashMap::new();
         for e in entries {
-            let fits = match self.info(&e.table) {
-                Ok(Some(info)) => types::key_fits(&e.key, &declared_of(&info, &info.primary_key)),
-                _ => false,
-            };
+            if !key_types.contains_key(e.table.as_str()) {
+                let key_type = match self.info(&e.table) {
+                    Ok(Some(info)) => Some(declared_of(&info, &info.primary_key).to_string()),
+                    _ => None,
+                };
+                key_types.insert(&e.table, key_type);
+            }
+            let fits = key_types[e.table.as_str()]
+                .as_deref()
+                .is_some_and(|declared| types::key_fits(&e.key, declared));
             planned.push(fits.then(|| {
                 (
                     e.table.clone(),
@@ -278,14 +286,14 @@ impl UploadTx for PgUpload<'_, '_> {
         let table = quote_ident(&info.name);
         let pk = quote_ident(&info.primary_key);
         let pk_declared = declared_of(info, &info.primary_key);
-        let cells = |row: &fieldsync_proto::conflict::Row| -> Vec<(String, Value)> {
-            row.iter().map(|(c, v)| (c.clone(), v.clone())).collect()
-        };
+        fn cells(row: &fieldsync_proto::conflict::Row) -> Vec<(&str, &Value)> {
+            row.iter().map(|(c, v)| (c.as_str(), v)).collect()
+        }
         let batched = match write {
             Write::Insert(row) => Some((false, cells(row))),
             // The key first, then the columns set.
             Write::Update(row) if !row.is_empty() => {
-                let mut keyed = vec![(info.primary_key.clone(), key.clone())];
+                let mut keyed = vec![(info.primary_key.as_str(), key)];
                 keyed.extend(cells(row));
                 Some((true, keyed))
             }
@@ -294,7 +302,7 @@ impl UploadTx for PgUpload<'_, '_> {
         if let Some((update, cells)) = batched {
             let values: Vec<Param> = cells
                 .iter()
-                .map(|(c, v)| types::write_value(v, &declared_of(info, c)))
+                .map(|(c, v)| types::write_value(v, declared_of(info, c)))
                 .collect();
             if values.iter().any(|v| matches!(v, Param::Invalid)) {
                 return Err(ApplyError::Refused(
@@ -304,14 +312,17 @@ impl UploadTx for PgUpload<'_, '_> {
             let same_shape = self.pending.as_ref().is_some_and(|p| {
                 p.update == update
                     && p.info.name == info.name
-                    && p.columns.iter().eq(cells.iter().map(|(c, _)| c))
+                    && p.columns
+                        .iter()
+                        .map(String::as_str)
+                        .eq(cells.iter().map(|(c, _)| *c))
             });
             if !same_shape {
                 self.flush().map_err(ApplyError::Store)?;
                 self.pending = Some(PendingWrites {
                     update,
                     info: info.clone(),
-                    columns: cells.iter().map(|(c, _)| c.clone()).collect(),
+                    columns: cells.iter().map(|(c, _)| c.to_string()).collect(),
                     rows: Vec::new(),
                 });
             }

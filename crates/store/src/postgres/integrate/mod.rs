@@ -245,7 +245,7 @@ fn ancestor_xids(infos: &Infos, def: &TaskDef, t: &TaskTable) -> Result<Vec<Stri
                 format!(
                     "(SELECT v.xid FROM fieldsync.rows v WHERE v.tbl = {} AND v.pk = {})",
                     plan::quote_literal(&table),
-                    types::key_text(&format!("({key_sql})"), &key_type)
+                    types::key_text(&format!("({key_sql})"), key_type)
                 )
             })
             .collect(),
@@ -293,13 +293,13 @@ fn current_query(
         .map(|c| {
             types::read_expr(
                 &format!("{table}.{}", quote_ident(c)),
-                &declared_of(&t.info, c),
+                declared_of(&t.info, c),
             )
         })
         .collect();
     let (left, ancestors) = left_sql(&ancestor_xids(infos, def, t.task_table)?);
     let n = binds.len();
-    let key_param = types::write_param(n + 3, &declared_of(&t.info, &t.info.primary_key));
+    let key_param = types::write_param(n + 3, declared_of(&t.info, &t.info.primary_key));
     let sql = format!(
         "SELECT r.xid::text::int8, r.deleted, {changed}, {left},
                 CASE WHEN {table}.{pk} IS NULL THEN false ELSE ({cond}) END, {cols}
@@ -335,7 +335,7 @@ fn current_query(
     );
     let lock_sql = format!(
         "SELECT 1 FROM {table} WHERE {pk} = {} FOR UPDATE",
-        types::write_param(1, &pk_declared)
+        types::write_param(1, pk_declared)
     );
     Ok(CurrentQuery {
         lock_sql,

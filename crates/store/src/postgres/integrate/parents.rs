@@ -59,7 +59,7 @@ impl PgUpload<'_, '_> {
              {base}",
             tbl = n + 1,
             key_text = n + 2,
-            key_param = types::write_param(n + 3, &declared),
+            key_param = types::write_param(n + 3, declared),
             base = base(n + 4),
         );
         // The same for `$n+2`, an array of keys as text.
@@ -92,7 +92,7 @@ impl PgUpload<'_, '_> {
             .info(table)?
             .ok_or_else(|| StoreError::NotFound(format!("table `{table}` is gone")))?;
         let declared = declared_of(&info, &info.primary_key);
-        let Some(typed_key) = types::key_param(key, &declared) else {
+        let Some(typed_key) = types::key_param(key, declared) else {
             return Ok((false, false));
         };
         self.flush()?;
@@ -149,7 +149,7 @@ impl PgUpload<'_, '_> {
             let declared = declared_of(&info, &info.primary_key);
             let keys: BTreeMap<String, Value> = keys
                 .into_iter()
-                .filter(|(_, k)| types::key_param(k, &declared).is_some())
+                .filter(|(_, k)| types::key_param(k, declared).is_some())
                 .collect();
             if keys.is_empty() {
                 continue;

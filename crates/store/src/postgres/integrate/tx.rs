@@ -119,9 +119,9 @@ impl UploadTx for PgUpload<'_, '_> {
         let sql = format!(
             "SELECT EXISTS (SELECT 1 FROM {table} WHERE {table}.{pk} = {key_param} AND ({cond}))",
             pk = quote_ident(&t.info.primary_key),
-            key_param = types::write_param(binds.len() + 1, &declared),
+            key_param = types::write_param(binds.len() + 1, declared),
         );
-        let typed_key = types::write_value(key, &declared);
+        let typed_key = types::write_value(key, declared);
         let bound: Vec<Bind<'_>> = binds.iter().map(Bind).collect();
         let mut all: Params_<'_> = bound.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
         all.push(&typed_key);
@@ -227,7 +227,7 @@ impl UploadTx for PgUpload<'_, '_> {
             return Ok(read.swap_remove(at).2);
         }
         let declared = declared_of(&t.info, &t.info.primary_key);
-        let Some(typed_key) = types::key_param(key, &declared) else {
+        let Some(typed_key) = types::key_param(key, declared) else {
             return Ok(None);
         };
         let (lock_sql, sql, binds) = {
@@ -343,9 +343,9 @@ impl UploadTx for PgUpload<'_, '_> {
                 let mut marks = Vec::new();
                 for (c, v) in row {
                     let d = declared_of(info, c);
-                    values.push(types::write_value(v, &d));
+                    values.push(types::write_value(v, d));
                     names.push(quote_ident(c));
-                    marks.push(types::write_param(values.len(), &d));
+                    marks.push(types::write_param(values.len(), d));
                 }
                 format!(
                     "INSERT INTO {table} ({}) VALUES ({})",
@@ -357,25 +357,25 @@ impl UploadTx for PgUpload<'_, '_> {
                 let mut sets = Vec::new();
                 for (c, v) in row {
                     let d = declared_of(info, c);
-                    values.push(types::write_value(v, &d));
+                    values.push(types::write_value(v, d));
                     sets.push(format!(
                         "{} = {}",
                         quote_ident(c),
-                        types::write_param(values.len(), &d)
+                        types::write_param(values.len(), d)
                     ));
                 }
-                values.push(types::write_value(key, &pk_declared));
+                values.push(types::write_value(key, pk_declared));
                 format!(
                     "UPDATE {table} SET {} WHERE {pk} = {}",
                     sets.join(", "),
-                    types::write_param(values.len(), &pk_declared)
+                    types::write_param(values.len(), pk_declared)
                 )
             }
             Write::Delete => {
-                values.push(types::write_value(key, &pk_declared));
+                values.push(types::write_value(key, pk_declared));
                 format!(
                     "DELETE FROM {table} WHERE {pk} = {}",
-                    types::write_param(1, &pk_declared)
+                    types::write_param(1, pk_declared)
                 )
             }
         };

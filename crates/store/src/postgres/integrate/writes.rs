@@ -190,7 +190,7 @@ impl PendingWrites {
             "UPDATE {table} SET {} FROM {rows} WHERE {table}.{} = {}",
             sets.join(", "),
             quote_ident(&self.columns[0]),
-            types::cast_to("v.c0", &declared[0])
+            types::cast_to("v.c0", declared[0])
         )
     }
 }
@@ -213,7 +213,7 @@ pub(super) fn current_of(t: &TableCtx<'_>, r: &postgres::Row, at: usize) -> Curr
     let mut values = fieldsync_proto::Row::new();
     if !deleted {
         for (i, c) in t.columns.iter().enumerate() {
-            let kind = types::kind(&declared_of(&t.info, c));
+            let kind = types::kind(declared_of(&t.info, c));
             values.insert(c.clone(), types::value_ref(r, at + 5 + i, kind).to_owned());
         }
     }

@@ -195,8 +195,9 @@ impl PendingWrites {
     }
 }
 
-/// Rows per batched statement (fewer when the columns are many: at most 65,535 binds).
-pub(super) const WRITE_BATCH: usize = 500;
+/// Rows per batched statement (fewer when the columns are many: at most 60,000 values);
+/// a window's writes (`WINDOW`) go as one statement.
+pub(super) const WRITE_BATCH: usize = 2500;
 
 /// Whether the database refused a value or a constraint (the upload is refused),
 /// rather than failing itself.

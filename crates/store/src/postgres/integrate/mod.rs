@@ -177,10 +177,10 @@ struct CurrentQuery {
 }
 
 /// Entries read ahead per round. Each round flushes the writes before it, so it also
-/// bounds a batched write (`WRITE_BATCH`). 2,500 against 1,000: a send of 100,000
-/// inserts or updates 4-5% faster (fewer statements, each a round trip), the server's
-/// peak 1 MB higher (BENCHMARKS.md, "PostgreSQL's send: fewer statements").
-const WINDOW: usize = 2500;
+/// bounds a batched write (`WRITE_BATCH`). 2,500 made a send of 100,000 updates ~5%
+/// faster than 1,000 but its server peak 4.5 MB higher (30.9 MB, the rows read ahead):
+/// BENCHMARKS.md, "PostgreSQL's send: fewer statements".
+const WINDOW: usize = 1000;
 
 struct PgUpload<'c, 'u> {
     tx: Transaction<'c>,

@@ -197,7 +197,7 @@ impl PendingWrites {
 
 /// Rows per batched statement (fewer when the columns are many: at most 60,000 values);
 /// a window's writes (`WINDOW`) go as one statement.
-pub(super) const WRITE_BATCH: usize = 2500;
+pub(super) const WRITE_BATCH: usize = 1000;
 
 /// Whether the database refused a value or a constraint (the upload is refused),
 /// rather than failing itself.

@@ -86,8 +86,7 @@ pub(super) fn integrate(
             asked: 0,
             next: 0,
             ahead: HashMap::new(),
-            locked: Default::default(),
-            tracked: Default::default(),
+            locked: HashMap::new(),
             pending: None,
             entries: &upload.entries,
             refused: None,
@@ -202,9 +201,8 @@ struct PgUpload<'c, 'u> {
     /// to the row, or to a parent table, drops what was read.
     ahead: HashMap<(String, String), Vec<ReadAhead>>,
     /// Rows locked ahead (table, key as text): their lock statement is not needed.
-    locked: std::collections::HashSet<(String, String)>,
-    /// Of those, the ones with a tracking row (locked with it): the others are new.
-    tracked: std::collections::HashSet<(String, String)>,
+    /// Each with whether it has a tracking row (locked with it): the others are new.
+    locked: HashMap<(String, String), bool>,
     /// Writes not sent yet: consecutive inserts (or updates) of one table with the
     /// same columns go as one statement (one run of the tracking trigger).
     pending: Option<PendingWrites>,

@@ -237,7 +237,7 @@ impl UploadTx for PgUpload<'_, '_> {
         self.flush()?;
         // The table's row first, as every writer locks it (then its tracking row):
         // one order, no deadlock with a single-row office transaction.
-        if !self.locked.contains(&row_id) {
+        if !self.locked.contains_key(&row_id) {
             self.query(&lock_sql, &[&typed_key])?;
         }
         let bound: Vec<Bind<'_>> = binds.iter().map(Bind).collect();

@@ -265,7 +265,6 @@ impl PgUpload<'_, '_> {
                     .map_err(|e| self.note(e))?;
                 for (table, _, key, _) in &window {
                     self.locked.remove(&(table.clone(), key.clone()));
-                    self.tracked.remove(&(table.clone(), key.clone()));
                     self.ahead.remove(&(table.clone(), key.clone()));
                 }
                 Ok(())
@@ -311,11 +310,11 @@ impl PgUpload<'_, '_> {
                  JOIN LATERAL (SELECT 1 FROM fieldsync.rows WHERE tbl = $1 AND pk = k.pk OFFSET 0 FOR UPDATE) l ON true",
                 &[&info.name, &keys],
             )?;
-            for r in &tracked {
-                self.tracked.insert((info.name.clone(), r.get(0)));
-            }
             for k in keys {
-                self.locked.insert((info.name.clone(), k));
+                self.locked.insert((info.name.clone(), k), false);
+            }
+            for r in &tracked {
+                self.locked.insert((info.name.clone(), r.get(0)), true);
             }
         }
         for ((table, user), entries) in &by_user {
@@ -345,9 +344,13 @@ impl PgUpload<'_, '_> {
             };
             // A key without a tracking row has no row to read (the statement joins
             // it): a new row, the usual case of a window of inserts.
-            let (read, new): (Vec<KeyAndBase<'_>>, Vec<KeyAndBase<'_>>) = entries
-                .iter()
-                .partition(|(k, _)| self.tracked.contains(&(t.info.name.clone(), k.to_string())));
+            let (read, new): (Vec<KeyAndBase<'_>>, Vec<KeyAndBase<'_>>) =
+                entries.iter().partition(|(k, _)| {
+                    self.locked
+                        .get(&(t.info.name.clone(), k.to_string()))
+                        .copied()
+                        .unwrap_or(false)
+                });
             for (key, base) in new {
                 self.ahead
                     .entry((t.info.name.clone(), key.to_string()))

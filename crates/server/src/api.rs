@@ -119,10 +119,21 @@ async fn metrics(State(st): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Runs blocking store work off the async threads.
+/// Store calls made at once from request handlers (not the streams of downloads,
+/// which hold theirs for the whole stream, nor uploads, on their own threads).
+pub(crate) const STORE_CALLS_AT_ONCE: usize = 8;
+
+/// Turns for [`blocking`]: a crowd of requests waits here holding no thread, where
+/// each call on its own blocking thread would open a database connection of its own
+/// (a fleet docking at once opened some sixty at the same moment).
+static STORE_CALLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(STORE_CALLS_AT_ONCE);
+
+/// Runs blocking store work off the async threads, at most [`STORE_CALLS_AT_ONCE`]
+/// at a time.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    let _turn = STORE_CALLS.acquire().await.map_err(ApiError::internal)?;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(ApiError::internal)?
@@ -441,4 +452,37 @@ pub(crate) fn op_and_trigger(
 pub(crate) fn with_who(mut response: Response, who: Who) -> Response {
     response.extensions_mut().insert(who);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A crowd of store calls runs at most `STORE_CALLS_AT_ONCE` at a time, and every
+    /// one of them runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_calls_take_turns() {
+        static RUNNING: AtomicUsize = AtomicUsize::new(0);
+        static MOST: AtomicUsize = AtomicUsize::new(0);
+        let calls: Vec<_> = (0..3 * STORE_CALLS_AT_ONCE)
+            .map(|i| {
+                tokio::spawn(blocking(move || {
+                    let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+                    MOST.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(50));
+                    RUNNING.fetch_sub(1, Ordering::SeqCst);
+                    Ok(i)
+                }))
+            })
+            .collect();
+        let mut done = Vec::new();
+        for call in calls {
+            done.push(call.await.unwrap().unwrap());
+        }
+        assert_eq!(done, (0..3 * STORE_CALLS_AT_ONCE).collect::<Vec<_>>());
+        assert_eq!(MOST.load(Ordering::SeqCst), STORE_CALLS_AT_ONCE);
+    }
 }

@@ -54,15 +54,9 @@ impl Seen {
             pending,
         };
         let store = Arc::clone(store);
-        let written = tokio::task::spawn_blocking(move || store.device_seen(&record)).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, device = %who.device, "recording when a device was seen")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, device = %who.device, "recording when a device was seen")
-            }
+        let written = crate::api::blocking(move || Ok(store.device_seen(&record)?)).await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e.message, device = %who.device, "recording when a device was seen")
         }
     }
 }

@@ -29,7 +29,7 @@ pub const KIND_ROWS_PART: u8 = 5;
 /// A frame larger than this is refused as corrupt; bigger row batches are split.
 pub const FRAME_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// Encoders flush a row batch once it reaches this size.
-pub const BATCH_TARGET_BYTES: usize = 128 * 1024;
+pub const BATCH_TARGET_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -191,17 +191,27 @@ impl FrameEncoder {
         if self.batch_rows == 0 {
             return;
         }
-        let mut payload = Vec::with_capacity(self.batch.len() + 10);
-        put_varint(&mut payload, table_idx as u64);
-        put_varint(&mut payload, self.batch_rows);
-        payload.extend_from_slice(&self.batch);
-        let mut rest = &payload[..];
-        while rest.len() > FRAME_MAX_BYTES {
-            let (piece, tail) = rest.split_at(FRAME_MAX_BYTES);
-            self.emit(out, KIND_ROWS_PART, piece);
-            rest = tail;
+        let mut prefix = Vec::with_capacity(20);
+        put_varint(&mut prefix, table_idx as u64);
+        put_varint(&mut prefix, self.batch_rows);
+        if prefix.len() + self.batch.len() <= FRAME_MAX_BYTES {
+            // The usual case: one frame, written from its two pieces without a copy.
+            let start = out.len();
+            out.push(KIND_ROWS);
+            out.extend_from_slice(&((prefix.len() + self.batch.len()) as u32).to_le_bytes());
+            out.extend_from_slice(&prefix);
+            out.extend_from_slice(&self.batch);
+            self.crc.update(&out[start..]);
+        } else {
+            prefix.extend_from_slice(&self.batch);
+            let mut rest = &prefix[..];
+            while rest.len() > FRAME_MAX_BYTES {
+                let (piece, tail) = rest.split_at(FRAME_MAX_BYTES);
+                self.emit(out, KIND_ROWS_PART, piece);
+                rest = tail;
+            }
+            self.emit(out, KIND_ROWS, rest);
         }
-        self.emit(out, KIND_ROWS, rest);
         self.batch.clear();
         self.batch_rows = 0;
     }

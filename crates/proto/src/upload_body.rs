@@ -17,7 +17,9 @@ use crate::wire::{
     Upload, UploadEntry,
 };
 
-/// The zstd level devices compress uploads with (a window of at most 512 KiB).
+/// The zstd level devices compress uploads with, with the slice stream's window
+/// ([`crate::stream::ZSTD_WINDOW_LOG`], 64 KiB): the server's decoder holds the window
+/// the body asks for (level 1 alone asks 512 KiB of a body of unknown size).
 pub const ZSTD_LEVEL: i32 = 1;
 /// The largest zstd window an upload may use (8 MiB).
 const ZSTD_WINDOW_LOG_MAX: u32 = 23;
@@ -88,7 +90,8 @@ impl<W: Write> Write for Counting<W> {
 /// Encodes an upload: JSON serialized straight into the compressor, so no copy of the
 /// whole JSON is ever in memory.
 pub fn encode(upload: &Upload) -> io::Result<Encoded> {
-    let encoder = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)?;
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)?;
+    encoder.window_log(crate::stream::ZSTD_WINDOW_LOG)?;
     let mut writer = io::BufWriter::with_capacity(
         256 * 1024,
         Counting {

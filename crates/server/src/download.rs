@@ -23,9 +23,12 @@ use tokio::sync::mpsc;
 use crate::download_turns::DownloadTurn;
 use crate::error::ApiError;
 
-/// Bytes handed to the HTTP body at a time, and how many may wait in the channel.
-const CHUNK_BYTES: usize = 64 * 1024;
-const CHANNEL_CHUNKS: usize = 8;
+/// Bytes handed to the HTTP body at a time, and how many may wait in the channel: at
+/// most ~160 KiB per download in flight (with 64 KiB chunks and eight of them, the
+/// chunks waiting for devices that read slowly were a fleet's largest holder after the
+/// compressors; BENCHMARKS.md, "A download's buffers").
+const CHUNK_BYTES: usize = 32 * 1024;
+const CHANNEL_CHUNKS: usize = 4;
 
 /// The receiving end of the channel as an HTTP body.
 pub struct ChannelBody(mpsc::Receiver<Result<Bytes, io::Error>>);
@@ -75,6 +78,9 @@ impl ChunkWriter {
 
 impl Write for ChunkWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + data.len() > self.buf.capacity() {
+            self.send()?;
+        }
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK_BYTES {
             self.send()?;

@@ -27,13 +27,18 @@ use crate::wire::{ErrorBody, SliceHeader};
 /// device's inserts on one core.
 pub const ZSTD_LEVEL: i32 = 1;
 
-/// The compressor's window, as a power of two: 128 KiB. Level 1 would take 512 KiB for
-/// a stream of unknown size, and a server streaming many downloads at once held one
+/// The compressor's window, as a power of two: 64 KiB. Level 1 would take 512 KiB for
+/// a stream of unknown size, and a server streaming many downloads at once holds one
 /// window and its input buffer per download: 12 of the 28 MB of heap at the peak of a
-/// 200-device round (heaptrack; BENCHMARKS.md, "The stream's compression window").
-/// Readers accept any window up to zstd's default limit, so this is the writer's
-/// choice alone.
-pub const ZSTD_WINDOW_LOG: u32 = 17;
+/// 200-device round with 512 KiB (heaptrack; BENCHMARKS.md, "The stream's compression
+/// window" and "A download's buffers"). Readers accept any window up to zstd's default
+/// limit, so this is the writer's choice alone; devices compress uploads with it too.
+pub const ZSTD_WINDOW_LOG: u32 = 16;
+
+/// The compressor's largest block, 32 KiB (the window alone would give 64 KiB): the
+/// compressor's buffers are sized by it, ~0.35 MB per stream in all against ~0.98 MB
+/// with a 128 KiB window and its blocks, for 0.1% more bytes.
+pub const ZSTD_BLOCK_MAX: u32 = 32 * 1024;
 
 /// Why a slice stream was refused.
 #[derive(Debug, thiserror::Error)]

@@ -158,10 +158,10 @@ fn the_frames_are_the_frame_encoders_bytes() {
     assert_ne!(bytes[4] & 0x04, 0, "zstd content checksum");
 }
 
-/// The compressor's window is the stream's 128 KiB (`ZSTD_WINDOW_LOG`), not level 1's
+/// The compressor's window is the stream's 64 KiB (`ZSTD_WINDOW_LOG`), not level 1's
 /// default for a stream of unknown size (512 KiB): a server holds one per download.
 #[test]
-fn the_stream_is_compressed_with_a_window_of_128_kib() {
+fn the_stream_is_compressed_with_a_window_of_64_kib() {
     let bytes = written(3000);
     assert_eq!(&bytes[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
     // No single segment (the size is not known ahead), so a window descriptor follows
@@ -172,7 +172,55 @@ fn the_stream_is_compressed_with_a_window_of_128_kib() {
         (10 + u32::from(exponent), mantissa),
         (super::ZSTD_WINDOW_LOG, 0)
     );
-    assert_eq!(super::ZSTD_WINDOW_LOG, 17);
+    assert_eq!(super::ZSTD_WINDOW_LOG, 16);
+}
+
+/// The compressor's blocks are at most `ZSTD_BLOCK_MAX` (32 KiB, where the 64 KiB
+/// window alone would give 64 KiB blocks): its buffers are sized by the block. Rows of
+/// random bytes do not compress, so zstd stores them as raw blocks, whose size field is
+/// their content's size.
+#[test]
+fn the_streams_blocks_are_at_most_32_kib() {
+    let mut w = SliceWriter::new(Vec::new()).unwrap();
+    w.header(&header()).unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    for i in 0..300 {
+        let blob: Vec<u8> = (0..1000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        w.row(0, [ValueRef::Integer(i), ValueRef::Blob(&blob)])
+            .unwrap();
+    }
+    w.trailer(Cursor::from_raw(1)).unwrap();
+    let bytes = w.finish().unwrap();
+    // Magic, frame header descriptor (no dictionary, no content size), window descriptor.
+    assert_eq!(bytes[4] & 0xe7, 0x04, "checksum flag only");
+    let mut at = 6;
+    let mut raw = Vec::new();
+    loop {
+        let h = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], 0]);
+        let (last, kind, size) = (h & 1 == 1, (h >> 1) & 3, (h >> 3) as usize);
+        at += 3;
+        match kind {
+            0 => {
+                raw.push(size);
+                at += size;
+            }
+            1 => at += 1,
+            _ => at += size,
+        }
+        if last {
+            break;
+        }
+    }
+    assert_eq!(bytes.len(), at + 4, "the content checksum ends the frame");
+    assert!(raw.len() >= 8, "random rows are stored raw: {raw:?}");
+    assert_eq!(raw.iter().max(), Some(&(super::ZSTD_BLOCK_MAX as usize)));
 }
 
 #[test]

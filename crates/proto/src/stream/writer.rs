@@ -7,7 +7,7 @@ use crate::frame::{self, FrameEncoder, ValueRef};
 use crate::wire::{Cursor, ErrorBody, SliceHeader};
 
 /// Uncompressed bytes gathered before they go to the compressor.
-const DRAIN_BYTES: usize = 64 * 1024;
+const DRAIN_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -44,9 +44,12 @@ impl<W: Write> SliceWriter<W> {
         let mut zstd = zstd::stream::write::Encoder::new(inner, super::ZSTD_LEVEL)?;
         zstd.include_checksum(true)?;
         zstd.window_log(super::ZSTD_WINDOW_LOG)?;
+        zstd.set_parameter(zstd::zstd_safe::CParameter::MaxBlockSize(
+            super::ZSTD_BLOCK_MAX,
+        ))?;
         Ok(SliceWriter {
             frames: FrameEncoder::new(),
-            out: Vec::with_capacity(2 * DRAIN_BYTES),
+            out: Vec::with_capacity(DRAIN_BYTES + frame::BATCH_TARGET_BYTES + 1024),
             zstd,
             state: State::Fresh,
             widths: Vec::new(),

@@ -106,6 +106,18 @@ fn what_the_device_encodes_the_server_decodes() {
     assert!(!enc.within(&tight, 500));
 }
 
+/// Devices compress with the slice stream's window (64 KiB), not level 1's 512 KiB for
+/// a body of unknown size: the server's decoder allocates the window the body asks for.
+#[test]
+fn devices_compress_with_a_window_of_64_kib() {
+    let enc = encode(&serde_json::from_str(&upload(2000, "")).unwrap()).unwrap();
+    assert!(enc.json_len > 1 << 17, "a body larger than the window");
+    assert_eq!(&enc.body[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+    assert_eq!(enc.body[4] & 0x20, 0, "a window descriptor is present");
+    let (exponent, mantissa) = (enc.body[5] >> 3, enc.body[5] & 0x07);
+    assert_eq!((10 + u32::from(exponent), mantissa), (16, 0));
+}
+
 #[test]
 fn the_checksum_header_is_checked_before_the_body() {
     let (h, z) = body(&upload(1, ""));

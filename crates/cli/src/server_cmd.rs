@@ -76,7 +76,7 @@ struct LimitArgs {
     max_connections: usize,
     /// Downloads streaming at once (each holds a database connection); beyond it a
     /// device is told "busy" and retries
-    #[arg(long, value_name = "N", default_value_t = 16)]
+    #[arg(long, value_name = "N", default_value_t = 8)]
     max_downloads: usize,
     /// On SIGTERM or Ctrl-C, seconds given to requests in flight before exiting
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]

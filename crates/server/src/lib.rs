@@ -69,7 +69,10 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 512,
             // Below the PostgreSQL pool's 32 connections: logins and sends keep theirs.
-            max_downloads: 16,
+            // Each stream in flight holds ~0.8 MB (its connection's pages, compressor,
+            // buffers): 16 at once put a 200-device fleet's server at 40 MB, 8 at 33 MB,
+            // with the same latency on two cores (BENCHMARKS.md, "A download's buffers").
+            max_downloads: 8,
             max_downloads_per_device: 2,
             shutdown_deadline: Duration::from_secs(10),
             retention: Duration::from_secs(30 * 24 * 3600),

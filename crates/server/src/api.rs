@@ -133,7 +133,17 @@ static STORE_CALLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(S
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let _turn = STORE_CALLS.acquire().await.map_err(ApiError::internal)?;
+    blocking_in(&STORE_CALLS, f).await
+}
+
+/// Runs blocking store work off the async threads once `turns` gives it a turn (a
+/// caller's own turns keep its calls from waiting behind the handlers', or theirs
+/// behind its).
+pub(crate) async fn blocking_in<T: Send + 'static>(
+    turns: &tokio::sync::Semaphore,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let _turn = turns.acquire().await.map_err(ApiError::internal)?;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(ApiError::internal)?

@@ -54,7 +54,11 @@ impl Seen {
             pending,
         };
         let store = Arc::clone(store);
-        let written = crate::api::blocking(move || Ok(store.device_seen(&record)?)).await;
+        // Its own two turns: a write that waits for the database's writer (an upload
+        // being integrated) must not hold a turn a device's request needs to read.
+        static WRITES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+        let written =
+            crate::api::blocking_in(&WRITES, move || Ok(store.device_seen(&record)?)).await;
         if let Err(e) = written {
             tracing::warn!(error = %e.message, device = %who.device, "recording when a device was seen")
         }

@@ -89,9 +89,17 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 fn put_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    put_frame_of(out, kind, &[payload]);
+}
+
+/// A frame whose payload is `parts` one after the other, written without joining them.
+fn put_frame_of(out: &mut Vec<u8>, kind: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
     out.push(kind);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(payload);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
 }
 
 /// Builds the frames of one stream and keeps the running checksum the trailer needs.
@@ -195,12 +203,10 @@ impl FrameEncoder {
         put_varint(&mut prefix, table_idx as u64);
         put_varint(&mut prefix, self.batch_rows);
         if prefix.len() + self.batch.len() <= FRAME_MAX_BYTES {
-            // The usual case: one frame, written from its two pieces without a copy.
+            // The usual case: one frame, written from its two pieces without a copy
+            // (as `emit` would write it joined).
             let start = out.len();
-            out.push(KIND_ROWS);
-            out.extend_from_slice(&((prefix.len() + self.batch.len()) as u32).to_le_bytes());
-            out.extend_from_slice(&prefix);
-            out.extend_from_slice(&self.batch);
+            put_frame_of(out, KIND_ROWS, &[&prefix, &self.batch]);
             self.crc.update(&out[start..]);
         } else {
             prefix.extend_from_slice(&self.batch);

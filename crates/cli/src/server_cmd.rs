@@ -72,11 +72,11 @@ struct LimitArgs {
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     idle_timeout: f64,
     /// Connections open at once; beyond it new ones wait to be accepted
-    #[arg(long, value_name = "N", default_value_t = 512)]
+    #[arg(long, value_name = "N", default_value_t = fieldsync_server::Limits::default().max_connections)]
     max_connections: usize,
     /// Downloads streaming at once (each holds a database connection); beyond it a
     /// device is told "busy" and retries
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    #[arg(long, value_name = "N", default_value_t = fieldsync_server::Limits::default().max_downloads)]
     max_downloads: usize,
     /// On SIGTERM or Ctrl-C, seconds given to requests in flight before exiting
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]

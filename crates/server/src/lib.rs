@@ -67,7 +67,14 @@ impl Default for Limits {
         Limits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
-            max_connections: 512,
+            // Each open connection holds ~16 KB idle and ~35 KB with a request waiting
+            // in the server; the work itself is bounded by the turns (downloads, store
+            // calls, uploads), so connections past those only wait. Past this they wait
+            // in the kernel's backlog, at no cost to the process: on a SQLite main
+            // database 200 devices at once peaked the server at 30 MB with 64 against
+            // 35 MB with 512, 1,000 at 34 MB against 74 MB, at the same p99
+            // (BENCHMARKS.md, "Connections past the turns wait in the kernel").
+            max_connections: 64,
             // Below the PostgreSQL pool's 32 connections: logins and sends keep theirs.
             // Each stream in flight holds ~0.8 MB (its connection's pages, compressor,
             // buffers): 16 at once put a 200-device fleet's server at 40 MB, 8 at 33 MB,

@@ -268,6 +268,70 @@ fn a_crowd_of_idle_sockets_locks_nobody_out() {
     assert!(peak_mb < 100, "server peak RSS {peak_mb} MB");
 }
 
+/// The sockets a process holds open (its listener included).
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+/// A listening port's queues as `ss` shows them: the connections waiting to be
+/// accepted now (Recv-Q) and the backlog they may fill (Send-Q).
+fn listen_queues(port: &str) -> (u32, u32) {
+    let out = Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // State, Recv-Q, Send-Q, local, peer.
+    let field = |i: usize| -> u32 {
+        text.split_whitespace()
+            .nth(i)
+            .and_then(|q| q.parse().ok())
+            .unwrap_or_else(|| panic!("ss said {text:?}"))
+    };
+    (field(1), field(2))
+}
+
+/// By default the server holds 64 connections at once: a fleet docking together
+/// waits past that in the kernel's backlog, which costs the server nothing, instead
+/// of in the server's own queues at 16–35 KB a connection (BENCHMARKS.md,
+/// "Connections past the turns wait in the kernel").
+#[test]
+fn by_default_the_server_holds_sixty_four_connections_and_the_kernel_the_rest() {
+    let office = Office::new(3);
+    let pid = office.server.child.id();
+    let port = office.server.url.rsplit(':').next().unwrap().to_string();
+    let addr = office
+        .server
+        .url
+        .strip_prefix("http://")
+        .unwrap()
+        .to_string();
+    let before = sockets_of(pid);
+    let crowd: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    // Within the header timeout (10 s), while none of the crowd was closed yet.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut held, mut waiting) = (0, 0);
+    while Instant::now() < deadline {
+        (held, waiting) = (sockets_of(pid) - before, listen_queues(&port).0);
+        if held + waiting as usize == 100 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        (held, waiting),
+        (64, 36),
+        "accepted, waiting in the backlog"
+    );
+    drop(crowd);
+}
+
 /// SIGTERM with a download nobody reads, a half-sent request and an idle keep-alive
 /// open: the server stops accepting, and exits within its shutdown deadline (it
 /// waited for the download forever).
@@ -337,11 +401,19 @@ fn a_hundred_stalled_downloads_on_postgres_are_cut_and_block_nobody() {
         "CREATE TABLE scratch (id integer PRIMARY KEY, v integer);
          INSERT INTO scratch SELECT g, 0 FROM generate_series(1, 100) g;",
     );
-    // Room on the server for every device's two (the default, 8, is fewer than ten):
-    // the per-device limit is what answers the rest.
+    // Room on the server for every device's two (the default, 8, is fewer than ten)
+    // and for all 100 connections at once (the default, 64, is fewer): the per-device
+    // limit is what answers the rest.
     let server = Server::start_with(
         &office.db_url,
-        &["--idle-timeout", "3", "--max-downloads", "16"],
+        &[
+            "--idle-timeout",
+            "3",
+            "--max-downloads",
+            "16",
+            "--max-connections",
+            "128",
+        ],
     );
     let stallers: Vec<String> = (0..5)
         .map(|i| session_headers(&photos_device(&office, &format!("stall{i}"), &server)))
@@ -550,22 +622,12 @@ fn the_server_runs_with_one_allocator_arena_unless_the_operator_says_otherwise()
 fn the_server_keeps_four_thousand_connections_waiting_to_be_accepted() {
     let office = Office::new(3);
     let port = office.server.url.rsplit(':').next().unwrap().to_string();
-    let out = Command::new("ss")
-        .args(["-ltnH", &format!("sport = :{port}")])
-        .output()
-        .expect("ss (iproute2) runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    // State, Recv-Q, Send-Q (a listening socket's backlog), local, peer.
-    let backlog: u32 = text
-        .split_whitespace()
-        .nth(2)
-        .and_then(|q| q.parse().ok())
-        .unwrap_or_else(|| panic!("ss said {text:?}"));
+    let backlog = listen_queues(&port).1;
     let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(backlog, 4096.min(somaxconn), "{text}");
-    assert!(backlog > 128 || somaxconn <= 128, "{text}");
+    assert_eq!(backlog, 4096.min(somaxconn), "somaxconn {somaxconn}");
+    assert!(backlog > 128 || somaxconn <= 128, "somaxconn {somaxconn}");
 }

@@ -135,6 +135,49 @@ fn a_value_bigger_than_a_frame_downloads_intact_and_a_device_can_send_one() {
     assert!(a == big && b == sent, "big values came down changed");
 }
 
+/// Many rows each wider than a batch: the server holds a batch or two of them while
+/// it streams, never the slice (on PostgreSQL it used to hold a whole fetch of up to
+/// 2,000 rows: all of these at once).
+#[test]
+fn many_wide_rows_download_while_the_servers_memory_stays_flat() {
+    const WIDE: usize = 256 * 1024;
+    let office = Office::new(400);
+    office.execute_batch(&match office.engine() {
+        Engine::Sqlite => format!(
+            "UPDATE assets SET name = substr(hex(zeroblob({WIDE})), 1, {WIDE}) || id WHERE region = 'north'"
+        ),
+        Engine::Postgres => {
+            format!("UPDATE assets SET name = repeat('0', {WIDE}) || id WHERE region = 'north'")
+        }
+    });
+    let rows: i64 = office
+        .value("SELECT count(*) FROM assets WHERE region = 'north' AND status <> 'retired'")
+        .parse()
+        .unwrap();
+    assert!(rows >= 100, "{rows} rows: the slice should be tens of MB");
+    let dev = office.device("wide", &["north-inspections"]);
+    dev.login("ana").ok();
+    // The login's own memory (its password hash) is in the peak already.
+    let before_kb = office.server.peak_rss_kb();
+    dev.run(&["download", "north-inspections"], "").ok();
+    let grew_mb = (office.server.peak_rss_kb() - before_kb) / 1024;
+    let slice_mb = rows as u64 * WIDE as u64 / (1024 * 1024);
+    eprintln!("{rows} rows of {WIDE} bytes ({slice_mb} MB): the server grew {grew_mb} MB");
+    let conn = dev.replica();
+    let (got, wide): (i64, i64) = conn
+        .query_row(
+            &format!("SELECT count(*), count(*) FILTER (WHERE length(name) > {WIDE}) FROM assets"),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((got, wide), (rows, rows), "every wide row came down whole");
+    assert!(
+        grew_mb < 16,
+        "the server grew {grew_mb} MB for a {slice_mb} MB slice"
+    );
+}
+
 const WIDTH: usize = 500;
 
 #[test]
@@ -213,5 +256,6 @@ fn a_table_of_500_columns_downloads_and_a_shell_edit_on_it_lands_in_the_main_dat
 
 crate::also_on_postgres!(
     a_value_bigger_than_a_frame_downloads_intact_and_a_device_can_send_one,
+    many_wide_rows_download_while_the_servers_memory_stays_flat,
     a_table_of_500_columns_downloads_and_a_shell_edit_on_it_lands_in_the_main_database,
 );

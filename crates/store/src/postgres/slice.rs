@@ -165,15 +165,40 @@ fn delta_refused(
     Ok((row.get::<_, bool>(0) || before_horizon).then_some(FullReason::HistoryPruned))
 }
 
-/// Rows read from the portal at a time.
-const BATCH_ROWS: i32 = 2000;
+/// What one fetch from the portal may hold, in bytes: its rows' raw size plus the
+/// client's own cost per row ([`row_cost`]). Fetches of a fixed 2,000 rows held ~1 MB
+/// of narrow rows but of wide rows any size (2,000 rows of 1 MB each: 2 GB). Smaller
+/// fetches cost round trips: 256 KiB took a 1,000,000-row download 12% longer
+/// (BENCHMARKS.md, "PostgreSQL's fetches by bytes").
+const FETCH_BYTES: usize = 1024 * 1024;
+/// The first fetch's rows, before any row's size is known.
+const FIRST_FETCH_ROWS: usize = 16;
+/// The most rows one fetch asks for, however narrow.
+const MOST_FETCH_ROWS: usize = 2000;
+
+/// The client's memory for a row: its raw bytes, the row and its column ranges.
+fn row_cost(row: &postgres::Row) -> usize {
+    row.raw_size_bytes() + 64 + 24 * row.len()
+}
+
+/// Rows for the next fetch: as many of the widest row read so far (`widest`, updated
+/// with `fetched`) as [`FETCH_BYTES`] holds, so that a table whose rows widen part
+/// way shrinks its fetches from then on.
+fn next_fetch_rows(fetched: &[postgres::Row], widest: &mut usize) -> usize {
+    for row in fetched {
+        *widest = (*widest).max(row_cost(row));
+    }
+    (FETCH_BYTES / (*widest).max(1)).clamp(1, MOST_FETCH_ROWS)
+}
 
 /// Sends the rows of one query, read through a portal, to lane `lane` (and a delta's
 /// keys that left to theirs); returns how many rows and how many keys. `kinds`: how
 /// each column of the query is read. A thread of its own reads the next batch while
 /// this one is written to the stream, so that PostgreSQL and the stream's encoding
-/// work at once instead of in turn; at most three batches are held (written, waiting,
-/// being read), so memory stays flat whatever the slice's size.
+/// work at once instead of in turn. Each fetch holds about [`FETCH_BYTES`] and is
+/// handed over only when the writer takes it: two are held at most (one written, the
+/// next read or waiting), so memory stays flat whatever the slice's size and its
+/// rows' width.
 fn send_rows(
     tx: &mut postgres::Transaction<'_>,
     sql: &str,
@@ -187,10 +212,15 @@ fn send_rows(
     let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
     let portal = tx.bind(sql, &refs)?;
     std::thread::scope(|s| {
-        let (batches, arrived) = std::sync::mpsc::sync_channel(1);
+        // A fetch handed over only when the writer takes it: one read ahead.
+        let (batches, arrived) = std::sync::mpsc::sync_channel(0);
         s.spawn(move || {
+            let (mut rows, mut widest) = (FIRST_FETCH_ROWS, 0);
             loop {
-                let batch = tx.query_portal(&portal, BATCH_ROWS);
+                let batch = tx.query_portal(&portal, rows as i32);
+                if let Ok(b) = &batch {
+                    rows = next_fetch_rows(b, &mut widest);
+                }
                 let last = !matches!(&batch, Ok(b) if !b.is_empty());
                 // The writer stopped (an error, or the device went away): so does this.
                 if batches.send(batch).is_err() || last {

@@ -318,7 +318,10 @@ fn by_default_the_server_holds_sixty_four_connections_and_the_kernel_the_rest() 
     let deadline = Instant::now() + Duration::from_secs(5);
     let (mut held, mut waiting) = (0, 0);
     while Instant::now() < deadline {
-        (held, waiting) = (sockets_of(pid) - before, listen_queues(&port).0);
+        (held, waiting) = (
+            sockets_of(pid).saturating_sub(before),
+            listen_queues(&port).0,
+        );
         if held + waiting as usize == 100 {
             break;
         }

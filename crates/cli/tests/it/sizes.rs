@@ -135,9 +135,9 @@ fn a_value_bigger_than_a_frame_downloads_intact_and_a_device_can_send_one() {
     assert!(a == big && b == sent, "big values came down changed");
 }
 
-/// Many rows each wider than a batch: the server holds a batch or two of them while
-/// it streams, never the slice (on PostgreSQL it used to hold a whole fetch of up to
-/// 2,000 rows: all of these at once).
+/// Many rows each wider than a row batch of the stream: the server holds a few of them
+/// while it streams, never the slice (on PostgreSQL two fetches of about 1 MiB; it used
+/// to hold a whole fetch of up to 2,000 rows: all of these at once).
 #[test]
 fn many_wide_rows_download_while_the_servers_memory_stays_flat() {
     const WIDE: usize = 256 * 1024;

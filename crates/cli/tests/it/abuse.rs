@@ -284,12 +284,7 @@ fn hostile_bodies_get_4xx_or_a_close_and_the_server_keeps_serving() {
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dev.path().join("state.json")).unwrap()).unwrap();
     let target = Arc::new(Target {
-        addr: office
-            .server
-            .url
-            .strip_prefix("http://")
-            .unwrap()
-            .to_string(),
+        addr: office.server.addr().to_string(),
         creds: (
             "tab1".to_string(),
             state["device_secret"].as_str().unwrap().to_string(),

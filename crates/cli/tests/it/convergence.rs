@@ -780,13 +780,7 @@ fn run_case(seed: u64, steps: usize) -> Stats {
             cut: [(users[0], WIDE)].into_iter().collect(),
         });
     }
-    let upstream = office
-        .server
-        .url
-        .strip_prefix("http://")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let upstream = office.server.addr();
     let proxy = FaultProxy::start(upstream, Fault::PASS);
     devs[0].dir.use_server(&proxy.url());
     let stats = Stats {

@@ -67,13 +67,7 @@ impl Net {
         let dev = office.device("tab1", &["north-inspections"]);
         dev.login("ana").ok();
         dev.run(&["download", "north-inspections"], "").ok();
-        let upstream: SocketAddr = office
-            .server
-            .url
-            .strip_prefix("http://")
-            .expect("a plain http server")
-            .parse()
-            .unwrap();
+        let upstream: SocketAddr = office.server.addr();
         let proxy = FaultProxy::start(upstream, Fault::PASS);
         dev.use_server(&proxy.url());
         Net { office, dev, proxy }

@@ -61,7 +61,18 @@ pub struct Server {
     pub url: String,
 }
 
+/// A server's `host:port`: its URL without the scheme, for raw sockets and proxies.
+pub fn addr_of(url: &str) -> &str {
+    url.strip_prefix("http://")
+        .unwrap_or_else(|| panic!("not a plain HTTP URL: {url}"))
+}
+
 impl Server {
+    /// Its `host:port`, for raw sockets and proxies.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        addr_of(&self.url).parse().unwrap()
+    }
+
     pub fn start(db_url: &str) -> Server {
         Server::start_by(Command::new(BIN), db_url)
     }

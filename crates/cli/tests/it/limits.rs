@@ -10,7 +10,7 @@ use crate::harness::*;
 
 /// One raw HTTP/1.1 request to the server; the status code of its answer.
 fn raw_request(url: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> u16 {
-    let addr = url.strip_prefix("http://").unwrap();
+    let addr = addr_of(url);
     let mut stream = TcpStream::connect(addr).unwrap();
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -135,7 +135,7 @@ fn session_headers(dev: &DeviceDir) -> String {
 /// Starts a download of task `photos` on a raw socket and reads only the status
 /// line: the server streams until the socket's buffers are full, then stalls.
 fn stalled_download(url: &str, headers: &str) -> (TcpStream, u16) {
-    let addr = url.strip_prefix("http://").unwrap();
+    let addr = addr_of(url);
     let mut stream = TcpStream::connect(addr).unwrap();
     write!(
         stream,
@@ -177,7 +177,7 @@ fn slow_and_idle_connections_are_closed_within_their_timeouts() {
         &office.db_url,
         &["--header-timeout", "1", "--idle-timeout", "2"],
     );
-    let addr = server.url.strip_prefix("http://").unwrap().to_string();
+    let addr = server.addr().to_string();
     let start = Instant::now();
     let silent = TcpStream::connect(&addr).unwrap();
     let trickle = TcpStream::connect(&addr).unwrap();
@@ -242,7 +242,7 @@ fn a_crowd_of_idle_sockets_locks_nobody_out() {
         &office.db_url,
         &["--header-timeout", "1", "--max-connections", "50"],
     );
-    let addr = server.url.strip_prefix("http://").unwrap().to_string();
+    let addr = server.addr().to_string();
     let start = Instant::now();
     let crowd: Vec<TcpStream> = (0..200)
         .map(|_| TcpStream::connect(&addr).unwrap())
@@ -304,12 +304,7 @@ fn by_default_the_server_holds_sixty_four_connections_and_the_kernel_the_rest() 
     let office = Office::new(3);
     let pid = office.server.child.id();
     let port = office.server.url.rsplit(':').next().unwrap().to_string();
-    let addr = office
-        .server
-        .url
-        .strip_prefix("http://")
-        .unwrap()
-        .to_string();
+    let addr = office.server.addr().to_string();
     let before = sockets_of(pid);
     let crowd: Vec<TcpStream> = (0..100)
         .map(|_| TcpStream::connect(&addr).unwrap())
@@ -346,7 +341,7 @@ fn sigterm_exits_within_the_shutdown_deadline() {
     let dev = photos_device(&office, "tab1", &server);
     let (stalled, code) = stalled_download(&server.url, &session_headers(&dev));
     assert_eq!(code, 200);
-    let addr = server.url.strip_prefix("http://").unwrap().to_string();
+    let addr = server.addr().to_string();
     let mut half = TcpStream::connect(&addr).unwrap();
     half.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         .unwrap();

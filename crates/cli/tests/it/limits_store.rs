@@ -52,7 +52,7 @@ pub(crate) fn http(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Answer {
-    let addr = url.strip_prefix("http://").unwrap();
+    let addr = addr_of(url);
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(180)))

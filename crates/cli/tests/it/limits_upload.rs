@@ -25,7 +25,7 @@ fn credentials(dev: &DeviceDir) -> (String, String, String) {
 /// POSTs `body` as an upload with the device's credentials; the status and the answer.
 fn post_upload(url: &str, dev: &DeviceDir, body: &[u8]) -> (u16, String) {
     let (id, secret, token) = credentials(dev);
-    let addr = url.strip_prefix("http://").unwrap();
+    let addr = addr_of(url);
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
@@ -68,7 +68,7 @@ pub(crate) fn north_device(office: &Office, id: &str) -> DeviceDir {
 }
 
 fn health(url: &str) -> bool {
-    let addr = url.strip_prefix("http://").unwrap();
+    let addr = addr_of(url);
     let Ok(mut s) = TcpStream::connect(addr) else {
         return false;
     };
@@ -89,7 +89,7 @@ fn health(url: &str) -> bool {
 fn a_hundred_unauthenticated_half_sent_uploads_hold_no_memory() {
     let office = Office::new(5);
     let url = office.server.url.clone();
-    let addr = url.strip_prefix("http://").unwrap().to_string();
+    let addr = addr_of(&url).to_string();
     let declared = 30 * 1024 * 1024;
     let sent = 4 * 1024 * 1024;
     let senders: Vec<_> = (0..100)

@@ -226,13 +226,7 @@ fn without_a_terminal_each_phase_ends_in_one_line() {
 /// A north device whose server is reached through a fault proxy, one change pending.
 fn device_behind_proxy(office: &Office) -> (DeviceDir, FaultProxy) {
     let dev = north_device(office);
-    let upstream: SocketAddr = office
-        .server
-        .url
-        .strip_prefix("http://")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let upstream: SocketAddr = office.server.addr();
     let proxy = FaultProxy::start(upstream, Fault::PASS);
     dev.use_server(&proxy.url());
     insert_inspections(&dev, 1, "part");

@@ -392,13 +392,7 @@ fn a_lost_acknowledgement_then_a_refusal_never_applies_the_upload_twice() {
     office_order(&office, "wo-b", 7, "open");
     let task = apply_task(&office, EDIT, &[]);
     let dev = crew_device(&office, "tab1", &task);
-    let upstream = office
-        .server
-        .url
-        .strip_prefix("http://")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let upstream = office.server.addr();
     let proxy = FaultProxy::start(upstream, Fault::PASS);
     dev.use_server(&proxy.url());
     let one_try = [("FIELDSYNC_RETRIES", "1")];

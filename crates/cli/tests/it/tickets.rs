@@ -24,7 +24,7 @@ fn http(
     headers: &[(&str, String)],
     body: &str,
 ) -> (u16, serde_json::Value) {
-    let addr = url.strip_prefix("http://").unwrap();
+    let addr = addr_of(url);
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))

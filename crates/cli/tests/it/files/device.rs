@@ -117,13 +117,7 @@ fn a_large_file_cut_halfway_resumes_with_the_rest_only_in_bounded_memory() {
     dev.login("ana").ok();
     dev.run(&["download", "north-inspections"], "").ok();
 
-    let upstream = office
-        .server
-        .url
-        .strip_prefix("http://")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let upstream = office.server.addr();
     let proxy = FaultProxy::start(upstream, Fault::down(Action::Cut(size as u64 / 2)));
     dev.use_server(&proxy.url());
     let cut = dev.run_env(&["files"], &[("FIELDSYNC_RETRIES", "1")]);
@@ -228,13 +222,7 @@ fn a_cancel_in_the_files_part_of_a_sync_keeps_the_data_and_the_files_resume() {
         "UPDATE assets SET name = 'renamed' WHERE id = {north}"
     ));
 
-    let upstream = office
-        .server
-        .url
-        .strip_prefix("http://")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let upstream = office.server.addr();
     let proxy = FaultProxy::start(upstream, Fault::down(Action::Throttle(256 * 1024)));
     dev.use_server(&proxy.url());
     let child = spawn(&dev, &["sync", "--files"]);

@@ -259,13 +259,7 @@ fn a_large_photo_uploads_in_bounded_memory_and_resumes_after_a_cut() {
     let big = content(n, 7);
     let p = photo(&dev, "site.jpg", &big);
     dev.run(&["file", "attach", "assets", &north, &p], "").ok();
-    let upstream = office
-        .server
-        .url
-        .strip_prefix("http://")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let upstream = office.server.addr();
     let proxy = FaultProxy::start(upstream, Fault::up(Action::Cut(n as u64 / 2)).first(1));
     dev.use_server(&proxy.url());
     let one_try = [("FIELDSYNC_RETRIES", "1")];
@@ -299,13 +293,7 @@ fn an_attachment_whose_acknowledgement_was_lost_is_recorded_once() {
     use crate::proxy::{Action, Fault, FaultProxy};
     let office = office();
     let (north, _) = keys(&office);
-    let upstream = office
-        .server
-        .url
-        .strip_prefix("http://")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let upstream = office.server.addr();
     let proxy = FaultProxy::start(upstream, Fault::PASS);
     // The same exchange on two devices: the first measures the bytes coming down, the
     // second has the last answer (the upload's acknowledgement) cut short.
@@ -373,13 +361,7 @@ fn a_photo_upload_survives_a_server_killed_midway() {
     let big = content(3 << 20, 11);
     let p = photo(&dev, "site.jpg", &big);
     dev.run(&["file", "attach", "assets", &north, &p], "").ok();
-    let upstream = office
-        .server
-        .url
-        .strip_prefix("http://")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let upstream = office.server.addr();
     let proxy = FaultProxy::start(upstream, Fault::up(Action::Throttle(1 << 20)));
     dev.use_server(&proxy.url());
     let mut send = std::process::Command::new(BIN)

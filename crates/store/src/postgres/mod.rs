@@ -47,6 +47,9 @@ pub struct PgStore {
     /// fieldsync's objects were seen: later calls need not look again (one round
     /// trip less per call on the server's hot path).
     ready: std::sync::atomic::AtomicBool,
+    /// Slices streaming from this store now: their fetches share one budget
+    /// (`slice.rs`).
+    streams: std::sync::atomic::AtomicUsize,
 }
 
 impl From<postgres::Error> for StoreError {
@@ -79,6 +82,7 @@ impl PgStore {
             pool: Pool::new(config),
             url: url.to_string(),
             ready: std::sync::atomic::AtomicBool::new(false),
+            streams: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 

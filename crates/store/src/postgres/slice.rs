@@ -1,6 +1,8 @@
 //! The slice stream on PostgreSQL: counts, rows (or a delta's changes) and the base
 //! from one REPEATABLE READ snapshot, rows through a portal; pruning old history.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use postgres::IsolationLevel;
 
 use super::types::{self, Bind, Kind};
@@ -8,8 +10,8 @@ use super::{PgStore, in_tx};
 use crate::Slices;
 use crate::delta::{Lanes, delta_sql};
 use crate::dialect::SqlDialect;
-use crate::plan::SlicePlan;
 use crate::plan::quote_literal;
+use crate::plan::{SlicePlan, TablePlan};
 use crate::{Result, SliceSink};
 use fieldsync_proto::frame::ValueRef;
 use fieldsync_proto::time::Timestamp;
@@ -21,6 +23,7 @@ impl Slices for PgStore {
     }
 
     fn stream_slice(&self, plan: &SlicePlan, sink: &mut dyn SliceSink) -> Result<Vec<u64>> {
+        let streaming = Streaming::new(&self.streams);
         let mut c = self.conn()?;
         // One REPEATABLE READ transaction: counts, rows and the base all come from one
         // snapshot; its first statement records that snapshot as the device's base.
@@ -72,20 +75,16 @@ impl Slices for PgStore {
         });
         let mut sent = vec![0; if delta.is_some() { 2 * n } else { n }];
         for (idx, t) in plan.tables.iter().enumerate() {
-            let mut kinds: Vec<Option<Kind>> = t.declared.iter().map(|d| types::kind(d)).collect();
             match &delta {
                 Some(d) => {
-                    // The changed key first, typed as the key column.
-                    kinds.insert(0, kinds[0]);
                     let lanes = Lanes::Changes { gone: n + idx };
-                    let (rows, gone) =
-                        send_rows(&mut tx, &d[idx].changes, &t.binds, &kinds, idx, lanes, sink)?;
-                    (sent[idx], sent[n + idx]) = (rows, gone);
+                    let sql = &d[idx].changes;
+                    (sent[idx], sent[n + idx]) =
+                        send_rows(&mut tx, sql, t, idx, lanes, &streaming, sink)?;
                 }
                 None => {
-                    let lanes = Lanes::Rows;
-                    sent[idx] =
-                        send_rows(&mut tx, &t.select_sql, &t.binds, &kinds, idx, lanes, sink)?.0;
+                    let sql = &t.select_sql;
+                    sent[idx] = send_rows(&mut tx, sql, t, idx, Lanes::Rows, &streaming, sink)?.0;
                 }
             }
         }
@@ -165,16 +164,27 @@ fn delta_refused(
     Ok((row.get::<_, bool>(0) || before_horizon).then_some(FullReason::HistoryPruned))
 }
 
-/// What one fetch from the portal may hold, in bytes: its rows' raw size plus the
-/// client's own cost per row ([`row_cost`]). Fetches of a fixed 2,000 rows held ~1 MB
-/// of narrow rows but of wide rows any size (2,000 rows of 1 MB each: 2 GB). Smaller
-/// fetches cost round trips: 256 KiB took a 1,000,000-row download 12% longer
-/// (BENCHMARKS.md, "PostgreSQL's fetches by bytes").
+/// What one fetch from the portal may hold, in bytes, while one slice streams: its rows'
+/// raw size plus the client's own cost per row ([`row_cost`]). Fetches of a fixed 2,000
+/// rows held ~1 MB of narrow rows but of wide rows any size (2,000 rows of 1 MB each:
+/// 2 GB). Smaller fetches cost round trips: 256 KiB took a lone 1,000,000-row download
+/// 12% longer (BENCHMARKS.md, "PostgreSQL's fetches by bytes").
 const FETCH_BYTES: usize = 1024 * 1024;
+/// The least a fetch may hold however many slices stream at once.
+const LEAST_FETCH_BYTES: usize = 128 * 1024;
 /// The first fetch's rows, before any row's size is known.
 const FIRST_FETCH_ROWS: usize = 16;
 /// The most rows one fetch asks for, however narrow.
 const MOST_FETCH_ROWS: usize = 2000;
+
+/// What one fetch may hold with `streams` slices streaming from this server at once:
+/// they share [`FETCH_BYTES`], so that the server's memory for fetches stays about the
+/// same from one download to a fleet's (eight turns at once held ~16 MB with 1 MiB
+/// each); a lone download keeps its big fetches, and with many at once the server is
+/// busy anyway and round trips cost less.
+fn fetch_budget(streams: usize) -> usize {
+    (FETCH_BYTES / streams.max(1)).max(LEAST_FETCH_BYTES)
+}
 
 /// The client's memory for a row: its raw bytes, the row and its column ranges.
 fn row_cost(row: &postgres::Row) -> usize {
@@ -182,33 +192,59 @@ fn row_cost(row: &postgres::Row) -> usize {
 }
 
 /// Rows for the next fetch: as many of the widest row read so far (`widest`, updated
-/// with `fetched`) as [`FETCH_BYTES`] holds, so that a table whose rows widen part
+/// with `fetched`) as `budget` bytes hold, so that a table whose rows widen part
 /// way shrinks its fetches from then on.
-fn next_fetch_rows(fetched: &[postgres::Row], widest: &mut usize) -> usize {
+fn next_fetch_rows(fetched: &[postgres::Row], widest: &mut usize, budget: usize) -> usize {
     for row in fetched {
         *widest = (*widest).max(row_cost(row));
     }
-    (FETCH_BYTES / (*widest).max(1)).clamp(1, MOST_FETCH_ROWS)
+    (budget / (*widest).max(1)).clamp(1, MOST_FETCH_ROWS)
 }
 
-/// Sends the rows of one query, read through a portal, to lane `lane` (and a delta's
-/// keys that left to theirs); returns how many rows and how many keys. `kinds`: how
-/// each column of the query is read. A thread of its own reads the next batch while
+/// A slice streaming from the store: counted while it lives.
+struct Streaming<'a>(&'a AtomicUsize);
+
+impl<'a> Streaming<'a> {
+    fn new(streams: &'a AtomicUsize) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Streaming(streams)
+    }
+
+    /// What the next fetch may hold now.
+    fn budget(&self) -> usize {
+        fetch_budget(self.0.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Sends the rows of one query of table `t`, read through a portal, to lane `lane` (and
+/// a delta's keys that left to theirs: its query reads the changed key first); returns
+/// how many rows and how many keys. A thread of its own reads the next batch while
 /// this one is written to the stream, so that PostgreSQL and the stream's encoding
-/// work at once instead of in turn. Each fetch holds about [`FETCH_BYTES`] and is
-/// handed over only when the writer takes it: two are held at most (one written, the
-/// next read or waiting), so memory stays flat whatever the slice's size and its
-/// rows' width.
+/// work at once instead of in turn. Each fetch holds about its share of
+/// [`FETCH_BYTES`] and is handed over only when the writer takes it: two are held at
+/// most (one written, the next read or waiting), so memory stays flat whatever the
+/// slice's size, its rows' width and the downloads at once.
 fn send_rows(
     tx: &mut postgres::Transaction<'_>,
     sql: &str,
-    binds: &[fieldsync_proto::Value],
-    kinds: &[Option<Kind>],
+    t: &TablePlan,
     lane: usize,
     lanes: Lanes,
+    streaming: &Streaming<'_>,
     sink: &mut dyn SliceSink,
 ) -> Result<(u64, u64)> {
-    let binds: Vec<Bind<'_>> = binds.iter().map(Bind).collect();
+    let mut kinds: Vec<Option<Kind>> = t.declared.iter().map(|d| types::kind(d)).collect();
+    if let Lanes::Changes { .. } = lanes {
+        // The changed key first, typed as the key column.
+        kinds.insert(0, kinds[0]);
+    }
+    let binds: Vec<Bind<'_>> = t.binds.iter().map(Bind).collect();
     let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
     let portal = tx.bind(sql, &refs)?;
     std::thread::scope(|s| {
@@ -219,7 +255,7 @@ fn send_rows(
             loop {
                 let batch = tx.query_portal(&portal, rows as i32);
                 if let Ok(b) = &batch {
-                    rows = next_fetch_rows(b, &mut widest);
+                    rows = next_fetch_rows(b, &mut widest, streaming.budget());
                 }
                 let last = !matches!(&batch, Ok(b) if !b.is_empty());
                 // The writer stopped (an error, or the device went away): so does this.
@@ -254,4 +290,26 @@ fn send_rows(
         }
         Ok((n, gone))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_streaming_at_once_share_the_fetch_budget() {
+        assert_eq!(fetch_budget(1), FETCH_BYTES);
+        assert_eq!(fetch_budget(2), FETCH_BYTES / 2);
+        assert_eq!(fetch_budget(8), 128 * 1024);
+        assert_eq!(fetch_budget(64), LEAST_FETCH_BYTES);
+        let streams = AtomicUsize::new(0);
+        let first = Streaming::new(&streams);
+        assert_eq!(first.budget(), FETCH_BYTES);
+        let second = Streaming::new(&streams);
+        assert_eq!(first.budget(), FETCH_BYTES / 2);
+        drop(second);
+        assert_eq!(first.budget(), FETCH_BYTES);
+        drop(first);
+        assert_eq!(streams.load(Ordering::Relaxed), 0);
+    }
 }

@@ -139,6 +139,12 @@ impl Server {
         peak_rss_kb(self.child.id()).expect("server is running")
     }
 
+    /// Sets the server's peak RSS back to its RSS now (`/proc/PID/clear_refs`), so
+    /// that the next peak is of what follows.
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").unwrap();
+    }
+
     /// Resident memory of the server now, in kB (from /proc).
     pub fn rss_kb(&self) -> u64 {
         proc_status_kb(self.child.id(), "VmRSS:").expect("server is running")

@@ -49,6 +49,11 @@ impl SqliteStore {
     }
 }
 
+/// The page cache of a full download's connection, KiB.
+const SCAN_CACHE_KIB: i64 = 256;
+/// The page cache of a delta's connection, KiB: SQLite's default.
+const PROBE_CACHE_KIB: i64 = 2000;
+
 impl Slices for SqliteStore {
     fn dialect(&self) -> &'static dyn SqlDialect {
         &SqliteDialect
@@ -56,6 +61,16 @@ impl Slices for SqliteStore {
 
     fn stream_slice(&self, plan: &SlicePlan, sink: &mut dyn SliceSink) -> Result<Vec<u64>> {
         let mut conn = self.conn()?;
+        // A full download reads each page once, in order: a page cache fills with
+        // pages never read again (eight downloads at once held 16 MB of them). A delta
+        // probes rows by key, over and over the same inner pages: it keeps SQLite's
+        // default cache (2 MB). The connection may have streamed before: both set.
+        let cache_kib = if plan.since.is_none() {
+            SCAN_CACHE_KIB
+        } else {
+            PROBE_CACHE_KIB
+        };
+        conn.pragma_update(None, "cache_size", -cache_kib)?;
         // One read transaction: counts, rows and cursor all come from one snapshot.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
         let cursor: i64 = tx.query_row(

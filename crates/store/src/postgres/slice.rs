@@ -180,8 +180,9 @@ const MOST_FETCH_ROWS: usize = 2000;
 /// What one fetch may hold with `streams` slices streaming from this server at once:
 /// they share [`FETCH_BYTES`], so that the server's memory for fetches stays about the
 /// same from one download to a fleet's (eight turns at once held ~16 MB with 1 MiB
-/// each); a lone download keeps its big fetches, and with many at once the server is
-/// busy anyway and round trips cost less.
+/// each). A lone download keeps its big fetches; a fleet's round pays for the smaller
+/// ones' round trips with 6–18% more of the server's CPU (BENCHMARKS.md, "Downloads at
+/// once").
 fn fetch_budget(streams: usize) -> usize {
     (FETCH_BYTES / streams.max(1)).max(LEAST_FETCH_BYTES)
 }

@@ -65,6 +65,8 @@ impl Slices for SqliteStore {
         // pages never read again (eight downloads at once held 16 MB of them). A delta
         // probes rows by key, over and over the same inner pages: it keeps SQLite's
         // default cache (2 MB). The connection may have streamed before: both set.
+        // (The bundled SQLite shares one page cache among the process's connections,
+        // as big as the sum of their sizes: these bound the sum, not each one.)
         let cache_kib = if plan.since.is_none() {
             SCAN_CACHE_KIB
         } else {

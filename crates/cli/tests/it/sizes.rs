@@ -162,7 +162,7 @@ fn widen_north(office: &Office, wide: usize) -> i64 {
 
 /// Every row of a slice widened to `wide` is in the device's replica, whole.
 fn has_every_wide_row(dev: &DeviceDir, rows: i64, wide: usize) {
-    let (got, wide): (i64, i64) = dev
+    let (got, whole): (i64, i64) = dev
         .replica()
         .query_row(
             &format!("SELECT count(*), count(*) FILTER (WHERE length(name) > {wide}) FROM assets"),
@@ -170,7 +170,7 @@ fn has_every_wide_row(dev: &DeviceDir, rows: i64, wide: usize) {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!((got, wide), (rows, rows), "every wide row came down whole");
+    assert_eq!((got, whole), (rows, rows), "every wide row came down whole");
 }
 
 /// Many rows each wider than a row batch of the stream: the server holds a few of them

@@ -279,7 +279,7 @@ fn sockets_of(pid: u32) -> usize {
 
 /// A listening port's queues as `ss` shows them: the connections waiting to be
 /// accepted now (Recv-Q) and the backlog they may fill (Send-Q).
-fn listen_queues(port: &str) -> (u32, u32) {
+fn listen_queues(port: u16) -> (u32, u32) {
     let out = Command::new("ss")
         .args(["-ltnH", &format!("sport = :{port}")])
         .output()
@@ -303,11 +303,10 @@ fn listen_queues(port: &str) -> (u32, u32) {
 fn by_default_the_server_holds_sixty_four_connections_and_the_kernel_the_rest() {
     let office = Office::new(3);
     let pid = office.server.child.id();
-    let port = office.server.url.rsplit(':').next().unwrap().to_string();
-    let addr = office.server.addr().to_string();
+    let addr = office.server.addr();
     let before = sockets_of(pid);
     let crowd: Vec<TcpStream> = (0..100)
-        .map(|_| TcpStream::connect(&addr).unwrap())
+        .map(|_| TcpStream::connect(addr).unwrap())
         .collect();
     // Within the header timeout (10 s), while none of the crowd was closed yet.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -315,7 +314,7 @@ fn by_default_the_server_holds_sixty_four_connections_and_the_kernel_the_rest() 
     while Instant::now() < deadline {
         (held, waiting) = (
             sockets_of(pid).saturating_sub(before),
-            listen_queues(&port).0,
+            listen_queues(addr.port()).0,
         );
         if held + waiting as usize == 100 {
             break;
@@ -619,8 +618,7 @@ fn the_server_runs_with_one_allocator_arena_unless_the_operator_says_otherwise()
 #[test]
 fn the_server_keeps_four_thousand_connections_waiting_to_be_accepted() {
     let office = Office::new(3);
-    let port = office.server.url.rsplit(':').next().unwrap().to_string();
-    let backlog = listen_queues(&port).1;
+    let backlog = listen_queues(office.server.addr().port()).1;
     let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .unwrap()
         .trim()

@@ -8,8 +8,8 @@ use clap::error::ErrorKind;
 
 pub(crate) const USAGE: &str = "\
 usage: fieldsync-bench [--dir DIR] [--rows-list N,N,...] [--keep] [--pg URL] [--peers]
-                       [--send [N]] [--fleet [C]] [--fleet-rows N] [--reps N]
-                       [--skip-download] [--json FILE]
+                       [--send [N]] [--fleet [C]] [--fleet-rows N] [--fleet-shared]
+                       [--reps N] [--skip-download] [--json FILE]
 
 Times a full download of an N-row slice through the real `fieldsync` binary against
 a plain SQLite bulk insert of the same rows (the floor), and reports peak RSS of server
@@ -43,7 +43,10 @@ in a copy of the replica (the in-place floor).
                      set up first (not timed), 100 local changes each, then every
                      `device sync` at once: failures, p50/p95/p99 latency, wall clock,
                      the servers' peak RSS
-  --fleet-rows N     rows of each fleet device's slice (default 10000)
+  --fleet-rows N     rows of each fleet device's slice (default 10000); each device has
+                     a region of its own (the main database holds C × N rows)
+  --fleet-shared     every fleet device holds the same N rows instead, so each sync also
+                     brings back what all the others changed since (up to N rows)
   --reps N           runs of each timed figure, each reported figure the median run
                      (default 3): the floor and the full download in turn, the sync
                      after 1% changed and the one after it (at most 6 runs of each
@@ -80,6 +83,8 @@ pub(crate) struct Config {
     /// Devices of the fleet, when it runs.
     pub(crate) fleet: Option<usize>,
     pub(crate) fleet_rows: u64,
+    /// Every fleet device on the same rows (`--fleet-shared`).
+    pub(crate) fleet_shared: bool,
     pub(crate) reps: usize,
     pub(crate) skip_download: bool,
     pub(crate) json: Option<PathBuf>,
@@ -122,6 +127,8 @@ pub(crate) struct Cli {
     pub(crate) fleet: Option<String>,
     #[arg(long = "fleet-rows", value_name = "N")]
     pub(crate) fleet_rows: Option<String>,
+    #[arg(long = "fleet-shared")]
+    pub(crate) fleet_shared: bool,
     #[arg(long, value_name = "N")]
     pub(crate) reps: Option<String>,
     #[arg(long = "skip-download")]
@@ -158,6 +165,7 @@ pub(crate) fn config_from(cli: Cli) -> anyhow::Result<Config> {
         send,
         fleet,
         fleet_rows,
+        fleet_shared,
         reps,
         skip_download,
         json,
@@ -183,6 +191,10 @@ pub(crate) fn config_from(cli: Cli) -> anyhow::Result<Config> {
         Some(n) => parse_count(&n).context("--fleet-rows")?,
         None => FLEET_ROWS_DEFAULT,
     };
+    ensure!(
+        !fleet_shared || fleet.is_some(),
+        "--fleet-shared shapes the fleet: it needs --fleet"
+    );
     let reps = match reps {
         Some(n) => parse_count(&n).context("--reps")? as usize,
         None => REPS_DEFAULT,
@@ -224,6 +236,7 @@ pub(crate) fn config_from(cli: Cli) -> anyhow::Result<Config> {
         send,
         fleet,
         fleet_rows,
+        fleet_shared,
         reps,
         skip_download,
         json,

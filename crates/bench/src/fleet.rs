@@ -3,7 +3,7 @@
 //! the devices split between them.
 //!
 //! Each device is a real `fieldsync` process in its own folder, as in the field: paired,
-//! logged in and given the whole slice beforehand (not timed); then 100 local changes
+//! logged in and given its slice beforehand (not timed); then 100 local changes
 //! through SQLite on its replica, as a crew's app makes them; then every device's
 //! `device sync` is started at the same moment, and each one's start-to-exit time is its
 //! latency. Processes rather than the client library in threads: a process is what a
@@ -11,6 +11,11 @@
 //! thing measured; the cost is that on a small machine the devices' own CPU competes
 //! with the server's, which the report shows (devices' CPU against the server's).
 //! Several rounds (`--reps`) on the same folders: each round makes new changes first.
+//!
+//! Whose rows ([`Slices`]): by default each device has a slice of its own (its own
+//! region, as crews do), so a round's sync sends 100 changes and brings back little;
+//! with `--fleet-shared` every device holds the same rows, so each sync also brings
+//! back what all the others changed since its last one (up to the whole slice).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,14 +39,38 @@ const SETUP_WORKERS: usize = 4;
 /// Errors kept word for word in the report; the rest are only counted.
 const ERROR_SAMPLES: usize = 3;
 pub(crate) const FLEET_TASK: &str = "fleet";
-const FLEET_TASK_FILE: &str = "name = \"fleet\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 'north'\"\nwrite = [\"update\"]\n";
+const SHARED_TASK_FILE: &str = "name = \"fleet\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 'north'\"\nwrite = [\"update\"]\n";
+const OWN_TASK_FILE: &str = "name = \"fleet\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = $device\"\nwrite = [\"update\"]\n";
+
+/// Whose rows each device of the fleet holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Slices {
+    /// Each device its own `rows` rows, the region named by its id (`region =
+    /// $device`): the main database holds `devices × rows` rows, and a device's sync
+    /// brings back only what changed in its own region.
+    Own,
+    /// Every device the same `rows` rows: each sync also brings back what every other
+    /// device changed since its own last sync.
+    Shared,
+}
+
+impl Slices {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Slices::Own => "own",
+            Slices::Shared => "shared",
+        }
+    }
+}
 
 /// What to run.
 pub(crate) struct FleetPlan<'a> {
     pub(crate) bin: &'a Path,
     pub(crate) dir: &'a Path,
     pub(crate) devices: usize,
+    /// Rows of each device's slice.
     pub(crate) rows: u64,
+    pub(crate) slices: Slices,
     pub(crate) reps: usize,
     /// A PostgreSQL main database (then two servers), else SQLite.
     pub(crate) pg: Option<&'a str>,
@@ -69,6 +98,7 @@ pub(crate) struct FleetFigures {
     pub(crate) engine: &'static str,
     pub(crate) devices: usize,
     pub(crate) rows: u64,
+    pub(crate) slices: Slices,
     pub(crate) servers: usize,
     /// Pairing, logins and first downloads of every device, seconds.
     pub(crate) setup_s: f64,
@@ -163,6 +193,42 @@ fn local_changes(replica: &Path, device: usize, round: usize, rows: u64) -> anyh
     Ok(())
 }
 
+/// Own slices on SQLite: the generated rows become device 0's region, and a copy of
+/// them for each other device (ids shifted by `rows`, the region its id); the index an
+/// administrator would make for a filter by region.
+fn own_regions_sqlite(conn: &Connection, plan: &FleetPlan) -> anyhow::Result<()> {
+    conn.execute("UPDATE assets SET region = ?1", [device_id(0)])?;
+    conn.execute(
+        "INSERT INTO assets (id, name, category, status, region, x, y, installed, notes)
+         WITH RECURSIVE d(n) AS (SELECT 1 WHERE ?1 > 1 UNION ALL SELECT n + 1 FROM d WHERE n + 1 < ?1)
+         SELECT a.id + d.n * ?2, a.name, a.category, a.status, printf('fleet-%04d', d.n),
+                a.x, a.y, a.installed, a.notes
+         FROM d, assets AS a WHERE a.id <= ?2",
+        rusqlite::params![plan.devices as i64, plan.rows as i64],
+    )?;
+    conn.execute_batch("CREATE INDEX assets_region ON assets (region); ANALYZE;")?;
+    Ok(())
+}
+
+/// [`own_regions_sqlite`] on PostgreSQL.
+fn own_regions_pg(url: &str, plan: &FleetPlan) -> anyhow::Result<()> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls)?;
+    let mut tx = c.transaction()?;
+    tx.execute("UPDATE assets SET region = $1", &[&device_id(0)])?;
+    tx.execute(
+        "INSERT INTO assets (id, name, category, status, region, x, y, installed, notes)
+         SELECT a.id + d.n * $2::bigint, a.name, a.category, a.status,
+                'fleet-' || CASE WHEN d.n < 10000 THEN lpad(d.n::text, 4, '0') ELSE d.n::text END,
+                a.x, a.y, a.installed, a.notes
+         FROM generate_series(1, $1::bigint - 1) AS d(n), assets AS a WHERE a.id <= $2::bigint",
+        &[&(plan.devices as i64), &(plan.rows as i64)],
+    )?;
+    tx.batch_execute("CREATE INDEX assets_region ON assets (region)")?;
+    tx.commit()?;
+    c.batch_execute("VACUUM ANALYZE assets")?;
+    Ok(())
+}
+
 /// A fleet ready to sync: its servers (with their URLs), the device folders in device
 /// order, and the main database's `--db`.
 struct Fleet {
@@ -182,10 +248,16 @@ fn set_up(plan: &FleetPlan) -> anyhow::Result<Fleet> {
             let mut conn = Connection::open(&path)?;
             conn.execute_batch(fieldsync_store::sample::SCHEMA)?;
             insert_rows(&mut conn, &rows).context("filling the main database")?;
+            if plan.slices == Slices::Own {
+                own_regions_sqlite(&conn, plan).context("filling the devices' regions")?;
+            }
             format!("sqlite:{}", path.display())
         }
         Some(url) => {
             insert_rows_pg(url, &rows).context("filling the PostgreSQL database")?;
+            if plan.slices == Slices::Own {
+                own_regions_pg(url, plan).context("filling the devices' regions")?;
+            }
             url.to_string()
         }
     };
@@ -210,7 +282,11 @@ fn set_up(plan: &FleetPlan) -> anyhow::Result<Fleet> {
         Some(&format!("{BENCH_PASSWORD}\n")),
     )?;
     let task_file = plan.dir.join("fleet-task.toml");
-    std::fs::write(&task_file, FLEET_TASK_FILE)?;
+    let task = match plan.slices {
+        Slices::Own => OWN_TASK_FILE,
+        Slices::Shared => SHARED_TASK_FILE,
+    };
+    std::fs::write(&task_file, task)?;
     let task_path = task_file.to_str().context("the work folder is not UTF-8")?;
     fieldsync(
         bin,
@@ -468,6 +544,7 @@ pub(crate) fn measure_fleet(plan: &FleetPlan, ticks_per_s: f64) -> anyhow::Resul
         engine,
         devices: plan.devices,
         rows: plan.rows,
+        slices: plan.slices,
         servers: if plan.pg.is_some() { 2 } else { 1 },
         setup_s,
         setup_server_rss_kb,

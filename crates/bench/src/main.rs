@@ -272,6 +272,11 @@ fn run_fleet(
                 dir,
                 devices,
                 rows: config.fleet_rows,
+                slices: if config.fleet_shared {
+                    fleet::Slices::Shared
+                } else {
+                    fleet::Slices::Own
+                },
                 reps: config.reps,
                 pg: db.as_ref().map(|d| d.url.as_str()),
                 revoked: 0,

@@ -314,9 +314,13 @@ pub(crate) fn print_fleet(f: &crate::fleet::FleetFigures) {
     let rounds = &f.rounds;
     let med = |g: &dyn Fn(&crate::fleet::FleetRound) -> f64| median(rounds.iter().map(g));
     println!(
-        "\n## Fleet: {} devices syncing at once, {} rows each, {} main database, {} server{}\n",
+        "\n## Fleet: {} devices syncing at once, {} rows each ({}), {} main database, {} server{}\n",
         thousands(f.devices as u64),
         thousands(f.rows),
+        match f.slices {
+            crate::fleet::Slices::Own => "a region of its own",
+            crate::fleet::Slices::Shared => "the same rows for all",
+        },
         f.engine,
         f.servers,
         if f.servers == 1 {
@@ -410,6 +414,7 @@ pub(crate) fn fleet_json(f: &crate::fleet::FleetFigures) -> serde_json::Value {
         "engine": f.engine,
         "devices": f.devices,
         "rows": f.rows,
+        "slices": f.slices.name(),
         "servers": f.servers,
         "setup_s": f.setup_s,
         "setup_server_peak_rss_kb": f.setup_server_rss_kb,

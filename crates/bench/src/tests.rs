@@ -283,16 +283,27 @@ fn fieldsync_bin() -> std::path::PathBuf {
 
 /// A tiny fleet through the real binary: three devices, one revoked by the office after
 /// its setup, two rounds. The report counts the revoked device's failures (its refused
-/// sync, then its wiped folder) and times the others; its JSON has every figure.
+/// sync, then its wiped folder) and times the others; its JSON has every figure. Each
+/// device holds its own region, or with `Shared` all the same rows.
 #[test]
 fn a_tiny_fleet_counts_its_failures_and_reports_every_figure() {
+    tiny_fleet(crate::fleet::Slices::Own);
+}
+
+#[test]
+fn a_tiny_fleet_on_one_shared_slice() {
+    tiny_fleet(crate::fleet::Slices::Shared);
+}
+
+fn tiny_fleet(slices: crate::fleet::Slices) {
     let bin = fieldsync_bin();
-    let dir = tempfile_dir("fleet");
+    let dir = tempfile_dir(&format!("fleet-{}", slices.name()));
     let plan = crate::fleet::FleetPlan {
         bin: &bin,
         dir: &dir,
         devices: 3,
         rows: 250,
+        slices,
         reps: 2,
         pg: None,
         revoked: 1,
@@ -321,8 +332,30 @@ fn a_tiny_fleet_counts_its_failures_and_reports_every_figure() {
         )
         .unwrap();
     assert_eq!(changed, 200);
+    // Each device that was not revoked holds its slice, and only it.
+    let (total, region) = match slices {
+        crate::fleet::Slices::Own => (750, None),
+        crate::fleet::Slices::Shared => (250, Some("north")),
+    };
+    let in_main: i64 = main
+        .query_row("SELECT count(*) FROM assets", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(in_main, total);
+    for device in ["fleet-0001", "fleet-0002"] {
+        let replica = Connection::open(dir.join(device).join("replica.sqlite")).unwrap();
+        let held: (i64, String, String) = replica
+            .query_row(
+                "SELECT count(*), min(region), max(region) FROM assets",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        let region = region.unwrap_or(device).to_string();
+        assert_eq!(held, (250, region.clone(), region), "{device}");
+    }
     let json = crate::report::fleet_json(&f);
     assert_eq!(json["devices"], 3);
+    assert_eq!(json["slices"], slices.name());
     assert_eq!(json["rounds"][1]["errors"], 1);
     assert!(json["rounds"][0]["p99_s"].as_f64().unwrap() > 0.0);
     crate::report::print_fleet(&f);
@@ -353,6 +386,7 @@ fn the_fleet_flags_parse() {
         "5",
         "--fleet-rows",
         "300",
+        "--fleet-shared",
         "--reps",
         "2",
         "--pg",
@@ -363,6 +397,7 @@ fn the_fleet_flags_parse() {
     .unwrap();
     assert_eq!(cli.fleet.as_deref(), Some("5"));
     assert_eq!(cli.fleet_rows.as_deref(), Some("300"));
+    assert!(cli.fleet_shared);
     assert_eq!(cli.reps.as_deref(), Some("2"));
     assert_eq!(cli.pg.as_deref(), Some("postgres://x/y"));
     assert_eq!(cli.json, Some("f.json".into()));

@@ -6,12 +6,16 @@
 //!
 //! A row is sent when it is in the slice now and it, or a row of its parent chain,
 //! changed since the cursor: a row that entered the slice because its parent did is
-//! sent although it did not change itself. A key is named gone when its row changed
-//! and is not in the slice now (deleted, filtered out, moved under a parent outside
-//! the slice); rows that left only because their parent left are the device's to
-//! remove with the parent. Both are over-approximations that are right to apply: a
-//! row sent again is written again, a gone key the device does not hold removes
-//! nothing.
+//! sent although it did not change itself. A key is named gone when its row may have
+//! moved since the cursor and is not in the slice now (deleted, filtered out, moved
+//! under a parent outside the slice); rows that left only because their parent left
+//! are the device's to remove with the parent. "May have moved" is the engine's: on
+//! SQLite a delete, a key change or an update of a column some task filters or links
+//! parents by (the row's `moved` version); on PostgreSQL any change. A row whose
+//! watched columns did not change and that is not in the slice now was not in it at
+//! the cursor either, so it is not on the device. Both are over-approximations that
+//! are right to apply: a row sent again is written again, a gone key the device does
+//! not hold removes nothing.
 //!
 //! One query per table gives both, so that each changed key is looked up in its table
 //! once, and the slice's condition is written once (SQLite's filter parameters are
@@ -38,9 +42,10 @@ pub(crate) enum Lanes {
     Changes { gone: usize },
 }
 
-/// The delta queries of every table of `plan`. `changed(i)`: a query with one column
+/// The delta queries of every table of `plan`. `changed(i)`: a query with two columns,
 /// `k`, the keys of table `i` changed since the cursor, typed as its key column, each
-/// key once; `key_expr(i, column)`: how the engine reads key column `column` of table
+/// key once, and `g`, the same key when its row may have moved since the cursor (else
+/// NULL); `key_expr(i, column)`: how the engine reads key column `column` of table
 /// `i`.
 pub(crate) fn delta_sql(
     plan: &SlicePlan,
@@ -53,7 +58,7 @@ pub(crate) fn delta_sql(
             let table = quote_ident(&t.schema.name);
             let pk = quote_ident(&t.schema.primary_key);
             let own = changed(i);
-            let mut keys = format!("SELECT k, k AS g FROM ({own}) o");
+            let mut keys = format!("SELECT k, g FROM ({own}) o");
             // Under a parent whose chain changed, not changed themselves: sent when in
             // the slice, never named gone (a row out of the slice under a changed
             // parent was not on the device).
@@ -77,7 +82,7 @@ pub(crate) fn delta_sql(
 
 /// The keys of table `i` whose row or a row of whose parent chain changed.
 fn affected(plan: &SlicePlan, i: usize, changed: &dyn Fn(usize) -> String) -> String {
-    let own = changed(i);
+    let own = format!("SELECT k FROM ({}) ch{i}", changed(i));
     let Some(under) = parent_affected(plan, i, changed) else {
         return own;
     };

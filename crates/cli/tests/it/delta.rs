@@ -508,3 +508,185 @@ fn a_table_of_its_key_alone_takes_its_changes_as_deltas() {
     assert_eq!(held, main);
     assert_eq!(held.len(), 3);
 }
+
+/// The keys a device's last sync received: rows sent and keys named gone.
+fn rows_down(dev: &DeviceDir) -> u64 {
+    dev.status()["last_sync"]["rows_down"].as_u64().unwrap()
+}
+
+#[test]
+fn on_sqlite_a_delta_names_gone_only_the_keys_that_may_have_left() {
+    let office = Office::on(Engine::Sqlite, 300);
+    let dev = office.device("tab1", &[TASK]);
+    dev.login("ana").ok();
+    dev.run(&["download", TASK], "").ok();
+    // The office edits rows outside the slice and moves none of them: south assets'
+    // names, other inspectors' results, new south assets. Nothing reaches the device.
+    let south: u64 = office
+        .value("SELECT count(*) FROM assets WHERE region = 'south'")
+        .parse()
+        .unwrap();
+    assert!(south > 50, "{south}");
+    office.execute_batch(
+        "UPDATE assets SET name = name || '+' WHERE region = 'south';
+         UPDATE inspections SET result = 'redo' WHERE inspector <> 'ana';
+         INSERT INTO assets (id, name, category, status, region) VALUES
+             (900001, 'new-1', 'pump', 'active', 'south'),
+             (900002, 'new-2', 'pump', 'active', 'south');",
+    );
+    dev.run(&["sync"], "").ok();
+    assert_delta(&dev);
+    assert_eq!(rows_down(&dev), 0);
+    // A north asset moved south (its inspections leave with it, on the device), a
+    // south asset's key changed and another one deleted: three keys named; the asset
+    // and its inspections left the replica.
+    let leaving = north_asset_with_inspections(&office, "ana", 0);
+    office.execute_batch(&format!(
+        "UPDATE assets SET region = 'south' WHERE id = {leaving};
+         UPDATE assets SET id = 1000000 WHERE id = 900001;
+         DELETE FROM assets WHERE id = 900002;"
+    ));
+    let out = dev.run(&["sync"], "").ok().stdout;
+    assert_delta(&dev);
+    let with_it: u64 = office
+        .value(&format!(
+            "SELECT count(*) FROM inspections WHERE asset_id = {leaving} AND inspector = 'ana'"
+        ))
+        .parse()
+        .unwrap();
+    let left = format!("0 row(s) changed, 0 entered, {} left", 1 + with_it);
+    assert!(out.contains(&left), "{out}");
+    assert_eq!(rows_down(&dev), 3);
+    assert_eq!(content(&dev), fresh(&office, "ana", "tab9"));
+}
+
+#[test]
+fn on_sqlite_a_move_by_a_nocase_value_or_by_a_later_tasks_filter_is_named() {
+    let office = Office::on(Engine::Sqlite, 20);
+    office.execute_batch(
+        "CREATE TABLE crews (id INTEGER PRIMARY KEY, area TEXT COLLATE NOCASE NOT NULL, shift TEXT NOT NULL);
+         INSERT INTO crews (id, area, shift) VALUES
+             (1, 'north', 'day'), (2, 'north', 'day'), (3, 'north', 'night'), (4, 'south', 'day');",
+    );
+    office.admin(&["table", "track", "crews"], "").ok();
+    let task = |name: &str, filter: &str| {
+        format!("name = \"{name}\"\n[[tables]]\nname = \"crews\"\nfilter = \"{filter}\"\n")
+    };
+    office.apply_task(
+        "crews.toml",
+        &task("crews", "area = 'north'"),
+        "crews",
+        "ana",
+    );
+    let held = |dev: &DeviceDir| rows(&dev.replica(), "SELECT id FROM crews ORDER BY id");
+    let ids =
+        |ids: &[i64]| -> Vec<Vec<String>> { ids.iter().map(|i| vec![format!("i{i}")]).collect() };
+    let north = office.device("tab1", &["crews"]);
+    north.login("ana").ok();
+    north.run(&["download", "crews"], "").ok();
+    assert_eq!(held(&north), ids(&[1, 2, 3]));
+    // 'North' is not 'north' to a filter, though the column's NOCASE says equal.
+    office.execute_batch("UPDATE crews SET area = 'North' WHERE id = 1");
+    north.run(&["sync"], "").ok();
+    assert_delta(&north);
+    assert_eq!(held(&north), ids(&[2, 3]));
+    // A task applied later filters by `shift`: from then on a shift change moves rows.
+    office.apply_task(
+        "day.toml",
+        &task("day-crews", "shift = 'day'"),
+        "day-crews",
+        "ana",
+    );
+    let day = office.device("tab2", &["day-crews"]);
+    day.login("ana").ok();
+    day.run(&["download", "day-crews"], "").ok();
+    assert_eq!(held(&day), ids(&[1, 2, 4]));
+    office.execute_batch("UPDATE crews SET shift = 'night' WHERE id = 2");
+    day.run(&["sync"], "").ok();
+    assert_delta(&day);
+    assert_eq!(held(&day), ids(&[1, 4]));
+    north.run(&["sync"], "").ok();
+    assert_delta(&north);
+    assert_eq!(held(&north), ids(&[2, 3]));
+    // Deleted, `area` leaves the watch: a move then is a plain change. Applied again
+    // as it was (the same hash: the device's cursor still counts), every change since
+    // counts as a move, so row 3, moved south meanwhile, still leaves the device.
+    office.admin(&["task", "delete", "crews"], "").ok();
+    office.execute_batch("UPDATE crews SET area = 'south' WHERE id = 3");
+    office.apply_task(
+        "crews.toml",
+        &task("crews", "area = 'north'"),
+        "crews",
+        "ana",
+    );
+    office
+        .admin(&["task", "assign", "crews", "--device", "tab1"], "")
+        .ok();
+    north.run(&["sync"], "").ok();
+    assert_delta(&north);
+    assert_eq!(held(&north), ids(&[2]));
+}
+
+/// A tracked table's triggers as fieldsync before schema 5 made them (no `moved`).
+fn schema_4_triggers(table: &str, pk: &str) -> String {
+    let next = "(SELECT coalesce(max(version), 0) + 1 FROM fieldsync_rows)";
+    let upsert = "ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version, deleted = excluded.deleted";
+    let stamp = |key: &str, deleted: u8| {
+        format!(
+            "INSERT INTO fieldsync_rows (tbl, pk, version, deleted) VALUES ('{table}', {key}, {next}, {deleted}) {upsert};"
+        )
+    };
+    let old_gone = format!(
+        "INSERT INTO fieldsync_rows (tbl, pk, version, deleted) SELECT '{table}', OLD.\"{pk}\", {next}, 1 WHERE OLD.\"{pk}\" IS NOT NEW.\"{pk}\" {upsert};"
+    );
+    let (new, old) = (
+        stamp(&format!("NEW.\"{pk}\""), 0),
+        stamp(&format!("OLD.\"{pk}\""), 1),
+    );
+    format!(
+        "DROP TRIGGER \"fieldsync_{table}_ins\"; DROP TRIGGER \"fieldsync_{table}_upd\"; DROP TRIGGER \"fieldsync_{table}_del\";
+         CREATE TRIGGER \"fieldsync_{table}_ins\" AFTER INSERT ON \"{table}\" BEGIN {new} END;
+         CREATE TRIGGER \"fieldsync_{table}_upd\" AFTER UPDATE ON \"{table}\" BEGIN {old_gone} {new} END;
+         CREATE TRIGGER \"fieldsync_{table}_del\" AFTER DELETE ON \"{table}\" BEGIN {old} END;"
+    )
+}
+
+#[test]
+fn a_main_database_of_schema_4_upgraded_by_init_keeps_its_devices_deltas_right() {
+    let office = Office::on(Engine::Sqlite, 300);
+    let dev = office.device("tab1", &[TASK]);
+    dev.login("ana").ok();
+    dev.run(&["download", TASK], "").ok();
+    // The main database as the fieldsync before schema 5 left it, and the office
+    // writing through its triggers: a north asset moved south.
+    let mut downgrade = String::new();
+    for (table, pk) in [
+        ("assets", "id"),
+        ("inspections", "id"),
+        ("work_orders", "id"),
+    ] {
+        downgrade.push_str(&schema_4_triggers(table, pk));
+    }
+    downgrade.push_str(
+        "DROP INDEX fieldsync_rows_by_tbl_version_moved;
+         CREATE INDEX fieldsync_rows_by_tbl_version ON fieldsync_rows (tbl, version);
+         ALTER TABLE fieldsync_rows DROP COLUMN moved;
+         ALTER TABLE fieldsync_tracked DROP COLUMN watch;
+         UPDATE fieldsync_meta SET value = '4' WHERE key = 'schema_version';",
+    );
+    office.execute_batch(&downgrade);
+    let leaving = north_asset_with_inspections(&office, "ana", 0);
+    office.execute_batch(&format!(
+        "UPDATE assets SET region = 'south' WHERE id = {leaving}"
+    ));
+    fieldsync(&["server", "init", "--db", &office.db_url], "").ok();
+    // Still tracked, the old stamps kept: a delta, and the move reaches the device.
+    dev.run(&["sync"], "").ok();
+    assert_delta(&dev);
+    assert_eq!(content(&dev), fresh(&office, "ana", "tab9"));
+    // From now on a change that moves nothing outside the slice names nothing.
+    office.execute_batch("UPDATE assets SET name = name || '+' WHERE region = 'south'");
+    dev.run(&["sync"], "").ok();
+    assert_delta(&dev);
+    assert_eq!(rows_down(&dev), 0);
+}

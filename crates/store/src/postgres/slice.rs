@@ -62,8 +62,9 @@ impl Slices for PgStore {
             delta_sql(
                 plan,
                 &|i| {
+                    // Any change may have moved the row: the key is `g` too.
                     format!(
-                        "SELECT CAST(r.pk AS {decl}) AS k FROM fieldsync.rows r
+                        "SELECT CAST(r.pk AS {decl}) AS k, CAST(r.pk AS {decl}) AS g FROM fieldsync.rows r
                          WHERE r.tbl = {name} AND r.xid >= pg_snapshot_xmin({base})
                            AND NOT pg_visible_in_snapshot(r.xid, {base})",
                         decl = plan.tables[i].declared[0],

@@ -174,6 +174,7 @@ impl Catalog for SqliteStore {
             "INSERT OR IGNORE INTO fieldsync_task_versions (hash, name, definition, at) VALUES (?1, ?2, ?3, ?4)",
             params![hash, def.name, json, at.to_string()],
         )?;
+        super::tracking::rewatch(&tx)?;
         tx.commit()?;
         Ok(())
     }
@@ -417,10 +418,12 @@ impl Catalog for SqliteStore {
     }
 
     fn task_delete(&self, name: &str) -> Result<()> {
-        let n = self
-            .conn()?
-            .execute("DELETE FROM fieldsync_tasks WHERE name = ?1", [name])?;
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let n = tx.execute("DELETE FROM fieldsync_tasks WHERE name = ?1", [name])?;
         crate::catalog::found(n != 0, "task", name)?;
+        super::tracking::rewatch(&tx)?;
+        tx.commit()?;
         Ok(())
     }
 

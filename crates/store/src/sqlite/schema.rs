@@ -8,21 +8,23 @@ use crate::Schema;
 use crate::{Result, StoreError};
 
 /// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS fieldsync_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS fieldsync_tracked (name TEXT PRIMARY KEY, primary_key TEXT NOT NULL, tracked_at TEXT NOT NULL);
+-- `watch`: the columns (a JSON list) whose update counts as a move (tracking.rs).
+CREATE TABLE IF NOT EXISTS fieldsync_tracked (name TEXT PRIMARY KEY, primary_key TEXT NOT NULL, tracked_at TEXT NOT NULL, watch TEXT NOT NULL DEFAULT '[]');
+-- `moved`: the version of the key's last write that may have moved its row into or
+-- out of a slice (a delete, a key change, an update of a watched column).
 CREATE TABLE IF NOT EXISTS fieldsync_rows (
     tbl TEXT NOT NULL,
     pk NOT NULL,
     version INTEGER NOT NULL,
     deleted INTEGER NOT NULL DEFAULT 0,
+    moved INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tbl, pk)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS fieldsync_rows_by_version ON fieldsync_rows (version);
--- A delta finds a table's rows written since a version by a range of this index.
-CREATE INDEX IF NOT EXISTS fieldsync_rows_by_tbl_version ON fieldsync_rows (tbl, version);
 CREATE TABLE IF NOT EXISTS fieldsync_users (
     name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -227,6 +229,30 @@ impl Schema for SqliteStore {
             return Err(StoreError::Invalid(format!(
                 "the main database was set up by a newer fieldsync (schema {v}, this build knows {SCHEMA_VERSION})"
             )));
+        }
+        // Schema 5: which writes may have moved a row (`moved`, `watch`); rows stamped
+        // before count as moved at their version, and the triggers are put right.
+        let has_moved: bool = tx.query_row(
+            "SELECT count(*) FROM pragma_table_info('fieldsync_rows') WHERE name = 'moved'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_moved {
+            tx.execute_batch(
+                "ALTER TABLE fieldsync_rows ADD COLUMN moved INTEGER NOT NULL DEFAULT 0;
+                 UPDATE fieldsync_rows SET moved = version;
+                 ALTER TABLE fieldsync_tracked ADD COLUMN watch TEXT NOT NULL DEFAULT '[]';",
+            )?;
+        }
+        // A delta finds a table's rows written since a version, and whether each
+        // moved, by a range of this index.
+        tx.execute_batch(
+            "DROP INDEX IF EXISTS fieldsync_rows_by_tbl_version;
+             CREATE INDEX IF NOT EXISTS fieldsync_rows_by_tbl_version_moved
+                 ON fieldsync_rows (tbl, version, moved);",
+        )?;
+        if !has_moved {
+            super::tracking::renew_triggers(&tx)?;
         }
         tx.execute(
             "INSERT INTO fieldsync_meta (key, value) VALUES ('schema_version', ?1)

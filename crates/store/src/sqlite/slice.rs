@@ -106,7 +106,8 @@ impl Slices for SqliteStore {
                 plan,
                 &|i| {
                     format!(
-                        "SELECT r.pk AS k FROM fieldsync_rows r WHERE r.tbl = {} AND r.version > {since}",
+                        "SELECT r.pk AS k, CASE WHEN r.moved > {since} THEN r.pk END AS g
+                         FROM fieldsync_rows r WHERE r.tbl = {} AND r.version > {since}",
                         quote_literal(&plan.tables[i].schema.name)
                     )
                 },

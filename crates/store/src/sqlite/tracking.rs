@@ -4,6 +4,7 @@
 
 use fieldsync_proto::ColumnType;
 use fieldsync_proto::Value;
+use fieldsync_proto::task::TaskDef;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, now, to_sql_value};
@@ -14,7 +15,14 @@ use crate::{Result, StoreError, TableInfo};
 /// The tracking triggers of a table, each as its name and its `CREATE TRIGGER`
 /// statement (the text SQLite keeps in `sqlite_schema`, so a table's tracking can be
 /// checked by comparison: a rebuilt table has none, a renamed one stale ones).
-fn tracking_triggers(info: &TableInfo) -> Vec<(String, String)> {
+///
+/// Each write stamps the row's key with the next version; a write that may have moved
+/// the row into or out of a slice also sets its `moved` version: a delete, a key change,
+/// or an update of a `watch` column (the columns tasks filter by or link parents by,
+/// [`watch_columns`]). A delta names a key gone only when its `moved` is past the
+/// cursor: a row that changed otherwise and is not in the slice now was not in it
+/// before either.
+fn tracking_triggers(info: &TableInfo, watch: &[String]) -> Vec<(String, String)> {
     let t = quote_ident(&info.name);
     let pk = quote_ident(&info.primary_key);
     let name_lit = quote_literal(&info.name);
@@ -25,44 +33,196 @@ fn tracking_triggers(info: &TableInfo) -> Vec<(String, String)> {
     // An upsert, not `INSERT OR REPLACE`: a statement in a trigger takes the outer
     // statement's conflict clause instead of its own `OR …` (so `UPDATE OR IGNORE`
     // skipped the stamp, and an office upsert, `UPDATE OR ABORT` or a foreign-key
-    // action failed on fieldsync's own key); an upsert clause is its own.
-    const UPSERT: &str = "ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version, deleted = excluded.deleted";
-    let stamp = |key: &str, deleted: u8| {
+    // action failed on fieldsync's own key); an upsert clause is its own. `moved` only
+    // ever grows: a write that moves nothing keeps the last move's version.
+    const UPSERT: &str = "ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version, deleted = excluded.deleted, moved = max(moved, excluded.moved)";
+    let stamp = |key: &str, deleted: u8, moved: &str| {
         format!(
-            "INSERT INTO fieldsync_rows (tbl, pk, version, deleted) VALUES ({name_lit}, {key}, {next}, {deleted}) {UPSERT};"
+            "INSERT INTO fieldsync_rows (tbl, pk, version, deleted, moved) VALUES ({name_lit}, {key}, {next}, {deleted}, {moved}) {UPSERT};"
         )
     };
     // A key change retires the old key (a tombstone) before stamping the new one.
     let s_old_gone = format!(
-        "INSERT INTO fieldsync_rows (tbl, pk, version, deleted) SELECT {name_lit}, OLD.{pk}, {next}, 1 WHERE OLD.{pk} IS NOT NEW.{pk} {UPSERT};"
+        "INSERT INTO fieldsync_rows (tbl, pk, version, deleted, moved) SELECT {name_lit}, OLD.{pk}, {next}, 1, {next} WHERE OLD.{pk} IS NOT NEW.{pk} {UPSERT};"
     );
-    let (s_new, s_old) = (
-        stamp(&format!("NEW.{pk}"), 0),
-        stamp(&format!("OLD.{pk}"), 1),
+    // Compared byte for byte and by type, whatever the column's collation: filters do
+    // (`'North'` is not `'north'` to a filter even in a NOCASE column).
+    let moved_by_update = if watch.is_empty() {
+        "0".to_string()
+    } else {
+        let changed: Vec<String> = watch
+            .iter()
+            .map(|c| {
+                let c = quote_ident(c);
+                format!(
+                    "OLD.{c} IS NOT NEW.{c} COLLATE BINARY OR typeof(OLD.{c}) <> typeof(NEW.{c})"
+                )
+            })
+            .collect();
+        format!("CASE WHEN {} THEN {next} ELSE 0 END", changed.join(" OR "))
+    };
+    let (s_ins, s_upd, s_del) = (
+        stamp(&format!("NEW.{pk}"), 0, "0"),
+        stamp(&format!("NEW.{pk}"), 0, &moved_by_update),
+        stamp(&format!("OLD.{pk}"), 1, next),
     );
     vec![
         (
             trig("ins"),
             format!(
-                "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN {s_new} END",
+                "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN {s_ins} END",
                 quote_ident(&trig("ins"))
             ),
         ),
         (
             trig("upd"),
             format!(
-                "CREATE TRIGGER {} AFTER UPDATE ON {t} BEGIN {s_old_gone} {s_new} END",
+                "CREATE TRIGGER {} AFTER UPDATE ON {t} BEGIN {s_old_gone} {s_upd} END",
                 quote_ident(&trig("upd"))
             ),
         ),
         (
             trig("del"),
             format!(
-                "CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN {s_old} END",
+                "CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN {s_del} END",
                 quote_ident(&trig("del"))
             ),
         ),
     ]
+}
+
+/// The columns of `info`'s table whose update may move a row into or out of a slice:
+/// those the stored tasks' filters read and link parents by, sorted, each once, only
+/// those the table has and not its key (a key change always counts).
+fn watch_columns(conn: &Connection, info: &TableInfo) -> Result<Vec<String>> {
+    let mut watch: Vec<String> = Vec::new();
+    let mut stmt = conn.prepare_cached("SELECT definition FROM fieldsync_tasks")?;
+    for json in stmt.query_map([], |r| r.get::<_, String>(0))? {
+        let def: TaskDef = serde_json::from_str(&json?)
+            .map_err(|e| StoreError::Db(format!("stored task unreadable: {e}")))?;
+        for t in def.tables.iter().filter(|t| t.name == info.name) {
+            if let Some(filter) = &t.filter {
+                let expr = fieldsync_proto::filter::parse(filter)
+                    .map_err(|e| StoreError::Db(format!("stored filter unreadable: {e}")))?;
+                watch.extend(expr.columns());
+            }
+            watch.extend(t.parent.iter().map(|p| p.key.clone()));
+        }
+    }
+    watch.retain(|c| *c != info.primary_key && info.column(c).is_some());
+    watch.sort();
+    watch.dedup();
+    Ok(watch)
+}
+
+/// The watch recorded with a table's tracking (none for a table not tracked).
+fn recorded_watch(conn: &Connection, table: &str) -> Result<Vec<String>> {
+    let json: Option<String> = conn
+        .query_row(
+            "SELECT watch FROM fieldsync_tracked WHERE name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match json {
+        None => Ok(Vec::new()),
+        Some(j) => serde_json::from_str(&j)
+            .map_err(|e| StoreError::Db(format!("the watch of `{table}` is unreadable: {e}"))),
+    }
+}
+
+/// Replaces whatever fieldsync triggers `info`'s table has by the current ones for
+/// `watch`, and records the watch.
+fn install_triggers(conn: &Connection, info: &TableInfo, watch: &[String]) -> Result<()> {
+    let stale: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1
+               AND name LIKE 'fieldsync\\_%' ESCAPE '\\'",
+        )?
+        .query_map([&info.name], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for name in stale {
+        conn.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&name)))?;
+    }
+    for (_, sql) in tracking_triggers(info, watch) {
+        conn.execute_batch(&sql)?;
+    }
+    conn.execute(
+        "UPDATE fieldsync_tracked SET watch = ?2 WHERE name = ?1",
+        params![
+            info.name,
+            serde_json::to_string(watch).expect("a list of names")
+        ],
+    )?;
+    Ok(())
+}
+
+/// Sets every tracked table's watch to what the stored tasks filter and link parents
+/// by, in the caller's transaction, after a task was stored or deleted. A column that
+/// joins the watch was not watched before: every write of the table since any cursor
+/// then counts as a move (`moved` raised to `version`), so that a device whose task
+/// needs the column (a task deleted and applied again, the same) is never told less
+/// than it must remove. A column that leaves it no current task reads.
+pub(crate) fn rewatch(conn: &Connection) -> Result<()> {
+    let tables: Vec<String> = conn
+        .prepare_cached("SELECT name FROM fieldsync_tracked")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for table in tables {
+        let Some(info) = table_info(conn, &table)? else {
+            continue;
+        };
+        if !info.tracked {
+            continue;
+        }
+        let before = recorded_watch(conn, &info.name)?;
+        let watch = watch_columns(conn, &info)?;
+        if watch == before {
+            continue;
+        }
+        if watch.iter().any(|c| !before.contains(c)) {
+            conn.execute(
+                "UPDATE fieldsync_rows SET moved = version WHERE tbl = ?1 AND moved < version",
+                [&info.name],
+            )?;
+        }
+        install_triggers(conn, &info, &watch)?;
+    }
+    Ok(())
+}
+
+/// Triggers of an older fieldsync put right where the table is otherwise tracked (the
+/// upgrade of `init`): the versions they stamped stay good, so no row is stamped anew;
+/// rows stamped before `moved` existed count as moved at their version.
+pub(crate) fn renew_triggers(conn: &Connection) -> Result<()> {
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM fieldsync_tracked")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for table in tables {
+        let Some(info) = table_info(conn, &table)? else {
+            continue;
+        };
+        if info.tracked || info.primary_key.is_empty() {
+            continue;
+        }
+        // Only where the old triggers are all there: a table that lost them (rebuilt
+        // since) has writes nothing stamped, which only `track_table` restamps.
+        let mut present = 0;
+        for (name, _) in tracking_triggers(&info, &[]) {
+            present += conn.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name = ?1 AND tbl_name = ?2",
+                [&name, &info.name],
+                |r| r.get::<_, i64>(0),
+            )?;
+        }
+        if present != 3 {
+            continue;
+        }
+        let watch = watch_columns(conn, &info)?;
+        install_triggers(conn, &info, &watch)?;
+    }
+    Ok(())
 }
 
 /// Whether a table's tracking is in place: recorded, and its triggers exactly the
@@ -78,10 +238,11 @@ fn tracking_intact(conn: &Connection, info: &TableInfo) -> Result<bool> {
     if !recorded || info.primary_key.is_empty() {
         return Ok(false);
     }
+    let watch = recorded_watch(conn, &info.name)?;
     let mut stmt = conn.prepare_cached(
         "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?1 AND tbl_name = ?2",
     )?;
-    for (name, sql) in tracking_triggers(info) {
+    for (name, sql) in tracking_triggers(info, &watch) {
         let found: Option<String> = stmt
             .query_row([&name, &info.name], |r| r.get(0))
             .optional()?;
@@ -193,40 +354,10 @@ impl Tracking for SqliteStore {
         }
         // Missing or stale tracking (first time, a table rebuilt or renamed since, an
         // older fieldsync's triggers): whatever fieldsync triggers the table has go,
-        // the current ones come, and every row is stamped anew, so changes made while
-        // nothing stamped them count as changed for every device (compared by value).
-        let stale: Vec<String> = tx
-            .prepare(
-                "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1
-                   AND name LIKE 'fieldsync\\_%' ESCAPE '\\'",
-            )?
-            .query_map([&info.name], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for name in stale {
-            tx.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&name)))?;
-        }
-        for (_, sql) in tracking_triggers(&info) {
-            tx.execute_batch(&sql)?;
-        }
-        let t = quote_ident(&info.name);
-        let pk = quote_ident(&info.primary_key);
-        let next = "(SELECT coalesce(max(version), 0) + 1 FROM fieldsync_rows)";
-        tx.execute(
-            &format!(
-                "INSERT INTO fieldsync_rows (tbl, pk, version, deleted)
-                 SELECT ?1, {pk}, {next}, 0 FROM {t} WHERE true
-                 ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version, deleted = 0"
-            ),
-            [&info.name],
-        )?;
-        // Rows deleted while nothing stamped them leave tombstones now.
-        tx.execute(
-            &format!(
-                "UPDATE fieldsync_rows SET deleted = 1, version = {next}
-                 WHERE tbl = ?1 AND deleted = 0 AND pk NOT IN (SELECT {pk} FROM {t})"
-            ),
-            [&info.name],
-        )?;
+        // the current ones come, and every row is stamped anew (and counts as moved),
+        // so changes made while nothing stamped them count as changed for every device
+        // (compared by value).
+        let watch = watch_columns(&tx, &info)?;
         tx.execute(
             "DELETE FROM fieldsync_tracked WHERE name = ?1",
             [&info.name],
@@ -234,6 +365,26 @@ impl Tracking for SqliteStore {
         tx.execute(
             "INSERT INTO fieldsync_tracked (name, primary_key, tracked_at) VALUES (?1, ?2, ?3)",
             params![info.name, info.primary_key, now()],
+        )?;
+        install_triggers(&tx, &info, &watch)?;
+        let t = quote_ident(&info.name);
+        let pk = quote_ident(&info.primary_key);
+        let next = "(SELECT coalesce(max(version), 0) + 1 FROM fieldsync_rows)";
+        tx.execute(
+            &format!(
+                "INSERT INTO fieldsync_rows (tbl, pk, version, deleted, moved)
+                 SELECT ?1, {pk}, {next}, 0, {next} FROM {t} WHERE true
+                 ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version, deleted = 0, moved = excluded.moved"
+            ),
+            [&info.name],
+        )?;
+        // Rows deleted while nothing stamped them leave tombstones now.
+        tx.execute(
+            &format!(
+                "UPDATE fieldsync_rows SET deleted = 1, version = {next}, moved = {next}
+                 WHERE tbl = ?1 AND deleted = 0 AND pk NOT IN (SELECT {pk} FROM {t})"
+            ),
+            [&info.name],
         )?;
         tx.commit()?;
         Ok(TableInfo {

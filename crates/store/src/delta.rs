@@ -9,9 +9,9 @@
 //! sent although it did not change itself. A key is named gone when its row may have
 //! moved since the cursor and is not in the slice now (deleted, filtered out, moved
 //! under a parent outside the slice); rows that left only because their parent left
-//! are the device's to remove with the parent. "May have moved" is the engine's: on
-//! SQLite a delete, a key change or an update of a column some task filters or links
-//! parents by (the row's `moved` version); on PostgreSQL any change. A row whose
+//! are the device's to remove with the parent. "May have moved": a delete, a key
+//! change or an update of a column some task filters or links parents by (the row's
+//! `moved` version or transaction, kept by each engine's triggers). A row whose
 //! watched columns did not change and that is not in the slice now was not in it at
 //! the cursor either, so it is not on the device. Both are over-approximations that
 //! are right to apply: a row sent again is written again, a gone key the device does

@@ -87,6 +87,33 @@ pub fn untracked(table: &str) -> StoreError {
     ))
 }
 
+/// The columns of `info`'s table whose update may move a row into or out of a slice of
+/// one of `tasks` (stored task definitions, as JSON): those their filters read and
+/// link parents by, sorted, each once, only those the table has and not its key (a
+/// key change always counts). Both engines' tracking keeps this **watch**.
+pub(crate) fn watch_columns(
+    tasks: impl IntoIterator<Item = String>,
+    info: &TableInfo,
+) -> Result<Vec<String>> {
+    let mut watch: Vec<String> = Vec::new();
+    for json in tasks {
+        let def: TaskDef = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Db(format!("stored task unreadable: {e}")))?;
+        for t in def.tables.iter().filter(|t| t.name == info.name) {
+            if let Some(f) = &t.filter {
+                let expr = filter::parse(f)
+                    .map_err(|e| StoreError::Db(format!("stored filter unreadable: {e}")))?;
+                watch.extend(expr.columns());
+            }
+            watch.extend(t.parent.iter().map(|p| p.key.clone()));
+        }
+    }
+    watch.retain(|c| *c != info.primary_key && info.column(c).is_some());
+    watch.sort();
+    watch.dedup();
+    Ok(watch)
+}
+
 /// Checks a task against the schema; `lookup` returns a table of the main database.
 /// Every error names the table and the field at fault.
 pub fn check_task(def: &TaskDef, lookup: &dyn Fn(&str) -> Result<Option<TableInfo>>) -> Result<()> {

@@ -438,6 +438,10 @@ fn history_older_than_the_retention_is_pruned_and_sends_the_whole_slice() {
 crate::also_on_postgres!(
     a_sync_brings_only_the_changes_and_matches_a_fresh_download,
     history_older_than_the_retention_is_pruned_and_sends_the_whole_slice,
+    a_delta_names_gone_only_the_keys_that_may_have_left,
+    a_move_by_a_nocase_value_or_by_a_later_tasks_filter_is_named,
+    a_main_database_of_schema_4_upgraded_by_init_keeps_its_devices_deltas_right,
+    a_watched_column_dropped_by_the_office_is_refused_or_leaves_its_writes_working,
 );
 
 #[test]
@@ -515,8 +519,8 @@ fn rows_down(dev: &DeviceDir) -> u64 {
 }
 
 #[test]
-fn on_sqlite_a_delta_names_gone_only_the_keys_that_may_have_left() {
-    let office = Office::on(Engine::Sqlite, 300);
+fn a_delta_names_gone_only_the_keys_that_may_have_left() {
+    let office = Office::new(300);
     let dev = office.device("tab1", &[TASK]);
     dev.login("ana").ok();
     dev.run(&["download", TASK], "").ok();
@@ -561,13 +565,19 @@ fn on_sqlite_a_delta_names_gone_only_the_keys_that_may_have_left() {
 }
 
 #[test]
-fn on_sqlite_a_move_by_a_nocase_value_or_by_a_later_tasks_filter_is_named() {
-    let office = Office::on(Engine::Sqlite, 20);
-    office.execute_batch(
-        "CREATE TABLE crews (id INTEGER PRIMARY KEY, area TEXT COLLATE NOCASE NOT NULL, shift TEXT NOT NULL);
+fn a_move_by_a_nocase_value_or_by_a_later_tasks_filter_is_named() {
+    let office = Office::new(20);
+    // SQLite compares a NOCASE column's values without case; PostgreSQL has no such
+    // collation by default.
+    let nocase = match office.engine() {
+        Engine::Sqlite => " COLLATE NOCASE",
+        Engine::Postgres => "",
+    };
+    office.execute_batch(&format!(
+        "CREATE TABLE crews (id INTEGER PRIMARY KEY, area TEXT{nocase} NOT NULL, shift TEXT NOT NULL);
          INSERT INTO crews (id, area, shift) VALUES
-             (1, 'north', 'day'), (2, 'north', 'day'), (3, 'north', 'night'), (4, 'south', 'day');",
-    );
+             (1, 'north', 'day'), (2, 'north', 'day'), (3, 'north', 'night'), (4, 'south', 'day');"
+    ));
     office.admin(&["table", "track", "crews"], "").ok();
     let task = |name: &str, filter: &str| {
         format!("name = \"{name}\"\n[[tables]]\nname = \"crews\"\nfilter = \"{filter}\"\n")
@@ -627,6 +637,49 @@ fn on_sqlite_a_move_by_a_nocase_value_or_by_a_later_tasks_filter_is_named() {
     assert_eq!(held(&north), ids(&[2]));
 }
 
+#[test]
+fn a_watched_column_dropped_by_the_office_is_refused_or_leaves_its_writes_working() {
+    let office = Office::new(20);
+    office.execute_batch(
+        "CREATE TABLE crews (id INTEGER PRIMARY KEY, area TEXT NOT NULL, shift TEXT NOT NULL);
+         INSERT INTO crews (id, area, shift) VALUES (1, 'north', 'day'), (2, 'north', 'night'), (3, 'south', 'day');",
+    );
+    office.admin(&["table", "track", "crews"], "").ok();
+    let task = |name: &str, filter: &str| {
+        format!("name = \"{name}\"\n[[tables]]\nname = \"crews\"\nfilter = \"{filter}\"\n")
+    };
+    office.apply_task(
+        "crews.toml",
+        &task("crews", "area = 'north'"),
+        "crews",
+        "ana",
+    );
+    office.apply_task(
+        "day.toml",
+        &task("day-crews", "shift = 'day'"),
+        "day-crews",
+        "ana",
+    );
+    let north = office.device("tab1", &["crews"]);
+    north.login("ana").ok();
+    north.run(&["download", "crews"], "").ok();
+    // `shift` is watched (a task filters by it). SQLite refuses to drop it (the
+    // trigger reads it); PostgreSQL drops it, and its trigger counts every update as a
+    // move from then on.
+    let drop = "ALTER TABLE crews DROP COLUMN shift";
+    match office.engine() {
+        Engine::Sqlite => {
+            let err = office.sql().execute_batch(drop).unwrap_err().to_string();
+            assert!(err.contains("fieldsync_crews_upd"), "{err}");
+        }
+        Engine::Postgres => office.execute_batch(drop),
+    }
+    office.execute_batch("UPDATE crews SET area = 'south' WHERE id = 2");
+    north.run(&["sync"], "").ok();
+    let held = rows(&north.replica(), "SELECT id FROM crews ORDER BY id");
+    assert_eq!(held, vec![vec!["i1".to_string()]]);
+}
+
 /// A tracked table's triggers as fieldsync before schema 5 made them (no `moved`).
 fn schema_4_triggers(table: &str, pk: &str) -> String {
     let next = "(SELECT coalesce(max(version), 0) + 1 FROM fieldsync_rows)";
@@ -653,33 +706,46 @@ fn schema_4_triggers(table: &str, pk: &str) -> String {
 
 #[test]
 fn a_main_database_of_schema_4_upgraded_by_init_keeps_its_devices_deltas_right() {
-    let office = Office::on(Engine::Sqlite, 300);
+    let office = Office::new(300);
     let dev = office.device("tab1", &[TASK]);
     dev.login("ana").ok();
     dev.run(&["download", TASK], "").ok();
-    // The main database as the fieldsync before schema 5 left it, and the office
-    // writing through its triggers: a north asset moved south.
-    let mut downgrade = String::new();
-    for (table, pk) in [
-        ("assets", "id"),
-        ("inspections", "id"),
-        ("work_orders", "id"),
-    ] {
-        downgrade.push_str(&schema_4_triggers(table, pk));
-    }
-    downgrade.push_str(
-        "DROP INDEX fieldsync_rows_by_tbl_version_moved;
-         CREATE INDEX fieldsync_rows_by_tbl_version ON fieldsync_rows (tbl, version);
-         ALTER TABLE fieldsync_rows DROP COLUMN moved;
-         ALTER TABLE fieldsync_tracked DROP COLUMN watch;
-         UPDATE fieldsync_meta SET value = '4' WHERE key = 'schema_version';",
-    );
-    office.execute_batch(&downgrade);
+    // The main database as the fieldsync before schema 5 left it (on SQLite with its
+    // triggers, the office writing through them: a north asset moved south; on
+    // PostgreSQL the functions stay this build's, and init runs before any write).
     let leaving = north_asset_with_inspections(&office, "ana", 0);
-    office.execute_batch(&format!(
-        "UPDATE assets SET region = 'south' WHERE id = {leaving}"
-    ));
-    fieldsync(&["server", "init", "--db", &office.db_url], "").ok();
+    let moved = format!("UPDATE assets SET region = 'south' WHERE id = {leaving}");
+    match office.engine() {
+        Engine::Sqlite => {
+            let mut downgrade = String::new();
+            for (table, pk) in [
+                ("assets", "id"),
+                ("inspections", "id"),
+                ("work_orders", "id"),
+            ] {
+                downgrade.push_str(&schema_4_triggers(table, pk));
+            }
+            downgrade.push_str(
+                "DROP INDEX fieldsync_rows_by_tbl_version_moved;
+                 CREATE INDEX fieldsync_rows_by_tbl_version ON fieldsync_rows (tbl, version);
+                 ALTER TABLE fieldsync_rows DROP COLUMN moved;
+                 ALTER TABLE fieldsync_tracked DROP COLUMN watch;
+                 UPDATE fieldsync_meta SET value = '4' WHERE key = 'schema_version';",
+            );
+            office.execute_batch(&downgrade);
+            office.execute_batch(&moved);
+            fieldsync(&["server", "init", "--db", &office.db_url], "").ok();
+        }
+        Engine::Postgres => {
+            office.execute_batch(
+                "ALTER TABLE fieldsync.rows DROP COLUMN moved;
+                 ALTER TABLE fieldsync.tracked DROP COLUMN watch;
+                 UPDATE fieldsync.meta SET value = '4' WHERE key = 'schema_version';",
+            );
+            fieldsync(&["server", "init", "--db", &office.db_url], "").ok();
+            office.execute_batch(&moved);
+        }
+    }
     // Still tracked, the old stamps kept: a delta, and the move reaches the device.
     dev.run(&["sync"], "").ok();
     assert_delta(&dev);

@@ -174,7 +174,7 @@ impl Catalog for PgStore {
                  ON CONFLICT DO NOTHING",
                 &[&hash, &def.name, &json, &at],
             )?;
-            Ok(())
+            super::tracking::rewatch(tx)
         })
     }
 
@@ -428,11 +428,12 @@ impl Catalog for PgStore {
     }
 
     fn task_delete(&self, name: &str) -> Result<()> {
-        let n = self
-            .conn()?
-            .execute("DELETE FROM fieldsync.tasks WHERE name = $1", &[&name])?;
-        crate::catalog::found(n != 0, "task", name)?;
-        Ok(())
+        let mut c = self.conn()?;
+        in_tx(&mut c, |tx| {
+            let n = tx.execute("DELETE FROM fieldsync.tasks WHERE name = $1", &[&name])?;
+            crate::catalog::found(n != 0, "task", name)?;
+            super::tracking::rewatch(tx)
+        })
     }
 
     fn task_unassign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()> {

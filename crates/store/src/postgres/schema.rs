@@ -6,21 +6,26 @@ use crate::Schema;
 use crate::{Result, StoreError};
 
 /// Bumped when fieldsync's own objects change shape; `init` upgrades older ones.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE SCHEMA IF NOT EXISTS fieldsync;
 CREATE TABLE IF NOT EXISTS fieldsync.meta (key text PRIMARY KEY, value text NOT NULL);
+-- `watch`: the columns (a JSON list) whose update counts as a move (tracking.rs).
 CREATE TABLE IF NOT EXISTS fieldsync.tracked (
     name text PRIMARY KEY,
     primary_key text NOT NULL,
-    tracked_at text NOT NULL
+    tracked_at text NOT NULL,
+    watch text NOT NULL DEFAULT '[]'
 );
+-- `moved`: the transaction of the key's last write that may have moved its row into
+-- or out of a slice (a delete, a key change, an update of a watched column).
 CREATE TABLE IF NOT EXISTS fieldsync.rows (
     tbl text NOT NULL,
     pk text NOT NULL,
     xid xid8 NOT NULL,
     deleted boolean NOT NULL DEFAULT false,
+    moved xid8,
     PRIMARY KEY (tbl, pk)
 );
 CREATE TABLE IF NOT EXISTS fieldsync.bases (
@@ -227,6 +232,24 @@ impl Schema for PgStore {
                 return Err(StoreError::Invalid(format!(
                     "the main database was set up by a newer fieldsync (schema {v}, this build knows {SCHEMA_VERSION})"
                 )));
+            }
+            // Schema 5: which writes may have moved a row (`moved`, `watch`); rows
+            // recorded before count as moved by their writer, and the trigger
+            // functions are put right.
+            let has_moved = tx
+                .query_opt(
+                    "SELECT 1 FROM information_schema.columns
+                     WHERE table_schema = 'fieldsync' AND table_name = 'rows' AND column_name = 'moved'",
+                    &[],
+                )?
+                .is_some();
+            if !has_moved {
+                tx.batch_execute(
+                    "ALTER TABLE fieldsync.rows ADD COLUMN moved xid8;
+                     UPDATE fieldsync.rows SET moved = xid;
+                     ALTER TABLE fieldsync.tracked ADD COLUMN IF NOT EXISTS watch text NOT NULL DEFAULT '[]';",
+                )?;
+                super::tracking::renew_functions(tx)?;
             }
             tx.execute(
                 "INSERT INTO fieldsync.meta (key, value) VALUES ('schema_version', $1)

@@ -62,9 +62,12 @@ impl Slices for PgStore {
             delta_sql(
                 plan,
                 &|i| {
-                    // Any change may have moved the row: the key is `g` too.
+                    // Moved since: by a transaction the snapshot does not see.
                     format!(
-                        "SELECT CAST(r.pk AS {decl}) AS k, CAST(r.pk AS {decl}) AS g FROM fieldsync.rows r
+                        "SELECT CAST(r.pk AS {decl}) AS k,
+                                CASE WHEN r.moved IS NOT NULL AND NOT pg_visible_in_snapshot(r.moved, {base})
+                                     THEN CAST(r.pk AS {decl}) END AS g
+                         FROM fieldsync.rows r
                          WHERE r.tbl = {name} AND r.xid >= pg_snapshot_xmin({base})
                            AND NOT pg_visible_in_snapshot(r.xid, {base})",
                         decl = plan.tables[i].declared[0],

@@ -108,28 +108,70 @@ fn tracking_function(table: &str) -> String {
 }
 
 /// The source (`pg_proc.prosrc`) of a table's trigger function as this build creates
-/// it: what `table_info` compares the installed function with. It records under the
-/// table's name, so a function left from before a rename is stale.
-fn tracking_body(table: &str, primary_key: &str, key_type: &str) -> String {
+/// it for the table's `watch`: what `table_info` compares the installed function with.
+/// It records under the table's name, so a function left from before a rename is
+/// stale.
+///
+/// Each statement's rows are stamped with its transaction; a write that may have moved
+/// a row into or out of a slice also sets `moved`: a delete, a truncate, a key change,
+/// or an update of a watched column (compared as text, so any change of value counts,
+/// whatever the column's type and collation). A delta names a key gone only when its
+/// `moved` transaction is one the cursor's snapshot does not see.
+fn tracking_body(table: &str, primary_key: &str, key_type: &str, watch: &[String]) -> String {
     let pk = quote_ident(primary_key);
     let name_lit = quote_literal(table);
-    let upsert = |source: &str, alias: &str, deleted: bool, filter: &str| {
+    let upsert = |source: &str, alias: &str, deleted: bool, moved: &str, rest: &str| {
         let key = types::key_text(&format!("{alias}.{pk}"), key_type);
         format!(
-            "INSERT INTO fieldsync.rows (tbl, pk, xid, deleted)
-             SELECT {name_lit}, {key}, pg_current_xact_id(), {deleted} FROM {source} {alias} {filter}
-             ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = {deleted};"
+            "INSERT INTO fieldsync.rows (tbl, pk, xid, deleted, moved)
+             SELECT {name_lit}, {key}, pg_current_xact_id(), {deleted}, {moved} FROM {source} {alias} {rest}
+             ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = {deleted},
+                 moved = coalesce(excluded.moved, fieldsync.rows.moved);"
         )
     };
-    let inserted = upsert("new_rows", "n", false, "");
+    let inserted = upsert("new_rows", "n", false, "NULL::xid8", "");
+    // An updated row moved when a watched column changed. A key new to the table is
+    // not a move: a device held it only if it was deleted or rekeyed since, which
+    // set its `moved` then (kept by the upsert).
+    let changed: Vec<String> = watch
+        .iter()
+        .map(|c| {
+            let c = quote_ident(c);
+            format!("o.{c}::text IS DISTINCT FROM n.{c}::text")
+        })
+        .collect();
+    let moved_by_update = if changed.is_empty() {
+        "NULL::xid8".to_string()
+    } else {
+        format!(
+            "CASE WHEN o.{pk} IS NOT NULL AND ({}) THEN pg_current_xact_id() END",
+            changed.join(" OR ")
+        )
+    };
+    let join = format!("LEFT JOIN old_rows o ON o.{pk} = n.{pk}");
+    let mut updated = upsert("new_rows", "n", false, &moved_by_update, &join);
+    if !changed.is_empty() {
+        // A watched column dropped or renamed by the office since: every updated row
+        // counts as moved (one subtransaction per statement, not per row), and the
+        // office's writes go on.
+        let every = upsert("new_rows", "n", false, "pg_current_xact_id()", &join);
+        updated = format!(
+            "BEGIN
+                 {updated}
+             EXCEPTION WHEN undefined_column THEN
+                 {every}
+             END;"
+        );
+    }
     // A key change retires the old key (a tombstone).
     let rekeyed = upsert(
         "old_rows",
         "o",
         true,
+        "pg_current_xact_id()",
         &format!("WHERE NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{pk} = o.{pk})"),
     );
-    let deleted = upsert("old_rows", "o", true, "");
+    let deleted = upsert("old_rows", "o", true, "pg_current_xact_id()", "");
     format!(
         "
          BEGIN
@@ -137,11 +179,12 @@ fn tracking_body(table: &str, primary_key: &str, key_type: &str) -> String {
                  {inserted}
              ELSIF TG_OP = 'UPDATE' THEN
                  {rekeyed}
-                 {inserted}
+                 {updated}
              ELSIF TG_OP = 'DELETE' THEN
                  {deleted}
              ELSIF TG_OP = 'TRUNCATE' THEN
-                 UPDATE fieldsync.rows SET xid = pg_current_xact_id(), deleted = true
+                 UPDATE fieldsync.rows SET xid = pg_current_xact_id(), deleted = true,
+                     moved = pg_current_xact_id()
                  WHERE tbl = {name_lit} AND NOT deleted;
              END IF;
              RETURN NULL;
@@ -150,19 +193,147 @@ fn tracking_body(table: &str, primary_key: &str, key_type: &str) -> String {
     )
 }
 
+/// `CREATE OR REPLACE FUNCTION` of a table's trigger function for `watch`.
+fn function_sql(table: &str, primary_key: &str, key_type: &str, watch: &[String]) -> String {
+    let function = format!("fieldsync.{}", quote_ident(&tracking_function(table)));
+    // A dollar-quote tag no table name can end the body with.
+    let tag = format!("$fs{}$", crate::random_hex(6));
+    let body = tracking_body(table, primary_key, key_type, watch);
+    format!(
+        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {tag}{body}{tag};"
+    )
+}
+
+/// The watch recorded with a table's tracking (none for a table not tracked).
+fn recorded_watch(c: &mut impl postgres::GenericClient, table: &str) -> Result<Vec<String>> {
+    match c.query_opt(
+        "SELECT watch FROM fieldsync.tracked WHERE name = $1",
+        &[&table],
+    )? {
+        None => Ok(Vec::new()),
+        Some(r) => serde_json::from_str(r.get::<_, &str>(0))
+            .map_err(|e| StoreError::Db(format!("the watch of `{table}` is unreadable: {e}"))),
+    }
+}
+
+/// The table's watch as the stored tasks make it ([`crate::plan::watch_columns`]).
+fn watch_columns(c: &mut impl postgres::GenericClient, info: &TableInfo) -> Result<Vec<String>> {
+    let tasks: Vec<String> = c
+        .query("SELECT definition FROM fieldsync.tasks", &[])?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    crate::plan::watch_columns(tasks, info)
+}
+
+/// Replaces `info`'s trigger function by the current one for `watch` (the triggers
+/// call it by name) and records the watch.
+fn install_function(
+    c: &mut impl postgres::GenericClient,
+    info: &TableInfo,
+    watch: &[String],
+) -> Result<()> {
+    let key_type = key_type_of(info);
+    c.batch_execute(&function_sql(
+        &info.name,
+        &info.primary_key,
+        &key_type,
+        watch,
+    ))?;
+    c.execute(
+        "UPDATE fieldsync.tracked SET watch = $2 WHERE name = $1",
+        &[
+            &info.name,
+            &serde_json::to_string(watch).expect("a list of names"),
+        ],
+    )?;
+    Ok(())
+}
+
+fn key_type_of(info: &TableInfo) -> String {
+    info.column(&info.primary_key)
+        .map(|c| c.declared_type.clone())
+        .unwrap_or_default()
+}
+
+/// Sets every tracked table's watch to what the stored tasks filter and link parents
+/// by, in the caller's transaction, after a task was stored or deleted (as on SQLite:
+/// a column joining the watch counts every earlier write as a move).
+pub(crate) fn rewatch(c: &mut impl postgres::GenericClient) -> Result<()> {
+    let tables: Vec<String> = c
+        .query("SELECT name FROM fieldsync.tracked ORDER BY name", &[])?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for table in tables {
+        let Some(info) = table_info(c, &table)? else {
+            continue;
+        };
+        if !info.tracked {
+            continue;
+        }
+        let before = recorded_watch(c, &info.name)?;
+        let watch = watch_columns(c, &info)?;
+        if watch == before {
+            continue;
+        }
+        if watch.iter().any(|col| !before.contains(col)) {
+            c.execute(
+                "UPDATE fieldsync.rows SET moved = xid WHERE tbl = $1 AND moved IS DISTINCT FROM xid",
+                &[&info.name],
+            )?;
+        }
+        install_function(c, &info, &watch)?;
+    }
+    Ok(())
+}
+
+/// Trigger functions of an older fieldsync put right where the table's triggers are
+/// all in place (the upgrade of `init`): the transactions they recorded stay good, so
+/// no row is stamped anew; rows recorded before `moved` existed count as moved.
+pub(crate) fn renew_functions(c: &mut impl postgres::GenericClient) -> Result<()> {
+    let tables: Vec<String> = c
+        .query("SELECT name FROM fieldsync.tracked ORDER BY name", &[])?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let names: Vec<&str> = TRACKING_TRIGGERS.iter().map(|t| t.0).collect();
+    for table in tables {
+        let Some(info) = table_info(c, &table)? else {
+            continue;
+        };
+        if info.tracked || info.primary_key.is_empty() {
+            continue;
+        }
+        let present: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
+                 WHERE tg.tgrelid = $1::text::regclass AND tg.tgname::text = ANY ($2)
+                   AND p.pronamespace = 'fieldsync'::regnamespace AND p.proname::text = $3",
+                &[
+                    &quote_ident(&info.name),
+                    &names,
+                    &tracking_function(&info.name),
+                ],
+            )?
+            .get(0);
+        if present != names.len() as i64 {
+            continue;
+        }
+        let watch = watch_columns(c, &info)?;
+        install_function(c, &info, &watch)?;
+    }
+    Ok(())
+}
+
 /// The trigger function and triggers that track a table: a function of its own with
 /// static SQL (PL/pgSQL caches its plans; a shared function would have to build the
 /// SQL per statement, three times slower per office statement), and statement
 /// triggers with transition tables: one upsert per office statement, not per row.
-fn tracking_sql(table: &str, primary_key: &str, key_type: &str) -> String {
+fn tracking_sql(table: &str, primary_key: &str, key_type: &str, watch: &[String]) -> String {
     let t = quote_ident(table);
     let function = format!("fieldsync.{}", quote_ident(&tracking_function(table)));
-    // A dollar-quote tag no table name can end the body with.
-    let tag = format!("$fs{}$", crate::random_hex(6));
-    let body = tracking_body(table, primary_key, key_type);
-    let mut sql = format!(
-        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {tag}{body}{tag};"
-    );
+    let mut sql = function_sql(table, primary_key, key_type, watch);
     for (name, event, _, old, new) in TRACKING_TRIGGERS {
         let mut referencing = String::new();
         if let Some(o) = old {
@@ -206,7 +377,8 @@ fn tracking_intact(
         .iter()
         .map(|t| t.4.unwrap_or_default())
         .collect();
-    let body = tracking_body(table, primary_key, key_type);
+    let watch = recorded_watch(c, table)?;
+    let body = tracking_body(table, primary_key, key_type, &watch);
     let row = c.query_one(
         "SELECT EXISTS (SELECT 1 FROM fieldsync.tracked WHERE name = $2 AND primary_key = $3)
             AND (SELECT count(*) FROM pg_trigger tg
@@ -332,35 +504,42 @@ impl Tracking for PgStore {
                     tx.execute("DELETE FROM fieldsync.tracked WHERE name = $1", &[old])?;
                 }
             }
-            let key_type = info
-                .column(&info.primary_key)
-                .map(|c| c.declared_type.clone())
-                .unwrap_or_default();
-            let sql = tracking_sql(&info.name, &info.primary_key, &key_type);
+            let key_type = key_type_of(&info);
+            let watch = watch_columns(tx, &info)?;
+            let sql = tracking_sql(&info.name, &info.primary_key, &key_type, &watch);
             tx.batch_execute(&sql)?;
+            // Every row stamped anew counts as moved: a device's next delta names every
+            // key outside its slice once.
             let key = types::key_text(&format!("s.{}", quote_ident(&info.primary_key)), &key_type);
             tx.execute(
                 &format!(
-                    "INSERT INTO fieldsync.rows (tbl, pk, xid, deleted)
-                     SELECT $1, {key}, pg_current_xact_id(), false FROM {t} s
-                     ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = false"
+                    "INSERT INTO fieldsync.rows (tbl, pk, xid, deleted, moved)
+                     SELECT $1, {key}, pg_current_xact_id(), false, pg_current_xact_id() FROM {t} s
+                     ON CONFLICT (tbl, pk) DO UPDATE SET xid = excluded.xid, deleted = false,
+                         moved = excluded.moved"
                 ),
                 &[&info.name],
             )?;
             // Rows deleted while nothing stamped them leave tombstones now.
             tx.execute(
                 &format!(
-                    "UPDATE fieldsync.rows r SET xid = pg_current_xact_id(), deleted = true
+                    "UPDATE fieldsync.rows r SET xid = pg_current_xact_id(), deleted = true,
+                         moved = pg_current_xact_id()
                      WHERE r.tbl = $1 AND NOT r.deleted
                        AND NOT EXISTS (SELECT 1 FROM {t} s WHERE {key} = r.pk)"
                 ),
                 &[&info.name],
             )?;
             tx.execute(
-                "INSERT INTO fieldsync.tracked (name, primary_key, tracked_at) VALUES ($1, $2, $3)
+                "INSERT INTO fieldsync.tracked (name, primary_key, tracked_at, watch) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (name) DO UPDATE SET primary_key = excluded.primary_key,
-                     tracked_at = excluded.tracked_at",
-                &[&info.name, &info.primary_key, &now()],
+                     tracked_at = excluded.tracked_at, watch = excluded.watch",
+                &[
+                    &info.name,
+                    &info.primary_key,
+                    &now(),
+                    &serde_json::to_string(&watch).expect("a list of names"),
+                ],
             )?;
             Ok(TableInfo {
                 tracked: true,

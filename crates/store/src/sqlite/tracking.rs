@@ -4,7 +4,6 @@
 
 use fieldsync_proto::ColumnType;
 use fieldsync_proto::Value;
-use fieldsync_proto::task::TaskDef;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, now, to_sql_value};
@@ -19,7 +18,7 @@ use crate::{Result, StoreError, TableInfo};
 /// Each write stamps the row's key with the next version; a write that may have moved
 /// the row into or out of a slice also sets its `moved` version: a delete, a key change,
 /// or an update of a `watch` column (the columns tasks filter by or link parents by,
-/// [`watch_columns`]). A delta names a key gone only when its `moved` is past the
+/// [`crate::plan::watch_columns`]). A delta names a key gone only when its `moved` is past the
 /// cursor: a row that changed otherwise and is not in the slice now was not in it
 /// before either.
 fn tracking_triggers(info: &TableInfo, watch: &[String]) -> Vec<(String, String)> {
@@ -91,28 +90,13 @@ fn tracking_triggers(info: &TableInfo, watch: &[String]) -> Vec<(String, String)
     ]
 }
 
-/// The columns of `info`'s table whose update may move a row into or out of a slice:
-/// those the stored tasks' filters read and link parents by, sorted, each once, only
-/// those the table has and not its key (a key change always counts).
+/// The table's watch as the stored tasks make it ([`crate::plan::watch_columns`]).
 fn watch_columns(conn: &Connection, info: &TableInfo) -> Result<Vec<String>> {
-    let mut watch: Vec<String> = Vec::new();
-    let mut stmt = conn.prepare_cached("SELECT definition FROM fieldsync_tasks")?;
-    for json in stmt.query_map([], |r| r.get::<_, String>(0))? {
-        let def: TaskDef = serde_json::from_str(&json?)
-            .map_err(|e| StoreError::Db(format!("stored task unreadable: {e}")))?;
-        for t in def.tables.iter().filter(|t| t.name == info.name) {
-            if let Some(filter) = &t.filter {
-                let expr = fieldsync_proto::filter::parse(filter)
-                    .map_err(|e| StoreError::Db(format!("stored filter unreadable: {e}")))?;
-                watch.extend(expr.columns());
-            }
-            watch.extend(t.parent.iter().map(|p| p.key.clone()));
-        }
-    }
-    watch.retain(|c| *c != info.primary_key && info.column(c).is_some());
-    watch.sort();
-    watch.dedup();
-    Ok(watch)
+    let tasks: Vec<String> = conn
+        .prepare_cached("SELECT definition FROM fieldsync_tasks")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    crate::plan::watch_columns(tasks, info)
 }
 
 /// The watch recorded with a table's tracking (none for a table not tracked).

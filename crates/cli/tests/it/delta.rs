@@ -564,29 +564,37 @@ fn a_delta_names_gone_only_the_keys_that_may_have_left() {
     assert_eq!(content(&dev), fresh(&office, "ana", "tab9"));
 }
 
-#[test]
-fn a_move_by_a_nocase_value_or_by_a_later_tasks_filter_is_named() {
+/// A task of table `crews` alone, filtered by `filter`.
+fn crews_task(name: &str, filter: &str) -> String {
+    format!("name = \"{name}\"\n[[tables]]\nname = \"crews\"\nfilter = \"{filter}\"\n")
+}
+
+/// An office with a tracked table `crews` (`area`, of collation `collate` where the
+/// engine has it, and `shift`) holding `rows`, and task `crews` (`area = 'north'`)
+/// assigned to ana.
+fn crews_office(collate: &str, rows: &str) -> Office {
     let office = Office::new(20);
-    // SQLite compares a NOCASE column's values without case; PostgreSQL has no such
-    // collation by default.
-    let nocase = match office.engine() {
-        Engine::Sqlite => " COLLATE NOCASE",
+    let collate = match office.engine() {
+        Engine::Sqlite => collate,
         Engine::Postgres => "",
     };
     office.execute_batch(&format!(
-        "CREATE TABLE crews (id INTEGER PRIMARY KEY, area TEXT{nocase} NOT NULL, shift TEXT NOT NULL);
-         INSERT INTO crews (id, area, shift) VALUES
-             (1, 'north', 'day'), (2, 'north', 'day'), (3, 'north', 'night'), (4, 'south', 'day');"
+        "CREATE TABLE crews (id INTEGER PRIMARY KEY, area TEXT{collate} NOT NULL, shift TEXT NOT NULL);
+         INSERT INTO crews (id, area, shift) VALUES {rows};"
     ));
     office.admin(&["table", "track", "crews"], "").ok();
-    let task = |name: &str, filter: &str| {
-        format!("name = \"{name}\"\n[[tables]]\nname = \"crews\"\nfilter = \"{filter}\"\n")
-    };
-    office.apply_task(
-        "crews.toml",
-        &task("crews", "area = 'north'"),
-        "crews",
-        "ana",
+    let task = crews_task("crews", "area = 'north'");
+    office.apply_task("crews.toml", &task, "crews", "ana");
+    office
+}
+
+#[test]
+fn a_move_by_a_nocase_value_or_by_a_later_tasks_filter_is_named() {
+    // SQLite compares a NOCASE column's values without case; PostgreSQL has no such
+    // collation by default.
+    let office = crews_office(
+        " COLLATE NOCASE",
+        "(1, 'north', 'day'), (2, 'north', 'day'), (3, 'north', 'night'), (4, 'south', 'day')",
     );
     let held = |dev: &DeviceDir| rows(&dev.replica(), "SELECT id FROM crews ORDER BY id");
     let ids =
@@ -603,7 +611,7 @@ fn a_move_by_a_nocase_value_or_by_a_later_tasks_filter_is_named() {
     // A task applied later filters by `shift`: from then on a shift change moves rows.
     office.apply_task(
         "day.toml",
-        &task("day-crews", "shift = 'day'"),
+        &crews_task("day-crews", "shift = 'day'"),
         "day-crews",
         "ana",
     );
@@ -625,7 +633,7 @@ fn a_move_by_a_nocase_value_or_by_a_later_tasks_filter_is_named() {
     office.execute_batch("UPDATE crews SET area = 'south' WHERE id = 3");
     office.apply_task(
         "crews.toml",
-        &task("crews", "area = 'north'"),
+        &crews_task("crews", "area = 'north'"),
         "crews",
         "ana",
     );
@@ -639,24 +647,13 @@ fn a_move_by_a_nocase_value_or_by_a_later_tasks_filter_is_named() {
 
 #[test]
 fn a_watched_column_dropped_by_the_office_is_refused_or_leaves_its_writes_working() {
-    let office = Office::new(20);
-    office.execute_batch(
-        "CREATE TABLE crews (id INTEGER PRIMARY KEY, area TEXT NOT NULL, shift TEXT NOT NULL);
-         INSERT INTO crews (id, area, shift) VALUES (1, 'north', 'day'), (2, 'north', 'night'), (3, 'south', 'day');",
-    );
-    office.admin(&["table", "track", "crews"], "").ok();
-    let task = |name: &str, filter: &str| {
-        format!("name = \"{name}\"\n[[tables]]\nname = \"crews\"\nfilter = \"{filter}\"\n")
-    };
-    office.apply_task(
-        "crews.toml",
-        &task("crews", "area = 'north'"),
-        "crews",
-        "ana",
+    let office = crews_office(
+        "",
+        "(1, 'north', 'day'), (2, 'north', 'night'), (3, 'south', 'day')",
     );
     office.apply_task(
         "day.toml",
-        &task("day-crews", "shift = 'day'"),
+        &crews_task("day-crews", "shift = 'day'"),
         "day-crews",
         "ana",
     );

@@ -200,11 +200,45 @@ impl SqlWriter<'_> {
                 return self.pg_inexact(right, op.flipped(), i);
             }
         }
+        if self.dialect == Dialect::Sqlite && op == CmpOp::Eq && self.binds.is_some() {
+            let pair = match (left, right) {
+                (Operand::Column { .. }, Operand::Column { .. }) => None,
+                (Operand::Column { .. }, _) => Some((left, right)),
+                (_, Operand::Column { .. }) => Some((right, left)),
+                _ => None,
+            };
+            if let Some((column, value)) = pair {
+                return self.sqlite_indexed_eq(column, value);
+            }
+        }
         let textual = left.is_text_value() || right.is_text_value();
         self.compared(left);
         self.collate_c(textual);
         self.out.push_str(&format!(" {op} "));
         self.compared(right);
+    }
+
+    /// `column = value` on SQLite, bound: `(col COLLATE BINARY = v AND +col COLLATE
+    /// BINARY = v)`. The second term is the comparison's meaning (no affinity applied,
+    /// [`SqlWriter::compared`]); the first lets SQLite find the rows by an index on the
+    /// column, which the unary `+` alone hides. The first holds wherever the second
+    /// does (two values equal without affinity stay equal once the column's affinity
+    /// converts the value: a stored value was converted the same way when written),
+    /// and each is NULL exactly when the column or the value is, so the pair means the
+    /// second alone, under NOT too. Only where values are bound (the server's slice
+    /// and upload queries); a device's triggers keep the single term.
+    fn sqlite_indexed_eq(&mut self, column: &Operand, value: &Operand) {
+        let Operand::Column { name, .. } = column else {
+            unreachable!("called with a column")
+        };
+        let col = (self.column_sql)(name);
+        self.out.push_str(&format!("({col} COLLATE BINARY = "));
+        self.compared(value);
+        self.out.push_str(" AND ");
+        self.compared(column);
+        self.out.push_str(" = ");
+        self.compared(value);
+        self.out.push(')');
     }
 
     /// `x op i` on PostgreSQL, for an integer `i` that no double holds (beyond ±2^53),

@@ -448,8 +448,12 @@ fn sqlite_sql_shape() {
     assert_eq!(
         sql(src),
         (
-            r#"+"t"."region" COLLATE BINARY = ? AND +"t"."status" COLLATE BINARY <> ?"#.to_string(),
-            vec![Value::Text("north".into()), Value::Text("retired".into())]
+            r#"("t"."region" COLLATE BINARY = ? AND +"t"."region" COLLATE BINARY = ?) AND +"t"."status" COLLATE BINARY <> ?"#.to_string(),
+            vec![
+                Value::Text("north".into()),
+                Value::Text("north".into()),
+                Value::Text("retired".into())
+            ]
         )
     );
     assert_eq!(
@@ -460,9 +464,10 @@ fn sqlite_sql_shape() {
     assert_eq!(
         sql(src),
         (
-            r#""t"."name" GLOB ? AND +"t"."inspector" COLLATE BINARY = ?"#.to_string(),
+            r#""t"."name" GLOB ? AND ("t"."inspector" COLLATE BINARY = ? AND +"t"."inspector" COLLATE BINARY = ?)"#.to_string(),
             vec![
                 Value::Text("a?*[*][?][[]]".into()),
+                Value::Text("ana".into()),
                 Value::Text("ana".into())
             ]
         )

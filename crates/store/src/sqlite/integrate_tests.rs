@@ -12,7 +12,7 @@ use crate::integrate::TableCtx;
 use crate::sqlite::tests::{
     assert_a_new_connection_to_the_file_at_the_path, initialised, mark, marked, put_a_copy_in_place,
 };
-use crate::{Schema, Slices, Tracking};
+use crate::{Schema, Tracking};
 
 const TASK: &str = r#"
 name = "plan"
@@ -131,49 +131,4 @@ fn the_integrations_connection_is_kept_only_for_the_same_file() {
     let (conn, _) = kept::take(&store).unwrap();
     assert!(!marked(&conn), "a connection in a transaction is not kept");
     assert!(conn.is_autocommit());
-}
-
-/// A slice filtered by an indexed column is read through the index: a region of a big
-/// table is a search, not a scan of the whole table (the filter's `+column`, which
-/// keeps SQLite's affinities out of the comparison, hides any index by itself).
-#[test]
-fn a_slice_filtered_by_an_indexed_column_is_read_through_the_index() {
-    let dir = TempDir::new("plan-index");
-    let path = dir.path().join("main.sqlite");
-    let conn = Connection::open(&path).unwrap();
-    conn.execute_batch(
-        "CREATE TABLE assets (id INTEGER PRIMARY KEY, region TEXT NOT NULL);
-         CREATE TABLE inspections (id TEXT PRIMARY KEY,
-             asset_id INTEGER NOT NULL REFERENCES assets (id), inspector TEXT NOT NULL);
-         CREATE INDEX assets_by_region ON assets (region);",
-    )
-    .unwrap();
-    let store = SqliteStore::new(path.to_str().unwrap());
-    store.init().unwrap();
-    store.track_table("assets").unwrap();
-    store.track_table("inspections").unwrap();
-    let def = TaskDef::from_toml(TASK).unwrap();
-    let params = Params {
-        user: "ana".into(),
-        device: "tab-1".into(),
-    };
-    let plan =
-        crate::plan::plan_slice(&def, &params, store.dialect(), &|t| store.table_info(t)).unwrap();
-    let assets = &plan.tables[0];
-    let binds: Vec<_> = assets.binds.iter().map(to_sql_value).collect();
-    let mut stmt = conn
-        .prepare(&format!("EXPLAIN QUERY PLAN {}", assets.select_sql))
-        .unwrap();
-    let steps: Vec<String> = stmt
-        .query_map(rusqlite::params_from_iter(binds.iter()), |r| r.get(3))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
-    assert!(
-        steps
-            .iter()
-            .any(|s| s.starts_with("SEARCH") && s.contains("INDEX assets_by_region")),
-        "{}: {steps:?}",
-        assets.select_sql
-    );
 }

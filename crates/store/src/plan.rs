@@ -87,18 +87,24 @@ pub fn untracked(table: &str) -> StoreError {
     ))
 }
 
+/// Stored task definitions (JSON, as the catalog keeps them), parsed.
+pub(crate) fn stored_tasks(jsons: impl IntoIterator<Item = String>) -> Result<Vec<TaskDef>> {
+    jsons
+        .into_iter()
+        .map(|json| {
+            serde_json::from_str(&json)
+                .map_err(|e| StoreError::Db(format!("stored task unreadable: {e}")))
+        })
+        .collect()
+}
+
 /// The columns of `info`'s table whose update may move a row into or out of a slice of
-/// one of `tasks` (stored task definitions, as JSON): those their filters read and
-/// link parents by, sorted, each once, only those the table has and not its key (a
-/// key change always counts). Both engines' tracking keeps this **watch**.
-pub(crate) fn watch_columns(
-    tasks: impl IntoIterator<Item = String>,
-    info: &TableInfo,
-) -> Result<Vec<String>> {
+/// one of `tasks` (the stored tasks): those their filters read and link parents by,
+/// sorted, each once, only those the table has and not its key (a key change always
+/// counts). Both engines' tracking keeps this **watch**.
+pub(crate) fn watch_columns(tasks: &[TaskDef], info: &TableInfo) -> Result<Vec<String>> {
     let mut watch: Vec<String> = Vec::new();
-    for json in tasks {
-        let def: TaskDef = serde_json::from_str(&json)
-            .map_err(|e| StoreError::Db(format!("stored task unreadable: {e}")))?;
+    for def in tasks {
         for t in def.tables.iter().filter(|t| t.name == info.name) {
             if let Some(f) = &t.filter {
                 let expr = filter::parse(f)

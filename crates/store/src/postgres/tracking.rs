@@ -3,6 +3,7 @@
 //! table's description.
 
 use fieldsync_proto::Value;
+use fieldsync_proto::task::TaskDef;
 
 use super::types::{self, Kind};
 use super::{PgStore, in_tx, now};
@@ -216,14 +217,15 @@ fn recorded_watch(c: &mut impl postgres::GenericClient, table: &str) -> Result<V
     }
 }
 
-/// The table's watch as the stored tasks make it ([`crate::plan::watch_columns`]).
-fn watch_columns(c: &mut impl postgres::GenericClient, info: &TableInfo) -> Result<Vec<String>> {
-    let tasks: Vec<String> = c
+/// The stored tasks, read once for every table a change rewatches
+/// ([`crate::plan::watch_columns`]).
+fn stored_tasks(c: &mut impl postgres::GenericClient) -> Result<Vec<TaskDef>> {
+    let jsons: Vec<String> = c
         .query("SELECT definition FROM fieldsync.tasks", &[])?
         .iter()
         .map(|r| r.get(0))
         .collect();
-    crate::plan::watch_columns(tasks, info)
+    crate::plan::stored_tasks(jsons)
 }
 
 /// Replaces `info`'s trigger function by the current one for `watch` (the triggers
@@ -265,6 +267,7 @@ pub(crate) fn rewatch(c: &mut impl postgres::GenericClient) -> Result<()> {
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let tasks = stored_tasks(c)?;
     for table in tables {
         let Some(info) = table_info(c, &table)? else {
             continue;
@@ -273,7 +276,7 @@ pub(crate) fn rewatch(c: &mut impl postgres::GenericClient) -> Result<()> {
             continue;
         }
         let before = recorded_watch(c, &info.name)?;
-        let watch = watch_columns(c, &info)?;
+        let watch = crate::plan::watch_columns(&tasks, &info)?;
         if watch == before {
             continue;
         }
@@ -298,6 +301,7 @@ pub(crate) fn renew_functions(c: &mut impl postgres::GenericClient) -> Result<()
         .map(|r| r.get(0))
         .collect();
     let names: Vec<&str> = TRACKING_TRIGGERS.iter().map(|t| t.0).collect();
+    let tasks = stored_tasks(c)?;
     for table in tables {
         let Some(info) = table_info(c, &table)? else {
             continue;
@@ -320,7 +324,7 @@ pub(crate) fn renew_functions(c: &mut impl postgres::GenericClient) -> Result<()
         if present != names.len() as i64 {
             continue;
         }
-        let watch = watch_columns(c, &info)?;
+        let watch = crate::plan::watch_columns(&tasks, &info)?;
         install_function(c, &info, &watch)?;
     }
     Ok(())
@@ -377,11 +381,12 @@ fn tracking_intact(
         .iter()
         .map(|t| t.4.unwrap_or_default())
         .collect();
-    let watch = recorded_watch(c, table)?;
-    let body = tracking_body(table, primary_key, key_type, &watch);
+    // The recorded watch (NULL when the table is not recorded), the triggers of the
+    // right shape calling the table's function, and that function's source, which
+    // must be what this build makes for the watch.
     let row = c.query_one(
-        "SELECT EXISTS (SELECT 1 FROM fieldsync.tracked WHERE name = $2 AND primary_key = $3)
-            AND (SELECT count(*) FROM pg_trigger tg
+        "SELECT (SELECT watch FROM fieldsync.tracked WHERE name = $2 AND primary_key = $3),
+                (SELECT count(*) FROM pg_trigger tg
                  JOIN unnest($5::text[], $6::int2[], $7::text[], $8::text[]) AS w (name, kind, old_rows, new_rows)
                    ON tg.tgname::text = w.name AND tg.tgtype = w.kind
                   AND coalesce(tg.tgoldtable::text, '') = w.old_rows
@@ -389,7 +394,9 @@ fn tracking_intact(
                  JOIN pg_proc p ON p.oid = tg.tgfoid
                  WHERE tg.tgrelid = $1 AND tg.tgenabled IN ('O', 'A') AND tg.tgnargs = 0
                    AND p.pronamespace = 'fieldsync'::regnamespace AND p.proname::text = $4
-                   AND p.pronargs = 0 AND p.prosrc = $9) = 4",
+                   AND p.pronargs = 0),
+                (SELECT prosrc FROM pg_proc WHERE pronamespace = 'fieldsync'::regnamespace
+                   AND proname::text = $4 AND pronargs = 0)",
         &[
             &oid,
             &table,
@@ -399,10 +406,18 @@ fn tracking_intact(
             &kinds,
             &olds,
             &news,
-            &body,
         ],
     )?;
-    Ok(row.get(0))
+    let (Some(watch), 4, Some(source)) = (
+        row.get::<_, Option<&str>>(0),
+        row.get::<_, i64>(1),
+        row.get::<_, Option<&str>>(2),
+    ) else {
+        return Ok(false);
+    };
+    let watch: Vec<String> = serde_json::from_str(watch)
+        .map_err(|e| StoreError::Db(format!("the watch of `{table}` is unreadable: {e}")))?;
+    Ok(source == tracking_body(table, primary_key, key_type, &watch))
 }
 
 impl Tracking for PgStore {
@@ -505,7 +520,7 @@ impl Tracking for PgStore {
                 }
             }
             let key_type = key_type_of(&info);
-            let watch = watch_columns(tx, &info)?;
+            let watch = crate::plan::watch_columns(&stored_tasks(tx)?, &info)?;
             let sql = tracking_sql(&info.name, &info.primary_key, &key_type, &watch);
             tx.batch_execute(&sql)?;
             // Every row stamped anew counts as moved: a device's next delta names every

@@ -4,6 +4,7 @@
 
 use fieldsync_proto::ColumnType;
 use fieldsync_proto::Value;
+use fieldsync_proto::task::TaskDef;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, now, to_sql_value};
@@ -90,13 +91,14 @@ fn tracking_triggers(info: &TableInfo, watch: &[String]) -> Vec<(String, String)
     ]
 }
 
-/// The table's watch as the stored tasks make it ([`crate::plan::watch_columns`]).
-fn watch_columns(conn: &Connection, info: &TableInfo) -> Result<Vec<String>> {
-    let tasks: Vec<String> = conn
+/// The stored tasks, read once for every table a change rewatches
+/// ([`crate::plan::watch_columns`]).
+fn stored_tasks(conn: &Connection) -> Result<Vec<TaskDef>> {
+    let jsons: Vec<String> = conn
         .prepare_cached("SELECT definition FROM fieldsync_tasks")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    crate::plan::watch_columns(tasks, info)
+    crate::plan::stored_tasks(jsons)
 }
 
 /// The watch recorded with a table's tracking (none for a table not tracked).
@@ -152,6 +154,7 @@ pub(crate) fn rewatch(conn: &Connection) -> Result<()> {
         .prepare_cached("SELECT name FROM fieldsync_tracked")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
+    let tasks = stored_tasks(conn)?;
     for table in tables {
         let Some(info) = table_info(conn, &table)? else {
             continue;
@@ -160,7 +163,7 @@ pub(crate) fn rewatch(conn: &Connection) -> Result<()> {
             continue;
         }
         let before = recorded_watch(conn, &info.name)?;
-        let watch = watch_columns(conn, &info)?;
+        let watch = crate::plan::watch_columns(&tasks, &info)?;
         if watch == before {
             continue;
         }
@@ -183,6 +186,7 @@ pub(crate) fn renew_triggers(conn: &Connection) -> Result<()> {
         .prepare("SELECT name FROM fieldsync_tracked")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
+    let tasks = stored_tasks(conn)?;
     for table in tables {
         let Some(info) = table_info(conn, &table)? else {
             continue;
@@ -203,7 +207,7 @@ pub(crate) fn renew_triggers(conn: &Connection) -> Result<()> {
         if present != 3 {
             continue;
         }
-        let watch = watch_columns(conn, &info)?;
+        let watch = crate::plan::watch_columns(&tasks, &info)?;
         install_triggers(conn, &info, &watch)?;
     }
     Ok(())
@@ -341,7 +345,7 @@ impl Tracking for SqliteStore {
         // the current ones come, and every row is stamped anew (and counts as moved),
         // so changes made while nothing stamped them count as changed for every device
         // (compared by value).
-        let watch = watch_columns(&tx, &info)?;
+        let watch = crate::plan::watch_columns(&stored_tasks(&tx)?, &info)?;
         tx.execute(
             "DELETE FROM fieldsync_tracked WHERE name = ?1",
             [&info.name],

@@ -1,7 +1,7 @@
 //! The SQL of a delta, engine-neutral: which rows of each table a download from a
 //! cursor sends, and which keys it names as gone. Each engine says only what "changed
-//! since the cursor" is (`changed`: a query of the table's changed keys, typed as the
-//! table's key): on SQLite a higher row version, on PostgreSQL a writing transaction
+//! since the cursor" is ([`Changed`]: the table's changed keys, and whether one key
+//! changed): on SQLite a higher row version, on PostgreSQL a writing transaction
 //! the cursor's snapshot does not see.
 //!
 //! A row is sent when it is in the slice now and it, or a row of its parent chain,
@@ -17,21 +17,33 @@
 //! are right to apply: a row sent again is written again, a gone key the device does
 //! not hold removes nothing.
 //!
-//! One query per table gives both, so that each changed key is looked up in its table
-//! once, and the slice's condition is written once (SQLite's filter parameters are
-//! positional): the changed keys, and the keys under a changed parent chain, left-joined
-//! to the table in the slice ([`DeltaSql`]).
+//! Each table has two ways to both ([`DeltaSql`]), and the engine takes the cheaper:
+//! from the changed keys (each looked up in its table, and the keys under a changed
+//! parent chain), or from the slice (each of its rows looked up in the change record,
+//! and the keys that may have moved looked up in the table).
 
-use crate::plan::{SlicePlan, quote_ident};
+use crate::Result;
+use crate::plan::{SlicePlan, TablePlan, quote_ident};
 
-/// One table's delta query; it binds the table's `binds` and nothing else. Its first
-/// column is a changed key (read as `key_expr` renders it), NULL for a key that is
-/// there only because its parent chain changed; then the table's columns, NULL when the
-/// key's row is not in the slice now. A row whose second column (the table's key) is
-/// not NULL is a row to send; otherwise its first column, when not NULL, is a key that
-/// left.
+/// One table's delta, two ways to the same rows and keys; each query binds the table's
+/// `binds` and nothing else, and reads as a [`Lanes::Changes`]: its first column a key
+/// that left (read as [`Changed::read`] renders it) or NULL, then the table's columns, NULL
+/// when the row is not in the slice now. A row whose second column (the table's key)
+/// is not NULL is a row to send; otherwise its first column, when not NULL, is a key
+/// that left.
+///
+/// `changes` is driven by the keys changed since the cursor: each is looked up in its
+/// table, so it costs what changed, in the whole table (every device's changes). The
+/// pair `slice_rows` and `moved_out` is driven by the slice: its rows, each looked up in
+/// the engine's change record, and the keys that may have moved, each looked up in the
+/// table; it costs the slice, and is the cheaper way when far more of the table changed
+/// than the slice holds (a fleet, each device on its own region). The engine chooses.
 pub(crate) struct DeltaSql {
     pub changes: String,
+    pub slice_rows: String,
+    pub moved_out: String,
+    /// How many keys changed (no binds).
+    pub count_changed: String,
 }
 
 /// What a slice query's rows are, for the engine reading them: the table's rows, or a
@@ -42,39 +54,135 @@ pub(crate) enum Lanes {
     Changes { gone: usize },
 }
 
-/// The delta queries of every table of `plan`. `changed(i)`: a query with two columns,
-/// `k`, the keys of table `i` changed since the cursor, typed as its key column, each
-/// key once, and `g`, the same key when its row may have moved since the cursor (else
-/// NULL); `key_expr(i, column)`: how the engine reads key column `column` of table
-/// `i`.
-pub(crate) fn delta_sql(
-    plan: &SlicePlan,
-    changed: &dyn Fn(usize) -> String,
-    key_expr: &dyn Fn(usize, &str) -> String,
-) -> Vec<DeltaSql> {
+/// Which of a table's two ways a delta reads ([`DeltaSql`]): each engine chooses per
+/// table and download, by counts it can take cheaply.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Drive {
+    /// `changes`: from the keys changed since the cursor.
+    Changes,
+    /// `slice_rows` then `moved_out`: from the slice.
+    Slice,
+}
+
+impl Drive {
+    /// Fewer keys changed than this: they are read from the changes whatever the slice
+    /// (a few milliseconds at most, and no counting of the slice).
+    pub const SLICE_MIN_CHANGED: i64 = 1000;
+    /// A row of the slice checked against the change record costs about this many
+    /// changed keys looked up in the table (measured on SQLite: BENCHMARKS.md).
+    pub const SLICE_ROW_COST: i64 = 2;
+
+    /// The way every table's delta is read when the server's environment sets
+    /// `FIELDSYNC_DELTA_DRIVE` to `changes` or `slice` (the tests run both; an operator
+    /// can rule out the choice); any other value is said once and ignored.
+    pub fn forced() -> Option<Drive> {
+        static FORCED: std::sync::OnceLock<Option<Drive>> = std::sync::OnceLock::new();
+        *FORCED.get_or_init(|| match std::env::var("FIELDSYNC_DELTA_DRIVE").as_deref() {
+            Err(_) | Ok("") => None,
+            Ok("changes") => Some(Drive::Changes),
+            Ok("slice") => Some(Drive::Slice),
+            Ok(other) => {
+                eprintln!(
+                    "fieldsync server: FIELDSYNC_DELTA_DRIVE={other:?} is neither `changes` nor `slice`; each delta chooses"
+                );
+                None
+            }
+        })
+    }
+}
+
+/// How table `t`'s delta is read ([`Drive`]): from the slice when the table changed
+/// by more than [`Drive::SLICE_ROW_COST`] times the rows its slice holds and the
+/// engine finds the slice's rows by an index (a slice found by scanning the table costs
+/// the whole table). `count(sql)`: the one number `sql` selects, with the table's binds
+/// when `binds`; `searches(sql)`: whether the engine's plan for `sql` (with the table's
+/// binds) reads no table or index whole. Each count stops where the answer is known.
+pub(crate) fn choose(
+    d: &DeltaSql,
+    t: &TablePlan,
+    count: &mut dyn FnMut(&str, bool) -> Result<i64>,
+    searches: &mut dyn FnMut(&str) -> Result<bool>,
+) -> Result<Drive> {
+    if let Some(forced) = Drive::forced() {
+        return Ok(forced);
+    }
+    let changed = count(&d.count_changed, false)?;
+    if changed < Drive::SLICE_MIN_CHANGED || !searches(&t.count_sql)? {
+        return Ok(Drive::Changes);
+    }
+    let within = changed / Drive::SLICE_ROW_COST;
+    let in_slice = count(
+        &format!(
+            "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} LIMIT {}) s",
+            quote_ident(&t.schema.name),
+            t.condition,
+            within + 1
+        ),
+        true,
+    )?;
+    Ok(if in_slice <= within {
+        Drive::Slice
+    } else {
+        Drive::Changes
+    })
+}
+
+/// What "changed since the cursor" is on one engine, for [`delta_sql`].
+pub(crate) struct Changed<'a> {
+    /// `keys(i)`: a query with two columns, `k`, the keys of table `i` changed since
+    /// the cursor, typed as its key column, each key once, and `g`, the same key when
+    /// its row may have moved since the cursor (else NULL).
+    pub keys: &'a dyn Fn(usize) -> String,
+    /// `key(i, expr)`: the condition that key `expr` of table `i` (an expression of the
+    /// key column's type) changed since the cursor.
+    pub key: &'a dyn Fn(usize, &str) -> String,
+    /// `read(i, column)`: how the engine reads key column `column` of table `i`.
+    pub read: &'a dyn Fn(usize, &str) -> String,
+    /// `null(i)`: a NULL typed as table `i`'s key.
+    pub null: &'a dyn Fn(usize) -> String,
+}
+
+/// The delta queries of every table of `plan`.
+pub(crate) fn delta_sql(plan: &SlicePlan, changed: &Changed<'_>) -> Vec<DeltaSql> {
     (0..plan.tables.len())
         .map(|i| {
             let t = &plan.tables[i];
             let table = quote_ident(&t.schema.name);
             let pk = quote_ident(&t.schema.primary_key);
-            let own = changed(i);
+            let own = (changed.keys)(i);
+            let gone = (changed.read)(i, "c.g");
+            let (list, cond) = (&t.select_list, &t.condition);
             let mut keys = format!("SELECT k, g FROM ({own}) o");
             // Under a parent whose chain changed, not changed themselves: sent when in
             // the slice, never named gone (a row out of the slice under a changed
             // parent was not on the device).
-            if let Some(under) = parent_affected(plan, i, changed) {
+            let alias = format!("a{i}");
+            let under = parent_affected(plan, i, &alias, changed.keys);
+            if let Some(under) = &under {
                 keys.push_str(&format!(
-                    " UNION ALL SELECT a{i}.{pk}, NULL FROM {table} a{i} WHERE {under} \
-                     AND NOT EXISTS (SELECT 1 FROM ({own}) o2 WHERE o2.k = a{i}.{pk})"
+                    " UNION ALL SELECT {alias}.{pk}, NULL FROM {table} {alias} WHERE {under} \
+                     AND NOT EXISTS (SELECT 1 FROM ({own}) o2 WHERE o2.k = {alias}.{pk})"
                 ));
+            }
+            // The slice's condition is written once in each query (SQLite's filter
+            // parameters are positional): the table is not aliased where it applies.
+            let mut touched = (changed.key)(i, &format!("{table}.{pk}"));
+            if let Some(under) = parent_affected(plan, i, &table, changed.keys) {
+                touched = format!("{touched} OR {under}");
             }
             DeltaSql {
                 changes: format!(
-                    "SELECT {gone}, {list} FROM ({keys}) c LEFT JOIN {table} ON {table}.{pk} = c.k AND {cond}",
-                    gone = key_expr(i, "c.g"),
-                    list = t.select_list,
-                    cond = t.condition,
+                    "SELECT {gone}, {list} FROM ({keys}) c LEFT JOIN {table} ON {table}.{pk} = c.k AND {cond}"
                 ),
+                slice_rows: format!(
+                    "SELECT {}, {list} FROM {table} WHERE {cond} AND ({touched})",
+                    (changed.read)(i, &(changed.null)(i)),
+                ),
+                moved_out: format!(
+                    "SELECT {gone}, {list} FROM ({own}) c LEFT JOIN {table} ON {table}.{pk} = c.k AND {cond} \
+                     WHERE c.g IS NOT NULL AND {table}.{pk} IS NULL"
+                ),
+                count_changed: format!("SELECT count(*) FROM ({own}) c"),
             }
         })
         .collect()
@@ -83,7 +191,8 @@ pub(crate) fn delta_sql(
 /// The keys of table `i` whose row or a row of whose parent chain changed.
 fn affected(plan: &SlicePlan, i: usize, changed: &dyn Fn(usize) -> String) -> String {
     let own = format!("SELECT k FROM ({}) ch{i}", changed(i));
-    let Some(under) = parent_affected(plan, i, changed) else {
+    let alias = format!("a{i}");
+    let Some(under) = parent_affected(plan, i, &alias, changed) else {
         return own;
     };
     let t = &plan.tables[i];
@@ -94,20 +203,123 @@ fn affected(plan: &SlicePlan, i: usize, changed: &dyn Fn(usize) -> String) -> St
     )
 }
 
-/// The condition that a row of table `i`, aliased `a{i}` (apart from the table as an
-/// outer query names it), is under a parent whose row or parent chain changed; `None`
-/// for a table without a parent in the slice.
+/// The condition that a row of table `i`, named `row` in the query (an alias `a{i}`,
+/// apart from the table as an outer query names it, or the table), is under a parent
+/// whose row or parent chain changed; `None` for a table without a parent in the slice.
 fn parent_affected(
     plan: &SlicePlan,
     i: usize,
+    row: &str,
     changed: &dyn Fn(usize) -> String,
 ) -> Option<String> {
     let parent = plan.tables[i].schema.parent.as_ref()?;
     let p = plan.table_index(&parent.table)?;
     // A task's parent chain has no cycles: `TaskDef::check` refuses them.
     Some(format!(
-        "a{i}.{} IN ({})",
+        "{row}.{} IN ({})",
         quote_ident(&parent.key),
         affected(plan, p, changed),
     ))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use fieldsync_proto::filter::Params;
+    use fieldsync_proto::frame::ValueRef;
+    use fieldsync_proto::task::TaskDef;
+    use fieldsync_proto::time::Timestamp;
+    use fieldsync_proto::wire::{Cursor, FullReason};
+
+    use super::*;
+    use crate::{SliceSink, Store};
+
+    /// The first value of each row of each lane, and the cursor.
+    #[derive(Default)]
+    struct Keys {
+        cursor: i64,
+        lanes: Vec<(usize, i64)>,
+    }
+
+    impl SliceSink for Keys {
+        fn begin(&mut self, cursor: Cursor, _: &[u64], _: Option<FullReason>) -> Result<()> {
+            self.cursor = cursor.raw();
+            Ok(())
+        }
+        fn row(
+            &mut self,
+            lane: usize,
+            values: &mut dyn Iterator<Item = ValueRef<'_>>,
+        ) -> Result<()> {
+            match values.next() {
+                Some(ValueRef::Integer(k)) => self.lanes.push((lane, k)),
+                other => panic!("an integer key, not {other:?}"),
+            }
+            Ok(())
+        }
+    }
+
+    /// Every other region changed (5,000 rows written in the `south`), and a few of
+    /// the `north` slice's rows: the delta comes from the slice's rows by the index
+    /// `index` makes, not from the 5,000 changed keys, and says the same; without the
+    /// index, or with few changes, from the changed keys. `office` runs the office's
+    /// SQL on `store`'s main database; `drive`, which way the engine reads a plan's
+    /// first table.
+    pub(crate) fn from_the_slice_by_its_index(
+        store: &dyn Store,
+        office: &dyn Fn(&str),
+        index: &str,
+        drive: &dyn Fn(&SlicePlan) -> Drive,
+    ) {
+        office("CREATE TABLE assets (id INTEGER PRIMARY KEY, region TEXT NOT NULL, name TEXT)");
+        office(index);
+        store.track_table("assets").unwrap();
+        let def = TaskDef::from_toml(
+            "name = \"north\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 'north'\"\n",
+        )
+        .unwrap();
+        store.task_put(&def, "h", Timestamp::now()).unwrap();
+        office(
+            "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 20)
+             INSERT INTO assets (id, region) SELECT i, 'north' FROM k",
+        );
+        let params = Params {
+            user: "ana".into(),
+            device: "dev1".into(),
+        };
+        let mut plan = crate::plan_slice(store, &def, &params).unwrap();
+        let mut full = Keys::default();
+        store.stream_slice(&plan, &mut full).unwrap();
+        assert_eq!(full.lanes.len(), 20);
+        office(
+            "UPDATE assets SET name = 'seen' WHERE id IN (1, 2, 3);
+             UPDATE assets SET region = 'south' WHERE id = 4;
+             DELETE FROM assets WHERE id = 5;
+             WITH RECURSIVE k(i) AS (SELECT 1000 UNION ALL SELECT i + 1 FROM k WHERE i < 5999)
+             INSERT INTO assets (id, region) SELECT i, 'south' FROM k;
+             ANALYZE assets;",
+        );
+        plan.since = Some(Cursor::from_raw(full.cursor));
+        let delta = |plan: &SlicePlan| {
+            let mut keys = Keys::default();
+            store.stream_slice(plan, &mut keys).unwrap();
+            keys.lanes.sort();
+            keys.lanes
+        };
+        let want = vec![(0, 1), (0, 2), (0, 3), (1, 4), (1, 5)];
+        assert_eq!(drive(&plan), Drive::Slice);
+        assert_eq!(delta(&plan), want);
+
+        office("DROP INDEX assets_by_region");
+        assert_eq!(drive(&plan), Drive::Changes);
+        assert_eq!(delta(&plan), want);
+
+        office(index);
+        let mut now = Keys::default();
+        plan.since = None;
+        store.stream_slice(&plan, &mut now).unwrap();
+        office("UPDATE assets SET name = 'again' WHERE id = 1");
+        plan.since = Some(Cursor::from_raw(now.cursor));
+        assert_eq!(drive(&plan), Drive::Changes);
+        assert_eq!(delta(&plan), vec![(0, 1)]);
+    }
 }

@@ -8,7 +8,7 @@ use postgres::IsolationLevel;
 use super::types::{self, Bind, Kind};
 use super::{PgStore, in_tx};
 use crate::Slices;
-use crate::delta::{Lanes, delta_sql};
+use crate::delta::{Changed, DeltaSql, Drive, Lanes, choose, delta_sql};
 use crate::dialect::SqlDialect;
 use crate::plan::quote_literal;
 use crate::plan::{SlicePlan, TablePlan};
@@ -55,36 +55,22 @@ impl Slices for PgStore {
             }
         }
         sink.begin(Cursor::from_raw(cursor), &counts, refused)?;
-        let delta = since.map(|since| {
-            // Written by a transaction the cursor's snapshot does not see; those
-            // older than its oldest running one it sees all (an index range).
-            let base = format!("(SELECT snap FROM fieldsync.bases WHERE id = {since})");
-            delta_sql(
-                plan,
-                &|i| {
-                    // Moved since: by a transaction the snapshot does not see.
-                    format!(
-                        "SELECT CAST(r.pk AS {decl}) AS k,
-                                CASE WHEN r.moved IS NOT NULL AND NOT pg_visible_in_snapshot(r.moved, {base})
-                                     THEN CAST(r.pk AS {decl}) END AS g
-                         FROM fieldsync.rows r
-                         WHERE r.tbl = {name} AND r.xid >= pg_snapshot_xmin({base})
-                           AND NOT pg_visible_in_snapshot(r.xid, {base})",
-                        decl = plan.tables[i].declared[0],
-                        name = quote_literal(&plan.tables[i].schema.name),
-                    )
-                },
-                &|i, column| types::read_expr(column, &plan.tables[i].declared[0]),
-            )
-        });
+        let delta = since.map(|since| delta_queries(plan, since));
         let mut sent = vec![0; if delta.is_some() { 2 * n } else { n }];
         for (idx, t) in plan.tables.iter().enumerate() {
             match &delta {
                 Some(d) => {
                     let lanes = Lanes::Changes { gone: n + idx };
-                    let sql = &d[idx].changes;
-                    (sent[idx], sent[n + idx]) =
-                        send_rows(&mut tx, sql, t, idx, lanes, &streaming, sink)?;
+                    let queries: &[&str] = match drive_by(&mut tx, t, &d[idx])? {
+                        Drive::Changes => &[&d[idx].changes],
+                        Drive::Slice => &[&d[idx].slice_rows, &d[idx].moved_out],
+                    };
+                    for sql in queries {
+                        let (rows, gone) =
+                            send_rows(&mut tx, sql, t, idx, lanes, &streaming, sink)?;
+                        sent[idx] += rows;
+                        sent[n + idx] += gone;
+                    }
                 }
                 None => {
                     let sql = &t.select_sql;
@@ -227,6 +213,64 @@ impl Drop for Streaming<'_> {
     }
 }
 
+/// Each table's delta queries from the cursor `since` ([`delta_sql`]).
+fn delta_queries(plan: &SlicePlan, since: i64) -> Vec<DeltaSql> {
+    let base = format!("(SELECT snap FROM fieldsync.bases WHERE id = {since})");
+    let name = |i: usize| quote_literal(&plan.tables[i].schema.name);
+    // Not seen by the snapshot; what is older than its oldest running
+    // transaction it sees all (an index range).
+    let unseen =
+        format!("r.xid >= pg_snapshot_xmin({base}) AND NOT pg_visible_in_snapshot(r.xid, {base})");
+    delta_sql(
+        plan,
+        &Changed {
+            keys: &|i| {
+                // Moved since: by a transaction the snapshot does not see.
+                format!(
+                    "SELECT CAST(r.pk AS {decl}) AS k,
+                            CASE WHEN r.moved IS NOT NULL AND NOT pg_visible_in_snapshot(r.moved, {base})
+                                 THEN CAST(r.pk AS {decl}) END AS g
+                     FROM fieldsync.rows r
+                     WHERE r.tbl = {name} AND {unseen}",
+                    decl = plan.tables[i].declared[0],
+                    name = name(i),
+                )
+            },
+            key: &|i, key| {
+                format!(
+                    "EXISTS (SELECT 1 FROM fieldsync.rows r WHERE r.tbl = {} AND r.pk = {} AND {unseen})",
+                    name(i),
+                    types::key_text(key, &plan.tables[i].declared[0]),
+                )
+            },
+            read: &|i, column| types::read_expr(column, &plan.tables[i].declared[0]),
+            null: &|i| format!("CAST(NULL AS {})", plan.tables[i].declared[0]),
+        },
+    )
+}
+
+/// How table `t`'s delta is read ([`choose`]): a plan that reads a table whole
+/// (a sequential scan) reads the whole table.
+fn drive_by(tx: &mut postgres::Transaction<'_>, t: &TablePlan, d: &DeltaSql) -> Result<Drive> {
+    let binds: Vec<Bind<'_>> = t.binds.iter().map(Bind).collect();
+    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
+    let tx = std::cell::RefCell::new(tx);
+    choose(
+        d,
+        t,
+        &mut |sql, bound| {
+            let args = if bound { &refs[..] } else { &[] };
+            Ok(tx.borrow_mut().query_one(sql, args)?.get(0))
+        },
+        &mut |sql| {
+            let plan = tx.borrow_mut().query(&format!("EXPLAIN {sql}"), &refs)?;
+            Ok(!plan
+                .iter()
+                .any(|step| step.get::<_, &str>(0).contains("Seq Scan")))
+        },
+    )
+}
+
 /// Sends the rows of one query of table `t`, read through a portal, to lane `lane` (and
 /// a delta's keys that left to theirs: its query reads the changed key first); returns
 /// how many rows and how many keys. A thread of its own reads the next batch while
@@ -316,5 +360,28 @@ mod tests {
         assert_eq!(first.budget(), FETCH_BYTES);
         drop(first);
         assert_eq!(streams.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_table_changed_far_beyond_its_slice_is_read_from_the_slice_by_its_index() {
+        let db = fieldsync_testkit::pg::PgDb::new();
+        let store = PgStore::new(&db.url).unwrap();
+        crate::Schema::init(&store).unwrap();
+        let office = std::cell::RefCell::new(db.client());
+        crate::delta::tests::from_the_slice_by_its_index(
+            &store,
+            &|sql| office.borrow_mut().batch_execute(sql).unwrap(),
+            "CREATE INDEX assets_by_region ON assets (region COLLATE \"C\")",
+            &|plan| {
+                let mut c = store.conn().unwrap();
+                let mut tx = c
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .start()
+                    .unwrap();
+                let d = delta_queries(plan, plan.since.unwrap().raw());
+                drive_by(&mut tx, &plan.tables[0], &d[0]).unwrap()
+            },
+        );
     }
 }

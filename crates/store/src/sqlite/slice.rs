@@ -8,10 +8,9 @@ use rusqlite::{OptionalExtension, params};
 use super::SqliteDialect;
 use super::{SqliteStore, to_sql_value, value_ref};
 use crate::Slices;
-use crate::delta::{Lanes, delta_sql};
+use crate::delta::{Changed, DeltaSql, Drive, Lanes, choose, delta_sql};
 use crate::dialect::SqlDialect;
-use crate::plan::SlicePlan;
-use crate::plan::quote_literal;
+use crate::plan::{SlicePlan, TablePlan, quote_literal};
 use crate::{Result, SliceSink};
 use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{Cursor, FullReason};
@@ -101,28 +100,22 @@ impl Slices for SqliteStore {
         }
         self.record_base(&plan.device, cursor)?;
         sink.begin(Cursor::from_raw(cursor), &counts, refused)?;
-        let delta = since.map(|since| {
-            delta_sql(
-                plan,
-                &|i| {
-                    format!(
-                        "SELECT r.pk AS k, CASE WHEN r.moved > {since} THEN r.pk END AS g
-                         FROM fieldsync_rows r WHERE r.tbl = {} AND r.version > {since}",
-                        quote_literal(&plan.tables[i].schema.name)
-                    )
-                },
-                &|_, column| column.to_string(),
-            )
-        });
+        let delta = since.map(|since| delta_queries(plan, since));
         let mut sent = vec![0; if delta.is_some() { 2 * n } else { n }];
         for (idx, t) in plan.tables.iter().enumerate() {
             let width = t.schema.columns.len();
             match &delta {
                 Some(d) => {
                     let lanes = Lanes::Changes { gone: n + idx };
-                    let (rows, gone) =
-                        send_rows(&tx, &d[idx].changes, &t.binds, width, idx, lanes, sink)?;
-                    (sent[idx], sent[n + idx]) = (rows, gone);
+                    let queries: &[&str] = match drive_by(&tx, t, &d[idx])? {
+                        Drive::Changes => &[&d[idx].changes],
+                        Drive::Slice => &[&d[idx].slice_rows, &d[idx].moved_out],
+                    };
+                    for sql in queries {
+                        let (rows, gone) = send_rows(&tx, sql, &t.binds, width, idx, lanes, sink)?;
+                        sent[idx] += rows;
+                        sent[n + idx] += gone;
+                    }
                 }
                 None => {
                     let lanes = Lanes::Rows;
@@ -195,6 +188,58 @@ fn cursor_known(conn: &rusqlite::Connection, device: &str, cursor: i64, now: i64
     Ok(handed && cursor <= now)
 }
 
+/// Each table's delta queries from version `since` ([`delta_sql`]).
+fn delta_queries(plan: &SlicePlan, since: i64) -> Vec<DeltaSql> {
+    let name = |i: usize| quote_literal(&plan.tables[i].schema.name);
+    delta_sql(
+        plan,
+        &Changed {
+            keys: &|i| {
+                format!(
+                    "SELECT r.pk AS k, CASE WHEN r.moved > {since} THEN r.pk END AS g
+                     FROM fieldsync_rows r WHERE r.tbl = {} AND r.version > {since}",
+                    name(i)
+                )
+            },
+            // `+key`: compared as stored, so the search is by fieldsync_rows' key
+            // (the table's key affinity would convert `r.pk` instead).
+            key: &|i, key| {
+                format!(
+                    "EXISTS (SELECT 1 FROM fieldsync_rows r WHERE r.tbl = {} AND r.pk = +{key} AND r.version > {since})",
+                    name(i)
+                )
+            },
+            read: &|_, column| column.to_string(),
+            null: &|_| "NULL".to_string(),
+        },
+    )
+}
+
+/// How table `t`'s delta is read ([`choose`]): a plan step that scans (the table, or
+/// a whole index) reads the whole table.
+fn drive_by(tx: &rusqlite::Transaction<'_>, t: &TablePlan, d: &DeltaSql) -> Result<Drive> {
+    let binds: Vec<_> = t.binds.iter().map(to_sql_value).collect();
+    let binds = || rusqlite::params_from_iter(binds.iter());
+    choose(
+        d,
+        t,
+        &mut |sql, bound| {
+            Ok(if bound {
+                tx.query_row(sql, binds(), |r| r.get(0))?
+            } else {
+                tx.query_row(sql, [], |r| r.get(0))?
+            })
+        },
+        &mut |sql| {
+            let mut plan = tx.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            let steps = plan
+                .query_map(binds(), |r| r.get::<_, String>(3))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(!steps.iter().any(|step| step.starts_with("SCAN ")))
+        },
+    )
+}
+
 /// Why a delta from `since` would not be right, if it would not: a cursor this
 /// database never handed to the device or past its history (a restore without
 /// `admin epoch reset`), or older than the pruned history.
@@ -257,4 +302,31 @@ fn send_rows(
         n += 1;
     }
     Ok((n, gone))
+}
+
+#[cfg(test)]
+mod tests {
+    use fieldsync_testkit::TempDir;
+
+    use super::*;
+    use crate::delta::tests::from_the_slice_by_its_index;
+    use crate::sqlite::tests::initialised;
+
+    #[test]
+    fn a_table_changed_far_beyond_its_slice_is_read_from_the_slice_by_its_index() {
+        let dir = TempDir::new("drive");
+        let store = initialised(&dir, "main.sqlite");
+        let office = store.conn().unwrap();
+        from_the_slice_by_its_index(
+            &store,
+            &|sql| office.execute_batch(sql).unwrap(),
+            "CREATE INDEX assets_by_region ON assets (region)",
+            &|plan| {
+                let mut conn = store.conn().unwrap();
+                let tx = conn.transaction().unwrap();
+                let d = delta_queries(plan, plan.since.unwrap().raw());
+                drive_by(&tx, &plan.tables[0], &d[0]).unwrap()
+            },
+        );
+    }
 }

@@ -42,8 +42,8 @@ pub(crate) struct DeltaSql {
     pub changes: String,
     pub slice_rows: String,
     pub moved_out: String,
-    /// How many keys changed (no binds).
-    pub count_changed: String,
+    /// The keys changed since the cursor (a query; no binds).
+    pub changed: String,
 }
 
 /// What a slice query's rows are, for the engine reading them: the table's rows, or a
@@ -92,39 +92,79 @@ impl Drive {
 }
 
 /// How table `t`'s delta is read ([`Drive`]): from the slice when the table changed
-/// by more than [`Drive::SLICE_ROW_COST`] times the rows its slice holds and the
-/// engine finds the slice's rows by an index (a slice found by scanning the table costs
-/// the whole table). `count(sql)`: the one number `sql` selects, with the table's binds
-/// when `binds`; `searches(sql)`: whether the engine's plan for `sql` (with the table's
-/// binds) reads no table or index whole. Each count stops where the answer is known.
+/// by more than [`Drive::SLICE_ROW_COST`] times the rows its slice holds (and by at
+/// least [`Drive::SLICE_MIN_CHANGED`]) and the engine finds the slice's rows by an
+/// index (a slice found by scanning the table costs the whole table). `count(sql)`: the
+/// one number `sql` selects, with the table's binds when `bound`; `searches(sql)`:
+/// whether the engine's plan for `sql` (with the table's binds) reads no table or index
+/// whole; `most`, at least as many as changed, when the engine knows it without
+/// counting.
+///
+/// Both counts go up together by steps of four, so that neither is counted much past
+/// the other: what the choice costs stays a small part of the cheaper way, whichever it
+/// is (a million-row slice with a thousand changes, a fleet's hundred thousand changes
+/// with a ten-thousand-row slice).
 pub(crate) fn choose(
     d: &DeltaSql,
     t: &TablePlan,
+    most: Option<i64>,
     count: &mut dyn FnMut(&str, bool) -> Result<i64>,
     searches: &mut dyn FnMut(&str) -> Result<bool>,
 ) -> Result<Drive> {
     if let Some(forced) = Drive::forced() {
         return Ok(forced);
     }
-    let changed = count(&d.count_changed, false)?;
-    if changed < Drive::SLICE_MIN_CHANGED || !searches(&t.count_sql)? {
+    if most.is_some_and(|most| most < Drive::SLICE_MIN_CHANGED) {
         return Ok(Drive::Changes);
     }
-    let within = changed / Drive::SLICE_ROW_COST;
-    let in_slice = count(
-        &format!(
-            "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} LIMIT {}) s",
-            quote_ident(&t.schema.name),
-            t.condition,
-            within + 1
-        ),
-        true,
-    )?;
-    Ok(if in_slice <= within {
-        Drive::Slice
-    } else {
-        Drive::Changes
-    })
+    let cost = Drive::SLICE_ROW_COST;
+    // At most `limit` of the changed keys, and of the slice's rows.
+    let changed = |count: &mut dyn FnMut(&str, bool) -> Result<i64>, limit: i64| {
+        count(
+            &format!(
+                "SELECT count(*) FROM (SELECT 1 FROM ({}) o LIMIT {limit}) c",
+                d.changed
+            ),
+            false,
+        )
+    };
+    let in_slice = |count: &mut dyn FnMut(&str, bool) -> Result<i64>, limit: i64| {
+        count(
+            &format!(
+                "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} LIMIT {limit}) s",
+                quote_ident(&t.schema.name),
+                t.condition,
+            ),
+            true,
+        )
+    };
+    if changed(count, Drive::SLICE_MIN_CHANGED)? < Drive::SLICE_MIN_CHANGED
+        || !searches(&t.count_sql)?
+    {
+        return Ok(Drive::Changes);
+    }
+    // With the engine's bound on the changes, the slice is counted once, as far as
+    // it could be cheaper.
+    let mut bound = match most {
+        Some(most) => (most + cost - 1) / cost,
+        None => Drive::SLICE_MIN_CHANGED / cost,
+    };
+    loop {
+        let slice = in_slice(count, bound + 1)?;
+        if slice <= bound {
+            // The whole slice counted: the changes only as far as the answer.
+            let more = changed(count, cost * slice + 1)? > cost * slice;
+            return Ok(if more { Drive::Slice } else { Drive::Changes });
+        }
+        // More than `bound` rows in the slice: the slice is cheaper only if more
+        // than `cost` times that many keys changed.
+        if most.is_some_and(|most| most <= cost * bound)
+            || changed(count, cost * bound + 1)? <= cost * bound
+        {
+            return Ok(Drive::Changes);
+        }
+        bound *= 4;
+    }
 }
 
 /// What "changed since the cursor" is on one engine, for [`delta_sql`].
@@ -182,7 +222,7 @@ pub(crate) fn delta_sql(plan: &SlicePlan, changed: &Changed<'_>) -> Vec<DeltaSql
                     "SELECT {gone}, {list} FROM ({own}) c LEFT JOIN {table} ON {table}.{pk} = c.k AND {cond} \
                      WHERE c.g IS NOT NULL AND {table}.{pk} IS NULL"
                 ),
-                count_changed: format!("SELECT count(*) FROM ({own}) c"),
+                changed: own,
             }
         })
         .collect()
@@ -255,6 +295,102 @@ pub(crate) mod tests {
                 other => panic!("an integer key, not {other:?}"),
             }
             Ok(())
+        }
+    }
+
+    /// `choose` with `changed` keys changed and `slice` rows in the slice (each count
+    /// as its LIMIT cuts it): the way, and how many of each it counted.
+    fn chosen(changed: i64, slice: i64) -> (Drive, i64, i64) {
+        chosen_within(changed, slice, None)
+    }
+
+    /// [`chosen`], the engine knowing that at most `most` keys changed.
+    fn chosen_within(changed: i64, slice: i64, most: Option<i64>) -> (Drive, i64, i64) {
+        let t = TablePlan {
+            schema: fieldsync_proto::wire::TableSchema {
+                name: "assets".into(),
+                primary_key: "id".into(),
+                columns: Vec::new(),
+                rows_estimate: 0,
+                write: Vec::new(),
+                filter: None,
+                parent: None,
+            },
+            select_sql: String::new(),
+            select_list: String::new(),
+            count_sql: String::new(),
+            condition: "region = ?".into(),
+            binds: Vec::new(),
+            declared: Vec::new(),
+        };
+        let d = DeltaSql {
+            changes: String::new(),
+            slice_rows: String::new(),
+            moved_out: String::new(),
+            changed: "keys".into(),
+        };
+        let (mut counted_changed, mut counted_slice) = (0, 0);
+        let mut count = |sql: &str, bound: bool| {
+            let limit = sql.rsplit("LIMIT ").next().unwrap();
+            let limit: i64 = limit
+                .trim_end_matches([')', 'c', 's', ' '])
+                .parse()
+                .unwrap();
+            let (all, counted) = if bound {
+                (slice, &mut counted_slice)
+            } else {
+                (changed, &mut counted_changed)
+            };
+            *counted += all.min(limit);
+            Ok(all.min(limit))
+        };
+        let drive = choose(&d, &t, most, &mut count, &mut |_| Ok(true)).unwrap();
+        (drive, counted_changed, counted_slice)
+    }
+
+    #[test]
+    fn the_slice_way_is_taken_past_twice_its_rows_and_counting_stays_near_the_cheaper_way() {
+        // What counting costs stays near the cheaper way's work: a few times the
+        // changed keys, or twice the slice's rows, whichever is fewer.
+        let near = |changed: i64, slice: i64, counted: i64| {
+            let cheaper = changed.min(Drive::SLICE_ROW_COST * slice);
+            assert!(
+                counted <= 4 * cheaper + Drive::SLICE_MIN_CHANGED,
+                "counted {counted} for {changed} changed keys and {slice} slice rows"
+            );
+        };
+        // A fleet's round: 100,000 keys changed, a 10,000-row region.
+        let (drive, c, s) = chosen(100_000, 10_000);
+        assert_eq!(drive, Drive::Slice);
+        near(100_000, 10_000, c + s);
+        // A million-row slice, 1% of it changed.
+        let (drive, c, s) = chosen(10_000, 1_000_000);
+        assert_eq!(drive, Drive::Changes);
+        near(10_000, 1_000_000, c + s);
+        // Few changes: the slice is not counted.
+        assert_eq!(chosen(999, 1), (Drive::Changes, 999, 0));
+        assert_eq!(chosen(1_000, 10).0, Drive::Slice);
+        // An engine that knows how many changed at most (SQLite: the versions handed
+        // out since) counts the slice once, and stops at the bound.
+        let (drive, c, s) = chosen_within(100_000, 10_000, Some(120_000));
+        assert_eq!((drive, s), (Drive::Slice, 10_000));
+        assert!(c <= Drive::SLICE_MIN_CHANGED + 20_001, "counted {c}");
+        let (drive, c, s) = chosen_within(10_000, 1_000_000, Some(10_500));
+        assert_eq!((drive, c, s), (Drive::Changes, 1_000, 5_251));
+        assert_eq!(chosen_within(900, 1, Some(999)), (Drive::Changes, 0, 0));
+        // Around twice the slice, at each step of the counting.
+        for slice in [600, 1_400, 2_100, 9_000, 40_000] {
+            let at = Drive::SLICE_ROW_COST * slice;
+            assert_eq!(
+                chosen(at, slice).0,
+                Drive::Changes,
+                "{slice} rows, {at} changed"
+            );
+            assert_eq!(
+                chosen(at + 1, slice).0,
+                Drive::Slice,
+                "{slice} rows, {at} + 1 changed"
+            );
         }
     }
 

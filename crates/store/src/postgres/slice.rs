@@ -258,6 +258,7 @@ fn drive_by(tx: &mut postgres::Transaction<'_>, t: &TablePlan, d: &DeltaSql) -> 
     choose(
         d,
         t,
+        None,
         &mut |sql, bound| {
             let args = if bound { &refs[..] } else { &[] };
             Ok(tx.borrow_mut().query_one(sql, args)?.get(0))

@@ -104,10 +104,10 @@ impl Slices for SqliteStore {
         let mut sent = vec![0; if delta.is_some() { 2 * n } else { n }];
         for (idx, t) in plan.tables.iter().enumerate() {
             let width = t.schema.columns.len();
-            match &delta {
-                Some(d) => {
+            match (&delta, since) {
+                (Some(d), Some(since)) => {
                     let lanes = Lanes::Changes { gone: n + idx };
-                    let queries: &[&str] = match drive_by(&tx, t, &d[idx])? {
+                    let queries: &[&str] = match drive_by(&tx, t, &d[idx], cursor - since)? {
                         Drive::Changes => &[&d[idx].changes],
                         Drive::Slice => &[&d[idx].slice_rows, &d[idx].moved_out],
                     };
@@ -117,7 +117,7 @@ impl Slices for SqliteStore {
                         sent[n + idx] += gone;
                     }
                 }
-                None => {
+                _ => {
                     let lanes = Lanes::Rows;
                     sent[idx] = send_rows(&tx, &t.select_sql, &t.binds, width, idx, lanes, sink)?.0;
                 }
@@ -216,13 +216,23 @@ fn delta_queries(plan: &SlicePlan, since: i64) -> Vec<DeltaSql> {
 }
 
 /// How table `t`'s delta is read ([`choose`]): a plan step that scans (the table, or
-/// a whole index) reads the whole table.
-fn drive_by(tx: &rusqlite::Transaction<'_>, t: &TablePlan, d: &DeltaSql) -> Result<Drive> {
+/// a whole index) reads the whole table. `versions`: how many versions were handed out
+/// since the cursor, as many as the keys changed since (each office or device write
+/// stamps its key with a version of its own). Tracking a table anew stamps all its keys
+/// with one version: the bound is then short, and the delta takes the changed keys' way,
+/// right but slower, until the device's next sync.
+fn drive_by(
+    tx: &rusqlite::Transaction<'_>,
+    t: &TablePlan,
+    d: &DeltaSql,
+    versions: i64,
+) -> Result<Drive> {
     let binds: Vec<_> = t.binds.iter().map(to_sql_value).collect();
     let binds = || rusqlite::params_from_iter(binds.iter());
     choose(
         d,
         t,
+        Some(versions),
         &mut |sql, bound| {
             Ok(if bound {
                 tx.query_row(sql, binds(), |r| r.get(0))?
@@ -324,8 +334,12 @@ mod tests {
             &|plan| {
                 let mut conn = store.conn().unwrap();
                 let tx = conn.transaction().unwrap();
-                let d = delta_queries(plan, plan.since.unwrap().raw());
-                drive_by(&tx, &plan.tables[0], &d[0]).unwrap()
+                let since = plan.since.unwrap().raw();
+                let now: i64 = tx
+                    .query_row("SELECT max(version) FROM fieldsync_rows", [], |r| r.get(0))
+                    .unwrap();
+                let d = delta_queries(plan, since);
+                drive_by(&tx, &plan.tables[0], &d[0], now - since).unwrap()
             },
         );
     }

@@ -173,6 +173,10 @@ pub(crate) struct Changed<'a> {
     /// the cursor, typed as its key column, each key once, and `g`, the same key when
     /// its row may have moved since the cursor (else NULL).
     pub keys: &'a dyn Fn(usize) -> String,
+    /// `moved(i)`: the same two columns for the keys of table `i` that may have moved
+    /// since the cursor (`g` never NULL): the rows of `keys(i)` whose `g` is not NULL,
+    /// found without reading the others.
+    pub moved: &'a dyn Fn(usize) -> String,
     /// `key(i, expr)`: the condition that key `expr` of table `i` (an expression of the
     /// key column's type) changed since the cursor.
     pub key: &'a dyn Fn(usize, &str) -> String,
@@ -219,8 +223,9 @@ pub(crate) fn delta_sql(plan: &SlicePlan, changed: &Changed<'_>) -> Vec<DeltaSql
                     (changed.read)(i, &(changed.null)(i)),
                 ),
                 moved_out: format!(
-                    "SELECT {gone}, {list} FROM ({own}) c LEFT JOIN {table} ON {table}.{pk} = c.k AND {cond} \
-                     WHERE c.g IS NOT NULL AND {table}.{pk} IS NULL"
+                    "SELECT {gone}, {list} FROM ({moved}) c LEFT JOIN {table} ON {table}.{pk} = c.k AND {cond} \
+                     WHERE {table}.{pk} IS NULL",
+                    moved = (changed.moved)(i),
                 ),
                 changed: own,
             }

@@ -251,6 +251,12 @@ impl Schema for PgStore {
                 )?;
                 super::tracking::renew_functions(tx)?;
             }
+            // A delta read from the slice finds the keys that may have moved since a
+            // snapshot (only those ever moved are in it).
+            tx.batch_execute(
+                "CREATE INDEX IF NOT EXISTS rows_by_moved ON fieldsync.rows (tbl, moved)
+                 WHERE moved IS NOT NULL",
+            )?;
             tx.execute(
                 "INSERT INTO fieldsync.meta (key, value) VALUES ('schema_version', $1)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",

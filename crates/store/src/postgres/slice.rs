@@ -236,6 +236,17 @@ fn delta_queries(plan: &SlicePlan, since: i64) -> Vec<DeltaSql> {
                     name = name(i),
                 )
             },
+            moved: &|i| {
+                format!(
+                    "SELECT CAST(r.pk AS {decl}) AS k, CAST(r.pk AS {decl}) AS g
+                     FROM fieldsync.rows r
+                     WHERE r.tbl = {name} AND r.moved IS NOT NULL
+                       AND r.moved >= pg_snapshot_xmin({base})
+                       AND NOT pg_visible_in_snapshot(r.moved, {base})",
+                    decl = plan.tables[i].declared[0],
+                    name = name(i),
+                )
+            },
             key: &|i, key| {
                 format!(
                     "EXISTS (SELECT 1 FROM fieldsync.rows r WHERE r.tbl = {} AND r.pk = {} AND {unseen})",

@@ -201,6 +201,14 @@ fn delta_queries(plan: &SlicePlan, since: i64) -> Vec<DeltaSql> {
                     name(i)
                 )
             },
+            // `moved > 0`: the partial index's own condition, so that it serves.
+            moved: &|i| {
+                format!(
+                    "SELECT r.pk AS k, r.pk AS g FROM fieldsync_rows r
+                     WHERE r.tbl = {} AND r.moved > 0 AND r.moved > {since}",
+                    name(i)
+                )
+            },
             // `+key`: compared as stored, so the search is by fieldsync_rows' key
             // (the table's key affinity would convert `r.pk` instead).
             key: &|i, key| {

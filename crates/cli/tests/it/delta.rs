@@ -724,7 +724,6 @@ fn a_main_database_of_schema_4_upgraded_by_init_keeps_its_devices_deltas_right()
             }
             downgrade.push_str(
                 "DROP INDEX fieldsync_rows_by_tbl_version_moved;
-                 DROP INDEX fieldsync_rows_by_tbl_moved;
                  CREATE INDEX fieldsync_rows_by_tbl_version ON fieldsync_rows (tbl, version);
                  ALTER TABLE fieldsync_rows DROP COLUMN moved;
                  ALTER TABLE fieldsync_tracked DROP COLUMN watch;

@@ -245,14 +245,11 @@ impl Schema for SqliteStore {
             )?;
         }
         // A delta finds a table's rows written since a version, and whether each
-        // moved, by a range of the first index; one read from the slice finds the
-        // keys that moved since by the second (only those ever moved are in it).
+        // moved, by a range of this index.
         tx.execute_batch(
             "DROP INDEX IF EXISTS fieldsync_rows_by_tbl_version;
              CREATE INDEX IF NOT EXISTS fieldsync_rows_by_tbl_version_moved
-                 ON fieldsync_rows (tbl, version, moved);
-             CREATE INDEX IF NOT EXISTS fieldsync_rows_by_tbl_moved
-                 ON fieldsync_rows (tbl, moved) WHERE moved > 0;",
+                 ON fieldsync_rows (tbl, version, moved);",
         )?;
         if !has_moved {
             super::tracking::renew_triggers(&tx)?;

@@ -236,13 +236,17 @@ fn delta_queries(plan: &SlicePlan, since: i64) -> Vec<DeltaSql> {
                     name = name(i),
                 )
             },
+            // By `rows_by_moved`; the writer's bound (implied: a row's writer is never
+            // older than its move) keeps `rows_by_xid`'s range where `server init`
+            // has not made that index yet.
             moved: &|i| {
                 format!(
                     "SELECT CAST(r.pk AS {decl}) AS k, CAST(r.pk AS {decl}) AS g
                      FROM fieldsync.rows r
                      WHERE r.tbl = {name} AND r.moved IS NOT NULL
                        AND r.moved >= pg_snapshot_xmin({base})
-                       AND NOT pg_visible_in_snapshot(r.moved, {base})",
+                       AND NOT pg_visible_in_snapshot(r.moved, {base})
+                       AND r.xid >= pg_snapshot_xmin({base})",
                     decl = plan.tables[i].declared[0],
                     name = name(i),
                 )

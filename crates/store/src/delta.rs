@@ -69,7 +69,9 @@ impl Drive {
     /// (a few milliseconds at most, and no counting of the slice).
     pub const SLICE_MIN_CHANGED: i64 = 1000;
     /// A row of the slice checked against the change record costs about this many
-    /// changed keys looked up in the table (measured on SQLite: BENCHMARKS.md).
+    /// changed keys looked up in the table: its index entry, its row and a search of
+    /// the change record, against a changed key's entry and a search of the table (an
+    /// estimate by the searches, not a measured constant).
     pub const SLICE_ROW_COST: i64 = 2;
 
     /// The way every table's delta is read when the server's environment sets

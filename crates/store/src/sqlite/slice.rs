@@ -356,9 +356,7 @@ mod tests {
             "name = \"north\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 'north'\"\n",
         )
         .unwrap();
-        store
-            .task_put(&def, "h", fieldsync_proto::time::Timestamp::now())
-            .unwrap();
+        store.task_put(&def, "h", Timestamp::now()).unwrap();
         let params = Params {
             user: "ana".into(),
             device: "dev1".into(),

@@ -401,6 +401,25 @@ pub(crate) mod tests {
         }
     }
 
+    /// Stores task `north`: table `assets`, its rows in the region `north`.
+    pub(crate) fn put_north(store: &dyn Store) -> TaskDef {
+        let def = TaskDef::from_toml(
+            "name = \"north\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 'north'\"\n",
+        )
+        .unwrap();
+        store.task_put(&def, "h", Timestamp::now()).unwrap();
+        def
+    }
+
+    /// `def`'s slice for user `ana` on device `dev1`.
+    pub(crate) fn plan_for_dev1(store: &dyn Store, def: &TaskDef) -> SlicePlan {
+        let params = Params {
+            user: "ana".into(),
+            device: "dev1".into(),
+        };
+        crate::plan_slice(store, def, &params).unwrap()
+    }
+
     /// Every other region changed (5,000 rows written in the `south`), and a few of
     /// the `north` slice's rows: the delta comes from the slice's rows by the index
     /// `index` makes, not from the 5,000 changed keys, and says the same; without the
@@ -416,20 +435,12 @@ pub(crate) mod tests {
         office("CREATE TABLE assets (id INTEGER PRIMARY KEY, region TEXT NOT NULL, name TEXT)");
         office(index);
         store.track_table("assets").unwrap();
-        let def = TaskDef::from_toml(
-            "name = \"north\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 'north'\"\n",
-        )
-        .unwrap();
-        store.task_put(&def, "h", Timestamp::now()).unwrap();
+        let def = put_north(store);
         office(
             "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 20)
              INSERT INTO assets (id, region) SELECT i, 'north' FROM k",
         );
-        let params = Params {
-            user: "ana".into(),
-            device: "dev1".into(),
-        };
-        let mut plan = crate::plan_slice(store, &def, &params).unwrap();
+        let mut plan = plan_for_dev1(store, &def);
         let mut full = Keys::default();
         store.stream_slice(&plan, &mut full).unwrap();
         assert_eq!(full.lanes.len(), 20);

@@ -387,13 +387,18 @@ fn download(fx: &Fixture, task: &str, user: &str, device: &str) -> Download {
     download_from(fx.store(), task, user, device)
 }
 
-fn download_from(s: &dyn Store, task: &str, user: &str, device: &str) -> Download {
+/// The slice of stored task `task` for `user` on `device`.
+fn plan_of(s: &dyn Store, task: &str, user: &str, device: &str) -> SlicePlan {
     let record = s.task_get(task).expect("task_get").expect("task exists");
     let params = Params {
         user: user.to_string(),
         device: device.to_string(),
     };
-    let plan = fieldsync_store::plan_slice(s, &record.def, &params).expect("plan_slice");
+    fieldsync_store::plan_slice(s, &record.def, &params).expect("plan_slice")
+}
+
+fn download_from(s: &dyn Store, task: &str, user: &str, device: &str) -> Download {
+    let plan = plan_of(s, task, user, device);
     let mut sink = Collect::default();
     let sent = s.stream_slice(&plan, &mut sink).expect("stream_slice");
     let cursor = sink.cursor.expect("begin() was called");
@@ -2155,12 +2160,7 @@ impl SliceSink for Slow {
 fn connections_are_bounded(fx: &Fixture) {
     setup(fx);
     let s = fx.store();
-    let record = s.task_get("north-inspections").unwrap().unwrap();
-    let params = Params {
-        user: "ana".into(),
-        device: "dev1".into(),
-    };
-    let plan = fieldsync_store::plan_slice(s, &record.def, &params).unwrap();
+    let plan = plan_of(s, "north-inspections", "ana", "dev1");
     let Office::Pg(mut monitor) = fx.office() else {
         panic!("a PostgreSQL fixture")
     };
@@ -2388,12 +2388,7 @@ fn equality_filters_use_an_index(fx: &Fixture) {
     setup(fx);
     put_assets_task(fx, "by-region", "server-wins");
     let s = fx.store();
-    let record = s.task_get("by-region").unwrap().unwrap();
-    let params = Params {
-        user: "ana".into(),
-        device: "dev1".into(),
-    };
-    let plan = fieldsync_store::plan_slice(s, &record.def, &params).unwrap();
+    let plan = plan_of(s, "by-region", "ana", "dev1");
     let assets = &plan.tables[0];
     let texts: Vec<String> = assets
         .binds

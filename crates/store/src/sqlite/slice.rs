@@ -326,14 +326,12 @@ fn send_rows(
 
 #[cfg(test)]
 mod tests {
-    use fieldsync_proto::filter::Params;
-    use fieldsync_proto::task::TaskDef;
     use fieldsync_testkit::TempDir;
 
     use super::*;
-    use crate::delta::tests::from_the_slice_by_its_index;
+    use crate::Tracking;
+    use crate::delta::tests::{from_the_slice_by_its_index, plan_for_dev1, put_north};
     use crate::sqlite::tests::initialised;
-    use crate::{Catalog, Tracking};
 
     /// The SQLite steps of reading a table's delta from its slice, 3 of its rows
     /// changed since the cursor, the table tracked with `rows` rows (every key stamped
@@ -352,16 +350,7 @@ mod tests {
             ))
             .unwrap();
         store.track_table("assets").unwrap();
-        let def = TaskDef::from_toml(
-            "name = \"north\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 'north'\"\n",
-        )
-        .unwrap();
-        store.task_put(&def, "h", Timestamp::now()).unwrap();
-        let params = Params {
-            user: "ana".into(),
-            device: "dev1".into(),
-        };
-        let plan = crate::plan_slice(&store, &def, &params).unwrap();
+        let plan = plan_for_dev1(&store, &put_north(&store));
         let since: i64 = office
             .query_row("SELECT max(version) FROM fieldsync_rows", [], |r| r.get(0))
             .unwrap();

@@ -233,6 +233,16 @@ impl Device {
     }
 
     pub(crate) fn paired(&self, st: &DeviceState) -> Result<(Api, String, String)> {
+        self.paired_with(st, None)
+    }
+
+    /// [`Self::paired`], the pending entries of replica file `open.0` counted through
+    /// the connection `open.1` already open on it (a sync's writer hold).
+    pub(crate) fn paired_with(
+        &self,
+        st: &DeviceState,
+        open: Option<(&std::path::Path, &rusqlite::Connection)>,
+    ) -> Result<(Api, String, String)> {
         match (&st.server, &st.device_id, &st.device_secret) {
             (Some(server), Some(id), Some(secret)) => {
                 // Best effort: a replica that cannot be read reports nothing.
@@ -242,7 +252,7 @@ impl Device {
                     self.transport.as_ref(),
                     st.ca_cert.as_deref(),
                 )?;
-                let api = match replica::pending_total(&self.dir) {
+                let api = match replica::pending_total_with(&self.dir, open) {
                     Ok(pending) => api.holding(pending, st.task.as_deref()),
                     Err(_) => api,
                 };
@@ -425,7 +435,16 @@ impl Device {
         &self,
         st: &DeviceState,
     ) -> Result<(Api, String, String, state::Session)> {
-        let (api, id, secret) = self.paired(st)?;
+        self.logged_in_with(st, None)
+    }
+
+    /// [`Self::logged_in`], counting pending entries as [`Self::paired_with`] does.
+    pub(crate) fn logged_in_with(
+        &self,
+        st: &DeviceState,
+        open: Option<(&std::path::Path, &rusqlite::Connection)>,
+    ) -> Result<(Api, String, String, state::Session)> {
+        let (api, id, secret) = self.paired_with(st, open)?;
         match &st.session {
             Some(s) if !s.token.is_empty() => Ok((api, id, secret, s.clone())),
             Some(_) => Err(ClientError::Refused(

@@ -178,6 +178,7 @@ pub(super) fn forget_backed_up(conn: &Connection, journal_max_seq: i64) -> Resul
 /// (rolled back) when dropped, or turned into the retirement by [`install`].
 pub struct WriterHold {
     conn: Connection,
+    path: std::path::PathBuf,
     open: bool,
 }
 
@@ -185,6 +186,12 @@ impl WriterHold {
     /// The held connection (its transaction sees the journal as it is now).
     pub fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    /// The held replica file and its connection: what [`super::pending_total_with`]
+    /// counts through instead of opening the file again.
+    pub fn open_file(&self) -> (&Path, &Connection) {
+        (&self.path, &self.conn)
     }
 }
 
@@ -204,7 +211,11 @@ pub fn hold_writers(dir: &DeviceDir) -> Result<Option<WriterHold>> {
     };
     let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     begin_immediate(&conn)?;
-    Ok(Some(WriterHold { conn, open: true }))
+    Ok(Some(WriterHold {
+        conn,
+        path,
+        open: true,
+    }))
 }
 
 /// `BEGIN IMMEDIATE`, retried every millisecond: SQLite's own busy handler backs off

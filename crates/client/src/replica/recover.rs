@@ -36,10 +36,10 @@ pub fn recover(dir: &DeviceDir) -> Result<()> {
         Some(plain) if plain == dir.replica_path() => Some(prefer_ahead(dir, plain)?),
         other => other,
     };
-    let current_retired = match &current {
-        Some(c) => read_info(c).ok().flatten().is_some_and(|i| i.retired),
-        None => false,
-    };
+    // The current replica's record, read once: settling the user reads it again only
+    // if the current replica changed meanwhile.
+    let current_info = current.as_ref().and_then(|c| read_info(c).ok().flatten());
+    let current_retired = current_info.as_ref().is_some_and(|i| i.retired);
     let mut roll_forward = None;
     for file in generation_files(dir)? {
         if Some(&file) == current.as_ref() {
@@ -63,6 +63,11 @@ pub fn recover(dir: &DeviceDir) -> Result<()> {
             remove_generation(&file);
         }
     }
+    let unchanged = roll_forward.is_none() && !current_retired;
+    let known = match (&current, current_info) {
+        (Some(path), Some(info)) if unchanged => Some((path.clone(), info)),
+        _ => None,
+    };
     match (roll_forward, current) {
         (Some(next), Some(old)) => {
             let plain = old == dir.replica_path();
@@ -80,7 +85,7 @@ pub fn recover(dir: &DeviceDir) -> Result<()> {
         _ => {}
     }
     if let Some(user) = session_user(dir) {
-        settle_user(dir, &user)?;
+        settle_user_knowing(dir, &user, known)?;
     }
     Ok(())
 }
@@ -145,8 +150,22 @@ pub(super) fn ahead_of_plain(dir: &DeviceDir, plain: &Path) -> Result<Option<Pat
 /// through `replica.sqlite`, its journal stays and is sent with every send); with no
 /// current replica, the user's own set-aside replica, if any, becomes current.
 pub fn settle_user(dir: &DeviceDir, user: &str) -> Result<()> {
+    settle_user_knowing(dir, user, None)
+}
+
+/// [`settle_user`], given the record of replica file `known.0` when the caller has
+/// just read it.
+pub(super) fn settle_user_knowing(
+    dir: &DeviceDir,
+    user: &str,
+    known: Option<(PathBuf, ReplicaInfo)>,
+) -> Result<()> {
     if let Some(current) = installed_file(dir) {
-        let Some(info) = read_info(&current)?.filter(|i| i.complete) else {
+        let info = match known {
+            Some((path, info)) if path == current => Some(info),
+            _ => read_info(&current)?,
+        };
+        let Some(info) = info.filter(|i| i.complete) else {
             return Ok(());
         };
         if !info.per_user || info.user == user {

@@ -22,7 +22,8 @@ impl Device {
     ) -> Result<()> {
         check_name("task", task).map_err(ClientError::Invalid)?;
         Self::online(st)?;
-        let (api, id, secret, session) = self.logged_in(st)?;
+        let (api, id, secret, session) =
+            self.logged_in_with(st, hold.as_ref().map(|h| h.open_file()))?;
         // Local changes refuse the download before anything is fetched; they are
         // checked again under the replica's write lock at the install. A sync brings
         // that lock held from its start; a plain download takes it only for the

@@ -32,22 +32,22 @@ impl Device {
         held: Option<&replica::WriterHold>,
     ) -> Result<()> {
         Self::online(st)?;
-        self.logged_in(st)?;
+        self.logged_in_with(st, held.map(|h| h.open_file()))?;
         // Set-aside replicas first: their entries were mostly made before the current
         // user's, and the main database sees the users' edits in that order.
         for path in replica::set_aside_files(&self.dir)? {
             let conn = Connection::open(&path)?;
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
-            self.send_journal(st, progress, cancel, report, None, &conn, &path, false)?;
+            self.send_journal(st, progress, cancel, report, None, &conn, false)?;
         }
         // Then the current replica (the report names its task).
-        if let Some(path) = replica::installed_file(&self.dir) {
+        if replica::installed_file(&self.dir).is_some() {
             let own = match held {
                 Some(_) => None,
                 None => replica::open_current(&self.dir)?,
             };
             if let Some(conn) = held.map(|h| h.conn()).or(own.as_ref()) {
-                self.send_journal(st, progress, cancel, report, held, conn, &path, true)?;
+                self.send_journal(st, progress, cancel, report, held, conn, true)?;
             }
         }
         Ok(())
@@ -63,10 +63,9 @@ impl Device {
         report: &mut Report,
         held: Option<&replica::WriterHold>,
         conn: &Connection,
-        path: &std::path::Path,
         current: bool,
     ) -> Result<()> {
-        let (api, id, secret, session) = self.logged_in(st)?;
+        let (api, id, secret, session) = self.logged_in_with(st, held.map(|h| h.open_file()))?;
         // The journal as it is now is what this send sends; entries an app adds while
         // it runs wait for the next send.
         let seq_max: i64 = conn.query_row(
@@ -76,7 +75,7 @@ impl Device {
         )?;
         // Under a hold, a stored upload must be committed before it leaves.
         let durable = || held.map_or(Ok(()), |h| h.commit_and_hold());
-        let info = replica::read_info(path)?
+        let info = replica::read_info_in(conn)?
             .ok_or_else(|| ClientError::Replica("the replica has no fieldsync record".into()))?;
         report.task = Some(info.task.clone());
         let header = replica::read_header(conn)?;

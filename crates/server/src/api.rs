@@ -18,7 +18,7 @@ use fieldsync_proto::wire::{
     PROTOCOL_VERSION, PairRequest, PairResponse, SliceHeader, SyncOp, TaskSummary, Trigger,
     UPLOAD_BODY_MAX_BYTES,
 };
-use fieldsync_store::{SessionRecord, SessionScope, Store, TaskRecord, random_hex, sha256_hex};
+use fieldsync_store::{AssignedTask, SessionRecord, SessionScope, Store, random_hex, sha256_hex};
 use serde::de::DeserializeOwned;
 
 use crate::audit::{Note, Refusal};
@@ -315,7 +315,7 @@ async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Result<Status
 
 /// Tasks assigned to both the user and the device (one indexed query: a request
 /// costs the same with one task or ten thousand assigned to others).
-fn assigned(store: &dyn Store, user: &str, device: &str) -> Result<Vec<TaskRecord>, ApiError> {
+fn assigned(store: &dyn Store, user: &str, device: &str) -> Result<Vec<AssignedTask>, ApiError> {
     Ok(store.tasks_assigned(user, device)?)
 }
 
@@ -325,7 +325,7 @@ pub(crate) fn assigned_one(
     name: &str,
     user: &str,
     device: &str,
-) -> Result<Option<TaskRecord>, ApiError> {
+) -> Result<Option<AssignedTask>, ApiError> {
     Ok(store.task_assigned(name, user, device)?)
 }
 

@@ -244,6 +244,29 @@ pub struct TaskRecord {
     pub updated_at: Timestamp,
 }
 
+/// A task as a device's request sees it ([`Catalog::task_assigned`]): its users (a
+/// download's header names them) but not its devices, so that what a request reads
+/// does not grow with the fleet the task is assigned to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssignedTask {
+    pub def: TaskDef,
+    /// Identifies this definition (changes when the task file does).
+    pub hash: String,
+    pub users: Vec<String>,
+    pub updated_at: Timestamp,
+}
+
+impl From<TaskRecord> for AssignedTask {
+    fn from(t: TaskRecord) -> Self {
+        AssignedTask {
+            def: t.def,
+            hash: t.hash,
+            users: t.users,
+            updated_at: t.updated_at,
+        }
+    }
+}
+
 /// Who sends an upload, for which task.
 pub struct IntegrateContext<'a> {
     pub device: &'a str,
@@ -255,7 +278,7 @@ pub struct IntegrateContext<'a> {
     /// The task as it is today, when still assigned to the sender and the device
     /// (`None`: deleted, renamed or unassigned since). A write the device's version
     /// allowed and today's does not is a conflict, logged and not applied.
-    pub today: Option<&'a TaskRecord>,
+    pub today: Option<&'a AssignedTask>,
     pub at: Timestamp,
     /// The upload's replica was cut from another history of the main database (a
     /// restore): its bases mean nothing here, every row is compared by value.
@@ -389,12 +412,12 @@ pub trait Catalog {
     /// Every task, for administrators (each with its users and devices).
     fn task_list(&self) -> Result<Vec<TaskRecord>>;
     /// The tasks assigned to both `user` and `device`, by name: one indexed query,
-    /// whose cost does not grow with the tasks assigned to others (what a device's
-    /// request is authorized by).
-    fn tasks_assigned(&self, user: &str, device: &str) -> Result<Vec<TaskRecord>>;
+    /// whose cost does not grow with the tasks assigned to others, nor with the
+    /// devices assigned to the same task (what a device's request is authorized by).
+    fn tasks_assigned(&self, user: &str, device: &str) -> Result<Vec<AssignedTask>>;
     /// Task `name` when it is assigned to both `user` and `device` (`None`: no such
     /// task, or not assigned to both): one indexed query.
-    fn task_assigned(&self, name: &str, user: &str, device: &str) -> Result<Option<TaskRecord>>;
+    fn task_assigned(&self, name: &str, user: &str, device: &str) -> Result<Option<AssignedTask>>;
     fn task_assign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()>;
     fn task_unassign(&self, name: &str, users: &[String], devices: &[String]) -> Result<()>;
     fn task_delete(&self, name: &str) -> Result<()>;

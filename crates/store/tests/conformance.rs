@@ -16,8 +16,8 @@ use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{Cursor, FullReason, Upload, UploadEntry, UploadOutcome};
 use fieldsync_proto::{ColumnType, Value};
 use fieldsync_store::{
-    DeviceRecord, IntegrateContext, IntegrateError, SessionRecord, SlicePlan, SliceSink, Store,
-    StoreError, UserRecord, random_hex, sample, sha256_hex,
+    AssignedTask, DeviceRecord, IntegrateContext, IntegrateError, SessionRecord, SlicePlan,
+    SliceSink, Store, StoreError, UserRecord, random_hex, sample, sha256_hex,
 };
 
 /// Assets of the sample database: small, so the suite stays fast.
@@ -473,6 +473,7 @@ fn send_to(
         .task_get(task)
         .expect("task_get")
         .expect("task exists");
+    let today = AssignedTask::from(record.clone());
     let at = now();
     // The entries' users logged in on the device, as they must have.
     let mut users: Vec<&str> = upload.entries.iter().map(|e| e.user.as_str()).collect();
@@ -494,7 +495,7 @@ fn send_to(
         device,
         sender,
         task: &record.def,
-        today: Some(&record),
+        today: Some(&today),
         at,
         restored: false,
     };
@@ -663,7 +664,7 @@ fn tasks_assigned_to_user_and_device(fx: &Fixture) {
             "{label}: device not assigned"
         );
         assert!(names("nobody", "nodev").is_empty(), "{label}");
-        let north = s.task_get("north-inspections").unwrap().unwrap();
+        let north = AssignedTask::from(s.task_get("north-inspections").unwrap().unwrap());
         assert_eq!(north.users, strings(&["ana", "ben"]));
         assert_eq!(
             s.tasks_assigned("ana", "dev1").unwrap(),
@@ -678,7 +679,9 @@ fn tasks_assigned_to_user_and_device(fx: &Fixture) {
         );
         assert_eq!(
             one("south-work-orders", "ben", "dev2"),
-            s.task_get("south-work-orders").unwrap(),
+            s.task_get("south-work-orders")
+                .unwrap()
+                .map(AssignedTask::from),
             "{label}"
         );
         assert_eq!(one("north-inspections", "ana", "dev2"), None, "{label}");
@@ -738,12 +741,13 @@ fn tasks_assigned_to_user_and_device(fx: &Fixture) {
 /// uploads sent while the office holds a lock.
 fn integrate_as(fx: &Fixture, task: &str, up: &Upload) -> Result<UploadOutcome, IntegrateError> {
     let record = fx.store().task_get(task).unwrap().unwrap();
+    let today = AssignedTask::from(record.clone());
     let at = now();
     let ctx = IntegrateContext {
         device: "dev1",
         sender: "ana",
         task: &record.def,
-        today: Some(&record),
+        today: Some(&today),
         at,
         restored: false,
     };

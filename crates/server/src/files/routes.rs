@@ -17,7 +17,7 @@ use fieldsync_proto::filter::Params;
 use fieldsync_proto::task::check_name;
 use fieldsync_proto::time::Timestamp;
 use fieldsync_proto::wire::{ErrorCode, FileEntry, SyncOp};
-use fieldsync_store::{FileRecord, HistoryRecord, SessionScope, Store, TaskRecord, is_sha256};
+use fieldsync_store::{AssignedTask, FileRecord, HistoryRecord, SessionScope, Store, is_sha256};
 use tokio::sync::mpsc;
 
 use super::FileStore;
@@ -34,7 +34,7 @@ const CHANNEL_BLOCKS: usize = 4;
 /// The files of `task`'s slice for `user` and `device` (none without a `[files]` rule).
 pub(crate) fn slice_files(
     store: &dyn Store,
-    task: &TaskRecord,
+    task: &AssignedTask,
     user: &str,
     device: &str,
     sha256: Option<&str>,

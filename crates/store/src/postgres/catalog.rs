@@ -6,7 +6,9 @@ use postgres::Client;
 
 use super::{PgStore, in_tx, opt_time_at, table_info, time_at};
 use crate::plan;
-use crate::{Catalog, DeviceRecord, Result, SessionRecord, StoreError, TaskRecord, UserRecord};
+use crate::{
+    AssignedTask, Catalog, DeviceRecord, Result, SessionRecord, StoreError, TaskRecord, UserRecord,
+};
 use fieldsync_proto::time::Timestamp;
 
 fn task_record(
@@ -42,7 +44,7 @@ fn assigned_tasks(
     name: Option<&str>,
     user: &str,
     device: &str,
-) -> Result<Vec<TaskRecord>> {
+) -> Result<Vec<AssignedTask>> {
     // One task by its key, or all of the user's: each its own plan.
     let which = if name.is_some() {
         "u.task = $3"
@@ -53,9 +55,7 @@ fn assigned_tasks(
         &format!(
             "SELECT t.name, t.definition, t.hash, t.updated_at,
                     array(SELECT x.user_name FROM fieldsync.task_users x WHERE x.task = t.name
-                          ORDER BY x.user_name COLLATE \"C\"),
-                    array(SELECT x.device FROM fieldsync.task_devices x WHERE x.task = t.name
-                          ORDER BY x.device COLLATE \"C\")
+                          ORDER BY x.user_name COLLATE \"C\")
              FROM fieldsync.task_users u
              JOIN fieldsync.task_devices d ON d.task = u.task AND d.device = $2
              JOIN fieldsync.tasks t ON t.name = u.task
@@ -68,14 +68,13 @@ fn assigned_tasks(
         .map(|r| {
             let name: String = r.get(0);
             let definition: String = r.get(1);
-            Ok(TaskRecord {
+            Ok(AssignedTask {
                 def: serde_json::from_str(&definition).map_err(|e| {
                     StoreError::Db(format!("stored task `{name}` is unreadable: {e}"))
                 })?,
                 hash: r.get(2),
                 updated_at: time_at(r, 3, "updated_at")?,
                 users: r.get(4),
-                devices: r.get(5),
             })
         })
         .collect()
@@ -228,11 +227,11 @@ impl Catalog for PgStore {
             .collect()
     }
 
-    fn tasks_assigned(&self, user: &str, device: &str) -> Result<Vec<TaskRecord>> {
+    fn tasks_assigned(&self, user: &str, device: &str) -> Result<Vec<AssignedTask>> {
         assigned_tasks(&mut *self.conn()?, None, user, device)
     }
 
-    fn task_assigned(&self, name: &str, user: &str, device: &str) -> Result<Option<TaskRecord>> {
+    fn task_assigned(&self, name: &str, user: &str, device: &str) -> Result<Option<AssignedTask>> {
         Ok(
             assigned_tasks(&mut *self.conn()?, Some(name), user, device)?
                 .into_iter()

@@ -7,7 +7,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{SqliteStore, opt_time_at, table_info, time_at};
 use crate::plan;
 use crate::{
-    Catalog, DeviceRecord, Result, SessionRecord, SessionScope, StoreError, TaskRecord, UserRecord,
+    AssignedTask, Catalog, DeviceRecord, Result, SessionRecord, SessionScope, StoreError,
+    TaskRecord, UserRecord,
 };
 use fieldsync_proto::time::Timestamp;
 
@@ -44,7 +45,7 @@ fn assigned_tasks(
     name: Option<&str>,
     user: &str,
     device: &str,
-) -> Result<Vec<TaskRecord>> {
+) -> Result<Vec<AssignedTask>> {
     // One task by its key, or all of the user's: each its own plan.
     let which = if name.is_some() {
         "u.task = ?3"
@@ -53,8 +54,7 @@ fn assigned_tasks(
     };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT t.name, t.definition, t.hash, t.updated_at,
-                (SELECT json_group_array(x.user ORDER BY x.user) FROM fieldsync_task_users x WHERE x.task = t.name),
-                (SELECT json_group_array(x.device ORDER BY x.device) FROM fieldsync_task_devices x WHERE x.task = t.name)
+                (SELECT json_group_array(x.user ORDER BY x.user) FROM fieldsync_task_users x WHERE x.task = t.name)
          FROM fieldsync_task_users u
          JOIN fieldsync_task_devices d ON d.task = u.task AND d.device = ?2
          JOIN fieldsync_tasks t ON t.name = u.task
@@ -69,23 +69,18 @@ fn assigned_tasks(
                 r.get::<_, String>(2)?,
                 time_at(r, 3, "updated_at")?,
                 r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter()
-        .map(|(name, definition, hash, updated_at, users, devices)| {
-            let list = |json: &str| -> Result<Vec<String>> {
-                serde_json::from_str(json).map_err(|e| {
-                    StoreError::Db(format!("assignments of task `{name}` unreadable: {e}"))
-                })
-            };
-            Ok(TaskRecord {
+        .map(|(name, definition, hash, updated_at, users)| {
+            Ok(AssignedTask {
                 def: serde_json::from_str(&definition).map_err(|e| {
                     StoreError::Db(format!("stored task `{name}` is unreadable: {e}"))
                 })?,
-                users: list(&users)?,
-                devices: list(&devices)?,
+                users: serde_json::from_str(&users).map_err(|e| {
+                    StoreError::Db(format!("assignments of task `{name}` unreadable: {e}"))
+                })?,
                 hash,
                 updated_at,
             })
@@ -228,11 +223,11 @@ impl Catalog for SqliteStore {
             .collect()
     }
 
-    fn tasks_assigned(&self, user: &str, device: &str) -> Result<Vec<TaskRecord>> {
+    fn tasks_assigned(&self, user: &str, device: &str) -> Result<Vec<AssignedTask>> {
         assigned_tasks(&*self.conn()?, None, user, device)
     }
 
-    fn task_assigned(&self, name: &str, user: &str, device: &str) -> Result<Option<TaskRecord>> {
+    fn task_assigned(&self, name: &str, user: &str, device: &str) -> Result<Option<AssignedTask>> {
         Ok(assigned_tasks(&*self.conn()?, Some(name), user, device)?
             .into_iter()
             .next())

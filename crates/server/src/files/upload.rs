@@ -42,18 +42,23 @@ fn no_store() -> ApiError {
 /// assigned to both has a `[files]` table it may write. Returns the device's id.
 fn uploader(st: &AppState, headers: &HeaderMap, sha256: &str) -> Result<String, ApiError> {
     let (device, _, user) = tickets::upload_session(st, headers)?;
+    admitted(st, &user.name, &device.id, sha256)
+}
+
+/// Whether the signed-in `user` on `device` may add the content `sha256` (see
+/// [`uploader`]); the device's id.
+fn admitted(st: &AppState, user: &str, device: &str, sha256: &str) -> Result<String, ApiError> {
     if !is_sha256(sha256) {
         return Err(ApiError::bad_request(format!(
             "`{sha256}` is not a SHA-256"
         )));
     }
-    if !may_add_files(&*st.store, &user.name, &device.id)? {
+    if !may_add_files(&*st.store, user, device)? {
         return Err(ApiError::forbidden(format!(
-            "no task assigned to user `{}` and device `{}` lets it add files",
-            user.name, device.id
+            "no task assigned to user `{user}` and device `{device}` lets it add files"
         )));
     }
-    Ok(device.id)
+    Ok(device.to_string())
 }
 
 fn may_add_files(store: &dyn Store, user: &str, device: &str) -> Result<bool, ApiError> {
@@ -110,10 +115,15 @@ pub(crate) async fn put(
     let offset = number(&headers, HEADER_FILE_OFFSET)?;
     let size = number(&headers, HEADER_FILE_SIZE)?;
     let state = st.clone();
-    // The outer error refuses a sender not known as this content's uploader (nothing of
-    // its body is read); the inner one a known device at another offset.
+    // The outer error refuses a sender whose session does not check (nothing of its
+    // body is read); the inner ones a signed-in device: not allowed to add this
+    // content, or at another offset.
     let placed = blocking(move || {
-        let device = uploader(&state, &headers, &sha256)?;
+        let (device, _, user) = tickets::upload_session(&state, &headers)?;
+        let device = match admitted(&state, &user.name, &device.id, &sha256) {
+            Ok(device) => device,
+            Err(refused) => return Ok(Err(refused)),
+        };
         let path = spool_file(&state, &device, &sha256)?;
         let mut have = received(&path);
         if have > size {
@@ -132,8 +142,8 @@ pub(crate) async fn put(
     let (path, have) = match placed {
         Ok(placed) => placed,
         Err(refused) => {
-            // What it still sends is read and dropped, so that it reads where the
-            // upload stands rather than a reset connection.
+            // What it still sends is read and dropped, so that it reads the refusal
+            // (or where the upload stands) rather than a reset connection.
             crate::upload_body::drain(body).await;
             return Err(refused);
         }

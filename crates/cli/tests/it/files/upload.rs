@@ -126,6 +126,9 @@ fn a_photos_content_uploads_in_pieces_resumes_and_is_stored_once_whole() {
     ben.login("ben").ok();
     let (status, _) = put(&office, &ben, &sha, 0, photo.len(), &photo);
     assert_eq!(status, 403);
+    // It reads the refusal, not a reset connection, however much it was sending.
+    let (status, answer) = put(&office, &ben, &sha, 0, long.len(), &long);
+    assert_eq!(status, 403, "{answer}");
 }
 
 crate::also_on_postgres!(a_photos_content_uploads_in_pieces_resumes_and_is_stored_once_whole);

@@ -244,20 +244,10 @@ pub(crate) fn latest_base(office: &Office, device: &str) -> i64 {
 /// users). None is assigned to both.
 fn bulk_tasks(office: &Office, n: usize, user: &str, device: &str) {
     let t = |name: &str| office.own_table(name);
-    let (numbers, name, user_col) = match office.engine() {
-        Engine::Sqlite => (
-            format!(
-                "CREATE TEMP TABLE n AS WITH RECURSIVE c (i) AS
-                   (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i < {n} - 1) SELECT i FROM c;"
-            ),
-            "printf('bulk-%05d', i)",
-            "user",
-        ),
-        Engine::Postgres => (
-            format!("CREATE TEMP TABLE n AS SELECT generate_series(0, {n} - 1) AS i;"),
-            "'bulk-' || lpad(i::text, 5, '0')",
-            "user_name",
-        ),
+    let numbers = numbers_table(office, n);
+    let (name, user_col) = match office.engine() {
+        Engine::Sqlite => ("printf('bulk-%05d', i)", "user"),
+        Engine::Postgres => ("'bulk-' || lpad(i::text, 5, '0')", "user_name"),
     };
     office.execute_batch(&format!(
         "BEGIN;
@@ -421,10 +411,9 @@ fn device_requests_cost_the_same_with_many_tasks_and_devices() {
     same("upload", before.2, fleet.2);
 }
 
-/// `n` devices more, each assigned to `task`.
-fn fleet_on_task(office: &Office, n: usize, task: &str) {
-    let t = |name: &str| office.own_table(name);
-    let numbers = match office.engine() {
+/// A statement making the temporary table `n` of the numbers `0..n` (column `i`).
+fn numbers_table(office: &Office, n: usize) -> String {
+    match office.engine() {
         Engine::Sqlite => format!(
             "CREATE TEMP TABLE n AS WITH RECURSIVE c (i) AS
                (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i < {n} - 1) SELECT i FROM c;"
@@ -432,7 +421,13 @@ fn fleet_on_task(office: &Office, n: usize, task: &str) {
         Engine::Postgres => {
             format!("CREATE TEMP TABLE n AS SELECT generate_series(0, {n} - 1) AS i;")
         }
-    };
+    }
+}
+
+/// `n` devices more, each assigned to `task`.
+fn fleet_on_task(office: &Office, n: usize, task: &str) {
+    let t = |name: &str| office.own_table(name);
+    let numbers = numbers_table(office, n);
     office.execute_batch(&format!(
         "BEGIN;
          {numbers}

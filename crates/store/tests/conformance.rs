@@ -469,11 +469,12 @@ fn send_to(
     sender: &str,
     upload: &Upload,
 ) -> Result<UploadOutcome, IntegrateError> {
-    let record = store
-        .task_get(task)
-        .expect("task_get")
-        .expect("task exists");
-    let today = AssignedTask::from(record.clone());
+    let today = AssignedTask::from(
+        store
+            .task_get(task)
+            .expect("task_get")
+            .expect("task exists"),
+    );
     let at = now();
     // The entries' users logged in on the device, as they must have.
     let mut users: Vec<&str> = upload.entries.iter().map(|e| e.user.as_str()).collect();
@@ -494,7 +495,7 @@ fn send_to(
     let ctx = IntegrateContext {
         device,
         sender,
-        task: &record.def,
+        task: &today.def,
         today: Some(&today),
         at,
         restored: false,
@@ -740,13 +741,12 @@ fn tasks_assigned_to_user_and_device(fx: &Fixture) {
 /// Integrates an upload as `send` does, without recording logins first (a write): for
 /// uploads sent while the office holds a lock.
 fn integrate_as(fx: &Fixture, task: &str, up: &Upload) -> Result<UploadOutcome, IntegrateError> {
-    let record = fx.store().task_get(task).unwrap().unwrap();
-    let today = AssignedTask::from(record.clone());
+    let today = AssignedTask::from(fx.store().task_get(task).unwrap().unwrap());
     let at = now();
     let ctx = IntegrateContext {
         device: "dev1",
         sender: "ana",
-        task: &record.def,
+        task: &today.def,
         today: Some(&today),
         at,
         restored: false,

@@ -296,10 +296,10 @@ impl SqlDialect for SqliteDialect {
 #[cfg(test)]
 pub(super) mod tests {
     /// The workspace's `.cargo/config.toml` builds SQLite without its memory
-    /// statistics (a global mutex per allocation); a build that lost the setting
-    /// fails here.
+    /// statistics (a global mutex per allocation) and with a page cache per connection
+    /// (not one shared behind a mutex); a build that lost either setting fails here.
     #[test]
-    fn sqlite_is_built_without_memory_statistics() {
+    fn sqlite_is_built_without_memory_statistics_and_a_cache_per_connection() {
         let conn = rusqlite::Connection::open_in_memory().expect("in-memory database");
         let mut stmt = conn.prepare("PRAGMA compile_options").expect("pragma");
         let options: Vec<String> = stmt
@@ -309,6 +309,10 @@ pub(super) mod tests {
             .expect("compile options");
         assert!(
             options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
             "{options:?}"
         );
     }

@@ -50,8 +50,11 @@ impl SqliteStore {
 
 /// The page cache of a full download's connection, KiB.
 const SCAN_CACHE_KIB: i64 = 256;
-/// The page cache of a delta's connection, KiB: SQLite's default.
-const PROBE_CACHE_KIB: i64 = 2000;
+/// The page cache of a delta's connection, KiB: a quarter of SQLite's default. Each
+/// connection has its own (`.cargo/config.toml`); with 2 MB the server under 200
+/// devices syncing at once peaked 13 MB higher at the same CPU (BENCHMARKS.md, "A page
+/// cache per connection").
+const PROBE_CACHE_KIB: i64 = 512;
 
 impl Slices for SqliteStore {
     fn dialect(&self) -> &'static dyn SqlDialect {
@@ -62,10 +65,9 @@ impl Slices for SqliteStore {
         let mut conn = self.conn()?;
         // A full download reads each page once, in order: a page cache fills with
         // pages never read again (eight downloads at once held 16 MB of them). A delta
-        // probes rows by key, over and over the same inner pages: it keeps SQLite's
-        // default cache (2 MB). The connection may have streamed before: both set.
-        // (The bundled SQLite shares one page cache among the process's connections,
-        // as big as the sum of their sizes: these bound the sum, not each one.)
+        // probes rows by key, over and over the same inner pages: it keeps a cache for
+        // them (a page it misses comes from the system's file cache). The connection
+        // may have streamed before: both set.
         let cache_kib = if plan.since.is_none() {
             SCAN_CACHE_KIB
         } else {

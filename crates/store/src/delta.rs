@@ -217,8 +217,12 @@ pub(crate) fn delta_sql(plan: &SlicePlan, changed: &Changed<'_>) -> Vec<DeltaSql
                 touched = format!("{touched} OR {under}");
             }
             DeltaSql {
+                // A changed key whose row is not in the slice and cannot have left it
+                // says nothing to the device: such rows are not read out at all (a
+                // fleet's sync finds every other device's changes here).
                 changes: format!(
-                    "SELECT {gone}, {list} FROM ({keys}) c LEFT JOIN {table} ON {table}.{pk} = c.k AND {cond}"
+                    "SELECT {gone}, {list} FROM ({keys}) c LEFT JOIN {table} ON {table}.{pk} = c.k AND {cond} \
+                     WHERE c.g IS NOT NULL OR {table}.{pk} IS NOT NULL"
                 ),
                 slice_rows: format!(
                     "SELECT {}, {list} FROM {table} WHERE {cond} AND ({touched})",

@@ -393,6 +393,53 @@ mod tests {
         );
     }
 
+    /// A delta read from the changed keys reads out the rows to send and the keys that
+    /// may have left, not the keys changed elsewhere in the table (a fleet's sync finds
+    /// every other device's changes among them).
+    #[test]
+    fn a_delta_from_the_changes_reads_out_nothing_for_rows_changed_outside_the_slice() {
+        let dir = TempDir::new("changes");
+        let store = initialised(&dir, "main.sqlite");
+        let office = store.conn().unwrap();
+        office
+            .execute_batch(
+                "CREATE TABLE assets (id INTEGER PRIMARY KEY, region TEXT NOT NULL, notes TEXT);
+                 WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 1000)
+                 INSERT INTO assets (id, region) SELECT i, CASE WHEN i <= 10 THEN 'north' ELSE 'south' END FROM k;",
+            )
+            .unwrap();
+        store.track_table("assets").unwrap();
+        let plan = plan_for_dev1(&store, &put_north(&store));
+        let since: i64 = office
+            .query_row("SELECT max(version) FROM fieldsync_rows", [], |r| r.get(0))
+            .unwrap();
+        office
+            .execute_batch(
+                "UPDATE assets SET notes = 'checked';
+                 UPDATE assets SET region = 'south' WHERE id = 1;
+                 DELETE FROM assets WHERE id = 12;",
+            )
+            .unwrap();
+        let d = delta_queries(&plan, since);
+        let binds: Vec<_> = plan.tables[0].binds.iter().map(to_sql_value).collect();
+        let mut stmt = office.prepare(&d[0].changes).unwrap();
+        let mut read: Vec<(Option<i64>, Option<i64>)> = stmt
+            .query_map(rusqlite::params_from_iter(binds.iter()), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        read.sort();
+        // Nine rows of the north to send; 1 moved south and 12 deleted, keys that may
+        // have left; none of the 988 other rows changed in the south.
+        let mut expected: Vec<(Option<i64>, Option<i64>)> =
+            (2..=10).map(|id| (None, Some(id))).collect();
+        expected.extend([(Some(1), None), (Some(12), None)]);
+        expected.sort();
+        assert_eq!(read, expected);
+    }
+
     #[test]
     fn a_table_changed_far_beyond_its_slice_is_read_from_the_slice_by_its_index() {
         let dir = TempDir::new("drive");

@@ -432,7 +432,7 @@ mod tests {
             .unwrap();
         read.sort();
         // Nine rows of the north to send; 1 moved south and 12 deleted, keys that may
-        // have left; none of the 988 other rows changed in the south.
+        // have left; none of the 989 other rows changed in the south.
         let mut expected: Vec<(Option<i64>, Option<i64>)> =
             (2..=10).map(|id| (None, Some(id))).collect();
         expected.extend([(Some(1), None), (Some(12), None)]);

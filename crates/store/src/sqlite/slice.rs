@@ -335,18 +335,22 @@ mod tests {
     use crate::delta::tests::{from_the_slice_by_its_index, plan_for_dev1, put_north};
     use crate::sqlite::tests::initialised;
 
-    /// The SQLite steps of reading a table's delta from its slice, 3 of its rows
-    /// changed since the cursor, the table tracked with `rows` rows (every key stamped
-    /// as moved then).
-    fn steps_of_a_slice_delta(rows: i64) -> u64 {
-        use rusqlite::StatementStatus;
-        let dir = TempDir::new("steps");
-        let store = initialised(&dir, "main.sqlite");
+    /// A main database in `dir` with a tracked table `assets` of `rows` rows (`id`,
+    /// `region`, then `columns`), the first ten in the north and the rest in the south
+    /// (`then` run before the insert), task `north` planned for `dev1`, and the last
+    /// version before the office writes again.
+    fn north_among(
+        dir: &TempDir,
+        rows: i64,
+        columns: &str,
+        then: &str,
+    ) -> (SqliteStore, SlicePlan, i64) {
+        let store = initialised(dir, "main.sqlite");
         let office = store.conn().unwrap();
         office
             .execute_batch(&format!(
-                "CREATE TABLE assets (id INTEGER PRIMARY KEY, region TEXT NOT NULL);
-                 CREATE INDEX assets_by_region ON assets (region);
+                "CREATE TABLE assets (id INTEGER PRIMARY KEY, region TEXT NOT NULL{columns});
+                 {then}
                  WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < {rows})
                  INSERT INTO assets (id, region) SELECT i, CASE WHEN i <= 10 THEN 'north' ELSE 'south' END FROM k;"
             ))
@@ -356,6 +360,23 @@ mod tests {
         let since: i64 = office
             .query_row("SELECT max(version) FROM fieldsync_rows", [], |r| r.get(0))
             .unwrap();
+        drop(office);
+        (store, plan, since)
+    }
+
+    /// The SQLite steps of reading a table's delta from its slice, 3 of its rows
+    /// changed since the cursor, the table tracked with `rows` rows (every key stamped
+    /// as moved then).
+    fn steps_of_a_slice_delta(rows: i64) -> u64 {
+        use rusqlite::StatementStatus;
+        let dir = TempDir::new("steps");
+        let (store, plan, since) = north_among(
+            &dir,
+            rows,
+            "",
+            "CREATE INDEX assets_by_region ON assets (region);",
+        );
+        let office = store.conn().unwrap();
         office
             .execute_batch(
                 "UPDATE assets SET region = 'south' WHERE id = 1;
@@ -399,20 +420,8 @@ mod tests {
     #[test]
     fn a_delta_from_the_changes_reads_out_nothing_for_rows_changed_outside_the_slice() {
         let dir = TempDir::new("changes");
-        let store = initialised(&dir, "main.sqlite");
+        let (store, plan, since) = north_among(&dir, 1000, ", notes TEXT", "");
         let office = store.conn().unwrap();
-        office
-            .execute_batch(
-                "CREATE TABLE assets (id INTEGER PRIMARY KEY, region TEXT NOT NULL, notes TEXT);
-                 WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 1000)
-                 INSERT INTO assets (id, region) SELECT i, CASE WHEN i <= 10 THEN 'north' ELSE 'south' END FROM k;",
-            )
-            .unwrap();
-        store.track_table("assets").unwrap();
-        let plan = plan_for_dev1(&store, &put_north(&store));
-        let since: i64 = office
-            .query_row("SELECT max(version) FROM fieldsync_rows", [], |r| r.get(0))
-            .unwrap();
         office
             .execute_batch(
                 "UPDATE assets SET notes = 'checked';

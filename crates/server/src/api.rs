@@ -34,6 +34,8 @@ use crate::{throttle, tickets, uploads};
 pub struct AppState {
     pub store: Arc<dyn Store>,
     downloads: Arc<Downloads>,
+    /// Rows of the slices streamed whole lately: the next header's estimate.
+    estimates: Arc<crate::estimates::Estimates>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) seen: Arc<crate::seen::Seen>,
     /// Writes refused authentications to the audit log (`audit.rs`).
@@ -52,6 +54,7 @@ impl AppState {
             audit: Arc::new(crate::audit::Writer::start(store.clone())),
             store,
             downloads: Arc::new(Downloads::new(&limits)),
+            estimates: Arc::default(),
             ticket_ttl_ms: i64::try_from(limits.ticket_ttl.as_millis()).unwrap_or(i64::MAX),
             metrics: Arc::default(),
             seen: Arc::default(),
@@ -384,6 +387,10 @@ async fn download(
             device: device.id.clone(),
         };
         let mut plan = fieldsync_store::plan_slice(&*store, &task.def, &params)?;
+        plan.rows_estimate = state.estimates.get(
+            &crate::estimates::Estimates::key(&plan),
+            std::time::Instant::now(),
+        );
         let mut header = SliceHeader {
             protocol: PROTOCOL_VERSION,
             epoch: store.epoch()?,
@@ -427,6 +434,7 @@ async fn download(
     let body = download::start(
         st.store.clone(),
         st.metrics.clone(),
+        st.estimates.clone(),
         plan,
         header,
         session,

@@ -231,6 +231,7 @@ pub struct SessionInfo {
 pub fn start(
     store: Arc<dyn Store>,
     metrics: Arc<crate::metrics::Metrics>,
+    estimates: Arc<crate::estimates::Estimates>,
     plan: SlicePlan,
     header: SliceHeader,
     session: SessionInfo,
@@ -257,6 +258,11 @@ pub fn start(
                 Err(e) => Err(sink.failed(e)),
             }
         });
+        if let (Ok(rows), None) = (&streamed, sink.header.since) {
+            // Whole: the next download of this slice uses its rows as the estimate.
+            let key = crate::estimates::Estimates::key(&plan);
+            estimates.record(key, rows.clone(), std::time::Instant::now());
+        }
         let (mut result, mut message) = match &streamed {
             Ok(rows) => ("ok", format!("{} rows", rows.iter().sum::<u64>())),
             Err(_) if sink.device_gone => {

@@ -10,6 +10,7 @@ mod console;
 mod download;
 mod download_turns;
 pub mod error;
+mod estimates;
 pub mod files;
 mod integrators;
 mod metrics;

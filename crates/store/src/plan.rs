@@ -37,12 +37,29 @@ pub struct SlicePlan {
     /// store streams the whole slice instead when it cannot serve a right delta
     /// from it (a cursor ahead or unknown, history pruned).
     pub since: Option<Cursor>,
+    /// The rows each table is expected to send if the stream is a whole slice, for
+    /// the header's `rows_estimate` (the device's progress, nothing else): when the
+    /// caller has one for every table, the store sends it and does not count the
+    /// slice, a scan of it before the first row goes out.
+    pub rows_estimate: Option<Vec<u64>>,
 }
 
 impl SlicePlan {
     /// The index of table `name` in the plan.
     pub fn table_index(&self, name: &str) -> Option<usize> {
         self.tables.iter().position(|t| t.schema.name == name)
+    }
+
+    /// The rows each table of a whole slice is expected to send: the plan's
+    /// `rows_estimate` when it has one for every table, else `count` of each table.
+    pub(crate) fn rows_expected(
+        &self,
+        count: impl FnMut(&TablePlan) -> Result<u64>,
+    ) -> Result<Vec<u64>> {
+        match &self.rows_estimate {
+            Some(rows) if rows.len() == self.tables.len() => Ok(rows.clone()),
+            _ => self.tables.iter().map(count).collect(),
+        }
     }
 }
 
@@ -270,6 +287,7 @@ pub fn plan_slice(
         tables,
         device: params.device.clone(),
         since: None,
+        rows_estimate: None,
     })
 }
 

@@ -1611,6 +1611,24 @@ fn stream_slice_matches_sql(fx: &Fixture) {
         d2.cursor, d.cursor,
         "a write since the last download moves the cursor"
     );
+
+    // A plan that brings its rows' estimate is not counted: `begin` gets the
+    // estimate, and the rows are the slice's all the same.
+    let mut plan = plan_of(fx.store(), "north-inspections", "ana", "dev1");
+    plan.rows_estimate = Some(vec![7, 3]);
+    let mut sink = Collect::default();
+    let sent = fx.store().stream_slice(&plan, &mut sink).unwrap();
+    assert_eq!(sink.counts, [7, 3], "the estimate, not a count");
+    assert_eq!(sent, [assets.len() as u64, inspections.len() as u64]);
+    assert_eq!(
+        sink.rows.iter().map(Vec::len).collect::<Vec<_>>(),
+        [assets.len(), inspections.len()]
+    );
+    // One for another number of tables is not the plan's: counted.
+    plan.rows_estimate = Some(vec![7]);
+    let mut sink = Collect::default();
+    fx.store().stream_slice(&plan, &mut sink).unwrap();
+    assert_eq!(sink.counts, [assets.len() as u64, inspections.len() as u64]);
 }
 
 /// Check 5: integrate: applied once, repeats apply nothing, a forbidden entry refuses all.

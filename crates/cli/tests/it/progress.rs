@@ -223,6 +223,72 @@ fn without_a_terminal_each_phase_ends_in_one_line() {
     );
 }
 
+/// The rows the replica of `dev` holds in all its tables.
+fn replica_rows(dev: &DeviceDir) -> u64 {
+    dev.replica()
+        .query_row(
+            "SELECT (SELECT count(*) FROM assets) + (SELECT count(*) FROM inspections)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// The rows the header of `dev`'s replica said would come, in all its tables.
+fn header_estimate(dev: &DeviceDir) -> u64 {
+    let header: String = dev
+        .replica()
+        .query_row(
+            "SELECT value FROM fieldsync_replica WHERE key = 'header'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let header: Json = serde_json::from_str(&header).unwrap();
+    header["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["rows_estimate"].as_u64().unwrap())
+        .sum()
+}
+
+/// The header's estimate is the rows phase's total. The first download of a slice
+/// counts it; the next one within minutes takes the rows the last one sent (the server
+/// does not scan the slice again before its first row), and the total grows to what
+/// arrives, never below it; the replica holds every row either way.
+#[test]
+fn a_slices_next_download_takes_the_last_ones_rows_as_its_estimate() {
+    let office = Office::new(300);
+    let dev = office.device("tab1", &[TASK]);
+    dev.login("ana").ok();
+    dev.run(&["download", TASK], "").ok();
+    let n = replica_rows(&dev);
+    assert_eq!(header_estimate(&dev), n, "the first download counts");
+    office.execute_batch(
+        "INSERT INTO assets (id, name, category, status, region) VALUES
+         (9001, 'a', 'pump', 'active', 'north'), (9002, 'b', 'pump', 'active', 'north'),
+         (9003, 'c', 'pump', 'active', 'north'), (9004, 'd', 'pump', 'active', 'north'),
+         (9005, 'e', 'pump', 'active', 'north')",
+    );
+    let again = dev
+        .run(&["download", TASK, "--full", "--progress", "json"], "")
+        .ok();
+    assert_eq!(replica_rows(&dev), n + 5, "every row arrived");
+    assert_eq!(header_estimate(&dev), n, "what the last download sent");
+    let rows: Vec<(u64, u64)> = again
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str::<Json>(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .filter(|l| l["phase"] == "transfer" && l["unit"] == "rows")
+        .map(|l| (l["done"].as_u64().unwrap(), l["total"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(rows.last(), Some(&(n + 5, n + 5)), "{}", again.stderr);
+    // A download after that takes its rows.
+    dev.run(&["download", TASK, "--full"], "").ok();
+    assert_eq!(header_estimate(&dev), n + 5);
+}
+
 /// A north device whose server is reached through a fault proxy, one change pending.
 fn device_behind_proxy(office: &Office) -> (DeviceDir, FaultProxy) {
     let dev = north_device(office);

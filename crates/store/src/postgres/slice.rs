@@ -45,15 +45,15 @@ impl Slices for PgStore {
             },
         };
         let n = plan.tables.len();
-        let mut counts = vec![0; n];
-        if since.is_none() {
-            for (t, count) in plan.tables.iter().zip(&mut counts) {
+        let counts = match since {
+            Some(_) => vec![0; n],
+            None => plan.rows_expected(|t| {
                 let binds: Vec<Bind<'_>> = t.binds.iter().map(Bind).collect();
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                     binds.iter().map(|b| b as _).collect();
-                *count = tx.query_one(&t.count_sql, &refs)?.get::<_, i64>(0) as u64;
-            }
-        }
+                Ok(tx.query_one(&t.count_sql, &refs)?.get::<_, i64>(0) as u64)
+            })?,
+        };
         sink.begin(Cursor::from_raw(cursor), &counts, refused)?;
         let delta = since.map(|since| delta_queries(plan, since));
         let mut sent = vec![0; if delta.is_some() { 2 * n } else { n }];

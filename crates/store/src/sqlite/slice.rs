@@ -89,17 +89,17 @@ impl Slices for SqliteStore {
             },
         };
         let n = plan.tables.len();
-        let mut counts = vec![0; n];
-        if since.is_none() {
-            for (t, count) in plan.tables.iter().zip(&mut counts) {
+        let counts = match since {
+            Some(_) => vec![0; n],
+            None => plan.rows_expected(|t| {
                 let binds: Vec<_> = t.binds.iter().map(to_sql_value).collect();
-                *count = tx.query_row(
+                Ok(tx.query_row(
                     &t.count_sql,
                     rusqlite::params_from_iter(binds.iter()),
                     |r| r.get::<_, i64>(0),
-                )? as u64;
-            }
-        }
+                )? as u64)
+            })?,
+        };
         self.record_base(&plan.device, cursor)?;
         sink.begin(Cursor::from_raw(cursor), &counts, refused)?;
         let delta = since.map(|since| delta_queries(plan, since));

@@ -379,7 +379,7 @@ async fn download(
     .await?;
     let turn = st.downloads.turn(device_turn).await?;
     let state = st.clone();
-    let (plan, header, turn) = blocking(move || {
+    let (plan, header, turn, estimate_key) = blocking(move || {
         let store = state.store.clone();
         tickets::downloading(&state, &session, &task.def.name);
         let params = Params {
@@ -387,10 +387,10 @@ async fn download(
             device: device.id.clone(),
         };
         let mut plan = fieldsync_store::plan_slice(&*store, &task.def, &params)?;
-        plan.rows_estimate = state.estimates.get(
-            &crate::estimates::Estimates::key(&plan),
-            std::time::Instant::now(),
-        );
+        let estimate_key = crate::estimates::Estimates::key(&plan);
+        plan.rows_estimate = state
+            .estimates
+            .get(&estimate_key, std::time::Instant::now());
         let mut header = SliceHeader {
             protocol: PROTOCOL_VERSION,
             epoch: store.epoch()?,
@@ -416,7 +416,7 @@ async fn download(
             plan.since = position.map(|p| p.cursor);
             header.since = plan.since;
         }
-        Ok((plan, header, turn))
+        Ok((plan, header, turn, estimate_key))
     })
     .await?;
     let session = download::SessionInfo {
@@ -434,7 +434,7 @@ async fn download(
     let body = download::start(
         st.store.clone(),
         st.metrics.clone(),
-        st.estimates.clone(),
+        (st.estimates.clone(), estimate_key),
         plan,
         header,
         session,

@@ -227,11 +227,12 @@ pub struct SessionInfo {
 }
 
 /// Starts streaming `plan`; the returned body yields the compressed frames. The
-/// session is recorded in the sync history when the stream ends.
+/// session is recorded in the sync history when the stream ends, and a whole slice's
+/// rows in `estimates` under the plan's key (`Estimates::key`).
 pub fn start(
     store: Arc<dyn Store>,
     metrics: Arc<crate::metrics::Metrics>,
-    estimates: Arc<crate::estimates::Estimates>,
+    (estimates, estimate_key): (Arc<crate::estimates::Estimates>, String),
     plan: SlicePlan,
     header: SliceHeader,
     session: SessionInfo,
@@ -260,8 +261,7 @@ pub fn start(
         });
         if let (Ok(rows), None) = (&streamed, sink.header.since) {
             // Whole: the next download of this slice uses its rows as the estimate.
-            let key = crate::estimates::Estimates::key(&plan);
-            estimates.record(key, rows.clone(), std::time::Instant::now());
+            estimates.record(estimate_key, rows.clone(), std::time::Instant::now());
         }
         let (mut result, mut message) = match &streamed {
             Ok(rows) => ("ok", format!("{} rows", rows.iter().sum::<u64>())),

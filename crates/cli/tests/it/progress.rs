@@ -147,17 +147,21 @@ fn a_large_send_on_a_terminal_advances_before_its_end_and_leaves_clean_lines() {
     eprintln!("{} drawings; the last: {}", draws.len(), lines[0]);
 }
 
+/// Each line of `stderr` as JSON; a line that is not JSON fails the test.
+fn json_lines(stderr: &str) -> Vec<Json> {
+    stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
 #[test]
 fn progress_json_is_json_lines_only_and_the_final_error_is_one_too() {
     let office = Office::new(300);
     let dev = north_device(&office);
     insert_inspections(&dev, 20, "json");
     let sent = dev.run(&["sync", "--full", "--progress", "json"], "").ok();
-    let lines: Vec<Json> = sent
-        .stderr
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
-        .collect();
+    let lines = json_lines(&sent.stderr);
     let phases: Vec<&str> = lines.iter().filter_map(|l| l["phase"].as_str()).collect();
     for want in ["send", "prepare", "transfer", "store"] {
         assert!(phases.contains(&want), "{want} in {phases:?}");
@@ -188,11 +192,7 @@ fn progress_json_is_json_lines_only_and_the_final_error_is_one_too() {
         ],
     );
     assert_eq!(failed.code, 1, "{failed:?}");
-    let lines: Vec<Json> = failed
-        .stderr
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
-        .collect();
+    let lines = json_lines(&failed.stderr);
     let last = lines.last().expect("at least the error line");
     assert_eq!(last["exit"], 1, "{last}");
     assert!(
@@ -260,9 +260,7 @@ fn header_estimate(dev: &DeviceDir) -> u64 {
 #[test]
 fn a_slices_next_download_takes_the_last_ones_rows_as_its_estimate() {
     let office = Office::new(300);
-    let dev = office.device("tab1", &[TASK]);
-    dev.login("ana").ok();
-    dev.run(&["download", TASK], "").ok();
+    let dev = north_device(&office);
     let n = replica_rows(&dev);
     assert_eq!(header_estimate(&dev), n, "the first download counts");
     office.execute_batch(
@@ -276,10 +274,8 @@ fn a_slices_next_download_takes_the_last_ones_rows_as_its_estimate() {
         .ok();
     assert_eq!(replica_rows(&dev), n + 5, "every row arrived");
     assert_eq!(header_estimate(&dev), n, "what the last download sent");
-    let rows: Vec<(u64, u64)> = again
-        .stderr
-        .lines()
-        .map(|l| serde_json::from_str::<Json>(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+    let rows: Vec<(u64, u64)> = json_lines(&again.stderr)
+        .into_iter()
         .filter(|l| l["phase"] == "transfer" && l["unit"] == "rows")
         .map(|l| (l["done"].as_u64().unwrap(), l["total"].as_u64().unwrap()))
         .collect();

@@ -102,9 +102,14 @@ fn put_frame_of(out: &mut Vec<u8>, kind: u8, parts: &[&[u8]]) {
     }
 }
 
-/// Builds the frames of one stream and keeps the running checksum the trailer needs.
+/// Builds the frames of one stream and keeps the running checksum the trailer needs:
+/// the header's and the rows' apart, so that a stream's rows can be checksummed (and
+/// kept, and [spliced](Self::splice) into another stream) on their own.
 #[derive(Default)]
 pub struct FrameEncoder {
+    /// The header's frame.
+    head: crc32fast::Hasher,
+    /// The frames after the header.
     crc: crc32fast::Hasher,
     batch: Vec<u8>,
     batch_table: Option<usize>,
@@ -127,6 +132,7 @@ impl FrameEncoder {
         self.rows = vec![0; header.lanes().len()];
         let json = serde_json::to_vec(header).expect("header serializes");
         self.emit(out, KIND_HEADER, &json);
+        self.head = std::mem::take(&mut self.crc);
     }
 
     /// Adds one row of table `table_idx`; a batch is written to `out` when full.
@@ -227,9 +233,30 @@ impl FrameEncoder {
         &self.rows
     }
 
+    /// The checksum of the frames written after the header (call [`flush`](Self::flush)
+    /// first for all of them).
+    pub fn rows_checksum(&self) -> crc32fast::Hasher {
+        self.crc.clone()
+    }
+
+    /// Takes `rows` per table, whose frames (checksummed `crc`) the caller wrote after
+    /// the header itself, as if they had been encoded here. Refused (`false`, nothing
+    /// changed) unless no row was encoded yet and `rows` names every lane.
+    pub fn splice(&mut self, rows: &[u64], crc: crc32fast::Hasher) -> bool {
+        let fresh = self.batch_table.is_none() && self.rows.iter().all(|n| *n == 0);
+        if !fresh || rows.len() != self.rows.len() {
+            return false;
+        }
+        self.rows = rows.to_vec();
+        self.crc = crc;
+        true
+    }
+
     pub fn trailer(&mut self, out: &mut Vec<u8>, cursor: Cursor) {
         self.flush(out);
-        let checksum = trailer_checksum(self.crc.clone(), &self.rows, cursor);
+        let mut all = self.head.clone();
+        all.combine(&self.crc);
+        let checksum = trailer_checksum(all, &self.rows, cursor);
         let trailer = SliceTrailer {
             rows: self.rows.clone(),
             checksum,

@@ -198,29 +198,125 @@ fn the_streams_blocks_are_at_most_32_kib() {
     }
     w.trailer(Cursor::from_raw(1)).unwrap();
     let bytes = w.finish().unwrap();
-    // Magic, frame header descriptor (no dictionary, no content size), window descriptor.
-    assert_eq!(bytes[4] & 0xe7, 0x04, "checksum flag only");
-    let mut at = 6;
-    let mut raw = Vec::new();
-    loop {
-        let h = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], 0]);
-        let (last, kind, size) = (h & 1 == 1, (h >> 1) & 3, (h >> 3) as usize);
-        at += 3;
-        match kind {
-            0 => {
-                raw.push(size);
-                at += size;
-            }
-            1 => at += 1,
-            _ => at += size,
-        }
-        if last {
-            break;
-        }
-    }
-    assert_eq!(bytes.len(), at + 4, "the content checksum ends the frame");
+    let frames = zstd_frames(&bytes);
+    assert_eq!(
+        frames.len(),
+        3,
+        "header, rows and trailer, a zstd frame each"
+    );
+    let raw: Vec<usize> = frames.into_iter().flatten().collect();
     assert!(raw.len() >= 8, "random rows are stored raw: {raw:?}");
     assert_eq!(raw.iter().max(), Some(&(super::ZSTD_BLOCK_MAX as usize)));
+}
+
+/// The zstd frames of `bytes`, each as the sizes of its raw (stored) blocks; each
+/// frame checked to have the stream's shape on the way.
+fn zstd_frames(bytes: &[u8]) -> Vec<Vec<usize>> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        assert_eq!(
+            &bytes[at..at + 4],
+            &[0x28, 0xb5, 0x2f, 0xfd],
+            "magic at {at}"
+        );
+        // Frame header descriptor (no dictionary, no content size), window descriptor.
+        assert_eq!(bytes[at + 4] & 0xe7, 0x04, "checksum flag only");
+        at += 6;
+        let mut raw = Vec::new();
+        loop {
+            let h = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], 0]);
+            let (last, kind, size) = (h & 1 == 1, (h >> 1) & 3, (h >> 3) as usize);
+            at += 3;
+            match kind {
+                0 => {
+                    raw.push(size);
+                    at += size;
+                }
+                1 => at += 1,
+                _ => at += size,
+            }
+            if last {
+                break;
+            }
+        }
+        // The content checksum ends the frame.
+        at += 4;
+        frames.push(raw);
+    }
+    assert_eq!(at, bytes.len());
+    frames
+}
+
+/// The bytes a stream's writer put out between its header and its trailer: the zstd
+/// frame of its rows, as a server keeps it.
+fn rows_frame(n: i64) -> (Vec<u8>, Vec<u64>, crc32fast::Hasher) {
+    let mut w = SliceWriter::new(Vec::new()).unwrap();
+    w.header(&header()).unwrap();
+    let start = w.get_mut().len();
+    for i in 0..n {
+        w.row(0, row(i).iter().map(ValueRef::from)).unwrap();
+    }
+    w.row(1, [ValueRef::Integer(7)]).unwrap();
+    w.trailer(Cursor::from_raw(5)).unwrap();
+    let kept = w.get_mut()[start..].to_vec();
+    (kept, w.rows().to_vec(), w.rows_checksum())
+}
+
+#[test]
+fn rows_kept_from_one_stream_are_sent_again_after_another_header() {
+    let (kept, rows, crc) = rows_frame(2000);
+    assert_eq!(zstd_frames(&kept).len(), 1, "the rows are one zstd frame");
+    let mut other = header();
+    other.device = "another device".into();
+    other.full_reason = Some(crate::wire::FullReason::Requested);
+    let mut w = SliceWriter::new(Vec::new()).unwrap();
+    w.header(&other).unwrap();
+    w.splice_rows(&rows, crc.clone(), |out| {
+        out.extend_from_slice(&kept);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(w.rows(), [2000, 1]);
+    w.trailer(Cursor::from_raw(77)).unwrap();
+    let (h, got, t) = read_all(&w.finish().unwrap()).unwrap();
+    assert_eq!(h, other);
+    let (_, want, _) = read_all(&written(2000)).unwrap();
+    assert_eq!(got, want, "the same rows as the stream they were kept from");
+    assert_eq!((t.rows, t.cursor), (vec![2000, 1], Cursor::from_raw(77)));
+
+    // Rows that are not what their checksum says fail the trailer's checksum.
+    let (fewer, _, _) = rows_frame(1999);
+    let mut w = SliceWriter::new(Vec::new()).unwrap();
+    w.header(&other).unwrap();
+    w.splice_rows(&[1999, 1], crc.clone(), |out| {
+        out.extend_from_slice(&fewer);
+        Ok(())
+    })
+    .unwrap();
+    w.trailer(Cursor::from_raw(77)).unwrap();
+    assert!(refusal(&w.finish().unwrap()).contains("checksum"));
+
+    // A delta's stream is one zstd frame, and takes no spliced rows.
+    let mut delta = header();
+    delta.since = Some(Cursor::from_raw(3));
+    let mut w = SliceWriter::new(Vec::new()).unwrap();
+    w.header(&delta).unwrap();
+    w.row(0, row(1).iter().map(ValueRef::from)).unwrap();
+    w.trailer(Cursor::from_raw(4)).unwrap();
+    assert_eq!(zstd_frames(&w.finish().unwrap()).len(), 1);
+    let mut w = SliceWriter::new(Vec::new()).unwrap();
+    w.header(&delta).unwrap();
+    let keys = [2000, 1, 0, 0];
+    assert!(w.splice_rows(&keys, crc.clone(), |_| Ok(())).is_err());
+
+    // Only right after the header, and for every lane.
+    let mut w = SliceWriter::new(Vec::new()).unwrap();
+    w.header(&other).unwrap();
+    let copied = |_: &mut Vec<u8>| Ok(());
+    assert!(w.splice_rows(&[1], crc.clone(), copied).is_err());
+    w.row(1, [ValueRef::Integer(7)]).unwrap();
+    assert!(w.splice_rows(&rows, crc, copied).is_err());
 }
 
 #[test]

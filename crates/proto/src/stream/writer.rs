@@ -27,10 +27,12 @@ enum State {
 pub struct SliceWriter<W: Write> {
     frames: FrameEncoder,
     out: Vec<u8>,
-    zstd: zstd::stream::write::Encoder<'static, W>,
+    zstd: Frames<W>,
     state: State,
     /// Width of each lane of the header (its tables, and in a delta their left keys).
     widths: Vec<usize>,
+    /// A whole slice's stream: its rows are a zstd frame of their own.
+    whole: bool,
 }
 
 fn misuse(what: &str) -> io::Error {
@@ -41,16 +43,11 @@ impl<W: Write> SliceWriter<W> {
     /// A stream into `inner`, compressed at [`super::ZSTD_LEVEL`] with a window of
     /// [`super::ZSTD_WINDOW_LOG`] and zstd's own checksum.
     pub fn new(inner: W) -> io::Result<Self> {
-        let mut zstd = zstd::stream::write::Encoder::new(inner, super::ZSTD_LEVEL)?;
-        zstd.include_checksum(true)?;
-        zstd.window_log(super::ZSTD_WINDOW_LOG)?;
-        zstd.set_parameter(zstd::zstd_safe::CParameter::MaxBlockSize(
-            super::ZSTD_BLOCK_MAX,
-        ))?;
         Ok(SliceWriter {
             frames: FrameEncoder::new(),
             out: Vec::with_capacity(DRAIN_BYTES + frame::BATCH_TARGET_BYTES + 1024),
-            zstd,
+            zstd: Frames::new(inner)?,
+            whole: false,
             state: State::Fresh,
             widths: Vec::new(),
         })
@@ -74,7 +71,49 @@ impl<W: Write> SliceWriter<W> {
         self.widths = header.lanes();
         self.frames.header(&mut self.out, header);
         self.state = State::Rows;
-        self.drain(true)
+        self.drain(true)?;
+        // A whole slice's header is a zstd frame of its own, and so are the rows after
+        // it: a stream's rows can be kept as they were sent and sent again after
+        // another header (`splice_rows`). A delta's (never kept) stays one frame.
+        self.whole = header.since.is_none();
+        if self.whole {
+            self.zstd.end_frame()?;
+        }
+        Ok(())
+    }
+
+    /// The rows of another whole slice's stream of the same lanes, as that stream's
+    /// zstd frame of rows (what its writer wrote between [`header`](Self::header) and
+    /// [`trailer`](Self::trailer) returning), copied into `W` by `copy`: `rows` per
+    /// lane and `crc`, the checksum of their frames
+    /// ([`FrameEncoder::rows_checksum`]), count as written here. Only right after the
+    /// header; the caller vouches for the copied bytes (the reader checks them).
+    pub fn splice_rows(
+        &mut self,
+        rows: &[u64],
+        crc: crc32fast::Hasher,
+        copy: impl FnOnce(&mut W) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if self.state != State::Rows || !self.out.is_empty() || !self.whole {
+            return Err(misuse(
+                "rows spliced other than right after a whole slice's header",
+            ));
+        }
+        if !self.frames.splice(rows, crc) {
+            return Err(misuse("rows spliced after rows, or of other lanes"));
+        }
+        copy(&mut self.zstd.inner)
+    }
+
+    /// The inner writer (between zstd frames, whole frames have reached it).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.zstd.inner
+    }
+
+    /// The checksum of the rows written so far (complete once
+    /// [`trailer`](Self::trailer) returned).
+    pub fn rows_checksum(&self) -> crc32fast::Hasher {
+        self.frames.rows_checksum()
     }
 
     /// One row of lane `table_idx` (see `SliceHeader::lanes`): a table's row, its
@@ -111,6 +150,12 @@ impl<W: Write> SliceWriter<W> {
         if self.state != State::Rows {
             return Err(misuse("a trailer without a header, or twice"));
         }
+        if self.whole {
+            // The rows' zstd frame ends before the trailer, which goes in one of its own.
+            self.frames.flush(&mut self.out);
+            self.drain(true)?;
+            self.zstd.end_frame()?;
+        }
         self.frames.trailer(&mut self.out, cursor);
         self.state = State::Ended;
         Ok(())
@@ -133,6 +178,71 @@ impl<W: Write> SliceWriter<W> {
     /// truncated.
     pub fn finish(mut self) -> io::Result<W> {
         self.drain(true)?;
-        self.zstd.finish()
+        self.zstd.end_frame()?;
+        Ok(self.zstd.inner)
+    }
+}
+
+/// zstd frames one after another into `W`, each ended when the writer says: at
+/// [`super::ZSTD_LEVEL`], with a window of [`super::ZSTD_WINDOW_LOG`], blocks of at
+/// most [`super::ZSTD_BLOCK_MAX`] and zstd's own checksum of each frame.
+struct Frames<W> {
+    zstd: zstd::stream::raw::Encoder<'static>,
+    inner: W,
+    /// What the compressor gives back, on its way to `inner`.
+    buf: Vec<u8>,
+    /// A frame begun and not ended.
+    open: bool,
+}
+
+impl<W: Write> Frames<W> {
+    fn new(inner: W) -> io::Result<Self> {
+        use zstd::stream::raw::CParameter;
+        let mut zstd = zstd::stream::raw::Encoder::new(super::ZSTD_LEVEL)?;
+        zstd.set_parameter(CParameter::ChecksumFlag(true))?;
+        zstd.set_parameter(CParameter::WindowLog(super::ZSTD_WINDOW_LOG))?;
+        zstd.set_parameter(CParameter::MaxBlockSize(super::ZSTD_BLOCK_MAX))?;
+        Ok(Frames {
+            zstd,
+            inner,
+            buf: Vec::with_capacity(zstd::zstd_safe::CCtx::out_size()),
+            open: false,
+        })
+    }
+
+    /// Compresses `data` into the open frame (a new one if none is).
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.open = true;
+        let mut input = InBuffer::around(data);
+        while input.pos() < data.len() {
+            self.buf.clear();
+            let mut out = OutBuffer::around(&mut self.buf);
+            self.zstd.run(&mut input, &mut out)?;
+            self.inner.write_all(out.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Ends the open frame, if one is: what it holds reaches `inner`.
+    fn end_frame(&mut self) -> io::Result<()> {
+        use zstd::stream::raw::{Operation, OutBuffer};
+        if !self.open {
+            return Ok(());
+        }
+        loop {
+            self.buf.clear();
+            let mut out = OutBuffer::around(&mut self.buf);
+            let left = self.zstd.finish(&mut out, false)?;
+            self.inner.write_all(out.as_slice())?;
+            if left == 0 {
+                break;
+            }
+        }
+        self.open = false;
+        self.zstd.reinit()
     }
 }

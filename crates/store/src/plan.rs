@@ -37,6 +37,10 @@ pub struct SlicePlan {
     /// store streams the whole slice instead when it cannot serve a right delta
     /// from it (a cursor ahead or unknown, history pruned).
     pub since: Option<Cursor>,
+    /// The device whose download `since` was, when not `device`: a server checking
+    /// that a slice streamed for one device is still the slice now, with a delta from
+    /// that stream's cursor (`server/src/kept.rs`). Never from a request.
+    pub since_of: Option<String>,
     /// The rows each table is expected to send if the stream is a whole slice, for
     /// the header's `rows_estimate` (the device's progress, nothing else): when the
     /// caller has one for every table, the store sends it and does not count the
@@ -45,6 +49,11 @@ pub struct SlicePlan {
 }
 
 impl SlicePlan {
+    /// The device whose download the cursor `since` must be.
+    pub(crate) fn since_owner(&self) -> &str {
+        self.since_of.as_deref().unwrap_or(&self.device)
+    }
+
     /// The index of table `name` in the plan.
     pub fn table_index(&self, name: &str) -> Option<usize> {
         self.tables.iter().position(|t| t.schema.name == name)
@@ -287,6 +296,7 @@ pub fn plan_slice(
         tables,
         device: params.device.clone(),
         since: None,
+        since_of: None,
         rows_estimate: None,
     })
 }

@@ -39,7 +39,7 @@ impl Slices for PgStore {
             .get(0);
         let (since, refused) = match plan.since {
             None => (None, None),
-            Some(since) => match delta_refused(&mut tx, &plan.device, since.raw(), cursor)? {
+            Some(since) => match delta_refused(&mut tx, plan.since_owner(), since.raw(), cursor)? {
                 None => (Some(since.raw()), None),
                 Some(reason) => (None, Some(reason)),
             },

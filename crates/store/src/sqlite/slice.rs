@@ -83,7 +83,7 @@ impl Slices for SqliteStore {
         )?;
         let (since, refused) = match plan.since {
             None => (None, None),
-            Some(since) => match delta_refused(&tx, &plan.device, since.raw(), cursor)? {
+            Some(since) => match delta_refused(&tx, plan.since_owner(), since.raw(), cursor)? {
                 None => (Some(since.raw()), None),
                 Some(reason) => (None, Some(reason)),
             },

@@ -36,6 +36,8 @@ pub struct AppState {
     downloads: Arc<Downloads>,
     /// Rows of the slices streamed whole lately: the next header's estimate.
     estimates: Arc<crate::estimates::Estimates>,
+    /// The rows of big slices streamed whole lately, kept to be sent again.
+    kept: Arc<crate::kept::Kept>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) seen: Arc<crate::seen::Seen>,
     /// Writes refused authentications to the audit log (`audit.rs`).
@@ -55,6 +57,7 @@ impl AppState {
             store,
             downloads: Arc::new(Downloads::new(&limits)),
             estimates: Arc::default(),
+            kept: Arc::default(),
             ticket_ttl_ms: i64::try_from(limits.ticket_ttl.as_millis()).unwrap_or(i64::MAX),
             metrics: Arc::default(),
             seen: Arc::default(),
@@ -379,7 +382,7 @@ async fn download(
     .await?;
     let turn = st.downloads.turn(device_turn).await?;
     let state = st.clone();
-    let (plan, header, turn, estimate_key) = blocking(move || {
+    let (plan, header, turn, estimate_key, kept_key) = blocking(move || {
         let store = state.store.clone();
         tickets::downloading(&state, &session, &task.def.name);
         let params = Params {
@@ -416,7 +419,8 @@ async fn download(
             plan.since = position.map(|p| p.cursor);
             header.since = plan.since;
         }
-        Ok((plan, header, turn, estimate_key))
+        let kept_key = crate::kept::Kept::key(&plan, &header);
+        Ok((plan, header, turn, estimate_key, kept_key))
     })
     .await?;
     let session = download::SessionInfo {
@@ -434,7 +438,10 @@ async fn download(
     let body = download::start(
         st.store.clone(),
         st.metrics.clone(),
-        (st.estimates.clone(), estimate_key),
+        download::Lately {
+            estimates: (st.estimates.clone(), estimate_key),
+            kept: (st.kept.clone(), kept_key),
+        },
         plan,
         header,
         session,

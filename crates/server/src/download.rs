@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::download_turns::DownloadTurn;
 use crate::error::ApiError;
+use crate::kept::{self, Kept, KeptStream, Recording};
 
 /// Bytes handed to the HTTP body at a time, and how many may wait in the channel: at
 /// most ~160 KiB per download in flight (with 64 KiB chunks and eight of them, the
@@ -58,6 +59,9 @@ struct ChunkWriter {
     buf: Vec<u8>,
     /// Compressed bytes handed to the body so far.
     n_bytes: u64,
+    /// While a whole stream's rows go through, their bytes kept too (`kept.rs`); gone
+    /// at the recording's first failure.
+    recording: Option<Recording>,
 }
 
 impl ChunkWriter {
@@ -78,6 +82,11 @@ impl ChunkWriter {
 
 impl Write for ChunkWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if let Some(r) = &mut self.recording
+            && r.write(data).is_err()
+        {
+            self.recording = None;
+        }
         if self.buf.len() + data.len() > self.buf.capacity() {
             self.send()?;
         }
@@ -104,6 +113,22 @@ struct StreamSink {
 }
 
 impl StreamSink {
+    /// A kept stream's rows after a header of this download's own, at `cursor` (the
+    /// snapshot in which the store found them still the slice's).
+    fn resend(&mut self, stream: &KeptStream, cursor: Cursor) -> Result<Vec<u64>, StoreError> {
+        self.cursor = cursor;
+        for (t, n) in self.header.tables.iter_mut().zip(stream.rows()) {
+            t.rows_estimate = *n;
+        }
+        self.writer
+            .header(&self.header)
+            .map_err(|e| self.failed(e))?;
+        self.writer
+            .splice_rows(stream.rows(), stream.crc(), |w| stream.copy_to(w))
+            .map_err(|e| self.failed(e))?;
+        Ok(stream.rows().to_vec())
+    }
+
     /// A failed write: the device went away, unless the writer refused its input.
     fn failed(&mut self, e: io::Error) -> StoreError {
         if e.kind() == io::ErrorKind::InvalidInput {
@@ -129,7 +154,15 @@ impl SliceSink for StreamSink {
         for (t, n) in self.header.tables.iter_mut().zip(rows_per_table) {
             t.rows_estimate = *n;
         }
-        self.writer.header(&self.header).map_err(|e| self.failed(e))
+        self.writer
+            .header(&self.header)
+            .map_err(|e| self.failed(e))?;
+        // A whole stream expected to be big is recorded, to be kept.
+        let whole = self.header.since.is_none();
+        if whole && rows_per_table.iter().sum::<u64>() >= kept::MIN_ROWS {
+            self.writer.get_mut().recording = Recording::start();
+        }
+        Ok(())
     }
 
     fn row(
@@ -226,13 +259,22 @@ pub struct SessionInfo {
     pub started: std::time::Instant,
 }
 
-/// Starts streaming `plan`; the returned body yields the compressed frames. The
-/// session is recorded in the sync history when the stream ends, and a whole slice's
-/// rows in `estimates` under the plan's key (`Estimates::key`).
+/// What a download may take from and leave for the next ones: the estimates of
+/// slices' rows (`estimates.rs`) and the kept streams (`kept.rs`), each with this
+/// download's slice's key in it.
+pub struct Lately {
+    pub(crate) estimates: (Arc<crate::estimates::Estimates>, String),
+    pub(crate) kept: (Arc<Kept>, String),
+}
+
+/// Starts streaming `plan`; the returned body yields the compressed frames. A whole
+/// download of a slice kept unchanged since (`kept.rs`) sends the kept rows again. The
+/// session is recorded in the sync history when the stream ends, a whole slice's rows
+/// in the estimates and a big whole stream's rows kept, under the slice's keys.
 pub fn start(
     store: Arc<dyn Store>,
     metrics: Arc<crate::metrics::Metrics>,
-    (estimates, estimate_key): (Arc<crate::estimates::Estimates>, String),
+    lately: Lately,
     plan: SlicePlan,
     header: SliceHeader,
     session: SessionInfo,
@@ -243,6 +285,7 @@ pub fn start(
         tx: tx.clone(),
         buf: Vec::with_capacity(CHUNK_BYTES),
         n_bytes: 0,
+        recording: None,
     };
     let mut sink = StreamSink {
         header,
@@ -250,20 +293,43 @@ pub fn start(
         cursor: Cursor::from_raw(0),
         device_gone: false,
     };
+    let Lately {
+        estimates: (estimates, estimate_key),
+        kept: (kept, kept_key),
+    } = lately;
     tokio::task::spawn_blocking(move || {
         // The download's turn ends with this thread.
         let _turn = turn;
-        let streamed = store.stream_slice(&plan, &mut sink).and_then(|rows| {
-            match sink.writer.trailer(sink.cursor) {
-                Ok(()) => Ok(rows),
-                Err(e) => Err(sink.failed(e)),
-            }
+        let now = std::time::Instant::now();
+        let resent = match sink.header.since {
+            None => kept
+                .get(&kept_key, now)
+                .and_then(|s| s.still_current(&*store, &plan).map(|c| (s, c))),
+            Some(_) => None,
+        };
+        let streamed = match &resent {
+            Some((stream, cursor)) => sink.resend(stream, *cursor),
+            None => store.stream_slice(&plan, &mut sink),
+        }
+        .and_then(|rows| match sink.writer.trailer(sink.cursor) {
+            Ok(()) => Ok(rows),
+            Err(e) => Err(sink.failed(e)),
         });
         if let (Ok(rows), None) = (&streamed, sink.header.since) {
-            // Whole: the next download of this slice uses its rows as the estimate.
-            estimates.record(estimate_key, rows.clone(), std::time::Instant::now());
+            // Whole: the next download of this slice uses its rows as the estimate,
+            // and may send them again if they were recorded whole.
+            estimates.record(estimate_key, rows.clone(), now);
+            if let Some(recording) = sink.writer.get_mut().recording.take() {
+                let rows = (rows.clone(), sink.writer.rows_checksum());
+                let at = (sink.cursor, sink.header.device.clone());
+                kept.keep(kept_key, recording, rows, at, now);
+            }
         }
         let (mut result, mut message) = match &streamed {
+            Ok(rows) if resent.is_some() => (
+                "ok",
+                format!("{} rows, the slice's kept stream", rows.iter().sum::<u64>()),
+            ),
             Ok(rows) => ("ok", format!("{} rows", rows.iter().sum::<u64>())),
             Err(_) if sink.device_gone => {
                 ("cancelled", "the device closed the download".to_string())

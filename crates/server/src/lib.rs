@@ -13,6 +13,7 @@ pub mod error;
 mod estimates;
 pub mod files;
 mod integrators;
+mod kept;
 mod metrics;
 mod request_log;
 mod seen;

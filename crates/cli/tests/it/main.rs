@@ -23,6 +23,7 @@ mod folder;
 mod guards;
 mod harness;
 mod int_keys;
+mod kept;
 mod limits;
 mod limits_chunks;
 mod limits_queue;

@@ -233,7 +233,7 @@ fn first_changed(n_rows: u64, modulus: u64, remainder: u64) -> Option<u64> {
 
 /// Runs `update` on the main database (`sqlite:PATH` or a PostgreSQL URL), as an
 /// office application would, beside the running server; the rows it changed.
-fn office_update(db: &str, update: &str) -> anyhow::Result<u64> {
+pub(crate) fn office_update(db: &str, update: &str) -> anyhow::Result<u64> {
     match db.strip_prefix("sqlite:") {
         Some(path) => {
             let conn = Connection::open(path)?;

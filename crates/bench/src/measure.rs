@@ -48,11 +48,15 @@ pub(crate) struct Figures {
     pub(crate) floor: FloorFigures,
     /// The floor's time of every run, in run order.
     pub(crate) floor_runs_s: Vec<f64>,
-    /// The first download (no replica yet), then the median run of the full downloads
-    /// (`--full`, each taken right after a run of the floor).
+    /// The first download (no replica yet), the median run of the full downloads
+    /// (`--full`, each taken right after a run of the floor and a row of the slice
+    /// written again), then the median run of the full downloads right after those,
+    /// nothing changed (a big slice's server sends the stream it kept).
     pub(crate) downloads: Vec<DownloadFigures>,
     /// The full downloads' wall clock of every run, in run order.
     pub(crate) full_runs_s: Vec<f64>,
+    /// The full downloads' with nothing changed, likewise.
+    pub(crate) kept_runs_s: Vec<f64>,
     /// The syncs after the office changed 1% of the rows, then nothing.
     pub(crate) delta: DeltaFigures,
     pub(crate) server_rss_kb: u64,
@@ -64,6 +68,9 @@ pub(crate) struct Figures {
     pub(crate) download_server_rss_kb: u64,
     pub(crate) csv_bytes: u64,
 }
+
+/// A row of the bench's slice written again as an office would, its values unchanged.
+const TOUCH_ONE_ROW: &str = "UPDATE assets SET name = name WHERE id = (SELECT min(id) FROM assets)";
 
 /// The device's `last_sync` (`device status --json`), which must be ok, and the path
 /// of its replica.
@@ -436,7 +443,19 @@ pub(crate) fn measure(
     // moment of the machine. The full download replaces the replica whole (without
     // `--full` it would be a delta of nothing); its median run is the reference of the
     // delta syncs.
-    let (mut floors, mut fulls) = (Vec::new(), Vec::new());
+    // Each full download is followed by another with nothing changed in between,
+    // which a big slice's server answers with its kept stream of the slice.
+    let (mut floors, mut fulls, mut kepts) = (Vec::new(), Vec::new(), Vec::new());
+    let full_download = || {
+        checked_download(
+            bin,
+            &["device", "download", "bench", "--dir", device_dir, "--full"],
+            device_dir,
+            server_pid,
+            ticks_per_s,
+            &rows,
+        )
+    };
     for run in 1..=reps {
         eprintln!("floor, run {run} of {reps}");
         let path = dir.join("floor.sqlite");
@@ -444,19 +463,18 @@ pub(crate) fn measure(
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
         floors.push(floor(&path, &rows, ticks_per_s).context("timing the floor")?);
+        // A row of the slice written again (its values the same, its version new):
+        // the server reads the slice rather than send a stream it kept.
+        crate::delta::office_update(db, TOUCH_ONE_ROW)?;
         eprintln!("full download, run {run} of {reps}");
-        fulls.push(checked_download(
-            bin,
-            &["device", "download", "bench", "--dir", device_dir, "--full"],
-            device_dir,
-            server_pid,
-            ticks_per_s,
-            &rows,
-        )?);
+        fulls.push(full_download()?);
+        eprintln!("full download again, nothing changed, run {run} of {reps}");
+        kepts.push(full_download()?);
     }
     let (floor, floor_runs_s) = median_run(floors, |f| f.total_s);
     let (full, full_runs_s) = median_run(fulls, |d| d.watched.wall_s);
-    let downloads = vec![first, full];
+    let (kept, kept_runs_s) = median_run(kepts, |d| d.watched.wall_s);
+    let downloads = vec![first, full, kept];
     let download_server_rss_kb =
         peak_rss_kb(server_pid).context("reading the server's peak RSS")?;
     let delta = measure_delta(bin, db, device_dir, server_pid, ticks_per_s, &rows, reps)?;
@@ -473,6 +491,7 @@ pub(crate) fn measure(
         floor_runs_s,
         downloads,
         full_runs_s,
+        kept_runs_s,
         delta,
         server_rss_kb,
         before_downloads_server_rss_kb,

@@ -585,9 +585,12 @@ fn the_servers_download_peak_is_read_apart_from_the_run() {
     let f = crate::measure::measure(&bin, &dir, 3_000, None, 2).unwrap();
     assert_eq!((f.floor_runs_s.len(), f.full_runs_s.len()), (2, 2));
     assert!(f.full_runs_s.contains(&f.downloads[1].watched.wall_s));
+    assert_eq!(f.kept_runs_s.len(), 2);
+    assert!(f.kept_runs_s.contains(&f.downloads[2].watched.wall_s));
     assert!(f.floor_runs_s.contains(&f.floor.total_s));
     let json = crate::report::download_json(&f);
     assert_eq!(json["full_download_runs_s"].as_array().unwrap().len(), 2);
+    assert_eq!(json["kept_download_runs_s"].as_array().unwrap().len(), 2);
     assert_eq!(
         json["delta"]["one_percent"]["runs_wall_s"]
             .as_array()

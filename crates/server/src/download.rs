@@ -110,12 +110,17 @@ struct StreamSink {
     cursor: Cursor,
     /// The device closed the download: not a server error, nothing more to send.
     device_gone: bool,
+    /// The kept streams and this slice's key in them, for a whole stream to be
+    /// recorded.
+    kept: (Arc<Kept>, String),
 }
 
 impl StreamSink {
     /// A kept stream's rows after a header of this download's own, at `cursor` (the
     /// snapshot in which the store found them still the slice's).
-    fn resend(&mut self, stream: &KeptStream, cursor: Cursor) -> Result<Vec<u64>, StoreError> {
+    /// A file of them that cannot be read is forgotten, and the download fails as a
+    /// server error (the device tries again later and gets the slice read).
+    fn resend(&mut self, stream: &Arc<KeptStream>, cursor: Cursor) -> Result<Vec<u64>, StoreError> {
         self.cursor = cursor;
         for (t, n) in self.header.tables.iter_mut().zip(stream.rows()) {
             t.rows_estimate = *n;
@@ -123,10 +128,21 @@ impl StreamSink {
         self.writer
             .header(&self.header)
             .map_err(|e| self.failed(e))?;
-        self.writer
-            .splice_rows(stream.rows(), stream.crc(), |w| stream.copy_to(w))
-            .map_err(|e| self.failed(e))?;
-        Ok(stream.rows().to_vec())
+        let mut unreadable = false;
+        let copied = self.writer.splice_rows(stream.rows(), stream.crc(), |w| {
+            stream.copy_to(w, &mut unreadable)
+        });
+        match copied {
+            Ok(()) => Ok(stream.rows().to_vec()),
+            Err(e) if unreadable => {
+                let (kept, key) = &self.kept;
+                kept.forget(key, stream);
+                Err(StoreError::Db(format!(
+                    "reading the slice's kept stream: {e}"
+                )))
+            }
+            Err(e) => Err(self.failed(e)),
+        }
     }
 
     /// A failed write: the device went away, unless the writer refused its input.
@@ -160,7 +176,8 @@ impl SliceSink for StreamSink {
         // A whole stream expected to be big is recorded, to be kept.
         let whole = self.header.since.is_none();
         if whole && rows_per_table.iter().sum::<u64>() >= kept::MIN_ROWS {
-            self.writer.get_mut().recording = Recording::start();
+            let (kept, key) = &self.kept;
+            self.writer.get_mut().recording = Recording::start(kept, key);
         }
         Ok(())
     }
@@ -292,20 +309,27 @@ pub fn start(
         writer: SliceWriter::new(writer).map_err(ApiError::internal)?,
         cursor: Cursor::from_raw(0),
         device_gone: false,
+        kept: lately.kept,
     };
-    let Lately {
-        estimates: (estimates, estimate_key),
-        kept: (kept, kept_key),
-    } = lately;
+    let (estimates, estimate_key) = lately.estimates;
     tokio::task::spawn_blocking(move || {
         // The download's turn ends with this thread.
         let _turn = turn;
         let now = std::time::Instant::now();
-        let resent = match sink.header.since {
-            None => kept
-                .get(&kept_key, now)
-                .and_then(|s| s.still_current(&*store, &plan).map(|c| (s, c))),
-            Some(_) => None,
+        let (kept, kept_key) = sink.kept.clone();
+        // A whole download, unless the device asked for the slice read anew (`--full`:
+        // after an office change that bypassed the tracking, say).
+        let resent = match (sink.header.since, sink.header.full_reason) {
+            (None, reason) if reason != Some(FullReason::Requested) => {
+                kept.get(&kept_key, now).and_then(|s| {
+                    let cursor = s.still_current(&*store, &plan);
+                    if cursor.is_none() {
+                        kept.forget(&kept_key, &s);
+                    }
+                    cursor.map(|c| (s, c))
+                })
+            }
+            _ => None,
         };
         let streamed = match &resent {
             Some((stream, cursor)) => sink.resend(stream, *cursor),
@@ -322,7 +346,7 @@ pub fn start(
             if let Some(recording) = sink.writer.get_mut().recording.take() {
                 let rows = (rows.clone(), sink.writer.rows_checksum());
                 let at = (sink.cursor, sink.header.device.clone());
-                kept.keep(kept_key, recording, rows, at, now);
+                kept.keep(recording, rows, at, now);
             }
         }
         let (mut result, mut message) = match &streamed {

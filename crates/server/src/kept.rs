@@ -12,11 +12,12 @@
 //! promise, its property test). The device gets the new snapshot's cursor, recorded as
 //! its base as for any download.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,9 @@ const KEEP: Duration = Duration::from_secs(12 * 3600);
 /// A whole stream is kept only when it is expected to hold at least these rows: below
 /// that, streaming the slice costs about what checking it did not change does.
 pub(crate) const MIN_ROWS: u64 = 20_000;
+/// Streams recorded at once, at most (each up to `MAX_BYTES`), one per slice: the
+/// crew's morning downloads of one region record it once.
+const RECORDING_AT_ONCE: usize = 2;
 
 /// One slice's rows as they were sent.
 pub(crate) struct KeptStream {
@@ -56,13 +60,17 @@ impl KeptStream {
         self.crc.clone()
     }
 
-    /// Copies the kept bytes into `out`.
-    pub(crate) fn copy_to(&self, out: &mut impl Write) -> io::Result<()> {
+    /// Copies the kept bytes into `out`. A failure to read them (not to write) sets
+    /// `unreadable`.
+    pub(crate) fn copy_to(&self, out: &mut impl Write, unreadable: &mut bool) -> io::Result<()> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut at = 0u64;
         while at < self.len {
             let n = buf.len().min((self.len - at) as usize);
-            self.file.read_exact_at(&mut buf[..n], at)?;
+            if let Err(e) = self.file.read_exact_at(&mut buf[..n], at) {
+                *unreadable = true;
+                return Err(e);
+            }
             out.write_all(&buf[..n])?;
             at += n as u64;
         }
@@ -77,6 +85,8 @@ impl KeptStream {
         let mut probe = plan.clone();
         probe.since = Some(self.cursor);
         probe.since_of = Some(self.device.clone());
+        // A refused cursor turns the delta whole: not counted, it stops at `begin`.
+        probe.rows_estimate = Some(vec![0; plan.tables.len()]);
         let mut sink = Unchanged { cursor: None };
         store.stream_slice(&probe, &mut sink).ok()?;
         sink.cursor
@@ -114,21 +124,56 @@ impl SliceSink for Unchanged {
     }
 }
 
-/// A stream's rows being written to a file as they go to the device.
+/// A stream's rows being written to a file as they go to the device; its slice counts
+/// as being recorded while it lives.
 pub(crate) struct Recording {
     file: io::BufWriter<File>,
     len: u64,
+    slice: (Arc<Kept>, String),
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let (kept, key) = &self.slice;
+        kept.recording
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
 }
 
 impl Recording {
-    /// A recording into a fresh unnamed file; `None` when none can be made (a full
-    /// or read-only temporary folder): the download goes on unrecorded.
-    pub(crate) fn start() -> Option<Recording> {
-        let file = tempfile::tempfile().ok()?;
-        Some(Recording {
-            file: io::BufWriter::with_capacity(64 * 1024, file),
-            len: 0,
-        })
+    /// A recording of slice `key` into a fresh unnamed file; `None` while the slice
+    /// or `RECORDING_AT_ONCE` others are being recorded, or when no file can be made
+    /// (a full or read-only temporary folder; said once in the log): the download
+    /// goes on unrecorded.
+    pub(crate) fn start(kept: &Arc<Kept>, key: &str) -> Option<Recording> {
+        {
+            let mut recording = kept.recording.lock().unwrap_or_else(|e| e.into_inner());
+            if recording.len() >= RECORDING_AT_ONCE || !recording.insert(key.to_string()) {
+                return None;
+            }
+        }
+        match tempfile::tempfile() {
+            Ok(file) => Some(Recording {
+                file: io::BufWriter::with_capacity(64 * 1024, file),
+                len: 0,
+                slice: (kept.clone(), key.to_string()),
+            }),
+            Err(e) => {
+                kept.recording
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(key);
+                if !kept.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        "big slices' streams are not kept: no file in the temporary folder \
+                         ({e}; TMPDIR names another)"
+                    );
+                }
+                None
+            }
+        }
     }
 
     pub(crate) fn write(&mut self, data: &[u8]) -> io::Result<()> {
@@ -144,6 +189,10 @@ impl Recording {
 #[derive(Default)]
 pub(crate) struct Kept {
     streams: Mutex<HashMap<String, (Instant, Arc<KeptStream>)>>,
+    /// The slices being recorded.
+    recording: Mutex<HashSet<String>>,
+    /// A recording could not make its file, and the log said so.
+    warned: AtomicBool,
 }
 
 impl Kept {
@@ -174,17 +223,32 @@ impl Kept {
         Some(stream.clone())
     }
 
-    /// Keeps what `recording` holds as the rows of `key`'s slice, `rows` per lane with
+    /// Forgets `stream` as `key`'s (no longer the slice, or unreadable), unless
+    /// another took its place.
+    pub(crate) fn forget(&self, key: &str, stream: &Arc<KeptStream>) {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if streams
+            .get(key)
+            .is_some_and(|(_, s)| Arc::ptr_eq(s, stream))
+        {
+            streams.remove(key);
+        }
+    }
+
+    /// Keeps what `recording` holds as the rows of its slice, `rows` per lane with
     /// checksum `crc`, read in the snapshot of `cursor` recorded for `device`.
     pub(crate) fn keep(
         &self,
-        key: String,
-        recording: Recording,
+        mut recording: Recording,
         (rows, crc): (Vec<u64>, crc32fast::Hasher),
         (cursor, device): (Cursor, String),
         now: Instant,
     ) {
-        let Ok(file) = recording.file.into_inner() else {
+        let key = recording.slice.1.clone();
+        if recording.file.flush().is_err() {
+            return;
+        }
+        let Ok(file) = recording.file.get_ref().try_clone() else {
             return;
         };
         let stream = Arc::new(KeptStream {
@@ -218,34 +282,36 @@ impl Kept {
 mod tests {
     use super::*;
 
-    fn recorded(bytes: &[u8]) -> Recording {
-        let mut r = Recording::start().unwrap();
+    fn keep(kept: &Arc<Kept>, key: &str, bytes: &[u8], now: Instant) {
+        let mut r = Recording::start(kept, key).unwrap();
         r.write(bytes).unwrap();
-        r
-    }
-
-    fn keep(kept: &Kept, key: &str, bytes: &[u8], now: Instant) {
         let crc = crc32fast::Hasher::new();
         let at = (Cursor::from_raw(1), "d".to_string());
-        kept.keep(key.into(), recorded(bytes), (vec![1], crc), at, now);
+        kept.keep(r, (vec![1], crc), at, now);
     }
 
     #[test]
     fn a_kept_stream_gives_back_its_bytes_until_it_is_too_old() {
-        let kept = Kept::default();
+        let kept = Arc::new(Kept::default());
         let now = Instant::now();
         let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         keep(&kept, "a", &bytes, now);
         let mut out = Vec::new();
-        kept.get("a", now).unwrap().copy_to(&mut out).unwrap();
-        assert_eq!(out, bytes);
+        let mut unreadable = false;
+        let stream = kept.get("a", now).unwrap();
+        stream.copy_to(&mut out, &mut unreadable).unwrap();
+        assert_eq!((out, unreadable), (bytes, false));
+        // Found no longer the slice: forgotten.
+        kept.forget("a", &stream);
+        assert!(kept.get("a", now).is_none());
+        keep(&kept, "a", b"again", now);
         assert!(kept.get("b", now).is_none());
         assert!(kept.get("a", now + KEEP).is_none(), "kept past KEEP");
     }
 
     #[test]
     fn the_least_lately_used_stream_goes_first() {
-        let kept = Kept::default();
+        let kept = Arc::new(Kept::default());
         let now = Instant::now();
         for i in 0..MAX_STREAMS {
             keep(
@@ -263,5 +329,22 @@ mod tests {
         for key in ["s0", "s2", "new"] {
             assert!(kept.get(key, later).is_some(), "{key} gone");
         }
+    }
+
+    #[test]
+    fn a_slice_is_recorded_once_at_a_time_and_few_at_once() {
+        let kept = Arc::new(Kept::default());
+        let first = Recording::start(&kept, "north").unwrap();
+        assert!(
+            Recording::start(&kept, "north").is_none(),
+            "the slice twice"
+        );
+        let others: Vec<_> = (1..RECORDING_AT_ONCE)
+            .map(|i| Recording::start(&kept, &format!("s{i}")).unwrap())
+            .collect();
+        assert!(Recording::start(&kept, "one more").is_none());
+        drop(first);
+        assert!(Recording::start(&kept, "north").is_some());
+        drop(others);
     }
 }

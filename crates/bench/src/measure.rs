@@ -50,12 +50,13 @@ pub(crate) struct Figures {
     pub(crate) floor_runs_s: Vec<f64>,
     /// The first download (no replica yet), the median run of the full downloads
     /// (`--full`, each taken right after a run of the floor and a row of the slice
-    /// written again), then the median run of the full downloads right after those,
-    /// nothing changed (a big slice's server sends the stream it kept).
+    /// written again), then the median run of another tablet's first download right
+    /// after each of those, nothing changed (a big slice's server sends the stream it
+    /// kept).
     pub(crate) downloads: Vec<DownloadFigures>,
     /// The full downloads' wall clock of every run, in run order.
     pub(crate) full_runs_s: Vec<f64>,
-    /// The full downloads' with nothing changed, likewise.
+    /// The other tablets' downloads, likewise.
     pub(crate) kept_runs_s: Vec<f64>,
     /// The syncs after the office changed 1% of the rows, then nothing.
     pub(crate) delta: DeltaFigures,
@@ -67,6 +68,39 @@ pub(crate) struct Figures {
     /// them), kB.
     pub(crate) download_server_rss_kb: u64,
     pub(crate) csv_bytes: u64,
+}
+
+/// Another device of the bench's user, `id`, paired into its own folder under `dir`
+/// and logged in, the bench task assigned to it; the folder.
+fn crew_device(bin: &Path, db: &str, url: &str, dir: &Path, id: &str) -> anyhow::Result<String> {
+    let code = fieldsync(bin, &["admin", "device", "add", id, "--db", db], None)?;
+    let assign = [
+        "admin", "task", "assign", "bench", "--device", id, "--db", db,
+    ];
+    fieldsync(bin, &assign, None)?;
+    let folder = dir.join(id);
+    let folder = folder.to_str().context("the work folder is not UTF-8")?;
+    let pair = [
+        "device",
+        "pair",
+        "--dir",
+        folder,
+        "--server",
+        url,
+        "--device-id",
+        id,
+    ];
+    fieldsync(bin, &[&pair[..], &["--code", code.trim()]].concat(), None)?;
+    let login = [
+        "device",
+        "login",
+        BENCH_USER,
+        "--password-stdin",
+        "--dir",
+        folder,
+    ];
+    fieldsync(bin, &login, Some(&format!("{BENCH_PASSWORD}\n")))?;
+    Ok(folder.to_string())
 }
 
 /// A row of the bench's slice written again as an office would, its values unchanged.
@@ -428,6 +462,12 @@ pub(crate) fn measure(
         Some(&format!("{BENCH_PASSWORD}\n")),
     )?;
 
+    // A tablet of the crew for each run of download 3, set up now: their logins'
+    // argon2 hashes stay out of the server's peak over the downloads.
+    let crew: Vec<String> = (1..=reps)
+        .map(|run| crew_device(bin, db, &url, dir, &format!("crew{run}")))
+        .collect::<anyhow::Result<_>>()?;
+
     let before_downloads_server_rss_kb = rss_kb(server_pid).context("reading the server's RSS")?;
     reset_peak_rss(server_pid)?;
     eprintln!("download 1");
@@ -443,20 +483,11 @@ pub(crate) fn measure(
     // moment of the machine. The full download replaces the replica whole (without
     // `--full` it would be a delta of nothing); its median run is the reference of the
     // delta syncs.
-    // Each full download is followed by another with nothing changed in between,
-    // which a big slice's server answers with its kept stream of the slice.
+    // Each full download is followed by another tablet's first download of the
+    // slice, nothing changed in between, which a big slice's server answers with its
+    // kept stream of the slice.
     let (mut floors, mut fulls, mut kepts) = (Vec::new(), Vec::new(), Vec::new());
-    let full_download = || {
-        checked_download(
-            bin,
-            &["device", "download", "bench", "--dir", device_dir, "--full"],
-            device_dir,
-            server_pid,
-            ticks_per_s,
-            &rows,
-        )
-    };
-    for run in 1..=reps {
+    for (run, tablet) in (1..=reps).zip(&crew) {
         eprintln!("floor, run {run} of {reps}");
         let path = dir.join("floor.sqlite");
         for suffix in ["", "-wal", "-shm"] {
@@ -467,9 +498,23 @@ pub(crate) fn measure(
         // the server reads the slice rather than send a stream it kept.
         crate::delta::office_update(db, TOUCH_ONE_ROW)?;
         eprintln!("full download, run {run} of {reps}");
-        fulls.push(full_download()?);
-        eprintln!("full download again, nothing changed, run {run} of {reps}");
-        kepts.push(full_download()?);
+        fulls.push(checked_download(
+            bin,
+            &["device", "download", "bench", "--dir", device_dir, "--full"],
+            device_dir,
+            server_pid,
+            ticks_per_s,
+            &rows,
+        )?);
+        eprintln!("another tablet's first download, nothing changed, run {run} of {reps}");
+        kepts.push(checked_download(
+            bin,
+            &["device", "download", "bench", "--dir", tablet],
+            tablet,
+            server_pid,
+            ticks_per_s,
+            &rows,
+        )?);
     }
     let (floor, floor_runs_s) = median_run(floors, |f| f.total_s);
     let (full, full_runs_s) = median_run(fulls, |d| d.watched.wall_s);

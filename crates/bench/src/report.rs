@@ -71,7 +71,7 @@ pub(crate) fn print_figures(f: &Figures) {
     let names = [
         "download 1 (no replica yet)",
         "download 2 (`--full`, replaces the replica, a row of the slice written again before it: the slice read; the median run)",
-        "download 3 (`--full` right after download 2, nothing changed: a slice of 20,000 rows or more sent from the server's kept stream; the median run)",
+        "download 3 (another tablet's first download right after download 2, nothing changed: a slice of 20,000 rows or more sent from the server's kept stream; the median run)",
     ];
     for (d, name) in f.downloads.iter().zip(names) {
         let ratio = d.watched.wall_s / f.floor.total_s;

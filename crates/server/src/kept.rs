@@ -1,6 +1,7 @@
 //! Kept streams: the rows of a big slice's last whole stream, as the compressed bytes
 //! that went to the device, in an unnamed temporary file. The next whole download of
-//! the same slice (the crew's other tablets in the morning, a device downloading again)
+//! the same slice (the crew's other tablets in the morning, a device whose replica is
+//! of another task or user; never one that asked for the slice read anew, `--full`)
 //! gets them again after a header of its own when nothing in the slice changed since,
 //! which the store answers as it answers a delta: from the kept stream's cursor, in the
 //! new download's snapshot. Sending them again costs the server a file's read instead

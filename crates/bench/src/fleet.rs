@@ -329,34 +329,7 @@ fn set_up(plan: &FleetPlan) -> anyhow::Result<Fleet> {
             .to_str()
             .context("the work folder is not UTF-8")?;
         let url = urls[i % urls.len()];
-        fieldsync(
-            bin,
-            &[
-                "device",
-                "pair",
-                "--dir",
-                dir,
-                "--server",
-                url,
-                "--device-id",
-                &ids[i],
-                "--code",
-                &codes[i],
-            ],
-            None,
-        )?;
-        fieldsync(
-            bin,
-            &[
-                "device",
-                "login",
-                BENCH_USER,
-                "--password-stdin",
-                "--dir",
-                dir,
-            ],
-            Some(&format!("{BENCH_PASSWORD}\n")),
-        )?;
+        crate::measure::pair_and_login(bin, dir, url, &ids[i], &codes[i])?;
         fieldsync(bin, &["device", "download", FLEET_TASK, "--dir", dir], None)?;
         Ok(())
     })?;

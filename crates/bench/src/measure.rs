@@ -70,6 +70,40 @@ pub(crate) struct Figures {
     pub(crate) csv_bytes: u64,
 }
 
+/// Pairs the device folder `folder` with the server at `url` as device `id` (enrollment
+/// code `code`) and logs the bench's user in.
+pub(crate) fn pair_and_login(
+    bin: &Path,
+    folder: &str,
+    url: &str,
+    id: &str,
+    code: &str,
+) -> anyhow::Result<()> {
+    let pair = [
+        "device",
+        "pair",
+        "--dir",
+        folder,
+        "--server",
+        url,
+        "--device-id",
+        id,
+        "--code",
+        code,
+    ];
+    fieldsync(bin, &pair, None)?;
+    let login = [
+        "device",
+        "login",
+        BENCH_USER,
+        "--password-stdin",
+        "--dir",
+        folder,
+    ];
+    fieldsync(bin, &login, Some(&format!("{BENCH_PASSWORD}\n")))?;
+    Ok(())
+}
+
 /// Another device of the bench's user, `id`, paired into its own folder under `dir`
 /// and logged in, the bench task assigned to it; the folder.
 fn crew_device(bin: &Path, db: &str, url: &str, dir: &Path, id: &str) -> anyhow::Result<String> {
@@ -80,26 +114,7 @@ fn crew_device(bin: &Path, db: &str, url: &str, dir: &Path, id: &str) -> anyhow:
     fieldsync(bin, &assign, None)?;
     let folder = dir.join(id);
     let folder = folder.to_str().context("the work folder is not UTF-8")?;
-    let pair = [
-        "device",
-        "pair",
-        "--dir",
-        folder,
-        "--server",
-        url,
-        "--device-id",
-        id,
-    ];
-    fieldsync(bin, &[&pair[..], &["--code", code.trim()]].concat(), None)?;
-    let login = [
-        "device",
-        "login",
-        BENCH_USER,
-        "--password-stdin",
-        "--dir",
-        folder,
-    ];
-    fieldsync(bin, &login, Some(&format!("{BENCH_PASSWORD}\n")))?;
+    pair_and_login(bin, folder, url, id, code.trim())?;
     Ok(folder.to_string())
 }
 
@@ -433,34 +448,7 @@ pub(crate) fn measure(
     let device_dir = device_dir
         .to_str()
         .context("the work folder is not UTF-8")?;
-    fieldsync(
-        bin,
-        &[
-            "device",
-            "pair",
-            "--dir",
-            device_dir,
-            "--server",
-            &url,
-            "--device-id",
-            BENCH_DEVICE,
-            "--code",
-            code,
-        ],
-        None,
-    )?;
-    fieldsync(
-        bin,
-        &[
-            "device",
-            "login",
-            BENCH_USER,
-            "--password-stdin",
-            "--dir",
-            device_dir,
-        ],
-        Some(&format!("{BENCH_PASSWORD}\n")),
-    )?;
+    pair_and_login(bin, device_dir, &url, BENCH_DEVICE, code)?;
 
     // A tablet of the crew for each run of download 3, set up now: their logins'
     // argon2 hashes stay out of the server's peak over the downloads.

@@ -251,34 +251,7 @@ fn set_up(bin: &Path, dir: &Path, entries: u64, pg_base: Option<&str>) -> anyhow
     let (server, url) = start_server(bin, db_s, &dir.join("server.log"))?;
     let device = dir.join("device");
     let device_s = device.to_str().context("the work folder is not UTF-8")?;
-    fieldsync(
-        bin,
-        &[
-            "device",
-            "pair",
-            "--dir",
-            device_s,
-            "--server",
-            &url,
-            "--device-id",
-            SEND_DEVICE,
-            "--code",
-            code.trim(),
-        ],
-        None,
-    )?;
-    fieldsync(
-        bin,
-        &[
-            "device",
-            "login",
-            BENCH_USER,
-            "--password-stdin",
-            "--dir",
-            device_s,
-        ],
-        Some(&password),
-    )?;
+    crate::measure::pair_and_login(bin, device_s, &url, SEND_DEVICE, code.trim())?;
     fieldsync(
         bin,
         &["device", "download", SEND_TASK, "--dir", device_s],

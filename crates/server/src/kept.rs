@@ -125,17 +125,19 @@ impl SliceSink for Unchanged {
     }
 }
 
-/// A stream's rows being written to a file as they go to the device; its slice counts
-/// as being recorded while it lives.
+/// A stream's rows being written to a file as they go to the device.
 pub(crate) struct Recording {
     file: io::BufWriter<File>,
     len: u64,
-    slice: (Arc<Kept>, String),
+    slice: Recorded,
 }
 
-impl Drop for Recording {
+/// A slice counted as being recorded while this lives.
+struct Recorded(Arc<Kept>, String);
+
+impl Drop for Recorded {
     fn drop(&mut self) {
-        let (kept, key) = &self.slice;
+        let Recorded(kept, key) = self;
         kept.recording
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -155,17 +157,14 @@ impl Recording {
                 return None;
             }
         }
+        let slice = Recorded(kept.clone(), key.to_string());
         match tempfile::tempfile() {
             Ok(file) => Some(Recording {
                 file: io::BufWriter::with_capacity(64 * 1024, file),
                 len: 0,
-                slice: (kept.clone(), key.to_string()),
+                slice,
             }),
             Err(e) => {
-                kept.recording
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(key);
                 if !kept.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
                     tracing::warn!(
                         "big slices' streams are not kept: no file in the temporary folder \
@@ -240,21 +239,19 @@ impl Kept {
     /// checksum `crc`, read in the snapshot of `cursor` recorded for `device`.
     pub(crate) fn keep(
         &self,
-        mut recording: Recording,
+        recording: Recording,
         (rows, crc): (Vec<u64>, crc32fast::Hasher),
         (cursor, device): (Cursor, String),
         now: Instant,
     ) {
-        let key = recording.slice.1.clone();
-        if recording.file.flush().is_err() {
-            return;
-        }
-        let Ok(file) = recording.file.get_ref().try_clone() else {
+        let Recording { file, len, slice } = recording;
+        let Ok(file) = file.into_inner() else {
             return;
         };
+        let key = slice.1.clone();
         let stream = Arc::new(KeptStream {
             file,
-            len: recording.len,
+            len,
             rows,
             crc,
             cursor,

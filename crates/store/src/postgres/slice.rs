@@ -378,6 +378,92 @@ mod tests {
         assert_eq!(streams.load(Ordering::Relaxed), 0);
     }
 
+    /// A child table's delta does not read the child table while no parent changed
+    /// (`asset_id` has no index: its rows under a changed parent are found by reading
+    /// it whole), and still finds the children of a parent that entered the slice.
+    #[test]
+    fn a_child_tables_delta_reads_no_children_while_no_parent_changed() {
+        use crate::{Catalog as _, Tracking as _};
+        use fieldsync_proto::task::TaskDef;
+        let db = fieldsync_testkit::pg::PgDb::new();
+        let store = PgStore::new(&db.url).unwrap();
+        crate::Schema::init(&store).unwrap();
+        let mut office = db.client();
+        office
+            .batch_execute(
+                "CREATE TABLE assets (id bigint PRIMARY KEY, region text NOT NULL);
+                 CREATE TABLE inspections (id bigint PRIMARY KEY,
+                     asset_id bigint NOT NULL REFERENCES assets (id), result text);
+                 INSERT INTO assets SELECT i, CASE WHEN i <= 10 THEN 'north' ELSE 'south' END
+                     FROM generate_series(1, 20) i;
+                 INSERT INTO inspections (id, asset_id) SELECT i, 1 + i % 20 FROM generate_series(1, 20000) i;
+                 ANALYZE",
+            )
+            .unwrap();
+        store.track_table("assets").unwrap();
+        store.track_table("inspections").unwrap();
+        let def = TaskDef::from_toml(
+            "name = \"north\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 'north'\"\n\
+             [[tables]]\nname = \"inspections\"\nparent = { table = \"assets\", key = \"asset_id\" }\n",
+        )
+        .unwrap();
+        store
+            .task_put(&def, "h", fieldsync_proto::time::Timestamp::now())
+            .unwrap();
+        let mut plan = crate::delta::tests::plan_for_dev1(&store, &def);
+        let mut full = crate::delta::tests::Keys::default();
+        store.stream_slice(&plan, &mut full).unwrap();
+        plan.since = Some(Cursor::from_raw(full.cursor));
+        // How many times the plan of the children's changes read `inspections` whole.
+        let scans = |office: &mut postgres::Client| -> i64 {
+            let d = delta_queries(&plan, full.cursor);
+            let binds: Vec<Bind<'_>> = plan.tables[1].binds.iter().map(Bind).collect();
+            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                binds.iter().map(|b| b as _).collect();
+            // The plan's JSON as its text (a `json` column, read as its bytes).
+            struct Json(String);
+            impl<'a> postgres::types::FromSql<'a> for Json {
+                fn from_sql(
+                    _: &postgres::types::Type,
+                    raw: &'a [u8],
+                ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>>
+                {
+                    Ok(Json(String::from_utf8(raw.to_vec())?))
+                }
+                fn accepts(ty: &postgres::types::Type) -> bool {
+                    *ty == postgres::types::Type::JSON
+                }
+            }
+            let explained: Json = office
+                .query_one(
+                    &format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", d[1].changes),
+                    &refs,
+                )
+                .unwrap()
+                .get(0);
+            let plan: serde_json::Value = serde_json::from_str(&explained.0).unwrap();
+            fn walk(node: &serde_json::Value, loops: &mut i64) {
+                if node["Node Type"] == "Seq Scan" && node["Relation Name"] == "inspections" {
+                    *loops += node["Actual Loops"].as_i64().unwrap();
+                }
+                for child in node["Plans"].as_array().into_iter().flatten() {
+                    walk(child, loops);
+                }
+            }
+            let mut loops = 0;
+            walk(&plan[0]["Plan"], &mut loops);
+            loops
+        };
+        assert_eq!(scans(&mut office), 0);
+        office
+            .batch_execute("UPDATE assets SET region = 'north' WHERE id = 12")
+            .unwrap();
+        let mut delta = crate::delta::tests::Keys::default();
+        store.stream_slice(&plan, &mut delta).unwrap();
+        let children = delta.lanes.iter().filter(|(lane, _)| *lane == 1).count();
+        assert_eq!(children, 1000, "the inspections of asset 12");
+    }
+
     #[test]
     fn a_table_changed_far_beyond_its_slice_is_read_from_the_slice_by_its_index() {
         let db = fieldsync_testkit::pg::PgDb::new();

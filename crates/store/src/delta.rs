@@ -444,6 +444,20 @@ pub(crate) mod tests {
         def
     }
 
+    /// Tracks `assets` and `inspections` (by `asset_id`) and stores task `north`: the
+    /// assets of the region `north` and the inspections under them.
+    pub(crate) fn put_north_with_inspections(store: &dyn Store) -> TaskDef {
+        store.track_table("assets").unwrap();
+        store.track_table("inspections").unwrap();
+        let def = TaskDef::from_toml(
+            "name = \"north\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 'north'\"\n\
+             [[tables]]\nname = \"inspections\"\nparent = { table = \"assets\", key = \"asset_id\" }\n",
+        )
+        .unwrap();
+        store.task_put(&def, "h", Timestamp::now()).unwrap();
+        def
+    }
+
     /// `def`'s slice for user `ana` on device `dev1`.
     pub(crate) fn plan_for_dev1(store: &dyn Store, def: &TaskDef) -> SlicePlan {
         let params = Params {

@@ -383,8 +383,6 @@ mod tests {
     /// it whole), and still finds the children of a parent that entered the slice.
     #[test]
     fn a_child_tables_delta_reads_no_children_while_no_parent_changed() {
-        use crate::{Catalog as _, Tracking as _};
-        use fieldsync_proto::task::TaskDef;
         let db = fieldsync_testkit::pg::PgDb::new();
         let store = PgStore::new(&db.url).unwrap();
         crate::Schema::init(&store).unwrap();
@@ -400,16 +398,7 @@ mod tests {
                  ANALYZE",
             )
             .unwrap();
-        store.track_table("assets").unwrap();
-        store.track_table("inspections").unwrap();
-        let def = TaskDef::from_toml(
-            "name = \"north\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 'north'\"\n\
-             [[tables]]\nname = \"inspections\"\nparent = { table = \"assets\", key = \"asset_id\" }\n",
-        )
-        .unwrap();
-        store
-            .task_put(&def, "h", fieldsync_proto::time::Timestamp::now())
-            .unwrap();
+        let def = crate::delta::tests::put_north_with_inspections(&store);
         let mut plan = crate::delta::tests::plan_for_dev1(&store, &def);
         let mut full = crate::delta::tests::Keys::default();
         store.stream_slice(&plan, &mut full).unwrap();

@@ -331,11 +331,11 @@ mod tests {
     use fieldsync_testkit::TempDir;
 
     use super::*;
-    use crate::Catalog as _;
     use crate::Tracking;
-    use crate::delta::tests::{from_the_slice_by_its_index, plan_for_dev1, put_north};
+    use crate::delta::tests::{
+        from_the_slice_by_its_index, plan_for_dev1, put_north, put_north_with_inspections,
+    };
     use crate::sqlite::tests::initialised;
-    use fieldsync_proto::task::TaskDef;
 
     /// A main database in `dir` with a tracked table `assets` of `rows` rows (`id`,
     /// `region`, then `columns`), the first ten in the north and the rest in the south
@@ -432,16 +432,7 @@ mod tests {
             )
             .unwrap();
         let d = delta_queries(&plan, since);
-        let binds: Vec<_> = plan.tables[0].binds.iter().map(to_sql_value).collect();
-        let mut stmt = office.prepare(&d[0].changes).unwrap();
-        let mut read: Vec<(Option<i64>, Option<i64>)> = stmt
-            .query_map(rusqlite::params_from_iter(binds.iter()), |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        read.sort();
+        let (_, read) = read_changes::<i64>(&office, &d[0].changes, &plan.tables[0]);
         // Nine rows of the north to send; 1 moved south and 12 deleted, keys that may
         // have left; none of the 989 other rows changed in the south.
         let mut expected: Vec<(Option<i64>, Option<i64>)> =
@@ -452,14 +443,36 @@ mod tests {
     }
 
     /// A row of a changes query: the key that left, the key of the row to send.
-    type KeysRead = (Option<String>, Option<String>);
+    type KeysRead<K = String> = (Option<K>, Option<K>);
+
+    /// The SQLite steps of changes query `sql` of table `t`, and its rows (the key
+    /// that left, the key of the row to send), sorted.
+    fn read_changes<K: rusqlite::types::FromSql + Ord>(
+        conn: &rusqlite::Connection,
+        sql: &str,
+        t: &TablePlan,
+    ) -> (u64, Vec<KeysRead<K>>) {
+        let binds: Vec<_> = t.binds.iter().map(to_sql_value).collect();
+        let mut stmt = conn.prepare(sql).unwrap();
+        let mut read: Vec<KeysRead<K>> = stmt
+            .query_map(rusqlite::params_from_iter(binds.iter()), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        read.sort();
+        (
+            stmt.get_status(rusqlite::StatementStatus::VmStep) as u64,
+            read,
+        )
+    }
 
     /// The SQLite steps of the changes query of `inspections`, a child of `assets`
     /// (by `asset_id`, not indexed, as office schemas often leave it) with `children`
     /// rows under the north's ten assets, after `office` ran; and the keys it read
     /// (the gone lane's, then the rows').
     fn child_delta(children: i64, office_sql: &str) -> (u64, Vec<KeysRead>) {
-        use rusqlite::StatementStatus;
         let dir = TempDir::new("child");
         let store = initialised(&dir, "main.sqlite");
         let office = store.conn().unwrap();
@@ -474,31 +487,14 @@ mod tests {
                  INSERT INTO inspections (id, asset_id) SELECT printf('i%06d', i), 1 + i % 20 FROM k;"
             ))
             .unwrap();
-        store.track_table("assets").unwrap();
-        store.track_table("inspections").unwrap();
-        let def = TaskDef::from_toml(
-            "name = \"north\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 'north'\"\n\
-             [[tables]]\nname = \"inspections\"\nparent = { table = \"assets\", key = \"asset_id\" }\n",
-        )
-        .unwrap();
-        store.task_put(&def, "h", Timestamp::now()).unwrap();
+        let def = put_north_with_inspections(&store);
         let plan = plan_for_dev1(&store, &def);
         let since: i64 = office
             .query_row("SELECT max(version) FROM fieldsync_rows", [], |r| r.get(0))
             .unwrap();
         office.execute_batch(office_sql).unwrap();
         let d = delta_queries(&plan, since);
-        let binds: Vec<_> = plan.tables[1].binds.iter().map(to_sql_value).collect();
-        let mut stmt = office.prepare(&d[1].changes).unwrap();
-        let mut read: Vec<KeysRead> = stmt
-            .query_map(rusqlite::params_from_iter(binds.iter()), |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        read.sort();
-        (stmt.get_status(StatementStatus::VmStep) as u64, read)
+        read_changes(&office, &d[1].changes, &plan.tables[1])
     }
 
     /// A child table's delta looks for children of changed parents only when some

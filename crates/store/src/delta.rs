@@ -154,8 +154,10 @@ pub(crate) fn choose(
     loop {
         let slice = in_slice(count, bound + 1)?;
         if slice <= bound {
-            // The whole slice counted: the changes only as far as the answer.
-            let more = changed(count, cost * slice + 1)? > cost * slice;
+            // The whole slice counted: the changes only as far as the answer, and not
+            // at all when the engine's bound gives it.
+            let more = !most.is_some_and(|most| most <= cost * slice)
+                && changed(count, cost * slice + 1)? > cost * slice;
             return Ok(if more { Drive::Slice } else { Drive::Changes });
         }
         // More than `bound` rows in the slice: the slice is cheaper only if more
@@ -418,6 +420,12 @@ pub(crate) mod tests {
         let (drive, c, s) = chosen_within(10_000, 1_000_000, Some(10_500));
         assert_eq!((drive, c, s), (Drive::Changes, 1_000, 5_251));
         assert_eq!(chosen_within(900, 1, Some(999)), (Drive::Changes, 0, 0));
+        // A 200-device fleet's round, each region 10,000 rows: 20,000 versions since
+        // the cursor settle it once the slice is counted.
+        assert_eq!(
+            chosen_within(20_000, 10_000, Some(20_000)),
+            (Drive::Changes, 1_000, 10_000)
+        );
         // Around twice the slice, at each step of the counting.
         for slice in [600, 1_400, 2_100, 9_000, 40_000] {
             let at = Drive::SLICE_ROW_COST * slice;

@@ -68,11 +68,6 @@ impl Drive {
     /// Fewer keys changed than this: they are read from the changes whatever the slice
     /// (a few milliseconds at most, and no counting of the slice).
     pub const SLICE_MIN_CHANGED: i64 = 1000;
-    /// A row of the slice checked against the change record costs about this many
-    /// changed keys looked up in the table: its index entry, its row and a search of
-    /// the change record, against a changed key's entry and a search of the table (an
-    /// estimate by the searches, not a measured constant).
-    pub const SLICE_ROW_COST: i64 = 2;
 
     /// The way every table's delta is read when the server's environment sets
     /// `FIELDSYNC_DELTA_DRIVE` to `changes` or `slice` (the tests run both; an operator
@@ -93,8 +88,36 @@ impl Drive {
     }
 }
 
+/// What a row of the slice checked against the change record costs, in tenths of a
+/// changed key looked up in the table: each engine's own.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowCost(i64);
+
+impl RowCost {
+    /// SQLite finds a slice row's key in the filter's index and searches the change
+    /// record with it, without reading the row; a changed key's entry leads to a
+    /// search of the table and its row. Measured on a fleet's main database
+    /// (BENCHMARKS.md, "A delta's choice settled by SQLite's bound"): the two ways
+    /// cost the same at about 1.3 changed keys a slice row.
+    pub const SQLITE: RowCost = RowCost(13);
+    /// PostgreSQL reads each slice row from the table as well (its index scan goes to
+    /// the row): its index entry, its row and a search of the change record, against
+    /// a changed key's entry and a search of the table (an estimate by the searches).
+    pub const POSTGRES: RowCost = RowCost(20);
+
+    /// What `rows` slice rows cost, in changed keys (rounded up).
+    fn of(self, rows: i64) -> i64 {
+        (rows * self.0 + 9) / 10
+    }
+
+    /// How many slice rows cost `keys` changed keys (rounded up).
+    fn rows_for(self, keys: i64) -> i64 {
+        (keys * 10 + self.0 - 1) / self.0
+    }
+}
+
 /// How table `t`'s delta is read ([`Drive`]): from the slice when the table changed
-/// by more than [`Drive::SLICE_ROW_COST`] times the rows its slice holds (and by at
+/// by more keys than its slice's rows cost (`cost`, [`RowCost`]; and by at
 /// least [`Drive::SLICE_MIN_CHANGED`]) and the engine finds the slice's rows by an
 /// index (a slice found by scanning the table costs the whole table). `count(sql)`: the
 /// one number `sql` selects, with the table's binds when `bound`; `searches(sql)`:
@@ -109,6 +132,7 @@ impl Drive {
 pub(crate) fn choose(
     d: &DeltaSql,
     t: &TablePlan,
+    cost: RowCost,
     most: Option<i64>,
     count: &mut dyn FnMut(&str, bool) -> Result<i64>,
     searches: &mut dyn FnMut(&str) -> Result<bool>,
@@ -119,7 +143,6 @@ pub(crate) fn choose(
     if most.is_some_and(|most| most < Drive::SLICE_MIN_CHANGED) {
         return Ok(Drive::Changes);
     }
-    let cost = Drive::SLICE_ROW_COST;
     // At most `limit` of the changed keys, and of the slice's rows.
     let changed = |count: &mut dyn FnMut(&str, bool) -> Result<i64>, limit: i64| {
         count(
@@ -147,24 +170,20 @@ pub(crate) fn choose(
     }
     // With the engine's bound on the changes, the slice is counted once, as far as
     // it could be cheaper.
-    let mut bound = match most {
-        Some(most) => (most + cost - 1) / cost,
-        None => Drive::SLICE_MIN_CHANGED / cost,
-    };
+    let mut bound = cost.rows_for(most.unwrap_or(Drive::SLICE_MIN_CHANGED));
     loop {
         let slice = in_slice(count, bound + 1)?;
         if slice <= bound {
             // The whole slice counted: the changes only as far as the answer, and not
             // at all when the engine's bound gives it.
-            let more = !most.is_some_and(|most| most <= cost * slice)
-                && changed(count, cost * slice + 1)? > cost * slice;
+            let paid = cost.of(slice);
+            let more = !most.is_some_and(|most| most <= paid) && changed(count, paid + 1)? > paid;
             return Ok(if more { Drive::Slice } else { Drive::Changes });
         }
-        // More than `bound` rows in the slice: the slice is cheaper only if more
-        // than `cost` times that many keys changed.
-        if most.is_some_and(|most| most <= cost * bound)
-            || changed(count, cost * bound + 1)? <= cost * bound
-        {
+        // More than `bound` rows in the slice: the slice is cheaper only if more keys
+        // changed than that many rows cost.
+        let paid = cost.of(bound);
+        if most.is_some_and(|most| most <= paid) || changed(count, paid + 1)? <= paid {
             return Ok(Drive::Changes);
         }
         bound *= 4;
@@ -340,14 +359,20 @@ pub(crate) mod tests {
         }
     }
 
-    /// `choose` with `changed` keys changed and `slice` rows in the slice (each count
-    /// as its LIMIT cuts it): the way, and how many of each it counted.
+    /// `choose` on PostgreSQL with `changed` keys changed and `slice` rows in the
+    /// slice (each count as its LIMIT cuts it): the way, and how many of each it
+    /// counted.
     fn chosen(changed: i64, slice: i64) -> (Drive, i64, i64) {
-        chosen_within(changed, slice, None)
+        chosen_by(RowCost::POSTGRES, changed, slice, None)
     }
 
-    /// [`chosen`], the engine knowing that at most `most` keys changed.
+    /// [`chosen`] on SQLite, which knows that at most `most` keys changed.
     fn chosen_within(changed: i64, slice: i64, most: Option<i64>) -> (Drive, i64, i64) {
+        chosen_by(RowCost::SQLITE, changed, slice, most)
+    }
+
+    /// [`chosen`] with slice rows costing `cost`.
+    fn chosen_by(cost: RowCost, changed: i64, slice: i64, most: Option<i64>) -> (Drive, i64, i64) {
         let t = TablePlan {
             schema: fieldsync_proto::wire::TableSchema {
                 name: "assets".into(),
@@ -386,16 +411,16 @@ pub(crate) mod tests {
             *counted += all.min(limit);
             Ok(all.min(limit))
         };
-        let drive = choose(&d, &t, most, &mut count, &mut |_| Ok(true)).unwrap();
+        let drive = choose(&d, &t, cost, most, &mut count, &mut |_| Ok(true)).unwrap();
         (drive, counted_changed, counted_slice)
     }
 
     #[test]
-    fn the_slice_way_is_taken_past_twice_its_rows_and_counting_stays_near_the_cheaper_way() {
+    fn the_slice_way_is_taken_past_what_its_rows_cost_and_counting_stays_near_the_cheaper_way() {
         // What counting costs stays near the cheaper way's work: a few times the
-        // changed keys, or twice the slice's rows, whichever is fewer.
+        // changed keys, or what the slice's rows cost, whichever is fewer.
         let near = |changed: i64, slice: i64, counted: i64| {
-            let cheaper = changed.min(Drive::SLICE_ROW_COST * slice);
+            let cheaper = changed.min(RowCost::POSTGRES.of(slice));
             assert!(
                 counted <= 4 * cheaper + Drive::SLICE_MIN_CHANGED,
                 "counted {counted} for {changed} changed keys and {slice} slice rows"
@@ -416,30 +441,40 @@ pub(crate) mod tests {
         // out since) counts the slice once, and stops at the bound.
         let (drive, c, s) = chosen_within(100_000, 10_000, Some(120_000));
         assert_eq!((drive, s), (Drive::Slice, 10_000));
-        assert!(c <= Drive::SLICE_MIN_CHANGED + 20_001, "counted {c}");
+        assert!(c <= Drive::SLICE_MIN_CHANGED + 13_001, "counted {c}");
         let (drive, c, s) = chosen_within(10_000, 1_000_000, Some(10_500));
-        assert_eq!((drive, c, s), (Drive::Changes, 1_000, 5_251));
+        assert_eq!((drive, c, s), (Drive::Changes, 1_000, 8_078));
         assert_eq!(chosen_within(900, 1, Some(999)), (Drive::Changes, 0, 0));
-        // A 200-device fleet's round, each region 10,000 rows: 20,000 versions since
-        // the cursor settle it once the slice is counted.
+        // No more versions since the cursor than the slice's rows cost: settled once
+        // the slice is counted, the changes not counted further.
         assert_eq!(
-            chosen_within(20_000, 10_000, Some(20_000)),
+            chosen_within(13_000, 10_000, Some(13_000)),
             (Drive::Changes, 1_000, 10_000)
         );
-        // Around twice the slice, at each step of the counting.
-        for slice in [600, 1_400, 2_100, 9_000, 40_000] {
-            let at = Drive::SLICE_ROW_COST * slice;
-            assert_eq!(
-                chosen(at, slice).0,
-                Drive::Changes,
-                "{slice} rows, {at} changed"
-            );
-            assert_eq!(
-                chosen(at + 1, slice).0,
-                Drive::Slice,
-                "{slice} rows, {at} + 1 changed"
-            );
+        // A 200-device fleet's round on SQLite, each region 10,000 rows: 20,000 keys
+        // changed cost more than the region's rows (1.3 keys a row).
+        assert_eq!(chosen_within(20_000, 10_000, Some(20_000)).0, Drive::Slice);
+        // Around what the slice's rows cost, at each step of the counting.
+        for (cost, slices) in [
+            (RowCost::POSTGRES, [600, 1_400, 2_100, 9_000, 40_000]),
+            (RowCost::SQLITE, [800, 1_400, 2_100, 9_000, 40_000]),
+        ] {
+            for slice in slices {
+                let at = cost.of(slice);
+                assert_eq!(
+                    chosen_by(cost, at, slice, None).0,
+                    Drive::Changes,
+                    "{cost:?}: {slice} rows, {at} changed"
+                );
+                assert_eq!(
+                    chosen_by(cost, at + 1, slice, None).0,
+                    Drive::Slice,
+                    "{cost:?}: {slice} rows, {at} + 1 changed"
+                );
+            }
         }
+        assert_eq!(RowCost::POSTGRES.of(10_000), 20_000);
+        assert_eq!(RowCost::SQLITE.of(10_000), 13_000);
     }
 
     /// Stores task `north`: table `assets`, its rows in the region `north`.

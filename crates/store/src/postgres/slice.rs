@@ -8,7 +8,7 @@ use postgres::IsolationLevel;
 use super::types::{self, Bind, Kind};
 use super::{PgStore, in_tx};
 use crate::Slices;
-use crate::delta::{Changed, DeltaSql, Drive, Lanes, choose, delta_sql};
+use crate::delta::{Changed, DeltaSql, Drive, Lanes, RowCost, choose, delta_sql};
 use crate::dialect::SqlDialect;
 use crate::plan::quote_literal;
 use crate::plan::{SlicePlan, TablePlan};
@@ -273,6 +273,7 @@ fn drive_by(tx: &mut postgres::Transaction<'_>, t: &TablePlan, d: &DeltaSql) -> 
     choose(
         d,
         t,
+        RowCost::POSTGRES,
         None,
         &mut |sql, bound| {
             let args = if bound { &refs[..] } else { &[] };

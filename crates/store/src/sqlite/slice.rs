@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension, params};
 use super::SqliteDialect;
 use super::{SqliteStore, to_sql_value, value_ref};
 use crate::Slices;
-use crate::delta::{Changed, DeltaSql, Drive, Lanes, choose, delta_sql};
+use crate::delta::{Changed, DeltaSql, Drive, Lanes, RowCost, choose, delta_sql};
 use crate::dialect::SqlDialect;
 use crate::plan::{SlicePlan, TablePlan, quote_literal};
 use crate::{Result, SliceSink};
@@ -244,6 +244,7 @@ fn drive_by(
     choose(
         d,
         t,
+        RowCost::SQLITE,
         Some(versions),
         &mut |sql, bound| {
             Ok(if bound {

@@ -177,7 +177,7 @@ pub(crate) fn choose(
             // The whole slice counted: the changes only as far as the answer, and not
             // at all when the engine's bound gives it.
             let paid = cost.of(slice);
-            let more = !most.is_some_and(|most| most <= paid) && changed(count, paid + 1)? > paid;
+            let more = most.is_none_or(|most| most > paid) && changed(count, paid + 1)? > paid;
             return Ok(if more { Drive::Slice } else { Drive::Changes });
         }
         // More than `bound` rows in the slice: the slice is cheaper only if more keys

@@ -332,11 +332,13 @@ mod tests {
     use fieldsync_testkit::TempDir;
 
     use super::*;
+    use crate::Catalog as _;
     use crate::Tracking;
     use crate::delta::tests::{
         from_the_slice_by_its_index, plan_for_dev1, put_north, put_north_with_inspections,
     };
     use crate::sqlite::tests::initialised;
+    use fieldsync_proto::task::TaskDef;
 
     /// A main database in `dir` with a tracked table `assets` of `rows` rows (`id`,
     /// `region`, then `columns`), the first ten in the north and the rest in the south
@@ -522,6 +524,62 @@ mod tests {
         ];
         want.sort();
         assert_eq!(entered, want);
+    }
+
+    /// Three tables in a chain (assets, inspections under them, photos under those):
+    /// an asset that enters the slice brings its inspections and their photos, found
+    /// through the chain, by both ways of reading a delta.
+    #[test]
+    fn an_asset_entering_the_slice_brings_its_grandchildren() {
+        let dir = TempDir::new("chain");
+        let store = initialised(&dir, "main.sqlite");
+        let office = store.conn().unwrap();
+        office
+            .execute_batch(
+                "CREATE TABLE assets (id INTEGER PRIMARY KEY, region TEXT NOT NULL);
+                 CREATE TABLE inspections (id INTEGER PRIMARY KEY, asset_id INTEGER NOT NULL);
+                 CREATE TABLE photos (id INTEGER PRIMARY KEY, inspection_id INTEGER NOT NULL);
+                 INSERT INTO assets VALUES (1, 'north'), (2, 'south');
+                 INSERT INTO inspections VALUES (10, 1), (20, 2), (21, 2);
+                 INSERT INTO photos VALUES (100, 10), (200, 20), (201, 21), (202, 21);",
+            )
+            .unwrap();
+        for t in ["assets", "inspections", "photos"] {
+            store.track_table(t).unwrap();
+        }
+        let def = TaskDef::from_toml(
+            "name = \"north\"\n[[tables]]\nname = \"assets\"\nfilter = \"region = 'north'\"\n\
+             [[tables]]\nname = \"inspections\"\nparent = { table = \"assets\", key = \"asset_id\" }\n\
+             [[tables]]\nname = \"photos\"\nparent = { table = \"inspections\", key = \"inspection_id\" }\n",
+        )
+        .unwrap();
+        store.task_put(&def, "h", Timestamp::now()).unwrap();
+        let plan = plan_for_dev1(&store, &def);
+        let since: i64 = office
+            .query_row("SELECT max(version) FROM fieldsync_rows", [], |r| r.get(0))
+            .unwrap();
+        office
+            .execute_batch("UPDATE assets SET region = 'north' WHERE id = 2")
+            .unwrap();
+        let d = delta_queries(&plan, since);
+        let sent = |i: usize| -> Vec<i64> {
+            let (_, read) = read_changes::<i64>(&office, &d[i].changes, &plan.tables[i]);
+            let mut from_slice: Vec<i64> = {
+                let binds: Vec<_> = plan.tables[i].binds.iter().map(to_sql_value).collect();
+                let mut stmt = office.prepare(&d[i].slice_rows).unwrap();
+                stmt.query_map(rusqlite::params_from_iter(binds.iter()), |r| r.get(1))
+                    .unwrap()
+                    .collect::<rusqlite::Result<_>>()
+                    .unwrap()
+            };
+            from_slice.sort();
+            let from_changes: Vec<i64> = read.into_iter().filter_map(|(_, k)| k).collect();
+            assert_eq!(from_changes, from_slice, "table {i}, the two ways");
+            from_changes
+        };
+        assert_eq!(sent(0), vec![2]);
+        assert_eq!(sent(1), vec![20, 21]);
+        assert_eq!(sent(2), vec![200, 201, 202]);
     }
 
     #[test]

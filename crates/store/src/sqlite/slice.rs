@@ -473,8 +473,8 @@ mod tests {
 
     /// The SQLite steps of the changes query of `inspections`, a child of `assets`
     /// (by `asset_id`, not indexed, as office schemas often leave it) with `children`
-    /// rows under the north's ten assets, after `office` ran; and the keys it read
-    /// (the gone lane's, then the rows').
+    /// rows spread over twenty assets, ten of them in the north, after `office` ran;
+    /// and the keys it read (the gone lane's, then the rows').
     fn child_delta(children: i64, office_sql: &str) -> (u64, Vec<KeysRead>) {
         let dir = TempDir::new("child");
         let store = initialised(&dir, "main.sqlite");

@@ -122,12 +122,7 @@ impl StreamSink {
     /// server error (the device tries again later and gets the slice read).
     fn resend(&mut self, stream: &Arc<KeptStream>, cursor: Cursor) -> Result<Vec<u64>, StoreError> {
         self.cursor = cursor;
-        for (t, n) in self.header.tables.iter_mut().zip(stream.rows()) {
-            t.rows_estimate = *n;
-        }
-        self.writer
-            .header(&self.header)
-            .map_err(|e| self.failed(e))?;
+        self.send_header(stream.rows())?;
         let mut unreadable = false;
         let copied = self.writer.splice_rows(stream.rows(), stream.crc(), |w| {
             stream.copy_to(w, &mut unreadable)
@@ -143,6 +138,14 @@ impl StreamSink {
             }
             Err(e) => Err(self.failed(e)),
         }
+    }
+
+    /// The header, with each table's rows to come as its estimate.
+    fn send_header(&mut self, rows_per_table: &[u64]) -> Result<(), StoreError> {
+        for (t, n) in self.header.tables.iter_mut().zip(rows_per_table) {
+            t.rows_estimate = *n;
+        }
+        self.writer.header(&self.header).map_err(|e| self.failed(e))
     }
 
     /// A failed write: the device went away, unless the writer refused its input.
@@ -167,12 +170,7 @@ impl SliceSink for StreamSink {
             self.header.since = None;
             self.header.full_reason = Some(reason);
         }
-        for (t, n) in self.header.tables.iter_mut().zip(rows_per_table) {
-            t.rows_estimate = *n;
-        }
-        self.writer
-            .header(&self.header)
-            .map_err(|e| self.failed(e))?;
+        self.send_header(rows_per_table)?;
         // A whole stream expected to be big is recorded, to be kept.
         let whole = self.header.since.is_none();
         if whole && rows_per_table.iter().sum::<u64>() >= kept::MIN_ROWS {

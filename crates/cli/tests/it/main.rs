@@ -32,6 +32,7 @@ mod limits_upload;
 mod office;
 mod office_pg;
 mod oracles;
+mod pg_uploads;
 mod pg_values;
 mod postgres;
 mod progress;

@@ -3,13 +3,15 @@
 //! table as one statement (`store/src/postgres/integrate/`); the window tests send
 //! uploads of more than one window in which a read of the second window depends on
 //! the first window's writes (an office trigger's, a key's, a parent's), or the first
-//! window's batch is refused, and check each is judged as if entry by entry.
+//! window's batch is refused, and check each is judged as if entry by entry. The
+//! upload's planner settings must not make the office's own triggers slow.
 
 use crate::harness::*;
 use crate::limits_store::{device_headers, latest_base, north_ids, post_upload, upload_of};
 use fieldsync_proto::Value;
 use fieldsync_proto::task::WriteOp;
 use fieldsync_proto::wire::UploadEntry;
+use std::time::{Duration, Instant};
 
 const NORTH_TASK: &str = "north-inspections";
 
@@ -233,5 +235,60 @@ fn a_parent_written_in_one_window_is_judged_as_written_in_the_next() {
     assert_eq!(
         office.value(&format!("SELECT status FROM assets WHERE id = {retired}")),
         "retired"
+    );
+}
+
+/// An office trigger on `inspections` looks each new row up in a table of 1,000 rows
+/// without an index, which only a sequential scan can read. The upload's transaction
+/// turns sequential scans off (its own statements find rows by key), which costs such
+/// a scan past `jit_above_cost`: with JIT on, PostgreSQL compiled the trigger's query
+/// for every inserted row (an insert of 100 rows took 1.7 s instead of 6 ms by hand).
+/// The trigger records the setting it ran under; the send of 200 inspections must see
+/// JIT off and take well under what compiling 200 queries takes.
+#[test]
+fn an_office_trigger_with_a_sequential_scan_is_not_compiled_per_row() {
+    let (office, dev) = office_with_tablet();
+    let asset = north_ids(&office)[0];
+    office
+        .pg()
+        .batch_execute(
+            "CREATE TABLE office_log (ref text, note text);
+             INSERT INTO office_log SELECT 'ref-' || g, 'x' FROM generate_series(1, 1000) g;
+             CREATE TABLE office_jit (setting text);
+             CREATE FUNCTION office_check() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM 1 FROM office_log WHERE ref = NEW.id;
+                 INSERT INTO office_jit VALUES (current_setting('jit'));
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER office_check AFTER INSERT ON inspections
+                 FOR EACH ROW EXECUTE FUNCTION office_check();",
+        )
+        .unwrap();
+    dev.replica()
+        .execute_batch(&format!(
+            "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 200)
+             INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes)
+             SELECT printf('jit-%05d', i), {asset}, 'ana', '2026-12-06T08:00:00.000Z', 'ok', NULL
+             FROM k;"
+        ))
+        .unwrap();
+    let started = Instant::now();
+    let run = dev.run(&["send"], "");
+    let took = started.elapsed();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        office.value("SELECT count(*) FROM inspections WHERE id LIKE 'jit-%'"),
+        "200"
+    );
+    assert_eq!(
+        office.value("SELECT string_agg(DISTINCT setting, ',') FROM office_jit"),
+        "off",
+        "the office's trigger ran under the upload's settings with JIT on"
+    );
+    eprintln!("send of 200 inspections through the office's trigger: {took:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "the send of 200 inspections through the office's trigger took {took:?}"
     );
 }

@@ -243,8 +243,9 @@ fn a_parent_written_in_one_window_is_judged_as_written_in_the_next() {
 /// turns sequential scans off (its own statements find rows by key), which costs such
 /// a scan past `jit_above_cost`: with JIT on, PostgreSQL compiled the trigger's query
 /// for every inserted row (an insert of 100 rows took 1.7 s instead of 6 ms by hand).
-/// The trigger records the setting it ran under; the send of 200 inspections must see
-/// JIT off and take well under what compiling 200 queries takes.
+/// The trigger records the setting it ran under; the send of 1,000 inspections must
+/// see JIT off and take well under what compiling 1,000 queries takes (with JIT on
+/// the send took 21.2 s, with it off 0.26 s, debug build, another test suite running).
 #[test]
 fn an_office_trigger_with_a_sequential_scan_is_not_compiled_per_row() {
     let (office, dev) = office_with_tablet();
@@ -267,7 +268,7 @@ fn an_office_trigger_with_a_sequential_scan_is_not_compiled_per_row() {
         .unwrap();
     dev.replica()
         .execute_batch(&format!(
-            "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 200)
+            "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 1000)
              INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes)
              SELECT printf('jit-%05d', i), {asset}, 'ana', '2026-12-06T08:00:00.000Z', 'ok', NULL
              FROM k;"
@@ -279,16 +280,16 @@ fn an_office_trigger_with_a_sequential_scan_is_not_compiled_per_row() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(
         office.value("SELECT count(*) FROM inspections WHERE id LIKE 'jit-%'"),
-        "200"
+        "1000"
     );
     assert_eq!(
         office.value("SELECT string_agg(DISTINCT setting, ',') FROM office_jit"),
         "off",
         "the office's trigger ran under the upload's settings with JIT on"
     );
-    eprintln!("send of 200 inspections through the office's trigger: {took:?}");
+    eprintln!("send of 1,000 inspections through the office's trigger: {took:?}");
     assert!(
-        took < Duration::from_millis(2500),
-        "the send of 200 inspections through the office's trigger took {took:?}"
+        took < Duration::from_secs(8),
+        "the send of 1,000 inspections through the office's trigger took {took:?}"
     );
 }

@@ -24,6 +24,20 @@ fn office_with_tablet() -> (Office, DeviceDir) {
     (office, dev)
 }
 
+/// `n` inspections of `asset` by ana written on the tablet's replica (its triggers
+/// journal them), keyed `{prefix}-00001` on.
+fn inspect_on_tablet(dev: &DeviceDir, prefix: &str, asset: i64, n: usize) {
+    dev.replica()
+        .execute_batch(&format!(
+            "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < {n})
+             INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes)
+             SELECT printf('{prefix}-%05d', i), {asset}, 'ana', '2026-12-06T08:00:00.000Z',
+                    'ok', NULL
+             FROM k;"
+        ))
+        .unwrap();
+}
+
 /// ana's insert of inspection `id` of `asset`, as the i-th entry of an upload.
 fn insert(i: usize, id: &str, asset: i64, result: &str, base: i64) -> UploadEntry {
     let row = [
@@ -72,13 +86,10 @@ fn an_office_triggers_write_in_one_window_is_seen_by_the_next() {
                  FOR EACH ROW EXECUTE FUNCTION office_seen();",
         )
         .unwrap();
+    inspect_on_tablet(&dev, "win", asset, 1000);
     dev.replica()
         .execute_batch(&format!(
-            "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 1000)
-             INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes)
-             SELECT printf('win-%05d', i), {asset}, 'ana', '2026-12-06T08:00:00.000Z', 'ok', NULL
-             FROM k;
-             UPDATE assets SET name = 'renamed on the tablet' WHERE id = {asset};"
+            "UPDATE assets SET name = 'renamed on the tablet' WHERE id = {asset}"
         ))
         .unwrap();
     let run = dev.run(&["send"], "");
@@ -266,14 +277,7 @@ fn an_office_trigger_with_a_sequential_scan_is_not_compiled_per_row() {
                  FOR EACH ROW EXECUTE FUNCTION office_check();",
         )
         .unwrap();
-    dev.replica()
-        .execute_batch(&format!(
-            "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 1000)
-             INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes)
-             SELECT printf('jit-%05d', i), {asset}, 'ana', '2026-12-06T08:00:00.000Z', 'ok', NULL
-             FROM k;"
-        ))
-        .unwrap();
+    inspect_on_tablet(&dev, "jit", asset, 1000);
     let started = Instant::now();
     let run = dev.run(&["send"], "");
     let took = started.elapsed();

@@ -44,7 +44,7 @@ use crate::{IntegrateContext, IntegrateError, StoreError, TableInfo};
 /// transaction. The plans are generic from the first execution: an upload prepares
 /// its statements anew, and planning each of the first five executions for its
 /// 1,000 keys cost more than running it (a window's read-ahead: 21 ms planned each
-/// time, 10 ms generic). Both settings also hold for the office's triggers that the
+/// time, 10 ms generic). These settings also hold for the office's triggers that the
 /// upload's writes fire, and end with the transaction. JIT is off as well: the first
 /// setting costs a scan that can only be sequential past `jit_above_cost`, and
 /// PostgreSQL then compiled it at every execution. An office trigger reading a table

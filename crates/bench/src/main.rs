@@ -82,6 +82,13 @@ fn run(config: &Config) -> anyhow::Result<()> {
     println!("- command: `{}`", command_line());
     println!("- fieldsync binary: `{}`", config.bin.display());
     println!("- machine: {}", machine());
+    let postgres = match &config.pg {
+        Some(url) => Some(metrics::pg_settings(url)?),
+        None => None,
+    };
+    if let Some(settings) = &postgres {
+        println!("- {settings}");
+    }
     println!("- work folder: `{}`", root.display());
     println!("- load average at start: {}", load_average());
 
@@ -169,6 +176,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(&serde_json::json!({
             "command": command_line(),
             "machine": machine(),
+            "postgres": postgres,
             "load_average_at_end": load_average(),
             "downloads": downloads_out,
             "peers": peers_out,

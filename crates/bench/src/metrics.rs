@@ -10,6 +10,26 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 
+/// The PostgreSQL server's settings that move the PostgreSQL figures: its version, the
+/// database's collation (every text index compares by it, `fieldsync.rows`' too), JIT
+/// and the shared buffers (BENCHMARKS.md, "PostgreSQL's send: … JIT off").
+pub(crate) fn pg_settings(url: &str) -> anyhow::Result<String> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls)
+        .with_context(|| format!("connecting to {url}"))?;
+    let r = c.query_one(
+        "SELECT current_setting('server_version'),
+                CASE d.datlocprovider WHEN 'i' THEN 'ICU ' || d.daticulocale ELSE d.datcollate END,
+                current_setting('jit'), current_setting('shared_buffers')
+         FROM pg_database d WHERE d.datname = current_database()",
+        &[],
+    )?;
+    let (version, collation, jit, buffers): (String, String, String, String) =
+        (r.get(0), r.get(1), r.get(2), r.get(3));
+    Ok(format!(
+        "PostgreSQL {version}, database collation {collation}, jit {jit}, shared_buffers {buffers}"
+    ))
+}
+
 /// How often the device's /proc status is read while it downloads.
 pub(crate) const RSS_POLL: Duration = Duration::from_millis(20);
 

@@ -631,3 +631,21 @@ fn a_command_shorter_than_two_polls_has_no_peak_rss() {
     assert!(short.starts_with("not sampled (it ran 16 ms"), "{short}");
     assert_eq!(crate::report::sampled_rss(&watched(0.3)), "13.3 MB");
 }
+
+/// The report's PostgreSQL line reads the server's own settings (a real server: the
+/// test suite's).
+#[test]
+fn the_postgres_line_names_the_servers_version_collation_and_jit() {
+    let url = fieldsync_testkit::pg::base_url();
+    let line = crate::metrics::pg_settings(&url).unwrap();
+    let mut c = fieldsync_testkit::pg::connect(&url);
+    let version: String = c.query_one("SHOW server_version", &[]).unwrap().get(0);
+    let jit: String = c.query_one("SHOW jit", &[]).unwrap().get(0);
+    assert!(
+        line.starts_with(&format!("PostgreSQL {version}, database collation "))
+            && line.contains(&format!(", jit {jit}, shared_buffers ")),
+        "{line}"
+    );
+    let err = crate::metrics::pg_settings("postgres://nobody@127.0.0.1:1/none").unwrap_err();
+    assert!(format!("{err:#}").contains("connecting to"), "{err:#}");
+}

@@ -16,11 +16,22 @@ use anyhow::{Context, ensure};
 pub(crate) fn pg_settings(url: &str) -> anyhow::Result<String> {
     let mut c = postgres::Client::connect(url, postgres::NoTls)
         .with_context(|| format!("connecting to {url}"))?;
+    let version_num: i32 = c
+        .query_one("SELECT current_setting('server_version_num')::int", &[])?
+        .get(0);
+    // ICU as a database's provider came with PostgreSQL 15.
+    let collation = match version_num >= 150_000 {
+        true => {
+            "CASE d.datlocprovider WHEN 'i' THEN 'ICU ' || d.daticulocale ELSE d.datcollate END"
+        }
+        false => "d.datcollate::text",
+    };
     let r = c.query_one(
-        "SELECT current_setting('server_version'),
-                CASE d.datlocprovider WHEN 'i' THEN 'ICU ' || d.daticulocale ELSE d.datcollate END,
-                current_setting('jit'), current_setting('shared_buffers')
-         FROM pg_database d WHERE d.datname = current_database()",
+        &format!(
+            "SELECT current_setting('server_version'), {collation},
+                    current_setting('jit'), current_setting('shared_buffers')
+             FROM pg_database d WHERE d.datname = current_database()"
+        ),
         &[],
     )?;
     let (version, collation, jit, buffers): (String, String, String, String) =

@@ -20,11 +20,10 @@ pub(crate) fn pg_settings(url: &str) -> anyhow::Result<String> {
         .query_one("SELECT current_setting('server_version_num')::int", &[])?
         .get(0);
     // ICU as a database's provider came with PostgreSQL 15.
-    let collation = match version_num >= 150_000 {
-        true => {
-            "CASE d.datlocprovider WHEN 'i' THEN 'ICU ' || d.daticulocale ELSE d.datcollate END"
-        }
-        false => "d.datcollate::text",
+    let collation = if version_num >= 150_000 {
+        "CASE d.datlocprovider WHEN 'i' THEN 'ICU ' || d.daticulocale ELSE d.datcollate END"
+    } else {
+        "d.datcollate::text"
     };
     let r = c.query_one(
         &format!(

@@ -285,6 +285,80 @@ fn a_middle_chunks_lost_acknowledgement_applies_it_once() {
     assert!(conflicts(&office).is_empty());
 }
 
+/// The first chunk's acknowledgement cannot be applied (the crew's app refuses the
+/// office's values it brings back) while the second chunk is away: the send fails
+/// with both uploads stored and both committed by the server. The next send sends the
+/// second again under its own id and is answered with its recorded outcome; it never
+/// makes the second's journal entries into an upload of a new id, which the server
+/// would apply a second time.
+#[test]
+fn an_acknowledgement_not_applied_while_the_next_chunk_was_away_applies_nothing_twice() {
+    let chunk = fieldsync_proto::wire::UPLOAD_CHUNK_ENTRIES as u64;
+    let n = chunk + chunk / 2;
+    let office = Office::new(20);
+    let dev = north_device(&office, "ack-refused");
+    let asset: i64 = dev
+        .replica()
+        .query_row("SELECT min(id) FROM assets", [], |r| r.get(0))
+        .unwrap();
+    // The office renames the asset; the crew moves it: merged, so the first chunk's
+    // acknowledgement carries the office's row for the replica to take.
+    office.execute_batch(&format!(
+        "UPDATE assets SET name = 'office-name' WHERE id = {asset}"
+    ));
+    dev.replica()
+        .execute("UPDATE assets SET x = 1.5 WHERE id = ?1", [asset])
+        .unwrap();
+    insert_inspections(&dev, "refused-", n);
+    let total = journal_len(&dev);
+    // The crew's app, on its replica, refuses that name.
+    dev.replica()
+        .execute_batch(
+            "CREATE TRIGGER app_refuses BEFORE UPDATE ON assets WHEN NEW.name = 'office-name'
+             BEGIN SELECT RAISE(ABORT, 'the app refuses this name'); END;",
+        )
+        .unwrap();
+    let before = office.uploads_recorded();
+    let failed = dev.run(&["send"], "");
+    assert_ne!(failed.code, 0, "{failed:?}");
+    assert_eq!(
+        office.uploads_recorded(),
+        before + 2,
+        "both chunks committed"
+    );
+    let stored: i64 = dev
+        .replica()
+        .query_row("SELECT count(*) FROM fieldsync_upload", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 2, "both uploads stored");
+    assert_eq!(journal_len(&dev), total, "nothing acknowledged here");
+
+    dev.replica()
+        .execute_batch("DROP TRIGGER app_refuses")
+        .unwrap();
+    dev.run(&["send"], "").ok();
+    assert_eq!(journal_len(&dev), 0);
+    assert_eq!(
+        office.value("SELECT count(*) FROM inspections WHERE id LIKE 'refused-%'"),
+        n.to_string()
+    );
+    assert_eq!(applied_once(&office), n + 1, "{:?}", sends(&office));
+    assert_eq!(
+        office.uploads_recorded(),
+        before + 2,
+        "{:?}",
+        sends(&office)
+    );
+    assert!(conflicts(&office).is_empty(), "{:?}", conflicts(&office));
+    let name: String = dev
+        .replica()
+        .query_row("SELECT name FROM assets WHERE id = ?1", [asset], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(name, "office-name");
+}
+
 /// One row's change over the server's caps cannot go in any upload: the send stops
 /// at it with an error naming it, what came before is sent, nothing is lost, and the
 /// rest goes once it is set aside. It never loops.

@@ -86,14 +86,27 @@ fn row_key(key: &fieldsync_proto::Value) -> String {
 
 /// The chunk after the journal entries up to `after`, made while the upload carrying
 /// them is away (nothing written): `None` when there is none worth making ahead
-/// (nothing left, a chunk that cancels out, any error: the send then makes it as it
-/// always did, and meets the error there).
+/// (nothing left, a chunk that cancels out, an upload stored after `after` already,
+/// any error: the send then makes it as it always did, and meets the error there).
 pub(super) fn make_ahead(
     src: &Source<'_>,
     after: i64,
     limit: usize,
     queued: &[QueuedFile],
 ) -> Option<Ahead> {
+    // An upload stored after it (a send that ended, killed or failing, with one
+    // acknowledged and not applied and the next stored) holds these entries already,
+    // and may have been committed by the server: it goes next under its own id
+    // (`prepare_upload`). A chunk made here would carry the same entries under a new
+    // id, which the server would judge a second time.
+    let stored_after = src.conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM fieldsync_upload WHERE max_seq > ?1)",
+        [after],
+        |r| r.get::<_, bool>(0),
+    );
+    if stored_after.unwrap_or(true) {
+        return None;
+    }
     let mut rows = HashSet::new();
     let made = make(src, after, limit, queued, &mut |e| {
         rows.insert((e.table.clone(), row_key(&e.key)));
@@ -362,5 +375,37 @@ mod tests {
         assert_eq!(stored, 4);
         // Nothing after the last entry: nothing made ahead.
         assert!(make_ahead(&src, 4, 10, &[]).is_none());
+    }
+
+    /// Two uploads stored, the first now away: nothing is made behind it, since the
+    /// second holds those entries already (and may be committed by the server); once
+    /// the first is acknowledged, the second is the one that goes, under its own id.
+    #[test]
+    fn nothing_is_made_ahead_of_an_upload_stored_after_the_one_away() {
+        let conn = replica();
+        for pk in 1..=4 {
+            conn.execute(
+                "INSERT INTO fieldsync_journal (tbl, pk, op, old, new, base_version, user, at)
+                 VALUES ('t', ?1, 'insert', NULL, '{\"a\":1}', NULL, 'u', '')",
+                [pk],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES ('first', 2, 2, x'00');
+             INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES ('second', 4, 2, x'00');",
+        )
+        .unwrap();
+        let (info, rules) = (info(), journal::CompactRules::default());
+        let src = whole_journal(&conn, &info, &rules);
+        assert!(make_ahead(&src, 2, 10, &[]).is_none());
+        conn.execute("DELETE FROM fieldsync_upload WHERE upload_id = 'first'", [])
+            .unwrap();
+        let p = prepare_upload(&src, 10, &[]).unwrap().unwrap();
+        assert_eq!((p.upload_id.as_str(), p.max_seq), ("second", 4));
+        // With nothing stored after it, the chunk is made as before.
+        assert!(make_ahead(&src, 4, 10, &[]).is_none());
+        conn.execute("DELETE FROM fieldsync_upload", []).unwrap();
+        assert_eq!(make_ahead(&src, 2, 10, &[]).unwrap().pending.max_seq, 4);
     }
 }

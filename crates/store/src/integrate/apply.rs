@@ -102,7 +102,7 @@ fn entries(
             serde_json::to_string(&e.key).expect("serializes"),
         );
         let earlier = done.get(&row_id).copied();
-        let mut current = tx.current(def, t, params, &e.key, e.base_version)?;
+        let mut current = tx.current(def, t, params, i, &e.key, e.base_version)?;
         if current.is_none()
             && e.op != WriteOp::Insert
             && let Some(base) = e.base_version

@@ -85,19 +85,20 @@ pub(crate) trait UploadTx: Lookups {
         params: &Params,
         key: &Value,
     ) -> Result<bool, StoreError>;
-    /// The entry's row now, for the slice of `params`' user, locked against concurrent
-    /// writers until the transaction ends.
+    /// The row of the upload's entry `entry` (its index) now, for the slice of
+    /// `params`' user, locked against concurrent writers until the transaction ends.
     fn current(
         &mut self,
         def: &TaskDef,
         t: &TableCtx<'_>,
         params: &Params,
+        entry: usize,
         key: &Value,
         base: Option<i64>,
     ) -> Result<Option<Current>, StoreError>;
     /// The upload's entries before any is judged, in order: an engine may read and
     /// lock their rows ahead in a few statements instead of one per entry. `current`
-    /// is then called once per entry, in this order.
+    /// is then called at most once per entry, in this order.
     fn read_ahead(&mut self, _entries: &[UploadEntry]) {}
     /// Whether a parent row is in the slice; when not, whether it (or its own parent
     /// chain) changed since `base`, i.e. left the slice after the device saw it.

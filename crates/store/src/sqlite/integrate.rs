@@ -61,6 +61,7 @@ fn integrate_on(
         last_run: None,
         refused: None,
         parents: ParentSlices::default(),
+        fresh: Vec::new(),
     };
     let outcome = integrate::integrate(&mut upload_tx, ctx, upload)?;
     upload_tx.flush()?;
@@ -150,6 +151,9 @@ struct SqliteUpload<'c> {
     /// A write of the run the database refused.
     refused: Option<batch::Refused>,
     parents: ParentSlices,
+    /// Per entry: an insert of a key never tracked, whose row is none without a read
+    /// (`fresh.rs`).
+    fresh: Vec<bool>,
 }
 
 impl SqliteUpload<'_> {
@@ -337,9 +341,13 @@ impl UploadTx for SqliteUpload<'_> {
         def: &TaskDef,
         t: &TableCtx<'_>,
         params: &Params,
+        entry: usize,
         key: &Value,
         base: Option<i64>,
     ) -> Result<Option<Current>, StoreError> {
+        if self.fresh.get(entry).copied().unwrap_or(false) {
+            return Ok(None);
+        }
         self.flush_before_read(def, &t.info.name, Some(key))?;
         let known = self
             .queries
@@ -355,6 +363,11 @@ impl UploadTx for SqliteUpload<'_> {
             }
         };
         read_current(t, &mut self.queries[i].2, key, base)
+    }
+
+    fn read_ahead(&mut self, entries: &[fieldsync_proto::wire::UploadEntry]) {
+        // Any error: every entry is read as before.
+        self.fresh = super::fresh::fresh_inserts(self.tx, entries).unwrap_or_default();
     }
 
     fn parent(

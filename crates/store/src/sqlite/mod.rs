@@ -25,6 +25,7 @@ mod audit;
 mod batch;
 mod catalog;
 mod files;
+mod fresh;
 mod history;
 mod integrate;
 mod keys;

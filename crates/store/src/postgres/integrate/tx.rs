@@ -209,6 +209,7 @@ impl UploadTx for PgUpload<'_, '_> {
         def: &TaskDef,
         t: &TableCtx<'_>,
         params: &Params,
+        _entry: usize,
         key: &Value,
         base: Option<i64>,
     ) -> Result<Option<Current>, StoreError> {

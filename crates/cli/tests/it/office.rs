@@ -584,3 +584,51 @@ crate::also_on_postgres!(
     task_changes_while_edits_are_pending_are_conflicts_not_refusals,
     a_row_sent_then_outside_a_narrowed_task_is_task_changed,
 );
+
+/// An office trigger that inserts a row of its own as a device's row is written: a
+/// later entry of the same upload inserting that key is judged against the row the
+/// trigger made (a conflict logged with both sides), never taken for a key the
+/// main database has not seen (its insert would be refused, and the whole upload with
+/// it). The store reads each insert's row ahead only where no office trigger exists
+/// (`store/sqlite/fresh.rs`).
+#[test]
+fn an_office_triggers_insert_is_seen_by_the_later_entries_of_the_same_upload() {
+    let office = Office::new(20);
+    office_sqlite3(
+        &office,
+        "CREATE TRIGGER office_shadow AFTER INSERT ON inspections WHEN NEW.id = 'zz-crew'
+         BEGIN
+             INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes)
+             VALUES (NEW.id || '-shadow', NEW.asset_id, NEW.inspector, NEW.inspected_at,
+                     'office', 'made by the office');
+         END;",
+    )
+    .ok();
+    let dev = office.device("shadow", &["north-inspections"]);
+    dev.login("ana").ok();
+    dev.run(&["download", "north-inspections"], "").ok();
+    let conn = dev.replica();
+    let asset: i64 = conn
+        .query_row("SELECT min(id) FROM assets", [], |r| r.get(0))
+        .unwrap();
+    conn.execute_batch(&format!(
+        "INSERT INTO inspections (id, asset_id, inspector, inspected_at, result, notes) VALUES
+             ('zz-crew', {asset}, 'ana', '2026-12-06T09:00:00.000Z', 'ok', 'crew'),
+             ('zz-crew-shadow', {asset}, 'ana', '2026-12-06T09:00:00.000Z', 'ok', 'crew');"
+    ))
+    .unwrap();
+    drop(conn);
+    let sent = dev.run(&["send"], "").ok();
+    assert!(sent.stdout.contains("sent 2 change(s)"), "{sent:?}");
+    assert_eq!(
+        office.value("SELECT notes FROM inspections WHERE id = 'zz-crew'"),
+        "crew"
+    );
+    let logged = conflicts(&office);
+    assert!(
+        logged
+            .iter()
+            .any(|c| c.to_string().contains("zz-crew-shadow")),
+        "{logged:?}"
+    );
+}

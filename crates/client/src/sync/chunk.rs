@@ -320,17 +320,24 @@ mod tests {
         }
     }
 
+    /// Uploads stored in the replica, as (id, last journal entry), in this order.
+    fn stored(conn: &Connection, uploads: &[(&str, i64)]) {
+        for (id, max_seq) in uploads {
+            conn.execute(
+                "INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES (?1, ?2, 1, x'00')",
+                rusqlite::params![id, max_seq],
+            )
+            .unwrap();
+        }
+    }
+
     /// Two uploads stored (a kill after the next was stored and before the last
     /// acknowledgement was applied): the first in the journal goes first, whatever
     /// order they were stored in.
     #[test]
     fn of_two_stored_uploads_the_first_in_the_journal_goes_first() {
         let conn = replica();
-        conn.execute_batch(
-            "INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES ('later', 20, 1, x'00');
-             INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES ('first', 10, 1, x'00');",
-        )
-        .unwrap();
+        stored(&conn, &[("later", 20), ("first", 10)]);
         let (info, rules) = (info(), journal::CompactRules::default());
         let src = whole_journal(&conn, &info, &rules);
         let p = prepare_upload(&src, 10, &[]).unwrap().unwrap();
@@ -391,11 +398,7 @@ mod tests {
             )
             .unwrap();
         }
-        conn.execute_batch(
-            "INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES ('first', 2, 2, x'00');
-             INSERT INTO fieldsync_upload (upload_id, max_seq, n_entries, body) VALUES ('second', 4, 2, x'00');",
-        )
-        .unwrap();
+        stored(&conn, &[("first", 2), ("second", 4)]);
         let (info, rules) = (info(), journal::CompactRules::default());
         let src = whole_journal(&conn, &info, &rules);
         assert!(make_ahead(&src, 2, 10, &[]).is_none());

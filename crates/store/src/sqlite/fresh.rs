@@ -1,8 +1,8 @@
 //! The inserts of an upload whose keys the main database never tracked, found before
 //! any entry is judged: their row now is none, known without reading it. A send of new
 //! rows (a crew's day of inspections) read each key's tracking row one statement at a
-//! time: 13% of the server's instructions, and the send ran ~20% faster without them
-//! (BENCHMARKS.md, "Inserts of keys never seen, known without a read").
+//! time: 13% of the server's instructions over a send of new rows (BENCHMARKS.md,
+//! "Inserts of keys never seen, known without a read").
 //!
 //! Known only where nothing but the upload's own writes can add a row while it is
 //! integrated (the integration holds SQLite's write lock), and where those writes are

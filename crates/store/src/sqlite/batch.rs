@@ -17,6 +17,7 @@ use fieldsync_proto::conflict::{Row, Write};
 use rusqlite::{Transaction, params};
 
 use super::to_sql_value;
+use super::tracking::tracking_trigger_names;
 use crate::integrate::HashMap;
 use crate::plan::quote_ident;
 use crate::{StoreError, TableInfo};
@@ -53,17 +54,13 @@ impl InsertRun {
         row: &Row,
     ) -> rusqlite::Result<bool> {
         if !self.plain.contains_key(&info.name) {
+            let [ins, upd, del] = tracking_trigger_names(&info.name);
             let others: i64 = tx.query_row(
                 // Names compare as SQLite's identifiers do (`ON Inspections` is the
                 // same table).
                 "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'
                  AND tbl_name = ?1 COLLATE NOCASE AND name NOT IN (?2, ?3, ?4)",
-                params![
-                    info.name,
-                    format!("fieldsync_{}_ins", info.name),
-                    format!("fieldsync_{}_upd", info.name),
-                    format!("fieldsync_{}_del", info.name)
-                ],
+                params![info.name, ins, upd, del],
                 |r| r.get(0),
             )?;
             self.plain.insert(info.name.clone(), others == 0);

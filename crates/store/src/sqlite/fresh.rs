@@ -19,6 +19,7 @@ use fieldsync_proto::{ColumnType, Value};
 use rusqlite::Transaction;
 
 use super::table_info;
+use super::tracking::tracking_trigger_names;
 use crate::StoreError;
 use crate::integrate::HashMap;
 
@@ -63,14 +64,14 @@ pub(super) fn fresh_inserts(
     entries: &[UploadEntry],
 ) -> Result<Vec<bool>, StoreError> {
     let mut fresh = vec![false; entries.len()];
-    let office_triggers: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'trigger' AND name NOT IN
-             ('fieldsync_' || tbl_name || '_ins', 'fieldsync_' || tbl_name || '_upd',
-              'fieldsync_' || tbl_name || '_del'))",
-        [],
-        |r| r.get(0),
-    )?;
-    if office_triggers {
+    let triggers: Vec<(String, String)> = tx
+        .prepare_cached("SELECT name, tbl_name FROM sqlite_schema WHERE type = 'trigger'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    if triggers
+        .iter()
+        .any(|(name, table)| !tracking_trigger_names(table).contains(name))
+    {
         return Ok(fresh);
     }
     let mut tables: HashMap<&str, Inserts<'_>> = HashMap::default();

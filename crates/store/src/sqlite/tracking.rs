@@ -26,7 +26,7 @@ fn tracking_triggers(info: &TableInfo, watch: &[String]) -> Vec<(String, String)
     let t = quote_ident(&info.name);
     let pk = quote_ident(&info.primary_key);
     let name_lit = quote_literal(&info.name);
-    let trig = |suffix: &str| format!("fieldsync_{}_{suffix}", info.name);
+    let [ins, upd, del] = tracking_trigger_names(&info.name);
     // The next version is one past the highest ever given (an index seek on
     // `fieldsync_rows_by_version`); rows are only ever restamped upwards.
     let next = "(SELECT coalesce(max(version), 0) + 1 FROM fieldsync_rows)";
@@ -66,29 +66,24 @@ fn tracking_triggers(info: &TableInfo, watch: &[String]) -> Vec<(String, String)
         stamp(&format!("NEW.{pk}"), 0, &moved_by_update),
         stamp(&format!("OLD.{pk}"), 1, next),
     );
-    vec![
-        (
-            trig("ins"),
-            format!(
-                "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN {s_ins} END",
-                quote_ident(&trig("ins"))
-            ),
-        ),
-        (
-            trig("upd"),
-            format!(
-                "CREATE TRIGGER {} AFTER UPDATE ON {t} BEGIN {s_old_gone} {s_upd} END",
-                quote_ident(&trig("upd"))
-            ),
-        ),
-        (
-            trig("del"),
-            format!(
-                "CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN {s_del} END",
-                quote_ident(&trig("del"))
-            ),
-        ),
-    ]
+    let create = |name: &str, event: &str, body: String| {
+        format!(
+            "CREATE TRIGGER {} AFTER {event} ON {t} BEGIN {body} END",
+            quote_ident(name)
+        )
+    };
+    let (on_ins, on_upd, on_del) = (
+        create(&ins, "INSERT", s_ins),
+        create(&upd, "UPDATE", format!("{s_old_gone} {s_upd}")),
+        create(&del, "DELETE", s_del),
+    );
+    vec![(ins, on_ins), (upd, on_upd), (del, on_del)]
+}
+
+/// The names of a table's tracking triggers (after insert, update, delete): what
+/// tells fieldsync's triggers from the office's own.
+pub(super) fn tracking_trigger_names(table: &str) -> [String; 3] {
+    ["ins", "upd", "del"].map(|event| format!("fieldsync_{table}_{event}"))
 }
 
 /// The stored tasks, read once for every table a change rewatches
